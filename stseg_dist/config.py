@@ -1,0 +1,257 @@
+"""Typed pipeline configuration: one home for defaults, YAML presets and ``--set`` overrides.
+
+Unknown keys and wrong types are rejected with the dotted key that is at fault, so a typo in a
+100-slide batch manifest fails before any tile is scheduled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class TilingConfig:
+    """Tile grid: a core that owns pixels and transcripts, plus a halo of context."""
+
+    tile_size_um: float = 500.0
+    halo_um: float | None = None  # None: derived from the cell diameter (see halo_for)
+    chunk_px: int = 256  # output zarr chunk; tile cores are whole multiples of it
+
+
+@dataclass
+class ClassicalNucleiConfig:
+    sigma_um: float = 0.6
+    threshold: float | None = None  # absolute; None = Otsu on a chip-wide downsampled image
+    min_area_um2: float = 8.0
+    min_distance_um: float = 3.0  # between watershed seeds
+    footprint_um: float = 4.0
+
+
+@dataclass
+class CellposeConfig:
+    model: str = "cpsam"  # a built-in name, a local path, or an fsspec URL
+    num_gpus: float = 1.0
+    num_actors: int = 1
+    batch_size: int = 8
+    flow_threshold: float = 0.4
+    cellprob_threshold: float = 0.0
+    diameter_px: float | None = None
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class NucleiConfig:
+    backend: str = "classical"  # classical | vendor | cellpose
+    channel: int = 0
+    diameter_um: float = 8.0
+    classical: ClassicalNucleiConfig = field(default_factory=ClassicalNucleiConfig)
+    cellpose: CellposeConfig = field(default_factory=CellposeConfig)
+
+
+@dataclass
+class ExpansionConfig:
+    distance_um: float = 5.0
+
+
+@dataclass
+class UCSConfig:
+    bin_um: float | None = None  # None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
+    n_hvg: int = 1000
+    patch_px: int = 48
+    tau: float = 2.0
+    epochs: int = 2
+    n_train_patches: int = 512
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    pos_weight: float | None = None  # None: 5 on Stereo-seq, else 1
+    missing_cell_threshold: float = 0.95
+    scaled_softmask: bool = True
+    markers: str | None = None  # table of cell types and marker genes
+    num_gpus: float = 0.5
+    num_actors: int = 1
+    seed: int = 0
+
+
+@dataclass
+class CellsConfig:
+    method: str = "expansion"  # expansion | ucs
+    cell_diameter_um: float = 15.0
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
+    ucs: UCSConfig = field(default_factory=UCSConfig)
+
+
+@dataclass
+class StageResources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float | None = None
+
+
+@dataclass
+class ResourcesConfig:
+    nuclei: StageResources = field(default_factory=StageResources)
+    cells: StageResources = field(default_factory=StageResources)
+    scan: StageResources = field(default_factory=StageResources)
+
+
+@dataclass
+class RuntimeConfig:
+    max_in_flight: int | None = None  # None: 2 x the cluster's CPUs
+    max_retries: int = 3
+    progress: bool = True
+    fail_fast: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    nuclei: NucleiConfig = field(default_factory=NucleiConfig)
+    cells: CellsConfig = field(default_factory=CellsConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def halo_um(self) -> float:
+        """Halo wide enough that a core pixel's cell, and the nuclei it grows from, are seen whole."""
+        if self.tiling.halo_um is not None:
+            return float(self.tiling.halo_um)
+        reach = max(self.cells.cell_diameter_um, self.cells.expansion.distance_um * 2)
+        return 2.0 * reach + self.nuclei.diameter_um
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(typ, value, key)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if typ is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"'{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
+            f"known keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """Turn ``["cells.method=ucs", "tiling.tile_size_um=200"]`` into a nested dict (YAML values)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    """``STSEG_RUNTIME__MAX_RETRIES=5`` style overrides for runtime knobs on clusters."""
+    environ = os.environ if environ is None else environ
+    items = []
+    for name, value in environ.items():
+        if name.startswith("STSEG_") and "__" in name:
+            key = name[len("STSEG_"):].lower().replace("__", ".")
+            items.append(f"{key}={value}")
+    return parse_set(items)
+
+
+def load_config(
+    path: str | None = None, overrides: dict | None = None, *, use_env: bool = True
+) -> PipelineConfig:
+    """Defaults, then a YAML file, then ``STSEG_*`` environment, then explicit overrides."""
+    data: dict = {}
+    if path is not None:
+        import fsspec
+
+        try:
+            with fsspec.open(path, "r") as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = _merge(data, loaded)
+    if use_env:
+        data = _merge(data, env_overrides())
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return _build(PipelineConfig, data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from exc
+        raise
+
+
+def config_from_dict(data: dict) -> PipelineConfig:
+    return _build(PipelineConfig, data)
