@@ -85,8 +85,10 @@ class CellMethod:
     """Base class. Subclasses set ``name`` and implement :meth:`segment`."""
 
     name: str = ""
-    #: Ray resources for the cell-stage workers running this method (GPU methods use actors).
+    #: True for methods that hold a model: the cell stage then runs in (GPU) actors, loaded once.
     uses_model: bool = False
+    #: False for methods that never look at the image, so tiles skip reading it.
+    uses_image: bool = True
 
     def __init__(self, config: "PipelineConfig", platform: str = "generic"):
         self.config = config

@@ -11,6 +11,7 @@ from .base import CellMethod, TileData
 
 class ExpansionMethod(CellMethod):
     name = "expansion"
+    uses_image = False
 
     def reach_um(self) -> float:
         return self.config.cells.expansion.distance_um

@@ -1,0 +1,148 @@
+"""Pure tile kernels, one per pass. They run the same in a Ray task, a Ray actor or in-process.
+
+Each kernel reads its own slice of the chip, writes its result under the run's work dir
+(atomically: a file that exists is a finished tile), and returns only small summaries.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from . import constants as K
+from .assignment import assign, count_triples, pixel_stats
+from .config import PipelineConfig
+from .io import storage
+from .io.chip import Chip
+from .io.transcripts import ROW
+from .methods.base import CellMethod, TileData
+from .nuclei.base import NucleiBackend
+from .nuclei.classical import smooth, tile_histogram
+from .stitching import OwnedObjects, owned_objects, paint_window
+from .tiledata import load_tile_data
+from .tiling import Tile, TileGrid
+from .workdir import WorkDir
+
+NUCLEI = "nuclei"
+SEEDS = "seeds"
+CELLS = "cells"
+TRANSCRIPTS = "transcripts"
+
+
+@dataclass
+class RunContext:
+    """What every tile kernel shares; shipped once to the object store."""
+
+    chip: Chip
+    config: PipelineConfig
+    grid: TileGrid
+    work: WorkDir
+    genes: list[str] = field(default_factory=list)
+    labels_url: str = ""
+    nuclei_tables: list[np.ndarray] | None = None
+    seed_tables: list[np.ndarray] | None = None
+
+
+# -- pass 0: chip-wide intensity histogram (classical nuclei threshold) ------------------------
+def histogram_tile(ctx: RunContext, tile: Tile, vmax: float) -> np.ndarray:
+    rows, cols = tile.window_slices
+    image = ctx.chip.read_image(rows, cols, ctx.config.nuclei.channel)
+    sigma = ctx.config.nuclei.classical.sigma_um / ctx.chip.pixel_size_um
+    core = smooth(image, sigma)[tile.core_in_window]
+    return tile_histogram(core, vmax)
+
+
+# -- pass 1: nuclei --------------------------------------------------------------------------
+def nuclei_tile(ctx: RunContext, backend: NucleiBackend, tile: Tile) -> dict:
+    t0 = time.perf_counter()
+    labels = backend.segment(tile)
+    owned = owned_objects(labels, tile, ctx.grid.shape)
+    ctx.work.save_npz(NUCLEI, tile.index, owned.to_npz())
+    return {"index": tile.index, "n": len(owned), "n_clipped": owned.n_clipped, "seconds": time.perf_counter() - t0}
+
+
+def load_moments(work: WorkDir, stage: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z = work.load_npz(stage, index)
+    return z["area"], z["sum_r"], z["sum_c"]
+
+
+def painted(ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile) -> np.ndarray:
+    """Global labels of one stage's owned objects over the tile window, from all neighbours."""
+    parts = []
+    for other in ctx.grid.neighbours(tile):
+        obj = OwnedObjects.from_npz(ctx.work.load_npz(stage, other.index))
+        parts.append((obj, tables[other.index]))
+    return paint_window(tile.window, parts)
+
+
+def tile_data(ctx: RunContext, tile: Tile, with_image: bool = True) -> tuple[TileData, pa.Table]:
+    nuclei = painted(ctx, NUCLEI, ctx.nuclei_tables, tile)
+    seeds = painted(ctx, SEEDS, ctx.seed_tables, tile) if ctx.seed_tables is not None else None
+    return load_tile_data(ctx.chip, tile, ctx.genes, nuclei, seeds, with_image)
+
+
+# -- pass 2 (optional): seeds of cells without a nucleus ---------------------------------------
+def seeds_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
+    t0 = time.perf_counter()
+    data, _ = tile_data(ctx, tile)
+    seeds = method.find_seeds(data)
+    if seeds is None:
+        seeds = np.zeros(data.shape, np.uint32)
+    seeds = np.where(data.nuclei > 0, 0, seeds)  # a seed never covers a nucleus
+    owned = owned_objects(seeds, tile, ctx.grid.shape)
+    ctx.work.save_npz(SEEDS, tile.index, owned.to_npz())
+    return {"index": tile.index, "n": len(owned), "seconds": time.perf_counter() - t0}
+
+
+# -- pass 3: cells, labels, assignment -------------------------------------------------------
+def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
+    t0 = time.perf_counter()
+    data, table = tile_data(ctx, tile, with_image=method.uses_image)
+    cells = np.asarray(method.segment(data), dtype=np.uint32)
+    if cells.shape != data.shape:
+        raise RuntimeError(f"method {method.name} returned shape {cells.shape}, expected {data.shape}")
+    # Nuclei (and seeds) always keep their own cell, whatever the method predicted.
+    if data.seeds is not None:
+        cells = np.where(data.seeds > 0, data.seeds, cells)
+    cells = np.where(data.nuclei > 0, data.nuclei, cells)
+
+    core = tile.core_in_window
+    cells_core, nuclei_core = cells[core], data.nuclei[core]
+    write_label_core(ctx.labels_url, tile, cells_core, nuclei_core, ctx.work.so)
+
+    tx = data.transcripts
+    own = tx.in_core
+    cell_id, in_nucleus = assign(tx.row[own], tx.col[own], cells, data.nuclei)
+    out = table.filter(pa.array(own))
+    if K.TRANSCRIPT_ID not in out.column_names:
+        out = out.append_column(K.TRANSCRIPT_ID, out.column(ROW))
+    out = out.drop_columns([ROW])
+    for name in (K.CELL_ID, K.IN_NUCLEUS):
+        if name in out.column_names:  # an input column of that name is replaced, not duplicated
+            out = out.drop_columns([name])
+    out = out.append_column(K.CELL_ID, pa.array(cell_id, pa.int64()))
+    out = out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
+    ctx.work.save_table(TRANSCRIPTS, tile.index, out)
+
+    stats = pixel_stats(cells_core, nuclei_core, (tile.core[0], tile.core[2]))
+    tri = count_triples(cell_id, tx.gene[own], max(1, len(ctx.genes)))
+    seconds = time.perf_counter() - t0
+    summary = {
+        "n_transcripts": np.int64(own.sum()),
+        "n_assigned": np.int64((cell_id > 0).sum()),
+        "seconds": np.float64(seconds),
+    }
+    ctx.work.save_npz(CELLS, tile.index, {**{f"px_{k}": v for k, v in stats.items()},
+                                          **{f"tx_{k}": v for k, v in tri.items()}, **summary})
+    return {"index": tile.index, "n_transcripts": int(own.sum()), "n_assigned": int((cell_id > 0).sum()),
+            "n_cells": int(len(stats["cell"])), "seconds": seconds}
+
+
+def write_label_core(labels_url: str, tile: Tile, cells: np.ndarray, nuclei: np.ndarray, so: dict) -> None:
+    rows, cols = tile.core_slices
+    for name, arr in ((K.LABELS_CELLS, cells), (K.LABELS_NUCLEI, nuclei)):
+        z = storage.open_zarr_array(storage.join(labels_url, name), "r+", so)
+        z[rows, cols] = arr

@@ -1,0 +1,92 @@
+"""Read what one tile needs: its window of transcripts (and image), mapped to window pixels.
+
+Ownership of a transcript is decided on its pixel index alone (``Chip.um_to_px``), one formula
+used by every tile, so a transcript on a tile border is counted by exactly one tile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import constants as K
+from .io.chip import Chip
+from .io.transcripts import ROW
+from .methods.base import TileData, TileTranscripts
+from .tiling import Tile
+
+
+def gene_indices(column: pa.ChunkedArray | pa.Array, vocabulary: dict[str, int]) -> np.ndarray:
+    """Map gene strings to vocabulary indices via the column's dictionary (fast on millions)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_encode()
+    lut = np.array([vocabulary[g] for g in arr.dictionary.to_pylist()], dtype=np.int32)
+    idx = arr.indices.to_numpy(zero_copy_only=False)
+    return lut[idx] if len(lut) else np.zeros(len(idx), np.int32)
+
+
+def read_tile_transcripts(
+    chip: Chip, tile: Tile, vocabulary: dict[str, int], columns: list[str] | None = None
+) -> tuple[TileTranscripts, pa.Table]:
+    """Transcripts whose pixel falls in the tile window, plus the raw table for outputs.
+
+    Coordinates within a pixel of the image edge are clipped onto the edge pixel (the scan
+    stage has already rejected anything further out).
+    """
+    h, w = chip.shape_yx
+    ps = chip.pixel_size_um
+    x0, y0 = chip.origin_um
+    r0, r1, c0, c1 = tile.window
+    # One pixel of slack on each side; the pixel index below decides exactly.
+    xr = (x0 + (c0 - 1) * ps if c0 > 0 else -np.inf, x0 + (c1 + 1) * ps if c1 < w else np.inf)
+    yr = (y0 + (r0 - 1) * ps if r0 > 0 else -np.inf, y0 + (r1 + 1) * ps if r1 < h else np.inf)
+    table = chip.transcripts.read_window(xr, yr, columns)
+    x = table.column(K.X).to_numpy(zero_copy_only=False).astype(np.float64)
+    y = table.column(K.Y).to_numpy(zero_copy_only=False).astype(np.float64)
+    row, col = chip.um_to_px(x, y)
+    np.clip(row, 0, h - 1, out=row)
+    np.clip(col, 0, w - 1, out=col)
+    inside = (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
+    if not inside.all():
+        table = table.filter(pa.array(inside))
+        x, y, row, col = x[inside], y[inside], row[inside], col[inside]
+    tx = TileTranscripts(
+        x=x,
+        y=y,
+        gene=gene_indices(table.column(K.GENE), vocabulary),
+        row=row - r0,
+        col=col - c0,
+        in_core=tile.core_contains(row, col),
+        row_index=table.column(ROW).to_numpy(),
+    )
+    return tx, table
+
+
+def load_tile_data(
+    chip: Chip,
+    tile: Tile,
+    genes: list[str],
+    nuclei: np.ndarray,
+    seeds: np.ndarray | None = None,
+    with_image: bool = True,
+) -> tuple[TileData, pa.Table]:
+    vocabulary = {g: i for i, g in enumerate(genes)}
+    tx, table = read_tile_transcripts(chip, tile, vocabulary)
+    rows, cols = tile.window_slices
+    if with_image:
+        image = np.stack([chip.read_image(rows, cols, c) for c in range(chip.n_channels)])
+    else:
+        image = np.zeros((0, *tile.window_shape), np.uint16)
+    data = TileData(
+        tile=tile,
+        pixel_size_um=chip.pixel_size_um,
+        origin_um=chip.origin_um,
+        platform=chip.meta.platform,
+        image=image,
+        nuclei=nuclei,
+        transcripts=tx,
+        genes=genes,
+        seeds=seeds,
+    )
+    return data, table
