@@ -44,6 +44,12 @@ class RunContext:
     labels_url: str = ""
     nuclei_tables: list[np.ndarray] | None = None
     seed_tables: list[np.ndarray] | None = None
+    nuclei_stats: dict = field(default_factory=dict)  # e.g. the chip-wide threshold
+    method_state: object = None  # what CellMethod.prepare returned (e.g. trained weights)
+    ids_digest: str = ""  # fingerprint of the global IDs; cell-pass checkpoints are keyed by it
+
+    def stage(self, name: str) -> str:
+        return f"{name}-{self.ids_digest}" if self.ids_digest else name
 
 
 # -- pass 0: chip-wide intensity histogram (classical nuclei threshold) ------------------------
@@ -64,16 +70,26 @@ def nuclei_tile(ctx: RunContext, backend: NucleiBackend, tile: Tile) -> dict:
     return {"index": tile.index, "n": len(owned), "n_clipped": owned.n_clipped, "seconds": time.perf_counter() - t0}
 
 
+def load_owned(work: WorkDir, stage: str, index: int) -> OwnedObjects:
+    """A tile's owned objects; a tile that failed contributes none (the run is then incomplete)."""
+    try:
+        return OwnedObjects.from_npz(work.load_npz(stage, index))
+    except FileNotFoundError:
+        from .stitching.ownership import _empty
+
+        return _empty(index)
+
+
 def load_moments(work: WorkDir, stage: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    z = work.load_npz(stage, index)
-    return z["area"], z["sum_r"], z["sum_c"]
+    o = load_owned(work, stage, index)
+    return o.area, o.sum_r, o.sum_c
 
 
 def painted(ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile) -> np.ndarray:
     """Global labels of one stage's owned objects over the tile window, from all neighbours."""
     parts = []
     for other in ctx.grid.neighbours(tile):
-        obj = OwnedObjects.from_npz(ctx.work.load_npz(stage, other.index))
+        obj = load_owned(ctx.work, stage, other.index)
         parts.append((obj, tables[other.index]))
     return paint_window(tile.window, parts)
 
@@ -125,7 +141,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             out = out.drop_columns([name])
     out = out.append_column(K.CELL_ID, pa.array(cell_id, pa.int64()))
     out = out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
-    ctx.work.save_table(TRANSCRIPTS, tile.index, out)
+    ctx.work.save_table(ctx.stage(TRANSCRIPTS), tile.index, out)
 
     stats = pixel_stats(cells_core, nuclei_core, (tile.core[0], tile.core[2]))
     tri = count_triples(cell_id, tx.gene[own], max(1, len(ctx.genes)))
@@ -135,7 +151,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
         "n_assigned": np.int64((cell_id > 0).sum()),
         "seconds": np.float64(seconds),
     }
-    ctx.work.save_npz(CELLS, tile.index, {**{f"px_{k}": v for k, v in stats.items()},
+    ctx.work.save_npz(ctx.stage(CELLS), tile.index, {**{f"px_{k}": v for k, v in stats.items()},
                                           **{f"tx_{k}": v for k, v in tri.items()}, **summary})
     return {"index": tile.index, "n_transcripts": int(own.sum()), "n_assigned": int((cell_id > 0).sum()),
             "n_cells": int(len(stats["cell"])), "seconds": seconds}

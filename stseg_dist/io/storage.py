@@ -74,3 +74,32 @@ def open_zarr_array(url: str, mode: str = "r", storage_options: dict | None = No
     if mode in ("r", "r+") or not kwargs:
         return zarr.open_array(store=store, mode=mode)
     return zarr.create_array(store=store, overwrite=(mode == "w"), **kwargs)
+
+
+def open_zarr_group(url: str, mode: str = "r", storage_options: dict | None = None):
+    import zarr
+
+    if is_remote(url):
+        store = zarr.storage.FsspecStore.from_url(
+            url, storage_options=storage_options or {}, read_only=(mode == "r")
+        )
+    else:
+        store = str(url).removeprefix("file://")
+    return zarr.open_group(store=store, mode=mode)
+
+
+def remove(url: str, storage_options: dict | None = None) -> None:
+    fs, path = fs_and_path(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def move(src: str, dst: str, storage_options: dict | None = None) -> None:
+    """Move a file or folder (a rename locally; copy + delete on object stores)."""
+    fs, s = fs_and_path(src, storage_options)
+    _, d = fs_and_path(dst, storage_options)
+    if is_remote(src):
+        fs.copy(s, d, recursive=True)
+        fs.rm(s, recursive=True)
+    else:
+        fs.mv(s, d, recursive=True)

@@ -98,6 +98,10 @@ class CellMethod:
         """How far from a nucleus a cell may extend; the halo must cover it."""
         return self.config.cells.cell_diameter_um
 
+    def actor_resources(self) -> tuple[int, float]:
+        """(number of actors, GPUs per actor) for methods with a model; GPUs used only if present."""
+        return (1, 0.0)
+
     def prepare(self, ctx: PrepareContext) -> Any:
         """Chip-wide work before the cell pass; returns a picklable state (e.g. weights)."""
         return None

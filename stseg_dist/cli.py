@@ -1,0 +1,207 @@
+"""``stseg``: the command line. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from .errors import RunIncompleteError, StsegError
+
+EXIT_INCOMPLETE = 3
+
+
+def _config(args):
+    from .config import load_config, parse_set
+
+    return load_config(getattr(args, "config", None), parse_set(getattr(args, "set", None)))
+
+
+def cmd_run(args) -> int:
+    from .driver import run_pipeline
+
+    config = _config(args)
+    if args.fail_fast:
+        config.runtime.fail_fast = True
+    if args.no_progress:
+        config.runtime.progress = False
+    chip = args.chip
+    if args.input:
+        from .io import storage
+        from .io.bundles import convert_bundle
+
+        chip = storage.join(args.out, "_work", "input_chip")
+        report = convert_bundle(args.input, chip, args.platform, overwrite=True)
+        print(f"converted {args.input} ({report.get('platform')}) -> {chip}", file=sys.stderr)
+    if not chip:
+        raise SystemExit("stseg run: give --chip CHIP or --input BUNDLE")
+    t0 = time.perf_counter()
+    summary = run_pipeline(chip, args.out, config, address=args.address, local=args.local)
+    _print_summary(summary, time.perf_counter() - t0)
+    _report(args.out, args.ref)
+    return 0
+
+
+def _report(out: str, ref: str | None) -> None:
+    from .report import write_report
+
+    path = write_report(out, ref=ref)
+    print(f"report: {path}", file=sys.stderr)
+
+
+def _print_summary(summary: dict, seconds: float) -> None:
+    c = summary["counts"]
+    rate = c["n_transcripts"] / seconds if seconds > 0 else float("nan")
+    print(
+        f"{summary['status']}: {c['n_cells']} cells, {c['n_assigned']}/{c['n_transcripts']} transcripts "
+        f"assigned, {summary['n_tiles']} tiles, {seconds:.1f} s ({rate:,.0f} transcripts/s) -> {summary['out']}"
+    )
+
+
+def cmd_synth(args) -> int:
+    from .synth import synth_chip
+
+    info = synth_chip(args.out, args.width_um, args.height_um, args.seed, pixel_size_um=args.pixel_size_um,
+                      membrane=args.membrane, vendor_nuclei=args.vendor_nuclei, overwrite=args.overwrite)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import load_config, parse_set
+    from .driver import run_pipeline
+    from .io import storage
+    from .synth import synth_chip
+
+    chip = storage.join(args.out, "chip")
+    t0 = time.perf_counter()
+    info = synth_chip(chip, args.size_um, args.size_um, args.seed, overwrite=True)
+    print(f"generated chip {chip}: {info['n_cells']} cells, {info['n_transcripts']} transcripts", file=sys.stderr)
+    config = load_config(args.config, parse_set(args.set))
+    out = storage.join(args.out, "run")
+    summary = run_pipeline(chip, out, config, address=args.address)
+    _print_summary(summary, time.perf_counter() - t0)
+    _report(out, chip)
+    try:
+        from .evaluation import evaluate, format_table
+
+        print(format_table(evaluate(out, chip)))
+    except ImportError:
+        pass
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .io.bundles import convert_bundle
+
+    report = convert_bundle(args.input, args.out, args.platform, overwrite=args.overwrite)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate, format_table
+
+    metrics = evaluate(args.pred, args.ref)
+    print(format_table(metrics))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(metrics, fh, indent=2, default=float)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    summary = run_batch(args.manifest, address=args.address)
+    return 0 if all(s.get("status") in ("complete", "skipped") for s in summary.get("slides", [])) else EXIT_INCOMPLETE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stseg", description="Ray-distributed cell segmentation for spatial transcriptomics")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", help="pipeline config YAML (local path or URL); see configs/")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. cells.method=ucs")
+        sp.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)")
+
+    r = sub.add_parser("run", help="segment a chip and write labels, cells, transcripts, AnnData")
+    r.add_argument("--chip", help="canonical chip folder or URL (chip.json + image.zarr + transcripts.parquet)")
+    r.add_argument("--input", help="a vendor bundle folder or URL, converted on the fly")
+    r.add_argument("--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto (with --input)")
+    r.add_argument("--out", required=True, help="output folder or URL")
+    r.add_argument("--ref", help="reference for the report's metrics (e.g. a generated chip with truth/)")
+    r.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+    r.add_argument("--fail-fast", action="store_true", help="stop at the first tile that fails every retry")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common(r)
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("synth", help="write a generated chip with ground truth")
+    s.add_argument("--out", required=True, help="output chip folder or URL")
+    s.add_argument("--width-um", type=float, required=True, help="chip width in µm")
+    s.add_argument("--height-um", type=float, required=True, help="chip height in µm")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--pixel-size-um", type=float, default=0.5, help="image pixel size in µm")
+    s.add_argument("--membrane", action="store_true", help="add a membrane stain channel")
+    s.add_argument("--vendor-nuclei", action="store_true", help="also write nuclei.zarr")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing chip")
+    s.set_defaults(fn=cmd_synth)
+
+    d = sub.add_parser("demo", help="generate a small chip and run the whole pipeline on it")
+    d.add_argument("--out", default="demo-out", help="demo folder (chip/ and run/ inside)")
+    d.add_argument("--size-um", type=float, default=400.0, help="chip width and height in µm")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
+    common(d)
+    d.set_defaults(fn=cmd_demo)
+
+    c = sub.add_parser("convert", help="convert a vendor bundle to a canonical chip")
+    c.add_argument("--input", required=True, help="bundle folder or URL")
+    c.add_argument("--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto")
+    c.add_argument("--out", required=True, help="output chip folder or URL")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing chip")
+    c.set_defaults(fn=cmd_convert)
+
+    e = sub.add_parser("eval", help="score a run against a reference")
+    e.add_argument("--pred", required=True, help="run output folder")
+    e.add_argument("--ref", required=True, help="reference: generated chip, label mask or transcript table")
+    e.add_argument("--json", help="also write the metrics as JSON here")
+    e.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("bench", help="benchmarks (see stseg bench -- --help)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark harness")
+    b.set_defaults(fn=cmd_bench)
+
+    m = sub.add_parser("batch", help="segment many slides listed in a manifest on one Ray cluster")
+    m.add_argument("manifest", help="batch manifest YAML")
+    m.add_argument("--address", help="Ray cluster address")
+    m.set_defaults(fn=cmd_batch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except RunIncompleteError as exc:
+        print(f"stseg: incomplete: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except StsegError as exc:
+        print(f"stseg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

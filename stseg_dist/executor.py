@@ -1,0 +1,187 @@
+"""Thin adapters that run tile kernels: on Ray (tasks or actors, throttled) or in-process.
+
+Kernels have the form ``fn(shared, worker, item)``: ``shared`` is the run context (shipped once
+through the object store), ``worker`` is built once per task or once per actor by ``factory``
+(that is where a model is loaded), ``item`` is one tile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+Kernel = Callable[[Any, Any, Any], Any]
+Factory = Callable[[Any], Any]
+
+
+@dataclass
+class Outcome:
+    item: Any
+    result: Any = None
+    error: BaseException | None = None
+
+
+class FailFast(RuntimeError):
+    pass
+
+
+@dataclass
+class StageResources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_bytes: int | None = None
+    n_actors: int = 1
+
+    def options(self) -> dict:
+        opts: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            opts["memory"] = int(self.memory_bytes)
+        return opts
+
+
+class LocalExecutor:
+    """Same kernels, one process, no Ray: the reference the Ray run must reproduce."""
+
+    def __init__(self, progress: bool = False, fail_fast: bool = False):
+        self.progress = progress
+        self.fail_fast = fail_fast
+
+    def cpu_count(self) -> int:
+        return 1
+
+    def has_gpu(self) -> bool:
+        return False
+
+    def map(self, fn: Kernel, shared: Any, items: Sequence, *, desc: str = "", factory: Factory | None = None,
+            resources: StageResources | None = None, actors: bool = False) -> list[Outcome]:
+        worker = factory(shared) if (factory and actors) else None
+        out = []
+        for item in tqdm(items, desc=desc, disable=not self.progress, leave=False):
+            try:
+                w = worker if actors else (factory(shared) if factory else None)
+                out.append(Outcome(item, fn(shared, w, item)))
+            except Exception as exc:  # noqa: BLE001 - recorded per tile, like on Ray
+                if self.fail_fast:
+                    raise
+                out.append(Outcome(item, error=exc))
+        return out
+
+
+def _run_task(fn, shared, factory, item):
+    worker = factory(shared) if factory else None
+    return fn(shared, worker, item)
+
+
+class _TileActor:
+    def __init__(self, factory, shared):
+        self.shared = shared
+        self.worker = factory(shared) if factory else None
+
+    def ready(self) -> bool:
+        return True
+
+    def call(self, fn, item):
+        return fn(self.shared, self.worker, item)
+
+
+class RayExecutor:
+    """Throttled submission with ``ray.wait``; retries and actor restarts come from Ray."""
+
+    def __init__(self, max_in_flight: int | None = None, max_retries: int = 3, progress: bool = True,
+                 fail_fast: bool = False):
+        import ray
+
+        self.ray = ray
+        self.max_retries = max_retries
+        self.progress = progress
+        self.fail_fast = fail_fast
+        self.max_in_flight = max_in_flight or max(2, 2 * self.cpu_count())
+
+    def cpu_count(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def has_gpu(self) -> bool:
+        return self.ray.cluster_resources().get("GPU", 0) > 0
+
+    def map(self, fn: Kernel, shared: Any, items: Sequence, *, desc: str = "", factory: Factory | None = None,
+            resources: StageResources | None = None, actors: bool = False) -> list[Outcome]:
+        ray = self.ray
+        resources = resources or StageResources()
+        shared_ref = ray.put(shared)
+        if actors:
+            cls = ray.remote(_TileActor).options(
+                **resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries
+            )
+            pool = [cls.remote(factory, shared_ref) for _ in range(max(1, resources.n_actors))]
+            ray.get([a.ready.remote() for a in pool])
+            per_actor = max(1, self.max_in_flight // len(pool))
+            submit_count = [0]
+
+            def submit(item):
+                actor = pool[submit_count[0] % len(pool)]
+                submit_count[0] += 1
+                return actor.call.remote(fn, item)
+
+            limit = per_actor * len(pool)
+        else:
+            task = ray.remote(_run_task).options(
+                **resources.options(), max_retries=self.max_retries, retry_exceptions=True
+            )
+
+            def submit(item):
+                return task.remote(fn, shared_ref, factory, item)
+
+            limit = self.max_in_flight
+        outcomes: dict[int, Outcome] = {}
+        pending: dict[Any, int] = {}
+        queue = list(enumerate(items))
+        bar = tqdm(total=len(queue), desc=desc, disable=not self.progress, leave=False)
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    i, item = queue.pop(0)
+                    pending[submit(item)] = i
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    i = pending.pop(ref)
+                    try:
+                        outcomes[i] = Outcome(items[i], ray.get(ref))
+                    except Exception as exc:  # noqa: BLE001 - a poison tile, recorded
+                        cause = getattr(exc, "cause", None) or exc
+                        if self.fail_fast:
+                            for r in pending:
+                                ray.cancel(r, force=True)
+                            raise cause from exc if cause is not exc else exc
+                        outcomes[i] = Outcome(items[i], error=cause)
+                    bar.update(1)
+        finally:
+            bar.close()
+            if actors:
+                for a in pool:
+                    ray.kill(a)
+        return [outcomes[i] for i in range(len(items))]
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to a cluster (``address`` / ``RAY_ADDRESS``) or start Ray embedded.
+
+    Returns True when this call started Ray, so the caller knows to shut it down.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    return True
