@@ -1,0 +1,74 @@
+"""Shared fixtures: a small constructed chip, the shared real data, one Ray per module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared real data not found at {path} (expected ../shared/data beside the repo)")
+    return path
+
+
+def make_blob_chip(
+    path,
+    shape=(240, 320),
+    pixel_size_um=0.5,
+    n_nuclei=40,
+    n_transcripts=20_000,
+    seed=0,
+    chunk_px=64,
+    transcripts: pa.Table | None = None,
+    origin_um=(0.0, 0.0),
+    row_group_size=2_000,
+):
+    """A small chip with Gaussian-blob nuclei and transcripts scattered around them.
+
+    For constructed cases (bad inputs, accounting) where the generator's realism is not needed.
+    """
+    from stseg_dist.io.chip_writer import ChipWriter
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    cy = rng.uniform(8, h - 8, n_nuclei)
+    cx = rng.uniform(8, w - 8, n_nuclei)
+    yy, xx = np.mgrid[:h, :w]
+    img = rng.normal(200, 20, shape).astype(np.float32)
+    for y, x in zip(cy, cx):
+        img += 3000 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 4.0**2))
+    if transcripts is None:
+        k = rng.integers(0, n_nuclei, n_transcripts)
+        x0, y0 = origin_um
+        tx = np.clip(x0 + cx[k] * pixel_size_um + rng.normal(0, 3, n_transcripts), x0, x0 + w * pixel_size_um - 1e-6)
+        ty = np.clip(y0 + cy[k] * pixel_size_um + rng.normal(0, 3, n_transcripts), y0, y0 + h * pixel_size_um - 1e-6)
+        genes = np.array([f"G{i:02d}" for i in range(12)])[rng.integers(0, 12, n_transcripts)]
+        order = np.lexsort((tx // 20, ty // 20))
+        transcripts = pa.table({"x": tx[order], "y": ty[order], "gene": genes[order]})
+    with ChipWriter(str(path), shape, pixel_size_um, origin_um=origin_um, platform="test",
+                    chunk_px=chunk_px, overwrite=True) as wr:
+        wr.write_image(np.s_[:, :], np.clip(img, 0, 65535).astype(np.uint16))
+        wr.write_transcripts(transcripts, row_group_size=row_group_size)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    """One Ray instance per test module (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR")
+    yield ray
+    ray.shutdown()

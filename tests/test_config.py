@@ -1,0 +1,45 @@
+import pytest
+
+from stseg_dist.config import PipelineConfig, env_overrides, load_config, parse_set
+from stseg_dist.errors import ConfigError
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("cells:\n  method: expansion\n  expansion:\n    distance_um: 7\n")
+    cfg = load_config(str(cfg_file), parse_set(["tiling.tile_size_um=120", "runtime.progress=false"]), use_env=False)
+    assert cfg.cells.expansion.distance_um == 7.0
+    assert cfg.tiling.tile_size_um == 120.0
+    assert cfg.runtime.progress is False
+    assert isinstance(PipelineConfig().to_dict()["nuclei"]["classical"], dict)
+
+
+def test_env_overrides():
+    assert env_overrides({"STSEG_RUNTIME__MAX_RETRIES": "5", "OTHER": "1"}) == {"runtime": {"max_retries": 5}}
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"tiling": {"tile_sz": 3}}, "'tile_sz' in 'tiling'"),
+        ({"bogus": 1}, "'bogus' in the top level"),
+        ({"tiling": {"tile_size_um": "big"}}, "tiling.tile_size_um' must be a number"),
+        ({"runtime": {"max_retries": 1.5}}, "runtime.max_retries' must be an integer"),
+        ({"runtime": {"progress": "yes"}}, "runtime.progress' must be true or false"),
+        ({"cells": 3}, "'cells' must be a mapping"),
+    ],
+)
+def test_bad_config_rejected(data, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("'", "'")):
+        load_config(overrides=data, use_env=False)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiling: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad), use_env=False)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"), use_env=False)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set(["novalue"])
