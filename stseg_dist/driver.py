@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import json
 import logging
 import math
 import time
@@ -251,6 +252,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     ctx.nuclei_tables = assign_global_ids(moments)
     n_nuclei = sum(len(m[0]) for m in moments)
     n_clipped = sum(int(o.result["n_clipped"]) for o in outs if o.error is None)
+    workers = {"nuclei": _unique([o.result["worker"] for o in outs if o.error is None and o.result["worker"]])}
     times["nuclei"] = time.perf_counter() - t
     if n_nuclei == 0:
         log.warning("no nuclei found in %s", chip.url)
@@ -341,6 +343,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         "counts": counts_summary,
         "n_transcripts_written": n_tx_out,
         "failed": failed,
+        "workers": workers,
         "tiles": tiles,
     }
     if complete:
@@ -377,6 +380,16 @@ def _prepare(method, ctx, ex, work, genes, n_nuclei, config):
     state = method.prepare(PrepareContext(ctx.chip, config, ctx.grid, genes, map_tiles, n_nuclei))
     work.save_bytes(name, pickle.dumps(state))
     return state
+
+
+def _unique(items: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for d in items:
+        key = json.dumps(d, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
 
 
 def _digest(tables: list[np.ndarray]) -> str:

@@ -67,7 +67,8 @@ def nuclei_tile(ctx: RunContext, backend: NucleiBackend, tile: Tile) -> dict:
     labels = backend.segment(tile)
     owned = owned_objects(labels, tile, ctx.grid.shape)
     ctx.work.save_npz(NUCLEI, tile.index, owned.to_npz())
-    return {"index": tile.index, "n": len(owned), "n_clipped": owned.n_clipped, "seconds": time.perf_counter() - t0}
+    return {"index": tile.index, "n": len(owned), "n_clipped": owned.n_clipped,
+            "seconds": time.perf_counter() - t0, "worker": backend.describe()}
 
 
 def load_owned(work: WorkDir, stage: str, index: int) -> OwnedObjects:

@@ -56,3 +56,19 @@ def test_chip_on_s3_to_outputs_on_s3(s3, tmp_path, ray_module):
     assert fs.exists("stseg-test/runs/r1/cells.h5ad") and fs.exists("stseg-test/runs/r1/transcripts.parquet")
     # checkpoints of a finished run are cleaned up
     assert not fs.exists("stseg-test/runs/r1/_work/" + run["run_key"])
+
+
+def test_cellpose_model_from_s3_url(s3, tmp_path, monkeypatch):
+    from stseg_dist.errors import InputError
+    from stseg_dist.nuclei.cellpose_backend import resolve_model_path
+    from tests.nuclei.test_cellpose import write_random_cellpose_model
+
+    fs, opts = s3
+    monkeypatch.setenv("STSEG_MODEL_CACHE", str(tmp_path / "cache"))
+    model = write_random_cellpose_model(tmp_path / "m.pt")
+    fs.put(model, "stseg-test/models/cpsam_tiny")
+    local = resolve_model_path("s3://stseg-test/models/cpsam_tiny", opts)
+    assert open(local, "rb").read() == open(model, "rb").read()
+    assert resolve_model_path("s3://stseg-test/models/cpsam_tiny", opts) == local  # cached, not refetched
+    with pytest.raises(InputError, match="not found"):
+        resolve_model_path("s3://stseg-test/models/missing", opts)

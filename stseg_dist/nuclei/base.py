@@ -32,6 +32,10 @@ class NucleiBackend:
     def prepare(self, stats: dict[str, Any]) -> None:
         """Receive chip-wide statistics (e.g. the global threshold) before any tile."""
 
+    def describe(self) -> dict[str, Any]:
+        """Worker facts recorded in run.json (e.g. how often a model was loaded)."""
+        return {}
+
     def segment(self, tile: "Tile") -> np.ndarray:
         """Nucleus labels over the tile's window (any positive IDs; 0 = background)."""
         raise NotImplementedError

@@ -19,6 +19,8 @@ from ..errors import ConfigError, InputError
 from ..io import storage
 from .base import NucleiBackend
 
+_MODEL_LOADS = 0  # per process: lets run.json show that each actor loaded its model once
+
 
 def resolve_model_path(model: str, storage_options: dict | None = None) -> str:
     """Turn a model name, path or URL into a local file path, without any network download
@@ -68,6 +70,7 @@ class CellposeNuclei(NucleiBackend):
         import torch
         from cellpose import models as cp_models
 
+        global _MODEL_LOADS
         cfg = self.config.nuclei.cellpose
         path = resolve_model_path(cfg.model, cfg.storage_options)
         gpu = torch.cuda.is_available()
@@ -75,6 +78,13 @@ class CellposeNuclei(NucleiBackend):
             self.model = cp_models.CellposeModel(gpu=gpu, pretrained_model=path, use_bfloat16=gpu)
         except (ValueError, RuntimeError, OSError) as exc:
             raise InputError(f"Cellpose model {cfg.model}: cannot load: {exc}") from exc
+        except Exception as exc:  # e.g. pickle.UnpicklingError from weights_only loading
+            raise InputError(f"Cellpose model {cfg.model}: refused or unreadable: {exc}") from exc
+        _MODEL_LOADS += 1
+
+    def describe(self):
+        return {"pid": os.getpid(), "model_loads": _MODEL_LOADS,
+                "device": str(self.model.device) if self.model is not None else None}
 
     def segment(self, tile):
         if self.model is None:
