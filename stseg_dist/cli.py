@@ -45,7 +45,10 @@ def cmd_run(args) -> int:
 
 
 def _report(out: str, ref: str | None) -> None:
-    from .report import write_report
+    try:
+        from .report import write_report
+    except ModuleNotFoundError:  # the QC report module is optional until it lands
+        return
 
     path = write_report(out, ref=ref)
     print(f"report: {path}", file=sys.stderr)

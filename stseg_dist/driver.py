@@ -240,6 +240,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     t = time.perf_counter()
     backend_probe = get_backend(config.nuclei.backend, config, chip)
     todo = [tl for tl in grid if tl.index not in work.done(stages.NUCLEI)]
+    resumed = {"nuclei": len(grid) - len(todo)}
     if backend_probe.uses_model:
         cp = config.nuclei.cellpose
         res = _resources(config.resources.nuclei, cp.num_actors, cp.num_gpus if ex.has_gpu() else 0.0)
@@ -269,6 +270,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     if type(method).find_seeds is not CellMethod.find_seeds:
         t = time.perf_counter()
         todo = [tl for tl in grid if tl.index not in work.done(stages.SEEDS)]
+        resumed["seeds"] = len(grid) - len(todo)
         outs = _map_method(ex, _seeds, ctx, todo, "seeds", method, config)
         failed += _errors(outs, "seeds")
         seed_moments = [stages.load_moments(work, stages.SEEDS, i) for i in range(len(grid))]
@@ -285,6 +287,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     create_labels(ctx.labels_url, grid.shape, grid.chunk_px, attrs, so)
     done_before = work.done(ctx.stage(stages.CELLS))
     todo = [tl for tl in grid if tl.index not in done_before]
+    resumed["cells"] = len(grid) - len(todo)
     outs = _map_method(ex, _cells, ctx, todo, "cells", method, config)
     failed += _errors(outs, "cells")
     times["cells"] = time.perf_counter() - t
@@ -344,6 +347,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         "n_transcripts_written": n_tx_out,
         "failed": failed,
         "workers": workers,
+        "resumed_tiles": resumed,
         "tiles": tiles,
     }
     if complete:

@@ -7,6 +7,7 @@ through the object store), ``worker`` is built once per task or once per actor b
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+_POOL_IDS = itertools.count()
 
 Kernel = Callable[[Any, Any, Any], Any]
 Factory = Callable[[Any], Any]
@@ -116,10 +118,11 @@ class RayExecutor:
         resources = resources or StageResources()
         shared_ref = ray.put(shared)
         if actors:
-            cls = ray.remote(_TileActor).options(
-                **resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries
-            )
-            pool = [cls.remote(factory, shared_ref) for _ in range(max(1, resources.n_actors))]
+            cls = ray.remote(_TileActor)
+            opts = dict(resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries)
+            tag = f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
+            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory, shared_ref)
+                    for i in range(max(1, resources.n_actors))]
             ray.get([a.ready.remote() for a in pool])
             per_actor = max(1, self.max_in_flight // len(pool))
             submit_count = [0]

@@ -23,7 +23,24 @@ def available_methods() -> list[str]:
     return sorted(_registry())
 
 
+def _import_method(path: str) -> type[CellMethod]:
+    """``package.module:ClassName`` -> the class, for methods that live outside this package."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cells.method {path!r}: cannot import it: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, CellMethod)):
+        raise ConfigError(f"cells.method {path!r} is not a CellMethod subclass")
+    return cls
+
+
 def get_method(name: str, config, platform: str = "generic") -> CellMethod:
+    """A method by registered name, or by import path ``module:Class`` (third-party methods)."""
+    if ":" in name:
+        return _import_method(name)(config, platform)
     registry = _registry()
     if name not in registry:
         raise ConfigError(
