@@ -249,6 +249,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         outs = ex.map(_nuclei, ctx, todo, desc="nuclei", factory=_make_backend,
                       resources=_resources(config.resources.nuclei))
     failed += _errors(outs, "nuclei")
+    placement = {"nuclei": _placement(outs)}
     moments = [stages.load_moments(work, stages.NUCLEI, i) for i in range(len(grid))]
     ctx.nuclei_tables = assign_global_ids(moments)
     n_nuclei = sum(len(m[0]) for m in moments)
@@ -290,6 +291,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     resumed["cells"] = len(grid) - len(todo)
     outs = _map_method(ex, _cells, ctx, todo, "cells", method, config)
     failed += _errors(outs, "cells")
+    placement["cells"] = _placement(outs)
     times["cells"] = time.perf_counter() - t
 
     # 7. reduce per-tile partials into the outputs, then publish them into OUT.
@@ -348,6 +350,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         "failed": failed,
         "workers": workers,
         "resumed_tiles": resumed,
+        "placement": placement,
         "tiles": tiles,
     }
     if complete:
@@ -384,6 +387,15 @@ def _prepare(method, ctx, ex, work, genes, n_nuclei, config):
     state = method.prepare(PrepareContext(ctx.chip, config, ctx.grid, genes, map_tiles, n_nuclei))
     work.save_bytes(name, pickle.dumps(state))
     return state
+
+
+def _placement(outs: list[Outcome]) -> dict[str, int]:
+    """Tiles per node for one stage: shows where GPU and CPU work actually ran."""
+    out: dict[str, int] = {}
+    for o in outs:
+        if o.error is None and o.node:
+            out[o.node] = out.get(o.node, 0) + 1
+    return out
 
 
 def _unique(items: list[dict]) -> list[dict]:

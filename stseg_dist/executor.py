@@ -28,6 +28,13 @@ class Outcome:
     item: Any
     result: Any = None
     error: BaseException | None = None
+    node: str | None = None  # where it ran: Ray node ID ("local" in-process)
+
+
+def _here() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 class FailFast(RuntimeError):
@@ -68,7 +75,7 @@ class LocalExecutor:
         for item in tqdm(items, desc=desc, disable=not self.progress, leave=False):
             try:
                 w = worker if actors else (factory(shared) if factory else None)
-                out.append(Outcome(item, fn(shared, w, item)))
+                out.append(Outcome(item, fn(shared, w, item), node="local"))
             except Exception as exc:  # noqa: BLE001 - recorded per tile, like on Ray
                 if self.fail_fast:
                     raise
@@ -78,7 +85,7 @@ class LocalExecutor:
 
 def _run_task(fn, shared, factory, item):
     worker = factory(shared) if factory else None
-    return fn(shared, worker, item)
+    return fn(shared, worker, item), _here()
 
 
 class _TileActor:
@@ -90,7 +97,7 @@ class _TileActor:
         return True
 
     def call(self, fn, item):
-        return fn(self.shared, self.worker, item)
+        return fn(self.shared, self.worker, item), _here()
 
 
 class RayExecutor:
@@ -155,7 +162,8 @@ class RayExecutor:
                 for ref in ready:
                     i = pending.pop(ref)
                     try:
-                        outcomes[i] = Outcome(items[i], ray.get(ref))
+                        result, node = ray.get(ref)
+                        outcomes[i] = Outcome(items[i], result, node=node)
                     except Exception as exc:  # noqa: BLE001 - a poison tile, recorded
                         cause = getattr(exc, "cause", None) or exc
                         if self.fail_fast:

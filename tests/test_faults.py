@@ -66,7 +66,7 @@ def assert_same_outputs(a, b):
 
 
 def test_task_failing_once_is_retried(chip, clean, tmp_path, ray_faults, fault_dir):
-    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.fault_methods:FlakyExpansion"))
+    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:FlakyExpansion"))
     assert summary["status"] == "complete"
     assert {"flaky-3", "flaky-17", "flaky-40"} <= {p.name for p in fault_dir.iterdir()}  # the faults fired
     assert_same_outputs(clean, tmp_path / "out")
@@ -75,7 +75,7 @@ def test_task_failing_once_is_retried(chip, clean, tmp_path, ray_faults, fault_d
 def test_poison_tile_recorded_and_rest_completes(chip, clean, tmp_path, ray_faults):
     out = tmp_path / "out"
     with pytest.raises(RunIncompleteError, match="3 tile"):
-        run_pipeline(chip, str(out), _cfg("cells.method=tests.fault_methods:PoisonExpansion"))
+        run_pipeline(chip, str(out), _cfg("cells.method=tests.plugin_methods:PoisonExpansion"))
     import json
 
     run = json.loads((out / "run.json").read_text())
@@ -87,7 +87,7 @@ def test_poison_tile_recorded_and_rest_completes(chip, clean, tmp_path, ray_faul
     assert len(done) == run["n_tiles"] - 3
     # fail-fast stops at the first poison tile
     with pytest.raises(RuntimeError, match="poison tile"):
-        run_pipeline(chip, str(tmp_path / "ff"), _cfg("cells.method=tests.fault_methods:PoisonExpansion",
+        run_pipeline(chip, str(tmp_path / "ff"), _cfg("cells.method=tests.plugin_methods:PoisonExpansion",
                                                       "runtime.fail_fast=true"))
 
 
@@ -108,7 +108,7 @@ def test_killed_actor_is_restarted(chip, clean, tmp_path, ray_faults):
 
     th = threading.Thread(target=killer)
     th.start()
-    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.fault_methods:SlowActorExpansion"))
+    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion"))
     th.join()
     assert killed, "no actor was found to kill"
     assert summary["status"] == "complete"
@@ -120,7 +120,7 @@ def test_driver_killed_with_sigkill_then_resumed(chip, clean, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "stseg_dist", "run", "--chip", chip, "--out", str(out), "--no-progress",
            "--local", *[a for kv in TILES for a in ("--set", kv)],
-           "--set", "cells.method=tests.fault_methods:SlowActorExpansion"]
+           "--set", "cells.method=tests.plugin_methods:SlowActorExpansion"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     done = []

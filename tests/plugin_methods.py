@@ -1,4 +1,5 @@
-"""Cell methods that fail on purpose, loaded by import path (``cells.method=tests.fault_methods:X``).
+"""Test cell methods, loaded by import path (``cells.method=tests.plugin_methods:X``): some fail on
+purpose, some ask for GPUs.
 
 Attempts are remembered in files under ``$STSEG_FAULT_DIR`` so that "fail on the first attempt"
 holds across Ray worker processes and retries.
@@ -56,3 +57,12 @@ class SlowActorExpansion(ExpansionMethod):
 
         time.sleep(0.05)
         return super().segment(data)
+
+
+class GpuActorExpansion(ExpansionMethod):
+    """Asks for one GPU per actor, like UCS inference: must land on the GPU node."""
+
+    uses_model = True
+
+    def actor_resources(self):
+        return (1, 1.0)
