@@ -18,6 +18,7 @@ QV = "qv"
 TRANSCRIPT_ID = "transcript_id"
 CELL_TRUE = "cell_true"
 CELL_ID = "cell_id"
+INPUT_ROW = "input_row"  # position in the input table; restores input order, always unique
 IN_NUCLEUS = "in_nucleus"
 REQUIRED_TRANSCRIPT_COLUMNS = (X, Y, GENE)
 

@@ -119,7 +119,8 @@ def concat_transcripts(part_urls: list[str], url: str, so: dict) -> int:
             n += table.num_rows
         if writer is None:
             schema = pa.schema([(K.X, pa.float64()), (K.Y, pa.float64()), (K.GENE, pa.string()),
-                                (K.TRANSCRIPT_ID, pa.int64()), (K.CELL_ID, pa.int64()), (K.IN_NUCLEUS, pa.bool_())])
+                                (K.TRANSCRIPT_ID, pa.int64()), (K.INPUT_ROW, pa.int64()),
+                                (K.CELL_ID, pa.int64()), (K.IN_NUCLEUS, pa.bool_())])
             writer = pq.ParquetWriter(fh, schema)
         writer.close()
     return n

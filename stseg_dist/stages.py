@@ -136,10 +136,12 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     out = table.filter(pa.array(own))
     if K.TRANSCRIPT_ID not in out.column_names:
         out = out.append_column(K.TRANSCRIPT_ID, out.column(ROW))
+    rows = out.column(ROW)
     out = out.drop_columns([ROW])
-    for name in (K.CELL_ID, K.IN_NUCLEUS):
+    for name in (K.INPUT_ROW, K.CELL_ID, K.IN_NUCLEUS):
         if name in out.column_names:  # an input column of that name is replaced, not duplicated
             out = out.drop_columns([name])
+    out = out.append_column(K.INPUT_ROW, rows)  # unique even where input transcript_ids are not
     out = out.append_column(K.CELL_ID, pa.array(cell_id, pa.int64()))
     out = out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
     ctx.work.save_table(ctx.stage(TRANSCRIPTS), tile.index, out)

@@ -168,3 +168,35 @@ def test_unknown_method_and_backend(tmp_path):
         cfg = load_config(overrides=parse_set([key]), use_env=False)
         with pytest.raises(ConfigError, match="nope"):
             run_pipeline(chip, str(tmp_path / "o"), cfg, local=True)
+
+
+def test_odd_gene_names_and_duplicate_ids_round_trip(tmp_path):
+    """Documented recovery: gene names pass through untouched; duplicate transcript_ids are kept as
+    given and ``input_row`` (always unique) identifies each transcript."""
+    import anndata as ad
+    import pandas as pd
+
+    genes = ["Gene A/ß", 'q"uote,comma', "", "タ", "NegControlProbe_1"]
+    n = 500
+    rng = np.random.default_rng(0)
+    t = pa.table({"x": rng.uniform(0, 159, n), "y": rng.uniform(0, 119, n),
+                  "gene": [genes[i % len(genes)] for i in range(n)],
+                  "transcript_id": np.repeat(np.arange(n // 2), 2)})
+    chip = make_blob_chip(tmp_path / "c", transcripts=t)
+    out = tmp_path / "out"
+    run_pipeline(chip, str(out), _cfg(), local=True)
+    tx = pd.read_parquet(out / "transcripts.parquet")
+    assert sorted(tx.input_row) == list(range(n))
+    back = tx.sort_values("input_row")
+    assert back.gene.tolist() == t.column("gene").to_pylist()
+    assert back.transcript_id.tolist() == t.column("transcript_id").to_pylist()
+    adata = ad.read_h5ad(out / "cells.h5ad")
+    assert sorted(adata.var_names) == sorted(genes)
+
+
+def test_corrupt_image_chunk_names_the_window(tmp_path):
+    chip = make_blob_chip(tmp_path / "c", n_transcripts=200)
+    chunk = next(p for p in (tmp_path / "c" / "image.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match=r"image\.zarr: cannot read window"):
+        run_pipeline(chip, str(tmp_path / "out"), _cfg(), local=True)
