@@ -1,0 +1,52 @@
+"""The CLI end to end, as users run it (a subprocess, embedded Ray)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, make_blob_chip
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+
+
+def stseg(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "stseg_dist", *args], env=ENV, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_on_embedded_ray(tmp_path):
+    chip = make_blob_chip(tmp_path / "chip", n_transcripts=5000)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling:\n  tile_size_um: 60\n  chunk_px: 32\ncells:\n  expansion:\n    distance_um: 4\n")
+    res = stseg("run", "--chip", chip, "--out", str(tmp_path / "out"), "--config", str(cfg),
+                "--set", "runtime.progress=false")
+    assert res.returncode == 0, res.stderr
+    assert "complete:" in res.stdout and "transcripts/s" in res.stdout
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["config"]["cells"]["expansion"]["distance_um"] == 4.0
+    assert run["n_tiles"] == 6 and run["counts"]["n_transcripts"] == 5000
+
+
+def test_bad_input_exit_code_and_message(tmp_path):
+    res = stseg("run", "--chip", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--local")
+    assert res.returncode == 2
+    assert "stseg: error: chip not found" in res.stderr and "Traceback" not in res.stderr
+    chip = make_blob_chip(tmp_path / "chip", n_transcripts=100)
+    res = stseg("run", "--chip", chip, "--out", str(tmp_path / "o"), "--local", "--set", "tiling.bogus=1")
+    assert res.returncode == 2 and "unknown config key(s) 'bogus' in 'tiling'" in res.stderr
+
+
+def test_incomplete_run_exit_code(tmp_path):
+    chip = make_blob_chip(tmp_path / "chip", n_transcripts=1000)
+    env_extra = {"STSEG_FAULT_DIR": str(tmp_path / "f"), "STSEG_FAULT_TILES": "0"}
+    res = subprocess.run([sys.executable, "-m", "stseg_dist", "run", "--chip", chip, "--out", str(tmp_path / "o"),
+                          "--local", "--set", "cells.method=tests.plugin_methods:PoisonExpansion",
+                          "--set", "tiling.tile_size_um=60", "--set", "tiling.chunk_px=32"],
+                         env={**ENV, **env_extra}, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "incomplete" in res.stderr and "1 tile(s) failed" in res.stderr
