@@ -355,6 +355,9 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     }
     if complete:
         storage.remove(work.root, so)  # checkpoints are only needed to resume an unfinished run
+        fs, parent = storage.fs_and_path(storage.join(out_url, K.WORK_DIR), so)
+        if fs.exists(parent) and not fs.ls(parent):
+            fs.rm(parent, recursive=True)
     return summary
 
 
