@@ -1,0 +1,386 @@
+"""Generated chips with ground truth, written block by block so any size fits in memory.
+
+Cells sit on a jittered lattice whose every property (presence, type, shape, nucleus, brightness)
+comes from a counter-based hash of (seed, lattice index), so any block can recompute its
+neighbours' cells exactly, and the chip is seamless and identical whatever order blocks are
+written in. Per block: cell territories (shape-weighted nearest cell, so touching cells do not
+overlap), nuclei smaller than and off-centre in their cells (a few invisible in the stain),
+transcripts drawn from each cell type's gene program with nuclear/cytoplasmic preference and
+diffusion across borders, background transcripts, and a DAPI image with chromatin texture, blur,
+uneven illumination and noise (plus an optional membrane channel).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy import ndimage as ndi
+
+from . import constants as K
+from .errors import ConfigError
+from .io import storage
+from .io.chip_writer import ChipWriter
+
+TRUTH_CELLS_PARQUET = "truth/cells.parquet"
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a good 64-bit hash, vectorised."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _uniform(seed: int, salt: int, *keys: np.ndarray) -> np.ndarray:
+    """Deterministic U[0, 1) per key tuple: the same cell gets the same draw in every block."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt))
+        for k in keys:
+            h = _mix(h ^ (np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x632BE59BD9B4E019)))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+class _Programs:
+    """Gene programs: each cell type over-expresses its markers on top of shared housekeeping."""
+
+    def __init__(self, n_genes: int, n_types: int, seed: int):
+        rng = np.random.default_rng([seed, 7])
+        self.genes = [f"Gene{i:03d}" for i in range(n_genes)]
+        base = rng.gamma(0.6, 1.0, n_genes) + 0.05
+        profiles = np.tile(base, (n_types, 1))
+        per_type = max(2, n_genes // (n_types + 1))
+        order = rng.permutation(n_genes)
+        for t in range(n_types):
+            markers = order[t * per_type : (t + 1) * per_type]
+            profiles[t, markers] += rng.uniform(6.0, 14.0, len(markers))
+        self.cdf = np.cumsum(profiles / profiles.sum(axis=1, keepdims=True), axis=1)
+        bg = np.ones(n_genes)
+        self.bg_cdf = np.cumsum(bg / bg.sum())
+        self.nuclear = rng.uniform(0.1, 0.5, n_genes)  # chance a transcript of the gene is nuclear
+
+    def draw(self, types: np.ndarray, u: np.ndarray) -> np.ndarray:
+        out = np.empty(len(types), np.int32)
+        for t in np.unique(types):
+            sel = types == t
+            out[sel] = np.minimum(np.searchsorted(self.cdf[t], u[sel]), len(self.genes) - 1)
+        return out
+
+
+class _Lattice:
+    """Cell centres on a jittered square lattice with global integer indices."""
+
+    def __init__(self, spacing_um: float, width_um: float, height_um: float):
+        self.s = spacing_um
+        self.ni = int(math.ceil(height_um / spacing_um)) + 1
+        self.nj = int(math.ceil(width_um / spacing_um)) + 1
+
+    def indices_in(self, x0, x1, y0, y1):
+        i0, i1 = max(0, int(math.floor(y0 / self.s)) - 1), min(self.ni, int(math.ceil(y1 / self.s)) + 1)
+        j0, j1 = max(0, int(math.floor(x0 / self.s)) - 1), min(self.nj, int(math.ceil(x1 / self.s)) + 1)
+        ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
+        return ii.ravel(), jj.ravel()
+
+
+def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um):
+    """All properties of the cells at lattice points (ii, jj), as a dict of arrays."""
+    s = lattice.s
+    u = lambda salt: _uniform(seed, salt, ii, jj)  # noqa: E731
+    cx = (jj + 0.5 + (u(1) - 0.5) * 0.7) * s
+    cy = (ii + 0.5 + (u(2) - 0.5) * 0.7) * s
+    keep = (u(3) < 0.9) & (cx >= 0) & (cx < width_um) & (cy >= 0) & (cy < height_um)
+    elongated = u(4) < 0.25
+    aspect = np.where(elongated, 2.0 + 1.5 * u(5), 1.0 + 0.25 * u(5))
+    radius = cell_radius_um * (0.8 + 0.4 * u(6))
+    a = radius * np.sqrt(aspect)  # semi-major, µm (area as a circle of `radius`)
+    b = radius / np.sqrt(aspect)
+    theta = np.pi * u(7)
+    nfrac = 0.4 + 0.2 * u(8)
+    off_r = 0.3 * b * u(9)
+    off_t = 2 * np.pi * u(10)
+    out = {
+        "cell_id": (ii * lattice.nj + jj + 1).astype(np.int64),
+        "x": cx, "y": cy, "a": a, "b": b, "theta": theta,
+        "cell_type": np.minimum((u(11) * n_types).astype(np.int32), n_types - 1),
+        "elongated": elongated,
+        "nx": cx + off_r * np.cos(off_t), "ny": cy + off_r * np.sin(off_t),
+        "na": a * nfrac, "nb": b * nfrac,
+        "visible": u(12) >= 0.04,
+        "brightness": 0.6 + 0.8 * u(13),
+        "n_tx_scale": 0.7 + 0.6 * u(14),
+    }
+    return {k: v[keep] for k, v in out.items()}
+
+
+def _ellipse_dist(px, py, cx, cy, a, b, theta):
+    c, s = np.cos(theta), np.sin(theta)
+    dx, dy = px - cx, py - cy
+    u = (dx * c + dy * s) / a
+    v = (-dx * s + dy * c) / b
+    return np.sqrt(u * u + v * v)
+
+
+def _render_labels(cells, r0, c0, h, w, ps):
+    """Cell and nucleus labels over a pixel window (row r0, col c0, shape h x w)."""
+    best = np.full((h, w), 1.0, np.float64)  # only pixels within a cell's ellipse (d <= 1)
+    cell_lab = np.zeros((h, w), np.uint32)
+    nuc_lab = np.zeros((h, w), np.uint32)
+    nuc_vis = np.zeros((h, w), np.uint32)
+    for k in range(len(cells["cell_id"])):
+        a = cells["a"][k]
+        rr0 = max(0, int((cells["y"][k] - a) / ps) - r0 - 1)
+        rr1 = min(h, int((cells["y"][k] + a) / ps) - r0 + 2)
+        cc0 = max(0, int((cells["x"][k] - a) / ps) - c0 - 1)
+        cc1 = min(w, int((cells["x"][k] + a) / ps) - c0 + 2)
+        if rr0 >= rr1 or cc0 >= cc1:
+            continue
+        py = (np.arange(rr0, rr1) + r0 + 0.5)[:, None] * ps
+        px = (np.arange(cc0, cc1) + c0 + 0.5)[None, :] * ps
+        d = _ellipse_dist(px, py, cells["x"][k], cells["y"][k], a, cells["b"][k], cells["theta"][k])
+        sub = best[rr0:rr1, cc0:cc1]
+        win = d < sub
+        sub[win] = d[win]
+        cell_lab[rr0:rr1, cc0:cc1][win] = cells["cell_id"][k]
+    for k in range(len(cells["cell_id"])):
+        na = cells["na"][k]
+        rr0 = max(0, int((cells["ny"][k] - na) / ps) - r0 - 1)
+        rr1 = min(h, int((cells["ny"][k] + na) / ps) - r0 + 2)
+        cc0 = max(0, int((cells["nx"][k] - na) / ps) - c0 - 1)
+        cc1 = min(w, int((cells["nx"][k] + na) / ps) - c0 + 2)
+        if rr0 >= rr1 or cc0 >= cc1:
+            continue
+        py = (np.arange(rr0, rr1) + r0 + 0.5)[:, None] * ps
+        px = (np.arange(cc0, cc1) + c0 + 0.5)[None, :] * ps
+        d = _ellipse_dist(px, py, cells["nx"][k], cells["ny"][k], na, cells["nb"][k], cells["theta"][k])
+        cid = cells["cell_id"][k]
+        inside = (d <= 1.0) & (cell_lab[rr0:rr1, cc0:cc1] == cid)
+        nuc_lab[rr0:rr1, cc0:cc1][inside] = cid
+        if cells["visible"][k]:
+            nuc_vis[rr0:rr1, cc0:cc1][inside] = cid
+    return cell_lab, nuc_lab, nuc_vis
+
+
+def _render_dapi(nuc_vis, cells, r0, c0, seed, ps, rng):
+    h, w = nuc_vis.shape
+    rows = np.arange(r0, r0 + h)[:, None]
+    cols = np.arange(c0, c0 + w)[None, :]
+    # chromatin texture: hashed white noise of the global pixel, smoothed (seamless across blocks)
+    noise = _uniform(seed, 101, rows + np.zeros_like(cols), cols + np.zeros_like(rows))
+    texture = 0.7 + 0.6 * ndi.gaussian_filter(noise, 1.0 / ps * 0.4)
+    bright = np.zeros(int(nuc_vis.max()) + 1 if nuc_vis.size else 1)
+    idx = cells["cell_id"]
+    if len(idx):
+        bright = np.zeros(int(max(idx.max(), nuc_vis.max())) + 1)
+        bright[idx] = cells["brightness"]
+    signal = np.where(nuc_vis > 0, bright[nuc_vis] * texture, 0.0)
+    signal = ndi.gaussian_filter(signal, 0.6 / ps)
+    # uneven illumination: a smooth field of global coordinates
+    yum, xum = rows * ps, cols * ps
+    illum = 0.75 + 0.25 * np.sin(xum / 900.0 + 0.3 * seed) * np.cos(yum / 700.0)
+    img = 120.0 + 2600.0 * signal * illum
+    img = rng.poisson(np.maximum(img, 0) / 4.0) * 4.0 + rng.normal(0, 15, img.shape)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def _render_membrane(cell_lab, ps, rng):
+    edge = np.zeros(cell_lab.shape, bool)
+    edge[:-1] |= cell_lab[:-1] != cell_lab[1:]
+    edge[1:] |= cell_lab[:-1] != cell_lab[1:]
+    edge[:, :-1] |= cell_lab[:, :-1] != cell_lab[:, 1:]
+    edge[:, 1:] |= cell_lab[:, :-1] != cell_lab[:, 1:]
+    sig = ndi.gaussian_filter(edge.astype(np.float64), 0.5 / ps)
+    img = 100.0 + 2000.0 * sig + rng.normal(0, 20, sig.shape)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg_fraction, rng,
+                 block_box, diffusion_um=0.8):
+    """Transcripts of the cells owned by this block, plus background in the block's box."""
+    h, w = cell_lab.shape
+    flat = cell_lab.ravel()
+    nflat = nuc_lab.ravel()
+    owned = cells["cell_id"]
+    xs, ys, gs, cs = [], [], [], []
+    if len(owned):
+        # pixel lists per owned cell, split into nuclear and cytoplasmic pixels
+        order = np.argsort(flat, kind="stable")
+        sorted_ids = flat[order]
+        lo = np.searchsorted(sorted_ids, owned, "left")
+        hi = np.searchsorted(sorted_ids, owned, "right")
+        area = hi - lo
+        n = rng.poisson(tx_per_cell * cells["n_tx_scale"] * np.maximum(area, 1) / max(np.median(area), 1))
+        n = np.where(area > 0, n, 0)
+        which = np.repeat(np.arange(len(owned)), n)
+        types = cells["cell_type"][which]
+        genes = programs.draw(types, rng.random(len(which)))
+        want_nuc = rng.random(len(which)) < programs.nuclear[genes]
+        pick = lo[which] + (rng.random(len(which)) * area[which]).astype(np.int64)
+        pix = order[np.minimum(pick, len(order) - 1)]
+        # redraw until nuclear transcripts sit on the nucleus and the others on the cytoplasm
+        # (rejection, a few tries: cells whose nucleus is tiny keep what they drew)
+        for _ in range(4):
+            miss = want_nuc != (nflat[pix] == owned[which])
+            if not miss.any():
+                break
+            pick = lo[which[miss]] + (rng.random(miss.sum()) * area[which[miss]]).astype(np.int64)
+            pix[miss] = order[np.minimum(pick, len(order) - 1)]
+        pr, pc = np.divmod(pix, w)
+        xs.append((c0 + pc + rng.random(len(pix))) * ps + rng.normal(0, diffusion_um, len(pix)))
+        ys.append((r0 + pr + rng.random(len(pix))) * ps + rng.normal(0, diffusion_um, len(pix)))
+        gs.append(genes)
+        cs.append(owned[which])
+    bx0, bx1, by0, by1 = block_box
+    n_cell_tx = sum(len(g) for g in gs)
+    n_bg = rng.poisson(n_cell_tx * bg_fraction / (1 - bg_fraction)) if n_cell_tx else 0
+    xs.append(rng.uniform(bx0, bx1, n_bg))
+    ys.append(rng.uniform(by0, by1, n_bg))
+    gs.append(np.minimum(np.searchsorted(programs.bg_cdf, rng.random(n_bg)), len(programs.genes) - 1).astype(np.int32))
+    cs.append(np.zeros(n_bg, np.int64))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(cs)
+
+
+def _check(name, value, positive=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"synth: {name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"synth: {name} must be positive, got {value!r}")
+
+
+def synth_chip(
+    out: str,
+    width_um: float,
+    height_um: float,
+    seed: int = 0,
+    *,
+    pixel_size_um: float = 0.5,
+    platform: str = "synthetic",
+    cell_density_per_mm2: float = 4000.0,
+    transcripts_per_cell: float = 150.0,
+    n_genes: int = 60,
+    n_cell_types: int = 5,
+    background_fraction: float = 0.07,
+    membrane: bool = False,
+    vendor_nuclei: bool = False,
+    block_um: float = 256.0,
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write a generated chip with truth to ``out`` and return a summary of what was written."""
+    t0 = time.perf_counter()
+    for name, value in (("width_um", width_um), ("height_um", height_um), ("pixel_size_um", pixel_size_um),
+                        ("cell_density_per_mm2", cell_density_per_mm2),
+                        ("transcripts_per_cell", transcripts_per_cell), ("block_um", block_um)):
+        _check(name, value)
+    if not isinstance(n_genes, int) or n_genes < 2:
+        raise ConfigError(f"synth: n_genes must be an integer >= 2, got {n_genes!r}")
+    if not isinstance(n_cell_types, int) or not 1 <= n_cell_types <= n_genes:
+        raise ConfigError(f"synth: n_cell_types must be an integer in 1..n_genes, got {n_cell_types!r}")
+    if not 0 <= background_fraction < 1:
+        raise ConfigError(f"synth: background_fraction must be in [0, 1), got {background_fraction!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"synth: seed must be a non-negative integer, got {seed!r}")
+
+    ps = float(pixel_size_um)
+    H, W = int(math.ceil(height_um / ps)), int(math.ceil(width_um / ps))
+    block_px = max(16, int(round(block_um / ps)))
+    spacing = 1000.0 / math.sqrt(cell_density_per_mm2)  # µm between lattice points
+    cell_radius = 0.62 * spacing  # ellipses overlap; territories split them
+    margin_um = cell_radius * 2.2 + 3.0
+    margin = int(math.ceil(margin_um / ps))
+    lattice = _Lattice(spacing, W * ps, H * ps)
+    programs = _Programs(n_genes, n_cell_types, seed)
+    gene_type = pa.dictionary(pa.int32(), pa.string())
+    schema = pa.schema([(K.X, pa.float64()), (K.Y, pa.float64()), (K.Z, pa.float32()), (K.GENE, gene_type),
+                        (K.QV, pa.float32()), (K.TRANSCRIPT_ID, pa.int64()), (K.CELL_TRUE, pa.int64())])
+    extra = {K.TRUTH_CELLS_ZARR: K.LABEL_DTYPE, K.TRUTH_NUCLEI_ZARR: K.LABEL_DTYPE}
+    shape = (2, H, W) if membrane else (H, W)
+    truth_rows = []
+    n_tx = n_bg = 0
+    with ChipWriter(out, shape, ps, platform=platform, chunk_px=block_px, with_nuclei=vendor_nuclei,
+                    extra_arrays=extra, transcript_schema=schema, overwrite=overwrite,
+                    storage_options=storage_options,
+                    meta_extra={"synthetic": {"seed": seed, "cell_density_per_mm2": cell_density_per_mm2,
+                                              "transcripts_per_cell": transcripts_per_cell}}) as wr:
+        gene_dict = pa.array(programs.genes, pa.string())
+        n_br, n_bc = math.ceil(H / block_px), math.ceil(W / block_px)
+        for bi in range(n_br):
+            for bj in range(n_bc):
+                r0, c0 = bi * block_px, bj * block_px
+                r1, c1 = min(H, r0 + block_px), min(W, c0 + block_px)
+                wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
+                wr1, wc1 = min(H, r1 + margin), min(W, c1 + margin)
+                box = (c0 * ps, c1 * ps, r0 * ps, r1 * ps)
+                ii, jj = lattice.indices_in(wc0 * ps - margin_um, wc1 * ps + margin_um,
+                                            wr0 * ps - margin_um, wr1 * ps + margin_um)
+                cells = _cells(seed, lattice, ii, jj, W * ps, H * ps, n_cell_types, cell_radius)
+                cell_lab, nuc_lab, nuc_vis = _render_labels(cells, wr0, wc0, wr1 - wr0, wc1 - wc0, ps)
+                rng = np.random.default_rng([seed, bi, bj])
+                dapi = _render_dapi(nuc_vis, cells, wr0, wc0, seed, ps, rng)
+                core = np.s_[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+                if membrane:
+                    wr.write_image(np.s_[0, r0:r1, c0:c1], dapi[core])
+                    wr.write_image(np.s_[1, r0:r1, c0:c1], _render_membrane(cell_lab, ps, rng)[core])
+                else:
+                    wr.write_image(np.s_[r0:r1, c0:c1], dapi[core])
+                wr.write_array(K.TRUTH_CELLS_ZARR, np.s_[r0:r1, c0:c1], cell_lab[core])
+                wr.write_array(K.TRUTH_NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
+                if vendor_nuclei:
+                    wr.write_array(K.NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
+
+                own = (cells["x"] >= box[0]) & (cells["x"] < box[1]) & (cells["y"] >= box[2]) & (cells["y"] < box[3])
+                mine = {k: v[own] for k, v in cells.items()}
+                x, y, g, c = _transcripts(mine, cell_lab, nuc_lab, wr0, wc0, ps, programs,
+                                          transcripts_per_cell, background_fraction, rng, box)
+                x = np.clip(x, 0.0, W * ps - 1e-6)
+                y = np.clip(y, 0.0, H * ps - 1e-6)
+                o = np.lexsort((x, y))
+                n = len(o)
+                block_index = bi * n_bc + bj
+                table = pa.table({
+                    K.X: x[o], K.Y: y[o],
+                    K.Z: rng.uniform(0, 10, n).astype(np.float32),
+                    K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), gene_dict),
+                    K.QV: np.minimum(20 + rng.exponential(8, n), 40).astype(np.float32),
+                    K.TRANSCRIPT_ID: (np.int64(block_index) << 32) + np.arange(n, dtype=np.int64),
+                    K.CELL_TRUE: c[o],
+                }, schema=schema)
+                wr.write_transcripts(table, row_group_size=max(n, 1))
+                n_tx += n
+                n_bg += int((c == 0).sum())
+                areas = _areas(cell_lab, mine["cell_id"]) * ps * ps
+                truth_rows.append(pd.DataFrame({
+                    "cell_id": mine["cell_id"], "x": mine["x"], "y": mine["y"],
+                    "cell_type": mine["cell_type"], "has_visible_nucleus": mine["visible"],
+                    "area_um2": areas, "elongated": mine["elongated"],
+                }))
+        truth = pd.concat(truth_rows, ignore_index=True) if truth_rows else pd.DataFrame()
+        fs, path = storage.fs_and_path(storage.join(str(out), TRUTH_CELLS_PARQUET), storage_options)
+        with fs.open(path, "wb") as fh:
+            truth.to_parquet(fh, index=False)
+    seconds = time.perf_counter() - t0
+    return {
+        "out": str(out),
+        "shape": [H, W],
+        "pixel_size_um": ps,
+        "n_cells": int(len(truth)),
+        "n_transcripts": int(n_tx),
+        "n_background": int(n_bg),
+        "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
+        "n_genes": n_genes,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixel area of each id within the rendered window (cells are whole inside it)."""
+    if not len(ids):
+        return np.zeros(0)
+    flat = np.sort(labels.ravel())
+    return (np.searchsorted(flat, ids, "right") - np.searchsorted(flat, ids, "left")).astype(np.float64)
