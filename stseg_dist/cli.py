@@ -82,7 +82,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     info = synth_chip(chip, args.size_um, args.size_um, args.seed, overwrite=True)
     print(f"generated chip {chip}: {info['n_cells']} cells, {info['n_transcripts']} transcripts", file=sys.stderr)
-    config = load_config(args.config, parse_set(args.set))
+    # Small tiles, so that even the demo chip is spread over many tiles and Ray workers.
+    config = load_config(args.config, {**parse_set(["tiling.tile_size_um=150"]), **parse_set(args.set)})
     out = storage.join(args.out, "run")
     summary = run_pipeline(chip, out, config, address=args.address)
     _print_summary(summary, time.perf_counter() - t0)
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate a small chip and run the whole pipeline on it")
     d.add_argument("--out", default="demo-out", help="demo folder (chip/ and run/ inside)")
-    d.add_argument("--size-um", type=float, default=400.0, help="chip width and height in µm")
+    d.add_argument("--size-um", type=float, default=600.0, help="chip width and height in µm")
     d.add_argument("--seed", type=int, default=0, help="random seed")
     common(d)
     d.set_defaults(fn=cmd_demo)
