@@ -209,6 +209,12 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     if result.n_rows == 0:
         raise InputError(f"{chip.transcripts_url}: the chip has no transcripts (empty table)")
     genes = result.genes
+    warnings: list[str] = []
+    missing, total = chip.missing_image_chunks()
+    if missing:
+        warnings.append(f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as "
+                         "the fill value (zarr semantics); segmentation sees no stain there")
+        log.warning(warnings[-1])
     times["scan"] = time.perf_counter() - t
 
     key = run_key(chip.meta.to_json(), chip.url, result.n_rows, config.to_dict())
@@ -348,6 +354,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         "counts": counts_summary,
         "n_transcripts_written": n_tx_out,
         "failed": failed,
+        "warnings": warnings,
         "workers": workers,
         "resumed_tiles": resumed,
         "placement": placement,

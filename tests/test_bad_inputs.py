@@ -54,6 +54,11 @@ CASES = {
     "huge coordinate": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, 1e300], [1.0, 2.0])),
                         "outside the image extent"),
     "empty chip": (lambda p: make_blob_chip(p, transcripts=_tx([], [])), "no transcripts"),
+    "image smaller than transcripts": (lambda p: make_blob_chip(p, shape=(40, 40), transcripts=_tx([1.0, 30.0],
+                                                                                                   [1.0, 2.0])),
+                                       "outside the image extent"),
+    "negative coordinate": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, -5.0], [1.0, 2.0])),
+                            "outside the image extent"),
     "null gene": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, 2.0], [1.0, 2.0], ["A", None])),
                   "no 'gene'"),
 }
@@ -107,6 +112,9 @@ def test_missing_columns_and_wrong_types(tmp_path):
         open_chip(chip).transcripts
     pq.write_table(pa.table({"x": ["a"], "y": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet")
     with pytest.raises(InputError, match="'x' must be numeric"):
+        open_chip(chip).transcripts
+    pq.write_table(pa.table({"x": [1.0], "y": [1.0], "gene": [7]}), tmp_path / "c" / "transcripts.parquet")
+    with pytest.raises(InputError, match="'gene' must be strings"):
         open_chip(chip).transcripts
     (tmp_path / "c" / "transcripts.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(InputError, match="not a readable parquet file"):
@@ -200,3 +208,22 @@ def test_corrupt_image_chunk_names_the_window(tmp_path):
     chunk.write_bytes(b"\x00garbage")
     with pytest.raises(InputError, match=r"image\.zarr: cannot read window"):
         run_pipeline(chip, str(tmp_path / "out"), _cfg(), local=True)
+
+
+def test_missing_image_chunk_is_reported_not_silent(tmp_path):
+    """Documented recovery: a missing zarr chunk reads as fill (zarr semantics) and run.json warns."""
+    chip = make_blob_chip(tmp_path / "c", n_transcripts=300)
+    chunks = sorted(p for p in (tmp_path / "c" / "image.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks[0].unlink()
+    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg(), local=True)
+    assert summary["status"] == "complete"
+    assert any("1 of 20 image chunks are not stored" in w for w in summary["warnings"])
+
+
+def test_empty_tiles_are_fine(tmp_path):
+    """Transcripts in one corner only: most tiles have none, and no nuclei either."""
+    rng = np.random.default_rng(0)
+    t = _tx(rng.uniform(0, 20, 300), rng.uniform(0, 20, 300))
+    chip = make_blob_chip(tmp_path / "c", transcripts=t, n_nuclei=2)
+    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg(), local=True)
+    assert summary["status"] == "complete" and summary["counts"]["n_transcripts"] == 300

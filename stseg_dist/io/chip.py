@@ -149,6 +149,18 @@ class Chip:
                 f"cols {cols.start}:{cols.stop}: {exc}"
             ) from exc
 
+    def missing_image_chunks(self) -> tuple[int, int]:
+        """(missing, total) stored chunks of a zarr image.
+
+        Zarr reads a missing chunk as the fill value, and writers legitimately skip chunks that
+        are all fill (a zero-padded mosaic), so missing chunks are reported, not refused.
+        """
+        arr = self._image_array()
+        if self.image.format != "zarr":
+            return (0, 0)
+        total = int(arr.nchunks)
+        return (total - int(arr.nchunks_initialized), total)
+
     def read_nuclei(self, rows: slice, cols: slice) -> np.ndarray:
         if self.nuclei_url is None:
             raise InputError(f"{self.url}: chip has no {K.NUCLEI_ZARR} (vendor nuclei)")
