@@ -126,43 +126,45 @@ def _ellipse_dist(px, py, cx, cy, a, b, theta):
     return np.sqrt(u * u + v * v)
 
 
+def _ellipse_window(cx, cy, a, b, theta, r0, c0, h, w, ps):
+    """Window slices around an ellipse and the normalised distance of each pixel centre in them."""
+    rr0, rr1 = max(0, int((cy - a) / ps) - r0 - 1), min(h, int((cy + a) / ps) - r0 + 2)
+    cc0, cc1 = max(0, int((cx - a) / ps) - c0 - 1), min(w, int((cx + a) / ps) - c0 + 2)
+    if rr0 >= rr1 or cc0 >= cc1:
+        return None, None
+    py = (np.arange(rr0, rr1) + r0 + 0.5)[:, None] * ps
+    px = (np.arange(cc0, cc1) + c0 + 0.5)[None, :] * ps
+    return np.s_[rr0:rr1, cc0:cc1], _ellipse_dist(px, py, cx, cy, a, b, theta)
+
+
 def _render_labels(cells, r0, c0, h, w, ps):
-    """Cell and nucleus labels over a pixel window (row r0, col c0, shape h x w)."""
-    best = np.full((h, w), 1.0, np.float64)  # only pixels within a cell's ellipse (d <= 1)
+    """Cell and nucleus labels over a pixel window (row r0, col c0, shape h x w).
+
+    A pixel joins the cell whose ellipse-normalised distance is smallest (and <= 1), so
+    neighbouring cells split their overlap along a shape-aware border instead of overlapping.
+    """
+    best = np.full((h, w), 1.0, np.float64)
     cell_lab = np.zeros((h, w), np.uint32)
     nuc_lab = np.zeros((h, w), np.uint32)
     nuc_vis = np.zeros((h, w), np.uint32)
-    for k in range(len(cells["cell_id"])):
-        a = cells["a"][k]
-        rr0 = max(0, int((cells["y"][k] - a) / ps) - r0 - 1)
-        rr1 = min(h, int((cells["y"][k] + a) / ps) - r0 + 2)
-        cc0 = max(0, int((cells["x"][k] - a) / ps) - c0 - 1)
-        cc1 = min(w, int((cells["x"][k] + a) / ps) - c0 + 2)
-        if rr0 >= rr1 or cc0 >= cc1:
+    for k, cid in enumerate(cells["cell_id"]):
+        win, d = _ellipse_window(cells["x"][k], cells["y"][k], cells["a"][k], cells["b"][k],
+                                 cells["theta"][k], r0, c0, h, w, ps)
+        if win is None:
             continue
-        py = (np.arange(rr0, rr1) + r0 + 0.5)[:, None] * ps
-        px = (np.arange(cc0, cc1) + c0 + 0.5)[None, :] * ps
-        d = _ellipse_dist(px, py, cells["x"][k], cells["y"][k], a, cells["b"][k], cells["theta"][k])
-        sub = best[rr0:rr1, cc0:cc1]
-        win = d < sub
-        sub[win] = d[win]
-        cell_lab[rr0:rr1, cc0:cc1][win] = cells["cell_id"][k]
-    for k in range(len(cells["cell_id"])):
-        na = cells["na"][k]
-        rr0 = max(0, int((cells["ny"][k] - na) / ps) - r0 - 1)
-        rr1 = min(h, int((cells["ny"][k] + na) / ps) - r0 + 2)
-        cc0 = max(0, int((cells["nx"][k] - na) / ps) - c0 - 1)
-        cc1 = min(w, int((cells["nx"][k] + na) / ps) - c0 + 2)
-        if rr0 >= rr1 or cc0 >= cc1:
+        sub = best[win]
+        closer = d < sub
+        sub[closer] = d[closer]
+        cell_lab[win][closer] = cid
+    for k, cid in enumerate(cells["cell_id"]):
+        win, d = _ellipse_window(cells["nx"][k], cells["ny"][k], cells["na"][k], cells["nb"][k],
+                                 cells["theta"][k], r0, c0, h, w, ps)
+        if win is None:
             continue
-        py = (np.arange(rr0, rr1) + r0 + 0.5)[:, None] * ps
-        px = (np.arange(cc0, cc1) + c0 + 0.5)[None, :] * ps
-        d = _ellipse_dist(px, py, cells["nx"][k], cells["ny"][k], na, cells["nb"][k], cells["theta"][k])
-        cid = cells["cell_id"][k]
-        inside = (d <= 1.0) & (cell_lab[rr0:rr1, cc0:cc1] == cid)
-        nuc_lab[rr0:rr1, cc0:cc1][inside] = cid
+        inside = (d <= 1.0) & (cell_lab[win] == cid)
+        nuc_lab[win][inside] = cid
         if cells["visible"][k]:
-            nuc_vis[rr0:rr1, cc0:cc1][inside] = cid
+            nuc_vis[win][inside] = cid
     return cell_lab, nuc_lab, nuc_vis
 
 

@@ -72,3 +72,44 @@ def ray_module():
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+SMALL_TILES = ["tiling.tile_size_um=24", "tiling.chunk_px=16", "runtime.progress=false"]
+
+
+def small_tiles_config(*items):
+    """Config that cuts a small chip into ~50 tiles, so borders are everywhere."""
+    from stseg_dist.config import load_config, parse_set
+
+    return load_config(overrides=parse_set([*SMALL_TILES, *items]), use_env=False)
+
+
+@pytest.fixture(scope="session")
+def medium_chip(tmp_path_factory):
+    return make_blob_chip(tmp_path_factory.mktemp("medium") / "chip", shape=(300, 360), n_nuclei=70,
+                          n_transcripts=20_000)
+
+
+@pytest.fixture(scope="session")
+def clean_run(medium_chip, tmp_path_factory):
+    """The reference: the medium chip run in-process, with no fault."""
+    from stseg_dist.driver import run_pipeline
+
+    out = tmp_path_factory.mktemp("clean") / "out"
+    run_pipeline(medium_chip, str(out), small_tiles_config(), local=True)
+    return out
+
+
+def assert_same_outputs(a, b):
+    """Label arrays, cell table and per-transcript assignments of two runs are identical."""
+    import pandas as pd
+    import zarr
+
+    for name in ("cells", "nuclei"):
+        np.testing.assert_array_equal(zarr.open_array(str(a / "labels.zarr" / name))[:],
+                                      zarr.open_array(str(b / "labels.zarr" / name))[:])
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "cells.parquet"), pd.read_parquet(b / "cells.parquet"))
+    ta = pd.read_parquet(a / "transcripts.parquet").sort_values("input_row").reset_index(drop=True)
+    tb = pd.read_parquet(b / "transcripts.parquet").sort_values("input_row").reset_index(drop=True)
+    assert tb.input_row.is_unique
+    pd.testing.assert_frame_equal(ta, tb)

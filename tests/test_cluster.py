@@ -6,17 +6,13 @@ import time
 
 import pytest
 
-from stseg_dist.config import load_config, parse_set
 from stseg_dist.driver import run_pipeline
-from tests.conftest import make_blob_chip
-from tests.test_faults import assert_same_outputs
+from tests.conftest import assert_same_outputs, small_tiles_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _cfg(*items):
-    return load_config(overrides=parse_set(["tiling.tile_size_um=24", "tiling.chunk_px=16",
-                                            "runtime.progress=false", *items]), use_env=False)
+_cfg = small_tiles_config
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +31,16 @@ def cluster():
     c.shutdown()
 
 
-@pytest.fixture(scope="module")
-def chip(tmp_path_factory):
-    return make_blob_chip(tmp_path_factory.mktemp("c") / "chip", shape=(300, 360), n_nuclei=70, n_transcripts=20_000)
-
-
-@pytest.fixture(scope="module")
-def clean(chip, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean") / "out"
-    run_pipeline(chip, str(out), _cfg(), local=True)
-    return out
-
-
-def test_gpu_work_on_gpu_node_cpu_work_spreads(cluster, chip, clean, tmp_path):
+def test_gpu_work_on_gpu_node_cpu_work_spreads(cluster, medium_chip, clean_run, tmp_path):
     _, _, _, gpu_id = cluster
-    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:GpuActorExpansion"))
+    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:GpuActorExpansion"))
     placement = summary["placement"]
     assert set(placement["cells"]) == {gpu_id}  # the GPU actor ran every cell tile
     assert len(placement["nuclei"]) >= 2  # CPU tasks spread over several nodes
-    assert_same_outputs(clean, tmp_path / "out")
+    assert_same_outputs(clean_run, tmp_path / "out")
 
 
-def test_node_removed_mid_run(cluster, chip, clean, tmp_path):
+def test_node_removed_mid_run(cluster, medium_chip, clean_run, tmp_path):
     c, _, _, _ = cluster
     extra = c.add_node(num_cpus=2)
     c.wait_for_nodes()
@@ -69,8 +53,8 @@ def test_node_removed_mid_run(cluster, chip, clean, tmp_path):
 
     th = threading.Thread(target=remove_later)
     th.start()
-    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion",
+    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion",
                                                              "runtime.max_retries=5"))
     th.join()
     assert removed and summary["status"] == "complete"
-    assert_same_outputs(clean, tmp_path / "out")
+    assert_same_outputs(clean_run, tmp_path / "out")

@@ -8,23 +8,15 @@ import sys
 import threading
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
-import zarr
 
-from stseg_dist.config import load_config, parse_set
 from stseg_dist.driver import run_pipeline
 from stseg_dist.errors import RunIncompleteError
-from tests.conftest import REPO, make_blob_chip
+from tests.conftest import REPO, SMALL_TILES, assert_same_outputs, small_tiles_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TILES = ["tiling.tile_size_um=24", "tiling.chunk_px=16", "runtime.progress=false"]
-
-
-def _cfg(*items):
-    return load_config(overrides=parse_set([*TILES, *items]), use_env=False)
+_cfg = small_tiles_config
 
 
 @pytest.fixture(scope="module")
@@ -42,40 +34,17 @@ def ray_faults(fault_dir):
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def chip(tmp_path_factory):
-    return make_blob_chip(tmp_path_factory.mktemp("c") / "chip", shape=(300, 360), n_nuclei=70, n_transcripts=20_000)
-
-
-@pytest.fixture(scope="module")
-def clean(chip, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean") / "out"
-    run_pipeline(chip, str(out), _cfg(), local=True)
-    return out
-
-
-def assert_same_outputs(a, b):
-    for name in ("cells", "nuclei"):
-        np.testing.assert_array_equal(zarr.open_array(str(a / "labels.zarr" / name))[:],
-                                      zarr.open_array(str(b / "labels.zarr" / name))[:])
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "cells.parquet"), pd.read_parquet(b / "cells.parquet"))
-    ta = pd.read_parquet(a / "transcripts.parquet").sort_values("transcript_id").reset_index(drop=True)
-    tb = pd.read_parquet(b / "transcripts.parquet").sort_values("transcript_id").reset_index(drop=True)
-    assert tb.transcript_id.is_unique
-    pd.testing.assert_frame_equal(ta, tb)
-
-
-def test_task_failing_once_is_retried(chip, clean, tmp_path, ray_faults, fault_dir):
-    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:FlakyExpansion"))
+def test_task_failing_once_is_retried(medium_chip, clean_run, tmp_path, ray_faults, fault_dir):
+    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:FlakyExpansion"))
     assert summary["status"] == "complete"
     assert {"flaky-3", "flaky-17", "flaky-40"} <= {p.name for p in fault_dir.iterdir()}  # the faults fired
-    assert_same_outputs(clean, tmp_path / "out")
+    assert_same_outputs(clean_run, tmp_path / "out")
 
 
-def test_poison_tile_recorded_and_rest_completes(chip, clean, tmp_path, ray_faults):
+def test_poison_tile_recorded_and_rest_completes(medium_chip, clean_run, tmp_path, ray_faults):
     out = tmp_path / "out"
     with pytest.raises(RunIncompleteError, match="3 tile"):
-        run_pipeline(chip, str(out), _cfg("cells.method=tests.plugin_methods:PoisonExpansion"))
+        run_pipeline(medium_chip, str(out), _cfg("cells.method=tests.plugin_methods:PoisonExpansion"))
     import json
 
     run = json.loads((out / "run.json").read_text())
@@ -87,11 +56,11 @@ def test_poison_tile_recorded_and_rest_completes(chip, clean, tmp_path, ray_faul
     assert len(done) == run["n_tiles"] - 3
     # fail-fast stops at the first poison tile
     with pytest.raises(RuntimeError, match="poison tile"):
-        run_pipeline(chip, str(tmp_path / "ff"), _cfg("cells.method=tests.plugin_methods:PoisonExpansion",
+        run_pipeline(medium_chip, str(tmp_path / "ff"), _cfg("cells.method=tests.plugin_methods:PoisonExpansion",
                                                       "runtime.fail_fast=true"))
 
 
-def test_killed_actor_is_restarted(chip, clean, tmp_path, ray_faults):
+def test_killed_actor_is_restarted(medium_chip, clean_run, tmp_path, ray_faults):
     ray = ray_faults
     killed = []
 
@@ -108,18 +77,18 @@ def test_killed_actor_is_restarted(chip, clean, tmp_path, ray_faults):
 
     th = threading.Thread(target=killer)
     th.start()
-    summary = run_pipeline(chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion"))
+    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion"))
     th.join()
     assert killed, "no actor was found to kill"
     assert summary["status"] == "complete"
-    assert_same_outputs(clean, tmp_path / "out")
+    assert_same_outputs(clean_run, tmp_path / "out")
 
 
-def test_driver_killed_with_sigkill_then_resumed(chip, clean, tmp_path):
+def test_driver_killed_with_sigkill_then_resumed(medium_chip, clean_run, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "stseg_dist", "run", "--chip", chip, "--out", str(out), "--no-progress",
-           "--local", *[a for kv in TILES for a in ("--set", kv)],
+    cmd = [sys.executable, "-m", "stseg_dist", "run", "--chip", medium_chip, "--out", str(out), "--no-progress",
+           "--local", *[a for kv in SMALL_TILES for a in ("--set", kv)],
            "--set", "cells.method=tests.plugin_methods:SlowActorExpansion"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -140,4 +109,4 @@ def test_driver_killed_with_sigkill_then_resumed(chip, clean, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["resumed_tiles"]["nuclei"] == run["n_tiles"]
     assert run["resumed_tiles"]["cells"] >= 20
-    assert_same_outputs(clean, out)
+    assert_same_outputs(clean_run, out)
