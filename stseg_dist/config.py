@@ -65,15 +65,19 @@ class ExpansionConfig:
 class UCSConfig:
     bin_um: float | None = None  # None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
     n_hvg: int = 1000
+    hvg_region_um: float = 1000.0  # HVGs are chosen per square region of this size
     patch_px: int = 48
     tau: float = 2.0
-    epochs: int = 2
-    n_train_patches: int = 512
+    epochs: int = 20
+    n_train_patches: int = 256
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 1e-3  # the paper's 1e-4 needs far more steps than an on-chip fit affords
     weight_decay: float = 1e-4
     pos_weight: float | None = None  # None: 5 on Stereo-seq, else 1
     missing_cell_threshold: float = 0.95
+    missing_cells: bool = True
+    foreground_threshold: float = 0.9  # bins below it never join a cell
+    background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background  # look for cells whose nucleus is not seen
     scaled_softmask: bool = True
     markers: str | None = None  # table of cell types and marker genes
     num_gpus: float = 0.5

@@ -97,17 +97,20 @@ def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um):
     keep = (u(3) < 0.9) & (cx >= 0) & (cx < width_um) & (cy >= 0) & (cy < height_um)
     elongated = u(4) < 0.25
     aspect = np.where(elongated, 2.0 + 1.5 * u(5), 1.0 + 0.25 * u(5))
-    radius = cell_radius_um * (0.8 + 0.4 * u(6))
+    cell_type = np.minimum((u(11) * n_types).astype(np.int32), n_types - 1)
+    # cell types differ in size (as neurons and glia do), and cells vary within a type
+    type_scale = np.linspace(0.65, 1.35, n_types)[np.argsort(_uniform(seed, 15, np.arange(n_types)))]
+    radius = cell_radius_um * type_scale[cell_type] * (0.85 + 0.3 * u(6))
     a = radius * np.sqrt(aspect)  # semi-major, µm (area as a circle of `radius`)
     b = radius / np.sqrt(aspect)
     theta = np.pi * u(7)
-    nfrac = 0.4 + 0.2 * u(8)
+    nfrac = 0.35 + 0.25 * u(8)
     off_r = 0.3 * b * u(9)
     off_t = 2 * np.pi * u(10)
     out = {
         "cell_id": (ii * lattice.nj + jj + 1).astype(np.int64),
         "x": cx, "y": cy, "a": a, "b": b, "theta": theta,
-        "cell_type": np.minimum((u(11) * n_types).astype(np.int32), n_types - 1),
+        "cell_type": cell_type,
         "elongated": elongated,
         "nx": cx + off_r * np.cos(off_t), "ny": cy + off_r * np.sin(off_t),
         "na": a * nfrac, "nb": b * nfrac,

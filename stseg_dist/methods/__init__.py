@@ -8,15 +8,9 @@ from .base import CellMethod, PrepareContext, TileData, TileTranscripts
 
 def _registry() -> dict[str, type[CellMethod]]:
     from .expansion import ExpansionMethod
+    from .ucs import UCSMethod
 
-    methods: dict[str, type[CellMethod]] = {"expansion": ExpansionMethod}
-    try:
-        from .ucs import UCSMethod
-    except ImportError:  # UCS is optional until its module lands
-        pass
-    else:
-        methods["ucs"] = UCSMethod
-    return methods
+    return {"expansion": ExpansionMethod, "ucs": UCSMethod}
 
 
 def available_methods() -> list[str]:

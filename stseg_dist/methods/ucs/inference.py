@@ -1,0 +1,147 @@
+"""UCS inference over a tile window, seamless by construction.
+
+The window is processed in overlapping patches whose margins cover the network's receptive
+field, and only each patch's centre is kept: the result equals running the network on the whole
+window at once (no blending, no grid artefacts) while memory stays at one patch. Cell
+probabilities are accumulated per bin over the cells whose reach covers it; the background
+probability of a bin is the mean of (1 - q_c) over those cells, and each bin takes the argmax
+over background and cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .features import BinnedTile
+from .nets import RECEPTIVE_RADIUS
+from .softmask import softmask
+
+
+@dataclass
+class CellPrior:
+    cell_id: int
+    box: tuple[int, int, int, int]  # r0, r1, c0, c1 on the bin grid
+    mask: np.ndarray  # soft mask over the box
+
+
+def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool) -> list[CellPrior]:
+    """Soft masks of every nucleus (or seed) in the window, over its box grown by the reach."""
+    h, w = seeds.shape
+    out = []
+    ids = np.unique(seeds)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return out
+    lab = np.searchsorted(ids, seeds) + 1
+    lab[seeds == 0] = 0
+    for k, sl in enumerate(ndi.find_objects(lab)):
+        if sl is None:
+            continue
+        r0, r1 = max(0, sl[0].start - reach_bins), min(h, sl[0].stop + reach_bins)
+        c0, c1 = max(0, sl[1].start - reach_bins), min(w, sl[1].stop + reach_bins)
+        m = lab[r0:r1, c0:c1] == k + 1
+        out.append(CellPrior(int(ids[k]), (r0, r1, c0, c1), softmask(m, tau, scaled)))
+    return out
+
+
+def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
+            fg_threshold: float = 0.5):
+    """Foreground probability and cell argmax labels over the window's bin grid."""
+    import torch
+
+    h, w = binned.shape
+    m = RECEPTIVE_RADIUS + 1
+    fg = np.zeros((h, w), np.float32)
+    bg_sum = np.zeros((h, w), np.float32)
+    n_cover = np.zeros((h, w), np.float32)
+    best_q = np.zeros((h, w), np.float32)
+    best_id = np.zeros((h, w), np.int64)
+    order = np.lexsort((binned.cols, binned.rows))
+    rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    with torch.no_grad():
+        for r0 in range(0, h, patch):
+            for c0 in range(0, w, patch):
+                r1, c1 = min(h, r0 + patch), min(w, c0 + patch)
+                pr0, pr1, pc0, pc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+                lo, hi = np.searchsorted(rows, [pr0, pr1])
+                sel = slice(lo, hi)
+                inside = (cols[sel] >= pc0) & (cols[sel] < pc1)
+                t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+                rr = t(rows[sel][inside] - pr0)
+                cc = t(cols[sel][inside] - pc0)
+                gg = t(genes[sel][inside])
+                shape = (1, pr1 - pr0, pc1 - pc0)
+                logits, feats = model.foreground(torch.zeros_like(rr), rr, cc, gg, shape)
+                core = (slice(r0 - pr0, r1 - pr0), slice(c0 - pc0, c1 - pc0))
+                fg[r0:r1, c0:c1] = torch.softmax(logits, 1)[0, 1][core].cpu().numpy()
+                feats = feats[:, :, core[0], core[1]]
+                hits = [p for p in priors if p.box[0] < r1 and p.box[1] > r0 and p.box[2] < c1 and p.box[3] > c0]
+                if not hits:
+                    continue
+                sm = np.zeros((len(hits), 1, r1 - r0, c1 - c0), np.float32)
+                cover = np.zeros((len(hits), r1 - r0, c1 - c0), bool)
+                for k, p in enumerate(hits):
+                    a0, a1 = max(r0, p.box[0]), min(r1, p.box[1])
+                    b0, b1 = max(c0, p.box[2]), min(c1, p.box[3])
+                    sm[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[a0 - p.box[0] : a1 - p.box[0],
+                                                                            b0 - p.box[2] : b1 - p.box[2]]
+                    cover[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = True
+                q = torch.softmax(model.cell(feats, t(sm)), 1)[:, 1].cpu().numpy()
+                q = np.where(cover, q, 0.0)
+                bg_sum[r0:r1, c0:c1] = ((1.0 - q) * cover).sum(0)
+                n_cover[r0:r1, c0:c1] = cover.sum(0)
+                k_best = q.argmax(0)
+                best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
+                ids = np.array([p.cell_id for p in hits], np.int64)
+                best_id[r0:r1, c0:c1] = ids[k_best]
+    bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
+    # A bin joins a cell only where the foreground net also calls it cell: the cell net alone is
+    # trained on nuclei versus far background and extends too freely in between.
+    labels = np.where((n_cover > 0) & (best_q > bg) & (fg >= fg_threshold), best_id, 0)
+    return fg, labels
+
+
+def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Per cell: keep the piece holding its nucleus, close small gaps, fill holes; nuclei kept."""
+    out = np.zeros_like(labels)
+    ids = np.unique(seeds)
+    ids = ids[ids > 0]
+    for cid in ids:
+        own = (labels == cid) | (seeds == cid)
+        if not own.any():
+            continue
+        sl = ndi.find_objects(own.astype(np.int32))[0]
+        sl = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
+        piece = own[sl]
+        comp, _ = ndi.label(piece)
+        keep = np.isin(comp, np.unique(comp[(seeds[sl] == cid)]))
+        keep &= comp > 0
+        keep = ndi.binary_closing(keep, iterations=1) & ((labels[sl] == cid) | (labels[sl] == 0) | (seeds[sl] == cid))
+        keep = ndi.binary_fill_holes(keep)
+        region = out[sl]
+        region[keep & (region == 0)] = cid
+    out = np.where(seeds > 0, seeds, out)
+    return out
+
+
+def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, threshold: float,
+                       min_area: int) -> np.ndarray:
+    """Seeds of cells whose nucleus is not seen: confident foreground outside every cell."""
+    cand = (fg > threshold) & (labels == 0) & (nuclei == 0)
+    cand = ndi.binary_opening(cand, iterations=1)
+    cand = ndi.binary_closing(cand, iterations=1) & (labels == 0)
+    comp, n = ndi.label(cand)
+    if n == 0:
+        return np.zeros(fg.shape, np.int64)
+    near_nucleus = ndi.binary_dilation(nuclei > 0, iterations=1)
+    touch = np.unique(comp[near_nucleus & (comp > 0)])
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    keep = sizes >= min_area
+    keep[0] = False
+    keep[touch] = False
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, keep.sum() + 1)
+    return lut[comp]

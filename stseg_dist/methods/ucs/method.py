@@ -1,0 +1,242 @@
+"""``method: ucs``: cells grown from nuclei by where the transcripts are (Chen et al., 2025)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+
+from ...errors import ConfigError, InputError
+from ..base import CellMethod, PrepareContext, TileData
+from .features import bin_size_um, bin_tile, select_hvg
+from .inference import cell_priors, missing_cell_seeds, postprocess, predict
+from .training import Patch, load_model, train_ucs
+
+log = logging.getLogger(__name__)
+
+
+class UCSMethod(CellMethod):
+    name = "ucs"
+    uses_model = True
+
+    def __init__(self, config, platform: str = "generic"):
+        super().__init__(config, platform)
+        c = config.cells.ucs
+        if c.patch_px < 8:
+            raise ConfigError(f"cells.ucs.patch_px must be at least 8 bins, got {c.patch_px}")
+        if c.tau <= 0:
+            raise ConfigError(f"cells.ucs.tau must be positive, got {c.tau}")
+        if c.bin_um is not None and c.bin_um <= 0:
+            raise ConfigError(f"cells.ucs.bin_um must be positive, got {c.bin_um}")
+        if not 0 < c.missing_cell_threshold <= 1:
+            raise ConfigError(f"cells.ucs.missing_cell_threshold must be in (0, 1], got {c.missing_cell_threshold}")
+        if c.epochs < 1 or c.batch_size < 1 or c.n_train_patches < 1:
+            raise ConfigError("cells.ucs.epochs, batch_size and n_train_patches must be at least 1")
+        self.cfg = c
+        self.bin_um = bin_size_um(platform, c.bin_um)
+        self.model = None
+        self.markers = load_markers(c.markers) if c.markers else None
+
+    # -- geometry -----------------------------------------------------------------------------
+    def reach_um(self) -> float:
+        return self.config.cells.cell_diameter_um
+
+    def _reach_bins(self) -> int:
+        return int(math.ceil(self.reach_um() / self.bin_um))
+
+    def actor_resources(self):
+        return (self.cfg.num_actors, self.cfg.num_gpus)
+
+    # -- training -----------------------------------------------------------------------------
+    def prepare(self, ctx: PrepareContext):
+        if ctx.n_nuclei == 0:
+            raise InputError(f"{ctx.chip.url}: UCS trains on the chip's nuclei, and none were found")
+        rng = np.random.default_rng(self.cfg.seed)
+        n = min(self.cfg.n_train_patches, ctx.n_nuclei)
+        chosen = np.sort(rng.choice(np.arange(1, ctx.n_nuclei + 1), size=n, replace=False))
+        n_genes = len(ctx.genes)
+        hvg_needed = n_genes > self.cfg.n_hvg
+        marker_types = self._marker_lookup(ctx.genes)
+        size = self.cfg.patch_px
+        bin_um, region_um = self.bin_um, self.cfg.hvg_region_um
+
+        def sample(data: TileData):
+            binned = bin_tile(data, bin_um)
+            patches = _patches_for(binned, data, chosen, size, marker_types)
+            stats = _hvg_stats(data, bin_um, region_um) if hvg_needed else None
+            return patches, stats
+
+        results = ctx.map_tiles(sample, [t.index for t in ctx.grid])
+        patches = [p for ps, _ in results for p in ps]
+        hvg = _hvg_from_stats([s for _, s in results], n_genes, self.cfg.n_hvg) if hvg_needed else None
+        train = _train_remote if _ray_has_gpu(self.cfg.num_gpus) else train_ucs
+        state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(),
+                      markers=marker_types is not None, log=log.info)
+        return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um}
+
+    def _pos_weight(self) -> float:
+        if self.cfg.pos_weight is not None:
+            return float(self.cfg.pos_weight)
+        return 5.0 if self.platform.lower() == "stereoseq" else 1.0
+
+    def _marker_lookup(self, genes: list[str]) -> np.ndarray | None:
+        """Per chip gene: 1 + index of the cell type it marks (0 = not a marker)."""
+        if self.markers is None:
+            return None
+        types = sorted(self.markers.cell_type.unique())
+        lut = np.zeros(len(genes), np.int64)
+        index = {g: i for i, g in enumerate(genes)}
+        for t, g in zip(self.markers.cell_type, self.markers.gene):
+            if g in index:
+                lut[index[g]] = types.index(t) + 1
+        return lut
+
+    # -- inference ----------------------------------------------------------------------------
+    def load(self, state):
+        self.state = state
+        self.model, self.device = load_model(state["train"])
+
+    def _keep(self):
+        hvg, region_um = self.state.get("hvg"), self.state.get("region_um")
+        if hvg is None:
+            return None
+
+        def keep(x, y, genes):
+            key = _region_keys(x, y, region_um)
+            out = np.ones(len(genes), bool)
+            for k in np.unique(key):
+                sel = key == k
+                mask = hvg.get(int(k))
+                if mask is not None:
+                    out[sel] = mask[genes[sel]]
+            return out
+
+        return keep
+
+    def _predict(self, data: TileData, with_seeds: bool):
+        binned = bin_tile(data, self.bin_um, self._keep())
+        seeds = binned.nuclei
+        if with_seeds and binned.seeds is not None:
+            seeds = np.where(seeds > 0, seeds, binned.seeds)
+        priors = cell_priors(seeds, self._reach_bins(), self.cfg.tau, self.cfg.scaled_softmask)
+        fg, labels = predict(self.model, self.device, binned, priors, fg_threshold=self.cfg.foreground_threshold)
+        return binned, seeds, fg, labels
+
+    def find_seeds(self, data: TileData):
+        if not self.cfg.missing_cells:
+            return None
+        binned, _, fg, labels = self._predict(data, with_seeds=False)
+        nucleus_area_bins = math.pi * (self.config.nuclei.diameter_um / 2) ** 2 / self.bin_um**2
+        seeds = missing_cell_seeds(fg, labels, binned.nuclei, self.cfg.missing_cell_threshold,
+                                   max(4, int(0.5 * nucleus_area_bins)))
+        return binned.to_pixels(seeds, data.shape).astype(np.uint32)
+
+    def segment(self, data: TileData):
+        binned, seeds, _, labels = self._predict(data, with_seeds=True)
+        cells = postprocess(labels, seeds)
+        return binned.to_pixels(cells, data.shape).astype(np.uint32)
+
+
+def load_markers(path: str) -> pd.DataFrame:
+    """A table of cell types and marker genes (CSV/TSV with columns cell_type, gene)."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "r") as fh:
+            table = pd.read_csv(fh, sep=None, engine="python")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cells.ucs.markers: file not found: {path}") from exc
+    missing = {"cell_type", "gene"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{path}: marker table needs columns cell_type and gene; missing {sorted(missing)}")
+    if table.empty:
+        raise ConfigError(f"{path}: marker table is empty")
+    return table[["cell_type", "gene"]].astype(str)
+
+
+def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_types) -> list[Patch]:
+    """Patches centred on the chosen nuclei this tile owns (centroid in its core)."""
+    from scipy import ndimage as ndi
+
+    ids = np.intersect1d(np.unique(data.nuclei), chosen)
+    if not len(ids):
+        return []
+    wr0, _, wc0, _ = data.tile.window
+    coms = ndi.center_of_mass(np.ones(data.shape), data.nuclei, ids)
+    out = []
+    half = size // 2
+    h, w = binned.shape
+    order = np.lexsort((binned.cols, binned.rows))
+    rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    for cid, (cy, cx) in zip(ids, coms):
+        gr, gc = int(cy) + wr0, int(cx) + wc0
+        if not data.tile.core_contains(np.array([gr]), np.array([gc]))[0]:
+            continue
+        br = int(np.floor((gr + 0.5) * binned.scale)) - binned.origin[0]
+        bc = int(np.floor((gc + 0.5) * binned.scale)) - binned.origin[1]
+        r0, c0 = min(max(0, br - half), max(0, h - size)), min(max(0, bc - half), max(0, w - size))
+        r1, c1 = min(h, r0 + size), min(w, c0 + size)
+        lo, hi = np.searchsorted(rows, [r0, r1])
+        sel = slice(lo, hi)
+        inside = (cols[sel] >= c0) & (cols[sel] < c1)
+        nuc = np.zeros((size, size), np.int64)
+        nuc[: r1 - r0, : c1 - c0] = binned.nuclei[r0:r1, c0:c1]
+        pr, pc, pg = rows[sel][inside] - r0, cols[sel][inside] - c0, genes[sel][inside]
+        markers = None
+        if marker_types is not None:
+            markers = np.zeros((size, size), np.int64)
+            mt = marker_types[pg]
+            markers[pr[mt > 0], pc[mt > 0]] = mt[mt > 0]
+        out.append(Patch(int(cid), pr, pc, pg, nuc, markers))
+    return out
+
+
+def _region_keys(x, y, region_um) -> np.ndarray:
+    rx = np.floor(np.asarray(x) / region_um).astype(np.int64)
+    ry = np.floor(np.asarray(y) / region_um).astype(np.int64)
+    return ry * 1_000_003 + rx
+
+
+def _hvg_stats(data: TileData, bin_um: float, region_um: float) -> pd.DataFrame:
+    """Counts per (region, 10-bin block, gene) of the tile's own (core) transcripts."""
+    tx = data.transcripts
+    own = tx.in_core
+    block_um = 10 * bin_um
+    bx = np.floor(tx.x[own] / block_um).astype(np.int64)
+    by = np.floor(tx.y[own] / block_um).astype(np.int64)
+    df = pd.DataFrame({"region": _region_keys(tx.x[own], tx.y[own], region_um), "bx": bx, "by": by,
+                       "gene": tx.gene[own].astype(np.int64)})
+    return df.groupby(["region", "bx", "by", "gene"]).size().rename("n").reset_index()
+
+
+def _hvg_from_stats(parts: list[pd.DataFrame], n_genes: int, n_hvg: int) -> dict[int, np.ndarray]:
+    df = pd.concat([p for p in parts if p is not None and len(p)], ignore_index=True)
+    df = df.groupby(["region", "bx", "by", "gene"], as_index=False).n.sum()
+    out = {}
+    for region, g in df.groupby("region"):
+        blocks = g.groupby(["bx", "by"]).ngroup().to_numpy()
+        nb = int(blocks.max()) + 1
+        rows, cols = blocks // max(1, nb), blocks % max(1, nb)
+        expanded = np.repeat(np.arange(len(g)), g.n.to_numpy())
+        out[int(region)] = select_hvg(rows[expanded], cols[expanded], g.gene.to_numpy()[expanded], n_genes, n_hvg,
+                                      block=1)
+    return out
+
+
+def _ray_has_gpu(num_gpus: float) -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _train_remote(patches, n_genes, cfg, **kwargs):
+    """Train in a Ray task on a GPU node; the weights come back through the object store."""
+    import ray
+
+    kwargs.pop("log", None)
+    task = ray.remote(train_ucs).options(num_gpus=min(1.0, max(cfg.num_gpus, 1.0)), max_retries=2)
+    return ray.get(task.remote(patches, n_genes, cfg, **kwargs))

@@ -1,0 +1,190 @@
+"""Self-supervised UCS training on patches sampled from the chip itself.
+
+Foreground labels: nucleus bins positive; bins outside the nuclei dilated (10x10 kernel, 4
+iterations) whose count is below that outside region's mean negative; the rest ignored.
+Cell labels (per cell of a patch): its nucleus positive; foreground-net background (p < 0.5)
+and, an addition to the paper, the other cells' nuclei negative; the rest ignored.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .softmask import softmask
+
+IGNORE = -100
+
+
+@dataclass
+class Patch:
+    """One training patch on the bin grid, keyed by the nucleus it is centred on."""
+
+    key: int  # global nucleus ID: sorting by it makes training independent of the tiling
+    rows: np.ndarray
+    cols: np.ndarray
+    genes: np.ndarray
+    nuclei: np.ndarray  # (S, S) int64
+    markers: np.ndarray | None = None  # (S, S) int64 marker cell type per bin + 1 (0 = none)
+
+
+def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 4) -> np.ndarray:
+    pos = nuclei > 0
+    dil = ndi.binary_dilation(pos, structure=np.ones((10, 10), bool), iterations=iterations)
+    outside = ~dil
+    labels = np.full(nuclei.shape, IGNORE, np.int64)
+    if outside.any():
+        labels[outside & (counts < counts[outside].mean())] = 0
+    labels[pos] = 1
+    return labels
+
+
+def cell_labels(nuclei: np.ndarray, cell: int, fg_prob: np.ndarray) -> np.ndarray:
+    labels = np.full(nuclei.shape, IGNORE, np.int64)
+    labels[fg_prob < 0.5] = 0
+    labels[nuclei == cell] = 1
+    return labels
+
+
+def patch_counts(p: Patch) -> np.ndarray:
+    out = np.zeros(p.nuclei.shape, np.float32)
+    np.add.at(out, (p.rows, p.cols), 1.0)
+    return out
+
+
+def _batch(patches, device):
+    import torch
+
+    b = np.concatenate([np.full(len(p.rows), i) for i, p in enumerate(patches)]) if patches else np.zeros(0)
+    cat = lambda name: np.concatenate([getattr(p, name) for p in patches])  # noqa: E731
+    t = lambda a: torch.as_tensor(np.asarray(a, np.int64), device=device)  # noqa: E731
+    return t(b), t(cat("rows")), t(cat("cols")), t(cat("genes"))
+
+
+def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.0, markers: bool = False,
+              device: str | None = None, log=None) -> dict:
+    """Train both networks; return a picklable state with the weights as bytes."""
+    import torch
+    from torch import nn
+
+    from .nets import UCSModel
+
+    if not patches:
+        raise ValueError("UCS training needs at least one patch with a nucleus")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    patches = sorted(patches, key=lambda p: p.key)
+    model = UCSModel(n_genes, markers=markers).to(device)
+    weights = torch.tensor([1.0, pos_weight], device=device)
+    ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
+    size = patches[0].nuclei.shape
+    fg_targets = torch.as_tensor(np.stack([foreground_labels(p.nuclei, patch_counts(p), cfg.background_dilation)
+                                           for p in patches]),
+                                 device=device)
+    history: dict[str, list[float]] = {"foreground": [], "cell": []}
+
+    # phase 1: the foreground net
+    opt = torch.optim.Adam(model.foreground.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+                           weight_decay=cfg.weight_decay)
+    model.train()
+    for _epoch in range(cfg.epochs):
+        order = rng.permutation(len(patches))
+        total = 0.0
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            batch = [patches[i] for i in idx]
+            logits, _ = model.foreground(*_batch(batch, device), (len(batch), *size))
+            loss = ce(logits, fg_targets[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history["foreground"].append(total / len(patches))
+
+    # phase 2: the cell net on frozen foreground features (cells of a patch share them)
+    opt = torch.optim.Adam(model.cell.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    model.foreground.eval()
+    with torch.no_grad():
+        feats, probs = [], []
+        for s in range(0, len(patches), cfg.batch_size):
+            batch = patches[s : s + cfg.batch_size]
+            logits, f = model.foreground(*_batch(batch, device), (len(batch), *size))
+            feats.append(f)
+            probs.append(torch.softmax(logits, 1)[:, 1])
+        feats_all = torch.cat(feats)
+        prob_all = torch.cat(probs).cpu().numpy()
+    masks, targets, mark = [], [], []
+    for i, p in enumerate(patches):
+        ids = np.unique(p.nuclei)
+        ids = ids[ids > 0]
+        masks.append(torch.as_tensor(np.stack([softmask(p.nuclei == c, cfg.tau, cfg.scaled_softmask) for c in ids])[:, None],
+                                     device=device))
+        targets.append(torch.as_tensor(np.stack([cell_labels(p.nuclei, c, prob_all[i]) for c in ids]), device=device))
+        mark.append(_marker_masks(p, ids, device) if markers else None)
+    model.cell.train()
+    for _epoch in range(cfg.epochs):
+        order = rng.permutation(len(patches))
+        total = 0.0
+        for s in range(0, len(order), cfg.batch_size):
+            opt.zero_grad()
+            loss_sum = 0.0
+            for i in order[s : s + cfg.batch_size]:
+                logits = model.cell(feats_all[i : i + 1], masks[i], mark[i])
+                loss = ce(logits, targets[i])
+                if markers and mark[i] is not None:
+                    loss = loss + 0.5 * _marker_loss(logits, mark[i], masks[i])
+                (loss / len(order[s : s + cfg.batch_size])).backward()
+                loss_sum += float(loss.detach())
+            opt.step()
+            total += loss_sum
+        history["cell"].append(total / len(patches))
+    if log:
+        log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f}, "
+            f"cell loss {history['cell'][0]:.3f} -> {history['cell'][-1]:.3f}")
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+    return {"weights": buf.getvalue(), "n_genes": n_genes, "markers": markers, "history": history,
+            "n_patches": len(patches)}
+
+
+def load_model(state: dict, device: str | None = None):
+    """Rebuild the model from a state; weights are read with weights_only=True (no code runs)."""
+    import torch
+
+    from .nets import UCSModel
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = UCSModel(state["n_genes"], markers=state.get("markers", False))
+    model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
+    return model.to(device).eval(), device
+
+
+def _marker_masks(p: Patch, ids, device):
+    """Per cell: bins holding markers of the cell type its nucleus is enriched for."""
+    import torch
+
+    if p.markers is None:
+        return torch.zeros((len(ids), 1, *p.nuclei.shape), device=device)
+    out = np.zeros((len(ids), 1, *p.nuclei.shape), np.float32)
+    near = ndi.grey_dilation(p.nuclei, size=(5, 5))
+    for k, c in enumerate(ids):
+        types = p.markers[(near == c) & (p.markers > 0)]
+        if len(types):
+            t = np.bincount(types).argmax()
+            out[k, 0] = ndi.binary_dilation(p.markers == t, iterations=1)
+    return torch.as_tensor(out, device=device)
+
+
+def _marker_loss(logits, marker_mask, soft):
+    """Extra cross-entropy: marker bins near the cell (soft mask > 0.3) belong to it."""
+    import torch
+
+    target = ((marker_mask[:, 0] > 0) & (soft[:, 0] > 0.3)).long()
+    sel = target > 0
+    if not sel.any():
+        return logits.sum() * 0
+    return torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[sel], target[sel])

@@ -1,0 +1,153 @@
+"""UCS: the networks, soft masks, labels, training, seamless inference, and the method on a chip."""
+
+import numpy as np
+import pytest
+import torch
+
+from stseg_dist.config import PipelineConfig, load_config, parse_set
+from stseg_dist.errors import ConfigError
+from stseg_dist.methods.ucs.features import select_hvg
+from stseg_dist.methods.ucs.inference import cell_priors, predict
+from stseg_dist.methods.ucs.nets import ForegroundNet, SparseGeneInput, UCSModel
+from stseg_dist.methods.ucs.softmask import softmask
+from stseg_dist.methods.ucs.training import IGNORE, Patch, foreground_labels, load_model, train_ucs
+
+torch.set_num_threads(1)
+
+
+def test_sparse_first_layer_equals_dense_conv1x1():
+    torch.manual_seed(0)
+    layer = SparseGeneInput(n_genes=7, channels=5)
+    rows = torch.tensor([0, 0, 2, 3, 3, 3])
+    cols = torch.tensor([1, 1, 0, 4, 4, 2])
+    genes = torch.tensor([2, 2, 6, 0, 1, 0])
+    out = layer(torch.zeros_like(rows), rows, cols, genes, (1, 4, 5))
+    dense = torch.zeros(1, 7, 4, 5)
+    for r, c, g in zip(rows, cols, genes):
+        dense[0, g, r, c] += 1
+    conv = torch.nn.Conv2d(7, 5, 1)
+    conv.weight.data = layer.embedding.weight.T.reshape(5, 7, 1, 1).clone()
+    conv.bias.data = layer.bias.data.clone()
+    torch.testing.assert_close(out, conv(dense))
+
+
+def test_network_shapes():
+    model = UCSModel(n_genes=10)
+    b = torch.tensor([0, 1]); r = torch.tensor([3, 4]); c = torch.tensor([5, 6]); g = torch.tensor([1, 2])
+    logits, feats = model.foreground(b, r, c, g, (2, 48, 48))
+    assert logits.shape == (2, 2, 48, 48) and feats.shape == (2, 128, 48, 48)
+    out = model.cell(feats[:1], torch.rand(3, 1, 48, 48))
+    assert out.shape == (3, 2, 48, 48)  # cells in the batch dimension share the features
+
+
+def test_softmask_sign_and_elongation():
+    m = np.zeros((41, 41), bool)
+    m[18:23, 10:31] = True  # an elongated nucleus along the columns
+    s = softmask(m, tau=2.0, scaled=True)
+    plain = softmask(m, tau=2.0, scaled=False)
+    assert (s[m] > 0.5).all() and (s[~m] < 0.5).all()
+    # beyond the tips (major axis) the scaled mask reaches further than across (minor axis)
+    assert s[20, 34] > plain[20, 34] and s[26, 20] < plain[26, 20]
+    round_ = np.zeros((21, 21), bool)
+    yy, xx = np.mgrid[:21, :21]
+    round_[(yy - 10) ** 2 + (xx - 10) ** 2 <= 16] = True
+    np.testing.assert_allclose(softmask(round_, 2.0, True), softmask(round_, 2.0, False))
+
+
+def test_foreground_labels_constructed():
+    nuclei = np.zeros((60, 60), np.int64)
+    nuclei[5:9, 5:9] = 3
+    counts = np.zeros((60, 60), np.float32)
+    counts[50:, 50:] = 5  # a dense patch far from the nucleus: above the mean, so not background
+    lab = foreground_labels(nuclei, counts)
+    assert (lab[5:9, 5:9] == 1).all()
+    assert lab[10, 10] == IGNORE  # within the dilated nuclei
+    assert lab[40, 20] == 0 and lab[55, 55] == IGNORE
+
+
+def test_select_hvg():
+    rng = np.random.default_rng(0)
+    n = 5000
+    rows, cols = rng.integers(0, 100, n), rng.integers(0, 100, n)
+    genes = rng.integers(0, 5, n)  # uniform genes: low dispersion
+    clustered = np.where((rows < 20) & (cols < 20))[0]
+    genes[clustered] = 7  # gene 7 only in one corner: high dispersion
+    keep = select_hvg(rows, cols, genes, n_genes=10, n_hvg=2)
+    assert keep[7] and keep.sum() == 2
+    assert select_hvg(rows, cols, genes, n_genes=10, n_hvg=50).all()
+
+
+def _toy_patches(n=8, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        nuc = np.zeros((size, size), np.int64)
+        yy, xx = np.mgrid[:size, :size]
+        cy, cx = rng.integers(10, 22, 2)
+        nuc[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = k + 1
+        # transcripts dense within 7 bins of the nucleus, sparse elsewhere
+        near = np.argwhere((yy - cy) ** 2 + (xx - cx) ** 2 <= 49)
+        pick = near[rng.integers(0, len(near), 300)]
+        far = rng.integers(0, size, (20, 2))
+        pts = np.concatenate([pick, far])
+        out.append(Patch(k + 1, pts[:, 0], pts[:, 1], rng.integers(0, 4, len(pts)), nuc))
+    return out
+
+
+def test_training_learns_and_is_deterministic():
+    cfg = PipelineConfig().cells.ucs
+    cfg.epochs, cfg.batch_size, cfg.patch_px = 8, 4, 32
+    a = train_ucs(_toy_patches(), 4, cfg)
+    b = train_ucs(list(reversed(_toy_patches())), 4, cfg)  # order of arrival does not matter
+    assert a["history"]["foreground"][-1] < a["history"]["foreground"][0]
+    assert a["history"]["cell"][-1] < a["history"]["cell"][0]
+    assert a["weights"] == b["weights"]
+    model, _ = load_model(a, "cpu")
+    assert isinstance(model.foreground, ForegroundNet)
+
+
+def test_overlap_tile_inference_is_seamless():
+    """Small overlapping patches give exactly what one patch over the whole window gives."""
+    from stseg_dist.methods.ucs.features import BinnedTile
+
+    cfg = PipelineConfig().cells.ucs
+    cfg.epochs, cfg.batch_size = 2, 4
+    model, device = load_model(train_ucs(_toy_patches(), 4, cfg), "cpu")
+    rng = np.random.default_rng(3)
+    nuclei = np.zeros((90, 110), np.int64)
+    for k, (cy, cx) in enumerate(rng.integers(8, 80, (12, 2)), start=1):
+        nuclei[cy - 2 : cy + 3, cx - 2 : cx + 3] = k
+    n = 4000
+    binned = BinnedTile((90, 110), rng.integers(0, 90, n), rng.integers(0, 110, n), rng.integers(0, 4, n),
+                        nuclei, None, 1.0, (0, 0), (0, 0))
+    priors = cell_priors(nuclei, 12, 2.0, True)
+    fg_a, lab_a = predict(model, device, binned, priors, patch=1000)
+    fg_b, lab_b = predict(model, device, binned, priors, patch=23)
+    np.testing.assert_allclose(fg_a, fg_b, atol=1e-5)
+    assert (lab_a != lab_b).mean() < 1e-3
+    assert set(np.unique(lab_a)) <= set(np.unique(nuclei))
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("patch_px", 4, "patch_px"), ("tau", 0, "tau"), ("bin_um", -1, "bin_um"),
+    ("missing_cell_threshold", 1.5, "missing_cell_threshold"), ("epochs", 0, "epochs"),
+    ("markers", "/nonexistent/markers.csv", "file not found"),
+])
+def test_bad_config(key, value, fragment):
+    from stseg_dist.methods.ucs import UCSMethod
+
+    cfg = load_config(overrides=parse_set([f"cells.ucs.{key}={value}"]), use_env=False)
+    with pytest.raises(ConfigError, match=fragment):
+        UCSMethod(cfg)
+
+
+def test_marker_table_columns(tmp_path):
+    from stseg_dist.methods.ucs.method import load_markers
+
+    bad = tmp_path / "m.csv"
+    bad.write_text("type,marker\nT,CD3E\n")
+    with pytest.raises(ConfigError, match="cell_type and gene"):
+        load_markers(str(bad))
+    good = tmp_path / "g.tsv"
+    good.write_text("cell_type\tgene\nT\tCD3E\nB\tMS4A1\n")
+    assert load_markers(str(good)).gene.tolist() == ["CD3E", "MS4A1"]
