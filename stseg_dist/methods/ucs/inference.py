@@ -93,7 +93,10 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
                 q = np.where(cover, q, 0.0)
                 bg_sum[r0:r1, c0:c1] = ((1.0 - q) * cover).sum(0)
                 n_cover[r0:r1, c0:c1] = cover.sum(0)
-                k_best = q.argmax(0)
+                # Among cells that claim a bin, the soft mask (the nucleus-distance prior) decides:
+                # a saturated cell net gives q ~ 1 to several neighbours, and an argmax over q alone
+                # would split them arbitrarily.
+                k_best = (q * sm[:, 0]).argmax(0)
                 best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
                 ids = np.array([p.cell_id for p in hits], np.int64)
                 best_id[r0:r1, c0:c1] = ids[k_best]
@@ -131,7 +134,7 @@ def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, t
                        min_area: int) -> np.ndarray:
     """Seeds of cells whose nucleus is not seen: confident foreground outside every cell."""
     cand = (fg > threshold) & (labels == 0) & (nuclei == 0)
-    cand = ndi.binary_opening(cand, iterations=1)
+    cand = ndi.binary_opening(cand, iterations=2)  # no slivers left between grown cells
     cand = ndi.binary_closing(cand, iterations=1) & (labels == 0)
     comp, n = ndi.label(cand)
     if n == 0:

@@ -130,7 +130,7 @@ class UCSMethod(CellMethod):
         binned, _, fg, labels = self._predict(data, with_seeds=False)
         nucleus_area_bins = math.pi * (self.config.nuclei.diameter_um / 2) ** 2 / self.bin_um**2
         seeds = missing_cell_seeds(fg, labels, binned.nuclei, self.cfg.missing_cell_threshold,
-                                   max(4, int(0.5 * nucleus_area_bins)))
+                                   max(4, int(nucleus_area_bins)))
         return binned.to_pixels(seeds, data.shape).astype(np.uint32)
 
     def segment(self, data: TileData):
