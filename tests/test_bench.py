@@ -1,0 +1,37 @@
+"""The benchmark harness runs end to end on a tiny chip and reports every figure (no time asserted)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("stseg_dist.driver")
+
+from stseg_dist.bench import main, run_bench  # noqa: E402
+
+
+@pytest.mark.slow
+def test_run_bench_tiny(tmp_path):
+    lines = []
+    rows = run_bench([80.0], [1], tile_um=64, workdir=str(tmp_path), echo=lines.append)
+    assert [r["mode"] for r in rows] == ["single_process", "ray"]
+    single, ray_row = rows
+    assert single["n_transcripts"] == ray_row["n_transcripts"] > 0
+    assert single["n_cells"] == ray_row["n_cells"] > 0
+    assert ray_row["ray_over_single_process"] > 0
+    assert ray_row["worker_peak_rss_mb"] > 0 and ray_row["driver_peak_rss_mb"] > 0
+    assert {"nuclei", "cells", "total"} <= set(ray_row["stage_seconds"])
+    assert len(lines) == 3 and "transcripts/s" in lines[-1]
+
+
+def test_bench_cli_rejects_bad_args(capsys):
+    with pytest.raises(SystemExit):
+        main(["--sizes-um", "big"])
+    assert "invalid float" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_main_writes_json(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["--", "--sizes-um", "60", "--workers", "1", "--no-local", "--tile-um", "64", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["mode"] == "ray" and "ray_over_single_process" not in rows[0]
