@@ -133,7 +133,9 @@ def test_shape_descriptors():
     ell = np.zeros((30, 30), bool)  # an L: the hull perimeter is clearly shorter than the outline
     ell[0:30, 0:8] = True
     ell[22:30, 0:30] = True
-    assert M.shape_descriptors(ell)[2] < 0.85 < conv
+    # outline 30+30+8+22+22+8 = 120; hull 30+30+8+8+22*sqrt(2) = 107
+    assert M.shape_descriptors(ell)[2] == pytest.approx((76 + 22 * np.sqrt(2)) / 120, abs=0.03)
+    assert M.shape_descriptors(ell)[2] < conv
 
 def test_morphology_block_independent():
     lab = np.zeros((64, 64), np.uint32)
