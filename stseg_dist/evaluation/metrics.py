@@ -155,6 +155,8 @@ def transcript_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
     pred = np.asarray(pred, dtype=np.int64)
     ref = np.asarray(ref, dtype=np.int64)
     ari = adjusted_rand_index(pred, ref)
+    both = (pred > 0) & (ref > 0)
+    ari_cells = adjusted_rand_index(pred[both], ref[both]) if both.any() else 0.0
     df = pd.DataFrame({"p": pred, "r": ref})
     inside = df[df.p > 0]
     if len(inside):
@@ -168,7 +170,8 @@ def transcript_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
         purity, correct = 0.0, 0
     n_ref = int((ref > 0).sum())
     return {
-        "ari": ari,
+        "ari": ari,  # 0 (unassigned / background) counts as one more cluster
+        "ari_in_cells": ari_cells,  # only transcripts inside a cell in both
         "fraction_correct": correct / n_ref if n_ref else 0.0,
         "purity": purity,
         "n_transcripts": int(pred.size),

@@ -96,6 +96,9 @@ def test_transcript_metrics_hand_computed():
     # correct: ref1 in cell5 (2), ref2 in cell6 (2) -> 4 of 6 in-cell reference transcripts
     assert m["fraction_correct"] == pytest.approx(4 / 6)
     assert m["n_assigned_pred"] == 6 and m["n_assigned_ref"] == 6
+    # in a cell in both: pred [5,5,6,6,6] vs ref [1,1,1,2,2]: nij 2,1,2 -> 2; rows 1+3=4; cols 3+1=4;
+    # C(5,2)=10, expected 1.6, max 4 -> (2-1.6)/(4-1.6)
+    assert m["ari_in_cells"] == pytest.approx(0.4 / 2.4)
 
 
 def test_cell_calling_score_hand_computed():
