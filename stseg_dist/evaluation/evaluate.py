@@ -26,13 +26,17 @@ def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
 
 
 def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: dict | None = None,
-             deltas=(3, 5, 7), block: int = 2048) -> dict:
+             deltas=(3, 5, 7), block: int = 2048, expression_ref: str | None = None) -> dict:
     """Score the run in ``pred_out_url``; with ``ref_url``, also against the reference.
 
     Always: baseline characteristics (coverage, area, transcripts/genes per cell, density),
     cell calling score and morphology of the predicted mask. With a label reference: pixel and
     instance metrics. With per-transcript reference IDs: ARI, fraction correct, purity. Label
-    arrays are read block by block (``block`` px) so whole chips fit in memory.
+    arrays are read block by block (``block`` px) so whole chips fit in memory. With a generated
+    chip (``truth/cells.parquet`` has ``cell_type``): expression consistency, Pearson r of each
+    cell type's mean profile in the prediction (a predicted cell takes the type of its majority
+    true cell) with ``expression_ref`` (a types x genes table, parquet or csv, first column the
+    type) or, without one, with the true cells' mean profiles.
     """
     so = storage_options
     labels_url = storage.join(pred_out_url, C.LABELS_ZARR)
@@ -69,7 +73,50 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
         result["transcripts"] = M.transcript_metrics(joined[C.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
         result["petukhov"] = M.petukhov_correlation(
             joined[C.GENE].to_numpy(), joined[C.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
+        types = _truth_types(ref_url, so)
+        if types is not None:
+            result["expression"] = _expression(joined, types, expression_ref)
     return result
+
+
+def _truth_types(ref_url: str, so) -> pd.Series | None:
+    url = storage.join(ref_url.partition("#")[0], "truth", C.CELLS_PARQUET)
+    if not storage.exists(url, so):
+        return None
+    t = pd.read_parquet(url, storage_options=so or None)
+    return t.set_index(C.CELL_ID)["cell_type"] if "cell_type" in t else None
+
+
+def _type_means(tx: pd.DataFrame, cell_col: str, cell_type: pd.Series) -> pd.DataFrame:
+    """Types x genes mean counts per cell, from per-transcript rows (never a cells x genes matrix)."""
+    tx = tx[tx[cell_col] > 0]
+    typ = tx[cell_col].map(cell_type)
+    sums = tx.groupby([typ, tx[C.GENE]]).size().unstack(fill_value=0)
+    n_cells = tx.groupby(typ)[cell_col].nunique()
+    return sums.div(n_cells, axis=0)
+
+
+def _read_table(url: str) -> pd.DataFrame:
+    try:
+        t = pd.read_csv(url) if url.endswith((".csv", ".tsv")) else pd.read_parquet(url)
+    except FileNotFoundError as exc:
+        raise InputError(f"expression reference not found: {url}") from exc
+    return t.set_index(t.columns[0])
+
+
+def _expression(joined: pd.DataFrame, true_type: pd.Series, expression_ref: str | None) -> dict:
+    inside = joined[joined[C.CELL_ID] > 0]
+    counts = inside[inside.ref_id > 0].groupby([C.CELL_ID, "ref_id"]).size().rename("n").reset_index()
+    major = counts.sort_values([C.CELL_ID, "n"], ascending=[True, False]).drop_duplicates(C.CELL_ID)
+    pred_type = major.set_index(C.CELL_ID)["ref_id"].map(true_type)
+    pred_means = _type_means(joined, C.CELL_ID, pred_type)
+    if expression_ref:
+        reference = _read_table(expression_ref)
+    else:
+        reference = _type_means(joined, "ref_id", true_type)
+    pred_means.index = pred_means.index.map(str)
+    reference.index = reference.index.map(str)
+    return M.mean_profile_correlation(pred_means, reference)
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:

@@ -302,13 +302,18 @@ def profile_correlation(counts: pd.DataFrame, cell_types: pd.Series, reference: 
     ``counts``: cells x genes; ``cell_types``: type per cell (same index); ``reference``: types x
     genes mean profiles. Only shared genes and types are compared.
     """
-    genes = counts.columns.intersection(reference.columns)
+    means = counts.groupby(cell_types.reindex(counts.index)).mean()
+    return mean_profile_correlation(means, reference)
+
+
+def mean_profile_correlation(means: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    """Pearson r per cell type between two types x genes tables of mean profiles (shared genes/types)."""
+    genes = means.columns.intersection(reference.columns)
     if len(genes) < 2:
         raise InputError("expression reference shares fewer than 2 genes with the prediction")
-    means = counts[genes].groupby(cell_types.reindex(counts.index)).mean()
     out = {}
     for t in means.index.intersection(reference.index):
-        a, b = means.loc[t].to_numpy(float), reference.loc[t, genes].to_numpy(float)
+        a, b = means.loc[t, genes].to_numpy(float), reference.loc[t, genes].to_numpy(float)
         out[str(t)] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
     return {"per_type": out, "mean_r": float(np.nanmean(list(out.values()))) if out else float("nan")}
 

@@ -100,3 +100,32 @@ def test_evaluate_generated_chip(tmp_path):
     assert m["pixel"]["f1"] > 0.5
     assert m["transcripts"]["ari_in_cells"] > 0.5
     assert 0 < m["baseline"]["coverage_rate"] <= 1
+
+
+def test_expression_consistency_against_table(tmp_path):
+    import shutil
+
+    from stseg_dist.config import load_config, parse_set
+    from stseg_dist.driver import run_pipeline
+    from stseg_dist.synth import synth_chip
+
+    chip = str(tmp_path / "chip")
+    synth_chip(chip, 100, 100, seed=4)
+    out = str(tmp_path / "out")
+    run_pipeline(chip, out, load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False), local=True)
+    m = evaluate(out, chip)
+    assert m["expression"]["mean_r"] > 0.9  # types keep their profiles through segmentation
+    tx = pd.read_parquet(f"{chip}/transcripts.parquet")
+    truth = pd.read_parquet(f"{chip}/truth/cells.parquet").set_index("cell_id")["cell_type"]
+    tx = tx[tx.cell_true > 0]
+    means = tx.groupby([tx.cell_true.map(truth), "gene"]).size().unstack(fill_value=0)
+    means.index.name = "type"
+    flipped = means.copy()
+    first = str(means.index[0])
+    flipped.iloc[0] = means.iloc[0].to_numpy()[::-1]  # one type's profile scrambled
+    flipped.reset_index().to_csv(tmp_path / "ref.csv", index=False)
+    e = evaluate(out, chip, expression_ref=str(tmp_path / "ref.csv"))["expression"]
+    assert e["per_type"][first] < 0.5 < min(v for k, v in e["per_type"].items() if k != first)
+    with pytest.raises(InputError, match="expression reference not found"):
+        evaluate(out, chip, expression_ref=str(tmp_path / "none.csv"))
+    shutil.rmtree(out)
