@@ -91,7 +91,7 @@ def _type_means(tx: pd.DataFrame, cell_col: str, cell_type: pd.Series) -> pd.Dat
     """Types x genes mean counts per cell, from per-transcript rows (never a cells x genes matrix)."""
     tx = tx[tx[cell_col] > 0]
     typ = tx[cell_col].map(cell_type)
-    sums = tx.groupby([typ, tx[C.GENE]]).size().unstack(fill_value=0)
+    sums = tx.groupby([typ, tx[C.GENE]], observed=True).size().unstack(fill_value=0)
     n_cells = tx.groupby(typ)[cell_col].nunique()
     return sums.div(n_cells, axis=0)
 
