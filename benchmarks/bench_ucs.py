@@ -1,0 +1,102 @@
+"""UCS training and inference throughput on CPU, in process (no Ray), on a constructed tile.
+
+    python benchmarks/bench_ucs.py --size-px 256 --cells 60 --epochs 4
+
+Builds one tile of round nuclei with transcripts dense around each, trains UCS on patches
+centred on its nuclei, then segments the tile. Prints pixels/s and transcripts/s for training
+(patch bins x epochs) and for inference (tile bins, tile transcripts), so the numbers scale to a
+chip by its area and transcript count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from stseg_dist.config import PipelineConfig
+from stseg_dist.methods.base import TileData, TileTranscripts
+from stseg_dist.methods.ucs.features import bin_tile
+from stseg_dist.methods.ucs.method import UCSMethod, _patches_for
+from stseg_dist.methods.ucs.training import train_ucs
+from stseg_dist.tiling import Tile
+
+
+def make_tile(size: int, n_cells: int, n_genes: int, seed: int) -> TileData:
+    """Round nuclei (radius 3 px) on a jittered grid, 250 transcripts within 7 px of each."""
+    rng = np.random.default_rng(seed)
+    nuclei = np.zeros((size, size), np.uint32)
+    yy, xx = np.mgrid[:size, :size]
+    side = int(np.ceil(np.sqrt(n_cells)))
+    step = size / side
+    rows, cols, genes = [], [], []
+    for k in range(n_cells):
+        cy = (k // side + 0.5) * step + rng.uniform(-2, 2)
+        cx = (k % side + 0.5) * step + rng.uniform(-2, 2)
+        nuclei[((yy - cy) ** 2 + (xx - cx) ** 2 <= 9) & (nuclei == 0)] = k + 1
+        r = rng.uniform(0, 7, 250)
+        a = rng.uniform(0, 2 * np.pi, 250)
+        rows.append(cy + r * np.sin(a)); cols.append(cx + r * np.cos(a))
+        genes.append(rng.integers(0, n_genes, 250))
+    n_bg = size * size // 50
+    rows.append(rng.uniform(0, size, n_bg)); cols.append(rng.uniform(0, size, n_bg))
+    genes.append(rng.integers(0, n_genes, n_bg))
+    y, x, g = (np.concatenate(v) for v in (rows, cols, genes))
+    keep = (y >= 0) & (y < size) & (x >= 0) & (x < size)
+    y, x, g = y[keep], x[keep], g[keep].astype(np.int32)
+    tx = TileTranscripts(x=x, y=y, gene=g, row=y.astype(np.int64), col=x.astype(np.int64),
+                         in_core=np.ones(len(x), bool), row_index=np.arange(len(x), dtype=np.int64))
+    tile = Tile(0, 0, 0, (0, size, 0, size), (0, size, 0, size))
+    return TileData(tile=tile, pixel_size_um=1.0, origin_um=(0.0, 0.0), platform="xenium",
+                    image=np.zeros((1, size, size), np.uint16), nuclei=nuclei, transcripts=tx,
+                    genes=[f"g{i}" for i in range(n_genes)])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size-px", type=int, default=256)
+    p.add_argument("--cells", type=int, default=60)
+    p.add_argument("--genes", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = PipelineConfig()
+    config.cells.method = "ucs"
+    config.cells.ucs.epochs = args.epochs
+    method = UCSMethod(config, "xenium")
+    data = make_tile(args.size_px, args.cells, args.genes, args.seed)
+    binned = bin_tile(data, method.bin_um)
+    patches = _patches_for(binned, data, np.arange(1, args.cells + 1), config.cells.ucs.patch_px, None)
+    n_tx_patches = sum(len(p.rows) for p in patches)
+
+    t0 = time.perf_counter()
+    state = train_ucs(patches, args.genes, config.cells.ucs)
+    t_train = time.perf_counter() - t0
+    method.load({"train": state, "bin_um": method.bin_um, "hvg": None, "region_um": 1000.0})
+    t0 = time.perf_counter()
+    cells = method.segment(data)
+    t_inf = time.perf_counter() - t0
+
+    px_train = len(patches) * config.cells.ucs.patch_px ** 2 * args.epochs
+    row = {
+        "device": str(method.device), "threads": args.threads, "tile_px": args.size_px,
+        "n_train_patches": len(patches), "epochs": args.epochs,
+        "train_s": round(t_train, 3),
+        "train_pixels_per_s": round(px_train / t_train),
+        "train_transcripts_per_s": round(n_tx_patches * args.epochs / t_train),
+        "infer_s": round(t_inf, 3),
+        "infer_pixels_per_s": round(args.size_px ** 2 / t_inf),
+        "infer_transcripts_per_s": round(len(data.transcripts) / t_inf),
+        "n_cells_out": int(len(np.unique(cells)) - 1),
+    }
+    print(json.dumps(row, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
