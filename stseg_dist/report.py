@@ -69,12 +69,19 @@ def _overview(cells, stride: int, px: float) -> str:
     return _png(fig)
 
 
-def _crop(cells, tx: pd.DataFrame, px: float, origin) -> tuple[str, tuple[int, int]]:
+def _crop(cells, tx_url: str, px: float, origin, so) -> tuple[str, tuple[int, int]]:
+    """Centre crop; only transcripts inside it are read (parquet row-group filters)."""
     import matplotlib.pyplot as plt
 
     h, w = cells.shape
     r0, c0 = max(h // 2 - CROP_PX // 2, 0), max(w // 2 - CROP_PX // 2, 0)
     r1, c1 = min(r0 + CROP_PX, h), min(c0 + CROP_PX, w)
+    x0, y0 = origin[0] + c0 * px, origin[1] + r0 * px
+    tx = pd.read_parquet(tx_url, columns=[C.X, C.Y, C.CELL_ID], storage_options=so or None,
+                         filters=[(C.X, ">=", x0), (C.X, "<", origin[0] + c1 * px),
+                                  (C.Y, ">=", y0), (C.Y, "<", origin[1] + r1 * px)])
+    if len(tx) > MAX_POINTS:
+        tx = tx.sample(MAX_POINTS, random_state=0)
     lab = np.asarray(cells[r0:r1, c0:c1])
     col = (tx[C.X].to_numpy() - origin[0]) / px - c0
     row = (tx[C.Y].to_numpy() - origin[1]) / px - r0
@@ -160,10 +167,6 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
     px = float(group.attrs.get("pixel_size_um", 1.0))
     origin = tuple(group.attrs.get("origin_um", (0.0, 0.0)))
     cells = pd.read_parquet(storage.join(out_url, C.CELLS_PARQUET), storage_options=so or None)
-    tx = pd.read_parquet(storage.join(out_url, C.TRANSCRIPTS_PARQUET), columns=[C.X, C.Y, C.CELL_ID],
-                         storage_options=so or None)
-    if len(tx) > MAX_POINTS:
-        tx = tx.sample(MAX_POINTS, random_state=0)
 
     ref = ref or chip
     if metrics is None and ref is not None:
@@ -177,7 +180,7 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
     stride = max(1, int(np.ceil(max(cells_arr.shape) / OVERVIEW_PX)))
     parts = [
         "<h2>Overview</h2>", f'<img alt="overview" src="{_overview(cells_arr, stride, px)}">',
-        "<h2>Zoomed crop</h2>", f'<img alt="crop" src="{_crop(cells_arr, tx, px, origin)[0]}">',
+        "<h2>Zoomed crop</h2>", f'<img alt="crop" src="{_crop(cells_arr, storage.join(out_url, C.TRANSCRIPTS_PARQUET), px, origin, so)[0]}">',
         "<h2>Per-cell distributions</h2>", f'<img alt="histograms" src="{_histograms(cells)}">',
     ]
     heat = _tile_heatmap(run.get("tiles", []))
