@@ -1,0 +1,257 @@
+"""``stseg batch MANIFEST``: many slides on one Ray cluster, each slide independent.
+
+Manifest (YAML mapping with a ``slides`` list, or CSV with columns ``name,input,output[,platform]``)::
+
+    out: s3://bucket/batch-1          # where status.json and summary.csv go
+    config: base.yaml                 # optional, shared base config
+    max_concurrent_slides: 3          # optional
+    slides:
+      - name: slide-a
+        input: s3://bucket/chips/a
+        platform: xenium
+        output: s3://bucket/out/a
+        overrides: {tiling.tile_um: 400}
+
+Slides run in threads that each call :func:`run_pipeline` on the same Ray cluster, so they share
+its workers and GPU actors. A failed slide is recorded and does not stop the others. A re-run
+skips slides whose ``run.json`` says complete. ``OUT/status.json`` is rewritten atomically after
+every slide, and ``OUT/summary.csv`` (slide, status, cells, transcripts, wall seconds) at the end.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import yaml
+
+from . import constants as K
+from .config import ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger(__name__)
+
+PLATFORMS = ("xenium", "merscope", "cosmx", "stereoseq", "generic")
+SLIDE_KEYS = {"name", "input", "output", "platform", "overrides"}
+TOP_KEYS = {"out", "config", "max_concurrent_slides", "slides"}
+SUMMARY_COLUMNS = ["slide", "status", "cells", "transcripts", "wall_seconds", "error"]
+
+
+@dataclass
+class Slide:
+    name: str
+    input: str
+    output: str
+    platform: str = "generic"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    url: str
+    out: str
+    slides: list[Slide]
+    config: str | None = None
+    max_concurrent_slides: int | None = None
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def _dirname(url: str) -> str:
+    return url.rsplit("/", 1)[0] if "/" in url else "."
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    if "://" in path or path.startswith("/"):
+        return path
+    return _join(base_dir, path)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        parts = str(key).split(".")
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = v
+    return out
+
+
+def parse_manifest(url: str, text: str | None = None) -> Manifest:
+    """Read and validate a batch manifest; every error names the file, slide and key."""
+    if text is None:
+        try:
+            with fsspec.open(url, "r") as fh:
+                text = fh.read()
+        except FileNotFoundError as exc:
+            raise ConfigError(f"batch manifest not found: {url}") from exc
+    base = _dirname(url)
+    if url.lower().endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if not rows:
+            raise ConfigError(f"{url}: CSV manifest lists no slides")
+        missing = {"name", "input", "output"} - set(rows[0])
+        if missing:
+            raise ConfigError(f"{url}: CSV manifest lacks column(s) {sorted(missing)}")
+        data = {"out": base, "slides": [
+            {k: v for k, v in r.items() if k in SLIDE_KEYS and v not in (None, "")} for r in rows]}
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{url}: batch manifest is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{url}: batch manifest must be a mapping with a 'slides' list")
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{url}: unknown manifest key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    slides_raw = data.get("slides")
+    if not isinstance(slides_raw, list) or not slides_raw:
+        raise ConfigError(f"{url}: 'slides' must be a non-empty list")
+    mcs = data.get("max_concurrent_slides")
+    if mcs is not None and (not isinstance(mcs, int) or isinstance(mcs, bool) or mcs < 1):
+        raise ConfigError(f"{url}: max_concurrent_slides must be a positive integer, got {mcs!r}")
+    cfg = data.get("config")
+    if cfg is not None and not isinstance(cfg, str):
+        raise ConfigError(f"{url}: 'config' must be a path, got {cfg!r}")
+    out = data.get("out", base)
+    if not isinstance(out, str) or not out:
+        raise ConfigError(f"{url}: 'out' must be a URL, got {out!r}")
+    slides, names = [], set()
+    for i, s in enumerate(slides_raw):
+        where = f"{url}: slides[{i}]"
+        if not isinstance(s, dict):
+            raise ConfigError(f"{where} must be a mapping, got {s!r}")
+        bad = set(s) - SLIDE_KEYS
+        if bad:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(SLIDE_KEYS)}")
+        for k in ("input", "output"):
+            if not isinstance(s.get(k), str) or not s.get(k):
+                raise ConfigError(f"{where}: '{k}' is required and must be a URL, got {s.get(k)!r}")
+        name = str(s.get("name") or s["input"].rstrip("/").rsplit("/", 1)[-1])
+        if name in names:
+            raise ConfigError(f"{where}: duplicate slide name {name!r}")
+        names.add(name)
+        platform = str(s.get("platform", "generic")).lower()
+        if platform not in PLATFORMS:
+            raise ConfigError(f"{where}: platform {s.get('platform')!r} is not one of {list(PLATFORMS)}")
+        ov = s.get("overrides") or {}
+        if not isinstance(ov, dict):
+            raise ConfigError(f"{where}: 'overrides' must be a mapping, got {ov!r}")
+        slides.append(Slide(name, _resolve(base, s["input"]), _resolve(base, s["output"]), platform,
+                            _nest(_flatten(ov))))
+    m = Manifest(url, _resolve(base, out), slides, _resolve(base, cfg) if cfg else None, mcs)
+    # validate every slide's config now, so a typo fails before any slide starts
+    for s in m.slides:
+        try:
+            load_config(m.config, s.overrides, use_env=False)
+        except ConfigError as exc:
+            raise ConfigError(f"{url}: slide {s.name!r} overrides: {exc}") from exc
+    return m
+
+
+def _read_json(url: str) -> dict | None:
+    try:
+        with fsspec.open(url, "r") as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_atomic(url: str, text: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(_dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{threading.get_ident()}"
+    with fs.open(tmp, "w") as fh:
+        fh.write(text)
+    fs.mv(tmp, path)
+
+
+def _counts(run: dict) -> tuple[int | None, int | None]:
+    c = run.get("counts") or {}
+    return c.get("n_cells"), c.get("n_transcripts")
+
+
+def run_batch(manifest_url: str, *, address: str | None = None,
+              max_concurrent_slides: int | None = None, local: bool = False) -> dict[str, Any]:
+    """Segment every slide in the manifest; return ``{"status", "out", "slides": [...]}``."""
+    from .driver import run_pipeline
+
+    m = parse_manifest(manifest_url)
+    n_par = max_concurrent_slides or m.max_concurrent_slides or min(4, len(m.slides))
+    if n_par < 1:
+        raise ConfigError(f"max_concurrent_slides must be positive, got {n_par}")
+    if not local:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    status_url = _join(m.out, "status.json")
+    lock = threading.Lock()
+    state: dict[str, dict] = {}
+
+    def flush() -> None:
+        with lock:
+            doc = {"manifest": manifest_url, "slides": [state[s.name] for s in m.slides if s.name in state]}
+            _write_atomic(status_url, json.dumps(doc, indent=2, default=str))
+
+    def one(s: Slide) -> None:
+        rec = {"slide": s.name, "input": s.input, "output": s.output, "platform": s.platform}
+        prev = _read_json(_join(s.output, K.RUN_JSON))
+        if prev and prev.get("status") == "complete":
+            cells, tx = _counts(prev)
+            rec.update(status="skipped", cells=cells, transcripts=tx, wall_seconds=0.0, error=None)
+            with lock:
+                state[s.name] = rec
+            flush()
+            return
+        with lock:
+            state[s.name] = {**rec, "status": "running"}
+        flush()
+        t0 = time.perf_counter()
+        try:
+            cfg: PipelineConfig = load_config(m.config, s.overrides, use_env=False)
+            summ = run_pipeline(s.input, s.output, cfg, local=local)
+            cells, tx = _counts(summ)
+            rec.update(status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None)
+        except Exception as exc:  # a failed slide must not stop the others
+            log.exception("slide %s failed", s.name)
+            rec.update(status="failed", cells=None, transcripts=None, error=f"{type(exc).__name__}: {exc}")
+        rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
+        with lock:
+            state[s.name] = rec
+        flush()
+
+    with ThreadPoolExecutor(max_workers=n_par, thread_name_prefix="slide") as pool:
+        list(pool.map(one, m.slides))
+
+    rows = [state[s.name] for s in m.slides]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    _write_atomic(_join(m.out, "summary.csv"), buf.getvalue())
+    ok = all(r["status"] in ("complete", "skipped") for r in rows)
+    return {"status": "complete" if ok else "incomplete", "out": m.out, "max_concurrent_slides": n_par,
+            "slides": rows}

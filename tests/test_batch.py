@@ -1,0 +1,114 @@
+"""stseg batch: three generated slides concurrently on one Ray, one broken slide, re-run resumes."""
+import csv
+import json
+
+import pytest
+import yaml
+
+from stseg_dist.batch import parse_manifest, run_batch
+from stseg_dist.errors import ConfigError
+from stseg_dist.synth import synth_chip
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    for i in range(3):
+        synth_chip(str(root / f"chip{i}"), 90, 80, seed=10 + i, block_um=90)
+    return root
+
+
+def _manifest(root, extra=None, broken=True):
+    doc = {
+        "out": str(root / "batch-out"),
+        "max_concurrent_slides": 4,
+        "slides": [
+            {"name": f"s{i}", "input": f"chip{i}", "output": f"out/s{i}", "platform": "xenium",
+             "overrides": {"runtime": {"progress": False}, "tiling.tile_size_um": 40 + 5 * i}}
+            for i in range(3)
+        ],
+    }
+    if broken:
+        doc["slides"].append({"name": "broken", "input": "no-such-chip", "output": "out/broken",
+                              "platform": "cosmx"})
+    if extra:
+        doc.update(extra)
+    p = root / "manifest.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_batch_concurrent_failure_isolated_and_rerun_skips(slides, ray_module):
+    url = _manifest(slides)
+    summ = run_batch(url)
+    by = {r["slide"]: r for r in summ["slides"]}
+    assert summ["status"] == "incomplete"
+    assert by["broken"]["status"] == "failed" and "no-such-chip" in by["broken"]["error"]
+    for i in range(3):
+        r = by[f"s{i}"]
+        assert r["status"] == "complete", r
+        assert r["cells"] > 0 and r["transcripts"] > 0
+        run = json.loads((slides / "out" / f"s{i}" / "run.json").read_text())
+        assert run["status"] == "complete"
+        assert run["config"]["tiling"]["tile_size_um"] == 40 + 5 * i  # per-slide override applied
+    status = json.loads((slides / "batch-out" / "status.json").read_text())
+    assert {s["slide"]: s["status"] for s in status["slides"]} == {
+        "s0": "complete", "s1": "complete", "s2": "complete", "broken": "failed"}
+    with open(slides / "batch-out" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["slide"] for r in rows] == ["s0", "s1", "s2", "broken"]
+    assert set(rows[0]) >= {"status", "cells", "transcripts", "wall_seconds"}
+    assert int(rows[1]["cells"]) == by["s1"]["cells"]
+
+    # re-run: remove one finished slide's outputs and fix the broken one; only those two run
+    (slides / "out" / "s1" / "run.json").unlink()
+    synth_chip(str(slides / "no-such-chip"), 60, 60, seed=99, block_um=60)
+    summ2 = run_batch(url)
+    by2 = {r["slide"]: r["status"] for r in summ2["slides"]}
+    assert by2 == {"s0": "skipped", "s1": "complete", "s2": "skipped", "broken": "complete"}
+    assert summ2["status"] == "complete"
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    ({"slides": []}, "'slides' must be a non-empty list"),
+    ({"slides": [{"input": "a"}]}, "'output' is required"),
+    ({"slides": [{"input": "a", "output": "b", "colour": 1}]}, "unknown key(s) ['colour']"),
+    ({"slides": [{"input": "a", "output": "b", "platform": "visium"}]}, "platform 'visium'"),
+    ({"slides": [{"name": "x", "input": "a", "output": "b"}, {"name": "x", "input": "c", "output": "d"}]},
+     "duplicate slide name 'x'"),
+    ({"slides": [{"input": "a", "output": "b", "overrides": {"tiling.no_such": 1}}]}, "overrides"),
+    ({"slides": [{"input": "a", "output": "b", "overrides": [1]}]}, "'overrides' must be a mapping"),
+    ({"slides": [{"input": "a", "output": "b"}], "max_concurrent_slides": 0}, "max_concurrent_slides"),
+    ({"slides": [{"input": "a", "output": "b"}], "bogus": 1}, "unknown manifest key(s) ['bogus']"),
+    ([1, 2], "must be a mapping"),
+])
+def test_bad_manifest_rejected(tmp_path, doc, fragment):
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as ei:
+        parse_manifest(str(p))
+    assert fragment in str(ei.value) and str(p) in str(ei.value)
+
+
+def test_bad_manifest_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        parse_manifest(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("slides: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_manifest(str(bad))
+    c = tmp_path / "m.csv"
+    c.write_text("name,input\nx,a\n")
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['output'\]"):
+        parse_manifest(str(c))
+
+
+def test_csv_manifest_resolves_relative_paths(tmp_path):
+    c = tmp_path / "m.csv"
+    c.write_text("name,input,output,platform\na,chips/a,out/a,merscope\nb,s3://bk/b,s3://bk/out/b,\n")
+    m = parse_manifest(str(c))
+    assert [s.input for s in m.slides] == [str(tmp_path / "chips/a"), "s3://bk/b"]
+    assert m.slides[0].platform == "merscope" and m.slides[1].platform == "generic"
+    assert m.out == str(tmp_path)
