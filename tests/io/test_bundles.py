@@ -1,0 +1,142 @@
+"""Bundle readers on the shared real crops and small synthetic bundles."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+
+from stseg_dist.errors import InputError
+from stseg_dist.io.bundles import convert_bundle, detect_platform
+from stseg_dist.io.chip import open_chip
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+XEN = DATA / "xenium_lung_preview"
+GEM = DATA / "stereoseq_gem_mousebrain"
+XCSV = DATA / "reader_fixtures" / "xenium_V1_FF_Mouse_Brain" / "sample1"
+
+
+def need(p):
+    if not p.exists():
+        pytest.skip(f"shared data {p} absent")
+
+
+@pytest.mark.realdata
+def test_xenium_parquet_counts_filters_and_nuclei_alignment(tmp_path):
+    need(XEN)
+    assert detect_platform(str(XEN)) == "xenium"
+    rep = convert_bundle(str(XEN), str(tmp_path / "c"))
+    raw = pq.read_table(XEN / "transcripts.parquet").to_pandas()
+    ctrl = raw.feature_name.str.match(r"(NegControl|antisense_|BLANK_|Unassigned|Deprecated)")
+    assert rep["dropped"]["control_probe"] == int(ctrl.sum())
+    assert rep["dropped"]["low_qv"] == int(((raw.qv < 20) & ~ctrl).sum())
+    assert rep["n_transcripts"] == int(((raw.qv >= 20) & ~ctrl).sum())
+    chip = open_chip(str(tmp_path / "c"))
+    assert chip.pixel_size_um == pytest.approx(0.2125)
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    assert set(t.gene) <= set(raw.feature_name) and len(t) == rep["n_transcripts"]
+    assert pq.ParquetFile(tmp_path / "c" / "transcripts.parquet").metadata.num_row_groups >= 1
+    # Density image counts every transcript once.
+    img = chip.read_image(slice(0, chip.shape_yx[0]), slice(0, chip.shape_yx[1]))
+    assert int(img.sum()) == len(t)
+    # Vendor nucleus mask under nuclear transcripts carries that transcript's vendor nucleus label.
+    nuc = chip.read_nuclei(slice(0, chip.shape_yx[0]), slice(0, chip.shape_yx[1]))
+    assert len(np.unique(nuc)) - 1 == rep["n_vendor_nuclei"] == 135
+    r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
+    sel = (t.overlaps_nucleus == 1) & (t.vendor_nucleus_label > 0)
+    hit = nuc[np.asarray(r)[sel], np.asarray(c)[sel]] == t.vendor_nucleus_label[sel].to_numpy()
+    assert sel.sum() > 100 and hit.mean() > 0.9
+
+
+@pytest.mark.realdata
+def test_xenium_csv_layout_and_qv_option(tmp_path):
+    need(XCSV)
+    rep = convert_bundle(str(XCSV), str(tmp_path / "c"), "xenium", options={"min_qv": 0})
+    raw = pd.read_csv(XCSV / "transcripts.csv")
+    ctrl = raw.feature_name.str.match(r"(NegControl|antisense_|BLANK_|Unassigned|Deprecated)")
+    assert rep["dropped"]["low_qv"] == 0 and rep["n_transcripts"] == int((~ctrl).sum())
+    assert open_chip(str(tmp_path / "c")).pixel_size_um == pytest.approx(0.2125)
+
+
+@pytest.mark.realdata
+def test_stereoseq_gem_expands_counts(tmp_path):
+    need(GEM)
+    gem = next(GEM.glob("*.gem.gz"))
+    assert detect_platform(str(GEM)) == "stereoseq"
+    rep = convert_bundle(str(GEM), str(tmp_path / "c"))
+    raw = pd.read_csv(gem, sep="\t", comment="#")
+    assert len(raw) == 77634 and rep["n_transcripts"] == int(raw.MIDCounts.sum())
+    chip = open_chip(str(tmp_path / "c"))
+    assert chip.pixel_size_um == 0.5
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    assert t.x.min() == raw.x.min() * 0.5 and t.y.max() == raw.y.max() * 0.5
+    assert t.gene.nunique() == raw.geneID.nunique()
+
+
+def _xenium_bundle(d: Path, with_image=True):
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    n = 500
+    pd.DataFrame({"transcript_id": np.arange(n, dtype=np.uint64), "cell_id": ["UNASSIGNED"] * n,
+                  "overlaps_nucleus": np.zeros(n, np.uint8),
+                  "feature_name": rng.choice(["A", "B", "NegControlProbe_1"], n),
+                  "x_location": rng.uniform(1, 20, n), "y_location": rng.uniform(1, 15, n),
+                  "z_location": np.zeros(n), "qv": rng.uniform(10, 40, n)}).to_parquet(d / "transcripts.parquet")
+    (d / "experiment.xenium").write_text('{"pixel_size": 0.2125}')
+    if with_image:
+        img = rng.integers(0, 1000, (80, 100), dtype=np.uint16)
+        tifffile.imwrite(d / "morphology_focus.ome.tif", img, ome=True)
+    return n
+
+
+def test_synthetic_xenium_ome_tiff_is_lazy(tmp_path):
+    _xenium_bundle(tmp_path / "b")
+    rep = convert_bundle(str(tmp_path / "b"), str(tmp_path / "c"))
+    assert rep["image_source"] == "vendor_image" and rep["shape_yx"] == [80, 100]
+    chip = open_chip(str(tmp_path / "c"))
+    assert chip.read_image(slice(0, 80), slice(0, 100)).shape == (80, 100)
+    assert np.array_equal(chip.read_image(slice(0, 80), slice(0, 100)),
+                          tifffile.imread(tmp_path / "b" / "morphology_focus.ome.tif"))
+
+
+def test_image_smaller_than_transcripts_is_rejected(tmp_path):
+    _xenium_bundle(tmp_path / "b", with_image=False)
+    tifffile.imwrite(tmp_path / "b" / "morphology_focus.ome.tif", np.zeros((10, 10), np.uint16), ome=True)
+    with pytest.raises(InputError, match="outside the image"):
+        convert_bundle(str(tmp_path / "b"), str(tmp_path / "c"))
+    assert not (tmp_path / "c" / "chip.json").exists()
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    d = tmp_path / "b"
+    d.mkdir()
+    pd.DataFrame({"feature_name": ["A"], "x_location": [1.0]}).to_parquet(d / "transcripts.parquet")
+    with pytest.raises(InputError, match=r"transcripts.parquet.*'y_location'"):
+        convert_bundle(str(d), str(tmp_path / "c"))
+    assert not (tmp_path / "c" / "chip.json").exists()
+
+
+def test_unknown_platform_and_empty_bundle(tmp_path):
+    (tmp_path / "e").mkdir()
+    with pytest.raises(InputError, match="cannot detect the platform"):
+        convert_bundle(str(tmp_path / "e"), str(tmp_path / "c"))
+    with pytest.raises(InputError, match="unknown platform"):
+        convert_bundle(str(tmp_path / "e"), str(tmp_path / "c"), "visium")
+    d = tmp_path / "b"
+    d.mkdir()
+    pd.DataFrame({"feature_name": pd.Series([], dtype=str), "x_location": pd.Series([], dtype=float),
+                  "y_location": pd.Series([], dtype=float)}).to_parquet(d / "transcripts.parquet")
+    with pytest.raises(InputError, match="no transcripts"):
+        convert_bundle(str(d), str(tmp_path / "c"))
+
+
+def test_truncated_gem_is_a_clear_error(tmp_path):
+    import gzip
+    d = tmp_path / "g"
+    d.mkdir()
+    data = gzip.compress(b"#FileFormat=GEMv0.1\ngeneID\tx\ty\tMIDCount\n" + b"G\t1\t2\t1\n" * 5000)
+    (d / "a.gem.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="a.gem.gz"):
+        convert_bundle(str(d), str(tmp_path / "c"))
