@@ -39,17 +39,21 @@ def write_chip(
     platform: str,
     *,
     source: str,
+    grid: tuple[tuple[float, float], tuple[int, int]] | None = None,
     image: dict | None = None,
-    image_shape: tuple[int, int] | None = None,
+    paint_image: Callable[[int, int, int], np.ndarray] | None = None,
     nuclei: list[tuple[int, np.ndarray, np.ndarray]] | None = None,
+    arrays: dict[str, Callable[[int, int, int], np.ndarray]] | None = None,
     meta_extra: dict | None = None,
     overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> dict:
     """Write the chip; ``batches()`` must yield canonical tables (x, y µm; gene; extras) each call.
 
-    ``image`` is a lazy image reference for chip.json (origin 0,0, shape ``image_shape``);
-    without it a density image is rendered. ``nuclei`` are (label, x_um, y_um) polygons.
+    ``grid`` is (origin_um, (H, W)) of a vendor image; without it the grid covers the transcripts.
+    ``image`` is a lazy image reference for chip.json; ``paint_image(r0, r1, W)`` returns rows
+    r0..r1 of channel 0 to copy into image.zarr; with neither a density image is rendered.
+    ``nuclei`` are (label, x_um, y_um) polygons; ``arrays`` paint extra label arrays band by band.
     """
     ps = float(pixel_size_um)
     n = 0
@@ -65,13 +69,14 @@ def write_chip(
             hi[i] = max(hi[i], mm["max"].as_py())
     if n == 0:
         raise InputError(f"{source}: no transcripts left to convert (empty bundle or everything filtered)")
-    if image is not None:
-        origin = (0.0, 0.0)
-        h, w = image_shape
-        if lo[0] < -ps or lo[1] < -ps or hi[0] > w * ps + ps or hi[1] > h * ps + ps:
+    if grid is not None:
+        origin, (h, w) = (tuple(map(float, grid[0])), tuple(map(int, grid[1])))
+        x1, y1 = origin[0] + w * ps, origin[1] + h * ps
+        if lo[0] < origin[0] - ps or lo[1] < origin[1] - ps or hi[0] > x1 + ps or hi[1] > y1 + ps:
             raise InputError(
                 f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} µm "
-                f"lies outside the image ({w}x{h} px at {ps} µm/px = {w * ps:.1f}x{h * ps:.1f} µm)"
+                f"lies outside the image (x {origin[0]:.1f}..{x1:.1f}, y {origin[1]:.1f}..{y1:.1f} µm: "
+                f"{w}x{h} px at {ps} µm/px)"
             )
     else:
         origin = (math.floor(lo[0] / ps) * ps, math.floor(lo[1] / ps) * ps)
@@ -79,9 +84,13 @@ def write_chip(
         h = int((hi[1] - origin[1]) // ps) + 1
     n_bands = (h + BAND_PX - 1) // BAND_PX
     meta = dict(meta_extra or {})
-    meta["image_source"] = "vendor_image" if image is not None else "transcript_density"
+    density = image is None and paint_image is None
+    meta["image_source"] = "transcript_density" if density else "vendor_image"
     if image is not None:
         meta["image"] = image
+    painters = dict(arrays or {})
+    if nuclei is not None:
+        painters[K.NUCLEI_ZARR] = lambda r0, r1, ww: rasterise(nuclei, origin, ps, r0, r1, ww)
     with tempfile.TemporaryDirectory(prefix="stseg_convert_") as tmp:
         writers: dict[int, pq.ParquetWriter] = {}
         schema = None
@@ -100,8 +109,8 @@ def write_chip(
             wr.close()
         with ChipWriter(
             out_url, shape=(1, h, w), pixel_size_um=ps, origin_um=origin, platform=platform,
-            with_nuclei=nuclei is not None, meta_extra=meta, transcript_schema=schema,
-            overwrite=overwrite, storage_options=storage_options,
+            extra_arrays={rel: K.LABEL_DTYPE for rel in painters}, meta_extra=meta,
+            transcript_schema=schema, overwrite=overwrite, storage_options=storage_options,
         ) as cw:
             for b in range(n_bands):
                 r0, r1 = b * BAND_PX, min(h, (b + 1) * BAND_PX)
@@ -117,12 +126,14 @@ def write_chip(
                     cuts = np.flatnonzero(np.diff(blocks)) + 1
                     for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(blocks)]):
                         cw.write_transcripts(t.slice(int(s), int(e - s)))
-                    if image is None:
+                    if density:
                         dens = np.zeros((r1 - r0, w), np.uint32)
                         np.add.at(dens, (r - r0, c), 1)
                         cw.write_image(np.s_[0:1, r0:r1, :], np.minimum(dens, 65535).astype(np.uint16)[None])
-                if nuclei is not None:
-                    cw.write_array(K.NUCLEI_ZARR, np.s_[r0:r1, :], rasterise(nuclei, origin, ps, r0, r1, w))
+                if paint_image is not None:
+                    cw.write_image(np.s_[0:1, r0:r1, :], np.asarray(paint_image(r0, r1, w))[None])
+                for rel, paint in painters.items():
+                    cw.write_array(rel, np.s_[r0:r1, :], paint(r0, r1, w))
     return {"n_transcripts": n, "shape_yx": [h, w], "origin_um": list(origin), "pixel_size_um": ps,
             "image_source": meta["image_source"]}
 
@@ -183,14 +194,16 @@ def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool
             yield pa.table({K.X: pc.cast(t[xcol], pa.float64()), K.Y: pc.cast(t[ycol], pa.float64()),
                             K.GENE: pc.cast(t[gcol], pa.string())})
 
-    image = None
-    shape = None
+    image = grid = None
     if options.get("image"):
         import tifffile
-        with fs.open(options["image"], "rb") if False else open(options["image"], "rb") as fh:
+
+        ifs, ipath = storage.fs_and_path(options["image"], so)
+        with ifs.open(ipath, "rb") as fh:
             shape = tuple(tifffile.TiffFile(fh).series[0].shape[-2:])
         image = {"path": options["image"], "format": "tiff", "series": 0, "level": 0}
-    rep = write_chip(batches, out_url, ps, "generic", source=input_url, image=image, image_shape=shape,
+        grid = (tuple(options.get("origin_um", (0.0, 0.0))), shape)
+    rep = write_chip(batches, out_url, ps, "generic", source=input_url, image=image, grid=grid,
                      overwrite=overwrite, storage_options=so)
     return rep
 

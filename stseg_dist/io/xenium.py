@@ -116,7 +116,7 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         ps = ps * (s.shape[-1] / shape[1])
         image = {"path": img if not storage.is_remote(input_url) else input_url.rstrip("/") + img[len(path):],
                  "format": "tiff", "series": 0, "level": level}
-    rep = write_chip(batches, out_url, ps, "xenium", source=input_url, image=image, image_shape=shape,
+    rep = write_chip(batches, out_url, ps, "xenium", source=input_url, image=image, grid=None if shape is None else ((0.0, 0.0), shape),
                      nuclei=polys, overwrite=overwrite, storage_options=so,
                      meta_extra={"source": input_url if not storage.is_remote(input_url) else "remote"})
     rep["dropped"] = dict(dropped)
