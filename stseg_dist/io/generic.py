@@ -72,7 +72,8 @@ def write_chip(
     if grid is not None:
         origin, (h, w) = (tuple(map(float, grid[0])), tuple(map(int, grid[1])))
         x1, y1 = origin[0] + w * ps, origin[1] + h * ps
-        if lo[0] < origin[0] - ps or lo[1] < origin[1] - ps or hi[0] > x1 + ps or hi[1] > y1 + ps:
+        tol = max(2 * ps, 1.0)  # µm; vendor transforms are rounded
+        if lo[0] < origin[0] - tol or lo[1] < origin[1] - tol or hi[0] > x1 + tol or hi[1] > y1 + tol:
             raise InputError(
                 f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} µm "
                 f"lies outside the image (x {origin[0]:.1f}..{x1:.1f}, y {origin[1]:.1f}..{y1:.1f} µm: "

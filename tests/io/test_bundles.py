@@ -140,3 +140,52 @@ def test_truncated_gem_is_a_clear_error(tmp_path):
     (d / "a.gem.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="a.gem.gz"):
         convert_bundle(str(d), str(tmp_path / "c"))
+
+
+MER = DATA / "merscope_mousebrain"
+
+
+@pytest.mark.realdata
+def test_merscope_mini_dapi_and_vendor_cells_align(tmp_path):
+    need(MER)
+    import zarr
+
+    assert detect_platform(str(MER)) == "merscope"
+    rep = convert_bundle(str(MER), str(tmp_path / "c"), options={"image_bounds_um": [6400, 4700, 6900, 5150]})
+    raw = pd.read_csv(MER / "vizgen_transcripts.gz")
+    assert rep["dropped"]["blank_probe"] == int(raw.gene.str.startswith("Blank-").sum()) == 337
+    assert rep["n_transcripts"] == len(raw) - 337 and rep["shape_yx"] == [4143, 4603]
+    chip = open_chip(str(tmp_path / "c"))
+    assert chip.pixel_size_um == pytest.approx(0.1086, abs=1e-3)
+    cells = zarr.open(str(tmp_path / "c" / "vendor_cells.zarr"), mode="r")[:]
+    img = chip.read_image(slice(0, 4143), slice(0, 4603))
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
+    r, c = np.clip(np.asarray(r), 0, 4142), np.clip(np.asarray(c), 0, 4602)
+    # Cells (polygons, y un-negated) sit on DAPI and hold far more than their area share of transcripts.
+    assert img[cells > 0].mean() > 2 * img[cells == 0].mean()
+    assert (cells[r, c] > 0).mean() > 2 * (cells > 0).mean()
+
+
+def test_merscope_mosaic_tiff_affine_is_lazy(tmp_path):
+    d = tmp_path / "m"
+    (d / "images").mkdir(parents=True)
+    n = 300
+    rng = np.random.default_rng(1)
+    pd.DataFrame({"global_x": rng.uniform(100, 110, n), "global_y": rng.uniform(50, 58, n),
+                  "global_z": np.zeros(n), "gene": rng.choice(["A", "Blank-1"], n),
+                  "transcript_id": ["t"] * n, "cell_id": np.arange(n)}).to_csv(d / "detected_transcripts.csv")
+    img = rng.integers(0, 9, (80, 100), dtype=np.uint16)
+    tifffile.imwrite(d / "images" / "mosaic_DAPI_z3.tif", img)
+    (d / "images" / "micron_to_mosaic_pixel_transform.csv").write_text("10 0 -1000\n0 10 -500\n0 0 1\n")
+    rep = convert_bundle(str(d), str(tmp_path / "c"))
+    chip = open_chip(str(tmp_path / "c"))
+    assert chip.pixel_size_um == pytest.approx(0.1) and chip.origin_um == pytest.approx((100.0, 50.0))
+    assert rep["image_source"] == "vendor_image" and not (tmp_path / "c" / "image.zarr" / "c").exists()
+    assert np.array_equal(chip.read_image(slice(0, 80), slice(0, 100)), img)
+    (d / "images" / "micron_to_mosaic_pixel_transform.csv").write_text("10 1 -1000\n0 10 -500\n0 0 1\n")
+    with pytest.raises(InputError, match="rotation"):
+        convert_bundle(str(d), str(tmp_path / "c2"))
+    (d / "images" / "micron_to_mosaic_pixel_transform.csv").unlink()
+    with pytest.raises(InputError, match="micron_to_mosaic_pixel_transform.csv"):
+        convert_bundle(str(d), str(tmp_path / "c3"))

@@ -1,0 +1,208 @@
+"""Vizgen MERSCOPE bundle -> canonical chip.
+
+Transcripts from ``detected_transcripts.csv[.gz]`` (global_x, global_y µm, gene; Blank-* dropped).
+The DAPI mosaic ``images/mosaic_DAPI_z{k}.tif`` is placed by ``micron_to_mosaic_pixel_transform.csv``
+(scale + translation; rotation is refused). One chosen plane is referenced lazily; a projection
+(``z_plane="max"``, the default when several planes exist) is written band by band into image.zarr.
+Exports without the transform (e.g. the Giotto mini dataset JPEGs) pass ``image_bounds_um``
+[x0, y0, x1, y1]. Vendor cell polygons (``cell_boundaries.parquet`` WKB, or x/y/poly_ID CSV with
+negative y) are rasterised into ``vendor_cells.zarr``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import constants as K
+from ..errors import InputError
+from . import storage
+from .generic import iter_table, require_columns, rasterise, write_chip
+
+TX_NAMES = ("detected_transcripts.csv", "detected_transcripts.csv.gz")
+VENDOR_CELLS = "vendor_cells.zarr"
+
+
+def _tx_file(fs, path):
+    for n in TX_NAMES:
+        if fs.exists(storage.join(path, n)):
+            return storage.join(path, n)
+    cands = sorted(p for p in fs.ls(path, detail=False) if "transcripts" in p.rsplit("/", 1)[-1]
+                   and p.endswith((".csv", ".gz")))
+    return cands[0] if cands else None
+
+
+def is_bundle(fs, path: str) -> bool:
+    if any(fs.exists(storage.join(path, n)) for n in TX_NAMES):
+        return True
+    tx = _tx_file(fs, path)
+    if tx is None:
+        return False
+    with fs.open(tx, "rb", compression="gzip" if tx.endswith(".gz") else None) as fh:
+        head = fh.readline().decode(errors="replace")
+    return "global_x" in head and "gene" in head
+
+
+def _planes(fs, path, options):
+    """List (z, path) of DAPI images, mosaic TIFFs first."""
+    img_dir = storage.join(path, "images")
+    if not fs.exists(img_dir):
+        return []
+    out = []
+    for p in sorted(fs.ls(img_dir, detail=False)):
+        name = p.rsplit("/", 1)[-1]
+        m = re.search(r"dapi_z(\d+)\.(tif|tiff|jpg|jpeg|png)$", name, re.I)
+        if m:
+            out.append((int(m.group(1)), p))
+    return out
+
+
+def _transform(fs, path, options, source):
+    if "image_bounds_um" in options:
+        return None
+    if "micron_to_pixel" in options:
+        return np.asarray(options["micron_to_pixel"], float)
+    tp = storage.join(path, "images", "micron_to_mosaic_pixel_transform.csv")
+    if not fs.exists(tp):
+        raise InputError(f"{source}: images/micron_to_mosaic_pixel_transform.csv is missing (or pass "
+                         "options image_bounds_um=[x0,y0,x1,y1] or micron_to_pixel)")
+    with fs.open(tp, "r") as fh:
+        try:
+            m = np.loadtxt(fh, dtype=float)
+        except ValueError as e:
+            raise InputError(f"{tp}: expected a 3x3 whitespace-separated matrix ({e})") from e
+    if m.shape != (3, 3):
+        raise InputError(f"{tp}: expected a 3x3 matrix, got shape {m.shape}")
+    return m
+
+
+def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) -> dict:
+    fs, path = storage.fs_and_path(input_url, so)
+    tx = _tx_file(fs, path)
+    if tx is None:
+        raise InputError(f"{input_url}: no detected_transcripts.csv in the MERSCOPE bundle")
+    dropped = {"blank_probe": 0}
+    prefixes = tuple(options.get("control_prefixes", ("Blank-",)))
+
+    def batches():
+        dropped["blank_probe"] = 0
+        for t in iter_table(fs, tx, input_url):
+            require_columns(t.column_names, ("global_x", "global_y", "gene"), tx)
+            gene = pc.cast(t["gene"], pa.string())
+            ctrl = np.zeros(t.num_rows, bool)
+            for p in prefixes:
+                ctrl |= pc.starts_with(gene, p).to_numpy(zero_copy_only=False)
+            dropped["blank_probe"] += int(ctrl.sum())
+            t = t.filter(pa.array(~ctrl))
+            cols = {K.X: pc.cast(t["global_x"], pa.float64()), K.Y: pc.cast(t["global_y"], pa.float64()),
+                    K.GENE: pc.cast(t["gene"], pa.string())}
+            for src, dst, typ in (("global_z", K.Z, pa.float32()), ("transcript_id", K.TRANSCRIPT_ID, pa.string()),
+                                  ("cell_id", "vendor_cell_id", pa.string()), ("fov", "fov", pa.int32())):
+                if src in t.column_names:
+                    cols[dst] = pc.cast(t[src], typ)
+            yield pa.table(cols)
+
+    planes = _planes(fs, path, options)
+    z_sel = options.get("z_plane", "max")
+    if z_sel != "max":
+        planes = [(z, p) for z, p in planes if z == int(z_sel)]
+        if not planes:
+            raise InputError(f"{input_url}: no images/*DAPI_z{z_sel}.* image for z_plane={z_sel}")
+    image = grid = paint = None
+    ps = options.get("pixel_size_um")
+    if planes:
+        import tifffile
+
+        arrays = []
+        for _, p in planes:
+            try:
+                if p.lower().endswith((".tif", ".tiff")):
+                    import zarr
+
+                    arrays.append(zarr.open(tifffile.imread(fs.open(p, "rb"), aszarr=True), mode="r"))
+                else:
+                    from skimage.io import imread
+
+                    with fs.open(p, "rb") as fh:
+                        a = imread(fh)
+                    arrays.append(a if a.ndim == 2 else a[..., 0])
+            except Exception as e:  # unreadable image of any kind
+                raise InputError(f"{p}: unreadable image ({e})") from e
+        shapes = {tuple(a.shape[-2:]) for a in arrays}
+        if len(shapes) != 1:
+            raise InputError(f"{input_url}: DAPI planes differ in shape {sorted(shapes)}")
+        h, w = shapes.pop()
+        m = _transform(fs, path, options, input_url)
+        if m is None:
+            x0, y0, x1, y1 = map(float, options["image_bounds_um"])
+            sc = (w / (x1 - x0) + h / (y1 - y0)) / 2
+            m = np.array([[sc, 0, -sc * x0], [0, sc, -sc * y0], [0, 0, 1]])
+        if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
+            raise InputError(f"{input_url}: micron-to-pixel transform has rotation or anisotropic scale {m.tolist()}")
+        ps = 1.0 / m[0, 0]
+        grid = ((-m[0, 2] * ps, -m[1, 2] * ps), (h, w))
+        if len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
+            image = {"path": planes[0][1] if not storage.is_remote(input_url)
+                     else input_url.rstrip("/") + planes[0][1][len(path):], "format": "tiff", "series": 0, "level": 0}
+        else:
+            def paint(r0, r1, ww):
+                return np.max([np.asarray(a[r0:r1, :ww]) for a in arrays], axis=0).astype(np.uint16)
+    elif not ps:
+        ps = 0.108
+    arrays_out = {}
+    polys = _vendor_cells(fs, path, options)
+    if polys:
+        def paint_cells(r0, r1, ww, _g=grid):
+            org = _g[0] if _g else org_holder[0]
+            return rasterise(polys, org, ps, r0, r1, ww)
+        org_holder = [None]
+        arrays_out[VENDOR_CELLS] = paint_cells
+    if polys and grid is None:
+        raise InputError(f"{input_url}: vendor cells need a DAPI image grid (images/ is missing)")
+    rep = write_chip(batches, out_url, ps, "merscope", source=input_url, grid=grid, image=image,
+                     paint_image=paint, arrays=arrays_out,
+                     meta_extra={"z_plane": z_sel, "dapi_planes": [z for z, _ in planes]},
+                     overwrite=overwrite, storage_options=so)
+    rep["dropped"] = dict(dropped)
+    rep["n_vendor_cells"] = len(polys)
+    return rep
+
+
+def _vendor_cells(fs, path, options):
+    """Vendor cell polygons (label, x µm, y µm) from cell_boundaries.parquet or polygon CSVs."""
+    if not options.get("vendor_cells", True):
+        return []
+    pq_path = storage.join(path, "cell_boundaries.parquet")
+    polys = []
+    if fs.exists(pq_path):
+        import shapely
+
+        with fs.open(pq_path, "rb") as fh:
+            df = pd.read_parquet(fh)
+        require_columns(df.columns, ("EntityID", "Geometry"), pq_path)
+        if "ZIndex" in df.columns:
+            df = df[df.ZIndex == df.ZIndex.min()]
+        for i, (eid, geom) in enumerate(zip(df.EntityID, df.Geometry), start=1):
+            g = shapely.from_wkb(geom)
+            g = max(g.geoms, key=lambda q: q.area) if hasattr(g, "geoms") else g
+            xs, ys = np.asarray(g.exterior.coords).T
+            polys.append((i, xs, ys))
+        return polys
+    cb = storage.join(path, "cell_boundaries")
+    if fs.exists(cb) and fs.isdir(cb):
+        files = sorted(p for p in fs.ls(cb, detail=False) if p.endswith(("_polygons.gz", "_polygons.csv")))
+        z = options.get("z_plane", "max")
+        pick = [p for p in files if f"z{z}_" in p.rsplit("/", 1)[-1]] or files[:1]
+        if pick:
+            with fs.open(pick[0], "rb", compression="gzip" if pick[0].endswith(".gz") else None) as fh:
+                df = pd.read_csv(fh)
+            require_columns(df.columns, ("x", "y", "poly_ID"), pick[0])
+            if (df.y < 0).all():
+                df["y"] = -df["y"]  # Giotto exports store y negated
+            for i, (_, g) in enumerate(df.groupby("poly_ID", sort=True), start=1):
+                polys.append((i, g.x.to_numpy(float), g.y.to_numpy(float)))
+    return polys
