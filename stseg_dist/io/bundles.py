@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from . import generic, merscope, stereoseq, storage, xenium
+from . import cosmx, generic, merscope, stereoseq, storage, xenium
 
-READERS = {"xenium": xenium, "merscope": merscope, "stereoseq": stereoseq}
+READERS = {"xenium": xenium, "merscope": merscope, "cosmx": cosmx, "stereoseq": stereoseq}
 PLATFORMS = ("xenium", "merscope", "cosmx", "stereoseq", "generic")
 
 
@@ -23,7 +23,7 @@ def detect_platform(url: str, storage_options: dict | None = None) -> str:
     if not fs.isdir(path) and stereoseq.is_gem(path):
         return "stereoseq"
     raise InputError(f"{url}: cannot detect the platform (no Xenium transcripts.*/experiment.xenium, "
-                     "no MERSCOPE detected_transcripts.csv, no Stereo-seq *.gem/*.gem.gz); pass --platform")
+                     "no MERSCOPE detected_transcripts.csv, no CosMx *_tx_file.csv, no Stereo-seq *.gem/*.gem.gz); pass --platform")
 
 
 def convert_bundle(input_url: str, out_chip_url: str, platform: str = "auto", *, options: dict | None = None,

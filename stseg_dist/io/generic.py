@@ -216,7 +216,7 @@ def iter_table(fs, path: str, source: str, batch_rows: int = 1 << 20, **csv_kw):
     try:
         if path.endswith(".parquet"):
             with fs.open(path, "rb") as fh:
-                pf = pq.ParquetFile(fh)
+                pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 22)  # else whole-file buffering
                 for b in pf.iter_batches(batch_size=batch_rows):
                     yield pa.Table.from_batches([b])
         else:

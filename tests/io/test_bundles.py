@@ -189,3 +189,28 @@ def test_merscope_mosaic_tiff_affine_is_lazy(tmp_path):
     (d / "images" / "micron_to_mosaic_pixel_transform.csv").unlink()
     with pytest.raises(InputError, match="micron_to_mosaic_pixel_transform.csv"):
         convert_bundle(str(d), str(tmp_path / "c3"))
+
+
+COSMX = DATA / "cosmx_lung12_fov2"
+
+
+@pytest.mark.realdata
+def test_cosmx_fov_stitched_labels_carry_transcript_cell_ids(tmp_path):
+    need(COSMX)
+    import zarr
+
+    assert detect_platform(str(COSMX)) == "cosmx"
+    rep = convert_bundle(str(COSMX), str(tmp_path / "c"), options={
+        "pixel_size_um": 0.18, "image_offset_px": {"x": 4800, "y_top": 3648}})
+    raw = pd.read_csv(COSMX / "Lung12_tx_file.csv")
+    ctrl = raw.target.str.startswith(("NegPrb", "SystemControl"))
+    assert rep["dropped"]["control_probe"] == int(ctrl.sum()) and rep["n_transcripts"] == int((~ctrl).sum())
+    assert rep["shape_yx"] == [648, 672]
+    chip = open_chip(str(tmp_path / "c"))
+    cells = zarr.open(str(tmp_path / "c" / "vendor_cells.zarr"), mode="r")[:]
+    assert len(np.unique(cells)) - 1 == 67
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
+    s = (t.vendor_cell_label > 0).to_numpy()
+    hit = cells[np.asarray(r)[s], np.asarray(c)[s]] == t.vendor_cell_label.to_numpy()[s]
+    assert s.sum() > 5000 and hit.mean() > 0.95  # the flipped y axis is handled
