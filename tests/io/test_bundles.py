@@ -214,3 +214,11 @@ def test_cosmx_fov_stitched_labels_carry_transcript_cell_ids(tmp_path):
     s = (t.vendor_cell_label > 0).to_numpy()
     hit = cells[np.asarray(r)[s], np.asarray(c)[s]] == t.vendor_cell_label.to_numpy()[s]
     assert s.sum() > 5000 and hit.mean() > 0.95  # the flipped y axis is handled
+
+
+@pytest.mark.parametrize("name", ["xenium", "merscope", "cosmx", "stereoseq"])
+def test_platform_presets_are_valid_configs(name):
+    from stseg_dist.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert cfg.nuclei.backend in ("vendor", "classical")
