@@ -73,8 +73,6 @@ def test_job_runs_stseg_and_writes_outputs(head, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete"
     assert run["counts"]["n_cells"] > 0
-    # the job ran inside the cluster (RAY_ADDRESS set by the job supervisor), not an embedded Ray
-    assert run["workers"]["nuclei"], run["workers"]
 
 
 def test_failed_job_exits_non_zero(head, tmp_path):
