@@ -45,10 +45,7 @@ def cmd_run(args) -> int:
 
 
 def _report(out: str, ref: str | None) -> None:
-    try:
-        from .report import write_report
-    except ModuleNotFoundError:  # the QC report module is optional until it lands
-        return
+    from .report import write_report
 
     path = write_report(out, ref=ref)
     print(f"report: {path}", file=sys.stderr)
@@ -88,12 +85,9 @@ def cmd_demo(args) -> int:
     summary = run_pipeline(chip, out, config, address=args.address)
     _print_summary(summary, time.perf_counter() - t0)
     _report(out, chip)
-    try:
-        from .evaluation import evaluate, format_table
+    from .evaluation import evaluate, format_table
 
-        print(format_table(evaluate(out, chip)))
-    except ImportError:
-        pass
+    print(format_table(evaluate(out, chip)))
     return 0
 
 
