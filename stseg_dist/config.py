@@ -86,11 +86,31 @@ class UCSConfig:
 
 
 @dataclass
+class GeneSegNetConfig:
+    bin_um: float = 1.0  # the U-Net's pixel: image blocks of about this size, anchored to the chip
+    patch_px: int = 48  # training patch and inference window side, in bins; a multiple of 8
+    rna_sigma_um: float = 1.5  # Gaussian kernel of the RNA location map
+    init_expand_um: float = 4.0  # round-1 labels: nuclei expanded by this much
+    n_train_patches: int = 128
+    epochs: int = 8  # per refinement round
+    max_rounds: int = 4
+    agree_iou: float = 0.93  # stop refining once consecutive rounds' labels agree this well
+    batch_size: int = 8
+    lr: float = 2e-3
+    width: int = 16  # channels of the U-Net's first level
+    prob_threshold: float = 0.5
+    num_gpus: float = 0.5
+    num_actors: int = 1
+    seed: int = 0
+
+
+@dataclass
 class CellsConfig:
     method: str = "expansion"  # expansion | ucs
     cell_diameter_um: float = 15.0
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     ucs: UCSConfig = field(default_factory=UCSConfig)
+    genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
 
 
 @dataclass

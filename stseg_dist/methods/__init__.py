@@ -8,9 +8,10 @@ from .base import CellMethod, PrepareContext, TileData, TileTranscripts
 
 def _registry() -> dict[str, type[CellMethod]]:
     from .expansion import ExpansionMethod
+    from .genesegnet import GeneSegNetMethod
     from .ucs import UCSMethod
 
-    return {"expansion": ExpansionMethod, "ucs": UCSMethod}
+    return {"expansion": ExpansionMethod, "genesegnet": GeneSegNetMethod, "ucs": UCSMethod}
 
 
 def available_methods() -> list[str]:

@@ -1,0 +1,147 @@
+"""GeneSegNet inputs on a chip-anchored bin grid: the nuclear stain and an RNA location map.
+
+Bins are ``factor`` x ``factor`` image pixels and bin ``j`` covers global pixels
+``j*factor .. j*factor+factor-1``, whatever the window: two tiles that both see a bin compute
+the same value for it (but for bins within the RNA kernel's reach of a window edge, which the
+halo keeps away from the core). Coordinates on the grid are in bin units with bin ``j``'s centre
+at ``j + 0.5``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: Stain histogram resolution: 1/64 octave of (1 + value), up to 2^32; tiles' histograms add up
+#: exactly, so chip-wide percentiles do not depend on the tiling.
+HIST_PER_OCTAVE = 64
+HIST_BINS = 32 * HIST_PER_OCTAVE + 1
+
+
+@dataclass
+class WorkGrid:
+    """A window's bins on the chip-wide grid."""
+
+    factor: int  # image pixels per bin side
+    origin: tuple[int, int]  # global bin of the first bin
+    shape: tuple[int, int]
+    pixel_window: tuple[int, int, int, int]  # r0, r1, c0, c1 global pixels of the window
+
+    @classmethod
+    def for_window(cls, window: tuple[int, int, int, int], factor: int) -> "WorkGrid":
+        r0, r1, c0, c1 = window
+        b0, d0 = r0 // factor, c0 // factor
+        return cls(factor, (b0, d0), (-(-r1 // factor) - b0, -(-c1 // factor) - d0), window)
+
+    def pixel_bins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Window-relative bin of every window pixel row and column."""
+        r0, r1, c0, c1 = self.pixel_window
+        return (np.arange(r0, r1) // self.factor - self.origin[0],
+                np.arange(c0, c1) // self.factor - self.origin[1])
+
+    def to_pixels(self, labels: np.ndarray) -> np.ndarray:
+        """Bin labels painted onto the window's pixels."""
+        r, c = self.pixel_bins()
+        return labels[r[:, None], c[None, :]]
+
+    def block_mean(self, image: np.ndarray) -> np.ndarray:
+        """Mean of each bin's pixels inside the window (partial bins at the edges included)."""
+        r, c = self.pixel_bins()
+        h, w = self.shape
+        flat = (r[:, None] * w + c[None, :]).ravel()
+        sums = np.bincount(flat, weights=image.astype(np.float64).ravel(), minlength=h * w).reshape(h, w)
+        counts = np.bincount(flat, minlength=h * w).reshape(h, w)
+        return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+    def sample_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Labels on bins: the pixel at each bin's centre (clipped to the window)."""
+        r0, r1, c0, c1 = self.pixel_window
+        f = self.factor
+        rows = (np.arange(self.shape[0]) + self.origin[0]) * f + f // 2
+        cols = (np.arange(self.shape[1]) + self.origin[1]) * f + f // 2
+        rows = np.clip(rows, r0, r1 - 1) - r0
+        cols = np.clip(cols, c0, c1 - 1) - c0
+        return labels[rows[:, None], cols[None, :]]
+
+    def transcript_bins(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Window pixel indices of transcripts -> window-relative bins."""
+        r0, _, c0, _ = self.pixel_window
+        return ((np.asarray(row) + r0) // self.factor - self.origin[0],
+                (np.asarray(col) + c0) // self.factor - self.origin[1])
+
+    def nucleus_centroids(self, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(IDs, (n, 2) centroids in window-relative bin units) of the nuclei in a pixel window."""
+        flat = nuclei.ravel()
+        ids, inv = np.unique(flat, return_inverse=True)
+        n = np.bincount(inv)
+        rr, cc = np.divmod(np.arange(flat.size), nuclei.shape[1])
+        mr = np.bincount(inv, weights=rr) / n
+        mc = np.bincount(inv, weights=cc) / n
+        keep = ids > 0
+        r0, _, c0, _ = self.pixel_window
+        # a pixel's centre is at index + 0.5; bins are factor pixels wide
+        cent = np.stack([(mr[keep] + r0 + 0.5) / self.factor - self.origin[0],
+                         (mc[keep] + c0 + 0.5) / self.factor - self.origin[1]], axis=1)
+        return ids[keep].astype(np.int64), cent
+
+
+def bin_factor(pixel_size_um: float, bin_um: float) -> int:
+    return max(1, int(round(bin_um / pixel_size_um)))
+
+
+def gaussian_kernel(sigma_bins: float) -> np.ndarray:
+    """Unnormalised 1D Gaussian (peak 1) truncated at 4 sigma: each transcript adds 1 at its bin."""
+    radius = kernel_radius(sigma_bins)
+    d = np.arange(-radius, radius + 1, dtype=np.float64)
+    return np.exp(-(d**2) / (2 * sigma_bins**2))
+
+
+def kernel_radius(sigma_bins: float) -> int:
+    return int(math.ceil(4 * sigma_bins))
+
+
+def rna_map(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], sigma_bins: float) -> np.ndarray:
+    """Sum over transcripts of exp(-|bin - transcript bin|^2 / 2 sigma^2), within 4 sigma per axis.
+
+    The Gaussian is separable, so two 1D correlations of the count image give the exact sum.
+    """
+    inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    flat = rows[inside] * shape[1] + cols[inside]
+    counts = np.bincount(flat, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float64)
+    k = gaussian_kernel(sigma_bins)
+    out = ndi.correlate1d(counts, k, axis=0, mode="constant")
+    out = ndi.correlate1d(out, k, axis=1, mode="constant")
+    return out.astype(np.float32)
+
+
+def rna_mean(n_transcripts: int, n_bins: int, sigma_bins: float) -> float:
+    """Expected RNA map value if the chip's transcripts were spread evenly (the input's unit)."""
+    k = gaussian_kernel(sigma_bins)
+    return max(n_transcripts / max(n_bins, 1) * float(k.sum()) ** 2, 1e-6)
+
+
+def stain_histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of stain values on a fixed log scale (shared by every tile)."""
+    v = np.maximum(np.asarray(values, np.float64).ravel(), 0.0)
+    idx = np.minimum(np.floor(np.log2(1.0 + v) * HIST_PER_OCTAVE), HIST_BINS - 1).astype(np.int64)
+    return np.bincount(idx, minlength=HIST_BINS)
+
+
+def histogram_percentile(hist: np.ndarray, q: float) -> float:
+    """The value at percentile ``q`` (bin centre) of a :func:`stain_histogram`."""
+    total = hist.sum()
+    if total == 0:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(hist), q / 100.0 * total, side="left"))
+    return float(2.0 ** ((min(k, HIST_BINS - 1) + 0.5) / HIST_PER_OCTAVE) - 1.0)
+
+
+def normalise_inputs(stain: np.ndarray, rna: np.ndarray, norm: dict) -> np.ndarray:
+    """(2, h, w) network input: stain scaled by chip percentiles, RNA as log1p of its chip mean."""
+    lo, hi = norm["stain_lo"], norm["stain_hi"]
+    s = np.clip((stain - lo) / max(hi - lo, 1e-6), -1.0, 3.0)
+    r = np.log1p(rna / norm["rna_mean"])
+    return np.stack([s, r]).astype(np.float32)

@@ -1,0 +1,203 @@
+"""``method: genesegnet``: a U-Net over the stain and an RNA location map (Wang et al., 2023).
+
+The network predicts where cells are and, per bin, the offset to its nucleus centre; each
+confident bin joins the nucleus its offset lands on, so cells carry the global nucleus IDs and
+tiles stitch without seams. Training labels start from expanded nuclei and are refined
+recursively (see :mod:`.training`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from skimage.segmentation import expand_labels
+
+from ...errors import ConfigError, InputError
+from ..base import CellMethod, PrepareContext, TileData
+from .features import (WorkGrid, bin_factor, histogram_percentile, normalise_inputs, rna_map, rna_mean,
+                       stain_histogram)
+from .inference import assign_cells, sliding_predict, torch_predictor
+from .training import Geometry, Patch, load_model, train_genesegnet
+
+log = logging.getLogger(__name__)
+
+#: U-Net poolings: window sides must be multiples of 2**DEPTH.
+DEPTH = 3
+#: Chip-wide stain percentiles mapped to 0 and 1.
+STAIN_PERCENTILES = (1.0, 99.5)
+
+
+class GeneSegNetMethod(CellMethod):
+    name = "genesegnet"
+    uses_model = True
+
+    def __init__(self, config, platform: str = "generic"):
+        super().__init__(config, platform)
+        c = config.cells.genesegnet
+        key = "cells.genesegnet"
+        if c.patch_px < 16 or c.patch_px % 2**DEPTH:
+            raise ConfigError(f"{key}.patch_px must be a multiple of {2**DEPTH} and at least 16, got {c.patch_px}")
+        for name in ("bin_um", "rna_sigma_um", "lr"):
+            if getattr(c, name) <= 0:
+                raise ConfigError(f"{key}.{name} must be positive, got {getattr(c, name)}")
+        if c.init_expand_um < 0:
+            raise ConfigError(f"{key}.init_expand_um must be zero or more, got {c.init_expand_um}")
+        for name in ("epochs", "max_rounds", "n_train_patches", "batch_size", "width", "num_actors"):
+            if getattr(c, name) < 1:
+                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(c, name)}")
+        if not 0 < c.agree_iou <= 1:
+            raise ConfigError(f"{key}.agree_iou must be in (0, 1], got {c.agree_iou}")
+        if not 0 < c.prob_threshold < 1:
+            raise ConfigError(f"{key}.prob_threshold must be in (0, 1), got {c.prob_threshold}")
+        if c.num_gpus < 0:
+            raise ConfigError(f"{key}.num_gpus must be zero or more, got {c.num_gpus}")
+        self.cfg = c
+        self.model = None
+
+    # -- geometry -----------------------------------------------------------------------------
+    def reach_um(self) -> float:
+        """The cell reach, or more: a core bin's windows and their RNA kernels must fit the halo.
+
+        The driver's halo is 2 reach + 2 nucleus diameters; a core bin's output depends on
+        windows up to ``patch_px`` bins away and on transcripts 4 sigma beyond them (10% spare
+        for bins rounded to whole pixels).
+        """
+        c = self.cfg
+        need = 1.1 * (c.patch_px * c.bin_um + 4 * c.rna_sigma_um + 2 * c.bin_um)
+        return max(self.config.cells.cell_diameter_um, need / 2 - self.config.nuclei.diameter_um)
+
+    def actor_resources(self):
+        return (self.cfg.num_actors, self.cfg.num_gpus)
+
+    def _geometry(self, bin_um: float) -> Geometry:
+        reach = self.config.cells.cell_diameter_um / bin_um
+        return Geometry(offset_scale=reach, reach=reach, tolerance=max(1.0, self.config.nuclei.diameter_um / 2 / bin_um))
+
+    def _inputs(self, data: TileData, grid: WorkGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
+        """Raw block-mean stain and RNA location map over the window's bins."""
+        channel = self.config.nuclei.channel
+        if data.image.shape[0] > channel:
+            stain = grid.block_mean(data.image[channel])
+        else:
+            stain = np.zeros(grid.shape, np.float32)
+        tx = data.transcripts
+        rows, cols = grid.transcript_bins(tx.row, tx.col)
+        return stain, rna_map(rows, cols, grid.shape, sigma_bins)
+
+    # -- training -----------------------------------------------------------------------------
+    def prepare(self, ctx: PrepareContext):
+        if ctx.n_nuclei == 0:
+            raise InputError(f"{ctx.chip.url}: GeneSegNet trains on the chip's nuclei, and none were found")
+        c = self.cfg
+        rng = np.random.default_rng(c.seed)
+        n = min(c.n_train_patches, ctx.n_nuclei)
+        chosen = np.sort(rng.choice(np.arange(1, ctx.n_nuclei + 1), size=n, replace=False))
+        factor = bin_factor(ctx.chip.pixel_size_um, c.bin_um)
+        bin_um = factor * ctx.chip.pixel_size_um
+        sigma = c.rna_sigma_um / bin_um
+        expand = c.init_expand_um / bin_um
+        geometry = self._geometry(bin_um)
+        channel = self.config.nuclei.channel
+        inputs = self._inputs
+
+        def sample(data: TileData):
+            grid = WorkGrid.for_window(data.tile.window, factor)
+            core = data.tile.core_in_window
+            hist = stain_histogram(data.image[channel][core]) if data.image.shape[0] > channel else None
+            stain, rna = inputs(data, grid, sigma)
+            patches = _patches_for(data, grid, chosen, stain, rna, c.patch_px, expand, geometry.reach)
+            return patches, hist, int(data.transcripts.in_core.sum())
+
+        results = ctx.map_tiles(sample, [t.index for t in ctx.grid])
+        patches = [p for ps, _, _ in results for p in ps]
+        hists = [h for _, h, _ in results if h is not None]
+        hist = np.sum(hists, axis=0) if hists else np.zeros(1, np.int64)
+        h, w = ctx.chip.shape_yx
+        n_bins = -(-h // factor) * -(-w // factor)
+        norm = {"stain_lo": histogram_percentile(hist, STAIN_PERCENTILES[0]),
+                "stain_hi": histogram_percentile(hist, STAIN_PERCENTILES[1]),
+                "rna_mean": rna_mean(sum(k for _, _, k in results), n_bins, sigma)}
+        train = _train_remote if _ray_has_gpu(c.num_gpus) else train_genesegnet
+        state = train(patches, norm, c, geometry)
+        for r in state["history"]:
+            log.info("GeneSegNet round %d: loss %.4f, mean cell IoU with its training labels %.3f",
+                     r["round"], r["loss"], r["iou_with_previous"])
+        return {"train": state, "norm": norm, "factor": factor, "bin_um": bin_um}
+
+    # -- inference ----------------------------------------------------------------------------
+    def load(self, state):
+        self.state = state
+        self.model, self.device = load_model(state["train"])
+
+    def segment(self, data: TileData):
+        st = self.state
+        grid = WorkGrid.for_window(data.tile.window, st["factor"])
+        stain, rna = self._inputs(data, grid, self.cfg.rna_sigma_um / st["bin_um"])
+        x = normalise_inputs(stain, rna, st["norm"])
+        geometry = self._geometry(st["bin_um"])
+        out = sliding_predict(torch_predictor(self.model, self.device, geometry.offset_scale), x, grid.origin,
+                              self.cfg.patch_px, batch=self.cfg.batch_size)
+        ids, centroids = grid.nucleus_centroids(data.nuclei)
+        labels = assign_cells(out[0], out[1:], ids, centroids, self.cfg.prob_threshold, geometry.reach,
+                              geometry.tolerance)
+        cells = grid.to_pixels(labels)
+        return np.where(data.nuclei > 0, data.nuclei, cells).astype(np.uint32)
+
+
+def owned_nuclei(nuclei: np.ndarray, tile) -> np.ndarray:
+    """IDs of the nuclei whose centroid pixel (exact integer moments) lies in the tile's core."""
+    flat = nuclei.ravel().astype(np.int64)
+    ids, inv = np.unique(flat, return_inverse=True)
+    rr, cc = np.divmod(np.arange(flat.size, dtype=np.int64), nuclei.shape[1])
+    area = np.bincount(inv)
+    wr0, _, wc0, _ = tile.window
+    cy = np.bincount(inv, weights=rr).astype(np.int64) // area + wr0
+    cx = np.bincount(inv, weights=cc).astype(np.int64) // area + wc0
+    keep = (ids > 0) & tile.core_contains(cy, cx)
+    return ids[keep]
+
+
+def _patches_for(data: TileData, grid: WorkGrid, chosen: np.ndarray, stain: np.ndarray, rna: np.ndarray,
+                 size: int, expand_bins: float, reach_bins: float) -> list[Patch]:
+    """Patches centred on the chosen nuclei this tile owns, cut from the window's bins."""
+    own = np.intersect1d(owned_nuclei(data.nuclei, data.tile), chosen)
+    if not len(own):
+        return []
+    ids, cent = grid.nucleus_centroids(data.nuclei)
+    nuc = grid.sample_labels(data.nuclei).astype(np.int64)
+    init = expand_labels(nuc, distance=expand_bins)
+    h, w = grid.shape
+    ph, pw = max(h, size), max(w, size)  # windows smaller than a patch are zero-padded
+    arrays = []
+    for a in (stain, rna, nuc, init):
+        padded = np.zeros((ph, pw), a.dtype)
+        padded[:h, :w] = a
+        arrays.append(padded)
+    out = []
+    for cid in own:
+        cy, cx = cent[np.searchsorted(ids, cid)]
+        r0 = int(min(max(0, int(cy) - size // 2), ph - size))
+        c0 = int(min(max(0, int(cx) - size // 2), pw - size))
+        near = ((cent[:, 0] > r0 - reach_bins) & (cent[:, 0] < r0 + size + reach_bins)
+                & (cent[:, 1] > c0 - reach_bins) & (cent[:, 1] < c0 + size + reach_bins))
+        crop = [a[r0 : r0 + size, c0 : c0 + size].copy() for a in arrays]
+        out.append(Patch(int(cid), crop[0], crop[1], crop[2], crop[3], ids[near],
+                         cent[near] - np.array([r0, c0], np.float64)))
+    return out
+
+
+def _ray_has_gpu(num_gpus: float) -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _train_remote(patches, norm, cfg, geometry, **kwargs):
+    """Train in a Ray task on a GPU node; the weights come back through the object store."""
+    import ray
+
+    task = ray.remote(train_genesegnet).options(num_gpus=1, max_retries=2)
+    return ray.get(task.remote(patches, norm, cfg, geometry, **kwargs))

@@ -1,0 +1,47 @@
+"""A small U-Net: (stain, RNA map) in, (cell logit, row offset, column offset) out.
+
+GeneSegNet builds on the Cellpose U-Net (a probability map plus flows toward the cell centre);
+this is the same shape at a size that trains on one chip in minutes on a CPU. Offsets point to
+the centre of the cell's nucleus, in units of the cell reach, so a pixel's cell is the nucleus
+its offset lands on. BatchNorm is affine at inference, so windows anchored to the same global
+grid give the same output whatever tile they are cut from.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+N_INPUTS = 2
+N_OUTPUTS = 3  # cell logit, d_row, d_col
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """``depth`` poolings, so window sides must be multiples of ``2**depth``."""
+
+    def __init__(self, width: int = 16, depth: int = 3):
+        super().__init__()
+        self.depth = depth
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_block(N_INPUTS, chans[0])] +
+                                  [_block(chans[i], chans[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth)])
+        self.merge = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in range(depth)])
+        self.head = nn.Conv2d(chans[0], N_OUTPUTS, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for i in reversed(range(self.depth)):
+            x = self.merge[i](torch.cat([skips.pop(), self.up[i](x)], 1))
+        return self.head(x)

@@ -1,0 +1,171 @@
+"""GeneSegNet training on the chip itself, with recursive label refinement.
+
+There is no ground truth: round 1 trains on nuclei expanded by a fixed distance; each later
+round trains on the previous round's post-processed predictions over the same patches (which
+follow the RNA and the stain rather than a fixed radius), until two consecutive rounds' labels
+agree (mean per-cell IoU above ``agree_iou``) or ``max_rounds`` is reached. The network keeps
+its weights across rounds, so each round refines rather than restarts.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .features import normalise_inputs
+from .inference import assign_cells, mean_cell_iou
+
+
+@dataclass
+class Patch:
+    """One training patch on the bin grid, keyed by the nucleus it is centred on."""
+
+    key: int  # global nucleus ID: sorting by it makes training independent of the tiling
+    stain: np.ndarray  # (P, P) float32 block-mean stain, raw
+    rna: np.ndarray  # (P, P) float32 RNA location map, raw
+    nuclei: np.ndarray  # (P, P) int64 global nucleus IDs
+    init_labels: np.ndarray  # (P, P) int64 nuclei expanded by the initial distance
+    ids: np.ndarray  # (n,) IDs of the nuclei whose centre is within reach of the patch
+    centroids: np.ndarray  # (n, 2) their centres, patch-relative bin units
+
+
+@dataclass
+class Geometry:
+    """Distances in bins used to build targets and to read predictions."""
+
+    offset_scale: float  # offsets are predicted divided by this (the cell reach)
+    reach: float  # a bin joins only a nucleus at most this far
+    tolerance: float  # how near a nucleus centre an offset must land
+
+
+def targets(labels: np.ndarray, p: Patch, offset_scale: float) -> np.ndarray:
+    """(4, P, P): cell mask, row and column offset to the nucleus centre (scaled), offset mask."""
+    out = np.zeros((4, *labels.shape), np.float32)
+    cell = labels > 0
+    if not cell.any():
+        return out
+    out[0][cell] = 1.0
+    rr, cc = np.nonzero(cell)
+    lab = labels[rr, cc]
+    pos = np.minimum(np.searchsorted(p.ids, lab), max(len(p.ids) - 1, 0))
+    known = (p.ids[pos] == lab) if len(p.ids) else np.zeros(len(lab), bool)
+    rr, cc, pos = rr[known], cc[known], pos[known]  # a cell whose centre is unknown teaches no offset
+    out[1, rr, cc] = (p.centroids[pos, 0] - (rr + 0.5)) / offset_scale
+    out[2, rr, cc] = (p.centroids[pos, 1] - (cc + 0.5)) / offset_scale
+    out[3, rr, cc] = 1.0
+    return out
+
+
+def refine(labels: list[np.ndarray], fit: Callable[[list[np.ndarray]], float],
+           relabel: Callable[[], list[np.ndarray]], max_rounds: int, agree_iou: float,
+           log: Callable[[str], None] | None = None) -> list[dict]:
+    """The recursive loop: fit on labels, relabel from the fit, stop once two rounds agree."""
+    history = []
+    for k in range(1, max_rounds + 1):
+        loss = fit(labels)
+        new = relabel()
+        iou = mean_cell_iou(labels, new)
+        history.append({"round": k, "loss": float(loss), "iou_with_previous": iou})
+        if log:
+            log(f"GeneSegNet round {k}: loss {loss:.4f}, mean cell IoU with the labels it was trained on {iou:.3f}")
+        if iou > agree_iou:
+            break
+        labels = new
+    return history
+
+
+def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, *, device: str | None = None,
+                     log: Callable[[str], None] | None = None) -> dict:
+    """Train the U-Net with label refinement; return a picklable state with the weights as bytes."""
+    import torch
+
+    from .net import UNet
+
+    if not patches:
+        raise ValueError("GeneSegNet training needs at least one patch with a nucleus")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    patches = sorted(patches, key=lambda p: p.key)
+    x = torch.as_tensor(np.stack([normalise_inputs(p.stain, p.rna, norm) for p in patches]), device=device)
+    model = UNet(cfg.width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def fit(labels: list[np.ndarray]) -> float:
+        y = torch.as_tensor(np.stack([targets(lab, p, geometry.offset_scale) for lab, p in zip(labels, patches)]),
+                            device=device)
+        model.train()
+        last = 0.0
+        for _epoch in range(cfg.epochs):
+            order = rng.permutation(len(patches))
+            total = 0.0
+            for s in range(0, len(order), cfg.batch_size):
+                idx = torch.as_tensor(order[s : s + cfg.batch_size], device=device)
+                xb, yb = x[idx], y[idx]
+                xb, yb = _flip(xb, yb, rng)
+                out = model(xb)
+                mask = yb[:, 3:4]
+                off = ((out[:, 1:3] - yb[:, 1:3]) ** 2 * mask).sum() / (2 * mask.sum()).clamp(min=1.0)
+                loss = bce(out[:, :1], yb[:, :1]) + off
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            last = total / len(patches)
+        return last
+
+    def relabel() -> list[np.ndarray]:
+        return predict_patch_labels(model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size)
+
+    history = refine([p.init_labels for p in patches], fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+    return {"weights": buf.getvalue(), "width": cfg.width, "history": history, "n_patches": len(patches)}
+
+
+def predict_patch_labels(model, device, x, patches: list[Patch], geometry: Geometry, threshold: float,
+                         batch_size: int) -> list[np.ndarray]:
+    """Post-processed predictions on the training patches: the next round's labels."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(patches), batch_size):
+            y = model(x[s : s + batch_size])
+            prob = torch.sigmoid(y[:, 0]).cpu().numpy()
+            offs = (y[:, 1:] * geometry.offset_scale).cpu().numpy()
+            for k, p in enumerate(patches[s : s + batch_size]):
+                lab = assign_cells(prob[k], offs[k], p.ids, p.centroids, threshold, geometry.reach,
+                                   geometry.tolerance)
+                out.append(np.where(p.nuclei > 0, p.nuclei, lab))
+    return out
+
+
+def _flip(x, y, rng):
+    """Random flips of a batch; the offset along a flipped axis changes sign."""
+    if rng.random() < 0.5:
+        x, y = x.flip(-2), y.flip(-2)
+        y = y.clone()
+        y[:, 1] = -y[:, 1]
+    if rng.random() < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+        y = y.clone()
+        y[:, 2] = -y[:, 2]
+    return x, y
+
+
+def load_model(state: dict, device: str | None = None):
+    """Rebuild the network from a state; weights are read with weights_only=True (no code runs)."""
+    import torch
+
+    from .net import UNet
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = UNet(state["width"])
+    model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
+    return model.to(device).eval(), device
