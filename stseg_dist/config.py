@@ -105,12 +105,37 @@ class GeneSegNetConfig:
 
 
 @dataclass
+class MembraneConfig:
+    channel: int = 1  # image channel of the membrane / cell-wall stain
+    backend: str = "classical"  # classical (watershed seeded by nuclei, no weights) | cellpose
+    max_distance_um: float = 10.0  # no cell extends further than this from its nucleus
+    sigma_um: float = 0.5  # smoothing of the membrane before the watershed
+    threshold: float | None = None  # membrane intensity that stops a cell; None = chip-wide Otsu
+    ridge_um: float = 1.0  # membrane pixels given to the cells either side, up to this far
+    register: bool = True  # register the membrane to the nuclear stain (one offset per chip)
+    register_downsample: int = 4
+    register_patch_px: int = 256  # downsampled patch per sampled tile
+    register_max_tiles: int = 64  # tiles sampled evenly across the chip for registration
+    register_normalization: str = "none"  # none (plain cross-correlation) | phase
+    max_shift_um: float = 10.0  # larger offsets are refused; the halo grows by this much
+    model: str = "cpsam"  # cellpose backend: a built-in name, a local path or an fsspec URL
+    diameters_um: list[float] = field(default_factory=lambda: [10.0, 15.0, 20.0])  # tried per tile
+    flow_threshold: float = 0.4
+    cellprob_threshold: float = 0.0
+    batch_size: int = 8
+    storage_options: dict = field(default_factory=dict)
+    num_gpus: float = 1.0
+    num_actors: int = 1
+
+
+@dataclass
 class CellsConfig:
     method: str = "expansion"  # expansion | ucs
     cell_diameter_um: float = 15.0
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     ucs: UCSConfig = field(default_factory=UCSConfig)
     genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
+    membrane: MembraneConfig = field(default_factory=MembraneConfig)
 
 
 @dataclass

@@ -9,9 +9,10 @@ from .base import CellMethod, PrepareContext, TileData, TileTranscripts
 def _registry() -> dict[str, type[CellMethod]]:
     from .expansion import ExpansionMethod
     from .genesegnet import GeneSegNetMethod
+    from .membrane import MembraneMethod
     from .ucs import UCSMethod
 
-    return {"expansion": ExpansionMethod, "genesegnet": GeneSegNetMethod, "ucs": UCSMethod}
+    return {"expansion": ExpansionMethod, "genesegnet": GeneSegNetMethod, "membrane": MembraneMethod, "ucs": UCSMethod}
 
 
 def available_methods() -> list[str]:

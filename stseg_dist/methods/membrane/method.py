@@ -1,0 +1,184 @@
+"""``method: membrane``: cells segmented on a membrane or cell-wall stain (STCellbin, Zhang et al.,
+GigaByte 2024).
+
+The membrane channel is registered to the nuclear stain once per chip (:mod:`.registration`),
+then each tile segments cells on it, either with a classical watershed seeded by the nuclei
+(``backend: classical``, no weights) or with Cellpose in model actors (``backend: cellpose``,
+several diameters per tile, the one with the largest total cell area kept). Either way every cell
+carries the global ID of its nucleus, so stitching stays seamless; transcripts then follow the
+cell mask. Cells whose nucleus is not seen are not called: the classical flood cannot tell them
+from the membrane-enclosed gaps between cells, and Cellpose would have to run twice per tile
+(a seeds pass and a cells pass) to give them tiling-independent IDs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+from skimage.filters import threshold_otsu
+
+from ...errors import ConfigError, InputError
+from ...nuclei.classical import smooth
+from ..base import CellMethod, PrepareContext, TileData
+from .registration import apply_offset, centre_crop, downsample, estimate_offset
+from .segment import best_diameter, classical_cells, to_global_ids, within_reach
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("classical", "cellpose")
+_MODEL_LOADS = 0  # per process: an actor loads its model once
+
+
+class MembraneMethod(CellMethod):
+    name = "membrane"
+
+    def __init__(self, config, platform: str = "generic"):
+        super().__init__(config, platform)
+        c = config.cells.membrane
+        if c.backend not in BACKENDS:
+            raise ConfigError(f"cells.membrane.backend must be one of {', '.join(BACKENDS)}, got {c.backend!r}")
+        if c.channel < 0:
+            raise ConfigError(f"cells.membrane.channel must be a channel index >= 0, got {c.channel}")
+        if c.channel == config.nuclei.channel:
+            raise ConfigError(f"cells.membrane.channel {c.channel} is the nuclear stain channel (nuclei.channel)")
+        for key in ("max_distance_um", "sigma_um", "ridge_um"):
+            if getattr(c, key) < 0 or (key == "max_distance_um" and getattr(c, key) == 0):
+                raise ConfigError(f"cells.membrane.{key} must be positive, got {getattr(c, key)}")
+        if c.max_shift_um < 0:
+            raise ConfigError(f"cells.membrane.max_shift_um must be >= 0, got {c.max_shift_um}")
+        if c.register_downsample < 1:
+            raise ConfigError(f"cells.membrane.register_downsample must be >= 1, got {c.register_downsample}")
+        if c.register_max_tiles < 1 or c.register_patch_px < 8:
+            raise ConfigError(f"cells.membrane.register_max_tiles must be >= 1 and register_patch_px >= 8, got "
+                              f"{c.register_max_tiles} and {c.register_patch_px}")
+        if c.register_normalization not in ("none", "phase"):
+            raise ConfigError(f"cells.membrane.register_normalization must be none or phase, got "
+                              f"{c.register_normalization!r}")
+        d = c.diameters_um
+        if not isinstance(d, list) or not d or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in d):
+            raise ConfigError(f"cells.membrane.diameters_um must be a non-empty list of positive numbers, got {d!r}")
+        if c.num_actors < 1 or c.num_gpus < 0:
+            raise ConfigError(f"cells.membrane.num_actors must be >= 1 and num_gpus >= 0, got "
+                              f"{c.num_actors} and {c.num_gpus}")
+        self.cfg = c
+        self.uses_model = c.backend == "cellpose"
+        self.offset = (0, 0)
+        self.threshold = c.threshold
+        self.model = None
+
+    # -- geometry -----------------------------------------------------------------------------
+    def reach_um(self) -> float:
+        """Cells stop ``max_distance_um`` from their nucleus; the registered membrane window is
+        read up to ``max_shift_um`` further, so the halo covers both."""
+        return self.cfg.max_distance_um + (self.cfg.max_shift_um if self.cfg.register else 0.0)
+
+    def actor_resources(self):
+        return (self.cfg.num_actors, self.cfg.num_gpus)
+
+    # -- chip-wide: registration offset and membrane threshold ---------------------------------
+    def prepare(self, ctx: PrepareContext):
+        c, chip = self.cfg, ctx.chip
+        if chip.n_channels <= c.channel:
+            raise InputError(f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the image "
+                             f"has {chip.n_channels} channel(s)")
+        need_threshold = c.backend == "classical" and c.threshold is None
+        if not c.register and not need_threshold:
+            return {"offset": (0, 0), "threshold": c.threshold}
+        f, patch, nuc_ch, mem_ch = c.register_downsample, c.register_patch_px, self.config.nuclei.channel, c.channel
+        sigma = c.sigma_um / chip.pixel_size_um
+        register = c.register
+
+        def sample(data: TileData):
+            core = data.tile.core_in_window
+            nuc, mem = data.image[nuc_ch][core], data.image[mem_ch][core]
+            values = smooth(mem, sigma)[::4, ::4].ravel() if need_threshold else None
+            if not register:
+                return None, None, values
+            return centre_crop(downsample(nuc, f), patch), centre_crop(downsample(mem, f), patch), values
+
+        n = len(ctx.grid)
+        picks = np.unique(np.linspace(0, n - 1, min(n, c.register_max_tiles)).round().astype(int))
+        results = ctx.map_tiles(sample, [int(i) for i in picks])
+        offset = (0, 0)
+        if register:
+            offset = estimate_offset([r[0] for r in results], [r[1] for r in results], f,
+                                     c.max_shift_um / chip.pixel_size_um, where=chip.url,
+                                     normalization=None if c.register_normalization == "none" else "phase")
+            log.info("membrane stain registered to the nuclear stain: offset (dy, dx) = %s px", offset)
+        threshold = c.threshold
+        if need_threshold:
+            values = np.concatenate([r[2] for r in results])
+            if values.size == 0 or values.min() == values.max():
+                raise InputError(f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold it "
+                                 "(set cells.membrane.threshold)")
+            threshold = float(threshold_otsu(values))
+        return {"offset": tuple(int(v) for v in offset), "threshold": threshold}
+
+    def load(self, state):
+        if state is not None:
+            self.offset = tuple(state["offset"])
+            self.threshold = state["threshold"]
+        if self.uses_model and self.model is None:
+            self._load_model()
+
+    def _load_model(self):
+        import torch
+        from cellpose import models as cp_models
+
+        from ...nuclei.cellpose_backend import resolve_model_path
+
+        global _MODEL_LOADS
+        try:
+            path = resolve_model_path(self.cfg.model, self.cfg.storage_options)
+        except ConfigError as exc:
+            raise ConfigError(f"cells.membrane.model: {exc}") from exc
+        gpu = torch.cuda.is_available()
+        try:
+            self.model = cp_models.CellposeModel(gpu=gpu, pretrained_model=path, use_bfloat16=gpu)
+        except Exception as exc:  # unreadable, refused by weights_only loading, wrong architecture
+            raise InputError(f"cells.membrane.model {self.cfg.model}: cannot load: {exc}") from exc
+        _MODEL_LOADS += 1
+
+    def describe(self) -> dict:
+        return {"pid": os.getpid(), "model_loads": _MODEL_LOADS,
+                "device": str(self.model.device) if self.model is not None else None}
+
+    # -- per tile -----------------------------------------------------------------------------
+    def membrane(self, data: TileData) -> np.ndarray:
+        """The tile's membrane window, shifted onto the nuclear stain's grid."""
+        if data.image.shape[0] <= self.cfg.channel:
+            raise InputError(f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "
+                             f"{self.cfg.channel} but the image has {data.image.shape[0]} channel(s)")
+        return apply_offset(data.image[self.cfg.channel].astype(np.float32), self.offset)
+
+    def segment(self, data: TileData) -> np.ndarray:
+        seeds = data.nuclei
+        if data.seeds is not None:
+            seeds = np.where(seeds > 0, seeds, data.seeds)
+        ps, c = data.pixel_size_um, self.cfg
+        if c.backend == "classical":
+            if self.threshold is None:
+                raise RuntimeError("membrane method used before load(): no threshold")
+            return classical_cells(self.membrane(data), seeds, self.threshold, c.sigma_um / ps,
+                                   c.max_distance_um / ps, c.ridge_um / ps)
+        masks, _, _ = self.cellpose_masks(data)
+        cells = to_global_ids(masks, seeds)
+        return np.where(within_reach(seeds, c.max_distance_um / ps), cells, 0).astype(np.uint32)
+
+    def cellpose_masks(self, data: TileData) -> tuple[np.ndarray, float, list[int]]:
+        """Cellpose on (membrane, nucleus) at each diameter; the largest total cell area wins."""
+        if self.model is None:
+            self._load_model()
+        c = self.cfg
+        x = np.stack([self.membrane(data), data.image[self.config.nuclei.channel].astype(np.float32)], axis=-1)
+
+        def run(diameter_px: float) -> np.ndarray:
+            masks, _flows, _styles = self.model.eval(
+                x, channel_axis=-1, diameter=diameter_px, batch_size=c.batch_size,
+                flow_threshold=c.flow_threshold, cellprob_threshold=c.cellprob_threshold)
+            return masks
+
+        return best_diameter(run, [d / data.pixel_size_um for d in c.diameters_um])
