@@ -13,30 +13,45 @@ from .errors import RunIncompleteError, StsegError
 EXIT_INCOMPLETE = 3
 
 
-def _config(args):
-    from .config import load_config, parse_set
+def _config(args, hints: dict | None = None):
+    """The pipeline config; reader ``hints`` apply only when no --config file is given, under --set."""
+    from .config import _merge, load_config, parse_set
 
-    return load_config(getattr(args, "config", None), parse_set(getattr(args, "set", None)))
+    overrides = parse_set(getattr(args, "set", None))
+    if hints and not getattr(args, "config", None):
+        overrides = _merge(hints, overrides)
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _reader_options(args) -> dict:
+    from .io.options import parse_reader_options
+
+    return parse_reader_options(getattr(args, "reader_option", None))
+
+
+def _convert_input(args) -> tuple[str, dict]:
+    """Convert ``--input`` into OUT/_work/input_chip; returns (chip URL, pipeline hints)."""
+    from .io import storage
+    from .io.bundles import convert_bundle, pipeline_hints
+
+    chip = storage.join(args.out, "_work", "input_chip")
+    report = convert_bundle(args.input, chip, args.platform, options=_reader_options(args), overwrite=True)
+    print(f"converted {report['input']} ({report['platform']}): {report['n_transcripts']} transcripts, "
+          f"dropped {report.get('dropped', {})} -> {chip}", file=sys.stderr)
+    return chip, pipeline_hints(report)
 
 
 def cmd_run(args) -> int:
     from .driver import run_pipeline
 
-    config = _config(args)
+    if bool(args.chip) == bool(args.input):
+        raise SystemExit("stseg run: give exactly one of --chip CHIP or --input BUNDLE")
+    chip, hints = _convert_input(args) if args.input else (args.chip, {})
+    config = _config(args, hints)
     if args.fail_fast:
         config.runtime.fail_fast = True
     if args.no_progress:
         config.runtime.progress = False
-    chip = args.chip
-    if args.input:
-        from .io import storage
-        from .io.bundles import convert_bundle
-
-        chip = storage.join(args.out, "_work", "input_chip")
-        report = convert_bundle(args.input, chip, args.platform, overwrite=True)
-        print(f"converted {args.input} ({report.get('platform')}) -> {chip}", file=sys.stderr)
-    if not chip:
-        raise SystemExit("stseg run: give --chip CHIP or --input BUNDLE")
     t0 = time.perf_counter()
     summary = run_pipeline(chip, args.out, config, address=args.address, local=args.local)
     _print_summary(summary, time.perf_counter() - t0)
@@ -94,7 +109,8 @@ def cmd_demo(args) -> int:
 def cmd_convert(args) -> int:
     from .io.bundles import convert_bundle
 
-    report = convert_bundle(args.input, args.out, args.platform, overwrite=args.overwrite)
+    report = convert_bundle(args.input, args.out, args.platform, options=_reader_options(args),
+                            overwrite=args.overwrite)
     print(json.dumps(report, indent=2, default=str))
     return 0
 
@@ -123,6 +139,15 @@ def cmd_batch(args) -> int:
     return 0 if all(s.get("status") in ("complete", "skipped") for s in summary.get("slides", [])) else EXIT_INCOMPLETE
 
 
+def _with_reader_options(format_help):
+    def fmt() -> str:
+        from .io.bundles import options_help
+
+        return format_help() + "\n" + options_help()
+
+    return fmt
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stseg", description="Ray-distributed cell segmentation for spatial transcriptomics")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -133,10 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. cells.method=ucs")
         sp.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)")
 
+    def reader_option(sp):
+        sp.add_argument("--reader-option", action="append", metavar="KEY=VALUE",
+                        help="reader option (repeatable; VALUE parsed as JSON when it parses), "
+                             "e.g. min_qv=30 or image_bounds_um=[0,0,500,450]; see stseg convert --help")
+
     r = sub.add_parser("run", help="segment a chip and write labels, cells, transcripts, AnnData")
     r.add_argument("--chip", help="canonical chip folder or URL (chip.json + image.zarr + transcripts.parquet)")
     r.add_argument("--input", help="a vendor bundle folder or URL, converted on the fly")
     r.add_argument("--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto (with --input)")
+    reader_option(r)
     r.add_argument("--out", required=True, help="output folder or URL")
     r.add_argument("--ref", help="reference for the report's metrics (e.g. a generated chip with truth/)")
     r.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
@@ -164,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     c = sub.add_parser("convert", help="convert a vendor bundle to a canonical chip")
+    reader_option(c)
+    c.format_help = _with_reader_options(c.format_help)  # built on --help only: it imports every reader
     c.add_argument("--input", required=True, help="bundle folder or URL")
     c.add_argument("--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto")
     c.add_argument("--out", required=True, help="output chip folder or URL")

@@ -1,45 +1,73 @@
 """Registry of platform readers: detect a bundle's platform and convert it to a canonical chip.
 
 ``convert_bundle`` is the single entry point used by ``stseg convert`` and ``stseg run --input``.
+Reader options are validated against each reader's ``OPTIONS`` before any file is read.
 """
 
 from __future__ import annotations
 
 from ..errors import InputError
 from . import cosmx, generic, merscope, stereoseq, storage, xenium
+from .options import COMMON, options_doc, resolve
 
 READERS = {"xenium": xenium, "merscope": merscope, "cosmx": cosmx, "stereoseq": stereoseq}
 PLATFORMS = ("xenium", "merscope", "cosmx", "stereoseq", "generic")
 
 
+def reader_options(platform: str):
+    """The options a platform's reader accepts (its own plus the common ones)."""
+    mod = generic if platform == "generic" else READERS[platform]
+    return tuple(mod.OPTIONS) + COMMON
+
+
+def options_help() -> str:
+    """Every reader's options, for ``stseg convert --help``."""
+    return "\n".join(options_doc(reader_options(p), f"{p} options") for p in PLATFORMS)
+
+
 def detect_platform(url: str, storage_options: dict | None = None) -> str:
-    """Name the platform whose files are in the folder ``url``."""
+    """Name the platform whose files are in the folder (or single file) ``url``."""
     fs, path = storage.fs_and_path(url, storage_options)
     if not fs.exists(path):
         raise InputError(f"{url}: input does not exist")
+    if not fs.isdir(path):
+        if stereoseq.is_gem(path) or stereoseq.is_gef(path):
+            return "stereoseq"
+        raise InputError(f"{url}: a single file is read only as a Stereo-seq .gem/.gem.gz/.gef; "
+                         "for a plain table pass --platform generic")
     for name, mod in READERS.items():
-        if fs.isdir(path) and mod.is_bundle(fs, path):
+        if mod.is_bundle(fs, path):
             return name
-    if not fs.isdir(path) and stereoseq.is_gem(path):
-        return "stereoseq"
     raise InputError(f"{url}: cannot detect the platform (no Xenium transcripts.*/experiment.xenium, "
-                     "no MERSCOPE detected_transcripts.csv, no CosMx *_tx_file.csv, no Stereo-seq *.gem/*.gem.gz); pass --platform")
+                     "no MERSCOPE detected_transcripts.csv, no CosMx *_tx_file.csv, "
+                     "no Stereo-seq *.gem/*.gem.gz/*.gef); pass --platform")
 
 
 def convert_bundle(input_url: str, out_chip_url: str, platform: str = "auto", *, options: dict | None = None,
                    storage_options=None, overwrite: bool = False) -> dict:
     """Convert a vendor bundle to a canonical chip; returns a report with counts and dropped-by-reason."""
-    options = dict(options or {})
     if platform == "auto":
         platform = detect_platform(input_url, storage_options)
-    if platform == "generic":
-        rep = generic.convert_generic(input_url, out_chip_url, options, overwrite, storage_options)
-    elif platform in READERS:
-        rep = READERS[platform].convert(input_url, out_chip_url, options, overwrite, storage_options)
-    else:
-        raise InputError(f"unknown platform {platform!r}: expected one of {PLATFORMS} or 'auto' "
-                         f"(implemented: {sorted(READERS) + ['generic']})")
+    if platform not in PLATFORMS:
+        raise InputError(f"unknown platform {platform!r}: expected one of {', '.join(PLATFORMS)} or 'auto'")
+    opts = resolve(platform, reader_options(platform), options)
+    reader = generic.convert_generic if platform == "generic" else READERS[platform].convert
+    rep = reader(input_url, out_chip_url, opts, overwrite, storage_options)
     rep["platform"] = platform
-    rep["input"] = input_url if not storage.is_remote(input_url) else input_url.split("?")[0]
+    rep["input"] = input_url.split("?")[0]
     rep["chip"] = out_chip_url
     return rep
+
+
+def pipeline_hints(report: dict) -> dict:
+    """Config overrides that suit what the converted chip holds (applied under the user's own config).
+
+    A chip whose image is a transcript-density rendering has no stain to threshold: its vendor
+    nuclei are used when the bundle had them; otherwise nuclei are found as dense blobs with the
+    density settings of the Stereo-seq preset (see configs/stereoseq.yaml).
+    """
+    if report.get("image_source") != "transcript_density":
+        return {}
+    if report.get("n_vendor_nuclei"):
+        return {"nuclei": {"backend": "vendor"}}
+    return {"nuclei": {"backend": "classical", "classical": dict(stereoseq.DENSITY_NUCLEI)}}

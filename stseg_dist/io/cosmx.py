@@ -23,12 +23,21 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
-from .generic import iter_table, require_columns, write_chip
+from .generic import canonical, drop_prefixes, iter_table, require_columns, write_chip
+from .options import Option, options_doc
 
 DEFAULT_PIXEL_SIZE_UM = 0.12028
 CONTROL_PREFIXES = ("NegPrb", "SystemControl", "FalseCode", "Negative")
 LABEL_STRIDE = 100000
 VENDOR_CELLS = "vendor_cells.zarr"
+EXTRAS = (("fov", "fov", pa.int32()), ("z", K.Z, pa.float32()), ("CellComp", "CellComp", pa.string()))
+
+OPTIONS = (
+    Option("pixel_size_um", DEFAULT_PIXEL_SIZE_UM, "µm per global/local pixel"),
+    Option("image_offset_px", {}, "crop offset {\"x\": local px of image column 0, \"y_top\": local px of row 0}"),
+    Option("control_prefixes", list(CONTROL_PREFIXES), "drop targets starting with any of these"),
+)
+__doc__ += "\n" + options_doc(OPTIONS)
 
 
 def _find(fs, path, suffixes):
@@ -67,33 +76,23 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     if not txs:
         raise InputError(f"{input_url}: no *_tx_file.csv in the CosMx bundle")
     tx = txs[0]
-    ps = float(options.get("pixel_size_um", DEFAULT_PIXEL_SIZE_UM))
-    prefixes = tuple(options.get("control_prefixes", CONTROL_PREFIXES))
+    ps = float(options["pixel_size_um"])
+    prefixes = tuple(options["control_prefixes"])
     dropped = {"control_probe": 0}
 
     def batches():
         dropped["control_probe"] = 0
-        for t in iter_table(fs, tx, input_url):
+        for t in iter_table(fs, tx, input_url, options["batch_rows"]):
             require_columns(t.column_names, ("fov", "x_global_px", "y_global_px", "target"), tx)
-            gene = pc.cast(t["target"], pa.string())
-            ctrl = np.zeros(t.num_rows, bool)
-            for p in prefixes:
-                ctrl |= pc.starts_with(gene, p).to_numpy(zero_copy_only=False)
-            dropped["control_probe"] += int(ctrl.sum())
-            t = t.filter(pa.array(~ctrl))
-            cols = {K.X: pc.multiply(pc.cast(t["x_global_px"], pa.float64()), ps),
-                    K.Y: pc.multiply(pc.cast(t["y_global_px"], pa.float64()), -ps),
-                    K.GENE: pc.cast(t["target"], pa.string()), "fov": pc.cast(t["fov"], pa.int32())}
-            if "z" in t.column_names:
-                cols[K.Z] = pc.cast(t["z"], pa.float32())
-            if "CellComp" in t.column_names:
-                cols["CellComp"] = pc.cast(t["CellComp"], pa.string())
+            t, n = drop_prefixes(t, "target", prefixes)
+            dropped["control_probe"] += n
+            out = canonical(t, "x_global_px", "y_global_px", "target", EXTRAS, scale=(ps, -ps))
             if "cell_ID" in t.column_names:
                 cid = pc.cast(t["cell_ID"], pa.int64()).to_numpy(zero_copy_only=False)
                 fov = pc.cast(t["fov"], pa.int64()).to_numpy(zero_copy_only=False)
-                cols["vendor_cell_id"] = pa.array(cid)
-                cols["vendor_cell_label"] = pa.array(np.where(cid > 0, fov * LABEL_STRIDE + cid, 0).astype(np.uint32))
-            yield pa.table(cols)
+                out = out.append_column("vendor_cell_id", pa.array(cid)).append_column(
+                    "vendor_cell_label", pa.array(np.where(cid > 0, fov * LABEL_STRIDE + cid, 0).astype(np.uint32)))
+            yield out
 
     pos_files = _find(fs, path, ("_fov_positions_file.csv", "_fov_positions_file.csv.gz"))
     grid = paint = None
@@ -105,7 +104,7 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         pos.columns = [c.lower() for c in pos.columns]
         xcol = "x_global_px" if "x_global_px" in pos.columns else "x_global_mm"
         require_columns(pos.columns, ("fov", xcol, xcol.replace("x_", "y_")), pos_files[0])
-        off = options.get("image_offset_px", {})
+        off = options["image_offset_px"]
         for fov, fx, fy in zip(pos["fov"], pos[xcol], pos[xcol.replace("x_", "y_")]):
             if xcol.endswith("_mm"):
                 fx, fy = fx * 1000 / ps, fy * 1000 / ps

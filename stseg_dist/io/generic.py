@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from .. import constants as K
 from ..errors import InputError
 from .chip_writer import ChipWriter
+from .options import Option
 
 BAND_PX = 512
 
@@ -42,7 +43,7 @@ def write_chip(
     grid: tuple[tuple[float, float], tuple[int, int]] | None = None,
     image: dict | None = None,
     paint_image: Callable[[int, int, int], np.ndarray] | None = None,
-    nuclei: list[tuple[int, np.ndarray, np.ndarray]] | None = None,
+    polygons: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] | None = None,
     arrays: dict[str, Callable[[int, int, int], np.ndarray]] | None = None,
     meta_extra: dict | None = None,
     overwrite: bool = False,
@@ -53,7 +54,8 @@ def write_chip(
     ``grid`` is (origin_um, (H, W)) of a vendor image; without it the grid covers the transcripts.
     ``image`` is a lazy image reference for chip.json; ``paint_image(r0, r1, W)`` returns rows
     r0..r1 of channel 0 to copy into image.zarr; with neither a density image is rendered.
-    ``nuclei`` are (label, x_um, y_um) polygons; ``arrays`` paint extra label arrays band by band.
+    ``polygons`` maps a label array (``nuclei.zarr``, ``vendor_cells.zarr``) to (label, x_um, y_um)
+    polygons rasterised into it; ``arrays`` paint extra label arrays band by band.
     """
     ps = float(pixel_size_um)
     n = 0
@@ -90,8 +92,8 @@ def write_chip(
     if image is not None:
         meta["image"] = image
     painters = dict(arrays or {})
-    if nuclei is not None:
-        painters[K.NUCLEI_ZARR] = lambda r0, r1, ww: rasterise(nuclei, origin, ps, r0, r1, ww)
+    for rel, polys in (polygons or {}).items():
+        painters[rel] = lambda r0, r1, ww, _p=polys: rasterise(_p, origin, ps, r0, r1, ww)
     with tempfile.TemporaryDirectory(prefix="stseg_convert_") as tmp:
         writers: dict[int, pq.ParquetWriter] = {}
         schema = None
@@ -174,39 +176,90 @@ def require_columns(names: Iterable[str], required: Iterable[str], source: str) 
             raise InputError(f"{source}: missing column {col!r} (has {sorted(names)})")
 
 
+OPTIONS = (
+    Option("pixel_size_um", None, "µm per image pixel (required; the grid of the density image without one)"),
+    Option("x", "x", "column with x in µm"),
+    Option("y", "y", "column with y in µm"),
+    Option("gene", "gene", "column with the gene name"),
+    Option("image", None, "TIFF/OME-TIFF or zarr array (path or URL) whose channel 0 is the nuclear stain"),
+    Option("image_level", 0, "pyramid level of a TIFF image (pixel size scales with it)"),
+    Option("origin_um", [0.0, 0.0], "µm position [x0, y0] of the image's top-left pixel corner"),
+)
+
+
 def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool, so) -> dict:
-    """Any parquet/CSV with x/y/gene columns (names via options) plus an optional TIFF image."""
+    """Any parquet/CSV with x/y/gene columns (names via options) plus an optional TIFF or zarr image."""
     from . import storage
 
-    xcol, ycol, gcol = options.get("x", "x"), options.get("y", "y"), options.get("gene", "gene")
-    ps = options.get("pixel_size_um")
-    if ps is None:
-        raise InputError(f"{input_url}: generic input needs options['pixel_size_um']")
+    if options["pixel_size_um"] is None:
+        raise InputError(f"{input_url}: generic input needs --reader-option pixel_size_um=<µm per pixel>")
     fs, path = storage.fs_and_path(input_url, so)
     if fs.isdir(path):
         files = [p for p in fs.ls(path, detail=False) if p.endswith((".parquet", ".csv", ".csv.gz"))]
         if not files:
             raise InputError(f"{input_url}: no .parquet/.csv transcript table in the folder")
         path = sorted(files)[0]
+    cols = (options["x"], options["y"], options["gene"])
 
     def batches():
-        for t in iter_table(fs, path, input_url):
-            require_columns(t.column_names, (xcol, ycol, gcol), path)
-            yield pa.table({K.X: pc.cast(t[xcol], pa.float64()), K.Y: pc.cast(t[ycol], pa.float64()),
-                            K.GENE: pc.cast(t[gcol], pa.string())})
+        for t in iter_table(fs, path, input_url, options["batch_rows"]):
+            require_columns(t.column_names, cols, path)
+            yield canonical(t, *cols)
 
     image = grid = None
-    if options.get("image"):
-        import tifffile
+    ps = float(options["pixel_size_um"])
+    if options["image"]:
+        image, shape, ps = image_ref(options["image"], options["image"], int(options["image_level"]), ps, so)
+        grid = (tuple(options["origin_um"]), shape)
+    return write_chip(batches, out_url, ps, "generic", source=input_url, image=image, grid=grid,
+                      overwrite=overwrite, storage_options=so)
 
-        ifs, ipath = storage.fs_and_path(options["image"], so)
-        with ifs.open(ipath, "rb") as fh:
-            shape = tuple(tifffile.TiffFile(fh).series[0].shape[-2:])
-        image = {"path": options["image"], "format": "tiff", "series": 0, "level": 0}
-        grid = (tuple(options.get("origin_um", (0.0, 0.0))), shape)
-    rep = write_chip(batches, out_url, ps, "generic", source=input_url, image=image, grid=grid,
-                     overwrite=overwrite, storage_options=so)
-    return rep
+
+def image_ref(url: str, ref_url: str, level: int, ps: float, so) -> tuple[dict, tuple[int, int], float]:
+    """Lazy reference to a TIFF (pyramid ``level``) or zarr image; returns (ref, (H, W), pixel size).
+
+    ``ref_url`` is what chip.json records (the URL a worker reopens). The pixel size is scaled by
+    the level's downsampling so µm stay µm.
+    """
+    from . import storage
+
+    fs, path = storage.fs_and_path(url, so)
+    if path.rstrip("/").endswith(".zarr"):
+        try:
+            shape = tuple(storage.open_zarr_array(url, "r", so).shape)
+        except Exception as e:  # any unreadable store
+            raise InputError(f"{url}: not a readable zarr array ({e})") from e
+        return {"path": ref_url, "format": "zarr"}, shape[-2:], ps
+    import tifffile
+
+    try:
+        with fs.open(path, "rb") as fh:
+            s = tifffile.TiffFile(fh).series[0]
+            full, lv = s.shape, s.levels[level].shape
+    except (tifffile.TiffFileError, IndexError, ValueError, OSError) as e:
+        raise InputError(f"{url}: unreadable TIFF or no pyramid level {level} ({e})") from e
+    return ({"path": ref_url, "format": "tiff", "series": 0, "level": level}, tuple(lv[-2:]),
+            ps * full[-1] / lv[-1])
+
+
+def drop_prefixes(t: pa.Table, gene_col: str, prefixes) -> tuple[pa.Table, int]:
+    """Rows whose gene starts with any prefix (control probes) removed; returns (table, n dropped)."""
+    gene = pc.cast(t[gene_col], pa.string())
+    ctrl = np.zeros(t.num_rows, bool)
+    for p in prefixes:
+        ctrl |= pc.starts_with(gene, p).to_numpy(zero_copy_only=False)
+    return t.filter(pa.array(~ctrl)), int(ctrl.sum())
+
+
+def canonical(t: pa.Table, x: str, y: str, gene: str, extras=(), scale: tuple[float, float] = (1.0, 1.0)) -> pa.Table:
+    """Vendor columns -> x, y (µm, scaled), gene, plus each present (src, dst, type) extra."""
+    cols = {K.X: pc.multiply(pc.cast(t[x], pa.float64()), scale[0]),
+            K.Y: pc.multiply(pc.cast(t[y], pa.float64()), scale[1]),
+            K.GENE: pc.cast(t[gene], pa.string())}
+    for src, dst, typ in extras:
+        if src in t.column_names:
+            cols[dst] = pc.cast(t[src], typ)
+    return pa.table(cols)
 
 
 def iter_table(fs, path: str, source: str, batch_rows: int = 1 << 20, **csv_kw):
@@ -224,6 +277,8 @@ def iter_table(fs, path: str, source: str, batch_rows: int = 1 << 20, **csv_kw):
             with fs.open(path, "rb", compression=comp) as fh:
                 reader = pcsv.open_csv(fh, read_options=pcsv.ReadOptions(block_size=1 << 24), **csv_kw)
                 for b in reader:
-                    yield pa.Table.from_batches([b])
+                    t = pa.Table.from_batches([b])
+                    for s in range(0, t.num_rows, batch_rows):
+                        yield t.slice(s, batch_rows)
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         raise InputError(f"{source}: cannot read {path}: {e}") from e

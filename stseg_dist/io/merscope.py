@@ -5,8 +5,9 @@ The DAPI mosaic ``images/mosaic_DAPI_z{k}.tif`` is placed by ``micron_to_mosaic_
 (scale + translation; rotation is refused). One chosen plane is referenced lazily; a projection
 (``z_plane="max"``, the default when several planes exist) is written band by band into image.zarr.
 Exports without the transform (e.g. the Giotto mini dataset JPEGs) pass ``image_bounds_um``
-[x0, y0, x1, y1]. Vendor cell polygons (``cell_boundaries.parquet`` WKB, or x/y/poly_ID CSV with
-negative y) are rasterised into ``vendor_cells.zarr``.
+[x0, y0, x1, y1]. Vendor cell polygons (``cell_boundaries.parquet`` WKB, the per-fov
+``cell_boundaries/feature_data_*.hdf5`` of older exports, or x/y/poly_ID CSV with negative y) are
+rasterised into ``vendor_cells.zarr``; without images the grid is the transcripts' own.
 """
 
 from __future__ import annotations
@@ -21,10 +22,24 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
-from .generic import iter_table, require_columns, rasterise, write_chip
+from .generic import canonical, drop_prefixes, iter_table, require_columns, write_chip
+from .options import Option, options_doc
 
 TX_NAMES = ("detected_transcripts.csv", "detected_transcripts.csv.gz")
 VENDOR_CELLS = "vendor_cells.zarr"
+DEFAULT_PIXEL_SIZE_UM = 0.108
+EXTRAS = (("global_z", K.Z, pa.float32()), ("transcript_id", K.TRANSCRIPT_ID, pa.string()),
+          ("cell_id", "vendor_cell_id", pa.string()), ("fov", "fov", pa.int32()))
+
+OPTIONS = (
+    Option("z_plane", "max", "DAPI plane k of images/*DAPI_z{k}.*, or 'max' for a max projection"),
+    Option("image_bounds_um", None, "[x0, y0, x1, y1] µm of the mosaic, for exports without the transform CSV"),
+    Option("micron_to_pixel", None, "3x3 µm -> mosaic pixel affine, instead of the transform CSV"),
+    Option("pixel_size_um", None, "µm per pixel of the density grid when there are no images (0.108)"),
+    Option("control_prefixes", ["Blank-"], "drop genes starting with any of these"),
+    Option("vendor_cells", True, "rasterise vendor cell polygons into vendor_cells.zarr"),
+)
+__doc__ += "\n" + options_doc(OPTIONS)
 
 
 def _tx_file(fs, path):
@@ -62,9 +77,9 @@ def _planes(fs, path, options):
 
 
 def _transform(fs, path, options, source):
-    if "image_bounds_um" in options:
+    if options["image_bounds_um"] is not None:
         return None
-    if "micron_to_pixel" in options:
+    if options["micron_to_pixel"] is not None:
         return np.asarray(options["micron_to_pixel"], float)
     tp = storage.join(path, "images", "micron_to_mosaic_pixel_transform.csv")
     if not fs.exists(tp):
@@ -85,35 +100,32 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     tx = _tx_file(fs, path)
     if tx is None:
         raise InputError(f"{input_url}: no detected_transcripts.csv in the MERSCOPE bundle")
+    polys = _vendor_cells(fs, path, options)
+    lut = {str(cid): label for label, _, _, cid in polys}
+    polys = [p[:3] for p in polys]
     dropped = {"blank_probe": 0}
-    prefixes = tuple(options.get("control_prefixes", ("Blank-",)))
+    prefixes = tuple(options["control_prefixes"])
 
     def batches():
         dropped["blank_probe"] = 0
-        for t in iter_table(fs, tx, input_url):
+        for t in iter_table(fs, tx, input_url, options["batch_rows"]):
             require_columns(t.column_names, ("global_x", "global_y", "gene"), tx)
-            gene = pc.cast(t["gene"], pa.string())
-            ctrl = np.zeros(t.num_rows, bool)
-            for p in prefixes:
-                ctrl |= pc.starts_with(gene, p).to_numpy(zero_copy_only=False)
-            dropped["blank_probe"] += int(ctrl.sum())
-            t = t.filter(pa.array(~ctrl))
-            cols = {K.X: pc.cast(t["global_x"], pa.float64()), K.Y: pc.cast(t["global_y"], pa.float64()),
-                    K.GENE: pc.cast(t["gene"], pa.string())}
-            for src, dst, typ in (("global_z", K.Z, pa.float32()), ("transcript_id", K.TRANSCRIPT_ID, pa.string()),
-                                  ("cell_id", "vendor_cell_id", pa.string()), ("fov", "fov", pa.int32())):
-                if src in t.column_names:
-                    cols[dst] = pc.cast(t[src], typ)
-            yield pa.table(cols)
+            t, n = drop_prefixes(t, "gene", prefixes)
+            dropped["blank_probe"] += n
+            out = canonical(t, "global_x", "global_y", "gene", EXTRAS)
+            if lut and "cell_id" in t.column_names:
+                ids = pc.cast(t["cell_id"], pa.string()).to_pandas()
+                out = out.append_column("vendor_cell_label", pa.array(ids.map(lut).fillna(0).to_numpy(np.uint32)))
+            yield out
 
     planes = _planes(fs, path, options)
-    z_sel = options.get("z_plane", "max")
+    z_sel = options["z_plane"]
     if z_sel != "max":
         planes = [(z, p) for z, p in planes if z == int(z_sel)]
         if not planes:
             raise InputError(f"{input_url}: no images/*DAPI_z{z_sel}.* image for z_plane={z_sel}")
     image = grid = paint = None
-    ps = options.get("pixel_size_um")
+    ps = options["pixel_size_um"]
     if planes:
         import tifffile
 
@@ -146,25 +158,13 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         ps = 1.0 / m[0, 0]
         grid = ((-m[0, 2] * ps, -m[1, 2] * ps), (h, w))
         if len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
-            image = {"path": planes[0][1] if not storage.is_remote(input_url)
-                     else input_url.rstrip("/") + planes[0][1][len(path):], "format": "tiff", "series": 0, "level": 0}
+            image = {"path": storage.url_for(input_url, path, planes[0][1]), "format": "tiff", "series": 0, "level": 0}
         else:
             def paint(r0, r1, ww):
                 return np.max([np.asarray(a[r0:r1, :ww]) for a in arrays], axis=0).astype(np.uint16)
-    elif not ps:
-        ps = 0.108
-    arrays_out = {}
-    polys = _vendor_cells(fs, path, options)
-    if polys:
-        def paint_cells(r0, r1, ww, _g=grid):
-            org = _g[0] if _g else org_holder[0]
-            return rasterise(polys, org, ps, r0, r1, ww)
-        org_holder = [None]
-        arrays_out[VENDOR_CELLS] = paint_cells
-    if polys and grid is None:
-        raise InputError(f"{input_url}: vendor cells need a DAPI image grid (images/ is missing)")
+    ps = ps or DEFAULT_PIXEL_SIZE_UM
     rep = write_chip(batches, out_url, ps, "merscope", source=input_url, grid=grid, image=image,
-                     paint_image=paint, arrays=arrays_out,
+                     paint_image=paint, polygons={VENDOR_CELLS: polys} if polys else None,
                      meta_extra={"z_plane": z_sel, "dapi_planes": [z for z, _ in planes]},
                      overwrite=overwrite, storage_options=so)
     rep["dropped"] = dict(dropped)
@@ -173,8 +173,8 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
 
 
 def _vendor_cells(fs, path, options):
-    """Vendor cell polygons (label, x µm, y µm) from cell_boundaries.parquet or polygon CSVs."""
-    if not options.get("vendor_cells", True):
+    """Vendor cell polygons (label, x µm, y µm, vendor ID) from cell_boundaries.parquet, hdf5 or CSVs."""
+    if not options["vendor_cells"]:
         return []
     pq_path = storage.join(path, "cell_boundaries.parquet")
     polys = []
@@ -190,12 +190,16 @@ def _vendor_cells(fs, path, options):
             g = shapely.from_wkb(geom)
             g = max(g.geoms, key=lambda q: q.area) if hasattr(g, "geoms") else g
             xs, ys = np.asarray(g.exterior.coords).T
-            polys.append((i, xs, ys))
+            polys.append((i, xs, ys, eid))
         return polys
     cb = storage.join(path, "cell_boundaries")
     if fs.exists(cb) and fs.isdir(cb):
-        files = sorted(p for p in fs.ls(cb, detail=False) if p.endswith(("_polygons.gz", "_polygons.csv")))
-        z = options.get("z_plane", "max")
+        files_all = fs.ls(cb, detail=False)
+        files = sorted(p for p in files_all if p.endswith(("_polygons.gz", "_polygons.csv")))
+        z = options["z_plane"]
+        hdf = sorted(p for p in files_all if p.endswith(".hdf5"))
+        if hdf:
+            return _hdf5_cells(fs, hdf, z)
         pick = [p for p in files if f"z{z}_" in p.rsplit("/", 1)[-1]] or files[:1]
         if pick:
             with fs.open(pick[0], "rb", compression="gzip" if pick[0].endswith(".gz") else None) as fh:
@@ -203,6 +207,33 @@ def _vendor_cells(fs, path, options):
             require_columns(df.columns, ("x", "y", "poly_ID"), pick[0])
             if (df.y < 0).all():
                 df["y"] = -df["y"]  # Giotto exports store y negated
-            for i, (_, g) in enumerate(df.groupby("poly_ID", sort=True), start=1):
-                polys.append((i, g.x.to_numpy(float), g.y.to_numpy(float)))
+            for i, (pid, g) in enumerate(df.groupby("poly_ID", sort=True), start=1):
+                polys.append((i, g.x.to_numpy(float), g.y.to_numpy(float), pid))
+    return polys
+
+
+def _hdf5_cells(fs, files, z):
+    """Polygons from per-fov ``feature_data_*.hdf5`` (featuredata/<id>/zIndex_k/p_0/coordinates, µm).
+
+    Plane ``z`` when given as a number, else the middle z index of each cell.
+    """
+    import h5py
+
+    polys = []
+    for p in files:
+        try:
+            with fs.open(p, "rb") as fh, h5py.File(fh, "r") as f:
+                for cid in sorted(f["featuredata"]):
+                    cell = f["featuredata"][cid]
+                    zs = sorted(k for k in cell if k.startswith("zIndex_"))
+                    if not zs:
+                        continue
+                    key = f"zIndex_{z}" if z != "max" and f"zIndex_{z}" in cell else zs[len(zs) // 2]
+                    if "p_0" not in cell[key]:
+                        continue
+                    xy = np.asarray(cell[key]["p_0"]["coordinates"]).reshape(-1, 2)
+                    polys.append((len(polys) + 1, xy[:, 0], xy[:, 1], cid))
+        except (OSError, KeyError) as e:
+            raise InputError(f"{p}: expected MERSCOPE feature data (featuredata/<cell>/zIndex_k/p_0/"
+                             f"coordinates) ({e})") from e
     return polys

@@ -27,6 +27,13 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
 
+def url_for(base_url: str, base_path: str, path: str) -> str:
+    """The URL of ``path`` (an fs-internal path under ``base_path``) as a worker can reopen it."""
+    if not is_remote(base_url):
+        return path
+    return str(base_url).split("?")[0].rstrip("/") + path[len(base_path.rstrip("/")):]
+
+
 def exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = fs_and_path(url, storage_options)
     return fs.exists(path)

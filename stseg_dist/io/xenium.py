@@ -1,12 +1,17 @@
 """10x Xenium bundle -> canonical chip (streaming; DAPI referenced lazily, never copied).
 
 Transcripts from ``transcripts.parquet`` (or the older ``transcripts.csv.gz``/``.csv``), filtered by
-``qv >= min_qv`` (default 20) and control-probe prefixes, with dropped counts per reason. The pixel
-size comes from ``experiment.xenium`` (default 0.2125 µm). The image is ``morphology_focus.ome.tif``,
-``morphology_focus/`` (first file) or ``morphology_mip.ome.tif`` as a lazy TIFF reference; without
-one a transcript-density image is rendered (see :mod:`stseg_dist.io.generic`). Vendor nuclei from
-``nucleus_boundaries.parquet``/``.csv.gz``/``.csv`` are rasterised into ``nuclei.zarr``; their label
-is also written per transcript as ``vendor_nucleus_label`` so alignment can be checked.
+``qv >= min_qv`` and control-probe prefixes, with dropped counts per reason. The pixel size comes
+from ``experiment.xenium`` (0.2125 µm when absent). The image is ``morphology_focus.ome.tif``,
+``morphology_focus/`` (v2+: one file per channel, DAPI in ``*_0000``/``ch0000_*``) or
+``morphology_mip.ome.tif``, a lazy reference at pyramid ``level``; without one a transcript-density
+image is rendered (see :mod:`stseg_dist.io.generic`).
+
+Vendor segmentation: the ``cells.zarr.zip`` raster masks when present (``masks/0`` nuclei ->
+``nuclei.zarr``, ``masks/1`` cells -> ``vendor_cells.zarr``; exact, on the morphology grid), else
+``nucleus_boundaries.parquet``/``.csv[.gz]`` vertex tables rasterised. The label under each
+transcript's vendor cell is written per transcript (``vendor_nucleus_label`` from boundaries,
+``vendor_cell_label`` from masks) so alignment can be checked.
 """
 
 from __future__ import annotations
@@ -21,15 +26,32 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
-from .generic import iter_table, polygons_from_vertex_table, require_columns, write_chip
+from .generic import canonical, drop_prefixes, image_ref, iter_table, polygons_from_vertex_table, require_columns, write_chip
+from .options import Option, options_doc
 
 DEFAULT_PIXEL_SIZE_UM = 0.2125
 CONTROL_PREFIXES = ("NegControlProbe_", "NegControlCodeword_", "antisense_", "BLANK_", "Unassigned",
-                    "DeprecatedCodeword_", "UnassignedCodeword_")
+                    "DeprecatedCodeword_", "UnassignedCodeword_", "GenomicControl")
 TX_FILES = ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv")
 REQUIRED = ("feature_name", "x_location", "y_location")
-IMAGES = ("morphology_focus.ome.tif", "morphology_focus/morphology_focus_0000.ome.tif", "morphology_mip.ome.tif")
+IMAGES = ("morphology_focus.ome.tif", "morphology_focus/morphology_focus_0000.ome.tif",
+          "morphology_focus/ch0000_dapi.ome.tif", "morphology_mip.ome.tif")
 NUCLEI = ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz", "nucleus_boundaries.csv")
+CELLS_ZARR = "cells.zarr.zip"
+VENDOR_CELLS = "vendor_cells.zarr"
+EXTRAS = (("z_location", K.Z, pa.float32()), ("qv", K.QV, pa.float32()),
+          ("transcript_id", K.TRANSCRIPT_ID, pa.uint64()), ("cell_id", "vendor_cell_id", pa.string()),
+          ("overlaps_nucleus", "overlaps_nucleus", pa.uint8()))
+
+OPTIONS = (
+    Option("pixel_size_um", None, "µm per level-0 pixel (default: experiment.xenium, else 0.2125)"),
+    Option("min_qv", 20, "drop transcripts with qv below this"),
+    Option("control_prefixes", list(CONTROL_PREFIXES), "drop genes starting with any of these"),
+    Option("level", 0, "pyramid level of the morphology image to segment"),
+    Option("image", True, "use the morphology image (false: transcript-density image)"),
+    Option("vendor_nuclei", True, "read vendor nuclei (cells.zarr.zip masks or nucleus_boundaries)"),
+)
+__doc__ += "\n" + options_doc(OPTIONS)
 
 
 def is_bundle(fs, path: str) -> bool:
@@ -44,81 +66,124 @@ def _first(fs, path, names):
     return None
 
 
+def _pixel_size(fs, path, options) -> float:
+    if options["pixel_size_um"]:
+        return float(options["pixel_size_um"])
+    exp = storage.join(path, "experiment.xenium")
+    if not fs.exists(exp):
+        return DEFAULT_PIXEL_SIZE_UM
+    try:
+        with fs.open(exp, "r") as fh:
+            return float(json.load(fh)["pixel_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{exp}: expected JSON with a numeric 'pixel_size' ({e})") from e
+
+
+def cell_id_to_int(ids: pd.Series) -> np.ndarray:
+    """Xenium cell IDs ``"ffkpbaba-1"`` -> the uint32 prefix stored in cells.zarr.zip (letters a..p = hex).
+
+    Vectorised (8 letters -> 8 nibbles); IDs that are not of that form (``UNASSIGNED``) give 0.
+    """
+    head = ids.astype(str).str.split("-", n=1).str[0]
+    ok = head.str.fullmatch(r"[a-p]{1,8}").to_numpy(bool)
+    head = head.where(ok, "a").str.rjust(8, "a")
+    b = np.frombuffer(np.array(head, dtype="S8").tobytes(), np.uint8).reshape(-1, 8).astype(np.int64) - ord("a")
+    return np.where(ok, (b << (4 * np.arange(7, -1, -1))).sum(axis=1), 0)
+
+
+def _masks(fs, path, source):
+    """(nuclei, cells, {cell prefix -> label}) from cells.zarr.zip, or None when absent.
+
+    Label L of ``masks/1`` is row L-1 of ``cell_id`` (whose first column is the ID prefix).
+    """
+    p = storage.join(path, CELLS_ZARR)
+    if not fs.exists(p):
+        return None
+    import zarr
+
+    try:
+        if storage.is_remote(source):
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+            from fsspec.implementations.zip import ZipFileSystem
+
+            store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(ZipFileSystem(fs.open(p, "rb"))),
+                                             path="", read_only=True)
+        else:
+            store = zarr.storage.ZipStore(p, mode="r")
+        root = zarr.open_group(store, mode="r")
+        nuc, cells = root["masks"]["0"], root["masks"]["1"]
+        ids = np.asarray(root["cell_id"][:])
+    except Exception as e:  # any malformed zip or missing array
+        raise InputError(f"{p}: expected a zipped zarr store with masks/0 (nuclei), masks/1 (cells) "
+                         f"and cell_id ({e})") from e
+    prefix = ids[:, 0] if ids.ndim == 2 else ids
+    lut = pd.Series(np.arange(1, len(prefix) + 1, dtype=np.int64), index=prefix.astype(np.int64))
+    return nuc, cells, lut
+
+
 def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) -> dict:
     fs, path = storage.fs_and_path(input_url, so)
     tx = _first(fs, path, TX_FILES)
     if tx is None:
         raise InputError(f"{input_url}: Xenium bundle has none of {TX_FILES}")
-    ps = float(options.get("pixel_size_um", 0) or 0)
-    exp = storage.join(path, "experiment.xenium")
-    if not ps and fs.exists(exp):
-        try:
-            with fs.open(exp, "r") as fh:
-                ps = float(json.load(fh)["pixel_size"])
-        except (ValueError, KeyError) as e:
-            raise InputError(f"{exp}: expected JSON with a numeric 'pixel_size' ({e})") from e
-    ps = ps or DEFAULT_PIXEL_SIZE_UM
-    min_qv = float(options.get("min_qv", 20))
-    prefixes = tuple(options.get("control_prefixes", CONTROL_PREFIXES))
-
-    lut = None
-    polys = None
-    nuc = _first(fs, path, NUCLEI) if options.get("vendor_nuclei", True) else None
+    ps = _pixel_size(fs, path, options)
+    prefixes = tuple(options["control_prefixes"])
+    masks = _masks(fs, path, input_url) if options["vendor_nuclei"] else None
+    polys = lut = None
+    nuc = _first(fs, path, NUCLEI) if options["vendor_nuclei"] and masks is None else None
     if nuc is not None:
-        with fs.open(nuc, "rb", compression="gzip" if nuc.endswith(".gz") else None) as fh:
-            df = pd.read_parquet(fh) if nuc.endswith(".parquet") else pd.read_csv(fh)
-        polys, lut = polygons_from_vertex_table(df, "cell_id", "vertex_x", "vertex_y", nuc)
-
+        polys, lut = _boundaries(fs, nuc)
     dropped = {"low_qv": 0, "control_probe": 0}
 
     def batches():
-        for k in dropped:
-            dropped[k] = 0
-        for t in iter_table(fs, tx, input_url):
+        dropped.update(low_qv=0, control_probe=0)
+        for t in iter_table(fs, tx, input_url, options["batch_rows"]):
             require_columns(t.column_names, REQUIRED, tx)
-            gene = pc.cast(t["feature_name"], pa.string())
-            ctrl = np.zeros(t.num_rows, bool)
-            for p in prefixes:
-                ctrl |= pc.starts_with(gene, p).to_numpy(zero_copy_only=False)
-            keep = ~ctrl
-            dropped["control_probe"] += int(ctrl.sum())
+            t, n_ctrl = drop_prefixes(t, "feature_name", prefixes)
+            dropped["control_probe"] += n_ctrl
             if "qv" in t.column_names:
-                low = pc.less(pc.cast(t["qv"], pa.float64()), min_qv).to_numpy(zero_copy_only=False) & keep
-                dropped["low_qv"] += int(low.sum())
-                keep &= ~low
-            t = t.filter(pa.array(keep))
-            cols = {K.X: pc.cast(t["x_location"], pa.float64()), K.Y: pc.cast(t["y_location"], pa.float64()),
-                    K.GENE: pc.cast(t["feature_name"], pa.string())}
-            for src, dst, typ in (("z_location", K.Z, pa.float32()), ("qv", K.QV, pa.float32()),
-                                  ("transcript_id", K.TRANSCRIPT_ID, pa.uint64()),
-                                  ("cell_id", "vendor_cell_id", pa.string()),
-                                  ("overlaps_nucleus", "overlaps_nucleus", pa.uint8())):
-                if src in t.column_names:
-                    cols[dst] = pc.cast(t[src], typ)
-            if lut is not None and "cell_id" in t.column_names:
+                low = pc.less(pc.cast(t["qv"], pa.float64()), float(options["min_qv"]))
+                dropped["low_qv"] += int(pc.sum(low).as_py() or 0)
+                t = t.filter(pc.invert(low))
+            out = canonical(t, "x_location", "y_location", "feature_name", EXTRAS)
+            if "cell_id" in t.column_names and (lut is not None or masks is not None):
                 ids = pc.cast(t["cell_id"], pa.string()).to_pandas()
-                cols["vendor_nucleus_label"] = pa.array(ids.map(lut).fillna(0).astype(np.uint32).to_numpy())
-            yield pa.table(cols)
+                col, lab = (("vendor_cell_label", masks[2].reindex(cell_id_to_int(ids)).fillna(0).to_numpy())
+                            if masks is not None else ("vendor_nucleus_label", ids.map(lut).fillna(0).to_numpy()))
+                out = out.append_column(col, pa.array(lab.astype(np.uint32)))
+            yield out
 
-    img = _first(fs, path, IMAGES)
-    image = shape = None
+    img = _first(fs, path, IMAGES) if options["image"] else None
+    image = grid = None
     if img is not None:
-        import tifffile
-
-        level = int(options.get("level", 0))
-        with fs.open(img, "rb") as fh:
-            try:
-                s = tifffile.TiffFile(fh).series[0]
-                lv = s.levels[level]
-            except (tifffile.TiffFileError, IndexError) as e:
-                raise InputError(f"{img}: unreadable OME-TIFF or no pyramid level {level} ({e})") from e
-            shape = tuple(lv.shape[-2:])
-        ps = ps * (s.shape[-1] / shape[1])
-        image = {"path": img if not storage.is_remote(input_url) else input_url.rstrip("/") + img[len(path):],
-                 "format": "tiff", "series": 0, "level": level}
-    rep = write_chip(batches, out_url, ps, "xenium", source=input_url, image=image, grid=None if shape is None else ((0.0, 0.0), shape),
-                     nuclei=polys, overwrite=overwrite, storage_options=so,
+        ref = storage.url_for(input_url, path, img)
+        image, shape, ps = image_ref(ref, ref, int(options["level"]), ps, so)
+        grid = ((0.0, 0.0), shape)
+    arrays = {}
+    if masks is not None:
+        if grid is None:
+            grid = ((0.0, 0.0), tuple(masks[0].shape[-2:]))
+        if tuple(masks[0].shape[-2:]) != tuple(grid[1]):
+            raise InputError(f"{storage.join(path, CELLS_ZARR)}: masks are {tuple(masks[0].shape)} px but the "
+                             f"image grid is {tuple(grid[1])} px (use level=0 with vendor masks)")
+        arrays = {K.NUCLEI_ZARR: _rows(masks[0]), VENDOR_CELLS: _rows(masks[1])}
+    rep = write_chip(batches, out_url, ps, "xenium", source=input_url, image=image, grid=grid,
+                     polygons={K.NUCLEI_ZARR: polys} if polys else None, arrays=arrays, overwrite=overwrite, storage_options=so,
                      meta_extra={"source": input_url if not storage.is_remote(input_url) else "remote"})
     rep["dropped"] = dict(dropped)
-    rep["n_vendor_nuclei"] = len(polys) if polys else 0
+    rep["n_vendor_nuclei"] = len(polys) if polys else (int(len(masks[2])) if masks is not None else 0)
+    rep["vendor_segmentation"] = "cells.zarr.zip" if masks is not None else ("boundaries" if polys else None)
     return rep
+
+
+def _rows(arr):
+    return lambda r0, r1, w: np.asarray(arr[r0:r1, :w]).astype(np.uint32)
+
+
+def _boundaries(fs, nuc):
+    with fs.open(nuc, "rb", compression="gzip" if nuc.endswith(".gz") else None) as fh:
+        try:
+            df = pd.read_parquet(fh) if nuc.endswith(".parquet") else pd.read_csv(fh)
+        except Exception as e:  # truncated or not a table
+            raise InputError(f"{nuc}: unreadable vertex table ({e})") from e
+    return polygons_from_vertex_table(df, "cell_id", "vertex_x", "vertex_y", nuc)
