@@ -129,6 +129,29 @@ class MembraneConfig:
 
 
 @dataclass
+class SSLCSTConfig:
+    bin_um: float | None = None  # spot size; None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
+    neighbourhood: int = 5  # k: a spot's tokens are the k x k spots around it (odd)
+    n_genes: int = 32  # expression features: the chip's most counted genes (plus the all-gene total)
+    erosion_bins: int = 1  # positives: spots at least this far inside a nucleus
+    neg_distance_um: float = 8.0  # negatives: farther than this from every nucleus, empty neighbourhood
+    d0_um: float = 5.0  # nucleus-position prior exp(-d / d0), d to the nearest nucleus centroid
+    n_directions: int = 16  # direction classes; a multiple of 4
+    max_steps: int | None = None  # flow-tracking steps of one spot; None: the cell diameter in spots
+    in_threshold: float = 0.5  # in-cell probability at which a spot follows its directions
+    d_model: int = 32
+    heads: int = 4
+    epochs: int = 10
+    n_train_spots: int = 4096
+    batch_size: int = 256
+    lr: float = 2e-3
+    augment: bool = True  # turn batches by the square's symmetries (directions turned with them)
+    num_gpus: float = 0.5
+    num_actors: int = 1
+    seed: int = 0
+
+
+@dataclass
 class CellsConfig:
     method: str = "expansion"  # expansion | ucs
     cell_diameter_um: float = 15.0
@@ -136,6 +159,7 @@ class CellsConfig:
     ucs: UCSConfig = field(default_factory=UCSConfig)
     genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
     membrane: MembraneConfig = field(default_factory=MembraneConfig)
+    sslcst: SSLCSTConfig = field(default_factory=SSLCSTConfig)
 
 
 @dataclass

@@ -38,6 +38,7 @@ OPTIONS = (
     Option("pixel_size_um", None, "µm per pixel of the density grid when there are no images (0.108)"),
     Option("control_prefixes", ["Blank-"], "drop genes starting with any of these"),
     Option("vendor_cells", True, "rasterise vendor cell polygons into vendor_cells.zarr"),
+    Option("image_downsample", 1, "keep every k-th mosaic pixel (k x coarser grid; the image is then copied)"),
 )
 __doc__ += "\n" + options_doc(OPTIONS)
 
@@ -155,13 +156,14 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
             m = np.array([[sc, 0, -sc * x0], [0, sc, -sc * y0], [0, 0, 1]])
         if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
             raise InputError(f"{input_url}: micron-to-pixel transform has rotation or anisotropic scale {m.tolist()}")
-        ps = 1.0 / m[0, 0]
-        grid = ((-m[0, 2] * ps, -m[1, 2] * ps), (h, w))
-        if len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
+        k = int(options["image_downsample"])
+        ps = k / m[0, 0]
+        grid = ((-m[0, 2] / m[0, 0], -m[1, 2] / m[0, 0]), (h // k, w // k))
+        if k == 1 and len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
             image = {"path": storage.url_for(input_url, path, planes[0][1]), "format": "tiff", "series": 0, "level": 0}
         else:
             def paint(r0, r1, ww):
-                return np.max([np.asarray(a[r0:r1, :ww]) for a in arrays], axis=0).astype(np.uint16)
+                return np.max([np.asarray(a[r0 * k:r1 * k:k, :ww * k:k]) for a in arrays], axis=0).astype(np.uint16)
     ps = ps or DEFAULT_PIXEL_SIZE_UM
     rep = write_chip(batches, out_url, ps, "merscope", source=input_url, grid=grid, image=image,
                      paint_image=paint, polygons={VENDOR_CELLS: polys} if polys else None,

@@ -10,9 +10,10 @@ def _registry() -> dict[str, type[CellMethod]]:
     from .expansion import ExpansionMethod
     from .genesegnet import GeneSegNetMethod
     from .membrane import MembraneMethod
+    from .sslcst import SSLCSTMethod
     from .ucs import UCSMethod
 
-    return {"expansion": ExpansionMethod, "genesegnet": GeneSegNetMethod, "membrane": MembraneMethod, "ucs": UCSMethod}
+    return {"expansion": ExpansionMethod, "genesegnet": GeneSegNetMethod, "membrane": MembraneMethod, "sslcst": SSLCSTMethod, "ucs": UCSMethod}
 
 
 def available_methods() -> list[str]:

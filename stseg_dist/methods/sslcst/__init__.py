@@ -1,0 +1,29 @@
+"""SSL-CST (Huo et al., AAAI 2026): self-supervised per-spot classification for cell segmentation.
+
+Pipeline, per the issue (#8) that specifies it here:
+
+1. Spots are the UCS bins (``bin_um``; 1 µm, or 0.5 µm on CosMx and Stereo-seq), anchored to
+   the chip origin. The chip's ``n_genes`` most counted genes (plus the all-gene total) are the
+   expression features.
+2. Self-supervised labels: spots ``erosion_bins`` inside a nucleus are positive, with the
+   16-way direction to that nucleus's centroid; spots farther than ``neg_distance_um`` from every
+   nucleus with no transcript in their ``k x k`` neighbourhood are negative; the rest unlabelled.
+   ``n_train_spots`` are drawn chip-wide by a hash of the global spot, balanced in/out.
+3. Encoder (``model.py``): tokens are the ``k x k`` spots around a spot (log1p counts, the
+   nucleus-position prior ``exp(-d/d0)`` of the distance to the nearest centroid, and the
+   token's position normalised within the neighbourhood); one multi-head self-attention block,
+   then an MLP with an in/out head and a direction head. Trained on the chip in a Ray GPU task
+   when the cluster has a GPU, else in-process on CPU; seeded.
+4. Cells: each spot predicted in-cell follows the predicted directions one spot per step
+   (gradient-flow tracking) until it stands on a nucleus, whose global ID it takes, or
+   ``max_steps`` run out (then it stays unassigned). Nuclei keep their own IDs.
+
+Choices the issue leaves open: negatives need an empty neighbourhood (not just an empty spot),
+since a single empty 1 µm spot is common inside cells; the prior is cut off at the method's
+reach so features never depend on where a tile ends; training turns each batch by a symmetry of
+the square (directions turned with it). Cells with no visible nucleus are not found.
+"""
+
+from .method import SSLCSTMethod
+
+__all__ = ["SSLCSTMethod"]

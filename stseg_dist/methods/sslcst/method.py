@@ -1,0 +1,175 @@
+"""``method: sslcst``: cells from per-spot in/out and direction predictions (Huo et al., 2026)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ...errors import ConfigError, InputError
+from ..base import CellMethod, PrepareContext, TileData
+from ..ucs.features import bin_size_um
+from .features import core_spot_box, gather_tokens, owned_spots, spot_grid, spot_hash, spot_labels, unit_steps
+from .tracking import track
+from .training import TrainingSpots, load_model, predict_spots, train_sslcst
+
+log = logging.getLogger(__name__)
+
+
+class SSLCSTMethod(CellMethod):
+    name = "sslcst"
+    uses_model = True
+    uses_image = False
+
+    def __init__(self, config, platform: str = "generic"):
+        super().__init__(config, platform)
+        c = config.cells.sslcst
+        key = "cells.sslcst"
+        if c.bin_um is not None and not c.bin_um > 0:
+            raise ConfigError(f"{key}.bin_um must be positive, got {c.bin_um}")
+        if c.neighbourhood < 3 or c.neighbourhood % 2 == 0:
+            raise ConfigError(f"{key}.neighbourhood must be an odd number of spots >= 3, got {c.neighbourhood}")
+        if c.n_directions < 4 or c.n_directions % 4:
+            raise ConfigError(f"{key}.n_directions must be a multiple of 4 (the square's turns map classes "
+                              f"onto classes), got {c.n_directions}")
+        if c.n_genes < 1:
+            raise ConfigError(f"{key}.n_genes must be at least 1, got {c.n_genes}")
+        if c.erosion_bins < 0:
+            raise ConfigError(f"{key}.erosion_bins must be >= 0, got {c.erosion_bins}")
+        for name in ("neg_distance_um", "d0_um", "lr"):
+            if not getattr(c, name) > 0:
+                raise ConfigError(f"{key}.{name} must be positive, got {getattr(c, name)}")
+        if not 0 < c.in_threshold < 1:
+            raise ConfigError(f"{key}.in_threshold must be in (0, 1), got {c.in_threshold}")
+        for name in ("epochs", "n_train_spots", "batch_size", "num_actors", "d_model", "heads"):
+            if getattr(c, name) < 1:
+                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(c, name)}")
+        if c.d_model % c.heads:
+            raise ConfigError(f"{key}.d_model ({c.d_model}) must be a multiple of {key}.heads ({c.heads})")
+        if c.max_steps is not None and c.max_steps < 1:
+            raise ConfigError(f"{key}.max_steps must be at least 1, got {c.max_steps}")
+        if c.num_gpus < 0:
+            raise ConfigError(f"{key}.num_gpus must be >= 0, got {c.num_gpus}")
+        self.cfg = c
+        self.bin_um = bin_size_um(platform, c.bin_um)
+        self.k = c.neighbourhood
+        self.max_steps = c.max_steps or int(math.ceil(config.cells.cell_diameter_um / self.bin_um))
+        self.model = None
+
+    # -- geometry -----------------------------------------------------------------------------
+    def reach_um(self) -> float:
+        """Tracking reach (plus a spot of rounding) and the neighbourhood read around it.
+
+        The prior is cut off at the same distance, so the driver's halo (2 x reach + 2 nucleus
+        diameters) holds whole every nucleus whose centroid a kept feature can see.
+        """
+        track_um = (self.max_steps + 2) * self.bin_um
+        return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
+
+    def actor_resources(self):
+        return (self.cfg.num_actors, self.cfg.num_gpus)
+
+    def _grid(self, data: TileData, top_genes: np.ndarray):
+        return spot_grid(data, self.bin_um, top_genes, self.cfg.d0_um, self.reach_um())
+
+    # -- training -----------------------------------------------------------------------------
+    def prepare(self, ctx: PrepareContext):
+        if ctx.n_nuclei == 0:
+            raise InputError(f"{ctx.chip.url}: SSL-CST learns from the chip's nuclei, and none were found")
+        cfg, k = self.cfg, self.k
+        n_genes = len(ctx.genes)
+        labels = lambda grid: spot_labels(grid, self.bin_um, k, cfg.erosion_bins,  # noqa: E731
+                                          cfg.neg_distance_um, cfg.n_directions)
+
+        def count(data: TileData):
+            own = data.transcripts.in_core
+            genes = np.bincount(data.transcripts.gene[own].astype(np.int64), minlength=n_genes)
+            grid = self._grid(data, np.zeros(0, np.int64))
+            inout, _ = labels(grid)
+            mine = owned_spots(grid.binned, data.tile)
+            return genes, int(((inout == 1) & mine).sum()), int(((inout == 0) & mine).sum())
+
+        tiles = [t.index for t in ctx.grid]
+        counted = ctx.map_tiles(count, tiles)
+        gene_counts = np.sum([g for g, _, _ in counted], axis=0)
+        n_pos, n_neg = sum(p for _, p, _ in counted), sum(n for _, _, n in counted)
+        if n_pos == 0:
+            raise InputError(f"{ctx.chip.url}: no spot lies {cfg.erosion_bins} spot(s) inside a nucleus "
+                             f"(cells.sslcst.erosion_bins={cfg.erosion_bins}); lower it or the bin size")
+        if n_neg == 0:
+            raise InputError(f"{ctx.chip.url}: no empty spot lies farther than "
+                             f"cells.sslcst.neg_distance_um={cfg.neg_distance_um} from every nucleus, so "
+                             "there are no negatives to learn from; lower it")
+        top = np.argsort(-gene_counts, kind="stable")[: min(cfg.n_genes, n_genes)]
+        want_neg = min(n_neg, cfg.n_train_spots // 2)
+        want_pos = min(n_pos, cfg.n_train_spots - want_neg)
+        rate = {1: want_pos / n_pos, 0: want_neg / n_neg}
+
+        def sample(data: TileData):
+            grid = self._grid(data, top)
+            inout, direction = labels(grid)
+            b = grid.binned
+            r, c = np.nonzero((inout != -100) & owned_spots(b, data.tile))
+            gr, gc = r + b.origin[0], c + b.origin[1]
+            y = inout[r, c]
+            keep = spot_hash(cfg.seed, gr, gc) < np.where(y == 1, rate[1], rate[0])
+            r, c, gr, gc, y = r[keep], c[keep], gr[keep], gc[keep], y[keep]
+            counts, prior = gather_tokens(grid, r, c, k)
+            return TrainingSpots((gr << 32) + gc, np.minimum(counts, 65535).astype(np.uint16), prior, y,
+                                 direction[r, c])
+
+        spots = TrainingSpots.concat(ctx.map_tiles(sample, tiles))
+        train = _train_remote if _ray_has_gpu(cfg.num_gpus) else train_sslcst
+        state = train(spots, k, len(top) + 1, cfg, log=log.info)
+        return {"train": state, "top_genes": top, "bin_um": self.bin_um}
+
+    # -- inference ----------------------------------------------------------------------------
+    def load(self, state):
+        self.state = state
+        self.model, self.device = load_model(state["train"])
+
+    def segment(self, data: TileData) -> np.ndarray:
+        grid = self._grid(data, self.state["top_genes"])
+        b = grid.binned
+        h, w = b.shape
+        cells = b.nuclei.copy()
+        if not (b.nuclei > 0).any() or not h or not w:
+            return b.to_pixels(cells, data.shape).astype(np.uint32)
+        # Paths from core spots stay within max_steps (+ rounding) of the core; spots farther
+        # than that from every nucleus can never reach one, so they need no prediction.
+        r0, r1, c0, c1 = core_spot_box(b, data.tile)
+        m = self.max_steps + 1
+        region = np.zeros((h, w), bool)
+        region[max(0, r0 - m) : r1 + m, max(0, c0 - m) : c1 + m] = True
+        near = ndi.distance_transform_edt(b.nuclei == 0) <= m
+        alive = region & near & (b.nuclei == 0)
+        rr, cc = np.nonzero(alive)
+        p_in, dirs = predict_spots(self.model, self.device, grid, rr, cc, self.k)
+        direction = np.zeros((h, w), np.int64)
+        direction[rr, cc] = dirs
+        core = np.zeros((h, w), bool)
+        core[max(0, r0) : r1, max(0, c0) : c1] = True
+        start = (p_in >= self.cfg.in_threshold) & core[rr, cc]
+        ids = track(rr[start], cc[start], direction, alive, b.nuclei, unit_steps(self.cfg.n_directions),
+                    self.max_steps)
+        cells[rr[start], cc[start]] = ids
+        return b.to_pixels(cells, data.shape).astype(np.uint32)
+
+
+def _ray_has_gpu(num_gpus: float) -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _train_remote(spots, k, n_counts, cfg, **kwargs):
+    """Train in a Ray task on a GPU node; the weights come back through the object store."""
+    import ray
+
+    kwargs.pop("log", None)
+    task = ray.remote(train_sslcst).options(num_gpus=1.0, max_retries=2)
+    return ray.get(task.remote(spots, k, n_counts, cfg, **kwargs))

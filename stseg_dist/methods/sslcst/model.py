@@ -1,0 +1,51 @@
+"""The SSL-CST spot encoder: self-attention over a spot's neighbourhood tokens, then an MLP with
+two heads, in/out of cell (2-way) and the direction to the nucleus centre (n-way)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .features import neighbourhood_offsets
+
+
+class SpotEncoder(nn.Module):
+    """Tokens are the k x k spots around the centre spot: log1p counts, prior, normalised position.
+
+    The position of each token within the neighbourhood (in [-1, 1]) is what lets attention tell
+    where expression and the prior rise, i.e. which way the nucleus lies.
+    """
+
+    def __init__(self, n_counts: int, k: int, d_model: int = 32, heads: int = 4, hidden: int = 64,
+                 n_directions: int = 16):
+        super().__init__()
+        dr, dc = neighbourhood_offsets(k)
+        half = max(1, k // 2)
+        self.register_buffer("relpos", torch.tensor(np.column_stack([dr, dc]) / half, dtype=torch.float32))
+        self.centre = (k * k) // 2
+        self.embed = nn.Linear(n_counts + 6, d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.inout = nn.Linear(hidden, 2)
+        self.direction = nn.Linear(hidden, n_directions)
+
+    def forward(self, counts: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2), direction logits (B, n))."""
+        b, t, _ = counts.shape
+        # The prior relative to the centre spot, log(p_t / p_c) = (d_c - d_t) / d0: the same slope
+        # near a nucleus and far from it, so a rule learnt inside nuclei holds in the cytoplasm.
+        seen = prior > 0
+        lp = torch.log(prior.clamp_min(1e-12))
+        rel = torch.where(seen & seen[:, self.centre : self.centre + 1], lp - lp[:, self.centre : self.centre + 1], 0.0)
+        pos = self.relpos.expand(b, t, 2)
+        x = torch.cat([torch.log1p(counts), prior.unsqueeze(-1), rel.unsqueeze(-1), pos, rel.unsqueeze(-1) * pos], -1)
+        x = self.embed(x)
+        a, _ = self.attn(x, x, x, need_weights=False)
+        x = self.norm1(x + a)
+        x = self.norm2(x + self.ff(x))
+        h = self.mlp(torch.cat([x[:, self.centre], x.mean(1)], -1))
+        return self.inout(h), self.direction(h)
