@@ -1,0 +1,171 @@
+"""Reader layouts the shared crops do not cover, on small synthetic bundles, plus real MERSCOPE hdf5 cells."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+import zarr
+
+from stseg_dist.errors import InputError
+from stseg_dist.io.bundles import convert_bundle, detect_platform
+from stseg_dist.io.chip import open_chip
+from tests.conftest import shared_data
+
+
+def xenium_id(prefix: int) -> str:
+    """Xenium's cell ID text for a uint32 prefix: 8 hex nibbles written as letters a..p, then -1."""
+    return "".join("abcdefghijklmnop"[int(c, 16)] for c in f"{prefix:08x}") + "-1"
+
+
+def _xenium_with_masks(d: Path, n_cells=6, seed=0):
+    """Square cells on a 60x80 px grid, cells.zarr.zip masks and transcripts inside their cell."""
+    rng = np.random.default_rng(seed)
+    d.mkdir()
+    cells = np.zeros((60, 80), np.uint32)
+    nuclei = np.zeros((60, 80), np.uint32)
+    prefixes = rng.choice(2**31, n_cells, replace=False).astype(np.uint32)
+    rows = []
+    for i in range(n_cells):
+        r0, c0 = 5 + 25 * (i // 3), 3 + 25 * (i % 3)
+        cells[r0:r0 + 20, c0:c0 + 20] = i + 1
+        nuclei[r0 + 6:r0 + 14, c0 + 6:c0 + 14] = i + 1
+        k = 40
+        rows.append(pd.DataFrame({
+            "x_location": (c0 + rng.uniform(0.5, 19.5, k)) * 0.2125, "y_location": (r0 + rng.uniform(0.5, 19.5, k)) * 0.2125,
+            "cell_id": xenium_id(int(prefixes[i])), "feature_name": rng.choice(["A", "B"], k), "qv": 30.0}))
+    df = pd.concat(rows + [pd.DataFrame({"x_location": [1.0], "y_location": [1.0], "cell_id": ["UNASSIGNED"],
+                                         "feature_name": ["A"], "qv": [30.0]})], ignore_index=True)
+    df["transcript_id"] = np.arange(len(df), dtype=np.uint64)
+    df.to_parquet(d / "transcripts.parquet")
+    (d / "experiment.xenium").write_text('{"pixel_size": 0.2125}')
+    store = zarr.storage.ZipStore(d / "cells.zarr.zip", mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    root.create_array("masks/0", data=nuclei, chunks=(32, 32))
+    root.create_array("masks/1", data=cells, chunks=(32, 32))
+    root.create_array("cell_id", data=np.stack([prefixes, np.ones(n_cells, np.uint32)], 1))
+    store.close()
+    return cells, nuclei, df
+
+
+def test_xenium_cells_zarr_zip_masks_align_with_transcript_cell_ids(tmp_path):
+    cells, nuclei, df = _xenium_with_masks(tmp_path / "b")
+    rep = convert_bundle(str(tmp_path / "b"), str(tmp_path / "c"))
+    assert rep["vendor_segmentation"] == "cells.zarr.zip" and rep["shape_yx"] == [60, 80]
+    chip = open_chip(str(tmp_path / "c"))
+    assert np.array_equal(chip.read_nuclei(slice(0, 60), slice(0, 80)), nuclei)
+    vc = zarr.open(str(tmp_path / "c" / "vendor_cells.zarr"), mode="r")[:]
+    assert np.array_equal(vc, cells)
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
+    assigned = t.vendor_cell_label.to_numpy() > 0
+    assert assigned.sum() == len(df) - 1  # every transcript but the UNASSIGNED one
+    assert np.array_equal(vc[r, c][assigned], t.vendor_cell_label.to_numpy()[assigned])
+
+
+def test_xenium_morphology_focus_folder_uses_the_dapi_file(tmp_path):
+    d = tmp_path / "b"
+    _xenium_with_masks(d)
+    (d / "morphology_focus").mkdir()
+    rng = np.random.default_rng(3)
+    planes = [rng.integers(0, 4000, (60, 80), dtype=np.uint16) for _ in range(3)]
+    for i, p in enumerate(planes):
+        tifffile.imwrite(d / "morphology_focus" / f"morphology_focus_{i:04d}.ome.tif", p, ome=True)
+    rep = convert_bundle(str(d), str(tmp_path / "c"))
+    assert rep["image_source"] == "vendor_image"
+    chip = open_chip(str(tmp_path / "c"))
+    assert chip.image.url.endswith("morphology_focus_0000.ome.tif")
+    assert np.array_equal(chip.read_image(slice(0, 60), slice(0, 80)), planes[0])
+
+
+def test_xenium_masks_off_the_image_grid_are_rejected(tmp_path):
+    d = tmp_path / "b"
+    _xenium_with_masks(d)
+    tifffile.imwrite(d / "morphology_focus.ome.tif", np.zeros((120, 160), np.uint16), ome=True)
+    with pytest.raises(InputError, match=r"cells.zarr.zip: masks are \(60, 80\) px but the image grid is \(120, 160\)"):
+        convert_bundle(str(d), str(tmp_path / "c"))
+    assert not (tmp_path / "c" / "chip.json").exists()
+
+
+def write_gef(path: Path, genes, x, y, counts, new_layout=False):
+    """A bin1 GEF as the Stereo-seq spec lays it out: expression sorted by gene, gene offsets/counts."""
+    import h5py
+
+    genes = np.asarray(genes)
+    order = np.argsort(genes, kind="stable")
+    names, n = np.unique(genes[order], return_counts=True)
+    exp = np.zeros(len(x), dtype=[("x", "<u4"), ("y", "<u4"), ("count", "u1")])
+    exp["x"], exp["y"], exp["count"] = np.asarray(x)[order], np.asarray(y)[order], np.asarray(counts)[order]
+    name_field = [("geneID", "S64"), ("geneName", "S64")] if new_layout else [("gene", "S32")]
+    g = np.zeros(len(names), dtype=name_field + [("offset", "<u4"), ("count", "<u4")])
+    for f, _ in name_field:
+        g[f] = names.astype("S")
+    g["offset"], g["count"] = np.r_[0, np.cumsum(n)[:-1]], n
+    with h5py.File(path, "w") as f:
+        e = f.create_dataset("geneExp/bin1/expression", data=exp)
+        f.create_dataset("geneExp/bin1/gene", data=g)
+        for k, v in (("minX", exp["x"].min()), ("minY", exp["y"].min()), ("maxX", exp["x"].max()), ("maxY", exp["y"].max())):
+            e.attrs[k] = np.array([v], np.uint32)
+
+
+@pytest.mark.parametrize("new_layout", [False, True])
+def test_gef_counts_genes_and_positions(tmp_path, new_layout):
+    rng = np.random.default_rng(0)
+    n = 3000
+    genes = rng.choice(["Actb", "Gapdh", "Mbp", "Snap25"], n)
+    x, y = rng.integers(1000, 1200, n), rng.integers(5000, 5100, n)
+    counts = rng.integers(1, 4, n)
+    (tmp_path / "g").mkdir()
+    write_gef(tmp_path / "g" / "s.gef", genes, x, y, counts, new_layout)
+    assert detect_platform(str(tmp_path / "g")) == "stereoseq"
+    rep = convert_bundle(str(tmp_path / "g"), str(tmp_path / "c"), options={"batch_rows": 700})
+    assert rep["n_records"] == n and rep["n_transcripts"] == counts.sum()
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    want = pd.DataFrame({"x": x * 0.5, "y": y * 0.5, "gene": genes}).loc[np.repeat(np.arange(n), counts)]
+    key = ["gene", "x", "y"]
+    got = t[key].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want[key].sort_values(key).reset_index(drop=True), check_dtype=False)
+    assert open_chip(str(tmp_path / "c")).pixel_size_um == 0.5
+
+
+def test_gef_without_bin1_names_the_dataset(tmp_path):
+    import h5py
+
+    (tmp_path / "g").mkdir()
+    with h5py.File(tmp_path / "g" / "s.gef", "w") as f:
+        f.create_dataset("geneExp/bin50/expression", data=np.zeros(3))
+    with pytest.raises(InputError, match="s.gef: not a bin1 GEF.*geneExp/bin1/expression"):
+        convert_bundle(str(tmp_path / "g"), str(tmp_path / "c"))
+
+
+def test_batch_size_does_not_change_the_chip(tmp_path):
+    """The transcript table is streamed in batches: 97-row batches give the same chip as one batch."""
+    _xenium_with_masks(tmp_path / "b")
+    convert_bundle(str(tmp_path / "b"), str(tmp_path / "one"))
+    rep = convert_bundle(str(tmp_path / "b"), str(tmp_path / "many"), options={"batch_rows": 97})
+    assert rep["n_transcripts"] == 241
+    a = pq.read_table(tmp_path / "one" / "transcripts.parquet")
+    b = pq.read_table(tmp_path / "many" / "transcripts.parquet")
+    assert a.equals(b)
+    for rel in ("nuclei.zarr", "vendor_cells.zarr"):
+        assert np.array_equal(zarr.open(str(tmp_path / "one" / rel), mode="r")[:],
+                              zarr.open(str(tmp_path / "many" / rel), mode="r")[:])
+
+
+def test_merscope_hdf5_cells_hold_their_transcripts(tmp_path):
+    """Real feature_data hdf5: transcripts fall in vendor cells far above the cells' area share."""
+    src = shared_data("reader_fixtures", "vizgen_HumanOvarianCancerPatient2Slice2")
+    assert detect_platform(str(src)) == "merscope"
+    rep = convert_bundle(str(src), str(tmp_path / "c"), options={"pixel_size_um": 1.0})
+    raw = pd.read_csv(src / "detected_transcripts.csv")
+    assert rep["n_transcripts"] == int((~raw.gene.str.startswith("Blank-")).sum())
+    assert rep["n_vendor_cells"] > 10 and rep["image_source"] == "transcript_density"
+    chip = open_chip(str(tmp_path / "c"))
+    cells = zarr.open(str(tmp_path / "c" / "vendor_cells.zarr"), mode="r")[:]
+    assert len(np.unique(cells)) - 1 == rep["n_vendor_cells"]
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
+    inside = (cells[np.clip(r, 0, cells.shape[0] - 1), np.clip(c, 0, cells.shape[1] - 1)] > 0).mean()
+    assert inside > 0.5 and inside > 1.5 * (cells > 0).mean()
