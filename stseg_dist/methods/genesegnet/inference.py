@@ -99,7 +99,7 @@ def mean_cell_iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     ious = []
     for x, y in zip(a, b):
         for cid in np.union1d(np.unique(x), np.unique(y)):
-            if cid == 0:
+            if cid <= 0:  # background and left-out bins
                 continue
             mx, my = x == cid, y == cid
             ious.append((mx & my).sum() / (mx | my).sum())

@@ -72,7 +72,7 @@ class GeneSegNetMethod(CellMethod):
 
     def _geometry(self, bin_um: float) -> Geometry:
         reach = self.config.cells.cell_diameter_um / bin_um
-        return Geometry(offset_scale=reach, reach=reach, tolerance=max(1.0, self.config.nuclei.diameter_um / 2 / bin_um))
+        return Geometry(offset_scale=reach, reach=reach, tolerance=max(1.0, self.config.nuclei.diameter_um / bin_um))
 
     def _inputs(self, data: TileData, grid: WorkGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
         """Raw block-mean stain and RNA location map over the window's bins."""
@@ -97,6 +97,7 @@ class GeneSegNetMethod(CellMethod):
         bin_um = factor * ctx.chip.pixel_size_um
         sigma = c.rna_sigma_um / bin_um
         expand = c.init_expand_um / bin_um
+        far = max(expand, self.config.cells.cell_diameter_um / 2 / bin_um)
         geometry = self._geometry(bin_um)
         channel = self.config.nuclei.channel
         inputs = self._inputs
@@ -106,7 +107,7 @@ class GeneSegNetMethod(CellMethod):
             core = data.tile.core_in_window
             hist = stain_histogram(data.image[channel][core]) if data.image.shape[0] > channel else None
             stain, rna = inputs(data, grid, sigma)
-            patches = _patches_for(data, grid, chosen, stain, rna, c.patch_px, expand, geometry.reach)
+            patches = _patches_for(data, grid, chosen, stain, rna, c.patch_px, (expand, far), geometry.reach)
             return patches, hist, int(data.transcripts.in_core.sum())
 
         results = ctx.map_tiles(sample, [t.index for t in ctx.grid])
@@ -159,18 +160,18 @@ def owned_nuclei(nuclei: np.ndarray, tile) -> np.ndarray:
 
 
 def _patches_for(data: TileData, grid: WorkGrid, chosen: np.ndarray, stain: np.ndarray, rna: np.ndarray,
-                 size: int, expand_bins: float, reach_bins: float) -> list[Patch]:
+                 size: int, expand_bins: tuple[float, float], reach_bins: float) -> list[Patch]:
     """Patches centred on the chosen nuclei this tile owns, cut from the window's bins."""
     own = np.intersect1d(owned_nuclei(data.nuclei, data.tile), chosen)
     if not len(own):
         return []
     ids, cent = grid.nucleus_centroids(data.nuclei)
     nuc = grid.sample_labels(data.nuclei).astype(np.int64)
-    init = expand_labels(nuc, distance=expand_bins)
+    init = [expand_labels(nuc, distance=d) for d in expand_bins]
     h, w = grid.shape
     ph, pw = max(h, size), max(w, size)  # windows smaller than a patch are zero-padded
     arrays = []
-    for a in (stain, rna, nuc, init):
+    for a in (stain, rna, nuc, *init):
         padded = np.zeros((ph, pw), a.dtype)
         padded[:h, :w] = a
         arrays.append(padded)
@@ -182,7 +183,7 @@ def _patches_for(data: TileData, grid: WorkGrid, chosen: np.ndarray, stain: np.n
         near = ((cent[:, 0] > r0 - reach_bins) & (cent[:, 0] < r0 + size + reach_bins)
                 & (cent[:, 1] > c0 - reach_bins) & (cent[:, 1] < c0 + size + reach_bins))
         crop = [a[r0 : r0 + size, c0 : c0 + size].copy() for a in arrays]
-        out.append(Patch(int(cid), crop[0], crop[1], crop[2], crop[3], ids[near],
+        out.append(Patch(int(cid), *crop, ids[near],
                          cent[near] - np.array([r0, c0], np.float64)))
     return out
 

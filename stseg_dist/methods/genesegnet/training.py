@@ -28,6 +28,7 @@ class Patch:
     rna: np.ndarray  # (P, P) float32 RNA location map, raw
     nuclei: np.ndarray  # (P, P) int64 global nucleus IDs
     init_labels: np.ndarray  # (P, P) int64 nuclei expanded by the initial distance
+    far_labels: np.ndarray  # (P, P) int64 nuclei expanded by half a cell diameter
     ids: np.ndarray  # (n,) IDs of the nuclei whose centre is within reach of the patch
     centroids: np.ndarray  # (n, 2) their centres, patch-relative bin units
 
@@ -41,9 +42,27 @@ class Geometry:
     tolerance: float  # how near a nucleus centre an offset must land
 
 
+#: Label of bins left out of the loss: neither a cell nor background is known there.
+IGNORE = -1
+
+
+#: RNA-rich bins: the RNA map above this fraction of the chip mean (in tissue the cytoplasm is
+#: mostly above the mean, gaps between cells far below it).
+RICH_RNA = 0.5
+
+
+def initial_labels(p: Patch, rna_mean: float) -> np.ndarray:
+    """Round-1 labels: nuclei expanded by the initial distance, plus the RNA-rich bins up to half
+    a cell diameter away (each to its nearest nucleus); RNA-poor bins there are background."""
+    rich = p.rna >= RICH_RNA * rna_mean
+    return np.where(p.init_labels > 0, p.init_labels, np.where(rich, p.far_labels, 0))
+
+
 def targets(labels: np.ndarray, p: Patch, offset_scale: float) -> np.ndarray:
-    """(4, P, P): cell mask, row and column offset to the nucleus centre (scaled), offset mask."""
-    out = np.zeros((4, *labels.shape), np.float32)
+    """(5, P, P): cell mask, row and column offset to the nucleus centre (scaled), offset weight,
+    cell-mask weight (0 on :data:`IGNORE` bins)."""
+    out = np.zeros((5, *labels.shape), np.float32)
+    out[4] = labels != IGNORE
     cell = labels > 0
     if not cell.any():
         return out
@@ -93,7 +112,7 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
     x = torch.as_tensor(np.stack([normalise_inputs(p.stain, p.rna, norm) for p in patches]), device=device)
     model = UNet(cfg.width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    bce = torch.nn.BCEWithLogitsLoss()
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
 
     def fit(labels: list[np.ndarray]) -> float:
         y = torch.as_tensor(np.stack([targets(lab, p, geometry.offset_scale) for lab, p in zip(labels, patches)]),
@@ -108,9 +127,10 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
                 xb, yb = x[idx], y[idx]
                 xb, yb = _flip(xb, yb, rng)
                 out = model(xb)
-                mask = yb[:, 3:4]
+                mask, known = yb[:, 3:4], yb[:, 4:5]
                 off = ((out[:, 1:3] - yb[:, 1:3]) ** 2 * mask).sum() / (2 * mask.sum()).clamp(min=1.0)
-                loss = bce(out[:, :1], yb[:, :1]) + off
+                cell = (bce(out[:, :1], yb[:, :1]) * known).sum() / known.sum().clamp(min=1.0)
+                loss = cell + off
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -121,7 +141,7 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
     def relabel() -> list[np.ndarray]:
         return predict_patch_labels(model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size)
 
-    history = refine([p.init_labels for p in patches], fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
+    history = refine([initial_labels(p, norm["rna_mean"]) for p in patches], fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     return {"weights": buf.getvalue(), "width": cfg.width, "history": history, "n_patches": len(patches)}
@@ -142,6 +162,8 @@ def predict_patch_labels(model, device, x, patches: list[Patch], geometry: Geome
             for k, p in enumerate(patches[s : s + batch_size]):
                 lab = assign_cells(prob[k], offs[k], p.ids, p.centroids, threshold, geometry.reach,
                                    geometry.tolerance)
+                # confident bins that land on no nucleus are left out of the next round's loss
+                lab = np.where((lab == 0) & (prob[k] >= threshold), IGNORE, lab)
                 out.append(np.where(p.nuclei > 0, p.nuclei, lab))
     return out
 
