@@ -74,6 +74,30 @@ def ray_module():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 protocol server (moto, server mode) on 127.0.0.1 with bucket ``stseg-test``.
+
+    Yields (s3fs filesystem, storage options) and sets no environment variable itself.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint,
+                                                                      "region_name": "us-east-1"}}
+    import boto3
+    import s3fs
+
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="stseg-test")
+    fs = s3fs.S3FileSystem(**opts)
+    yield fs, opts
+    server.stop()
+
+
 SMALL_TILES = ["tiling.tile_size_um=24", "tiling.chunk_px=16", "runtime.progress=false"]
 
 

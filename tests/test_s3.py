@@ -13,26 +13,6 @@ from tests.conftest import make_blob_chip
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint,
-                                                                      "region_name": "us-east-1"}}
-    import boto3
-    import s3fs
-
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="stseg-test")
-    fs = s3fs.S3FileSystem(**opts)
-    yield fs, opts
-    server.stop()
-
-
 def test_chip_on_s3_to_outputs_on_s3(s3, tmp_path, ray_module):
     fs, opts = s3
     local_chip = make_blob_chip(tmp_path / "chip", n_transcripts=5000)

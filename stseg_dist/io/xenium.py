@@ -106,8 +106,8 @@ def _masks(fs, path, source):
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
             from fsspec.implementations.zip import ZipFileSystem
 
-            store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(ZipFileSystem(fs.open(p, "rb"))),
-                                             path="", read_only=True)
+            zfs = AsyncFileSystemWrapper(ZipFileSystem(fs.open(p, "rb")), asynchronous=True)
+            store = zarr.storage.FsspecStore(zfs, path="", read_only=True)
         else:
             store = zarr.storage.ZipStore(p, mode="r")
         root = zarr.open_group(store, mode="r")
