@@ -169,3 +169,32 @@ def test_merscope_hdf5_cells_hold_their_transcripts(tmp_path):
     r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
     inside = (cells[np.clip(r, 0, cells.shape[0] - 1), np.clip(c, 0, cells.shape[1] - 1)] > 0).mean()
     assert inside > 0.5 and inside > 1.5 * (cells > 0).mean()
+
+
+def test_rejected_inputs_name_file_column_and_expectation(tmp_path):
+    """Each bad bundle fails with the file (and column) named, and leaves no chip.json behind."""
+    def fails(bundle, match, platform="auto", **options):
+        with pytest.raises(InputError, match=match):
+            convert_bundle(str(bundle), str(tmp_path / "c"), platform, options=options)
+        assert not (tmp_path / "c" / "chip.json").exists()
+
+    x = tmp_path / "x"
+    x.mkdir()
+    (x / "experiment.xenium").write_text('{"pixel_size": 0.2125}')
+    fails(x, r"Xenium bundle has none of \('transcripts.parquet'")  # missing required file
+    _xenium_with_masks(tmp_path / "t")
+    data = (tmp_path / "t" / "transcripts.parquet").read_bytes()
+    (tmp_path / "t" / "transcripts.parquet").write_bytes(data[: len(data) // 2])
+    fails(tmp_path / "t", r"transcripts.parquet")  # truncated file
+    c = tmp_path / "cx"
+    c.mkdir()
+    pd.DataFrame({"fov": [1], "x_global_px": [1.0], "y_global_px": [2.0], "gene": ["A"]}).to_csv(
+        c / "S_tx_file.csv", index=False)
+    fails(c, r"S_tx_file.csv: missing column 'target'")  # missing column
+    fails(c, r"unknown reader option\(s\) 'pixel_size'.*accepted: .*pixel_size_um", pixel_size=0.18)
+    fails(c, r"unknown platform 'visium'", platform="visium")
+    e = tmp_path / "empty"
+    e.mkdir()
+    fails(e, "cannot detect the platform")  # empty bundle
+    (e / "a.gem").write_text("#FileFormat=GEMv0.1\ngeneID\tx\ty\tMIDCount\n")
+    fails(e, "no transcripts left to convert")  # a bundle with no records
