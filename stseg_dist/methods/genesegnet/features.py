@@ -77,14 +77,15 @@ class WorkGrid:
         flat = nuclei.ravel()
         ids, inv = np.unique(flat, return_inverse=True)
         n = np.bincount(inv)
-        rr, cc = np.divmod(np.arange(flat.size), nuclei.shape[1])
-        mr = np.bincount(inv, weights=rr) / n
-        mc = np.bincount(inv, weights=cc) / n
-        keep = ids > 0
         r0, _, c0, _ = self.pixel_window
+        rr, cc = np.divmod(np.arange(flat.size, dtype=np.int64), nuclei.shape[1])
+        # sums of global (integer) pixel indices are exact, so every window gets the same centre
+        mr = np.bincount(inv, weights=rr + r0) / n
+        mc = np.bincount(inv, weights=cc + c0) / n
+        keep = ids > 0
         # a pixel's centre is at index + 0.5; bins are factor pixels wide
-        cent = np.stack([(mr[keep] + r0 + 0.5) / self.factor - self.origin[0],
-                         (mc[keep] + c0 + 0.5) / self.factor - self.origin[1]], axis=1)
+        cent = np.stack([(mr[keep] + 0.5) / self.factor - self.origin[0],
+                         (mc[keep] + 0.5) / self.factor - self.origin[1]], axis=1)
         return ids[keep].astype(np.int64), cent
 
 

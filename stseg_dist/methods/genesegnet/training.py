@@ -78,18 +78,22 @@ def targets(labels: np.ndarray, p: Patch, offset_scale: float) -> np.ndarray:
     return out
 
 
-def refine(labels: list[np.ndarray], fit: Callable[[list[np.ndarray]], float],
+def refine(labels: list[np.ndarray], fit: Callable[[list[np.ndarray]], list[float]],
            relabel: Callable[[], list[np.ndarray]], max_rounds: int, agree_iou: float,
            log: Callable[[str], None] | None = None) -> list[dict]:
-    """The recursive loop: fit on labels, relabel from the fit, stop once two rounds agree."""
+    """The recursive loop: fit on labels, relabel from the fit, stop once two rounds agree.
+
+    ``fit`` returns its per-epoch losses; the history keeps them with each round's IoU.
+    """
     history = []
     for k in range(1, max_rounds + 1):
-        loss = fit(labels)
+        losses = [float(v) for v in fit(labels)]
         new = relabel()
         iou = mean_cell_iou(labels, new)
-        history.append({"round": k, "loss": float(loss), "iou_with_previous": iou})
+        history.append({"round": k, "loss": losses[-1] if losses else float("nan"), "epoch_losses": losses,
+                        "iou_with_previous": iou})
         if log:
-            log(f"GeneSegNet round {k}: loss {loss:.4f}, mean cell IoU with the labels it was trained on {iou:.3f}")
+            log(f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its labels {iou:.3f}")
         if iou > agree_iou:
             break
         labels = new
@@ -114,11 +118,11 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     bce = torch.nn.BCEWithLogitsLoss(reduction="none")
 
-    def fit(labels: list[np.ndarray]) -> float:
+    def fit(labels: list[np.ndarray]) -> list[float]:
         y = torch.as_tensor(np.stack([targets(lab, p, geometry.offset_scale) for lab, p in zip(labels, patches)]),
                             device=device)
         model.train()
-        last = 0.0
+        losses = []
         for _epoch in range(cfg.epochs):
             order = rng.permutation(len(patches))
             total = 0.0
@@ -135,8 +139,8 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
-            last = total / len(patches)
-        return last
+            losses.append(total / len(patches))
+        return losses
 
     def relabel() -> list[np.ndarray]:
         return predict_patch_labels(model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size)
