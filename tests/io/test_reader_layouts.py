@@ -198,3 +198,47 @@ def test_rejected_inputs_name_file_column_and_expectation(tmp_path):
     fails(e, "cannot detect the platform")  # empty bundle
     (e / "a.gem").write_text("#FileFormat=GEMv0.1\ngeneID\tx\ty\tMIDCount\n")
     fails(e, "no transcripts left to convert")  # a bundle with no records
+
+
+def test_generic_table_with_named_columns_and_zarr_or_pyramid_image(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 400
+    (tmp_path / "g").mkdir()
+    pd.DataFrame({"px": rng.uniform(10, 40, n), "py": rng.uniform(5, 25, n),
+                  "target": rng.choice(["A", "B"], n)}).to_csv(tmp_path / "g" / "t.csv", index=False)
+    img = rng.integers(0, 999, (64, 96), dtype=np.uint16)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=img, chunks=(32, 32))
+    opts = {"x": "px", "y": "py", "gene": "target", "pixel_size_um": 0.5, "image": str(tmp_path / "img.zarr"),
+            "origin_um": [8.0, 2.0]}
+    rep = convert_bundle(str(tmp_path / "g"), str(tmp_path / "c"), "generic", options=opts)
+    chip = open_chip(str(tmp_path / "c"))
+    assert rep["n_transcripts"] == n and chip.origin_um == (8.0, 2.0) and chip.shape_yx == (64, 96)
+    assert np.array_equal(chip.read_image(slice(0, 64), slice(0, 96)), img)
+    # An OME-TIFF pyramid read at level 1: half the pixels, twice the pixel size.
+    with tifffile.TiffWriter(tmp_path / "p.ome.tif", ome=True) as w:
+        w.write(img, subifds=1)
+        w.write(img[::2, ::2], subfiletype=1)
+    opts.update(image=str(tmp_path / "p.ome.tif"), image_level=1)
+    convert_bundle(str(tmp_path / "g"), str(tmp_path / "c1"), "generic", options=opts)
+    chip = open_chip(str(tmp_path / "c1"))
+    assert chip.pixel_size_um == 1.0 and chip.shape_yx == (32, 48)
+    assert np.array_equal(chip.read_image(slice(0, 32), slice(0, 48)), img[::2, ::2])
+    with pytest.raises(InputError, match=r"t.csv: missing column 'nope' \(has \['px', 'py', 'target'\]\)"):
+        convert_bundle(str(tmp_path / "g"), str(tmp_path / "c2"), "generic", options={**opts, "x": "nope", "y": "px"})
+
+
+def test_stereoseq_registered_stain_sets_the_grid(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.gem").write_text("geneID\tx\ty\tMIDCount\nG1\t105\t210\t2\nG2\t130\t240\t1\n")
+    stain = np.arange(50 * 40, dtype=np.uint16).reshape(50, 40)
+    tifffile.imwrite(tmp_path / "ssdna.tif", stain)
+    rep = convert_bundle(str(tmp_path / "s"), str(tmp_path / "c"),
+                         options={"image": str(tmp_path / "ssdna.tif"), "image_origin_dnb": [100, 200]})
+    chip = open_chip(str(tmp_path / "c"))
+    assert rep["image_source"] == "vendor_image" and chip.origin_um == (50.0, 100.0)
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
+    r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
+    assert sorted(zip(r.tolist(), c.tolist())) == [(10, 5), (10, 5), (40, 30)]
+    with pytest.raises(InputError, match="outside the image"):
+        convert_bundle(str(tmp_path / "s"), str(tmp_path / "c2"),
+                       options={"image": str(tmp_path / "ssdna.tif"), "image_origin_dnb": [0, 0]})
