@@ -143,8 +143,8 @@ class SSLCSTConfig:
     heads: int = 4
     epochs: int = 10
     n_train_spots: int = 4096
-    batch_size: int = 256
-    lr: float = 2e-3
+    batch_size: int = 64  # small batches: the direction head needs steps more than samples
+    lr: float = 3e-3
     augment: bool = True  # turn batches by the square's symmetries (directions turned with them)
     num_gpus: float = 0.5
     num_actors: int = 1

@@ -36,11 +36,13 @@ class SpotEncoder(nn.Module):
     def forward(self, counts: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2), direction logits (B, n))."""
         b, t, _ = counts.shape
-        # The prior relative to the centre spot, log(p_t / p_c) = (d_c - d_t) / d0: the same slope
-        # near a nucleus and far from it, so a rule learnt inside nuclei holds in the cytoplasm.
+        # The prior relative to the centre spot, log(p_t / p_c) = (d_c - d_t) / d0, scaled to
+        # [-1, 1] per spot: the same pattern near a nucleus and far from it, so the rule learnt
+        # inside nuclei holds in the cytoplasm.
         seen = prior > 0
         lp = torch.log(prior.clamp_min(1e-12))
         rel = torch.where(seen & seen[:, self.centre : self.centre + 1], lp - lp[:, self.centre : self.centre + 1], 0.0)
+        rel = rel / (rel.abs().amax(1, keepdim=True) + 1e-6)
         pos = self.relpos.expand(b, t, 2)
         x = torch.cat([torch.log1p(counts), prior.unsqueeze(-1), rel.unsqueeze(-1), pos, rel.unsqueeze(-1) * pos], -1)
         x = self.embed(x)

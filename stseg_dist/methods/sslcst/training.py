@@ -75,6 +75,7 @@ def train_sslcst(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: st
 
     if not len(spots):
         raise ValueError("SSL-CST training needs labelled spots")
+    spots = TrainingSpots.concat([spots])  # in global spot order: the tiling never shows in the weights
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
