@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40_000_000)
     ap.add_argument("--side-um", type=float, default=5000.0)
     ap.add_argument("--dir", default="/tmp/bench_convert")
+    ap.add_argument("--batch-rows", type=int, default=1 << 20, help="reader batch size (the memory bound)")
     a = ap.parse_args()
     root = Path(a.dir)
     shutil.rmtree(root, ignore_errors=True)
@@ -55,15 +56,19 @@ def main() -> None:
     t1 = time.perf_counter()
     rss_gen = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # Convert in a child process so its peak RSS is the converter's alone, not the generator's.
-    code = ("import sys; from stseg_dist.io.bundles import convert_bundle; "
-            "r = convert_bundle(sys.argv[1], sys.argv[2]); "
-            "print({k: r[k] for k in ('n_transcripts', 'dropped', 'shape_yx')})")
-    subprocess.run([sys.executable, "-c", code, str(root / "bundle"), str(root / "chip")], check=True)
+    # The child reports its own VmHWM: ru_maxrss would fold in the parent's RSS at fork/exec.
+    code = ("import sys, re; from stseg_dist.io.bundles import convert_bundle; "
+            "r = convert_bundle(sys.argv[1], sys.argv[2], options={'batch_rows': int(sys.argv[3])}); "
+            "print({k: r[k] for k in ('n_transcripts', 'dropped', 'shape_yx')}); "
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    res = subprocess.run([sys.executable, "-c", code, str(root / "bundle"), str(root / "chip"), str(a.batch_rows)],
+                         check=True, capture_output=True, text=True)
     t2 = time.perf_counter()
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    report, hwm_kib = res.stdout.strip().splitlines()[-2:]
+    print(report)
     size = (root / "bundle" / "transcripts.parquet").stat().st_size / 2**20
     print(f"n={a.n} input={size:.0f} MiB generate={t1 - t0:.1f}s (peak RSS {rss_gen:.0f} MiB) "
-          f"convert={t2 - t1:.1f}s convert_peak_rss={rss:.0f} MiB")
+          f"convert={t2 - t1:.1f}s convert_peak_rss={int(hwm_kib) / 1024:.0f} MiB batch_rows={a.batch_rows}")
 
 if __name__ == "__main__":
     main()
