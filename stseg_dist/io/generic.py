@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from .. import constants as K
 from ..errors import InputError
 from .chip_writer import ChipWriter
-from .options import Option
+from .options import Option, options_doc
 
 BAND_PX = 512
 
@@ -185,6 +185,7 @@ OPTIONS = (
     Option("image_level", 0, "pyramid level of a TIFF image (pixel size scales with it)"),
     Option("origin_um", [0.0, 0.0], "µm position [x0, y0] of the image's top-left pixel corner"),
 )
+__doc__ += "\n" + options_doc(OPTIONS, "Generic reader (``--platform generic``) options")
 
 
 def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool, so) -> dict:

@@ -126,45 +126,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         if not planes:
             raise InputError(f"{input_url}: no images/*DAPI_z{z_sel}.* image for z_plane={z_sel}")
     image = grid = paint = None
-    ps = options["pixel_size_um"]
+    ps = options["pixel_size_um"] or DEFAULT_PIXEL_SIZE_UM
     if planes:
-        import tifffile
-
-        arrays = []
-        for _, p in planes:
-            try:
-                if p.lower().endswith((".tif", ".tiff")):
-                    import zarr
-
-                    arrays.append(zarr.open(tifffile.imread(fs.open(p, "rb"), aszarr=True), mode="r"))
-                else:
-                    from skimage.io import imread
-
-                    with fs.open(p, "rb") as fh:
-                        a = imread(fh)
-                    arrays.append(a if a.ndim == 2 else a[..., 0])
-            except Exception as e:  # unreadable image of any kind
-                raise InputError(f"{p}: unreadable image ({e})") from e
-        shapes = {tuple(a.shape[-2:]) for a in arrays}
-        if len(shapes) != 1:
-            raise InputError(f"{input_url}: DAPI planes differ in shape {sorted(shapes)}")
-        h, w = shapes.pop()
-        m = _transform(fs, path, options, input_url)
-        if m is None:
-            x0, y0, x1, y1 = map(float, options["image_bounds_um"])
-            sc = (w / (x1 - x0) + h / (y1 - y0)) / 2
-            m = np.array([[sc, 0, -sc * x0], [0, sc, -sc * y0], [0, 0, 1]])
-        if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
-            raise InputError(f"{input_url}: micron-to-pixel transform has rotation or anisotropic scale {m.tolist()}")
-        k = int(options["image_downsample"])
-        ps = k / m[0, 0]
-        grid = ((-m[0, 2] / m[0, 0], -m[1, 2] / m[0, 0]), (h // k, w // k))
-        if k == 1 and len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
-            image = {"path": storage.url_for(input_url, path, planes[0][1]), "format": "tiff", "series": 0, "level": 0}
-        else:
-            def paint(r0, r1, ww):
-                return np.max([np.asarray(a[r0 * k:r1 * k:k, :ww * k:k]) for a in arrays], axis=0).astype(np.uint16)
-    ps = ps or DEFAULT_PIXEL_SIZE_UM
+        image, grid, paint, ps = _mosaic(fs, path, planes, options, input_url)
     rep = write_chip(batches, out_url, ps, "merscope", source=input_url, grid=grid, image=image,
                      paint_image=paint, polygons={VENDOR_CELLS: polys} if polys else None,
                      meta_extra={"z_plane": z_sel, "dapi_planes": [z for z, _ in planes]},
@@ -172,6 +136,53 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     rep["dropped"] = dict(dropped)
     rep["n_vendor_cells"] = len(polys)
     return rep
+
+
+def _open_plane(fs, p):
+    """A lazy zarr view of a TIFF mosaic plane; other formats (JPEG exports) are decoded whole."""
+    try:
+        if p.lower().endswith((".tif", ".tiff")):
+            import tifffile
+            import zarr
+
+            return zarr.open(tifffile.imread(fs.open(p, "rb"), aszarr=True), mode="r")
+        from skimage.io import imread
+
+        with fs.open(p, "rb") as fh:
+            a = imread(fh)
+        return a if a.ndim == 2 else a[..., 0]
+    except Exception as e:  # unreadable image of any kind
+        raise InputError(f"{p}: unreadable image ({e})") from e
+
+
+def _mosaic(fs, path, planes, options, input_url):
+    """(lazy image ref or None, grid, band painter or None, pixel size) of the DAPI planes.
+
+    One TIFF plane at full resolution is referenced in place; a projection, a JPEG or a
+    downsampled grid is painted band by band into image.zarr.
+    """
+    arrays = [_open_plane(fs, p) for _, p in planes]
+    shapes = {tuple(a.shape[-2:]) for a in arrays}
+    if len(shapes) != 1:
+        raise InputError(f"{input_url}: DAPI planes differ in shape {sorted(shapes)}")
+    h, w = shapes.pop()
+    m = _transform(fs, path, options, input_url)
+    if m is None:
+        x0, y0, x1, y1 = map(float, options["image_bounds_um"])
+        sc = (w / (x1 - x0) + h / (y1 - y0)) / 2
+        m = np.array([[sc, 0, -sc * x0], [0, sc, -sc * y0], [0, 0, 1]])
+    if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
+        raise InputError(f"{input_url}: micron-to-pixel transform has rotation or anisotropic scale {m.tolist()}")
+    k = int(options["image_downsample"])
+    grid = ((-m[0, 2] / m[0, 0], -m[1, 2] / m[0, 0]), (h // k, w // k))
+    if k == 1 and len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
+        ref = {"path": storage.url_for(input_url, path, planes[0][1]), "format": "tiff", "series": 0, "level": 0}
+        return ref, grid, None, k / m[0, 0]
+
+    def paint(r0, r1, ww):
+        return np.max([np.asarray(a[r0 * k:r1 * k:k, :ww * k:k]) for a in arrays], axis=0).astype(np.uint16)
+
+    return None, grid, paint, k / m[0, 0]
 
 
 def _vendor_cells(fs, path, options):

@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
-from .generic import canonical, drop_prefixes, image_ref, iter_table, polygons_from_vertex_table, require_columns, write_chip
+from .generic import (canonical, drop_prefixes, image_ref, iter_table, polygons_from_vertex_table,
+                      require_columns, write_chip)
 from .options import Option, options_doc
 
 DEFAULT_PIXEL_SIZE_UM = 0.2125
@@ -127,7 +128,6 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     if tx is None:
         raise InputError(f"{input_url}: Xenium bundle has none of {TX_FILES}")
     ps = _pixel_size(fs, path, options)
-    prefixes = tuple(options["control_prefixes"])
     masks = _masks(fs, path, input_url) if options["vendor_nuclei"] else None
     polys = lut = None
     nuc = _first(fs, path, NUCLEI) if options["vendor_nuclei"] and masks is None else None
@@ -138,20 +138,7 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     def batches():
         dropped.update(low_qv=0, control_probe=0)
         for t in iter_table(fs, tx, input_url, options["batch_rows"]):
-            require_columns(t.column_names, REQUIRED, tx)
-            t, n_ctrl = drop_prefixes(t, "feature_name", prefixes)
-            dropped["control_probe"] += n_ctrl
-            if "qv" in t.column_names:
-                low = pc.less(pc.cast(t["qv"], pa.float64()), float(options["min_qv"]))
-                dropped["low_qv"] += int(pc.sum(low).as_py() or 0)
-                t = t.filter(pc.invert(low))
-            out = canonical(t, "x_location", "y_location", "feature_name", EXTRAS)
-            if "cell_id" in t.column_names and (lut is not None or masks is not None):
-                ids = pc.cast(t["cell_id"], pa.string()).to_pandas()
-                col, lab = (("vendor_cell_label", masks[2].reindex(cell_id_to_int(ids)).fillna(0).to_numpy())
-                            if masks is not None else ("vendor_nucleus_label", ids.map(lut).fillna(0).to_numpy()))
-                out = out.append_column(col, pa.array(lab.astype(np.uint32)))
-            yield out
+            yield _canonical_batch(t, tx, options, dropped, masks, lut)
 
     img = _first(fs, path, IMAGES) if options["image"] else None
     image = grid = None
@@ -168,12 +155,32 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
                              f"image grid is {tuple(grid[1])} px (use level=0 with vendor masks)")
         arrays = {K.NUCLEI_ZARR: _rows(masks[0]), VENDOR_CELLS: _rows(masks[1])}
     rep = write_chip(batches, out_url, ps, "xenium", source=input_url, image=image, grid=grid,
-                     polygons={K.NUCLEI_ZARR: polys} if polys else None, arrays=arrays, overwrite=overwrite, storage_options=so,
+                     polygons={K.NUCLEI_ZARR: polys} if polys else None, arrays=arrays,
+                     overwrite=overwrite, storage_options=so,
                      meta_extra={"source": input_url if not storage.is_remote(input_url) else "remote"})
     rep["dropped"] = dict(dropped)
     rep["n_vendor_nuclei"] = len(polys) if polys else (int(len(masks[2])) if masks is not None else 0)
     rep["vendor_segmentation"] = "cells.zarr.zip" if masks is not None else ("boundaries" if polys else None)
     return rep
+
+
+def _canonical_batch(t, tx, options, dropped, masks, lut):
+    """Filter one batch (control probes, then qv; a missing qv counts as low) and map its columns."""
+    require_columns(t.column_names, REQUIRED, tx)
+    t, n_ctrl = drop_prefixes(t, "feature_name", tuple(options["control_prefixes"]))
+    dropped["control_probe"] += n_ctrl
+    if "qv" in t.column_names:
+        low = pc.fill_null(pc.less(pc.cast(t["qv"], pa.float64()), float(options["min_qv"])), True)
+        dropped["low_qv"] += int(pc.sum(low).as_py() or 0)
+        t = t.filter(pc.invert(low))
+    out = canonical(t, "x_location", "y_location", "feature_name", EXTRAS)
+    if "cell_id" not in t.column_names or (lut is None and masks is None):
+        return out
+    ids = pc.cast(t["cell_id"], pa.string()).to_pandas()
+    if masks is not None:
+        lab = masks[2].reindex(cell_id_to_int(ids)).fillna(0).to_numpy()
+        return out.append_column("vendor_cell_label", pa.array(lab.astype(np.uint32)))
+    return out.append_column("vendor_nucleus_label", pa.array(ids.map(lut).fillna(0).to_numpy().astype(np.uint32)))
 
 
 def _rows(arr):
