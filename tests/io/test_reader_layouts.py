@@ -186,6 +186,9 @@ def test_rejected_inputs_name_file_column_and_expectation(tmp_path):
     data = (tmp_path / "t" / "transcripts.parquet").read_bytes()
     (tmp_path / "t" / "transcripts.parquet").write_bytes(data[: len(data) // 2])
     fails(tmp_path / "t", r"transcripts.parquet")  # truncated file
+    _xenium_with_masks(tmp_path / "i")
+    (tmp_path / "i" / "morphology_focus.ome.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    fails(tmp_path / "i", r"morphology_focus.ome.tif: unreadable TIFF")  # corrupt image
     c = tmp_path / "cx"
     c.mkdir()
     pd.DataFrame({"fov": [1], "x_global_px": [1.0], "y_global_px": [2.0], "gene": ["A"]}).to_csv(
