@@ -299,12 +299,15 @@ def test_no_negatives_is_an_input_error():
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
-#: Tile invariance tolerance: features and paths are bitwise tile-free, but the encoder runs on
-#: batches of different make-up per window, where float summation order may move the last bits,
-#: so a spot on an exact in/out or direction tie may flip.
+#: Tile invariance tolerance: features, training data and paths are bitwise tile-free, but the
+#: encoder runs on batches of different make-up per window, where float summation order may move
+#: the last bits, so a spot on an exact in/out or direction tie may flip.
 SSLCST_TILE_TOLERANCE = 0.002
-NUCLEI_TILE_TOLERANCE = 2e-4  # classical nuclei: a touching pair's watershed border may move a pixel
-FAST = ["cells.method=sslcst", "cells.sslcst.n_train_spots=1500", "cells.sslcst.epochs=4", "runtime.progress=false"]
+#: Vendor nuclei, so both runs train on exactly the same spots: with classical nuclei a touching
+#: pair's watershed border may move by a pixel between tilings, which moves a centroid, the
+#: priors around it and so the trained weights (that is the nuclei stage's tolerance, not ours).
+FAST = ["cells.method=sslcst", "cells.sslcst.n_train_spots=1500", "cells.sslcst.epochs=4", "runtime.progress=false",
+        "nuclei.backend=vendor"]
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +315,7 @@ def chip(tmp_path_factory):
     from stseg_dist.synth import synth_chip
 
     out = tmp_path_factory.mktemp("sslcst") / "chip"
-    synth_chip(str(out), 140, 120, seed=4)
+    synth_chip(str(out), 120, 100, seed=4, vendor_nuclei=True)
     return str(out)
 
 
@@ -325,7 +328,7 @@ def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module):
         [*FAST, "tiling.tile_size_um=1000"]), use_env=False), local=True)
     many = run_pipeline(chip, str(tmp_path / "many"), load_config(overrides=parse_set(
         [*FAST, "tiling.tile_size_um=32", "tiling.chunk_px=32"]), use_env=False))
-    assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
+    assert one["n_tiles"] == 1 and many["n_tiles"] >= 9
     a = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "cells"))[:]
     b = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "cells"))[:]
     differ = (a != b).mean()
@@ -333,7 +336,7 @@ def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     assert differ <= SSLCST_TILE_TOLERANCE
     na = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "nuclei"))[:]
     nb = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
-    assert (na != nb).mean() <= NUCLEI_TILE_TOLERANCE and one["counts"]["n_nuclei"] == many["counts"]["n_nuclei"]
+    np.testing.assert_array_equal(na, nb)
     assert ((nb == 0) | (b == nb)).all()  # nuclei always keep their cell
     assert (b > 0).mean() > 1.5 * (nb > 0).mean()  # cells reach beyond their nuclei
     # every input transcript exactly once, with the label under it
