@@ -20,6 +20,7 @@ pytestmark = pytest.mark.realdata
 
 
 def run_cli(bundle: Path, out: Path, *extra: str) -> dict:
+    """``stseg run --input BUNDLE --platform auto --local`` in this process; returns run.json."""
     rc = main(["run", "--input", str(bundle), "--platform", "auto", "--out", str(out), "--local",
                "--no-progress", *extra])
     assert rc == 0
@@ -88,3 +89,19 @@ def test_bad_reader_option_is_rejected_by_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown reader option(s) 'min_q'" in err and "min_qv" in err
     assert not (tmp_path / "c" / "chip.json").exists()
+
+
+@pytest.mark.ray
+def test_cosmx_crop_through_embedded_ray_matches_local(tmp_path):
+    """The same bundle through Ray workers gives the in-process result (cells and assignments)."""
+    bundle = shared_data("cosmx_lung12_fov2")
+    opts = ["--reader-option", "pixel_size_um=0.18", "--reader-option", 'image_offset_px={"x": 4800, "y_top": 3648}',
+            "--set", "tiling.tile_size_um=60"]
+    local = run_cli(bundle, tmp_path / "local", *opts)
+    rc = main(["run", "--input", str(bundle), "--out", str(tmp_path / "ray"), "--no-progress", *opts])
+    assert rc == 0
+    ray_run = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert ray_run["n_tiles"] > 1 and ray_run["counts"] == local["counts"]
+    a = pd.read_parquet(tmp_path / "local" / "transcripts.parquet").sort_values("input_row")
+    b = pd.read_parquet(tmp_path / "ray" / "transcripts.parquet").sort_values("input_row")
+    assert np.array_equal(a.cell_id.to_numpy(), b.cell_id.to_numpy())
