@@ -114,8 +114,8 @@ class MembraneConfig:
     ridge_um: float = 1.0  # membrane pixels given to the cells either side, up to this far
     register: bool = True  # register the membrane to the nuclear stain (one offset per chip)
     register_downsample: int = 4
-    register_patch_px: int = 256  # downsampled patch per sampled tile
-    register_max_tiles: int = 64  # tiles sampled evenly across the chip for registration
+    register_patch_px: int = 256  # side of each sampled region, in downsampled pixels
+    register_max_regions: int = 64  # regions sampled evenly across the chip (offset and threshold)
     register_normalization: str = "none"  # none (plain cross-correlation) | phase
     max_shift_um: float = 10.0  # larger offsets are refused; the halo grows by this much
     model: str = "cpsam"  # cellpose backend: a built-in name, a local path or an fsspec URL

@@ -22,7 +22,7 @@ from skimage.filters import threshold_otsu
 from ...errors import ConfigError, InputError
 from ...nuclei.classical import smooth
 from ..base import CellMethod, PrepareContext, TileData
-from .registration import apply_offset, centre_crop, downsample, estimate_offset
+from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class MembraneMethod(CellMethod):
             raise ConfigError(f"cells.membrane.max_shift_um must be >= 0, got {c.max_shift_um}")
         if c.register_downsample < 1:
             raise ConfigError(f"cells.membrane.register_downsample must be >= 1, got {c.register_downsample}")
-        if c.register_max_tiles < 1 or c.register_patch_px < 8:
-            raise ConfigError(f"cells.membrane.register_max_tiles must be >= 1 and register_patch_px >= 8, got "
-                              f"{c.register_max_tiles} and {c.register_patch_px}")
+        if c.register_max_regions < 1 or c.register_patch_px < 8:
+            raise ConfigError(f"cells.membrane.register_max_regions must be >= 1 and register_patch_px >= 8, got "
+                              f"{c.register_max_regions} and {c.register_patch_px}")
         if c.register_normalization not in ("none", "phase"):
             raise ConfigError(f"cells.membrane.register_normalization must be none or phase, got "
                               f"{c.register_normalization!r}")
@@ -87,21 +87,25 @@ class MembraneMethod(CellMethod):
         need_threshold = c.backend == "classical" and c.threshold is None
         if not c.register and not need_threshold:
             return {"offset": (0, 0), "threshold": c.threshold}
-        f, patch, nuc_ch, mem_ch = c.register_downsample, c.register_patch_px, self.config.nuclei.channel, c.channel
+        f, nuc_ch, mem_ch = c.register_downsample, self.config.nuclei.channel, c.channel
         sigma = c.sigma_um / chip.pixel_size_um
         register = c.register
+        regions = sample_regions(chip.shape_yx, c.register_patch_px * f, c.register_max_regions)
+        owner: dict[int, list[tuple[int, int, int, int]]] = {}
+        for reg in regions:  # each region is read by the tile whose core holds its centre
+            owner.setdefault(_tile_at(ctx.grid, (reg[0] + reg[1]) // 2, (reg[2] + reg[3]) // 2), []).append(reg)
 
         def sample(data: TileData):
-            core = data.tile.core_in_window
-            nuc, mem = data.image[nuc_ch][core], data.image[mem_ch][core]
-            values = smooth(mem, sigma)[::4, ::4].ravel() if need_threshold else None
-            if not register:
-                return None, None, values
-            return centre_crop(downsample(nuc, f), patch), centre_crop(downsample(mem, f), patch), values
+            out = []
+            for r0, r1, c0, c1 in owner[data.tile.index]:
+                mem = chip.read_image(slice(r0, r1), slice(c0, c1), mem_ch)
+                values = smooth(mem, sigma)[::4, ::4].ravel() if need_threshold else np.zeros(0, np.float32)
+                nuc = chip.read_image(slice(r0, r1), slice(c0, c1), nuc_ch) if register else None
+                out.append((downsample(nuc, f) if register else None, downsample(mem, f) if register else None,
+                            values))
+            return out
 
-        n = len(ctx.grid)
-        picks = np.unique(np.linspace(0, n - 1, min(n, c.register_max_tiles)).round().astype(int))
-        results = ctx.map_tiles(sample, [int(i) for i in picks])
+        results = [r for part in ctx.map_tiles(sample, sorted(owner)) for r in part]
         offset = (0, 0)
         if register:
             offset = estimate_offset([r[0] for r in results], [r[1] for r in results], f,
@@ -148,11 +152,12 @@ class MembraneMethod(CellMethod):
 
     # -- per tile -----------------------------------------------------------------------------
     def membrane(self, data: TileData) -> np.ndarray:
-        """The tile's membrane window, shifted onto the nuclear stain's grid."""
+        """The tile's membrane window, shifted onto the nuclear stain's grid (NaN where the shift
+        brings in pixels from beyond the window)."""
         if data.image.shape[0] <= self.cfg.channel:
             raise InputError(f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "
                              f"{self.cfg.channel} but the image has {data.image.shape[0]} channel(s)")
-        return apply_offset(data.image[self.cfg.channel].astype(np.float32), self.offset)
+        return apply_offset(data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan)
 
     def segment(self, data: TileData) -> np.ndarray:
         seeds = data.nuclei
@@ -173,7 +178,9 @@ class MembraneMethod(CellMethod):
         if self.model is None:
             self._load_model()
         c = self.cfg
-        x = np.stack([self.membrane(data), data.image[self.config.nuclei.channel].astype(np.float32)], axis=-1)
+        mem = self.membrane(data)
+        mem = np.where(np.isnan(mem), np.nanmedian(mem) if not np.isnan(mem).all() else 0.0, mem)
+        x = np.stack([mem, data.image[self.config.nuclei.channel].astype(np.float32)], axis=-1)
 
         def run(diameter_px: float) -> np.ndarray:
             masks, _flows, _styles = self.model.eval(
@@ -182,3 +189,11 @@ class MembraneMethod(CellMethod):
             return masks
 
         return best_diameter(run, [d / data.pixel_size_um for d in c.diameters_um])
+
+
+def _tile_at(grid, row: int, col: int) -> int:
+    """Index of the tile whose core holds pixel (row, col)."""
+    for tile in grid:
+        if tile.core_contains(np.array([row]), np.array([col]))[0]:
+            return tile.index
+    raise ValueError(f"pixel ({row}, {col}) is outside the tile grid")

@@ -94,3 +94,18 @@ def apply_offset(image: np.ndarray, offset: tuple[int, int], fill: float = 0.0) 
     if src_r.start < src_r.stop and src_c.start < src_c.stop:
         out[dst_r, dst_c] = image[src_r, src_c]
     return out
+
+
+def sample_regions(shape: tuple[int, int], size: int, max_regions: int) -> list[tuple[int, int, int, int]]:
+    """Up to ``max_regions`` squares of ``size`` px spread evenly over the chip, as (r0, r1, c0, c1).
+
+    They are anchored to the chip, not to tiles, so the offset (and the membrane threshold read
+    from the same regions) does not change with the tile size.
+    """
+    h, w = shape
+    k = max(1, int(math.isqrt(max_regions)))
+    out = []
+    for r0 in np.unique(np.linspace(0, max(0, h - size), min(k, math.ceil(h / size))).round().astype(int)):
+        for c0 in np.unique(np.linspace(0, max(0, w - size), min(k, math.ceil(w / size))).round().astype(int)):
+            out.append((int(r0), int(min(h, r0 + size)), int(c0), int(min(w, c0 + size))))
+    return out

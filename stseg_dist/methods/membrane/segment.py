@@ -34,10 +34,13 @@ def classical_cells(
     cell fills the basin its nucleus sits in and stops at the membrane (a plain watershed would
     also pour into nucleus-less basins: the gaps between cells). The ridge pixels are then shared
     by the cells on either side (up to ``ridge_px``), which is where the membrane actually lies.
+    NaN marks membrane not imaged (shifted in from beyond the chip): it is a barrier too, since a
+    membrane-free corridor would let one cell flood along it and make cells depend on the tiling.
     """
-    sm = smooth(membrane, sigma_px)
+    unknown = np.isnan(membrane)
+    sm = smooth(np.where(unknown, threshold, membrane), sigma_px)
     within = within_reach(seeds, max_distance_px)
-    barrier = sm >= threshold
+    barrier = (sm >= threshold) | unknown
     labels = watershed(sm, markers=seeds.astype(np.int64), mask=(within & ~barrier) | (seeds > 0))
     grown = expand_labels(labels, ridge_px)
     labels = np.where((labels == 0) & barrier & within, grown, labels)

@@ -1,0 +1,233 @@
+"""The membrane method (STCellbin): registration of an offset membrane stain, accuracy against
+expansion on a generated chip, tile invariance and exact-once accounting through the pipeline,
+Cellpose plumbing in a Ray actor, and the errors users see."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from skimage.metrics import contingency_table
+
+from stseg_dist.config import load_config, parse_set
+from stseg_dist.driver import run_pipeline
+from stseg_dist.errors import ConfigError, InputError
+from stseg_dist.io.chip import open_chip
+from stseg_dist.methods import PrepareContext, get_method
+from stseg_dist.methods.membrane.registration import apply_offset
+from stseg_dist.methods.membrane.segment import best_diameter, to_global_ids
+from stseg_dist.synth import synth_chip
+from stseg_dist.tiledata import load_tile_data
+from stseg_dist.tiling import make_grid
+
+#: The offset the membrane channel of the test chip is written with (rows, cols), in pixels.
+SHIFT = (7, -5)
+
+#: Tile invariance tolerance. The flood is bounded by membrane ridges (unimaged membrane
+#: included) and by the reach, so a pixel's cell is decided inside the window: measured identical.
+#: What may still move is the classical nuclei's watershed border between touching nuclei, which
+#: cells inherit (the nuclei tolerance of the UCS pipeline test).
+TILE_TOLERANCE = 2e-4
+
+QUIET = ["runtime.progress=false"]
+
+
+def shift_membrane(chip: str, shift) -> None:
+    """Rewrite the chip's membrane channel offset by ``shift`` px, as a second imaging round is."""
+    image = zarr.open_array(f"{chip}/image.zarr", mode="r+")
+    image[1] = apply_offset(image[1], shift, fill=100)
+
+
+def cell_f1(chip: str, out) -> float:
+    """Cell F1 at IoU >= 0.5 against the generated truth."""
+    truth = zarr.open_array(f"{chip}/truth/cells.zarr")[:].astype(np.int64)
+    pred = zarr.open_array(f"{out}/labels.zarr/cells")[:].astype(np.int64)
+    ct = contingency_table(truth, pred).tocoo()
+    at, ap = np.bincount(truth.ravel()), np.bincount(pred.ravel())
+    keep = (ct.row > 0) & (ct.col > 0)
+    iou = ct.data[keep] / (at[ct.row[keep]] + ap[ct.col[keep]] - ct.data[keep])
+    n_true, n_pred = len(np.unique(truth)) - 1, len(np.unique(pred)) - 1
+    return 2 * int((iou >= 0.5).sum()) / max(1, n_true + n_pred)
+
+
+def config(*items):
+    return load_config(overrides=parse_set([*QUIET, *items]), use_env=False)
+
+
+@pytest.fixture(scope="module")
+def chip(tmp_path_factory):
+    """A generated chip with a membrane channel, offset by SHIFT from the nuclear stain."""
+    out = str(tmp_path_factory.mktemp("membrane") / "chip")
+    synth_chip(out, 200, 160, seed=4, membrane=True)
+    shift_membrane(out, SHIFT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_chip(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("membrane-small") / "chip")
+    synth_chip(out, 128, 96, seed=4, membrane=True)
+    shift_membrane(out, SHIFT)
+    return out
+
+
+def prepare_state(chip_url: str, *items, tile_size_um: float = 1000.0):
+    """What MembraneMethod.prepare returns, run in-process as the driver would."""
+    cfg = config("cells.method=membrane", f"tiling.tile_size_um={tile_size_um}", "tiling.chunk_px=32", *items)
+    chip = open_chip(chip_url)
+    method = get_method("membrane", cfg, chip.meta.platform)
+    grid = make_grid(chip.shape_yx, chip.pixel_size_um, cfg.tiling.tile_size_um, 20.0, cfg.tiling.chunk_px)
+    genes = sorted(pd.read_parquet(f"{chip_url}/transcripts.parquet", columns=["gene"]).gene.astype(str).unique())
+
+    def map_tiles(fn, indices):
+        return [fn(load_tile_data(chip, grid[i], genes, np.zeros(grid[i].window_shape, np.uint32))[0])
+                for i in indices]
+
+    return method.prepare(PrepareContext(chip, cfg, grid, genes, map_tiles))
+
+
+# -- registration ----------------------------------------------------------------------------
+@pytest.mark.parametrize("shift", [(7, -5), (-12, 3), (0, 0), (2, 15)])
+def test_registration_recovers_a_known_offset(tmp_path, shift):
+    chip = str(tmp_path / "chip")
+    synth_chip(chip, 200, 200, seed=1, membrane=True)
+    shift_membrane(chip, shift)
+    state = prepare_state(chip)
+    # the offset that registers the membrane is the opposite of the one it was written with
+    assert np.abs(np.subtract(state["offset"], (-shift[0], -shift[1]))).max() <= 1, state
+
+
+def test_registration_does_not_depend_on_the_tiling(chip):
+    """Registration regions are anchored to the chip, so any tile size gives the same state."""
+    assert prepare_state(chip) == prepare_state(chip, tile_size_um=48)
+
+
+def test_offset_beyond_max_shift_is_refused(chip):
+    with pytest.raises(InputError, match="max_shift_um"):
+        prepare_state(chip, "cells.membrane.max_shift_um=2")
+
+
+# -- accuracy --------------------------------------------------------------------------------
+def test_classical_membrane_beats_expansion(chip, tmp_path):
+    runs = {
+        "expansion": config("cells.method=expansion"),
+        "membrane": config("cells.method=membrane"),
+        "unregistered": config("cells.method=membrane", "cells.membrane.register=false"),
+    }
+    f1 = {}
+    for name, cfg in runs.items():
+        run_pipeline(chip, str(tmp_path / name), cfg, local=True)
+        f1[name] = cell_f1(chip, tmp_path / name)
+    print("cell F1 at IoU 0.5:", {k: round(v, 3) for k, v in f1.items()})
+    assert f1["membrane"] >= f1["expansion"] + 0.03
+    assert f1["membrane"] > f1["unregistered"]  # the offset membrane misplaces cell borders
+
+
+# -- pipeline --------------------------------------------------------------------------------
+@pytest.mark.ray
+def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
+    chip = small_chip
+    one = run_pipeline(chip, str(tmp_path / "one"), config("cells.method=membrane", "tiling.tile_size_um=1000"),
+                       local=True)
+    many = run_pipeline(chip, str(tmp_path / "many"), config(
+        "cells.method=membrane", "tiling.tile_size_um=32", "tiling.chunk_px=32"))
+    assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
+    a = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "cells"))[:]
+    b = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "cells"))[:]
+    differ = (a != b).mean()
+    print(f"membrane labels differing between 1 tile and {many['n_tiles']} tiles: {differ:.6f}")
+    assert differ <= TILE_TOLERANCE
+    # every input transcript written exactly once, and counted once per cell
+    tx = pd.read_parquet(tmp_path / "many" / "transcripts.parquet")
+    assert sorted(tx.input_row) == list(range(many["counts"]["n_transcripts_input"]))
+    cells = pd.read_parquet(tmp_path / "many" / "cells.parquet")
+    assert cells.cell_id.is_unique and cells.has_nucleus.all()
+    assert int(cells.n_transcripts.sum()) == many["counts"]["n_assigned"] == int((tx.cell_id > 0).sum())
+    # a transcript's cell is the label under it
+    ps = json.loads((tmp_path / "many" / "run.json").read_text())["chip_meta"]["pixel_size_um"]
+    rows = np.clip((tx.y.to_numpy() / ps).astype(int), 0, b.shape[0] - 1)
+    cols = np.clip((tx.x.to_numpy() / ps).astype(int), 0, b.shape[1] - 1)
+    assert (b[rows, cols] == tx.cell_id.to_numpy()).all()
+    nuclei = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
+    assert ((nuclei == 0) | (b == nuclei)).all()  # nuclei always kept by their cell
+    assert set(np.unique(b)) - {0} <= set(np.unique(nuclei))  # every cell is a nucleus's
+
+
+# -- Cellpose backend ------------------------------------------------------------------------
+def test_best_diameter_keeps_the_largest_total_area():
+    sizes = {10.0: 5, 20.0: 9, 30.0: 9}
+
+    def segment(d):
+        masks = np.zeros((12, 12), np.int32)
+        masks[: sizes[d], :] = 1
+        return masks
+
+    masks, d, areas = best_diameter(segment, [10.0, 20.0, 30.0])
+    assert areas == [60, 108, 108] and d == 20.0 and np.count_nonzero(masks) == 108  # ties keep the first
+
+
+def test_model_cells_take_global_nucleus_ids():
+    masks = np.zeros((10, 20), np.int32)
+    masks[:, :8] = 1  # holds nucleus 40
+    masks[:, 10:] = 2  # holds nuclei 7 and 9: split between them
+    masks[0, 8:10] = 3  # no nucleus: dropped
+    nuclei = np.zeros((10, 20), np.uint32)
+    nuclei[4:6, 2:4] = 40
+    nuclei[4:6, 11:13] = 7
+    nuclei[4:6, 17:19] = 9
+    out = to_global_ids(masks, nuclei)
+    assert (out[:, :8] == 40).all() and (out[0, 8:10] == 0).all()
+    assert (out[:, 10:14] == 7).all() and (out[:, 16:] == 9).all()
+    assert set(np.unique(out)) == {0, 7, 9, 40}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cellpose_backend_runs_in_an_actor(tmp_path, ray_module):
+    """Plumbing only: a random-weights model, never a quality check."""
+    from tests.nuclei.test_cellpose import write_random_cellpose_model
+
+    model = write_random_cellpose_model(tmp_path / "tiny_cpsam.pt")
+    chip = str(tmp_path / "chip")
+    synth_chip(chip, 64, 32, seed=2, membrane=True)
+    shift_membrane(chip, (3, 2))
+    cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose", f"cells.membrane.model={model}",
+                 "cells.membrane.diameters_um=[8, 16]", "cells.membrane.num_gpus=1",
+                 "tiling.tile_size_um=32", "tiling.chunk_px=64", "tiling.halo_um=16")
+    method = get_method("membrane", cfg)
+    assert method.uses_model and method.actor_resources() == (1, 1.0)
+    summary = run_pipeline(chip, str(tmp_path / "out"), cfg)
+    assert summary["status"] == "complete" and summary["n_tiles"] == 2
+    tx = pd.read_parquet(tmp_path / "out" / "transcripts.parquet")
+    assert sorted(tx.input_row) == list(range(summary["counts"]["n_transcripts_input"]))
+    cells = zarr.open_array(str(tmp_path / "out" / "labels.zarr" / "cells"))[:]
+    nuclei = zarr.open_array(str(tmp_path / "out" / "labels.zarr" / "nuclei"))[:]
+    assert set(np.unique(cells)) - {0} <= set(np.unique(nuclei))  # model cells mapped to nucleus IDs
+
+
+# -- errors ----------------------------------------------------------------------------------
+def test_chip_without_membrane_channel_is_refused(tmp_path):
+    chip = str(tmp_path / "chip")
+    synth_chip(chip, 40, 40, seed=0)
+    with pytest.raises(InputError, match=r"chip.*no membrane stain.*channel is 1.*1 channel"):
+        run_pipeline(chip, str(tmp_path / "out"), config("cells.method=membrane"), local=True)
+
+
+@pytest.mark.parametrize("item, key", [
+    ("cells.membrane.backend=stardist", "cells.membrane.backend"),
+    ("cells.membrane.channel=0", "cells.membrane.channel"),
+    ("cells.membrane.diameters_um=12", "cells.membrane.diameters_um"),
+    ("cells.membrane.max_distance_um=0", "cells.membrane.max_distance_um"),
+    ("cells.membrane.register_normalization=fourier", "cells.membrane.register_normalization"),
+])
+def test_bad_options_name_the_key(item, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        get_method("membrane", config("cells.method=membrane", item))
+
+
+def test_missing_cellpose_weights_name_the_key(tmp_path):
+    cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose",
+                 f"cells.membrane.model={tmp_path / 'missing.pt'}")
+    with pytest.raises(ConfigError, match=r"cells\.membrane\.model"):
+        get_method("membrane", cfg).load({"offset": (0, 0), "threshold": None})
