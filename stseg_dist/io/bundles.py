@@ -12,6 +12,7 @@ from .options import COMMON, options_doc, resolve
 
 READERS = {"xenium": xenium, "merscope": merscope, "cosmx": cosmx, "stereoseq": stereoseq}
 PLATFORMS = ("xenium", "merscope", "cosmx", "stereoseq", "generic")
+REPORT_JSON = "convert_report.json"  # beside chip.json: counts, dropped-by-reason, options given
 
 
 def reader_options(platform: str):
@@ -56,6 +57,8 @@ def convert_bundle(input_url: str, out_chip_url: str, platform: str = "auto", *,
     rep["platform"] = platform
     rep["input"] = input_url.split("?")[0]
     rep["chip"] = out_chip_url
+    rep["options"] = {k: v for k, v in opts.items() if k in (options or {})}
+    storage.write_json_atomic(storage.join(out_chip_url, REPORT_JSON), rep, storage_options)
     return rep
 
 

@@ -47,6 +47,8 @@ def test_xenium_preview_runs_with_vendor_nuclei(tmp_path):
     kept = raw[(raw.qv >= 20) & ~ctrl]
     t = check_accounting(tmp_path / "o", run, "xenium", kept.feature_name.value_counts())
     assert set(t.transcript_id) == set(kept.transcript_id)
+    rep = json.loads((tmp_path / "o" / "_work" / "input_chip" / "convert_report.json").read_text())
+    assert rep["dropped"] == {"low_qv": int(((raw.qv < 20) & ~ctrl).sum()), "control_probe": int(ctrl.sum())}
     # No image: the vendor nuclei were used, one cell per vendor nucleus.
     assert run["config"]["nuclei"]["backend"] == "vendor" and run["counts"]["n_cells"] == 135
 
