@@ -137,7 +137,7 @@ class SSLCSTConfig:
     neg_distance_um: float = 8.0  # negatives: farther than this from every nucleus, empty neighbourhood
     d0_um: float = 5.0  # nucleus-position prior exp(-d / d0), d to the nearest nucleus centroid
     n_directions: int = 16  # direction classes; a multiple of 4
-    max_steps: int | None = None  # flow-tracking steps of one spot; None: the cell diameter in spots
+    max_steps: int | None = None  # flow-tracking steps of one spot; None: (cell - nucleus diameter) / 2 + 2 µm
     in_threshold: float = 0.5  # in-cell probability at which a spot follows its directions
     d_model: int = 32
     heads: int = 4

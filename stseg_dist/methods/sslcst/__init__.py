@@ -16,7 +16,9 @@ Pipeline, per the issue (#8) that specifies it here:
    when the cluster has a GPU, else in-process on CPU; seeded.
 4. Cells: each spot predicted in-cell follows the predicted directions one spot per step
    (gradient-flow tracking) until it stands on a nucleus, whose global ID it takes, or
-   ``max_steps`` run out (then it stays unassigned). Nuclei keep their own IDs.
+   ``max_steps`` run out (then it stays unassigned). Nuclei keep their own IDs. The default budget
+   is about half the gap between cell and nucleus diameters: the in/out head, taught only by
+   nucleus interiors and empty background, does not stop cells at their neighbours, the budget does.
 
 Choices the issue leaves open: negatives need an empty neighbourhood (not just an empty spot),
 since a single empty 1 µm spot is common inside cells; the prior is cut off at the method's

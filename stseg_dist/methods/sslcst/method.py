@@ -55,7 +55,7 @@ class SSLCSTMethod(CellMethod):
         self.cfg = c
         self.bin_um = bin_size_um(platform, c.bin_um)
         self.k = c.neighbourhood
-        self.max_steps = c.max_steps or int(math.ceil(config.cells.cell_diameter_um / self.bin_um))
+        self.max_steps = c.max_steps or default_max_steps(config, self.bin_um)
         self.model = None
 
     # -- geometry -----------------------------------------------------------------------------
@@ -156,6 +156,15 @@ class SSLCSTMethod(CellMethod):
                     self.max_steps)
         cells[rr[start], cc[start]] = ids
         return b.to_pixels(cells, data.shape).astype(np.uint32)
+
+
+def default_max_steps(config, bin_um: float) -> int:
+    """Steps for a spot at a cell's far edge to reach its nucleus's edge, (cell - nucleus) / 2,
+    plus 2 µm because paths bend and nuclei sit off-centre. Longer budgets let cells spill into
+    their neighbours (measured on generated chips: F1 falls from 0.81 at 5-6 µm to 0.70 at 15 µm).
+    """
+    gap = max(0.0, config.cells.cell_diameter_um - config.nuclei.diameter_um) / 2
+    return max(1, int(math.ceil((gap + 2.0) / bin_um)))
 
 
 def _ray_has_gpu(num_gpus: float) -> bool:
