@@ -54,12 +54,20 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["expansion", "ucs"])
     p.add_argument("--set", action="append", default=[], help="config override for every run")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--membrane", action="store_true", help="chips carry a membrane stain (channel 1)")
+    p.add_argument("--membrane-shift", type=int, nargs=2, default=(0, 0), metavar=("DY", "DX"),
+                   help="write the membrane stain offset by this many pixels (a second imaging round)")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             chip = str(Path(tmp) / f"chip{seed}")
-            synth_chip(chip, args.size_um, args.size_um, seed)
+            synth_chip(chip, args.size_um, args.size_um, seed, membrane=args.membrane or any(args.membrane_shift))
+            if any(args.membrane_shift):
+                from stseg_dist.methods.membrane.registration import apply_offset
+
+                image = zarr.open_array(f"{chip}/image.zarr", mode="r+")
+                image[1] = apply_offset(image[1], tuple(args.membrane_shift), fill=100)
             for method in args.methods:
                 cfg = load_config(overrides=parse_set([f"cells.method={method}", "tiling.tile_size_um=150",
                                                        "runtime.progress=false", *args.set]), use_env=False)
