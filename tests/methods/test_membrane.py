@@ -188,13 +188,13 @@ def test_cellpose_backend_runs_in_an_actor(tmp_path, ray_module):
     """Plumbing only: a random-weights model, never a quality check."""
     from tests.nuclei.test_cellpose import write_random_cellpose_model
 
-    model = write_random_cellpose_model(tmp_path / "tiny_cpsam.pt")
+    model = write_random_cellpose_model(tmp_path / "tiny_cpsam.pt")  # large diameters: small images, fast on CPU
     chip = str(tmp_path / "chip")
     synth_chip(chip, 64, 32, seed=2, membrane=True)
     shift_membrane(chip, (3, 2))
     cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose", f"cells.membrane.model={model}",
-                 "cells.membrane.diameters_um=[8, 16]", "cells.membrane.num_gpus=1",
-                 "tiling.tile_size_um=32", "tiling.chunk_px=64", "tiling.halo_um=16")
+                 "cells.membrane.diameters_um=[30, 60]", "cells.membrane.num_gpus=1",
+                 "tiling.tile_size_um=32", "tiling.chunk_px=64")
     method = get_method("membrane", cfg)
     assert method.uses_model and method.actor_resources() == (1, 1.0)
     summary = run_pipeline(chip, str(tmp_path / "out"), cfg)

@@ -23,12 +23,6 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return downscale_local_mean(image[:h, :w].astype(np.float32, copy=False), (factor, factor))
 
 
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape
-    r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[r0 : r0 + size, c0 : c0 + size]
-
-
 def mosaic(patches: list[np.ndarray], gap: int) -> np.ndarray:
     """Patches side by side with zero gaps wider than any lag searched.
 
