@@ -67,7 +67,24 @@ def symmetries(k: int, n_directions: int) -> list[tuple[np.ndarray, np.ndarray]]
 
 
 def train_sslcst(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None = None, log=None) -> dict:
-    """Train the encoder; return a picklable state with the weights as bytes."""
+    """Train the encoder; return a picklable state with the weights as bytes.
+
+    On CPU it trains on one thread: batches of 64 x 25 tokens gain nothing from intra-op
+    threads, and on a busy machine their spin-waits made each step ~25x slower (measured).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    if on_cpu:
+        torch.set_num_threads(1)
+    try:
+        return _train(spots, k, n_counts, cfg, device=device, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None, log) -> dict:
     import torch
     from torch import nn
 
