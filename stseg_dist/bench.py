@@ -1,6 +1,7 @@
 """``stseg bench``: throughput and memory of the whole pipeline on generated chips.
 
     stseg bench -- --sizes-um 1000 3000 [--workers 1 2 4] [--method ucs] [--json out.json]
+    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side: comparison.py)
 
 For each chip size: wall seconds per stage, transcripts/s and cells/s, peak RSS of the driver
 and of the largest Ray worker (sampled with psutil in a background thread), and the ratio of the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import shutil
 import tempfile
 import threading
@@ -140,6 +142,10 @@ def format_row(r: dict) -> str:
 def main(argv=None) -> int:
     """Command-line entry for ``stseg bench`` and ``benchmarks/bench_pipeline.py``."""
     argv = [a for a in (argv or []) if a != "--"] if argv is not None else None
+    if "--methods" in (argv if argv is not None else sys.argv[1:]):
+        from .comparison import main as compare_main
+
+        return compare_main(argv)
     p = argparse.ArgumentParser(prog="stseg bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes-um", type=float, nargs="+", default=[1000.0, 3000.0])

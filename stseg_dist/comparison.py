@@ -1,0 +1,208 @@
+"""``stseg bench --methods``: cell methods side by side on the same chips, scored the same way.
+
+    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--real ../shared/data]
+
+Every method runs through the real pipeline (same nuclei, tiling and stitching) on:
+
+- generated chips with ground truth (with a membrane channel, so stain-based methods have one):
+  cell F1 matched at IoU >= 0.5, fraction of transcripts in their true cell, and recall of the
+  cells whose nucleus is invisible in the stain;
+- the real CosMx and MERSCOPE crops of ``--real`` (vendor bundles read by our readers, nuclei
+  derived from the DAPI): cell F1 at IoU >= 0.5 against the vendor cells, and against the
+  per-transcript vendor cell IDs, the fraction of pairs of transcripts put together or apart as
+  the vendor does (ARI);
+
+plus the wall seconds and transcripts/s of each run. Figures are printed as one table and
+written as JSON; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import constants as C
+
+#: The shared real crops with a vendor cell reference, and the reader options their bundles lack
+#: (crops of larger acquisitions: pixel size and image placement come from the data's README).
+REAL_CROPS = {
+    "cosmx_lung12_fov2": ("cosmx", {"pixel_size_um": 0.18, "image_offset_px": {"x": 4800, "y_top": 3648}}),
+    # the MERSCOPE JPEG is ~9x block-upsampled: every 4th pixel (0.43 µm) keeps its detail
+    "merscope_mousebrain": ("merscope", {"image_bounds_um": [6400, 4700, 6900, 5150], "image_downsample": 4}),
+}
+
+
+@dataclass
+class Dataset:
+    """A chip to run every method on, and how to score it."""
+
+    name: str
+    chip: str
+    platform: str = "synthetic"
+    reference: str | None = None  # label mask of the vendor cells (real crops)
+    vendor_column: str | None = None  # per-transcript vendor cell label (real crops)
+    config: str | None = None  # platform preset YAML
+    info: dict = field(default_factory=dict)
+
+
+def synthetic_datasets(workdir: str, size_um: float, seeds) -> list[Dataset]:
+    from .synth import synth_chip
+
+    out = []
+    for seed in seeds:
+        chip = str(Path(workdir) / f"synthetic{seed}")
+        info = synth_chip(chip, size_um, size_um, seed, membrane=True, overwrite=True)
+        out.append(Dataset(f"synthetic{seed}", chip, info={"n_transcripts": info["n_transcripts"]}))
+    return out
+
+
+def real_datasets(workdir: str, data_root: str) -> list[Dataset]:
+    """Convert each shared crop with a vendor cell mask into a chip."""
+    from .io.bundles import convert_bundle
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    out = []
+    for folder, (platform, options) in REAL_CROPS.items():
+        src = Path(data_root) / folder
+        if not src.exists():
+            continue
+        chip = str(Path(workdir) / folder)
+        rep = convert_bundle(str(src), chip, platform, options=options, overwrite=True)
+        preset = configs / f"{platform}.yaml"
+        out.append(Dataset(folder, chip, platform, reference=str(Path(chip) / "vendor_cells.zarr"),
+                           vendor_column="vendor_cell_label", config=str(preset) if preset.exists() else None,
+                           info={"n_transcripts": rep["n_transcripts"]}))
+    return out
+
+
+def missing_cell_recall(chip: str, out: str) -> float:
+    """Of the true cells with no visible nucleus, the fraction matched by a predicted cell (IoU >= 0.5)."""
+    import zarr
+    from skimage.metrics import contingency_table
+
+    from .synth import TRUTH_CELLS_PARQUET
+
+    cells = pd.read_parquet(f"{chip}/{TRUTH_CELLS_PARQUET}")
+    missing = cells.cell_id[~cells.has_visible_nucleus].to_numpy()
+    if not len(missing):
+        return float("nan")
+    truth = zarr.open_array(f"{chip}/{C.TRUTH_CELLS_ZARR}", mode="r")[:].astype(np.int64)
+    pred = zarr.open_array(f"{out}/{C.LABELS_ZARR}/cells", mode="r")[:].astype(np.int64)
+    ct = contingency_table(truth, pred).tocoo()
+    at, ap = np.bincount(truth.ravel()), np.bincount(pred.ravel())
+    keep = (ct.row > 0) & (ct.col > 0)
+    iou = ct.data[keep] / (at[ct.row[keep]] + ap[ct.col[keep]] - ct.data[keep])
+    matched = ct.row[keep][iou >= 0.5]
+    return float(np.isin(missing, matched).mean())
+
+
+def vendor_agreement(chip: str, out: str, column: str) -> float:
+    """ARI between our per-transcript cells and the vendor's (unassigned = one group each side).
+
+    The vendor's cell per transcript stays in the chip's table; ``input_row`` joins the two.
+    """
+    from .evaluation.metrics import adjusted_rand_index
+
+    ours = pd.read_parquet(f"{out}/{C.TRANSCRIPTS_PARQUET}", columns=[C.INPUT_ROW, C.CELL_ID])
+    vendor = pd.read_parquet(f"{chip}/{C.TRANSCRIPTS_PARQUET}", columns=[column])[column].to_numpy()
+    return adjusted_rand_index(ours[C.CELL_ID].to_numpy(), vendor[ours[C.INPUT_ROW].to_numpy()])
+
+
+def score(ds: Dataset, out: str) -> dict:
+    from .evaluation.evaluate import evaluate
+
+    if ds.reference is None:
+        m = evaluate(out, ds.chip)
+        return {"cell_f1_iou50": m["instance"]["f1"], "right_cell_fraction": m["transcripts"]["fraction_correct"],
+                "missing_cell_recall": missing_cell_recall(ds.chip, out),
+                "n_cells": m["instance"]["n_pred_cells"], "n_ref_cells": m["instance"]["n_ref_cells"]}
+    m = evaluate(out, ds.reference)
+    return {"cell_f1_iou50": m["instance"]["f1"], "vendor_ari": vendor_agreement(ds.chip, out, ds.vendor_column),
+            "n_cells": m["instance"]["n_pred_cells"], "n_ref_cells": m["instance"]["n_ref_cells"]}
+
+
+def run_method(ds: Dataset, method: str, out: str, overrides: list[str], local: bool) -> dict:
+    from .config import load_config, parse_set
+    from .driver import run_pipeline
+
+    cfg = load_config(ds.config, overrides=parse_set([f"cells.method={method}", "runtime.progress=false",
+                                                      *overrides]), use_env=False)
+    t0 = time.perf_counter()
+    summary = run_pipeline(ds.chip, out, cfg, local=local)
+    secs = time.perf_counter() - t0
+    n_tx = summary["counts"]["n_transcripts"]
+    return {"dataset": ds.name, "method": method, **score(ds, out), "seconds": secs,
+            "transcripts_per_s": n_tx / secs, "n_transcripts": n_tx, "stage_seconds": summary["stage_seconds"]}
+
+
+def compare_methods(methods, datasets: list[Dataset], workdir: str, overrides=(), *, local: bool = True,
+                    echo=print) -> list[dict]:
+    """Run every method on every dataset; one row each, echoed as it finishes."""
+    rows = []
+    for ds in datasets:
+        for method in methods:
+            row = run_method(ds, method, str(Path(workdir) / f"{ds.name}-{method}"), list(overrides), local)
+            rows.append(row)
+            echo(format_row(row))
+    return rows
+
+
+def format_row(r: dict) -> str:
+    parts = [f"{r['dataset']:<22} {r['method']:<11} F1@0.5 {r['cell_f1_iou50']:.3f}"]
+    for key, label in (("right_cell_fraction", "right-cell"), ("missing_cell_recall", "missing-cell recall"),
+                       ("vendor_ari", "vendor ARI")):
+        if key in r:
+            parts.append(f"{label} {r[key]:.3f}")
+    parts.append(f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s ({r['transcripts_per_s']:,.0f} tx/s)")
+    return "  ".join(parts)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Methods as rows; generated chips averaged over seeds, real crops one column group each."""
+    df = pd.DataFrame(rows)
+    df["group"] = np.where(df.dataset.str.startswith("synthetic"), "synthetic", df.dataset)
+    cols = [c for c in ("cell_f1_iou50", "right_cell_fraction", "missing_cell_recall", "vendor_ari",
+                        "transcripts_per_s") if c in df]
+    table = df.groupby(["group", "method"], sort=False)[cols].mean().unstack("group")
+    table = table.dropna(axis=1, how="all").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    return table.to_string(float_format=lambda v: f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}")
+
+
+def default_data_root() -> str | None:
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return str(root) if root.exists() else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="stseg bench --methods", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--size-um", type=float, default=400.0, help="side of each generated chip")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--real", default=default_data_root(), help="folder of the shared real crops ('' to skip)")
+    p.add_argument("--tile-um", type=float, default=150.0)
+    p.add_argument("--ray", action="store_true", help="run on Ray (default: single process, same kernels)")
+    p.add_argument("--set", action="append", default=[], help="config override for every run")
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--workdir", help="keep chips and outputs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    overrides = [f"tiling.tile_size_um={args.tile_um}", *args.set]
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        datasets = synthetic_datasets(tmp, args.size_um, args.seeds)
+        if args.real:
+            datasets += real_datasets(tmp, args.real)
+        rows = compare_methods(args.methods, datasets, tmp, overrides, local=not args.ray,
+                               echo=lambda s: print(s, flush=True))
+    print(summary_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
+    return 0
