@@ -72,7 +72,8 @@ class GeneSegNetMethod(CellMethod):
 
     def _geometry(self, bin_um: float) -> Geometry:
         reach = self.config.cells.cell_diameter_um / bin_um
-        return Geometry(offset_scale=reach, reach=reach, tolerance=max(1.0, self.config.nuclei.diameter_um / bin_um))
+        tolerance = max(1.0, self.config.nuclei.diameter_um / bin_um)
+        return Geometry(offset_scale=reach, reach=reach, tolerance=tolerance)
 
     def _inputs(self, data: TileData, grid: WorkGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
         """Raw block-mean stain and RNA location map over the window's bins."""

@@ -145,7 +145,8 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
     def relabel() -> list[np.ndarray]:
         return predict_patch_labels(model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size)
 
-    history = refine([initial_labels(p, norm["rna_mean"]) for p in patches], fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
+    first = [initial_labels(p, norm["rna_mean"]) for p in patches]
+    history = refine(first, fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     return {"weights": buf.getvalue(), "width": cfg.width, "history": history, "n_patches": len(patches)}
