@@ -105,11 +105,24 @@ def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, 
     """Train the U-Net with label refinement; return a picklable state with the weights as bytes."""
     import torch
 
-    from .net import UNet
-
     if not patches:
         raise ValueError("GeneSegNet training needs at least one patch with a nucleus")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        # small batches: intra-op threads mostly spin-wait, which on a shared machine is far slower
+        torch.set_num_threads(1)
+    try:
+        return _train(patches, norm, cfg, geometry, device, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(patches, norm, cfg, geometry, device, log) -> dict:
+    import torch
+
+    from .net import UNet
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     patches = sorted(patches, key=lambda p: p.key)
