@@ -77,7 +77,11 @@ class UCSConfig:
     missing_cell_threshold: float = 0.95
     missing_cells: bool = True
     foreground_threshold: float = 0.9  # bins below it never join a cell
-    background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background  # look for cells whose nucleus is not seen
+    background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background
+    # Also background: bins off the nuclei whose smoothed count is below this fraction of the
+    # nuclei's (the gaps between cells, which the paper's far-from-nuclei rule never reaches in
+    # dense tissue). None: the paper's rule alone.
+    background_density: float | None = 0.25
     scaled_softmask: bool = True
     markers: str | None = None  # table of cell types and marker genes
     num_gpus: float = 0.5
@@ -153,7 +157,7 @@ class SSLCSTConfig:
 
 @dataclass
 class CellsConfig:
-    method: str = "expansion"  # expansion | ucs
+    method: str = "expansion"  # expansion | ucs | membrane | genesegnet | sslcst | module:Class
     cell_diameter_um: float = 15.0
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     ucs: UCSConfig = field(default_factory=UCSConfig)

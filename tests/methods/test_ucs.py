@@ -65,6 +65,22 @@ def test_foreground_labels_constructed():
     assert lab[40, 20] == 0 and lab[55, 55] == IGNORE
 
 
+def test_gaps_between_cells_become_background():
+    """Two dense cells 6 bins apart: the sparse gap is background, the dense cytoplasm is not."""
+    nuclei = np.zeros((40, 60), np.int64)
+    nuclei[16:24, 8:16], nuclei[16:24, 44:52] = 1, 2
+    counts = np.zeros((40, 60), np.float32)
+    counts[10:30, 2:27] = 2.0  # cell 1 with its cytoplasm
+    counts[10:30, 33:58] = 2.0  # cell 2
+    counts[20, 30] = 1.0  # a stray transcript in the gap
+    paper = foreground_labels(nuclei, counts)
+    assert (paper[:, 28:32] == IGNORE).all()  # too close to nuclei for the paper's rule
+    lab = foreground_labels(nuclei, counts, density=0.25)
+    assert (lab[12:28, 29:32] == 0).all()  # the gap
+    assert (lab[12:28, 18:24] == IGNORE).all()  # dense cytoplasm stays unlabelled
+    assert (lab[nuclei > 0] == 1).all() and (lab[15:25, 7:17][nuclei[15:25, 7:17] == 0] == IGNORE).all()
+
+
 def test_select_hvg():
     rng = np.random.default_rng(0)
     n = 5000
