@@ -82,6 +82,7 @@ class UCSConfig:
     # nuclei's (the gaps between cells, which the paper's far-from-nuclei rule never reaches in
     # dense tissue). None: the paper's rule alone.
     background_density: float | None = 0.25
+    background_sigma_um: float = 1.5  # smoothing of the counts for that rule
     scaled_softmask: bool = True
     markers: str | None = None  # table of cell types and marker genes
     num_gpus: float = 0.5

@@ -35,3 +35,25 @@ def test_bench_main_writes_json(tmp_path):
     assert main(["--", "--sizes-um", "60", "--workers", "1", "--no-local", "--tile-um", "64", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 1 and rows[0]["mode"] == "ray" and "ray_over_single_process" not in rows[0]
+
+
+@pytest.mark.slow
+def test_method_comparison_on_generated_and_real_chips(tmp_path, capsys):
+    """``stseg bench --methods``: a row per method and chip, scored against truth or vendor cells;
+    a method that cannot run on a chip (no membrane stain on CosMx) is reported, not fatal."""
+    from tests.conftest import shared_data
+
+    shared_data("cosmx_lung12_fov2")
+    out = tmp_path / "cmp.json"
+    assert main(["--", "--methods", "expansion", "membrane", "--size-um", "60", "--tile-um", "40",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    by = {(r["dataset"], r["method"]): r for r in rows}
+    assert set(by) >= {("synthetic0", "expansion"), ("synthetic0", "membrane"), ("cosmx_lung12_fov2", "expansion")}
+    assert ("cosmx_lung12_fov2", "membrane") not in by and "not applicable" in printed
+    for r in rows:
+        assert 0 < r["cell_f1_iou50"] <= 1 and r["transcripts_per_s"] > 0
+    assert 0 < by[("synthetic0", "expansion")]["right_cell_fraction"] <= 1
+    assert -1 <= by[("cosmx_lung12_fov2", "expansion")]["vendor_ari"] <= 1  # MERSCOPE crop: polygons only
+    assert "merscope_mousebrain" in {r["dataset"] for r in rows}

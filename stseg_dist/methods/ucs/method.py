@@ -74,7 +74,7 @@ class UCSMethod(CellMethod):
         patches = [p for ps, _ in results for p in ps]
         hvg = _hvg_from_stats([s for _, s in results], n_genes, self.cfg.n_hvg) if hvg_needed else None
         train = _train_remote if _ray_has_gpu(self.cfg.num_gpus) else train_ucs
-        state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(),
+        state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
                       markers=marker_types is not None, log=log.info)
         return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um}
 

@@ -78,6 +78,7 @@ def _batch(patches, device):
 
 
 def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.0, markers: bool = False,
+              bin_um: float = 1.0,
               device: str | None = None, log=None) -> dict:
     """Train both networks; return a picklable state with the weights as bytes."""
     import torch
@@ -96,7 +97,8 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
     ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     size = patches[0].nuclei.shape
     fg_targets = torch.as_tensor(np.stack([foreground_labels(p.nuclei, patch_counts(p), cfg.background_dilation,
-                                                             cfg.background_density)
+                                                             cfg.background_density,
+                                                             cfg.background_sigma_um / bin_um)
                                            for p in patches]),
                                  device=device)
     history: dict[str, list[float]] = {"foreground": [], "cell": []}
