@@ -67,7 +67,7 @@ class UCSConfig:
     n_hvg: int = 1000
     hvg_region_um: float = 1000.0  # HVGs are chosen per square region of this size
     patch_px: int = 48
-    tau: float = 5.0  # bins; smaller values stop big cells short of their far side
+    tau: float = 3.0  # bins; 5 covers cells whose nucleus is unseen, 2 cuts big cells short
     epochs: int = 20
     n_train_patches: int = 256
     batch_size: int = 16
