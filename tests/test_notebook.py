@@ -1,6 +1,5 @@
 """notebooks/demo.ipynb executes top to bottom (nbclient) on a small demo chip and shows its figures."""
 import json
-import os
 from pathlib import Path
 
 import nbformat

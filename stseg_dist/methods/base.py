@@ -120,3 +120,21 @@ class CellMethod:
     def segment(self, data: TileData) -> np.ndarray:
         """Cell labels (uint32, global IDs from ``data.nuclei`` / ``data.seeds``) over the window."""
         raise NotImplementedError
+
+
+def train_where_gpu(train, num_gpus: float):
+    """``train`` itself, or, when the Ray cluster has a GPU and the method asks for one, ``train``
+    wrapped to run in a Ray task holding a GPU (weights come back through the object store)."""
+    try:
+        import ray
+    except ImportError:
+        return train
+    if not (ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0):
+        return train
+
+    def remote(*args, **kwargs):
+        kwargs.pop("log", None)  # a driver-side logger does not travel to the task
+        task = ray.remote(train).options(num_gpus=1, max_retries=2)
+        return ray.get(task.remote(*args, **kwargs))
+
+    return remote

@@ -3,7 +3,6 @@ and the accounting invariants of every method."""
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import zarr

@@ -14,7 +14,7 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ...errors import ConfigError, InputError
-from ..base import CellMethod, PrepareContext, TileData
+from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
 from .features import (WorkGrid, bin_factor, histogram_percentile, normalise_inputs, rna_map, rna_mean,
                        stain_histogram)
 from .inference import assign_cells, sliding_predict, torch_predictor
@@ -120,7 +120,7 @@ class GeneSegNetMethod(CellMethod):
         norm = {"stain_lo": histogram_percentile(hist, STAIN_PERCENTILES[0]),
                 "stain_hi": histogram_percentile(hist, STAIN_PERCENTILES[1]),
                 "rna_mean": rna_mean(sum(k for _, _, k in results), n_bins, sigma)}
-        train = _train_remote if _ray_has_gpu(c.num_gpus) else train_genesegnet
+        train = train_where_gpu(train_genesegnet, c.num_gpus)
         state = train(patches, norm, c, geometry)
         for r in state["history"]:
             log.info("GeneSegNet round %d: loss %.4f, mean cell IoU with its training labels %.3f",
@@ -187,19 +187,3 @@ def _patches_for(data: TileData, grid: WorkGrid, chosen: np.ndarray, stain: np.n
         out.append(Patch(int(cid), *crop, ids[near],
                          cent[near] - np.array([r0, c0], np.float64)))
     return out
-
-
-def _ray_has_gpu(num_gpus: float) -> bool:
-    try:
-        import ray
-    except ImportError:
-        return False
-    return ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
-
-
-def _train_remote(patches, norm, cfg, geometry, **kwargs):
-    """Train in a Ray task on a GPU node; the weights come back through the object store."""
-    import ray
-
-    task = ray.remote(train_genesegnet).options(num_gpus=1, max_retries=2)
-    return ray.get(task.remote(patches, norm, cfg, geometry, **kwargs))

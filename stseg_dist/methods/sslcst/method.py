@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import ConfigError, InputError
-from ..base import CellMethod, PrepareContext, TileData
+from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
 from ..ucs.features import bin_size_um
 from .features import core_spot_box, gather_tokens, owned_spots, spot_grid, spot_hash, spot_labels, unit_steps
 from .tracking import track
@@ -121,7 +121,7 @@ class SSLCSTMethod(CellMethod):
                                  direction[r, c])
 
         spots = TrainingSpots.concat(ctx.map_tiles(sample, tiles))
-        train = _train_remote if _ray_has_gpu(cfg.num_gpus) else train_sslcst
+        train = train_where_gpu(train_sslcst, cfg.num_gpus)
         state = train(spots, k, len(top) + 1, cfg, log=log.info)
         return {"train": state, "top_genes": top, "bin_um": self.bin_um}
 
@@ -165,20 +165,3 @@ def default_max_steps(config, bin_um: float) -> int:
     """
     gap = max(0.0, config.cells.cell_diameter_um - config.nuclei.diameter_um) / 2
     return max(1, int(math.ceil((gap + 2.0) / bin_um)))
-
-
-def _ray_has_gpu(num_gpus: float) -> bool:
-    try:
-        import ray
-    except ImportError:
-        return False
-    return ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
-
-
-def _train_remote(spots, k, n_counts, cfg, **kwargs):
-    """Train in a Ray task on a GPU node; the weights come back through the object store."""
-    import ray
-
-    kwargs.pop("log", None)
-    task = ray.remote(train_sslcst).options(num_gpus=1.0, max_retries=2)
-    return ray.get(task.remote(spots, k, n_counts, cfg, **kwargs))

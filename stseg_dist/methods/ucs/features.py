@@ -7,7 +7,6 @@ grid, so memory follows the number of transcripts, not the size of the panel.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, InputError
-from ..base import CellMethod, PrepareContext, TileData
+from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
 from .features import bin_size_um, bin_tile, select_hvg
 from .inference import cell_priors, missing_cell_seeds, postprocess, predict
 from .training import Patch, load_model, train_ucs
@@ -73,7 +73,7 @@ class UCSMethod(CellMethod):
         results = ctx.map_tiles(sample, [t.index for t in ctx.grid])
         patches = [p for ps, _ in results for p in ps]
         hvg = _hvg_from_stats([s for _, s in results], n_genes, self.cfg.n_hvg) if hvg_needed else None
-        train = _train_remote if _ray_has_gpu(self.cfg.num_gpus) else train_ucs
+        train = train_where_gpu(train_ucs, self.cfg.num_gpus)
         state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
                       markers=marker_types is not None, log=log.info)
         return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um}
@@ -225,20 +225,3 @@ def _hvg_from_stats(parts: list[pd.DataFrame], n_genes: int, n_hvg: int) -> dict
         out[int(region)] = select_hvg(rows[expanded], cols[expanded], g.gene.to_numpy()[expanded], n_genes, n_hvg,
                                       block=1)
     return out
-
-
-def _ray_has_gpu(num_gpus: float) -> bool:
-    try:
-        import ray
-    except ImportError:
-        return False
-    return ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
-
-
-def _train_remote(patches, n_genes, cfg, **kwargs):
-    """Train in a Ray task on a GPU node; the weights come back through the object store."""
-    import ray
-
-    kwargs.pop("log", None)
-    task = ray.remote(train_ucs).options(num_gpus=min(1.0, max(cfg.num_gpus, 1.0)), max_retries=2)
-    return ray.get(task.remote(patches, n_genes, cfg, **kwargs))
