@@ -54,13 +54,22 @@ class Dataset:
     info: dict = field(default_factory=dict)
 
 
-def synthetic_datasets(workdir: str, size_um: float, seeds) -> list[Dataset]:
+def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0)) -> list[Dataset]:
+    """Generated chips with a membrane stain, optionally offset by ``membrane_shift`` (dy, dx) px
+    as if imaged in a second round (what ``membrane`` registration must undo)."""
     from .synth import synth_chip
 
     out = []
     for seed in seeds:
         chip = str(Path(workdir) / f"synthetic{seed}")
         info = synth_chip(chip, size_um, size_um, seed, membrane=True, overwrite=True)
+        if any(membrane_shift):
+            import zarr
+
+            from .methods.membrane.registration import apply_offset
+
+            image = zarr.open_array(f"{chip}/image.zarr", mode="r+")
+            image[1] = apply_offset(image[1], tuple(membrane_shift), fill=100)
         out.append(Dataset(f"synthetic{seed}", chip, info={"n_transcripts": info["n_transcripts"]}))
     return out
 
@@ -87,22 +96,18 @@ def real_datasets(workdir: str, data_root: str) -> list[Dataset]:
 def missing_cell_recall(chip: str, out: str) -> float:
     """Of the true cells with no visible nucleus, the fraction matched by a predicted cell (IoU >= 0.5)."""
     import zarr
-    from skimage.metrics import contingency_table
 
+    from .evaluation.metrics import contingency, iou_matrix
     from .synth import TRUTH_CELLS_PARQUET
 
     cells = pd.read_parquet(f"{chip}/{TRUTH_CELLS_PARQUET}")
     missing = cells.cell_id[~cells.has_visible_nucleus].to_numpy()
     if not len(missing):
         return float("nan")
-    truth = zarr.open_array(f"{chip}/{C.TRUTH_CELLS_ZARR}", mode="r")[:].astype(np.int64)
-    pred = zarr.open_array(f"{out}/{C.LABELS_ZARR}/cells", mode="r")[:].astype(np.int64)
-    ct = contingency_table(truth, pred).tocoo()
-    at, ap = np.bincount(truth.ravel()), np.bincount(pred.ravel())
-    keep = (ct.row > 0) & (ct.col > 0)
-    iou = ct.data[keep] / (at[ct.row[keep]] + ap[ct.col[keep]] - ct.data[keep])
-    matched = ct.row[keep][iou >= 0.5]
-    return float(np.isin(missing, matched).mean())
+    truth = zarr.open_array(f"{chip}/{C.TRUTH_CELLS_ZARR}", mode="r")
+    pred = zarr.open_array(f"{out}/{C.LABELS_ZARR}/cells", mode="r")
+    iou = iou_matrix(contingency(pred, truth)).tocoo()
+    return float(np.isin(missing, iou.col[iou.data >= 0.5]).mean())
 
 
 def vendor_agreement(chip: str, out: str, column: str) -> float:
@@ -199,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--size-um", type=float, default=400.0, help="side of each generated chip")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--membrane-shift", type=int, nargs=2, default=(0, 0), metavar=("DY", "DX"),
+                   help="offset the generated chips' membrane stain by this many pixels")
     p.add_argument("--real", default=default_data_root(), help="folder of the shared real crops ('' to skip)")
     p.add_argument("--tile-um", type=float, default=150.0)
     p.add_argument("--ray", action="store_true", help="run on Ray (default: single process, same kernels)")
@@ -209,7 +216,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     overrides = [f"tiling.tile_size_um={args.tile_um}", *args.set]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        datasets = synthetic_datasets(tmp, args.size_um, args.seeds)
+        datasets = synthetic_datasets(tmp, args.size_um, args.seeds, args.membrane_shift)
         if args.real:
             datasets += real_datasets(tmp, args.real)
         rows = compare_methods(args.methods, datasets, tmp, overrides, local=not args.ray,
