@@ -137,3 +137,22 @@ def assert_same_outputs(a, b):
     tb = pd.read_parquet(b / "transcripts.parquet").sort_values("input_row").reset_index(drop=True)
     assert tb.input_row.is_unique
     pd.testing.assert_frame_equal(ta, tb)
+
+
+def one_tile_vs_many(chip, tmp_path, items, tile_um, chunk_px=32):
+    """Run ``chip`` as one in-process tile and as many Ray tiles (every method's tile-invariance
+    check); returns both summaries and each run's (cells, nuclei) label arrays."""
+    import zarr
+
+    from stseg_dist.config import load_config, parse_set
+    from stseg_dist.driver import run_pipeline
+
+    runs = []
+    for name, tiling, local in (("one", ["tiling.tile_size_um=1000"], True),
+                                ("many", [f"tiling.tile_size_um={tile_um}", f"tiling.chunk_px={chunk_px}"], False)):
+        config = load_config(overrides=parse_set([*items, *tiling]), use_env=False)
+        summary = run_pipeline(chip, str(tmp_path / name), config, local=local)
+        labels = tuple(zarr.open_array(str(tmp_path / name / "labels.zarr" / k))[:] for k in ("cells", "nuclei"))
+        runs.append((summary, labels))
+    (one, labels_one), (many, labels_many) = runs
+    return one, many, labels_one, labels_many

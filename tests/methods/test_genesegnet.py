@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 
 from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
@@ -16,6 +15,7 @@ from stseg_dist.methods.genesegnet.features import WorkGrid, gaussian_kernel, ke
 from stseg_dist.methods.genesegnet.inference import assign_cells, sliding_predict, taper, torch_predictor
 from stseg_dist.methods.genesegnet.net import UNet
 from stseg_dist.methods.genesegnet.training import Geometry, Patch, load_model, refine, train_genesegnet
+from tests.conftest import one_tile_vs_many
 
 torch.set_num_threads(1)
 
@@ -225,20 +225,11 @@ def chip(tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_tile_invariance_and_accounting(chip, tmp_path, ray_module):
-    from stseg_dist.driver import run_pipeline
-
-    one = run_pipeline(chip, str(tmp_path / "one"), load_config(overrides=parse_set(
-        [*FAST, "tiling.tile_size_um=1000"]), use_env=False), local=True)
-    many = run_pipeline(chip, str(tmp_path / "many"), load_config(overrides=parse_set(
-        [*FAST, "tiling.tile_size_um=32", "tiling.chunk_px=32"]), use_env=False))
+    one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, FAST, tile_um=32)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
-    a = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "cells"))[:]
-    b = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "cells"))[:]
     differ = (a != b).mean()
     print(f"GeneSegNet labels differing between 1 tile and {many['n_tiles']} tiles: {differ:.5f}")
     assert differ <= GENESEGNET_TILE_TOLERANCE
-    na = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "nuclei"))[:]
-    nb = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
     assert (na != nb).mean() <= NUCLEI_TILE_TOLERANCE and one["counts"]["n_nuclei"] == many["counts"]["n_nuclei"]
     assert (b > 0).mean() > (nb > 0).mean()  # cells grew beyond their nuclei
     # exactly once: every input transcript appears once, with the cell under its pixel

@@ -20,6 +20,7 @@ from stseg_dist.methods.membrane.segment import best_diameter, to_global_ids
 from stseg_dist.synth import synth_chip
 from stseg_dist.tiledata import load_tile_data
 from stseg_dist.tiling import make_grid
+from tests.conftest import one_tile_vs_many
 
 #: The offset the membrane channel of the test chip is written with (rows, cols), in pixels.
 SHIFT = (7, -5)
@@ -128,13 +129,8 @@ def test_classical_membrane_beats_expansion(chip, tmp_path):
 @pytest.mark.ray
 def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
     chip = small_chip
-    one = run_pipeline(chip, str(tmp_path / "one"), config("cells.method=membrane", "tiling.tile_size_um=1000"),
-                       local=True)
-    many = run_pipeline(chip, str(tmp_path / "many"), config(
-        "cells.method=membrane", "tiling.tile_size_um=32", "tiling.chunk_px=32"))
+    one, many, (a, _), (b, nuclei) = one_tile_vs_many(chip, tmp_path, [*QUIET, "cells.method=membrane"], tile_um=32)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
-    a = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "cells"))[:]
-    b = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "cells"))[:]
     differ = (a != b).mean()
     print(f"membrane labels differing between 1 tile and {many['n_tiles']} tiles: {differ:.6f}")
     assert differ <= TILE_TOLERANCE
@@ -149,7 +145,6 @@ def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
     rows = np.clip((tx.y.to_numpy() / ps).astype(int), 0, b.shape[0] - 1)
     cols = np.clip((tx.x.to_numpy() / ps).astype(int), 0, b.shape[1] - 1)
     assert (b[rows, cols] == tx.cell_id.to_numpy()).all()
-    nuclei = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
     assert ((nuclei == 0) | (b == nuclei)).all()  # nuclei always kept by their cell
     assert set(np.unique(b)) - {0} <= set(np.unique(nuclei))  # every cell is a nucleus's
 

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 
 from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
@@ -16,6 +15,7 @@ from stseg_dist.methods.sslcst.features import (IGNORE, direction_class, gather_
 from stseg_dist.methods.sslcst.tracking import track
 from stseg_dist.methods.sslcst.training import TrainingSpots, load_model, symmetries, train_sslcst
 from stseg_dist.tiling import Tile
+from tests.conftest import one_tile_vs_many
 
 torch.set_num_threads(1)
 
@@ -322,20 +322,11 @@ def chip(tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module):
-    from stseg_dist.driver import run_pipeline
-
-    one = run_pipeline(chip, str(tmp_path / "one"), load_config(overrides=parse_set(
-        [*FAST, "tiling.tile_size_um=1000"]), use_env=False), local=True)
-    many = run_pipeline(chip, str(tmp_path / "many"), load_config(overrides=parse_set(
-        [*FAST, "tiling.tile_size_um=32", "tiling.chunk_px=32"]), use_env=False))
+    one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, FAST, tile_um=32)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 9
-    a = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "cells"))[:]
-    b = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "cells"))[:]
     differ = (a != b).mean()
     print(f"SSL-CST labels differing between 1 tile and {many['n_tiles']} tiles: {differ:.5f}")
     assert differ <= SSLCST_TILE_TOLERANCE
-    na = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "nuclei"))[:]
-    nb = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
     np.testing.assert_array_equal(na, nb)
     assert ((nb == 0) | (b == nb)).all()  # nuclei always keep their cell
     assert (b > 0).mean() > 1.5 * (nb > 0).mean()  # cells reach beyond their nuclei

@@ -5,11 +5,9 @@ import json
 
 import pandas as pd
 import pytest
-import zarr
 
-from stseg_dist.config import load_config, parse_set
-from stseg_dist.driver import run_pipeline
 from stseg_dist.synth import synth_chip
+from tests.conftest import one_tile_vs_many
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -31,18 +29,11 @@ def chip(tmp_path_factory):
 
 
 def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
-    one = run_pipeline(chip, str(tmp_path / "one"), load_config(overrides=parse_set(
-        [*FAST, "tiling.tile_size_um=1000"]), use_env=False), local=True)
-    many = run_pipeline(chip, str(tmp_path / "many"), load_config(overrides=parse_set(
-        [*FAST, "tiling.tile_size_um=48", "tiling.chunk_px=32"]), use_env=False))
+    one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, FAST, tile_um=48)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
-    a = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "cells"))[:]
-    b = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "cells"))[:]
     differ = (a != b).mean()
     print(f"UCS labels differing between 1 tile and {many['n_tiles']} tiles: {differ:.5f}")
     assert differ <= UCS_TILE_TOLERANCE
-    na = zarr.open_array(str(tmp_path / "one" / "labels.zarr" / "nuclei"))[:]
-    nb = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
     # classical nuclei: identical but for watershed ties on the border of touching nuclei
     assert (na != nb).mean() <= NUCLEI_TILE_TOLERANCE and one["counts"]["n_nuclei"] == many["counts"]["n_nuclei"]
     tx = pd.read_parquet(tmp_path / "many" / "transcripts.parquet")
@@ -52,5 +43,4 @@ def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     # seeds of nucleus-less cells become cells flagged has_nucleus = False
     assert (~cells.has_nucleus).sum() == run["counts"]["n_seeds"]
     assert (cells.cell_id[~cells.has_nucleus] > run["counts"]["n_nuclei"]).all()
-    nuclei = zarr.open_array(str(tmp_path / "many" / "labels.zarr" / "nuclei"))[:]
-    assert ((nuclei == 0) | (b == nuclei)).all()  # nuclei always kept by their cell
+    assert ((nb == 0) | (b == nb)).all()  # nuclei always kept by their cell
