@@ -148,6 +148,8 @@ def test_overlap_tile_inference_is_seamless():
     ("patch_px", 4, "patch_px"), ("tau", 0, "tau"), ("bin_um", -1, "bin_um"),
     ("missing_cell_threshold", 1.5, "missing_cell_threshold"), ("epochs", 0, "epochs"),
     ("markers", "/nonexistent/markers.csv", "file not found"),
+    ("background_density", 1.5, "background_density"), ("background_density", 0, "background_density"),
+    ("background_sigma_um", 0, "background_sigma_um"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod

@@ -34,6 +34,8 @@ class UCSMethod(CellMethod):
             raise ConfigError(f"cells.ucs.missing_cell_threshold must be in (0, 1], got {c.missing_cell_threshold}")
         if c.background_density is not None and not 0 < c.background_density < 1:
             raise ConfigError(f"cells.ucs.background_density must be in (0, 1) or null, got {c.background_density}")
+        if c.background_sigma_um <= 0:
+            raise ConfigError(f"cells.ucs.background_sigma_um must be positive, got {c.background_sigma_um}")
         if c.epochs < 1 or c.batch_size < 1 or c.n_train_patches < 1:
             raise ConfigError("cells.ucs.epochs, batch_size and n_train_patches must be at least 1")
         self.cfg = c
