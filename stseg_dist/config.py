@@ -33,6 +33,7 @@ class ClassicalNucleiConfig:
     min_area_um2: float = 8.0
     min_distance_um: float = 3.0  # between watershed seeds
     footprint_um: float = 4.0
+    background_um: float | None = None  # white top-hat width (~2 nucleus diameters); None: off
 
 
 @dataclass

@@ -133,6 +133,8 @@ def _halo_um(config: PipelineConfig, method: CellMethod) -> float:
     if config.tiling.halo_um is not None:
         return float(config.tiling.halo_um)
     need = 2.0 * method.reach_um() + 2.0 * config.nuclei.diameter_um
+    if config.nuclei.backend == "classical":
+        need += config.nuclei.classical.background_um or 0.0  # the top-hat's own context
     return max(config.halo_um(), need)
 
 

@@ -129,3 +129,15 @@ def test_deterministic_across_runs_and_worker_counts(chip, many_tiles, tmp_path,
         assert (out / name).read_bytes() == (many_tiles / name).read_bytes()
     for name in ("nuclei", "cells"):
         np.testing.assert_array_equal(_labels(out, name), _labels(many_tiles, name))
+
+
+def test_background_subtraction_is_tile_invariant(chip, tmp_path):
+    """The top-hat's context is in the halo: 1 tile and many tiles give the same nuclei."""
+    items = ["nuclei.classical.background_um=12", "cells.method=expansion"]
+    runs = []
+    for name, tiling in (("one", ["tiling.tile_size_um=1000"]), ("many", ["tiling.tile_size_um=24",
+                                                                           "tiling.chunk_px=16"])):
+        run_pipeline(chip, str(tmp_path / name), _cfg(*items, *tiling), local=True)
+        runs.append(_labels(tmp_path / name, "nuclei"))
+    assert runs[0].max() > 50
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -1,6 +1,7 @@
 """Classical nuclei segmentation of the nuclear stain; needs no weights.
 
-Gaussian smoothing, a *chip-wide* threshold (Otsu over a histogram summed across tiles, so every
+Gaussian smoothing, optionally a white top-hat that removes the stain's slowly varying glow (dense
+tissue and blurred mosaics lift whole regions above any global threshold), a *chip-wide* threshold (Otsu over a histogram summed across tiles, so every
 tile cuts at the same level), then a distance-transform watershed that splits touching nuclei.
 Each step is local, so an object away from the window edge is segmented identically in any
 window: that is what makes the stitched output independent of the tile size.
@@ -16,7 +17,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .base import NucleiBackend
 
 N_BINS = 4096
@@ -24,6 +25,20 @@ N_BINS = 4096
 
 def smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.gaussian_filter(image.astype(np.float32, copy=False), sigma_px, truncate=4.0)
+
+
+def enhance(image: np.ndarray, sigma_px: float, background_px: int | None) -> np.ndarray:
+    """The image the threshold applies to: smoothed, minus its grey opening when ``background_px``."""
+    sm = smooth(image, sigma_px)
+    if background_px:
+        sm = sm - ndi.grey_opening(sm, size=(background_px, background_px))
+    return sm
+
+
+def background_px(config, pixel_size_um: float) -> int | None:
+    """Top-hat width in pixels (odd), or None when background subtraction is off."""
+    um = config.nuclei.classical.background_um
+    return int(round(um / pixel_size_um)) | 1 if um else None
 
 
 def tile_histogram(smoothed_core: np.ndarray, vmax: float) -> np.ndarray:
@@ -47,12 +62,19 @@ def otsu_from_histogram(hist: np.ndarray, vmax: float) -> float:
 class ClassicalNuclei(NucleiBackend):
     name = "classical"
 
+    def __init__(self, config, chip):
+        super().__init__(config, chip)
+        bg = config.nuclei.classical.background_um
+        if bg is not None and bg <= 0:
+            raise ConfigError(f"nuclei.classical.background_um must be positive or null, got {bg}")
+
     def _px(self, um: float) -> float:
         return um / self.chip.pixel_size_um
 
     def context_px(self) -> int:
         c = self.config.nuclei.classical
-        return int(math.ceil(4 * self._px(c.sigma_um) + self._px(c.footprint_um))) + 1
+        return int(math.ceil(4 * self._px(c.sigma_um) + self._px(c.footprint_um)
+                             + (self._px(c.background_um) if c.background_um else 0))) + 1
 
     def prepare(self, stats):
         c = self.config.nuclei.classical
@@ -60,7 +82,7 @@ class ClassicalNuclei(NucleiBackend):
 
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         c = self.config.nuclei.classical
-        sm = smooth(image, self._px(c.sigma_um))
+        sm = enhance(image, self._px(c.sigma_um), background_px(self.config, self.chip.pixel_size_um))
         mask = sm > self.threshold
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
         mask = ndi.binary_fill_holes(mask)
