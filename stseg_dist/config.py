@@ -77,7 +77,7 @@ class UCSConfig:
     pos_weight: float | None = None  # None: 5 on Stereo-seq, else 1
     missing_cell_threshold: float = 0.95
     missing_cells: bool = True
-    foreground_threshold: float = 0.9  # bins below it never join a cell
+    foreground_threshold: float = 0.5  # bins below it never join a cell (0.5: the net's argmax)
     background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background
     # Also background: bins off the nuclei whose smoothed count is below this fraction of the
     # nuclei's (the gaps between cells, which the paper's far-from-nuclei rule never reaches in
@@ -85,6 +85,11 @@ class UCSConfig:
     background_density: float | None = 0.25
     background_sigma_um: float = 1.5  # smoothing of the counts for that rule
     scaled_softmask: bool = True
+    # The cell net also sees each cell's expression profile (its features averaged over its
+    # nucleus), beyond the paper: between two nuclei, a bin goes to the one it resembles.
+    expression_profile: bool = True
+    # How far a cell may extend beyond its nucleus outline; None: half of cells.cell_diameter_um.
+    growth_um: float | None = None
     markers: str | None = None  # table of cell types and marker genes
     num_gpus: float = 0.5
     num_actors: int = 1

@@ -358,6 +358,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         "failed": failed,
         "warnings": warnings,
         "workers": workers,
+        "method": {"name": method.name, **method.describe_state(ctx.method_state)},
         "resumed_tiles": resumed,
         "placement": placement,
         "tiles": tiles,

@@ -106,6 +106,10 @@ class CellMethod:
         """Chip-wide work before the cell pass; returns a picklable state (e.g. weights)."""
         return None
 
+    def describe_state(self, state: Any) -> dict:
+        """What run.json records of :meth:`prepare`'s state (e.g. training losses), JSON-able."""
+        return {}
+
     def load(self, state: Any) -> None:
         """Called once per worker with :meth:`prepare`'s state before any tile."""
 

@@ -66,7 +66,8 @@ def test_foreground_labels_constructed():
 
 
 def test_gaps_between_cells_become_background():
-    """Two dense cells 6 bins apart: the sparse gap is background, the dense cytoplasm is not."""
+    """Two dense cells 6 bins apart: the sparse gap is background, dense cytoplasm next to a nucleus
+    is cell, and dense cytoplasm further out is left to the net."""
     nuclei = np.zeros((40, 60), np.int64)
     nuclei[16:24, 8:16], nuclei[16:24, 44:52] = 1, 2
     counts = np.zeros((40, 60), np.float32)
@@ -77,8 +78,11 @@ def test_gaps_between_cells_become_background():
     assert (paper[:, 28:32] == IGNORE).all()  # too close to nuclei for the paper's rule
     lab = foreground_labels(nuclei, counts, density=0.25)
     assert (lab[12:28, 29:32] == 0).all()  # the gap
-    assert (lab[12:28, 18:24] == IGNORE).all()  # dense cytoplasm stays unlabelled
-    assert (lab[nuclei > 0] == 1).all() and (lab[15:25, 7:17][nuclei[15:25, 7:17] == 0] == IGNORE).all()
+    assert (lab[12:28, 20:24] == IGNORE).all()  # dense cytoplasm beyond the ring: unlabelled
+    assert (lab[nuclei > 0] == 1).all() and (lab[16:24, 16:19] == 1).all()  # the ring: cell
+    sparse = counts.copy()
+    sparse[10:30, 2:27] = 0.3  # a cell far sparser than the nuclei on average: its ring is not cell
+    assert (foreground_labels(nuclei, sparse, density=0.25)[16:24, 16:19] != 1).all()
 
 
 def test_select_hvg():
@@ -144,12 +148,26 @@ def test_overlap_tile_inference_is_seamless():
     assert set(np.unique(lab_a)) <= set(np.unique(nuclei))
 
 
+def test_growth_limits_how_far_a_cell_may_claim():
+    from stseg_dist.methods.ucs.softmask import signed_distance
+
+    nuclei = np.zeros((60, 60), np.int64)
+    nuclei[28:33, 28:33] = 1
+    free, = cell_priors(nuclei, 20, 3.0, False)
+    capped, = cell_priors(nuclei, 20, 3.0, False, growth_bins=6)
+    sd = signed_distance(nuclei[capped.box[0]:capped.box[1], capped.box[2]:capped.box[3]] == 1)
+    assert (free.mask > 0).all()  # without a cap the whole box is in reach
+    assert (capped.mask[sd >= -6] > 0).all() and (capped.mask[sd < -6.01] == 0).all()
+    np.testing.assert_array_equal(capped.mask[sd >= -6], free.mask[sd >= -6])
+
+
 @pytest.mark.parametrize("key, value, fragment", [
     ("patch_px", 4, "patch_px"), ("tau", 0, "tau"), ("bin_um", -1, "bin_um"),
     ("missing_cell_threshold", 1.5, "missing_cell_threshold"), ("epochs", 0, "epochs"),
     ("markers", "/nonexistent/markers.csv", "file not found"),
     ("background_density", 1.5, "background_density"), ("background_density", 0, "background_density"),
-    ("background_sigma_um", 0, "background_sigma_um"),
+    ("background_sigma_um", 0, "background_sigma_um"), ("growth_um", -2, "growth_um"),
+    ("foreground_threshold", 1.0, "foreground_threshold"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod
@@ -169,3 +187,41 @@ def test_marker_table_columns(tmp_path):
     good = tmp_path / "g.tsv"
     good.write_text("cell_type\tgene\nT\tCD3E\nB\tMS4A1\n")
     assert load_markers(str(good)).gene.tolist() == ["CD3E", "MS4A1"]
+
+
+def test_marker_masks_reach_the_cell_net_at_inference():
+    """A model trained with marker masks gets each cell's marker mask at inference too."""
+    from stseg_dist.methods.ucs.features import BinnedTile, cell_marker_mask, marker_grid
+
+    lut = np.array([0, 1, 2, 0])  # genes 1 and 2 mark types 1 and 2
+    patches = _toy_patches()
+    for p in patches:
+        p.markers = marker_grid(p.rows, p.cols, p.genes, lut, p.nuclei.shape)
+    cfg = PipelineConfig().cells.ucs
+    cfg.epochs, cfg.batch_size = 2, 4
+    model, device = load_model(train_ucs(patches, 4, cfg, markers=True), "cpu")
+    assert model.cell.markers
+    rng = np.random.default_rng(5)
+    nuclei = np.zeros((40, 40), np.int64)
+    nuclei[8:13, 8:13], nuclei[25:30, 25:30] = 1, 2
+    n = 1500
+    rows, cols, genes = rng.integers(0, 40, n), rng.integers(0, 40, n), rng.integers(0, 4, n)
+    binned = BinnedTile((40, 40), rows, cols, genes, nuclei, None, 1.0, (0, 0), (0, 0))
+    markers = marker_grid(rows, cols, genes, lut, (40, 40))
+    seen = []
+    classify = model.cell.classify
+
+    def spy(reduced, softmasks, marker_masks=None, profiles=None):
+        seen.append(marker_masks)
+        return classify(reduced, softmasks, marker_masks, profiles)
+
+    model.cell.classify = spy
+    priors = cell_priors(nuclei, 10, 2.0, True)
+    predict(model, device, binned, priors, markers=markers)
+    got = seen[-1].numpy()
+    assert got.shape[0] == 2 and got.sum() > 0
+    expect = cell_marker_mask(markers[priors[0].box[0]:priors[0].box[1], priors[0].box[2]:priors[0].box[3]],
+                              priors[0].mask > 0.5)
+    np.testing.assert_array_equal(got[0, 0][: expect.shape[0], : expect.shape[1]], expect)
+    predict(model, device, binned, priors)  # without a marker grid the channel is empty
+    assert seen[-1] is None

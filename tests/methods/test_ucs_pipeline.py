@@ -44,3 +44,7 @@ def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     assert (~cells.has_nucleus).sum() == run["counts"]["n_seeds"]
     assert (cells.cell_id[~cells.has_nucleus] > run["counts"]["n_nuclei"]).all()
     assert ((nb == 0) | (b == nb)).all()  # nuclei always kept by their cell
+    # run.json records the training: one loss per epoch for each network, on the patches sampled
+    trained = run["method"]
+    assert trained["name"] == "ucs" and trained["n_train_patches"] == 48
+    assert len(trained["loss"]["foreground"]) == len(trained["loss"]["cell"]) == 4

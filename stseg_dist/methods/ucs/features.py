@@ -118,3 +118,24 @@ def select_hvg(rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, n_genes: i
     top = np.argsort(-disp, kind="stable")[:n_hvg]
     keep[top[np.isfinite(disp[top])]] = True
     return keep
+
+
+def marker_grid(rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, lut: np.ndarray,
+                shape: tuple[int, int]) -> np.ndarray:
+    """Per bin: 1 + the cell type whose marker gene lies there (0 = none; the highest type wins)."""
+    out = np.zeros(shape, np.int64)
+    types = lut[genes]
+    hit = types > 0
+    np.maximum.at(out, (rows[hit], cols[hit]), types[hit])
+    return out
+
+
+def cell_marker_mask(markers: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+    """Bins holding markers of the type found on and around (2 bins) a nucleus, grown by one bin."""
+    from scipy import ndimage as ndi
+
+    near = ndi.binary_dilation(nucleus, iterations=2, structure=np.ones((3, 3), bool))
+    types = markers[near & (markers > 0)]
+    if not len(types):
+        return np.zeros(markers.shape, np.float32)
+    return ndi.binary_dilation(markers == np.bincount(types).argmax(), iterations=1).astype(np.float32)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .features import BinnedTile
+from .features import BinnedTile, cell_marker_mask
 from .nets import RECEPTIVE_RADIUS
 from .softmask import softmask
 
@@ -27,8 +27,14 @@ class CellPrior:
     mask: np.ndarray  # soft mask over the box
 
 
-def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool) -> list[CellPrior]:
-    """Soft masks of every nucleus (or seed) in the window, over its box grown by the reach."""
+def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
+                growth_bins: float | None = None) -> list[CellPrior]:
+    """Soft masks of every nucleus (or seed) in the window, over its box grown by the reach.
+
+    With ``growth_bins`` the mask is zero beyond that (direction-scaled) distance from the nucleus
+    outline: a cell may not claim a whole neighbour whose nucleus went unseen, which leaves that
+    neighbour to the missing-cell search instead of doubling this cell.
+    """
     h, w = seeds.shape
     out = []
     ids = np.unique(seeds)
@@ -43,68 +49,99 @@ def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool) ->
         r0, r1 = max(0, sl[0].start - reach_bins), min(h, sl[0].stop + reach_bins)
         c0, c1 = max(0, sl[1].start - reach_bins), min(w, sl[1].stop + reach_bins)
         m = lab[r0:r1, c0:c1] == k + 1
-        out.append(CellPrior(int(ids[k]), (r0, r1, c0, c1), softmask(m, tau, scaled)))
+        sm = softmask(m, tau, scaled)
+        if growth_bins is not None:
+            sm = np.where(sm >= 1.0 / (1.0 + np.exp(growth_bins / tau)), sm, 0.0).astype(np.float32)
+        out.append(CellPrior(int(ids[k]), (r0, r1, c0, c1), sm))
     return out
 
 
 def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
-            fg_threshold: float = 0.5):
-    """Foreground probability and cell argmax labels over the window's bin grid."""
+            fg_threshold: float = 0.5, markers: np.ndarray | None = None):
+    """Foreground probability and cell argmax labels over the window's bin grid.
+
+    Pass 1 runs the foreground net patch by patch (margins cover its receptive field) and keeps
+    the foreground probability and the cell net's per-bin reduced features for the whole window.
+    ``markers`` (per-bin marker cell type, see features.marker_grid) feeds a marker-trained model.
+    Everything after is per bin, so pass 2 needs no margins: each cell's expression profile is
+    taken over its whole nucleus, whatever patch it falls in, then its cells are classified.
+    """
     import torch
 
     h, w = binned.shape
     m = RECEPTIVE_RADIUS + 1
     fg = np.zeros((h, w), np.float32)
-    bg_sum = np.zeros((h, w), np.float32)
-    n_cover = np.zeros((h, w), np.float32)
-    best_q = np.zeros((h, w), np.float32)
-    best_id = np.zeros((h, w), np.int64)
+    reduced = torch.zeros((1, model.cell.channels, h, w), device=device)
     order = np.lexsort((binned.cols, binned.rows))
     rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    tiles = [(r0, min(h, r0 + patch), c0, min(w, c0 + patch)) for r0 in range(0, h, patch) for c0 in range(0, w, patch)]
     with torch.no_grad():
-        for r0 in range(0, h, patch):
-            for c0 in range(0, w, patch):
-                r1, c1 = min(h, r0 + patch), min(w, c0 + patch)
-                pr0, pr1, pc0, pc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
-                lo, hi = np.searchsorted(rows, [pr0, pr1])
-                sel = slice(lo, hi)
-                inside = (cols[sel] >= pc0) & (cols[sel] < pc1)
-                t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-                rr = t(rows[sel][inside] - pr0)
-                cc = t(cols[sel][inside] - pc0)
-                gg = t(genes[sel][inside])
-                shape = (1, pr1 - pr0, pc1 - pc0)
-                logits, feats = model.foreground(torch.zeros_like(rr), rr, cc, gg, shape)
-                core = (slice(r0 - pr0, r1 - pr0), slice(c0 - pc0, c1 - pc0))
-                fg[r0:r1, c0:c1] = torch.softmax(logits, 1)[0, 1][core].cpu().numpy()
-                feats = feats[:, :, core[0], core[1]]
-                hits = [p for p in priors if p.box[0] < r1 and p.box[1] > r0 and p.box[2] < c1 and p.box[3] > c0]
-                if not hits:
-                    continue
-                sm = np.zeros((len(hits), 1, r1 - r0, c1 - c0), np.float32)
-                cover = np.zeros((len(hits), r1 - r0, c1 - c0), bool)
-                for k, p in enumerate(hits):
-                    a0, a1 = max(r0, p.box[0]), min(r1, p.box[1])
-                    b0, b1 = max(c0, p.box[2]), min(c1, p.box[3])
-                    sm[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[a0 - p.box[0] : a1 - p.box[0],
-                                                                            b0 - p.box[2] : b1 - p.box[2]]
-                    cover[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = True
-                q = torch.softmax(model.cell(feats, t(sm)), 1)[:, 1].cpu().numpy()
-                q = np.where(cover, q, 0.0)
-                bg_sum[r0:r1, c0:c1] = ((1.0 - q) * cover).sum(0)
-                n_cover[r0:r1, c0:c1] = cover.sum(0)
-                # Among cells that claim a bin, the soft mask (the nucleus-distance prior) decides:
-                # a saturated cell net gives q ~ 1 to several neighbours, and an argmax over q alone
-                # would split them arbitrarily.
-                k_best = (q * sm[:, 0]).argmax(0)
-                best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
-                ids = np.array([p.cell_id for p in hits], np.int64)
-                best_id[r0:r1, c0:c1] = ids[k_best]
+        for r0, r1, c0, c1 in tiles:
+            pr0, pr1, pc0, pc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+            lo, hi = np.searchsorted(rows, [pr0, pr1])
+            sel = slice(lo, hi)
+            inside = (cols[sel] >= pc0) & (cols[sel] < pc1)
+            rr, cc, gg = t(rows[sel][inside] - pr0), t(cols[sel][inside] - pc0), t(genes[sel][inside])
+            logits, feats = model.foreground(torch.zeros_like(rr), rr, cc, gg, (1, pr1 - pr0, pc1 - pc0))
+            core = (slice(r0 - pr0, r1 - pr0), slice(c0 - pc0, c1 - pc0))
+            fg[r0:r1, c0:c1] = torch.softmax(logits, 1)[0, 1][core].cpu().numpy()
+            reduced[:, :, r0:r1, c0:c1] = model.cell.reduce(feats[:, :, core[0], core[1]])
+        profiles = {}
+        if model.cell.expression:
+            for p in priors:
+                r0, r1, c0, c1 = p.box
+                profiles[p.cell_id] = model.cell.profiles(reduced[:, :, r0:r1, c0:c1], t(p.mask[None, None]))[0]
+        marker_masks = None
+        if model.cell.markers and markers is not None:
+            marker_masks = {p.cell_id: cell_marker_mask(markers[p.box[0]:p.box[1], p.box[2]:p.box[3]], p.mask > 0.5)
+                            for p in priors}
+        bg_sum, n_cover, best_q, best_id = _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t)
     bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
     # A bin joins a cell only where the foreground net also calls it cell: the cell net alone is
     # trained on nuclei versus far background and extends too freely in between.
     labels = np.where((n_cover > 0) & (best_q > bg) & (fg >= fg_threshold), best_id, 0)
     return fg, labels
+
+
+def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t):
+    """Per bin over the cells whose reach covers it: sum of (1 - q_c), count, best q and its cell."""
+    import torch
+
+    h, w = reduced.shape[2:]
+    bg_sum = np.zeros((h, w), np.float32)
+    n_cover = np.zeros((h, w), np.float32)
+    best_q = np.zeros((h, w), np.float32)
+    best_id = np.zeros((h, w), np.int64)
+    for r0, r1, c0, c1 in tiles:
+        hits = [p for p in priors if p.box[0] < r1 and p.box[1] > r0 and p.box[2] < c1 and p.box[3] > c0]
+        if not hits:
+            continue
+        sm = np.zeros((len(hits), 1, r1 - r0, c1 - c0), np.float32)
+        mk = np.zeros_like(sm) if marker_masks is not None else None
+        cover = np.zeros((len(hits), r1 - r0, c1 - c0), bool)
+        for k, p in enumerate(hits):
+            a0, a1 = max(r0, p.box[0]), min(r1, p.box[1])
+            b0, b1 = max(c0, p.box[2]), min(c1, p.box[3])
+            src = (slice(a0 - p.box[0], a1 - p.box[0]), slice(b0 - p.box[2], b1 - p.box[2]))
+            sm[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[src]
+            if mk is not None:
+                mk[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = marker_masks[p.cell_id][src]
+            cover[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[src] > 0
+        prof = torch.stack([profiles[p.cell_id] for p in hits]) if profiles else None
+        logits = model.cell.classify(reduced[:, :, r0:r1, c0:c1], t(sm), None if mk is None else t(mk), prof)
+        q = torch.softmax(logits, 1)[:, 1].cpu().numpy()
+        q = np.where(cover, q, 0.0)
+        bg_sum[r0:r1, c0:c1] = ((1.0 - q) * cover).sum(0)
+        n_cover[r0:r1, c0:c1] = cover.sum(0)
+        # Among cells that claim a bin, the soft mask (the nucleus-distance prior) decides:
+        # a saturated cell net gives q ~ 1 to several neighbours, and an argmax over q alone
+        # would split them arbitrarily.
+        k_best = (q * sm[:, 0]).argmax(0)
+        best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
+        ids = np.array([p.cell_id for p in hits], np.int64)
+        best_id[r0:r1, c0:c1] = ids[k_best]
+    return bg_sum, n_cover, best_q, best_id
 
 
 def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:

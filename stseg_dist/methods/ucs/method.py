@@ -10,7 +10,7 @@ import pandas as pd
 
 from ...errors import ConfigError, InputError
 from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
-from .features import bin_size_um, bin_tile, select_hvg
+from .features import bin_size_um, bin_tile, marker_grid, select_hvg
 from .inference import cell_priors, missing_cell_seeds, postprocess, predict
 from .training import Patch, load_model, train_ucs
 
@@ -26,10 +26,14 @@ class UCSMethod(CellMethod):
         c = config.cells.ucs
         if c.patch_px < 8:
             raise ConfigError(f"cells.ucs.patch_px must be at least 8 bins, got {c.patch_px}")
+        if c.growth_um is not None and c.growth_um <= 0:
+            raise ConfigError(f"cells.ucs.growth_um must be positive or null, got {c.growth_um}")
         if c.tau <= 0:
             raise ConfigError(f"cells.ucs.tau must be positive, got {c.tau}")
         if c.bin_um is not None and c.bin_um <= 0:
             raise ConfigError(f"cells.ucs.bin_um must be positive, got {c.bin_um}")
+        if not 0 <= c.foreground_threshold < 1:
+            raise ConfigError(f"cells.ucs.foreground_threshold must be in [0, 1), got {c.foreground_threshold}")
         if not 0 < c.missing_cell_threshold <= 1:
             raise ConfigError(f"cells.ucs.missing_cell_threshold must be in (0, 1], got {c.missing_cell_threshold}")
         if c.background_density is not None and not 0 < c.background_density < 1:
@@ -78,7 +82,7 @@ class UCSMethod(CellMethod):
         train = train_where_gpu(train_ucs, self.cfg.num_gpus)
         state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
                       markers=marker_types is not None, log=log.info)
-        return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um}
+        return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um, "marker_lut": marker_types}
 
     def _pos_weight(self) -> float:
         if self.cfg.pos_weight is not None:
@@ -96,6 +100,12 @@ class UCSMethod(CellMethod):
             if g in index:
                 lut[index[g]] = types.index(t) + 1
         return lut
+
+    def describe_state(self, state) -> dict:
+        train = state["train"]
+        return {"bin_um": state["bin_um"], "n_train_patches": train["n_patches"], "device": train.get("device"),
+                "loss": {k: [round(float(v), 5) for v in h] for k, h in train["history"].items()},
+                "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
 
     # -- inference ----------------------------------------------------------------------------
     def load(self, state):
@@ -124,8 +134,12 @@ class UCSMethod(CellMethod):
         seeds = binned.nuclei
         if with_seeds and binned.seeds is not None:
             seeds = np.where(seeds > 0, seeds, binned.seeds)
-        priors = cell_priors(seeds, self._reach_bins(), self.cfg.tau, self.cfg.scaled_softmask)
-        fg, labels = predict(self.model, self.device, binned, priors, fg_threshold=self.cfg.foreground_threshold)
+        growth = self.cfg.growth_um if self.cfg.growth_um is not None else self.config.cells.cell_diameter_um / 2
+        priors = cell_priors(seeds, self._reach_bins(), self.cfg.tau, self.cfg.scaled_softmask, growth / self.bin_um)
+        lut = self.state.get("marker_lut")
+        markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
+        fg, labels = predict(self.model, self.device, binned, priors, fg_threshold=self.cfg.foreground_threshold,
+                             markers=markers)
         return binned, seeds, fg, labels
 
     def find_seeds(self, data: TileData):
@@ -188,11 +202,7 @@ def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_t
         nuc = np.zeros((size, size), np.int64)
         nuc[: r1 - r0, : c1 - c0] = binned.nuclei[r0:r1, c0:c1]
         pr, pc, pg = rows[sel][inside] - r0, cols[sel][inside] - c0, genes[sel][inside]
-        markers = None
-        if marker_types is not None:
-            markers = np.zeros((size, size), np.int64)
-            mt = marker_types[pg]
-            markers[pr[mt > 0], pc[mt > 0]] = mt[mt > 0]
+        markers = None if marker_types is None else marker_grid(pr, pc, pg, marker_types, (size, size))
         out.append(Patch(int(cid), pr, pc, pg, nuc, markers))
     return out
 

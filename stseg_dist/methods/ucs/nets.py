@@ -7,7 +7,8 @@ of four 1x1 convolutions to {background, cell}.
 
 Cell Predict Net: three 1x1 convolutions on the foreground features, multiplied by each cell's
 soft mask (cells in the batch dimension, sharing the features), then a 1x1 head to
-{background, this cell}. Everything after the encoder is 1x1, so the receptive field is the
+{background, this cell} (optionally also the features times the cell's own expression profile, see
+CellNet). Everything after the encoder is 1x1, so the receptive field is the
 encoder's: RECEPTIVE_RADIUS bins.
 """
 
@@ -71,24 +72,46 @@ class ForegroundNet(nn.Module):
 
 
 class CellNet(nn.Module):
-    def __init__(self, feature_channels: int, width: int = 32, markers: bool = False):
+    """Per cell: reduced features times its soft mask and, with ``expression``, an addition to the
+    paper: the same features times the cell's own expression profile (their mean over its
+    nucleus), so a bin between two nuclei can go to the one whose expression it shares."""
+
+    def __init__(self, feature_channels: int, width: int = 32, markers: bool = False, expression: bool = True):
         super().__init__()
         self.reduce = _mlp1x1([feature_channels, 2 * width, width, width // 2], last_relu=True)
         self.markers = markers
-        self.head = nn.Conv2d(width // 2 + (1 if markers else 0), 2, 1)
+        self.expression = expression
+        self.channels = width // 2
+        n_in = (width // 2) * (2 if expression else 1) + (1 if markers else 0)
+        self.head = nn.Conv2d(n_in, 2, 1)
+
+    @staticmethod
+    def profiles(reduced: torch.Tensor, softmasks: torch.Tensor) -> torch.Tensor:
+        """(N, C) mean reduced features over each cell's nucleus (soft mask > 0.5)."""
+        inside = (softmasks > 0.5).to(reduced.dtype)
+        return (reduced * inside).sum((2, 3)) / inside.sum((2, 3)).clamp(min=1.0)
+
+    def classify(self, reduced: torch.Tensor, softmasks: torch.Tensor, marker_masks: torch.Tensor | None = None,
+                 profiles: torch.Tensor | None = None) -> torch.Tensor:
+        """reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
+
+        ``profiles`` (N, C) overrides the profiles taken from this window, for cells whose nucleus
+        it does not hold whole."""
+        parts = [reduced * softmasks]
+        if self.expression:
+            prof = self.profiles(reduced, softmasks) if profiles is None else profiles
+            parts.append(reduced * prof[:, :, None, None] * softmasks)
+        if self.markers:
+            parts.append(torch.zeros_like(softmasks) if marker_masks is None else marker_masks)
+        return self.head(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
     def forward(self, features: torch.Tensor, softmasks: torch.Tensor, marker_masks: torch.Tensor | None = None):
         """features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W)."""
-        f = self.reduce(features) * softmasks
-        if self.markers:
-            if marker_masks is None:
-                marker_masks = torch.zeros_like(softmasks)
-            f = torch.cat([f, marker_masks], dim=1)
-        return self.head(f)
+        return self.classify(self.reduce(features), softmasks, marker_masks)
 
 
 class UCSModel(nn.Module):
-    def __init__(self, n_genes: int, width: int = 32, markers: bool = False):
+    def __init__(self, n_genes: int, width: int = 32, markers: bool = False, expression: bool = True):
         super().__init__()
         self.foreground = ForegroundNet(n_genes, width)
-        self.cell = CellNet(self.foreground.feature_channels, width, markers)
+        self.cell = CellNet(self.foreground.feature_channels, width, markers, expression)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .features import cell_marker_mask
 from .softmask import softmask
 
 IGNORE = -100
@@ -33,13 +34,16 @@ class Patch:
 
 
 def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 4,
-                      density: float | None = None, sigma: float = 1.5, margin: int = 2) -> np.ndarray:
+                      density: float | None = None, sigma: float = 1.5, margin: int = 2,
+                      ring: int = 3) -> np.ndarray:
     """Nucleus bins 1; background 0; the rest ignored.
 
     Background is the paper's (outside the nuclei dilated by a 10x10 kernel ``iterations`` times,
-    with counts below that region's mean) and, with ``density``, the sparse bins between cells:
-    more than ``margin`` bins off every nucleus with a Gaussian-smoothed count below ``density``
-    times the mean smoothed count on the nuclei.
+    with counts below that region's mean). With ``density``, two additions: the sparse bins
+    between cells are background (more than ``margin`` bins off every nucleus, Gaussian-smoothed
+    count below ``density`` times the nuclei's mean), and the dense bins within ``ring`` bins of a
+    nucleus are cell (smoothed count at least twice that), so the net also learns what cytoplasm
+    looks like: its genes differ from the nucleus's, and nuclei alone leave it uncalibrated there.
     """
     pos = nuclei > 0
     dil = ndi.binary_dilation(pos, structure=np.ones((10, 10), bool), iterations=iterations)
@@ -49,8 +53,11 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
         labels[outside & (counts < counts[outside].mean())] = 0
     if density is not None and pos.any():
         smooth = ndi.gaussian_filter(counts.astype(np.float32), sigma, mode="constant")
+        level = smooth[pos].mean()
         off = ~ndi.binary_dilation(pos, iterations=margin)
-        labels[off & (smooth < density * smooth[pos].mean())] = 0
+        labels[off & (smooth < density * level)] = 0
+        near = ndi.binary_dilation(pos, iterations=ring)
+        labels[near & (smooth >= 2 * density * level)] = 1
     labels[pos] = 1
     return labels
 
@@ -92,7 +99,7 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     patches = sorted(patches, key=lambda p: p.key)
-    model = UCSModel(n_genes, markers=markers).to(device)
+    model = UCSModel(n_genes, markers=markers, expression=cfg.expression_profile).to(device)
     weights = torch.tensor([1.0, pos_weight], device=device)
     ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     size = patches[0].nuclei.shape
@@ -163,7 +170,8 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
             f"cell loss {history['cell'][0]:.3f} -> {history['cell'][-1]:.3f}")
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
-    return {"weights": buf.getvalue(), "n_genes": n_genes, "markers": markers, "history": history,
+    return {"weights": buf.getvalue(), "n_genes": n_genes, "markers": markers,
+            "expression": cfg.expression_profile, "history": history, "device": str(device),
             "n_patches": len(patches)}
 
 
@@ -174,7 +182,7 @@ def load_model(state: dict, device: str | None = None):
     from .nets import UCSModel
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = UCSModel(state["n_genes"], markers=state.get("markers", False))
+    model = UCSModel(state["n_genes"], markers=state.get("markers", False), expression=state.get("expression", False))
     model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
     return model.to(device).eval(), device
 
@@ -185,13 +193,7 @@ def _marker_masks(p: Patch, ids, device):
 
     if p.markers is None:
         return torch.zeros((len(ids), 1, *p.nuclei.shape), device=device)
-    out = np.zeros((len(ids), 1, *p.nuclei.shape), np.float32)
-    near = ndi.grey_dilation(p.nuclei, size=(5, 5))
-    for k, c in enumerate(ids):
-        types = p.markers[(near == c) & (p.markers > 0)]
-        if len(types):
-            t = np.bincount(types).argmax()
-            out[k, 0] = ndi.binary_dilation(p.markers == t, iterations=1)
+    out = np.stack([cell_marker_mask(p.markers, p.nuclei == c) for c in ids])[:, None]
     return torch.as_tensor(out, device=device)
 
 
