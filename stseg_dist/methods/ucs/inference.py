@@ -2,7 +2,8 @@
 
 The window is processed in overlapping patches whose margins cover the network's receptive
 field, and only each patch's centre is kept: the result equals running the network on the whole
-window at once (no blending, no grid artefacts) while memory stays at one patch. Cell
+window at once (no blending, no grid artefacts) while the network's activations stay at one
+patch (the window keeps only the cell net's few reduced channels per bin). Cell
 probabilities are accumulated per bin over the cells whose reach covers it; the background
 probability of a bin is the mean of (1 - q_c) over those cells, and each bin takes the argmax
 over background and cells.
@@ -62,9 +63,9 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
 
     Pass 1 runs the foreground net patch by patch (margins cover its receptive field) and keeps
     the foreground probability and the cell net's per-bin reduced features for the whole window.
-    ``markers`` (per-bin marker cell type, see features.marker_grid) feeds a marker-trained model.
     Everything after is per bin, so pass 2 needs no margins: each cell's expression profile is
     taken over its whole nucleus, whatever patch it falls in, then its cells are classified.
+    ``markers`` (per-bin marker cell type, see features.marker_grid) feeds a marker-trained model.
     """
     import torch
 
