@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from stseg_dist.config import PipelineConfig
+from stseg_dist.config import load_config, parse_set
 from stseg_dist.methods.base import TileData, TileTranscripts
 from stseg_dist.methods.ucs.features import bin_tile
 from stseg_dist.methods.ucs.method import UCSMethod, _patches_for
@@ -63,11 +63,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help="config override, e.g. cells.ucs.expression_profile=false")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = PipelineConfig()
-    config.cells.method = "ucs"
-    config.cells.ucs.epochs = args.epochs
+    config = load_config(overrides=parse_set(["cells.method=ucs", f"cells.ucs.epochs={args.epochs}", *args.set]),
+                         use_env=False)
     method = UCSMethod(config, "xenium")
     data = make_tile(args.size_px, args.cells, args.genes, args.seed)
     binned = bin_tile(data, method.bin_um)

@@ -126,13 +126,16 @@ def test_training_learns_and_is_deterministic():
     assert isinstance(model.foreground, ForegroundNet)
 
 
-def test_overlap_tile_inference_is_seamless():
-    """Small overlapping patches give exactly what one patch over the whole window gives."""
+@pytest.mark.parametrize("expression", [False, True])
+def test_overlap_tile_inference_is_seamless(expression):
+    """Small overlapping patches give exactly what one patch over the whole window gives (with the
+    expression profile too: it is taken over each whole nucleus, not per patch)."""
     from stseg_dist.methods.ucs.features import BinnedTile
 
     cfg = PipelineConfig().cells.ucs
-    cfg.epochs, cfg.batch_size = 2, 4
+    cfg.epochs, cfg.batch_size, cfg.expression_profile = 2, 4, expression
     model, device = load_model(train_ucs(_toy_patches(), 4, cfg), "cpu")
+    assert model.cell.expression == expression
     rng = np.random.default_rng(3)
     nuclei = np.zeros((90, 110), np.int64)
     for k, (cy, cx) in enumerate(rng.integers(8, 80, (12, 2)), start=1):
