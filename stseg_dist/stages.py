@@ -20,7 +20,7 @@ from .io.chip import Chip
 from .io.transcripts import ROW
 from .methods.base import CellMethod, TileData
 from .nuclei.base import NucleiBackend
-from .nuclei.classical import background_px, enhance, tile_histogram
+from .nuclei.classical import enhance, tile_histogram
 from .stitching import OwnedObjects, owned_objects, paint_window
 from .tiledata import load_tile_data
 from .tiling import Tile, TileGrid
@@ -56,8 +56,7 @@ class RunContext:
 def histogram_tile(ctx: RunContext, tile: Tile, vmax: float) -> np.ndarray:
     rows, cols = tile.window_slices
     image = ctx.chip.read_image(rows, cols, ctx.config.nuclei.channel)
-    sigma = ctx.config.nuclei.classical.sigma_um / ctx.chip.pixel_size_um
-    core = enhance(image, sigma, background_px(ctx.config, ctx.chip.pixel_size_um))[tile.core_in_window]
+    core = enhance(image, ctx.config.nuclei.classical, ctx.chip.pixel_size_um)[tile.core_in_window]
     return tile_histogram(core, vmax)
 
 

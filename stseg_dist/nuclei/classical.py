@@ -1,8 +1,8 @@
 """Classical nuclei segmentation of the nuclear stain; needs no weights.
 
 Gaussian smoothing, optionally a white top-hat that removes the stain's slowly varying glow (dense
-tissue and blurred mosaics lift whole regions above any global threshold), a *chip-wide* threshold (Otsu over a histogram summed across tiles, so every
-tile cuts at the same level), then a distance-transform watershed that splits touching nuclei.
+tissue and blurred mosaics lift whole regions above any global threshold), a *chip-wide*
+threshold (Otsu over a histogram summed across tiles, so every tile cuts at the same level), then a distance-transform watershed that splits touching nuclei.
 Each step is local, so an object away from the window edge is segmented identically in any
 window: that is what makes the stitched output independent of the tile size.
 """
@@ -27,18 +27,14 @@ def smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.gaussian_filter(image.astype(np.float32, copy=False), sigma_px, truncate=4.0)
 
 
-def enhance(image: np.ndarray, sigma_px: float, background_px: int | None) -> np.ndarray:
-    """The image the threshold applies to: smoothed, minus its grey opening when ``background_px``."""
-    sm = smooth(image, sigma_px)
-    if background_px:
-        sm = sm - ndi.grey_opening(sm, size=(background_px, background_px))
+def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:
+    """The image the threshold applies to: smoothed, minus its grey opening (a white top-hat
+    ``classical.background_um`` wide, odd in pixels) when that is set."""
+    sm = smooth(image, classical.sigma_um / pixel_size_um)
+    if classical.background_um:
+        size = int(round(classical.background_um / pixel_size_um)) | 1
+        sm = sm - ndi.grey_opening(sm, size=(size, size))
     return sm
-
-
-def background_px(config, pixel_size_um: float) -> int | None:
-    """Top-hat width in pixels (odd), or None when background subtraction is off."""
-    um = config.nuclei.classical.background_um
-    return int(round(um / pixel_size_um)) | 1 if um else None
 
 
 def tile_histogram(smoothed_core: np.ndarray, vmax: float) -> np.ndarray:
@@ -82,7 +78,7 @@ class ClassicalNuclei(NucleiBackend):
 
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         c = self.config.nuclei.classical
-        sm = enhance(image, self._px(c.sigma_um), background_px(self.config, self.chip.pixel_size_um))
+        sm = enhance(image, c, self.chip.pixel_size_um)
         mask = sm > self.threshold
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
         mask = ndi.binary_fill_holes(mask)

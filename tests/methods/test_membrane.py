@@ -56,21 +56,22 @@ def config(*items):
     return load_config(overrides=parse_set([*QUIET, *items]), use_env=False)
 
 
-@pytest.fixture(scope="module")
-def chip(tmp_path_factory):
+def _shifted_chip(tmp_path_factory, name: str, width_um: float, height_um: float) -> str:
     """A generated chip with a membrane channel, offset by SHIFT from the nuclear stain."""
-    out = str(tmp_path_factory.mktemp("membrane") / "chip")
-    synth_chip(out, 200, 160, seed=4, membrane=True)
+    out = str(tmp_path_factory.mktemp(name) / "chip")
+    synth_chip(out, width_um, height_um, seed=4, membrane=True)
     shift_membrane(out, SHIFT)
     return out
+
+
+@pytest.fixture(scope="module")
+def chip(tmp_path_factory):
+    return _shifted_chip(tmp_path_factory, "membrane", 200, 160)
 
 
 @pytest.fixture(scope="module")
 def small_chip(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("membrane-small") / "chip")
-    synth_chip(out, 128, 96, seed=4, membrane=True)
-    shift_membrane(out, SHIFT)
-    return out
+    return _shifted_chip(tmp_path_factory, "membrane-small", 128, 96)
 
 
 def prepare_state(chip_url: str, *items, tile_size_um: float = 1000.0):

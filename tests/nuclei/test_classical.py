@@ -77,7 +77,7 @@ def _segment(img, background_um):
     cfg = PipelineConfig()
     cfg.nuclei.classical.background_um = background_um
     backend = ClassicalNuclei(cfg, _FakeChipMeta())
-    sm = enhance(img, 0.6 / 0.5, None if background_um is None else int(background_um / 0.5) | 1)
+    sm = enhance(img, cfg.nuclei.classical, _FakeChipMeta.pixel_size_um)
     vmax = float(sm.max())
     backend.prepare({"threshold": otsu_from_histogram(tile_histogram(sm.clip(0), vmax), vmax)})
     return backend.segment_array(img).astype(np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..base import TileData
 
@@ -132,8 +133,6 @@ def marker_grid(rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, lut: np.n
 
 def cell_marker_mask(markers: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
     """Bins holding markers of the type found on and around (2 bins) a nucleus, grown by one bin."""
-    from scipy import ndimage as ndi
-
     near = ndi.binary_dilation(nucleus, iterations=2, structure=np.ones((3, 3), bool))
     types = markers[near & (markers > 0)]
     if not len(types):

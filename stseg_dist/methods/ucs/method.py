@@ -44,6 +44,8 @@ class UCSMethod(CellMethod):
             raise ConfigError("cells.ucs.epochs, batch_size and n_train_patches must be at least 1")
         self.cfg = c
         self.bin_um = bin_size_um(platform, c.bin_um)
+        growth_um = c.growth_um if c.growth_um is not None else config.cells.cell_diameter_um / 2
+        self.growth_bins = growth_um / self.bin_um
         self.model = None
         self.markers = load_markers(c.markers) if c.markers else None
 
@@ -134,8 +136,7 @@ class UCSMethod(CellMethod):
         seeds = binned.nuclei
         if with_seeds and binned.seeds is not None:
             seeds = np.where(seeds > 0, seeds, binned.seeds)
-        growth = self.cfg.growth_um if self.cfg.growth_um is not None else self.config.cells.cell_diameter_um / 2
-        priors = cell_priors(seeds, self._reach_bins(), self.cfg.tau, self.cfg.scaled_softmask, growth / self.bin_um)
+        priors = cell_priors(seeds, self._reach_bins(), self.cfg.tau, self.cfg.scaled_softmask, self.growth_bins)
         lut = self.state.get("marker_lut")
         markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
         fg, labels = predict(self.model, self.device, binned, priors, fg_threshold=self.cfg.foreground_threshold,

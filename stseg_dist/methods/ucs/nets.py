@@ -76,7 +76,7 @@ class CellNet(nn.Module):
     paper: the same features times the cell's own expression profile (their mean over its
     nucleus), so a bin between two nuclei can go to the one whose expression it shares."""
 
-    def __init__(self, feature_channels: int, width: int = 32, markers: bool = False, expression: bool = True):
+    def __init__(self, feature_channels: int, width: int = 32, markers: bool = False, expression: bool = False):
         super().__init__()
         self.reduce = _mlp1x1([feature_channels, 2 * width, width, width // 2], last_relu=True)
         self.markers = markers
@@ -111,7 +111,7 @@ class CellNet(nn.Module):
 
 
 class UCSModel(nn.Module):
-    def __init__(self, n_genes: int, width: int = 32, markers: bool = False, expression: bool = True):
+    def __init__(self, n_genes: int, width: int = 32, markers: bool = False, expression: bool = False):
         super().__init__()
         self.foreground = ForegroundNet(n_genes, width)
         self.cell = CellNet(self.foreground.feature_channels, width, markers, expression)
