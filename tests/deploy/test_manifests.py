@@ -1,93 +1,43 @@
-"""KubeRay manifests: base and every overlay render and validate against the schemas in deploy/schemas.
+"""KubeRay manifests: every overlay renders, is one use (a standing cluster or one batch), and validates
+against the official CRDs of the oldest and newest supported KubeRay and Kubernetes' own Pod schema.
 
-Overlays are rendered in Python (resources + JSON6902 patches, the subset of kustomize they use),
-and, where kubectl is installed, compared with ``kubectl kustomize``.
+Overlays are rendered with tests/deploy/kustomize.py and, where kubectl is installed, compared with
+``kubectl kustomize`` (so the Python renderer cannot drift from kustomize).
 """
+from __future__ import annotations
+
 import copy
-import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 
 from stseg_dist.batch import parse_manifest
 
+from .k8s_schema import KUBERAY_VERSIONS, pod_templates, problems
+from .kustomize import render
+
 ROOT = Path(__file__).resolve().parents[2]
 KR = ROOT / "deploy" / "kuberay"
-SCHEMAS = ROOT / "deploy" / "schemas"
 OVERLAYS = sorted(p.name for p in (KR / "overlays").iterdir() if (p / "kustomization.yaml").exists())
-SCHEMA_FOR = {("ray.io/v1", "RayCluster"): "raycluster-ray.io-v1.json",
-              ("ray.io/v1", "RayJob"): "rayjob-ray.io-v1.json",
-              ("v1", "ConfigMap"): "configmap-v1.json"}
 SECRETISH = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+KUBECTL = shutil.which("kubectl")
 
 
-def _ptr(path):
-    return [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
+def kubectl_render(folder: Path) -> list[dict]:
+    out = subprocess.run([KUBECTL, "kustomize", str(folder)], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
 
 
-def json_patch(doc, ops):
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        *parents, last = _ptr(op["path"])
-        cur = doc
-        for p in parents:
-            cur = cur[int(p)] if isinstance(cur, list) else cur[p]
-        key = int(last) if isinstance(cur, list) and last != "-" else last
-        if op["op"] == "replace":
-            if isinstance(cur, list):
-                cur[key]  # IndexError: the path must exist
-            elif key not in cur:
-                raise KeyError(f"replace: {op['path']} does not exist")
-            cur[key] = op["value"]
-        elif op["op"] == "add":
-            if isinstance(cur, list):
-                cur.insert(len(cur) if key == "-" else key, op["value"])
-            else:
-                cur[key] = op["value"]
-        elif op["op"] == "remove":
-            del cur[key]
-        else:
-            raise ValueError(f"unsupported op {op['op']}")
-    return doc
+def by_kind(docs):
+    return {d["kind"]: d for d in docs}
 
 
-def render(folder: Path) -> list[dict]:
-    k = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    docs = []
-    for res in k.get("resources", []):
-        p = folder / res
-        docs += render(p) if p.is_dir() else [d for d in yaml.safe_load_all(p.read_text()) if d]
-    for patch in k.get("patches", []):
-        t = patch["target"]
-        hits = [d for d in docs if d["kind"] == t["kind"] and d["metadata"]["name"] == t["name"]]
-        assert hits, f"{folder}: patch target {t} matches nothing"
-        for d in hits:
-            docs[docs.index(d)] = json_patch(d, yaml.safe_load(patch["patch"]))
-    for d in docs:
-        if "namespace" in k:
-            d["metadata"]["namespace"] = k["namespace"]
-        for lab in k.get("labels", []):
-            d["metadata"].setdefault("labels", {}).update(lab["pairs"])
-    return docs
-
-
-def validate(doc: dict) -> None:
-    key = (doc.get("apiVersion"), doc.get("kind"))
-    assert key in SCHEMA_FOR, f"no schema for {key}: every kind we ship must be validated"
-    schema = json.loads((SCHEMAS / SCHEMA_FOR[key]).read_text())
-    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
-
-
-def _containers(spec):
-    groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
-    return [(g.get("groupName", "head"), g, c) for g in groups for c in g["template"]["spec"]["containers"]]
-
-
-def _cluster_specs(docs):
+def cluster_specs(docs):
     for d in docs:
         if d["kind"] == "RayCluster":
             yield d["metadata"]["name"], d["spec"]
@@ -95,26 +45,44 @@ def _cluster_specs(docs):
             yield d["metadata"]["name"], d["spec"]["rayClusterSpec"]
 
 
-@pytest.mark.parametrize("target", ["base", *[f"overlays/{o}" for o in OVERLAYS]])
-def test_manifests_validate(target):
-    docs = render(KR / target)
-    assert {d["kind"] for d in docs} == {"RayCluster", "RayJob", "ConfigMap"}
-    for d in docs:
-        validate(d)
+def test_both_kuberay_ends_are_vendored():
+    assert KUBERAY_VERSIONS == ["v1.2.2", "v1.7.0"]
 
 
-def test_overlays_exist_and_change_sizes():
-    assert {"dev", "prod"} <= set(OVERLAYS)
-    dev, prod = ({d["kind"]: d for d in render(KR / "overlays" / o)} for o in ("dev", "prod"))
-    assert dev["RayCluster"]["spec"]["workerGroupSpecs"][1]["maxReplicas"] < \
-        prod["RayCluster"]["spec"]["workerGroupSpecs"][1]["maxReplicas"]
-    assert dev["RayJob"]["metadata"]["namespace"] == "stseg-dev"
+@pytest.mark.parametrize("kuberay", KUBERAY_VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_against_official_schemas(overlay, kuberay):
+    for d in render(KR / "overlays" / overlay):
+        assert problems(d, kuberay) == [], f"{overlay}: {d['kind']}/{d['metadata']['name']}"
 
 
-@pytest.mark.parametrize("target", ["base", *[f"overlays/{o}" for o in OVERLAYS]])
-def test_cluster_shape(target):
-    docs = render(KR / target)
-    for name, spec in _cluster_specs(docs):
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_is_one_use(overlay):
+    """A standing cluster or one batch on its own cluster: never both, never two clusters."""
+    kinds = sorted(d["kind"] for d in render(KR / "overlays" / overlay))
+    if overlay.startswith("cluster-"):
+        assert kinds == ["RayCluster"], overlay
+    elif overlay.startswith("batch-"):
+        assert kinds == ["ConfigMap", "RayJob"], overlay
+    else:
+        pytest.fail(f"overlay {overlay!r}: name it cluster-* (standing cluster) or batch-* (one batch)")
+
+
+def test_sizes_and_namespaces():
+    assert {"cluster-dev", "cluster-prod", "batch-dev", "batch-prod"} <= set(OVERLAYS)
+    for use in ("cluster", "batch"):
+        dev, prod = (next(cluster_specs(render(KR / "overlays" / f"{use}-{s}")))[1] for s in ("dev", "prod"))
+        assert dev["workerGroupSpecs"][1]["maxReplicas"] < prod["workerGroupSpecs"][1]["maxReplicas"]
+        assert dev["workerGroupSpecs"][0]["maxReplicas"] < prod["workerGroupSpecs"][0]["maxReplicas"]
+    for o in OVERLAYS:
+        ns = {d["metadata"].get("namespace") for d in render(KR / "overlays" / o)}
+        assert ns == {"stseg-dev" if o.endswith("-dev") else "stseg"}, o
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cluster_shape(overlay):
+    docs = render(KR / "overlays" / overlay)
+    for name, spec in cluster_specs(docs):
         assert spec["enableInTreeAutoscaling"] is True, name
         assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", f"{name}: head must be CPU-only"
         head_c = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
@@ -124,98 +92,222 @@ def test_cluster_shape(target):
         gpu = groups["gpu"]
         assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
         assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1
+        assert gpu["template"]["spec"]["containers"][0]["image"].endswith("-gpu")
         assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert groups["cpu"]["maxReplicas"] > groups["cpu"]["minReplicas"]  # autoscaled
-        for group, g, c in _containers(spec):
-            assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop", (name, group)
-            assert g["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-            assert {"secretRef": {"name": "stseg-object-store"}} in c.get("envFrom", []), (name, group)
+        for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            c = g["template"]["spec"]["containers"][0]
+            where = f"{name}/{g.get('groupName', 'head')}"
+            assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop", where
+            assert {"secretRef": {"name": "stseg-object-store"}} in c.get("envFrom", []), where
             for e in c.get("env", []):
                 if any(s in e["name"].upper() for s in SECRETISH):
                     assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), \
-                        f"{name}/{group}: {e['name']} must come from a Secret, not inline"
-            assert c["resources"]["limits"] == c["resources"]["requests"], (name, group)
+                        f"{where}: {e['name']} must come from a Secret, not inline"
+            assert c["resources"]["limits"] == c["resources"]["requests"], where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_are_pinned_and_from_one_place(overlay):
+    """Every container image comes from components/images: registry/name and a version tag or a digest."""
+    images = yaml.safe_load((KR / "components" / "images" / "kustomization.yaml").read_text())["images"]
+    allowed = {im["newName"] for im in images}
+    for d in render(KR / "overlays" / overlay):
+        for path, t in pod_templates(d):
+            for c in t["spec"]["containers"]:
+                image = c["image"]
+                name = image.split("@")[0].rsplit(":", 1)[0]
+                assert name in allowed, f"{overlay} {path}: {image} not mapped by components/images"
+                assert re.search(r"(:\d+\.\d+\.\d+[-\w.]*$)|(@sha256:[0-9a-f]{64}$)", image), \
+                    f"{overlay} {path}: {image} needs a version tag or a digest"
+        if d["kind"] == "RayJob":
+            head = d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+            sub = d["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["image"]
+            assert sub == head, "the submitter runs `ray job submit` with the head's Ray and Python"
 
 
 def test_no_secret_objects_or_inline_credentials():
+    for o in OVERLAYS:
+        assert all(d["kind"] != "Secret" for d in render(KR / "overlays" / o)), o
     text = "\n".join(p.read_text() for p in KR.rglob("*.yaml"))
-    assert "kind: Secret" not in text
     for word in ("AKIA", "aws_secret_access_key:", "AWS_SECRET_ACCESS_KEY, value"):
         assert word not in text
 
 
-def test_rayjob_lifecycle():
-    job = next(d for d in render(KR / "base") if d["kind"] == "RayJob")
-    s = job["spec"]
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.startswith("batch-")])
+def test_rayjob_lifecycle_and_manifest_mount(overlay):
+    docs = by_kind(render(KR / "overlays" / overlay))
+    s = docs["RayJob"]["spec"]
     assert s["shutdownAfterJobFinishes"] is True
     assert s["ttlSecondsAfterFinished"] > 0 and s["activeDeadlineSeconds"] > 0
     assert s["submitterConfig"]["backoffLimit"] >= 1
+    assert s["submitterPodTemplate"]["spec"]["restartPolicy"] in ("Never", "OnFailure"), \
+        "KubeRay copies a given submitter template into a Job as is; a Job's pods cannot restart Always"
+    assert "command" not in s["submitterPodTemplate"]["spec"]["containers"][0], "KubeRay fills in ray job submit"
     assert s["entrypoint"].split()[:4] == ["python", "-m", "stseg_dist", "batch"]
-    # the entry point's manifest is mounted on the head from the ConfigMap, and is a valid batch manifest
+    # the entry point's manifest is mounted on the head from the ConfigMap that the overlay creates
     mpath = s["entrypoint"].split()[-1]
     head = s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     mount = head["containers"][0]["volumeMounts"][0]
     assert mpath.startswith(mount["mountPath"] + "/")
     vol = next(v for v in head["volumes"] if v["name"] == mount["name"])
-    cm = next(d for d in render(KR / "base") if d["kind"] == "ConfigMap")
+    cm = docs["ConfigMap"]
     assert cm["metadata"]["name"] == vol["configMap"]["name"]
-    text = cm["data"][mpath.rsplit("/", 1)[-1]]
-    m = parse_manifest(mpath, text=text)
+    assert cm["metadata"]["namespace"] == docs["RayJob"]["metadata"]["namespace"]
+    m = parse_manifest(mpath, text=cm["data"][mpath.rsplit("/", 1)[-1]])
     assert len(m.slides) >= 2
 
 
-@pytest.mark.parametrize("mutate, fragment", [
-    (lambda d: d["spec"].__setitem__("enableInTreeAutoscalling", True), "enableInTreeAutoscalling"),
-    (lambda d: d["spec"]["workerGroupSpecs"][1].__setitem__("minReplicas", -1), "-1"),
-    (lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"]["limits"]
-     .__setitem__("nvidia.com/gpu", "one"), "one"),
-    (lambda d: d["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].pop("image"), "image"),
-    (lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["lifecycle"]
-     .__setitem__("preStop", {"exec": {"cmd": ["ray", "stop"]}}), "cmd"),
-    (lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].__setitem__("num-cpus", 0), "0"),
-    (lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"), "ray.io/v1alpha1"),
-    (lambda d: d["spec"].__setitem__("rayVersion", "latest"), "latest"),
-])
-def test_broken_manifest_fails(mutate, fragment):
-    doc = next(d for d in render(KR / "base") if d["kind"] == "RayCluster")
-    validate(doc)
-    mutate(doc)
-    schema = json.loads((SCHEMAS / SCHEMA_FOR[("ray.io/v1", "RayCluster")]).read_text())
-    with pytest.raises(jsonschema.ValidationError) as ei:
-        jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
-    assert fragment in str(ei.value)
+def _batch_copy(tmp_path: Path, keep_name_refs: bool) -> Path:
+    """deploy/kuberay/batch with the generator's hash suffix switched on (kustomize's default)."""
+    dst = tmp_path / "batch"
+    shutil.copytree(KR / "batch", dst)
+    k = yaml.safe_load((dst / "kustomization.yaml").read_text())
+    k["configMapGenerator"][0].pop("options")
+    if not keep_name_refs:
+        k.pop("configurations")
+    (dst / "kustomization.yaml").write_text(yaml.safe_dump(k))
+    return dst
 
 
-def test_broken_rayjob_fails(tmp_path):
-    job = next(d for d in render(KR / "base") if d["kind"] == "RayJob")
-    job["spec"]["ttlSecondsAfterFinished"] = "600"
-    with pytest.raises(jsonschema.ValidationError):
-        validate(job)
-    # and a broken file on disk fails the same render + validate path the CI test uses
-    (tmp_path / "kustomization.yaml").write_text("resources: [rayjob.yaml]\n")
-    bad = yaml.safe_load((KR / "base" / "rayjob.yaml").read_text())
-    bad["spec"]["submissionMode"] = "K8sMode"
-    (tmp_path / "rayjob.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(jsonschema.ValidationError, match="K8sMode"):
-        for d in render(tmp_path):
-            validate(d)
+@pytest.mark.parametrize("renderer", ["python", "kubectl"])
+def test_generated_configmap_name_reaches_the_rayjob(tmp_path, renderer):
+    """A hash-suffixed ConfigMap name is rewritten in the RayJob's volume (kustomizeconfig.yaml); without
+    that configuration the head would mount a ConfigMap that does not exist."""
+    if renderer == "kubectl" and not KUBECTL:
+        pytest.skip("kubectl not installed")
+    run = render if renderer == "python" else kubectl_render
+    for keep in (True, False):
+        docs = by_kind(run(_batch_copy(tmp_path / str(keep), keep_name_refs=keep)))
+        cm_name = docs["ConfigMap"]["metadata"]["name"]
+        assert re.fullmatch(r"stseg-batch-manifest-[a-z0-9]{10}", cm_name)
+        vol = docs["RayJob"]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"][0]
+        assert (vol["configMap"]["name"] == cm_name) is keep
 
 
-def test_schemas_match_generator():
-    import runpy
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
+@pytest.mark.parametrize("target", [f"overlays/{o}" for o in OVERLAYS] + ["private-registry"])
+def test_python_render_matches_kubectl_kustomize(target, tmp_path):
+    if target == "private-registry":
+        folder = tmp_path / "overlays" / "batch-prod-private"
+        shutil.copytree(KR, tmp_path, dirs_exist_ok=True)
+        shutil.copytree(KR / "overlays" / "batch-prod", folder)
+        text = (folder / "kustomization.yaml").read_text()
+        (folder / "kustomization.yaml").write_text(text.replace("# - ../../components/private-registry",
+                                                                "- ../../components/private-registry"))
+    else:
+        folder = KR / target
+    key = lambda docs: {(d["kind"], d["metadata"]["name"]): d for d in docs}  # noqa: E731
+    theirs = key(kubectl_render(folder))
+    assert theirs == key(render(folder))
+    if target == "private-registry":
+        job = theirs[("RayJob", "stseg-batch")]
+        assert all(t["spec"]["imagePullSecrets"] == [{"name": "stseg-registry"}] for _, t in pod_templates(job))
 
-    gen = runpy.run_path(str(SCHEMAS / "make_schemas.py"))
-    for name, schema in gen["SCHEMAS"].items():
-        assert json.loads((SCHEMAS / name).read_text()) == schema, f"{name} is stale: run make_schemas.py"
+
+def test_private_registry_component_reaches_every_pod_template(tmp_path):
+    for use in ("cluster", "batch"):
+        folder = tmp_path / use
+        folder.mkdir()
+        (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": [str(KR / "overlays" / f"{use}-prod")],
+            "components": [str(KR / "components" / "private-registry")]}))
+        for d in render(folder):
+            for path, t in pod_templates(d):
+                assert t["spec"].get("imagePullSecrets") == [{"name": "stseg-registry"}], path
+            for v in KUBERAY_VERSIONS:
+                assert problems(d, v) == []
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_python_render_matches_kubectl_kustomize(overlay):
-    out = subprocess.run(["kubectl", "kustomize", str(KR / "overlays" / overlay)], check=True,
-                         capture_output=True, text=True, timeout=120).stdout
-    theirs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
-    ours = {(d["kind"], d["metadata"]["name"]): d for d in render(KR / "overlays" / overlay)}
-    assert theirs == ours
-    for d in theirs.values():
-        validate(d)
+# ---- planted errors: the checks fail, naming the field ----------------------------------------------
+
+def _job(overlay="batch-prod"):
+    return by_kind(render(KR / "overlays" / overlay))["RayJob"]
+
+
+def _cluster(overlay="cluster-prod"):
+    return by_kind(render(KR / "overlays" / overlay))["RayCluster"]
+
+
+WORKER = ["spec", "rayClusterSpec", "workerGroupSpecs", 1]
+
+
+def _at(doc, path):
+    for p in path:
+        doc = doc[p]
+    return doc
+
+
+PLANTED = [
+    # (what, mutate(job), expected message fragment, KubeRay versions that must reject it)
+    ("misspelt spec key", lambda j: j["spec"].__setitem__("shutdownAfterJobFinish", True),
+     "spec.shutdownAfterJobFinish: unknown field", KUBERAY_VERSIONS),
+    ("pod-only field in a container securityContext",
+     lambda j: _at(j, WORKER + ["template", "spec", "containers", 0, "securityContext"]).__setitem__("fsGroup", 1000),
+     "spec.rayClusterSpec.workerGroupSpecs[1].template.spec.containers[0].securityContext.fsGroup: unknown field",
+     KUBERAY_VERSIONS),
+    ("container-only field in a pod securityContext",
+     lambda j: _at(j, WORKER + ["template", "spec", "securityContext"]).__setitem__("allowPrivilegeEscalation", False),
+     "spec.rayClusterSpec.workerGroupSpecs[1].template.spec.securityContext.allowPrivilegeEscalation: unknown field",
+     KUBERAY_VERSIONS),
+    ("worker idleTimeoutSeconds (KubeRay >= 1.3 only)", lambda j: _at(j, WORKER).__setitem__("idleTimeoutSeconds", 60),
+     "spec.rayClusterSpec.workerGroupSpecs[1].idleTimeoutSeconds: unknown field", ["v1.2.2"]),
+    ("worker group suspend (newer KubeRay only)", lambda j: _at(j, WORKER).__setitem__("suspend", True),
+     "spec.rayClusterSpec.workerGroupSpecs[1].suspend: unknown field", ["v1.2.2"]),
+    ("autoscalerOptions.version (newer KubeRay only)",
+     lambda j: j["spec"]["rayClusterSpec"]["autoscalerOptions"].__setitem__("version", "v2"),
+     "spec.rayClusterSpec.autoscalerOptions.version: unknown field", ["v1.2.2"]),
+    ("string where an integer goes", lambda j: _at(j, WORKER).__setitem__("minReplicas", "0"),
+     "spec.rayClusterSpec.workerGroupSpecs[1].minReplicas: '0' is not of type 'integer'", KUBERAY_VERSIONS),
+    ("int32 overflow", lambda j: j["spec"].__setitem__("backoffLimit", 2 ** 31),
+     "spec.backoffLimit: 2147483648 is not a 'int32'", KUBERAY_VERSIONS),
+    ("bad quantity", lambda j: _at(j, WORKER + ["template", "spec", "containers", 0, "resources", "limits"])
+     .__setitem__("nvidia.com/gpu", "one"),
+     "spec.rayClusterSpec.workerGroupSpecs[1].template.spec.containers[0].resources.limits.nvidia.com/gpu",
+     KUBERAY_VERSIONS),
+    ("duplicate env name", lambda j: _at(j, ["spec", "rayClusterSpec", "headGroupSpec", "template", "spec",
+                                             "containers", 0, "env"]).append({"name": "STSEG_RUNTIME__PROGRESS"}),
+     "spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].env[1]: duplicate entry", KUBERAY_VERSIONS),
+    ("misspelt submitter field", lambda j: j["spec"]["submitterPodTemplate"]["spec"].__setitem__("restartPolicyy", "Never"),
+     "spec.submitterPodTemplate.spec.restartPolicyy: unknown field", KUBERAY_VERSIONS),
+    ("unknown metadata key", lambda j: j["metadata"].__setitem__("label", {"a": "b"}),
+     "metadata.label: unknown field", KUBERAY_VERSIONS),
+    ("bad object name", lambda j: j["metadata"].__setitem__("name", "Stseg_Batch"),
+     "metadata.name: 'Stseg_Batch' is not a DNS-1123 subdomain", KUBERAY_VERSIONS),
+    ("old apiVersion", lambda j: j.__setitem__("apiVersion", "ray.io/v1alpha1"),
+     "apiVersion: 'ray.io/v1alpha1' is not served", KUBERAY_VERSIONS),
+    ("a field with CEL rules (managedBy)", lambda j: j["spec"].__setitem__("managedBy", "someone"),
+     "spec.managedBy", KUBERAY_VERSIONS),
+]
+
+
+@pytest.mark.parametrize("what, mutate, fragment, rejecting", PLANTED, ids=[p[0] for p in PLANTED])
+def test_planted_error_is_reported_with_its_path(what, mutate, fragment, rejecting):
+    job = _job()
+    mutate(job)
+    for v in KUBERAY_VERSIONS:
+        found = problems(job, v)
+        if v in rejecting:
+            assert any(fragment in m for m in found), f"KubeRay {v}: {what} not reported as {fragment!r}: {found}"
+        else:
+            assert found == [], f"KubeRay {v} accepts {what}, but: {found}"
+
+
+def test_planted_error_in_a_file_fails_the_ci_path(tmp_path):
+    """The same render + validate path the overlay test uses fails on a broken file on disk."""
+    shutil.copytree(KR, tmp_path, dirs_exist_ok=True)
+    rc = tmp_path / "cluster" / "raycluster.yaml"
+    doc = yaml.safe_load(rc.read_text())
+    doc["spec"]["enableInTreeAutoscalling"] = True
+    rc.write_text(yaml.safe_dump(doc))
+    cluster = by_kind(render(tmp_path / "overlays" / "cluster-dev"))["RayCluster"]
+    for v in KUBERAY_VERSIONS:
+        assert problems(cluster, v) == ["spec.enableInTreeAutoscalling: unknown field"]
+
+
+def test_unknown_kinds_are_not_waved_through():
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}
+    assert "no schema" in problems(secret, KUBERAY_VERSIONS[0])[0]
+    cm = copy.deepcopy(by_kind(render(KR / "overlays" / "batch-dev"))["ConfigMap"])
+    cm["data"]["batch.yaml"] = 3
+    assert any(m.startswith("data.batch.yaml:") for m in problems(cm, KUBERAY_VERSIONS[0]))
