@@ -18,7 +18,7 @@ def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
     url = storage.join(pred_out_url, C.TRANSCRIPTS_PARQUET)
     if not storage.exists(url, so):
         raise InputError(f"prediction has no {C.TRANSCRIPTS_PARQUET}: {url}")
-    cols = [key, C.CELL_ID, C.X, C.Y, C.GENE]
+    cols = [key, C.CELL_ID, C.IN_NUCLEUS, C.X, C.Y, C.GENE]
     try:
         return pd.read_parquet(url, columns=cols, storage_options=so or None)
     except (KeyError, ValueError) as exc:
@@ -26,7 +26,8 @@ def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
 
 
 def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: dict | None = None,
-             deltas=(3, 5, 7), block: int = 2048, expression_ref: str | None = None) -> dict:
+             deltas=(3, 5, 7), block: int = 2048, expression_ref: str | None = None,
+             gene_pairs: list[tuple[str, str]] | None = None, markers: str | None = None) -> dict:
     """Score the run in ``pred_out_url``; with ``ref_url``, also against the reference.
 
     Always: baseline characteristics (coverage, area, transcripts/genes per cell, density),
@@ -37,6 +38,12 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
     cell type's mean profile in the prediction (a predicted cell takes the type of its majority
     true cell) with ``expression_ref`` (a types x genes table, parquet or csv, first column the
     type) or, without one, with the true cells' mean profiles.
+
+    Reference-free, so a user with no reference can judge a segmentation (``reference_free``):
+    MECR over gene pairs that mark different cell types (``gene_pairs`` by name, else pairs of
+    ``markers`` of different types, else pairs found exclusive in this run's nuclei), the median
+    nucleus-cytoplasm profile correlation and the share of transcripts assigned. With
+    per-transcript reference IDs the reference's own MECR on the same pairs is given too.
     """
     so = storage_options
     labels_url = storage.join(pred_out_url, C.LABELS_ZARR)
@@ -61,6 +68,16 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
     cols = np.floor((tx[C.X].to_numpy() - ox) / px).astype(np.int64)
     result["cell_calling"] = M.cell_calling_score(pred_labels, rows, cols, deltas, block)
     result["morphology"] = M.morphology_metrics(pred_labels, block)
+    genes = pd.Categorical(tx[C.GENE])
+    codes = genes.codes.astype(np.int64)
+    pairs = _pairs(gene_pairs, markers, list(genes.categories), tx, codes)
+    result["reference_free"] = {
+        **M.mecr(tx[C.CELL_ID].to_numpy(), codes, pairs),
+        "nucleus_cytoplasm_r": M.nucleus_cytoplasm_r(tx[C.CELL_ID].to_numpy(), tx[C.IN_NUCLEUS].to_numpy(),
+                                                     codes)["median_r"],
+        "assigned_share": float((tx[C.CELL_ID].to_numpy() > 0).mean()) if len(tx) else 0.0,
+        "gene_pairs": [(str(genes.categories[a]), str(genes.categories[b])) for a, b in pairs],
+    }
     if ref is not None and ref.labels is not None:
         table = M.contingency(pred_labels, ref.labels, block)
         result["pixel"] = M.pixel_metrics(table)
@@ -71,12 +88,28 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
         if missing:
             raise InputError(f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on {key})")
         result["transcripts"] = M.transcript_metrics(joined[C.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
+        ref_ids = joined["ref_id"].to_numpy().astype(np.int64)
+        result["reference_free"]["ref_mecr"] = M.mecr(ref_ids, codes, pairs)["mecr"]  # a left merge keeps tx's order
+        result["reference_free"]["ref_assigned_share"] = float((ref_ids > 0).mean())
         result["petukhov"] = M.petukhov_correlation(
             joined[C.GENE].to_numpy(), joined[C.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
         types = _truth_types(ref_url, so)
         if types is not None:
             result["expression"] = _expression(joined, types, expression_ref)
     return result
+
+
+def _pairs(names, markers, categories: list[str], tx: pd.DataFrame, codes: np.ndarray) -> list[tuple[int, int]]:
+    """MECR gene pairs as codes of ``categories``: given by name, from a marker table, or found in the nuclei."""
+    index = {g: i for i, g in enumerate(categories)}
+    if names is not None:
+        return [(index[a], index[b]) for a, b in names if a in index and b in index]
+    if markers:
+        from ..methods.ucs.method import load_markers
+
+        return M.marker_gene_pairs(load_markers(markers), index)
+    nuclei = np.where(tx[C.IN_NUCLEUS].to_numpy(), tx[C.CELL_ID].to_numpy(), 0)
+    return M.exclusive_gene_pairs(nuclei, codes)
 
 
 def _truth_types(ref_url: str, so) -> pd.Series | None:

@@ -344,3 +344,109 @@ def petukhov_correlation(genes: np.ndarray, a: np.ndarray, b: np.ndarray, min_tr
         if x.sum() >= min_transcripts and y.sum() >= min_transcripts and x.std() > 0 and y.std() > 0:
             rs.append(float(np.corrcoef(x, y)[0, 1]))
     return {"n_pairs": len(rs), "median_r": float(np.median(rs)) if rs else float("nan")}
+
+
+def _expressed(cells: np.ndarray, genes: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    """Cells x genes 0/1 matrix: the gene (integer code) has a transcript in the cell (0 = no cell)."""
+    cells, genes = np.asarray(cells), np.asarray(genes, np.int64)
+    sel = cells > 0
+    _, ci = np.unique(cells[sel], return_inverse=True)
+    m = sp.coo_matrix((np.ones(int(sel.sum()), np.float32), (ci, genes[sel])),
+                      shape=(int(ci.max()) + 1 if len(ci) else 0, n_genes)).tocsr()
+    m.data[:] = 1.0
+    return m
+
+
+def exclusive_gene_pairs(nuclei: np.ndarray, genes: np.ndarray, *, min_expected: float = 3.0,
+                         max_ratio: float = 0.5, max_per_gene: int = 5,
+                         max_pairs: int = 50) -> list[tuple[int, int]]:
+    """Gene pairs that rarely share a nucleus: MECR's marker pairs found without a reference.
+
+    Nuclei are the compartment least mixed with neighbours, so two genes that share fewer
+    nuclei than ``max_ratio`` times what independence predicts mark different cell types. A
+    pair counts only where independence predicts at least ``min_expected`` shared nuclei (else
+    absence is chance); the most exclusive come first, each gene in at most ``max_per_gene``.
+    """
+    genes = np.asarray(genes, np.int64)
+    x = _expressed(nuclei, genes, int(genes.max()) + 1 if len(genes) else 0)
+    n = x.shape[0]
+    if n < 10:
+        return []
+    frac = np.asarray(x.mean(0)).ravel()
+    cand = np.flatnonzero(frac * frac.max() * n >= min_expected)
+    if len(cand) < 2:
+        return []
+    sub = x[:, cand]
+    both = np.asarray((sub.T @ sub).todense())
+    expected = n * np.outer(frac[cand], frac[cand])
+    iu = np.triu_indices(len(cand), 1)
+    ratio, exp = both[iu] / expected[iu], expected[iu]
+    ok = (exp >= min_expected) & (ratio < max_ratio)
+    order = np.lexsort((-exp[ok], ratio[ok]))
+    a, b = cand[iu[0][ok][order]], cand[iu[1][ok][order]]
+    pairs, used = [], np.zeros(int(genes.max()) + 1, np.int64)
+    for i, j in zip(a, b):
+        if used[i] < max_per_gene and used[j] < max_per_gene:
+            pairs.append((int(i), int(j)))
+            used[i] += 1
+            used[j] += 1
+    return pairs[:max_pairs]
+
+
+def marker_gene_pairs(markers: pd.DataFrame, gene_index: dict) -> list[tuple[int, int]]:
+    """Pairs of marker genes of different cell types (table columns cell_type, gene)."""
+    m = markers[markers.gene.isin(list(gene_index))]
+    out = set()
+    for a, ga in zip(m.cell_type, m.gene):
+        for b, gb in zip(m.cell_type, m.gene):
+            if a < b:
+                i, j = sorted((gene_index[ga], gene_index[gb]))
+                out.add((i, j))
+    return sorted(out)
+
+
+def mecr(cells: np.ndarray, genes: np.ndarray, pairs) -> dict:
+    """Mutually exclusive co-expression rate (Hartman & Satija 2024), mean over gene pairs.
+
+    For each pair of genes that mark different cell types: of the cells expressing either, the
+    share expressing both. A cell that swallowed part of a neighbour of another type expresses
+    both; lower is better. NaN without pairs.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        return {"mecr": float("nan"), "n_pairs": 0}
+    genes = np.asarray(genes, np.int64)
+    x = _expressed(cells, genes, max(int(genes.max()) + 1 if len(genes) else 0, max(map(max, pairs)) + 1)).tocsc()
+    rates = []
+    for a, b in pairs:
+        ea = x[:, a].toarray().ravel() > 0
+        eb = x[:, b].toarray().ravel() > 0
+        either = int((ea | eb).sum())
+        if either:
+            rates.append((ea & eb).sum() / either)
+    return {"mecr": float(np.mean(rates)) if rates else float("nan"), "n_pairs": len(rates)}
+
+
+def nucleus_cytoplasm_r(cells: np.ndarray, in_nucleus: np.ndarray, genes: np.ndarray,
+                        min_transcripts: int = 10) -> dict:
+    """Reference-free purity: median Pearson r between each cell's nuclear and cytoplasmic profiles.
+
+    Cytoplasm that belongs to the cell expresses what its nucleus does; cytoplasm taken from a
+    neighbour of another type does not. Cells with fewer than ``min_transcripts`` on either side
+    are left out (``n_cells`` says how many count).
+    """
+    cells = np.asarray(cells)
+    sel = cells > 0
+    df = pd.DataFrame({"c": cells[sel], "n": np.asarray(in_nucleus, bool)[sel], "g": np.asarray(genes)[sel]})
+    if df.empty:
+        return {"median_r": float("nan"), "n_cells": 0}
+    mat = df.groupby(["c", "n", "g"]).size().unstack("g", fill_value=0)
+    rs = []
+    for c in df.c.unique():
+        try:
+            nuc, cyt = mat.loc[(c, True)].to_numpy(float), mat.loc[(c, False)].to_numpy(float)
+        except KeyError:
+            continue
+        if nuc.sum() >= min_transcripts and cyt.sum() >= min_transcripts and nuc.std() > 0 and cyt.std() > 0:
+            rs.append(float(np.corrcoef(nuc, cyt)[0, 1]))
+    return {"median_r": float(np.median(rs)) if rs else float("nan"), "n_cells": len(rs)}

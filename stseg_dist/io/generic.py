@@ -14,6 +14,7 @@ rasterised into ``nuclei.zarr`` so ``nuclei.backend=vendor`` works.
 from __future__ import annotations
 
 import math
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -184,6 +185,13 @@ OPTIONS = (
     Option("image", None, "TIFF/OME-TIFF or zarr array (path or URL) whose channel 0 is the nuclear stain"),
     Option("image_level", 0, "pyramid level of a TIFF image (pixel size scales with it)"),
     Option("origin_um", [0.0, 0.0], "µm position [x0, y0] of the image's top-left pixel corner"),
+    Option("coordinate_um", 1.0, "µm per unit of the table's x/y and of the polygon vertices (e.g. 0.108 for "
+           "MERFISH pixels)"),
+    Option("nuclei", None, "nucleus polygons as a vertex table (cell_id, vertex_x, vertex_y; CSV or parquet, "
+           "path relative to the table's folder or a URL) -> nuclei.zarr, for nuclei.backend=vendor"),
+    Option("cells", None, "reference cell polygons, same layout -> vendor_cells.zarr (scoring only)"),
+    Option("cell_column", None, "column with each transcript's reference cell (0, empty or UNASSIGNED = none) "
+           "-> vendor_cell_label (scoring only)"),
 )
 __doc__ += "\n" + options_doc(OPTIONS, "Generic reader (``--platform generic``) options")
 
@@ -201,19 +209,60 @@ def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool
             raise InputError(f"{input_url}: no .parquet/.csv transcript table in the folder")
         path = sorted(files)[0]
     cols = (options["x"], options["y"], options["gene"])
+    unit = float(options["coordinate_um"])
+    if not unit > 0:
+        raise InputError(f"{input_url}: reader option coordinate_um must be positive, got {unit}")
+    ref_col = options["cell_column"]
+    labels: dict = {}
 
     def batches():
         for t in iter_table(fs, path, input_url, options["batch_rows"]):
-            require_columns(t.column_names, cols, path)
-            yield canonical(t, *cols)
+            require_columns(t.column_names, cols + ((ref_col,) if ref_col else ()), path)
+            out = canonical(t, *cols, scale=(unit, unit))
+            if ref_col:
+                out = out.append_column("vendor_cell_label", reference_labels(t[ref_col], labels))
+            yield out
 
+    polygons = {}
+    for option, rel in (("nuclei", K.NUCLEI_ZARR), ("cells", "vendor_cells.zarr")):
+        if options[option]:
+            given = str(options[option])
+            pfs, ppath = ((*storage.fs_and_path(given, so),) if "://" in given
+                          else (fs, given if given.startswith("/") else posixpath.join(posixpath.dirname(path), given)))
+            polygons[rel] = _vertex_polygons(pfs, ppath, unit)
     image = grid = None
     ps = float(options["pixel_size_um"])
     if options["image"]:
         image, shape, ps = image_ref(options["image"], options["image"], int(options["image_level"]), ps, so)
         grid = (tuple(options["origin_um"]), shape)
-    return write_chip(batches, out_url, ps, "generic", source=input_url, image=image, grid=grid,
-                      overwrite=overwrite, storage_options=so)
+    rep = write_chip(batches, out_url, ps, "generic", source=input_url, image=image, grid=grid,
+                     polygons=polygons or None, overwrite=overwrite, storage_options=so)
+    rep["n_vendor_nuclei"] = len(polygons.get(K.NUCLEI_ZARR, ()))
+    return rep
+
+
+def _vertex_polygons(fs, path: str, unit: float):
+    """A Xenium-layout vertex table (cell_id, vertex_x, vertex_y) as µm polygons labelled 1..n."""
+    import pandas as pd
+
+    if not fs.exists(path):
+        raise InputError(f"{path}: polygon file not found")
+    with fs.open(path, "rb", compression="gzip" if path.endswith(".gz") else None) as fh:
+        try:
+            df = pd.read_parquet(fh) if path.endswith(".parquet") else pd.read_csv(fh)
+        except Exception as e:  # truncated or not a table
+            raise InputError(f"{path}: unreadable vertex table ({e})") from e
+    polys, _ = polygons_from_vertex_table(df, "cell_id", "vertex_x", "vertex_y", path)
+    return [(label, xs * unit, ys * unit) for label, xs, ys in polys]
+
+
+def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:
+    """Reference cell IDs of any type -> uint32 labels (0 = none), consistent across batches via ``labels``."""
+    ids = pc.cast(column, pa.string()).to_pandas().fillna("")
+    none = ids.isin(["", "0", "-1", "UNASSIGNED"])
+    for v in ids[~none].unique():
+        labels.setdefault(v, len(labels) + 1)
+    return pa.array(np.where(none, 0, ids.map(labels).fillna(0)).astype(np.uint32))
 
 
 def image_ref(url: str, ref_url: str, level: int, ps: float, so) -> tuple[dict, tuple[int, int], float]:
