@@ -17,6 +17,7 @@ import numpy as np
 
 from . import constants as K
 from . import stages
+from .boundaries import write_boundaries
 from .config import PipelineConfig, StageResources as ResCfg
 from .errors import InputError, OutputError, RunIncompleteError
 from .executor import LocalExecutor, Outcome, RayExecutor, StageResources, init_ray
@@ -35,6 +36,7 @@ from .outputs import (
     write_parquet,
 )
 from .scan import batch_row_groups, merge_scan, scan_row_groups
+from .statefile import StateFileError
 from .stitching import assign_global_ids
 from .tiling import make_grid
 from .workdir import WorkDir, run_key
@@ -271,7 +273,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
 
     # 4. method-wide preparation (e.g. UCS training), cached in the work dir for resume.
     t = time.perf_counter()
-    ctx.method_state = _prepare(method, ctx, ex, work, genes, n_nuclei, config)
+    ctx.method_state = _prepare(method, ctx, ex, work, genes, n_nuclei, config, warnings)
     times["prepare"] = time.perf_counter() - t
 
     # 5. optional seeds of nucleus-less cells, owned and numbered after the nuclei.
@@ -308,6 +310,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
     ids, sums, counts = reduce_cells(parts, len(genes))
     df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, n_nuclei)
+    failed += write_boundaries(ex, ctx, ids, sums, staging)  # GeoParquet outlines, per owning tile
     write_parquet(df, storage.join(staging, K.CELLS_PARQUET), so)
     n_tx_out = concat_transcripts([work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
                                   storage.join(staging, K.TRANSCRIPTS_PARQUET), so)
@@ -329,7 +332,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     }
     write_h5ad(df, counts, genes, storage.join(staging, K.CELLS_H5AD), so,
                {"counts": counts_summary, "pixel_size_um": chip.pixel_size_um})
-    publish(staging, out_url, so)
+    publish(staging, out_url, so, keep=not complete)
     times["outputs"] = time.perf_counter() - t
 
     tile_seconds = {int(i): float(p["seconds"]) for i, p in zip(cells_done, parts)}
@@ -379,15 +382,21 @@ def _map_method(ex, fn, ctx, todo, desc, method: CellMethod, config) -> list[Out
     return ex.map(fn, ctx, todo, desc=desc, factory=_make_method, resources=_resources(config.resources.cells))
 
 
-def _prepare(method, ctx, ex, work, genes, n_nuclei, config):
+def _prepare(method, ctx, ex, work, genes, n_nuclei, config, warnings):
     if type(method).prepare is CellMethod.prepare:
         return None
-    import pickle
-
-    name = f"method_state-{ctx.ids_digest}.pkl"
-    cached = work.load_bytes(name)
+    # Plain data only (no pickle): the work dir may be writable by others, and resuming must
+    # never run code found there. A file that is not this run's state is refused and recomputed.
+    name = f"method_state-{ctx.ids_digest}.npz"
+    bind = {"run_key": work.key, "ids": ctx.ids_digest, "method": method.name}
+    try:
+        cached = work.load_state(name, bind)
+    except StateFileError as exc:
+        warnings.append(f"refused a saved method state: {exc}; recomputing it")
+        log.warning(warnings[-1])
+        cached = None
     if cached is not None:
-        return pickle.loads(cached)  # noqa: S301 - written by this run's own driver
+        return cached
 
     def map_tiles(fn, indices):
         outs = ex.map(_apply, ctx, [(fn, int(i)) for i in indices], desc="prepare",
@@ -398,7 +407,7 @@ def _prepare(method, ctx, ex, work, genes, n_nuclei, config):
         return [o.result for o in outs]
 
     state = method.prepare(PrepareContext(ctx.chip, config, ctx.grid, genes, map_tiles, n_nuclei))
-    work.save_bytes(name, pickle.dumps(state))
+    work.save_state(name, state, bind)
     return state
 
 

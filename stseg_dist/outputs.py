@@ -19,7 +19,8 @@ import scipy.sparse as sp
 from . import constants as K
 from .io import storage
 
-FINAL_OUTPUTS = (K.LABELS_ZARR, K.CELLS_PARQUET, K.TRANSCRIPTS_PARQUET, K.CELLS_H5AD)
+FINAL_OUTPUTS = (K.LABELS_ZARR, K.CELLS_PARQUET, K.TRANSCRIPTS_PARQUET, K.CELLS_H5AD,
+                 K.CELL_BOUNDARIES_PARQUET, K.NUCLEUS_BOUNDARIES_PARQUET)
 
 
 def create_labels(url: str, shape: tuple[int, int], chunk_px: int, attrs: dict, so: dict) -> None:
@@ -135,8 +136,12 @@ def _plain_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def publish(staging_url: str, out_url: str, so: dict) -> None:
-    """Move finished outputs from staging into OUT, replacing an earlier run's."""
+def publish(staging_url: str, out_url: str, so: dict, keep: bool = False) -> None:
+    """Move finished outputs from staging into OUT, replacing an earlier run's.
+
+    ``keep`` (an incomplete run) copies instead: a re-run fills the failed tiles into the same
+    staged label arrays, which must still hold what the finished tiles wrote.
+    """
     run_json = storage.join(out_url, K.RUN_JSON)
     storage.remove(run_json, so)  # an old run.json must not vouch for a half-replaced folder
     for name in FINAL_OUTPUTS:
@@ -145,4 +150,8 @@ def publish(staging_url: str, out_url: str, so: dict) -> None:
             continue
         dst = storage.join(out_url, name)
         storage.remove(dst, so)
-        storage.move(src, dst, so)
+        if keep:
+            fs, s_path = storage.fs_and_path(src, so)
+            fs.copy(s_path, storage.fs_and_path(dst, so)[1], recursive=True)
+        else:
+            storage.move(src, dst, so)

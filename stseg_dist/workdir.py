@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import constants as K
+from . import statefile
 from .io import storage
 
 
@@ -87,3 +88,14 @@ class WorkDir:
             return None
         with fs.open(path, "rb") as fh:
             return fh.read()
+
+    def save_state(self, name: str, state: Any, bind: dict[str, str]) -> None:
+        """A method state as plain data (see :mod:`stseg_dist.statefile`), bound to ``bind``."""
+        storage.write_bytes_atomic(self.url(name), statefile.dumps(state, bind), self.so)
+
+    def load_state(self, name: str, bind: dict[str, str]) -> Any | None:
+        """The saved state, or None if there is none; StateFileError if the file is not this run's."""
+        data = self.load_bytes(name)
+        if data is None:
+            return None
+        return statefile.loads(data, bind, where=self.url(name))

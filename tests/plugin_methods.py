@@ -66,3 +66,48 @@ class GpuActorExpansion(ExpansionMethod):
 
     def actor_resources(self):
         return (1, 1.0)
+
+
+#: What StatefulExpansion.prepare returns: every kind of value a method state holds (the real
+#: methods' states are dicts of arrays, torch weights as bytes, numbers, lists, tuples, None and
+#: dicts with int keys).
+def stateful_state():
+    import numpy as np
+
+    return {"weights": b"\x00\x01 not a pickle", "offset": (3, -2), "threshold": None,
+            "hvg": {0: np.array([True, False]), 7: np.array([False, True])},
+            "history": {"loss": [0.5, 0.25, float("nan")]}, "scale": np.float64(1.5), "n": 3,
+            "lut": np.arange(6, dtype=np.int64).reshape(2, 3), "names": ["a", "b"], "__dict__": "tag-like key"}
+
+
+class StatefulExpansion(ExpansionMethod):
+    """Expansion with a chip-wide prepare step whose state must come back from disk unchanged;
+    counts its prepare calls in ``$STSEG_FAULT_DIR`` and fails tile 0 while ``STSEG_POISON=1``."""
+
+    def prepare(self, ctx):
+        marker = Path(os.environ["STSEG_FAULT_DIR"]) / "prepare-calls"
+        marker.write_text(str(int(marker.read_text()) + 1 if marker.exists() else 1))
+        return stateful_state()
+
+    def load(self, state):
+        import numpy as np
+
+        want = stateful_state()
+        assert state.keys() == want.keys(), state.keys()
+        for k, v in want.items():
+            got = state[k]
+            assert type(got) is type(v), (k, type(got), type(v))
+            if k == "hvg":
+                assert all(type(i) is int for i in got) and all((got[i] == v[i]).all() for i in v)
+            elif k == "history":
+                np.testing.assert_array_equal(got["loss"], v["loss"])
+            elif isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(got, v)
+                assert got.dtype == v.dtype
+            else:
+                assert got == v, (k, got, v)
+
+    def segment(self, data):
+        if data.tile.index == 0 and os.environ.get("STSEG_POISON") == "1":
+            raise RuntimeError("poison tile 0")
+        return super().segment(data)
