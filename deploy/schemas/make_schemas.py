@@ -1,26 +1,31 @@
 """Vendor the official schemas that tests/deploy validates the KubeRay manifests against.
 
-Run (needs a git clone of ray-project/kuberay with its tags, and the kubernetes-validate wheel from PyPI,
-whose schemas are Kubernetes' own OpenAPI converted to JSON Schema):
+Run (needs a git clone of ray-project/kuberay with its tags, and the kubernetes-validate wheel from
+PyPI, whose schemas are Kubernetes' own OpenAPI converted to JSON Schema):
 
     pip download --no-deps kubernetes-validate==1.37.0 -d /tmp/kv
-    python deploy/schemas/make_schemas.py --kuberay /path/to/kuberay.git --k8s-wheel /tmp/kv/kubernetes_validate-*.whl
+    python deploy/schemas/make_schemas.py --kuberay /path/to/kuberay.git \
+        --k8s-wheel /tmp/kv/kubernetes_validate-*.whl
 
 Writes, beside this file:
 
-* ``kuberay-<tag>/raycluster.json`` and ``rayjob.json``: ``spec.versions[v1].schema.openAPIV3Schema`` of
-  ``ray-operator/config/crd/bases/ray.io_{rayclusters,rayjobs}.yaml`` at the oldest and the newest KubeRay tag
-  we support. Why vendored rather than hand-written: the API server validates against exactly this.
-* ``k8s-<version>/core-v1.json``: Kubernetes' ``core/v1`` PodTemplateSpec, ConfigMap and ObjectMeta with every
-  definition they reference, at the Kubernetes API version the oldest KubeRay embeds (its go.mod's k8s.io/api).
+* ``kuberay-<tag>/raycluster.json`` and ``rayjob.json``: ``spec.versions[v1].schema.
+  openAPIV3Schema`` of ``ray-operator/config/crd/bases/ray.io_{rayclusters,rayjobs}.yaml`` at the
+  oldest and the newest KubeRay tag we support. Why vendored rather than hand-written: the API
+  server validates against exactly this.
+* ``k8s-<version>/core-v1.json``: Kubernetes' ``core/v1`` PodTemplateSpec, ConfigMap and ObjectMeta
+  with every definition they reference, at the Kubernetes API version the oldest KubeRay embeds (its
+  go.mod's k8s.io/api).
 
-Transformations, all lossless for validation: ``description`` keywords are dropped, the CRDs' ``status`` is
-dropped (a manifest never sets it), repeated subtrees of a schema are moved once into ``$defs`` and referenced
-(the pod template appears up to four times per CRD), and the JSON is written one key per line. Each file's
-``$comment`` names its source (repository, tag, commit, path, sha256 of the source file). Strict
-unknown-field checking is *not* baked in: tests/deploy/k8s_schema.py adds it when loading, following the
-structural-schema rules the API server uses.
+Transformations, all lossless for validation: ``description`` keywords are dropped, the CRDs'
+``status`` is dropped (a manifest never sets it), repeated subtrees of a schema are moved once into
+``$defs`` and referenced (the pod template appears up to four times per CRD), and the JSON is
+written one key per line. Each file's ``$comment`` names its source (repository, tag, commit, path,
+sha256 of the source file). Strict unknown-field checking is *not* baked in:
+tests/deploy/k8s_schema.py adds it when loading, following the structural-schema rules the API
+server uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +39,34 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 KUBERAY_TAGS = ("v1.2.2", "v1.7.0")  # oldest and newest supported KubeRay; README names this range
-KUBERAY_CRDS = {"raycluster": "ray-operator/config/crd/bases/ray.io_rayclusters.yaml",
-                "rayjob": "ray-operator/config/crd/bases/ray.io_rayjobs.yaml"}
-K8S_VERSION = "v1.30.0"  # KubeRay v1.2.2 builds against k8s.io/api v0.30.2: the Pod API its CRDs embed
-K8S_ROOTS = ("io.k8s.api.core.v1.PodTemplateSpec", "io.k8s.api.core.v1.ConfigMap",
-             "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
-DEDUP_MIN_CHARS = 800  # subtrees at least this long (as compact JSON) that occur twice or more go to $defs
+KUBERAY_CRDS = {
+    "raycluster": "ray-operator/config/crd/bases/ray.io_rayclusters.yaml",
+    "rayjob": "ray-operator/config/crd/bases/ray.io_rayjobs.yaml",
+}
+K8S_VERSION = (
+    "v1.30.0"  # KubeRay v1.2.2 builds against k8s.io/api v0.30.2: the Pod API its CRDs embed
+)
+K8S_ROOTS = (
+    "io.k8s.api.core.v1.PodTemplateSpec",
+    "io.k8s.api.core.v1.ConfigMap",
+    "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+)
+DEDUP_MIN_CHARS = (
+    800  # subtrees at least this long (as compact JSON) that occur twice or more go to $defs
+)
 
 SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-SCHEMA_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames")
+SCHEMA_ONE = (
+    "additionalProperties",
+    "items",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+)
 
 
 def drop_descriptions(node):
@@ -70,7 +93,7 @@ def _canon(node) -> str:
 
 
 def _subschemas(node, path=()):
-    """(path, schema) for every schema node below ``node`` in a fixed order, not descending into $defs."""
+    """(path, schema) of every schema node below ``node``, in a fixed order, outside $defs."""
     if not isinstance(node, dict):
         return
     for k in sorted(node):
@@ -95,7 +118,9 @@ def _replace(node, target: str, ref: dict):
         return dict(ref)
     out = {}
     for k, v in node.items():
-        if k in ("properties", "patternProperties", "dependentSchemas", "$defs") and isinstance(v, dict):
+        if k in ("properties", "patternProperties", "dependentSchemas", "$defs") and isinstance(
+            v, dict
+        ):
             out[k] = {name: _replace(s, target, ref) for name, s in v.items()}
         elif k in SCHEMA_LISTS and isinstance(v, list):
             out[k] = [_replace(s, target, ref) for s in v]
@@ -117,8 +142,11 @@ def dedupe(schema: dict) -> dict:
             for path, sub in _subschemas(root, base):
                 if isinstance(sub, dict) and "$ref" not in sub:
                     seen.setdefault(_canon(sub), []).append(path)
-        repeated = [(len(c), c, paths) for c, paths in seen.items()
-                    if len(paths) > 1 and len(c) >= DEDUP_MIN_CHARS]
+        repeated = [
+            (len(c), c, paths)
+            for c, paths in seen.items()
+            if len(paths) > 1 and len(c) >= DEDUP_MIN_CHARS
+        ]
         if not repeated:
             break
         _, canon, paths = max(repeated, key=lambda t: (t[0], t[1]))
@@ -139,7 +167,7 @@ def inline(node, defs: dict):
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
-            return inline(defs[ref[len("#/$defs/"):]], defs)
+            return inline(defs[ref[len("#/$defs/") :]], defs)
         return {k: inline(v, defs) for k, v in node.items() if k != "$defs"}
     if isinstance(node, list):
         return [inline(v, defs) for v in node]
@@ -154,8 +182,9 @@ def write(path: Path, schema: dict) -> None:
 
 def kuberay(repo: Path) -> None:
     def git(*args) -> str:
-        return subprocess.run(["git", "--git-dir", str(repo), *args], check=True, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(
+            ["git", "--git-dir", str(repo), *args], check=True, capture_output=True, text=True
+        ).stdout
 
     for tag in KUBERAY_TAGS:
         commit = git("rev-parse", f"{tag}^{{commit}}").strip()
@@ -166,15 +195,25 @@ def kuberay(repo: Path) -> None:
             schema = drop_descriptions(v1["schema"]["openAPIV3Schema"])
             schema["properties"].pop("status", None)
             small = dedupe(schema)
-            assert inline(small, small.get("$defs", {})) == schema, f"{tag} {name}: dedupe changed the schema"
+            assert inline(small, small.get("$defs", {})) == schema, (
+                f"{tag} {name}: dedupe changed the schema"
+            )
             schema = small
-            schema["$comment"] = (f"github.com/ray-project/kuberay {tag} (commit {commit}) {src}, "
-                                  f"sha256 {hashlib.sha256(text.encode()).hexdigest()}: spec.versions[v1]."
-                                  "schema.openAPIV3Schema without descriptions and status; repeated subtrees "
-                                  "moved to $defs. Regenerate with deploy/schemas/make_schemas.py.")
-            schema["x-stseg-source"] = {"repository": "ray-project/kuberay", "tag": tag, "commit": commit,
-                                        "path": src, "kind": crd["spec"]["names"]["kind"],
-                                        "group": crd["spec"]["group"], "version": "v1"}
+            schema["$comment"] = (
+                f"github.com/ray-project/kuberay {tag} (commit {commit}) {src}, "
+                f"sha256 {hashlib.sha256(text.encode()).hexdigest()}: spec.versions[v1]."
+                "schema.openAPIV3Schema without descriptions and status; repeated subtrees "
+                "moved to $defs. Regenerate with deploy/schemas/make_schemas.py."
+            )
+            schema["x-stseg-source"] = {
+                "repository": "ray-project/kuberay",
+                "tag": tag,
+                "commit": commit,
+                "path": src,
+                "kind": crd["spec"]["names"]["kind"],
+                "group": crd["spec"]["group"],
+                "version": "v1",
+            }
             write(HERE / f"kuberay-{tag}" / f"{name}.json", schema)
 
 
@@ -207,27 +246,48 @@ def kubernetes(wheel: Path) -> None:
 
     def local_refs(node):
         if isinstance(node, dict):
-            return {k: ("#/$defs/" + v.rsplit("/", 1)[-1] if k == "$ref" and isinstance(v, str) else local_refs(v))
-                    for k, v in node.items()}
+            return {
+                k: (
+                    "#/$defs/" + v.rsplit("/", 1)[-1]
+                    if k == "$ref" and isinstance(v, str)
+                    else local_refs(v)
+                )
+                for k, v in node.items()
+            }
         if isinstance(node, list):
             return [local_refs(v) for v in node]
         return node
 
-    out = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-           "$defs": {n: drop_descriptions(local_refs(defs[n])) for n in sorted(keep)},
-           "$comment": (f"Kubernetes {K8S_VERSION} core/v1 OpenAPI as JSON Schema, from PyPI "
-                        f"{wheel.name} member {member} (sha256 {hashlib.sha256(raw).hexdigest()}): the "
-                        f"definitions reachable from {', '.join(K8S_ROOTS)}, without descriptions. "
-                        "Regenerate with deploy/schemas/make_schemas.py."),
-           "x-stseg-source": {"kubernetes": K8S_VERSION, "package": wheel.name, "member": member,
-                              "roots": list(K8S_ROOTS)}}
+    out = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$defs": {n: drop_descriptions(local_refs(defs[n])) for n in sorted(keep)},
+        "$comment": (
+            f"Kubernetes {K8S_VERSION} core/v1 OpenAPI as JSON Schema, from PyPI "
+            f"{wheel.name} member {member} (sha256 {hashlib.sha256(raw).hexdigest()}): the "
+            f"definitions reachable from {', '.join(K8S_ROOTS)}, without descriptions. "
+            "Regenerate with deploy/schemas/make_schemas.py."
+        ),
+        "x-stseg-source": {
+            "kubernetes": K8S_VERSION,
+            "package": wheel.name,
+            "member": member,
+            "roots": list(K8S_ROOTS),
+        },
+    }
     write(HERE / f"k8s-{K8S_VERSION}" / "core-v1.json", out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kuberay", type=Path, required=True, help="git dir or clone of ray-project/kuberay with tags")
-    ap.add_argument("--k8s-wheel", type=Path, required=True, help="kubernetes_validate-*.whl from PyPI")
+    ap.add_argument(
+        "--kuberay",
+        type=Path,
+        required=True,
+        help="git dir or clone of ray-project/kuberay with tags",
+    )
+    ap.add_argument(
+        "--k8s-wheel", type=Path, required=True, help="kubernetes_validate-*.whl from PyPI"
+    )
     a = ap.parse_args()
     repo = a.kuberay / ".git" if (a.kuberay / ".git").is_dir() else a.kuberay
     kuberay(repo)

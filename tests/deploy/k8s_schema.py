@@ -1,14 +1,16 @@
-"""Validate rendered manifests against the vendored official schemas, strictly, as the API server would.
+"""Check rendered manifests against the vendored official schemas, strictly, as the API server does.
 
-The KubeRay CRD schemas (deploy/schemas/kuberay-*) and Kubernetes' core/v1 schema (deploy/schemas/k8s-*)
-are vendored as published. Strictness is added here, following the API server's rules: a CRD's schema
-is structural, so a key not declared under ``properties`` is an unknown field (``kubectl apply`` fails
-with field validation ``Strict``, the default since Kubernetes 1.27) unless the node says
-``x-kubernetes-preserve-unknown-fields``; the object's own ``metadata`` is checked against Kubernetes'
-ObjectMeta. Every pod template inside a RayCluster/RayJob is also checked against Kubernetes' own
-PodTemplateSpec. ``x-kubernetes-list-type`` (duplicate keys) and ``format: int32`` are enforced; a CEL rule
+The KubeRay CRD schemas (deploy/schemas/kuberay-*) and Kubernetes' core/v1 schema
+(deploy/schemas/k8s-*) are vendored as published. Strictness is added here, following the API
+server's rules: a CRD's schema is structural, so a key not declared under ``properties`` is an
+unknown field (``kubectl apply`` fails with field validation ``Strict``, the default since
+Kubernetes 1.27) unless the node says ``x-kubernetes-preserve-unknown-fields``; the object's own
+``metadata`` is checked against Kubernetes' ObjectMeta. Every pod template inside a
+RayCluster/RayJob is also checked against Kubernetes' own PodTemplateSpec.
+``x-kubernetes-list-type`` (duplicate keys) and ``format: int32`` are enforced; a CEL rule
 (``x-kubernetes-validations``) is not evaluated, so a manifest that sets such a field is reported.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +23,10 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "deploy" / "schemas"
-KUBERAY_VERSIONS = sorted((p.name.removeprefix("kuberay-") for p in SCHEMAS.glob("kuberay-v*")),
-                          key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")))
+KUBERAY_VERSIONS = sorted(
+    (p.name.removeprefix("kuberay-") for p in SCHEMAS.glob("kuberay-v*")),
+    key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")),
+)
 K8S_DIR = next(SCHEMAS.glob("k8s-v*"))
 CRD_FILES = {"RayCluster": "raycluster.json", "RayJob": "rayjob.json"}
 POD_TEMPLATE = "io.k8s.api.core.v1.PodTemplateSpec"
@@ -44,7 +48,8 @@ def strict(node, structural: bool, _root: bool = True):
     """Copy of a schema where undeclared keys are errors (``additionalProperties: false``).
 
     ``structural``: CRD semantics, where an object schema with neither ``properties`` nor
-    ``additionalProperties`` keeps no fields at all; Kubernetes' own schemas leave such objects open.
+    ``additionalProperties`` keeps no fields at all; Kubernetes' own schemas leave such objects
+    open.
     """
     if not isinstance(node, dict):
         return node
@@ -58,10 +63,13 @@ def strict(node, structural: bool, _root: bool = True):
             out[k] = strict(v, structural, _root=False)
         else:
             out[k] = v
-    if (_is_object(node) or "properties" in node) and "additionalProperties" not in node \
-            and not node.get("x-kubernetes-preserve-unknown-fields"):
-        if "properties" in node or structural:
-            out["additionalProperties"] = False
+    if (
+        (_is_object(node) or "properties" in node)
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+        and ("properties" in node or structural)
+    ):
+        out["additionalProperties"] = False
     if _root and structural:
         # the API server checks the object's own metadata as ObjectMeta (done separately, below)
         out["properties"]["metadata"] = {"type": "object"}
@@ -87,14 +95,17 @@ def _list_type(validator, list_type, instance, schema):
                 continue
             key = tuple(item.get(k, props.get(k, {}).get("default")) for k in keys)
             if key in seen:
-                yield ValidationError(f"duplicate entry {dict(zip(keys, key))} (also item {seen[key]})",
-                                      path=[i])
+                yield ValidationError(
+                    f"duplicate entry {dict(zip(keys, key))} (also item {seen[key]})", path=[i]
+                )
             seen.setdefault(key, i)
 
 
 def _cel(validator, rules, instance, schema):
-    yield ValidationError("this field has CEL rules the tests do not evaluate: "
-                          + "; ".join(r.get("rule", "?") for r in rules))
+    yield ValidationError(
+        "this field has CEL rules the tests do not evaluate: "
+        + "; ".join(r.get("rule", "?") for r in rules)
+    )
 
 
 def _type(validator, types, instance, schema):
@@ -104,26 +115,31 @@ def _type(validator, types, instance, schema):
 
 
 _FORMATS = FormatChecker([])
-_FORMATS.checks("int32")(lambda v: not isinstance(v, int) or -(2 ** 31) <= v < 2 ** 31)
-_FORMATS.checks("int64")(lambda v: not isinstance(v, int) or -(2 ** 63) <= v < 2 ** 63)
+_FORMATS.checks("int32")(lambda v: not isinstance(v, int) or -(2**31) <= v < 2**31)
+_FORMATS.checks("int64")(lambda v: not isinstance(v, int) or -(2**63) <= v < 2**63)
 
 K8sValidator = jsonschema.validators.extend(
     Draft202012Validator,
-    {"x-kubernetes-list-type": _list_type, "x-kubernetes-validations": _cel, "type": _type})
+    {"x-kubernetes-list-type": _list_type, "x-kubernetes-validations": _cel, "type": _type},
+)
 
 
 @functools.cache
 def _crd(version: str, kind: str):
     raw = json.loads((SCHEMAS / f"kuberay-{version}" / CRD_FILES[kind]).read_text())
     src = raw["x-stseg-source"]
-    return K8sValidator(strict(raw, structural=True), format_checker=_FORMATS), f"{src['group']}/{src['version']}"
+    return K8sValidator(
+        strict(raw, structural=True), format_checker=_FORMATS
+    ), f"{src['group']}/{src['version']}"
 
 
 @functools.cache
 def _core(definition: str):
     defs = json.loads((K8S_DIR / "core-v1.json").read_text())["$defs"]
-    schema = {"$ref": f"#/$defs/{definition}",
-              "$defs": {n: strict(s, structural=False, _root=False) for n, s in defs.items()}}
+    schema = {
+        "$ref": f"#/$defs/{definition}",
+        "$defs": {n: strict(s, structural=False, _root=False) for n, s in defs.items()},
+    }
     return K8sValidator(schema, format_checker=_FORMATS)
 
 
@@ -137,11 +153,12 @@ def field_path(parts) -> str:
 def _messages(validator, instance, prefix: str) -> list[str]:
     out = []
     for e in validator.iter_errors(instance):
-        where = field_path([*filter(None, [prefix]), *e.absolute_path])
+        head = [prefix] if prefix else []
+        where = field_path([*head, *e.absolute_path])
         if e.validator == "additionalProperties" and e.validator_value is False:
             declared = set(e.schema.get("properties", {}))
             for extra in sorted(k for k in e.instance if k not in declared):
-                out.append(f"{field_path([*filter(None, [prefix]), *e.absolute_path, extra])}: unknown field")
+                out.append(f"{field_path([*head, *e.absolute_path, extra])}: unknown field")
         else:
             out.append(f"{where}: {e.message}")
     return sorted(set(out))
@@ -178,11 +195,15 @@ def problems(doc: dict, kuberay: str) -> list[str]:
         out = _messages(validator, doc, "")
         out += _messages(_core(OBJECT_META), doc.get("metadata") or {}, "metadata")
         for path, template in pod_templates(doc):
-            out += [f"{m} (Kubernetes PodTemplateSpec)" for m in _messages(_core(POD_TEMPLATE), template, path)]
+            out += [
+                f"{m} (Kubernetes PodTemplateSpec)"
+                for m in _messages(_core(POD_TEMPLATE), template, path)
+            ]
     elif (api, kind) in BUILTIN:
         out = _messages(_core(BUILTIN[(api, kind)]), doc, "")
     else:
-        return [f"no schema for apiVersion {api!r} kind {kind!r}: every object shipped must be validated"]
+        why = "every object shipped must be validated"
+        return [f"no schema for apiVersion {api!r} kind {kind!r}: {why}"]
     name = (doc.get("metadata") or {}).get("name")
     if not isinstance(name, str) or len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
         out.append(f"metadata.name: {name!r} is not a DNS-1123 subdomain")

@@ -1,12 +1,13 @@
 """Render a kustomization in Python: the subset of kustomize (v5) that deploy/kuberay uses.
 
-Used where ``kubectl`` is not installed; where it is, tests compare this with ``kubectl kustomize`` so the
-two cannot drift. Supported: resources (files and folders), components, configMapGenerator (files,
-literals, hash suffix or ``disableNameSuffixHash``), JSON 6902 ``patches`` with a target, ``namespace``,
-``labels`` (metadata only), ``images`` (any ``containers``/``initContainers`` list, as kustomize does)
-and ``configurations`` with ``nameReference``. Anything else in a kustomization is an error here, so a
-new feature cannot be silently ignored.
+Used where ``kubectl`` is not installed; where it is, tests compare this with ``kubectl kustomize``
+so the two cannot drift. Supported: resources (files and folders), components, configMapGenerator
+(files, literals, hash suffix or ``disableNameSuffixHash``), JSON 6902 ``patches`` with a target,
+``namespace``, ``labels`` (metadata only), ``images`` (any ``containers``/``initContainers`` list,
+as kustomize does) and ``configurations`` with ``nameReference``. Anything else in a kustomization
+is an error here, so a new feature cannot be silently ignored.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,19 @@ from pathlib import Path
 
 import yaml
 
-KNOWN = {"apiVersion", "kind", "resources", "components", "configMapGenerator", "generatorOptions", "patches",
-         "namespace", "labels", "images", "configurations"}
+KNOWN = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "configMapGenerator",
+    "generatorOptions",
+    "patches",
+    "namespace",
+    "labels",
+    "images",
+    "configurations",
+}
 
 
 def _ptr(path: str) -> list[str]:
@@ -26,7 +38,7 @@ def _ptr(path: str) -> list[str]:
 
 
 def json_patch(doc: dict, ops: list[dict]) -> dict:
-    """Apply RFC 6902 add/replace/remove; a path that does not exist is an error, as in kustomize."""
+    """Apply RFC 6902 add/replace/remove; a missing path is an error, as in kustomize."""
     doc = copy.deepcopy(doc)
     for op in ops:
         *parents, last = _ptr(op["path"])
@@ -53,12 +65,18 @@ def json_patch(doc: dict, ops: list[dict]) -> dict:
 
 
 def configmap_hash(cm: dict) -> str:
-    """kustomize's name suffix: sha256 of the Go-JSON of {kind, name, data}, 10 hex chars re-lettered."""
+    """kustomize's name suffix: sha256 of the Go JSON of {kind, name, data}, re-lettered."""
     m = {"data": cm.get("data", {}), "kind": "ConfigMap", "name": cm["metadata"]["name"]}
     if cm.get("binaryData"):
         m["binaryData"] = cm["binaryData"]
     enc = json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for a, b in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for a, b in (
+        ("&", "\\u0026"),
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         enc = enc.replace(a, b)
     digest = hashlib.sha256(enc.encode()).hexdigest()[:10]
     return digest.translate(str.maketrans("013ae", "ghkmt"))
@@ -82,8 +100,13 @@ def _set_images(node, images: list[dict]) -> None:
                         name, ref = _split_image(c["image"])
                         for im in images:
                             if im["name"] == name:
-                                ref = ("@" + im["digest"]) if im.get("digest") else \
-                                      (":" + str(im["newTag"])) if "newTag" in im else ref
+                                ref = (
+                                    ("@" + im["digest"])
+                                    if im.get("digest")
+                                    else (":" + str(im["newTag"]))
+                                    if "newTag" in im
+                                    else ref
+                                )
                                 c["image"] = im.get("newName", name) + ref
                                 break
             _set_images(v, images)
@@ -94,10 +117,14 @@ def _set_images(node, images: list[dict]) -> None:
 
 def _matches(doc: dict, target: dict) -> bool:
     group, _, version = doc["apiVersion"].rpartition("/")
-    return all([target.get("kind", doc["kind"]) == doc["kind"],
-                target.get("group", group) == group,
-                target.get("version", version) == version,
-                re.fullmatch(target.get("name", ".*"), doc["metadata"]["name"]) is not None])
+    return all(
+        [
+            target.get("kind", doc["kind"]) == doc["kind"],
+            target.get("group", group) == group,
+            target.get("version", version) == version,
+            re.fullmatch(target.get("name", ".*"), doc["metadata"]["name"]) is not None,
+        ]
+    )
 
 
 def _generate(folder: Path, k: dict) -> list[dict]:
@@ -110,7 +137,12 @@ def _generate(folder: Path, k: dict) -> list[dict]:
         for lit in g.get("literals", []):
             key, _, val = lit.partition("=")
             data[key] = val
-        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": g["name"]}, "data": data}
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": g["name"]},
+            "data": data,
+        }
         opts = {**k.get("generatorOptions", {}), **g.get("options", {})}
         if not opts.get("disableNameSuffixHash"):
             cm["metadata"]["annotations"] = {"stseg.test/original-name": g["name"]}
@@ -142,7 +174,10 @@ def _accumulate(folder: Path, docs: list[dict], refs: list[dict], component: boo
     k = yaml.safe_load((folder / "kustomization.yaml").read_text())
     unknown = set(k) - KNOWN
     if unknown:
-        raise ValueError(f"{folder}/kustomization.yaml: {sorted(unknown)} not supported by tests/deploy/kustomize.py")
+        raise ValueError(
+            f"{folder}/kustomization.yaml: {sorted(unknown)} "
+            "not supported by tests/deploy/kustomize.py"
+        )
     want = "Component" if component else "Kustomization"
     if k.get("kind", "Kustomization") != want:
         raise ValueError(f"{folder}/kustomization.yaml: kind {k.get('kind')!r}, expected {want}")
@@ -170,7 +205,7 @@ def _accumulate(folder: Path, docs: list[dict], refs: list[dict], component: boo
 
 
 def render(folder: Path) -> list[dict]:
-    """The objects ``kubectl kustomize folder`` prints (ConfigMaps first, as kustomize orders them)."""
+    """The objects ``kubectl kustomize folder`` prints (ConfigMaps first, as kustomize does)."""
     refs: list[dict] = []
     docs = _accumulate(Path(folder), [], refs, component=False)
     renamed = {}
@@ -184,9 +219,14 @@ def render(folder: Path) -> list[dict]:
     for ref in refs:
         for spec in ref["fieldSpecs"]:
             for d in docs:
-                if d["kind"] != spec["kind"] or d["apiVersion"].rpartition("/")[0] != spec.get("group", ""):
+                if d["kind"] != spec["kind"] or d["apiVersion"].rpartition("/")[0] != spec.get(
+                    "group", ""
+                ):
                     continue
                 ns = d["metadata"].get("namespace")
-                _walk_path(d, spec["path"].split("/"),
-                           lambda v, ns=ns: renamed.get((ref["kind"], ns, v), v))
+                _walk_path(
+                    d,
+                    spec["path"].split("/"),
+                    lambda v, ns=ns, kind=ref["kind"]: renamed.get((kind, ns, v), v),
+                )
     return sorted(docs, key=lambda d: d["kind"] != "ConfigMap")

@@ -1,25 +1,49 @@
-"""Kubernetes Pod Security Standards, "restricted" profile (which includes "baseline"), for pod specs.
+"""Kubernetes Pod Security Standards, profile "restricted" (which includes "baseline"), for pods.
 
 The rules are those of https://kubernetes.io/docs/concepts/security/pod-security-standards/ as the
 PodSecurity admission controller enforces them on a namespace labelled
 ``pod-security.kubernetes.io/enforce: restricted``. :func:`kuberay_pods` builds the pods KubeRay
-(1.2.2 to 1.7.0, read from its source) makes from a RayCluster or RayJob: the head gets the autoscaler
-sidecar whose securityContext is ``autoscalerOptions.securityContext``; each worker gets the
-``wait-gcs-ready`` init container with a copy of the Ray container's securityContext; a RayJob in
-K8sJobMode gets a submitter pod from ``submitterPodTemplate`` or, without one, a default with no
+(1.2.2 to 1.7.0, read from its source) makes from a RayCluster or RayJob: the head gets the
+autoscaler sidecar whose securityContext is ``autoscalerOptions.securityContext``; each worker gets
+the ``wait-gcs-ready`` init container with a copy of the Ray container's securityContext; a RayJob
+in K8sJobMode gets a submitter pod from ``submitterPodTemplate`` or, without one, a default with no
 securityContext at all.
 """
+
 from __future__ import annotations
 
 import copy
 
-ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                   "projected", "secret"}
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                "net.ipv4.tcp_keepalive_probes"}
-SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+SELINUX_TYPES = {
+    None,
+    "",
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+}
 
 
 def _containers(spec: dict):
@@ -29,7 +53,7 @@ def _containers(spec: dict):
 
 
 def restricted_violations(spec: dict, where: str = "spec") -> list[str]:
-    """Every rule of the restricted profile that pod spec ``spec`` breaks, as ``field.path: why``."""
+    """Every rule of the restricted profile that pod spec ``spec`` breaks, as ``path: why``."""
     out = []
     psc = spec.get("securityContext") or {}
     for field in ("hostNetwork", "hostPID", "hostIPC"):
@@ -38,7 +62,9 @@ def restricted_violations(spec: dict, where: str = "spec") -> list[str]:
     for i, v in enumerate(spec.get("volumes") or []):
         kinds = set(v) - {"name"}
         if not kinds <= ALLOWED_VOLUMES:
-            out.append(f"{where}.volumes[{i}]: volume type {sorted(kinds - ALLOWED_VOLUMES)} not allowed")
+            out.append(
+                f"{where}.volumes[{i}]: volume type {sorted(kinds - ALLOWED_VOLUMES)} not allowed"
+            )
     for s in psc.get("sysctls") or []:
         if s.get("name") not in SAFE_SYSCTLS:
             out.append(f"{where}.securityContext.sysctls: {s.get('name')} is not a safe sysctl")
@@ -48,7 +74,9 @@ def restricted_violations(spec: dict, where: str = "spec") -> list[str]:
     if psc.get("runAsUser") == 0:
         out.append(f"{where}.securityContext.runAsUser: must not be 0")
     if (psc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
-        out.append(f"{where}.securityContext.appArmorProfile.type: must be RuntimeDefault or Localhost")
+        out.append(
+            f"{where}.securityContext.appArmorProfile.type: must be RuntimeDefault or Localhost"
+        )
     pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
     if pod_seccomp not in (None, "RuntimeDefault", "Localhost"):
         out.append(f"{where}.securityContext.seccompProfile.type: {pod_seccomp!r} not allowed")
@@ -66,8 +94,14 @@ def restricted_violations(spec: dict, where: str = "spec") -> list[str]:
         if sc.get("procMount") not in (None, "Default"):
             out.append(f"{at}.securityContext.procMount: must be Default")
         out += _selinux(sc, f"{at}.securityContext")
-        if (sc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
-            out.append(f"{at}.securityContext.appArmorProfile.type: must be RuntimeDefault or Localhost")
+        if (sc.get("appArmorProfile") or {}).get("type") not in (
+            None,
+            "RuntimeDefault",
+            "Localhost",
+        ):
+            out.append(
+                f"{at}.securityContext.appArmorProfile.type: must be RuntimeDefault or Localhost"
+            )
         if sc.get("allowPrivilegeEscalation") is not False:
             out.append(f"{at}.securityContext.allowPrivilegeEscalation: must be false")
         caps = sc.get("capabilities") or {}
@@ -75,17 +109,24 @@ def restricted_violations(spec: dict, where: str = "spec") -> list[str]:
             out.append(f"{at}.securityContext.capabilities.drop: must include ALL")
         added = set(caps.get("add") or [])
         if added - {"NET_BIND_SERVICE"}:
-            out.append(f"{at}.securityContext.capabilities.add: only NET_BIND_SERVICE allowed, "
-                       f"not {sorted(added - {'NET_BIND_SERVICE'})}")
+            out.append(
+                f"{at}.securityContext.capabilities.add: only NET_BIND_SERVICE allowed, "
+                f"not {sorted(added - {'NET_BIND_SERVICE'})}"
+            )
         non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
         if non_root is not True:
-            out.append(f"{at}.securityContext.runAsNonRoot: must be true (here or in the pod securityContext)")
+            out.append(
+                f"{at}.securityContext.runAsNonRoot: must be true "
+                "(here or in the pod securityContext)"
+            )
         if sc.get("runAsUser") == 0:
             out.append(f"{at}.securityContext.runAsUser: must not be 0")
         seccomp = (sc.get("seccompProfile") or {}).get("type", pod_seccomp)
         if seccomp not in ("RuntimeDefault", "Localhost"):
-            out.append(f"{at}.securityContext.seccompProfile.type: must be RuntimeDefault or Localhost "
-                       "(here or in the pod securityContext)")
+            out.append(
+                f"{at}.securityContext.seccompProfile.type: must be RuntimeDefault or Localhost "
+                "(here or in the pod securityContext)"
+            )
         out[mark:] = [f"{m} [{c.get('name')}]" for m in out[mark:]]
     return out
 
@@ -109,10 +150,19 @@ def kuberay_pods(doc: dict) -> list[tuple[str, dict]]:
         cluster, base = spec["rayClusterSpec"], "spec.rayClusterSpec"
         if spec.get("submissionMode", "K8sJobMode") == "K8sJobMode":
             if "submitterPodTemplate" in spec:
-                out.append(("spec.submitterPodTemplate.spec", copy.deepcopy(spec["submitterPodTemplate"]["spec"])))
+                out.append(
+                    (
+                        "spec.submitterPodTemplate.spec",
+                        copy.deepcopy(spec["submitterPodTemplate"]["spec"]),
+                    )
+                )
             else:  # KubeRay's GetDefaultSubmitterTemplate: one container, no securityContext
-                out.append(("spec.submitterPodTemplate(KubeRay default).spec",
-                            {"containers": [{"name": "ray-job-submitter"}], "restartPolicy": "Never"}))
+                out.append(
+                    (
+                        "spec.submitterPodTemplate(KubeRay default).spec",
+                        {"containers": [{"name": "ray-job-submitter"}], "restartPolicy": "Never"},
+                    )
+                )
     else:
         cluster, base = spec, "spec"
     head = copy.deepcopy(cluster["headGroupSpec"]["template"]["spec"])
@@ -123,8 +173,10 @@ def kuberay_pods(doc: dict) -> list[tuple[str, dict]]:
     for i, g in enumerate(cluster.get("workerGroupSpecs") or []):
         pod = copy.deepcopy(g["template"]["spec"])
         ray = pod["containers"][0]
-        init = {"name": "wait-gcs-ready", **({"securityContext": ray["securityContext"]}
-                                              if "securityContext" in ray else {})}
+        init = {
+            "name": "wait-gcs-ready",
+            **({"securityContext": ray["securityContext"]} if "securityContext" in ray else {}),
+        }
         pod["initContainers"] = [*(pod.get("initContainers") or []), init]
         out.append((f"{base}.workerGroupSpecs[{i}].template.spec", pod))
     return out

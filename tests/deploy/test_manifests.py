@@ -1,9 +1,11 @@
-"""KubeRay manifests: every overlay renders, is one use (a standing cluster or one batch), and validates
-against the official CRDs of the oldest and newest supported KubeRay and Kubernetes' own Pod schema.
+"""KubeRay manifests: every overlay renders, is one use (a standing cluster or one batch), and
+validates against the official CRDs of the oldest and newest supported KubeRay and Kubernetes' own
+Pod schema.
 
 Overlays are rendered with tests/deploy/kustomize.py and, where kubectl is installed, compared with
 ``kubectl kustomize`` (so the Python renderer cannot drift from kustomize).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,14 +24,17 @@ from .kustomize import render
 
 ROOT = Path(__file__).resolve().parents[2]
 KR = ROOT / "deploy" / "kuberay"
-OVERLAYS = sorted(p.name for p in (KR / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+OVERLAYS = sorted(
+    p.name for p in (KR / "overlays").iterdir() if (p / "kustomization.yaml").exists()
+)
 SECRETISH = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 KUBECTL = shutil.which("kubectl")
 
 
 def kubectl_render(folder: Path) -> list[dict]:
-    out = subprocess.run([KUBECTL, "kustomize", str(folder)], check=True, capture_output=True, text=True,
-                         timeout=120).stdout
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(folder)], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -65,15 +70,23 @@ def test_each_overlay_is_one_use(overlay):
     elif overlay.startswith("batch-"):
         assert kinds == ["ConfigMap", "RayJob"], overlay
     else:
-        pytest.fail(f"overlay {overlay!r}: name it cluster-* (standing cluster) or batch-* (one batch)")
+        pytest.fail(
+            f"overlay {overlay!r}: name it cluster-* (standing cluster) or batch-* (one batch)"
+        )
 
 
 def test_sizes_and_namespaces():
     assert {"cluster-dev", "cluster-prod", "batch-dev", "batch-prod"} <= set(OVERLAYS)
     for use in ("cluster", "batch"):
-        dev, prod = (next(cluster_specs(render(KR / "overlays" / f"{use}-{s}")))[1] for s in ("dev", "prod"))
-        assert dev["workerGroupSpecs"][1]["maxReplicas"] < prod["workerGroupSpecs"][1]["maxReplicas"]
-        assert dev["workerGroupSpecs"][0]["maxReplicas"] < prod["workerGroupSpecs"][0]["maxReplicas"]
+        dev, prod = (
+            next(cluster_specs(render(KR / "overlays" / f"{use}-{s}")))[1] for s in ("dev", "prod")
+        )
+        assert (
+            dev["workerGroupSpecs"][1]["maxReplicas"] < prod["workerGroupSpecs"][1]["maxReplicas"]
+        )
+        assert (
+            dev["workerGroupSpecs"][0]["maxReplicas"] < prod["workerGroupSpecs"][0]["maxReplicas"]
+        )
     for o in OVERLAYS:
         ns = {d["metadata"].get("namespace") for d in render(KR / "overlays" / o)}
         assert ns == {"stseg-dev" if o.endswith("-dev") else "stseg"}, o
@@ -84,16 +97,23 @@ def test_cluster_shape(overlay):
     docs = render(KR / "overlays" / overlay)
     for name, spec in cluster_specs(docs):
         assert spec["enableInTreeAutoscaling"] is True, name
-        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", f"{name}: head must be CPU-only"
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", (
+            f"{name}: head must be CPU-only"
+        )
         head_c = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
         assert "nvidia.com/gpu" not in head_c["resources"].get("limits", {})
         groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
         assert set(groups) == {"cpu", "gpu"}
         gpu = groups["gpu"]
         assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
-        assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1
+        assert (
+            gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1
+        )
         assert gpu["template"]["spec"]["containers"][0]["image"].endswith("-gpu")
-        assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert (
+            "nvidia.com/gpu"
+            not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        )
         assert groups["cpu"]["maxReplicas"] > groups["cpu"]["minReplicas"]  # autoscaled
         for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
             c = g["template"]["spec"]["containers"][0]
@@ -102,15 +122,18 @@ def test_cluster_shape(overlay):
             assert {"secretRef": {"name": "stseg-object-store"}} in c.get("envFrom", []), where
             for e in c.get("env", []):
                 if any(s in e["name"].upper() for s in SECRETISH):
-                    assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), \
+                    assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), (
                         f"{where}: {e['name']} must come from a Secret, not inline"
+                    )
             assert c["resources"]["limits"] == c["resources"]["requests"], where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_images_are_pinned_and_from_one_place(overlay):
-    """Every container image comes from components/images: registry/name and a version tag or a digest."""
-    images = yaml.safe_load((KR / "components" / "images" / "kustomization.yaml").read_text())["images"]
+    """Every image comes from components/images: registry/name and a version tag or a digest."""
+    images = yaml.safe_load((KR / "components" / "images" / "kustomization.yaml").read_text())[
+        "images"
+    ]
     allowed = {im["newName"] for im in images}
     for d in render(KR / "overlays" / overlay):
         for path, t in pod_templates(d):
@@ -118,10 +141,13 @@ def test_images_are_pinned_and_from_one_place(overlay):
                 image = c["image"]
                 name = image.split("@")[0].rsplit(":", 1)[0]
                 assert name in allowed, f"{overlay} {path}: {image} not mapped by components/images"
-                assert re.search(r"(:\d+\.\d+\.\d+[-\w.]*$)|(@sha256:[0-9a-f]{64}$)", image), \
+                assert re.search(r"(:\d+\.\d+\.\d+[-\w.]*$)|(@sha256:[0-9a-f]{64}$)", image), (
                     f"{overlay} {path}: {image} needs a version tag or a digest"
+                )
         if d["kind"] == "RayJob":
-            head = d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+            head = d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][
+                0
+            ]["image"]
             sub = d["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["image"]
             assert sub == head, "the submitter runs `ray job submit` with the head's Ray and Python"
 
@@ -141,9 +167,13 @@ def test_rayjob_lifecycle_and_manifest_mount(overlay):
     assert s["shutdownAfterJobFinishes"] is True
     assert s["ttlSecondsAfterFinished"] > 0 and s["activeDeadlineSeconds"] > 0
     assert s["submitterConfig"]["backoffLimit"] >= 1
-    assert s["submitterPodTemplate"]["spec"]["restartPolicy"] in ("Never", "OnFailure"), \
-        "KubeRay copies a given submitter template into a Job as is; a Job's pods cannot restart Always"
-    assert "command" not in s["submitterPodTemplate"]["spec"]["containers"][0], "KubeRay fills in ray job submit"
+    assert s["submitterPodTemplate"]["spec"]["restartPolicy"] in ("Never", "OnFailure"), (
+        "KubeRay copies a given submitter template into a Job as is; "
+        "a Job's pods cannot restart Always"
+    )
+    assert "command" not in s["submitterPodTemplate"]["spec"]["containers"][0], (
+        "KubeRay fills in ray job submit"
+    )
     assert s["entrypoint"].split()[:4] == ["python", "-m", "stseg_dist", "batch"]
     # the entry point's manifest is mounted on the head from the ConfigMap that the overlay creates
     mpath = s["entrypoint"].split()[-1]
@@ -172,8 +202,8 @@ def _batch_copy(tmp_path: Path, keep_name_refs: bool) -> Path:
 
 @pytest.mark.parametrize("renderer", ["python", "kubectl"])
 def test_generated_configmap_name_reaches_the_rayjob(tmp_path, renderer):
-    """A hash-suffixed ConfigMap name is rewritten in the RayJob's volume (kustomizeconfig.yaml); without
-    that configuration the head would mount a ConfigMap that does not exist."""
+    """A hash-suffixed ConfigMap name is rewritten in the RayJob's volume (kustomizeconfig.yaml);
+    without that configuration the head would mount a ConfigMap that does not exist."""
     if renderer == "kubectl" and not KUBECTL:
         pytest.skip("kubectl not installed")
     run = render if renderer == "python" else kubectl_render
@@ -181,7 +211,9 @@ def test_generated_configmap_name_reaches_the_rayjob(tmp_path, renderer):
         docs = by_kind(run(_batch_copy(tmp_path / str(keep), keep_name_refs=keep)))
         cm_name = docs["ConfigMap"]["metadata"]["name"]
         assert re.fullmatch(r"stseg-batch-manifest-[a-z0-9]{10}", cm_name)
-        vol = docs["RayJob"]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"][0]
+        vol = docs["RayJob"]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
+            "volumes"
+        ][0]
         assert (vol["configMap"]["name"] == cm_name) is keep
 
 
@@ -193,25 +225,36 @@ def test_python_render_matches_kubectl_kustomize(target, tmp_path):
         shutil.copytree(KR, tmp_path, dirs_exist_ok=True)
         shutil.copytree(KR / "overlays" / "batch-prod", folder)
         text = (folder / "kustomization.yaml").read_text()
-        (folder / "kustomization.yaml").write_text(text.replace("# - ../../components/private-registry",
-                                                                "- ../../components/private-registry"))
+        (folder / "kustomization.yaml").write_text(
+            text.replace(
+                "# - ../../components/private-registry", "- ../../components/private-registry"
+            )
+        )
     else:
         folder = KR / target
-    key = lambda docs: {(d["kind"], d["metadata"]["name"]): d for d in docs}  # noqa: E731
+    key = lambda docs: {(d["kind"], d["metadata"]["name"]): d for d in docs}
     theirs = key(kubectl_render(folder))
     assert theirs == key(render(folder))
     if target == "private-registry":
         job = theirs[("RayJob", "stseg-batch")]
-        assert all(t["spec"]["imagePullSecrets"] == [{"name": "stseg-registry"}] for _, t in pod_templates(job))
+        assert all(
+            t["spec"]["imagePullSecrets"] == [{"name": "stseg-registry"}]
+            for _, t in pod_templates(job)
+        )
 
 
 def test_private_registry_component_reaches_every_pod_template(tmp_path):
     for use in ("cluster", "batch"):
         folder = tmp_path / use
         folder.mkdir()
-        (folder / "kustomization.yaml").write_text(yaml.safe_dump({
-            "resources": [str(KR / "overlays" / f"{use}-prod")],
-            "components": [str(KR / "components" / "private-registry")]}))
+        (folder / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "resources": [str(KR / "overlays" / f"{use}-prod")],
+                    "components": [str(KR / "components" / "private-registry")],
+                }
+            )
+        )
         for d in render(folder):
             for path, t in pod_templates(d):
                 assert t["spec"].get("imagePullSecrets") == [{"name": "stseg-registry"}], path
@@ -219,7 +262,8 @@ def test_private_registry_component_reaches_every_pod_template(tmp_path):
                 assert problems(d, v) == []
 
 
-# ---- planted errors: the checks fail, naming the field ----------------------------------------------
+# ---- planted errors: the checks fail, naming the field ------------------------------------------
+
 
 def _job(overlay="batch-prod"):
     return by_kind(render(KR / "overlays" / overlay))["RayJob"]
@@ -230,6 +274,7 @@ def _cluster(overlay="cluster-prod"):
 
 
 WORKER = ["spec", "rayClusterSpec", "workerGroupSpecs", 1]
+W1 = "spec.rayClusterSpec.workerGroupSpecs[1]"
 
 
 def _at(doc, path):
@@ -240,44 +285,105 @@ def _at(doc, path):
 
 PLANTED = [
     # (what, mutate(job), expected message fragment, KubeRay versions that must reject it)
-    ("misspelt spec key", lambda j: j["spec"].__setitem__("shutdownAfterJobFinish", True),
-     "spec.shutdownAfterJobFinish: unknown field", KUBERAY_VERSIONS),
-    ("pod-only field in a container securityContext",
-     lambda j: _at(j, WORKER + ["template", "spec", "containers", 0, "securityContext"]).__setitem__("fsGroup", 1000),
-     "spec.rayClusterSpec.workerGroupSpecs[1].template.spec.containers[0].securityContext.fsGroup: unknown field",
-     KUBERAY_VERSIONS),
-    ("container-only field in a pod securityContext",
-     lambda j: _at(j, WORKER + ["template", "spec", "securityContext"]).__setitem__("allowPrivilegeEscalation", False),
-     "spec.rayClusterSpec.workerGroupSpecs[1].template.spec.securityContext.allowPrivilegeEscalation: unknown field",
-     KUBERAY_VERSIONS),
-    ("worker idleTimeoutSeconds (KubeRay >= 1.3 only)", lambda j: _at(j, WORKER).__setitem__("idleTimeoutSeconds", 60),
-     "spec.rayClusterSpec.workerGroupSpecs[1].idleTimeoutSeconds: unknown field", ["v1.2.2"]),
-    ("worker group suspend (newer KubeRay only)", lambda j: _at(j, WORKER).__setitem__("suspend", True),
-     "spec.rayClusterSpec.workerGroupSpecs[1].suspend: unknown field", ["v1.2.2"]),
-    ("autoscalerOptions.version (newer KubeRay only)",
-     lambda j: j["spec"]["rayClusterSpec"]["autoscalerOptions"].__setitem__("version", "v2"),
-     "spec.rayClusterSpec.autoscalerOptions.version: unknown field", ["v1.2.2"]),
-    ("string where an integer goes", lambda j: _at(j, WORKER).__setitem__("minReplicas", "0"),
-     "spec.rayClusterSpec.workerGroupSpecs[1].minReplicas: '0' is not of type 'integer'", KUBERAY_VERSIONS),
-    ("int32 overflow", lambda j: j["spec"].__setitem__("backoffLimit", 2 ** 31),
-     "spec.backoffLimit: 2147483648 is not a 'int32'", KUBERAY_VERSIONS),
-    ("bad quantity", lambda j: _at(j, WORKER + ["template", "spec", "containers", 0, "resources", "limits"])
-     .__setitem__("nvidia.com/gpu", "one"),
-     "spec.rayClusterSpec.workerGroupSpecs[1].template.spec.containers[0].resources.limits.nvidia.com/gpu",
-     KUBERAY_VERSIONS),
-    ("duplicate env name", lambda j: _at(j, ["spec", "rayClusterSpec", "headGroupSpec", "template", "spec",
-                                             "containers", 0, "env"]).append({"name": "STSEG_RUNTIME__PROGRESS"}),
-     "spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].env[1]: duplicate entry", KUBERAY_VERSIONS),
-    ("misspelt submitter field", lambda j: j["spec"]["submitterPodTemplate"]["spec"].__setitem__("restartPolicyy", "Never"),
-     "spec.submitterPodTemplate.spec.restartPolicyy: unknown field", KUBERAY_VERSIONS),
-    ("unknown metadata key", lambda j: j["metadata"].__setitem__("label", {"a": "b"}),
-     "metadata.label: unknown field", KUBERAY_VERSIONS),
-    ("bad object name", lambda j: j["metadata"].__setitem__("name", "Stseg_Batch"),
-     "metadata.name: 'Stseg_Batch' is not a DNS-1123 subdomain", KUBERAY_VERSIONS),
-    ("old apiVersion", lambda j: j.__setitem__("apiVersion", "ray.io/v1alpha1"),
-     "apiVersion: 'ray.io/v1alpha1' is not served", KUBERAY_VERSIONS),
-    ("a field with CEL rules (managedBy)", lambda j: j["spec"].__setitem__("managedBy", "someone"),
-     "spec.managedBy", KUBERAY_VERSIONS),
+    (
+        "misspelt spec key",
+        lambda j: j["spec"].__setitem__("shutdownAfterJobFinish", True),
+        "spec.shutdownAfterJobFinish: unknown field",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "pod-only field in a container securityContext",
+        lambda j: _at(
+            j, WORKER + ["template", "spec", "containers", 0, "securityContext"]
+        ).__setitem__("fsGroup", 1000),
+        f"{W1}.template.spec.containers[0].securityContext.fsGroup: unknown field",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "container-only field in a pod securityContext",
+        lambda j: _at(j, WORKER + ["template", "spec", "securityContext"]).__setitem__(
+            "allowPrivilegeEscalation", False
+        ),
+        f"{W1}.template.spec.securityContext.allowPrivilegeEscalation: unknown field",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "worker idleTimeoutSeconds (KubeRay >= 1.3 only)",
+        lambda j: _at(j, WORKER).__setitem__("idleTimeoutSeconds", 60),
+        "spec.rayClusterSpec.workerGroupSpecs[1].idleTimeoutSeconds: unknown field",
+        ["v1.2.2"],
+    ),
+    (
+        "worker group suspend (newer KubeRay only)",
+        lambda j: _at(j, WORKER).__setitem__("suspend", True),
+        "spec.rayClusterSpec.workerGroupSpecs[1].suspend: unknown field",
+        ["v1.2.2"],
+    ),
+    (
+        "autoscalerOptions.version (newer KubeRay only)",
+        lambda j: j["spec"]["rayClusterSpec"]["autoscalerOptions"].__setitem__("version", "v2"),
+        "spec.rayClusterSpec.autoscalerOptions.version: unknown field",
+        ["v1.2.2"],
+    ),
+    (
+        "string where an integer goes",
+        lambda j: _at(j, WORKER).__setitem__("minReplicas", "0"),
+        "spec.rayClusterSpec.workerGroupSpecs[1].minReplicas: '0' is not of type 'integer'",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "int32 overflow",
+        lambda j: j["spec"].__setitem__("backoffLimit", 2**31),
+        "spec.backoffLimit: 2147483648 is not a 'int32'",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "bad quantity",
+        lambda j: _at(
+            j, WORKER + ["template", "spec", "containers", 0, "resources", "limits"]
+        ).__setitem__("nvidia.com/gpu", "one"),
+        f"{W1}.template.spec.containers[0].resources.limits.nvidia.com/gpu",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "duplicate env name",
+        lambda j: _at(
+            j,
+            ["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0, "env"],
+        ).append({"name": "STSEG_RUNTIME__PROGRESS"}),
+        "spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].env[1]: duplicate entry",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "misspelt submitter field",
+        lambda j: j["spec"]["submitterPodTemplate"]["spec"].__setitem__("restartPolicyy", "Never"),
+        "spec.submitterPodTemplate.spec.restartPolicyy: unknown field",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "unknown metadata key",
+        lambda j: j["metadata"].__setitem__("label", {"a": "b"}),
+        "metadata.label: unknown field",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "bad object name",
+        lambda j: j["metadata"].__setitem__("name", "Stseg_Batch"),
+        "metadata.name: 'Stseg_Batch' is not a DNS-1123 subdomain",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "old apiVersion",
+        lambda j: j.__setitem__("apiVersion", "ray.io/v1alpha1"),
+        "apiVersion: 'ray.io/v1alpha1' is not served",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "a field with CEL rules (managedBy)",
+        lambda j: j["spec"].__setitem__("managedBy", "someone"),
+        "spec.managedBy",
+        KUBERAY_VERSIONS,
+    ),
 ]
 
 
@@ -288,7 +394,9 @@ def test_planted_error_is_reported_with_its_path(what, mutate, fragment, rejecti
     for v in KUBERAY_VERSIONS:
         found = problems(job, v)
         if v in rejecting:
-            assert any(fragment in m for m in found), f"KubeRay {v}: {what} not reported as {fragment!r}: {found}"
+            assert any(fragment in m for m in found), (
+                f"KubeRay {v}: {what} not reported as {fragment!r}: {found}"
+            )
         else:
             assert found == [], f"KubeRay {v} accepts {what}, but: {found}"
 
