@@ -419,3 +419,28 @@ def test_unknown_kinds_are_not_waved_through():
     cm = copy.deepcopy(by_kind(render(KR / "overlays" / "batch-dev"))["ConfigMap"])
     cm["data"]["batch.yaml"] = 3
     assert any(m.startswith("data.batch.yaml:") for m in problems(cm, KUBERAY_VERSIONS[0]))
+
+
+def test_docs_name_the_supported_range_and_real_overlays():
+    """README, docs/cluster.md and the manifests' comments name the KubeRay range CI validates and only
+    overlays and Dockerfile variants that exist."""
+    lo, hi = (v.lstrip("v") for v in (KUBERAY_VERSIONS[0], KUBERAY_VERSIONS[-1]))
+    texts = {p: p.read_text() for p in (ROOT / "README.md", ROOT / "docs" / "cluster.md")}
+    texts.update({p: p.read_text() for p in KR.rglob("*.yaml")})
+    for p in (ROOT / "README.md", ROOT / "docs" / "cluster.md"):
+        assert f"{lo} to {hi}" in texts[p], (
+            f"{p.name}: name the supported KubeRay range {lo} to {hi}"
+        )
+        assert "kubectl apply -k deploy/kuberay/overlays/cluster-" in texts[p]
+        assert "kubectl create -k deploy/kuberay/overlays/batch-" in texts[p]
+        assert "kubectl delete -k deploy/kuberay/overlays/batch-" in texts[p], (
+            "how to re-run a batch"
+        )
+    for p, text in texts.items():
+        for o in re.findall(r"deploy/kuberay/overlays/([\w-]+)", text):
+            assert o in OVERLAYS, f"{p.relative_to(ROOT)} names overlay {o!r}, which does not exist"
+        assert "re-apply" not in text.lower(), (
+            f"{p.relative_to(ROOT)}: re-applying a RayJob does nothing"
+        )
+        for variant in re.findall(r"--build-arg VARIANT=(\w+)", text):
+            assert variant in ("cpu", "gpu"), f"{p.relative_to(ROOT)}: VARIANT={variant}"
