@@ -32,6 +32,9 @@ CRD_FILES = {"RayCluster": "raycluster.json", "RayJob": "rayjob.json"}
 POD_TEMPLATE = "io.k8s.api.core.v1.PodTemplateSpec"
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 BUILTIN = {("v1", "ConfigMap"): "io.k8s.api.core.v1.ConfigMap"}
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# KubeRay 1.7.0 utils/validation.go (names end up in Service and pod names); 1.2.2 checks less
+MAX_NAME = {"RayCluster": 53, "RayJob": 53 - 6}
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 _MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
@@ -184,6 +187,35 @@ def pod_templates(doc: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def _operator_rules(doc: dict) -> list[str]:
+    """What KubeRay's own validation (not the schema) rejects, for the fields these manifests use."""
+    out = []
+    name, kind = (doc.get("metadata") or {}).get("name"), doc["kind"]
+    if isinstance(name, str) and (len(name) > MAX_NAME[kind] or not DNS1035_LABEL.match(name)):
+        out.append(
+            f"metadata.name: {name!r}: KubeRay wants a DNS-1035 label of at most "
+            f"{MAX_NAME[kind]} characters for a {kind}"
+        )
+    spec = doc.get("spec") or {}
+    cluster, base = (
+        (spec.get("rayClusterSpec") or {}, "spec.rayClusterSpec")
+        if kind == "RayJob"
+        else (spec, "spec")
+    )
+    for i, g in enumerate(cluster.get("workerGroupSpecs") or []):
+        lo, n, hi = (
+            g.get("minReplicas", 0),
+            g.get("replicas", g.get("minReplicas", 0)),
+            g.get("maxReplicas"),
+        )
+        if all(isinstance(x, int) for x in (lo, n, hi)) and not 0 <= lo <= n <= hi:
+            out.append(
+                f"{base}.workerGroupSpecs[{i}]: need 0 <= minReplicas ({lo}) <= replicas ({n}) "
+                f"<= maxReplicas ({hi})"
+            )
+    return out
+
+
 def problems(doc: dict, kuberay: str) -> list[str]:
     """Every reason the API server (with the CRDs of KubeRay ``kuberay``) would reject ``doc``, as
     ``field.path: message``; empty when it would accept it."""
@@ -194,6 +226,7 @@ def problems(doc: dict, kuberay: str) -> list[str]:
             return [f"apiVersion: {api!r} is not served by the KubeRay {kuberay} CRD ({want_api})"]
         out = _messages(validator, doc, "")
         out += _messages(_core(OBJECT_META), doc.get("metadata") or {}, "metadata")
+        out += _operator_rules(doc)
         for path, template in pod_templates(doc):
             out += [
                 f"{m} (Kubernetes PodTemplateSpec)"

@@ -373,6 +373,18 @@ PLANTED = [
         KUBERAY_VERSIONS,
     ),
     (
+        "name too long for KubeRay",
+        lambda j: j["metadata"].__setitem__("name", "stseg-batch-" + "x" * 40),
+        "metadata.name: 'stseg-batch-xxx",
+        KUBERAY_VERSIONS,
+    ),
+    (
+        "minReplicas above maxReplicas",
+        lambda j: _at(j, WORKER).update(minReplicas=50, replicas=50),
+        f"{W1}: need 0 <= minReplicas (50) <= replicas (50) <= maxReplicas",
+        KUBERAY_VERSIONS,
+    ),
+    (
         "old apiVersion",
         lambda j: j.__setitem__("apiVersion", "ray.io/v1alpha1"),
         "apiVersion: 'ray.io/v1alpha1' is not served",
