@@ -188,7 +188,7 @@ def pod_templates(doc: dict) -> list[tuple[str, dict]]:
 
 
 def _operator_rules(doc: dict) -> list[str]:
-    """What KubeRay's own validation (not the schema) rejects, for the fields these manifests use."""
+    """What KubeRay's own validation (not the schema) rejects, for the fields used here."""
     out = []
     name, kind = (doc.get("metadata") or {}).get("name"), doc["kind"]
     if isinstance(name, str) and (len(name) > MAX_NAME[kind] or not DNS1035_LABEL.match(name)):

@@ -434,8 +434,8 @@ def test_unknown_kinds_are_not_waved_through():
 
 
 def test_docs_name_the_supported_range_and_real_overlays():
-    """README, docs/cluster.md and the manifests' comments name the KubeRay range CI validates and only
-    overlays and Dockerfile variants that exist."""
+    """README, docs/cluster.md and the manifests' comments name the KubeRay range CI validates and
+    only overlays and Dockerfile variants that exist."""
     lo, hi = (v.lstrip("v") for v in (KUBERAY_VERSIONS[0], KUBERAY_VERSIONS[-1]))
     texts = {p: p.read_text() for p in (ROOT / "README.md", ROOT / "docs" / "cluster.md")}
     texts.update({p: p.read_text() for p in KR.rglob("*.yaml")})
