@@ -17,6 +17,7 @@ import numpy as np
 
 from . import constants as K
 from . import stages
+from .boundaries import write_boundaries
 from .config import PipelineConfig, StageResources as ResCfg
 from .errors import InputError, OutputError, RunIncompleteError
 from .executor import LocalExecutor, Outcome, RayExecutor, StageResources, init_ray
@@ -309,6 +310,7 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
     parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
     ids, sums, counts = reduce_cells(parts, len(genes))
     df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, n_nuclei)
+    failed += write_boundaries(ex, ctx, ids, sums, staging)  # GeoParquet outlines, per owning tile
     write_parquet(df, storage.join(staging, K.CELLS_PARQUET), so)
     n_tx_out = concat_transcripts([work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
                                   storage.join(staging, K.TRANSCRIPTS_PARQUET), so)

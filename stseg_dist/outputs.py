@@ -19,7 +19,8 @@ import scipy.sparse as sp
 from . import constants as K
 from .io import storage
 
-FINAL_OUTPUTS = (K.LABELS_ZARR, K.CELLS_PARQUET, K.TRANSCRIPTS_PARQUET, K.CELLS_H5AD)
+FINAL_OUTPUTS = (K.LABELS_ZARR, K.CELLS_PARQUET, K.TRANSCRIPTS_PARQUET, K.CELLS_H5AD,
+                 K.CELL_BOUNDARIES_PARQUET, K.NUCLEUS_BOUNDARIES_PARQUET)
 
 
 def create_labels(url: str, shape: tuple[int, int], chunk_px: int, attrs: dict, so: dict) -> None:

@@ -1,0 +1,245 @@
+"""Cell and nucleus boundaries: exact pixel outlines in µm, written as GeoParquet.
+
+Each cell is vectorised once, by the tile whose core holds its centroid pixel (the cell table's
+exact integer moments, so the owner does not depend on the tiling), from the global label
+arrays over that tile's window; a cell of which the window holds fewer pixels than the cell table
+counts (cut at the window edge, or in far-apart pieces) is re-read from a window grown around it,
+so the owner always sees it whole. The outline is the union of the cell's
+pixel runs (shapely), so a polygon's area is exactly the cell's pixel area and a cell has the
+same polygon whatever the tile size. A cell whose pixels are not 4-connected is one
+MultiPolygon: one geometry per cell, nothing dropped. A nucleus is vectorised by its cell's
+owner (a nucleus lies inside its cell and shares its ID).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from . import constants as K
+from .io import storage
+from .tiling import Tile, TileGrid
+
+STAGES = {K.CELL_BOUNDARIES_PARQUET: "boundaries-cells", K.NUCLEUS_BOUNDARIES_PARQUET: "boundaries-nuclei"}
+_PART_META = b"stseg_part"  # per-part bbox and geometry types, so the final file's metadata needs no re-read
+
+
+@dataclass(frozen=True)
+class BoundaryJob:
+    """One tile's share: the cells whose centroid pixel lies in its core, and their pixel areas."""
+
+    index: int
+    cell_ids: np.ndarray
+    areas: np.ndarray
+
+
+def pixel_runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Horizontal runs of equal non-zero labels: (label, row, first col, end col exclusive)."""
+    lab = np.asarray(lab)
+    h, w = lab.shape
+    if lab.size == 0:
+        z = np.zeros(0, np.int64)
+        return z.astype(lab.dtype), z, z, z
+    start = np.ones((h, w), bool)
+    start[:, 1:] = lab[:, 1:] != lab[:, :-1]
+    end = np.ones((h, w), bool)
+    end[:, :-1] = lab[:, :-1] != lab[:, 1:]
+    fg = lab > 0
+    rows, c0 = np.nonzero(start & fg)
+    _, c_last = np.nonzero(end & fg)  # row-major order: the i-th end closes the i-th start
+    return lab[rows, c0], rows, c0, c_last + 1
+
+
+def label_polygons(lab: np.ndarray, ids: np.ndarray, offset_rc: tuple[int, int], pixel_size_um: float,
+                   origin_um: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Outlines (in µm) of the labels ``ids`` present in ``lab``, whose pixel (0, 0) is global
+    pixel ``offset_rc``; returns (sorted ids found, geometries)."""
+    val, rows, c0, c1 = pixel_runs(lab)
+    keep = np.isin(val, ids)
+    val, rows, c0, c1 = val[keep], rows[keep], c0[keep], c1[keep]
+    if len(val) == 0:
+        return np.zeros(0, np.int64), np.empty(0, object)
+    order = np.argsort(val, kind="stable")
+    val, rows, c0, c1 = val[order], rows[order], c0[order], c1[order]
+    r0, cc0 = offset_rc
+    # Union in integer pixel coordinates (exact), then one affine map to µm.
+    boxes = shapely.box(c0 + cc0, rows + r0, c1 + cc0, rows + r0 + 1)
+    found, first = np.unique(val, return_index=True)
+    geoms = np.array([shapely.union_all(g) for g in np.split(boxes, first[1:])], dtype=object)
+    geoms = shapely.simplify(geoms, 0.0)  # drops the collinear vertices where runs met
+    ps = float(pixel_size_um)
+    x0, y0 = float(origin_um[0]), float(origin_um[1])
+    geoms = shapely.transform(geoms, lambda xy: xy * ps + np.array([x0, y0]))
+    return found.astype(np.int64), geoms
+
+
+def owner_jobs(grid: TileGrid, ids: np.ndarray, area: np.ndarray, sum_r: np.ndarray,
+               sum_c: np.ndarray) -> list[BoundaryJob]:
+    """Split cells among tiles by the core holding their centroid pixel (exact integer moments)."""
+    ids = np.asarray(ids, np.int64)
+    safe = np.maximum(np.asarray(area, np.int64), 1)
+    cy = np.asarray(sum_r, np.int64) // safe
+    cx = np.asarray(sum_c, np.int64) // safe
+    tile = (np.clip(cy, 0, grid.shape[0] - 1) // grid.core_px) * grid.n_cols + \
+        np.clip(cx, 0, grid.shape[1] - 1) // grid.core_px
+    order = np.lexsort((ids, tile))
+    tiles, first = np.unique(tile[order], return_index=True)
+    per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:])))
+    per_area = dict(zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:])))
+    empty = np.zeros(0, np.int64)
+    return [BoundaryJob(t.index, per_ids.get(t.index, empty), per_area.get(t.index, empty)) for t in grid]
+
+
+def _read(url: str, window: tuple[int, int, int, int], so: dict) -> np.ndarray:
+    r0, r1, c0, c1 = window
+    return np.asarray(storage.open_zarr_array(url, "r", so)[r0:r1, c0:c1])
+
+
+def _extent(lab: np.ndarray, ids: np.ndarray) -> dict[int, tuple[int, int, int, int, int]]:
+    """Per label in ``ids`` found in ``lab``: (pixels, r0, r1, c0, c1) from its pixel runs."""
+    val, rows, c0, c1 = pixel_runs(lab)
+    keep = np.isin(val, ids)
+    val, rows, c0, c1 = val[keep], rows[keep], c0[keep], c1[keep]
+    if len(val) == 0:
+        return {}
+    order = np.argsort(val, kind="stable")
+    val, rows, c0, c1 = val[order], rows[order], c0[order], c1[order]
+    found, first = np.unique(val, return_index=True)
+    return {int(i): (int(n), int(a), int(b) + 1, int(c), int(d)) for i, n, a, b, c, d in zip(
+        found, np.add.reduceat(c1 - c0, first), np.minimum.reduceat(rows, first),
+        np.maximum.reduceat(rows, first), np.minimum.reduceat(c0, first), np.maximum.reduceat(c1, first))}
+
+
+def whole_windows(cells_url: str, tile: Tile, job: BoundaryJob, shape: tuple[int, int], grow_px: int,
+                  so: dict) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """(window, cell ids) pairs such that each window holds all pixels of its cells: the tile
+    window for most cells; for a cell of which it holds fewer pixels than the cell table counts
+    (cut at the window edge, or in pieces), a window grown around it until it holds them all."""
+    window = tile.window
+    found = _extent(_read(cells_url, window, so), job.cell_ids)
+    expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist()))
+    short = [i for i in job.cell_ids.tolist() if found.get(i, (0,))[0] < expected[i]]
+    out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)))]
+    for cid in short:
+        _, r0, r1, c0, c1 = found.get(cid, (0, 0, window[1] - window[0], 0, window[3] - window[2]))
+        win = (window[0] + r0, window[0] + r1, window[2] + c0, window[2] + c1)
+        grow = max(int(grow_px), 1)
+        while True:
+            win = (max(0, win[0] - grow), min(shape[0], win[1] + grow),
+                   max(0, win[2] - grow), min(shape[1], win[3] + grow))
+            n = _extent(_read(cells_url, win, so), np.asarray([cid])).get(cid, (0,))[0]
+            if n >= expected[cid] or win == (0, shape[0], 0, shape[1]):
+                break
+            grow *= 2
+        out.append((win, np.asarray([cid], np.int64)))
+    return out
+
+
+def boundaries_tile(ctx, job: BoundaryJob) -> dict:
+    """Vectorise the cells (and their nuclei) that ``job``'s tile owns; write one part each."""
+    tile = ctx.grid[job.index]
+    so = ctx.work.so
+    cells_url = storage.join(ctx.labels_url, K.LABELS_CELLS)
+    nuclei_url = storage.join(ctx.labels_url, K.LABELS_NUCLEI)
+    ps, origin = ctx.chip.pixel_size_um, ctx.chip.origin_um
+    found = {name: ([], []) for name in STAGES}
+    n_grown = 0
+    if len(job.cell_ids):
+        windows = whole_windows(cells_url, tile, job, ctx.grid.shape, ctx.grid.halo_px or ctx.grid.core_px, so)
+        n_grown = len(windows) - 1
+        for win, ids in windows:
+            for name, url in ((K.CELL_BOUNDARIES_PARQUET, cells_url), (K.NUCLEUS_BOUNDARIES_PARQUET, nuclei_url)):
+                got_ids, geoms = label_polygons(_read(url, win, so), ids, (win[0], win[2]), ps, origin)
+                found[name][0].append(got_ids)
+                found[name][1].append(geoms)
+    counts = {}
+    for name, (id_parts, geom_parts) in found.items():
+        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+        geoms = np.concatenate(geom_parts) if geom_parts else np.empty(0, object)
+        order = np.argsort(ids, kind="stable")
+        table = _table(ids[order], geoms[order])
+        ctx.work.save_table(ctx.stage(STAGES[name]), job.index, table)
+        counts[name] = len(ids)
+    return {"index": job.index, "n_cells": counts[K.CELL_BOUNDARIES_PARQUET],
+            "n_nuclei": counts[K.NUCLEUS_BOUNDARIES_PARQUET], "n_grown": n_grown}
+
+
+def _table(ids: np.ndarray, geoms: np.ndarray) -> pa.Table:
+    types = sorted(set(shapely.get_type_id(geoms).tolist()))
+    bounds = shapely.total_bounds(geoms) if len(geoms) else np.full(4, np.nan)
+    meta = {"types": [_TYPE_NAMES[t] for t in types], "bbox": [float(v) for v in bounds]}
+    return pa.table({K.CELL_ID: pa.array(ids, pa.int64()),
+                     "geometry": pa.array(shapely.to_wkb(geoms), pa.binary())},
+                    metadata={_PART_META: json.dumps(meta).encode()})
+
+
+_TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon"}
+
+
+def geo_metadata(types: list[str], bbox: list[float] | None) -> dict:
+    """GeoParquet 1.1 file metadata for one WKB column in plain µm coordinates (no CRS)."""
+    col = {"encoding": "WKB", "geometry_types": sorted(types), "crs": None, "edges": "planar"}
+    if bbox is not None:
+        col["bbox"] = bbox
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}
+
+
+def concat_geoparquet(part_urls: list[str], url: str, so: dict, extra_meta: dict | None = None) -> int:
+    """Stream per-tile parts into one GeoParquet file; the metadata comes from the parts' footers."""
+    types: set[str] = set()
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for part in part_urls:
+        fs, path = storage.fs_and_path(part, so)
+        with fs.open(path, "rb") as fh:
+            meta = json.loads(pq.read_schema(fh).metadata[_PART_META])
+        types.update(meta["types"])
+        if meta["types"]:
+            lo = np.minimum(lo, meta["bbox"][:2])
+            hi = np.maximum(hi, meta["bbox"][2:])
+    bbox = [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])] if np.isfinite(lo).all() else None
+    schema = pa.schema([(K.CELL_ID, pa.int64()), ("geometry", pa.binary())], metadata={
+        b"geo": json.dumps(geo_metadata(sorted(types), bbox)).encode(),
+        **({b"stseg": json.dumps(extra_meta).encode()} if extra_meta else {})})
+    fs, path = storage.fs_and_path(url, so)
+    n = 0
+    with fs.open(path, "wb") as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+        for part in part_urls:
+            pfs, ppath = storage.fs_and_path(part, so)
+            with pfs.open(ppath, "rb") as ph:
+                table = pq.read_table(ph)
+            if table.num_rows:
+                writer.write_table(table.replace_schema_metadata(None).cast(schema))
+                n += table.num_rows
+    return n
+
+
+def _kernel(ctx, _worker, job: BoundaryJob) -> dict:
+    return boundaries_tile(ctx, job)
+
+
+def write_boundaries(ex, ctx, ids: np.ndarray, sums: dict, staging_url: str) -> list[dict]:
+    """Vectorise every cell and nucleus of the run per tile (skipping tiles done before a
+    resume) and write both GeoParquet files into ``staging_url``; returns failed tiles."""
+    from .executor import StageResources
+
+    so = ctx.work.so
+    jobs = owner_jobs(ctx.grid, ids, sums["area"], sums["sum_r"], sums["sum_c"])
+    done = set.intersection(*(ctx.work.done(ctx.stage(s), "parquet") for s in STAGES.values()))
+    todo = [j for j in jobs if j.index not in done]
+    res = ctx.config.resources.scan
+    outs = ex.map(_kernel, ctx, todo, desc="boundaries",
+                  resources=StageResources(num_cpus=res.num_cpus,
+                                           memory_bytes=int(res.memory_gb * 2**30) if res.memory_gb else None))
+    failed = [{"stage": "boundaries", "tile": o.item.index, "error": f"{type(o.error).__name__}: {o.error}"}
+              for o in outs if o.error is not None]
+    meta = {"units": "um", "pixel_size_um": ctx.chip.pixel_size_um, "origin_um": list(ctx.chip.origin_um)}
+    for name, stage in STAGES.items():
+        finished = sorted(ctx.work.done(ctx.stage(stage), "parquet"))
+        concat_geoparquet([ctx.work.tile_url(ctx.stage(stage), i, "parquet") for i in finished],
+                          storage.join(staging_url, name), so, meta)
+    return failed
