@@ -33,6 +33,7 @@ import fsspec
 import yaml
 
 from . import constants as K
+from . import redact
 from .config import ConfigError, PipelineConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,8 @@ def run_batch(manifest_url: str, *, address: str | None = None,
             rec.update(status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None)
         except Exception as exc:  # a failed slide must not stop the others
             log.exception("slide %s failed", s.name)
-            rec.update(status="failed", cells=None, transcripts=None, error=f"{type(exc).__name__}: {exc}")
+            rec.update(status="failed", cells=None, transcripts=None,
+                       error=redact.scrub(f"{type(exc).__name__}: {exc}"))
         rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
         with lock:
             state[s.name] = rec

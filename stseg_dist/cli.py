@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 
+from . import redact
 from .errors import RunIncompleteError, StsegError
 
 EXIT_INCOMPLETE = 3
@@ -36,7 +37,8 @@ def _convert_input(args) -> tuple[str, dict]:
 
     chip = storage.join(args.out, "_work", "input_chip")
     report = convert_bundle(args.input, chip, args.platform, options=_reader_options(args), overwrite=True)
-    print(f"converted {report['input']} ({report['platform']}): {report['n_transcripts']} transcripts, "
+    source = redact.scrub(str(report["input"]))
+    print(f"converted {source} ({report['platform']}): {report['n_transcripts']} transcripts, "
           f"dropped {report.get('dropped', {})} -> {chip}", file=sys.stderr)
     return chip, pipeline_hints(report)
 
@@ -111,7 +113,7 @@ def cmd_convert(args) -> int:
 
     report = convert_bundle(args.input, args.out, args.platform, options=_reader_options(args),
                             overwrite=args.overwrite)
-    print(json.dumps(report, indent=2, default=str))
+    print(json.dumps(redact.redact(report), indent=2, default=str))
     return 0
 
 
@@ -224,14 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    redact.register()  # credential-like environment variables
+    redact.install_log_filter()
     try:
         return args.fn(args)
     except RunIncompleteError as exc:
-        print(f"stseg: incomplete: {exc}", file=sys.stderr)
+        print(f"stseg: incomplete: {redact.scrub(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except StsegError as exc:
-        print(f"stseg: error: {exc}", file=sys.stderr)
+        print(f"stseg: error: {redact.scrub(str(exc))}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - the traceback, with credentials masked
+        import traceback
+
+        print(redact.scrub(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import constants as K
-from . import stages
+from . import redact, stages
 from .boundaries import write_boundaries
 from .config import PipelineConfig, StageResources as ResCfg
 from .errors import InputError, OutputError, RunIncompleteError
@@ -159,6 +159,7 @@ def run_pipeline(
     """
     config = config or PipelineConfig()
     so = dict(storage_options or {})
+    redact.register(config.to_dict(), {"storage_options": so})  # masked in logs and messages
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     times: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -189,10 +190,11 @@ def run_pipeline(
     summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     times["total"] = time.perf_counter() - t_all
     summary["stage_seconds"] = times
+    summary = redact.redact(summary)  # no credential in run.json (storage options, URLs, errors)
     storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, so)
     if summary["status"] != "complete":
         raise RunIncompleteError(
-            f"{len(summary['failed'])} tile(s) failed; outputs in {out_url} are incomplete "
+            f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are incomplete "
             f"(see {K.RUN_JSON}); re-run the same command to redo only those tiles"
         )
     return summary
@@ -221,11 +223,12 @@ def _run(chip, out_url, config, so, method, grid, ex, times, resume) -> dict:
         log.warning(warnings[-1])
     times["scan"] = time.perf_counter() - t
 
-    key = run_key(chip.meta.to_json(), chip.url, result.n_rows, config.to_dict())
+    key = run_key(chip.meta.to_json(), chip.url, result.n_rows, redact.redact(config.to_dict()))
     work = WorkDir(out_url, key, so)
     if not resume:
         storage.remove(work.root, so)
-    work.save_json("manifest.json", {"chip": chip.url, "config": config.to_dict(), "n_tiles": len(grid)})
+    work.save_json("manifest.json", redact.redact({"chip": chip.url, "config": config.to_dict(),
+                                                   "n_tiles": len(grid)}))
     ctx = stages.RunContext(chip, config, grid, work, genes)
 
     # 2. chip-wide nuclear-stain threshold (classical backend only).

@@ -111,3 +111,18 @@ class StatefulExpansion(ExpansionMethod):
         if data.tile.index == 0 and os.environ.get("STSEG_POISON") == "1":
             raise RuntimeError("poison tile 0")
         return super().segment(data)
+
+
+class LeakyExpansion(ExpansionMethod):
+    """Echoes its credentials (storage options, environment) in a log line on every tile and in
+    the error of tile 0 while ``STSEG_POISON=1``, as a careless storage library might."""
+
+    def segment(self, data):
+        import logging
+
+        c = self.config
+        so = {**c.nuclei.cellpose.storage_options, **c.cells.membrane.storage_options}
+        logging.getLogger(__name__).warning("tile %d reads with %s, env %s", data.tile.index, so, dict(os.environ))
+        if data.tile.index == 0 and os.environ.get("STSEG_POISON") == "1":
+            raise RuntimeError(f"access denied for {so} (environment {dict(os.environ)})")
+        return super().segment(data)
