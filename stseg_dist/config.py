@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from . import redact
 from .errors import ConfigError
 
 
@@ -217,6 +218,12 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
+def _shown(key: str, value: Any) -> str:
+    """How an error message shows a value: masked under storage_options or a credential-like key."""
+    parts = key.strip().split(".")
+    return redact.MASK if any(p == "storage_options" or redact.is_sensitive(p) for p in parts) else repr(value)
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
@@ -227,27 +234,27 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return _coerce(value, inner[0], key)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a mapping, got {_shown(key, value)}")
         return _build(typ, value, key)
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be true or false, got {_shown(key, value)}")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be an integer, got {_shown(key, value)}")
         return value
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a number, got {_shown(key, value)}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a string, got {_shown(key, value)}")
         return value
     if typ is dict or origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a mapping, got {_shown(key, value)}")
         return dict(value)
     return value
 
@@ -289,7 +296,9 @@ def parse_set(items: list[str] | None) -> dict:
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+            shown = _shown(key, raw)
+            raise ConfigError(f"--set {key}: cannot parse value {shown}"
+                              + ("" if shown == redact.MASK else f": {exc}")) from exc
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -322,8 +331,11 @@ def load_config(
                 loaded = yaml.safe_load(fh) or {}
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        except yaml.YAMLError as exc:  # position only: the offending line may hold a credential
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"config file {path} is not valid YAML: {problem}{at}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = _merge(data, loaded)
@@ -332,12 +344,16 @@ def load_config(
     if overrides:
         data = _merge(data, overrides)
     try:
-        return _build(PipelineConfig, data)
+        config = _build(PipelineConfig, data)
     except ConfigError as exc:
         if path is not None:
             raise ConfigError(f"{path}: {exc}") from exc
         raise
+    redact.register(config.to_dict())  # so logs and error messages can mask its credentials
+    return config
 
 
 def config_from_dict(data: dict) -> PipelineConfig:
-    return _build(PipelineConfig, data)
+    config = _build(PipelineConfig, data)
+    redact.register(config.to_dict())
+    return config
