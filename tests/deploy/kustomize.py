@@ -127,8 +127,9 @@ def _matches(doc: dict, target: dict) -> bool:
     )
 
 
-def _generate(folder: Path, k: dict) -> list[dict]:
-    out = []
+def _generate(folder: Path, k: dict, docs: list[dict]) -> list[dict]:
+    """``docs`` with the kustomization's ConfigMaps added (or by ``behavior`` replaced, merged)."""
+    out = list(docs)
     for g in k.get("configMapGenerator", []):
         data = {}
         for f in g.get("files", []):
@@ -143,6 +144,17 @@ def _generate(folder: Path, k: dict) -> list[dict]:
             "metadata": {"name": g["name"]},
             "data": data,
         }
+        behavior = g.get("behavior", "create")
+        if behavior in ("replace", "merge"):
+            old = [
+                d for d in out if d["kind"] == "ConfigMap" and d["metadata"]["name"] == g["name"]
+            ]
+            if len(old) != 1:
+                raise ValueError(f"{folder}: {behavior} of ConfigMap {g['name']}: found {len(old)}")
+            old[0]["data"] = data if behavior == "replace" else {**old[0].get("data", {}), **data}
+            continue
+        if behavior != "create":
+            raise ValueError(f"{folder}: configMapGenerator behavior {behavior!r}")
         opts = {**k.get("generatorOptions", {}), **g.get("options", {})}
         if not opts.get("disableNameSuffixHash"):
             cm["metadata"]["annotations"] = {"stseg.test/original-name": g["name"]}
@@ -188,7 +200,7 @@ def _accumulate(folder: Path, docs: list[dict], refs: list[dict], component: boo
         else:
             docs = docs + [d for d in yaml.safe_load_all(p.read_text()) if d]
     refs += _name_refs(folder, k)
-    docs = docs + _generate(folder, k)
+    docs = _generate(folder, k, docs)
     for comp in k.get("components", []):
         docs = _accumulate(folder / comp, docs, refs, component=True)
     for patch in k.get("patches", []):

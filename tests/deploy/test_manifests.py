@@ -9,6 +9,7 @@ Overlays are rendered with tests/deploy/kustomize.py and, where kubectl is insta
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -217,6 +218,35 @@ def test_generated_configmap_name_reaches_the_rayjob(tmp_path, renderer):
         assert (vol["configMap"]["name"] == cm_name) is keep
 
 
+@pytest.mark.parametrize("renderer", ["python", "kubectl"])
+def test_an_overlay_can_bring_its_own_batch_manifest(tmp_path, renderer):
+    """batch/batch.yaml's advice: an overlay replaces the manifest; the RayJob still mounts it."""
+    if renderer == "kubectl" and not KUBECTL:
+        pytest.skip("kubectl not installed")
+    (tmp_path / "batch.yaml").write_text(
+        "out: s3://b/run-2\nslides:\n"
+        "  - {name: a, input: s3://b/chips/a, platform: xenium, output: s3://b/out/a}\n"
+    )
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(KR / "overlays" / "batch-prod", tmp_path)],
+                "configMapGenerator": [
+                    {"name": "stseg-batch-manifest", "behavior": "replace", "files": ["batch.yaml"]}
+                ],
+            }
+        )
+    )
+    docs = by_kind((render if renderer == "python" else kubectl_render)(tmp_path))
+    head = docs["RayJob"]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"][0]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+    assert (
+        parse_manifest("batch.yaml", text=docs["ConfigMap"]["data"]["batch.yaml"]).slides[0].name
+        == "a"
+    )
+    assert docs["ConfigMap"]["metadata"]["namespace"] == "stseg"
+
+
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 @pytest.mark.parametrize("target", [f"overlays/{o}" for o in OVERLAYS] + ["private-registry"])
 def test_python_render_matches_kubectl_kustomize(target, tmp_path):
@@ -250,8 +280,8 @@ def test_private_registry_component_reaches_every_pod_template(tmp_path):
         (folder / "kustomization.yaml").write_text(
             yaml.safe_dump(
                 {
-                    "resources": [str(KR / "overlays" / f"{use}-prod")],
-                    "components": [str(KR / "components" / "private-registry")],
+                    "resources": [os.path.relpath(KR / "overlays" / f"{use}-prod", folder)],
+                    "components": [os.path.relpath(KR / "components" / "private-registry", folder)],
                 }
             )
         )
