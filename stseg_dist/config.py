@@ -65,6 +65,10 @@ class ExpansionConfig:
 
 @dataclass
 class UCSConfig:
+    # "paper": the published method (reference-size nets, the paper's labels, inference rule,
+    # optimiser and soft-mask tau 5; no missing cells) to measure every departure against.
+    # "stseg": ours, with the departures below (each a switch with its measured effect).
+    variant: str = "stseg"
     bin_um: float | None = None  # None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
     n_hvg: int = 1000
     hvg_region_um: float = 1000.0  # HVGs are chosen per square region of this size

@@ -10,7 +10,8 @@ from stseg_dist.methods.ucs.features import select_hvg
 from stseg_dist.methods.ucs.inference import cell_priors, predict
 from stseg_dist.methods.ucs.nets import ForegroundNet, SparseGeneInput, UCSModel
 from stseg_dist.methods.ucs.softmask import softmask
-from stseg_dist.methods.ucs.training import IGNORE, Patch, foreground_labels, load_model, train_ucs
+from stseg_dist.methods.ucs.training import (IGNORE, Patch, augment, foreground_labels, load_model, paper_kernel,
+                                             patch_counts, train_ucs)
 
 torch.set_num_threads(1)
 
@@ -170,7 +171,7 @@ def test_growth_limits_how_far_a_cell_may_claim():
     ("markers", "/nonexistent/markers.csv", "file not found"),
     ("background_density", 1.5, "background_density"), ("background_density", 0, "background_density"),
     ("background_sigma_um", 0, "background_sigma_um"), ("growth_um", -2, "growth_um"),
-    ("foreground_threshold", 1.0, "foreground_threshold"),
+    ("foreground_threshold", 1.0, "foreground_threshold"), ("variant", "published", "variant"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod
@@ -228,3 +229,81 @@ def test_marker_masks_reach_the_cell_net_at_inference():
     np.testing.assert_array_equal(got[0, 0][: expect.shape[0], : expect.shape[1]], expect)
     predict(model, device, binned, priors)  # without a marker grid the channel is empty
     assert seen[-1] is None
+
+
+def test_paper_variant_has_the_reference_network_size():
+    """The public UCS code's layer sizes: 1x1 G->256->128->64, double blocks 128/256/128/64 whose
+    outputs and input are concatenated (640), head 640->256->128->64->2, cell branch 64->32->16->1."""
+    model = UCSModel(n_genes=313, variant="paper")
+    fg, cell = model.foreground, model.cell
+    assert fg.input.embedding.weight.shape == (313, 256)
+    assert [m.out_channels for m in fg.extract] == [128, 64]
+    assert [blk[0].out_channels for blk in fg.encoder] == [128, 256, 128, 64]
+    assert all(len(blk) == 4 for blk in fg.encoder)  # two 3x3 convolutions each, no batch norm
+    assert fg.head[0].in_channels == 640 and [m.out_channels for m in fg.head] == [256, 128, 64]
+    assert fg.out.out_channels == 2 and fg.receptive_radius == 8
+    convs = [m for m in cell.reduce if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(64, 32), (32, 16), (16, 1)]
+    b = torch.tensor([0]); r = torch.tensor([3]); c = torch.tensor([5]); g = torch.tensor([1])
+    logits, feats = fg(b, r, c, g, (1, 24, 24))
+    assert logits.shape == (1, 2, 24, 24) and feats.shape == (1, 64, 24, 24)
+    assert cell(feats, torch.rand(3, 1, 24, 24)).shape == (3, 2, 24, 24)
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("flip", [False, True])
+def test_augmentation_moves_transcripts_with_the_nuclei(k, flip):
+    rng = np.random.default_rng(k)
+    nuclei = np.zeros((16, 16), np.int64)
+    nuclei[2:6, 9:14] = 4
+    p = Patch(1, rng.integers(0, 16, 50), rng.integers(0, 16, 50), rng.integers(0, 3, 50), nuclei)
+    q = augment(p, k, flip)
+    expected = patch_counts(p)
+    nuc = nuclei
+    if flip:
+        expected, nuc = expected[::-1], nuc[::-1]
+    np.testing.assert_array_equal(patch_counts(q), np.rot90(expected, k))
+    np.testing.assert_array_equal(q.nuclei, np.rot90(nuc, k))
+    np.testing.assert_array_equal(q.genes, p.genes)
+
+
+def test_paper_foreground_labels_use_the_elliptical_kernel():
+    kernel = paper_kernel()
+    assert kernel.shape == (10, 10) and not kernel[0, 0] and kernel[0, 4] and kernel[4, 0] and kernel.sum() < 100
+    nuclei = np.zeros((80, 80), np.int64)
+    nuclei[38:42, 38:42] = 1
+    counts = np.zeros((80, 80), np.float32)
+    lab = foreground_labels(nuclei, counts, 4, None, 1.0, 2, 3, kernel)
+    square = foreground_labels(nuclei, counts, 4)
+    assert (lab[nuclei > 0] == 1).all()
+    assert (lab == 0).sum() > (square == 0).sum()  # the ellipse reaches less far along the diagonals
+    assert lab[2, 2] == 0 and lab[40, 26] == IGNORE
+
+
+def test_paper_inference_rule_is_argmax_over_background_and_cells():
+    """Eq. 5-6: background = mean over the cells of 1 - q_c, each bin the argmax; no foreground
+    gate, cells compared by q alone."""
+    from stseg_dist.methods.ucs.features import BinnedTile
+
+    cfg = PipelineConfig().cells.ucs
+    cfg.epochs, cfg.batch_size, cfg.variant = 2, 4, "paper"
+    model, device = load_model(train_ucs(_toy_patches(), 4, cfg), "cpu")
+    assert model.foreground.receptive_radius == 8
+    rng = np.random.default_rng(5)
+    nuclei = np.zeros((40, 40), np.int64)
+    nuclei[8:13, 8:13], nuclei[25:30, 20:25] = 1, 2
+    n = 600
+    binned = BinnedTile((40, 40), rng.integers(0, 40, n), rng.integers(0, 40, n), rng.integers(0, 4, n),
+                        nuclei, None, 1.0, (0, 0), (0, 0))
+    priors = cell_priors(nuclei, 60, 5.0, True)  # every cell covers the whole window
+    fg, labels = predict(model, device, binned, priors, fg_threshold=None, prior_weighted=False)
+    with torch.no_grad():
+        t = lambda a: torch.as_tensor(a)  # noqa: E731
+        _, feats = model.foreground(torch.zeros(n, dtype=torch.long), t(binned.rows), t(binned.cols),
+                                    t(binned.genes), (1, 40, 40))
+        sm = torch.stack([t(p.mask) for p in priors])[:, None]
+        q = torch.softmax(model.cell(feats, sm), 1)[:, 1].numpy()
+    probs = np.concatenate([(1 - q).mean(0, keepdims=True), q])
+    expected = np.array([0, priors[0].cell_id, priors[1].cell_id])[probs.argmax(0)]
+    assert (labels == expected).mean() > 0.999
+    assert (labels > 0).any() and (labels == 0).any()

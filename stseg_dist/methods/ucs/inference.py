@@ -17,7 +17,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .features import BinnedTile, cell_marker_mask
-from .nets import RECEPTIVE_RADIUS
 from .softmask import softmask
 
 
@@ -58,7 +57,7 @@ def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
 
 
 def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
-            fg_threshold: float = 0.5, markers: np.ndarray | None = None):
+            fg_threshold: float | None = 0.5, markers: np.ndarray | None = None, prior_weighted: bool = True):
     """Foreground probability and cell argmax labels over the window's bin grid.
 
     Pass 1 runs the foreground net patch by patch (margins cover its receptive field) and keeps
@@ -66,11 +65,14 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     Everything after is per bin, so pass 2 needs no margins: each cell's expression profile is
     taken over its whole nucleus, whatever patch it falls in, then its cells are classified.
     ``markers`` (per-bin marker cell type, see features.marker_grid) feeds a marker-trained model.
+    The paper's rule (eq. 5-6) is ``fg_threshold=None, prior_weighted=False``: each bin takes the
+    argmax over the background and the cells' q; the defaults add a foreground gate and let the
+    soft mask decide between cells that both claim a bin.
     """
     import torch
 
     h, w = binned.shape
-    m = RECEPTIVE_RADIUS + 1
+    m = model.foreground.receptive_radius + 1
     fg = np.zeros((h, w), np.float32)
     reduced = torch.zeros((1, model.cell.channels, h, w), device=device)
     order = np.lexsort((binned.cols, binned.rows))
@@ -97,15 +99,18 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
         if model.cell.markers and markers is not None:
             marker_masks = {p.cell_id: cell_marker_mask(markers[p.box[0]:p.box[1], p.box[2]:p.box[3]], p.mask > 0.5)
                             for p in priors}
-        bg_sum, n_cover, best_q, best_id = _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t)
+        bg_sum, n_cover, best_q, best_id = _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t,
+                                                           prior_weighted)
     bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
-    # A bin joins a cell only where the foreground net also calls it cell: the cell net alone is
-    # trained on nuclei versus far background and extends too freely in between.
-    labels = np.where((n_cover > 0) & (best_q > bg) & (fg >= fg_threshold), best_id, 0)
-    return fg, labels
+    keep = (n_cover > 0) & (best_q > bg)
+    if fg_threshold is not None:
+        # A bin joins a cell only where the foreground net also calls it cell: the cell net alone
+        # is trained on nuclei versus far background and extends too freely in between.
+        keep &= fg >= fg_threshold
+    return fg, np.where(keep, best_id, 0)
 
 
-def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t):
+def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, prior_weighted=True):
     """Per bin over the cells whose reach covers it: sum of (1 - q_c), count, best q and its cell."""
     import torch
 
@@ -138,7 +143,7 @@ def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t):
         # Among cells that claim a bin, the soft mask (the nucleus-distance prior) decides:
         # a saturated cell net gives q ~ 1 to several neighbours, and an argmax over q alone
         # would split them arbitrarily.
-        k_best = (q * sm[:, 0]).argmax(0)
+        k_best = (q * sm[:, 0] if prior_weighted else q).argmax(0)
         best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
         ids = np.array([p.cell_id for p in hits], np.int64)
         best_id[r0:r1, c0:c1] = ids[k_best]

@@ -12,7 +12,7 @@ from ...errors import ConfigError, InputError
 from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
 from .features import bin_size_um, bin_tile, marker_grid, select_hvg
 from .inference import cell_priors, missing_cell_seeds, postprocess, predict
-from .training import Patch, load_model, train_ucs
+from .training import Patch, load_model, softmask_tau, train_ucs
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,24 @@ class UCSMethod(CellMethod):
             raise ConfigError(f"cells.ucs.background_density must be in (0, 1) or null, got {c.background_density}")
         if c.background_sigma_um <= 0:
             raise ConfigError(f"cells.ucs.background_sigma_um must be positive, got {c.background_sigma_um}")
+        if c.variant not in ("paper", "stseg"):
+            raise ConfigError(f"cells.ucs.variant must be 'paper' or 'stseg', got {c.variant!r}")
         if c.epochs < 1 or c.batch_size < 1 or c.n_train_patches < 1:
             raise ConfigError("cells.ucs.epochs, batch_size and n_train_patches must be at least 1")
         self.cfg = c
         self.bin_um = bin_size_um(platform, c.bin_um)
+        self.paper = c.variant == "paper"
         growth_um = c.growth_um if c.growth_um is not None else config.cells.cell_diameter_um / 2
-        self.growth_bins = growth_um / self.bin_um
+        self.growth_bins = None if self.paper else growth_um / self.bin_um
         self.model = None
         self.markers = load_markers(c.markers) if c.markers else None
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
+        """How far from its nucleus a cell is considered: the published method weighs every cell
+        of its 48-bin patch, so about half a patch; ours, one cell diameter."""
+        if self.paper:
+            return self.cfg.patch_px // 2 * self.bin_um
         return self.config.cells.cell_diameter_um
 
     def _reach_bins(self) -> int:
@@ -71,16 +78,17 @@ class UCSMethod(CellMethod):
         marker_types = self._marker_lookup(ctx.genes)
         size = self.cfg.patch_px
         bin_um, region_um = self.bin_um, self.cfg.hvg_region_um
+        tiles = [t.index for t in ctx.grid]
+        hvg = None
+        if hvg_needed:  # the model trains on the genes it will see at inference: each region's HVGs
+            stats = ctx.map_tiles(lambda data: _hvg_stats(data, bin_um, region_um), tiles)
+            hvg = _hvg_from_stats(stats, n_genes, self.cfg.n_hvg)
+        keep = hvg_filter(hvg, region_um)
 
         def sample(data: TileData):
-            binned = bin_tile(data, bin_um)
-            patches = _patches_for(binned, data, chosen, size, marker_types)
-            stats = _hvg_stats(data, bin_um, region_um) if hvg_needed else None
-            return patches, stats
+            return _patches_for(bin_tile(data, bin_um, keep), data, chosen, size, marker_types)
 
-        results = ctx.map_tiles(sample, [t.index for t in ctx.grid])
-        patches = [p for ps, _ in results for p in ps]
-        hvg = _hvg_from_stats([s for _, s in results], n_genes, self.cfg.n_hvg) if hvg_needed else None
+        patches = [p for ps in ctx.map_tiles(sample, tiles) for p in ps]
         train = train_where_gpu(train_ucs, self.cfg.num_gpus)
         state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
                       markers=marker_types is not None, log=log.info)
@@ -114,37 +122,22 @@ class UCSMethod(CellMethod):
         self.state = state
         self.model, self.device = load_model(state["train"])
 
-    def _keep(self):
-        hvg, region_um = self.state.get("hvg"), self.state.get("region_um")
-        if hvg is None:
-            return None
-
-        def keep(x, y, genes):
-            key = _region_keys(x, y, region_um)
-            out = np.ones(len(genes), bool)
-            for k in np.unique(key):
-                sel = key == k
-                mask = hvg.get(int(k))
-                if mask is not None:
-                    out[sel] = mask[genes[sel]]
-            return out
-
-        return keep
-
     def _predict(self, data: TileData, with_seeds: bool):
-        binned = bin_tile(data, self.bin_um, self._keep())
+        binned = bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
         seeds = binned.nuclei
         if with_seeds and binned.seeds is not None:
             seeds = np.where(seeds > 0, seeds, binned.seeds)
-        priors = cell_priors(seeds, self._reach_bins(), self.cfg.tau, self.cfg.scaled_softmask, self.growth_bins)
-        lut = self.state.get("marker_lut")
+        priors = cell_priors(seeds, self._reach_bins(), softmask_tau(self.cfg), self.cfg.scaled_softmask,
+                             self.growth_bins)
+        lut = None if self.paper else self.state.get("marker_lut")
         markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
-        fg, labels = predict(self.model, self.device, binned, priors, fg_threshold=self.cfg.foreground_threshold,
-                             markers=markers)
+        fg, labels = predict(self.model, self.device, binned, priors, markers=markers,
+                             fg_threshold=None if self.paper else self.cfg.foreground_threshold,
+                             prior_weighted=not self.paper)
         return binned, seeds, fg, labels
 
     def find_seeds(self, data: TileData):
-        if not self.cfg.missing_cells:
+        if not self.cfg.missing_cells or self.paper:  # the public code grows nuclei only
             return None
         binned, _, fg, labels = self._predict(data, with_seeds=False)
         nucleus_area_bins = math.pi * (self.config.nuclei.diameter_um / 2) ** 2 / self.bin_um**2
@@ -206,6 +199,24 @@ def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_t
         markers = None if marker_types is None else marker_grid(pr, pc, pg, marker_types, (size, size))
         out.append(Patch(int(cid), pr, pc, pg, nuc, markers))
     return out
+
+
+def hvg_filter(hvg: dict | None, region_um: float):
+    """``keep(x_um, y_um, genes) -> bool mask``: each transcript's gene is one of its region's HVGs."""
+    if hvg is None:
+        return None
+
+    def keep(x, y, genes):
+        key = _region_keys(x, y, region_um)
+        out = np.ones(len(genes), bool)
+        for k in np.unique(key):
+            sel = key == k
+            mask = hvg.get(int(k))
+            if mask is not None:
+                out[sel] = mask[genes[sel]]
+        return out
+
+    return keep
 
 
 def _region_keys(x, y, region_um) -> np.ndarray:

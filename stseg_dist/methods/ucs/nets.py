@@ -9,7 +9,13 @@ Cell Predict Net: three 1x1 convolutions on the foreground features, multiplied 
 soft mask (cells in the batch dimension, sharing the features), then a 1x1 head to
 {background, this cell} (optionally also the features times the cell's own expression profile, see
 CellNet). Everything after the encoder is 1x1, so the receptive field is the
-encoder's: RECEPTIVE_RADIUS bins.
+encoder's: ``receptive_radius`` bins.
+
+``variant="paper"`` builds the reference size of the public UCS code instead (PaperForegroundNet,
+PaperCellNet): linear 1x1 G->256->128->64, four double 3x3 blocks 128/256/128/64 without batch
+norm whose outputs and the input features are concatenated (640), a linear 640->256->128->64->2
+head whose 64 channels are the cell net's input, and a cell branch 64->32->16->1 that scales each
+cell's soft mask before a 1->2 output.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-RECEPTIVE_RADIUS = 4  # four 3x3 convolutions
+RECEPTIVE_RADIUS = 4  # four 3x3 convolutions (the paper-size net: eight)
 
 
 class SparseGeneInput(nn.Module):
@@ -60,6 +66,7 @@ class ForegroundNet(nn.Module):
         self.encoder = nn.ModuleList([_block(width, width) for _ in range(4)])
         self.classifier = _mlp1x1([4 * width, 2 * width, width, width // 2, 2], last_relu=False)
         self.feature_channels = 4 * width
+        self.receptive_radius = RECEPTIVE_RADIUS
 
     def forward(self, batch, rows, cols, genes, shape):
         x = self.extract(torch.relu(self.input(batch, rows, cols, genes, shape)))
@@ -110,8 +117,71 @@ class CellNet(nn.Module):
         return self.classify(self.reduce(features), softmasks, marker_masks)
 
 
-class UCSModel(nn.Module):
-    def __init__(self, n_genes: int, width: int = 32, markers: bool = False, expression: bool = False):
+def _linear1x1(sizes: list[int]) -> nn.Sequential:
+    return nn.Sequential(*[nn.Conv2d(a, b, 1) for a, b in zip(sizes[:-1], sizes[1:])])
+
+
+def _double_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class PaperForegroundNet(nn.Module):
+    """The reference-size foreground net; ``forward`` returns (logits, the head's 64 features)."""
+
+    def __init__(self, n_genes: int):
         super().__init__()
+        self.input = SparseGeneInput(n_genes, 256)
+        self.extract = _linear1x1([256, 128, 64])
+        sizes = [64, 128, 256, 128, 64]
+        self.encoder = nn.ModuleList([_double_block(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.head = _linear1x1([sum(sizes), 256, 128, 64])
+        self.out = nn.Conv2d(64, 2, 1)
+        self.feature_channels = 64
+        self.receptive_radius = 8  # four double 3x3 blocks
+
+    def forward(self, batch, rows, cols, genes, shape):
+        x = self.extract(self.input(batch, rows, cols, genes, shape))
+        feats = [x]
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        features = self.head(torch.cat(feats, dim=1))
+        return self.out(features), features
+
+
+class PaperCellNet(nn.Module):
+    """The reference cell branch: a per-bin scale of each cell's soft mask, then a 1->2 output."""
+
+    markers = False
+    expression = False
+    channels = 1
+
+    def __init__(self, feature_channels: int = 64):
+        super().__init__()
+        self.reduce = _mlp1x1([feature_channels, 32, 16, 1], last_relu=False)
+        self.head = nn.Conv2d(1, 2, 1)
+
+    def classify(self, reduced, softmasks, marker_masks=None, profiles=None):
+        return self.head(reduced * softmasks)
+
+    def forward(self, features, softmasks, marker_masks=None):
+        return self.classify(self.reduce(features), softmasks)
+
+
+class UCSModel(nn.Module):
+    def __init__(self, n_genes: int, width: int = 32, markers: bool = False, expression: bool = False,
+                 variant: str = "stseg"):
+        super().__init__()
+        if variant == "paper":
+            self.foreground = PaperForegroundNet(n_genes)
+            self.cell = PaperCellNet(self.foreground.feature_channels)
+            for m in self.modules():  # the reference code's initialisation
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+            # the first layer is a 1x1 convolution over the gene map: same initialisation
+            nn.init.normal_(self.foreground.input.embedding.weight, std=(2.0 / max(n_genes, 1)) ** 0.5)
+            return
         self.foreground = ForegroundNet(n_genes, width)
         self.cell = CellNet(self.foreground.feature_channels, width, markers, expression)

@@ -2,9 +2,15 @@
 
 Foreground labels: nucleus bins positive; bins outside the nuclei dilated (10x10 kernel, 4
 iterations) whose count is below that outside region's mean negative and, an addition to the
-paper, the sparse gaps between cells negative too; the rest ignored.
+paper (``background_density``), the sparse gaps between cells negative and dense bins next to
+nuclei positive; the rest ignored.
 Cell labels (per cell of a patch): its nucleus positive; foreground-net background (p < 0.5)
-and, an addition to the paper, the other cells' nuclei negative; the rest ignored.
+negative; the rest ignored.
+
+``variant: paper`` trains the reference-size nets with the published labels and optimiser
+(Adam, lr 1e-4, betas 0.9/0.999, weight decay 1e-4) and flip/rot90 augmentation of the
+foreground patches; the number of steps is ours (``epochs`` over the sampled patches), since
+a crop has far fewer patches than the slides the published single epoch ran over.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from .features import cell_marker_mask
 from .softmask import softmask
 
 IGNORE = -100
+PAPER_LR = 1e-4
 
 
 @dataclass
@@ -35,7 +42,7 @@ class Patch:
 
 def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 4,
                       density: float | None = None, sigma: float = 1.5, margin: int = 2,
-                      ring: int = 3) -> np.ndarray:
+                      ring: int = 3, kernel: np.ndarray | None = None) -> np.ndarray:
     """Nucleus bins 1; background 0; the rest ignored.
 
     Background is the paper's (outside the nuclei dilated by a 10x10 kernel ``iterations`` times,
@@ -46,11 +53,12 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
     looks like: its genes differ from the nucleus's, and nuclei alone leave it uncalibrated there.
     """
     pos = nuclei > 0
-    dil = ndi.binary_dilation(pos, structure=np.ones((10, 10), bool), iterations=iterations)
+    kernel = np.ones((10, 10), bool) if kernel is None else kernel
+    dil = ndi.binary_dilation(pos, structure=kernel, iterations=iterations)
     outside = ~dil
     labels = np.full(nuclei.shape, IGNORE, np.int64)
     if outside.any():
-        labels[outside & (counts < counts[outside].mean())] = 0
+        labels[outside & (counts <= counts[outside].mean())] = 0  # the public code: at most the mean
     if density is not None and pos.any():
         smooth = ndi.gaussian_filter(counts.astype(np.float32), sigma, mode="constant")
         level = smooth[pos].mean()
@@ -67,6 +75,24 @@ def cell_labels(nuclei: np.ndarray, cell: int, fg_prob: np.ndarray) -> np.ndarra
     labels[fg_prob < 0.5] = 0
     labels[nuclei == cell] = 1
     return labels
+
+
+def paper_kernel() -> np.ndarray:
+    """The public code's 10x10 elliptical dilation kernel (OpenCV's MORPH_ELLIPSE shape)."""
+    r = (np.arange(10) - 4.5) / 5.0
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= 1.0
+
+
+def augment(p: Patch, k: int, flip: bool) -> Patch:
+    """The patch rotated by k quarter turns, flipped first if ``flip`` (sparse indices and rasters alike)."""
+    n = p.nuclei.shape[0]
+    rows, cols = (n - 1 - p.rows if flip else p.rows), p.cols
+    nuc, mk = (p.nuclei[::-1] if flip else p.nuclei), (None if p.markers is None else (p.markers[::-1] if flip else p.markers))
+    for _ in range(k % 4):  # np.rot90: (r, c) -> (n - 1 - c, r)
+        rows, cols = n - 1 - cols, rows
+        nuc = np.rot90(nuc)
+        mk = None if mk is None else np.rot90(mk)
+    return Patch(p.key, rows, cols, p.genes, np.ascontiguousarray(nuc), None if mk is None else np.ascontiguousarray(mk))
 
 
 def patch_counts(p: Patch) -> np.ndarray:
@@ -99,19 +125,21 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     patches = sorted(patches, key=lambda p: p.key)
-    model = UCSModel(n_genes, markers=markers, expression=cfg.expression_profile).to(device)
+    paper = cfg.variant == "paper"
+    lr = PAPER_LR if paper else cfg.lr
+    markers = markers and not paper
+    model = UCSModel(n_genes, markers=markers, expression=cfg.expression_profile and not paper,
+                     variant=cfg.variant).to(device)
     weights = torch.tensor([1.0, pos_weight], device=device)
     ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     size = patches[0].nuclei.shape
-    fg_targets = torch.as_tensor(np.stack([foreground_labels(p.nuclei, patch_counts(p), cfg.background_dilation,
-                                                             cfg.background_density,
-                                                             cfg.background_sigma_um / bin_um)
-                                           for p in patches]),
-                                 device=device)
+    label_args = ((cfg.background_dilation, None, 1.0, 2, 3, paper_kernel()) if paper else
+                  (cfg.background_dilation, cfg.background_density, cfg.background_sigma_um / bin_um))
+    fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), *label_args) for p in patches]
     history: dict[str, list[float]] = {"foreground": [], "cell": []}
 
     # phase 1: the foreground net
-    opt = torch.optim.Adam(model.foreground.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+    opt = torch.optim.Adam(model.foreground.parameters(), lr=lr, betas=(0.9, 0.999),
                            weight_decay=cfg.weight_decay)
     model.train()
     for _epoch in range(cfg.epochs):
@@ -120,8 +148,14 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
             batch = [patches[i] for i in idx]
+            if paper:
+                batch = [augment(p, int(rng.integers(4)), bool(rng.integers(2))) for p in batch]
+                labels = [foreground_labels(p.nuclei, patch_counts(p), *label_args) for p in batch]
+            else:
+                labels = [fixed[i] for i in idx]
+            targets = torch.as_tensor(np.stack(labels), device=device)
             logits, _ = model.foreground(*_batch(batch, device), (len(batch), *size))
-            loss = ce(logits, fg_targets[idx])
+            loss = ce(logits, targets)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -129,8 +163,9 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
         history["foreground"].append(total / len(patches))
 
     # phase 2: the cell net on frozen foreground features (cells of a patch share them)
-    opt = torch.optim.Adam(model.cell.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(model.cell.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     model.foreground.eval()
+    tau = softmask_tau(cfg)
     with torch.no_grad():
         feats, probs = [], []
         for s in range(0, len(patches), cfg.batch_size):
@@ -144,7 +179,7 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
     for i, p in enumerate(patches):
         ids = np.unique(p.nuclei)
         ids = ids[ids > 0]
-        masks.append(torch.as_tensor(np.stack([softmask(p.nuclei == c, cfg.tau, cfg.scaled_softmask) for c in ids])[:, None],
+        masks.append(torch.as_tensor(np.stack([softmask(p.nuclei == c, tau, cfg.scaled_softmask) for c in ids])[:, None],
                                      device=device))
         targets.append(torch.as_tensor(np.stack([cell_labels(p.nuclei, c, prob_all[i]) for c in ids]), device=device))
         mark.append(_marker_masks(p, ids, device) if markers else None)
@@ -170,9 +205,16 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
             f"cell loss {history['cell'][0]:.3f} -> {history['cell'][-1]:.3f}")
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
-    return {"weights": buf.getvalue(), "n_genes": n_genes, "markers": markers,
-            "expression": cfg.expression_profile, "history": history, "device": str(device),
+    return {"weights": buf.getvalue(), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
+            "expression": cfg.expression_profile and not paper, "history": history, "device": str(device),
             "n_patches": len(patches)}
+
+
+PAPER_TAU = 5.0  # the public code's default soft-mask temperature, in bins
+
+
+def softmask_tau(cfg) -> float:
+    return PAPER_TAU if cfg.variant == "paper" else cfg.tau
 
 
 def load_model(state: dict, device: str | None = None):
@@ -182,7 +224,8 @@ def load_model(state: dict, device: str | None = None):
     from .nets import UCSModel
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = UCSModel(state["n_genes"], markers=state.get("markers", False), expression=state.get("expression", False))
+    model = UCSModel(state["n_genes"], markers=state.get("markers", False), expression=state.get("expression", False),
+                     variant=state.get("variant", "stseg"))
     model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
     return model.to(device).eval(), device
 
