@@ -46,18 +46,21 @@ def _convert_input(args) -> tuple[str, dict]:
 def cmd_run(args) -> int:
     from .driver import run_pipeline
 
+    from .runlock import hold
+
     if bool(args.chip) == bool(args.input):
         raise SystemExit("stseg run: give exactly one of --chip CHIP or --input BUNDLE")
-    chip, hints = _convert_input(args) if args.input else (args.chip, {})
-    config = _config(args, hints)
-    if args.fail_fast:
-        config.runtime.fail_fast = True
-    if args.no_progress:
-        config.runtime.progress = False
-    t0 = time.perf_counter()
-    summary = run_pipeline(chip, args.out, config, address=args.address, local=args.local)
-    _print_summary(summary, time.perf_counter() - t0)
-    _report(args.out, args.ref)
+    with hold(args.out):  # the conversion into OUT/_work and the report are this run's too
+        chip, hints = _convert_input(args) if args.input else (args.chip, {})
+        config = _config(args, hints)
+        if args.fail_fast:
+            config.runtime.fail_fast = True
+        if args.no_progress:
+            config.runtime.progress = False
+        t0 = time.perf_counter()
+        summary = run_pipeline(chip, args.out, config, address=args.address, local=args.local)
+        _print_summary(summary, time.perf_counter() - t0)
+        _report(args.out, args.ref)
     return 0
 
 

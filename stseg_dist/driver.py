@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import constants as K
-from . import redact, stages
+from . import redact, runlock, stages
 from .boundaries import write_boundaries
 from .config import PipelineConfig, StageResources as ResCfg
 from .errors import InputError, OutputError, RunIncompleteError
@@ -169,34 +169,35 @@ def run_pipeline(
     get_backend(config.nuclei.backend, config, chip)  # validates the name and its inputs early
     _check_output(out_url, so)
 
-    grid = make_grid(chip.shape_yx, chip.pixel_size_um, config.tiling.tile_size_um,
-                     _halo_um(config, method), config.tiling.chunk_px)
+    with runlock.hold(out_url, so):  # one run at a time per OUT: a second one refuses, naming the lock
+        grid = make_grid(chip.shape_yx, chip.pixel_size_um, config.tiling.tile_size_um,
+                         _halo_um(config, method), config.tiling.chunk_px)
 
-    started_ray = False
-    if local:
-        ex: Any = LocalExecutor(progress=False, fail_fast=config.runtime.fail_fast)
-    else:
-        started_ray = init_ray(address)
-        ex = RayExecutor(config.runtime.max_in_flight, config.runtime.max_retries,
-                         config.runtime.progress, config.runtime.fail_fast)
-    try:
-        summary = _run(chip, out_url, config, so, method, grid, ex, times, resume)
-    finally:
-        if started_ray:
-            import ray
+        started_ray = False
+        if local:
+            ex: Any = LocalExecutor(progress=False, fail_fast=config.runtime.fail_fast)
+        else:
+            started_ray = init_ray(address)
+            ex = RayExecutor(config.runtime.max_in_flight, config.runtime.max_retries,
+                             config.runtime.progress, config.runtime.fail_fast)
+        try:
+            summary = _run(chip, out_url, config, so, method, grid, ex, times, resume)
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
-    summary["started"] = started
-    summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
-    times["total"] = time.perf_counter() - t_all
-    summary["stage_seconds"] = times
-    summary = redact.redact(summary)  # no credential in run.json (storage options, URLs, errors)
-    storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, so)
-    if summary["status"] != "complete":
-        raise RunIncompleteError(
-            f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are incomplete "
-            f"(see {K.RUN_JSON}); re-run the same command to redo only those tiles"
-        )
+                ray.shutdown()
+        summary["started"] = started
+        summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        times["total"] = time.perf_counter() - t_all
+        summary["stage_seconds"] = times
+        summary = redact.redact(summary)  # no credential in run.json (storage options, URLs, errors)
+        storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, so)
+        if summary["status"] != "complete":
+            raise RunIncompleteError(
+                f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are incomplete "
+                f"(see {K.RUN_JSON}); re-run the same command to redo only those tiles"
+            )
     return summary
 
 

@@ -126,3 +126,13 @@ class LeakyExpansion(ExpansionMethod):
         if data.tile.index == 0 and os.environ.get("STSEG_POISON") == "1":
             raise RuntimeError(f"access denied for {so} (environment {dict(os.environ)})")
         return super().segment(data)
+
+
+class SleepyExpansion(ExpansionMethod):
+    """Sleeps ``$STSEG_SLEEP_S`` seconds per tile: a run that is still busy when another starts."""
+
+    def segment(self, data):
+        import time
+
+        time.sleep(float(os.environ.get("STSEG_SLEEP_S", "0")))
+        return super().segment(data)
