@@ -176,7 +176,10 @@ def test_refinement_rounds_in_training():
     easy = train_genesegnet(_toy_patches(4), NORM, _cfg(epochs=2, max_rounds=3, agree_iou=1e-6), GEOMETRY)
     hard = train_genesegnet(_toy_patches(4), NORM, _cfg(epochs=2, max_rounds=3, agree_iou=1.0), GEOMETRY)
     assert len(easy["history"]) == 1 and len(hard["history"]) == 3
-    assert all(0.0 <= h["iou_with_previous"] <= 1.0 for h in hard["history"])
+    # the rounds converge: round 1 (2 epochs on the initial labels) predicts cells much larger than
+    # those labels (IoU 0.25 seeds 0-2), later rounds train on their own output and agree (0.95-1.0)
+    ious = [h["iou_with_previous"] for h in hard["history"]]
+    assert ious[0] < 0.5 and ious[0] < ious[1] <= ious[2] and ious[2] > 0.9, ious
 
 
 @pytest.mark.parametrize("key, value, fragment", [
