@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ class LocalExecutor:
             resources: StageResources | None = None, actors: bool = False) -> list[Outcome]:
         worker = factory(shared) if (factory and actors) else None
         out = []
-        for item in tqdm(items, desc=desc, disable=not self.progress, leave=False):
+        for item in tqdm(items, desc=desc, disable=not self.progress):
             try:
                 w = worker if actors else (factory(shared) if factory else None)
                 out.append(Outcome(item, fn(shared, w, item), node="local"))
@@ -89,14 +90,28 @@ def _run_task(fn, shared, factory, item):
 
 
 class _TileActor:
-    def __init__(self, factory, shared):
-        self.shared = shared
-        self.worker = factory(shared) if factory else None
+    """Builds its worker (loads the model) once per actor life, from the run context that comes
+    boxed with each call rather than as a constructor argument: Ray flags restartable actors
+    whose constructor arguments live in the object store, and a restarted actor here simply
+    loads again on its next call (the map holds the context until its actors are killed)."""
 
-    def ready(self) -> bool:
+    def __init__(self, factory):
+        self.factory = factory
+        self.shared = self.worker = None
+
+    def _load(self, box):
+        if self.shared is None:
+            import ray
+
+            self.shared = ray.get(box[0])
+            self.worker = self.factory(self.shared) if self.factory else None
+
+    def ready(self, box) -> bool:
+        self._load(box)
         return True
 
-    def call(self, fn, item):
+    def call(self, fn, box, item):
+        self._load(box)
         return fn(self.shared, self.worker, item), _here()
 
 
@@ -128,16 +143,17 @@ class RayExecutor:
             cls = ray.remote(_TileActor)
             opts = dict(resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries)
             tag = f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
-            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory, shared_ref)
+            box = [shared_ref]  # nested, so Ray hands the ref itself to the actor (fetched once)
+            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory)
                     for i in range(max(1, resources.n_actors))]
-            ray.get([a.ready.remote() for a in pool])
+            ray.get([a.ready.remote(box) for a in pool])
             per_actor = max(1, self.max_in_flight // len(pool))
             submit_count = [0]
 
             def submit(item):
                 actor = pool[submit_count[0] % len(pool)]
                 submit_count[0] += 1
-                return actor.call.remote(fn, item)
+                return actor.call.remote(fn, box, item)
 
             limit = per_actor * len(pool)
         else:
@@ -152,7 +168,7 @@ class RayExecutor:
         outcomes: dict[int, Outcome] = {}
         pending: dict[Any, int] = {}
         queue = list(enumerate(items))
-        bar = tqdm(total=len(queue), desc=desc, disable=not self.progress, leave=False)
+        bar = tqdm(total=len(queue), desc=desc, disable=not self.progress)  # one finished line per stage
         try:
             while queue or pending:
                 while queue and len(pending) < limit:
@@ -185,11 +201,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
     Returns True when this call started Ray, so the caller knows to shut it down.
     """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:
+        # Token auth stays on for the embedded instance (Ray's default: it listens beyond
+        # localhost), chosen here rather than left unset, which makes Ray warn on every run.
+        # Ray reads the mode when it is imported, hence before the import; a mode the user set
+        # is kept.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)

@@ -1,0 +1,49 @@
+"""A successful `stseg run` prints its progress bars, the report path and the summary: no Ray lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, make_blob_chip
+
+STAGES = ("scan", "histogram", "nuclei", "cells", "boundaries")
+BAR = re.compile(r"^(\w+): +\d+%\|.*\| (\d+)/(\d+) \[")
+
+
+@pytest.mark.ray
+def test_run_console_shows_only_progress_and_summary(tmp_path):
+    chip = make_blob_chip(tmp_path / "chip", shape=(120, 160), n_nuclei=15, n_transcripts=2_000)
+    # As a user runs it: no RAY_AUTH_MODE (the tests' own setting), a fresh embedded Ray, a
+    # method in restartable actors (the path that made Ray's core worker print an error line).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stseg_dist", "run", "--chip", chip, "--out", str(out),
+         "--set", "cells.method=tests.plugin_methods:SlowActorExpansion",
+         "--set", "tiling.tile_size_um=40", "--set", "tiling.chunk_px=16"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("\n") == 1 and proc.stdout.startswith("complete: "), proc.stdout
+
+    starts: dict[str, int] = {}
+    finals: set[str] = set()
+    for piece in re.split(r"[\r\n]+", proc.stderr):
+        if not piece.strip():
+            continue
+        if piece == f"report: {out / 'report.html'}":
+            continue
+        m = BAR.match(piece)
+        assert m and m.group(1) in STAGES, f"unexpected console line: {piece!r}"
+        if m.group(2) == "0":
+            starts[m.group(1)] = starts.get(m.group(1), 0) + 1
+        if m.group(2) == m.group(3):
+            finals.add(m.group(1))
+    assert starts == {stage: 1 for stage in STAGES}  # one bar per stage ...
+    assert finals == set(STAGES)  # ... each run to its end
+    assert (out / "report.html").exists()
