@@ -8,6 +8,11 @@ overlap), nuclei smaller than and off-centre in their cells (a few invisible in 
 transcripts drawn from each cell type's gene program with nuclear/cytoplasmic preference and
 diffusion across borders, background transcripts, and a DAPI image with chromatin texture, blur,
 uneven illumination and noise (plus an optional membrane channel).
+
+Real tissue is harder than the defaults, and the ``hard`` preset (``HARD``) says how: gaps
+where no cell sits (``occupancy``), expression that varies smoothly across the tissue
+(``expression_cv``, a log-normal field over ~60 µm), cytoplasm much sparser than the nucleus
+(``cytoplasm_keep``) and more free RNA between cells (``background_fraction``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ from .io import storage
 from .io.chip_writer import ChipWriter
 
 TRUTH_CELLS_PARQUET = "truth/cells.parquet"
+
+#: Generator settings closer to real tissue (CosMx lung: ~30% of transcripts outside cells,
+#: uneven expression, sparse cytoplasm), for benchmarks that should not flatter density methods.
+HARD = {"occupancy": 0.7, "expression_cv": 0.6, "cytoplasm_keep": 0.5, "background_fraction": 0.2}
+FIELD_UM = 60.0  # length scale of the expression field
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -88,13 +98,28 @@ class _Lattice:
         return ii.ravel(), jj.ravel()
 
 
-def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um):
+def _field(seed: int, x: np.ndarray, y: np.ndarray, cv: float) -> np.ndarray:
+    """A smooth log-normal field (mean 1) at (x, y) µm: hashed normals on a FIELD_UM lattice, bilinear."""
+    if cv <= 0:
+        return np.ones(len(x))
+    fx, fy = np.asarray(x) / FIELD_UM, np.asarray(y) / FIELD_UM
+    i0, j0 = np.floor(fy).astype(np.int64), np.floor(fx).astype(np.int64)
+    ty, tx = fy - i0, fx - j0
+    z = np.zeros(len(fx))
+    for di, dj, wgt in ((0, 0, (1 - ty) * (1 - tx)), (0, 1, (1 - ty) * tx), (1, 0, ty * (1 - tx)), (1, 1, ty * tx)):
+        u1, u2 = _uniform(seed, 21, i0 + di, j0 + dj), _uniform(seed, 22, i0 + di, j0 + dj)
+        z += wgt * np.sqrt(-2 * np.log(np.maximum(u1, 1e-12))) * np.cos(2 * np.pi * u2)  # Box-Muller
+    sigma = np.sqrt(np.log(1 + cv**2))
+    return np.exp(sigma * z - sigma**2 / 2)
+
+
+def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um, occupancy=0.9, expression_cv=0.0):
     """All properties of the cells at lattice points (ii, jj), as a dict of arrays."""
     s = lattice.s
     u = lambda salt: _uniform(seed, salt, ii, jj)  # noqa: E731
     cx = (jj + 0.5 + (u(1) - 0.5) * 0.7) * s
     cy = (ii + 0.5 + (u(2) - 0.5) * 0.7) * s
-    keep = (u(3) < 0.9) & (cx >= 0) & (cx < width_um) & (cy >= 0) & (cy < height_um)
+    keep = (u(3) < occupancy) & (cx >= 0) & (cx < width_um) & (cy >= 0) & (cy < height_um)
     elongated = u(4) < 0.25
     aspect = np.where(elongated, 2.0 + 1.5 * u(5), 1.0 + 0.25 * u(5))
     cell_type = np.minimum((u(11) * n_types).astype(np.int32), n_types - 1)
@@ -116,7 +141,7 @@ def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um):
         "na": a * nfrac, "nb": b * nfrac,
         "visible": u(12) >= 0.04,
         "brightness": 0.6 + 0.8 * u(13),
-        "n_tx_scale": 0.7 + 0.6 * u(14),
+        "n_tx_scale": (0.7 + 0.6 * u(14)) * _field(seed, cx, cy, expression_cv),
     }
     return {k: v[keep] for k, v in out.items()}
 
@@ -205,7 +230,7 @@ def _render_membrane(cell_lab, ps, rng):
 
 
 def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg_fraction, rng,
-                 block_box, diffusion_um=0.8):
+                 block_box, diffusion_um=0.8, cytoplasm_keep=1.0):
     """Transcripts of the cells owned by this block, plus background in the block's box."""
     h, w = cell_lab.shape
     flat = cell_lab.ravel()
@@ -235,6 +260,9 @@ def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg
                 break
             pick = lo[which[miss]] + (rng.random(miss.sum()) * area[which[miss]]).astype(np.int64)
             pix[miss] = order[np.minimum(pick, len(order) - 1)]
+        if cytoplasm_keep < 1:  # sparse cytoplasm: thin the transcripts that did not land on the nucleus
+            kept = (nflat[pix] == owned[which]) | (rng.random(len(pix)) < cytoplasm_keep)
+            pix, which, genes = pix[kept], which[kept], genes[kept]
         pr, pc = np.divmod(pix, w)
         xs.append((c0 + pc + rng.random(len(pix))) * ps + rng.normal(0, diffusion_um, len(pix)))
         ys.append((r0 + pr + rng.random(len(pix))) * ps + rng.normal(0, diffusion_um, len(pix)))
@@ -270,6 +298,9 @@ def synth_chip(
     n_genes: int = 60,
     n_cell_types: int = 5,
     background_fraction: float = 0.07,
+    occupancy: float = 0.9,
+    expression_cv: float = 0.0,
+    cytoplasm_keep: float = 1.0,
     membrane: bool = False,
     vendor_nuclei: bool = False,
     block_um: float = 256.0,
@@ -288,6 +319,13 @@ def synth_chip(
         raise ConfigError(f"synth: n_cell_types must be an integer in 1..n_genes, got {n_cell_types!r}")
     if not 0 <= background_fraction < 1:
         raise ConfigError(f"synth: background_fraction must be in [0, 1), got {background_fraction!r}")
+    for name, value in (("occupancy", occupancy), ("cytoplasm_keep", cytoplasm_keep)):
+        _check(name, value)
+        if value > 1:
+            raise ConfigError(f"synth: {name} must be in (0, 1], got {value!r}")
+    _check("expression_cv", expression_cv, positive=False)
+    if expression_cv < 0:
+        raise ConfigError(f"synth: expression_cv must not be negative, got {expression_cv!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"synth: seed must be a non-negative integer, got {seed!r}")
 
@@ -311,7 +349,9 @@ def synth_chip(
                     extra_arrays=extra, transcript_schema=schema, overwrite=overwrite,
                     storage_options=storage_options,
                     meta_extra={"synthetic": {"seed": seed, "cell_density_per_mm2": cell_density_per_mm2,
-                                              "transcripts_per_cell": transcripts_per_cell}}) as wr:
+                                              "transcripts_per_cell": transcripts_per_cell,
+                                              "background_fraction": background_fraction, "occupancy": occupancy,
+                                              "expression_cv": expression_cv, "cytoplasm_keep": cytoplasm_keep}}) as wr:
         gene_dict = pa.array(programs.genes, pa.string())
         n_br, n_bc = math.ceil(H / block_px), math.ceil(W / block_px)
         for bi in range(n_br):
@@ -323,7 +363,8 @@ def synth_chip(
                 box = (c0 * ps, c1 * ps, r0 * ps, r1 * ps)
                 ii, jj = lattice.indices_in(wc0 * ps - margin_um, wc1 * ps + margin_um,
                                             wr0 * ps - margin_um, wr1 * ps + margin_um)
-                cells = _cells(seed, lattice, ii, jj, W * ps, H * ps, n_cell_types, cell_radius)
+                cells = _cells(seed, lattice, ii, jj, W * ps, H * ps, n_cell_types, cell_radius, occupancy,
+                               expression_cv)
                 cell_lab, nuc_lab, nuc_vis = _render_labels(cells, wr0, wc0, wr1 - wr0, wc1 - wc0, ps)
                 rng = np.random.default_rng([seed, bi, bj])
                 dapi = _render_dapi(nuc_vis, cells, wr0, wc0, seed, ps, rng)
@@ -341,7 +382,8 @@ def synth_chip(
                 own = (cells["x"] >= box[0]) & (cells["x"] < box[1]) & (cells["y"] >= box[2]) & (cells["y"] < box[3])
                 mine = {k: v[own] for k, v in cells.items()}
                 x, y, g, c = _transcripts(mine, cell_lab, nuc_lab, wr0, wc0, ps, programs,
-                                          transcripts_per_cell, background_fraction, rng, box)
+                                          transcripts_per_cell, background_fraction, rng, box,
+                                          cytoplasm_keep=cytoplasm_keep)
                 x = np.clip(x, 0.0, W * ps - 1e-6)
                 y = np.clip(y, 0.0, H * ps - 1e-6)
                 o = np.lexsort((x, y))

@@ -86,11 +86,36 @@ def test_deterministic_and_seamless(tmp_path):
     ({"n_cell_types": 0}, "n_cell_types"),
     ({"seed": -1}, "seed"),
     ({"background_fraction": 1.0}, "background_fraction"),
+    ({"occupancy": 0}, "occupancy"), ({"occupancy": 1.5}, "occupancy"),
+    ({"cytoplasm_keep": 2.0}, "cytoplasm_keep"), ({"expression_cv": -0.1}, "expression_cv"),
 ])
 def test_bad_arguments(tmp_path, kwargs, fragment):
     args = {"width_um": 50, "height_um": 50, **kwargs}
     with pytest.raises(ConfigError, match=fragment):
         synth_chip(str(tmp_path / "x"), args.pop("width_um"), args.pop("height_um"), **args)
+
+
+def test_hard_tissue_is_sparser_and_uneven(tmp_path):
+    """The hard preset leaves gaps, thins cytoplasm, adds free RNA and varies expression smoothly."""
+    from stseg_dist.synth import HARD
+
+    def stats(chip, **kw):
+        info = synth_chip(str(tmp_path / chip), 240, 240, seed=5, **kw)
+        tx = pq.read_table(tmp_path / chip / "transcripts.parquet").to_pandas()
+        truth = pd.read_parquet(tmp_path / chip / "truth" / "cells.parquet")
+        nuclei = zarr.open_array(str(tmp_path / chip / "truth" / "nuclei.zarr"))[:]
+        r, c = (tx.y / 0.5).astype(int).clip(0, 479), (tx.x / 0.5).astype(int).clip(0, 479)
+        in_cell = tx.cell_true > 0
+        nuclear = (nuclei[r, c] == tx.cell_true) & in_cell
+        per_cell = tx[in_cell].groupby("cell_true").size() / truth.set_index("cell_id").area_um2
+        return info, (~in_cell).mean(), nuclear.sum() / in_cell.sum(), per_cell.std() / per_cell.mean()
+
+    easy, bg_easy, nuc_easy, cv_easy = stats("easy")
+    hard, bg_hard, nuc_hard, cv_hard = stats("hard", **HARD)
+    assert hard["n_cells"] < 0.85 * easy["n_cells"]  # gaps: 70% of lattice points hold a cell, not 90%
+    assert bg_hard > 2 * bg_easy and bg_hard == pytest.approx(HARD["background_fraction"], abs=0.03)
+    assert nuc_hard > nuc_easy + 0.1  # the cytoplasm lost half its transcripts, the nucleus none
+    assert cv_hard > cv_easy + 0.1  # transcripts per µm² vary from cell to cell far more
 
 
 def test_refuses_non_empty_folder(tmp_path):
