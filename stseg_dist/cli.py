@@ -81,10 +81,11 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 def cmd_synth(args) -> int:
-    from .synth import synth_chip
+    from .synth import HARD, synth_chip
 
     info = synth_chip(args.out, args.width_um, args.height_um, args.seed, pixel_size_um=args.pixel_size_um,
-                      membrane=args.membrane, vendor_nuclei=args.vendor_nuclei, overwrite=args.overwrite)
+                      membrane=args.membrane, vendor_nuclei=args.vendor_nuclei, overwrite=args.overwrite,
+                      **(HARD if args.hard else {}))
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-size-um", type=float, default=0.5, help="image pixel size in µm")
     s.add_argument("--membrane", action="store_true", help="add a membrane stain channel")
     s.add_argument("--vendor-nuclei", action="store_true", help="also write nuclei.zarr")
+    s.add_argument("--hard", action="store_true",
+                   help="tissue closer to real: gaps, uneven expression, sparse cytoplasm, more free RNA")
     s.add_argument("--overwrite", action="store_true", help="replace an existing chip")
     s.set_defaults(fn=cmd_synth)
 
