@@ -131,13 +131,13 @@ def _errors(outcomes: list[Outcome], stage: str) -> list[dict]:
     ]
 
 
-def _halo_um(config: PipelineConfig, method: CellMethod) -> float:
+def _halo_um(config: PipelineConfig, method: CellMethod, nuclei_um: float) -> float:
+    """The halo: cells reach their nuclei, and the nuclei backend's own context (``nuclei_um``,
+    e.g. what makes classical nuclei exact) is inside every window."""
     if config.tiling.halo_um is not None:
         return float(config.tiling.halo_um)
     need = 2.0 * method.reach_um() + 2.0 * config.nuclei.diameter_um
-    if config.nuclei.backend == "classical":
-        need += config.nuclei.classical.background_um or 0.0  # the top-hat's own context
-    return max(config.halo_um(), need)
+    return max(config.halo_um(), need, nuclei_um)
 
 
 # -- the pipeline ----------------------------------------------------------------------------
@@ -166,12 +166,13 @@ def run_pipeline(
 
     chip = chip_url if isinstance(chip_url, Chip) else open_chip(chip_url, so)
     method = get_method(config.cells.method, config, chip.meta.platform)
-    get_backend(config.nuclei.backend, config, chip)  # validates the name and its inputs early
+    backend = get_backend(config.nuclei.backend, config, chip)  # validates the name and its inputs early
     _check_output(out_url, so)
 
     with runlock.hold(out_url, so):  # one run at a time per OUT: a second one refuses, naming the lock
         grid = make_grid(chip.shape_yx, chip.pixel_size_um, config.tiling.tile_size_um,
-                         _halo_um(config, method), config.tiling.chunk_px)
+                         _halo_um(config, method, backend.context_px() * chip.pixel_size_um),
+                         config.tiling.chunk_px)
 
         started_ray = False
         if local:

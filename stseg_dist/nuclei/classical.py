@@ -2,9 +2,11 @@
 
 Gaussian smoothing, optionally a white top-hat that removes the stain's slowly varying glow (dense
 tissue and blurred mosaics lift whole regions above any global threshold), a *chip-wide*
-threshold (Otsu over a histogram summed across tiles, so every tile cuts at the same level), then a distance-transform watershed that splits touching nuclei.
-Each step is local, so an object away from the window edge is segmented identically in any
-window: that is what makes the stitched output independent of the tile size.
+threshold (Otsu over a histogram summed across tiles, so every tile cuts at the same level), then
+touching nuclei are split by rules of bounded reach (:mod:`.split`). Every step looks only a fixed
+distance away (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus
+is segmented identically in every window that holds it and that margin: 1 tile and any tiling
+give the same labels.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
-from skimage.segmentation import watershed
 
 from ..errors import ConfigError, InputError
 from .base import NucleiBackend
+from .split import reach_px, split_nuclei
 
 N_BINS = 4096
 
@@ -67,10 +68,24 @@ class ClassicalNuclei(NucleiBackend):
     def _px(self, um: float) -> float:
         return um / self.chip.pixel_size_um
 
+    def _split_params(self) -> dict:
+        """Sizes of the split (see :mod:`.split`), from the nominal nucleus diameter: a nucleus
+        extends at most one diameter from its seed; holes up to half a diameter are filled."""
+        c, d = self.config.nuclei.classical, self._px(self.config.nuclei.diameter_um)
+        extent = max(2, int(round(d)))
+        return {"hole_px": max(1, int(round(d / 2))), "dmax_px": float(extent),
+                "radius_px": max(1, int(round(self._px(c.footprint_um))) // 2, int(round(self._px(c.min_distance_um)))),
+                "extent_px": extent}
+
     def context_px(self) -> int:
+        """Halo that makes the owned nuclei exact: a nucleus lies within 2 extents of its centroid,
+        and a pixel's label depends on the image within the split's reach plus the filters'."""
         c = self.config.nuclei.classical
-        return int(math.ceil(4 * self._px(c.sigma_um) + self._px(c.footprint_um)
-                             + (self._px(c.background_um) if c.background_um else 0))) + 1
+        enhance_px = int(4 * self._px(c.sigma_um) + 0.5)
+        if c.background_um:
+            enhance_px += (int(round(self._px(c.background_um))) | 1) - 1
+        p = self._split_params()
+        return 2 * p["extent_px"] + reach_px(**p) + enhance_px + 1
 
     def prepare(self, stats):
         c = self.config.nuclei.classical
@@ -78,39 +93,13 @@ class ClassicalNuclei(NucleiBackend):
 
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         c = self.config.nuclei.classical
-        sm = enhance(image, c, self.chip.pixel_size_um)
-        mask = sm > self.threshold
+        mask = enhance(image, c, self.chip.pixel_size_um) > self.threshold
+        labels = split_nuclei(mask, **self._split_params())
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
-        mask = ndi.binary_fill_holes(mask)
-        comps, n = ndi.label(mask)
-        if n == 0:
-            return np.zeros(image.shape, np.uint32)
-        sizes = np.bincount(comps.ravel())
-        keep = sizes >= min_area
-        keep[0] = False
-        mask = keep[comps]
-        comps = np.where(mask, comps, 0)
-        dist = ndi.distance_transform_edt(mask)
-        min_dist = max(1, int(round(self._px(c.min_distance_um))))
-        fp = max(3, int(round(self._px(c.footprint_um))) | 1)
-        peaks = peak_local_max(
-            dist,
-            min_distance=min_dist,
-            footprint=np.ones((fp, fp), bool),
-            labels=comps,
-            exclude_border=False,
-        )
-        markers = np.zeros(image.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        # Components without a peak (flat or tiny) still become one nucleus each.
-        has_peak = np.zeros(n + 1, bool)
-        has_peak[comps[tuple(peaks.T)]] = True
-        orphan = mask & ~has_peak[comps]
-        if orphan.any():
-            orphan_labels = comps * orphan
-            markers = np.where(orphan, orphan_labels + len(peaks), markers)
-        labels = watershed(-dist, markers, mask=mask)
-        return labels.astype(np.uint32)
+        small = np.bincount(labels.ravel()) < min_area  # whole nuclei: exact wherever they are
+        small[0] = False
+        labels[small[labels]] = 0
+        return labels
 
     def segment(self, tile):
         rows, cols = tile.window_slices
