@@ -243,3 +243,15 @@ def write_boundaries(ex, ctx, ids: np.ndarray, sums: dict, staging_url: str) -> 
         concat_geoparquet([ctx.work.tile_url(ctx.stage(stage), i, "parquet") for i in finished],
                           storage.join(staging_url, name), so, meta)
     return failed
+
+
+def read_boundaries(url: str, so: dict | None = None):
+    """A boundaries GeoParquet file as a pandas Series of shapely geometries indexed by cell_id
+    (pyarrow and shapely only, so exports need no geopandas)."""
+    import pandas as pd
+
+    fs, path = storage.fs_and_path(url, so)
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh, columns=[K.CELL_ID, "geometry"])
+    geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    return pd.Series(geoms, index=pd.Index(table.column(K.CELL_ID).to_numpy(), name=K.CELL_ID), name="geometry")

@@ -37,7 +37,7 @@ def export_run(run: str, to: str, out: str | None = None, chip: str | None = Non
     if to == "spatialdata":
         from .spatialdata import write_spatialdata as writer
     else:
-        from .xenium_explorer import write_explorer as writer
+        from .xenium import write_explorer as writer
     return str(_staged(target, overwrite, lambda path: writer(files, path)))
 
 
