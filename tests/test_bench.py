@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end on a tiny chip and reports every figure (no time asserted)."""
 
 import json
+import math
 
 import pytest
 
@@ -52,8 +53,15 @@ def test_method_comparison_on_generated_and_real_chips(tmp_path, capsys):
     by = {(r["dataset"], r["method"]): r for r in rows}
     assert set(by) >= {("synthetic0", "expansion"), ("synthetic0", "membrane"), ("cosmx_lung12_fov2", "expansion")}
     assert ("cosmx_lung12_fov2", "membrane") not in by and "not applicable" in printed
-    for r in rows:
-        assert 0 < r["cell_f1_iou50"] <= 1 and r["transcripts_per_s"] > 0
-    assert 0 < by[("synthetic0", "expansion")]["right_cell_fraction"] <= 1
-    assert -1 <= by[("cosmx_lung12_fov2", "expansion")]["vendor_ari"] <= 1  # MERSCOPE crop: polygons only
+    for r in rows:  # F1 wherever there are reference cells (the Xenium preview has per-transcript ones only)
+        assert r["transcripts_per_s"] > 0 and math.isnan(r["cell_f1_iou50"]) == (r["n_ref_cells"] <= 0), r
     assert "merscope_mousebrain" in {r["dataset"] for r in rows}
+    # the generated chip has truth and a membrane stain: both methods find its cells (13 of 13 when
+    # written, F1 1.0), and the membrane puts more transcripts in their true cell (0.90 vs 0.84)
+    expansion, membrane = by[("synthetic0", "expansion")], by[("synthetic0", "membrane")]
+    assert expansion["cell_f1_iou50"] >= 0.9 and membrane["cell_f1_iou50"] >= 0.9
+    assert membrane["right_cell_fraction"] >= expansion["right_cell_fraction"] + 0.03
+    # the CosMx crop against the vendor's cells (F1 0.60, per-transcript ARI 0.47 when written);
+    # unrelated labels would score near 0
+    cosmx = by[("cosmx_lung12_fov2", "expansion")]
+    assert cosmx["cell_f1_iou50"] > 0.45 and cosmx["vendor_ari"] > 0.35
