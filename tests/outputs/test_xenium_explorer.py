@@ -117,3 +117,23 @@ def test_morphology_image(explorer, small_run):
     # brighter stain, brighter pixel (jpeg2000 is lossy: compare ranks, not values)
     a, b = src.ravel().astype(float), img.ravel().astype(float)
     assert np.corrcoef(a, b)[0, 1] > 0.9
+
+
+def test_morphology_pyramid_halves_each_level(tmp_path):
+    """A stain larger than one tile gets one level per halving, each the block mean of the last."""
+    from types import SimpleNamespace
+
+    from stseg_dist.export.xenium.image import write_morphology
+
+    yy, xx = np.mgrid[:2100, :2600]
+    stain = ((np.sin(yy / 40) + np.cos(xx / 55) + 2) * 10_000).astype(np.uint16)[None]
+    chip = SimpleNamespace(_image_array=lambda: stain, pixel_size_um=0.25)
+    write_morphology(tmp_path / "m.ome.tif", chip, tmp_path / "scratch")
+    assert not (tmp_path / "scratch").exists()
+    with tifffile.TiffFile(tmp_path / "m.ome.tif") as tif:
+        levels = [lvl.asarray() for lvl in tif.series[0].levels]
+    assert [lv.shape[-2:] for lv in levels] == [(2100, 2600), (1050, 1300), (525, 650)]
+    for fine, coarse in zip(levels, levels[1:]):
+        h, w = coarse.shape[-2:]
+        mean = fine[..., : 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(float).mean(axis=(1, 3))
+        assert np.abs(mean - coarse).mean() < 3  # lossy jpeg2000: close, not equal
