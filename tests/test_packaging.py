@@ -134,8 +134,17 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     _run([stseg, "synth", "--out", "chip", "--width-um", "60", "--height-um", "60", "--seed", "1"], tmp_path, env)
     run = _run([stseg, "run", "--chip", "chip", "--out", "run", "--no-progress"], tmp_path, env)
     assert run.stdout.startswith("complete:"), run.stdout
+    assert "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]'" in run.stderr  # extra absent
     _run([stseg, "eval", "--pred", "run", "--ref", "chip", "--json", "metrics.json"], tmp_path, env)
-    for name in ("run.json", "report.html", "cells.parquet", "transcripts.parquet", "cells.h5ad", "labels.zarr"):
+    for name in ("run.json", "report.html", "cells.parquet", "transcripts.parquet", "cells.h5ad", "labels.zarr",
+                 "cell_boundaries.parquet", "nucleus_boundaries.parquet"):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "metrics.json").stat().st_size > 0
+    # the Xenium Explorer export needs no extra; the SpatialData one says which extra it needs
+    _run([stseg, "export", "--to", "xenium-explorer", "run"], tmp_path, env)
+    assert (tmp_path / "run" / "xenium_explorer" / "experiment.xenium").exists()
+    sd = subprocess.run([str(stseg), "export", "--to", "spatialdata", "run"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert sd.returncode == 2 and "pip install 'stseg-dist[spatialdata]'" in sd.stderr, sd.stderr
+    assert not (tmp_path / "run" / "spatialdata.zarr").exists()
     print(f"clean install {t_install:.0f} s, total {time.perf_counter() - t0:.0f} s")

@@ -47,7 +47,8 @@ def require_spatialdata():
             import spatialdata
     except ImportError as exc:
         raise InputError(f"the SpatialData export needs the spatialdata package ({INSTALL_HINT}): {exc}") from exc
-    logging.getLogger("spatialdata").setLevel(logging.WARNING)  # its INFO notes (e.g. "z ignored in 2D")
+    for name in ("spatialdata", "spatialdata._logging"):  # its INFO notes (e.g. "z ignored in 2D")
+        logging.getLogger(name).setLevel(logging.WARNING)
     return spatialdata
 
 
@@ -95,10 +96,13 @@ def build(files: RunFiles):
     table.obs[REGION_KEY] = pd.Categorical([CELL_SHAPES] * table.n_obs, categories=[CELL_SHAPES])
     table = TableModel.parse(table, region=CELL_SHAPES, region_key=REGION_KEY, instance_key=K.CELL_ID)
 
-    tx = dd.read_parquet(str(files.path(K.TRANSCRIPTS_PARQUET)))
-    tx[K.GENE] = tx[K.GENE].astype(pd.CategoricalDtype(genes))  # known categories: no pass over the data
+    # One partition per row group (one per tile as the run writes them), so writing holds one tile's
+    # transcripts at a time; known gene categories and sort=True spare spatialdata its own passes
+    # over the whole table (checking categories and index order), which would load it all.
+    tx = dd.read_parquet(str(files.path(K.TRANSCRIPTS_PARQUET)), split_row_groups=True)
+    tx[K.GENE] = tx[K.GENE].astype(pd.CategoricalDtype(genes))
     points = {POINTS: PointsModel.parse(tx, coordinates={"x": K.X, "y": K.Y}, feature_key=K.GENE,
-                                        instance_key=K.CELL_ID, transformations=um)}
+                                        instance_key=K.CELL_ID, transformations=um, sort=True)}
     return SpatialData(images=images, labels=labels, shapes=shapes, points=points, tables={TABLE: table})
 
 
