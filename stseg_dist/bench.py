@@ -2,6 +2,7 @@
 
     stseg bench -- --sizes-um 1000 3000 [--workers 1 2 4] [--method ucs] [--json out.json]
     stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side: comparison.py)
+    stseg bench -- --exports [--size-um 1500]    (SpatialData / Xenium Explorer export time and memory)
 
 For each chip size: wall seconds per stage, transcripts/s and cells/s, peak RSS of the driver
 and of the largest Ray worker (sampled with psutil in a background thread), and the ratio of the
@@ -146,6 +147,10 @@ def main(argv=None) -> int:
         from .comparison import main as compare_main
 
         return compare_main(argv)
+    if "--exports" in (argv if argv is not None else sys.argv[1:]):
+        from .export.bench import main as exports_main
+
+        return exports_main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--exports"])
     p = argparse.ArgumentParser(prog="stseg bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes-um", type=float, nargs="+", default=[1000.0, 3000.0])

@@ -1,9 +1,10 @@
-"""Time and peak memory of the run exports (SpatialData, Xenium Explorer) on one finished run.
+"""``stseg bench -- --exports``: time and peak memory of the run exports on one finished run.
 
-Each export runs in its own process, so its peak RSS is its own. Without --run, a chip of
---size-um is generated and segmented first (expansion, in-process).
-Usage: .venv/bin/python benchmarks/bench_exports.py --size-um 1500 --dir /tmp/bench_exports
-       .venv/bin/python benchmarks/bench_exports.py --run RUN --chip CHIP
+    stseg bench -- --exports [--size-um 1500] [--run RUN --chip CHIP] [--json out.json]
+
+Each export (SpatialData, Xenium Explorer) runs in its own process, so its peak RSS is its own.
+Without --run, a chip of --size-um is generated and segmented first (expansion, in-process).
+Figures are printed (and written as JSON); nothing asserts them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ def _child(code: str) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="stseg bench -- --exports", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a finished run folder (default: generate one)")
     ap.add_argument("--chip", help="its chip (default: the one in run.json)")
     ap.add_argument("--size-um", type=float, default=1000.0, help="generated chip side")
     ap.add_argument("--dir", default="/tmp/bench_exports", help="scratch folder for a generated run")
+    ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     if args.run:
         run, chip = Path(args.run), args.chip
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
                f"run_pipeline({chip!r}, {str(run)!r}, load_config(overrides=parse_set(['runtime.progress=false'])), "
                "local=True)")
     info = json.loads((run / "run.json").read_text())
+    rows = []
     print(f"run {run}: {info['counts']['n_cells']} cells, {info['counts']['n_transcripts']} transcripts, "
           f"grid {info['grid']['shape']} px")
     for fmt in ("spatialdata", "xenium-explorer"):
@@ -53,8 +57,12 @@ def main(argv=None) -> int:
         seconds, rss = _child(f"from stseg_dist.export import export_run; export_run({str(run)!r}, {fmt!r}, "
                               f"out={str(out)!r}, chip={chip!r})")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
-        print(f"{fmt}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, {size:.0f} MiB written")
+        print(f"{fmt}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, {size:.0f} MiB written", flush=True)
+        rows.append({"format": fmt, "seconds": seconds, "peak_rss_mib": rss, "written_mib": size,
+                     "n_cells": info["counts"]["n_cells"], "n_transcripts": info["counts"]["n_transcripts"]})
         shutil.rmtree(out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
