@@ -61,7 +61,28 @@ def cmd_run(args) -> int:
         summary = run_pipeline(chip, args.out, config, address=args.address, local=args.local)
         _print_summary(summary, time.perf_counter() - t0)
         _report(args.out, args.ref)
+        if not args.no_spatialdata:
+            _spatialdata(args.out, chip)
     return 0
+
+
+def _spatialdata(out: str, chip: str) -> None:
+    """OUT/spatialdata.zarr after a run, where the spatialdata extra is installed."""
+    import importlib.util
+
+    from .io import storage
+
+    if storage.is_remote(out):
+        print("spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a local copy)",
+              file=sys.stderr)
+        return
+    if importlib.util.find_spec("spatialdata") is None:
+        print("spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
+              file=sys.stderr)
+        return
+    from .export import export_run
+
+    print(f"spatialdata: {export_run(out, 'spatialdata', chip=chip)}", file=sys.stderr)
 
 
 def _report(out: str, ref: str | None) -> None:
@@ -106,6 +127,7 @@ def cmd_demo(args) -> int:
     summary = run_pipeline(chip, out, config, address=args.address)
     _print_summary(summary, time.perf_counter() - t0)
     _report(out, chip)
+    _spatialdata(out, chip)
     from .evaluation import evaluate, format_table
 
     print(format_table(evaluate(out, chip)))
@@ -129,6 +151,13 @@ def cmd_eval(args) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(metrics, fh, indent=2, default=float)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    print(export_run(args.run, args.to, out=args.out, chip=args.chip, overwrite=args.overwrite))
     return 0
 
 
@@ -179,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
     r.add_argument("--fail-fast", action="store_true", help="stop at the first tile that fails every retry")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-spatialdata", action="store_true",
+                   help="do not write OUT/spatialdata.zarr (written when the spatialdata extra is installed)")
     common(r)
     r.set_defaults(fn=cmd_run)
 
@@ -216,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", required=True, help="reference: generated chip, label mask or transcript table")
     e.add_argument("--json", help="also write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)
+
+    x = sub.add_parser("export", help="export a finished run for SpatialData or the Xenium Explorer")
+    x.add_argument("run", help="finished run folder (local)")
+    x.add_argument("--to", required=True, choices=["spatialdata", "xenium-explorer"], help="export format")
+    x.add_argument("--out", help="output path (default RUN/spatialdata.zarr or RUN/xenium_explorer)")
+    x.add_argument("--chip", help="the run's chip, for the image (default: the chip named in run.json)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    x.set_defaults(fn=cmd_export)
 
     b = sub.add_parser("bench", help="benchmarks (see stseg bench -- --help)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark harness")
