@@ -82,12 +82,17 @@ class UCSConfig:
     pos_weight: float | None = None  # None: 5 on Stereo-seq, else 1
     missing_cell_threshold: float = 0.95
     missing_cells: bool = True
+    # A nucleus-less cell must be this far from the chip's background density towards its nuclei's
+    # (0: any confident foreground will do, as before).
+    missing_cell_density: float = 0.5
     foreground_threshold: float = 0.5  # bins below it never join a cell (0.5: the net's argmax)
     background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background
-    # Also background: bins off the nuclei whose smoothed count is below this fraction of the
-    # nuclei's (the gaps between cells, which the paper's far-from-nuclei rule never reaches in
-    # dense tissue). None: the paper's rule alone.
-    background_density: float | None = 0.25
+    # Foreground training labels beyond the paper's (background only far from nuclei, which dense
+    # tissue never reaches): "chip": gaps at or below the chip's own background density are
+    # background, cytoplasm next to a nucleus clearly above it cell; "nuclei": the same against
+    # background_density times the nuclei's density; "paper": the published rule alone.
+    foreground_labels: str = "chip"
+    background_density: float = 0.25
     background_sigma_um: float = 1.5  # smoothing of the counts for that rule
     scaled_softmask: bool = True
     # The cell net also sees each cell's expression profile (its features averaged over its
@@ -95,6 +100,9 @@ class UCSConfig:
     # default: on generated chips it moved F1 by -0.002 and right-cell by +0.004 at 1.6x the
     # inference time.
     expression_profile: bool = False
+    # The paper's background (mean over the cells in reach of 1 - q) also decides cell or not;
+    # false: the foreground net alone does, the cell net only says which cell.
+    cell_background: bool = True
     # How far a cell may extend beyond its nucleus outline; None: half of cells.cell_diameter_um.
     growth_um: float | None = None
     markers: str | None = None  # table of cell types and marker genes

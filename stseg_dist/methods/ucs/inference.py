@@ -57,7 +57,8 @@ def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
 
 
 def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
-            fg_threshold: float | None = 0.5, markers: np.ndarray | None = None, prior_weighted: bool = True):
+            fg_threshold: float | None = 0.5, markers: np.ndarray | None = None, prior_weighted: bool = True,
+            cell_background: bool = True):
     """Foreground probability and cell argmax labels over the window's bin grid.
 
     Pass 1 runs the foreground net patch by patch (margins cover its receptive field) and keeps
@@ -67,7 +68,9 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     ``markers`` (per-bin marker cell type, see features.marker_grid) feeds a marker-trained model.
     The paper's rule (eq. 5-6) is ``fg_threshold=None, prior_weighted=False``: each bin takes the
     argmax over the background and the cells' q; the defaults add a foreground gate and let the
-    soft mask decide between cells that both claim a bin.
+    soft mask decide between cells that both claim a bin. ``cell_background=False`` drops the
+    paper's background (a mean over every cell in reach, which in dense tissue outvotes the one
+    cell a bin belongs to): the foreground net alone decides cell or background, the cells which.
     """
     import torch
 
@@ -102,7 +105,7 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
         bg_sum, n_cover, best_q, best_id = _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t,
                                                            prior_weighted)
     bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
-    keep = (n_cover > 0) & (best_q > bg)
+    keep = (n_cover > 0) & (best_q > bg) if cell_background else n_cover > 0
     if fg_threshold is not None:
         # A bin joins a cell only where the foreground net also calls it cell: the cell net alone
         # is trained on nuclei versus far background and extends too freely in between.
@@ -174,8 +177,13 @@ def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 
 def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, threshold: float,
-                       min_area: int) -> np.ndarray:
-    """Seeds of cells whose nucleus is not seen: confident foreground outside every cell."""
+                       min_area: int, counts: np.ndarray | None = None,
+                       min_density: float | None = None) -> np.ndarray:
+    """Seeds of cells whose nucleus is not seen: confident foreground outside every cell.
+
+    With ``min_density`` (transcripts per bin) a candidate must also be as dense as a cell, not
+    merely above the background: sparse tissue between cells is foreground yet holds no cell.
+    """
     cand = (fg > threshold) & (labels == 0) & (nuclei == 0)
     cand = ndi.binary_opening(cand, iterations=2)  # no slivers left between grown cells
     cand = ndi.binary_closing(cand, iterations=1) & (labels == 0)
@@ -186,6 +194,9 @@ def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, t
     touch = np.unique(comp[near_nucleus & (comp > 0)])
     sizes = np.bincount(comp.ravel(), minlength=n + 1)
     keep = sizes >= min_area
+    if min_density is not None:
+        totals = np.bincount(comp.ravel(), weights=counts.ravel(), minlength=n + 1)
+        keep &= totals >= min_density * sizes
     keep[0] = False
     keep[touch] = False
     lut = np.zeros(n + 1, np.int64)

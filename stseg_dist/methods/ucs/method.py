@@ -34,10 +34,14 @@ class UCSMethod(CellMethod):
             raise ConfigError(f"cells.ucs.bin_um must be positive, got {c.bin_um}")
         if not 0 <= c.foreground_threshold < 1:
             raise ConfigError(f"cells.ucs.foreground_threshold must be in [0, 1), got {c.foreground_threshold}")
+        if not 0 <= c.missing_cell_density <= 1:
+            raise ConfigError(f"cells.ucs.missing_cell_density must be in [0, 1], got {c.missing_cell_density}")
         if not 0 < c.missing_cell_threshold <= 1:
             raise ConfigError(f"cells.ucs.missing_cell_threshold must be in (0, 1], got {c.missing_cell_threshold}")
-        if c.background_density is not None and not 0 < c.background_density < 1:
-            raise ConfigError(f"cells.ucs.background_density must be in (0, 1) or null, got {c.background_density}")
+        if c.foreground_labels not in ("paper", "nuclei", "chip"):
+            raise ConfigError(f"cells.ucs.foreground_labels must be 'paper', 'nuclei' or 'chip', got {c.foreground_labels!r}")
+        if not 0 < c.background_density < 1:
+            raise ConfigError(f"cells.ucs.background_density must be in (0, 1), got {c.background_density}")
         if c.background_sigma_um <= 0:
             raise ConfigError(f"cells.ucs.background_sigma_um must be positive, got {c.background_sigma_um}")
         if c.variant not in ("paper", "stseg"):
@@ -89,10 +93,21 @@ class UCSMethod(CellMethod):
             return _patches_for(bin_tile(data, bin_um, keep), data, chosen, size, marker_types)
 
         patches = [p for ps in ctx.map_tiles(sample, tiles) for p in ps]
+        background = nuclear = None
+        if not self.paper:
+            far_um = self.config.cells.cell_diameter_um
+            counts = np.sum(ctx.map_tiles(lambda data: density_counts(bin_tile(data, bin_um), data, far_um), tiles),
+                            axis=0)
+            background = float(counts[0] / counts[1]) if counts[1] >= MIN_BACKGROUND_BINS else None
+            nuclear = float(counts[2] / counts[3]) if counts[3] else None
+            log.info(f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
+                     f"{far_um} µm from any nucleus), nuclei {nuclear}")
         train = train_where_gpu(train_ucs, self.cfg.num_gpus)
         state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
-                      markers=marker_types is not None, log=log.info)
-        return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um, "marker_lut": marker_types}
+                      markers=marker_types is not None,
+                      background=background if self.cfg.foreground_labels == "chip" else None, log=log.info)
+        return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um, "marker_lut": marker_types,
+                "background_per_bin": background, "nuclear_per_bin": nuclear}
 
     def _pos_weight(self) -> float:
         if self.cfg.pos_weight is not None:
@@ -114,6 +129,8 @@ class UCSMethod(CellMethod):
     def describe_state(self, state) -> dict:
         train = state["train"]
         return {"bin_um": state["bin_um"], "n_train_patches": train["n_patches"], "device": train.get("device"),
+                "variant": self.cfg.variant, "background_per_bin": state.get("background_per_bin"),
+                "nuclear_per_bin": state.get("nuclear_per_bin"),
                 "loss": {k: [round(float(v), 5) for v in h] for k, h in train["history"].items()},
                 "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
 
@@ -133,7 +150,7 @@ class UCSMethod(CellMethod):
         markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
         fg, labels = predict(self.model, self.device, binned, priors, markers=markers,
                              fg_threshold=None if self.paper else self.cfg.foreground_threshold,
-                             prior_weighted=not self.paper)
+                             prior_weighted=not self.paper, cell_background=self.paper or self.cfg.cell_background)
         return binned, seeds, fg, labels
 
     def find_seeds(self, data: TileData):
@@ -141,8 +158,12 @@ class UCSMethod(CellMethod):
             return None
         binned, _, fg, labels = self._predict(data, with_seeds=False)
         nucleus_area_bins = math.pi * (self.config.nuclei.diameter_um / 2) ** 2 / self.bin_um**2
+        bg, nuc = self.state.get("background_per_bin"), self.state.get("nuclear_per_bin")
+        min_density = None
+        if self.cfg.missing_cell_density and bg is not None and nuc is not None:
+            min_density = bg + self.cfg.missing_cell_density * (nuc - bg)
         seeds = missing_cell_seeds(fg, labels, binned.nuclei, self.cfg.missing_cell_threshold,
-                                   max(4, int(nucleus_area_bins)))
+                                   max(4, int(nucleus_area_bins)), binned.counts(), min_density)
         return binned.to_pixels(seeds, data.shape).astype(np.uint32)
 
     def segment(self, data: TileData):
@@ -199,6 +220,34 @@ def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_t
         markers = None if marker_types is None else marker_grid(pr, pc, pg, marker_types, (size, size))
         out.append(Patch(int(cid), pr, pc, pg, nuc, markers))
     return out
+
+
+#: Fewer background bins than this chip-wide and the chip has no background to calibrate against.
+MIN_BACKGROUND_BINS = 100
+
+
+def density_counts(binned, data: TileData, far_um: float) -> np.ndarray:
+    """(transcripts, bins) over this tile's own bins farther than ``far_um`` from every nucleus,
+    then over its own nucleus bins.
+
+    No nucleated cell reaches that far, so the first sample the chip's background: gaps,
+    acellular tissue, free RNA; nuclei sample cells. A bin is the tile's own when its centre
+    pixel lies in the core, so the chip-wide sums do not depend on the tiling (the halo shows
+    every nucleus in reach).
+    """
+    from scipy import ndimage as ndi
+
+    far = ndi.distance_transform_edt(binned.nuclei == 0) * (1.0 / binned.scale) * data.pixel_size_um > far_um
+    if binned.seeds is not None:
+        far &= binned.seeds == 0
+    h, w = binned.shape
+    centre_r = np.floor((np.arange(h) + binned.origin[0] + 0.5) / binned.scale).astype(np.int64)
+    centre_c = np.floor((np.arange(w) + binned.origin[1] + 0.5) / binned.scale).astype(np.int64)
+    own = data.tile.core_contains(np.repeat(centre_r, w), np.tile(centre_c, h)).reshape(h, w)
+    out = []
+    for sel in (far & own, (binned.nuclei > 0) & own):
+        out += [int(sel[binned.rows, binned.cols].sum()) if len(binned.rows) else 0, int(sel.sum())]
+    return np.array(out, np.float64)
 
 
 def hvg_filter(hvg: dict | None, region_um: float):

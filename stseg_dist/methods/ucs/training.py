@@ -42,7 +42,8 @@ class Patch:
 
 def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 4,
                       density: float | None = None, sigma: float = 1.5, margin: int = 2,
-                      ring: int = 3, kernel: np.ndarray | None = None) -> np.ndarray:
+                      ring: int = 3, kernel: np.ndarray | None = None,
+                      background: float | None = None) -> np.ndarray:
     """Nucleus bins 1; background 0; the rest ignored.
 
     Background is the paper's (outside the nuclei dilated by a 10x10 kernel ``iterations`` times,
@@ -51,6 +52,12 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
     count below ``density`` times the nuclei's mean), and the dense bins within ``ring`` bins of a
     nucleus are cell (smoothed count at least twice that), so the net also learns what cytoplasm
     looks like: its genes differ from the nucleus's, and nuclei alone leave it uncalibrated there.
+
+    With ``background`` (the chip's background density as expected transcripts per bin, see
+    method.background_density) the same two additions are calibrated against the chip itself
+    rather than against its nuclei: off the nuclei, a smoothed count at or below the background's
+    is background; within ``ring`` bins of a nucleus, one above it at p < 0.01 (Poisson, normal
+    approximation) is cell. Sparse tissue stays cell wherever it beats the chip's own background.
     """
     pos = nuclei > 0
     kernel = np.ones((10, 10), bool) if kernel is None else kernel
@@ -66,6 +73,11 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
         labels[off & (smooth < density * level)] = 0
         near = ndi.binary_dilation(pos, iterations=ring)
         labels[near & (smooth >= 2 * density * level)] = 1
+    if background is not None:
+        smooth = ndi.gaussian_filter(counts.astype(np.float32), sigma, mode="reflect")
+        sd = np.sqrt(background / (4 * np.pi * sigma**2))  # of a Gaussian-weighted Poisson mean
+        labels[~ndi.binary_dilation(pos, iterations=margin) & (smooth <= background)] = 0
+        labels[ndi.binary_dilation(pos, iterations=ring) & (smooth > background + 2.33 * sd)] = 1
     labels[pos] = 1
     return labels
 
@@ -110,18 +122,30 @@ def _batch(patches, device):
     return t(b), t(cat("rows")), t(cat("cols")), t(cat("genes"))
 
 
-def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.0, markers: bool = False,
-              bin_um: float = 1.0,
-              device: str | None = None, log=None) -> dict:
+def train_ucs(patches: list[Patch], n_genes: int, cfg, *, device: str | None = None, **kw) -> dict:
     """Train both networks; return a picklable state with the weights as bytes."""
+    import torch
+
+    if not patches:
+        raise ValueError("UCS training needs at least one patch with a nucleus")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        # small batches: intra-op threads mostly spin-wait, which on a shared machine is far slower
+        torch.set_num_threads(1)
+    try:
+        return _train(patches, n_genes, cfg, device=device, **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: float = 1.0, markers: bool = False,
+           bin_um: float = 1.0, background: float | None = None, log=None) -> dict:
     import torch
     from torch import nn
 
     from .nets import UCSModel
 
-    if not patches:
-        raise ValueError("UCS training needs at least one patch with a nucleus")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     patches = sorted(patches, key=lambda p: p.key)
@@ -133,9 +157,14 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
     weights = torch.tensor([1.0, pos_weight], device=device)
     ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     size = patches[0].nuclei.shape
-    label_args = ((cfg.background_dilation, None, 1.0, 2, 3, paper_kernel()) if paper else
-                  (cfg.background_dilation, cfg.background_density, cfg.background_sigma_um / bin_um))
-    fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), *label_args) for p in patches]
+    label_args = {"iterations": cfg.background_dilation, "sigma": cfg.background_sigma_um / bin_um}
+    if paper:
+        label_args["kernel"] = paper_kernel()
+    elif cfg.foreground_labels == "nuclei":
+        label_args["density"] = cfg.background_density
+    elif cfg.foreground_labels == "chip":
+        label_args["background"] = background
+    fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in patches]
     history: dict[str, list[float]] = {"foreground": [], "cell": []}
 
     # phase 1: the foreground net
@@ -150,7 +179,7 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
             batch = [patches[i] for i in idx]
             if paper:
                 batch = [augment(p, int(rng.integers(4)), bool(rng.integers(2))) for p in batch]
-                labels = [foreground_labels(p.nuclei, patch_counts(p), *label_args) for p in batch]
+                labels = [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in batch]
             else:
                 labels = [fixed[i] for i in idx]
             targets = torch.as_tensor(np.stack(labels), device=device)
@@ -188,17 +217,20 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, pos_weight: float = 1.
         order = rng.permutation(len(patches))
         total = 0.0
         for s in range(0, len(order), cfg.batch_size):
+            # every cell of every patch in the batch at once: cells on the batch axis, each
+            # looking at its own patch's reduced features
+            idx = order[s : s + cfg.batch_size]
+            local = torch.as_tensor(np.repeat(np.arange(len(idx)), [len(masks[i]) for i in idx]), device=device)
+            sm = torch.cat([masks[i] for i in idx])
+            mk = torch.cat([mark[i] for i in idx]) if markers else None
+            logits = model.cell.classify(model.cell.reduce(feats_all[idx])[local], sm, mk)
+            loss = ce(logits, torch.cat([targets[i] for i in idx]))
+            if markers:
+                loss = loss + 0.5 * _marker_loss(logits, mk, sm)
             opt.zero_grad()
-            loss_sum = 0.0
-            for i in order[s : s + cfg.batch_size]:
-                logits = model.cell(feats_all[i : i + 1], masks[i], mark[i])
-                loss = ce(logits, targets[i])
-                if markers and mark[i] is not None:
-                    loss = loss + 0.5 * _marker_loss(logits, mark[i], masks[i])
-                (loss / len(order[s : s + cfg.batch_size])).backward()
-                loss_sum += float(loss.detach())
+            loss.backward()
             opt.step()
-            total += loss_sum
+            total += float(loss.detach()) * len(idx)
         history["cell"].append(total / len(patches))
     if log:
         log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f}, "
