@@ -57,7 +57,6 @@ def build(files: RunFiles):
     require_spatialdata()
     import anndata as ad
     import dask.array as da
-    import dask.dataframe as dd
     import geopandas as gpd
     import pandas as pd
     import zarr
@@ -96,14 +95,43 @@ def build(files: RunFiles):
     table.obs[REGION_KEY] = pd.Categorical([CELL_SHAPES] * table.n_obs, categories=[CELL_SHAPES])
     table = TableModel.parse(table, region=CELL_SHAPES, region_key=REGION_KEY, instance_key=K.CELL_ID)
 
-    # One partition per row group (one per tile as the run writes them), so writing holds one tile's
-    # transcripts at a time; known gene categories and sort=True spare spatialdata its own passes
-    # over the whole table (checking categories and index order), which would load it all.
-    tx = dd.read_parquet(str(files.path(K.TRANSCRIPTS_PARQUET)), split_row_groups=True)
-    tx[K.GENE] = tx[K.GENE].astype(pd.CategoricalDtype(genes))
-    points = {POINTS: PointsModel.parse(tx, coordinates={"x": K.X, "y": K.Y}, feature_key=K.GENE,
+    points = {POINTS: PointsModel.parse(transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes),
+                                        coordinates={"x": K.X, "y": K.Y}, feature_key=K.GENE,
                                         instance_key=K.CELL_ID, transformations=um, sort=True)}
     return SpatialData(images=images, labels=labels, shapes=shapes, points=points, tables={TABLE: table})
+
+
+def transcripts_frame(url: Path, genes: list[str]):
+    """transcripts.parquet as a lazy dask frame: one partition per row group (one per tile as the
+    run writes them), indexed by row number with known divisions, genes as known categories.
+
+    Built with ``from_map`` rather than ``read_parquet``: spatialdata then needs no pass over the
+    data (index order, categories), writing holds one tile's transcripts at a time, and the index
+    is unique across partitions (plotting reindexes on it). dask's parquet reader also fuses
+    partitions under column projection and then miscounts them (dask/dask#12411).
+    """
+    import dask.dataframe as dd
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(url)
+    groups = [i for i in range(pf.num_row_groups) if pf.metadata.row_group(i).num_rows > 0]
+    sizes = [pf.metadata.row_group(i).num_rows for i in groups]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    dtype = pd.CategoricalDtype(genes)
+
+    def read(k: int) -> pd.DataFrame:
+        df = pq.ParquetFile(url).read_row_group(groups[k]).to_pandas()
+        df.index = pd.RangeIndex(int(offsets[k]), int(offsets[k + 1]))
+        df[K.GENE] = df[K.GENE].astype(str).astype(dtype)
+        return df
+
+    meta = pf.schema_arrow.empty_table().to_pandas()
+    meta[K.GENE] = meta[K.GENE].astype(str).astype(dtype)
+    if not groups:
+        return dd.from_pandas(meta, npartitions=1)
+    divisions = (*offsets[:-1].tolist(), int(offsets[-1]) - 1)
+    return dd.from_map(read, range(len(groups)), meta=meta, divisions=divisions, enforce_metadata=False)
 
 
 def write_spatialdata(files: RunFiles, path: Path) -> None:
