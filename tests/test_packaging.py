@@ -16,10 +16,10 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "stseg_dist"
@@ -126,8 +126,8 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     where = _run([py, "-c", "import stseg_dist; print(stseg_dist.__file__)"], tmp_path, env).stdout.strip()
     assert where.startswith(str(venv)), where
     # No test-only package leaks in: what the run needs must come from the runtime dependencies.
-    leaked = _run([py, "-c", "import importlib.util as u; print([m for m in ('pytest', 'moto', 'nbclient') "
-                                "if u.find_spec(m)])"], tmp_path, env).stdout.strip()
+    probe = "import importlib.util as u; print([m for m in ('pytest', 'moto', 'nbclient') if u.find_spec(m)])"
+    leaked = _run([py, "-c", probe], tmp_path, env).stdout.strip()
     assert leaked == "[]", leaked
 
     stseg = venv / "bin" / "stseg"

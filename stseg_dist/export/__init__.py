@@ -35,7 +35,8 @@ def export_run(run: str, to: str, out: str | None = None, chip: str | None = Non
     files = open_run(run, chip)  # raises, naming the missing file, before anything is written
     target = Path(out) if out else Path(run) / DEFAULT_NAMES[to]
     if to == "spatialdata":
-        from .spatialdata import require_spatialdata, write_spatialdata as writer
+        from .spatialdata import require_spatialdata
+        from .spatialdata import write_spatialdata as writer
 
         require_spatialdata()  # a clear error naming the extra, before anything is written
     else:

@@ -6,7 +6,6 @@ import pytest
 
 from tests.conftest import make_blob_chip, small_tiles_config
 
-
 ORIGIN_UM = (100.0, 50.0)  # not 0: a missing translation to the chip origin shows
 
 

@@ -65,7 +65,7 @@ def test_everything_is_in_um(exported):
 
     from tests.outputs.conftest import ORIGIN_UM
 
-    run, sdata = exported
+    _, sdata = exported
     ps, (x0, y0) = 0.5, ORIGIN_UM
     for name in ("cell_labels", "nucleus_labels", "image"):
         t = get_transformation(sdata[name], to_coordinate_system="global")
