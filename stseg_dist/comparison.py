@@ -39,6 +39,7 @@ class RealCrop:
     platform: str
     options: dict
     table: str | None = None  # the transcript file inside the folder, for the generic reader
+    overrides: tuple = ()  # facts about the sample that the bundle cannot say (e.g. cell size)
     #: the reference is a nucleus expansion or nucleus-sized: cell F1/ARI against it favour that
     #: shape by construction, so judge methods by MECR and the assigned share there
     shape_biased: bool = False
@@ -57,7 +58,9 @@ REAL_CROPS = {
     # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels (0.108 µm assumed)
     "merfish_u2os": RealCrop("generic", {"pixel_size_um": 0.5, "coordinate_um": 0.108,
                                          "nuclei": "nucleus_boundaries.csv", "cells": "cell_boundaries.csv",
-                                         "cell_column": "cell"}, table="transcripts.csv.gz"),
+                                         "cell_column": "cell"}, table="transcripts.csv.gz",
+                             # cultured cells of 900-2,100 µm² (data README): ~40 µm across
+                             overrides=("cells.cell_diameter_um=40",)),
 }
 
 #: Per-transcript reference cell columns, in order of preference.
@@ -79,15 +82,16 @@ class Dataset:
     info: dict = field(default_factory=dict)
 
 
-def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0)) -> list[Dataset]:
+def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0), hard: bool = False) -> list[Dataset]:
     """Generated chips with a membrane stain, optionally offset by ``membrane_shift`` (dy, dx) px
-    as if imaged in a second round (what ``membrane`` registration must undo)."""
-    from .synth import synth_chip
+    as if imaged in a second round (what ``membrane`` registration must undo); ``hard``: the
+    generator's real-tissue preset (synth.HARD)."""
+    from .synth import HARD, synth_chip
 
     out = []
     for seed in seeds:
         chip = str(Path(workdir) / f"synthetic{seed}")
-        info = synth_chip(chip, size_um, size_um, seed, membrane=True, overwrite=True)
+        info = synth_chip(chip, size_um, size_um, seed, membrane=True, overwrite=True, **(HARD if hard else {}))
         if any(membrane_shift):
             import zarr
 
@@ -122,7 +126,7 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
         columns = pq.read_schema(f"{chip}/{C.TRANSCRIPTS_PARQUET}").names
         out.append(Dataset(folder, chip, crop.platform, reference=mask if exists(mask) else None,
                            vendor_column=next((c for c in VENDOR_COLUMNS if c in columns), None),
-                           config=str(preset) if preset.exists() else None, overrides=tuple(hints),
+                           config=str(preset) if preset.exists() else None, overrides=(*hints, *crop.overrides),
                            shape_biased=crop.shape_biased, info={"n_transcripts": rep["n_transcripts"]}))
     return out
 
@@ -263,6 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--membrane-shift", type=int, nargs=2, default=(0, 0), metavar=("DY", "DX"),
                    help="offset the generated chips' membrane stain by this many pixels")
+    p.add_argument("--hard", action="store_true", help="generated chips closer to real tissue (synth.HARD)")
     p.add_argument("--real", default=default_data_root(), help="folder of the shared real crops ('' to skip)")
     p.add_argument("--tile-um", type=float, default=150.0)
     p.add_argument("--ray", action="store_true", help="run on Ray (default: single process, same kernels)")
@@ -273,7 +278,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     overrides = [f"tiling.tile_size_um={args.tile_um}", *args.set]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        datasets = synthetic_datasets(tmp, args.size_um, args.seeds, args.membrane_shift)
+        datasets = synthetic_datasets(tmp, args.size_um, args.seeds, args.membrane_shift, args.hard)
         if args.real:
             datasets += real_datasets(tmp, args.real)
         rows = compare_methods(args.methods, datasets, tmp, overrides, local=not args.ray,

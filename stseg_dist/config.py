@@ -84,7 +84,7 @@ class UCSConfig:
     missing_cells: bool = True
     # A nucleus-less cell must be this far from the chip's background density towards its nuclei's
     # (0: any confident foreground will do, as before).
-    missing_cell_density: float = 0.5
+    missing_cell_density: float = 1.0
     foreground_threshold: float = 0.5  # bins below it never join a cell (0.5: the net's argmax)
     background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background
     # Foreground training labels beyond the paper's (background only far from nuclei, which dense
@@ -102,8 +102,12 @@ class UCSConfig:
     expression_profile: bool = False
     # The paper's background (mean over the cells in reach of 1 - q) also decides cell or not;
     # false: the foreground net alone does, the cell net only says which cell.
-    cell_background: bool = True
-    # How far a cell may extend beyond its nucleus outline; None: half of cells.cell_diameter_um.
+    cell_background: bool = False
+    # Where cells compete for a bin, add this times the evidence that their nucleus's expression
+    # explains the transcripts there (log-likelihood ratio vs the chip average); 0: distance alone.
+    expression_weight: float = 1.0
+    # How far a cell may extend beyond its nucleus outline; None: (cells.cell_diameter_um -
+    # nuclei.diameter_um) / 2 + 2 µm (a typical cytoplasm and some slack).
     growth_um: float | None = None
     markers: str | None = None  # table of cell types and marker genes
     num_gpus: float = 0.5

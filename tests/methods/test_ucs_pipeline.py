@@ -1,11 +1,12 @@
-"""UCS through the whole pipeline on a generated chip: tile invariance within a stated tolerance,
-and the accounting invariants of every method."""
+"""UCS through the whole pipeline on a generated chip: tile invariance, the accounting invariants
+of every method, and cells whose nucleus the stain does not show found all the same."""
 
 import json
 
 import pandas as pd
 import pytest
 
+from stseg_dist.comparison import missing_cell_recall
 from stseg_dist.synth import synth_chip
 from tests.conftest import one_tile_vs_many
 
@@ -13,10 +14,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 #: Tile invariance tolerance for UCS: the networks run on differently sized windows, where float
 #: summation order may differ in the last bits, so a few bins on exact ties may flip.
-UCS_TILE_TOLERANCE = 0.005
+UCS_TILE_TOLERANCE = 1e-4  # measured 0
 
-#: Classical nuclei on generated chips: a touching pair's watershed border may move by a pixel.
-NUCLEI_TILE_TOLERANCE = 2e-4
+#: Of the generated chip's cells with no visible nucleus, the share missing-cell detection must
+#: recover (IoU >= 0.5 with the true cell); measured 0.23 and 0.38 (3 and 5 of 13) on the chip below.
+MIN_MISSING_CELL_RECALL = 0.2
 
 FAST = ["cells.method=ucs", "cells.ucs.n_train_patches=48", "cells.ucs.epochs=4", "runtime.progress=false"]
 
@@ -34,8 +36,8 @@ def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     differ = (a != b).mean()
     print(f"UCS labels differing between 1 tile and {many['n_tiles']} tiles: {differ:.5f}")
     assert differ <= UCS_TILE_TOLERANCE
-    # classical nuclei: identical but for watershed ties on the border of touching nuclei
-    assert (na != nb).mean() <= NUCLEI_TILE_TOLERANCE and one["counts"]["n_nuclei"] == many["counts"]["n_nuclei"]
+    # classical nuclei: identical whatever the tiling
+    assert (na != nb).sum() == 0 and one["counts"]["n_nuclei"] == many["counts"]["n_nuclei"]
     tx = pd.read_parquet(tmp_path / "many" / "transcripts.parquet")
     assert sorted(tx.input_row) == list(range(many["counts"]["n_transcripts_input"]))
     cells = pd.read_parquet(tmp_path / "many" / "cells.parquet")
@@ -48,3 +50,20 @@ def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     trained = run["method"]
     assert trained["name"] == "ucs" and trained["n_train_patches"] == 48
     assert len(trained["loss"]["foreground"]) == len(trained["loss"]["cell"]) == 4
+
+
+def test_missing_cells_are_found(tmp_path):
+    """With the default training, cells whose nucleus the stain does not show are found as cells
+    of their own (this chip has 13 of 331), without flooding the chip with false ones."""
+    from stseg_dist.config import load_config, parse_set
+    from stseg_dist.driver import run_pipeline
+
+    chip = str(tmp_path / "chip")
+    info = synth_chip(chip, 300, 300, seed=1)
+    cfg = load_config(overrides=parse_set(["cells.method=ucs", "runtime.progress=false"]), use_env=False)
+    summary = run_pipeline(chip, str(tmp_path / "out"), cfg, local=True)
+    recall = missing_cell_recall(chip, str(tmp_path / "out"))
+    n_seeds = summary["counts"]["n_seeds"]
+    print(f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} hidden nuclei")
+    assert recall >= MIN_MISSING_CELL_RECALL
+    assert n_seeds <= 2 * info["n_missing_nucleus"]

@@ -58,7 +58,7 @@ def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
 
 def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
             fg_threshold: float | None = 0.5, markers: np.ndarray | None = None, prior_weighted: bool = True,
-            cell_background: bool = True):
+            cell_background: bool = True, evidence: dict | None = None):
     """Foreground probability and cell argmax labels over the window's bin grid.
 
     Pass 1 runs the foreground net patch by patch (margins cover its receptive field) and keeps
@@ -103,7 +103,7 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
             marker_masks = {p.cell_id: cell_marker_mask(markers[p.box[0]:p.box[1], p.box[2]:p.box[3]], p.mask > 0.5)
                             for p in priors}
         bg_sum, n_cover, best_q, best_id = _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t,
-                                                           prior_weighted)
+                                                           prior_weighted, evidence)
     bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
     keep = (n_cover > 0) & (best_q > bg) if cell_background else n_cover > 0
     if fg_threshold is not None:
@@ -113,7 +113,7 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     return fg, np.where(keep, best_id, 0)
 
 
-def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, prior_weighted=True):
+def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, prior_weighted=True, evidence=None):
     """Per bin over the cells whose reach covers it: sum of (1 - q_c), count, best q and its cell."""
     import torch
 
@@ -127,6 +127,7 @@ def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, pr
         if not hits:
             continue
         sm = np.zeros((len(hits), 1, r1 - r0, c1 - c0), np.float32)
+        ev = np.zeros((len(hits), r1 - r0, c1 - c0), np.float32) if evidence is not None else None
         mk = np.zeros_like(sm) if marker_masks is not None else None
         cover = np.zeros((len(hits), r1 - r0, c1 - c0), bool)
         for k, p in enumerate(hits):
@@ -137,6 +138,8 @@ def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, pr
             if mk is not None:
                 mk[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = marker_masks[p.cell_id][src]
             cover[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[src] > 0
+            if ev is not None:
+                ev[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = evidence[p.cell_id][src]
         prof = torch.stack([profiles[p.cell_id] for p in hits]) if profiles else None
         logits = model.cell.classify(reduced[:, :, r0:r1, c0:c1], t(sm), None if mk is None else t(mk), prof)
         q = torch.softmax(logits, 1)[:, 1].cpu().numpy()
@@ -146,11 +149,52 @@ def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, pr
         # Among cells that claim a bin, the soft mask (the nucleus-distance prior) decides:
         # a saturated cell net gives q ~ 1 to several neighbours, and an argmax over q alone
         # would split them arbitrarily.
-        k_best = (q * sm[:, 0] if prior_weighted else q).argmax(0)
+        score = q * sm[:, 0] if prior_weighted else q
+        if ev is not None:
+            score = np.where(cover, np.log(np.maximum(score, 1e-12)) + ev, -np.inf)
+        k_best = score.argmax(0)
         best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
         ids = np.array([p.cell_id for p in hits], np.int64)
         best_id[r0:r1, c0:c1] = ids[k_best]
     return bg_sum, n_cover, best_q, best_id
+
+
+def expression_evidence(binned: BinnedTile, priors: list[CellPrior], gene_freq: np.ndarray, sigma: float,
+                        alpha: float = 20.0) -> dict[int, np.ndarray]:
+    """Per cell, over its box: how much better its own nucleus's expression explains the nearby
+    transcripts than the chip's average does (a Gaussian-weighted sum of log-likelihood ratios).
+
+    Each nucleus's profile is its transcripts' genes, shrunk towards the chip's gene frequencies
+    by ``alpha`` pseudo-counts (nuclei hold few transcripts). Where cells compete for a bin, the
+    one whose nucleus expresses what lies there wins more often: a neighbour of another type
+    stops taking it by distance alone. Cells whose nucleus holds no transcripts get none.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    n_genes = len(gene_freq)
+    base = np.log(gene_freq)
+    nuc = binned.nuclei[binned.rows, binned.cols] if len(binned.rows) else np.zeros(0, np.int64)
+    inside = nuc > 0
+    pairs, counts = np.unique(np.stack([nuc[inside], binned.genes[inside]]), axis=1, return_counts=True)
+    cell_of = {int(c): i for i, c in enumerate(np.unique(pairs[0]))} if pairs.size else {}
+    order = np.lexsort((binned.cols, binned.rows))
+    rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    out = {}
+    for p in priors:
+        r0, r1, c0, c1 = p.box
+        grid = np.zeros((r1 - r0, c1 - c0), np.float32)
+        k = cell_of.get(p.cell_id)
+        if k is not None:
+            own = pairs[0] == p.cell_id
+            n = np.zeros(n_genes)
+            n[pairs[1][own]] = counts[own]
+            lr = np.log((n + alpha * gene_freq) / (n.sum() + alpha)) - base
+            lo, hi = np.searchsorted(rows, [r0, r1])
+            sel = (cols[lo:hi] >= c0) & (cols[lo:hi] < c1)
+            np.add.at(grid, (rows[lo:hi][sel] - r0, cols[lo:hi][sel] - c0), lr[genes[lo:hi][sel]])
+            grid = gaussian_filter(grid, sigma, mode="constant") * (2 * np.pi * sigma**2)
+        out[p.cell_id] = grid
+    return out
 
 
 def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:

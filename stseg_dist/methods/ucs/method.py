@@ -11,7 +11,7 @@ import pandas as pd
 from ...errors import ConfigError, InputError
 from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
 from .features import bin_size_um, bin_tile, marker_grid, select_hvg
-from .inference import cell_priors, missing_cell_seeds, postprocess, predict
+from .inference import cell_priors, expression_evidence, missing_cell_seeds, postprocess, predict
 from .training import Patch, load_model, softmask_tau, train_ucs
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class UCSMethod(CellMethod):
             raise ConfigError(f"cells.ucs.bin_um must be positive, got {c.bin_um}")
         if not 0 <= c.foreground_threshold < 1:
             raise ConfigError(f"cells.ucs.foreground_threshold must be in [0, 1), got {c.foreground_threshold}")
+        if c.expression_weight < 0:
+            raise ConfigError(f"cells.ucs.expression_weight must not be negative, got {c.expression_weight}")
         if not 0 <= c.missing_cell_density <= 1:
             raise ConfigError(f"cells.ucs.missing_cell_density must be in [0, 1], got {c.missing_cell_density}")
         if not 0 < c.missing_cell_threshold <= 1:
@@ -51,7 +53,7 @@ class UCSMethod(CellMethod):
         self.cfg = c
         self.bin_um = bin_size_um(platform, c.bin_um)
         self.paper = c.variant == "paper"
-        growth_um = c.growth_um if c.growth_um is not None else config.cells.cell_diameter_um / 2
+        growth_um = c.growth_um if c.growth_um is not None else default_growth_um(config)
         self.growth_bins = None if self.paper else growth_um / self.bin_um
         self.model = None
         self.markers = load_markers(c.markers) if c.markers else None
@@ -98,6 +100,8 @@ class UCSMethod(CellMethod):
             far_um = self.config.cells.cell_diameter_um
             counts = np.sum(ctx.map_tiles(lambda data: density_counts(bin_tile(data, bin_um), data, far_um), tiles),
                             axis=0)
+            per_gene = np.sum(ctx.map_tiles(lambda data: np.bincount(data.transcripts.gene[data.transcripts.in_core],
+                                                                      minlength=n_genes), tiles), axis=0)
             background = float(counts[0] / counts[1]) if counts[1] >= MIN_BACKGROUND_BINS else None
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
             log.info(f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
@@ -107,7 +111,8 @@ class UCSMethod(CellMethod):
                       markers=marker_types is not None,
                       background=background if self.cfg.foreground_labels == "chip" else None, log=log.info)
         return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um, "marker_lut": marker_types,
-                "background_per_bin": background, "nuclear_per_bin": nuclear}
+                "background_per_bin": background, "nuclear_per_bin": nuclear,
+                "gene_freq": None if self.paper else (per_gene + 1.0) / (per_gene.sum() + n_genes)}
 
     def _pos_weight(self) -> float:
         if self.cfg.pos_weight is not None:
@@ -148,9 +153,15 @@ class UCSMethod(CellMethod):
                              self.growth_bins)
         lut = None if self.paper else self.state.get("marker_lut")
         markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
+        evidence = None
+        if self.cfg.expression_weight and not self.paper:
+            evidence = expression_evidence(binned, priors, self.state["gene_freq"],
+                                           self.cfg.background_sigma_um / self.bin_um)
+            evidence = {k: self.cfg.expression_weight * v for k, v in evidence.items()}
         fg, labels = predict(self.model, self.device, binned, priors, markers=markers,
                              fg_threshold=None if self.paper else self.cfg.foreground_threshold,
-                             prior_weighted=not self.paper, cell_background=self.paper or self.cfg.cell_background)
+                             prior_weighted=not self.paper, cell_background=self.paper or self.cfg.cell_background,
+                             evidence=evidence)
         return binned, seeds, fg, labels
 
     def find_seeds(self, data: TileData):
@@ -170,6 +181,12 @@ class UCSMethod(CellMethod):
         binned, seeds, _, labels = self._predict(data, with_seeds=True)
         cells = postprocess(labels, seeds)
         return binned.to_pixels(cells, data.shape).astype(np.uint32)
+
+
+def default_growth_um(config) -> float:
+    """How far a cell may grow beyond its nucleus by default: the cytoplasm of a typical cell,
+    (cell - nucleus diameter) / 2, plus 2 µm for cells larger than typical."""
+    return max(config.cells.cell_diameter_um - config.nuclei.diameter_um, 0.0) / 2 + 2.0
 
 
 def load_markers(path: str) -> pd.DataFrame:
