@@ -38,6 +38,11 @@ window.addEventListener('load', function () {
 """
 
 
+#: Above this many transcripts the report skips the reference-free metrics (they read the whole
+#: transcript table); ``stseg eval`` computes them for any run.
+REFERENCE_FREE_MAX_TRANSCRIPTS = 20_000_000
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -176,6 +181,15 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
         except Exception as exc:  # the report must not fail a finished run
             metrics = {"error": f"{type(exc).__name__}: {exc}"}
 
+    free = None
+    if run.get("counts", {}).get("n_transcripts", 0) <= REFERENCE_FREE_MAX_TRANSCRIPTS:
+        try:
+            from .evaluation.evaluate import reference_free
+
+            free = reference_free(out_url, storage_options=so)
+        except Exception as exc:  # the report must not fail a finished run
+            free = {"error": f"{type(exc).__name__}: {exc}"}
+
     stride = max(1, int(np.ceil(max(cells_arr.shape) / OVERVIEW_PX)))
     parts = [
         "<h2>Overview</h2>", f'<img alt="overview" src="{_overview(cells_arr, stride, px)}">',
@@ -190,6 +204,14 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
     parts += ["<h2>Counts</h2>", _table([*counts.items(), ("dropped transcripts", dropped),
                                          ("failed tiles", len(run.get("failed", []) or []))])]
     parts += ["<h2>Stage seconds</h2>", _table(run.get("stage_seconds", {}).items())]
+    if free:
+        pairs = free.pop("gene_pairs", [])
+        parts += ["<h2>Without a reference</h2>",
+                  "<p>MECR: of cells expressing either gene of a pair that marks different cell types (found "
+                  "exclusive in the nuclei), the share expressing both; lower means fewer cells that mix "
+                  "neighbours. Nucleus-cytoplasm r: median correlation of each cell's nuclear and "
+                  "cytoplasmic expression.</p>",
+                  _table([*free.items(), ("gene pairs", ", ".join(f"{a}/{b}" for a, b in pairs[:10]))])]
     if metrics:
         from .evaluation.evaluate import _flatten
 

@@ -68,16 +68,7 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
     cols = np.floor((tx[C.X].to_numpy() - ox) / px).astype(np.int64)
     result["cell_calling"] = M.cell_calling_score(pred_labels, rows, cols, deltas, block)
     result["morphology"] = M.morphology_metrics(pred_labels, block)
-    genes = pd.Categorical(tx[C.GENE])
-    codes = genes.codes.astype(np.int64)
-    pairs = _pairs(gene_pairs, markers, list(genes.categories), tx, codes)
-    result["reference_free"] = {
-        **M.mecr(tx[C.CELL_ID].to_numpy(), codes, pairs),
-        "nucleus_cytoplasm_r": M.nucleus_cytoplasm_r(tx[C.CELL_ID].to_numpy(), tx[C.IN_NUCLEUS].to_numpy(),
-                                                     codes)["median_r"],
-        "assigned_share": float((tx[C.CELL_ID].to_numpy() > 0).mean()) if len(tx) else 0.0,
-        "gene_pairs": [(str(genes.categories[a]), str(genes.categories[b])) for a, b in pairs],
-    }
+    result["reference_free"], codes, pairs = _reference_free(tx, gene_pairs, markers)
     if ref is not None and ref.labels is not None:
         table = M.contingency(pred_labels, ref.labels, block)
         result["pixel"] = M.pixel_metrics(table)
@@ -88,8 +79,8 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
         if missing:
             raise InputError(f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on {key})")
         result["transcripts"] = M.transcript_metrics(joined[C.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
-        ref_ids = joined["ref_id"].to_numpy().astype(np.int64)
-        result["reference_free"]["ref_mecr"] = M.mecr(ref_ids, codes, pairs)["mecr"]  # a left merge keeps tx's order
+        ref_ids = joined["ref_id"].to_numpy().astype(np.int64)  # a left merge keeps tx's order
+        result["reference_free"]["ref_mecr"] = M.mecr(ref_ids, codes, pairs)["mecr"]
         result["reference_free"]["ref_assigned_share"] = float((ref_ids > 0).mean())
         result["petukhov"] = M.petukhov_correlation(
             joined[C.GENE].to_numpy(), joined[C.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
@@ -97,6 +88,30 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
         if types is not None:
             result["expression"] = _expression(joined, types, expression_ref)
     return result
+
+
+def reference_free(pred_out_url: str, *, storage_options: dict | None = None, gene_pairs=None,
+                   markers: str | None = None) -> dict:
+    """MECR, nucleus-cytoplasm r and assigned share of a run, with no reference (see evaluate)."""
+    url = storage.join(pred_out_url, C.TRANSCRIPTS_PARQUET)
+    if not storage.exists(url, storage_options):
+        raise InputError(f"prediction has no {C.TRANSCRIPTS_PARQUET}: {url}")
+    tx = pd.read_parquet(url, columns=[C.CELL_ID, C.IN_NUCLEUS, C.GENE], storage_options=storage_options or None)
+    return _reference_free(tx, gene_pairs, markers)[0]
+
+
+def _reference_free(tx: pd.DataFrame, gene_pairs, markers) -> tuple[dict, np.ndarray, list]:
+    genes = pd.Categorical(tx[C.GENE])
+    codes = genes.codes.astype(np.int64)
+    pairs = _pairs(gene_pairs, markers, list(genes.categories), tx, codes)
+    cells = tx[C.CELL_ID].to_numpy()
+    out = {
+        **M.mecr(cells, codes, pairs),
+        "nucleus_cytoplasm_r": M.nucleus_cytoplasm_r(cells, tx[C.IN_NUCLEUS].to_numpy(), codes)["median_r"],
+        "assigned_share": float((cells > 0).mean()) if len(tx) else 0.0,
+        "gene_pairs": [(str(genes.categories[a]), str(genes.categories[b])) for a, b in pairs],
+    }
+    return out, codes, pairs
 
 
 def _pairs(names, markers, categories: list[str], tx: pd.DataFrame, codes: np.ndarray) -> list[tuple[int, int]]:
@@ -107,7 +122,7 @@ def _pairs(names, markers, categories: list[str], tx: pd.DataFrame, codes: np.nd
     if markers:
         from ..methods.ucs.method import load_markers
 
-        return M.marker_gene_pairs(load_markers(markers), index)
+        return M.marker_gene_pairs(load_markers(markers, "--markers"), index)
     nuclei = np.where(tx[C.IN_NUCLEUS].to_numpy(), tx[C.CELL_ID].to_numpy(), 0)
     return M.exclusive_gene_pairs(nuclei, codes)
 

@@ -129,3 +129,22 @@ def test_expression_consistency_against_table(tmp_path):
     with pytest.raises(InputError, match="expression reference not found"):
         evaluate(out, chip, expression_ref=str(tmp_path / "none.csv"))
     shutil.rmtree(out)
+
+
+def test_reference_free_metrics_without_a_reference(constructed, tmp_path):
+    """No reference: MECR over a marker table's pairs, the assigned share and the nucleus-cytoplasm r."""
+    pd.DataFrame({"cell_type": ["T", "B"], "gene": ["a", "b"]}).to_csv(tmp_path / "markers.csv", index=False)
+    m = evaluate(str(constructed / "out"), markers=str(tmp_path / "markers.csv"))
+    free = m["reference_free"]
+    assert "instance" not in m and "transcripts" not in m
+    # cell 3 holds a and b (both markers), cell 4 only a: one of two cells expressing either mixes
+    assert free["gene_pairs"] == [("a", "b")] and free["mecr"] == pytest.approx(0.5)
+    assert free["assigned_share"] == pytest.approx(3 / 5)
+    with_ref = evaluate(str(constructed / "out"), str(constructed / "ref.parquet#truth"),
+                        markers=str(tmp_path / "markers.csv"))
+    # the reference's cells 1 (transcripts 10, 11) and 2 (12, 13) each hold a and b; 14 is outside
+    assert with_ref["reference_free"]["ref_mecr"] == 1.0 and with_ref["reference_free"]["ref_assigned_share"] == 0.8
+    from stseg_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--markers: file not found"):
+        evaluate(str(constructed / "out"), markers=str(tmp_path / "nope.csv"))

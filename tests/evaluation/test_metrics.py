@@ -166,3 +166,53 @@ def test_profile_and_petukhov_correlation():
     genes2 = np.array(["x"] * 15 + ["y"] * 5 + ["x"] * 5 + ["y"] * 15)
     p2 = M.petukhov_correlation(np.r_[genes2, ["z"] * 4], np.r_[a, [1] * 4], np.r_[b, [1, 1, 2, 2]], min_transcripts=5)
     assert p2["n_pairs"] == 1 and p2["median_r"] < 0
+
+
+def _two_types(rng, n_cells=80, per_cell=30):
+    """Cells of two types with disjoint gene programs (type A: genes 0-4, type B: genes 5-9),
+    half of each cell's transcripts in its nucleus."""
+    cells = np.repeat(np.arange(1, n_cells + 1), per_cell)
+    kind = (cells % 2)
+    genes = np.where(kind == 0, rng.integers(0, 5, len(cells)), rng.integers(5, 10, len(cells)))
+    in_nucleus = rng.random(len(cells)) < 0.5
+    return cells, genes, in_nucleus
+
+
+def test_exclusive_pairs_mark_different_types():
+    cells, genes, in_nucleus = _two_types(np.random.default_rng(0))
+    pairs = M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0), genes)
+    assert pairs and all((a < 5) != (b < 5) for a, b in pairs)  # one gene of each program
+    assert M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0)[:50], genes[:50]) == []  # too few nuclei
+
+
+def test_mecr_rises_when_cells_mix_types():
+    cells, genes, in_nucleus = _two_types(np.random.default_rng(1))
+    pairs = M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0), genes)
+    pure = M.mecr(cells, genes, pairs)
+    merged = M.mecr(np.where(cells % 2 == 0, cells, cells + 1), genes, pairs)  # each cell swallows a neighbour
+    assert pure["mecr"] == 0.0 and pure["n_pairs"] == len(pairs)
+    assert merged["mecr"] > 0.9
+    assert np.isnan(M.mecr(cells, genes, [])["mecr"])
+
+
+def test_mecr_hand_computed():
+    # cells 1: genes {0, 1}; 2: {0}; 3: {1}; 4: {2}; pair (0, 1): 3 cells express either, 1 both
+    cells = np.array([1, 1, 2, 3, 4, 0])
+    genes = np.array([0, 1, 0, 1, 2, 1])
+    assert M.mecr(cells, genes, [(0, 1)])["mecr"] == pytest.approx(1 / 3)
+
+
+def test_marker_pairs_cross_types_only():
+    markers = pd.DataFrame({"cell_type": ["T", "T", "B", "Mac"], "gene": ["CD3E", "CD8A", "MS4A1", "ABSENT"]})
+    index = {"CD3E": 0, "CD8A": 1, "MS4A1": 2}
+    assert M.marker_gene_pairs(markers, index) == [(0, 2), (1, 2)]
+
+
+def test_nucleus_cytoplasm_r_drops_when_cytoplasm_is_a_neighbours():
+    rng = np.random.default_rng(2)
+    cells, genes, in_nucleus = _two_types(rng, per_cell=60)
+    own = M.nucleus_cytoplasm_r(cells, in_nucleus, genes)
+    # the cytoplasm of every cell is replaced by its neighbour's (of the other type)
+    swapped = np.where(in_nucleus, cells, np.where(cells % 2 == 0, cells - 1, cells + 1))
+    stolen = M.nucleus_cytoplasm_r(swapped, in_nucleus, genes)
+    assert own["median_r"] > 0.5 > stolen["median_r"] and own["n_cells"] > 70

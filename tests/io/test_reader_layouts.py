@@ -245,3 +245,36 @@ def test_stereoseq_registered_stain_sets_the_grid(tmp_path):
     with pytest.raises(InputError, match="outside the image"):
         convert_bundle(str(tmp_path / "s"), str(tmp_path / "c2"),
                        options={"image": str(tmp_path / "ssdna.tif"), "image_origin_dnb": [0, 0]})
+
+
+def test_generic_table_in_pixels_with_vendor_polygons_and_reference_cells(tmp_path):
+    """A MERFISH-style table in native pixels (coordinate_um scales it), vendor nucleus and cell
+    polygons as Xenium vertex tables, and a per-transcript reference cell column."""
+    (tmp_path / "m").mkdir()
+    square = lambda cid, x0, y0, s: pd.DataFrame({"cell_id": cid, "vertex_x": [x0, x0 + s, x0 + s, x0, x0],  # noqa: E731
+                                                  "vertex_y": [y0, y0, y0 + s, y0 + s, y0]})
+    pd.concat([square(7, 100, 100, 100), square(9, 400, 100, 100)]).to_csv(tmp_path / "m" / "nuc.csv", index=False)
+    pd.concat([square(7, 50, 50, 250), square(9, 350, 50, 250)]).to_csv(tmp_path / "m" / "cells.csv", index=False)
+    pd.DataFrame({"x": [150.0, 450.0, 60.0, 700.0], "y": [150.0, 150.0, 60.0, 700.0], "gene": ["A", "B", "A", "B"],
+                  "cell": [7, 9, 7, 0]}).to_csv(tmp_path / "m" / "tx.csv.gz", index=False)
+    opts = {"pixel_size_um": 1.0, "coordinate_um": 0.1, "nuclei": "nuc.csv", "cells": "cells.csv",
+            "cell_column": "cell"}
+    rep = convert_bundle(str(tmp_path / "m" / "tx.csv.gz"), str(tmp_path / "c"), "generic", options=opts)
+    assert rep["n_vendor_nuclei"] == 2 and rep["origin_um"] == [6.0, 6.0]
+    t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas().sort_values("x")
+    np.testing.assert_allclose(t.x, [6.0, 15.0, 45.0, 70.0])  # µm
+    assert t.vendor_cell_label.tolist() == [1, 1, 2, 0]  # reference cells as labels, 0 = none
+    nuclei = zarr.open_array(str(tmp_path / "c" / "nuclei.zarr"))[:]
+    cells = zarr.open_array(str(tmp_path / "c" / "vendor_cells.zarr"))[:]
+    assert set(np.unique(nuclei)) == {0, 1, 2} and (nuclei[4:14, 4:14] == 1).all()  # 10 µm squares at 10 µm
+    assert (cells > 0).sum() > (nuclei > 0).sum()
+    from stseg_dist.io.bundles import pipeline_hints
+
+    assert pipeline_hints(rep) == {"nuclei": {"backend": "vendor"}}
+    for bad, fragment in ((dict(nuclei="missing.csv"), "missing.csv: polygon file not found"),
+                          (dict(coordinate_um=0), "coordinate_um must be positive"),
+                          (dict(cell_column="cell_id"), "missing column 'cell_id'")):
+        with pytest.raises(InputError, match=fragment):
+            convert_bundle(str(tmp_path / "m" / "tx.csv.gz"), str(tmp_path / "bad"), "generic",
+                           options={**opts, **bad})
+        assert not (tmp_path / "bad" / "chip.json").exists()

@@ -172,6 +172,8 @@ def test_growth_limits_how_far_a_cell_may_claim():
     ("background_density", 1.5, "background_density"), ("background_density", 0, "background_density"),
     ("background_sigma_um", 0, "background_sigma_um"), ("growth_um", -2, "growth_um"),
     ("foreground_threshold", 1.0, "foreground_threshold"), ("variant", "published", "variant"),
+    ("foreground_labels", "dense", "foreground_labels"), ("expression_weight", -1, "expression_weight"),
+    ("missing_cell_density", 1.5, "missing_cell_density"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod
@@ -307,3 +309,61 @@ def test_paper_inference_rule_is_argmax_over_background_and_cells():
     expected = np.array([0, priors[0].cell_id, priors[1].cell_id])[probs.argmax(0)]
     assert (labels == expected).mean() > 0.999
     assert (labels > 0).any() and (labels == 0).any()
+
+
+def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it():
+    """Two nuclei of different programs; the transcripts between them are of the right one's genes:
+    by distance alone the left cell takes the nearer half, with the evidence the right cell takes it."""
+    from stseg_dist.methods.ucs.features import BinnedTile
+    from stseg_dist.methods.ucs.inference import expression_evidence
+
+    nuclei = np.zeros((20, 44), np.int64)
+    nuclei[8:12, 8:12], nuclei[8:12, 32:36] = 1, 2
+    rng = np.random.default_rng(0)
+    pts = [(r, c, 0) for r in range(8, 12) for c in range(8, 12) for _ in range(3)]  # nucleus 1: gene 0
+    pts += [(r, c, 1) for r in range(8, 12) for c in range(32, 36) for _ in range(3)]  # nucleus 2: gene 1
+    pts += [(int(r), int(c), 1) for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80))]  # the gap: gene 1
+    rows, cols, genes = (np.array(v) for v in zip(*pts))
+    binned = BinnedTile(nuclei.shape, rows, cols, genes, nuclei, None, 1.0, (0, 0), (0, 0))
+    priors = cell_priors(nuclei, 24, 3.0, False)
+    freq = np.array([0.5, 0.5])
+    ev = expression_evidence(binned, priors, freq, sigma=1.5)
+    one, two = (ev[p.cell_id] for p in priors)
+    b1, b2 = priors[0].box, priors[1].box
+    assert one[10 - b1[0], 10 - b1[2]] > 0 and two[10 - b2[0], 34 - b2[2]] > 0  # own genes support each
+    # a gap bin nearer nucleus 1: its gene-1 transcripts support cell 2 and count against cell 1
+    assert one[10 - b1[0], 17 - b1[2]] < 0 < two[10 - b2[0], 17 - b2[2]]
+    # a nucleus with no transcripts gets no evidence either way
+    empty = expression_evidence(BinnedTile(nuclei.shape, rows[:0], cols[:0], genes[:0], nuclei, None, 1.0, (0, 0),
+                                           (0, 0)), priors, freq, sigma=1.5)
+    assert all((v == 0).all() for v in empty.values())
+
+
+def test_chip_densities_add_up_across_tiles_exactly(tmp_path):
+    """density_counts over any tiling sums to the one-tile figures: each bin counted once."""
+    import pandas as pd
+
+    from stseg_dist.io.chip import open_chip
+    from stseg_dist.methods.ucs.features import bin_tile
+    from stseg_dist.methods.ucs.method import density_counts
+    from stseg_dist.tiledata import load_tile_data
+    from stseg_dist.tiling import make_grid
+    from tests.conftest import make_blob_chip
+
+    url = make_blob_chip(tmp_path / "chip", n_transcripts=3000)
+    chip = open_chip(url)
+    genes = sorted(pd.read_parquet(f"{url}/transcripts.parquet").gene.astype(str).unique())
+    nuclei = np.zeros(chip.shape_yx, np.uint32)
+    nuclei[20:30, 20:30], nuclei[60:70, 90:100] = 1, 2
+
+    def total(tile_um, halo_um):
+        out = 0
+        for t in make_grid(chip.shape_yx, chip.pixel_size_um, tile_um, halo_um, 16):
+            r0, r1, c0, c1 = t.window
+            data = load_tile_data(chip, t, genes, nuclei[r0:r1, c0:c1])[0]
+            out = out + density_counts(bin_tile(data, 1.0), data, 10.0)
+        return out
+
+    one = total(10_000.0, 0.0)
+    assert one[1] > 0 and one[3] == 50  # two 5 x 5 µm nuclei on 1 µm bins
+    np.testing.assert_array_equal(total(16.0, 24.0), one)

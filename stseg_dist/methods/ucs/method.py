@@ -189,7 +189,7 @@ def default_growth_um(config) -> float:
     return max(config.cells.cell_diameter_um - config.nuclei.diameter_um, 0.0) / 2 + 2.0
 
 
-def load_markers(path: str) -> pd.DataFrame:
+def load_markers(path: str, what: str = "cells.ucs.markers") -> pd.DataFrame:
     """A table of cell types and marker genes (CSV/TSV with columns cell_type, gene)."""
     import fsspec
 
@@ -197,7 +197,7 @@ def load_markers(path: str) -> pd.DataFrame:
         with fsspec.open(path, "r") as fh:
             table = pd.read_csv(fh, sep=None, engine="python")
     except FileNotFoundError as exc:
-        raise ConfigError(f"cells.ucs.markers: file not found: {path}") from exc
+        raise ConfigError(f"{what}: file not found: {path}") from exc
     missing = {"cell_type", "gene"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path}: marker table needs columns cell_type and gene; missing {sorted(missing)}")
