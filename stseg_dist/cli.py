@@ -146,8 +146,9 @@ def cmd_convert(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluation import evaluate, format_table
 
-    metrics = evaluate(args.pred, args.ref)
-    print(format_table(metrics))
+    metrics = evaluate(args.pred, args.ref, markers=args.markers)
+    free = {k: v for k, v in metrics["reference_free"].items() if k != "gene_pairs"}  # pairs: in --json
+    print(format_table({**metrics, "reference_free": free}))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(metrics, fh, indent=2, default=float)
@@ -242,9 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing chip")
     c.set_defaults(fn=cmd_convert)
 
-    e = sub.add_parser("eval", help="score a run against a reference")
+    e = sub.add_parser("eval", help="score a run, against a reference if given")
     e.add_argument("--pred", required=True, help="run output folder")
-    e.add_argument("--ref", required=True, help="reference: generated chip, label mask or transcript table")
+    e.add_argument("--ref", help="reference: generated chip, label mask or transcript table (without one: the "
+                                 "reference-free metrics, MECR, nucleus-cytoplasm r and assigned share)")
+    e.add_argument("--markers", help="cell type marker table (cell_type, gene) for MECR's gene pairs "
+                                     "(default: pairs found exclusive in the run's nuclei)")
     e.add_argument("--json", help="also write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)
 

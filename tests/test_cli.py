@@ -50,3 +50,17 @@ def test_incomplete_run_exit_code(tmp_path):
                          env={**ENV, **env_extra}, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 3, res.stderr
     assert "incomplete" in res.stderr and "1 tile(s) failed" in res.stderr
+
+
+def test_eval_without_a_reference(tmp_path):
+    """A user with no reference still gets MECR, nucleus-cytoplasm r and the assigned share."""
+    chip = make_blob_chip(tmp_path / "chip", n_transcripts=3000)
+    assert stseg("run", "--chip", chip, "--out", str(tmp_path / "out"), "--local", "--no-progress",
+                 "--no-spatialdata").returncode == 0
+    res = stseg("eval", "--pred", str(tmp_path / "out"), "--json", str(tmp_path / "m.json"))
+    assert res.returncode == 0, res.stderr
+    assert "reference_free.mecr" in res.stdout and "reference_free.assigned_share" in res.stdout
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert 0 < m["reference_free"]["assigned_share"] <= 1 and "instance" not in m
+    res = stseg("eval", "--pred", str(tmp_path / "out"), "--markers", str(tmp_path / "none.csv"))
+    assert res.returncode == 2 and "--markers: file not found" in res.stderr
