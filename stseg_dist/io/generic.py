@@ -243,17 +243,21 @@ def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool
 
 def _vertex_polygons(fs, path: str, unit: float):
     """A Xenium-layout vertex table (cell_id, vertex_x, vertex_y) as µm polygons labelled 1..n."""
-    import pandas as pd
-
     if not fs.exists(path):
         raise InputError(f"{path}: polygon file not found")
+    polys, _ = polygons_from_vertex_table(read_vertex_table(fs, path), "cell_id", "vertex_x", "vertex_y", path)
+    return [(label, xs * unit, ys * unit) for label, xs, ys in polys]
+
+
+def read_vertex_table(fs, path: str):
+    """A boundary vertex table (parquet or CSV, gzipped or not) as a DataFrame."""
+    import pandas as pd
+
     with fs.open(path, "rb", compression="gzip" if path.endswith(".gz") else None) as fh:
         try:
-            df = pd.read_parquet(fh) if path.endswith(".parquet") else pd.read_csv(fh)
+            return pd.read_parquet(fh) if path.endswith(".parquet") else pd.read_csv(fh)
         except Exception as e:  # truncated or not a table
             raise InputError(f"{path}: unreadable vertex table ({e})") from e
-    polys, _ = polygons_from_vertex_table(df, "cell_id", "vertex_x", "vertex_y", path)
-    return [(label, xs * unit, ys * unit) for label, xs, ys in polys]
 
 
 def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
-from .generic import (canonical, drop_prefixes, image_ref, iter_table, polygons_from_vertex_table,
+from .generic import (canonical, drop_prefixes, image_ref, iter_table, polygons_from_vertex_table, read_vertex_table,
                       require_columns, write_chip)
 from .options import Option, options_doc
 
@@ -188,9 +188,4 @@ def _rows(arr):
 
 
 def _boundaries(fs, nuc):
-    with fs.open(nuc, "rb", compression="gzip" if nuc.endswith(".gz") else None) as fh:
-        try:
-            df = pd.read_parquet(fh) if nuc.endswith(".parquet") else pd.read_csv(fh)
-        except Exception as e:  # truncated or not a table
-            raise InputError(f"{nuc}: unreadable vertex table ({e})") from e
-    return polygons_from_vertex_table(df, "cell_id", "vertex_x", "vertex_y", nuc)
+    return polygons_from_vertex_table(read_vertex_table(fs, nuc), "cell_id", "vertex_x", "vertex_y", nuc)
