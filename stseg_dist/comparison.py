@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import constants as C
 
+
 @dataclass(frozen=True)
 class RealCrop:
     """A shared real crop with a reference, and what its bundle lacks (facts from the data's README)."""

@@ -26,8 +26,16 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
-from .generic import (canonical, drop_prefixes, image_ref, iter_table, polygons_from_vertex_table, read_vertex_table,
-                      require_columns, write_chip)
+from .generic import (
+    canonical,
+    drop_prefixes,
+    image_ref,
+    iter_table,
+    polygons_from_vertex_table,
+    read_vertex_table,
+    require_columns,
+    write_chip,
+)
 from .options import Option, options_doc
 
 DEFAULT_PIXEL_SIZE_UM = 0.2125

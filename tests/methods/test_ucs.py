@@ -10,8 +10,16 @@ from stseg_dist.methods.ucs.features import select_hvg
 from stseg_dist.methods.ucs.inference import cell_priors, predict
 from stseg_dist.methods.ucs.nets import ForegroundNet, SparseGeneInput, UCSModel
 from stseg_dist.methods.ucs.softmask import softmask
-from stseg_dist.methods.ucs.training import (IGNORE, Patch, augment, foreground_labels, load_model, paper_kernel,
-                                             patch_counts, train_ucs)
+from stseg_dist.methods.ucs.training import (
+    IGNORE,
+    Patch,
+    augment,
+    foreground_labels,
+    load_model,
+    paper_kernel,
+    patch_counts,
+    train_ucs,
+)
 
 torch.set_num_threads(1)
 
