@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     state = train_ucs(patches, args.genes, config.cells.ucs)
     t_train = time.perf_counter() - t0
-    method.load({"train": state, "bin_um": method.bin_um, "hvg": None, "region_um": 1000.0})
+    method.load({"train": state, "bin_um": method.bin_um, "hvg": None, "region_um": 1000.0,
+                 "gene_freq": (np.bincount(data.transcripts.gene, minlength=args.genes) + 1.0)
+                 / (len(data.transcripts) + args.genes)})
     t0 = time.perf_counter()
     cells = method.segment(data)
     t_inf = time.perf_counter() - t0

@@ -154,7 +154,7 @@ class UCSMethod(CellMethod):
         lut = None if self.paper else self.state.get("marker_lut")
         markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
         evidence = None
-        if self.cfg.expression_weight and not self.paper:
+        if self.cfg.expression_weight and self.state.get("gene_freq") is not None:
             evidence = expression_evidence(binned, priors, self.state["gene_freq"],
                                            self.cfg.background_sigma_um / self.bin_um)
             evidence = {k: self.cfg.expression_weight * v for k, v in evidence.items()}
