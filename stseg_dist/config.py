@@ -90,7 +90,8 @@ class UCSConfig:
     # Foreground training labels beyond the paper's (background only far from nuclei, which dense
     # tissue never reaches): "chip": gaps at or below the chip's own background density are
     # background, cytoplasm next to a nucleus clearly above it cell; "nuclei": the same against
-    # background_density times the nuclei's density; "paper": the published rule alone.
+    # background_density times the nuclei's density (also "chip"'s fallback where too few bins lie
+    # far from every nucleus to measure a background); "paper": the published rule alone.
     foreground_labels: str = "chip"
     background_density: float = 0.25
     background_sigma_um: float = 1.5  # smoothing of the counts for that rule

@@ -43,7 +43,7 @@ class Patch:
 def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 4,
                       density: float | None = None, sigma: float = 1.5, margin: int = 2,
                       ring: int = 3, kernel: np.ndarray | None = None,
-                      background: float | None = None) -> np.ndarray:
+                      background: tuple[float, float] | None = None) -> np.ndarray:
     """Nucleus bins 1; background 0; the rest ignored.
 
     Background is the paper's (outside the nuclei dilated by a 10x10 kernel ``iterations`` times,
@@ -53,11 +53,12 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
     nucleus are cell (smoothed count at least twice that), so the net also learns what cytoplasm
     looks like: its genes differ from the nucleus's, and nuclei alone leave it uncalibrated there.
 
-    With ``background`` (the chip's background density as expected transcripts per bin, see
-    method.background_density) the same two additions are calibrated against the chip itself
-    rather than against its nuclei: off the nuclei, a smoothed count at or below the background's
-    is background; within ``ring`` bins of a nucleus, one above it at p < 0.01 (Poisson, normal
-    approximation) is cell. Sparse tissue stays cell wherever it beats the chip's own background.
+    With ``background`` (two smoothed counts per bin from the chip's own background, see
+    method.chip_background) the same two additions are calibrated against the chip itself rather
+    than against its nuclei: off the nuclei, a smoothed count at most the first (the bulk of the
+    background) is background; within ``ring`` bins of a nucleus, one above the second (denser
+    than almost all background) is cell. Sparse tissue stays cell wherever it beats the chip's
+    own background.
     """
     pos = nuclei > 0
     kernel = np.ones((10, 10), bool) if kernel is None else kernel
@@ -74,10 +75,10 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
         near = ndi.binary_dilation(pos, iterations=ring)
         labels[near & (smooth >= 2 * density * level)] = 1
     if background is not None:
+        low, high = background
         smooth = ndi.gaussian_filter(counts.astype(np.float32), sigma, mode="reflect")
-        sd = np.sqrt(background / (4 * np.pi * sigma**2))  # of a Gaussian-weighted Poisson mean
-        labels[~ndi.binary_dilation(pos, iterations=margin) & (smooth <= background)] = 0
-        labels[ndi.binary_dilation(pos, iterations=ring) & (smooth > background + 2.33 * sd)] = 1
+        labels[~ndi.binary_dilation(pos, iterations=margin) & (smooth <= low)] = 0
+        labels[ndi.binary_dilation(pos, iterations=ring) & (smooth > high)] = 1
     labels[pos] = 1
     return labels
 
@@ -162,8 +163,10 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
         label_args["kernel"] = paper_kernel()
     elif cfg.foreground_labels == "nuclei":
         label_args["density"] = cfg.background_density
-    elif cfg.foreground_labels == "chip":
+    elif cfg.foreground_labels == "chip" and background is not None:
         label_args["background"] = background
+    elif cfg.foreground_labels in ("chip", "nuclei"):  # no background to measure: against the nuclei
+        label_args["density"] = cfg.background_density
     fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in patches]
     history: dict[str, list[float]] = {"foreground": [], "cell": []}
 
