@@ -369,15 +369,14 @@ def test_chip_densities_add_up_across_tiles_exactly(tmp_path):
         for t in make_grid(chip.shape_yx, chip.pixel_size_um, tile_um, halo_um, 16):
             r0, r1, c0, c1 = t.window
             data = load_tile_data(chip, t, genes, nuclei[r0:r1, c0:c1])[0]
-            out = out + density_counts(bin_tile(data, 1.0), data, 10.0, 1.5)
+            out = out + density_counts(bin_tile(data, 1.0), data, 10.0)
         return out
 
     one = total(10_000.0, 0.0)
-    assert one[1] > 0 and one[3] == 50  # two 5 x 5 µm nuclei on 1 µm bins
-    assert one[5:].sum() == one[1]  # every far bin in the histogram
+    assert one[1] > 0 and one[3] == 50 and one[4] == 120 * 160  # two 5 x 5 µm nuclei; all bins
     np.testing.assert_array_equal(total(16.0, 24.0), one)
     from stseg_dist.methods.ucs.method import chip_background
 
-    low, high = chip_background(one)
-    assert 0 < low <= high  # quantiles of the far bins
-    assert chip_background(np.concatenate([one[:4], [1e7], one[5:]])) is None  # too few far bins for the chip
+    low, high = chip_background(one, 1.5)
+    assert low == one[0] / one[1] < high
+    assert chip_background(np.concatenate([one[:4], [1e7]]), 1.5) is None  # too few far bins for the chip

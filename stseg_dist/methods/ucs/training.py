@@ -55,10 +55,9 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
 
     With ``background`` (two smoothed counts per bin from the chip's own background, see
     method.chip_background) the same two additions are calibrated against the chip itself rather
-    than against its nuclei: off the nuclei, a smoothed count at most the first (the bulk of the
-    background) is background; within ``ring`` bins of a nucleus, one above the second (denser
-    than almost all background) is cell. Sparse tissue stays cell wherever it beats the chip's
-    own background.
+    than against its nuclei: off the nuclei, a smoothed count at most the first (the background's
+    mean) is background; within ``ring`` bins of a nucleus, one above the second (p < 0.01 above
+    it) is cell. Sparse tissue stays cell wherever it beats the chip's own background.
     """
     pos = nuclei > 0
     kernel = np.ones((10, 10), bool) if kernel is None else kernel
