@@ -98,7 +98,7 @@ def test_cosmx_crop_through_embedded_ray_matches_local(tmp_path):
     """The same bundle through Ray workers gives the in-process result (cells and assignments)."""
     bundle = shared_data("cosmx_lung12_fov2")
     opts = ["--reader-option", "pixel_size_um=0.18", "--reader-option", 'image_offset_px={"x": 4800, "y_top": 3648}',
-            "--set", "tiling.tile_size_um=60"]
+            "--set", "tiling.tile_size_um=60", "--set", "cells.method=expansion"]  # the pipeline, not a method
     local = run_cli(bundle, tmp_path / "local", *opts)
     rc = main(["run", "--input", str(bundle), "--out", str(tmp_path / "ray"), "--no-progress", *opts])
     assert rc == 0
