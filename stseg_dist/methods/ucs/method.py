@@ -91,17 +91,22 @@ class UCSMethod(CellMethod):
             hvg = _hvg_from_stats(stats, n_genes, self.cfg.n_hvg)
         keep = hvg_filter(hvg, region_um)
 
-        def sample(data: TileData):
-            return _patches_for(bin_tile(data, bin_um, keep), data, chosen, size, marker_types)
+        far_um, paper = self.config.cells.cell_diameter_um, self.paper
 
-        patches = [p for ps in ctx.map_tiles(sample, tiles) for p in ps]
-        background = nuclear = None
+        def sample(data: TileData):
+            """Training patches, and (ours) the chip-wide densities and gene counts, in one read."""
+            patches = _patches_for(bin_tile(data, bin_um, keep), data, chosen, size, marker_types)
+            if paper:
+                return patches, None, None
+            own = data.transcripts.gene[data.transcripts.in_core]
+            return patches, density_counts(bin_tile(data, bin_um), data, far_um), np.bincount(own, minlength=n_genes)
+
+        results = ctx.map_tiles(sample, tiles)
+        patches = [p for ps, _, _ in results for p in ps]
+        background = nuclear = per_gene = None
         if not self.paper:
-            far_um = self.config.cells.cell_diameter_um
-            counts = np.sum(ctx.map_tiles(lambda data: density_counts(bin_tile(data, bin_um), data, far_um), tiles),
-                            axis=0)
-            per_gene = np.sum(ctx.map_tiles(lambda data: np.bincount(data.transcripts.gene[data.transcripts.in_core],
-                                                                      minlength=n_genes), tiles), axis=0)
+            counts = np.sum([c for _, c, _ in results], axis=0)
+            per_gene = np.sum([g for _, _, g in results], axis=0)
             background = chip_background(counts, self.cfg.background_sigma_um / bin_um)
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
             log.info(f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
