@@ -1,16 +1,18 @@
 """``stseg bench --methods``: cell methods side by side on the same chips, scored the same way.
 
-    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--real ../shared/data]
+    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--hard] [--real ../shared/data]
 
 Every method runs through the real pipeline (same nuclei, tiling and stitching) on:
 
 - generated chips with ground truth (with a membrane channel, so stain-based methods have one):
   cell F1 matched at IoU >= 0.5, fraction of transcripts in their true cell, and recall of the
   cells whose nucleus is invisible in the stain;
-- the real CosMx and MERSCOPE crops of ``--real`` (vendor bundles read by our readers, nuclei
-  derived from the DAPI): cell F1 at IoU >= 0.5 against the vendor cells, and against the
-  per-transcript vendor cell IDs, the fraction of pairs of transcripts put together or apart as
-  the vendor does (ARI);
+- every shared real crop of ``--real`` with a reference (REAL_CROPS: vendor bundles read by our
+  readers, the same nuclei for every method): cell F1 at IoU >= 0.5 against a reference mask,
+  ARI against a per-transcript reference, and everywhere the reference-free MECR,
+  nucleus-cytoplasm r and assigned share (the vendor's own MECR and assigned share beside them).
+  Crops whose reference is a nucleus expansion or nucleus-sized are marked: F1/ARI against them
+  favour that shape, so MECR and the assigned share judge methods there;
 
 plus the wall seconds and transcripts/s of each run. A method that cannot run on a chip (a
 membrane method on a chip with no membrane stain) is reported as not applicable. Figures are printed as one table and
