@@ -185,7 +185,9 @@ class RayExecutor:
                         if self.fail_fast:
                             for r in pending:
                                 ray.cancel(r, force=True)
-                            raise cause from exc if cause is not exc else exc
+                            if cause is exc:
+                                raise
+                            raise cause from exc
                         outcomes[i] = Outcome(items[i], error=cause)
                     bar.update(1)
         finally:
