@@ -8,6 +8,7 @@ grid, so memory follows the number of transcripts, not the size of the panel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -40,6 +41,12 @@ class BinnedTile:
     scale: float  # bins per image pixel
     origin: tuple[int, int]  # global bin index of the window's first bin
     pixel_origin: tuple[int, int]  # global pixel of the window's first pixel
+
+    @cached_property
+    def by_row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, genes) sorted by row then column, so a band of rows is one searchsorted slice."""
+        order = np.lexsort((self.cols, self.rows))
+        return self.rows[order], self.cols[order], self.genes[order]
 
     def counts(self) -> np.ndarray:
         """Total transcripts per bin."""

@@ -78,8 +78,7 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     m = model.foreground.receptive_radius + 1
     fg = np.zeros((h, w), np.float32)
     reduced = torch.zeros((1, model.cell.channels, h, w), device=device)
-    order = np.lexsort((binned.cols, binned.rows))
-    rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    rows, cols, genes = binned.by_row
     t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
     tiles = [(r0, min(h, r0 + patch), c0, min(w, c0 + patch)) for r0 in range(0, h, patch) for c0 in range(0, w, patch)]
     with torch.no_grad():
@@ -175,19 +174,17 @@ def expression_evidence(binned: BinnedTile, priors: list[CellPrior], gene_freq: 
     base = np.log(gene_freq)
     nuc = binned.nuclei[binned.rows, binned.cols] if len(binned.rows) else np.zeros(0, np.int64)
     inside = nuc > 0
+    # (cell, gene) pairs of the nuclear transcripts, sorted by cell: each cell's genes are one slice
     pairs, counts = np.unique(np.stack([nuc[inside], binned.genes[inside]]), axis=1, return_counts=True)
-    cell_of = {int(c): i for i, c in enumerate(np.unique(pairs[0]))} if pairs.size else {}
-    order = np.lexsort((binned.cols, binned.rows))
-    rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    rows, cols, genes = binned.by_row
     out = {}
     for p in priors:
         r0, r1, c0, c1 = p.box
         grid = np.zeros((r1 - r0, c1 - c0), np.float32)
-        k = cell_of.get(p.cell_id)
-        if k is not None:
-            own = pairs[0] == p.cell_id
+        a, b = np.searchsorted(pairs[0], [p.cell_id, p.cell_id + 1])
+        if b > a:
             n = np.zeros(n_genes)
-            n[pairs[1][own]] = counts[own]
+            n[pairs[1][a:b]] = counts[a:b]
             lr = np.log((n + alpha * gene_freq) / (n.sum() + alpha)) - base
             lo, hi = np.searchsorted(rows, [r0, r1])
             sel = (cols[lo:hi] >= c0) & (cols[lo:hi] < c1)

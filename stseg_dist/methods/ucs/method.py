@@ -95,11 +95,13 @@ class UCSMethod(CellMethod):
 
         def sample(data: TileData):
             """Training patches, and (ours) the chip-wide densities and gene counts, in one read."""
-            patches = _patches_for(bin_tile(data, bin_um, keep), data, chosen, size, marker_types)
+            binned = bin_tile(data, bin_um, keep)
+            patches = _patches_for(binned, data, chosen, size, marker_types)
             if paper:
                 return patches, None, None
+            every_gene = binned if keep is None else bin_tile(data, bin_um)  # densities count every gene
             own = data.transcripts.gene[data.transcripts.in_core]
-            return patches, density_counts(bin_tile(data, bin_um), data, far_um), np.bincount(own, minlength=n_genes)
+            return patches, density_counts(every_gene, data, far_um), np.bincount(own, minlength=n_genes)
 
         results = ctx.map_tiles(sample, tiles)
         patches = [p for ps, _, _ in results for p in ps]
@@ -223,8 +225,7 @@ def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_t
     out = []
     half = size // 2
     h, w = binned.shape
-    order = np.lexsort((binned.cols, binned.rows))
-    rows, cols, genes = binned.rows[order], binned.cols[order], binned.genes[order]
+    rows, cols, genes = binned.by_row
     for cid, (cy, cx) in zip(ids, coms):
         gr, gc = int(cy) + wr0, int(cx) + wc0
         if not data.tile.core_contains(np.array([gr]), np.array([gc]))[0]:

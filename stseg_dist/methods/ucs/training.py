@@ -140,7 +140,7 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, device: str | None = N
 
 
 def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: float = 1.0, markers: bool = False,
-           bin_um: float = 1.0, background: float | None = None, log=None) -> dict:
+           bin_um: float = 1.0, background: tuple[float, float] | None = None, log=None) -> dict:
     import torch
     from torch import nn
 
@@ -160,11 +160,9 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
     label_args = {"iterations": cfg.background_dilation, "sigma": cfg.background_sigma_um / bin_um}
     if paper:
         label_args["kernel"] = paper_kernel()
-    elif cfg.foreground_labels == "nuclei":
-        label_args["density"] = cfg.background_density
     elif cfg.foreground_labels == "chip" and background is not None:
         label_args["background"] = background
-    elif cfg.foreground_labels in ("chip", "nuclei"):  # no background to measure: against the nuclei
+    elif cfg.foreground_labels != "paper":  # "nuclei", or "chip" with no background to measure
         label_args["density"] = cfg.background_density
     fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in patches]
     history: dict[str, list[float]] = {"foreground": [], "cell": []}
