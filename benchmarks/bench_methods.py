@@ -3,7 +3,7 @@
     python benchmarks/bench_methods.py --size-um 600 --seeds 0 1 --methods expansion ucs
     python benchmarks/bench_methods.py --methods membrane --membrane-shift 7 -5
 
-The harness is ``stseg bench -- --methods`` (stseg_dist/comparison.py); this script runs it on
+The harness is ``stseg bench -- --methods`` (stseg_dist/bench/comparison.py); this script runs it on
 generated chips only unless ``--real`` is given. Every option of that command applies.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from stseg_dist.comparison import main
+from stseg_dist.bench.comparison import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -4,7 +4,7 @@ method, measured by the same scorer as ``stseg bench --methods``)."""
 
 import pytest
 
-from stseg_dist.comparison import real_datasets, run_method
+from stseg_dist.bench.comparison import real_datasets, run_method
 from tests.conftest import shared_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from stseg_dist.comparison import missing_cell_recall
+from stseg_dist.bench.comparison import missing_cell_recall
 from stseg_dist.synth import synth_chip
 from tests.conftest import one_tile_vs_many
 

@@ -1,7 +1,7 @@
 """``stseg bench``: throughput and memory of the whole pipeline on generated chips.
 
     stseg bench -- --sizes-um 1000 3000 [--workers 1 2 4] [--method ucs] [--json out.json]
-    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side: comparison.py)
+    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side: bench/comparison.py)
     stseg bench -- --exports [--size-um 1500]    (SpatialData / Xenium Explorer export time and memory)
 
 For each chip size: wall seconds per stage, transcripts/s and cells/s, peak RSS of the driver
@@ -72,7 +72,7 @@ class RSSSampler:
 
 def run_once(chip: str, out: str, config, *, local: bool, workers: int | None = None) -> dict:
     """One timed pipeline run; Ray is started with ``workers`` CPUs unless ``local``."""
-    from .driver import run_pipeline
+    from ..driver import run_pipeline
 
     if not local:
         import ray
@@ -106,8 +106,8 @@ def run_bench(sizes_um=(1000.0,), workers=(None,), *, method: str = "expansion",
     Each Ray row carries ``ray_over_single_process`` (Ray seconds / single-process seconds) when
     ``local``. ``echo`` receives one human-readable line per run.
     """
-    from .config import load_config, parse_set
-    from .synth import synth_chip
+    from ..config import load_config, parse_set
+    from ..synth import synth_chip
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = load_config(overrides=parse_set([f"cells.method={method}", f"tiling.tile_size_um={tile_um}",
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
 
         return compare_main(argv)
     if "--exports" in (argv if argv is not None else sys.argv[1:]):
-        from .export.bench import main as exports_main
+        from ..export.bench import main as exports_main
 
         return exports_main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--exports"])
     p = argparse.ArgumentParser(prog="stseg bench", description=__doc__,

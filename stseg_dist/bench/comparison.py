@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import constants as C
+from .. import constants as C
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0
     """Generated chips with a membrane stain, optionally offset by ``membrane_shift`` (dy, dx) px
     as if imaged in a second round (what ``membrane`` registration must undo); ``hard``: the
     generator's real-tissue preset (synth.HARD)."""
-    from .synth import HARD, synth_chip
+    from ..synth import HARD, synth_chip
 
     out = []
     for seed in seeds:
@@ -98,7 +98,7 @@ def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0
         if any(membrane_shift):
             import zarr
 
-            from .methods.membrane.registration import apply_offset
+            from ..methods.membrane.registration import apply_offset
 
             image = zarr.open_array(f"{chip}/image.zarr", mode="r+")
             image[1] = apply_offset(image[1], tuple(membrane_shift), fill=100)
@@ -110,8 +110,8 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
     """Convert each shared crop with a reference into a chip (``names``: a subset of REAL_CROPS)."""
     import pyarrow.parquet as pq
 
-    from .io.bundles import convert_bundle, pipeline_hints
-    from .io.storage import exists
+    from ..io.bundles import convert_bundle, pipeline_hints
+    from ..io.storage import exists
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     out = []
@@ -138,8 +138,8 @@ def missing_cell_recall(chip: str, out: str) -> float:
     """Of the true cells with no visible nucleus, the fraction matched by a predicted cell (IoU >= 0.5)."""
     import zarr
 
-    from .evaluation.metrics import contingency, iou_matrix
-    from .synth import TRUTH_CELLS_PARQUET
+    from ..evaluation.metrics import contingency, iou_matrix
+    from ..synth import TRUTH_CELLS_PARQUET
 
     cells = pd.read_parquet(f"{chip}/{TRUTH_CELLS_PARQUET}")
     missing = cells.cell_id[~cells.has_visible_nucleus].to_numpy()
@@ -166,8 +166,8 @@ def score(ds: Dataset, out: str) -> dict:
     """Truth metrics on generated chips; on real crops cell F1 (vendor mask), ARI (vendor cell
     per transcript), and everywhere the reference-free MECR, nucleus-cytoplasm r and assigned share
     (with the vendor's own MECR and assigned share on the same gene pairs)."""
-    from .evaluation.evaluate import evaluate
-    from .evaluation.metrics import adjusted_rand_index, mecr
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.metrics import adjusted_rand_index, mecr
 
     if ds.reference is None and ds.vendor_column is None:
         m = evaluate(out, ds.chip)
@@ -194,8 +194,8 @@ def _free(m: dict) -> dict:
 
 
 def run_method(ds: Dataset, method: str, out: str, overrides: list[str], local: bool) -> dict:
-    from .config import load_config, parse_set
-    from .driver import run_pipeline
+    from ..config import load_config, parse_set
+    from ..driver import run_pipeline
 
     cfg = load_config(ds.config, overrides=parse_set([f"cells.method={method}", "runtime.progress=false",
                                                       *ds.overrides, *overrides]), use_env=False)
@@ -210,7 +210,7 @@ def run_method(ds: Dataset, method: str, out: str, overrides: list[str], local: 
 def compare_methods(methods, datasets: list[Dataset], workdir: str, overrides=(), *, local: bool = True,
                     echo=print) -> list[dict]:
     """Run every method on every dataset; one row each, echoed as it finishes."""
-    from .errors import InputError
+    from ..errors import InputError
 
     rows = []
     for ds in datasets:
