@@ -225,16 +225,13 @@ def _kernel(ctx, _worker, job: BoundaryJob) -> dict:
 def write_boundaries(ex, ctx, ids: np.ndarray, sums: dict, staging_url: str) -> list[dict]:
     """Vectorise every cell and nucleus of the run per tile (skipping tiles done before a
     resume) and write both GeoParquet files into ``staging_url``; returns failed tiles."""
-    from .executor import StageResources
+    from .executor import stage_resources
 
     so = ctx.work.so
     jobs = owner_jobs(ctx.grid, ids, sums["area"], sums["sum_r"], sums["sum_c"])
     done = set.intersection(*(ctx.work.done(ctx.stage(s), "parquet") for s in STAGES.values()))
     todo = [j for j in jobs if j.index not in done]
-    res = ctx.config.resources.scan
-    outs = ex.map(_kernel, ctx, todo, desc="boundaries",
-                  resources=StageResources(num_cpus=res.num_cpus,
-                                           memory_bytes=int(res.memory_gb * 2**30) if res.memory_gb else None))
+    outs = ex.map(_kernel, ctx, todo, desc="boundaries", resources=stage_resources(ctx.config.resources.scan))
     failed = [{"stage": "boundaries", "tile": o.item.index, "error": f"{type(o.error).__name__}: {o.error}"}
               for o in outs if o.error is not None]
     meta = {"units": "um", "pixel_size_um": ctx.chip.pixel_size_um, "origin_um": list(ctx.chip.origin_um)}

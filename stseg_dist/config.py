@@ -23,8 +23,12 @@ class TilingConfig:
     """Tile grid: a core that owns pixels and transcripts, plus a halo of context."""
 
     tile_size_um: float = 500.0
-    halo_um: float | None = None  # None: derived from the cell diameter (see halo_for)
+    halo_um: float | None = None  # None: derived from the method's reach (tiling.halo_um)
     chunk_px: int = 256  # output zarr chunk; tile cores are whole multiples of it
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _positive(self, key, "tile_size_um", "chunk_px")
+        _require(self.halo_um is None or self.halo_um >= 0, f"{key}.halo_um must not be negative, got {self.halo_um}")
 
 
 @dataclass
@@ -36,12 +40,14 @@ class ClassicalNucleiConfig:
     footprint_um: float = 4.0
     background_um: float | None = None  # white top-hat width (~2 nucleus diameters); None: off
 
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        bg = self.background_um
+        _require(bg is None or bg > 0, f"{key}.background_um must be positive or null, got {bg}")
+
 
 @dataclass
 class CellposeConfig:
     model: str = "cpsam"  # a built-in name, a local path, or an fsspec URL
-    num_gpus: float = 1.0
-    num_actors: int = 1
     batch_size: int = 8
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
@@ -61,6 +67,9 @@ class NucleiConfig:
 @dataclass
 class ExpansionConfig:
     distance_um: float = 5.0
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _require(self.distance_um >= 0, f"{key}.distance_um must not be negative, got {self.distance_um}")
 
 
 @dataclass
@@ -111,9 +120,25 @@ class UCSConfig:
     # nuclei.diameter_um) / 2 + 2 µm (a typical cytoplasm and some slack).
     growth_um: float | None = None
     markers: str | None = None  # table of cell types and marker genes
-    num_gpus: float = 0.5
-    num_actors: int = 1
     seed: int = 0
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _require(self.patch_px >= 8, f"{key}.patch_px must be at least 8 bins, got {self.patch_px}")
+        _require(self.growth_um is None or self.growth_um > 0,
+                 f"{key}.growth_um must be positive or null, got {self.growth_um}")
+        _positive(self, key, "tau")
+        _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")
+        _in_range(self, key, "foreground_threshold", "[0, 1)")
+        _require(self.expression_weight >= 0,
+                 f"{key}.expression_weight must not be negative, got {self.expression_weight}")
+        _in_range(self, key, "missing_cell_density", "[0, 1]")
+        _in_range(self, key, "missing_cell_threshold", "(0, 1]")
+        _one_of(self, key, "foreground_labels", ("paper", "nuclei", "chip"))
+        _in_range(self, key, "background_density", "(0, 1)")
+        _positive(self, key, "background_sigma_um")
+        _one_of(self, key, "variant", ("paper", "stseg"))
+        _require(min(self.epochs, self.batch_size, self.n_train_patches) >= 1,
+                 f"{key}.epochs, batch_size and n_train_patches must be at least 1")
 
 
 @dataclass
@@ -130,9 +155,14 @@ class GeneSegNetConfig:
     lr: float = 2e-3
     width: int = 16  # channels of the U-Net's first level
     prob_threshold: float = 0.5
-    num_gpus: float = 0.5
-    num_actors: int = 1
     seed: int = 0
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _positive(self, key, "bin_um", "rna_sigma_um", "lr")
+        _require(self.init_expand_um >= 0, f"{key}.init_expand_um must be zero or more, got {self.init_expand_um}")
+        _at_least_one(self, key, "epochs", "max_rounds", "n_train_patches", "batch_size", "width")
+        _in_range(self, key, "agree_iou", "(0, 1]")
+        _in_range(self, key, "prob_threshold", "(0, 1)")
 
 
 @dataclass
@@ -155,8 +185,23 @@ class MembraneConfig:
     cellprob_threshold: float = 0.0
     batch_size: int = 8
     storage_options: dict = field(default_factory=dict)
-    num_gpus: float = 1.0
-    num_actors: int = 1
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _one_of(self, key, "backend", ("classical", "cellpose"))
+        _require(self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}")
+        _require(self.channel != root.nuclei.channel,
+                 f"{key}.channel {self.channel} is the nuclear stain channel (nuclei.channel)")
+        _positive(self, key, "max_distance_um")
+        for name in ("sigma_um", "ridge_um"):
+            _require(getattr(self, name) >= 0, f"{key}.{name} must be positive, got {getattr(self, name)}")
+        _require(self.max_shift_um >= 0, f"{key}.max_shift_um must be >= 0, got {self.max_shift_um}")
+        _at_least_one(self, key, "register_downsample", "register_max_regions")
+        _require(self.register_patch_px >= 8, f"{key}.register_patch_px must be >= 8, got {self.register_patch_px}")
+        _one_of(self, key, "register_normalization", ("none", "phase"))
+        d = self.diameters_um
+        _require(isinstance(d, list) and bool(d) and all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0 for v in d),
+            f"{key}.diameters_um must be a non-empty list of positive numbers, got {d!r}")
 
 
 @dataclass
@@ -177,9 +222,23 @@ class SSLCSTConfig:
     batch_size: int = 64  # small batches: the direction head needs steps more than samples
     lr: float = 3e-3
     augment: bool = True  # turn batches by the square's symmetries (directions turned with them)
-    num_gpus: float = 0.5
-    num_actors: int = 1
     seed: int = 0
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")
+        _require(self.neighbourhood >= 3 and self.neighbourhood % 2 == 1,
+                 f"{key}.neighbourhood must be an odd number of spots >= 3, got {self.neighbourhood}")
+        _require(self.n_directions >= 4 and self.n_directions % 4 == 0,
+                 f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto classes), "
+                 f"got {self.n_directions}")
+        _require(self.erosion_bins >= 0, f"{key}.erosion_bins must be >= 0, got {self.erosion_bins}")
+        _positive(self, key, "neg_distance_um", "d0_um", "lr")
+        _in_range(self, key, "in_threshold", "(0, 1)")
+        _at_least_one(self, key, "n_genes", "epochs", "n_train_spots", "batch_size", "d_model", "heads")
+        _require(self.d_model % self.heads == 0,
+                 f"{key}.d_model ({self.d_model}) must be a multiple of {key}.heads ({self.heads})")
+        _require(self.max_steps is None or self.max_steps >= 1,
+                 f"{key}.max_steps must be at least 1, got {self.max_steps}")
 
 
 @dataclass
@@ -195,9 +254,19 @@ class CellsConfig:
 
 @dataclass
 class StageResources:
+    """How one stage runs on Ray; ``None`` keeps what the stage's backend or method declares
+    (``compute()``: e.g. Cellpose and UCS ask for an actor pool holding GPUs)."""
+
     num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_gpus: float | None = None  # per task or actor; used only where the cluster has GPUs
     memory_gb: float | None = None
+    actors: int | None = None  # 0: Ray tasks; N: a pool of N actors that load their model once
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _positive(self, key, "num_cpus")
+        _require(self.num_gpus is None or self.num_gpus >= 0, f"{key}.num_gpus must be >= 0, got {self.num_gpus}")
+        _require(self.memory_gb is None or self.memory_gb > 0, f"{key}.memory_gb must be positive, got {self.memory_gb}")
+        _require(self.actors is None or self.actors >= 0, f"{key}.actors must be >= 0, got {self.actors}")
 
 
 @dataclass
@@ -206,6 +275,10 @@ class ResourcesConfig:
     cells: StageResources = field(default_factory=StageResources)
     scan: StageResources = field(default_factory=StageResources)
 
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        for name in ("nuclei", "cells", "scan"):
+            getattr(self, name).validate(f"{key}.{name}", root)
+
 
 @dataclass
 class RuntimeConfig:
@@ -213,7 +286,11 @@ class RuntimeConfig:
     max_retries: int = 3
     progress: bool = True
     fail_fast: bool = False
-    seed: int = 0
+
+    def validate(self, key: str, root: "PipelineConfig") -> None:
+        _require(self.max_in_flight is None or self.max_in_flight >= 1,
+                 f"{key}.max_in_flight must be at least 1, got {self.max_in_flight}")
+        _require(self.max_retries >= 0, f"{key}.max_retries must be >= 0, got {self.max_retries}")
 
 
 @dataclass
@@ -224,15 +301,67 @@ class PipelineConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def halo_um(self) -> float:
-        """Halo wide enough that a core pixel's cell, and the nuclei it grows from, are seen whole."""
-        if self.tiling.halo_um is not None:
-            return float(self.tiling.halo_um)
-        reach = max(self.cells.cell_diameter_um, self.cells.expansion.distance_um * 2)
-        return 2.0 * reach + self.nuclei.diameter_um
+    def validate(self) -> "PipelineConfig":
+        """Check the values of every section this run uses (ranges, choices); errors name the key.
+
+        Unknown keys and wrong types are refused earlier, when the config is built; a section of
+        a method or backend that is not selected is checked only when it is.
+        """
+        for name in ("tiling", "resources", "runtime"):
+            getattr(self, name).validate(name, self)
+        validate_section(self, f"nuclei.{self.nuclei.backend}")
+        validate_section(self, f"cells.{self.cells.method}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def validate_section(root: PipelineConfig, key: str) -> None:
+    """Validate the section at dotted ``key`` (e.g. ``cells.ucs``) if it exists and has rules;
+    a plugin's name (``module:Class``) or a section without rules passes."""
+    node: Any = root
+    for part in key.split("."):
+        node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
+    if dataclasses.is_dataclass(node) and hasattr(node, "validate"):
+        node.validate(key, root)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive(section: Any, key: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value > 0, f"{key}.{name} must be positive, got {value}")
+
+
+def _at_least_one(section: Any, key: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value >= 1, f"{key}.{name} must be at least 1, got {value}")
+
+
+def _in_range(section: Any, key: str, name: str, interval: str) -> None:
+    """``interval`` in mathematical notation, e.g. ``(0, 1]``."""
+    value = getattr(section, name)
+    lo, hi = (float(v) for v in interval[1:-1].split(","))
+    ok = (lo < value if interval[0] == "(" else lo <= value) and (value < hi if interval[-1] == ")" else value <= hi)
+    _require(ok, f"{key}.{name} must be in {interval}, got {value}")
+
+
+def _one_of(section: Any, key: str, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(section, name)
+    _require(value in choices, f"{key}.{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+#: Settings that moved, named in the error a config using the old key gets.
+MOVED = {
+    "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or resources.cells.num_gpus",
+    "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or resources.cells.actors",
+}
 
 
 def _shown(key: str, value: Any) -> str:
@@ -282,9 +411,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"'{prefix}'" if prefix else "the top level"
+        moved = [MOVED[k] for k in unknown if k in MOVED and not prefix.startswith("resources")]
         raise ConfigError(
             f"unknown config key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
-            f"known keys: {', '.join(sorted(names))}"
+            f"known keys: {', '.join(sorted(names))}" + "".join(f"; {m}" for m in moved)
         )
     kwargs = {}
     for name, value in data.items():

@@ -1,8 +1,11 @@
-"""Thin adapters that run tile kernels: on Ray (tasks or actors, throttled) or in-process.
+"""Run tile kernels on Ray (tasks or actor pools, throttled, retried) or in-process.
 
 Kernels have the form ``fn(shared, worker, item)``: ``shared`` is the run context (shipped once
 through the object store), ``worker`` is built once per task or once per actor by ``factory``
-(that is where a model is loaded), ``item`` is one tile.
+(that is where a model is loaded), ``item`` is one tile. How a stage runs is one
+:class:`StageResources`, resolved by :func:`stage_resources` from what its plugin declares
+(:class:`~stseg_dist.lifecycle.Compute`) and the run's ``resources.<stage>`` section. Training
+that wants a GPU reaches one through :func:`train_where_gpu`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
+
+from .lifecycle import Compute
 
 log = logging.getLogger(__name__)
 _POOL_IDS = itertools.count()
@@ -44,16 +49,48 @@ class FailFast(RuntimeError):
 
 @dataclass
 class StageResources:
+    """What one stage asks of Ray: tasks (``n_actors == 0``) or a pool of ``n_actors`` actors."""
+
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_bytes: int | None = None
-    n_actors: int = 1
+    n_actors: int = 0
 
     def options(self) -> dict:
         opts: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.memory_bytes:
             opts["memory"] = int(self.memory_bytes)
         return opts
+
+
+def stage_resources(section, declared: Compute = Compute(), has_gpu: bool = True) -> StageResources:
+    """A stage's resources: its ``resources.<stage>`` config section over what its plugin declared;
+    GPUs only where the cluster has some (a GPU request on a CPU cluster would never schedule)."""
+    gpus = declared.num_gpus if section.num_gpus is None else section.num_gpus
+    return StageResources(
+        num_cpus=section.num_cpus,
+        num_gpus=float(gpus) if has_gpu else 0.0,
+        memory_bytes=int(section.memory_gb * 2**30) if section.memory_gb else None,
+        n_actors=declared.actors if section.actors is None else section.actors,
+    )
+
+
+def train_where_gpu(train, num_gpus: float):
+    """``train`` itself, or, when Ray runs with a GPU and the stage asks for GPUs, ``train``
+    wrapped to run in a Ray task holding one (weights come back through the object store)."""
+    if "ray" not in sys.modules:
+        return train
+    import ray
+
+    if not (ray.is_initialized() and num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0):
+        return train
+
+    def remote(*args, **kwargs):
+        kwargs.pop("log", None)  # a driver-side logger does not travel to the task
+        task = ray.remote(train).options(num_gpus=1, max_retries=2)
+        return ray.get(task.remote(*args, **kwargs))
+
+    return remote
 
 
 class LocalExecutor:
@@ -70,7 +107,8 @@ class LocalExecutor:
         return False
 
     def map(self, fn: Kernel, shared: Any, items: Sequence, *, desc: str = "", factory: Factory | None = None,
-            resources: StageResources | None = None, actors: bool = False) -> list[Outcome]:
+            resources: StageResources | None = None) -> list[Outcome]:
+        actors = bool(resources and resources.n_actors)
         worker = factory(shared) if (factory and actors) else None
         out = []
         for item in tqdm(items, desc=desc, disable=not self.progress):
@@ -135,17 +173,17 @@ class RayExecutor:
         return self.ray.cluster_resources().get("GPU", 0) > 0
 
     def map(self, fn: Kernel, shared: Any, items: Sequence, *, desc: str = "", factory: Factory | None = None,
-            resources: StageResources | None = None, actors: bool = False) -> list[Outcome]:
+            resources: StageResources | None = None) -> list[Outcome]:
         ray = self.ray
         resources = resources or StageResources()
+        actors = resources.n_actors > 0
         shared_ref = ray.put(shared)
         if actors:
             cls = ray.remote(_TileActor)
             opts = dict(resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries)
             tag = f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
             box = [shared_ref]  # nested, so Ray hands the ref itself to the actor (fetched once)
-            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory)
-                    for i in range(max(1, resources.n_actors))]
+            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory) for i in range(resources.n_actors)]
             ray.get([a.ready.remote(box) for a in pool])
             per_actor = max(1, self.max_in_flight // len(pool))
             submit_count = [0]

@@ -1,7 +1,11 @@
-"""Pure tile kernels, one per pass. They run the same in a Ray task, a Ray actor or in-process.
+"""The tile kernels of every pass, in the one form the executor runs: ``kernel(ctx, worker, item)``.
 
-Each kernel reads its own slice of the chip, writes its result under the run's work dir
-(atomically: a file that exists is a finished tile), and returns only small summaries.
+``ctx`` is the :class:`RunContext` (shipped once), ``worker`` what a factory here built for the
+task or actor (a loaded nuclei backend or cell method, see :func:`load_backend` and
+:func:`load_method`), ``item`` one tile (or a batch of row groups for the scan). They run the same
+in a Ray task, a Ray actor or in-process. They are not pure: each reads its own slice of the chip,
+writes its result under the run's work dir (atomically: a file that exists is a finished tile) or
+into the labels zarr (its own core's chunks), and returns only small summaries.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from .config import PipelineConfig
 from .io import storage
 from .io.chip import Chip
 from .io.transcripts import ROW
-from .methods.base import CellMethod, TileData
-from .nuclei.base import NucleiBackend
-from .nuclei.classical import enhance, tile_histogram
+from .methods import CellMethod, get_method
+from .nuclei import NucleiBackend, get_backend
+from .scan import scan_row_groups
 from .stitching import OwnedObjects, owned_objects, paint_window
-from .tiledata import load_tile_data
+from .stitching.ownership import _empty
+from .tiledata import TileData, load_tile_data
 from .tiling import Tile, TileGrid
 from .workdir import WorkDir
 
@@ -44,7 +49,7 @@ class RunContext:
     labels_url: str = ""
     nuclei_tables: list[np.ndarray] | None = None
     seed_tables: list[np.ndarray] | None = None
-    nuclei_stats: dict = field(default_factory=dict)  # e.g. the chip-wide threshold
+    nuclei_state: object = None  # what NucleiBackend.prepare returned (e.g. the chip-wide threshold)
     method_state: object = None  # what CellMethod.prepare returned (e.g. trained weights)
     ids_digest: str = ""  # fingerprint of the global IDs; cell-pass checkpoints are keyed by it
 
@@ -52,12 +57,37 @@ class RunContext:
         return f"{name}-{self.ids_digest}" if self.ids_digest else name
 
 
-# -- pass 0: chip-wide intensity histogram (classical nuclei threshold) ------------------------
-def histogram_tile(ctx: RunContext, tile: Tile, vmax: float) -> np.ndarray:
-    rows, cols = tile.window_slices
-    image = ctx.chip.read_image(rows, cols, ctx.config.nuclei.channel)
-    core = enhance(image, ctx.config.nuclei.classical, ctx.chip.pixel_size_um)[tile.core_in_window]
-    return tile_histogram(core, vmax)
+# -- factories: one loaded plugin per task or actor --------------------------------------------
+def load_backend(ctx: RunContext) -> NucleiBackend:
+    backend = get_backend(ctx.config.nuclei.backend, ctx.config, ctx.chip)
+    backend.load(ctx.nuclei_state)
+    return backend
+
+
+def load_method(ctx: RunContext) -> CellMethod:
+    method = get_method(ctx.config.cells.method, ctx.config, ctx.chip.meta.platform)
+    method.load(ctx.method_state)
+    return method
+
+
+# -- scan: validate transcripts, gene vocabulary (writes nothing) -------------------------------
+def scan_batch(shared: tuple[Chip, float], _worker, groups: list[int]):
+    chip, tolerance_um = shared
+    return scan_row_groups(chip.transcripts, groups, chip.extent_um(), tolerance_um)
+
+
+# -- prepare: a plugin's chip-wide work reaches tiles through these ------------------------------
+def apply_to_tile(ctx: RunContext, _worker, job: tuple) -> object:
+    """``fn(tile)``, for a nuclei backend's prepare (it reads its own window)."""
+    fn, index = job
+    return fn(ctx.grid[index])
+
+
+def apply_to_tile_data(ctx: RunContext, _worker, job: tuple) -> object:
+    """``fn(TileData)``, for a cell method's prepare (global nuclei painted in)."""
+    fn, index = job
+    data, _ = tile_data(ctx, ctx.grid[index])
+    return fn(data)
 
 
 # -- pass 1: nuclei --------------------------------------------------------------------------
@@ -75,8 +105,6 @@ def load_owned(work: WorkDir, stage: str, index: int) -> OwnedObjects:
     try:
         return OwnedObjects.from_npz(work.load_npz(stage, index))
     except FileNotFoundError:
-        from .stitching.ownership import _empty
-
         return _empty(index)
 
 
@@ -85,8 +113,9 @@ def load_moments(work: WorkDir, stage: str, index: int) -> tuple[np.ndarray, np.
     return o.area, o.sum_r, o.sum_c
 
 
-def painted(ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile) -> np.ndarray:
-    """Global labels of one stage's owned objects over the tile window, from all neighbours."""
+def paint_global_labels(ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile) -> np.ndarray:
+    """The global IDs of one stage's objects (nuclei or seeds) painted over the tile's window,
+    from every neighbour that owns some."""
     parts = []
     for other in ctx.grid.neighbours(tile):
         obj = load_owned(ctx.work, stage, other.index)
@@ -95,8 +124,8 @@ def painted(ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile) -
 
 
 def tile_data(ctx: RunContext, tile: Tile, with_image: bool = True) -> tuple[TileData, pa.Table]:
-    nuclei = painted(ctx, NUCLEI, ctx.nuclei_tables, tile)
-    seeds = painted(ctx, SEEDS, ctx.seed_tables, tile) if ctx.seed_tables is not None else None
+    nuclei = paint_global_labels(ctx, NUCLEI, ctx.nuclei_tables, tile)
+    seeds = paint_global_labels(ctx, SEEDS, ctx.seed_tables, tile) if ctx.seed_tables is not None else None
     return load_tile_data(ctx.chip, tile, ctx.genes, nuclei, seeds, with_image)
 
 
@@ -132,18 +161,8 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     tx = data.transcripts
     own = tx.in_core
     cell_id, in_nucleus = assign(tx.row[own], tx.col[own], cells, data.nuclei)
-    out = table.filter(pa.array(own))
-    if K.TRANSCRIPT_ID not in out.column_names:
-        out = out.append_column(K.TRANSCRIPT_ID, out.column(ROW))
-    rows = out.column(ROW)
-    out = out.drop_columns([ROW])
-    for name in (K.INPUT_ROW, K.CELL_ID, K.IN_NUCLEUS):
-        if name in out.column_names:  # an input column of that name is replaced, not duplicated
-            out = out.drop_columns([name])
-    out = out.append_column(K.INPUT_ROW, rows)  # unique even where input transcript_ids are not
-    out = out.append_column(K.CELL_ID, pa.array(cell_id, pa.int64()))
-    out = out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
-    ctx.work.save_table(ctx.stage(TRANSCRIPTS), tile.index, out)
+    ctx.work.save_table(ctx.stage(TRANSCRIPTS), tile.index, assigned_table(table.filter(pa.array(own)),
+                                                                           cell_id, in_nucleus))
 
     stats = pixel_stats(cells_core, nuclei_core, (tile.core[0], tile.core[2]))
     tri = count_triples(cell_id, tx.gene[own], max(1, len(ctx.genes)))
@@ -159,8 +178,25 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             "n_cells": int(len(stats["cell"])), "seconds": seconds}
 
 
-def write_label_core(labels_url: str, tile: Tile, cells: np.ndarray, nuclei: np.ndarray, so: dict) -> None:
+def assigned_table(owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray) -> pa.Table:
+    """A tile's owned input rows with ``input_row``, ``cell_id`` and ``in_nucleus`` (replacing any
+    input column of those names) and a ``transcript_id`` (the input row where the input has none)."""
+    out = owned
+    if K.TRANSCRIPT_ID not in out.column_names:
+        out = out.append_column(K.TRANSCRIPT_ID, out.column(ROW))
+    rows = out.column(ROW)
+    out = out.drop_columns([ROW])
+    for name in (K.INPUT_ROW, K.CELL_ID, K.IN_NUCLEUS):
+        if name in out.column_names:  # an input column of that name is replaced, not duplicated
+            out = out.drop_columns([name])
+    out = out.append_column(K.INPUT_ROW, rows)  # unique even where input transcript_ids are not
+    out = out.append_column(K.CELL_ID, pa.array(cell_id, pa.int64()))
+    return out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
+
+
+def write_label_core(labels_url: str, tile: Tile, cells: np.ndarray, nuclei: np.ndarray,
+                     storage_options: dict) -> None:
     rows, cols = tile.core_slices
     for name, arr in ((K.LABELS_CELLS, cells), (K.LABELS_NUCLEI, nuclei)):
-        z = storage.open_zarr_array(storage.join(labels_url, name), "r+", so)
+        z = storage.open_zarr_array(storage.join(labels_url, name), "r+", storage_options)
         z[rows, cols] = arr

@@ -1,10 +1,13 @@
-"""Read what one tile needs: its window of transcripts (and image), mapped to window pixels.
+"""The data model of one tile (:class:`TileData`, what a cell method sees) and its loader.
 
+The loader reads a tile's window of transcripts (and image), mapped to window pixels.
 Ownership of a transcript is decided on its pixel index alone (``Chip.um_to_px``), one formula
 used by every tile, so a transcript on a tile border is counted by exactly one tile.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +15,51 @@ import pyarrow as pa
 from . import constants as K
 from .io.chip import Chip
 from .io.transcripts import ROW
-from .methods.base import TileData, TileTranscripts
 from .tiling import Tile
+
+
+@dataclass
+class TileTranscripts:
+    """Transcripts inside a tile's window, in µm and as window pixel indices."""
+
+    x: np.ndarray  # µm, float64
+    y: np.ndarray  # µm, float64
+    gene: np.ndarray  # int32 index into TileData.genes
+    row: np.ndarray  # int64 pixel row within the window
+    col: np.ndarray  # int64 pixel column within the window
+    in_core: np.ndarray  # bool: owned by this tile (counted here, exactly once chip-wide)
+    row_index: np.ndarray  # int64 global input row
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class TileData:
+    """Everything a cell method may look at for one tile (window = core + halo)."""
+
+    tile: Tile
+    pixel_size_um: float
+    origin_um: tuple[float, float]
+    platform: str
+    image: np.ndarray  # (C, h, w) window of every image channel
+    nuclei: np.ndarray  # (h, w) uint32 global nucleus IDs
+    transcripts: TileTranscripts
+    genes: list[str]
+    seeds: np.ndarray | None = None  # (h, w) uint32 global IDs of nucleus-less cell seeds
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.nuclei.shape
+
+    def window_origin_um(self) -> tuple[float, float]:
+        """µm coordinate (x, y) of the window's top-left pixel corner."""
+        r0, _, c0, _ = self.tile.window
+        return (
+            self.origin_um[0] + c0 * self.pixel_size_um,
+            self.origin_um[1] + r0 * self.pixel_size_um,
+        )
 
 
 def gene_indices(column: pa.ChunkedArray | pa.Array, vocabulary: dict[str, int]) -> np.ndarray:

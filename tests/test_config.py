@@ -43,3 +43,37 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(str(tmp_path / "missing.yaml"), use_env=False)
     with pytest.raises(ConfigError, match="key=value"):
         parse_set(["novalue"])
+
+
+@pytest.mark.parametrize("item, fragment", [
+    ("resources.cells.num_gpus=-1", "resources.cells.num_gpus must be >= 0"),
+    ("resources.nuclei.actors=-2", "resources.nuclei.actors must be >= 0"),
+    ("tiling.chunk_px=0", "tiling.chunk_px must be positive"),
+    ("runtime.max_in_flight=0", "runtime.max_in_flight must be at least 1"),
+    ("cells.expansion.distance_um=-1", "cells.expansion.distance_um must not be negative"),
+])
+def test_sections_validate_their_values(item, fragment):
+    """Each section checks its own values (PipelineConfig.validate, run before any tile)."""
+    cfg = load_config(overrides=parse_set([item]), use_env=False)
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        cfg.validate()
+
+
+def test_only_the_selected_method_section_is_validated():
+    cfg = load_config(overrides=parse_set(["cells.ucs.tau=0"]), use_env=False)
+    cfg.validate()  # expansion runs: the UCS section is not in use
+    cfg.cells.method = "ucs"
+    with pytest.raises(ConfigError, match=r"cells\.ucs\.tau must be positive"):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("key", ["cells.ucs.num_gpus", "nuclei.cellpose.num_actors"])
+def test_moved_compute_keys_name_their_new_home(key):
+    with pytest.raises(ConfigError, match=r"resources\.(nuclei|cells)\."):
+        load_config(overrides=parse_set([f"{key}=1"]), use_env=False)
+
+
+def test_runtime_seed_is_gone():
+    """Nothing read it; a config that sets it is told so rather than silently ignored."""
+    with pytest.raises(ConfigError, match="'seed' in 'runtime'"):
+        load_config(overrides=parse_set(["runtime.seed=3"]), use_env=False)

@@ -1,7 +1,9 @@
-"""Nuclei backends: each turns one tile window into nucleus labels (local IDs).
+"""The nuclei-backend interface: the plugin lifecycle of :mod:`stseg_dist.lifecycle`.
 
-Backends only segment; ownership and global IDs are decided by :mod:`stseg_dist.stitching`, so
-every backend gets seamless stitching for free.
+``prepare(ctx)`` runs chip-wide work through ``ctx.map_tiles`` (the classical backend's Otsu
+threshold over every tile), ``load(state)`` readies a worker (a threshold, a Cellpose model in an
+actor), ``segment(tile)`` labels one window. Backends only segment; ownership and global IDs are
+decided by :mod:`stseg_dist.stitching`, so every backend gets seamless stitching for free.
 """
 
 from __future__ import annotations
@@ -10,27 +12,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import validate_section
+from ..lifecycle import Plugin
+
 if TYPE_CHECKING:
     from ..config import PipelineConfig
     from ..io.chip import Chip
     from ..tiling import Tile
 
 
-class NucleiBackend:
-    name: str = ""
-    #: True when the backend holds a model and should run in a (GPU) actor, loaded once.
-    uses_model: bool = False
+class NucleiBackend(Plugin):
+    """Base class; a backend's settings (``nuclei.<name>``) are validated here."""
 
     def __init__(self, config: "PipelineConfig", chip: "Chip"):
         self.config = config
         self.chip = chip
+        if self.name:
+            validate_section(config, f"nuclei.{self.name}")
 
     def context_px(self) -> int:
         """Pixels of context an object needs around it to be segmented as in any other window."""
         return 0
-
-    def prepare(self, stats: dict[str, Any]) -> None:
-        """Receive chip-wide statistics (e.g. the global threshold) before any tile."""
 
     def describe(self) -> dict[str, Any]:
         """Worker facts recorded in run.json (e.g. how often a model was loaded)."""

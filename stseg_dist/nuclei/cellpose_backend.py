@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..io import storage
+from ..lifecycle import Compute
 from .base import NucleiBackend
 
 _MODEL_LOADS = 0  # per process: lets run.json show that each actor loaded its model once
@@ -57,7 +58,6 @@ def resolve_model_path(model: str, storage_options: dict | None = None) -> str:
 
 class CellposeNuclei(NucleiBackend):
     name = "cellpose"
-    uses_model = True
 
     def __init__(self, config, chip):
         super().__init__(config, chip)
@@ -66,7 +66,10 @@ class CellposeNuclei(NucleiBackend):
     def context_px(self) -> int:
         return int(np.ceil(self.config.nuclei.diameter_um / self.chip.pixel_size_um))
 
-    def load(self) -> None:
+    def compute(self) -> Compute:
+        return Compute(actors=1, num_gpus=1.0)  # the model loads once per actor
+
+    def load(self, state=None) -> None:
         import torch
         from cellpose import models as cp_models
 

@@ -2,7 +2,8 @@
 
 Gaussian smoothing, optionally a white top-hat that removes the stain's slowly varying glow (dense
 tissue and blurred mosaics lift whole regions above any global threshold), a *chip-wide*
-threshold (Otsu over a histogram summed across tiles, so every tile cuts at the same level), then
+threshold (Otsu over a histogram summed across tiles in :meth:`ClassicalNuclei.prepare`, so every
+tile cuts at the same level), then
 touching nuclei are split by rules of bounded reach (:mod:`.split`). Every step looks only a fixed
 distance away (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus
 is segmented identically in every window that holds it and that margin: 1 tile and any tiling
@@ -12,12 +13,13 @@ give the same labels.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from .base import NucleiBackend
 from .split import reach_px, split_nuclei
 
@@ -56,14 +58,23 @@ def otsu_from_histogram(hist: np.ndarray, vmax: float) -> float:
     return float(threshold_otsu(hist=(hist, centers)))
 
 
+def _core_max(backend: "ClassicalNuclei", tile) -> float:
+    """Largest stain value in a tile's core (the histogram's range for a float image)."""
+    rows, cols = tile.core_slices
+    return float(np.nanmax(backend.chip.read_image(rows, cols, backend.config.nuclei.channel)))
+
+
+def _core_histogram(backend: "ClassicalNuclei", vmax: float, tile) -> np.ndarray:
+    """Histogram of the enhanced stain over a tile's core, enhanced on its window (as segment does)."""
+    rows, cols = tile.window_slices
+    image = backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
+    core = enhance(image, backend.config.nuclei.classical, backend.chip.pixel_size_um)[tile.core_in_window]
+    return tile_histogram(core, vmax)
+
+
 class ClassicalNuclei(NucleiBackend):
     name = "classical"
-
-    def __init__(self, config, chip):
-        super().__init__(config, chip)
-        bg = config.nuclei.classical.background_um
-        if bg is not None and bg <= 0:
-            raise ConfigError(f"nuclei.classical.background_um must be positive or null, got {bg}")
+    threshold: float | None = None
 
     def _px(self, um: float) -> float:
         return um / self.chip.pixel_size_um
@@ -87,9 +98,24 @@ class ClassicalNuclei(NucleiBackend):
         p = self._split_params()
         return 2 * p["extent_px"] + reach_px(**p) + enhance_px + 1
 
-    def prepare(self, stats):
+    def prepare(self, ctx):
+        """The chip-wide threshold: ``nuclei.classical.threshold``, else Otsu over the histogram of
+        every tile's core summed on one grid ([0, dtype max], or [0, the chip's max] for floats)."""
         c = self.config.nuclei.classical
-        self.threshold = c.threshold if c.threshold is not None else stats["threshold"]
+        if c.threshold is not None:
+            return {"threshold": float(c.threshold)}
+        tiles = [t.index for t in ctx.grid]
+        dtype = np.dtype(self.chip._image_array().dtype)
+        if dtype.kind in "ui":
+            vmax = float(np.iinfo(dtype).max)
+        else:
+            vmax = max([0.0, *ctx.map_tiles(partial(_core_max, self), tiles)])
+            vmax = vmax if math.isfinite(vmax) and vmax > 0 else 1.0
+        total = np.sum(ctx.map_tiles(partial(_core_histogram, self, vmax), tiles), axis=0)
+        return {"threshold": otsu_from_histogram(total, vmax)}
+
+    def load(self, state):
+        self.threshold = state["threshold"]
 
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         c = self.config.nuclei.classical

@@ -186,7 +186,7 @@ def test_refinement_rounds_in_training():
     ("patch_px", 20, "patch_px"), ("patch_px", 8, "patch_px"), ("bin_um", 0, "bin_um"),
     ("rna_sigma_um", -1, "rna_sigma_um"), ("init_expand_um", -2, "init_expand_um"), ("epochs", 0, "epochs"),
     ("max_rounds", 0, "max_rounds"), ("agree_iou", 1.5, "agree_iou"), ("prob_threshold", 1, "prob_threshold"),
-    ("lr", 0, "lr"), ("num_gpus", -1, "num_gpus"),
+    ("lr", 0, "lr"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.genesegnet import GeneSegNetMethod

@@ -42,7 +42,7 @@ def test_classical_on_dsb2018():
     cfg.nuclei.classical.footprint_um = 3
     backend = ClassicalNuclei(cfg, _FakeChipMeta())
     vmax = float(img.max())
-    backend.prepare({"threshold": otsu_from_histogram(tile_histogram(smooth(img, 1.0), vmax), vmax)})
+    backend.load({"threshold": otsu_from_histogram(tile_histogram(smooth(img, 1.0), vmax), vmax)})
     pred = backend.segment_array(img)
     f1 = _matched_f1(pred.astype(np.int64), truth)
     print(f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 {f1:.3f}")
@@ -80,7 +80,7 @@ def _segment(img, background_um):
     backend = ClassicalNuclei(cfg, _FakeChipMeta())
     sm = enhance(img, cfg.nuclei.classical, _FakeChipMeta.pixel_size_um)
     vmax = float(sm.max())
-    backend.prepare({"threshold": otsu_from_histogram(tile_histogram(sm.clip(0), vmax), vmax)})
+    backend.load({"threshold": otsu_from_histogram(tile_histogram(sm.clip(0), vmax), vmax)})
     return backend.segment_array(img).astype(np.int64), sm > backend.threshold
 
 
@@ -124,7 +124,7 @@ def test_labels_depend_only_on_pixels_within_the_context(seed):
     where a cut crosses a cluster of touching nuclei several times longer than that."""
     img = _chains(seed)
     backend = ClassicalNuclei(PipelineConfig(), _FakeChipMeta())
-    backend.prepare({"threshold": 1000.0})
+    backend.load({"threshold": 1000.0})
     full = backend.segment_array(img)
     ctx = backend.context_px()
     from stseg_dist.nuclei.classical import enhance

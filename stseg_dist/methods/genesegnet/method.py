@@ -14,7 +14,7 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ...errors import ConfigError, InputError
-from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
+from ..base import MODEL_ACTOR, CellMethod, Compute, PrepareContext, TileData
 from .features import (WorkGrid, bin_factor, histogram_percentile, normalise_inputs, rna_map, rna_mean,
                        stain_histogram)
 from .inference import assign_cells, sliding_predict, torch_predictor
@@ -30,28 +30,13 @@ STAIN_PERCENTILES = (1.0, 99.5)
 
 class GeneSegNetMethod(CellMethod):
     name = "genesegnet"
-    uses_model = True
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
         c = config.cells.genesegnet
         key = "cells.genesegnet"
-        if c.patch_px < 16 or c.patch_px % 2**DEPTH:
+        if c.patch_px < 16 or c.patch_px % 2**DEPTH:  # the U-Net's shape (its ranges: config)
             raise ConfigError(f"{key}.patch_px must be a multiple of {2**DEPTH} and at least 16, got {c.patch_px}")
-        for name in ("bin_um", "rna_sigma_um", "lr"):
-            if getattr(c, name) <= 0:
-                raise ConfigError(f"{key}.{name} must be positive, got {getattr(c, name)}")
-        if c.init_expand_um < 0:
-            raise ConfigError(f"{key}.init_expand_um must be zero or more, got {c.init_expand_um}")
-        for name in ("epochs", "max_rounds", "n_train_patches", "batch_size", "width", "num_actors"):
-            if getattr(c, name) < 1:
-                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(c, name)}")
-        if not 0 < c.agree_iou <= 1:
-            raise ConfigError(f"{key}.agree_iou must be in (0, 1], got {c.agree_iou}")
-        if not 0 < c.prob_threshold < 1:
-            raise ConfigError(f"{key}.prob_threshold must be in (0, 1), got {c.prob_threshold}")
-        if c.num_gpus < 0:
-            raise ConfigError(f"{key}.num_gpus must be zero or more, got {c.num_gpus}")
         self.cfg = c
         self.model = None
 
@@ -67,8 +52,8 @@ class GeneSegNetMethod(CellMethod):
         need = 1.1 * (c.patch_px * c.bin_um + 4 * c.rna_sigma_um + 2 * c.bin_um)
         return max(self.config.cells.cell_diameter_um, need / 2 - self.config.nuclei.diameter_um)
 
-    def actor_resources(self):
-        return (self.cfg.num_actors, self.cfg.num_gpus)
+    def compute(self) -> Compute:
+        return MODEL_ACTOR
 
     def _geometry(self, bin_um: float) -> Geometry:
         reach = self.config.cells.cell_diameter_um / bin_um
@@ -120,7 +105,7 @@ class GeneSegNetMethod(CellMethod):
         norm = {"stain_lo": histogram_percentile(hist, STAIN_PERCENTILES[0]),
                 "stain_hi": histogram_percentile(hist, STAIN_PERCENTILES[1]),
                 "rna_mean": rna_mean(sum(k for _, _, k in results), n_bins, sigma)}
-        train = train_where_gpu(train_genesegnet, c.num_gpus)
+        train = ctx.train_where_gpu(train_genesegnet)
         state = train(patches, norm, c, geometry)
         for r in state["history"]:
             log.info("GeneSegNet round %d: loss %.4f, mean cell IoU with its training labels %.3f",

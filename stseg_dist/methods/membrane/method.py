@@ -21,7 +21,7 @@ from skimage.filters import threshold_otsu
 
 from ...errors import ConfigError, InputError
 from ...nuclei.classical import smooth
-from ..base import CellMethod, PrepareContext, TileData
+from ..base import CellMethod, Compute, PrepareContext, TileData
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
 
@@ -37,34 +37,8 @@ class MembraneMethod(CellMethod):
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
         c = config.cells.membrane
-        if c.backend not in BACKENDS:
-            raise ConfigError(f"cells.membrane.backend must be one of {', '.join(BACKENDS)}, got {c.backend!r}")
-        if c.channel < 0:
-            raise ConfigError(f"cells.membrane.channel must be a channel index >= 0, got {c.channel}")
-        if c.channel == config.nuclei.channel:
-            raise ConfigError(f"cells.membrane.channel {c.channel} is the nuclear stain channel (nuclei.channel)")
-        for key in ("max_distance_um", "sigma_um", "ridge_um"):
-            if getattr(c, key) < 0 or (key == "max_distance_um" and getattr(c, key) == 0):
-                raise ConfigError(f"cells.membrane.{key} must be positive, got {getattr(c, key)}")
-        if c.max_shift_um < 0:
-            raise ConfigError(f"cells.membrane.max_shift_um must be >= 0, got {c.max_shift_um}")
-        if c.register_downsample < 1:
-            raise ConfigError(f"cells.membrane.register_downsample must be >= 1, got {c.register_downsample}")
-        if c.register_max_regions < 1 or c.register_patch_px < 8:
-            raise ConfigError(f"cells.membrane.register_max_regions must be >= 1 and register_patch_px >= 8, got "
-                              f"{c.register_max_regions} and {c.register_patch_px}")
-        if c.register_normalization not in ("none", "phase"):
-            raise ConfigError(f"cells.membrane.register_normalization must be none or phase, got "
-                              f"{c.register_normalization!r}")
-        d = c.diameters_um
-        if not isinstance(d, list) or not d or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in d):
-            raise ConfigError(f"cells.membrane.diameters_um must be a non-empty list of positive numbers, got {d!r}")
-        if c.num_actors < 1 or c.num_gpus < 0:
-            raise ConfigError(f"cells.membrane.num_actors must be >= 1 and num_gpus >= 0, got "
-                              f"{c.num_actors} and {c.num_gpus}")
         self.cfg = c
-        self.uses_model = c.backend == "cellpose"
+        self.uses_model = c.backend == "cellpose"  # Cellpose loads its model once per actor
         self.offset = (0, 0)
         self.threshold = c.threshold
         self.model = None
@@ -75,8 +49,8 @@ class MembraneMethod(CellMethod):
         read up to ``max_shift_um`` further, so the halo covers both."""
         return self.cfg.max_distance_um + (self.cfg.max_shift_um if self.cfg.register else 0.0)
 
-    def actor_resources(self):
-        return (self.cfg.num_actors, self.cfg.num_gpus)
+    def compute(self) -> Compute:
+        return Compute(actors=1, num_gpus=1.0) if self.uses_model else Compute()
 
     # -- chip-wide: registration offset and membrane threshold ---------------------------------
     def prepare(self, ctx: PrepareContext):

@@ -8,8 +8,8 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from ...errors import ConfigError, InputError
-from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
+from ...errors import InputError
+from ..base import MODEL_ACTOR, CellMethod, Compute, PrepareContext, TileData
 from ..ucs.features import bin_size_um
 from .features import core_spot_box, gather_tokens, owned_spots, spot_grid, spot_hash, spot_labels, unit_steps
 from .tracking import track
@@ -20,38 +20,11 @@ log = logging.getLogger(__name__)
 
 class SSLCSTMethod(CellMethod):
     name = "sslcst"
-    uses_model = True
     uses_image = False
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
         c = config.cells.sslcst
-        key = "cells.sslcst"
-        if c.bin_um is not None and not c.bin_um > 0:
-            raise ConfigError(f"{key}.bin_um must be positive, got {c.bin_um}")
-        if c.neighbourhood < 3 or c.neighbourhood % 2 == 0:
-            raise ConfigError(f"{key}.neighbourhood must be an odd number of spots >= 3, got {c.neighbourhood}")
-        if c.n_directions < 4 or c.n_directions % 4:
-            raise ConfigError(f"{key}.n_directions must be a multiple of 4 (the square's turns map classes "
-                              f"onto classes), got {c.n_directions}")
-        if c.n_genes < 1:
-            raise ConfigError(f"{key}.n_genes must be at least 1, got {c.n_genes}")
-        if c.erosion_bins < 0:
-            raise ConfigError(f"{key}.erosion_bins must be >= 0, got {c.erosion_bins}")
-        for name in ("neg_distance_um", "d0_um", "lr"):
-            if not getattr(c, name) > 0:
-                raise ConfigError(f"{key}.{name} must be positive, got {getattr(c, name)}")
-        if not 0 < c.in_threshold < 1:
-            raise ConfigError(f"{key}.in_threshold must be in (0, 1), got {c.in_threshold}")
-        for name in ("epochs", "n_train_spots", "batch_size", "num_actors", "d_model", "heads"):
-            if getattr(c, name) < 1:
-                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(c, name)}")
-        if c.d_model % c.heads:
-            raise ConfigError(f"{key}.d_model ({c.d_model}) must be a multiple of {key}.heads ({c.heads})")
-        if c.max_steps is not None and c.max_steps < 1:
-            raise ConfigError(f"{key}.max_steps must be at least 1, got {c.max_steps}")
-        if c.num_gpus < 0:
-            raise ConfigError(f"{key}.num_gpus must be >= 0, got {c.num_gpus}")
         self.cfg = c
         self.bin_um = bin_size_um(platform, c.bin_um)
         self.k = c.neighbourhood
@@ -68,8 +41,8 @@ class SSLCSTMethod(CellMethod):
         track_um = (self.max_steps + 2) * self.bin_um
         return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
 
-    def actor_resources(self):
-        return (self.cfg.num_actors, self.cfg.num_gpus)
+    def compute(self) -> Compute:
+        return MODEL_ACTOR
 
     def _grid(self, data: TileData, top_genes: np.ndarray):
         return spot_grid(data, self.bin_um, top_genes, self.cfg.d0_um, self.reach_um())
@@ -121,7 +94,7 @@ class SSLCSTMethod(CellMethod):
                                  direction[r, c])
 
         spots = TrainingSpots.concat(ctx.map_tiles(sample, tiles))
-        train = train_where_gpu(train_sslcst, cfg.num_gpus)
+        train = ctx.train_where_gpu(train_sslcst)
         state = train(spots, k, len(top) + 1, cfg, log=log.info)
         return {"train": state, "top_genes": top, "bin_um": self.bin_um}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, InputError
-from ..base import CellMethod, PrepareContext, TileData, train_where_gpu
+from ..base import MODEL_ACTOR, CellMethod, Compute, PrepareContext, TileData
 from .features import bin_size_um, bin_tile, marker_grid, select_hvg
 from .inference import cell_priors, expression_evidence, missing_cell_seeds, postprocess, predict
 from .training import Patch, load_model, softmask_tau, train_ucs
@@ -19,37 +19,10 @@ log = logging.getLogger(__name__)
 
 class UCSMethod(CellMethod):
     name = "ucs"
-    uses_model = True
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
         c = config.cells.ucs
-        if c.patch_px < 8:
-            raise ConfigError(f"cells.ucs.patch_px must be at least 8 bins, got {c.patch_px}")
-        if c.growth_um is not None and c.growth_um <= 0:
-            raise ConfigError(f"cells.ucs.growth_um must be positive or null, got {c.growth_um}")
-        if c.tau <= 0:
-            raise ConfigError(f"cells.ucs.tau must be positive, got {c.tau}")
-        if c.bin_um is not None and c.bin_um <= 0:
-            raise ConfigError(f"cells.ucs.bin_um must be positive, got {c.bin_um}")
-        if not 0 <= c.foreground_threshold < 1:
-            raise ConfigError(f"cells.ucs.foreground_threshold must be in [0, 1), got {c.foreground_threshold}")
-        if c.expression_weight < 0:
-            raise ConfigError(f"cells.ucs.expression_weight must not be negative, got {c.expression_weight}")
-        if not 0 <= c.missing_cell_density <= 1:
-            raise ConfigError(f"cells.ucs.missing_cell_density must be in [0, 1], got {c.missing_cell_density}")
-        if not 0 < c.missing_cell_threshold <= 1:
-            raise ConfigError(f"cells.ucs.missing_cell_threshold must be in (0, 1], got {c.missing_cell_threshold}")
-        if c.foreground_labels not in ("paper", "nuclei", "chip"):
-            raise ConfigError(f"cells.ucs.foreground_labels must be 'paper', 'nuclei' or 'chip', got {c.foreground_labels!r}")
-        if not 0 < c.background_density < 1:
-            raise ConfigError(f"cells.ucs.background_density must be in (0, 1), got {c.background_density}")
-        if c.background_sigma_um <= 0:
-            raise ConfigError(f"cells.ucs.background_sigma_um must be positive, got {c.background_sigma_um}")
-        if c.variant not in ("paper", "stseg"):
-            raise ConfigError(f"cells.ucs.variant must be 'paper' or 'stseg', got {c.variant!r}")
-        if c.epochs < 1 or c.batch_size < 1 or c.n_train_patches < 1:
-            raise ConfigError("cells.ucs.epochs, batch_size and n_train_patches must be at least 1")
         self.cfg = c
         self.bin_um = bin_size_um(platform, c.bin_um)
         self.paper = c.variant == "paper"
@@ -69,8 +42,8 @@ class UCSMethod(CellMethod):
     def _reach_bins(self) -> int:
         return int(math.ceil(self.reach_um() / self.bin_um))
 
-    def actor_resources(self):
-        return (self.cfg.num_actors, self.cfg.num_gpus)
+    def compute(self) -> Compute:
+        return MODEL_ACTOR
 
     # -- training -----------------------------------------------------------------------------
     def prepare(self, ctx: PrepareContext):
@@ -113,7 +86,7 @@ class UCSMethod(CellMethod):
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
             log.info(f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
                      f"{far_um} µm from any nucleus), nuclei {nuclear}")
-        train = train_where_gpu(train_ucs, self.cfg.num_gpus)
+        train = ctx.train_where_gpu(train_ucs)
         state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
                       markers=marker_types is not None,
                       background=background if self.cfg.foreground_labels == "chip" else None, log=log.info)
