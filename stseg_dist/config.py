@@ -167,6 +167,12 @@ class GeneSegNetConfig:
 
 @dataclass
 class MembraneConfig:
+    # "stseg": cells flooded from the nuclei (classical) or Cellpose cells named by them, within
+    # max_distance_um of a nucleus; membrane registered by an integer offset. "paper": STCellbin
+    # (Zhang et al. 2024): cells segmented on the membrane alone over overlapping chip-anchored
+    # blocks (Cellpose at several diameters, or a watershed that needs no nuclei), nucleus-free
+    # cells kept with their own IDs, no distance cap.
+    variant: str = "stseg"
     channel: int = 1  # image channel of the membrane / cell-wall stain
     backend: str = "classical"  # classical (watershed seeded by nuclei, no weights) | cellpose
     max_distance_um: float = 10.0  # no cell extends further than this from its nucleus
@@ -185,9 +191,28 @@ class MembraneConfig:
     cellprob_threshold: float = 0.0
     batch_size: int = 8
     storage_options: dict = field(default_factory=dict)
+    # paper variant: blocks of this side are segmented with a margin of block_overlap_um (None:
+    # cells.cell_diameter_um), so a cell centred in a block is seen whole; the halo grows with both.
+    block_um: float = 48.0
+    block_overlap_um: float | None = None
+    keep_nucleus_free: bool = True  # paper: cells holding no nucleus get their own IDs (false: dropped)
+    # Departure: a nucleus-free cell must hold this fraction of the chip's mean transcript density
+    # (0: every stain cell is kept, as published; the empty gaps between cells look like cells).
+    nucleus_free_min_density: float = 0.5
+    # Departure: a cell holding several nuclei is split between them (false: one ID, as published).
+    split_by_nuclei: bool = True
+    min_cell_area_um2: float = 10.0  # paper classical: smaller stain regions are debris
+    max_cell_area_um2: float | None = None  # paper classical; None: 4x a disc of cells.cell_diameter_um
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
+        _one_of(self, key, "variant", ("stseg", "paper"))
         _one_of(self, key, "backend", ("classical", "cellpose"))
+        _positive(self, key, "block_um", "min_cell_area_um2")
+        for name in ("block_overlap_um", "max_cell_area_um2"):
+            v = getattr(self, name)
+            _require(v is None or v > 0, f"{key}.{name} must be positive or null, got {v}")
+        _require(self.nucleus_free_min_density >= 0,
+                 f"{key}.nucleus_free_min_density must not be negative, got {self.nucleus_free_min_density}")
         _require(self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}")
         _require(self.channel != root.nuclei.channel,
                  f"{key}.channel {self.channel} is the nuclear stain channel (nuclei.channel)")

@@ -34,6 +34,14 @@ _MODEL_LOADS = 0  # per process: an actor loads its model once
 class MembraneMethod(CellMethod):
     name = "membrane"
 
+    def __new__(cls, config=None, platform: str = "generic"):
+        """``variant: paper`` is its own class (:mod:`.paper_method`): it adds the seeds pass."""
+        if cls is MembraneMethod and config is not None and config.cells.membrane.variant == "paper":
+            from .paper_method import PaperMembraneMethod
+
+            cls = PaperMembraneMethod
+        return super().__new__(cls)
+
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
         c = config.cells.membrane

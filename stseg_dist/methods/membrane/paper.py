@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
+from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, watershed
 
 from ...nuclei.classical import smooth
@@ -29,18 +29,22 @@ def watershed_cells(
 ) -> np.ndarray:
     """Cells of a membrane image without nuclei: the non-membrane pixels (below the chip-wide
     ``threshold`` after smoothing), split where the distance to the membrane has separate peaks
-    at least a quarter ``diameter_px`` apart, flooded back to the membrane ridge and given the
-    ridge up to ``ridge_px``. Regions outside ``[min_area_px, max_area_px]`` are debris or the
-    empty, membrane-outlined gaps between cells, and are dropped. NaN (unimaged) is a barrier."""
+    that stand out by ``diameter_px / 8`` (cells joined by a break in the membrane), and given
+    the ridge up to ``ridge_px``. An enclosed region larger than ``max_area_px`` is an empty,
+    membrane-outlined gap between cells and is dropped before splitting (else it would be cut into
+    cell-sized pieces); cells below ``min_area_px`` are debris. NaN (unimaged) is a barrier."""
     unknown = np.isnan(membrane)
     sm = smooth(np.where(unknown, threshold, membrane).astype(np.float32), sigma_px)
     inside = (sm < threshold) & ~unknown
-    dist = ndi.distance_transform_edt(inside)
     regions, _ = ndi.label(inside)
-    peaks = peak_local_max(dist, min_distance=max(1, int(round(diameter_px / 4))), labels=regions,
-                           exclude_border=False)
-    markers = np.zeros(membrane.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    big = np.bincount(regions.ravel()) > max_area_px  # an enclosed region larger than any cell is a gap
+    big[0] = False
+    inside &= ~big[regions]
+    dist = ndi.distance_transform_edt(inside)
+    # a peak must stand out by a quarter of the cell radius, so an elongated cell's ridge of
+    # near-equal distances stays one cell; among close peaks the first in raster order stays
+    peaks = h_maxima(dist, max(1.0, diameter_px / 8)) & inside
+    markers, _ = ndi.label(peaks, structure=np.ones((3, 3)))
     labels = watershed(-dist, markers, mask=inside)
     labels = np.where(inside, labels, 0)
     grown = expand_labels(labels, ridge_px)
