@@ -12,8 +12,11 @@ Manifest (YAML mapping with a ``slides`` list, or CSV with columns ``name,input,
         output: s3://bucket/out/a
         overrides: {tiling.tile_um: 400}
 
-Slides run in threads that each call :func:`run_pipeline` on the same Ray cluster, so they share
-its workers and GPU actors. A failed slide is recorded and does not stop the others. A re-run
+A slide's ``input`` is a chip, or a vendor bundle that :func:`~stseg_dist.driver.run_pipeline`
+converts with the slide's ``platform`` reader (into ``OUTPUT/_work/input_chip``; the reader's
+hints apply when the manifest names no ``config``, under the slide's overrides, as ``stseg run
+--input`` does). Slides run in threads that each call :func:`run_pipeline` on the same Ray
+cluster, so they share its workers and GPU actors. A failed slide is recorded and does not stop the others. A re-run
 skips slides whose ``run.json`` says complete. ``OUT/status.json`` is rewritten atomically after
 every slide, and ``OUT/summary.csv`` (slide, status, cells, transcripts, wall seconds) at the end.
 """
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import threading
 import time
@@ -34,11 +36,12 @@ import yaml
 
 from . import constants as K
 from . import redact
-from .config import ConfigError, PipelineConfig, load_config
+from .config import ConfigError, PipelineConfig, _merge, load_config
+from .io import storage
+from .io.bundles import PLATFORMS
 
 log = logging.getLogger(__name__)
 
-PLATFORMS = ("xenium", "merscope", "cosmx", "stereoseq", "generic")
 SLIDE_KEYS = {"name", "input", "output", "platform", "overrides"}
 TOP_KEYS = {"out", "config", "max_concurrent_slides", "slides"}
 SUMMARY_COLUMNS = ["slide", "status", "cells", "transcripts", "wall_seconds", "error"]
@@ -62,10 +65,6 @@ class Manifest:
     max_concurrent_slides: int | None = None
 
 
-def _join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
-
-
 def _dirname(url: str) -> str:
     return url.rsplit("/", 1)[0] if "/" in url else "."
 
@@ -73,7 +72,7 @@ def _dirname(url: str) -> str:
 def _resolve(base_dir: str, path: str) -> str:
     if "://" in path or path.startswith("/"):
         return path
-    return _join(base_dir, path)
+    return storage.join(base_dir, path)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -162,10 +161,10 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
         slides.append(Slide(name, _resolve(base, s["input"]), _resolve(base, s["output"]), platform,
                             _nest(_flatten(ov))))
     m = Manifest(url, _resolve(base, out), slides, _resolve(base, cfg) if cfg else None, mcs)
-    # validate every slide's config now, so a typo fails before any slide starts
+    # validate every slide's config now (keys, types and values), so a typo fails before any slide starts
     for s in m.slides:
         try:
-            load_config(m.config, s.overrides, use_env=False)
+            load_config(m.config, s.overrides, use_env=False).validate()
         except ConfigError as exc:
             raise ConfigError(f"{url}: slide {s.name!r} overrides: {exc}") from exc
     return m
@@ -173,19 +172,18 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
 
 def _read_json(url: str) -> dict | None:
     try:
-        with fsspec.open(url, "r") as fh:
-            return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
+        return storage.read_json(url)
+    except (FileNotFoundError, ValueError):  # json.JSONDecodeError is a ValueError
         return None
 
 
-def _write_atomic(url: str, text: str) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(_dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{threading.get_ident()}"
-    with fs.open(tmp, "w") as fh:
-        fh.write(text)
-    fs.mv(tmp, path)
+def _slide_config(m: Manifest, s: Slide):
+    """The slide's config as a function of its bundle's reader hints: they apply, under the
+    slide's overrides, only when the manifest names no shared config (as ``stseg run --input``)."""
+    def build(hints: dict) -> PipelineConfig:
+        return load_config(m.config, s.overrides if m.config else _merge(hints, s.overrides), use_env=False)
+
+    return build
 
 
 def _counts(run: dict) -> tuple[int | None, int | None]:
@@ -196,29 +194,49 @@ def _counts(run: dict) -> tuple[int | None, int | None]:
 def run_batch(manifest_url: str, *, address: str | None = None,
               max_concurrent_slides: int | None = None, local: bool = False) -> dict[str, Any]:
     """Segment every slide in the manifest; return ``{"status", "out", "slides": [...]}``."""
-    from .driver import run_pipeline
-
     m = parse_manifest(manifest_url)
     n_par = max_concurrent_slides or m.max_concurrent_slides or min(4, len(m.slides))
     if n_par < 1:
         raise ConfigError(f"max_concurrent_slides must be positive, got {n_par}")
+    started_ray = False
     if not local:
-        import ray
+        from .executor import init_ray
 
-        if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    status_url = _join(m.out, "status.json")
+        started_ray = init_ray(address)
+    try:
+        rows = _run_slides(m, manifest_url, n_par, local)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    storage.write_bytes_atomic(storage.join(m.out, "summary.csv"), buf.getvalue().encode())
+    ok = all(r["status"] in ("complete", "skipped") for r in rows)
+    return {"status": "complete" if ok else "incomplete", "out": m.out, "max_concurrent_slides": n_par,
+            "slides": rows}
+
+
+def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list[dict]:
+    """Every slide, ``n_par`` at a time; ``OUT/status.json`` rewritten as each starts and ends."""
+    from .driver import run_pipeline
+
+    status_url = storage.join(m.out, "status.json")
     lock = threading.Lock()
     state: dict[str, dict] = {}
 
     def flush() -> None:
         with lock:
             doc = {"manifest": manifest_url, "slides": [state[s.name] for s in m.slides if s.name in state]}
-            _write_atomic(status_url, json.dumps(doc, indent=2, default=str))
+            storage.write_json_atomic(status_url, doc)
 
     def one(s: Slide) -> None:
         rec = {"slide": s.name, "input": s.input, "output": s.output, "platform": s.platform}
-        prev = _read_json(_join(s.output, K.RUN_JSON))
+        prev = _read_json(storage.join(s.output, K.RUN_JSON))
         if prev and prev.get("status") == "complete":
             cells, tx = _counts(prev)
             rec.update(status="skipped", cells=cells, transcripts=tx, wall_seconds=0.0, error=None)
@@ -231,8 +249,8 @@ def run_batch(manifest_url: str, *, address: str | None = None,
         flush()
         t0 = time.perf_counter()
         try:
-            cfg: PipelineConfig = load_config(m.config, s.overrides, use_env=False)
-            summ = run_pipeline(s.input, s.output, cfg, local=local)
+            summ = run_pipeline(out_url=s.output, config=_slide_config(m, s), input=s.input, platform=s.platform,
+                                local=local)
             cells, tx = _counts(summ)
             rec.update(status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None)
         except Exception as exc:  # a failed slide must not stop the others
@@ -246,14 +264,4 @@ def run_batch(manifest_url: str, *, address: str | None = None,
 
     with ThreadPoolExecutor(max_workers=n_par, thread_name_prefix="slide") as pool:
         list(pool.map(one, m.slides))
-
-    rows = [state[s.name] for s in m.slides]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    _write_atomic(_join(m.out, "summary.csv"), buf.getvalue())
-    ok = all(r["status"] in ("complete", "skipped") for r in rows)
-    return {"status": "complete" if ok else "incomplete", "out": m.out, "max_concurrent_slides": n_par,
-            "slides": rows}
+    return [state[s.name] for s in m.slides]

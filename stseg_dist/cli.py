@@ -30,39 +30,28 @@ def _reader_options(args) -> dict:
     return parse_reader_options(getattr(args, "reader_option", None))
 
 
-def _convert_input(args) -> tuple[str, dict]:
-    """Convert ``--input`` into OUT/_work/input_chip; returns (chip URL, pipeline hints)."""
-    from .io import storage
-    from .io.bundles import convert_bundle, pipeline_hints
-
-    chip = storage.join(args.out, "_work", "input_chip")
-    report = convert_bundle(args.input, chip, args.platform, options=_reader_options(args), overwrite=True)
-    source = redact.scrub(str(report["input"]))
-    print(f"converted {source} ({report['platform']}): {report['n_transcripts']} transcripts, "
-          f"dropped {report.get('dropped', {})} -> {chip}", file=sys.stderr)
-    return chip, pipeline_hints(report)
-
-
 def cmd_run(args) -> int:
     from .driver import run_pipeline
-
     from .runlock import hold
 
     if bool(args.chip) == bool(args.input):
         raise SystemExit("stseg run: give exactly one of --chip CHIP or --input BUNDLE")
-    with hold(args.out):  # the conversion into OUT/_work and the report are this run's too
-        chip, hints = _convert_input(args) if args.input else (args.chip, {})
-        config = _config(args, hints)
-        if args.fail_fast:
-            config.runtime.fail_fast = True
-        if args.no_progress:
-            config.runtime.progress = False
+
+    def config(hints: dict):  # a bundle's reader hints apply under --set, without --config
+        cfg = _config(args, hints)
+        cfg.runtime.fail_fast = cfg.runtime.fail_fast or args.fail_fast
+        cfg.runtime.progress = cfg.runtime.progress and not args.no_progress
+        return cfg
+
+    with hold(args.out):  # the conversion into OUT/_work (run_pipeline's) and the report are this run's
         t0 = time.perf_counter()
-        summary = run_pipeline(chip, args.out, config, address=args.address, local=args.local)
+        summary = run_pipeline(args.chip, args.out, config, input=args.input, platform=args.platform,
+                               reader_options=_reader_options(args) if args.input else None,
+                               address=args.address, local=args.local)
         _print_summary(summary, time.perf_counter() - t0)
         _report(args.out, args.ref)
         if not args.no_spatialdata:
-            _spatialdata(args.out, chip)
+            _spatialdata(args.out, summary["chip"])
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -307,8 +308,67 @@ def synth_chip(
     storage_options: dict | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Write a generated chip with truth to ``out`` and return a summary of what was written."""
+    """Write a generated chip with truth to ``out`` and return a summary of what was written.
+
+    The chip is generated block by block (each block's cells from a lattice hashed by position,
+    rendered with a margin), so any size streams through bounded memory.
+    """
     t0 = time.perf_counter()
+    _check_synth_args(width_um, height_um, seed, pixel_size_um, cell_density_per_mm2, transcripts_per_cell,
+                      n_genes, n_cell_types, background_fraction, occupancy, expression_cv, cytoplasm_keep, block_um)
+    ps = float(pixel_size_um)
+    H, W = int(math.ceil(height_um / ps)), int(math.ceil(width_um / ps))
+    block_px = max(16, int(round(block_um / ps)))
+    spacing = 1000.0 / math.sqrt(cell_density_per_mm2)  # µm between lattice points
+    cell_radius = 0.62 * spacing  # ellipses overlap; territories split them
+    margin_um = cell_radius * 2.2 + 3.0
+    gene_type = pa.dictionary(pa.int32(), pa.string())
+    schema = pa.schema([(K.X, pa.float64()), (K.Y, pa.float64()), (K.Z, pa.float32()), (K.GENE, gene_type),
+                        (K.QV, pa.float32()), (K.TRANSCRIPT_ID, pa.int64()), (K.CELL_TRUE, pa.int64())])
+    gen = _Generator(seed, ps, H, W, block_px, margin_um, int(math.ceil(margin_um / ps)), cell_radius,
+                     _Lattice(spacing, W * ps, H * ps), _Programs(n_genes, n_cell_types, seed), schema,
+                     n_cell_types, occupancy, expression_cv, transcripts_per_cell, background_fraction,
+                     cytoplasm_keep, membrane, vendor_nuclei)
+    extra = {K.TRUTH_CELLS_ZARR: K.LABEL_DTYPE, K.TRUTH_NUCLEI_ZARR: K.LABEL_DTYPE}
+    shape = (2, H, W) if membrane else (H, W)
+    truth_rows = []
+    n_tx = n_bg = 0
+    with ChipWriter(out, shape, ps, platform=platform, chunk_px=block_px, with_nuclei=vendor_nuclei,
+                    extra_arrays=extra, transcript_schema=schema, overwrite=overwrite,
+                    storage_options=storage_options,
+                    meta_extra={"synthetic": {"seed": seed, "cell_density_per_mm2": cell_density_per_mm2,
+                                              "transcripts_per_cell": transcripts_per_cell,
+                                              "background_fraction": background_fraction, "occupancy": occupancy,
+                                              "expression_cv": expression_cv, "cytoplasm_keep": cytoplasm_keep}}) as wr:
+        n_bc = math.ceil(W / block_px)
+        for bi in range(math.ceil(H / block_px)):
+            for bj in range(n_bc):
+                n, n_block_bg, rows = gen.write_block(wr, bi, bj, bi * n_bc + bj)
+                n_tx += n
+                n_bg += n_block_bg
+                truth_rows.append(rows)
+        truth = pd.concat(truth_rows, ignore_index=True) if truth_rows else pd.DataFrame()
+        fs, path = storage.fs_and_path(storage.join(str(out), TRUTH_CELLS_PARQUET), storage_options)
+        with fs.open(path, "wb") as fh:
+            truth.to_parquet(fh, index=False)
+    seconds = time.perf_counter() - t0
+    return {
+        "out": str(out),
+        "shape": [H, W],
+        "pixel_size_um": ps,
+        "n_cells": int(len(truth)),
+        "n_transcripts": int(n_tx),
+        "n_background": int(n_bg),
+        "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
+        "n_genes": n_genes,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _check_synth_args(width_um, height_um, seed, pixel_size_um, cell_density_per_mm2, transcripts_per_cell,
+                      n_genes, n_cell_types, background_fraction, occupancy, expression_cv, cytoplasm_keep,
+                      block_um) -> None:
     for name, value in (("width_um", width_um), ("height_um", height_um), ("pixel_size_um", pixel_size_um),
                         ("cell_density_per_mm2", cell_density_per_mm2),
                         ("transcripts_per_cell", transcripts_per_cell), ("block_um", block_um)):
@@ -329,100 +389,83 @@ def synth_chip(
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"synth: seed must be a non-negative integer, got {seed!r}")
 
-    ps = float(pixel_size_um)
-    H, W = int(math.ceil(height_um / ps)), int(math.ceil(width_um / ps))
-    block_px = max(16, int(round(block_um / ps)))
-    spacing = 1000.0 / math.sqrt(cell_density_per_mm2)  # µm between lattice points
-    cell_radius = 0.62 * spacing  # ellipses overlap; territories split them
-    margin_um = cell_radius * 2.2 + 3.0
-    margin = int(math.ceil(margin_um / ps))
-    lattice = _Lattice(spacing, W * ps, H * ps)
-    programs = _Programs(n_genes, n_cell_types, seed)
-    gene_type = pa.dictionary(pa.int32(), pa.string())
-    schema = pa.schema([(K.X, pa.float64()), (K.Y, pa.float64()), (K.Z, pa.float32()), (K.GENE, gene_type),
-                        (K.QV, pa.float32()), (K.TRANSCRIPT_ID, pa.int64()), (K.CELL_TRUE, pa.int64())])
-    extra = {K.TRUTH_CELLS_ZARR: K.LABEL_DTYPE, K.TRUTH_NUCLEI_ZARR: K.LABEL_DTYPE}
-    shape = (2, H, W) if membrane else (H, W)
-    truth_rows = []
-    n_tx = n_bg = 0
-    with ChipWriter(out, shape, ps, platform=platform, chunk_px=block_px, with_nuclei=vendor_nuclei,
-                    extra_arrays=extra, transcript_schema=schema, overwrite=overwrite,
-                    storage_options=storage_options,
-                    meta_extra={"synthetic": {"seed": seed, "cell_density_per_mm2": cell_density_per_mm2,
-                                              "transcripts_per_cell": transcripts_per_cell,
-                                              "background_fraction": background_fraction, "occupancy": occupancy,
-                                              "expression_cv": expression_cv, "cytoplasm_keep": cytoplasm_keep}}) as wr:
-        gene_dict = pa.array(programs.genes, pa.string())
-        n_br, n_bc = math.ceil(H / block_px), math.ceil(W / block_px)
-        for bi in range(n_br):
-            for bj in range(n_bc):
-                r0, c0 = bi * block_px, bj * block_px
-                r1, c1 = min(H, r0 + block_px), min(W, c0 + block_px)
-                wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
-                wr1, wc1 = min(H, r1 + margin), min(W, c1 + margin)
-                box = (c0 * ps, c1 * ps, r0 * ps, r1 * ps)
-                ii, jj = lattice.indices_in(wc0 * ps - margin_um, wc1 * ps + margin_um,
-                                            wr0 * ps - margin_um, wr1 * ps + margin_um)
-                cells = _cells(seed, lattice, ii, jj, W * ps, H * ps, n_cell_types, cell_radius, occupancy,
-                               expression_cv)
-                cell_lab, nuc_lab, nuc_vis = _render_labels(cells, wr0, wc0, wr1 - wr0, wc1 - wc0, ps)
-                rng = np.random.default_rng([seed, bi, bj])
-                dapi = _render_dapi(nuc_vis, cells, wr0, wc0, seed, ps, rng)
-                core = np.s_[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
-                if membrane:
-                    wr.write_image(np.s_[0, r0:r1, c0:c1], dapi[core])
-                    wr.write_image(np.s_[1, r0:r1, c0:c1], _render_membrane(cell_lab, ps, rng)[core])
-                else:
-                    wr.write_image(np.s_[r0:r1, c0:c1], dapi[core])
-                wr.write_array(K.TRUTH_CELLS_ZARR, np.s_[r0:r1, c0:c1], cell_lab[core])
-                wr.write_array(K.TRUTH_NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
-                if vendor_nuclei:
-                    wr.write_array(K.NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
 
-                own = (cells["x"] >= box[0]) & (cells["x"] < box[1]) & (cells["y"] >= box[2]) & (cells["y"] < box[3])
-                mine = {k: v[own] for k, v in cells.items()}
-                x, y, g, c = _transcripts(mine, cell_lab, nuc_lab, wr0, wc0, ps, programs,
-                                          transcripts_per_cell, background_fraction, rng, box,
-                                          cytoplasm_keep=cytoplasm_keep)
-                x = np.clip(x, 0.0, W * ps - 1e-6)
-                y = np.clip(y, 0.0, H * ps - 1e-6)
-                o = np.lexsort((x, y))
-                n = len(o)
-                block_index = bi * n_bc + bj
-                table = pa.table({
-                    K.X: x[o], K.Y: y[o],
-                    K.Z: rng.uniform(0, 10, n).astype(np.float32),
-                    K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), gene_dict),
-                    K.QV: np.minimum(20 + rng.exponential(8, n), 40).astype(np.float32),
-                    K.TRANSCRIPT_ID: (np.int64(block_index) << 32) + np.arange(n, dtype=np.int64),
-                    K.CELL_TRUE: c[o],
-                }, schema=schema)
-                wr.write_transcripts(table, row_group_size=max(n, 1))
-                n_tx += n
-                n_bg += int((c == 0).sum())
-                areas = _areas(cell_lab, mine["cell_id"]) * ps * ps
-                truth_rows.append(pd.DataFrame({
-                    "cell_id": mine["cell_id"], "x": mine["x"], "y": mine["y"],
-                    "cell_type": mine["cell_type"], "has_visible_nucleus": mine["visible"],
-                    "area_um2": areas, "elongated": mine["elongated"],
-                }))
-        truth = pd.concat(truth_rows, ignore_index=True) if truth_rows else pd.DataFrame()
-        fs, path = storage.fs_and_path(storage.join(str(out), TRUTH_CELLS_PARQUET), storage_options)
-        with fs.open(path, "wb") as fh:
-            truth.to_parquet(fh, index=False)
-    seconds = time.perf_counter() - t0
-    return {
-        "out": str(out),
-        "shape": [H, W],
-        "pixel_size_um": ps,
-        "n_cells": int(len(truth)),
-        "n_transcripts": int(n_tx),
-        "n_background": int(n_bg),
-        "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
-        "n_genes": n_genes,
-        "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+@dataclass(frozen=True)
+class _Generator:
+    """The chip-wide facts one block needs (every block is generated from these alone)."""
+
+    seed: int
+    ps: float
+    H: int
+    W: int
+    block_px: int
+    margin_um: float
+    margin: int  # px rendered around a block so its cells are whole
+    cell_radius: float
+    lattice: "_Lattice"
+    programs: "_Programs"
+    schema: pa.Schema
+    n_cell_types: int
+    occupancy: float
+    expression_cv: float
+    transcripts_per_cell: float
+    background_fraction: float
+    cytoplasm_keep: float
+    membrane: bool
+    vendor_nuclei: bool
+
+    def write_block(self, wr, bi: int, bj: int, block_index: int) -> tuple[int, int, pd.DataFrame]:
+        """Render block (bi, bj) and write its pixels and the transcripts of the cells it owns;
+        returns (transcripts, background transcripts, truth rows of its cells)."""
+        ps, H, W, margin, margin_um = self.ps, self.H, self.W, self.margin, self.margin_um
+        r0, c0 = bi * self.block_px, bj * self.block_px
+        r1, c1 = min(H, r0 + self.block_px), min(W, c0 + self.block_px)
+        wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
+        wr1, wc1 = min(H, r1 + margin), min(W, c1 + margin)
+        box = (c0 * ps, c1 * ps, r0 * ps, r1 * ps)
+        ii, jj = self.lattice.indices_in(wc0 * ps - margin_um, wc1 * ps + margin_um,
+                                         wr0 * ps - margin_um, wr1 * ps + margin_um)
+        cells = _cells(self.seed, self.lattice, ii, jj, W * ps, H * ps, self.n_cell_types, self.cell_radius,
+                       self.occupancy, self.expression_cv)
+        cell_lab, nuc_lab, nuc_vis = _render_labels(cells, wr0, wc0, wr1 - wr0, wc1 - wc0, ps)
+        rng = np.random.default_rng([self.seed, bi, bj])
+        dapi = _render_dapi(nuc_vis, cells, wr0, wc0, self.seed, ps, rng)
+        core = np.s_[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+        if self.membrane:
+            wr.write_image(np.s_[0, r0:r1, c0:c1], dapi[core])
+            wr.write_image(np.s_[1, r0:r1, c0:c1], _render_membrane(cell_lab, ps, rng)[core])
+        else:
+            wr.write_image(np.s_[r0:r1, c0:c1], dapi[core])
+        wr.write_array(K.TRUTH_CELLS_ZARR, np.s_[r0:r1, c0:c1], cell_lab[core])
+        wr.write_array(K.TRUTH_NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
+        if self.vendor_nuclei:
+            wr.write_array(K.NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
+
+        own = (cells["x"] >= box[0]) & (cells["x"] < box[1]) & (cells["y"] >= box[2]) & (cells["y"] < box[3])
+        mine = {k: v[own] for k, v in cells.items()}
+        x, y, g, c = _transcripts(mine, cell_lab, nuc_lab, wr0, wc0, ps, self.programs,
+                                  self.transcripts_per_cell, self.background_fraction, rng, box,
+                                  cytoplasm_keep=self.cytoplasm_keep)
+        x = np.clip(x, 0.0, W * ps - 1e-6)
+        y = np.clip(y, 0.0, H * ps - 1e-6)
+        o = np.lexsort((x, y))
+        n = len(o)
+        table = pa.table({
+            K.X: x[o], K.Y: y[o],
+            K.Z: rng.uniform(0, 10, n).astype(np.float32),
+            K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), pa.array(self.programs.genes, pa.string())),
+            K.QV: np.minimum(20 + rng.exponential(8, n), 40).astype(np.float32),
+            K.TRANSCRIPT_ID: (np.int64(block_index) << 32) + np.arange(n, dtype=np.int64),
+            K.CELL_TRUE: c[o],
+        }, schema=self.schema)
+        wr.write_transcripts(table, row_group_size=max(n, 1))
+        areas = _areas(cell_lab, mine["cell_id"]) * ps * ps
+        truth = pd.DataFrame({
+            "cell_id": mine["cell_id"], "x": mine["x"], "y": mine["y"],
+            "cell_type": mine["cell_type"], "has_visible_nucleus": mine["visible"],
+            "area_um2": areas, "elongated": mine["elongated"],
+        })
+        return n, int((c == 0).sum()), truth
 
 
 def _areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:

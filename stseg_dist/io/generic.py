@@ -59,33 +59,7 @@ def write_chip(
     polygons rasterised into it; ``arrays`` paint extra label arrays band by band.
     """
     ps = float(pixel_size_um)
-    n = 0
-    lo = [math.inf, math.inf]
-    hi = [-math.inf, -math.inf]
-    for t in batches():
-        if t.num_rows == 0:
-            continue
-        n += t.num_rows
-        for i, c in enumerate((K.X, K.Y)):
-            mm = pc.min_max(t[c])
-            lo[i] = min(lo[i], mm["min"].as_py())
-            hi[i] = max(hi[i], mm["max"].as_py())
-    if n == 0:
-        raise InputError(f"{source}: no transcripts left to convert (empty bundle or everything filtered)")
-    if grid is not None:
-        origin, (h, w) = (tuple(map(float, grid[0])), tuple(map(int, grid[1])))
-        x1, y1 = origin[0] + w * ps, origin[1] + h * ps
-        tol = max(2 * ps, 1.0)  # µm; vendor transforms are rounded
-        if lo[0] < origin[0] - tol or lo[1] < origin[1] - tol or hi[0] > x1 + tol or hi[1] > y1 + tol:
-            raise InputError(
-                f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} µm "
-                f"lies outside the image (x {origin[0]:.1f}..{x1:.1f}, y {origin[1]:.1f}..{y1:.1f} µm: "
-                f"{w}x{h} px at {ps} µm/px)"
-            )
-    else:
-        origin = (math.floor(lo[0] / ps) * ps, math.floor(lo[1] / ps) * ps)
-        w = int((hi[0] - origin[0]) // ps) + 1
-        h = int((hi[1] - origin[1]) // ps) + 1
+    n, origin, (h, w) = _chip_grid(batches, ps, source, grid)
     n_bands = (h + BAND_PX - 1) // BAND_PX
     meta = dict(meta_extra or {})
     density = image is None and paint_image is None
@@ -96,21 +70,7 @@ def write_chip(
     for rel, polys in (polygons or {}).items():
         painters[rel] = lambda r0, r1, ww, _p=polys: rasterise(_p, origin, ps, r0, r1, ww)
     with tempfile.TemporaryDirectory(prefix="stseg_convert_") as tmp:
-        writers: dict[int, pq.ParquetWriter] = {}
-        schema = None
-        for t in batches():
-            if t.num_rows == 0:
-                continue
-            schema = schema or t.schema
-            t = t.cast(schema)
-            r = np.floor((t[K.Y].to_numpy() - origin[1]) / ps).astype(np.int64)
-            band = np.clip(r // BAND_PX, 0, n_bands - 1)
-            for b in np.unique(band):
-                if b not in writers:
-                    writers[b] = pq.ParquetWriter(str(Path(tmp) / f"b{b}.parquet"), schema)
-                writers[b].write_table(t.filter(pa.array(band == b)))
-        for wr in writers.values():
-            wr.close()
+        bands, schema = _split_into_bands(batches, tmp, origin, ps, n_bands)
         with ChipWriter(
             out_url, shape=(1, h, w), pixel_size_um=ps, origin_um=origin, platform=platform,
             extra_arrays={rel: K.LABEL_DTYPE for rel in painters}, meta_extra=meta,
@@ -118,7 +78,7 @@ def write_chip(
         ) as cw:
             for b in range(n_bands):
                 r0, r1 = b * BAND_PX, min(h, (b + 1) * BAND_PX)
-                if b in writers:
+                if b in bands:
                     t = pq.read_table(str(Path(tmp) / f"b{b}.parquet"))
                     x = t[K.X].to_numpy()
                     y = t[K.Y].to_numpy()
@@ -140,6 +100,59 @@ def write_chip(
                     cw.write_array(rel, np.s_[r0:r1, :], paint(r0, r1, w))
     return {"n_transcripts": n, "shape_yx": [h, w], "origin_um": list(origin), "pixel_size_um": ps,
             "image_source": meta["image_source"]}
+
+
+def _chip_grid(batches: Batches, ps: float, source: str, grid) -> tuple[int, tuple[float, float], tuple[int, int]]:
+    """One pass over the transcripts: their count, and the chip's (origin, (H, W)): the vendor
+    image's ``grid`` (refused when the transcripts lie outside it), else the transcripts' extent."""
+    n = 0
+    lo = [math.inf, math.inf]
+    hi = [-math.inf, -math.inf]
+    for t in batches():
+        if t.num_rows == 0:
+            continue
+        n += t.num_rows
+        for i, c in enumerate((K.X, K.Y)):
+            mm = pc.min_max(t[c])
+            lo[i] = min(lo[i], mm["min"].as_py())
+            hi[i] = max(hi[i], mm["max"].as_py())
+    if n == 0:
+        raise InputError(f"{source}: no transcripts left to convert (empty bundle or everything filtered)")
+    if grid is None:
+        origin = (math.floor(lo[0] / ps) * ps, math.floor(lo[1] / ps) * ps)
+        return n, origin, (int((hi[1] - origin[1]) // ps) + 1, int((hi[0] - origin[0]) // ps) + 1)
+    origin, (h, w) = (tuple(map(float, grid[0])), tuple(map(int, grid[1])))
+    x1, y1 = origin[0] + w * ps, origin[1] + h * ps
+    tol = max(2 * ps, 1.0)  # µm; vendor transforms are rounded
+    if lo[0] < origin[0] - tol or lo[1] < origin[1] - tol or hi[0] > x1 + tol or hi[1] > y1 + tol:
+        raise InputError(
+            f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} µm "
+            f"lies outside the image (x {origin[0]:.1f}..{x1:.1f}, y {origin[1]:.1f}..{y1:.1f} µm: "
+            f"{w}x{h} px at {ps} µm/px)"
+        )
+    return n, origin, (h, w)
+
+
+def _split_into_bands(batches: Batches, tmp: str, origin, ps: float, n_bands: int) -> tuple[set[int], pa.Schema]:
+    """Second pass: the transcripts into one temporary parquet file per band of image rows
+    (``tmp/b<band>.parquet``), so each band is then sorted and written alone; returns the bands
+    that hold any and the table schema."""
+    writers: dict[int, pq.ParquetWriter] = {}
+    schema = None
+    for t in batches():
+        if t.num_rows == 0:
+            continue
+        schema = schema or t.schema
+        t = t.cast(schema)
+        r = np.floor((t[K.Y].to_numpy() - origin[1]) / ps).astype(np.int64)
+        band = np.clip(r // BAND_PX, 0, n_bands - 1)
+        for b in np.unique(band):
+            if b not in writers:
+                writers[b] = pq.ParquetWriter(str(Path(tmp) / f"b{b}.parquet"), schema)
+            writers[b].write_table(t.filter(pa.array(band == b)))
+    for wr in writers.values():
+        wr.close()
+    return set(writers), schema
 
 
 def rasterise(polys, origin, ps, r0, r1, w) -> np.ndarray:
