@@ -11,6 +11,7 @@ Manifest (YAML mapping with a ``slides`` list, or CSV with columns ``name,input,
         platform: xenium
         output: s3://bucket/out/a
         overrides: {tiling.tile_um: 400}
+        reader_options: {min_qv: 20}  # optional: what ``--reader-option`` gives ``stseg run --input``
 
 A slide's ``input`` is a chip, or a vendor bundle that :func:`~stseg_dist.driver.run_pipeline`
 converts with the slide's ``platform`` reader (into ``OUTPUT/_work/input_chip``; the reader's
@@ -42,7 +43,7 @@ from .io.bundles import PLATFORMS
 
 log = logging.getLogger(__name__)
 
-SLIDE_KEYS = {"name", "input", "output", "platform", "overrides"}
+SLIDE_KEYS = {"name", "input", "output", "platform", "overrides", "reader_options"}
 TOP_KEYS = {"out", "config", "max_concurrent_slides", "slides"}
 SUMMARY_COLUMNS = ["slide", "status", "cells", "transcripts", "wall_seconds", "error"]
 
@@ -54,6 +55,7 @@ class Slide:
     output: str
     platform: str = "generic"
     overrides: dict = field(default_factory=dict)
+    reader_options: dict = field(default_factory=dict)  # for a vendor bundle's reader
 
 
 @dataclass
@@ -159,7 +161,7 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
         if not isinstance(ov, dict):
             raise ConfigError(f"{where}: 'overrides' must be a mapping, got {ov!r}")
         slides.append(Slide(name, _resolve(base, s["input"]), _resolve(base, s["output"]), platform,
-                            _nest(_flatten(ov))))
+                            _nest(_flatten(ov)), _reader_options(where, platform, s.get("reader_options"))))
     m = Manifest(url, _resolve(base, out), slides, _resolve(base, cfg) if cfg else None, mcs)
     # validate every slide's config now (keys, types and values), so a typo fails before any slide starts
     for s in m.slides:
@@ -168,6 +170,23 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
         except ConfigError as exc:
             raise ConfigError(f"{url}: slide {s.name!r} overrides: {exc}") from exc
     return m
+
+
+def _reader_options(where: str, platform: str, options: Any) -> dict:
+    """A slide's reader options, checked against its platform's reader before any slide starts."""
+    from .errors import InputError
+    from .io.bundles import reader_options
+    from .io.options import resolve
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: 'reader_options' must be a mapping, got {options!r}")
+    try:
+        resolve(platform, reader_options(platform), options)
+    except InputError as exc:
+        raise ConfigError(f"{where}: reader_options: {exc}") from exc
+    return dict(options)
 
 
 def _read_json(url: str) -> dict | None:
@@ -250,7 +269,7 @@ def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list
         t0 = time.perf_counter()
         try:
             summ = run_pipeline(out_url=s.output, config=_slide_config(m, s), input=s.input, platform=s.platform,
-                                local=local)
+                                reader_options=s.reader_options, local=local)
             cells, tx = _counts(summ)
             rec.update(status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None)
         except Exception as exc:  # a failed slide must not stop the others

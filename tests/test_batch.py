@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from stseg_dist.batch import parse_manifest, run_batch
+from stseg_dist.config import PipelineConfig
 from stseg_dist.errors import ConfigError
 from stseg_dist.synth import synth_chip
 
@@ -112,3 +113,28 @@ def test_csv_manifest_resolves_relative_paths(tmp_path):
     assert [s.input for s in m.slides] == [str(tmp_path / "chips/a"), "s3://bk/b"]
     assert m.slides[0].platform == "merscope" and m.slides[1].platform == "generic"
     assert m.out == str(tmp_path)
+
+
+def test_vendor_bundle_slide_is_converted_with_its_platform(tmp_path):
+    """A slide's input may be a vendor bundle: converted by its platform's reader (with the slide's
+    reader options) into the slide's OUTPUT/_work/input_chip, then segmented."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "bundle").mkdir()
+    pd.DataFrame({"x": rng.uniform(0, 60, 800), "y": rng.uniform(0, 40, 800),
+                  "gene": rng.choice(["A", "B", "C"], 800)}).to_csv(tmp_path / "bundle" / "transcripts.csv", index=False)
+    slide = {"name": "b", "input": "bundle", "output": "out/b", "platform": "generic",
+             "reader_options": {"pixel_size_um": 0.5}, "overrides": {"runtime.progress": False}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"out": "bo", "slides": [slide]}))
+    summary = run_batch(str(tmp_path / "m.yaml"), local=True)
+    assert summary["status"] == "complete", summary
+    run = json.loads((tmp_path / "out" / "b" / "run.json").read_text())
+    assert run["chip"].endswith("_work/input_chip") and run["counts"]["n_transcripts"] == 800
+    # the transcript-density chip got the reader's hints (no shared config in the manifest)
+    assert run["config"]["nuclei"]["classical"] != PipelineConfig().to_dict()["nuclei"]["classical"]
+    bad = {**slide, "reader_options": {"pixel_size": 0.5}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"out": "bo", "slides": [bad]}))
+    with pytest.raises(ConfigError, match=r"slides\[0\]: reader_options: unknown reader option\(s\) 'pixel_size'"):
+        parse_manifest(str(tmp_path / "bad.yaml"))
