@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import constants as C
+from . import constants as K
 from .errors import InputError
 from .io import storage
 
@@ -82,18 +82,18 @@ def _crop(cells, tx_url: str, px: float, origin, so) -> tuple[str, tuple[int, in
     r0, c0 = max(h // 2 - CROP_PX // 2, 0), max(w // 2 - CROP_PX // 2, 0)
     r1, c1 = min(r0 + CROP_PX, h), min(c0 + CROP_PX, w)
     x0, y0 = origin[0] + c0 * px, origin[1] + r0 * px
-    tx = pd.read_parquet(tx_url, columns=[C.X, C.Y, C.CELL_ID], storage_options=so or None,
-                         filters=[(C.X, ">=", x0), (C.X, "<", origin[0] + c1 * px),
-                                  (C.Y, ">=", y0), (C.Y, "<", origin[1] + r1 * px)])
+    tx = pd.read_parquet(tx_url, columns=[K.X, K.Y, K.CELL_ID], storage_options=so or None,
+                         filters=[(K.X, ">=", x0), (K.X, "<", origin[0] + c1 * px),
+                                  (K.Y, ">=", y0), (K.Y, "<", origin[1] + r1 * px)])
     if len(tx) > MAX_POINTS:
         tx = tx.sample(MAX_POINTS, random_state=0)
     lab = np.asarray(cells[r0:r1, c0:c1])
-    col = (tx[C.X].to_numpy() - origin[0]) / px - c0
-    row = (tx[C.Y].to_numpy() - origin[1]) / px - r0
+    col = (tx[K.X].to_numpy() - origin[0]) / px - c0
+    row = (tx[K.Y].to_numpy() - origin[1]) / px - r0
     sel = (col >= 0) & (col < c1 - c0) & (row >= 0) & (row < r1 - r0)
     fig, ax = plt.subplots(figsize=(7, 7))
     ax.imshow(np.where(_outline(lab), 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    cid = tx[C.CELL_ID].to_numpy()[sel]
+    cid = tx[K.CELL_ID].to_numpy()[sel]
     un = cid == 0
     ax.scatter(col[sel][un], row[sel][un], s=2, c="0.6", label="unassigned")
     ax.scatter(col[sel][~un], row[sel][~un], s=2, c=(cid[~un] * 2654435761 % 997), cmap="tab20", label="assigned")
@@ -160,18 +160,18 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
 
     matplotlib.use("Agg")
     so = storage_options
-    run_url = storage.join(out_url, C.RUN_JSON)
+    run_url = storage.join(out_url, K.RUN_JSON)
     if not storage.exists(run_url, so):
-        raise InputError(f"no {C.RUN_JSON} in {out_url}: not a finished run")
+        raise InputError(f"no {K.RUN_JSON} in {out_url}: not a finished run")
     run = storage.read_json(run_url, so)
     import zarr
 
-    labels_url = storage.join(out_url, C.LABELS_ZARR)
+    labels_url = storage.join(out_url, K.LABELS_ZARR)
     group = zarr.open_group(labels_url, mode="r", **({"storage_options": so} if so else {}))
-    cells_arr = group[C.LABELS_CELLS]
+    cells_arr = group[K.LABELS_CELLS]
     px = float(group.attrs.get("pixel_size_um", 1.0))
     origin = tuple(group.attrs.get("origin_um", (0.0, 0.0)))
-    cells = pd.read_parquet(storage.join(out_url, C.CELLS_PARQUET), storage_options=so or None)
+    cells = pd.read_parquet(storage.join(out_url, K.CELLS_PARQUET), storage_options=so or None)
 
     ref = ref or chip
     if metrics is None and ref is not None:
@@ -194,7 +194,7 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
     stride = max(1, int(np.ceil(max(cells_arr.shape) / OVERVIEW_PX)))
     parts = [
         "<h2>Overview</h2>", f'<img alt="overview" src="{_overview(cells_arr, stride, px)}">',
-        "<h2>Zoomed crop</h2>", f'<img alt="crop" src="{_crop(cells_arr, storage.join(out_url, C.TRANSCRIPTS_PARQUET), px, origin, so)[0]}">',
+        "<h2>Zoomed crop</h2>", f'<img alt="crop" src="{_crop(cells_arr, storage.join(out_url, K.TRANSCRIPTS_PARQUET), px, origin, so)[0]}">',
         "<h2>Per-cell distributions</h2>", f'<img alt="histograms" src="{_histograms(cells)}">',
     ]
     heat = _tile_heatmap(run.get("tiles", []))
@@ -226,6 +226,6 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
         f"<h1>{title}</h1><p>status: {html.escape(str(run.get('status')))}, "
         f"{run.get('n_tiles')} tiles</p>" + "".join(parts) + _CHECK_SCRIPT + "</body></html>"
     )
-    url = storage.join(out_url, C.REPORT_HTML)
+    url = storage.join(out_url, K.REPORT_HTML)
     storage.write_bytes_atomic(url, page.encode("utf-8"), so)
     return url

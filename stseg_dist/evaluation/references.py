@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import constants as C
+from .. import constants as K
 from ..errors import InputError
 from ..io import storage
 
@@ -44,9 +44,9 @@ def open_label_array(url: str, storage_options: dict | None = None):
     except (FileNotFoundError, Exception) as exc:  # zarr raises several kinds for a missing store
         raise InputError(f"cannot open reference mask {url}: {exc}") from exc
     if isinstance(node, zarr.Group):
-        if C.LABELS_CELLS not in node:
-            raise InputError(f"zarr group {url} has no '{C.LABELS_CELLS}' array")
-        node = node[C.LABELS_CELLS]
+        if K.LABELS_CELLS not in node:
+            raise InputError(f"zarr group {url} has no '{K.LABELS_CELLS}' array")
+        node = node[K.LABELS_CELLS]
     if node.ndim != 2:
         raise InputError(f"reference mask {url} must be 2-D, has shape {node.shape}")
     if not np.issubdtype(node.dtype, np.integer):
@@ -63,7 +63,7 @@ def _read_parquet(url: str, columns=None, storage_options=None) -> pd.DataFrame:
         raise InputError(f"{url}: cannot read columns {columns}: {exc}") from exc
 
 
-def transcript_reference(url: str, column: str = C.CELL_TRUE, storage_options=None) -> pd.DataFrame:
+def transcript_reference(url: str, column: str = K.CELL_TRUE, storage_options=None) -> pd.DataFrame:
     """Per-transcript reference IDs from a parquet column, keyed by transcript_id (or row order)."""
     import pyarrow.parquet as pq
 
@@ -74,13 +74,13 @@ def transcript_reference(url: str, column: str = C.CELL_TRUE, storage_options=No
         raise InputError(f"reference table not found: {url}") from exc
     if column not in names:
         raise InputError(f"{url}: no column '{column}' with reference cell IDs (columns: {', '.join(names)})")
-    key = C.TRANSCRIPT_ID if C.TRANSCRIPT_ID in names else None
+    key = K.TRANSCRIPT_ID if K.TRANSCRIPT_ID in names else None
     df = _read_parquet(url, [c for c in (key, column) if c], storage_options)
     if not np.issubdtype(df[column].dtype, np.integer):
         raise InputError(f"{url}: column '{column}' must hold integer cell IDs, has {df[column].dtype}")
     df = df.rename(columns={column: "ref_id"})
     if key is None:
-        df[C.INPUT_ROW] = np.arange(len(df), dtype=np.int64)
+        df[K.INPUT_ROW] = np.arange(len(df), dtype=np.int64)
     return df
 
 
@@ -93,22 +93,22 @@ def load_reference(url: str, storage_options: dict | None = None) -> Reference:
     """
     path, _, column = url.partition("#")
     if path.rstrip("/").endswith(".parquet"):
-        return Reference(url, transcripts=transcript_reference(path, column or C.CELL_TRUE, storage_options))
+        return Reference(url, transcripts=transcript_reference(path, column or K.CELL_TRUE, storage_options))
     if path.lower().endswith((".tif", ".tiff")) or (
         path.rstrip("/").endswith(".zarr") and storage.exists(path, storage_options)
     ):
         return Reference(url, labels=open_label_array(path, storage_options))
-    truth = storage.join(path, C.TRUTH_CELLS_ZARR)
+    truth = storage.join(path, K.TRUTH_CELLS_ZARR)
     if storage.exists(truth, storage_options):
         ref = Reference(url, labels=open_label_array(truth, storage_options))
-        tx = storage.join(path, C.TRANSCRIPTS_PARQUET)
+        tx = storage.join(path, K.TRANSCRIPTS_PARQUET)
         if storage.exists(tx, storage_options):
             try:
-                ref.transcripts = transcript_reference(tx, C.CELL_TRUE, storage_options)
+                ref.transcripts = transcript_reference(tx, K.CELL_TRUE, storage_options)
             except InputError:
                 pass  # a truth mask without per-transcript truth still gives pixel metrics
         return ref
     raise InputError(
-        f"reference {url} is neither a chip with {C.TRUTH_CELLS_ZARR}, a label mask (.zarr/.tif), "
+        f"reference {url} is neither a chip with {K.TRUTH_CELLS_ZARR}, a label mask (.zarr/.tif), "
         "nor a transcript table (.parquet[#column])"
     )
