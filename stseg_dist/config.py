@@ -199,8 +199,9 @@ class MembraneConfig:
     # Departure: a nucleus-free cell must hold this fraction of the chip's mean transcript density
     # (0: every stain cell is kept, as published; the empty gaps between cells look like cells).
     nucleus_free_min_density: float = 0.5
-    # Departure: a cell holding several nuclei is split between them (false: one ID, as published).
-    split_by_nuclei: bool = True
+    # A cell holding several nuclei is split between them (a departure; off: one ID, as published,
+    # measured F1 0.943 vs 0.940 split on generated chip 1).
+    split_by_nuclei: bool = False
     min_cell_area_um2: float = 10.0  # paper classical: smaller stain regions are debris
     max_cell_area_um2: float | None = None  # paper classical; None: 4x a disc of cells.cell_diameter_um
 
