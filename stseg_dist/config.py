@@ -291,7 +291,8 @@ class StageResources:
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _positive(self, key, "num_cpus")
         _require(self.num_gpus is None or self.num_gpus >= 0, f"{key}.num_gpus must be >= 0, got {self.num_gpus}")
-        _require(self.memory_gb is None or self.memory_gb > 0, f"{key}.memory_gb must be positive, got {self.memory_gb}")
+        _require(self.memory_gb is None or self.memory_gb > 0,
+                 f"{key}.memory_gb must be positive, got {self.memory_gb}")
         _require(self.actors is None or self.actors >= 0, f"{key}.actors must be >= 0, got {self.actors}")
 
 

@@ -121,12 +121,13 @@ def run_pipeline(
     """
     if out_url is None or (chip_url is None) == (input is None):
         raise InputError("run_pipeline needs an output and exactly one of a chip or an input")
-    so = dict(storage_options or {})
+    storage_options = dict(storage_options or {})
+    how = {"address": address, "local": local, "resume": resume}
     if input is None:
-        return _run(chip_url, out_url, _config(config, {}), so, address=address, local=local, resume=resume)
-    with runlock.hold(out_url, so):  # the conversion into OUT/_work is this run's too
-        chip_url, hints = open_input(input, out_url, platform, reader_options, so)
-        return _run(chip_url, out_url, _config(config, hints), so, address=address, local=local, resume=resume)
+        return _run(chip_url, out_url, _config(config, {}), storage_options, **how)
+    with runlock.hold(out_url, storage_options):  # the conversion into OUT/_work is this run's too
+        chip_url, hints = open_input(input, out_url, platform, reader_options, storage_options)
+        return _run(chip_url, out_url, _config(config, hints), storage_options, **how)
 
 
 def _config(config: ConfigArg, hints: dict) -> PipelineConfig:
@@ -150,22 +151,22 @@ def open_input(input_url: str, out_url: str, platform: str, reader_options: dict
     return chip, pipeline_hints(report)
 
 
-def _run(chip_url: str | Chip, out_url: str, config: PipelineConfig, so: dict, *, address: str | None,
-         local: bool, resume: bool) -> dict[str, Any]:
-    redact.register(config.to_dict(), {"storage_options": so})  # masked in logs and messages
+def _run(chip_url: str | Chip, out_url: str, config: PipelineConfig, storage_options: dict, *,
+         address: str | None, local: bool, resume: bool) -> dict[str, Any]:
+    redact.register(config.to_dict(), {"storage_options": storage_options})  # masked in logs and messages
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     t_all = time.perf_counter()
-    chip = chip_url if isinstance(chip_url, Chip) else open_chip(chip_url, so)
+    chip = chip_url if isinstance(chip_url, Chip) else open_chip(chip_url, storage_options)
     method = get_method(config.cells.method, config, chip.meta.platform)
     backend = get_backend(config.nuclei.backend, config, chip)  # validates the name and its inputs early
-    _check_output(out_url, so)
-    with runlock.hold(out_url, so):  # one run at a time per OUT: a second one refuses, naming the lock
-        summary = _run_locked(chip, out_url, config, so, method, backend, address, local, resume)
+    _check_output(out_url, storage_options)
+    with runlock.hold(out_url, storage_options):  # one run at a time per OUT: a second one refuses, naming the lock
+        summary = _run_locked(chip, out_url, config, storage_options, method, backend, address, local, resume)
         summary["started"] = started
         summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         summary["stage_seconds"]["total"] = time.perf_counter() - t_all
         summary = redact.redact(summary)  # no credential in run.json (storage options, URLs, errors)
-        storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, so)
+        storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, storage_options)
     if summary["status"] != "complete":
         raise RunIncompleteError(
             f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are incomplete "
@@ -174,7 +175,7 @@ def _run(chip_url: str | Chip, out_url: str, config: PipelineConfig, so: dict, *
     return summary
 
 
-def _run_locked(chip: Chip, out_url: str, config: PipelineConfig, so: dict, method: CellMethod,
+def _run_locked(chip: Chip, out_url: str, config: PipelineConfig, storage_options: dict, method: CellMethod,
                 backend: NucleiBackend, address: str | None, local: bool, resume: bool) -> dict[str, Any]:
     grid = make_grid(chip.shape_yx, chip.pixel_size_um, config.tiling.tile_size_um,
                      halo_um(config, method.reach_um(), backend.context_px() * chip.pixel_size_um),
@@ -186,7 +187,7 @@ def _run_locked(chip: Chip, out_url: str, config: PipelineConfig, so: dict, meth
         started_ray = init_ray(address)
         ex = RayExecutor(config.runtime.max_in_flight, config.runtime.max_retries,
                          config.runtime.progress, config.runtime.fail_fast)
-    run = Run(chip, out_url, config, so, method, backend, grid, ex, resume)
+    run = Run(chip, out_url, config, storage_options, method, backend, grid, ex, resume)
     try:
         summary = _run_passes(run)
     finally:
@@ -291,26 +292,26 @@ def _cells(run: Run, ctx: stages.RunContext) -> None:
 
 def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
     """Per-tile partials into the output files, published into OUT; True when the run is complete."""
-    so, work, chip = run.storage_options, ctx.work, run.chip
+    storage_options, work, chip = run.storage_options, ctx.work, run.chip
     staging = work.url(ctx.stage("staging"))
     cells_done = sorted(work.done(ctx.stage(stages.CELLS)))
     parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
     ids, sums, counts = reduce_cells(parts, len(ctx.genes))
     df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, run.counts["n_nuclei"])
     run.failed += write_boundaries(run.ex, ctx, ids, sums, staging)  # GeoParquet outlines, per owning tile
-    write_parquet(df, storage.join(staging, K.CELLS_PARQUET), so)
+    write_parquet(df, storage.join(staging, K.CELLS_PARQUET), storage_options)
     run.counts["n_transcripts_written"] = concat_transcripts(
         [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
-        storage.join(staging, K.TRANSCRIPTS_PARQUET), so)
+        storage.join(staging, K.TRANSCRIPTS_PARQUET), storage_options)
     n_tx = int(sum(int(p["n_transcripts"]) for p in parts))
     n_assigned = int(sum(int(p["n_assigned"]) for p in parts))
     complete = not run.failed and len(cells_done) == len(run.grid)
     if complete and n_tx != n_input:
         raise RuntimeError(f"accounting error: {n_tx} transcripts assigned by tiles, {n_input} in input")
     run.counts.update(n_transcripts=n_tx, n_assigned=n_assigned, n_unassigned=n_tx - n_assigned, n_cells=int(len(ids)))
-    write_h5ad(df, counts, ctx.genes, storage.join(staging, K.CELLS_H5AD), so,
+    write_h5ad(df, counts, ctx.genes, storage.join(staging, K.CELLS_H5AD), storage_options,
                {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um})
-    publish(staging, run.out_url, so, keep=not complete)
+    publish(staging, run.out_url, storage_options, keep=not complete)
     run.tile_seconds = {int(i): float(p["seconds"]) for i, p in zip(cells_done, parts)}
     return complete
 
@@ -407,16 +408,16 @@ def _counts(run: Run) -> dict[str, int]:
             "n_clipped_nuclei": int(c["n_clipped_nuclei"]), "n_genes": int(c["n_genes"])}
 
 
-def _check_output(out_url: str, so: dict) -> None:
+def _check_output(out_url: str, storage_options: dict) -> None:
     """Refuse an OUT that is a file or cannot be written, before anything is computed."""
-    fs, path = storage.fs_and_path(out_url, so)
+    fs, path = storage.fs_and_path(out_url, storage_options)
     if fs.exists(path) and not fs.isdir(path):
         raise OutputError(f"output {out_url} exists and is a file, not a folder")
     try:
         fs.makedirs(path, exist_ok=True)
         probe = storage.join(out_url, K.WORK_DIR, ".write-probe")
-        storage.write_bytes_atomic(probe, b"ok", so)
-        storage.remove(probe, so)
+        storage.write_bytes_atomic(probe, b"ok", storage_options)
+        storage.remove(probe, storage_options)
     except (OSError, PermissionError) as exc:
         raise OutputError(f"output {out_url} is not writable: {exc}") from exc
 

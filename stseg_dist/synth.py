@@ -450,10 +450,11 @@ class _Generator:
         y = np.clip(y, 0.0, H * ps - 1e-6)
         o = np.lexsort((x, y))
         n = len(o)
+        gene_dict = pa.array(self.programs.genes, pa.string())
         table = pa.table({
             K.X: x[o], K.Y: y[o],
             K.Z: rng.uniform(0, 10, n).astype(np.float32),
-            K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), pa.array(self.programs.genes, pa.string())),
+            K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), gene_dict),
             K.QV: np.minimum(20 + rng.exponential(8, n), 40).astype(np.float32),
             K.TRANSCRIPT_ID: (np.int64(block_index) << 32) + np.arange(n, dtype=np.int64),
             K.CELL_TRUE: c[o],
