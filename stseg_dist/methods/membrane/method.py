@@ -14,21 +14,22 @@ from the membrane-enclosed gaps between cells, and Cellpose would have to run tw
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from ...errors import ConfigError, InputError
+from ...errors import InputError
 from ...nuclei.classical import smooth
 from ..base import CellMethod, Compute, PrepareContext, TileData
+from ..common.cellpose import load_cellpose, worker_facts
+from ..common.ownership import tile_owning
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("classical", "cellpose")
-_MODEL_LOADS = 0  # per process: an actor loads its model once
+MODEL_KEY = "cells.membrane.model"
 
 
 class MembraneMethod(CellMethod):
@@ -75,7 +76,7 @@ class MembraneMethod(CellMethod):
         regions = sample_regions(chip.shape_yx, c.register_patch_px * f, c.register_max_regions)
         owner: dict[int, list[tuple[int, int, int, int]]] = {}
         for reg in regions:  # each region is read by the tile whose core holds its centre
-            owner.setdefault(_tile_at(ctx.grid, (reg[0] + reg[1]) // 2, (reg[2] + reg[3]) // 2), []).append(reg)
+            owner.setdefault(tile_owning(ctx.grid, (reg[0] + reg[1]) // 2, (reg[2] + reg[3]) // 2), []).append(reg)
 
         def sample(data: TileData):
             out = []
@@ -111,26 +112,10 @@ class MembraneMethod(CellMethod):
             self._load_model()
 
     def _load_model(self):
-        import torch
-        from cellpose import models as cp_models
-
-        from ...nuclei.cellpose_backend import resolve_model_path
-
-        global _MODEL_LOADS
-        try:
-            path = resolve_model_path(self.cfg.model, self.cfg.storage_options)
-        except ConfigError as exc:
-            raise ConfigError(f"cells.membrane.model: {exc}") from exc
-        gpu = torch.cuda.is_available()
-        try:
-            self.model = cp_models.CellposeModel(gpu=gpu, pretrained_model=path, use_bfloat16=gpu)
-        except Exception as exc:  # unreadable, refused by weights_only loading, wrong architecture
-            raise InputError(f"cells.membrane.model {self.cfg.model}: cannot load: {exc}") from exc
-        _MODEL_LOADS += 1
+        self.model = load_cellpose(self.cfg.model, self.cfg.storage_options, MODEL_KEY)
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "model_loads": _MODEL_LOADS,
-                "device": str(self.model.device) if self.model is not None else None}
+        return worker_facts(self.model, MODEL_KEY)
 
     # -- per tile -----------------------------------------------------------------------------
     def membrane(self, data: TileData) -> np.ndarray:
@@ -172,10 +157,3 @@ class MembraneMethod(CellMethod):
 
         return best_diameter(run, [d / data.pixel_size_um for d in c.diameters_um])
 
-
-def _tile_at(grid, row: int, col: int) -> int:
-    """Index of the tile whose core holds pixel (row, col)."""
-    for tile in grid:
-        if tile.core_contains(np.array([row]), np.array([col]))[0]:
-            return tile.index
-    raise ValueError(f"pixel ({row}, {col}) is outside the tile grid")
