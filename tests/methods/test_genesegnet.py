@@ -11,7 +11,8 @@ import torch
 
 from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
-from stseg_dist.methods.genesegnet.features import WorkGrid, gaussian_kernel, kernel_radius, rna_map
+from stseg_dist.methods.common.bins import BinGrid
+from stseg_dist.methods.genesegnet.features import gaussian_kernel, kernel_radius, nucleus_centres, rna_map
 from stseg_dist.methods.genesegnet.inference import assign_cells, sliding_predict, taper, torch_predictor
 from stseg_dist.methods.genesegnet.net import UNet
 from stseg_dist.methods.genesegnet.training import Geometry, Patch, load_model, refine, train_genesegnet
@@ -42,21 +43,21 @@ def test_work_grid_is_anchored_to_the_chip():
     image = rng.normal(100, 10, (90, 100))
     nuclei = np.zeros((90, 100), np.int64)
     nuclei[40:47, 50:58] = 7
-    a = WorkGrid.for_window((3, 90, 5, 100), 3)
-    b = WorkGrid.for_window((31, 80, 44, 95), 3)
+    a = BinGrid.for_window((3, 90, 5, 100), factor=3)
+    b = BinGrid.for_window((31, 80, 44, 95), factor=3)
     ma, mb = a.block_mean(image[3:90, 5:100]), b.block_mean(image[31:80, 44:95])
     # bins 11..25 (rows), 15..30 (cols) lie whole inside both windows
     sa = ma[11 - a.origin[0] : 26 - a.origin[0], 15 - a.origin[1] : 31 - a.origin[1]]
     sb = mb[11 - b.origin[0] : 26 - b.origin[0], 15 - b.origin[1] : 31 - b.origin[1]]
     np.testing.assert_array_equal(sa, sb)
     np.testing.assert_allclose(sa[0, 0], image[33:36, 45:48].mean(), rtol=1e-6)
-    ia, ca = a.nucleus_centroids(nuclei[3:90, 5:100])
-    ib, cb = b.nucleus_centroids(nuclei[31:80, 44:95])
+    ia, ca = nucleus_centres(a, nuclei[3:90, 5:100])
+    ib, cb = nucleus_centres(b, nuclei[31:80, 44:95])
     assert list(ia) == list(ib) == [7]
     np.testing.assert_array_equal(ca + a.origin, cb + b.origin)
     np.testing.assert_allclose(ca[0] + a.origin, [(43 + 0.5) / 3, (53.5 + 0.5) / 3])
     labels = np.arange(np.prod(a.shape)).reshape(a.shape)
-    px = a.to_pixels(labels)
+    px = a.to_pixels(labels, (87, 95))
     assert px.shape == (87, 95) and px[0, 0] == labels[0, 0] and px[-1, -1] == labels[-1, -1]
     assert (px[3:6, 1:4] == labels[1, 1]).all()  # pixels 6..8 (rows) and 6..8 (cols): bin 2 = local 1
 

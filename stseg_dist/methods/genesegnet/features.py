@@ -1,19 +1,21 @@
-"""GeneSegNet inputs on a chip-anchored bin grid: the nuclear stain and an RNA location map.
+"""GeneSegNet inputs on the chip-anchored bin grid: the nuclear stain and an RNA location map.
 
-Bins are ``factor`` x ``factor`` image pixels and bin ``j`` covers global pixels
-``j*factor .. j*factor+factor-1``, whatever the window: two tiles that both see a bin compute
-the same value for it (but for bins within the RNA kernel's reach of a window edge, which the
-halo keeps away from the core). Coordinates on the grid are in bin units with bin ``j``'s centre
-at ``j + 0.5``.
+Bins are ``factor`` x ``factor`` image pixels of the shared grid (:class:`~..common.bins.BinGrid`
+built from a factor): bin ``j`` covers global pixels ``j*factor .. j*factor+factor-1``, whatever
+the window, so two tiles that both see a bin compute the same value for it (but for bins within
+the RNA kernel's reach of a window edge, which the halo keeps away from the core). Coordinates
+on the grid are in bin units with bin ``j``'s centre at ``j + 0.5``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from ..common.bins import BinGrid
+from ..common.ownership import nucleus_centroids
 
 #: Stain histogram resolution: 1/64 octave of (1 + value), up to 2^32; tiles' histograms add up
 #: exactly, so chip-wide percentiles do not depend on the tiling.
@@ -21,72 +23,12 @@ HIST_PER_OCTAVE = 64
 HIST_BINS = 32 * HIST_PER_OCTAVE + 1
 
 
-@dataclass
-class WorkGrid:
-    """A window's bins on the chip-wide grid."""
-
-    factor: int  # image pixels per bin side
-    origin: tuple[int, int]  # global bin of the first bin
-    shape: tuple[int, int]
-    pixel_window: tuple[int, int, int, int]  # r0, r1, c0, c1 global pixels of the window
-
-    @classmethod
-    def for_window(cls, window: tuple[int, int, int, int], factor: int) -> "WorkGrid":
-        r0, r1, c0, c1 = window
-        b0, d0 = r0 // factor, c0 // factor
-        return cls(factor, (b0, d0), (-(-r1 // factor) - b0, -(-c1 // factor) - d0), window)
-
-    def pixel_bins(self) -> tuple[np.ndarray, np.ndarray]:
-        """Window-relative bin of every window pixel row and column."""
-        r0, r1, c0, c1 = self.pixel_window
-        return (np.arange(r0, r1) // self.factor - self.origin[0],
-                np.arange(c0, c1) // self.factor - self.origin[1])
-
-    def to_pixels(self, labels: np.ndarray) -> np.ndarray:
-        """Bin labels painted onto the window's pixels."""
-        r, c = self.pixel_bins()
-        return labels[r[:, None], c[None, :]]
-
-    def block_mean(self, image: np.ndarray) -> np.ndarray:
-        """Mean of each bin's pixels inside the window (partial bins at the edges included)."""
-        r, c = self.pixel_bins()
-        h, w = self.shape
-        flat = (r[:, None] * w + c[None, :]).ravel()
-        sums = np.bincount(flat, weights=image.astype(np.float64).ravel(), minlength=h * w).reshape(h, w)
-        counts = np.bincount(flat, minlength=h * w).reshape(h, w)
-        return (sums / np.maximum(counts, 1)).astype(np.float32)
-
-    def sample_labels(self, labels: np.ndarray) -> np.ndarray:
-        """Labels on bins: the pixel at each bin's centre (clipped to the window)."""
-        r0, r1, c0, c1 = self.pixel_window
-        f = self.factor
-        rows = (np.arange(self.shape[0]) + self.origin[0]) * f + f // 2
-        cols = (np.arange(self.shape[1]) + self.origin[1]) * f + f // 2
-        rows = np.clip(rows, r0, r1 - 1) - r0
-        cols = np.clip(cols, c0, c1 - 1) - c0
-        return labels[rows[:, None], cols[None, :]]
-
-    def transcript_bins(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Window pixel indices of transcripts -> window-relative bins."""
-        r0, _, c0, _ = self.pixel_window
-        return ((np.asarray(row) + r0) // self.factor - self.origin[0],
-                (np.asarray(col) + c0) // self.factor - self.origin[1])
-
-    def nucleus_centroids(self, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(IDs, (n, 2) centroids in window-relative bin units) of the nuclei in a pixel window."""
-        flat = nuclei.ravel()
-        ids, inv = np.unique(flat, return_inverse=True)
-        n = np.bincount(inv)
-        r0, _, c0, _ = self.pixel_window
-        rr, cc = np.divmod(np.arange(flat.size, dtype=np.int64), nuclei.shape[1])
-        # sums of global (integer) pixel indices are exact, so every window gets the same centre
-        mr = np.bincount(inv, weights=rr + r0) / n
-        mc = np.bincount(inv, weights=cc + c0) / n
-        keep = ids > 0
-        # a pixel's centre is at index + 0.5; bins are factor pixels wide
-        cent = np.stack([(mr[keep] + 0.5) / self.factor - self.origin[0],
-                         (mc[keep] + 0.5) / self.factor - self.origin[1]], axis=1)
-        return ids[keep].astype(np.int64), cent
+def nucleus_centres(grid: BinGrid, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IDs, (n, 2) centroids in window-relative bin units) of the nuclei in a pixel window; a
+    pixel's centre is at index + 0.5 and bins are ``grid.factor`` pixels wide."""
+    ids, cr, cc = nucleus_centroids(nuclei, grid.pixel_origin)
+    return ids, np.stack([(cr + 0.5) / grid.factor - grid.origin[0], (cc + 0.5) / grid.factor - grid.origin[1]],
+                         axis=1)
 
 
 def bin_factor(pixel_size_um: float, bin_um: float) -> int:

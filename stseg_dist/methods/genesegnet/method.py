@@ -14,9 +14,20 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ...errors import ConfigError, InputError
-from ..base import MODEL_ACTOR, CellMethod, Compute, PrepareContext, TileData
-from .features import (WorkGrid, bin_factor, histogram_percentile, normalise_inputs, rna_map, rna_mean,
-                       stain_histogram)
+from ..base import PrepareContext, TileData
+from ..common.bins import BinGrid
+from ..common.ownership import owned_nuclei
+from ..common.patches import cut_patch, patch_box, sample_nuclei
+from ..common.torch_model import TorchMethod
+from .features import (
+    bin_factor,
+    histogram_percentile,
+    normalise_inputs,
+    nucleus_centres,
+    rna_map,
+    rna_mean,
+    stain_histogram,
+)
 from .inference import assign_cells, sliding_predict, torch_predictor
 from .training import Geometry, Patch, load_model, train_genesegnet
 
@@ -28,8 +39,9 @@ DEPTH = 3
 STAIN_PERCENTILES = (1.0, 99.5)
 
 
-class GeneSegNetMethod(CellMethod):
+class GeneSegNetMethod(TorchMethod):
     name = "genesegnet"
+    load_model = staticmethod(load_model)
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
@@ -38,7 +50,6 @@ class GeneSegNetMethod(CellMethod):
         if c.patch_px < 16 or c.patch_px % 2**DEPTH:  # the U-Net's shape (its ranges: config)
             raise ConfigError(f"{key}.patch_px must be a multiple of {2**DEPTH} and at least 16, got {c.patch_px}")
         self.cfg = c
-        self.model = None
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
@@ -52,15 +63,12 @@ class GeneSegNetMethod(CellMethod):
         need = 1.1 * (c.patch_px * c.bin_um + 4 * c.rna_sigma_um + 2 * c.bin_um)
         return max(self.config.cells.cell_diameter_um, need / 2 - self.config.nuclei.diameter_um)
 
-    def compute(self) -> Compute:
-        return MODEL_ACTOR
-
     def _geometry(self, bin_um: float) -> Geometry:
         reach = self.config.cells.cell_diameter_um / bin_um
         tolerance = max(1.0, self.config.nuclei.diameter_um / bin_um)
         return Geometry(offset_scale=reach, reach=reach, tolerance=tolerance)
 
-    def _inputs(self, data: TileData, grid: WorkGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(self, data: TileData, grid: BinGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
         """Raw block-mean stain and RNA location map over the window's bins."""
         channel = self.config.nuclei.channel
         if data.image.shape[0] > channel:
@@ -68,7 +76,7 @@ class GeneSegNetMethod(CellMethod):
         else:
             stain = np.zeros(grid.shape, np.float32)
         tx = data.transcripts
-        rows, cols = grid.transcript_bins(tx.row, tx.col)
+        rows, cols = grid.window_bins(tx.row, tx.col)
         return stain, rna_map(rows, cols, grid.shape, sigma_bins)
 
     # -- training -----------------------------------------------------------------------------
@@ -76,9 +84,7 @@ class GeneSegNetMethod(CellMethod):
         if ctx.n_nuclei == 0:
             raise InputError(f"{ctx.chip.url}: GeneSegNet trains on the chip's nuclei, and none were found")
         c = self.cfg
-        rng = np.random.default_rng(c.seed)
-        n = min(c.n_train_patches, ctx.n_nuclei)
-        chosen = np.sort(rng.choice(np.arange(1, ctx.n_nuclei + 1), size=n, replace=False))
+        chosen = sample_nuclei(c.seed, ctx.n_nuclei, c.n_train_patches)
         factor = bin_factor(ctx.chip.pixel_size_um, c.bin_um)
         bin_um = factor * ctx.chip.pixel_size_um
         sigma = c.rna_sigma_um / bin_um
@@ -89,7 +95,7 @@ class GeneSegNetMethod(CellMethod):
         inputs = self._inputs
 
         def sample(data: TileData):
-            grid = WorkGrid.for_window(data.tile.window, factor)
+            grid = BinGrid.for_window(data.tile.window, factor=factor)
             core = data.tile.core_in_window
             hist = stain_histogram(data.image[channel][core]) if data.image.shape[0] > channel else None
             stain, rna = inputs(data, grid, sigma)
@@ -113,62 +119,37 @@ class GeneSegNetMethod(CellMethod):
         return {"train": state, "norm": norm, "factor": factor, "bin_um": bin_um}
 
     # -- inference ----------------------------------------------------------------------------
-    def load(self, state):
-        self.state = state
-        self.model, self.device = load_model(state["train"])
-
     def segment(self, data: TileData):
         st = self.state
-        grid = WorkGrid.for_window(data.tile.window, st["factor"])
+        grid = BinGrid.for_window(data.tile.window, factor=st["factor"])
         stain, rna = self._inputs(data, grid, self.cfg.rna_sigma_um / st["bin_um"])
         x = normalise_inputs(stain, rna, st["norm"])
         geometry = self._geometry(st["bin_um"])
         out = sliding_predict(torch_predictor(self.model, self.device, geometry.offset_scale), x, grid.origin,
                               self.cfg.patch_px, batch=self.cfg.batch_size)
-        ids, centroids = grid.nucleus_centroids(data.nuclei)
+        ids, centroids = nucleus_centres(grid, data.nuclei)
         labels = assign_cells(out[0], out[1:], ids, centroids, self.cfg.prob_threshold, geometry.reach,
                               geometry.tolerance)
-        cells = grid.to_pixels(labels)
+        cells = grid.to_pixels(labels, data.shape)
         return np.where(data.nuclei > 0, data.nuclei, cells).astype(np.uint32)
 
 
-def owned_nuclei(nuclei: np.ndarray, tile) -> np.ndarray:
-    """IDs of the nuclei whose centroid pixel (exact integer moments) lies in the tile's core."""
-    flat = nuclei.ravel().astype(np.int64)
-    ids, inv = np.unique(flat, return_inverse=True)
-    rr, cc = np.divmod(np.arange(flat.size, dtype=np.int64), nuclei.shape[1])
-    area = np.bincount(inv)
-    wr0, _, wc0, _ = tile.window
-    cy = np.bincount(inv, weights=rr).astype(np.int64) // area + wr0
-    cx = np.bincount(inv, weights=cc).astype(np.int64) // area + wc0
-    keep = (ids > 0) & tile.core_contains(cy, cx)
-    return ids[keep]
-
-
-def _patches_for(data: TileData, grid: WorkGrid, chosen: np.ndarray, stain: np.ndarray, rna: np.ndarray,
+def _patches_for(data: TileData, grid: BinGrid, chosen: np.ndarray, stain: np.ndarray, rna: np.ndarray,
                  size: int, expand_bins: tuple[float, float], reach_bins: float) -> list[Patch]:
     """Patches centred on the chosen nuclei this tile owns, cut from the window's bins."""
-    own = np.intersect1d(owned_nuclei(data.nuclei, data.tile), chosen)
+    own = np.intersect1d(owned_nuclei(data.nuclei, data.tile)[0], chosen)
     if not len(own):
         return []
-    ids, cent = grid.nucleus_centroids(data.nuclei)
-    nuc = grid.sample_labels(data.nuclei).astype(np.int64)
-    init = [expand_labels(nuc, distance=d) for d in expand_bins]
-    h, w = grid.shape
-    ph, pw = max(h, size), max(w, size)  # windows smaller than a patch are zero-padded
-    arrays = []
-    for a in (stain, rna, nuc, *init):
-        padded = np.zeros((ph, pw), a.dtype)
-        padded[:h, :w] = a
-        arrays.append(padded)
+    ids, cent = nucleus_centres(grid, data.nuclei)
+    nuc = grid.sample(data.nuclei).astype(np.int64)
+    arrays = [stain, rna, nuc, *(expand_labels(nuc, distance=d) for d in expand_bins)]
     out = []
     for cid in own:
         cy, cx = cent[np.searchsorted(ids, cid)]
-        r0 = int(min(max(0, int(cy) - size // 2), ph - size))
-        c0 = int(min(max(0, int(cx) - size // 2), pw - size))
+        box = patch_box(int(cy), int(cx), size, grid.shape)
+        r0, c0 = box[0], box[2]
         near = ((cent[:, 0] > r0 - reach_bins) & (cent[:, 0] < r0 + size + reach_bins)
                 & (cent[:, 1] > c0 - reach_bins) & (cent[:, 1] < c0 + size + reach_bins))
-        crop = [a[r0 : r0 + size, c0 : c0 + size].copy() for a in arrays]
-        out.append(Patch(int(cid), *crop, ids[near],
+        out.append(Patch(int(cid), *(cut_patch(a, box, size) for a in arrays), ids[near],
                          cent[near] - np.array([r0, c0], np.float64)))
     return out

@@ -9,12 +9,12 @@ its weights across rounds, so each round refines rather than restarts.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from ..common.torch_model import fit_epochs, load_weights, train_on_device, weights_to_bytes
 from .features import normalise_inputs
 from .inference import assign_cells, mean_cell_iou
 
@@ -103,22 +103,12 @@ def refine(labels: list[np.ndarray], fit: Callable[[list[np.ndarray]], list[floa
 def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, *, device: str | None = None,
                      log: Callable[[str], None] | None = None) -> dict:
     """Train the U-Net with label refinement; return a picklable state with the weights as bytes."""
-    import torch
-
     if not patches:
         raise ValueError("GeneSegNet training needs at least one patch with a nucleus")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        # small batches: intra-op threads mostly spin-wait, which on a shared machine is far slower
-        torch.set_num_threads(1)
-    try:
-        return _train(patches, norm, cfg, geometry, device, log)
-    finally:
-        torch.set_num_threads(threads)
+    return train_on_device(_train, patches, norm, cfg, geometry, device=device, log=log)
 
 
-def _train(patches, norm, cfg, geometry, device, log) -> dict:
+def _train(patches, norm, cfg, geometry, *, device: str, log) -> dict:
     import torch
 
     from .net import UNet
@@ -134,35 +124,26 @@ def _train(patches, norm, cfg, geometry, device, log) -> dict:
     def fit(labels: list[np.ndarray]) -> list[float]:
         y = torch.as_tensor(np.stack([targets(lab, p, geometry.offset_scale) for lab, p in zip(labels, patches)]),
                             device=device)
+
+        def batch_loss(order: np.ndarray):
+            idx = torch.as_tensor(order, device=device)
+            xb, yb = _flip(x[idx], y[idx], rng)
+            out = model(xb)
+            mask, known = yb[:, 3:4], yb[:, 4:5]
+            off = ((out[:, 1:3] - yb[:, 1:3]) ** 2 * mask).sum() / (2 * mask.sum()).clamp(min=1.0)
+            cell = (bce(out[:, :1], yb[:, :1]) * known).sum() / known.sum().clamp(min=1.0)
+            return cell + off
+
         model.train()
-        losses = []
-        for _epoch in range(cfg.epochs):
-            order = rng.permutation(len(patches))
-            total = 0.0
-            for s in range(0, len(order), cfg.batch_size):
-                idx = torch.as_tensor(order[s : s + cfg.batch_size], device=device)
-                xb, yb = x[idx], y[idx]
-                xb, yb = _flip(xb, yb, rng)
-                out = model(xb)
-                mask, known = yb[:, 3:4], yb[:, 4:5]
-                off = ((out[:, 1:3] - yb[:, 1:3]) ** 2 * mask).sum() / (2 * mask.sum()).clamp(min=1.0)
-                cell = (bce(out[:, :1], yb[:, :1]) * known).sum() / known.sum().clamp(min=1.0)
-                loss = cell + off
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-            losses.append(total / len(patches))
-        return losses
+        return list(fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0])
 
     def relabel() -> list[np.ndarray]:
         return predict_patch_labels(model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size)
 
     first = [initial_labels(p, norm["rna_mean"]) for p in patches]
     history = refine(first, fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
-    buf = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
-    return {"weights": buf.getvalue(), "width": cfg.width, "history": history, "n_patches": len(patches)}
+    return {"weights": weights_to_bytes(model), "width": cfg.width, "history": history, "n_patches": len(patches),
+            "device": str(device)}
 
 
 def predict_patch_labels(model, device, x, patches: list[Patch], geometry: Geometry, threshold: float,
@@ -201,11 +182,6 @@ def _flip(x, y, rng):
 
 def load_model(state: dict, device: str | None = None):
     """Rebuild the network from a state; weights are read with weights_only=True (no code runs)."""
-    import torch
-
     from .net import UNet
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = UNet(state["width"])
-    model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
-    return model.to(device).eval(), device
+    return load_weights(UNet(state["width"]), state["weights"], device)
