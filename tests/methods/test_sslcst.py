@@ -11,7 +11,7 @@ from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
 from stseg_dist.methods import PrepareContext, TileData, TileTranscripts, get_method
 from stseg_dist.methods.sslcst.features import (IGNORE, direction_class, gather_tokens, neighbourhood_offsets,
-                                                owned_spots, spot_grid, spot_labels, unit_steps)
+                                                spot_grid, spot_labels, unit_steps)
 from stseg_dist.methods.sslcst.tracking import track
 from stseg_dist.methods.sslcst.training import TrainingSpots, load_model, symmetries, train_sslcst
 from stseg_dist.tiling import Tile
@@ -126,7 +126,7 @@ def test_owned_spots_partition_the_chip():
         for c0, c1 in ((0, 95), (95, 240)):
             window = (max(0, r0 - 20), min(200, r1 + 20), max(0, c0 - 20), min(240, c1 + 20))
             grid = spot_grid(cut(nuclei, x, y, g, window, (r0, r1, c0, c1)), BIN, np.arange(3), 5.0, 20.0)
-            rr, cc = np.nonzero(owned_spots(grid.binned, grid_tile(window, (r0, r1, c0, c1))))
+            rr, cc = np.nonzero(grid.binned.grid.owned(grid_tile(window, (r0, r1, c0, c1))))
             np.add.at(seen, (rr + grid.binned.origin[0], cc + grid.binned.origin[1]), 1)
     assert (seen == 1).all()
 

@@ -1,11 +1,13 @@
 """SSL-CST spot features and self-supervised labels, every one a function of global coordinates.
 
-Spots are the UCS bins (anchored to the chip origin, so every tile window sees the same spots).
-A spot is described to the encoder by the ``k x k`` spots around it (its tokens); each token
-carries the counts of the chip's top genes plus the all-gene total, and the nucleus-position
-prior ``exp(-d / d0)`` of its distance ``d`` to the nearest nucleus centroid (0 beyond ``d_max``,
-so a nucleus seen only partly at a window edge can never change a feature the tile keeps). The
-token's position normalised within the neighbourhood is added by the model itself.
+Spots are the bins of the chip-anchored grid the learned methods share
+(``methods/common/bins.py``), so every tile window sees the same spots, and a tile owns the
+spots whose centre pixel lies in its core (``BinGrid.owned``). A spot is described to the
+encoder by the ``k x k`` spots around it (its tokens); each token carries the counts of the
+chip's top genes plus the all-gene total, and the nucleus-position prior ``exp(-d / d0)`` of its
+distance ``d`` to the nearest nucleus centroid (0 beyond ``d_max``, so a nucleus seen only
+partly at a window edge can never change a feature the tile keeps). The token's position
+normalised within the neighbourhood is added by the model itself.
 
 Centroids come from exact integer pixel moments and distances from global µm coordinates, so
 the features of a spot are bitwise identical in every window that holds its neighbourhood.
@@ -20,7 +22,8 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from ..base import TileData
-from ..ucs.features import BinnedTile, _bin_to_pixel, bin_tile
+from ..common.bins import BinnedTile, bin_tile
+from ..common.ownership import nucleus_centroids
 
 IGNORE = -100
 
@@ -42,24 +45,6 @@ class SpotGrid:
         """Centres (y, x) in µm from the chip origin of window spots (rows, cols)."""
         return ((np.asarray(rows) + self.binned.origin[0] + 0.5) * bin_um,
                 (np.asarray(cols) + self.binned.origin[1] + 0.5) * bin_um)
-
-
-def nucleus_centroids(nuclei: np.ndarray, window_origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IDs and global pixel centroids (row, col) of the nuclei seen in a window.
-
-    Moments are sums of integers (exact in float64), offset to global pixels before the one
-    division, so a nucleus seen whole gives the same centroid in every window.
-    """
-    flat = nuclei.ravel()
-    sel = np.flatnonzero(flat)
-    if not len(sel):
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-    ids, inv = np.unique(flat[sel], return_inverse=True)
-    w = nuclei.shape[1]
-    n = np.bincount(inv).astype(np.float64)
-    sr = np.bincount(inv, weights=(sel // w).astype(np.float64))
-    sc = np.bincount(inv, weights=(sel % w).astype(np.float64))
-    return ids.astype(np.int64), (sr + n * window_origin[0]) / n, (sc + n * window_origin[1]) / n
 
 
 def spot_grid(data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float, d_max_um: float) -> SpotGrid:
@@ -152,24 +137,6 @@ def spot_labels(grid: SpotGrid, bin_um: float, k: int, erosion_bins: int, neg_di
         cls[np.hypot(dy, dx) < 0.5 * bin_um] = IGNORE  # at the centroid itself no direction is right
         direction[pr, pc] = cls
     return inout, direction
-
-
-def owned_spots(binned: BinnedTile, tile) -> np.ndarray:
-    """(H, W) bool: spots this tile owns (the pixel nearest their centre is in its core)."""
-    h, w = binned.shape
-    r = _bin_to_pixel(np.arange(h) + binned.origin[0], binned.scale)
-    c = _bin_to_pixel(np.arange(w) + binned.origin[1], binned.scale)
-    r0, r1, c0, c1 = tile.core
-    return ((r >= r0) & (r < r1))[:, None] & ((c >= c0) & (c < c1))[None, :]
-
-
-def core_spot_box(binned: BinnedTile, tile) -> tuple[int, int, int, int]:
-    """Window-relative spot box (r0, r1, c0, c1) holding the centre of every core pixel."""
-    scale = binned.scale
-    r0, r1, c0, c1 = tile.core
-    f = lambda px: int(np.floor((px + 0.5) * scale))  # noqa: E731
-    return (f(r0) - binned.origin[0], f(r1 - 1) - binned.origin[0] + 1,
-            f(c0) - binned.origin[1], f(c1 - 1) - binned.origin[1] + 1)
 
 
 def spot_hash(seed: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

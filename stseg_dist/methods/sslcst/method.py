@@ -9,18 +9,20 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
-from ..base import MODEL_ACTOR, CellMethod, Compute, PrepareContext, TileData
-from ..ucs.features import bin_size_um
-from .features import core_spot_box, gather_tokens, owned_spots, spot_grid, spot_hash, spot_labels, unit_steps
+from ..base import PrepareContext, TileData
+from ..common.bins import bin_size_um
+from ..common.torch_model import TorchMethod
+from .features import gather_tokens, spot_grid, spot_hash, spot_labels, unit_steps
 from .tracking import track
 from .training import TrainingSpots, load_model, predict_spots, train_sslcst
 
 log = logging.getLogger(__name__)
 
 
-class SSLCSTMethod(CellMethod):
+class SSLCSTMethod(TorchMethod):
     name = "sslcst"
     uses_image = False
+    load_model = staticmethod(load_model)
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
@@ -29,7 +31,6 @@ class SSLCSTMethod(CellMethod):
         self.bin_um = bin_size_um(platform, c.bin_um)
         self.k = c.neighbourhood
         self.max_steps = c.max_steps or default_max_steps(config, self.bin_um)
-        self.model = None
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
@@ -40,9 +41,6 @@ class SSLCSTMethod(CellMethod):
         """
         track_um = (self.max_steps + 2) * self.bin_um
         return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
-
-    def compute(self) -> Compute:
-        return MODEL_ACTOR
 
     def _grid(self, data: TileData, top_genes: np.ndarray):
         return spot_grid(data, self.bin_um, top_genes, self.cfg.d0_um, self.reach_um())
@@ -61,7 +59,7 @@ class SSLCSTMethod(CellMethod):
             genes = np.bincount(data.transcripts.gene[own].astype(np.int64), minlength=n_genes)
             grid = self._grid(data, np.zeros(0, np.int64))
             inout, _ = labels(grid)
-            mine = owned_spots(grid.binned, data.tile)
+            mine = grid.binned.grid.owned(data.tile)
             return genes, int(((inout == 1) & mine).sum()), int(((inout == 0) & mine).sum())
 
         tiles = [t.index for t in ctx.grid]
@@ -84,7 +82,7 @@ class SSLCSTMethod(CellMethod):
             grid = self._grid(data, top)
             inout, direction = labels(grid)
             b = grid.binned
-            r, c = np.nonzero((inout != -100) & owned_spots(b, data.tile))
+            r, c = np.nonzero((inout != -100) & b.grid.owned(data.tile))
             gr, gc = r + b.origin[0], c + b.origin[1]
             y = inout[r, c]
             keep = spot_hash(cfg.seed, gr, gc) < np.where(y == 1, rate[1], rate[0])
@@ -99,10 +97,6 @@ class SSLCSTMethod(CellMethod):
         return {"train": state, "top_genes": top, "bin_um": self.bin_um}
 
     # -- inference ----------------------------------------------------------------------------
-    def load(self, state):
-        self.state = state
-        self.model, self.device = load_model(state["train"])
-
     def segment(self, data: TileData) -> np.ndarray:
         grid = self._grid(data, self.state["top_genes"])
         b = grid.binned
@@ -112,7 +106,7 @@ class SSLCSTMethod(CellMethod):
             return b.to_pixels(cells, data.shape).astype(np.uint32)
         # Paths from core spots stay within max_steps (+ rounding) of the core; spots farther
         # than that from every nucleus can never reach one, so they need no prediction.
-        r0, r1, c0, c1 = core_spot_box(b, data.tile)
+        r0, r1, c0, c1 = b.grid.core_box(data.tile)
         m = self.max_steps + 1
         region = np.zeros((h, w), bool)
         region[max(0, r0 - m) : r1 + m, max(0, c0 - m) : c1 + m] = True

@@ -9,11 +9,11 @@ rule from nucleus interiors that carries over to the cytoplasm, where no label e
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..common.torch_model import fit_epochs, load_weights, train_on_device, weights_to_bytes
 from .features import IGNORE, direction_class, gather_tokens, neighbourhood_offsets, unit_steps
 
 
@@ -67,24 +67,12 @@ def symmetries(k: int, n_directions: int) -> list[tuple[np.ndarray, np.ndarray]]
 
 
 def train_sslcst(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None = None, log=None) -> dict:
-    """Train the encoder; return a picklable state with the weights as bytes.
-
-    On CPU it trains on one thread: batches of 64 x 25 tokens gain nothing from intra-op
-    threads, and on a busy machine their spin-waits made each step ~25x slower (measured).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
-    if on_cpu:
-        torch.set_num_threads(1)
-    try:
-        return _train(spots, k, n_counts, cfg, device=device, log=log)
-    finally:
-        torch.set_num_threads(threads)
+    """Train the encoder; return a picklable state with the weights as bytes (on the CPU on one
+    thread: batches of 64 x 25 tokens gain nothing from intra-op threads)."""
+    return train_on_device(_train, spots, k, n_counts, cfg, device=device, log=log)
 
 
-def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None, log) -> dict:
+def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str, log) -> dict:
     import torch
     from torch import nn
 
@@ -93,7 +81,6 @@ def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | No
     if not len(spots):
         raise ValueError("SSL-CST training needs labelled spots")
     spots = TrainingSpots.concat([spots])  # in global spot order: the tiling never shows in the weights
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     arch = {"n_counts": n_counts, "k": k, "d_model": cfg.d_model, "heads": cfg.heads,
@@ -110,47 +97,34 @@ def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | No
     inout, direction = t(spots.inout), t(spots.direction)
     sym = [(t(p), t(d)) for p, d in symmetries(k, cfg.n_directions)] if cfg.augment else [(None, None)]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history: dict[str, list[float]] = {"loss": [], "inout": [], "direction": []}
+
+    def batch_loss(order: np.ndarray):
+        idx = t(order)
+        c, p, y, d = counts[idx], prior[idx], inout[idx], direction[idx]
+        perm, dmap = sym[int(rng.integers(len(sym)))]
+        if perm is not None:
+            c, p = c[:, perm], p[:, perm]
+            d = torch.where(d >= 0, dmap[d.clamp(min=0)], d)
+        lo, ld = model(c, p)
+        l_in = ce_inout(lo, y)
+        l_dir = ce_dir(ld, d) if bool((d >= 0).any()) else ld.sum() * 0
+        return l_in + l_dir, l_in, l_dir
+
     model.train()
-    for _epoch in range(cfg.epochs):
-        order = rng.permutation(len(spots))
-        sums = np.zeros(3)
-        for s in range(0, len(order), cfg.batch_size):
-            idx = t(order[s : s + cfg.batch_size])
-            c, p, y, d = counts[idx], prior[idx], inout[idx], direction[idx]
-            perm, dmap = sym[int(rng.integers(len(sym)))]
-            if perm is not None:
-                c, p = c[:, perm], p[:, perm]
-                d = torch.where(d >= 0, dmap[d.clamp(min=0)], d)
-            lo, ld = model(c, p)
-            l_in = ce_inout(lo, y)
-            l_dir = ce_dir(ld, d) if bool((d >= 0).any()) else ld.sum() * 0
-            loss = l_in + l_dir
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sums += np.array([float(loss.detach()), float(l_in.detach()), float(l_dir.detach())]) * len(idx)
-        for name, v in zip(history, sums / len(spots)):
-            history[name].append(float(v))
+    means = fit_epochs(opt, rng, len(spots), cfg.epochs, cfg.batch_size, batch_loss)
+    history = {name: [float(v) for v in means[:, i]] for i, name in enumerate(("loss", "inout", "direction"))}
     if log:
         log(f"SSL-CST training on {len(spots)} spots ({int(n_in[1])} in, {int(n_in[0])} out): "
             f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}")
-    buf = io.BytesIO()
-    torch.save({name: v.cpu() for name, v in model.state_dict().items()}, buf)
-    return {"weights": buf.getvalue(), "arch": arch, "history": history, "n_spots": len(spots),
-            "n_in": int(n_in[1]), "n_out": int(n_in[0])}
+    return {"weights": weights_to_bytes(model), "arch": arch, "history": history, "n_spots": len(spots),
+            "n_in": int(n_in[1]), "n_out": int(n_in[0]), "device": str(device)}
 
 
 def load_model(state: dict, device: str | None = None):
     """Rebuild the encoder; weights are read with weights_only=True (no code runs)."""
-    import torch
-
     from .model import SpotEncoder
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = SpotEncoder(**state["arch"])
-    model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
-    return model.to(device).eval(), device
+    return load_weights(SpotEncoder(**state["arch"]), state["weights"], device)
 
 
 def predict_spots(model, device, grid, rows: np.ndarray, cols: np.ndarray, k: int,
