@@ -19,7 +19,7 @@ import torch
 
 from stseg_dist.config import load_config, parse_set
 from stseg_dist.methods.base import TileData, TileTranscripts
-from stseg_dist.methods.ucs.features import bin_tile
+from stseg_dist.methods.common.bins import bin_tile
 from stseg_dist.methods.ucs.method import UCSMethod, _patches_for
 from stseg_dist.methods.ucs.training import train_ucs
 from stseg_dist.tiling import Tile

@@ -1,4 +1,6 @@
-"""Cell methods, selected by ``cells.method`` in the config."""
+"""Cell methods, selected by ``cells.method`` in the config: one module or package per method
+(``expansion``, ``ucs``, ``genesegnet``, ``sslcst``, ``membrane``); :mod:`.common` holds what
+the learned ones share (bin grid, ownership, patches, torch base, Cellpose loader)."""
 
 from __future__ import annotations
 

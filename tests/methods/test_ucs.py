@@ -139,7 +139,7 @@ def test_training_learns_and_is_deterministic():
 def test_overlap_tile_inference_is_seamless(expression):
     """Small overlapping patches give exactly what one patch over the whole window gives (with the
     expression profile too: it is taken over each whole nucleus, not per patch)."""
-    from stseg_dist.methods.ucs.features import BinnedTile
+    from stseg_dist.methods.common.bins import BinGrid, BinnedTile
 
     cfg = PipelineConfig().cells.ucs
     cfg.epochs, cfg.batch_size, cfg.expression_profile = 2, 4, expression
@@ -150,8 +150,8 @@ def test_overlap_tile_inference_is_seamless(expression):
     for k, (cy, cx) in enumerate(rng.integers(8, 80, (12, 2)), start=1):
         nuclei[cy - 2 : cy + 3, cx - 2 : cx + 3] = k
     n = 4000
-    binned = BinnedTile((90, 110), rng.integers(0, 90, n), rng.integers(0, 110, n), rng.integers(0, 4, n),
-                        nuclei, None, 1.0, (0, 0), (0, 0))
+    binned = BinnedTile(BinGrid(1.0, (0, 0), (90, 110), (0, 0)), rng.integers(0, 90, n), rng.integers(0, 110, n),
+                        rng.integers(0, 4, n), nuclei)
     priors = cell_priors(nuclei, 12, 2.0, True)
     fg_a, lab_a = predict(model, device, binned, priors, patch=1000)
     fg_b, lab_b = predict(model, device, binned, priors, patch=23)
@@ -205,7 +205,8 @@ def test_marker_table_columns(tmp_path):
 
 def test_marker_masks_reach_the_cell_net_at_inference():
     """A model trained with marker masks gets each cell's marker mask at inference too."""
-    from stseg_dist.methods.ucs.features import BinnedTile, cell_marker_mask, marker_grid
+    from stseg_dist.methods.common.bins import BinGrid, BinnedTile
+    from stseg_dist.methods.ucs.features import cell_marker_mask, marker_grid
 
     lut = np.array([0, 1, 2, 0])  # genes 1 and 2 mark types 1 and 2
     patches = _toy_patches()
@@ -220,7 +221,7 @@ def test_marker_masks_reach_the_cell_net_at_inference():
     nuclei[8:13, 8:13], nuclei[25:30, 25:30] = 1, 2
     n = 1500
     rows, cols, genes = rng.integers(0, 40, n), rng.integers(0, 40, n), rng.integers(0, 4, n)
-    binned = BinnedTile((40, 40), rows, cols, genes, nuclei, None, 1.0, (0, 0), (0, 0))
+    binned = BinnedTile(BinGrid(1.0, (0, 0), (40, 40), (0, 0)), rows, cols, genes, nuclei)
     markers = marker_grid(rows, cols, genes, lut, (40, 40))
     seen = []
     classify = model.cell.classify
@@ -293,7 +294,7 @@ def test_paper_foreground_labels_use_the_elliptical_kernel():
 def test_paper_inference_rule_is_argmax_over_background_and_cells():
     """Eq. 5-6: background = mean over the cells of 1 - q_c, each bin the argmax; no foreground
     gate, cells compared by q alone."""
-    from stseg_dist.methods.ucs.features import BinnedTile
+    from stseg_dist.methods.common.bins import BinGrid, BinnedTile
 
     cfg = PipelineConfig().cells.ucs
     cfg.epochs, cfg.batch_size, cfg.variant = 2, 4, "paper"
@@ -303,8 +304,8 @@ def test_paper_inference_rule_is_argmax_over_background_and_cells():
     nuclei = np.zeros((40, 40), np.int64)
     nuclei[8:13, 8:13], nuclei[25:30, 20:25] = 1, 2
     n = 600
-    binned = BinnedTile((40, 40), rng.integers(0, 40, n), rng.integers(0, 40, n), rng.integers(0, 4, n),
-                        nuclei, None, 1.0, (0, 0), (0, 0))
+    binned = BinnedTile(BinGrid(1.0, (0, 0), (40, 40), (0, 0)), rng.integers(0, 40, n), rng.integers(0, 40, n),
+                        rng.integers(0, 4, n), nuclei)
     priors = cell_priors(nuclei, 60, 5.0, True)  # every cell covers the whole window
     fg, labels = predict(model, device, binned, priors, fg_threshold=None, prior_weighted=False)
     with torch.no_grad():
@@ -322,7 +323,7 @@ def test_paper_inference_rule_is_argmax_over_background_and_cells():
 def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it():
     """Two nuclei of different programs; the transcripts between them are of the right one's genes:
     by distance alone the left cell takes the nearer half, with the evidence the right cell takes it."""
-    from stseg_dist.methods.ucs.features import BinnedTile
+    from stseg_dist.methods.common.bins import BinGrid, BinnedTile
     from stseg_dist.methods.ucs.inference import expression_evidence
 
     nuclei = np.zeros((20, 44), np.int64)
@@ -332,7 +333,8 @@ def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it(
     pts += [(r, c, 1) for r in range(8, 12) for c in range(32, 36) for _ in range(3)]  # nucleus 2: gene 1
     pts += [(int(r), int(c), 1) for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80))]  # the gap: gene 1
     rows, cols, genes = (np.array(v) for v in zip(*pts))
-    binned = BinnedTile(nuclei.shape, rows, cols, genes, nuclei, None, 1.0, (0, 0), (0, 0))
+    grid = BinGrid(1.0, (0, 0), nuclei.shape, (0, 0))
+    binned = BinnedTile(grid, rows, cols, genes, nuclei)
     priors = cell_priors(nuclei, 24, 3.0, False)
     freq = np.array([0.5, 0.5])
     ev = expression_evidence(binned, priors, freq, sigma=1.5)
@@ -342,8 +344,7 @@ def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it(
     # a gap bin nearer nucleus 1: its gene-1 transcripts support cell 2 and count against cell 1
     assert one[10 - b1[0], 17 - b1[2]] < 0 < two[10 - b2[0], 17 - b2[2]]
     # a nucleus with no transcripts gets no evidence either way
-    empty = expression_evidence(BinnedTile(nuclei.shape, rows[:0], cols[:0], genes[:0], nuclei, None, 1.0, (0, 0),
-                                           (0, 0)), priors, freq, sigma=1.5)
+    empty = expression_evidence(BinnedTile(grid, rows[:0], cols[:0], genes[:0], nuclei), priors, freq, sigma=1.5)
     assert all((v == 0).all() for v in empty.values())
 
 
@@ -352,7 +353,7 @@ def test_chip_densities_add_up_across_tiles_exactly(tmp_path):
     import pandas as pd
 
     from stseg_dist.io.chip import open_chip
-    from stseg_dist.methods.ucs.features import bin_tile
+    from stseg_dist.methods.common.bins import bin_tile
     from stseg_dist.methods.ucs.method import density_counts
     from stseg_dist.tiledata import load_tile_data
     from stseg_dist.tiling import make_grid

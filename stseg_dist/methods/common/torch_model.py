@@ -102,13 +102,17 @@ def _rounded(value):
 class TorchMethod(CellMethod):
     """A cell method whose network is trained on the chip in ``prepare`` and run in model actors.
 
-    Its state holds the training result under ``"train"`` (weights as bytes, ``history``,
-    ``device``); subclasses set :attr:`load_model` to their ``load_model(train_state, device=None)
-    -> (model, device)``.
+    ``self.cfg`` is the method's section (``cells.<name>``). Its state holds the training result
+    under ``"train"`` (weights as bytes, ``history``, ``device``); subclasses set
+    :attr:`load_model` to their ``load_model(train_state, device=None) -> (model, device)``.
     """
 
     load_model: Callable = None
     model = None
+
+    def __init__(self, config, platform: str = "generic"):
+        super().__init__(config, platform)
+        self.cfg = getattr(config.cells, self.name)  # the method's own section, cells.<name>
 
     def compute(self) -> Compute:
         return MODEL_ACTOR

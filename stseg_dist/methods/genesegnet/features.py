@@ -1,10 +1,11 @@
 """GeneSegNet inputs on the chip-anchored bin grid: the nuclear stain and an RNA location map.
 
-Bins are ``factor`` x ``factor`` image pixels of the shared grid (:class:`~..common.bins.BinGrid`
-built from a factor): bin ``j`` covers global pixels ``j*factor .. j*factor+factor-1``, whatever
-the window, so two tiles that both see a bin compute the same value for it (but for bins within
-the RNA kernel's reach of a window edge, which the halo keeps away from the core). Coordinates
-on the grid are in bin units with bin ``j``'s centre at ``j + 0.5``.
+Bins are ``factor`` x ``factor`` image pixels of the shared grid (``BinGrid`` in
+``methods/common/bins.py``, built from a factor): bin ``j`` covers global pixels
+``j*factor .. j*factor+factor-1``, whatever the window, so two tiles that both see a bin compute
+the same value for it (but for bins within the RNA kernel's reach of a window edge, which the
+halo keeps away from the core). Coordinates on the grid are in bin units with bin ``j``'s centre
+at ``j + 0.5``.
 """
 
 from __future__ import annotations

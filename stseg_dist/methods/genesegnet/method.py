@@ -3,7 +3,8 @@
 The network predicts where cells are and, per bin, the offset to its nucleus centre; each
 confident bin joins the nucleus its offset lands on, so cells carry the global nucleus IDs and
 tiles stitch without seams. Training labels start from expanded nuclei and are refined
-recursively (see :mod:`.training`).
+recursively (see :mod:`.training`). The bin grid (a whole factor of pixels per bin), patch
+sampling, ownership and the torch lifecycle come from the shared toolkit (``methods/common``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,9 @@ class GeneSegNetMethod(TorchMethod):
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
-        c = config.cells.genesegnet
-        key = "cells.genesegnet"
-        if c.patch_px < 16 or c.patch_px % 2**DEPTH:  # the U-Net's shape (its ranges: config)
-            raise ConfigError(f"{key}.patch_px must be a multiple of {2**DEPTH} and at least 16, got {c.patch_px}")
-        self.cfg = c
+        size = self.cfg.patch_px
+        if size < 16 or size % 2**DEPTH:  # the U-Net's shape (its ranges: config)
+            raise ConfigError(f"cells.genesegnet.patch_px must be a multiple of {2**DEPTH} and at least 16, got {size}")
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:

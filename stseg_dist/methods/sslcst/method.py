@@ -1,4 +1,7 @@
-"""``method: sslcst``: cells from per-spot in/out and direction predictions (Huo et al., 2026)."""
+"""``method: sslcst``: cells from per-spot in/out and direction predictions (Huo et al., 2026).
+
+Spots, their ownership and the torch lifecycle come from the shared toolkit (``methods/common``).
+"""
 
 from __future__ import annotations
 
@@ -26,11 +29,9 @@ class SSLCSTMethod(TorchMethod):
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
-        c = config.cells.sslcst
-        self.cfg = c
-        self.bin_um = bin_size_um(platform, c.bin_um)
-        self.k = c.neighbourhood
-        self.max_steps = c.max_steps or default_max_steps(config, self.bin_um)
+        self.bin_um = bin_size_um(platform, self.cfg.bin_um)
+        self.k = self.cfg.neighbourhood
+        self.max_steps = self.cfg.max_steps or default_max_steps(config, self.bin_um)
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:

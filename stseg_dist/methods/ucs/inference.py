@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .features import BinnedTile, cell_marker_mask
+from ..common.bins import BinnedTile
+from .features import cell_marker_mask
 from .softmask import softmask
 
 

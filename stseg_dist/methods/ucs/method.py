@@ -1,4 +1,10 @@
-"""``method: ucs``: cells grown from nuclei by where the transcripts are (Chen et al., 2025)."""
+"""``method: ucs``: cells grown from nuclei by where the transcripts are (Chen et al., 2025).
+
+Built on the learned methods' toolkit (``methods/common``): tiles binned on the chip-anchored
+grid, training patches cut around sampled nuclei each tile owns, the networks loaded once per
+worker by ``TorchMethod``. What is UCS's own (chip densities, HVG regions, markers) is here; its
+nets, labels and inference beside it.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,29 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, InputError
-from ..base import MODEL_ACTOR, CellMethod, Compute, PrepareContext, TileData
-from .features import bin_size_um, bin_tile, marker_grid, select_hvg
+from ..base import PrepareContext, TileData
+from ..common.bins import bin_size_um, bin_tile
+from ..common.ownership import owned_nuclei
+from ..common.patches import cut_patch, patch_box, sample_nuclei
+from ..common.torch_model import TorchMethod
+from .features import marker_grid, select_hvg
 from .inference import cell_priors, expression_evidence, missing_cell_seeds, postprocess, predict
 from .training import Patch, load_model, softmask_tau, train_ucs
 
 log = logging.getLogger(__name__)
 
 
-class UCSMethod(CellMethod):
+class UCSMethod(TorchMethod):
     name = "ucs"
+    load_model = staticmethod(load_model)
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
-        c = config.cells.ucs
-        self.cfg = c
+        c = self.cfg
         self.bin_um = bin_size_um(platform, c.bin_um)
         self.paper = c.variant == "paper"
         growth_um = c.growth_um if c.growth_um is not None else default_growth_um(config)
         self.growth_bins = None if self.paper else growth_um / self.bin_um
-        self.model = None
         self.markers = load_markers(c.markers) if c.markers else None
 
     # -- geometry -----------------------------------------------------------------------------
@@ -42,16 +51,11 @@ class UCSMethod(CellMethod):
     def _reach_bins(self) -> int:
         return int(math.ceil(self.reach_um() / self.bin_um))
 
-    def compute(self) -> Compute:
-        return MODEL_ACTOR
-
     # -- training -----------------------------------------------------------------------------
     def prepare(self, ctx: PrepareContext):
         if ctx.n_nuclei == 0:
             raise InputError(f"{ctx.chip.url}: UCS trains on the chip's nuclei, and none were found")
-        rng = np.random.default_rng(self.cfg.seed)
-        n = min(self.cfg.n_train_patches, ctx.n_nuclei)
-        chosen = np.sort(rng.choice(np.arange(1, ctx.n_nuclei + 1), size=n, replace=False))
+        chosen = sample_nuclei(self.cfg.seed, ctx.n_nuclei, self.cfg.n_train_patches)
         n_genes = len(ctx.genes)
         hvg_needed = n_genes > self.cfg.n_hvg
         marker_types = self._marker_lookup(ctx.genes)
@@ -112,18 +116,12 @@ class UCSMethod(CellMethod):
         return lut
 
     def describe_state(self, state) -> dict:
-        train = state["train"]
-        return {"bin_um": state["bin_um"], "n_train_patches": train["n_patches"], "device": train.get("device"),
-                "variant": self.cfg.variant, "background_per_bin": state.get("background_per_bin"),
-                "nuclear_per_bin": state.get("nuclear_per_bin"),
-                "loss": {k: [round(float(v), 5) for v in h] for k, h in train["history"].items()},
+        return {**super().describe_state(state), "bin_um": state["bin_um"],
+                "n_train_patches": state["train"]["n_patches"], "variant": self.cfg.variant,
+                "background_per_bin": state.get("background_per_bin"), "nuclear_per_bin": state.get("nuclear_per_bin"),
                 "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
 
     # -- inference ----------------------------------------------------------------------------
-    def load(self, state):
-        self.state = state
-        self.model, self.device = load_model(state["train"])
-
     def _predict(self, data: TileData, with_seeds: bool):
         binned = bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
         seeds = binned.nuclei
@@ -187,34 +185,17 @@ def load_markers(path: str, what: str = "cells.ucs.markers") -> pd.DataFrame:
 
 
 def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_types) -> list[Patch]:
-    """Patches centred on the chosen nuclei this tile owns (centroid in its core)."""
-    from scipy import ndimage as ndi
-
-    ids = np.intersect1d(np.unique(data.nuclei), chosen)
-    if not len(ids):
-        return []
-    wr0, _, wc0, _ = data.tile.window
-    coms = ndi.center_of_mass(np.ones(data.shape), data.nuclei, ids)
+    """Patches centred on the chosen nuclei this tile owns (centroid pixel in its core)."""
+    ids, cy, cx = owned_nuclei(data.nuclei, data.tile)
+    mine = np.isin(ids, chosen)
+    rows = binned.grid.pixel_to_bin(cy[mine]) - binned.origin[0]
+    cols = binned.grid.pixel_to_bin(cx[mine]) - binned.origin[1]
     out = []
-    half = size // 2
-    h, w = binned.shape
-    rows, cols, genes = binned.by_row
-    for cid, (cy, cx) in zip(ids, coms):
-        gr, gc = int(cy) + wr0, int(cx) + wc0
-        if not data.tile.core_contains(np.array([gr]), np.array([gc]))[0]:
-            continue
-        br = int(np.floor((gr + 0.5) * binned.scale)) - binned.origin[0]
-        bc = int(np.floor((gc + 0.5) * binned.scale)) - binned.origin[1]
-        r0, c0 = min(max(0, br - half), max(0, h - size)), min(max(0, bc - half), max(0, w - size))
-        r1, c1 = min(h, r0 + size), min(w, c0 + size)
-        lo, hi = np.searchsorted(rows, [r0, r1])
-        sel = slice(lo, hi)
-        inside = (cols[sel] >= c0) & (cols[sel] < c1)
-        nuc = np.zeros((size, size), np.int64)
-        nuc[: r1 - r0, : c1 - c0] = binned.nuclei[r0:r1, c0:c1]
-        pr, pc, pg = rows[sel][inside] - r0, cols[sel][inside] - c0, genes[sel][inside]
+    for cid, br, bc in zip(ids[mine], rows, cols):
+        box = patch_box(int(br), int(bc), size, binned.shape)
+        pr, pc, pg = binned.in_box(*box)
         markers = None if marker_types is None else marker_grid(pr, pc, pg, marker_types, (size, size))
-        out.append(Patch(int(cid), pr, pc, pg, nuc, markers))
+        out.append(Patch(int(cid), pr, pc, pg, cut_patch(binned.nuclei, box, size), markers))
     return out
 
 
@@ -237,10 +218,7 @@ def density_counts(binned, data: TileData, far_um: float) -> np.ndarray:
     far = ndi.distance_transform_edt(binned.nuclei == 0) * (1.0 / binned.scale) * data.pixel_size_um > far_um
     if binned.seeds is not None:
         far &= binned.seeds == 0
-    h, w = binned.shape
-    centre_r = np.floor((np.arange(h) + binned.origin[0] + 0.5) / binned.scale).astype(np.int64)
-    centre_c = np.floor((np.arange(w) + binned.origin[1] + 0.5) / binned.scale).astype(np.int64)
-    own = data.tile.core_contains(np.repeat(centre_r, w), np.tile(centre_c, h)).reshape(h, w)
+    own = binned.grid.owned(data.tile)
     out = []
     for sel in (far & own, (binned.nuclei > 0) & own):
         out += [int(sel[binned.rows, binned.cols].sum()) if len(binned.rows) else 0, int(sel.sum())]

@@ -15,12 +15,12 @@ a crop has far fewer patches than the slides the published single epoch ran over
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..common.torch_model import fit_epochs, load_weights, train_on_device, weights_to_bytes
 from .features import cell_marker_mask
 from .softmask import softmask
 
@@ -124,19 +124,9 @@ def _batch(patches, device):
 
 def train_ucs(patches: list[Patch], n_genes: int, cfg, *, device: str | None = None, **kw) -> dict:
     """Train both networks; return a picklable state with the weights as bytes."""
-    import torch
-
     if not patches:
         raise ValueError("UCS training needs at least one patch with a nucleus")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        # small batches: intra-op threads mostly spin-wait, which on a shared machine is far slower
-        torch.set_num_threads(1)
-    try:
-        return _train(patches, n_genes, cfg, device=device, **kw)
-    finally:
-        torch.set_num_threads(threads)
+    return train_on_device(_train, patches, n_genes, cfg, device=device, **kw)
 
 
 def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: float = 1.0, markers: bool = False,
@@ -150,13 +140,11 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
     rng = np.random.default_rng(cfg.seed)
     patches = sorted(patches, key=lambda p: p.key)
     paper = cfg.variant == "paper"
-    lr = PAPER_LR if paper else cfg.lr
     markers = markers and not paper
     model = UCSModel(n_genes, markers=markers, expression=cfg.expression_profile and not paper,
                      variant=cfg.variant).to(device)
     weights = torch.tensor([1.0, pos_weight], device=device)
     ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
-    size = patches[0].nuclei.shape
     label_args = {"iterations": cfg.background_dilation, "sigma": cfg.background_sigma_um / bin_um}
     if paper:
         label_args["kernel"] = paper_kernel()
@@ -164,36 +152,57 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
         label_args["background"] = background
     elif cfg.foreground_labels != "paper":  # "nuclei", or "chip" with no background to measure
         label_args["density"] = cfg.background_density
+    history = {"foreground": _train_foreground(model, patches, cfg, ce, rng, device, label_args),
+               "cell": _train_cells(model, patches, cfg, ce, rng, device, markers)}
+    if log:
+        log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f}, "
+            f"cell loss {history['cell'][0]:.3f} -> {history['cell'][-1]:.3f}")
+    return {"weights": weights_to_bytes(model), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
+            "expression": cfg.expression_profile and not paper, "history": history, "device": str(device),
+            "n_patches": len(patches)}
+
+
+def _adam(params, cfg):
+    """The optimiser of both phases: Adam, at the published 1e-4 for the paper variant."""
+    import torch
+
+    lr = PAPER_LR if cfg.variant == "paper" else cfg.lr
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+
+def _train_foreground(model, patches: list[Patch], cfg, ce, rng, device, label_args: dict) -> list[float]:
+    """Phase 1: the foreground net. The paper variant turns each patch by a random flip/rot90 per
+    step and derives its labels after; ours labels each patch once."""
+    import torch
+
+    paper = cfg.variant == "paper"
+    size = patches[0].nuclei.shape
     fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in patches]
-    history: dict[str, list[float]] = {"foreground": [], "cell": []}
+    opt = _adam(model.foreground.parameters(), cfg)
 
-    # phase 1: the foreground net
-    opt = torch.optim.Adam(model.foreground.parameters(), lr=lr, betas=(0.9, 0.999),
-                           weight_decay=cfg.weight_decay)
+    def batch_loss(idx: np.ndarray):
+        batch = [patches[i] for i in idx]
+        if paper:
+            batch = [augment(p, int(rng.integers(4)), bool(rng.integers(2))) for p in batch]
+            labels = [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in batch]
+        else:
+            labels = [fixed[i] for i in idx]
+        targets = torch.as_tensor(np.stack(labels), device=device)
+        logits, _ = model.foreground(*_batch(batch, device), (len(batch), *size))
+        return ce(logits, targets)
+
     model.train()
-    for _epoch in range(cfg.epochs):
-        order = rng.permutation(len(patches))
-        total = 0.0
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            batch = [patches[i] for i in idx]
-            if paper:
-                batch = [augment(p, int(rng.integers(4)), bool(rng.integers(2))) for p in batch]
-                labels = [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in batch]
-            else:
-                labels = [fixed[i] for i in idx]
-            targets = torch.as_tensor(np.stack(labels), device=device)
-            logits, _ = model.foreground(*_batch(batch, device), (len(batch), *size))
-            loss = ce(logits, targets)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        history["foreground"].append(total / len(patches))
+    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0]]
 
-    # phase 2: the cell net on frozen foreground features (cells of a patch share them)
-    opt = torch.optim.Adam(model.cell.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: bool) -> list[float]:
+    """Phase 2: the cell net on frozen foreground features. Every cell of every patch in a batch at
+    once: cells on the batch axis, each looking at its own patch's reduced features."""
+    import torch
+
+    opt = _adam(model.cell.parameters(), cfg)
     model.foreground.eval()
+    size = patches[0].nuclei.shape
     tau = softmask_tau(cfg)
     with torch.no_grad():
         feats, probs = [], []
@@ -212,34 +221,17 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
                                      device=device))
         targets.append(torch.as_tensor(np.stack([cell_labels(p.nuclei, c, prob_all[i]) for c in ids]), device=device))
         mark.append(_marker_masks(p, ids, device) if markers else None)
+
+    def batch_loss(idx: np.ndarray):
+        local = torch.as_tensor(np.repeat(np.arange(len(idx)), [len(masks[i]) for i in idx]), device=device)
+        sm = torch.cat([masks[i] for i in idx])
+        mk = torch.cat([mark[i] for i in idx]) if markers else None
+        logits = model.cell.classify(model.cell.reduce(feats_all[idx])[local], sm, mk)
+        loss = ce(logits, torch.cat([targets[i] for i in idx]))
+        return loss + 0.5 * _marker_loss(logits, mk, sm) if markers else loss
+
     model.cell.train()
-    for _epoch in range(cfg.epochs):
-        order = rng.permutation(len(patches))
-        total = 0.0
-        for s in range(0, len(order), cfg.batch_size):
-            # every cell of every patch in the batch at once: cells on the batch axis, each
-            # looking at its own patch's reduced features
-            idx = order[s : s + cfg.batch_size]
-            local = torch.as_tensor(np.repeat(np.arange(len(idx)), [len(masks[i]) for i in idx]), device=device)
-            sm = torch.cat([masks[i] for i in idx])
-            mk = torch.cat([mark[i] for i in idx]) if markers else None
-            logits = model.cell.classify(model.cell.reduce(feats_all[idx])[local], sm, mk)
-            loss = ce(logits, torch.cat([targets[i] for i in idx]))
-            if markers:
-                loss = loss + 0.5 * _marker_loss(logits, mk, sm)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        history["cell"].append(total / len(patches))
-    if log:
-        log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f}, "
-            f"cell loss {history['cell'][0]:.3f} -> {history['cell'][-1]:.3f}")
-    buf = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
-    return {"weights": buf.getvalue(), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
-            "expression": cfg.expression_profile and not paper, "history": history, "device": str(device),
-            "n_patches": len(patches)}
+    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0]]
 
 
 PAPER_TAU = 5.0  # the public code's default soft-mask temperature, in bins
@@ -251,15 +243,11 @@ def softmask_tau(cfg) -> float:
 
 def load_model(state: dict, device: str | None = None):
     """Rebuild the model from a state; weights are read with weights_only=True (no code runs)."""
-    import torch
-
     from .nets import UCSModel
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = UCSModel(state["n_genes"], markers=state.get("markers", False), expression=state.get("expression", False),
                      variant=state.get("variant", "stseg"))
-    model.load_state_dict(torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True))
-    return model.to(device).eval(), device
+    return load_weights(model, state["weights"], device)
 
 
 def _marker_masks(p: Patch, ids, device):
