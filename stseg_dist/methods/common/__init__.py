@@ -14,8 +14,8 @@ a second method would write again belongs here.
 """
 
 from .bins import BinGrid, BinnedTile, bin_size_um, bin_tile
-from .ownership import nucleus_centroids, owned_nuclei, tile_owning
+from .ownership import centroid_pixels, nucleus_centroids, owned_nuclei, tile_owning
 from .patches import cut_patch, patch_box, sample_nuclei
 
-__all__ = ["BinGrid", "BinnedTile", "bin_size_um", "bin_tile", "cut_patch", "nucleus_centroids", "owned_nuclei",
-           "patch_box", "sample_nuclei", "tile_owning"]
+__all__ = ["BinGrid", "BinnedTile", "bin_size_um", "bin_tile", "centroid_pixels", "cut_patch", "nucleus_centroids",
+           "owned_nuclei", "patch_box", "sample_nuclei", "tile_owning"]

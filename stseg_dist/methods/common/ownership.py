@@ -33,11 +33,17 @@ def nucleus_centroids(nuclei: np.ndarray, window_origin: tuple[int, int]) -> tup
     return ids, sum_r / area, sum_c / area
 
 
+def centroid_pixels(nuclei: np.ndarray, window_origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IDs and centroid pixels (floor of the mean pixel, global row, col) of the nuclei in a
+    window: the pixel whose tile owns the nucleus."""
+    ids, area, sum_r, sum_c = _moments(nuclei, window_origin)
+    return ids, sum_r // area, sum_c // area
+
+
 def owned_nuclei(nuclei: np.ndarray, tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IDs and centroid pixels (global row, col) of the nuclei in a window that the tile owns."""
     wr0, _, wc0, _ = tile.window
-    ids, area, sum_r, sum_c = _moments(nuclei, (wr0, wc0))
-    cy, cx = sum_r // area, sum_c // area
+    ids, cy, cx = centroid_pixels(nuclei, (wr0, wc0))
     keep = tile.core_contains(cy, cx)
     return ids[keep], cy[keep], cx[keep]
 

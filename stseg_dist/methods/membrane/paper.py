@@ -15,6 +15,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, watershed
 
 from ...nuclei.classical import smooth
+from ..common.ownership import centroid_pixels
 from .blocks import KeptCell
 
 
@@ -59,15 +60,7 @@ def nucleus_centroids(nuclei: np.ndarray) -> np.ndarray:
     """Window array holding each nucleus's ID at its centroid pixel (floor of the mean, as the
     driver owns nuclei): a cell holds a nucleus when it holds that pixel."""
     out = np.zeros(nuclei.shape, np.uint32)
-    flat = nuclei.ravel().astype(np.int64)
-    if not flat.any():
-        return out
-    n = int(flat.max()) + 1
-    rr, cc = np.indices(nuclei.shape, dtype=np.int64)
-    area = np.bincount(flat, minlength=n)
-    ids = np.flatnonzero(area[1:]) + 1
-    cy = np.bincount(flat, rr.ravel(), minlength=n)[ids].astype(np.int64) // area[ids]
-    cx = np.bincount(flat, cc.ravel(), minlength=n)[ids].astype(np.int64) // area[ids]
+    ids, cy, cx = centroid_pixels(nuclei, (0, 0))
     np.maximum.at(out, (cy, cx), ids.astype(np.uint32))
     return out
 
