@@ -185,6 +185,12 @@ class MembraneConfig:
     register_max_regions: int = 64  # regions sampled evenly across the chip (offset and threshold)
     register_normalization: str = "none"  # none (plain cross-correlation) | phase
     max_shift_um: float = 10.0  # larger offsets are refused; the halo grows by this much
+    # "offset": the integer offset to the nuclear stain (above). "track_lines": the similarity
+    # (flip, quarter turns, small angle, scale, offset) of the stain to the expression map through
+    # the chip's track lines (Stereo-seq), as STCellbin registers; each tile reads its stain through it.
+    registration: str = "offset"
+    track_line_um: float = 1.5  # width of a track line
+    register_min_margin: int = 2  # track lines the chosen orientation must match beyond any other
     model: str = "cpsam"  # cellpose backend: a built-in name, a local path or an fsspec URL
     diameters_um: list[float] = field(default_factory=lambda: [10.0, 15.0, 20.0])  # tried per tile
     flow_threshold: float = 0.4
@@ -224,6 +230,9 @@ class MembraneConfig:
         _at_least_one(self, key, "register_downsample", "register_max_regions")
         _require(self.register_patch_px >= 8, f"{key}.register_patch_px must be >= 8, got {self.register_patch_px}")
         _one_of(self, key, "register_normalization", ("none", "phase"))
+        _one_of(self, key, "registration", ("offset", "track_lines"))
+        _positive(self, key, "track_line_um")
+        _at_least_one(self, key, "register_min_margin")
         d = self.diameters_um
         _require(isinstance(d, list) and bool(d) and all(
             not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0 for v in d),

@@ -38,6 +38,13 @@ TRUTH_CELLS_PARQUET = "truth/cells.parquet"
 #: uneven expression, sparse cytoplasm), for benchmarks that should not flatter density methods.
 HARD = {"occupancy": 0.7, "expression_cv": 0.6, "cytoplasm_keep": 0.5, "background_fraction": 0.2}
 FIELD_UM = 60.0  # length scale of the expression field
+#: Track lines (Stereo-seq): the chip's fiducial grid, lines of missing DNBs, so no transcripts
+#: on them, and dark lines in the stain. The gaps between lines repeat a template that is not a
+#: palindrome and differs between x and y, so a flipped or quarter-turned stain can be told apart.
+TRACK_GAPS_UM = ((22.0, 34.0, 26.0, 40.0, 30.0), (36.0, 24.0, 44.0, 28.0))  # (x: between vertical lines, y)
+TRACK_PHASE_UM = 7.0  # the first line of each direction
+TRACK_WIDTH_UM = 1.5
+TRACK_DIM = 0.7  # share of the stain lost on a track line
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -112,6 +119,40 @@ def _field(seed: int, x: np.ndarray, y: np.ndarray, cv: float) -> np.ndarray:
         z += wgt * np.sqrt(-2 * np.log(np.maximum(u1, 1e-12))) * np.cos(2 * np.pi * u2)  # Box-Muller
     sigma = np.sqrt(np.log(1 + cv**2))
     return np.exp(sigma * z - sigma**2 / 2)
+
+
+def _track_distance(v: np.ndarray, gaps) -> np.ndarray:
+    """µm from each coordinate to the nearest track line of one direction."""
+    pos = np.concatenate([[0.0], np.cumsum(gaps)])  # a period, both ends included
+    m = np.mod(np.asarray(v, np.float64) - TRACK_PHASE_UM, pos[-1])
+    return np.abs(m[..., None] - pos).min(axis=-1)
+
+
+def on_track_line(x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+    """True where a point lies on a track line (no DNB there, so no transcript)."""
+    half = TRACK_WIDTH_UM / 2
+    return (_track_distance(x_um, TRACK_GAPS_UM[0]) < half) | (_track_distance(y_um, TRACK_GAPS_UM[1]) < half)
+
+
+def stain_matrix(params: dict, shape: tuple[int, int], ps: float) -> np.ndarray:
+    """3x3 matrix from transcript-frame pixels (x = col, y = row) to stain pixels: mirror columns
+    (``flip``), scale, rotate by ``rotation_deg`` about the chip centre, then shift by ``shift_um``
+    (dx, dy)."""
+    unknown = set(params) - {"scale", "rotation_deg", "flip", "shift_um"}
+    if unknown:
+        raise ConfigError(f"synth: stain_transform has unknown keys {sorted(unknown)} "
+                          "(scale, rotation_deg, flip, shift_um)")
+    scale, angle = params.get("scale", 1.0), params.get("rotation_deg", 0.0)
+    _check("stain_transform.scale", scale)
+    _check("stain_transform.rotation_deg", angle, positive=False)
+    dx, dy = (float(v) / ps for v in params.get("shift_um", (0.0, 0.0)))
+    cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    t = math.radians(angle)
+    rot = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) * [[scale], [scale], [1]]
+    flip = np.diag([-1.0 if params.get("flip", False) else 1.0, 1.0, 1.0])
+    to_centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], np.float64)
+    back = np.array([[1, 0, cx + dx], [0, 1, cy + dy], [0, 0, 1]], np.float64)
+    return back @ rot @ flip @ to_centre
 
 
 def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um, occupancy=0.9, expression_cv=0.0):
@@ -220,14 +261,19 @@ def _render_dapi(nuc_vis, cells, r0, c0, seed, ps, rng):
 
 
 def _render_membrane(cell_lab, ps, rng):
+    img = _membrane_signal(cell_lab, ps) + rng.normal(0, 20, cell_lab.shape)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def _membrane_signal(cell_lab, ps):
+    """The membrane stain before camera noise: cell borders, blurred."""
     edge = np.zeros(cell_lab.shape, bool)
     edge[:-1] |= cell_lab[:-1] != cell_lab[1:]
     edge[1:] |= cell_lab[:-1] != cell_lab[1:]
     edge[:, :-1] |= cell_lab[:, :-1] != cell_lab[:, 1:]
     edge[:, 1:] |= cell_lab[:, :-1] != cell_lab[:, 1:]
     sig = ndi.gaussian_filter(edge.astype(np.float64), 0.5 / ps)
-    img = 100.0 + 2000.0 * sig + rng.normal(0, 20, sig.shape)
-    return np.clip(img, 0, 65535).astype(np.uint16)
+    return 100.0 + 2000.0 * sig
 
 
 def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg_fraction, rng,
@@ -304,6 +350,8 @@ def synth_chip(
     cytoplasm_keep: float = 1.0,
     membrane: bool = False,
     vendor_nuclei: bool = False,
+    track_lines: bool = False,
+    stain_transform: dict | None = None,
     block_um: float = 256.0,
     storage_options: dict | None = None,
     overwrite: bool = False,
@@ -311,13 +359,22 @@ def synth_chip(
     """Write a generated chip with truth to ``out`` and return a summary of what was written.
 
     The chip is generated block by block (each block's cells from a lattice hashed by position,
-    rendered with a margin), so any size streams through bounded memory.
+    rendered with a margin), so any size streams through bounded memory. ``track_lines`` draws the
+    chip's track-line grid (:data:`TRACK_GAPS_UM`) into the expression map (no transcripts on a
+    line) and the membrane stain (dark lines). ``stain_transform`` (keys ``scale``,
+    ``rotation_deg``, ``flip``, ``shift_um``; needs ``membrane``) writes the membrane stain under
+    that similarity transform of the transcripts' frame (:func:`stain_matrix`, recorded in
+    chip.json under ``synthetic.stain_transform.matrix``); the nuclear stain stays in the
+    transcripts' frame.
     """
     t0 = time.perf_counter()
     _check_synth_args(width_um, height_um, seed, pixel_size_um, cell_density_per_mm2, transcripts_per_cell,
                       n_genes, n_cell_types, background_fraction, occupancy, expression_cv, cytoplasm_keep, block_um)
     ps = float(pixel_size_um)
     H, W = int(math.ceil(height_um / ps)), int(math.ceil(width_um / ps))
+    if stain_transform is not None and not membrane:
+        raise ConfigError("synth: stain_transform transforms the membrane stain; it needs membrane=True")
+    matrix = None if stain_transform is None else stain_matrix(dict(stain_transform), (H, W), ps)
     block_px = max(16, int(round(block_um / ps)))
     spacing = 1000.0 / math.sqrt(cell_density_per_mm2)  # µm between lattice points
     cell_radius = 0.62 * spacing  # ellipses overlap; territories split them
@@ -328,7 +385,8 @@ def synth_chip(
     gen = _Generator(seed, ps, H, W, block_px, margin_um, int(math.ceil(margin_um / ps)), cell_radius,
                      _Lattice(spacing, W * ps, H * ps), _Programs(n_genes, n_cell_types, seed), schema,
                      n_cell_types, occupancy, expression_cv, transcripts_per_cell, background_fraction,
-                     cytoplasm_keep, membrane, vendor_nuclei)
+                     cytoplasm_keep, membrane, vendor_nuclei, bool(track_lines),
+                     None if matrix is None else tuple(map(tuple, matrix.tolist())))
     extra = {K.TRUTH_CELLS_ZARR: K.LABEL_DTYPE, K.TRUTH_NUCLEI_ZARR: K.LABEL_DTYPE}
     shape = (2, H, W) if membrane else (H, W)
     truth_rows = []
@@ -339,7 +397,8 @@ def synth_chip(
                     meta_extra={"synthetic": {"seed": seed, "cell_density_per_mm2": cell_density_per_mm2,
                                               "transcripts_per_cell": transcripts_per_cell,
                                               "background_fraction": background_fraction, "occupancy": occupancy,
-                                              "expression_cv": expression_cv, "cytoplasm_keep": cytoplasm_keep}}) as wr:
+                                              "expression_cv": expression_cv, "cytoplasm_keep": cytoplasm_keep,
+                                              **_stain_meta(track_lines, stain_transform, matrix)}}) as wr:
         n_bc = math.ceil(W / block_px)
         for bi in range(math.ceil(H / block_px)):
             for bj in range(n_bc):
@@ -364,6 +423,19 @@ def synth_chip(
         "seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _stain_meta(track_lines: bool, params: dict | None, matrix: np.ndarray | None) -> dict:
+    """chip.json facts of the track lines and the stain transform (only when asked for, so other
+    chips are written as before)."""
+    out = {}
+    if track_lines:
+        out["track_lines"] = {"gaps_um": [list(g) for g in TRACK_GAPS_UM], "phase_um": TRACK_PHASE_UM,
+                              "width_um": TRACK_WIDTH_UM}
+    if params is not None:
+        out["stain_transform"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+                                  "matrix": matrix.tolist()}
+    return out
 
 
 def _check_synth_args(width_um, height_um, seed, pixel_size_um, cell_density_per_mm2, transcripts_per_cell,
@@ -413,6 +485,8 @@ class _Generator:
     cytoplasm_keep: float
     membrane: bool
     vendor_nuclei: bool
+    track_lines: bool = False
+    stain: tuple | None = None  # 3x3 transcript px -> stain px (None: the same frame)
 
     def write_block(self, wr, bi: int, bj: int, block_index: int) -> tuple[int, int, pd.DataFrame]:
         """Render block (bi, bj) and write its pixels and the transcripts of the cells it owns;
@@ -433,7 +507,9 @@ class _Generator:
         core = np.s_[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
         if self.membrane:
             wr.write_image(np.s_[0, r0:r1, c0:c1], dapi[core])
-            wr.write_image(np.s_[1, r0:r1, c0:c1], _render_membrane(cell_lab, ps, rng)[core])
+            stain = (self._stain(r0, r1, c0, c1, rng) if self.track_lines or self.stain is not None
+                     else _render_membrane(cell_lab, ps, rng)[core])
+            wr.write_image(np.s_[1, r0:r1, c0:c1], stain)
         else:
             wr.write_image(np.s_[r0:r1, c0:c1], dapi[core])
         wr.write_array(K.TRUTH_CELLS_ZARR, np.s_[r0:r1, c0:c1], cell_lab[core])
@@ -448,6 +524,9 @@ class _Generator:
                                   cytoplasm_keep=self.cytoplasm_keep)
         x = np.clip(x, 0.0, W * ps - 1e-6)
         y = np.clip(y, 0.0, H * ps - 1e-6)
+        if self.track_lines:  # no DNB on a track line, so no transcript
+            keep = ~on_track_line(x, y)
+            x, y, g, c = x[keep], y[keep], g[keep], c[keep]
         o = np.lexsort((x, y))
         n = len(o)
         gene_dict = pa.array(self.programs.genes, pa.string())
@@ -467,6 +546,39 @@ class _Generator:
             "area_um2": areas, "elongated": mine["elongated"],
         })
         return n, int((c == 0).sum()), truth
+
+    def _stain(self, r0: int, r1: int, c0: int, c1: int, rng) -> np.ndarray:
+        """Membrane stain rows r0:r1, cols c0:c1 of the stain's frame: the transcript frame's stain
+        before noise (track lines dimmed) seen through the stain transform, then camera noise."""
+        H, W = self.H, self.W
+        inv = np.linalg.inv(np.asarray(self.stain if self.stain is not None else np.eye(3), np.float64))
+        rr, cc = np.mgrid[r0:r1, c0:c1].astype(np.float64)
+        sx = inv[0, 0] * cc + inv[0, 1] * rr + inv[0, 2]
+        sy = inv[1, 0] * cc + inv[1, 1] * rr + inv[1, 2]
+        clean = np.full(rr.shape, 100.0)  # no tissue beyond the transcripts' frame
+        wr0, wr1 = max(0, int(np.floor(sy.min())) - 2), min(H, int(np.ceil(sy.max())) + 3)
+        wc0, wc1 = max(0, int(np.floor(sx.min())) - 2), min(W, int(np.ceil(sx.max())) + 3)
+        if wr0 < wr1 and wc0 < wc1:
+            src = self._clean_stain(wr0, wr1, wc0, wc1)
+            vals = ndi.map_coordinates(src, [sy - wr0, sx - wc0], order=1, mode="nearest")
+            inside = (sy >= -0.5) & (sy <= H - 0.5) & (sx >= -0.5) & (sx <= W - 0.5)
+            clean = np.where(inside, vals, clean)
+        return np.clip(clean + rng.normal(0, 20, clean.shape), 0, 65535).astype(np.uint16)
+
+    def _clean_stain(self, wr0: int, wr1: int, wc0: int, wc1: int) -> np.ndarray:
+        """The membrane stain before noise over transcript-frame pixels wr0:wr1, wc0:wc1."""
+        ps, H, W, m, m_um = self.ps, self.H, self.W, self.margin, self.margin_um
+        mr0, mr1, mc0, mc1 = max(0, wr0 - m), min(H, wr1 + m), max(0, wc0 - m), min(W, wc1 + m)
+        ii, jj = self.lattice.indices_in(mc0 * ps - m_um, mc1 * ps + m_um, mr0 * ps - m_um, mr1 * ps + m_um)
+        cells = _cells(self.seed, self.lattice, ii, jj, W * ps, H * ps, self.n_cell_types, self.cell_radius,
+                       self.occupancy, self.expression_cv)
+        cell_lab, _, _ = _render_labels(cells, mr0, mc0, mr1 - mr0, mc1 - mc0, ps)
+        sig = _membrane_signal(cell_lab, ps)[wr0 - mr0 : wr1 - mr0, wc0 - mc0 : wc1 - mc0]
+        if self.track_lines:
+            d = np.minimum(_track_distance((np.arange(wr0, wr1) + 0.5) * ps, TRACK_GAPS_UM[1])[:, None],
+                           _track_distance((np.arange(wc0, wc1) + 0.5) * ps, TRACK_GAPS_UM[0])[None, :])
+            sig = sig * (1 - TRACK_DIM * np.clip((TRACK_WIDTH_UM / 2 - d) / ps + 0.5, 0, 1))
+        return sig
 
 
 def _areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from ..common.cellpose import load_cellpose, worker_facts
 from ..common.ownership import tile_owning
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
+from .track_lines import StainReader, prepare_track_lines
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class MembraneMethod(CellMethod):
         self.cfg = c
         self.uses_model = c.backend == "cellpose"  # Cellpose loads its model once per actor
         self.offset = (0, 0)
+        self.stain = None  # StainReader when registered by track lines
         self.threshold = c.threshold
         self.model = None
 
@@ -56,7 +58,12 @@ class MembraneMethod(CellMethod):
     def reach_um(self) -> float:
         """Cells stop ``max_distance_um`` from their nucleus; the registered membrane window is
         read up to ``max_shift_um`` further, so the halo covers both."""
-        return self.cfg.max_distance_um + (self.cfg.max_shift_um if self.cfg.register else 0.0)
+        return self.cfg.max_distance_um + (self.cfg.max_shift_um if self.shifts_window() else 0.0)
+
+    def shifts_window(self) -> bool:
+        """The offset registration shifts the tile's own stain window (so the halo must cover the
+        shift); track lines read each tile's stain through the transform instead."""
+        return self.cfg.register and self.cfg.registration == "offset"
 
     def compute(self) -> Compute:
         return Compute(actors=1, num_gpus=1.0) if self.uses_model else Compute()
@@ -68,11 +75,12 @@ class MembraneMethod(CellMethod):
             raise InputError(f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the image "
                              f"has {chip.n_channels} channel(s)")
         need_threshold = c.backend == "classical" and c.threshold is None
-        if not c.register and not need_threshold:
-            return {"offset": (0, 0), "threshold": c.threshold}
+        track = prepare_track_lines(ctx, c) if c.register and c.registration == "track_lines" else {}
+        register = self.shifts_window()
+        if not register and not need_threshold:
+            return {"offset": (0, 0), "threshold": c.threshold, **track}
         f, nuc_ch, mem_ch = c.register_downsample, self.config.nuclei.channel, c.channel
         sigma = c.sigma_um / chip.pixel_size_um
-        register = c.register
         regions = sample_regions(chip.shape_yx, c.register_patch_px * f, c.register_max_regions)
         owner: dict[int, list[tuple[int, int, int, int]]] = {}
         for reg in regions:  # each region is read by the tile whose core holds its centre
@@ -102,12 +110,13 @@ class MembraneMethod(CellMethod):
                 raise InputError(f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold it "
                                  "(set cells.membrane.threshold)")
             threshold = float(threshold_otsu(values))
-        return {"offset": tuple(int(v) for v in offset), "threshold": threshold}
+        return {"offset": tuple(int(v) for v in offset), "threshold": threshold, **track}
 
     def load(self, state):
         if state is not None:
             self.offset = tuple(state["offset"])
             self.threshold = state["threshold"]
+            self.stain = StainReader(state, self.cfg.channel) if "transform" in state else None
         if self.uses_model and self.model is None:
             self._load_model()
 
@@ -117,13 +126,18 @@ class MembraneMethod(CellMethod):
     def describe(self) -> dict:
         return worker_facts(self.model, MODEL_KEY)
 
+    def describe_state(self, state) -> dict:
+        return {"registration": state["registration"]} if state and "registration" in state else {}
+
     # -- per tile -----------------------------------------------------------------------------
     def membrane(self, data: TileData) -> np.ndarray:
         """The tile's membrane window, shifted onto the nuclear stain's grid (NaN where the shift
-        brings in pixels from beyond the window)."""
+        brings in pixels from beyond the window), or read through the track-line transform."""
         if data.image.shape[0] <= self.cfg.channel:
             raise InputError(f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "
                              f"{self.cfg.channel} but the image has {data.image.shape[0]} channel(s)")
+        if self.stain is not None:
+            return self.stain.window(data.tile.window)
         return apply_offset(data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan)
 
     def segment(self, data: TileData) -> np.ndarray:

@@ -40,7 +40,7 @@ class PaperMembraneMethod(MembraneMethod):
     def reach_um(self) -> float:
         """Half the context a window needs (the halo is twice the reach): every block holding a core
         pixel seen whole, plus the registration shift and a seed disc."""
-        shift = self.cfg.max_shift_um if self.cfg.register else 0.0
+        shift = self.cfg.max_shift_um if self.shifts_window() else 0.0
         return (self.cfg.block_um + 2 * self.overlap_um) / 2 + shift + SEED_RADIUS_UM
 
     def blocks(self, pixel_size_um: float, shape: tuple[int, int]) -> BlockGrid:
@@ -78,10 +78,7 @@ class PaperMembraneMethod(MembraneMethod):
                  window[1] if window[1] == h else window[1] - max(0, dy),
                  window[2] if window[2] == 0 else window[2] + max(0, -dx),
                  window[3] if window[3] == w else window[3] - max(0, dx))
-        mem = data.image[self.cfg.channel].astype(np.float32)
-        from .registration import apply_offset
-
-        mem = apply_offset(mem, self.offset, fill=np.nan)
+        mem = self.membrane(data)  # registered: shifted by the offset, or read through the transform
         nuc = data.image[self.config.nuclei.channel].astype(np.float32)
 
         def region(ext):
