@@ -363,8 +363,8 @@ def _prepare(run: Run, ctx: stages.RunContext, plugin: Plugin, stage: str, apply
         return cached
     tasks = replace(run.resources(stage), n_actors=0)
 
-    def map_tiles(fn, indices):
-        return _results(run.ex.map(apply, ctx, [(fn, int(i)) for i in indices], desc="prepare", resources=tasks))
+    def map_tiles(fn, indices, desc: str = "prepare"):
+        return _results(run.ex.map(apply, ctx, [(fn, int(i)) for i in indices], desc=desc, resources=tasks))
 
     gpus = run.resources(stage, plugin).num_gpus
     state = plugin.prepare(PrepareContext(run.chip, run.config, run.grid, ctx.genes, map_tiles,

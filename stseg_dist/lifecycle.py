@@ -38,9 +38,10 @@ def _as_is(train: Callable) -> Callable:
 class PrepareContext:
     """What ``prepare`` may use chip-wide.
 
-    ``map_tiles(fn, indices)`` runs ``fn`` for those tiles on the cluster and returns the results
-    in order: a nuclei backend's ``fn`` gets the :class:`~stseg_dist.tiling.Tile` (it reads its
-    own window), a cell method's gets the tile's :class:`~stseg_dist.tiledata.TileData`.
+    ``map_tiles(fn, indices, desc="prepare")`` runs ``fn`` for those tiles on the cluster and
+    returns the results in order (``desc`` names the pass's progress bar): a nuclei backend's
+    ``fn`` gets the :class:`~stseg_dist.tiling.Tile` (it reads its own window), a cell method's
+    gets the tile's :class:`~stseg_dist.tiledata.TileData`.
     ``train_where_gpu(train)`` returns ``train``, or a wrapper that runs it in a Ray task holding
     a GPU when the stage asks for GPUs and the cluster has one (the executor decides).
     """
@@ -49,7 +50,7 @@ class PrepareContext:
     config: "PipelineConfig"
     grid: "TileGrid"
     genes: list[str]
-    map_tiles: Callable[[Callable[[Any], Any], list[int]], list[Any]]
+    map_tiles: Callable[..., list[Any]]
     n_nuclei: int = 0
     train_where_gpu: Callable[[Callable], Callable] = _as_is
 

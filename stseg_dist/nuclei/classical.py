@@ -109,9 +109,9 @@ class ClassicalNuclei(NucleiBackend):
         if dtype.kind in "ui":
             vmax = float(np.iinfo(dtype).max)
         else:
-            vmax = max([0.0, *ctx.map_tiles(partial(_core_max, self), tiles)])
+            vmax = max([0.0, *ctx.map_tiles(partial(_core_max, self), tiles, desc="histogram")])
             vmax = vmax if math.isfinite(vmax) and vmax > 0 else 1.0
-        total = np.sum(ctx.map_tiles(partial(_core_histogram, self, vmax), tiles), axis=0)
+        total = np.sum(ctx.map_tiles(partial(_core_histogram, self, vmax), tiles, desc="histogram"), axis=0)
         return {"threshold": otsu_from_histogram(total, vmax)}
 
     def load(self, state):
