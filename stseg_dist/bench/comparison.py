@@ -113,7 +113,7 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
     from ..io.bundles import convert_bundle, pipeline_hints
     from ..io.storage import exists
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"  # the repository's presets
     out = []
     for folder, crop in REAL_CROPS.items():
         src = Path(data_root) / folder
@@ -258,7 +258,7 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def default_data_root() -> str | None:
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    root = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository
     return str(root) if root.exists() else None
 
 
