@@ -410,19 +410,11 @@ def synth_chip(
         fs, path = storage.fs_and_path(storage.join(str(out), TRUTH_CELLS_PARQUET), storage_options)
         with fs.open(path, "wb") as fh:
             truth.to_parquet(fh, index=False)
-    seconds = time.perf_counter() - t0
-    return {
-        "out": str(out),
-        "shape": [H, W],
-        "pixel_size_um": ps,
-        "n_cells": int(len(truth)),
-        "n_transcripts": int(n_tx),
-        "n_background": int(n_bg),
-        "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
-        "n_genes": n_genes,
-        "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return {"out": str(out), "shape": [H, W], "pixel_size_um": ps, "n_cells": int(len(truth)),
+            "n_transcripts": int(n_tx), "n_background": int(n_bg),
+            "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
+            "n_genes": n_genes, "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _stain_meta(track_lines: bool, params: dict | None, matrix: np.ndarray | None) -> dict:
