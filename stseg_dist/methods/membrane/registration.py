@@ -239,7 +239,8 @@ def match_lines(stain: tuple[np.ndarray, np.ndarray], expr: tuple[np.ndarray, np
                     kb, tb = best_shift(ub, vb, sb * abs(s), tol)
                     if ka + kb > best[0]:
                         best = (ka + kb, abs(s), (t, tb))
-                name = f"{'quarter turn' if swap else 'upright'}, rows {'+' if sa > 0 else '-'}, cols {'+' if sb > 0 else '-'}"
+                sign = {1.0: "+", -1.0: "-"}
+                name = f"{'quarter turn' if swap else 'upright'}, rows {sign[sa]}, cols {sign[sb]}"
                 out.append((best[0], name, best[1], (swap, (sa, sb), best[2])))
     return sorted(out, key=lambda o: -o[0])
 
@@ -284,7 +285,7 @@ def register_track_lines(expression: np.ndarray, stain: np.ndarray, factor: int,
     le, ls = dark_lines(expression, w), dark_lines(stain, w)
     gap, tol = max(3.0, 4 * w), max(1.0, 1.5 * w)
     angle = grid_angle(ls)
-    turned, back = None, None
+    turned, back, angle_used = None, None, angle
     sharpest = -np.inf
     for a in (angle, -angle) if angle else (angle,):  # the Radon angle's sign convention, checked
         img, m = square_up(ls, a)
