@@ -1,6 +1,12 @@
-"""UCS training and inference throughput on CPU, in process (no Ray), on a constructed tile.
+"""UCS training and inference throughput, in process (no Ray), on a constructed tile; or whole
+runs on a generated chip against expansion.
 
     python benchmarks/bench_ucs.py --size-px 256 --cells 60 --epochs 4
+    python benchmarks/bench_ucs.py --chip-um 1000 --variants stseg paper [--device cuda]
+
+With ``--chip-um`` it generates a chip, runs ``stseg run`` on it with expansion and with each UCS
+variant (in process, one tile worker), and prints each run's stage seconds, training epochs and
+transcripts/s, and its cost relative to expansion: the figures of the UCS speed issue.
 
 Builds one tile of round nuclei with transcripts dense around each, trains UCS on patches
 centred on its nuclei, then segments the tile. Prints pixels/s and transcripts/s for training
@@ -55,6 +61,41 @@ def make_tile(size: int, n_cells: int, n_genes: int, seed: int) -> TileData:
                     genes=[f"g{i}" for i in range(n_genes)])
 
 
+def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list[str], work: str) -> list[dict]:
+    """``stseg run`` on one generated chip: expansion, then UCS in each variant."""
+    import os
+
+    from stseg_dist import cli
+    from stseg_dist.synth import synth_chip
+
+    chip = os.path.join(work, f"chip{int(chip_um)}")
+    if not os.path.exists(os.path.join(chip, "chip.json")):
+        synth_chip(chip, chip_um, chip_um, seed=1)
+    if device:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+    rows = []
+    for name, extra in [("expansion", []), *[(f"ucs-{v}", ["cells.method=ucs", f"cells.ucs.variant={v}"])
+                                              for v in variants]]:
+        out = os.path.join(work, f"out-{int(chip_um)}-{name}-{time.time_ns()}")
+        args = ["run", "--chip", chip, "--out", out, "--local", "--no-progress", "--no-spatialdata"]
+        for item in [*extra, *sets]:
+            args += ["--set", item]
+        t0 = time.perf_counter()
+        assert cli.main(args) == 0
+        wall = time.perf_counter() - t0
+        with open(os.path.join(out, "run.json")) as fh:
+            run = json.load(fh)
+        stages = {k: round(v, 1) for k, v in run["stage_seconds"].items()}
+        loss = (run.get("method") or {}).get("loss") or {}
+        rows.append({"run": name, "wall_s": round(wall, 1), "stages_s": stages,
+                     "epochs": {k: len(v) for k, v in loss.items()},
+                     "transcripts_per_s": round(run["n_transcripts_written"] / wall)})
+    base = rows[0]["wall_s"]
+    for r in rows:
+        r["x_expansion"] = round(r["wall_s"] / base, 1)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-px", type=int, default=256)
@@ -64,7 +105,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="config override, e.g. cells.ucs.expression_profile=false")
+    p.add_argument("--chip-um", type=float, help="whole runs on a generated chip of this side instead")
+    p.add_argument("--variants", nargs="+", default=["stseg", "paper"])
+    p.add_argument("--device", choices=["cpu", "cuda"], help="with --chip-um: hide the GPU for cpu")
+    p.add_argument("--work", default="bench-ucs", help="with --chip-um: folder for the chip and the runs")
     args = p.parse_args(argv)
+    if args.chip_um:
+        for row in run_chip(args.chip_um, args.variants, args.device, args.set, args.work):
+            print(json.dumps(row))
+        return 0
     torch.set_num_threads(args.threads)
     config = load_config(overrides=parse_set(["cells.method=ucs", f"cells.ucs.epochs={args.epochs}", *args.set]),
                          use_env=False)

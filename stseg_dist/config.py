@@ -83,7 +83,11 @@ class UCSConfig:
     hvg_region_um: float = 1000.0  # HVGs are chosen per square region of this size
     patch_px: int = 48
     tau: float = 3.0  # bins; 5 covers cells whose nucleus is unseen, 2 cuts big cells short
-    epochs: int = 20
+    epochs: int = 20  # at most, per network: each stops earlier on a loss plateau
+    # A network stops when its last plateau_patience epochs improved its best loss by less than
+    # plateau_tol of it (patience 0: always the full epochs).
+    plateau_patience: int = 3
+    plateau_tol: float = 0.01
     n_train_patches: int = 256
     batch_size: int = 16
     lr: float = 1e-3  # the paper's 1e-4 needs far more steps than an on-chip fit affords
@@ -139,6 +143,8 @@ class UCSConfig:
         _one_of(self, key, "variant", ("paper", "stseg"))
         _require(min(self.epochs, self.batch_size, self.n_train_patches) >= 1,
                  f"{key}.epochs, batch_size and n_train_patches must be at least 1")
+        _require(self.plateau_patience >= 0, f"{key}.plateau_patience must not be negative, got {self.plateau_patience}")
+        _in_range(self, key, "plateau_tol", "[0, 1)")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import torch
 
 from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
+from stseg_dist.methods.ucs import inference
 from stseg_dist.methods.ucs.features import select_hvg
 from stseg_dist.methods.ucs.inference import cell_priors, predict
 from stseg_dist.methods.ucs.nets import ForegroundNet, SparseGeneInput, UCSModel
@@ -182,6 +183,7 @@ def test_growth_limits_how_far_a_cell_may_claim():
     ("foreground_threshold", 1.0, "foreground_threshold"), ("variant", "published", "variant"),
     ("foreground_labels", "dense", "foreground_labels"), ("expression_weight", -1, "expression_weight"),
     ("missing_cell_density", 1.5, "missing_cell_density"),
+    ("plateau_patience", -1, "plateau_patience"), ("plateau_tol", 1.0, "plateau_tol"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod
@@ -189,6 +191,17 @@ def test_bad_config(key, value, fragment):
     cfg = load_config(overrides=parse_set([f"cells.ucs.{key}={value}"]), use_env=False)
     with pytest.raises(ConfigError, match=fragment):
         UCSMethod(cfg)
+
+
+def test_training_stops_on_a_loss_plateau():
+    """A network stops once its last epochs no longer improve its best loss by the tolerance."""
+    from stseg_dist.methods.common.torch_model import plateaued
+
+    assert not plateaued([1.0, 0.8, 0.6, 0.5], 3, 0.01)  # still falling
+    assert plateaued([1.0, 0.5, 0.499, 0.498, 0.497], 3, 0.01)  # three epochs within 1% of 0.5
+    assert not plateaued([1.0, 0.5, 0.499, 0.498, 0.40], 3, 0.01)  # a late drop counts
+    assert not plateaued([1.0, 0.5, 0.5, 0.5, 0.5], 0, 0.01)  # patience 0: the full epochs
+    assert not plateaued([1.0, 1.0], 3, 0.01)  # too few epochs to tell
 
 
 def test_marker_table_columns(tmp_path):
@@ -203,7 +216,7 @@ def test_marker_table_columns(tmp_path):
     assert load_markers(str(good)).gene.tolist() == ["CD3E", "MS4A1"]
 
 
-def test_marker_masks_reach_the_cell_net_at_inference():
+def test_marker_masks_reach_the_cell_net_at_inference(monkeypatch):
     """A model trained with marker masks gets each cell's marker mask at inference too."""
     from stseg_dist.methods.common.bins import BinGrid, BinnedTile
     from stseg_dist.methods.ucs.features import cell_marker_mask, marker_grid
@@ -224,22 +237,59 @@ def test_marker_masks_reach_the_cell_net_at_inference():
     binned = BinnedTile(BinGrid(1.0, (0, 0), (40, 40), (0, 0)), rows, cols, genes, nuclei)
     markers = marker_grid(rows, cols, genes, lut, (40, 40))
     seen = []
-    classify = model.cell.classify
+    classify = inference._classify_cells
 
-    def spy(reduced, softmasks, marker_masks=None, profiles=None):
+    def spy(cell_net, reduced, priors, marker_masks=None, *args):
         seen.append(marker_masks)
-        return classify(reduced, softmasks, marker_masks, profiles)
+        return classify(cell_net, reduced, priors, marker_masks, *args)
 
-    model.cell.classify = spy
+    monkeypatch.setattr(inference, "_classify_cells", spy)
     priors = cell_priors(nuclei, 10, 2.0, True)
     predict(model, device, binned, priors, markers=markers)
-    got = seen[-1].numpy()
-    assert got.shape[0] == 2 and got.sum() > 0
+    got = seen[-1]
+    assert sorted(got) == [1, 2] and got[1].sum() > 0
     expect = cell_marker_mask(markers[priors[0].box[0]:priors[0].box[1], priors[0].box[2]:priors[0].box[3]],
                               priors[0].mask > 0.5)
-    np.testing.assert_array_equal(got[0, 0][: expect.shape[0], : expect.shape[1]], expect)
+    np.testing.assert_array_equal(got[1], expect)
     predict(model, device, binned, priors)  # without a marker grid the channel is empty
     assert seen[-1] is None
+
+
+@pytest.mark.parametrize("expression,markers", [(False, False), (True, True)])
+def test_cells_scored_on_their_box_equal_the_head_run_over_the_window(expression, markers):
+    """Each cell is scored over its own box from the head's weights; that must equal running the
+    cell net's head over the whole window for every cell, as the paper's network does."""
+    import torch
+
+    torch.manual_seed(0)
+    model = UCSModel(4, markers=markers, expression=expression).eval()
+    rng = np.random.default_rng(1)
+    nuclei = np.zeros((50, 60), np.int64)
+    nuclei[8:14, 8:14], nuclei[20:27, 18:24], nuclei[35:40, 40:47] = 3, 5, 9
+    priors = cell_priors(nuclei, 12, 3.0, True)
+    reduced = rng.normal(size=(model.cell.channels, 50, 60)).astype(np.float32)
+    mks = {p.cell_id: (rng.random(p.mask.shape) < 0.3).astype(np.float32) for p in priors} if markers else None
+    _, n_cover, best_q, best_id = inference._classify_cells(model.cell, reduced, priors, mks)
+    qs, scores, covers = [], [], []
+    with torch.no_grad():
+        for p in priors:
+            r0, r1, c0, c1 = p.box
+            sm, mk = torch.zeros(1, 1, 50, 60), torch.zeros(1, 1, 50, 60)
+            sm[0, 0, r0:r1, c0:c1] = torch.as_tensor(p.mask)
+            if mks is not None:
+                mk[0, 0, r0:r1, c0:c1] = torch.as_tensor(mks[p.cell_id])
+            red = torch.as_tensor(reduced)[None]
+            logits = model.cell.classify(red, sm, mk if markers else None)
+            q = torch.softmax(logits, 1)[0, 1].numpy() * (sm[0, 0].numpy() > 0)
+            qs.append(q)
+            covers.append(sm[0, 0].numpy() > 0)
+            scores.append(np.where(sm[0, 0].numpy() > 0, q * sm[0, 0].numpy(), -np.inf))
+    covered = n_cover > 0
+    k = np.argmax(np.stack(scores), 0)
+    ids = np.array([p.cell_id for p in priors])
+    np.testing.assert_array_equal(best_id[covered], ids[k][covered])
+    np.testing.assert_allclose(best_q[covered], np.take_along_axis(np.stack(qs), k[None], 0)[0][covered], atol=1e-5)
+    np.testing.assert_array_equal(n_cover, np.sum(covers, 0))
 
 
 def test_paper_variant_has_the_reference_network_size():

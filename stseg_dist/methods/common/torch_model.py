@@ -46,12 +46,20 @@ def train_on_device(train: Callable[..., dict], *args, device: str | None = None
         torch.set_num_threads(threads)
 
 
+def plateaued(losses, patience: int, tol: float) -> bool:
+    """The last ``patience`` epochs improved on the best before them by less than ``tol`` of it."""
+    if patience <= 0 or len(losses) <= patience:
+        return False
+    return min(losses[-patience:]) > (1.0 - tol) * min(losses[:-patience])
+
+
 def fit_epochs(opt, rng: np.random.Generator, n_items: int, epochs: int, batch_size: int,
-               batch_loss: Callable[[np.ndarray], Any]) -> np.ndarray:
+               batch_loss: Callable[[np.ndarray], Any], patience: int = 0, tol: float = 0.0) -> np.ndarray:
     """Minibatch descent: each epoch visits the items in a fresh order drawn from ``rng``.
 
     ``batch_loss(indices)`` returns the loss to minimise, or a tuple whose first entry is it and
-    the rest are parts to record. Returns (epochs, parts) per-item means of every returned loss.
+    the rest are parts to record. Returns (epochs run, parts) per-item means of every returned
+    loss. With ``patience`` it stops before ``epochs`` once the loss plateaus (:func:`plateaued`).
     """
     history = []
     for _epoch in range(epochs):
@@ -66,6 +74,8 @@ def fit_epochs(opt, rng: np.random.Generator, n_items: int, epochs: int, batch_s
             opt.step()
             total = total + np.array([float(v.detach()) for v in losses]) * len(idx)
         history.append(total / n_items)
+        if plateaued([h[0] for h in history], patience, tol):
+            break
     return np.array(history)
 
 

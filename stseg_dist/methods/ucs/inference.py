@@ -1,12 +1,11 @@
 """UCS inference over a tile window, seamless by construction.
 
-The window is processed in overlapping patches whose margins cover the network's receptive
-field, and only each patch's centre is kept: the result equals running the network on the whole
-window at once (no blending, no grid artefacts) while the network's activations stay at one
-patch (the window keeps only the cell net's few reduced channels per bin). Cell
-probabilities are accumulated per bin over the cells whose reach covers it; the background
-probability of a bin is the mean of (1 - q_c) over those cells, and each bin takes the argmax
-over background and cells.
+The foreground net runs over the window in overlapping patches whose margins cover its
+receptive field, and only each patch's centre is kept: the result equals running it on the whole
+window at once (no blending, no grid artefacts) while its activations stay at one patch (the
+window keeps only the cell net's few reduced channels per bin). The cell net's head is per bin,
+so each cell is scored over its own box; the background probability of a bin is the mean of
+(1 - q_c) over the cells that reach it, and each bin takes the argmax over background and cells.
 """
 
 from __future__ import annotations
@@ -57,15 +56,51 @@ def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
     return out
 
 
+def foreground_pass(model, device, binned: BinnedTile, patch: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability (H, W) and the cell net's reduced features (C, H, W) of a window.
+
+    The foreground net runs patch by patch with margins that cover its receptive field, and only
+    each patch's centre is kept, so the result equals one run over the whole window.
+    """
+    import torch
+
+    h, w = binned.shape
+    m = model.foreground.receptive_radius + 1
+    fg = np.zeros((h, w), np.float32)
+    reduced = np.zeros((model.cell.channels, h, w), np.float32)
+    rows, cols, genes = binned.by_row
+    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    with torch.inference_mode():
+        for r0 in range(0, h, patch):
+            for c0 in range(0, w, patch):
+                r1, c1 = min(h, r0 + patch), min(w, c0 + patch)
+                pr0, pr1, pc0, pc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+                lo, hi = np.searchsorted(rows, [pr0, pr1])
+                inside = (cols[lo:hi] >= pc0) & (cols[lo:hi] < pc1)
+                rr, cc, gg = t(rows[lo:hi][inside] - pr0), t(cols[lo:hi][inside] - pc0), t(genes[lo:hi][inside])
+                logits, feats = model.foreground(torch.zeros_like(rr), rr, cc, gg, (1, pr1 - pr0, pc1 - pc0))
+                core = (slice(r0 - pr0, r1 - pr0), slice(c0 - pc0, c1 - pc0))
+                fg[r0:r1, c0:c1] = torch.softmax(logits, 1)[0, 1][core].cpu().numpy()
+                reduced[:, r0:r1, c0:c1] = model.cell.reduce(feats[:, :, core[0], core[1]])[0].cpu().numpy()
+    return fg, reduced
+
+
+def coverage(priors: list[CellPrior], shape: tuple[int, int]) -> np.ndarray:
+    """Bins that some cell's soft mask reaches: where a cell may grow at all."""
+    out = np.zeros(shape, bool)
+    for p in priors:
+        r0, r1, c0, c1 = p.box
+        out[r0:r1, c0:c1] |= p.mask > 0
+    return out
+
+
 def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
             fg_threshold: float | None = 0.5, markers: np.ndarray | None = None, prior_weighted: bool = True,
             cell_background: bool = True, evidence: dict | None = None):
     """Foreground probability and cell argmax labels over the window's bin grid.
 
-    Pass 1 runs the foreground net patch by patch (margins cover its receptive field) and keeps
-    the foreground probability and the cell net's per-bin reduced features for the whole window.
-    Everything after is per bin, so pass 2 needs no margins: each cell's expression profile is
-    taken over its whole nucleus, whatever patch it falls in, then its cells are classified.
+    The foreground pass keeps the window's foreground probability and the cell net's reduced
+    features; the cell net's head is per bin, so each cell is then scored over its own box.
     ``markers`` (per-bin marker cell type, see features.marker_grid) feeds a marker-trained model.
     The paper's rule (eq. 5-6) is ``fg_threshold=None, prior_weighted=False``: each bin takes the
     argmax over the background and the cells' q; the defaults add a foreground gate and let the
@@ -73,37 +108,13 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     paper's background (a mean over every cell in reach, which in dense tissue outvotes the one
     cell a bin belongs to): the foreground net alone decides cell or background, the cells which.
     """
-    import torch
-
-    h, w = binned.shape
-    m = model.foreground.receptive_radius + 1
-    fg = np.zeros((h, w), np.float32)
-    reduced = torch.zeros((1, model.cell.channels, h, w), device=device)
-    rows, cols, genes = binned.by_row
-    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    tiles = [(r0, min(h, r0 + patch), c0, min(w, c0 + patch)) for r0 in range(0, h, patch) for c0 in range(0, w, patch)]
-    with torch.no_grad():
-        for r0, r1, c0, c1 in tiles:
-            pr0, pr1, pc0, pc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
-            lo, hi = np.searchsorted(rows, [pr0, pr1])
-            sel = slice(lo, hi)
-            inside = (cols[sel] >= pc0) & (cols[sel] < pc1)
-            rr, cc, gg = t(rows[sel][inside] - pr0), t(cols[sel][inside] - pc0), t(genes[sel][inside])
-            logits, feats = model.foreground(torch.zeros_like(rr), rr, cc, gg, (1, pr1 - pr0, pc1 - pc0))
-            core = (slice(r0 - pr0, r1 - pr0), slice(c0 - pc0, c1 - pc0))
-            fg[r0:r1, c0:c1] = torch.softmax(logits, 1)[0, 1][core].cpu().numpy()
-            reduced[:, :, r0:r1, c0:c1] = model.cell.reduce(feats[:, :, core[0], core[1]])
-        profiles = {}
-        if model.cell.expression:
-            for p in priors:
-                r0, r1, c0, c1 = p.box
-                profiles[p.cell_id] = model.cell.profiles(reduced[:, :, r0:r1, c0:c1], t(p.mask[None, None]))[0]
-        marker_masks = None
-        if model.cell.markers and markers is not None:
-            marker_masks = {p.cell_id: cell_marker_mask(markers[p.box[0]:p.box[1], p.box[2]:p.box[3]], p.mask > 0.5)
-                            for p in priors}
-        bg_sum, n_cover, best_q, best_id = _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t,
-                                                           prior_weighted, evidence)
+    fg, reduced = foreground_pass(model, device, binned, patch)
+    marker_masks = None
+    if model.cell.markers and markers is not None:
+        marker_masks = {p.cell_id: cell_marker_mask(markers[p.box[0]:p.box[1], p.box[2]:p.box[3]], p.mask > 0.5)
+                        for p in priors}
+    bg_sum, n_cover, best_q, best_id = _classify_cells(model.cell, reduced, priors, marker_masks, prior_weighted,
+                                                       evidence)
     bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
     keep = (n_cover > 0) & (best_q > bg) if cell_background else n_cover > 0
     if fg_threshold is not None:
@@ -113,50 +124,61 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     return fg, np.where(keep, best_id, 0)
 
 
-def _classify_cells(model, reduced, priors, profiles, marker_masks, tiles, t, prior_weighted=True, evidence=None):
-    """Per bin over the cells whose reach covers it: sum of (1 - q_c), count, best q and its cell."""
-    import torch
+def _head_terms(cell_net):
+    """The cell net's 1x1 head as the difference of its two logits: (w_mask, w_profile, w_marker, bias).
 
-    h, w = reduced.shape[2:]
-    bg_sum = np.zeros((h, w), np.float32)
+    Every input of the head is a per-bin product with the cell's soft mask (or its marker mask),
+    so q_c = sigmoid(sm_c * (w_mask . r + (w_profile * profile_c) . r) + w_marker * mk_c + bias)
+    per bin, with r the window's reduced features: each cell is scored over its own box only,
+    not over every patch it touches.
+    """
+    w = cell_net.head.weight.detach().cpu().numpy()[:, :, 0, 0].astype(np.float64)
+    b = cell_net.head.bias.detach().cpu().numpy().astype(np.float64)
+    d = w[1] - w[0]
+    c = cell_net.channels
+    return d[:c], (d[c:2 * c] if cell_net.expression else None), (d[-1] if cell_net.markers else None), b[1] - b[0]
+
+
+def _classify_cells(cell_net, reduced, priors, marker_masks=None, prior_weighted=True, evidence=None):
+    """Per bin over the cells whose reach covers it: sum of (1 - q_c), count, best q and its cell.
+
+    ``reduced`` (C, H, W): the cell net's per-bin features. Among cells that claim a bin the one
+    with the highest q times its soft mask wins (ties: the lower ID), so a saturated cell net that
+    gives q ~ 1 to several neighbours does not split them arbitrarily.
+    """
+    h, w = reduced.shape[1:]
+    w_mask, w_profile, w_marker, bias = _head_terms(cell_net)
+    base = np.tensordot(w_mask, reduced, axes=1)  # (H, W): the mask term's per-bin weight
+    bg_sum = np.zeros((h, w), np.float64)
     n_cover = np.zeros((h, w), np.float32)
     best_q = np.zeros((h, w), np.float32)
+    best_score = np.full((h, w), -np.inf)
     best_id = np.zeros((h, w), np.int64)
-    for r0, r1, c0, c1 in tiles:
-        hits = [p for p in priors if p.box[0] < r1 and p.box[1] > r0 and p.box[2] < c1 and p.box[3] > c0]
-        if not hits:
-            continue
-        sm = np.zeros((len(hits), 1, r1 - r0, c1 - c0), np.float32)
-        ev = np.zeros((len(hits), r1 - r0, c1 - c0), np.float32) if evidence is not None else None
-        mk = np.zeros_like(sm) if marker_masks is not None else None
-        cover = np.zeros((len(hits), r1 - r0, c1 - c0), bool)
-        for k, p in enumerate(hits):
-            a0, a1 = max(r0, p.box[0]), min(r1, p.box[1])
-            b0, b1 = max(c0, p.box[2]), min(c1, p.box[3])
-            src = (slice(a0 - p.box[0], a1 - p.box[0]), slice(b0 - p.box[2], b1 - p.box[2]))
-            sm[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[src]
-            if mk is not None:
-                mk[k, 0, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = marker_masks[p.cell_id][src]
-            cover[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = p.mask[src] > 0
-            if ev is not None:
-                ev[k, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = evidence[p.cell_id][src]
-        prof = torch.stack([profiles[p.cell_id] for p in hits]) if profiles else None
-        logits = model.cell.classify(reduced[:, :, r0:r1, c0:c1], t(sm), None if mk is None else t(mk), prof)
-        q = torch.softmax(logits, 1)[:, 1].cpu().numpy()
-        q = np.where(cover, q, 0.0)
-        bg_sum[r0:r1, c0:c1] = ((1.0 - q) * cover).sum(0)
-        n_cover[r0:r1, c0:c1] = cover.sum(0)
-        # Among cells that claim a bin, the soft mask (the nucleus-distance prior) decides:
-        # a saturated cell net gives q ~ 1 to several neighbours, and an argmax over q alone
-        # would split them arbitrarily.
-        score = q * sm[:, 0] if prior_weighted else q
-        if ev is not None:
-            score = np.where(cover, np.log(np.maximum(score, 1e-12)) + ev, -np.inf)
-        k_best = score.argmax(0)
-        best_q[r0:r1, c0:c1] = np.take_along_axis(q, k_best[None], 0)[0]
-        ids = np.array([p.cell_id for p in hits], np.int64)
-        best_id[r0:r1, c0:c1] = ids[k_best]
-    return bg_sum, n_cover, best_q, best_id
+    for p in priors:
+        r0, r1, c0, c1 = p.box
+        sm = p.mask.astype(np.float64)
+        cover = sm > 0
+        slope = base[r0:r1, c0:c1]
+        if w_profile is not None:
+            box = reduced[:, r0:r1, c0:c1]
+            inside = sm > 0.5
+            profile = box[:, inside].mean(1) if inside.any() else np.zeros(len(w_profile))
+            slope = slope + np.tensordot(w_profile * profile, box, axes=1)
+        logit = sm * slope + bias
+        if w_marker is not None and marker_masks is not None:
+            logit = logit + w_marker * marker_masks[p.cell_id]
+        q = np.where(cover, 1.0 / (1.0 + np.exp(-logit)), 0.0)
+        score = q * sm if prior_weighted else q
+        if evidence is not None:
+            score = np.log(np.maximum(score, 1e-12)) + evidence[p.cell_id]
+        score = np.where(cover, score, -np.inf)
+        win = score > best_score[r0:r1, c0:c1]
+        best_score[r0:r1, c0:c1] = np.where(win, score, best_score[r0:r1, c0:c1])
+        best_q[r0:r1, c0:c1] = np.where(win, q, best_q[r0:r1, c0:c1])
+        best_id[r0:r1, c0:c1] = np.where(win, p.cell_id, best_id[r0:r1, c0:c1])
+        bg_sum[r0:r1, c0:c1] += (1.0 - q) * cover
+        n_cover[r0:r1, c0:c1] += cover
+    return bg_sum.astype(np.float32), n_cover, best_q, best_id
 
 
 def expression_evidence(binned: BinnedTile, priors: list[CellPrior], gene_freq: np.ndarray, sigma: float,

@@ -21,7 +21,15 @@ from ..common.ownership import owned_nuclei
 from ..common.patches import cut_patch, patch_box, sample_nuclei
 from ..common.torch_model import TorchMethod
 from .features import marker_grid, select_hvg
-from .inference import cell_priors, expression_evidence, missing_cell_seeds, postprocess, predict
+from .inference import (
+    cell_priors,
+    coverage,
+    expression_evidence,
+    foreground_pass,
+    missing_cell_seeds,
+    postprocess,
+    predict,
+)
 from .training import Patch, load_model, softmask_tau, train_ucs
 
 log = logging.getLogger(__name__)
@@ -122,13 +130,19 @@ class UCSMethod(TorchMethod):
                 "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
 
     # -- inference ----------------------------------------------------------------------------
+    def _binned(self, data: TileData):
+        return bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
+
+    def _priors(self, seeds: np.ndarray):
+        return cell_priors(seeds, self._reach_bins(), softmask_tau(self.cfg), self.cfg.scaled_softmask,
+                           self.growth_bins)
+
     def _predict(self, data: TileData, with_seeds: bool):
-        binned = bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
+        binned = self._binned(data)
         seeds = binned.nuclei
         if with_seeds and binned.seeds is not None:
             seeds = np.where(seeds > 0, seeds, binned.seeds)
-        priors = cell_priors(seeds, self._reach_bins(), softmask_tau(self.cfg), self.cfg.scaled_softmask,
-                             self.growth_bins)
+        priors = self._priors(seeds)
         lut = None if self.paper else self.state.get("marker_lut")
         markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
         evidence = None
@@ -145,7 +159,14 @@ class UCSMethod(TorchMethod):
     def find_seeds(self, data: TileData):
         if not self.cfg.missing_cells or self.paper:  # the public code grows nuclei only
             return None
-        binned, _, fg, labels = self._predict(data, with_seeds=False)
+        if self.cfg.cell_background:
+            binned, _, fg, labels = self._predict(data, with_seeds=False)
+        else:
+            # Without the paper's background a bin is cell wherever a soft mask reaches it and the
+            # foreground net agrees, so this pass needs no cell scores: the foreground alone.
+            binned = self._binned(data)
+            fg, _ = foreground_pass(self.model, self.device, binned)
+            labels = coverage(self._priors(binned.nuclei), binned.shape) & (fg >= self.cfg.foreground_threshold)
         nucleus_area_bins = math.pi * (self.config.nuclei.diameter_um / 2) ** 2 / self.bin_um**2
         bg, nuc = self.state.get("background_per_bin"), self.state.get("nuclear_per_bin")
         min_density = None

@@ -155,8 +155,9 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
     history = {"foreground": _train_foreground(model, patches, cfg, ce, rng, device, label_args),
                "cell": _train_cells(model, patches, cfg, ce, rng, device, markers)}
     if log:
-        log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f}, "
-            f"cell loss {history['cell'][0]:.3f} -> {history['cell'][-1]:.3f}")
+        log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
+            f"in {len(history['foreground'])} epochs, cell loss {history['cell'][0]:.3f} -> "
+            f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs")
     return {"weights": weights_to_bytes(model), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
             "expression": cfg.expression_profile and not paper, "history": history, "device": str(device),
             "n_patches": len(patches)}
@@ -192,7 +193,8 @@ def _train_foreground(model, patches: list[Patch], cfg, ce, rng, device, label_a
         return ce(logits, targets)
 
     model.train()
-    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0]]
+    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss,
+                                                 patience=cfg.plateau_patience, tol=cfg.plateau_tol)[:, 0]]
 
 
 def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: bool) -> list[float]:
@@ -231,7 +233,8 @@ def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: boo
         return loss + 0.5 * _marker_loss(logits, mk, sm) if markers else loss
 
     model.cell.train()
-    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0]]
+    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss,
+                                                 patience=cfg.plateau_patience, tol=cfg.plateau_tol)[:, 0]]
 
 
 PAPER_TAU = 5.0  # the public code's default soft-mask temperature, in bins
