@@ -291,8 +291,21 @@ class CellsConfig:
     genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
     membrane: MembraneConfig = field(default_factory=MembraneConfig)
     sslcst: SSLCSTConfig = field(default_factory=SSLCSTConfig)
+    # stseg (ours) | paper (Huo et al.: pre-LN blocks over all genes, positives with expression,
+    # direction prior, 8-neighbour smoothing, floor binning, tracking to the nucleus centre)
+    variant: str = "stseg"
+    blocks: int = 8  # paper: pre-LN self-attention + residual-MLP blocks
+    # paper variant's departures, each a named switch (README: their measured effect); the
+    # paper variant also keeps augment and a max_steps cap (None: cell radius + 4 µm)
+    top_genes_only: bool = False  # departure when True: the n_genes most counted genes (paper: all)
+    step_at_bin_centre: bool = True  # departure: a floor-binned class steps along its bin's centre (paper: edge)
+    centre_radius_um: float | None = None  # a path ends within this of a centroid; None: 1.5 spots
 
 
+        _one_of(self, key, "variant", ("stseg", "paper"))
+        _at_least_one(self, key, "blocks")
+        _require(self.centre_radius_um is None or self.centre_radius_um > 0,
+                 f"{key}.centre_radius_um must be positive, got {self.centre_radius_um}")
 @dataclass
 class StageResources:
     """How one stage runs on Ray; ``None`` keeps what the stage's backend or method declares

@@ -269,7 +269,8 @@ def test_method_grows_cells_from_their_own_nuclei():
     ("in_threshold=1.5", "cells.sslcst.in_threshold"), ("max_steps=0", "cells.sslcst.max_steps"),
     ("epochs=0", "cells.sslcst.epochs"), ("d_model=30", "cells.sslcst.d_model"),
     ("bin_um=0", "cells.sslcst.bin_um"), ("erosion_bins=-1", "cells.sslcst.erosion_bins"),
-    ("n_genes=0", "cells.sslcst.n_genes"),
+    ("n_genes=0", "cells.sslcst.n_genes"), ("variant=published", "cells.sslcst.variant"),
+    ("blocks=0", "cells.sslcst.blocks"), ("centre_radius_um=0", "cells.sslcst.centre_radius_um"),
 ])
 def test_bad_config(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -315,8 +316,10 @@ def chip(tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module):
-    one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, FAST, tile_um=32)
+@pytest.mark.parametrize("variant", ["stseg", "paper"])
+def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module, variant):
+    items = FAST + [f"cells.sslcst.variant={variant}"] + (["cells.sslcst.blocks=2"] if variant == "paper" else [])
+    one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, items, tile_um=32)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 9
     # exact: features, training data and paths are functions of chip coordinates, and the encoder
     # runs in fixed-size chunks (measured: 0 pixels differ)
@@ -332,3 +335,97 @@ def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     truth = pd.read_parquet(chip + "/transcripts.parquet", columns=["x", "y"])
     assert len(truth) == len(tx)
     assert set(np.unique(tx.cell_id)) - {0} <= set(np.unique(b)) - {0}
+
+
+# -- the paper variant (Huo et al.) ------------------------------------------------------------------
+def test_paper_labels_need_expression_and_floor_the_direction():
+    nuclei, x, y, g = disc_chip()
+    keep = ~((x < 60 * PS) & (y < 70 * PS))  # nucleus 1's upper-left quarter holds no transcript
+    grid = spot_grid(cut(nuclei, x[keep], y[keep], g[keep], (0, 200, 0, 240)), BIN, np.arange(12), 5.0, 30.0)
+    ours, _ = spot_labels(grid, BIN, 5, 1, 8.0, 16)
+    inout, direction = spot_labels(grid, BIN, 5, 1, 8.0, 16, need_expression=True, floor=True)
+    total = grid.counts[..., -1]
+    np.testing.assert_array_equal(inout == 1, (ours == 1) & (total > 0))
+    assert ((ours == 1) & (total == 0)).sum() > 10  # the empty quarter's positives are gone
+    np.testing.assert_array_equal(inout == 0, ours == 0)  # negatives unchanged
+    # floor: class j is the bin [j, j+1) x 22.5 degrees
+    centres = {1: (50, 60), 2: (60, 150), 3: (150, 90)}
+    nb = grid.binned.nuclei
+    for r, c in zip(*np.nonzero(inout == 1)):
+        cy, cx = centres[int(nb[r, c])]
+        dy, dx = (cy + 0.5) * PS - (r + 0.5) * BIN, (cx + 0.5) * PS - (c + 0.5) * BIN
+        if np.hypot(dy, dx) >= 0.5 * BIN:
+            assert direction[r, c] == int(np.floor(np.arctan2(dy, dx) / (np.pi / 8))) % 16
+    assert direction_class(np.array([1.0]), np.array([1.0]), 16, floor=True)[0] == 2
+    assert direction_class(np.array([0.1]), np.array([1.0]), 16, floor=True)[0] == 0
+    assert direction_class(np.array([-0.1]), np.array([1.0]), 16, floor=True)[0] == 15
+    np.testing.assert_allclose(unit_steps(16, centre=True)[0], [np.sin(np.pi / 16), np.cos(np.pi / 16)])
+
+
+def test_direction_prior_and_centre_map():
+    from stseg_dist.methods.sslcst.features import centre_map, direction_mask
+
+    nuclei, x, y, g = disc_chip()
+    grid = spot_grid(cut(nuclei, x, y, g, (0, 200, 0, 240)), BIN, np.arange(12), 5.0, 30.0)
+    # nucleus 1: centroid (25.25, 30.25) µm, radius ~4 µm; a spot 10 µm east of it sees it westwards only
+    r, c = np.array([25]), np.array([40])
+    mask = direction_mask(grid, r, c, BIN, 12.0, 16, floor=True)[0]
+    assert mask[7] and mask[8] and mask.sum() <= 6  # 180 degrees is the edge of bins 7 and 8
+    assert not direction_mask(grid, r, c, BIN, 8.0, 16, floor=True).any()  # out of reach
+    assert not direction_mask(grid, np.array([5]), np.array([110]), BIN, 12.0, 16, floor=True).any()
+    # every spot within reach of a nucleus keeps the class of its centroid's direction
+    rr, cc = np.nonzero(np.ones(grid.shape, bool))
+    m = direction_mask(grid, rr, cc, BIN, 10.0, 16, floor=True)
+    sy, sx = grid.spot_um(rr, cc, BIN)
+    for i, (cy, cx) in grid.centroids.items():
+        near = np.hypot(cy - sy, cx - sx) <= 10.0
+        cls = direction_class(cy - sy[near], cx - sx[near], 16, floor=True)
+        assert m[np.flatnonzero(near), cls].all()
+    centres = centre_map(grid, BIN, 1.5)
+    for i, (cy, cx) in grid.centroids.items():
+        on = np.argwhere(centres == i)
+        assert 1 <= len(on) <= 9
+        assert (np.hypot((on[:, 0] + 0.5) - cy, (on[:, 1] + 0.5) - cx) <= 1.5).all()
+
+
+def test_paper_symmetries_map_floor_bins():
+    k, n = 5, 16
+    for perm, dmap in symmetries(k, n, floor=True):
+        assert sorted(dmap) == list(range(n))
+    flip = [d for p, d in symmetries(k, n, floor=True)][4]  # a mirror: bins map j -> a reversed order
+    assert len({(int(flip[j]) + j) % n for j in range(n)}) == 1
+
+
+def test_paper_encoder_is_pre_ln_with_blocks():
+    from stseg_dist.methods.sslcst.model import PreLNBlock, SpotEncoder
+
+    m = SpotEncoder(13, 5, blocks=8, pre_ln=True)
+    assert sum(isinstance(x, PreLNBlock) for x in m.modules()) == 8
+    lo, ld = m(torch.rand(3, 25, 13), torch.rand(3, 25))
+    assert lo.shape == (3, 2) and ld.shape == (3, 16)
+
+
+def test_paper_method_grows_cells_from_their_own_nuclei():
+    """The paper variant on the constructed chip: cells around their own nuclei, tiles exact."""
+    centres = [(r, c) for r in (30, 100, 170) for c in (35, 95, 155, 215)]
+    nuclei, x, y, g = disc_chip(centres=centres, n_per_cell=250)
+    m = _method("cells.sslcst.variant=paper", "cells.sslcst.epochs=10", "cells.sslcst.blocks=2")
+    assert m.paper and m.model is None
+    halo = int(np.ceil((2 * m.reach_um() + 16) / PS))
+    cores = [(0, 200, 0, 120), (0, 200, 120, 240)]
+    tiles = [cut(nuclei, x, y, g, (0, 200, max(0, c0 - halo), min(240, c1 + halo)), (0, 200, c0, c1))
+             for _, _, c0, c1 in cores]
+    ctx = PrepareContext(None, m.config, None, tiles[0].genes, lambda fn, idx: [fn(tiles[i]) for i in idx], 12)
+    ctx.grid = [Tile(i, 0, i, t.tile.core, t.tile.window) for i, t in enumerate(tiles)]
+    state = m.prepare(ctx)
+    assert len(state["top_genes"]) == 30 and state["train"]["arch"]["blocks"] == 2
+    m.load(state)
+    cells = m.segment(cut(nuclei, x, y, g, (0, 200, 0, 240)))
+    yy, xx = np.mgrid[:200, :240]
+    for i, (cy, cx) in enumerate(centres, start=1):
+        d = np.hypot(yy - cy, xx - cx)
+        ring = cells[(d > 9) & (d < 12)]
+        assert (ring > 0).mean() > 0.5 and (ring[ring > 0] == i).mean() > 0.9
+    for t in tiles:
+        r0, r1, c0, c1 = t.tile.core
+        np.testing.assert_array_equal(m.segment(t)[t.tile.core_in_window], cells[r0:r1, c0:c1])

@@ -36,6 +36,7 @@ class SpotGrid:
     counts: np.ndarray  # (H, W, G + 1) float32: top-gene counts, then the all-gene total
     prior: np.ndarray  # (H, W) float32: exp(-d / d0) to the nearest nucleus centroid
     centroids: dict[int, tuple[float, float]]  # global nucleus ID -> (y, x) µm from the chip origin
+    radii: dict[int, float] = None  # global nucleus ID -> equivalent radius sqrt(area / pi) in µm
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -64,7 +65,10 @@ def spot_grid(data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float
     ps = data.pixel_size_um
     cy, cx = (cr + 0.5) * ps, (cc + 0.5) * ps
     centroids = {int(i): (float(y), float(x)) for i, y, x in zip(ids, cy, cx)}
-    grid = SpotGrid(binned, counts, np.zeros((h, w), np.float32), centroids)
+    flat = data.nuclei.ravel()
+    uid, area = np.unique(flat[flat > 0], return_counts=True)
+    radii = {int(i): float(np.sqrt(a / np.pi) * ps) for i, a in zip(uid, area)}
+    grid = SpotGrid(binned, counts, np.zeros((h, w), np.float32), centroids, radii)
     if len(ids) and h and w:
         rr, cc2 = np.mgrid[:h, :w]
         sy, sx = grid.spot_um(rr.ravel(), cc2.ravel(), bin_um)
@@ -91,26 +95,83 @@ def gather_tokens(grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, k: int) ->
     return counts[r, c], prior[r, c]
 
 
-def direction_class(dy: np.ndarray, dx: np.ndarray, n_directions: int) -> np.ndarray:
-    """The nearest of ``n_directions`` directions, class j at angle 2*pi*j/n from +x towards +y."""
-    a = np.arctan2(dy, dx)
-    return np.mod(np.round(a / (2 * np.pi / n_directions)).astype(np.int64), n_directions)
+def direction_class(dy: np.ndarray, dx: np.ndarray, n_directions: int, floor: bool = False) -> np.ndarray:
+    """The nearest of ``n_directions`` directions, class j at angle 2*pi*j/n from +x towards +y;
+    with ``floor`` (the paper) class j is the bin [2*pi*j/n, 2*pi*(j+1)/n)."""
+    a = np.arctan2(dy, dx) / (2 * np.pi / n_directions)
+    return np.mod((np.floor(a) if floor else np.round(a)).astype(np.int64), n_directions)
 
 
-def unit_steps(n_directions: int) -> np.ndarray:
-    """(n, 2) unit steps (dy, dx) in spot units, one per direction class."""
-    a = 2 * np.pi * np.arange(n_directions) / n_directions
+def unit_steps(n_directions: int, centre: bool = False) -> np.ndarray:
+    """(n, 2) unit steps (dy, dx) in spot units, one per direction class (``centre``: along the
+    middle of a floor bin rather than its first edge)."""
+    a = 2 * np.pi * (np.arange(n_directions) + (0.5 if centre else 0.0)) / n_directions
     return np.column_stack([np.sin(a), np.cos(a)])
 
 
+def direction_mask(grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, bin_um: float, reach_um: float,
+                   n_directions: int, floor: bool) -> np.ndarray:
+    """(N, n) bool: the direction classes of spots (rows, cols) in which a nucleus lies within
+    ``reach_um`` (its centroid, widened by the angle its equivalent radius subtends).
+
+    The paper's direction prior: a direction with no nucleus within reach is zeroed. Only
+    centroids within reach count, so the mask is a function of global coordinates wherever the
+    window holds those nuclei whole (the method's halo).
+    """
+    h, w = grid.shape
+    out = np.zeros((h, w, n_directions), bool)
+    if not len(rows) or not grid.centroids:
+        return out[rows, cols]
+    step = 2 * np.pi / n_directions
+    spread = np.linspace(-1.0, 1.0, 9)
+    o0, o1 = grid.binned.origin
+    for i in sorted(grid.centroids):  # one box of spots per nucleus (a few hundred per window)
+        cy, cx = grid.centroids[i]
+        ra = int(np.floor((cy - reach_um) / bin_um)) - o0
+        ca = int(np.floor((cx - reach_um) / bin_um)) - o1
+        rb, cb = ra + int(np.ceil(2 * reach_um / bin_um)) + 2, ca + int(np.ceil(2 * reach_um / bin_um)) + 2
+        rr, cc = np.mgrid[max(0, ra) : min(h, rb), max(0, ca) : min(w, cb)]
+        rr, cc = rr.ravel(), cc.ravel()
+        sy, sx = grid.spot_um(rr, cc, bin_um)
+        dy, dx = cy - sy, cx - sx
+        d = np.hypot(dy, dx)
+        keep = d <= reach_um
+        rr, cc, dy, dx, d = rr[keep], cc[keep], dy[keep], dx[keep], d[keep]
+        half = np.arcsin(np.clip(grid.radii.get(int(i), 0.0) / np.maximum(d, 1e-9), 0.0, 1.0))
+        q = (np.arctan2(dy, dx)[:, None] + half[:, None] * spread[None, :]) / step
+        cls = np.mod((np.floor(q) if floor else np.round(q)).astype(np.int64), n_directions)
+        out[np.repeat(rr, len(spread)), np.repeat(cc, len(spread)), cls.ravel()] = True
+    return out[rows, cols]
+
+
+def centre_map(grid: SpotGrid, bin_um: float, radius_um: float) -> np.ndarray:
+    """(H, W) int64: the ID of the nearest nucleus centroid within ``radius_um`` of each spot
+    centre (0 elsewhere): where a path tracked to the nucleus centre ends."""
+    h, w = grid.shape
+    out = np.zeros((h, w), np.int64)
+    if not grid.centroids or not h or not w:
+        return out
+    ids = np.array(sorted(grid.centroids))
+    cyx = np.array([grid.centroids[i] for i in ids])
+    rr, cc = np.mgrid[:h, :w]
+    sy, sx = grid.spot_um(rr.ravel(), cc.ravel(), bin_um)
+    d, i = cKDTree(cyx).query(np.column_stack([sy, sx]), distance_upper_bound=radius_um)
+    hit = np.isfinite(d)
+    out.ravel()[hit] = ids[i[hit]]
+    return out
+
+
 def spot_labels(grid: SpotGrid, bin_um: float, k: int, erosion_bins: int, neg_distance_um: float,
-                n_directions: int) -> tuple[np.ndarray, np.ndarray]:
+                n_directions: int, *, need_expression: bool = False, floor: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Self-supervised labels on the spot grid: in/out (1, 0 or IGNORE) and direction (or IGNORE).
 
     Positives are spots at least ``erosion_bins`` inside a nucleus (the nucleus border is where
     the stain and the bin grid disagree), with the direction to that nucleus's centroid.
     Negatives are spots farther than ``neg_distance_um`` from every nucleus whose whole k x k
-    neighbourhood holds no transcript. Everything else is left to the model.
+    neighbourhood holds no transcript. Everything else is left to the model. The paper
+    (``need_expression``, ``floor``) keeps only positives with a transcript and floor-bins the
+    direction.
     """
     nuclei = grid.binned.nuclei
     h, w = nuclei.shape
@@ -120,11 +181,13 @@ def spot_labels(grid: SpotGrid, bin_um: float, k: int, erosion_bins: int, neg_di
     lo = ndi.grey_erosion(nuclei, size=(size, size), mode="nearest")
     hi = ndi.grey_dilation(nuclei, size=(size, size), mode="nearest")
     pos = (nuclei > 0) & (lo == nuclei) & (hi == nuclei)
+    total = grid.counts[..., -1]
+    if need_expression:
+        pos &= total > 0
     if nuclei.any():
         far = ndi.distance_transform_edt(nuclei == 0, sampling=bin_um) > neg_distance_um
     else:
         far = np.ones((h, w), bool)
-    total = grid.counts[..., -1]
     empty = ndi.convolve(total.astype(np.int64), np.ones((k, k), np.int64), mode="constant") == 0
     inout[far & empty] = 0
     inout[pos] = 1
@@ -133,7 +196,7 @@ def spot_labels(grid: SpotGrid, bin_um: float, k: int, erosion_bins: int, neg_di
         sy, sx = grid.spot_um(pr, pc, bin_um)
         cyx = np.array([grid.centroids[int(i)] for i in nuclei[pr, pc]]).reshape(-1, 2)
         dy, dx = cyx[:, 0] - sy, cyx[:, 1] - sx
-        cls = direction_class(dy, dx, n_directions)
+        cls = direction_class(dy, dx, n_directions, floor)
         cls[np.hypot(dy, dx) < 0.5 * bin_um] = IGNORE  # at the centroid itself no direction is right
         direction[pr, pc] = cls
     return inout, direction

@@ -15,7 +15,8 @@ from ...errors import InputError
 from ..base import PrepareContext, TileData
 from ..common.bins import bin_size_um
 from ..common.torch_model import TorchMethod
-from .features import gather_tokens, spot_grid, spot_hash, spot_labels, unit_steps
+from .features import (centre_map, direction_class, direction_mask, gather_tokens, spot_grid, spot_hash,
+                       spot_labels, unit_steps)
 from .tracking import track
 from .training import TrainingSpots, load_model, predict_spots, train_sslcst
 
@@ -31,7 +32,9 @@ class SSLCSTMethod(TorchMethod):
         super().__init__(config, platform)
         self.bin_um = bin_size_um(platform, self.cfg.bin_um)
         self.k = self.cfg.neighbourhood
-        self.max_steps = self.cfg.max_steps or default_max_steps(config, self.bin_um)
+        self.paper = self.cfg.variant == "paper"
+        default = paper_max_steps if self.paper else default_max_steps
+        self.max_steps = self.cfg.max_steps or default(config, self.bin_um)
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
@@ -40,7 +43,7 @@ class SSLCSTMethod(TorchMethod):
         The prior is cut off at the same distance, so the driver's halo (2 x reach + 2 nucleus
         diameters) holds whole every nucleus whose centroid a kept feature can see.
         """
-        track_um = (self.max_steps + 2) * self.bin_um
+        track_um = (self.max_steps + (3 if self.paper else 2)) * self.bin_um  # paper: + the smoothing's spot
         return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
 
     def _grid(self, data: TileData, top_genes: np.ndarray):
@@ -53,7 +56,8 @@ class SSLCSTMethod(TorchMethod):
         cfg, k = self.cfg, self.k
         n_genes = len(ctx.genes)
         labels = lambda grid: spot_labels(grid, self.bin_um, k, cfg.erosion_bins,  # noqa: E731
-                                          cfg.neg_distance_um, cfg.n_directions)
+                                          cfg.neg_distance_um, cfg.n_directions,
+                                          need_expression=self.paper, floor=self.paper)
 
         def count(data: TileData):
             own = data.transcripts.in_core
@@ -75,6 +79,8 @@ class SSLCSTMethod(TorchMethod):
                              f"cells.sslcst.neg_distance_um={cfg.neg_distance_um} from every nucleus, so "
                              "there are no negatives to learn from; lower it")
         top = np.argsort(-gene_counts, kind="stable")[: min(cfg.n_genes, n_genes)]
+        if self.paper and not cfg.top_genes_only:
+            top = np.arange(n_genes)  # the paper reads every gene
         want_neg = min(n_neg, cfg.n_train_spots // 2)
         want_pos = min(n_pos, cfg.n_train_spots - want_neg)
         rate = {1: want_pos / n_pos, 0: want_neg / n_neg}
@@ -99,6 +105,8 @@ class SSLCSTMethod(TorchMethod):
 
     # -- inference ----------------------------------------------------------------------------
     def segment(self, data: TileData) -> np.ndarray:
+        if self.paper:
+            return self._segment_paper(data)
         grid = self._grid(data, self.state["top_genes"])
         b = grid.binned
         h, w = b.shape
@@ -124,6 +132,58 @@ class SSLCSTMethod(TorchMethod):
                     self.max_steps)
         cells[rr[start], cc[start]] = ids
         return b.to_pixels(cells, data.shape).astype(np.uint32)
+
+    def _segment_paper(self, data: TileData) -> np.ndarray:
+        """The paper's inference: in/out and direction probabilities for every spot within reach of
+        a nucleus (nucleus spots too), the direction prior (classes with no nucleus within reach
+        zeroed, the rest renormalised), the expected direction averaged over each spot and its 8
+        neighbours, floor-binned, then paths from in-cell spots tracked to a nucleus centre.
+        """
+        cfg = self.cfg
+        grid = self._grid(data, self.state["top_genes"])
+        b = grid.binned
+        h, w = b.shape
+        cells = b.nuclei.copy()
+        if not (b.nuclei > 0).any() or not h or not w:
+            return b.to_pixels(cells, data.shape).astype(np.uint32)
+        # Paths from core spots stay within max_steps (+ rounding) of the core and read a
+        # direction smoothed over one more spot: predictions are needed up to max_steps + 2.
+        r0, r1, c0, c1 = b.grid.core_box(data.tile)
+        m = self.max_steps + 2
+        region = np.zeros((h, w), bool)
+        region[max(0, r0 - m) : r1 + m, max(0, c0 - m) : c1 + m] = True
+        reach = self.max_steps * self.bin_um
+        near = ndi.distance_transform_edt(b.nuclei == 0, sampling=self.bin_um) <= reach + self.bin_um
+        rr, cc = np.nonzero(region & near)
+        chunk = max(256, 8192 * 33 // (len(self.state["top_genes"]) + 1))
+        p_in, probs = predict_spots(self.model, self.device, grid, rr, cc, self.k, chunk=chunk, probs=True)
+        probs = probs.astype(np.float64)
+        probs *= direction_mask(grid, rr, cc, self.bin_um, reach, cfg.n_directions, floor=True)
+        total = probs.sum(1)
+        ok = total > 0  # no nucleus within reach in any direction: the spot reaches none
+        probs[ok] /= total[ok, None]
+        steps = unit_steps(cfg.n_directions, centre=cfg.step_at_bin_centre)
+        field = np.zeros((h, w, 2))
+        field[rr[ok], cc[ok]] = probs[ok] @ unit_steps(cfg.n_directions, centre=True)
+        field = sum(np.roll(np.roll(np.pad(field, ((1, 1), (1, 1), (0, 0))), dy, 0), dx, 1)
+                    for dy in (-1, 0, 1) for dx in (-1, 0, 1))[1:-1, 1:-1]
+        alive = np.zeros((h, w), bool)
+        alive[rr[ok], cc[ok]] = True
+        alive &= np.hypot(field[..., 0], field[..., 1]) > 1e-9
+        direction = direction_class(field[..., 0], field[..., 1], cfg.n_directions, floor=True)
+        core = np.zeros((h, w), bool)
+        core[max(0, r0) : r1, max(0, c0) : c1] = True
+        start = (p_in >= cfg.in_threshold) & core[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
+        centres = centre_map(grid, self.bin_um, cfg.centre_radius_um or 1.5 * self.bin_um)
+        ids = track(rr[start], cc[start], direction, alive, centres, steps, self.max_steps)
+        cells[rr[start], cc[start]] = ids
+        return b.to_pixels(cells, data.shape).astype(np.uint32)
+
+
+def paper_max_steps(config, bin_um: float) -> int:
+    """The paper tracks to the nucleus centre with no stated budget; paths are capped (a bounded
+    halo keeps tiles exact) at a cell radius plus 4 µm for bends."""
+    return max(1, int(math.ceil((config.cells.cell_diameter_um / 2 + 4.0) / bin_um)))
 
 
 def default_max_steps(config, bin_um: float) -> int:

@@ -1,5 +1,8 @@
 """The SSL-CST spot encoder: self-attention over a spot's neighbourhood tokens, then an MLP with
-two heads, in/out of cell (2-way) and the direction to the nucleus centre (n-way)."""
+two heads, in/out of cell (2-way) and the direction to the nucleus centre (n-way).
+
+``stseg``: one post-LN attention block; ``paper`` (``pre_ln``): ``blocks`` pre-LN blocks, each
+x + attention(LN(x)) then x + MLP(LN(x)), with a final LN, as in Huo et al."""
 
 from __future__ import annotations
 
@@ -10,6 +13,22 @@ from torch import nn
 from .features import neighbourhood_offsets
 
 
+class PreLNBlock(nn.Module):
+    """x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.ff(self.norm2(x))
+
+
 class SpotEncoder(nn.Module):
     """Tokens are the k x k spots around the centre spot: log1p counts, prior, normalised position.
 
@@ -18,17 +37,22 @@ class SpotEncoder(nn.Module):
     """
 
     def __init__(self, n_counts: int, k: int, d_model: int = 32, heads: int = 4, hidden: int = 64,
-                 n_directions: int = 16):
+                 n_directions: int = 16, blocks: int = 1, pre_ln: bool = False):
         super().__init__()
+        self.pre_ln = pre_ln
         dr, dc = neighbourhood_offsets(k)
         half = max(1, k // 2)
         self.register_buffer("relpos", torch.tensor(np.column_stack([dr, dc]) / half, dtype=torch.float32))
         self.centre = (k * k) // 2
         self.embed = nn.Linear(n_counts + 6, d_model)
-        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
-        self.norm2 = nn.LayerNorm(d_model)
+        if pre_ln:
+            self.layers = nn.ModuleList(PreLNBlock(d_model, heads) for _ in range(blocks))
+            self.norm_out = nn.LayerNorm(d_model)
+        else:
+            self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+            self.norm1 = nn.LayerNorm(d_model)
+            self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
+            self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.inout = nn.Linear(hidden, 2)
         self.direction = nn.Linear(hidden, n_directions)
@@ -46,8 +70,13 @@ class SpotEncoder(nn.Module):
         pos = self.relpos.expand(b, t, 2)
         x = torch.cat([torch.log1p(counts), prior.unsqueeze(-1), rel.unsqueeze(-1), pos, rel.unsqueeze(-1) * pos], -1)
         x = self.embed(x)
-        a, _ = self.attn(x, x, x, need_weights=False)
-        x = self.norm1(x + a)
-        x = self.norm2(x + self.ff(x))
+        if self.pre_ln:
+            for layer in self.layers:
+                x = layer(x)
+            x = self.norm_out(x)
+        else:
+            a, _ = self.attn(x, x, x, need_weights=False)
+            x = self.norm1(x + a)
+            x = self.norm2(x + self.ff(x))
         h = self.mlp(torch.cat([x[:, self.centre], x.mean(1)], -1))
         return self.inout(h), self.direction(h)

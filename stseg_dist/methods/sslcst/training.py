@@ -41,7 +41,7 @@ class TrainingSpots:
         return cls(out.key[order], out.counts[order], out.prior[order], out.inout[order], out.direction[order])
 
 
-def symmetries(k: int, n_directions: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def symmetries(k: int, n_directions: int, floor: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """The 8 symmetries of the square as (token permutation, direction class map).
 
     ``tokens[:, perm]`` is the turned neighbourhood; ``dmap[c]`` the class a direction c becomes.
@@ -50,7 +50,7 @@ def symmetries(k: int, n_directions: int) -> list[tuple[np.ndarray, np.ndarray]]
     """
     idx = np.arange(k * k).reshape(k, k)
     dr, dc = neighbourhood_offsets(k)
-    steps = unit_steps(n_directions)
+    steps = unit_steps(n_directions, centre=floor)  # a floor bin is turned by its middle
     out = []
     for flip in (False, True):
         for rot in range(4):
@@ -62,7 +62,7 @@ def symmetries(k: int, n_directions: int) -> list[tuple[np.ndarray, np.ndarray]]
             tx = where[np.flatnonzero((dr == 0) & (dc == 1))[0]]
             m = np.array([[dr[ty], dr[tx]], [dc[ty], dc[tx]]], np.float64)  # (dy, dx) -> new (dy, dx)
             new = steps @ m.T
-            out.append((perm, direction_class(new[:, 0], new[:, 1], n_directions)))
+            out.append((perm, direction_class(new[:, 0], new[:, 1], n_directions, floor)))
     return out
 
 
@@ -83,8 +83,9 @@ def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str, log
     spots = TrainingSpots.concat([spots])  # in global spot order: the tiling never shows in the weights
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    paper = getattr(cfg, "variant", "stseg") == "paper"
     arch = {"n_counts": n_counts, "k": k, "d_model": cfg.d_model, "heads": cfg.heads,
-            "n_directions": cfg.n_directions}
+            "n_directions": cfg.n_directions, "blocks": cfg.blocks if paper else 1, "pre_ln": paper}
     model = SpotEncoder(**arch).to(device)
     n_in = np.bincount(spots.inout, minlength=2).astype(np.float64)
     weight = torch.tensor(np.where(n_in > 0, len(spots) / (2 * np.maximum(n_in, 1)), 0.0), dtype=torch.float32,
@@ -95,7 +96,7 @@ def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str, log
     counts = t(spots.counts.astype(np.float32))
     prior = t(spots.prior)
     inout, direction = t(spots.inout), t(spots.direction)
-    sym = [(t(p), t(d)) for p, d in symmetries(k, cfg.n_directions)] if cfg.augment else [(None, None)]
+    sym = [(t(p), t(d)) for p, d in symmetries(k, cfg.n_directions, paper)] if cfg.augment else [(None, None)]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
     def batch_loss(order: np.ndarray):
@@ -128,16 +129,19 @@ def load_model(state: dict, device: str | None = None):
 
 
 def predict_spots(model, device, grid, rows: np.ndarray, cols: np.ndarray, k: int,
-                  chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """In-cell probability and direction class of window spots (rows, cols), in fixed-size chunks."""
+                  chunk: int = 8192, probs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """In-cell probability and direction class (``probs``: the (N, n) direction probabilities) of
+    window spots (rows, cols), in fixed-size chunks."""
     import torch
 
     p_in = np.zeros(len(rows), np.float32)
-    dirs = np.zeros(len(rows), np.int64)
+    dirs = []
     with torch.no_grad():
         for s in range(0, len(rows), chunk):
             c, p = gather_tokens(grid, rows[s : s + chunk], cols[s : s + chunk], k)
             lo, ld = model(torch.as_tensor(c, device=device), torch.as_tensor(p, device=device))
             p_in[s : s + chunk] = torch.softmax(lo, 1)[:, 1].cpu().numpy()
-            dirs[s : s + chunk] = ld.argmax(1).cpu().numpy()
-    return p_in, dirs
+            dirs.append(torch.softmax(ld, 1).cpu().numpy() if probs else ld.argmax(1).cpu().numpy())
+    if not dirs:
+        return p_in, np.zeros((0, model.direction.out_features) if probs else 0, np.float32 if probs else np.int64)
+    return p_in, np.concatenate(dirs)
