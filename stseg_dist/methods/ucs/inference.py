@@ -218,26 +218,39 @@ def expression_evidence(binned: BinnedTile, priors: list[CellPrior], gene_freq: 
 
 
 def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Per cell: keep the piece holding its nucleus, close small gaps, fill holes; nuclei kept."""
+    """Per cell: keep the piece holding its nucleus, close small gaps, fill holes; nuclei kept.
+
+    Each cell is worked on inside its own box (its labels and its seed together, found for all
+    cells in one pass), so the cost follows the cells, not cells x window.
+    """
     out = np.zeros_like(labels)
     ids = np.unique(seeds)
     ids = ids[ids > 0]
-    for cid in ids:
-        own = (labels == cid) | (seeds == cid)
-        if not own.any():
+    if not len(ids):
+        return out
+
+    def compact(a):  # 1 + index into ids; 0 for background and for IDs that are not seeds
+        k = np.searchsorted(ids, a)
+        hit = (a > 0) & (k < len(ids)) & (ids[np.minimum(k, len(ids) - 1)] == a)
+        return np.where(hit, k + 1, 0)
+
+    boxes = zip(ndi.find_objects(compact(labels), len(ids)), ndi.find_objects(compact(seeds), len(ids)))
+    h, w = labels.shape
+    for cid, (lb, sb) in zip(ids, boxes):
+        parts = [b for b in (lb, sb) if b is not None]
+        if not parts:
             continue
-        sl = ndi.find_objects(own.astype(np.int32))[0]
-        sl = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
-        piece = own[sl]
-        comp, _ = ndi.label(piece)
-        keep = np.isin(comp, np.unique(comp[(seeds[sl] == cid)]))
+        sl = (slice(max(0, min(b[0].start for b in parts) - 2), min(h, max(b[0].stop for b in parts) + 2)),
+              slice(max(0, min(b[1].start for b in parts) - 2), min(w, max(b[1].stop for b in parts) + 2)))
+        lab, seed = labels[sl], seeds[sl]
+        comp, _ = ndi.label((lab == cid) | (seed == cid))
+        keep = np.isin(comp, np.unique(comp[seed == cid]))
         keep &= comp > 0
-        keep = ndi.binary_closing(keep, iterations=1) & ((labels[sl] == cid) | (labels[sl] == 0) | (seeds[sl] == cid))
+        keep = ndi.binary_closing(keep, iterations=1) & ((lab == cid) | (lab == 0) | (seed == cid))
         keep = ndi.binary_fill_holes(keep)
         region = out[sl]
         region[keep & (region == 0)] = cid
-    out = np.where(seeds > 0, seeds, out)
-    return out
+    return np.where(seeds > 0, seeds, out)
 
 
 def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, threshold: float,
