@@ -24,6 +24,15 @@ Choices the issue leaves open: negatives need an empty neighbourhood (not just a
 since a single empty 1 µm spot is common inside cells; the prior is cut off at the method's
 reach so features never depend on where a tile ends; training turns each batch by a symmetry of
 the square (directions turned with it). Cells with no visible nucleus are not found.
+
+``variant: paper`` (issue #18) is the method as Huo et al. specify it: ``blocks`` (8) pre-LN
+attention + residual-MLP blocks over every gene; positives only where the eroded nucleus has
+expression; directions floor-binned; at inference a direction prior zeroes the classes with no
+nucleus centroid within reach and renormalises, the expected direction is averaged over each
+spot and its 8 neighbours, and paths run through nuclei to a nucleus centre
+(``features.direction_mask``, ``features.centre_map``, ``SSLCSTMethod._segment_paper``). Its
+departures are switches: ``top_genes_only``, ``step_at_bin_centre``, ``centre_radius_um``, and
+the ``max_steps`` cap that keeps the halo bounded (tiles exact).
 """
 
 from .method import SSLCSTMethod
