@@ -149,6 +149,24 @@ class UCSConfig:
 
 @dataclass
 class GeneSegNetConfig:
+    # "stseg": a 3-level U-Net, cells by nearest nucleus centroid to a bin's offset landing, labels
+    # relabelled between rounds, flips only, log RNA map. "paper": GeneSegNet as published (Wang et
+    # al. 2023): the RNA map clipped at rna_clip, a centre map head (bins follow their offsets to
+    # predicted centres matched to nuclei), a level set on each mask between rounds, scale/rotate/
+    # crop augmentation, a 4-scale U-Net of pre-activation residual blocks. The switches below
+    # (paper variant only) turn each part off: a named departure.
+    variant: str = "stseg"
+    rna_clip: float = 1.0  # paper: the Gaussian sum clipped at this value (the network's RNA input)
+    centre_map: bool = True  # false: the stseg assignment (nearest nucleus centroid), no centre head
+    centre_sigma_um: float = 1.5  # centre map target: a Gaussian of this sigma at each nucleus centre
+    centre_threshold: float = 0.3  # a predicted centre: a local maximum of the centre map above this
+    centre_fallback: bool = True  # departure: a nucleus no predicted centre matches keeps its centroid
+    level_set: str = "chan_vese"  # chan_vese | geodesic | none (departure: relabel only)
+    level_set_iters: int = 10
+    augment: str = "scale_rotate_crop"  # | flip (departure)
+    scale_min: float = 0.75  # augmentation zoom range
+    scale_max: float = 1.25
+    net: str = "resunet4"  # resunet4 (paper) | unet3 (departure)
     bin_um: float = 1.0  # the U-Net's pixel: image blocks of about this size, anchored to the chip
     patch_px: int = 48  # training patch and inference window side, in bins; a multiple of 8
     rna_sigma_um: float = 1.5  # Gaussian kernel of the RNA location map
@@ -169,6 +187,15 @@ class GeneSegNetConfig:
         _at_least_one(self, key, "epochs", "max_rounds", "n_train_patches", "batch_size", "width")
         _in_range(self, key, "agree_iou", "(0, 1]")
         _in_range(self, key, "prob_threshold", "(0, 1)")
+        _one_of(self, key, "variant", ("stseg", "paper"))
+        _one_of(self, key, "level_set", ("chan_vese", "geodesic", "none"))
+        _one_of(self, key, "augment", ("scale_rotate_crop", "flip"))
+        _one_of(self, key, "net", ("resunet4", "unet3"))
+        _positive(self, key, "rna_clip", "centre_sigma_um", "scale_min")
+        _in_range(self, key, "centre_threshold", "(0, 1)")
+        _at_least_one(self, key, "level_set_iters")
+        _require(self.scale_max >= self.scale_min,
+                 f"{key}.scale_max must be at least scale_min ({self.scale_min}), got {self.scale_max}")
 
 
 @dataclass
@@ -264,8 +291,21 @@ class SSLCSTConfig:
     lr: float = 3e-3
     augment: bool = True  # turn batches by the square's symmetries (directions turned with them)
     seed: int = 0
+    # stseg (ours) | paper (Huo et al.: pre-LN blocks over all genes, positives with expression,
+    # direction prior, 8-neighbour smoothing, floor binning, tracking to the nucleus centre)
+    variant: str = "stseg"
+    blocks: int = 8  # paper: pre-LN self-attention + residual-MLP blocks
+    # paper variant's departures, each a named switch (README: their measured effect); the
+    # paper variant also keeps augment and a max_steps cap (None: cell radius + 4 µm)
+    top_genes_only: bool = False  # departure when True: the n_genes most counted genes (paper: all)
+    step_at_bin_centre: bool = True  # departure: a floor-binned class steps along its bin's centre (paper: edge)
+    centre_radius_um: float | None = None  # a path ends within this of a centroid; None: 1.5 spots
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
+        _one_of(self, key, "variant", ("stseg", "paper"))
+        _at_least_one(self, key, "blocks")
+        _require(self.centre_radius_um is None or self.centre_radius_um > 0,
+                 f"{key}.centre_radius_um must be positive, got {self.centre_radius_um}")
         _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")
         _require(self.neighbourhood >= 3 and self.neighbourhood % 2 == 1,
                  f"{key}.neighbourhood must be an odd number of spots >= 3, got {self.neighbourhood}")
@@ -291,21 +331,8 @@ class CellsConfig:
     genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
     membrane: MembraneConfig = field(default_factory=MembraneConfig)
     sslcst: SSLCSTConfig = field(default_factory=SSLCSTConfig)
-    # stseg (ours) | paper (Huo et al.: pre-LN blocks over all genes, positives with expression,
-    # direction prior, 8-neighbour smoothing, floor binning, tracking to the nucleus centre)
-    variant: str = "stseg"
-    blocks: int = 8  # paper: pre-LN self-attention + residual-MLP blocks
-    # paper variant's departures, each a named switch (README: their measured effect); the
-    # paper variant also keeps augment and a max_steps cap (None: cell radius + 4 µm)
-    top_genes_only: bool = False  # departure when True: the n_genes most counted genes (paper: all)
-    step_at_bin_centre: bool = True  # departure: a floor-binned class steps along its bin's centre (paper: edge)
-    centre_radius_um: float | None = None  # a path ends within this of a centroid; None: 1.5 spots
 
 
-        _one_of(self, key, "variant", ("stseg", "paper"))
-        _at_least_one(self, key, "blocks")
-        _require(self.centre_radius_um is None or self.centre_radius_um > 0,
-                 f"{key}.centre_radius_um must be positive, got {self.centre_radius_um}")
 @dataclass
 class StageResources:
     """How one stage runs on Ray; ``None`` keeps what the stage's backend or method declares

@@ -242,3 +242,170 @@ def test_tile_invariance_and_accounting(chip, tmp_path, ray_module):
     assert ((nb == 0) | (b == nb)).all()  # nuclei always kept by their cell
     run = json.loads((tmp_path / "many" / "run.json").read_text())
     assert run["status"] == "complete"
+
+
+# -- variant: paper ---------------------------------------------------------------------------
+
+def test_paper_rna_input_is_the_clipped_gaussian_sum():
+    from stseg_dist.methods.genesegnet.features import normalise_inputs
+
+    rna = np.array([[0.0, 0.4, 1.0, 7.5]], np.float32)
+    stain = np.zeros_like(rna)
+    paper = normalise_inputs(stain, rna, {**NORM, "rna_clip": 1.0})[1]
+    np.testing.assert_allclose(paper, [[0.0, 0.4, 1.0, 1.0]])
+    np.testing.assert_allclose(normalise_inputs(stain, rna, {**NORM, "rna_clip": 2.0})[1], [[0.0, 0.2, 0.5, 1.0]])
+    np.testing.assert_allclose(normalise_inputs(stain, rna, NORM)[1], np.log1p(rna))  # stseg: log1p of the mean
+
+
+def test_predicted_centres_match_nuclei():
+    from stseg_dist.methods.genesegnet.inference import predicted_centres
+
+    centre = np.zeros((30, 30), np.float32)
+    centre[10, 11] = 0.9  # near nucleus 4 (at 10, 10)
+    centre[12, 8] = 0.5  # also near it, weaker: loses
+    centre[20, 20] = 0.8  # near no nucleus: ignored
+    centre[5, 25] = 0.2  # near nucleus 7 but below the threshold
+    ids, cents = np.array([4, 7]), np.array([[10.0, 10.0], [5.0, 25.0]])
+    got_ids, got = predicted_centres(centre, ids, cents, 0.3, radius_bins=1, tolerance_bins=3, fallback=True)
+    assert list(got_ids) == [4, 7]
+    np.testing.assert_allclose(got, [[10.5, 11.5], [5.0, 25.0]])  # 7 keeps its centroid (fallback)
+    got_ids, got = predicted_centres(centre, ids, cents, 0.3, radius_bins=1, tolerance_bins=3, fallback=False)
+    assert list(got_ids) == [4]  # as published: no predicted centre, no cell
+
+
+def test_assign_to_centres_follows_offsets_to_predicted_centres():
+    from stseg_dist.methods.genesegnet.inference import assign_to_centres
+
+    prob = np.full((20, 40), 0.9, np.float32)
+    rr, cc = np.mgrid[:20, :40] + 0.5
+    centre = np.zeros((20, 40), np.float32)
+    centre[10, 12], centre[10, 27] = 0.9, 0.9  # predicted centres, 2 bins from each centroid
+    offsets = np.stack([10.5 - rr, np.where(cc < 20, 12.5 - cc, 27.5 - cc)]).astype(np.float32)
+    ids, cents = np.array([3, 5]), np.array([[10.0, 10.0], [10.0, 29.0]])
+    lab = assign_to_centres(prob, centre, offsets, ids, cents, 0.5, reach_bins=15, tolerance_bins=3,
+                            centre_threshold=0.3, fallback=True)
+    assert lab[3, 3] == 3 and lab[15, 35] == 5 and lab[10, 19] == 3 and lab[10, 21] == 5
+    # offsets aimed at the nucleus centroids instead land 2 bins off: still within the tolerance
+    far = assign_to_centres(prob, centre, offsets, ids, cents, 0.5, reach_bins=8, tolerance_bins=3,
+                            centre_threshold=0.3, fallback=True)
+    assert far[10, 25] == 5 and far[0, 0] == 0  # beyond the reach of nucleus 3's centroid
+
+
+def test_scale_rotate_crop_moves_offsets_with_their_centre():
+    """After augmentation every weighted bin's offset still lands on its cell's (moved) centre,
+    which is where the centre map's target peaks."""
+    from stseg_dist.methods.genesegnet.training import scale_rotate_crop, targets
+
+    size, cy, cx = 32, 14.3, 17.6
+    rr, cc = np.mgrid[:size, :size] + 0.5
+    lab = np.where(np.hypot(rr - cy, cc - cx) < 8, 1, 0).astype(np.int64)
+    p = Patch(1, *(np.zeros((size, size), np.float32),) * 2, lab, lab, lab, np.array([1]), np.array([[cy, cx]]))
+    y = torch.as_tensor(targets(lab, p, 1.0, 1.5))[None].repeat(6, 1, 1, 1)
+    _, yo = scale_rotate_crop(torch.zeros(6, 2, size, size), y, np.random.default_rng(0), (0.75, 1.25))
+    for b in range(6):
+        r, c = np.nonzero(yo[b, 3].numpy() > 0)
+        assert len(r) > 50
+        land = np.stack([r + 0.5 + yo[b, 1].numpy()[r, c], c + 0.5 + yo[b, 2].numpy()[r, c]], 1)
+        peak = np.array(np.unravel_index(np.argmax(yo[b, 5].numpy()), (size, size))) + 0.5
+        assert land.std(0).max() < 0.6  # one landing point (nearest sampling: sub-bin spread)
+        assert np.abs(land.mean(0) - peak).max() < 1.0
+
+
+def test_level_set_grows_a_mask_to_its_cell_but_not_into_a_neighbour():
+    from stseg_dist.methods.genesegnet.training import level_set_refine
+
+    size = 40
+    rr, cc = np.mgrid[:size, :size] + 0.5
+    image = np.zeros((size, size))
+    image[np.hypot(rr - 20, cc - 12) < 8] = 1.0  # cell 1's true extent
+    image[np.hypot(rr - 20, cc - 28) < 8] = 1.0  # cell 2, touching
+    lab = np.zeros((size, size), np.int64)
+    lab[np.hypot(rr - 20, cc - 12) < 4] = 1  # an under-grown mask
+    lab[np.hypot(rr - 20, cc - 28) < 8] = 2
+    p = Patch(1, *(np.zeros((size, size), np.float32),) * 2, lab, lab, lab, np.array([1, 2]),
+              np.array([[20.0, 12.0], [20.0, 28.0]]))
+    for method in ("chan_vese", "geodesic"):
+        out = level_set_refine(lab, image, p, reach=30, method=method, iters=30)
+        assert not ((out == 1) & (lab == 2)).any()  # never takes another cell's bins
+        # the small mask grows toward its cell's edge (by at most LEVEL_SET_PAD bins a round):
+        # 52 -> 184 bins of 208 (both methods)
+        assert (out == 1).sum() > 3 * (lab == 1).sum()
+        assert ((out == 1) <= (image > 0)).all()
+    out = level_set_refine(lab, image, p, reach=30, method="chan_vese", iters=30)
+    assert (out == 2).sum() >= (lab == 2).sum()  # a right mask stays (chan-vese; 216 of 208)
+    assert level_set_refine(lab, image, p, reach=5, method="chan_vese", iters=30)[20, 5] == 0  # the reach holds
+
+
+def test_resunet_shapes_and_paper_state():
+    from stseg_dist.methods.genesegnet.net import PreActBlock, ResUNet
+
+    net = ResUNet(width=4).eval()
+    assert net(torch.zeros(2, 2, 32, 48)).shape == (2, 4, 32, 48)
+    assert sum(isinstance(m, PreActBlock) for m in net.modules()) == 7  # 4 scales down, 3 up
+    cfg = _cfg(max_rounds=2, epochs=3, variant="paper")
+    a = train_genesegnet(_toy_patches(), NORM, cfg, GEOMETRY)
+    b = train_genesegnet(list(reversed(_toy_patches())), NORM, cfg, GEOMETRY)
+    assert a["weights"] == b["weights"] and a["net"] == "resunet4" and a["n_outputs"] == 4
+    model, _ = load_model(a, "cpu")
+    assert isinstance(model, ResUNet)
+    first = a["history"][0]["epoch_losses"]
+    assert first[-1] < 0.8 * first[0], first
+
+
+@pytest.mark.parametrize("key, value", [("variant", "cellpose"), ("level_set", "snake"), ("augment", "mixup"),
+                                        ("net", "resnet"), ("centre_threshold", 1.0), ("rna_clip", 0),
+                                        ("level_set_iters", 0), ("scale_max", 0.5)])
+def test_bad_paper_config(key, value):
+    with pytest.raises(ConfigError, match=f"cells.genesegnet.{key}"):
+        load_config(overrides=parse_set(["cells.method=genesegnet", f"cells.genesegnet.{key}={value}"]),
+                    use_env=False).validate()
+
+
+PAPER = ["cells.genesegnet.variant=paper"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_paper_tile_invariance(chip, tmp_path, ray_module):
+    """The centre map, its peaks and their matching look only near each nucleus: still exact."""
+    items = [*FAST, *PAPER]
+    one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, items, tile_um=32)
+    assert many["n_tiles"] >= 12
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_array_equal(a, b)
+    assert (b > 0).mean() > (nb > 0).mean()
+    assert ((nb == 0) | (b == nb)).all()
+
+
+@pytest.fixture(scope="module")
+def accuracy_chip(tmp_path_factory):
+    from stseg_dist.synth import synth_chip
+
+    out = tmp_path_factory.mktemp("genesegnet_accuracy") / "chip"
+    synth_chip(str(out), 120, 120, seed=1)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_paper_accuracy_against_expansion(accuracy_chip, tmp_path):
+    """Cell F1 at IoU 0.5 and transcripts in their true cell on a generated chip, paper vs stseg vs
+    expansion (figures measured here, in the comments; CPU-sized training: 64 patches x 4 epochs)."""
+    from stseg_dist.driver import run_pipeline
+    from tests.methods.test_membrane import cell_f1, right_cell
+
+    train = ["cells.genesegnet.n_train_patches=64", "cells.genesegnet.epochs=4", "runtime.progress=false"]
+    runs = {"expansion": ["cells.method=expansion"], "stseg": ["cells.method=genesegnet"],
+            "paper": ["cells.method=genesegnet", *PAPER]}
+    f1, right = {}, {}
+    for name, items in runs.items():
+        run_pipeline(accuracy_chip, str(tmp_path / name), load_config(overrides=parse_set([*train, *items]),
+                                                                      use_env=False), local=True)
+        f1[name], right[name] = cell_f1(accuracy_chip, tmp_path / name), right_cell(accuracy_chip, tmp_path / name)
+    print("cell F1:", {k: round(v, 3) for k, v in f1.items()}, "right cell:", {k: round(v, 3) for k, v in right.items()})
+    # measured (120 µm chip, seed 1): F1 expansion 0.887, stseg 0.792, paper 0.887; right cell
+    # 0.732, 0.761, 0.624. The paper variant matches expansion on F1 here and beats ours, but puts
+    # fewer transcripts in their true cell on a chip this small (~50 cells to train on; on a 200 µm
+    # chip it is 0.789 vs expansion's 0.742: README)
+    assert f1["paper"] >= f1["expansion"]
+    assert f1["paper"] > f1["stseg"] + 0.05
+    assert right["paper"] > 0.55

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 
@@ -58,14 +59,15 @@ def sliding_predict(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndar
     return acc[:, pr : pr + h, pc : pc + w] / wsum[pr : pr + h, pc : pc + w]
 
 
-def torch_predictor(model, device: str, offset_scale: float) -> Callable[[np.ndarray], np.ndarray]:
-    """(B, 2, P, P) inputs -> (B, 3, P, P): cell probability and offsets in bins."""
+def torch_predictor(model, device: str, offset_scale: float, n_maps: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """(B, 2, P, P) inputs -> (B, n_maps + 2, P, P): cell probability (and centre map: ``n_maps``
+    2) and offsets in bins."""
     import torch
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             y = model(torch.as_tensor(x, device=device))
-            out = torch.cat([torch.sigmoid(y[:, :1]), y[:, 1:] * offset_scale], 1)
+            out = torch.cat([torch.sigmoid(y[:, :n_maps]), y[:, n_maps:] * offset_scale], 1)
         return out.cpu().numpy()
 
     return predict
@@ -91,6 +93,59 @@ def assign_cells(prob: np.ndarray, offsets: np.ndarray, ids: np.ndarray, centroi
     dist, idx = cKDTree(centroids).query(land)
     ok = (dist <= tolerance_bins) & (np.linalg.norm(here - centroids[idx], axis=1) <= reach_bins)
     labels[rr[ok], cc[ok]] = ids[idx[ok]]
+    return labels
+
+
+def predicted_centres(centre: np.ndarray, ids: np.ndarray, centroids: np.ndarray, threshold: float,
+                      radius_bins: float, tolerance_bins: float, fallback: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(IDs, (n, 2) centres): each nucleus's centre as the network predicts it.
+
+    A predicted centre is a local maximum of the centre map (over a disc of ``radius_bins``) at or
+    above ``threshold``; each is matched to the nearest nucleus centroid within ``tolerance_bins``,
+    and a nucleus matched by several keeps the strongest (ties: the first in raster order of the
+    window, the same order as the chip's). A nucleus no centre matches keeps its centroid when
+    ``fallback``, else it has no centre (its bins join nothing). Every step looks only a disc of
+    the map and the nuclei near each bin, so a core bin's result does not depend on the window.
+    """
+    if not len(ids):
+        return ids, centroids
+    r = max(1, int(round(radius_bins)))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    peak = (centre >= threshold) & (centre == ndi.maximum_filter(centre, footprint=yy**2 + xx**2 <= r * r,
+                                                                 mode="nearest"))
+    pr, pc = np.nonzero(peak)
+    out = centroids.astype(np.float64).copy()
+    found = np.zeros(len(ids), bool)
+    if len(pr):
+        pos = np.stack([pr + 0.5, pc + 0.5], axis=1)
+        dist, idx = cKDTree(centroids).query(pos)
+        ok = dist <= tolerance_bins
+        pos, idx, val = pos[ok], idx[ok], centre[pr[ok], pc[ok]]
+        order = np.lexsort((np.arange(len(val)), -val))  # strongest first; ties by raster order
+        first = np.unique(idx[order], return_index=True)[1]
+        best = order[first]
+        out[idx[best]] = pos[best]
+        found[idx[best]] = True
+    if fallback:
+        return ids, out
+    return ids[found], out[found]
+
+
+def assign_to_centres(prob: np.ndarray, centre: np.ndarray, offsets: np.ndarray, ids: np.ndarray,
+                      centroids: np.ndarray, threshold: float, reach_bins: float, tolerance_bins: float,
+                      centre_threshold: float, fallback: bool) -> np.ndarray:
+    """The paper variant's cells: confident bins follow their offsets to the predicted centres
+    (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in :func:`assign_cells`
+    (the reach measured from the nucleus centroid)."""
+    cids, centres = predicted_centres(centre, ids, centroids, centre_threshold, tolerance_bins, tolerance_bins,
+                                      fallback)
+    labels = assign_cells(prob, offsets, cids, centres, threshold, np.inf, tolerance_bins)
+    if len(cids):  # the reach from the nucleus itself
+        pos = np.searchsorted(ids, labels.clip(min=0))
+        pos = np.minimum(pos, len(ids) - 1)
+        rr, cc = np.mgrid[: labels.shape[0], : labels.shape[1]]
+        d = np.hypot(rr + 0.5 - centroids[pos, 0], cc + 0.5 - centroids[pos, 1])
+        labels[(labels > 0) & (d > reach_bins)] = 0
     return labels
 
 

@@ -29,8 +29,8 @@ from .features import (
     rna_mean,
     stain_histogram,
 )
-from .inference import assign_cells, sliding_predict, torch_predictor
-from .training import Geometry, Patch, load_model, train_genesegnet
+from .inference import assign_cells, assign_to_centres, sliding_predict, torch_predictor
+from .training import Geometry, Parts, Patch, load_model, train_genesegnet
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,15 @@ class GeneSegNetMethod(TorchMethod):
         """
         c = self.cfg
         need = 1.1 * (c.patch_px * c.bin_um + 4 * c.rna_sigma_um + 2 * c.bin_um)
+        if Parts.of(c).centre:  # a core bin's cell also depends on the centre map around its nucleus
+            need += 1.1 * (self.config.cells.cell_diameter_um + 3 * self.config.nuclei.diameter_um + 2 * c.bin_um)
         return max(self.config.cells.cell_diameter_um, need / 2 - self.config.nuclei.diameter_um)
 
     def _geometry(self, bin_um: float) -> Geometry:
         reach = self.config.cells.cell_diameter_um / bin_um
         tolerance = max(1.0, self.config.nuclei.diameter_um / bin_um)
-        return Geometry(offset_scale=reach, reach=reach, tolerance=tolerance)
+        return Geometry(offset_scale=reach, reach=reach, tolerance=tolerance,
+                        centre_sigma=self.cfg.centre_sigma_um / bin_um)
 
     def _inputs(self, data: TileData, grid: BinGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
         """Raw block-mean stain and RNA location map over the window's bins."""
@@ -110,6 +113,8 @@ class GeneSegNetMethod(TorchMethod):
         norm = {"stain_lo": histogram_percentile(hist, STAIN_PERCENTILES[0]),
                 "stain_hi": histogram_percentile(hist, STAIN_PERCENTILES[1]),
                 "rna_mean": rna_mean(sum(k for _, _, k in results), n_bins, sigma)}
+        if Parts.of(c).rna_clip:
+            norm["rna_clip"] = Parts.of(c).rna_clip
         train = ctx.train_where_gpu(train_genesegnet)
         state = train(patches, norm, c, geometry)
         for r in state["history"]:
@@ -124,11 +129,18 @@ class GeneSegNetMethod(TorchMethod):
         stain, rna = self._inputs(data, grid, self.cfg.rna_sigma_um / st["bin_um"])
         x = normalise_inputs(stain, rna, st["norm"])
         geometry = self._geometry(st["bin_um"])
-        out = sliding_predict(torch_predictor(self.model, self.device, geometry.offset_scale), x, grid.origin,
+        parts = Parts.of(self.cfg)
+        m = parts.n_maps
+        out = sliding_predict(torch_predictor(self.model, self.device, geometry.offset_scale, m), x, grid.origin,
                               self.cfg.patch_px, batch=self.cfg.batch_size)
         ids, centroids = nucleus_centres(grid, data.nuclei)
-        labels = assign_cells(out[0], out[1:], ids, centroids, self.cfg.prob_threshold, geometry.reach,
-                              geometry.tolerance)
+        if parts.centre:
+            labels = assign_to_centres(out[0], out[1], out[2:], ids, centroids, self.cfg.prob_threshold,
+                                       geometry.reach, geometry.tolerance, parts.centre_threshold,
+                                       parts.centre_fallback)
+        else:
+            labels = assign_cells(out[0], out[1:], ids, centroids, self.cfg.prob_threshold, geometry.reach,
+                                  geometry.tolerance)
         cells = grid.to_pixels(labels, data.shape)
         return np.where(data.nuclei > 0, data.nuclei, cells).astype(np.uint32)
 
