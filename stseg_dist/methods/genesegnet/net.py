@@ -24,6 +24,19 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def _u_forward(net: nn.Module, x: torch.Tensor, join) -> torch.Tensor:
+    """Down the scales keeping each block's output, then up, each scale's block applied to
+    ``join(skip, upsampled)``: the U shape both networks share."""
+    skips = []
+    for i, block in enumerate(net.down):
+        x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+        skips.append(x)
+    x = skips.pop()
+    for i in reversed(range(net.depth)):
+        x = net.merge[i](join(skips.pop(), net.up[i](x)))
+    return net.head(x)
+
+
 class UNet(nn.Module):
     """``depth`` poolings, so window sides must be multiples of ``2**depth``."""
 
@@ -38,14 +51,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(chans[0], n_outputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        for i in reversed(range(self.depth)):
-            x = self.merge[i](torch.cat([skips.pop(), self.up[i](x)], 1))
-        return self.head(x)
+        return _u_forward(self, x, lambda skip, up: torch.cat([skip, up], 1))
 
 
 class PreActBlock(nn.Module):
@@ -82,14 +88,7 @@ class ResUNet(nn.Module):
         self.head = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.ReLU(), nn.Conv2d(chans[0], n_outputs, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        for i in reversed(range(self.depth)):
-            x = self.merge[i](skips.pop() + self.up[i](x))
-        return self.head(x)
+        return _u_forward(self, x, lambda skip, up: skip + up)  # Cellpose adds its skips
 
 
 def build_net(name: str, width: int, n_outputs: int) -> nn.Module:

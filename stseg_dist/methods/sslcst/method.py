@@ -104,29 +104,36 @@ class SSLCSTMethod(TorchMethod):
         return {"train": state, "top_genes": top, "bin_um": self.bin_um}
 
     # -- inference ----------------------------------------------------------------------------
+    def _spots(self, data: TileData, margin: int):
+        """The window's spot grid, its core's spots, and the spots within ``margin`` of the core;
+        no masks where the window holds no nucleus (then every spot keeps its nucleus label)."""
+        grid = self._grid(data, self.state["top_genes"])
+        h, w = grid.shape
+        if not (grid.binned.nuclei > 0).any() or not h or not w:
+            return grid, None, None
+        r0, r1, c0, c1 = grid.binned.grid.core_box(data.tile)
+        core, region = np.zeros((h, w), bool), np.zeros((h, w), bool)
+        core[max(0, r0) : r1, max(0, c0) : c1] = True
+        region[max(0, r0 - margin) : r1 + margin, max(0, c0 - margin) : c1 + margin] = True
+        return grid, core, region
+
     def segment(self, data: TileData) -> np.ndarray:
         if self.paper:
             return self._segment_paper(data)
-        grid = self._grid(data, self.state["top_genes"])
-        b = grid.binned
-        h, w = b.shape
-        cells = b.nuclei.copy()
-        if not (b.nuclei > 0).any() or not h or not w:
-            return b.to_pixels(cells, data.shape).astype(np.uint32)
         # Paths from core spots stay within max_steps (+ rounding) of the core; spots farther
         # than that from every nucleus can never reach one, so they need no prediction.
-        r0, r1, c0, c1 = b.grid.core_box(data.tile)
         m = self.max_steps + 1
-        region = np.zeros((h, w), bool)
-        region[max(0, r0 - m) : r1 + m, max(0, c0 - m) : c1 + m] = True
+        grid, core, region = self._spots(data, m)
+        if core is None:
+            return grid.binned.to_pixels(grid.binned.nuclei, data.shape).astype(np.uint32)
+        b, (h, w) = grid.binned, grid.shape
+        cells = b.nuclei.copy()
         near = ndi.distance_transform_edt(b.nuclei == 0) <= m
         alive = region & near & (b.nuclei == 0)
         rr, cc = np.nonzero(alive)
         p_in, dirs = predict_spots(self.model, self.device, grid, rr, cc, self.k)
         direction = np.zeros((h, w), np.int64)
         direction[rr, cc] = dirs
-        core = np.zeros((h, w), bool)
-        core[max(0, r0) : r1, max(0, c0) : c1] = True
         start = (p_in >= self.cfg.in_threshold) & core[rr, cc]
         ids = track(rr[start], cc[start], direction, alive, b.nuclei, unit_steps(self.cfg.n_directions),
                     self.max_steps)
@@ -140,18 +147,13 @@ class SSLCSTMethod(TorchMethod):
         neighbours, floor-binned, then paths from in-cell spots tracked to a nucleus centre.
         """
         cfg = self.cfg
-        grid = self._grid(data, self.state["top_genes"])
-        b = grid.binned
-        h, w = b.shape
-        cells = b.nuclei.copy()
-        if not (b.nuclei > 0).any() or not h or not w:
-            return b.to_pixels(cells, data.shape).astype(np.uint32)
         # Paths from core spots stay within max_steps (+ rounding) of the core and read a
         # direction smoothed over one more spot: predictions are needed up to max_steps + 2.
-        r0, r1, c0, c1 = b.grid.core_box(data.tile)
-        m = self.max_steps + 2
-        region = np.zeros((h, w), bool)
-        region[max(0, r0 - m) : r1 + m, max(0, c0 - m) : c1 + m] = True
+        grid, core, region = self._spots(data, self.max_steps + 2)
+        if core is None:
+            return grid.binned.to_pixels(grid.binned.nuclei, data.shape).astype(np.uint32)
+        b, (h, w) = grid.binned, grid.shape
+        cells = b.nuclei.copy()
         reach = self.max_steps * self.bin_um
         near = ndi.distance_transform_edt(b.nuclei == 0, sampling=self.bin_um) <= reach + self.bin_um
         rr, cc = np.nonzero(region & near)
@@ -171,8 +173,6 @@ class SSLCSTMethod(TorchMethod):
         alive[rr[ok], cc[ok]] = True
         alive &= np.hypot(field[..., 0], field[..., 1]) > 1e-9
         direction = direction_class(field[..., 0], field[..., 1], cfg.n_directions, floor=True)
-        core = np.zeros((h, w), bool)
-        core[max(0, r0) : r1, max(0, c0) : c1] = True
         start = (p_in >= cfg.in_threshold) & core[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
         centres = centre_map(grid, self.bin_um, cfg.centre_radius_um or 1.5 * self.bin_um)
         ids = track(rr[start], cc[start], direction, alive, centres, steps, self.max_steps)
