@@ -47,11 +47,13 @@ class ClassicalNucleiConfig:
 
 @dataclass
 class CellposeConfig:
+    """One Cellpose section for every stage that runs it (nuclei.cellpose, cells.membrane.cellpose)."""
+
     model: str = "cpsam"  # a built-in name, a local path, or an fsspec URL
     batch_size: int = 8
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
-    diameter_px: float | None = None
+    diameter_px: float | None = None  # nuclei; the membrane method tries cells.membrane.diameters_um
     storage_options: dict = field(default_factory=dict)
 
 
@@ -224,12 +226,8 @@ class MembraneConfig:
     registration: str = "offset"
     track_line_um: float = 1.5  # width of a track line
     register_min_margin: int = 2  # track lines the chosen orientation must match beyond any other
-    model: str = "cpsam"  # cellpose backend: a built-in name, a local path or an fsspec URL
+    cellpose: CellposeConfig = field(default_factory=CellposeConfig)  # the cellpose backend's model
     diameters_um: list[float] = field(default_factory=lambda: [10.0, 15.0, 20.0])  # tried per tile
-    flow_threshold: float = 0.4
-    cellprob_threshold: float = 0.0
-    batch_size: int = 8
-    storage_options: dict = field(default_factory=dict)
     # paper variant: blocks of this side are segmented with a margin of block_overlap_um (None:
     # cells.cell_diameter_um), so a cell centred in a block is seen whole; the halo grows with both.
     block_um: float = 48.0
@@ -439,8 +437,11 @@ def _one_of(section: Any, key: str, name: str, choices: tuple[str, ...]) -> None
     _require(value in choices, f"{key}.{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-#: Settings that moved, named in the error a config using the old key gets.
+#: Settings that moved, named in the error a config using the old key gets (by full key, or by
+#: name wherever it appears).
 MOVED = {
+    **{f"cells.membrane.{k}": f"the membrane's Cellpose settings are one section: cells.membrane.cellpose.{k}"
+       for k in ("model", "flow_threshold", "cellprob_threshold", "batch_size", "storage_options")},
     "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or resources.cells.num_gpus",
     "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or resources.cells.actors",
 }
@@ -493,7 +494,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"'{prefix}'" if prefix else "the top level"
-        moved = [MOVED[k] for k in unknown if k in MOVED and not prefix.startswith("resources")]
+        moved = [MOVED.get(f"{prefix}.{k}") or MOVED[k] for k in unknown
+                 if f"{prefix}.{k}" in MOVED or (k in MOVED and not prefix.startswith("resources"))]
         raise ConfigError(
             f"unknown config key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
             f"known keys: {', '.join(sorted(names))}" + "".join(f"; {m}" for m in moved)

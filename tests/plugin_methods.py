@@ -121,7 +121,7 @@ class LeakyExpansion(ExpansionMethod):
         import logging
 
         c = self.config
-        so = {**c.nuclei.cellpose.storage_options, **c.cells.membrane.storage_options}
+        so = {**c.nuclei.cellpose.storage_options, **c.cells.membrane.cellpose.storage_options}
         logging.getLogger(__name__).warning("tile %d reads with %s, env %s", data.tile.index, so, dict(os.environ))
         if data.tile.index == 0 and os.environ.get("STSEG_POISON") == "1":
             raise RuntimeError(f"access denied for {so} (environment {dict(os.environ)})")

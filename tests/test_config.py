@@ -73,6 +73,15 @@ def test_moved_compute_keys_name_their_new_home(key):
         load_config(overrides=parse_set([f"{key}=1"]), use_env=False)
 
 
+@pytest.mark.parametrize("key, value", [("model", "m.pt"), ("storage_options.key", "k"), ("batch_size", 2)])
+def test_membrane_cellpose_keys_name_their_one_section(key, value):
+    """The membrane's Cellpose settings live in the same section type as nuclei.cellpose."""
+    with pytest.raises(ConfigError, match=r"cells\.membrane\.cellpose\." + key.split(".")[0]):
+        load_config(overrides=parse_set([f"cells.membrane.{key}={value}"]), use_env=False)
+    cfg = load_config(overrides=parse_set([f"cells.membrane.cellpose.{key}={value}"]), use_env=False)
+    assert type(cfg.cells.membrane.cellpose) is type(cfg.nuclei.cellpose)
+
+
 def test_runtime_seed_is_gone():
     """Nothing read it; a config that sets it is told so rather than silently ignored."""
     with pytest.raises(ConfigError, match="'seed' in 'runtime'"):

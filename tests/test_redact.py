@@ -58,7 +58,7 @@ def test_no_secret_in_outputs_or_logs(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"nuclei:\n  cellpose:\n    storage_options:\n      key: {FILE_KEY}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-           "STSEG_CELLS__MEMBRANE__STORAGE_OPTIONS__TOKEN": ENV_TOKEN}
+           "STSEG_CELLS__MEMBRANE__CELLPOSE__STORAGE_OPTIONS__TOKEN": ENV_TOKEN}
     # a method that logs its credentials and fails tile 0 with them in the error (incomplete run:
     # run.json, the work manifest and the error) ...
     out = tmp_path / "out"
@@ -79,4 +79,4 @@ def test_no_secret_in_outputs_or_logs(tmp_path):
     run = json.loads((out / "run.json").read_text())
     so = run["config"]["nuclei"]["cellpose"]["storage_options"]
     assert so == {"key": redact.MASK, "secret": redact.MASK}
-    assert run["config"]["cells"]["membrane"]["storage_options"] == {"token": redact.MASK}
+    assert run["config"]["cells"]["membrane"]["cellpose"]["storage_options"] == {"token": redact.MASK}

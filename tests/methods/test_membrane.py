@@ -286,7 +286,7 @@ def test_cellpose_backend_runs_in_an_actor(tmp_path, ray_module):
     chip = str(tmp_path / "chip")
     synth_chip(chip, 64, 32, seed=2, membrane=True)
     shift_membrane(chip, (3, 2))
-    cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose", f"cells.membrane.model={model}",
+    cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose", f"cells.membrane.cellpose.model={model}",
                  "cells.membrane.diameters_um=[30, 60]", "resources.cells.num_gpus=1",
                  "tiling.tile_size_um=32", "tiling.chunk_px=64")
     method = get_method("membrane", cfg)
@@ -312,7 +312,7 @@ def test_paper_cellpose_runs_on_blocks_in_an_actor(tmp_path, ray_module):
     chip = str(tmp_path / "chip")
     synth_chip(chip, 64, 32, seed=2, membrane=True)
     cfg = config("cells.method=membrane", "cells.membrane.variant=paper", "cells.membrane.backend=cellpose",
-                 f"cells.membrane.model={model}", "cells.membrane.diameters_um=[30, 60]",
+                 f"cells.membrane.cellpose.model={model}", "cells.membrane.diameters_um=[30, 60]",
                  "cells.membrane.block_um=32", "tiling.tile_size_um=32", "tiling.chunk_px=64")
     method = get_method("membrane", cfg)
     assert type(method).__name__ == "PaperMembraneMethod" and method.uses_model
@@ -347,6 +347,6 @@ def test_bad_options_name_the_key(item, key):
 
 def test_missing_cellpose_weights_name_the_key(tmp_path):
     cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose",
-                 f"cells.membrane.model={tmp_path / 'missing.pt'}")
-    with pytest.raises(ConfigError, match=r"cells\.membrane\.model"):
+                 f"cells.membrane.cellpose.model={tmp_path / 'missing.pt'}")
+    with pytest.raises(ConfigError, match=r"cells\.membrane\.cellpose\.model"):
         get_method("membrane", cfg).load({"offset": (0, 0), "threshold": None})

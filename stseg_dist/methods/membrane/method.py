@@ -30,7 +30,7 @@ from .track_lines import StainReader, prepare_track_lines
 log = logging.getLogger(__name__)
 
 BACKENDS = ("classical", "cellpose")
-MODEL_KEY = "cells.membrane.model"
+MODEL_KEY = "cells.membrane.cellpose.model"
 
 
 class MembraneMethod(CellMethod):
@@ -124,7 +124,7 @@ class MembraneMethod(CellMethod):
             self._load_model()
 
     def _load_model(self):
-        self.model = load_cellpose(self.cfg.model, self.cfg.storage_options, MODEL_KEY)
+        self.model = load_cellpose(self.cfg.cellpose.model, self.cfg.cellpose.storage_options, MODEL_KEY)
 
     def describe(self) -> dict:
         return worker_facts(self.model, MODEL_KEY)
@@ -168,8 +168,8 @@ class MembraneMethod(CellMethod):
 
         def run(diameter_px: float) -> np.ndarray:
             masks, _flows, _styles = self.model.eval(
-                x, channel_axis=-1, diameter=diameter_px, batch_size=c.batch_size,
-                flow_threshold=c.flow_threshold, cellprob_threshold=c.cellprob_threshold)
+                x, channel_axis=-1, diameter=diameter_px, batch_size=c.cellpose.batch_size,
+                flow_threshold=c.cellpose.flow_threshold, cellprob_threshold=c.cellpose.cellprob_threshold)
             return masks
 
         return best_diameter(run, [d / data.pixel_size_um for d in c.diameters_um])

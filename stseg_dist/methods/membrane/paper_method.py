@@ -118,8 +118,8 @@ class PaperMembraneMethod(MembraneMethod):
         per_d = []
         for d in c.diameters_um:
             masks, _flows, _styles = self.model.eval(
-                images, channel_axis=-1, diameter=d / ps, batch_size=c.batch_size,
-                flow_threshold=c.flow_threshold, cellprob_threshold=c.cellprob_threshold)
+                images, channel_axis=-1, diameter=d / ps, batch_size=c.cellpose.batch_size,
+                flow_threshold=c.cellpose.flow_threshold, cellprob_threshold=c.cellpose.cellprob_threshold)
             per_d.append([np.asarray(m) for m in masks])
         return [best_diameter(lambda k, i=i: per_d[k][i], list(range(len(per_d))))[0] for i in range(len(images))]
 
