@@ -209,13 +209,17 @@ FAST = ["cells.method=genesegnet", "cells.genesegnet.n_train_patches=16", "cells
         "runtime.progress=false"]
 
 
-@pytest.fixture(scope="module")
-def chip(tmp_path_factory):
+def _generated_chip(tmp_path_factory, name: str, width_um: float, height_um: float, seed: int) -> str:
     from stseg_dist.synth import synth_chip
 
-    out = tmp_path_factory.mktemp("genesegnet") / "chip"
-    synth_chip(str(out), 128, 96, seed=5)
+    out = tmp_path_factory.mktemp(name) / "chip"
+    synth_chip(str(out), width_um, height_um, seed=seed)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def chip(tmp_path_factory):
+    return _generated_chip(tmp_path_factory, "genesegnet", 128, 96, 5)
 
 
 @pytest.mark.ray
@@ -379,11 +383,7 @@ def test_paper_tile_invariance(chip, tmp_path, ray_module):
 
 @pytest.fixture(scope="module")
 def accuracy_chip(tmp_path_factory):
-    from stseg_dist.synth import synth_chip
-
-    out = tmp_path_factory.mktemp("genesegnet_accuracy") / "chip"
-    synth_chip(str(out), 120, 120, seed=1)
-    return str(out)
+    return _generated_chip(tmp_path_factory, "genesegnet_accuracy", 120, 120, 1)
 
 
 @pytest.mark.slow

@@ -232,18 +232,24 @@ def _method(*items):
     return get_method("sslcst", cfg, "test")
 
 
-def test_method_grows_cells_from_their_own_nuclei():
-    """prepare (in-process map_tiles over two tiles) then segment on a constructed chip."""
-    centres = [(r, c) for r in (30, 100, 170) for c in (35, 95, 155, 215)]
-    nuclei, x, y, g = disc_chip(centres=centres, n_per_cell=250)
-    m = _method("cells.sslcst.epochs=10")
+def _prepare_on_two_tiles(m, nuclei, x, y, g):
+    """Cut the 200 x 240 constructed chip into two tiles with the method's halo; prepare over them
+    in process (map_tiles as a list comprehension). Returns (tiles, state)."""
     halo = int(np.ceil((2 * m.reach_um() + 16) / PS))
     cores = [(0, 200, 0, 120), (0, 200, 120, 240)]
     tiles = [cut(nuclei, x, y, g, (0, 200, max(0, c0 - halo), min(240, c1 + halo)), (0, 200, c0, c1))
              for _, _, c0, c1 in cores]
     ctx = PrepareContext(None, m.config, None, tiles[0].genes, lambda fn, idx: [fn(tiles[i]) for i in idx], 12)
     ctx.grid = [Tile(i, 0, i, t.tile.core, t.tile.window) for i, t in enumerate(tiles)]
-    state = m.prepare(ctx)
+    return tiles, m.prepare(ctx)
+
+
+def test_method_grows_cells_from_their_own_nuclei():
+    """prepare (in-process map_tiles over two tiles) then segment on a constructed chip."""
+    centres = [(r, c) for r in (30, 100, 170) for c in (35, 95, 155, 215)]
+    nuclei, x, y, g = disc_chip(centres=centres, n_per_cell=250)
+    m = _method("cells.sslcst.epochs=10")
+    tiles, state = _prepare_on_two_tiles(m, nuclei, x, y, g)
     assert state["train"]["n_in"] > 0 and state["train"]["n_out"] > 0
     m.load(state)
     whole = cut(nuclei, x, y, g, (0, 200, 0, 240))
@@ -411,13 +417,7 @@ def test_paper_method_grows_cells_from_their_own_nuclei():
     nuclei, x, y, g = disc_chip(centres=centres, n_per_cell=250)
     m = _method("cells.sslcst.variant=paper", "cells.sslcst.epochs=10", "cells.sslcst.blocks=2")
     assert m.paper and m.model is None
-    halo = int(np.ceil((2 * m.reach_um() + 16) / PS))
-    cores = [(0, 200, 0, 120), (0, 200, 120, 240)]
-    tiles = [cut(nuclei, x, y, g, (0, 200, max(0, c0 - halo), min(240, c1 + halo)), (0, 200, c0, c1))
-             for _, _, c0, c1 in cores]
-    ctx = PrepareContext(None, m.config, None, tiles[0].genes, lambda fn, idx: [fn(tiles[i]) for i in idx], 12)
-    ctx.grid = [Tile(i, 0, i, t.tile.core, t.tile.window) for i, t in enumerate(tiles)]
-    state = m.prepare(ctx)
+    tiles, state = _prepare_on_two_tiles(m, nuclei, x, y, g)
     assert len(state["top_genes"]) == 30 and state["train"]["arch"]["blocks"] == 2
     m.load(state)
     cells = m.segment(cut(nuclei, x, y, g, (0, 200, 0, 240)))
