@@ -67,9 +67,15 @@ def gene_indices(column: pa.ChunkedArray | pa.Array, vocabulary: dict[str, int])
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if not pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_encode()
-    lut = np.array([vocabulary[g] for g in arr.dictionary.to_pylist()], dtype=np.int32)
+    # A stored dictionary (a categorical column) may list genes no row uses; the scan's vocabulary
+    # holds only the genes that occur, so unused entries map to -1 and must stay unused.
+    names = arr.dictionary.to_pylist()
+    lut = np.array([vocabulary.get(g, -1) for g in names], dtype=np.int32)
     idx = arr.indices.to_numpy(zero_copy_only=False)
-    return lut[idx] if len(lut) else np.zeros(len(idx), np.int32)
+    out = lut[idx] if len(lut) else np.zeros(len(idx), np.int32)
+    if (out < 0).any():
+        raise KeyError(names[int(idx[np.flatnonzero(out < 0)[0]])])
+    return out
 
 
 def read_tile_transcripts(
