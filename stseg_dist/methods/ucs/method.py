@@ -225,6 +225,8 @@ MIN_BACKGROUND_BINS = 100
 #: ... and fewer than this share of the chip's bins: tissue so dense that the bins far from every
 #: nucleus are mostly cells whose nucleus went unseen, not background.
 MIN_BACKGROUND_FRACTION = 0.01
+
+
 def density_counts(binned, data: TileData, far_um: float) -> np.ndarray:
     """Chip-wide density statistics from this tile's own bins: (transcripts, bins) farther than
     ``far_um`` from every nucleus, (transcripts, bins) of nuclei, and all its bins.

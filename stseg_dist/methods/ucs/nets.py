@@ -98,15 +98,15 @@ class CellNet(nn.Module):
         inside = (softmasks > 0.5).to(reduced.dtype)
         return (reduced * inside).sum((2, 3)) / inside.sum((2, 3)).clamp(min=1.0)
 
-    def classify(self, reduced: torch.Tensor, softmasks: torch.Tensor, marker_masks: torch.Tensor | None = None,
-                 profiles: torch.Tensor | None = None) -> torch.Tensor:
+    def classify(self, reduced: torch.Tensor, softmasks: torch.Tensor,
+                 marker_masks: torch.Tensor | None = None) -> torch.Tensor:
         """reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
 
-        ``profiles`` (N, C) overrides the profiles taken from this window, for cells whose nucleus
-        it does not hold whole."""
+        Training runs it over whole patches; inference scores each cell over its own box from the
+        head's weights (inference._head_terms), which this head being 1x1 makes the same."""
         parts = [reduced * softmasks]
         if self.expression:
-            prof = self.profiles(reduced, softmasks) if profiles is None else profiles
+            prof = self.profiles(reduced, softmasks)
             parts.append(reduced * prof[:, :, None, None] * softmasks)
         if self.markers:
             parts.append(torch.zeros_like(softmasks) if marker_masks is None else marker_masks)
@@ -162,7 +162,7 @@ class PaperCellNet(nn.Module):
         self.reduce = _mlp1x1([feature_channels, 32, 16, 1], last_relu=False)
         self.head = nn.Conv2d(1, 2, 1)
 
-    def classify(self, reduced, softmasks, marker_masks=None, profiles=None):
+    def classify(self, reduced, softmasks, marker_masks=None):
         return self.head(reduced * softmasks)
 
     def forward(self, features, softmasks, marker_masks=None):
