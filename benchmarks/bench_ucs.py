@@ -71,8 +71,8 @@ def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list
     chip = os.path.join(work, f"chip{int(chip_um)}")
     if not os.path.exists(os.path.join(chip, "chip.json")):
         synth_chip(chip, chip_um, chip_um, seed=1)
-    if device:
-        os.environ["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+    if device == "cpu":  # torch picks the GPU wherever one is visible
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     rows = []
     for name, extra in [("expansion", []), *[(f"ucs-{v}", ["cells.method=ucs", f"cells.ucs.variant={v}"])
                                               for v in variants]]:
@@ -81,14 +81,15 @@ def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list
         for item in [*extra, *sets]:
             args += ["--set", item]
         t0 = time.perf_counter()
-        assert cli.main(args) == 0
+        if cli.main(args) != 0:
+            raise SystemExit(f"stseg run failed for {name}; see {out}/run.json")
         wall = time.perf_counter() - t0
         with open(os.path.join(out, "run.json")) as fh:
             run = json.load(fh)
-        stages = {k: round(v, 1) for k, v in run["stage_seconds"].items()}
-        loss = (run.get("method") or {}).get("loss") or {}
-        rows.append({"run": name, "wall_s": round(wall, 1), "stages_s": stages,
-                     "epochs": {k: len(v) for k, v in loss.items()},
+        method = run.get("method") or {}
+        rows.append({"run": name, "device": method.get("device"), "wall_s": round(wall, 1),
+                     "stages_s": {k: round(v, 1) for k, v in run["stage_seconds"].items()},
+                     "epochs": {k: len(v) for k, v in (method.get("loss") or {}).items()},
                      "transcripts_per_s": round(run["n_transcripts_written"] / wall)})
     base = rows[0]["wall_s"]
     for r in rows:
