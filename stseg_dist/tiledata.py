@@ -48,6 +48,9 @@ class TileData:
     transcripts: TileTranscripts
     genes: list[str]
     seeds: np.ndarray | None = None  # (h, w) uint32 global IDs of nucleus-less cell seeds
+    # How to open the chip's files (credentials), for a method that reads beyond the window
+    # (membrane's track-line registration reads its stain through a chip-wide transform).
+    storage_options: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -140,5 +143,6 @@ def load_tile_data(
         transcripts=tx,
         genes=genes,
         seeds=seeds,
+        storage_options=dict(chip.storage_options),
     )
     return data, table

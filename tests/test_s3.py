@@ -52,3 +52,23 @@ def test_cellpose_model_from_s3_url(s3, tmp_path, monkeypatch):
     assert resolve_model_path("s3://stseg-test/models/cpsam_tiny", opts) == local  # cached, not refetched
     with pytest.raises(InputError, match="not found"):
         resolve_model_path("s3://stseg-test/models/missing", opts)
+
+
+def test_membrane_stain_read_through_track_lines_from_s3(s3, tmp_path):
+    """Tiles read the stain through the chip-wide transform with the run's storage options (the
+    state holds none): the same cells as the chip on local disk."""
+    from tests.methods.test_membrane import config
+    from tests.methods.test_membrane_registration import TRACK, transformed_chip
+
+    fs, opts = s3
+    local_chip = transformed_chip(tmp_path / "local", 150, 3, {"rotation_deg": 90, "flip": True})
+    fs.put(local_chip, "stseg-test/chips/stain", recursive=True)
+    cfg = config("cells.method=membrane", TRACK, "tiling.tile_size_um=75")
+    run_pipeline("s3://stseg-test/chips/stain", str(tmp_path / "s3out"), cfg, storage_options=opts, local=True)
+    run_pipeline(local_chip, str(tmp_path / "ref"), cfg, local=True)
+    from stseg_dist.io.storage import open_zarr_array
+
+    remote = open_zarr_array(str(tmp_path / "s3out" / "labels.zarr" / "cells"), "r")[:]
+    local = open_zarr_array(str(tmp_path / "ref" / "labels.zarr" / "cells"), "r")[:]
+    assert remote.max() > 0
+    np.testing.assert_array_equal(remote, local)

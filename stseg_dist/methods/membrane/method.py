@@ -140,7 +140,7 @@ class MembraneMethod(CellMethod):
             raise InputError(f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "
                              f"{self.cfg.channel} but the image has {data.image.shape[0]} channel(s)")
         if self.stain is not None:
-            return self.stain.window(data.tile.window)
+            return self.stain.window(data.tile.window, data.storage_options)
         return apply_offset(data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan)
 
     def segment(self, data: TileData) -> np.ndarray:

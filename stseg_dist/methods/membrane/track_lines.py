@@ -71,9 +71,8 @@ def prepare_track_lines(ctx: PrepareContext, cfg) -> dict:
 class StainReader:
     """Reads the stain channel through the chip-wide transform, for one tile window at a time.
 
-    Workers reopen the stain from its URL (the state holds no storage options, which may carry
-    credentials): a chip whose image needs explicit ``storage_options`` is read with the
-    environment's credentials here.
+    Workers reopen the stain from its URL with the tile's storage options (the state holds none:
+    they may carry credentials, and the state is logged).
     """
 
     def __init__(self, state: dict, channel: int):
@@ -82,17 +81,18 @@ class StainReader:
         self.channel = channel
         self._array = None
 
-    def _read(self, rows: slice, cols: slice) -> np.ndarray:
+    def _open(self, storage_options: dict):
         if self._array is None:
-            self._array = open_image(self.spec)
+            self._array = open_image(self.spec, storage_options)
+        return self._array
+
+    def _read(self, rows: slice, cols: slice) -> np.ndarray:
         a = self._array
         if a.ndim == 2 or self.channel >= a.shape[0]:
             raise InputError(f"{self.spec.url}: no membrane stain: cells.membrane.channel is {self.channel} "
                              f"but the image has shape {tuple(a.shape)}")
         return np.asarray(a[self.channel, rows, cols])
 
-    def window(self, window: tuple[int, int, int, int]) -> np.ndarray:
-        if self._array is None:
-            self._array = open_image(self.spec)
-        shape = tuple(int(v) for v in self._array.shape[-2:])
+    def window(self, window: tuple[int, int, int, int], storage_options: dict | None = None) -> np.ndarray:
+        shape = tuple(int(v) for v in self._open(storage_options or {}).shape[-2:])
         return read_through(self._read, shape, self.matrix, window)
