@@ -9,7 +9,7 @@ import sys
 import time
 
 from . import redact
-from .errors import RunIncompleteError, StsegError
+from .errors import ConfigError, RunIncompleteError, StsegError
 
 EXIT_INCOMPLETE = 3
 
@@ -93,9 +93,17 @@ def _print_summary(summary: dict, seconds: float) -> None:
 def cmd_synth(args) -> int:
     from .synth import HARD, synth_chip
 
+    transform = None
+    if args.stain_transform is not None:
+        try:
+            transform = json.loads(args.stain_transform)
+        except ValueError as exc:
+            raise ConfigError(f"--stain-transform is not JSON: {args.stain_transform!r} ({exc})") from exc
+        if not isinstance(transform, dict):
+            raise ConfigError(f"--stain-transform must be a JSON object, got {args.stain_transform!r}")
     info = synth_chip(args.out, args.width_um, args.height_um, args.seed, pixel_size_um=args.pixel_size_um,
                       membrane=args.membrane, vendor_nuclei=args.vendor_nuclei, overwrite=args.overwrite,
-                      **(HARD if args.hard else {}))
+                      track_lines=args.track_lines, stain_transform=transform, **(HARD if args.hard else {}))
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -211,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-size-um", type=float, default=0.5, help="image pixel size in µm")
     s.add_argument("--membrane", action="store_true", help="add a membrane stain channel")
     s.add_argument("--vendor-nuclei", action="store_true", help="also write nuclei.zarr")
+    s.add_argument("--track-lines", action="store_true",
+                   help="draw Stereo-seq track lines in the expression and the membrane stain")
+    s.add_argument("--stain-transform", metavar="JSON",
+                   help='write the membrane stain moved, e.g. \'{"rotation_deg": 90, "flip": true, "scale": 1.05, '
+                        '"shift_um": [4, -6]}\' (needs --membrane; registration: track_lines undoes it)')
     s.add_argument("--hard", action="store_true",
                    help="tissue closer to real: gaps, uneven expression, sparse cytoplasm, more free RNA")
     s.add_argument("--overwrite", action="store_true", help="replace an existing chip")

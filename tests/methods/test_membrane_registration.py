@@ -79,6 +79,24 @@ def test_chip_without_track_lines_is_refused(tmp_path):
     assert "track lines" in str(err.value)
 
 
+
+def test_cli_synth_writes_a_transformed_stain_that_registers(tmp_path, capsys):
+    """``stseg synth --track-lines --stain-transform JSON`` makes the chips above from the shell."""
+    from stseg_dist import cli
+
+    chip = str(tmp_path / "chip")
+    assert cli.main(["synth", "--out", chip, "--width-um", "300", "--height-um", "300", "--seed", "5",
+                     "--membrane", "--track-lines", "--stain-transform",
+                     '{"rotation_deg": 90, "flip": true, "scale": 1.05}']) == 0
+    state = prepare_state(chip, TRACK)
+    assert corner_error(np.asarray(state["transform"]), truth_matrix(chip), (600, 600)) <= MAX_ERROR_PX
+    for bad, says in (("{rotation", "--stain-transform is not JSON"), ("[1, 2]", "must be a JSON object"),
+                      ('{"turn": 90}', "unknown keys")):
+        assert cli.main(["synth", "--out", str(tmp_path / "bad"), "--width-um", "100", "--height-um", "100",
+                         "--membrane", "--stain-transform", bad]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "chip.json").exists()
+
 # -- reading through the transform ----------------------------------------------------------------
 def test_read_through_is_exact_per_tile_and_identity_is_the_image():
     rng = np.random.default_rng(0)
