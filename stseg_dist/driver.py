@@ -88,7 +88,8 @@ class Run:
     def resources(self, stage: str, plugin: Plugin | None = None) -> StageResources:
         """``resources.<stage>`` over the plugin's declared compute (tasks when no plugin)."""
         section = getattr(self.config.resources, stage)
-        return stage_resources(section, plugin.compute() if plugin else Compute(), self.ex.has_gpu())
+        return stage_resources(section, plugin.compute() if plugin else Compute(), self.ex.has_gpu(),
+                               self.ex.cpu_count())
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -63,15 +63,23 @@ class StageResources:
         return opts
 
 
-def stage_resources(section, declared: Compute = Compute(), has_gpu: bool = True) -> StageResources:
+def stage_resources(section, declared: Compute = Compute(), has_gpu: bool = True, cpus: int = 1) -> StageResources:
     """A stage's resources: its ``resources.<stage>`` config section over what its plugin declared;
-    GPUs only where the cluster has some (a GPU request on a CPU cluster would never schedule)."""
+    GPUs only where the cluster has some (a GPU request on a CPU cluster would never schedule).
+
+    A model pool on a cluster without GPUs gets one actor per ``num_cpus`` of the cluster's
+    ``cpus`` (unless ``resources.<stage>.actors`` says otherwise): the declared single actor is
+    sized for a GPU, and on CPUs it would leave every core but one idle.
+    """
     gpus = declared.num_gpus if section.num_gpus is None else section.num_gpus
+    actors = declared.actors if section.actors is None else section.actors
+    if section.actors is None and actors and not has_gpu:
+        actors = max(actors, int(cpus // section.num_cpus))
     return StageResources(
         num_cpus=section.num_cpus,
         num_gpus=float(gpus) if has_gpu else 0.0,
         memory_bytes=int(section.memory_gb * 2**30) if section.memory_gb else None,
-        n_actors=declared.actors if section.actors is None else section.actors,
+        n_actors=actors,
     )
 
 
@@ -183,7 +191,8 @@ class RayExecutor:
             opts = dict(resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries)
             tag = f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
             box = [shared_ref]  # nested, so Ray hands the ref itself to the actor (fetched once)
-            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory) for i in range(resources.n_actors)]
+            n_pool = min(resources.n_actors, max(1, len(items)))  # no actor loads a model for nothing
+            pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory) for i in range(n_pool)]
             ray.get([a.ready.remote(box) for a in pool])
             per_actor = max(1, self.max_in_flight // len(pool))
             submit_count = [0]

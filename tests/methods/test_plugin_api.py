@@ -5,6 +5,7 @@ as in tests/plugin_methods.py) still gets the actor pool it asked for, and runs.
 """
 
 import numpy as np
+import pytest
 
 from stseg_dist.config import load_config, parse_set
 from stseg_dist.executor import stage_resources
@@ -27,6 +28,43 @@ def test_old_api_plugin_declares_its_actor_pool():
     res = stage_resources(_config("resources.cells.actors=3", "resources.cells.num_gpus=0.25").resources.cells,
                           method.compute())
     assert (res.n_actors, res.num_gpus) == (3, 0.25)
+
+
+def test_model_pool_fills_the_cpus_of_a_cluster_without_gpus():
+    """A model pool declared for a GPU (one actor) gets one actor per CPU slot on CPUs alone;
+    a GPU cluster keeps the declared pool, and resources.cells.actors always wins."""
+    pool = Compute(actors=1, num_gpus=0.5)
+    cells = _config().resources.cells
+    assert stage_resources(cells, pool, has_gpu=False, cpus=8).n_actors == 8
+    assert stage_resources(_config("resources.cells.num_cpus=2").resources.cells, pool, has_gpu=False,
+                           cpus=8).n_actors == 4
+    assert stage_resources(cells, pool, has_gpu=True, cpus=8).n_actors == 1
+    assert stage_resources(_config("resources.cells.actors=3").resources.cells, pool, has_gpu=False,
+                           cpus=8).n_actors == 3
+    assert stage_resources(cells, Compute(), has_gpu=False, cpus=8).n_actors == 0  # tasks stay tasks
+
+
+@pytest.mark.ray
+def test_pool_on_two_cpus_spreads_tiles_over_two_actors(ray_module):
+    """Through Ray: two actors (two processes) share the items, and never more actors than items."""
+    from stseg_dist.executor import RayExecutor
+
+    ex = RayExecutor(progress=False)
+    res = stage_resources(_config().resources.cells, Compute(actors=1, num_gpus=0.5), ex.has_gpu(), ex.cpu_count())
+    assert res.n_actors == 2
+    pids = {o.result for o in ex.map(_pid, None, list(range(8)), factory=_no_model, resources=res)}
+    assert len(pids) == 2
+    assert len({o.result for o in ex.map(_pid, None, [0], factory=_no_model, resources=res)}) == 1
+
+
+def _no_model(shared):
+    return None
+
+
+def _pid(shared, worker, item):
+    import os
+
+    return os.getpid()
 
 
 def test_plain_plugin_runs_as_tasks():
