@@ -5,7 +5,7 @@ runs on a generated chip against expansion.
     python benchmarks/bench_ucs.py --chip-um 1000 --variants stseg paper [--device cuda]
 
 With ``--chip-um`` it generates a chip, runs ``stseg run`` on it with expansion and with each UCS
-variant (in process, one tile worker), and prints each run's stage seconds, training epochs and
+variant (in process, one tile worker; ``--ray``: on an embedded Ray, all cores), and prints each run's stage seconds, training epochs and
 transcripts/s, and its cost relative to expansion: the figures of the UCS speed issue.
 
 Builds one tile of round nuclei with transcripts dense around each, trains UCS on patches
@@ -61,8 +61,10 @@ def make_tile(size: int, n_cells: int, n_genes: int, seed: int) -> TileData:
                     genes=[f"g{i}" for i in range(n_genes)])
 
 
-def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list[str], work: str) -> list[dict]:
-    """``stseg run`` on one generated chip: expansion, then UCS in each variant."""
+def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list[str], work: str,
+             ray: bool = False) -> list[dict]:
+    """``stseg run`` on one generated chip: expansion, then UCS in each variant (in process, or
+    on an embedded Ray with ``ray``)."""
     import os
 
     from stseg_dist import cli
@@ -77,7 +79,7 @@ def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list
     for name, extra in [("expansion", []), *[(f"ucs-{v}", ["cells.method=ucs", f"cells.ucs.variant={v}"])
                                               for v in variants]]:
         out = os.path.join(work, f"out-{int(chip_um)}-{name}-{time.time_ns()}")
-        args = ["run", "--chip", chip, "--out", out, "--local", "--no-progress", "--no-spatialdata"]
+        args = ["run", "--chip", chip, "--out", out, *([] if ray else ["--local"]), "--no-progress", "--no-spatialdata"]
         for item in [*extra, *sets]:
             args += ["--set", item]
         t0 = time.perf_counter()
@@ -110,9 +112,10 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["stseg", "paper"])
     p.add_argument("--device", choices=["cpu", "cuda"], help="with --chip-um: hide the GPU for cpu")
     p.add_argument("--work", default="bench-ucs", help="with --chip-um: folder for the chip and the runs")
+    p.add_argument("--ray", action="store_true", help="with --chip-um: run on an embedded Ray (default: in process)")
     args = p.parse_args(argv)
     if args.chip_um:
-        for row in run_chip(args.chip_um, args.variants, args.device, args.set, args.work):
+        for row in run_chip(args.chip_um, args.variants, args.device, args.set, args.work, args.ray):
             print(json.dumps(row))
         return 0
     torch.set_num_threads(args.threads)
