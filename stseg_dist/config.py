@@ -101,6 +101,12 @@ class UCSConfig:
     # (0: any confident foreground will do, as before).
     missing_cell_density: float = 1.0
     foreground_threshold: float = 0.5  # bins below it never join a cell (0.5: the net's argmax)
+    # "threshold": a bin joins a cell only where the foreground net says p >= foreground_threshold.
+    # "evidence": only transcripts that look like background keep a bin out: the threshold is at
+    # most the net's p for a bin with no transcript in its receptive field, so where there is no
+    # evidence at all the soft mask and growth_um decide (with "threshold" that choice falls to
+    # whichever side of the threshold the trained net's empty-field p happens to lie).
+    foreground_gate: str = "threshold"
     background_dilation: int = 4  # iterations of the 10x10 dilation around nuclei before background
     # Foreground training labels beyond the paper's (background only far from nuclei, which dense
     # tissue never reaches): "chip": gaps at or below the chip's own background density are
@@ -135,6 +141,7 @@ class UCSConfig:
         _positive(self, key, "tau")
         _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")
         _in_range(self, key, "foreground_threshold", "[0, 1)")
+        _one_of(self, key, "foreground_gate", ("threshold", "evidence"))
         _require(self.expression_weight >= 0,
                  f"{key}.expression_weight must not be negative, got {self.expression_weight}")
         _in_range(self, key, "missing_cell_density", "[0, 1]")

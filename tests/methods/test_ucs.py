@@ -161,6 +161,33 @@ def test_overlap_tile_inference_is_seamless(expression):
     assert set(np.unique(lab_a)) <= set(np.unique(nuclei))
 
 
+def test_empty_field_foreground_is_what_the_net_says_without_transcripts():
+    """The trained net's p on bins with no transcript in reach equals the constant the evidence
+    gate compares against; it is recorded with the weights, and the gate never rises above it."""
+    from stseg_dist.methods.common.bins import BinGrid, BinnedTile
+    from stseg_dist.methods.ucs import UCSMethod
+
+    cfg = PipelineConfig().cells.ucs
+    cfg.epochs, cfg.batch_size = 2, 4
+    state = train_ucs(_toy_patches(), 4, cfg)
+    model, device = load_model(state, "cpu")
+    rng = np.random.default_rng(1)
+    n = 300  # transcripts in the top-left corner only
+    binned = BinnedTile(BinGrid(1.0, (0, 0), (60, 60), (0, 0)), rng.integers(0, 15, n), rng.integers(0, 15, n),
+                        rng.integers(0, 4, n), np.zeros((60, 60), np.int64))
+    fg, _ = inference.foreground_pass(model, device, binned, patch=17)
+    empty = inference.empty_field_foreground(model, device)
+    r = model.foreground.receptive_radius  # bins nearer the window's edge see its zero padding
+    far = fg[15 + r:-r, 15 + r:-r]
+    np.testing.assert_allclose(far, empty, atol=1e-6)
+    assert state["empty_field_foreground"] == pytest.approx(empty, abs=1e-6)
+    config = load_config(overrides=parse_set(["cells.method=ucs", "cells.ucs.foreground_gate=evidence",
+                                              "cells.ucs.foreground_threshold=0.5"]), use_env=False)
+    method = UCSMethod(config)
+    method.load({"train": state, "bin_um": 1.0, "hvg": None})
+    assert method.fg_threshold == pytest.approx(min(0.5, empty))
+
+
 def test_growth_limits_how_far_a_cell_may_claim():
     from stseg_dist.methods.ucs.softmask import signed_distance
 
@@ -184,6 +211,7 @@ def test_growth_limits_how_far_a_cell_may_claim():
     ("foreground_labels", "dense", "foreground_labels"), ("expression_weight", -1, "expression_weight"),
     ("missing_cell_density", 1.5, "missing_cell_density"),
     ("plateau_patience", -1, "plateau_patience"), ("plateau_tol", 1.0, "plateau_tol"),
+    ("foreground_gate", "soft", "foreground_gate"),
 ])
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod

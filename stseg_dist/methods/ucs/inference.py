@@ -85,6 +85,18 @@ def foreground_pass(model, device, binned: BinnedTile, patch: int = 192) -> tupl
     return fg, reduced
 
 
+def empty_field_foreground(model, device) -> float:
+    """The foreground net's p for a bin with no transcript anywhere in its receptive field: what
+    it says in the absence of evidence (a constant of the trained weights)."""
+    import torch
+
+    side = 2 * model.foreground.receptive_radius + 3
+    none = torch.zeros(0, dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        logits, _ = model.foreground(none, none, none, none, (1, side, side))
+    return float(torch.softmax(logits, 1)[0, 1, side // 2, side // 2])
+
+
 def coverage(priors: list[CellPrior], shape: tuple[int, int]) -> np.ndarray:
     """Bins that some cell's soft mask reaches: where a cell may grow at all."""
     out = np.zeros(shape, bool)

@@ -24,6 +24,7 @@ from .features import marker_grid, select_hvg
 from .inference import (
     cell_priors,
     coverage,
+    empty_field_foreground,
     expression_evidence,
     foreground_pass,
     missing_cell_seeds,
@@ -126,10 +127,18 @@ class UCSMethod(TorchMethod):
     def describe_state(self, state) -> dict:
         return {**super().describe_state(state), "bin_um": state["bin_um"],
                 "n_train_patches": state["train"]["n_patches"], "variant": self.cfg.variant,
+                "empty_field_foreground": state["train"].get("empty_field_foreground"),
                 "background_per_bin": state.get("background_per_bin"), "nuclear_per_bin": state.get("nuclear_per_bin"),
                 "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
 
     # -- inference ----------------------------------------------------------------------------
+    def load(self, state) -> None:
+        super().load(state)
+        self.empty_fg = empty_field_foreground(self.model, self.device)
+        self.fg_threshold = self.cfg.foreground_threshold
+        if self.cfg.foreground_gate == "evidence":
+            self.fg_threshold = min(self.fg_threshold, self.empty_fg)
+
     def _binned(self, data: TileData):
         return bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
 
@@ -151,7 +160,7 @@ class UCSMethod(TorchMethod):
                                            self.cfg.background_sigma_um / self.bin_um)
             evidence = {k: self.cfg.expression_weight * v for k, v in evidence.items()}
         fg, labels = predict(self.model, self.device, binned, priors, markers=markers,
-                             fg_threshold=None if self.paper else self.cfg.foreground_threshold,
+                             fg_threshold=None if self.paper else self.fg_threshold,
                              prior_weighted=not self.paper, cell_background=self.paper or self.cfg.cell_background,
                              evidence=evidence)
         return binned, seeds, fg, labels
@@ -166,7 +175,7 @@ class UCSMethod(TorchMethod):
             # foreground net agrees, so this pass needs no cell scores: the foreground alone.
             binned = self._binned(data)
             fg, _ = foreground_pass(self.model, self.device, binned)
-            labels = coverage(self._priors(binned.nuclei), binned.shape) & (fg >= self.cfg.foreground_threshold)
+            labels = coverage(self._priors(binned.nuclei), binned.shape) & (fg >= self.fg_threshold)
         nucleus_area_bins = math.pi * (self.config.nuclei.diameter_um / 2) ** 2 / self.bin_um**2
         bg, nuc = self.state.get("background_per_bin"), self.state.get("nuclear_per_bin")
         min_density = None

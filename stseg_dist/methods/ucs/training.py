@@ -158,7 +158,11 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
         log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
             f"in {len(history['foreground'])} epochs, cell loss {history['cell'][0]:.3f} -> "
             f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs")
+    from .inference import empty_field_foreground
+
+    model.eval()
     return {"weights": weights_to_bytes(model), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
+            "empty_field_foreground": empty_field_foreground(model, device),
             "expression": cfg.expression_profile and not paper, "history": history, "device": str(device),
             "n_patches": len(patches)}
 
