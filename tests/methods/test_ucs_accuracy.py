@@ -1,6 +1,7 @@
 """UCS against a 5 µm nucleus expansion on real crops whose reference is independent of nucleus
 shape: it must do at least as well on cell F1 and on transcript ARI (the accuracy claim of the
-method, measured by the same scorer as ``stseg bench --methods``)."""
+method, measured by the same scorer as ``stseg bench --methods``); and the paper variants of
+GeneSegNet and SSL-CST against stated floors on the real crop that suits each."""
 
 import pytest
 
@@ -26,3 +27,22 @@ def test_ucs_at_least_expansion_on_real_crops(crops, crop, tmp_path):
     print({m: {k: round(r[k], 3) for k in ("cell_f1_iou50", "vendor_ari", "assigned_share")} for m, r in rows.items()})
     assert ucs["cell_f1_iou50"] >= exp["cell_f1_iou50"]
     assert ucs["vendor_ari"] >= exp["vendor_ari"]
+
+
+# The paper variants of the other transcript methods (issue #18), each on the real crop where its
+# paper's assumptions hold, against a floor a little under what it measured (CosMx expansion:
+# F1 0.605, ARI 0.469; MERFISH expansion: F1 0.571, ARI 0.193). Not asserted, measured: SSL-CST
+# paper on CosMx F1 0.622, ARI 0.345 (75 s); GeneSegNet paper on MERFISH F1 0.071 (its cells are
+# 3-5x their nucleus, beyond its reach: README).
+@pytest.mark.parametrize("crop, method, floor", [
+    # measured F1 0.639, ARI 0.502: above expansion on both
+    ("cosmx_lung12_fov2", "genesegnet", {"cell_f1_iou50": 0.60, "vendor_ari": 0.47}),
+    # measured F1 0.929, ARI 0.570, assigned 0.800
+    ("merfish_u2os", "sslcst", {"cell_f1_iou50": 0.85, "vendor_ari": 0.50}),
+])
+def test_paper_variants_keep_their_floor_on_real_crops(crops, crop, method, floor, tmp_path):
+    row = run_method(crops[crop], method, str(tmp_path / method),
+                     ["runtime.progress=false", f"cells.{method}.variant=paper"], local=True)
+    print({k: round(row[k], 3) for k in ("cell_f1_iou50", "vendor_ari", "mecr", "assigned_share")})
+    for key, value in floor.items():
+        assert row[key] >= value, (key, row[key])
