@@ -277,6 +277,7 @@ def test_method_grows_cells_from_their_own_nuclei():
     ("bin_um=0", "cells.sslcst.bin_um"), ("erosion_bins=-1", "cells.sslcst.erosion_bins"),
     ("n_genes=0", "cells.sslcst.n_genes"), ("variant=published", "cells.sslcst.variant"),
     ("blocks=0", "cells.sslcst.blocks"), ("centre_radius_um=0", "cells.sslcst.centre_radius_um"),
+    ("fill_um=-1", "cells.sslcst.fill_um"),
 ])
 def test_bad_config(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -322,9 +323,10 @@ def chip(tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["stseg", "paper"])
-def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module, variant):
-    items = FAST + [f"cells.sslcst.variant={variant}"] + (["cells.sslcst.blocks=2"] if variant == "paper" else [])
+@pytest.mark.parametrize("variant, fill_um", [("stseg", 0), ("paper", 0), ("stseg", 2), ("paper", 2)])
+def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module, variant, fill_um):
+    items = FAST + [f"cells.sslcst.variant={variant}", f"cells.sslcst.fill_um={fill_um}"]
+    items += ["cells.sslcst.blocks=2"] if variant == "paper" else []
     one, many, (a, na), (b, nb) = one_tile_vs_many(chip, tmp_path, items, tile_um=32)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 9
     # exact: features, training data and paths are functions of chip coordinates, and the encoder
@@ -341,6 +343,23 @@ def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module, var
     truth = pd.read_parquet(chip + "/transcripts.parquet", columns=["x", "y"])
     assert len(truth) == len(tx)
     assert set(np.unique(tx.cell_id)) - {0} <= set(np.unique(b)) - {0}
+
+
+def test_close_cells_fills_only_free_unlabelled_spots():
+    """A porous cell closes over its empty spots; labelled and occupied spots stay as they are,
+    and nothing grows beyond the closing or joins the neighbour."""
+    from stseg_dist.methods.sslcst.method import close_cells
+
+    cells = np.zeros((20, 30), np.int64)
+    cells[4:11:2, 4:11:2] = 7  # a lattice of tracked spots, one empty spot between each
+    cells[4:11:2, 16:23:2] = 3
+    free = np.ones_like(cells, bool)
+    free[7, 7] = False  # a spot holding transcripts that no path reached
+    out = close_cells(cells, free, 2)
+    assert (out[5:10, 5:10] == 7).sum() == 5 * 5 - 1 and out[7, 7] == 0  # the interior, bar (7, 7)
+    assert (out[5:10, 17:22] == 3).all()
+    assert (out[cells > 0] == cells[cells > 0]).all()
+    assert (out[:, 11:16] == 0).all() and (out[:4] == 0).all() and (out[11:] == 0).all()
 
 
 # -- the paper variant (Huo et al.) ------------------------------------------------------------------

@@ -35,6 +35,8 @@ class SSLCSTMethod(TorchMethod):
         self.paper = self.cfg.variant == "paper"
         default = paper_max_steps if self.paper else default_max_steps
         self.max_steps = self.cfg.max_steps or default(config, self.bin_um)
+        # a closing reads labels up to twice its radius away: spots that far beyond the core are tracked too
+        self.fill_bins = int(math.ceil(self.cfg.fill_um / self.bin_um))
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
@@ -43,7 +45,7 @@ class SSLCSTMethod(TorchMethod):
         The prior is cut off at the same distance, so the driver's halo (2 x reach + 2 nucleus
         diameters) holds whole every nucleus whose centroid a kept feature can see.
         """
-        track_um = (self.max_steps + (3 if self.paper else 2)) * self.bin_um  # paper: + the smoothing's spot
+        track_um = (self.max_steps + (3 if self.paper else 2) + 2 * self.fill_bins) * self.bin_um  # paper: + the smoothing's spot
         return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
 
     def _grid(self, data: TileData, top_genes: np.ndarray):
@@ -123,7 +125,7 @@ class SSLCSTMethod(TorchMethod):
         # Paths from core spots stay within max_steps (+ rounding) of the core; spots farther
         # than that from every nucleus can never reach one, so they need no prediction.
         m = self.max_steps + 1
-        grid, core, region = self._spots(data, m)
+        grid, core, region = self._spots(data, m + 2 * self.fill_bins)
         if core is None:
             return grid.binned.to_pixels(grid.binned.nuclei, data.shape).astype(np.uint32)
         b, (h, w) = grid.binned, grid.shape
@@ -134,11 +136,23 @@ class SSLCSTMethod(TorchMethod):
         p_in, dirs = predict_spots(self.model, self.device, grid, rr, cc, self.k)
         direction = np.zeros((h, w), np.int64)
         direction[rr, cc] = dirs
-        start = (p_in >= self.cfg.in_threshold) & core[rr, cc]
+        start = (p_in >= self.cfg.in_threshold) & self._tracked(core)[rr, cc]
         ids = track(rr[start], cc[start], direction, alive, b.nuclei, unit_steps(self.cfg.n_directions),
                     self.max_steps)
         cells[rr[start], cc[start]] = ids
-        return b.to_pixels(cells, data.shape).astype(np.uint32)
+        return b.to_pixels(self._fill(cells, b), data.shape).astype(np.uint32)
+
+    def _tracked(self, core: np.ndarray) -> np.ndarray:
+        """Spots whose path is followed: the core's, and with ``fill_um`` those a closing there reads."""
+        if not self.fill_bins:
+            return core
+        return ndi.binary_dilation(core, np.ones((3, 3), bool), iterations=2 * self.fill_bins)
+
+    def _fill(self, cells: np.ndarray, b) -> np.ndarray:
+        """``fill_um``: each cell closed over a disc of that radius, claiming only empty, unlabelled spots."""
+        if not self.fill_bins:
+            return cells
+        return close_cells(cells, b.counts() == 0, self.fill_bins)
 
     def _segment_paper(self, data: TileData) -> np.ndarray:
         """The paper's inference: in/out and direction probabilities for every spot within reach of
@@ -149,7 +163,7 @@ class SSLCSTMethod(TorchMethod):
         cfg = self.cfg
         # Paths from core spots stay within max_steps (+ rounding) of the core and read a
         # direction smoothed over one more spot: predictions are needed up to max_steps + 2.
-        grid, core, region = self._spots(data, self.max_steps + 2)
+        grid, core, region = self._spots(data, self.max_steps + 2 + 2 * self.fill_bins)
         if core is None:
             return grid.binned.to_pixels(grid.binned.nuclei, data.shape).astype(np.uint32)
         b, (h, w) = grid.binned, grid.shape
@@ -173,11 +187,11 @@ class SSLCSTMethod(TorchMethod):
         alive[rr[ok], cc[ok]] = True
         alive &= np.hypot(field[..., 0], field[..., 1]) > 1e-9
         direction = direction_class(field[..., 0], field[..., 1], cfg.n_directions, floor=True)
-        start = (p_in >= cfg.in_threshold) & core[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
+        start = (p_in >= cfg.in_threshold) & self._tracked(core)[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
         centres = centre_map(grid, self.bin_um, cfg.centre_radius_um or 1.5 * self.bin_um)
         ids = track(rr[start], cc[start], direction, alive, centres, steps, self.max_steps)
         cells[rr[start], cc[start]] = ids
-        return b.to_pixels(cells, data.shape).astype(np.uint32)
+        return b.to_pixels(self._fill(cells, b), data.shape).astype(np.uint32)
 
 
 def paper_max_steps(config, bin_um: float) -> int:
@@ -193,3 +207,29 @@ def default_max_steps(config, bin_um: float) -> int:
     """
     gap = max(0.0, config.cells.cell_diameter_um - config.nuclei.diameter_um) / 2
     return max(1, int(math.ceil((gap + 2.0) / bin_um)))
+
+
+def close_cells(cells: np.ndarray, free: np.ndarray, radius: int) -> np.ndarray:
+    """Each cell's mask closed by a disc of ``radius`` spots; a closed spot joins it only where
+    ``free`` (and unlabelled); where two cells close over one spot the lower ID takes it."""
+    out = cells.copy()
+    ids = np.unique(cells)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return out
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disc = yy**2 + xx**2 <= radius**2
+    lab = np.searchsorted(ids, cells) + 1
+    lab[cells == 0] = 0
+    h, w = cells.shape
+    pad = 2 * radius
+    for k, sl in enumerate(ndi.find_objects(lab)):
+        if sl is None:
+            continue
+        r0, r1 = max(0, sl[0].start - pad), min(h, sl[0].stop + pad)
+        c0, c1 = max(0, sl[1].start - pad), min(w, sl[1].stop + pad)
+        mine = np.pad(lab[r0:r1, c0:c1] == k + 1, radius)  # zeros beyond the window: no edge effect
+        closed = ndi.binary_closing(mine, disc)[radius:-radius, radius:-radius]
+        region = out[r0:r1, c0:c1]
+        region[closed & free[r0:r1, c0:c1] & (region == 0)] = ids[k]
+    return out
