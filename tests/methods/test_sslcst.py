@@ -345,6 +345,25 @@ def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module, var
     assert set(np.unique(tx.cell_id)) - {0} <= set(np.unique(b)) - {0}
 
 
+@pytest.mark.parametrize("variant", ["stseg", "paper"])
+def test_fill_grows_masks_over_empty_spots_and_moves_no_transcript(chip, tmp_path, variant):
+    """fill_um changes neither the network's features nor any transcript's cell; masks only grow."""
+    import zarr
+
+    from stseg_dist.driver import run_pipeline
+
+    base = FAST + [f"cells.sslcst.variant={variant}"] + (["cells.sslcst.blocks=2"] if variant == "paper" else [])
+    out = {}
+    for fill in (0, 2):
+        cfg = load_config(overrides=parse_set([*base, f"cells.sslcst.fill_um={fill}"]), use_env=False)
+        run_pipeline(chip, str(tmp_path / str(fill)), cfg, local=True)
+        out[fill] = (zarr.open_array(str(tmp_path / str(fill) / "labels.zarr" / "cells"))[:],
+                     pd.read_parquet(tmp_path / str(fill) / "transcripts.parquet").sort_values("input_row"))
+    (a, ta), (b, tb) = out[0], out[2]
+    np.testing.assert_array_equal(ta.cell_id.to_numpy(), tb.cell_id.to_numpy())
+    assert (b[a > 0] == a[a > 0]).all() and (b > 0).sum() > (a > 0).sum()
+
+
 def test_close_cells_fills_only_free_unlabelled_spots():
     """A porous cell closes over its empty spots; labelled and occupied spots stay as they are,
     and nothing grows beyond the closing or joins the neighbour."""

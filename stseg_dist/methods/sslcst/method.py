@@ -40,16 +40,22 @@ class SSLCSTMethod(TorchMethod):
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
-        """Tracking reach (plus a spot of rounding) and the neighbourhood read around it.
+        """Tracking reach (plus a spot of rounding), the neighbourhood read around it, and with
+        ``fill_um`` the spots tracked beyond the core for the closing.
 
-        The prior is cut off at the same distance, so the driver's halo (2 x reach + 2 nucleus
+        The prior is cut off at the feature reach, so the driver's halo (2 x reach + 2 nucleus
         diameters) holds whole every nucleus whose centroid a kept feature can see.
         """
-        track_um = (self.max_steps + (3 if self.paper else 2) + 2 * self.fill_bins) * self.bin_um  # paper: + the smoothing's spot
+        return self._feature_reach_um() + 2 * self.fill_bins * self.bin_um  # fill_um: spots tracked beyond the core
+
+    def _feature_reach_um(self) -> float:
+        """Where the prior is cut off: tracking reach and the neighbourhood (not fill_um, which
+        must not change what the network sees)."""
+        track_um = (self.max_steps + (3 if self.paper else 2)) * self.bin_um  # paper: + the smoothing's spot
         return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
 
     def _grid(self, data: TileData, top_genes: np.ndarray):
-        return spot_grid(data, self.bin_um, top_genes, self.cfg.d0_um, self.reach_um())
+        return spot_grid(data, self.bin_um, top_genes, self.cfg.d0_um, self._feature_reach_um())
 
     # -- training -----------------------------------------------------------------------------
     def prepare(self, ctx: PrepareContext):
