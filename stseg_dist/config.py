@@ -305,15 +305,15 @@ class SSLCSTConfig:
     top_genes_only: bool = False  # departure when True: the n_genes most counted genes (paper: all)
     step_at_bin_centre: bool = True  # departure: a floor-binned class steps along its bin's centre (paper: edge)
     centre_radius_um: float | None = None  # a path ends within this of a centroid; None: 1.5 spots
-    # Departure (both variants), when > 0: each cell's mask is closed over this radius, on empty
-    # spots only. Tracking labels the spots the in/out head calls in, and at 1 µm most spots inside
-    # a cell hold no transcript, so the masks are porous; transcripts keep their tracked cell.
-    fill_um: float = 0.0
+    # Each cell's mask closed over this radius, on empty spots only (None: 4 µm for stseg, 0 for
+    # paper, whose spots stay as tracked). Tracking labels the spots the in/out head calls in, and
+    # at 1 µm most spots inside a cell hold no transcript, so masks are porous; no transcript moves.
+    fill_um: float | None = None
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _one_of(self, key, "variant", ("stseg", "paper"))
         _at_least_one(self, key, "blocks")
-        _require(self.fill_um >= 0, f"{key}.fill_um must not be negative, got {self.fill_um}")
+        _require(self.fill_um is None or self.fill_um >= 0, f"{key}.fill_um must not be negative, got {self.fill_um}")
         _require(self.centre_radius_um is None or self.centre_radius_um > 0,
                  f"{key}.centre_radius_um must be positive, got {self.centre_radius_um}")
         _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")

@@ -22,6 +22,8 @@ from .training import TrainingSpots, load_model, predict_spots, train_sslcst
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FILL_UM = 4.0  # stseg: cell F1 0.366 -> 0.595 on large cells, unchanged on every other chip and crop
+
 
 class SSLCSTMethod(TorchMethod):
     name = "sslcst"
@@ -36,7 +38,8 @@ class SSLCSTMethod(TorchMethod):
         default = paper_max_steps if self.paper else default_max_steps
         self.max_steps = self.cfg.max_steps or default(config, self.bin_um)
         # a closing reads labels up to twice its radius away: spots that far beyond the core are tracked too
-        self.fill_bins = int(math.ceil(self.cfg.fill_um / self.bin_um))
+        fill_um = self.cfg.fill_um if self.cfg.fill_um is not None else (0.0 if self.paper else DEFAULT_FILL_UM)
+        self.fill_bins = int(math.ceil(fill_um / self.bin_um))
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
