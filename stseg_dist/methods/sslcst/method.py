@@ -37,7 +37,6 @@ class SSLCSTMethod(TorchMethod):
         self.paper = self.cfg.variant == "paper"
         default = paper_max_steps if self.paper else default_max_steps
         self.max_steps = self.cfg.max_steps or default(config, self.bin_um)
-        # a closing reads labels up to twice its radius away: spots that far beyond the core are tracked too
         fill_um = self.cfg.fill_um if self.cfg.fill_um is not None else (0.0 if self.paper else DEFAULT_FILL_UM)
         self.fill_bins = int(math.ceil(fill_um / self.bin_um))
 
@@ -116,17 +115,22 @@ class SSLCSTMethod(TorchMethod):
 
     # -- inference ----------------------------------------------------------------------------
     def _spots(self, data: TileData, margin: int):
-        """The window's spot grid, its core's spots, and the spots within ``margin`` of the core;
-        no masks where the window holds no nucleus (then every spot keeps its nucleus label)."""
+        """The window's spot grid, the spots whose paths are followed (the core's, and with
+        ``fill_um`` those within twice its radius, which a closing of the core reads), and the
+        spots within ``margin`` of the core; no masks where the window holds no nucleus (then
+        every spot keeps its nucleus label)."""
         grid = self._grid(data, self.state["top_genes"])
         h, w = grid.shape
         if not (grid.binned.nuclei > 0).any() or not h or not w:
             return grid, None, None
         r0, r1, c0, c1 = grid.binned.grid.core_box(data.tile)
-        core, region = np.zeros((h, w), bool), np.zeros((h, w), bool)
-        core[max(0, r0) : r1, max(0, c0) : c1] = True
-        region[max(0, r0 - margin) : r1 + margin, max(0, c0 - margin) : c1 + margin] = True
-        return grid, core, region
+
+        def grown(pad: int) -> np.ndarray:
+            out = np.zeros((h, w), bool)
+            out[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad] = True
+            return out
+
+        return grid, grown(2 * self.fill_bins), grown(margin)
 
     def segment(self, data: TileData) -> np.ndarray:
         if self.paper:
@@ -134,8 +138,8 @@ class SSLCSTMethod(TorchMethod):
         # Paths from core spots stay within max_steps (+ rounding) of the core; spots farther
         # than that from every nucleus can never reach one, so they need no prediction.
         m = self.max_steps + 1
-        grid, core, region = self._spots(data, m + 2 * self.fill_bins)
-        if core is None:
+        grid, tracked, region = self._spots(data, m + 2 * self.fill_bins)
+        if tracked is None:
             return grid.binned.to_pixels(grid.binned.nuclei, data.shape).astype(np.uint32)
         b, (h, w) = grid.binned, grid.shape
         cells = b.nuclei.copy()
@@ -145,17 +149,11 @@ class SSLCSTMethod(TorchMethod):
         p_in, dirs = predict_spots(self.model, self.device, grid, rr, cc, self.k)
         direction = np.zeros((h, w), np.int64)
         direction[rr, cc] = dirs
-        start = (p_in >= self.cfg.in_threshold) & self._tracked(core)[rr, cc]
+        start = (p_in >= self.cfg.in_threshold) & tracked[rr, cc]
         ids = track(rr[start], cc[start], direction, alive, b.nuclei, unit_steps(self.cfg.n_directions),
                     self.max_steps)
         cells[rr[start], cc[start]] = ids
         return b.to_pixels(self._fill(cells, b), data.shape).astype(np.uint32)
-
-    def _tracked(self, core: np.ndarray) -> np.ndarray:
-        """Spots whose path is followed: the core's, and with ``fill_um`` those a closing there reads."""
-        if not self.fill_bins:
-            return core
-        return ndi.binary_dilation(core, np.ones((3, 3), bool), iterations=2 * self.fill_bins)
 
     def _fill(self, cells: np.ndarray, b) -> np.ndarray:
         """``fill_um``: each cell closed over a disc of that radius, claiming only empty, unlabelled spots."""
@@ -172,8 +170,8 @@ class SSLCSTMethod(TorchMethod):
         cfg = self.cfg
         # Paths from core spots stay within max_steps (+ rounding) of the core and read a
         # direction smoothed over one more spot: predictions are needed up to max_steps + 2.
-        grid, core, region = self._spots(data, self.max_steps + 2 + 2 * self.fill_bins)
-        if core is None:
+        grid, tracked, region = self._spots(data, self.max_steps + 2 + 2 * self.fill_bins)
+        if tracked is None:
             return grid.binned.to_pixels(grid.binned.nuclei, data.shape).astype(np.uint32)
         b, (h, w) = grid.binned, grid.shape
         cells = b.nuclei.copy()
@@ -196,7 +194,7 @@ class SSLCSTMethod(TorchMethod):
         alive[rr[ok], cc[ok]] = True
         alive &= np.hypot(field[..., 0], field[..., 1]) > 1e-9
         direction = direction_class(field[..., 0], field[..., 1], cfg.n_directions, floor=True)
-        start = (p_in >= cfg.in_threshold) & self._tracked(core)[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
+        start = (p_in >= cfg.in_threshold) & tracked[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
         centres = centre_map(grid, self.bin_um, cfg.centre_radius_um or 1.5 * self.bin_um)
         ids = track(rr[start], cc[start], direction, alive, centres, steps, self.max_steps)
         cells[rr[start], cc[start]] = ids

@@ -24,7 +24,6 @@ from .features import marker_grid, select_hvg
 from .inference import (
     cell_priors,
     coverage,
-    empty_field_foreground,
     expression_evidence,
     foreground_pass,
     missing_cell_seeds,
@@ -127,17 +126,16 @@ class UCSMethod(TorchMethod):
     def describe_state(self, state) -> dict:
         return {**super().describe_state(state), "bin_um": state["bin_um"],
                 "n_train_patches": state["train"]["n_patches"], "variant": self.cfg.variant,
-                "empty_field_foreground": state["train"].get("empty_field_foreground"),
+                "empty_field_foreground": state["train"]["empty_field_foreground"],
                 "background_per_bin": state.get("background_per_bin"), "nuclear_per_bin": state.get("nuclear_per_bin"),
                 "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
 
     # -- inference ----------------------------------------------------------------------------
     def load(self, state) -> None:
         super().load(state)
-        self.empty_fg = empty_field_foreground(self.model, self.device)
         self.fg_threshold = self.cfg.foreground_threshold
-        if self.cfg.foreground_gate == "evidence":
-            self.fg_threshold = min(self.fg_threshold, self.empty_fg)
+        if self.cfg.foreground_gate == "evidence":  # the trained net's empty-field p, from training
+            self.fg_threshold = min(self.fg_threshold, state["train"]["empty_field_foreground"])
 
     def _binned(self, data: TileData):
         return bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
