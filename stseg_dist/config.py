@@ -95,8 +95,12 @@ class UCSConfig:
     lr: float = 1e-3  # the paper's 1e-4 needs far more steps than an on-chip fit affords
     weight_decay: float = 1e-4
     pos_weight: float | None = None  # None: 5 on Stereo-seq, else 1
-    missing_cell_threshold: float = 0.95
     missing_cells: bool = True
+    # Nucleus-less cells are sought where the foreground, smoothed by a Gaussian of
+    # missing_cell_smoothing_um, exceeds missing_cell_threshold outside every cell (0 / 0.95 before:
+    # the trained net's speckle broke real cell bodies apart, so finding one hung on the seed).
+    missing_cell_threshold: float = 0.85
+    missing_cell_smoothing_um: float = 0.5
     # A nucleus-less cell must be this far from the chip's background density towards its nuclei's
     # (0: any confident foreground will do, as before).
     missing_cell_density: float = 1.0
@@ -146,6 +150,8 @@ class UCSConfig:
                  f"{key}.expression_weight must not be negative, got {self.expression_weight}")
         _in_range(self, key, "missing_cell_density", "[0, 1]")
         _in_range(self, key, "missing_cell_threshold", "(0, 1]")
+        _require(self.missing_cell_smoothing_um >= 0,
+                 f"{key}.missing_cell_smoothing_um must not be negative, got {self.missing_cell_smoothing_um}")
         _one_of(self, key, "foreground_labels", ("paper", "nuclei", "chip"))
         _in_range(self, key, "background_density", "(0, 1)")
         _positive(self, key, "background_sigma_um")

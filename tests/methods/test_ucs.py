@@ -8,7 +8,7 @@ from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
 from stseg_dist.methods.ucs import inference
 from stseg_dist.methods.ucs.features import select_hvg
-from stseg_dist.methods.ucs.inference import cell_priors, predict
+from stseg_dist.methods.ucs.inference import cell_priors, missing_cell_seeds, predict
 from stseg_dist.methods.ucs.nets import ForegroundNet, SparseGeneInput, UCSModel
 from stseg_dist.methods.ucs.softmask import softmask
 from stseg_dist.methods.ucs.training import (
@@ -201,6 +201,29 @@ def test_growth_limits_how_far_a_cell_may_claim():
     np.testing.assert_array_equal(capped.mask[sd >= -6], free.mask[sd >= -6])
 
 
+def test_missing_cell_search_sees_a_speckled_cell_body_through_smoothing():
+    """A cell body the net calls cell only on average (confident and unsure bins interleaved, as a
+    real net does in sparse tissue) is one seed once the foreground is smoothed, and none without:
+    the opening breaks it into specks. The density rule still refuses an equally confident but
+    sparse region."""
+    fg = np.full((60, 60), 0.1, np.float32)
+    counts = np.zeros((60, 60))
+    body = np.zeros((60, 60), bool)
+    body[10:30, 10:30] = True
+    speckle = (np.add.outer(np.arange(60), np.arange(60)) % 2 == 0)
+    fg[body] = np.where(speckle[body], 0.99, 0.8)
+    counts[body] = 1.0  # dense: a cell's worth of transcripts
+    fg[35:55, 35:55] = np.where(speckle[35:55, 35:55], 0.99, 0.8)
+    counts[35:55, 35:55] = 0.05  # as confident, but as sparse as the background
+    none = np.zeros((60, 60), np.int64)
+    kw = dict(threshold=0.85, min_area=50, counts=counts, min_density=0.5)
+    assert missing_cell_seeds(fg, none, none, **kw).max() == 0
+    seeds = missing_cell_seeds(fg, none, none, smooth_bins=2.0, **kw)
+    assert seeds.max() == 1
+    # the seed is the body's core (smoothing blurs its rim below the threshold); growth restores it
+    assert (seeds[body] == 1).sum() >= 150 and not seeds[~body].any()
+
+
 @pytest.mark.parametrize("key, value, fragment", [
     ("patch_px", 4, "patch_px"), ("tau", 0, "tau"), ("bin_um", -1, "bin_um"),
     ("missing_cell_threshold", 1.5, "missing_cell_threshold"), ("epochs", 0, "epochs"),
@@ -210,6 +233,7 @@ def test_growth_limits_how_far_a_cell_may_claim():
     ("foreground_threshold", 1.0, "foreground_threshold"), ("variant", "published", "variant"),
     ("foreground_labels", "dense", "foreground_labels"), ("expression_weight", -1, "expression_weight"),
     ("missing_cell_density", 1.5, "missing_cell_density"),
+    ("missing_cell_smoothing_um", -1, "missing_cell_smoothing_um"),
     ("plateau_patience", -1, "plateau_patience"), ("plateau_tol", 1.0, "plateau_tol"),
     ("foreground_gate", "soft", "foreground_gate"),
 ])

@@ -267,12 +267,16 @@ def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, threshold: float,
                        min_area: int, counts: np.ndarray | None = None,
-                       min_density: float | None = None) -> np.ndarray:
+                       min_density: float | None = None, smooth_bins: float = 0.0) -> np.ndarray:
     """Seeds of cells whose nucleus is not seen: confident foreground outside every cell.
 
     With ``min_density`` (transcripts per bin) a candidate must also be as dense as a cell, not
     merely above the background: sparse tissue between cells is foreground yet holds no cell.
+    ``smooth_bins``: the foreground is smoothed by a Gaussian of this sigma before the threshold,
+    so a cell body the net calls confidently cell only on average is not broken into specks.
     """
+    if smooth_bins:
+        fg = ndi.gaussian_filter(fg, smooth_bins)
     cand = (fg > threshold) & (labels == 0) & (nuclei == 0)
     cand = ndi.binary_opening(cand, iterations=2)  # no slivers left between grown cells
     cand = ndi.binary_closing(cand, iterations=1) & (labels == 0)

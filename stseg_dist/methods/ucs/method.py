@@ -180,7 +180,8 @@ class UCSMethod(TorchMethod):
         if self.cfg.missing_cell_density and bg is not None and nuc is not None:
             min_density = bg[0] + self.cfg.missing_cell_density * (nuc - bg[0])
         seeds = missing_cell_seeds(fg, labels, binned.nuclei, self.cfg.missing_cell_threshold,
-                                   max(4, int(nucleus_area_bins)), binned.counts(), min_density)
+                                   max(4, int(nucleus_area_bins)), binned.counts(), min_density,
+                                   self.cfg.missing_cell_smoothing_um / self.bin_um)
         return binned.to_pixels(seeds, data.shape).astype(np.uint32)
 
     def segment(self, data: TileData):
