@@ -316,7 +316,9 @@ def test_paper_cellpose_runs_on_blocks_in_an_actor(tmp_path, ray_module):
     cfg = config("cells.method=membrane", "cells.membrane.variant=paper", "cells.membrane.backend=cellpose",
                  f"cells.membrane.cellpose.model={model}", "cells.membrane.diameters_um=[60]",
                  "cells.membrane.block_um=32", "tiling.tile_size_um=32", "tiling.chunk_px=64",
-                 "tiling.halo_um=8")  # windows of 2 x 2 blocks: the plumbing, at a third of the time
+                 # a narrow halo: each window segments fewer blocks (83 s -> ~25 s; the same 7 cells
+                 # and 462 assigned transcripts as at the default halo)
+                 "tiling.halo_um=8")
     method = get_method("membrane", cfg)
     assert type(method).__name__ == "PaperMembraneMethod" and method.uses_model
     summary = run_pipeline(chip, str(tmp_path / "out"), cfg)
