@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 from ..common.torch_model import fit_epochs, load_weights, train_on_device, weights_to_bytes
 from .features import cell_marker_mask
+from .inference import empty_field_foreground
 from .softmask import softmask
 
 IGNORE = -100
@@ -158,8 +159,6 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
         log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
             f"in {len(history['foreground'])} epochs, cell loss {history['cell'][0]:.3f} -> "
             f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs")
-    from .inference import empty_field_foreground
-
     model.eval()
     return {"weights": weights_to_bytes(model), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
             "empty_field_foreground": empty_field_foreground(model, device),
