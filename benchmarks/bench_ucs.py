@@ -45,24 +45,46 @@ def make_tile(size: int, n_cells: int, n_genes: int, seed: int) -> TileData:
         nuclei[((yy - cy) ** 2 + (xx - cx) ** 2 <= 9) & (nuclei == 0)] = k + 1
         r = rng.uniform(0, 7, 250)
         a = rng.uniform(0, 2 * np.pi, 250)
-        rows.append(cy + r * np.sin(a)); cols.append(cx + r * np.cos(a))
+        rows.append(cy + r * np.sin(a))
+        cols.append(cx + r * np.cos(a))
         genes.append(rng.integers(0, n_genes, 250))
     n_bg = size * size // 50
-    rows.append(rng.uniform(0, size, n_bg)); cols.append(rng.uniform(0, size, n_bg))
+    rows.append(rng.uniform(0, size, n_bg))
+    cols.append(rng.uniform(0, size, n_bg))
     genes.append(rng.integers(0, n_genes, n_bg))
     y, x, g = (np.concatenate(v) for v in (rows, cols, genes))
     keep = (y >= 0) & (y < size) & (x >= 0) & (x < size)
     y, x, g = y[keep], x[keep], g[keep].astype(np.int32)
-    tx = TileTranscripts(x=x, y=y, gene=g, row=y.astype(np.int64), col=x.astype(np.int64),
-                         in_core=np.ones(len(x), bool), row_index=np.arange(len(x), dtype=np.int64))
+    tx = TileTranscripts(
+        x=x,
+        y=y,
+        gene=g,
+        row=y.astype(np.int64),
+        col=x.astype(np.int64),
+        in_core=np.ones(len(x), bool),
+        row_index=np.arange(len(x), dtype=np.int64),
+    )
     tile = Tile(0, 0, 0, (0, size, 0, size), (0, size, 0, size))
-    return TileData(tile=tile, pixel_size_um=1.0, origin_um=(0.0, 0.0), platform="xenium",
-                    image=np.zeros((1, size, size), np.uint16), nuclei=nuclei, transcripts=tx,
-                    genes=[f"g{i}" for i in range(n_genes)])
+    return TileData(
+        tile=tile,
+        pixel_size_um=1.0,
+        origin_um=(0.0, 0.0),
+        platform="xenium",
+        image=np.zeros((1, size, size), np.uint16),
+        nuclei=nuclei,
+        transcripts=tx,
+        genes=[f"g{i}" for i in range(n_genes)],
+    )
 
 
-def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list[str], work: str,
-             ray: bool = False) -> list[dict]:
+def run_chip(
+    chip_um: float,
+    variants: list[str],
+    device: str | None,
+    sets: list[str],
+    work: str,
+    ray: bool = False,
+) -> list[dict]:
     """``stseg run`` on one generated chip: expansion, then UCS in each variant (in process, or
     on an embedded Ray with ``ray``)."""
     import os
@@ -76,10 +98,21 @@ def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list
     if device == "cpu":  # torch picks the GPU wherever one is visible
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     rows = []
-    for name, extra in [("expansion", []), *[(f"ucs-{v}", ["cells.method=ucs", f"cells.ucs.variant={v}"])
-                                              for v in variants]]:
+    for name, extra in [
+        ("expansion", []),
+        *[(f"ucs-{v}", ["cells.method=ucs", f"cells.ucs.variant={v}"]) for v in variants],
+    ]:
         out = os.path.join(work, f"out-{int(chip_um)}-{name}-{time.time_ns()}")
-        args = ["run", "--chip", chip, "--out", out, *([] if ray else ["--local"]), "--no-progress", "--no-spatialdata"]
+        args = [
+            "run",
+            "--chip",
+            chip,
+            "--out",
+            out,
+            *([] if ray else ["--local"]),
+            "--no-progress",
+            "--no-spatialdata",
+        ]
         for item in [*extra, *sets]:
             args += ["--set", item]
         t0 = time.perf_counter()
@@ -89,10 +122,16 @@ def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list
         with open(os.path.join(out, "run.json")) as fh:
             run = json.load(fh)
         method = run.get("method") or {}
-        rows.append({"run": name, "device": method.get("device"), "wall_s": round(wall, 1),
-                     "stages_s": {k: round(v, 1) for k, v in run["stage_seconds"].items()},
-                     "epochs": {k: len(v) for k, v in (method.get("loss") or {}).items()},
-                     "transcripts_per_s": round(run["n_transcripts_written"] / wall)})
+        rows.append(
+            {
+                "run": name,
+                "device": method.get("device"),
+                "wall_s": round(wall, 1),
+                "stages_s": {k: round(v, 1) for k, v in run["stage_seconds"].items()},
+                "epochs": {k: len(v) for k, v in (method.get("loss") or {}).items()},
+                "transcripts_per_s": round(run["n_transcripts_written"] / wall),
+            }
+        )
     base = rows[0]["wall_s"]
     for r in rows:
         r["x_expansion"] = round(r["wall_s"] / base, 1)
@@ -100,52 +139,83 @@ def run_chip(chip_um: float, variants: list[str], device: str | None, sets: list
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size-px", type=int, default=256)
     p.add_argument("--cells", type=int, default=60)
     p.add_argument("--genes", type=int, default=50)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], help="config override, e.g. cells.ucs.expression_profile=false")
-    p.add_argument("--chip-um", type=float, help="whole runs on a generated chip of this side instead")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="config override, e.g. cells.ucs.expression_profile=false",
+    )
+    p.add_argument(
+        "--chip-um", type=float, help="whole runs on a generated chip of this side instead"
+    )
     p.add_argument("--variants", nargs="+", default=["stseg", "paper"])
     p.add_argument("--device", choices=["cpu", "cuda"], help="with --chip-um: hide the GPU for cpu")
-    p.add_argument("--work", default="bench-ucs", help="with --chip-um: folder for the chip and the runs")
-    p.add_argument("--ray", action="store_true", help="with --chip-um: run on an embedded Ray (default: in process)")
+    p.add_argument(
+        "--work", default="bench-ucs", help="with --chip-um: folder for the chip and the runs"
+    )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="with --chip-um: run on an embedded Ray (default: in process)",
+    )
     args = p.parse_args(argv)
     if args.chip_um:
-        for row in run_chip(args.chip_um, args.variants, args.device, args.set, args.work, args.ray):
+        for row in run_chip(
+            args.chip_um, args.variants, args.device, args.set, args.work, args.ray
+        ):
             print(json.dumps(row))
         return 0
     torch.set_num_threads(args.threads)
-    config = load_config(overrides=parse_set(["cells.method=ucs", f"cells.ucs.epochs={args.epochs}", *args.set]),
-                         use_env=False)
+    config = load_config(
+        overrides=parse_set(["cells.method=ucs", f"cells.ucs.epochs={args.epochs}", *args.set]),
+        use_env=False,
+    )
     method = UCSMethod(config, "xenium")
     data = make_tile(args.size_px, args.cells, args.genes, args.seed)
     binned = bin_tile(data, method.bin_um)
-    patches = _patches_for(binned, data, np.arange(1, args.cells + 1), config.cells.ucs.patch_px, None)
+    patches = _patches_for(
+        binned, data, np.arange(1, args.cells + 1), config.cells.ucs.patch_px, None
+    )
     n_tx_patches = sum(len(p.rows) for p in patches)
 
     t0 = time.perf_counter()
     state = train_ucs(patches, args.genes, config.cells.ucs)
     t_train = time.perf_counter() - t0
-    method.load({"train": state, "bin_um": method.bin_um, "hvg": None, "region_um": 1000.0,
-                 "gene_freq": (np.bincount(data.transcripts.gene, minlength=args.genes) + 1.0)
-                 / (len(data.transcripts) + args.genes)})
+    method.load(
+        {
+            "train": state,
+            "bin_um": method.bin_um,
+            "hvg": None,
+            "region_um": 1000.0,
+            "gene_freq": (np.bincount(data.transcripts.gene, minlength=args.genes) + 1.0)
+            / (len(data.transcripts) + args.genes),
+        }
+    )
     t0 = time.perf_counter()
     cells = method.segment(data)
     t_inf = time.perf_counter() - t0
 
-    px_train = len(patches) * config.cells.ucs.patch_px ** 2 * args.epochs
+    px_train = len(patches) * config.cells.ucs.patch_px**2 * args.epochs
     row = {
-        "device": str(method.device), "threads": args.threads, "tile_px": args.size_px,
-        "n_train_patches": len(patches), "epochs": args.epochs,
+        "device": str(method.device),
+        "threads": args.threads,
+        "tile_px": args.size_px,
+        "n_train_patches": len(patches),
+        "epochs": args.epochs,
         "train_s": round(t_train, 3),
         "train_pixels_per_s": round(px_train / t_train),
         "train_transcripts_per_s": round(n_tx_patches * args.epochs / t_train),
         "infer_s": round(t_inf, 3),
-        "infer_pixels_per_s": round(args.size_px ** 2 / t_inf),
+        "infer_pixels_per_s": round(args.size_px**2 / t_inf),
         "infer_transcripts_per_s": round(len(data.transcripts) / t_inf),
         "n_cells_out": int(len(np.unique(cells)) - 1),
     }

@@ -21,6 +21,7 @@ cluster, so they share its workers and GPU actors. A failed slide is recorded an
 skips slides whose ``run.json`` says complete. ``OUT/status.json`` is rewritten atomically after
 every slide, and ``OUT/summary.csv`` (slide, status, cells, transcripts, wall seconds) at the end.
 """
+
 from __future__ import annotations
 
 import csv
@@ -115,8 +116,13 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
         missing = {"name", "input", "output"} - set(rows[0])
         if missing:
             raise ConfigError(f"{url}: CSV manifest lacks column(s) {sorted(missing)}")
-        data = {"out": base, "slides": [
-            {k: v for k, v in r.items() if k in SLIDE_KEYS and v not in (None, "")} for r in rows]}
+        data = {
+            "out": base,
+            "slides": [
+                {k: v for k, v in r.items() if k in SLIDE_KEYS and v not in (None, "")}
+                for r in rows
+            ],
+        }
     else:
         try:
             data = yaml.safe_load(text)
@@ -126,7 +132,9 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
             raise ConfigError(f"{url}: batch manifest must be a mapping with a 'slides' list")
     unknown = set(data) - TOP_KEYS
     if unknown:
-        raise ConfigError(f"{url}: unknown manifest key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+        raise ConfigError(
+            f"{url}: unknown manifest key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}"
+        )
     slides_raw = data.get("slides")
     if not isinstance(slides_raw, list) or not slides_raw:
         raise ConfigError(f"{url}: 'slides' must be a non-empty list")
@@ -146,7 +154,9 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
             raise ConfigError(f"{where} must be a mapping, got {s!r}")
         bad = set(s) - SLIDE_KEYS
         if bad:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(SLIDE_KEYS)}")
+            raise ConfigError(
+                f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(SLIDE_KEYS)}"
+            )
         for k in ("input", "output"):
             if not isinstance(s.get(k), str) or not s.get(k):
                 raise ConfigError(f"{where}: '{k}' is required and must be a URL, got {s.get(k)!r}")
@@ -156,12 +166,22 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
         names.add(name)
         platform = str(s.get("platform", "generic")).lower()
         if platform not in PLATFORMS:
-            raise ConfigError(f"{where}: platform {s.get('platform')!r} is not one of {list(PLATFORMS)}")
+            raise ConfigError(
+                f"{where}: platform {s.get('platform')!r} is not one of {list(PLATFORMS)}"
+            )
         ov = s.get("overrides") or {}
         if not isinstance(ov, dict):
             raise ConfigError(f"{where}: 'overrides' must be a mapping, got {ov!r}")
-        slides.append(Slide(name, _resolve(base, s["input"]), _resolve(base, s["output"]), platform,
-                            _nest(_flatten(ov)), _reader_options(where, platform, s.get("reader_options"))))
+        slides.append(
+            Slide(
+                name,
+                _resolve(base, s["input"]),
+                _resolve(base, s["output"]),
+                platform,
+                _nest(_flatten(ov)),
+                _reader_options(where, platform, s.get("reader_options")),
+            )
+        )
     m = Manifest(url, _resolve(base, out), slides, _resolve(base, cfg) if cfg else None, mcs)
     # validate every slide's config now (keys, types and values), so a typo fails before any slide starts
     for s in m.slides:
@@ -199,8 +219,11 @@ def _read_json(url: str) -> dict | None:
 def _slide_config(m: Manifest, s: Slide):
     """The slide's config as a function of its bundle's reader hints: they apply, under the
     slide's overrides, only when the manifest names no shared config (as ``stseg run --input``)."""
+
     def build(hints: dict) -> PipelineConfig:
-        return load_config(m.config, s.overrides if m.config else _merge(hints, s.overrides), use_env=False)
+        return load_config(
+            m.config, s.overrides if m.config else _merge(hints, s.overrides), use_env=False
+        )
 
     return build
 
@@ -210,8 +233,13 @@ def _counts(run: dict) -> tuple[int | None, int | None]:
     return c.get("n_cells"), c.get("n_transcripts")
 
 
-def run_batch(manifest_url: str, *, address: str | None = None,
-              max_concurrent_slides: int | None = None, local: bool = False) -> dict[str, Any]:
+def run_batch(
+    manifest_url: str,
+    *,
+    address: str | None = None,
+    max_concurrent_slides: int | None = None,
+    local: bool = False,
+) -> dict[str, Any]:
     """Segment every slide in the manifest; return ``{"status", "out", "slides": [...]}``."""
     m = parse_manifest(manifest_url)
     n_par = max_concurrent_slides or m.max_concurrent_slides or min(4, len(m.slides))
@@ -236,8 +264,12 @@ def run_batch(manifest_url: str, *, address: str | None = None,
         w.writerow(r)
     storage.write_bytes_atomic(storage.join(m.out, "summary.csv"), buf.getvalue().encode())
     ok = all(r["status"] in ("complete", "skipped") for r in rows)
-    return {"status": "complete" if ok else "incomplete", "out": m.out, "max_concurrent_slides": n_par,
-            "slides": rows}
+    return {
+        "status": "complete" if ok else "incomplete",
+        "out": m.out,
+        "max_concurrent_slides": n_par,
+        "slides": rows,
+    }
 
 
 def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list[dict]:
@@ -250,7 +282,10 @@ def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list
 
     def flush() -> None:
         with lock:
-            doc = {"manifest": manifest_url, "slides": [state[s.name] for s in m.slides if s.name in state]}
+            doc = {
+                "manifest": manifest_url,
+                "slides": [state[s.name] for s in m.slides if s.name in state],
+            }
             storage.write_json_atomic(status_url, doc)
 
     def one(s: Slide) -> None:
@@ -268,14 +303,26 @@ def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list
         flush()
         t0 = time.perf_counter()
         try:
-            summ = run_pipeline(out_url=s.output, config=_slide_config(m, s), input=s.input, platform=s.platform,
-                                reader_options=s.reader_options, local=local)
+            summ = run_pipeline(
+                out_url=s.output,
+                config=_slide_config(m, s),
+                input=s.input,
+                platform=s.platform,
+                reader_options=s.reader_options,
+                local=local,
+            )
             cells, tx = _counts(summ)
-            rec.update(status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None)
+            rec.update(
+                status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None
+            )
         except Exception as exc:  # a failed slide must not stop the others
             log.exception("slide %s failed", s.name)
-            rec.update(status="failed", cells=None, transcripts=None,
-                       error=redact.scrub(f"{type(exc).__name__}: {exc}"))
+            rec.update(
+                status="failed",
+                cells=None,
+                transcripts=None,
+                error=redact.scrub(f"{type(exc).__name__}: {exc}"),
+            )
         rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
         with lock:
             state[s.name] = rec

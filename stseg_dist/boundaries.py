@@ -25,8 +25,13 @@ from . import constants as K
 from .io import storage
 from .tiling import Tile, TileGrid
 
-STAGES = {K.CELL_BOUNDARIES_PARQUET: "boundaries-cells", K.NUCLEUS_BOUNDARIES_PARQUET: "boundaries-nuclei"}
-_PART_META = b"stseg_part"  # per-part bbox and geometry types, so the final file's metadata needs no re-read
+STAGES = {
+    K.CELL_BOUNDARIES_PARQUET: "boundaries-cells",
+    K.NUCLEUS_BOUNDARIES_PARQUET: "boundaries-nuclei",
+}
+_PART_META = (
+    b"stseg_part"  # per-part bbox and geometry types, so the final file's metadata needs no re-read
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,13 @@ def pixel_runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return lab[rows, c0], rows, c0, c_last + 1
 
 
-def label_polygons(lab: np.ndarray, ids: np.ndarray, offset_rc: tuple[int, int], pixel_size_um: float,
-                   origin_um: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def label_polygons(
+    lab: np.ndarray,
+    ids: np.ndarray,
+    offset_rc: tuple[int, int],
+    pixel_size_um: float,
+    origin_um: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
     """Outlines (in µm) of the labels ``ids`` present in ``lab``, whose pixel (0, 0) is global
     pixel ``offset_rc``; returns (sorted ids found, geometries)."""
     val, rows, c0, c1 = pixel_runs(lab)
@@ -78,21 +88,26 @@ def label_polygons(lab: np.ndarray, ids: np.ndarray, offset_rc: tuple[int, int],
     return found.astype(np.int64), geoms
 
 
-def owner_jobs(grid: TileGrid, ids: np.ndarray, area: np.ndarray, sum_r: np.ndarray,
-               sum_c: np.ndarray) -> list[BoundaryJob]:
+def owner_jobs(
+    grid: TileGrid, ids: np.ndarray, area: np.ndarray, sum_r: np.ndarray, sum_c: np.ndarray
+) -> list[BoundaryJob]:
     """Split cells among tiles by the core holding their centroid pixel (exact integer moments)."""
     ids = np.asarray(ids, np.int64)
     safe = np.maximum(np.asarray(area, np.int64), 1)
     cy = np.asarray(sum_r, np.int64) // safe
     cx = np.asarray(sum_c, np.int64) // safe
-    tile = (np.clip(cy, 0, grid.shape[0] - 1) // grid.core_px) * grid.n_cols + \
-        np.clip(cx, 0, grid.shape[1] - 1) // grid.core_px
+    tile = (np.clip(cy, 0, grid.shape[0] - 1) // grid.core_px) * grid.n_cols + np.clip(
+        cx, 0, grid.shape[1] - 1
+    ) // grid.core_px
     order = np.lexsort((ids, tile))
     tiles, first = np.unique(tile[order], return_index=True)
     per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:])))
     per_area = dict(zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:])))
     empty = np.zeros(0, np.int64)
-    return [BoundaryJob(t.index, per_ids.get(t.index, empty), per_area.get(t.index, empty)) for t in grid]
+    return [
+        BoundaryJob(t.index, per_ids.get(t.index, empty), per_area.get(t.index, empty))
+        for t in grid
+    ]
 
 
 def _read(url: str, window: tuple[int, int, int, int], so: dict) -> np.ndarray:
@@ -110,13 +125,22 @@ def _extent(lab: np.ndarray, ids: np.ndarray) -> dict[int, tuple[int, int, int, 
     order = np.argsort(val, kind="stable")
     val, rows, c0, c1 = val[order], rows[order], c0[order], c1[order]
     found, first = np.unique(val, return_index=True)
-    return {int(i): (int(n), int(a), int(b) + 1, int(c), int(d)) for i, n, a, b, c, d in zip(
-        found, np.add.reduceat(c1 - c0, first), np.minimum.reduceat(rows, first),
-        np.maximum.reduceat(rows, first), np.minimum.reduceat(c0, first), np.maximum.reduceat(c1, first))}
+    return {
+        int(i): (int(n), int(a), int(b) + 1, int(c), int(d))
+        for i, n, a, b, c, d in zip(
+            found,
+            np.add.reduceat(c1 - c0, first),
+            np.minimum.reduceat(rows, first),
+            np.maximum.reduceat(rows, first),
+            np.minimum.reduceat(c0, first),
+            np.maximum.reduceat(c1, first),
+        )
+    }
 
 
-def whole_windows(cells_url: str, tile: Tile, job: BoundaryJob, shape: tuple[int, int], grow_px: int,
-                  so: dict) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+def whole_windows(
+    cells_url: str, tile: Tile, job: BoundaryJob, shape: tuple[int, int], grow_px: int, so: dict
+) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
     """(window, cell ids) pairs such that each window holds all pixels of its cells: the tile
     window for most cells; for a cell of which it holds fewer pixels than the cell table counts
     (cut at the window edge, or in pieces), a window grown around it until it holds them all."""
@@ -130,8 +154,12 @@ def whole_windows(cells_url: str, tile: Tile, job: BoundaryJob, shape: tuple[int
         win = (window[0] + r0, window[0] + r1, window[2] + c0, window[2] + c1)
         grow = max(int(grow_px), 1)
         while True:
-            win = (max(0, win[0] - grow), min(shape[0], win[1] + grow),
-                   max(0, win[2] - grow), min(shape[1], win[3] + grow))
+            win = (
+                max(0, win[0] - grow),
+                min(shape[0], win[1] + grow),
+                max(0, win[2] - grow),
+                min(shape[1], win[3] + grow),
+            )
             n = _extent(_read(cells_url, win, so), np.asarray([cid])).get(cid, (0,))[0]
             if n >= expected[cid] or win == (0, shape[0], 0, shape[1]):
                 break
@@ -150,11 +178,18 @@ def boundaries_tile(ctx, job: BoundaryJob) -> dict:
     found = {name: ([], []) for name in STAGES}
     n_grown = 0
     if len(job.cell_ids):
-        windows = whole_windows(cells_url, tile, job, ctx.grid.shape, ctx.grid.halo_px or ctx.grid.core_px, so)
+        windows = whole_windows(
+            cells_url, tile, job, ctx.grid.shape, ctx.grid.halo_px or ctx.grid.core_px, so
+        )
         n_grown = len(windows) - 1
         for win, ids in windows:
-            for name, url in ((K.CELL_BOUNDARIES_PARQUET, cells_url), (K.NUCLEUS_BOUNDARIES_PARQUET, nuclei_url)):
-                got_ids, geoms = label_polygons(_read(url, win, so), ids, (win[0], win[2]), ps, origin)
+            for name, url in (
+                (K.CELL_BOUNDARIES_PARQUET, cells_url),
+                (K.NUCLEUS_BOUNDARIES_PARQUET, nuclei_url),
+            ):
+                got_ids, geoms = label_polygons(
+                    _read(url, win, so), ids, (win[0], win[2]), ps, origin
+                )
                 found[name][0].append(got_ids)
                 found[name][1].append(geoms)
     counts = {}
@@ -165,17 +200,25 @@ def boundaries_tile(ctx, job: BoundaryJob) -> dict:
         table = _table(ids[order], geoms[order])
         ctx.work.save_table(ctx.stage(STAGES[name]), job.index, table)
         counts[name] = len(ids)
-    return {"index": job.index, "n_cells": counts[K.CELL_BOUNDARIES_PARQUET],
-            "n_nuclei": counts[K.NUCLEUS_BOUNDARIES_PARQUET], "n_grown": n_grown}
+    return {
+        "index": job.index,
+        "n_cells": counts[K.CELL_BOUNDARIES_PARQUET],
+        "n_nuclei": counts[K.NUCLEUS_BOUNDARIES_PARQUET],
+        "n_grown": n_grown,
+    }
 
 
 def _table(ids: np.ndarray, geoms: np.ndarray) -> pa.Table:
     types = sorted(set(shapely.get_type_id(geoms).tolist()))
     bounds = shapely.total_bounds(geoms) if len(geoms) else np.full(4, np.nan)
     meta = {"types": [_TYPE_NAMES[t] for t in types], "bbox": [float(v) for v in bounds]}
-    return pa.table({K.CELL_ID: pa.array(ids, pa.int64()),
-                     "geometry": pa.array(shapely.to_wkb(geoms), pa.binary())},
-                    metadata={_PART_META: json.dumps(meta).encode()})
+    return pa.table(
+        {
+            K.CELL_ID: pa.array(ids, pa.int64()),
+            "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
+        },
+        metadata={_PART_META: json.dumps(meta).encode()},
+    )
 
 
 _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon"}
@@ -189,7 +232,9 @@ def geo_metadata(types: list[str], bbox: list[float] | None) -> dict:
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}
 
 
-def concat_geoparquet(part_urls: list[str], url: str, so: dict, extra_meta: dict | None = None) -> int:
+def concat_geoparquet(
+    part_urls: list[str], url: str, so: dict, extra_meta: dict | None = None
+) -> int:
     """Stream per-tile parts into one GeoParquet file; the metadata comes from the parts' footers."""
     types: set[str] = set()
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
@@ -201,10 +246,16 @@ def concat_geoparquet(part_urls: list[str], url: str, so: dict, extra_meta: dict
         if meta["types"]:
             lo = np.minimum(lo, meta["bbox"][:2])
             hi = np.maximum(hi, meta["bbox"][2:])
-    bbox = [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])] if np.isfinite(lo).all() else None
-    schema = pa.schema([(K.CELL_ID, pa.int64()), ("geometry", pa.binary())], metadata={
-        b"geo": json.dumps(geo_metadata(sorted(types), bbox)).encode(),
-        **({b"stseg": json.dumps(extra_meta).encode()} if extra_meta else {})})
+    bbox = (
+        [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])] if np.isfinite(lo).all() else None
+    )
+    schema = pa.schema(
+        [(K.CELL_ID, pa.int64()), ("geometry", pa.binary())],
+        metadata={
+            b"geo": json.dumps(geo_metadata(sorted(types), bbox)).encode(),
+            **({b"stseg": json.dumps(extra_meta).encode()} if extra_meta else {}),
+        },
+    )
     fs, path = storage.fs_and_path(url, so)
     n = 0
     with fs.open(path, "wb") as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
@@ -231,14 +282,31 @@ def write_boundaries(ex, ctx, ids: np.ndarray, sums: dict, staging_url: str) -> 
     jobs = owner_jobs(ctx.grid, ids, sums["area"], sums["sum_r"], sums["sum_c"])
     done = set.intersection(*(ctx.work.done(ctx.stage(s), "parquet") for s in STAGES.values()))
     todo = [j for j in jobs if j.index not in done]
-    outs = ex.map(_kernel, ctx, todo, desc="boundaries", resources=stage_resources(ctx.config.resources.scan))
-    failed = [{"stage": "boundaries", "tile": o.item.index, "error": f"{type(o.error).__name__}: {o.error}"}
-              for o in outs if o.error is not None]
-    meta = {"units": "um", "pixel_size_um": ctx.chip.pixel_size_um, "origin_um": list(ctx.chip.origin_um)}
+    outs = ex.map(
+        _kernel, ctx, todo, desc="boundaries", resources=stage_resources(ctx.config.resources.scan)
+    )
+    failed = [
+        {
+            "stage": "boundaries",
+            "tile": o.item.index,
+            "error": f"{type(o.error).__name__}: {o.error}",
+        }
+        for o in outs
+        if o.error is not None
+    ]
+    meta = {
+        "units": "um",
+        "pixel_size_um": ctx.chip.pixel_size_um,
+        "origin_um": list(ctx.chip.origin_um),
+    }
     for name, stage in STAGES.items():
         finished = sorted(ctx.work.done(ctx.stage(stage), "parquet"))
-        concat_geoparquet([ctx.work.tile_url(ctx.stage(stage), i, "parquet") for i in finished],
-                          storage.join(staging_url, name), so, meta)
+        concat_geoparquet(
+            [ctx.work.tile_url(ctx.stage(stage), i, "parquet") for i in finished],
+            storage.join(staging_url, name),
+            so,
+            meta,
+        )
     return failed
 
 
@@ -251,4 +319,6 @@ def read_boundaries(url: str, so: dict | None = None):
     with fs.open(path, "rb") as fh:
         table = pq.read_table(fh, columns=[K.CELL_ID, "geometry"])
     geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-    return pd.Series(geoms, index=pd.Index(table.column(K.CELL_ID).to_numpy(), name=K.CELL_ID), name="geometry")
+    return pd.Series(
+        geoms, index=pd.Index(table.column(K.CELL_ID).to_numpy(), name=K.CELL_ID), name="geometry"
+    )

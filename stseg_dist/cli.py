@@ -43,11 +43,20 @@ def cmd_run(args) -> int:
         cfg.runtime.progress = cfg.runtime.progress and not args.no_progress
         return cfg
 
-    with hold(args.out):  # the conversion into OUT/_work (run_pipeline's) and the report are this run's
+    with hold(
+        args.out
+    ):  # the conversion into OUT/_work (run_pipeline's) and the report are this run's
         t0 = time.perf_counter()
-        summary = run_pipeline(args.chip, args.out, config, input=args.input, platform=args.platform,
-                               reader_options=_reader_options(args) if args.input else None,
-                               address=args.address, local=args.local)
+        summary = run_pipeline(
+            args.chip,
+            args.out,
+            config,
+            input=args.input,
+            platform=args.platform,
+            reader_options=_reader_options(args) if args.input else None,
+            address=args.address,
+            local=args.local,
+        )
         _print_summary(summary, time.perf_counter() - t0)
         _report(args.out, args.ref)
         if not args.no_spatialdata:
@@ -62,12 +71,16 @@ def _spatialdata(out: str, chip: str) -> None:
     from .io import storage
 
     if storage.is_remote(out):
-        print("spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a local copy)",
-              file=sys.stderr)
+        print(
+            "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a local copy)",
+            file=sys.stderr,
+        )
         return
     if importlib.util.find_spec("spatialdata") is None:
-        print("spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
-              file=sys.stderr)
+        print(
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
+            file=sys.stderr,
+        )
         return
     from .export import export_run
 
@@ -98,12 +111,26 @@ def cmd_synth(args) -> int:
         try:
             transform = json.loads(args.stain_transform)
         except ValueError as exc:
-            raise ConfigError(f"--stain-transform is not JSON: {args.stain_transform!r} ({exc})") from exc
+            raise ConfigError(
+                f"--stain-transform is not JSON: {args.stain_transform!r} ({exc})"
+            ) from exc
         if not isinstance(transform, dict):
-            raise ConfigError(f"--stain-transform must be a JSON object, got {args.stain_transform!r}")
-    info = synth_chip(args.out, args.width_um, args.height_um, args.seed, pixel_size_um=args.pixel_size_um,
-                      membrane=args.membrane, vendor_nuclei=args.vendor_nuclei, overwrite=args.overwrite,
-                      track_lines=args.track_lines, stain_transform=transform, **(HARD if args.hard else {}))
+            raise ConfigError(
+                f"--stain-transform must be a JSON object, got {args.stain_transform!r}"
+            )
+    info = synth_chip(
+        args.out,
+        args.width_um,
+        args.height_um,
+        args.seed,
+        pixel_size_um=args.pixel_size_um,
+        membrane=args.membrane,
+        vendor_nuclei=args.vendor_nuclei,
+        overwrite=args.overwrite,
+        track_lines=args.track_lines,
+        stain_transform=transform,
+        **(HARD if args.hard else {}),
+    )
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -117,9 +144,14 @@ def cmd_demo(args) -> int:
     chip = storage.join(args.out, "chip")
     t0 = time.perf_counter()
     info = synth_chip(chip, args.size_um, args.size_um, args.seed, overwrite=True)
-    print(f"generated chip {chip}: {info['n_cells']} cells, {info['n_transcripts']} transcripts", file=sys.stderr)
+    print(
+        f"generated chip {chip}: {info['n_cells']} cells, {info['n_transcripts']} transcripts",
+        file=sys.stderr,
+    )
     # Small tiles, so that even the demo chip is spread over many tiles and Ray workers.
-    config = load_config(args.config, {**parse_set(["tiling.tile_size_um=150"]), **parse_set(args.set)})
+    config = load_config(
+        args.config, {**parse_set(["tiling.tile_size_um=150"]), **parse_set(args.set)}
+    )
     out = storage.join(args.out, "run")
     summary = run_pipeline(chip, out, config, address=args.address)
     _print_summary(summary, time.perf_counter() - t0)
@@ -134,8 +166,9 @@ def cmd_demo(args) -> int:
 def cmd_convert(args) -> int:
     from .io.bundles import convert_bundle
 
-    report = convert_bundle(args.input, args.out, args.platform, options=_reader_options(args),
-                            overwrite=args.overwrite)
+    report = convert_bundle(
+        args.input, args.out, args.platform, options=_reader_options(args), overwrite=args.overwrite
+    )
     print(json.dumps(redact.redact(report), indent=2, default=str))
     return 0
 
@@ -144,7 +177,9 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate, format_table
 
     metrics = evaluate(args.pred, args.ref, markers=args.markers)
-    free = {k: v for k, v in metrics["reference_free"].items() if k != "gene_pairs"}  # pairs: in --json
+    free = {
+        k: v for k, v in metrics["reference_free"].items() if k != "gene_pairs"
+    }  # pairs: in --json
     print(format_table({**metrics, "reference_free": free}))
     if args.json:
         with open(args.json, "w") as fh:
@@ -169,7 +204,11 @@ def cmd_batch(args) -> int:
     from .batch import run_batch
 
     summary = run_batch(args.manifest, address=args.address)
-    return 0 if all(s.get("status") in ("complete", "skipped") for s in summary.get("slides", [])) else EXIT_INCOMPLETE
+    return (
+        0
+        if all(s.get("status") in ("complete", "skipped") for s in summary.get("slides", []))
+        else EXIT_INCOMPLETE
+    )
 
 
 def _with_reader_options(format_help):
@@ -182,32 +221,60 @@ def _with_reader_options(format_help):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stseg", description="Ray-distributed cell segmentation for spatial transcriptomics")
+    p = argparse.ArgumentParser(
+        prog="stseg", description="Ray-distributed cell segmentation for spatial transcriptomics"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
         sp.add_argument("--config", help="pipeline config YAML (local path or URL); see configs/")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. cells.method=ucs")
-        sp.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. cells.method=ucs",
+        )
+        sp.add_argument(
+            "--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded Ray)"
+        )
 
     def reader_option(sp):
-        sp.add_argument("--reader-option", action="append", metavar="KEY=VALUE",
-                        help="reader option (repeatable; VALUE parsed as JSON when it parses), "
-                             "e.g. min_qv=30 or image_bounds_um=[0,0,500,450]; see stseg convert --help")
+        sp.add_argument(
+            "--reader-option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="reader option (repeatable; VALUE parsed as JSON when it parses), "
+            "e.g. min_qv=30 or image_bounds_um=[0,0,500,450]; see stseg convert --help",
+        )
 
     r = sub.add_parser("run", help="segment a chip and write labels, cells, transcripts, AnnData")
-    r.add_argument("--chip", help="canonical chip folder or URL (chip.json + image.zarr + transcripts.parquet)")
+    r.add_argument(
+        "--chip", help="canonical chip folder or URL (chip.json + image.zarr + transcripts.parquet)"
+    )
     r.add_argument("--input", help="a vendor bundle folder or URL, converted on the fly")
-    r.add_argument("--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto (with --input)")
+    r.add_argument(
+        "--platform",
+        default="auto",
+        help="xenium|merscope|cosmx|stereoseq|generic|auto (with --input)",
+    )
     reader_option(r)
     r.add_argument("--out", required=True, help="output folder or URL")
-    r.add_argument("--ref", help="reference for the report's metrics (e.g. a generated chip with truth/)")
-    r.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
-    r.add_argument("--fail-fast", action="store_true", help="stop at the first tile that fails every retry")
+    r.add_argument(
+        "--ref", help="reference for the report's metrics (e.g. a generated chip with truth/)"
+    )
+    r.add_argument(
+        "--local", action="store_true", help="run in this process without Ray (debugging)"
+    )
+    r.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first tile that fails every retry"
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--no-spatialdata", action="store_true",
-                   help="do not write OUT/spatialdata.zarr (written when the spatialdata extra is installed)")
+    r.add_argument(
+        "--no-spatialdata",
+        action="store_true",
+        help="do not write OUT/spatialdata.zarr (written when the spatialdata extra is installed)",
+    )
     common(r)
     r.set_defaults(fn=cmd_run)
 
@@ -219,13 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-size-um", type=float, default=0.5, help="image pixel size in µm")
     s.add_argument("--membrane", action="store_true", help="add a membrane stain channel")
     s.add_argument("--vendor-nuclei", action="store_true", help="also write nuclei.zarr")
-    s.add_argument("--track-lines", action="store_true",
-                   help="draw Stereo-seq track lines in the expression and the membrane stain")
-    s.add_argument("--stain-transform", metavar="JSON",
-                   help='write the membrane stain moved, e.g. \'{"rotation_deg": 90, "flip": true, "scale": 1.05, '
-                        '"shift_um": [4, -6]}\' (needs --membrane; registration: track_lines undoes it)')
-    s.add_argument("--hard", action="store_true",
-                   help="tissue closer to real: gaps, uneven expression, sparse cytoplasm, more free RNA")
+    s.add_argument(
+        "--track-lines",
+        action="store_true",
+        help="draw Stereo-seq track lines in the expression and the membrane stain",
+    )
+    s.add_argument(
+        "--stain-transform",
+        metavar="JSON",
+        help='write the membrane stain moved, e.g. \'{"rotation_deg": 90, "flip": true, "scale": 1.05, '
+        '"shift_um": [4, -6]}\' (needs --membrane; registration: track_lines undoes it)',
+    )
+    s.add_argument(
+        "--hard",
+        action="store_true",
+        help="tissue closer to real: gaps, uneven expression, sparse cytoplasm, more free RNA",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace an existing chip")
     s.set_defaults(fn=cmd_synth)
 
@@ -238,32 +314,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert a vendor bundle to a canonical chip")
     reader_option(c)
-    c.format_help = _with_reader_options(c.format_help)  # built on --help only: it imports every reader
+    c.format_help = _with_reader_options(
+        c.format_help
+    )  # built on --help only: it imports every reader
     c.add_argument("--input", required=True, help="bundle folder or URL")
-    c.add_argument("--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto")
+    c.add_argument(
+        "--platform", default="auto", help="xenium|merscope|cosmx|stereoseq|generic|auto"
+    )
     c.add_argument("--out", required=True, help="output chip folder or URL")
     c.add_argument("--overwrite", action="store_true", help="replace an existing chip")
     c.set_defaults(fn=cmd_convert)
 
     e = sub.add_parser("eval", help="score a run, against a reference if given")
     e.add_argument("--pred", required=True, help="run output folder")
-    e.add_argument("--ref", help="reference: generated chip, label mask or transcript table (without one: the "
-                                 "reference-free metrics, MECR, nucleus-cytoplasm r and assigned share)")
-    e.add_argument("--markers", help="cell type marker table (cell_type, gene) for MECR's gene pairs "
-                                     "(default: pairs found exclusive in the run's nuclei)")
+    e.add_argument(
+        "--ref",
+        help="reference: generated chip, label mask or transcript table (without one: the "
+        "reference-free metrics, MECR, nucleus-cytoplasm r and assigned share)",
+    )
+    e.add_argument(
+        "--markers",
+        help="cell type marker table (cell_type, gene) for MECR's gene pairs "
+        "(default: pairs found exclusive in the run's nuclei)",
+    )
     e.add_argument("--json", help="also write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)
 
-    x = sub.add_parser("export", help="export a finished run for SpatialData or the Xenium Explorer")
+    x = sub.add_parser(
+        "export", help="export a finished run for SpatialData or the Xenium Explorer"
+    )
     x.add_argument("run", help="finished run folder (local)")
-    x.add_argument("--to", required=True, choices=["spatialdata", "xenium-explorer"], help="export format")
-    x.add_argument("--out", help="output path (default RUN/spatialdata.zarr or RUN/xenium_explorer)")
-    x.add_argument("--chip", help="the run's chip, for the image (default: the chip named in run.json)")
+    x.add_argument(
+        "--to", required=True, choices=["spatialdata", "xenium-explorer"], help="export format"
+    )
+    x.add_argument(
+        "--out", help="output path (default RUN/spatialdata.zarr or RUN/xenium_explorer)"
+    )
+    x.add_argument(
+        "--chip", help="the run's chip, for the image (default: the chip named in run.json)"
+    )
     x.add_argument("--overwrite", action="store_true", help="replace an existing export")
     x.set_defaults(fn=cmd_export)
 
     b = sub.add_parser("bench", help="benchmarks (see stseg bench -- --help)")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark harness")
+    b.add_argument(
+        "bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark harness"
+    )
     b.set_defaults(fn=cmd_bench)
 
     m = sub.add_parser("batch", help="segment many slides listed in a manifest on one Ray cluster")
@@ -275,8 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     redact.register()  # credential-like environment variables
     redact.install_log_filter()
     try:

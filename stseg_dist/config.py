@@ -28,7 +28,10 @@ class TilingConfig:
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _positive(self, key, "tile_size_um", "chunk_px")
-        _require(self.halo_um is None or self.halo_um >= 0, f"{key}.halo_um must not be negative, got {self.halo_um}")
+        _require(
+            self.halo_um is None or self.halo_um >= 0,
+            f"{key}.halo_um must not be negative, got {self.halo_um}",
+        )
 
 
 @dataclass
@@ -53,7 +56,9 @@ class CellposeConfig:
     batch_size: int = 8
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
-    diameter_px: float | None = None  # nuclei; the membrane method tries cells.membrane.diameters_um
+    diameter_px: float | None = (
+        None  # nuclei; the membrane method tries cells.membrane.diameters_um
+    )
     storage_options: dict = field(default_factory=dict)
 
 
@@ -71,7 +76,9 @@ class ExpansionConfig:
     distance_um: float = 5.0
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
-        _require(self.distance_um >= 0, f"{key}.distance_um must not be negative, got {self.distance_um}")
+        _require(
+            self.distance_um >= 0, f"{key}.distance_um must not be negative, got {self.distance_um}"
+        )
 
 
 @dataclass
@@ -140,25 +147,39 @@ class UCSConfig:
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _require(self.patch_px >= 8, f"{key}.patch_px must be at least 8 bins, got {self.patch_px}")
-        _require(self.growth_um is None or self.growth_um > 0,
-                 f"{key}.growth_um must be positive or null, got {self.growth_um}")
+        _require(
+            self.growth_um is None or self.growth_um > 0,
+            f"{key}.growth_um must be positive or null, got {self.growth_um}",
+        )
         _positive(self, key, "tau")
-        _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")
+        _require(
+            self.bin_um is None or self.bin_um > 0,
+            f"{key}.bin_um must be positive, got {self.bin_um}",
+        )
         _in_range(self, key, "foreground_threshold", "[0, 1)")
         _one_of(self, key, "foreground_gate", ("threshold", "evidence"))
-        _require(self.expression_weight >= 0,
-                 f"{key}.expression_weight must not be negative, got {self.expression_weight}")
+        _require(
+            self.expression_weight >= 0,
+            f"{key}.expression_weight must not be negative, got {self.expression_weight}",
+        )
         _in_range(self, key, "missing_cell_density", "[0, 1]")
         _in_range(self, key, "missing_cell_threshold", "(0, 1]")
-        _require(self.missing_cell_smoothing_um >= 0,
-                 f"{key}.missing_cell_smoothing_um must not be negative, got {self.missing_cell_smoothing_um}")
+        _require(
+            self.missing_cell_smoothing_um >= 0,
+            f"{key}.missing_cell_smoothing_um must not be negative, got {self.missing_cell_smoothing_um}",
+        )
         _one_of(self, key, "foreground_labels", ("paper", "nuclei", "chip"))
         _in_range(self, key, "background_density", "(0, 1)")
         _positive(self, key, "background_sigma_um")
         _one_of(self, key, "variant", ("paper", "stseg"))
-        _require(min(self.epochs, self.batch_size, self.n_train_patches) >= 1,
-                 f"{key}.epochs, batch_size and n_train_patches must be at least 1")
-        _require(self.plateau_patience >= 0, f"{key}.plateau_patience must not be negative, got {self.plateau_patience}")
+        _require(
+            min(self.epochs, self.batch_size, self.n_train_patches) >= 1,
+            f"{key}.epochs, batch_size and n_train_patches must be at least 1",
+        )
+        _require(
+            self.plateau_patience >= 0,
+            f"{key}.plateau_patience must not be negative, got {self.plateau_patience}",
+        )
         _in_range(self, key, "plateau_tol", "[0, 1)")
 
 
@@ -172,10 +193,18 @@ class GeneSegNetConfig:
     # (paper variant only) turn each part off: a named departure.
     variant: str = "stseg"
     rna_clip: float = 1.0  # paper: the Gaussian sum clipped at this value (the network's RNA input)
-    centre_map: bool = True  # false: the stseg assignment (nearest nucleus centroid), no centre head
-    centre_sigma_um: float = 1.5  # centre map target: a Gaussian of this sigma at each nucleus centre
-    centre_threshold: float = 0.3  # a predicted centre: a local maximum of the centre map above this
-    centre_fallback: bool = True  # departure: a nucleus no predicted centre matches keeps its centroid
+    centre_map: bool = (
+        True  # false: the stseg assignment (nearest nucleus centroid), no centre head
+    )
+    centre_sigma_um: float = (
+        1.5  # centre map target: a Gaussian of this sigma at each nucleus centre
+    )
+    centre_threshold: float = (
+        0.3  # a predicted centre: a local maximum of the centre map above this
+    )
+    centre_fallback: bool = (
+        True  # departure: a nucleus no predicted centre matches keeps its centroid
+    )
     level_set: str = "chan_vese"  # chan_vese | geodesic | none (departure: relabel only)
     level_set_iters: int = 10
     augment: str = "scale_rotate_crop"  # | flip (departure)
@@ -198,7 +227,10 @@ class GeneSegNetConfig:
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _positive(self, key, "bin_um", "rna_sigma_um", "lr")
-        _require(self.init_expand_um >= 0, f"{key}.init_expand_um must be zero or more, got {self.init_expand_um}")
+        _require(
+            self.init_expand_um >= 0,
+            f"{key}.init_expand_um must be zero or more, got {self.init_expand_um}",
+        )
         _at_least_one(self, key, "epochs", "max_rounds", "n_train_patches", "batch_size", "width")
         _in_range(self, key, "agree_iou", "(0, 1]")
         _in_range(self, key, "prob_threshold", "(0, 1)")
@@ -209,8 +241,10 @@ class GeneSegNetConfig:
         _positive(self, key, "rna_clip", "centre_sigma_um", "scale_min")
         _in_range(self, key, "centre_threshold", "(0, 1)")
         _at_least_one(self, key, "level_set_iters")
-        _require(self.scale_max >= self.scale_min,
-                 f"{key}.scale_max must be at least scale_min ({self.scale_min}), got {self.scale_max}")
+        _require(
+            self.scale_max >= self.scale_min,
+            f"{key}.scale_max must be at least scale_min ({self.scale_min}), got {self.scale_max}",
+        )
 
 
 @dataclass
@@ -245,7 +279,9 @@ class MembraneConfig:
     # cells.cell_diameter_um), so a cell centred in a block is seen whole; the halo grows with both.
     block_um: float = 48.0
     block_overlap_um: float | None = None
-    keep_nucleus_free: bool = True  # paper: cells holding no nucleus get their own IDs (false: dropped)
+    keep_nucleus_free: bool = (
+        True  # paper: cells holding no nucleus get their own IDs (false: dropped)
+    )
     # Departure: a nucleus-free cell must hold this fraction of the chip's mean transcript density
     # (0: every stain cell is kept, as published; the empty gaps between cells look like cells).
     nucleus_free_min_density: float = 0.5
@@ -253,7 +289,9 @@ class MembraneConfig:
     # measured F1 0.943 vs 0.940 split on generated chip 1).
     split_by_nuclei: bool = False
     min_cell_area_um2: float = 10.0  # paper classical: smaller stain regions are debris
-    max_cell_area_um2: float | None = None  # paper classical; None: 4x a disc of cells.cell_diameter_um
+    max_cell_area_um2: float | None = (
+        None  # paper classical; None: 4x a disc of cells.cell_diameter_um
+    )
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _one_of(self, key, "variant", ("stseg", "paper"))
@@ -262,37 +300,62 @@ class MembraneConfig:
         for name in ("block_overlap_um", "max_cell_area_um2"):
             v = getattr(self, name)
             _require(v is None or v > 0, f"{key}.{name} must be positive or null, got {v}")
-        _require(self.nucleus_free_min_density >= 0,
-                 f"{key}.nucleus_free_min_density must not be negative, got {self.nucleus_free_min_density}")
-        _require(self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}")
-        _require(self.channel != root.nuclei.channel,
-                 f"{key}.channel {self.channel} is the nuclear stain channel (nuclei.channel)")
+        _require(
+            self.nucleus_free_min_density >= 0,
+            f"{key}.nucleus_free_min_density must not be negative, got {self.nucleus_free_min_density}",
+        )
+        _require(
+            self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}"
+        )
+        _require(
+            self.channel != root.nuclei.channel,
+            f"{key}.channel {self.channel} is the nuclear stain channel (nuclei.channel)",
+        )
         _positive(self, key, "max_distance_um")
         for name in ("sigma_um", "ridge_um"):
-            _require(getattr(self, name) >= 0, f"{key}.{name} must be positive, got {getattr(self, name)}")
-        _require(self.max_shift_um >= 0, f"{key}.max_shift_um must be >= 0, got {self.max_shift_um}")
+            _require(
+                getattr(self, name) >= 0,
+                f"{key}.{name} must be positive, got {getattr(self, name)}",
+            )
+        _require(
+            self.max_shift_um >= 0, f"{key}.max_shift_um must be >= 0, got {self.max_shift_um}"
+        )
         _at_least_one(self, key, "register_downsample", "register_max_regions")
-        _require(self.register_patch_px >= 8, f"{key}.register_patch_px must be >= 8, got {self.register_patch_px}")
+        _require(
+            self.register_patch_px >= 8,
+            f"{key}.register_patch_px must be >= 8, got {self.register_patch_px}",
+        )
         _one_of(self, key, "register_normalization", ("none", "phase"))
         _one_of(self, key, "registration", ("offset", "track_lines"))
         _positive(self, key, "track_line_um")
         _at_least_one(self, key, "register_min_margin")
         d = self.diameters_um
-        _require(isinstance(d, list) and bool(d) and all(
-            not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0 for v in d),
-            f"{key}.diameters_um must be a non-empty list of positive numbers, got {d!r}")
+        _require(
+            isinstance(d, list)
+            and bool(d)
+            and all(not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0 for v in d),
+            f"{key}.diameters_um must be a non-empty list of positive numbers, got {d!r}",
+        )
 
 
 @dataclass
 class SSLCSTConfig:
-    bin_um: float | None = None  # spot size; None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
+    bin_um: float | None = (
+        None  # spot size; None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
+    )
     neighbourhood: int = 5  # k: a spot's tokens are the k x k spots around it (odd)
-    n_genes: int = 32  # expression features: the chip's most counted genes (plus the all-gene total)
+    n_genes: int = (
+        32  # expression features: the chip's most counted genes (plus the all-gene total)
+    )
     erosion_bins: int = 1  # positives: spots at least this far inside a nucleus
-    neg_distance_um: float = 8.0  # negatives: farther than this from every nucleus, empty neighbourhood
+    neg_distance_um: float = (
+        8.0  # negatives: farther than this from every nucleus, empty neighbourhood
+    )
     d0_um: float = 5.0  # nucleus-position prior exp(-d / d0), d to the nearest nucleus centroid
     n_directions: int = 16  # direction classes; a multiple of 4
-    max_steps: int | None = None  # flow-tracking steps of one spot; None: (cell - nucleus diameter) / 2 + 2 µm
+    max_steps: int | None = (
+        None  # flow-tracking steps of one spot; None: (cell - nucleus diameter) / 2 + 2 µm
+    )
     in_threshold: float = 0.5  # in-cell probability at which a spot follows its directions
     d_model: int = 32
     heads: int = 4
@@ -309,7 +372,9 @@ class SSLCSTConfig:
     # paper variant's departures, each a named switch (README: their measured effect); the
     # paper variant also keeps augment and a max_steps cap (None: cell radius + 4 µm)
     top_genes_only: bool = False  # departure when True: the n_genes most counted genes (paper: all)
-    step_at_bin_centre: bool = True  # departure: a floor-binned class steps along its bin's centre (paper: edge)
+    step_at_bin_centre: bool = (
+        True  # departure: a floor-binned class steps along its bin's centre (paper: edge)
+    )
     centre_radius_um: float | None = None  # a path ends within this of a centroid; None: 1.5 spots
     # Each cell's mask closed over this radius, on empty spots only (None: 4 µm for stseg, 0 for
     # paper, whose spots stay as tracked). Tracking labels the spots the in/out head calls in, and
@@ -319,23 +384,43 @@ class SSLCSTConfig:
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _one_of(self, key, "variant", ("stseg", "paper"))
         _at_least_one(self, key, "blocks")
-        _require(self.fill_um is None or self.fill_um >= 0, f"{key}.fill_um must not be negative, got {self.fill_um}")
-        _require(self.centre_radius_um is None or self.centre_radius_um > 0,
-                 f"{key}.centre_radius_um must be positive, got {self.centre_radius_um}")
-        _require(self.bin_um is None or self.bin_um > 0, f"{key}.bin_um must be positive, got {self.bin_um}")
-        _require(self.neighbourhood >= 3 and self.neighbourhood % 2 == 1,
-                 f"{key}.neighbourhood must be an odd number of spots >= 3, got {self.neighbourhood}")
-        _require(self.n_directions >= 4 and self.n_directions % 4 == 0,
-                 f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto classes), "
-                 f"got {self.n_directions}")
-        _require(self.erosion_bins >= 0, f"{key}.erosion_bins must be >= 0, got {self.erosion_bins}")
+        _require(
+            self.fill_um is None or self.fill_um >= 0,
+            f"{key}.fill_um must not be negative, got {self.fill_um}",
+        )
+        _require(
+            self.centre_radius_um is None or self.centre_radius_um > 0,
+            f"{key}.centre_radius_um must be positive, got {self.centre_radius_um}",
+        )
+        _require(
+            self.bin_um is None or self.bin_um > 0,
+            f"{key}.bin_um must be positive, got {self.bin_um}",
+        )
+        _require(
+            self.neighbourhood >= 3 and self.neighbourhood % 2 == 1,
+            f"{key}.neighbourhood must be an odd number of spots >= 3, got {self.neighbourhood}",
+        )
+        _require(
+            self.n_directions >= 4 and self.n_directions % 4 == 0,
+            f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto classes), "
+            f"got {self.n_directions}",
+        )
+        _require(
+            self.erosion_bins >= 0, f"{key}.erosion_bins must be >= 0, got {self.erosion_bins}"
+        )
         _positive(self, key, "neg_distance_um", "d0_um", "lr")
         _in_range(self, key, "in_threshold", "(0, 1)")
-        _at_least_one(self, key, "n_genes", "epochs", "n_train_spots", "batch_size", "d_model", "heads")
-        _require(self.d_model % self.heads == 0,
-                 f"{key}.d_model ({self.d_model}) must be a multiple of {key}.heads ({self.heads})")
-        _require(self.max_steps is None or self.max_steps >= 1,
-                 f"{key}.max_steps must be at least 1, got {self.max_steps}")
+        _at_least_one(
+            self, key, "n_genes", "epochs", "n_train_spots", "batch_size", "d_model", "heads"
+        )
+        _require(
+            self.d_model % self.heads == 0,
+            f"{key}.d_model ({self.d_model}) must be a multiple of {key}.heads ({self.heads})",
+        )
+        _require(
+            self.max_steps is None or self.max_steps >= 1,
+            f"{key}.max_steps must be at least 1, got {self.max_steps}",
+        )
 
 
 @dataclass
@@ -361,10 +446,17 @@ class StageResources:
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         _positive(self, key, "num_cpus")
-        _require(self.num_gpus is None or self.num_gpus >= 0, f"{key}.num_gpus must be >= 0, got {self.num_gpus}")
-        _require(self.memory_gb is None or self.memory_gb > 0,
-                 f"{key}.memory_gb must be positive, got {self.memory_gb}")
-        _require(self.actors is None or self.actors >= 0, f"{key}.actors must be >= 0, got {self.actors}")
+        _require(
+            self.num_gpus is None or self.num_gpus >= 0,
+            f"{key}.num_gpus must be >= 0, got {self.num_gpus}",
+        )
+        _require(
+            self.memory_gb is None or self.memory_gb > 0,
+            f"{key}.memory_gb must be positive, got {self.memory_gb}",
+        )
+        _require(
+            self.actors is None or self.actors >= 0, f"{key}.actors must be >= 0, got {self.actors}"
+        )
 
 
 @dataclass
@@ -386,8 +478,10 @@ class RuntimeConfig:
     fail_fast: bool = False
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
-        _require(self.max_in_flight is None or self.max_in_flight >= 1,
-                 f"{key}.max_in_flight must be at least 1, got {self.max_in_flight}")
+        _require(
+            self.max_in_flight is None or self.max_in_flight >= 1,
+            f"{key}.max_in_flight must be at least 1, got {self.max_in_flight}",
+        )
         _require(self.max_retries >= 0, f"{key}.max_retries must be >= 0, got {self.max_retries}")
 
 
@@ -446,7 +540,9 @@ def _in_range(section: Any, key: str, name: str, interval: str) -> None:
     """``interval`` in mathematical notation, e.g. ``(0, 1]``."""
     value = getattr(section, name)
     lo, hi = (float(v) for v in interval[1:-1].split(","))
-    ok = (lo < value if interval[0] == "(" else lo <= value) and (value < hi if interval[-1] == ")" else value <= hi)
+    ok = (lo < value if interval[0] == "(" else lo <= value) and (
+        value < hi if interval[-1] == ")" else value <= hi
+    )
     _require(ok, f"{key}.{name} must be in {interval}, got {value}")
 
 
@@ -458,8 +554,10 @@ def _one_of(section: Any, key: str, name: str, choices: tuple[str, ...]) -> None
 #: Settings that moved, named in the error a config using the old key gets (by full key, or by
 #: name wherever it appears).
 MOVED = {
-    **{f"cells.membrane.{k}": f"the membrane's Cellpose settings are one section: cells.membrane.cellpose.{k}"
-       for k in ("model", "flow_threshold", "cellprob_threshold", "batch_size", "storage_options")},
+    **{
+        f"cells.membrane.{k}": f"the membrane's Cellpose settings are one section: cells.membrane.cellpose.{k}"
+        for k in ("model", "flow_threshold", "cellprob_threshold", "batch_size", "storage_options")
+    },
     "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or resources.cells.num_gpus",
     "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or resources.cells.actors",
 }
@@ -468,13 +566,19 @@ MOVED = {
 def _shown(key: str, value: Any) -> str:
     """How an error message shows a value: masked under storage_options or a credential-like key."""
     parts = key.strip().split(".")
-    return redact.MASK if any(p == "storage_options" or redact.is_sensitive(p) for p in parts) else repr(value)
+    return (
+        redact.MASK
+        if any(p == "storage_options" or redact.is_sensitive(p) for p in parts)
+        else repr(value)
+    )
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin is typing.Union or (
+        origin is not None and str(origin) == "<class 'types.UnionType'>"
+    ):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -512,8 +616,11 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"'{prefix}'" if prefix else "the top level"
-        moved = [MOVED.get(f"{prefix}.{k}") or MOVED[k] for k in unknown
-                 if f"{prefix}.{k}" in MOVED or (k in MOVED and not prefix.startswith("resources"))]
+        moved = [
+            MOVED.get(f"{prefix}.{k}") or MOVED[k]
+            for k in unknown
+            if f"{prefix}.{k}" in MOVED or (k in MOVED and not prefix.startswith("resources"))
+        ]
         raise ConfigError(
             f"unknown config key(s) {', '.join(repr(k) for k in unknown)} in {where}; "
             f"known keys: {', '.join(sorted(names))}" + "".join(f"; {m}" for m in moved)
@@ -546,8 +653,10 @@ def parse_set(items: list[str] | None) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             shown = _shown(key, raw)
-            raise ConfigError(f"--set {key}: cannot parse value {shown}"
-                              + ("" if shown == redact.MASK else f": {exc}")) from exc
+            raise ConfigError(
+                f"--set {key}: cannot parse value {shown}"
+                + ("" if shown == redact.MASK else f": {exc}")
+            ) from exc
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -562,7 +671,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict:
     items = []
     for name, value in environ.items():
         if name.startswith("STSEG_") and "__" in name:
-            key = name[len("STSEG_"):].lower().replace("__", ".")
+            key = name[len("STSEG_") :].lower().replace("__", ".")
             items.append(f"{key}={value}")
     return parse_set(items)
 

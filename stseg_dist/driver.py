@@ -35,13 +35,29 @@ from . import redact, runlock, stages
 from .boundaries import write_boundaries
 from .config import PipelineConfig, load_config
 from .errors import InputError, OutputError, RunIncompleteError
-from .executor import LocalExecutor, Outcome, RayExecutor, StageResources, init_ray, stage_resources, train_where_gpu
+from .executor import (
+    LocalExecutor,
+    Outcome,
+    RayExecutor,
+    StageResources,
+    init_ray,
+    stage_resources,
+    train_where_gpu,
+)
 from .io import storage
 from .io.chip import Chip, open_chip
 from .lifecycle import Compute, Plugin, PrepareContext
 from .methods import CellMethod, get_method
 from .nuclei import NucleiBackend, get_backend
-from .outputs import cells_table, concat_transcripts, create_labels, publish, reduce_cells, write_h5ad, write_parquet
+from .outputs import (
+    cells_table,
+    concat_transcripts,
+    create_labels,
+    publish,
+    reduce_cells,
+    write_h5ad,
+    write_parquet,
+)
 from .scan import batch_row_groups, merge_scan
 from .statefile import StateFileError
 from .stitching import assign_global_ids
@@ -50,7 +66,17 @@ from .workdir import WorkDir, run_key
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ("stseg-dist", "ray", "numpy", "zarr", "pyarrow", "anndata", "scikit-image", "torch", "cellpose")
+VERSIONED = (
+    "stseg-dist",
+    "ray",
+    "numpy",
+    "zarr",
+    "pyarrow",
+    "anndata",
+    "scikit-image",
+    "torch",
+    "cellpose",
+)
 
 #: A config, or a function of the converted bundle's pipeline hints that returns one (the CLI
 #: puts the hints under --set; a batch slide under its overrides).
@@ -88,8 +114,12 @@ class Run:
     def resources(self, stage: str, plugin: Plugin | None = None) -> StageResources:
         """``resources.<stage>`` over the plugin's declared compute (tasks when no plugin)."""
         section = getattr(self.config.resources, stage)
-        return stage_resources(section, plugin.compute() if plugin else Compute(), self.ex.has_gpu(),
-                               self.ex.cpu_count())
+        return stage_resources(
+            section,
+            plugin.compute() if plugin else Compute(),
+            self.ex.has_gpu(),
+            self.ex.cpu_count(),
+        )
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -136,8 +166,9 @@ def _config(config: ConfigArg, hints: dict) -> PipelineConfig:
     return config.validate()
 
 
-def open_input(input_url: str, out_url: str, platform: str, reader_options: dict | None,
-               storage_options: dict) -> tuple[str, dict]:
+def open_input(
+    input_url: str, out_url: str, platform: str, reader_options: dict | None, storage_options: dict
+) -> tuple[str, dict]:
     """A chip folder as it is; a vendor bundle converted into ``OUT/_work/input_chip``.
     Returns the chip URL and the config hints its contents suggest."""
     from .io.bundles import convert_bundle, pipeline_hints
@@ -145,28 +176,58 @@ def open_input(input_url: str, out_url: str, platform: str, reader_options: dict
     if storage.exists(storage.join(input_url, K.CHIP_JSON), storage_options):
         return input_url, {}
     chip = storage.join(out_url, K.WORK_DIR, "input_chip")
-    report = convert_bundle(input_url, chip, platform, options=reader_options,
-                            storage_options=storage_options or None, overwrite=True)
-    log.info("converted %s (%s): %d transcripts, dropped %s -> %s", redact.scrub(str(report["input"])),
-             report["platform"], report["n_transcripts"], report.get("dropped", {}), chip)
+    report = convert_bundle(
+        input_url,
+        chip,
+        platform,
+        options=reader_options,
+        storage_options=storage_options or None,
+        overwrite=True,
+    )
+    log.info(
+        "converted %s (%s): %d transcripts, dropped %s -> %s",
+        redact.scrub(str(report["input"])),
+        report["platform"],
+        report["n_transcripts"],
+        report.get("dropped", {}),
+        chip,
+    )
     return chip, pipeline_hints(report)
 
 
-def _run(chip_url: str | Chip, out_url: str, config: PipelineConfig, storage_options: dict, *,
-         address: str | None, local: bool, resume: bool) -> dict[str, Any]:
-    redact.register(config.to_dict(), {"storage_options": storage_options})  # masked in logs and messages
+def _run(
+    chip_url: str | Chip,
+    out_url: str,
+    config: PipelineConfig,
+    storage_options: dict,
+    *,
+    address: str | None,
+    local: bool,
+    resume: bool,
+) -> dict[str, Any]:
+    redact.register(
+        config.to_dict(), {"storage_options": storage_options}
+    )  # masked in logs and messages
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     t_all = time.perf_counter()
     chip = chip_url if isinstance(chip_url, Chip) else open_chip(chip_url, storage_options)
     method = get_method(config.cells.method, config, chip.meta.platform)
-    backend = get_backend(config.nuclei.backend, config, chip)  # validates the name and its inputs early
+    backend = get_backend(
+        config.nuclei.backend, config, chip
+    )  # validates the name and its inputs early
     _check_output(out_url, storage_options)
-    with runlock.hold(out_url, storage_options):  # one run at a time per OUT: a second one refuses, naming the lock
-        summary = _run_locked(chip, out_url, config, storage_options, method, backend, address, local, resume)
+    with runlock.hold(
+        out_url, storage_options
+    ):  # one run at a time per OUT: a second one refuses, naming the lock
+        summary = _run_locked(
+            chip, out_url, config, storage_options, method, backend, address, local, resume
+        )
         summary["started"] = started
         summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         summary["stage_seconds"]["total"] = time.perf_counter() - t_all
-        summary = redact.redact(summary)  # no credential in run.json (storage options, URLs, errors)
+        summary = redact.redact(
+            summary
+        )  # no credential in run.json (storage options, URLs, errors)
         storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, storage_options)
     if summary["status"] != "complete":
         raise RunIncompleteError(
@@ -176,18 +237,35 @@ def _run(chip_url: str | Chip, out_url: str, config: PipelineConfig, storage_opt
     return summary
 
 
-def _run_locked(chip: Chip, out_url: str, config: PipelineConfig, storage_options: dict, method: CellMethod,
-                backend: NucleiBackend, address: str | None, local: bool, resume: bool) -> dict[str, Any]:
-    grid = make_grid(chip.shape_yx, chip.pixel_size_um, config.tiling.tile_size_um,
-                     halo_um(config, method.reach_um(), backend.context_px() * chip.pixel_size_um),
-                     config.tiling.chunk_px)
+def _run_locked(
+    chip: Chip,
+    out_url: str,
+    config: PipelineConfig,
+    storage_options: dict,
+    method: CellMethod,
+    backend: NucleiBackend,
+    address: str | None,
+    local: bool,
+    resume: bool,
+) -> dict[str, Any]:
+    grid = make_grid(
+        chip.shape_yx,
+        chip.pixel_size_um,
+        config.tiling.tile_size_um,
+        halo_um(config, method.reach_um(), backend.context_px() * chip.pixel_size_um),
+        config.tiling.chunk_px,
+    )
     started_ray = False
     if local:
         ex: Any = LocalExecutor(progress=False, fail_fast=config.runtime.fail_fast)
     else:
         started_ray = init_ray(address)
-        ex = RayExecutor(config.runtime.max_in_flight, config.runtime.max_retries,
-                         config.runtime.progress, config.runtime.fail_fast)
+        ex = RayExecutor(
+            config.runtime.max_in_flight,
+            config.runtime.max_retries,
+            config.runtime.progress,
+            config.runtime.fail_fast,
+        )
     run = Run(chip, out_url, config, storage_options, method, backend, grid, ex, resume)
     try:
         summary = _run_passes(run)
@@ -222,27 +300,40 @@ def _run_passes(run: Run) -> dict:
 def _scan(run: Run):
     """Validate every transcript (fails the run on a bad one) and build the gene vocabulary."""
     chip = run.chip
-    outs = run.ex.map(stages.scan_batch, (chip, chip.pixel_size_um), batch_row_groups(chip.transcripts.row_groups),
-                      desc="scan", resources=run.resources("scan"))
+    outs = run.ex.map(
+        stages.scan_batch,
+        (chip, chip.pixel_size_um),
+        batch_row_groups(chip.transcripts.row_groups),
+        desc="scan",
+        resources=run.resources("scan"),
+    )
     result = merge_scan(_results(outs), chip.transcripts)
     if result.n_rows == 0:
         raise InputError(f"{chip.transcripts_url}: the chip has no transcripts (empty table)")
     missing, total = chip.missing_image_chunks()
     if missing:
-        run.warn(f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as the fill "
-                 "value (zarr semantics); segmentation sees no stain there")
+        run.warn(
+            f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as the fill "
+            "value (zarr semantics); segmentation sees no stain there"
+        )
     run.counts.update(n_transcripts_input=result.n_rows, n_genes=len(result.genes))
     return result
 
 
 def _open_work(run: Run, genes: list[str], n_rows: int) -> stages.RunContext:
     """The run's work dir (checkpoints, keyed by chip, input size and config) and tile context."""
-    key = run_key(run.chip.meta.to_json(), run.chip.url, n_rows, redact.redact(run.config.to_dict()))
+    key = run_key(
+        run.chip.meta.to_json(), run.chip.url, n_rows, redact.redact(run.config.to_dict())
+    )
     work = WorkDir(run.out_url, key, run.storage_options)
     if not run.resume:
         storage.remove(work.root, run.storage_options)
-    work.save_json("manifest.json", redact.redact({"chip": run.chip.url, "config": run.config.to_dict(),
-                                                   "n_tiles": len(run.grid)}))
+    work.save_json(
+        "manifest.json",
+        redact.redact(
+            {"chip": run.chip.url, "config": run.config.to_dict(), "n_tiles": len(run.grid)}
+        ),
+    )
     return stages.RunContext(run.chip, run.config, run.grid, work, genes)
 
 
@@ -250,15 +341,25 @@ def _nuclei(run: Run, ctx: stages.RunContext) -> None:
     """The backend's chip-wide state, nuclei per tile owned by centroid, then chip-wide IDs."""
     ctx.nuclei_state = _prepare(run, ctx, run.backend, "nuclei", stages.apply_to_tile)
     todo = _todo(run, ctx, stages.NUCLEI, "nuclei")
-    outs = run.ex.map(stages.nuclei_tile, ctx, todo, desc="nuclei", factory=stages.load_backend,
-                      resources=run.resources("nuclei", run.backend))
+    outs = run.ex.map(
+        stages.nuclei_tile,
+        ctx,
+        todo,
+        desc="nuclei",
+        factory=stages.load_backend,
+        resources=run.resources("nuclei", run.backend),
+    )
     _record(run, outs, "nuclei")
     moments = [stages.load_moments(ctx.work, stages.NUCLEI, i) for i in range(len(run.grid))]
     ctx.nuclei_tables = assign_global_ids(moments)
     ctx.ids_digest = _digest(ctx.nuclei_tables)
     run.counts["n_nuclei"] = sum(len(m[0]) for m in moments)
-    run.counts["n_clipped_nuclei"] = sum(int(o.result["n_clipped"]) for o in outs if o.error is None)
-    run.workers["nuclei"] = _unique([o.result["worker"] for o in outs if o.error is None and o.result["worker"]])
+    run.counts["n_clipped_nuclei"] = sum(
+        int(o.result["n_clipped"]) for o in outs if o.error is None
+    )
+    run.workers["nuclei"] = _unique(
+        [o.result["worker"] for o in outs if o.error is None and o.result["worker"]]
+    )
     if run.counts["n_nuclei"] == 0:
         log.warning("no nuclei found in %s", run.chip.url)
 
@@ -271,8 +372,14 @@ def _prepare_cells(run: Run, ctx: stages.RunContext) -> Any:
 def _seeds(run: Run, ctx: stages.RunContext) -> None:
     """Seeds of nucleus-less cells, owned by centroid and numbered after the nuclei."""
     todo = _todo(run, ctx, stages.SEEDS, "seeds")
-    outs = run.ex.map(stages.seeds_tile, ctx, todo, desc="seeds", factory=stages.load_method,
-                      resources=run.resources("cells", run.method))
+    outs = run.ex.map(
+        stages.seeds_tile,
+        ctx,
+        todo,
+        desc="seeds",
+        factory=stages.load_method,
+        resources=run.resources("cells", run.method),
+    )
     _record(run, outs, "seeds", placement=False)
     seed_moments = [stages.load_moments(ctx.work, stages.SEEDS, i) for i in range(len(run.grid))]
     ctx.seed_tables = assign_global_ids(seed_moments, start=run.counts["n_nuclei"] + 1)
@@ -286,8 +393,14 @@ def _cells(run: Run, ctx: stages.RunContext) -> None:
     attrs = {"pixel_size_um": run.chip.pixel_size_um, "origin_um": list(run.chip.origin_um)}
     create_labels(ctx.labels_url, run.grid.shape, run.grid.chunk_px, attrs, run.storage_options)
     todo = _todo(run, ctx, ctx.stage(stages.CELLS), "cells")
-    outs = run.ex.map(stages.cells_tile, ctx, todo, desc="cells", factory=stages.load_method,
-                      resources=run.resources("cells", run.method))
+    outs = run.ex.map(
+        stages.cells_tile,
+        ctx,
+        todo,
+        desc="cells",
+        factory=stages.load_method,
+        resources=run.resources("cells", run.method),
+    )
     _record(run, outs, "cells")
 
 
@@ -299,19 +412,36 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
     parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
     ids, sums, counts = reduce_cells(parts, len(ctx.genes))
     df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, run.counts["n_nuclei"])
-    run.failed += write_boundaries(run.ex, ctx, ids, sums, staging)  # GeoParquet outlines, per owning tile
+    run.failed += write_boundaries(
+        run.ex, ctx, ids, sums, staging
+    )  # GeoParquet outlines, per owning tile
     write_parquet(df, storage.join(staging, K.CELLS_PARQUET), storage_options)
     run.counts["n_transcripts_written"] = concat_transcripts(
         [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
-        storage.join(staging, K.TRANSCRIPTS_PARQUET), storage_options)
+        storage.join(staging, K.TRANSCRIPTS_PARQUET),
+        storage_options,
+    )
     n_tx = int(sum(int(p["n_transcripts"]) for p in parts))
     n_assigned = int(sum(int(p["n_assigned"]) for p in parts))
     complete = not run.failed and len(cells_done) == len(run.grid)
     if complete and n_tx != n_input:
-        raise RuntimeError(f"accounting error: {n_tx} transcripts assigned by tiles, {n_input} in input")
-    run.counts.update(n_transcripts=n_tx, n_assigned=n_assigned, n_unassigned=n_tx - n_assigned, n_cells=int(len(ids)))
-    write_h5ad(df, counts, ctx.genes, storage.join(staging, K.CELLS_H5AD), storage_options,
-               {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um})
+        raise RuntimeError(
+            f"accounting error: {n_tx} transcripts assigned by tiles, {n_input} in input"
+        )
+    run.counts.update(
+        n_transcripts=n_tx,
+        n_assigned=n_assigned,
+        n_unassigned=n_tx - n_assigned,
+        n_cells=int(len(ids)),
+    )
+    write_h5ad(
+        df,
+        counts,
+        ctx.genes,
+        storage.join(staging, K.CELLS_H5AD),
+        storage_options,
+        {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
+    )
     publish(staging, run.out_url, storage_options, keep=not complete)
     run.tile_seconds = {int(i): float(p["seconds"]) for i, p in zip(cells_done, parts)}
     return complete
@@ -320,23 +450,46 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
 def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:
     """run.json's body; a complete run's checkpoints are removed (only a resume needs them)."""
     tile_seconds = run.tile_seconds
-    tiles = [{"index": tl.index, "core": list(tl.core), "seconds": tile_seconds.get(tl.index),
-              "status": "done" if tl.index in tile_seconds else "failed"} for tl in run.grid]
+    tiles = [
+        {
+            "index": tl.index,
+            "core": list(tl.core),
+            "seconds": tile_seconds.get(tl.index),
+            "status": "done" if tl.index in tile_seconds else "failed",
+        }
+        for tl in run.grid
+    ]
     for f in run.failed:
         if f["tile"] is not None:
             tiles[f["tile"]]["error"] = f["error"]
     grid, versions = run.grid, _versions()
     summary = {
         "status": "complete" if complete else "incomplete",
-        "stseg_version": versions.get("stseg-dist"), "versions": versions,
-        "chip": run.chip.url, "chip_meta": run.chip.meta.to_json(), "out": run.out_url, "run_key": ctx.work.key,
-        "config": run.config.to_dict(), "n_tiles": len(grid),
-        "grid": {"core_px": grid.core_px, "halo_px": grid.halo_px, "chunk_px": grid.chunk_px,
-                 "rows": grid.n_rows, "cols": grid.n_cols, "shape": list(grid.shape)},
-        "counts": _counts(run), "n_transcripts_written": run.counts["n_transcripts_written"],
-        "failed": run.failed, "warnings": run.warnings, "workers": run.workers,
+        "stseg_version": versions.get("stseg-dist"),
+        "versions": versions,
+        "chip": run.chip.url,
+        "chip_meta": run.chip.meta.to_json(),
+        "out": run.out_url,
+        "run_key": ctx.work.key,
+        "config": run.config.to_dict(),
+        "n_tiles": len(grid),
+        "grid": {
+            "core_px": grid.core_px,
+            "halo_px": grid.halo_px,
+            "chunk_px": grid.chunk_px,
+            "rows": grid.n_rows,
+            "cols": grid.n_cols,
+            "shape": list(grid.shape),
+        },
+        "counts": _counts(run),
+        "n_transcripts_written": run.counts["n_transcripts_written"],
+        "failed": run.failed,
+        "warnings": run.warnings,
+        "workers": run.workers,
         "method": {"name": run.method.name, **run.method.describe_state(ctx.method_state)},
-        "resumed_tiles": run.resumed, "placement": run.placement, "tiles": tiles,
+        "resumed_tiles": run.resumed,
+        "placement": run.placement,
+        "tiles": tiles,
     }
     if complete:
         _remove_work(run, ctx.work)
@@ -353,23 +506,38 @@ def _prepare(run: Run, ctx: stages.RunContext, plugin: Plugin, stage: str, apply
     """
     if type(plugin).prepare is Plugin.prepare:
         return None
-    name = "nuclei_state.npz" if stage == "nuclei" else f"method_state-{ctx.ids_digest}.npz"  # after the IDs
+    name = (
+        "nuclei_state.npz" if stage == "nuclei" else f"method_state-{ctx.ids_digest}.npz"
+    )  # after the IDs
     bind = {"run_key": ctx.work.key, "ids": ctx.ids_digest, "method": plugin.name}
     try:
         cached = ctx.work.load_state(name, bind)
     except StateFileError as exc:
-        run.warn(f"refused a saved {'method' if stage == 'cells' else stage} state: {exc}; recomputing it")
+        run.warn(
+            f"refused a saved {'method' if stage == 'cells' else stage} state: {exc}; recomputing it"
+        )
         cached = None
     if cached is not None:
         return cached
     tasks = replace(run.resources(stage), n_actors=0)
 
     def map_tiles(fn, indices, desc: str = "prepare"):
-        return _results(run.ex.map(apply, ctx, [(fn, int(i)) for i in indices], desc=desc, resources=tasks))
+        return _results(
+            run.ex.map(apply, ctx, [(fn, int(i)) for i in indices], desc=desc, resources=tasks)
+        )
 
     gpus = run.resources(stage, plugin).num_gpus
-    state = plugin.prepare(PrepareContext(run.chip, run.config, run.grid, ctx.genes, map_tiles,
-                                          run.counts.get("n_nuclei", 0), lambda train: train_where_gpu(train, gpus)))
+    state = plugin.prepare(
+        PrepareContext(
+            run.chip,
+            run.config,
+            run.grid,
+            ctx.genes,
+            map_tiles,
+            run.counts.get("n_nuclei", 0),
+            lambda train: train_where_gpu(train, gpus),
+        )
+    )
     ctx.work.save_state(name, state, bind)
     return state
 
@@ -384,8 +552,15 @@ def _todo(run: Run, ctx: stages.RunContext, stage_dir: str, stage: str) -> list:
 
 def _record(run: Run, outs: list[Outcome], stage: str, placement: bool = True) -> None:
     """A pass's failed tiles (into run.failed) and the nodes its tiles ran on."""
-    run.failed += [{"stage": stage, "tile": getattr(o.item, "index", None),
-                    "error": f"{type(o.error).__name__}: {o.error}"} for o in outs if o.error is not None]
+    run.failed += [
+        {
+            "stage": stage,
+            "tile": getattr(o.item, "index", None),
+            "error": f"{type(o.error).__name__}: {o.error}",
+        }
+        for o in outs
+        if o.error is not None
+    ]
     if placement:
         nodes: dict[str, int] = {}
         for o in outs:
@@ -404,9 +579,20 @@ def _results(outs: list[Outcome]) -> list:
 
 def _counts(run: Run) -> dict[str, int]:
     c = run.counts
-    keys = ("n_transcripts_input", "n_transcripts", "n_assigned", "n_unassigned", "n_cells", "n_nuclei")
-    return {**{k: int(c[k]) for k in keys}, "n_seeds": int(c.get("n_seeds", 0)),
-            "n_clipped_nuclei": int(c["n_clipped_nuclei"]), "n_genes": int(c["n_genes"])}
+    keys = (
+        "n_transcripts_input",
+        "n_transcripts",
+        "n_assigned",
+        "n_unassigned",
+        "n_cells",
+        "n_nuclei",
+    )
+    return {
+        **{k: int(c[k]) for k in keys},
+        "n_seeds": int(c.get("n_seeds", 0)),
+        "n_clipped_nuclei": int(c["n_clipped_nuclei"]),
+        "n_genes": int(c["n_genes"]),
+    }
 
 
 def _check_output(out_url: str, storage_options: dict) -> None:

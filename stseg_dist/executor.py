@@ -63,7 +63,9 @@ class StageResources:
         return opts
 
 
-def stage_resources(section, declared: Compute = Compute(), has_gpu: bool = True, cpus: int = 1) -> StageResources:
+def stage_resources(
+    section, declared: Compute = Compute(), has_gpu: bool = True, cpus: int = 1
+) -> StageResources:
     """A stage's resources: its ``resources.<stage>`` config section over what its plugin declared;
     GPUs only where the cluster has some (a GPU request on a CPU cluster would never schedule).
 
@@ -114,8 +116,16 @@ class LocalExecutor:
     def has_gpu(self) -> bool:
         return False
 
-    def map(self, fn: Kernel, shared: Any, items: Sequence, *, desc: str = "", factory: Factory | None = None,
-            resources: StageResources | None = None) -> list[Outcome]:
+    def map(
+        self,
+        fn: Kernel,
+        shared: Any,
+        items: Sequence,
+        *,
+        desc: str = "",
+        factory: Factory | None = None,
+        resources: StageResources | None = None,
+    ) -> list[Outcome]:
         actors = bool(resources and resources.n_actors)
         worker = factory(shared) if (factory and actors) else None
         out = []
@@ -164,8 +174,13 @@ class _TileActor:
 class RayExecutor:
     """Throttled submission with ``ray.wait``; retries and actor restarts come from Ray."""
 
-    def __init__(self, max_in_flight: int | None = None, max_retries: int = 3, progress: bool = True,
-                 fail_fast: bool = False):
+    def __init__(
+        self,
+        max_in_flight: int | None = None,
+        max_retries: int = 3,
+        progress: bool = True,
+        fail_fast: bool = False,
+    ):
         import ray
 
         self.ray = ray
@@ -180,18 +195,34 @@ class RayExecutor:
     def has_gpu(self) -> bool:
         return self.ray.cluster_resources().get("GPU", 0) > 0
 
-    def map(self, fn: Kernel, shared: Any, items: Sequence, *, desc: str = "", factory: Factory | None = None,
-            resources: StageResources | None = None) -> list[Outcome]:
+    def map(
+        self,
+        fn: Kernel,
+        shared: Any,
+        items: Sequence,
+        *,
+        desc: str = "",
+        factory: Factory | None = None,
+        resources: StageResources | None = None,
+    ) -> list[Outcome]:
         ray = self.ray
         resources = resources or StageResources()
         actors = resources.n_actors > 0
         shared_ref = ray.put(shared)
         if actors:
             cls = ray.remote(_TileActor)
-            opts = dict(resources.options(), max_restarts=self.max_retries, max_task_retries=self.max_retries)
-            tag = f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
+            opts = dict(
+                resources.options(),
+                max_restarts=self.max_retries,
+                max_task_retries=self.max_retries,
+            )
+            tag = (
+                f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
+            )
             box = [shared_ref]  # nested, so Ray hands the ref itself to the actor (fetched once)
-            n_pool = min(resources.n_actors, max(1, len(items)))  # no actor loads a model for nothing
+            n_pool = min(
+                resources.n_actors, max(1, len(items))
+            )  # no actor loads a model for nothing
             pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory) for i in range(n_pool)]
             ray.get([a.ready.remote(box) for a in pool])
             per_actor = max(1, self.max_in_flight // len(pool))
@@ -215,7 +246,9 @@ class RayExecutor:
         outcomes: dict[int, Outcome] = {}
         pending: dict[Any, int] = {}
         queue = list(enumerate(items))
-        bar = tqdm(total=len(queue), desc=desc, disable=not self.progress)  # one finished line per stage
+        bar = tqdm(
+            total=len(queue), desc=desc, disable=not self.progress
+        )  # one finished line per stage
         try:
             while queue or pending:
                 while queue and len(pending) < limit:

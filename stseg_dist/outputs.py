@@ -19,8 +19,14 @@ import scipy.sparse as sp
 from . import constants as K
 from .io import storage
 
-FINAL_OUTPUTS = (K.LABELS_ZARR, K.CELLS_PARQUET, K.TRANSCRIPTS_PARQUET, K.CELLS_H5AD,
-                 K.CELL_BOUNDARIES_PARQUET, K.NUCLEUS_BOUNDARIES_PARQUET)
+FINAL_OUTPUTS = (
+    K.LABELS_ZARR,
+    K.CELLS_PARQUET,
+    K.TRANSCRIPTS_PARQUET,
+    K.CELLS_H5AD,
+    K.CELL_BOUNDARIES_PARQUET,
+    K.NUCLEUS_BOUNDARIES_PARQUET,
+)
 
 
 def create_labels(url: str, shape: tuple[int, int], chunk_px: int, attrs: dict, so: dict) -> None:
@@ -40,7 +46,10 @@ def reduce_cells(parts: list[dict], n_genes: int):
     """Sum per-tile pixel statistics and count triples into per-cell totals."""
     if parts:
         cell = np.concatenate([p["px_cell"] for p in parts])
-        cols = {k: np.concatenate([p[f"px_{k}"] for p in parts]) for k in ("area", "sum_r", "sum_c", "nuc_area")}
+        cols = {
+            k: np.concatenate([p[f"px_{k}"] for p in parts])
+            for k in ("area", "sum_r", "sum_c", "nuc_area")
+        }
         tc = np.concatenate([p["tx_cell"] for p in parts])
         tg = np.concatenate([p["tx_gene"] for p in parts]).astype(np.int64)
         tn = np.concatenate([p["tx_count"] for p in parts])
@@ -48,10 +57,14 @@ def reduce_cells(parts: list[dict], n_genes: int):
         cell = tc = tg = tn = np.zeros(0, np.int64)
         cols = {k: np.zeros(0, np.int64) for k in ("area", "sum_r", "sum_c", "nuc_area")}
     ids, inv = np.unique(cell, return_inverse=True)
-    sums = {k: np.bincount(inv, weights=v, minlength=len(ids)).astype(np.int64) for k, v in cols.items()}
+    sums = {
+        k: np.bincount(inv, weights=v, minlength=len(ids)).astype(np.int64) for k, v in cols.items()
+    }
     row = np.searchsorted(ids, tc)
     if len(tc) and (row.max() >= len(ids) or not np.array_equal(ids[row], tc)):
-        raise RuntimeError("a transcript was assigned to a cell with no pixels; tile results disagree")
+        raise RuntimeError(
+            "a transcript was assigned to a cell with no pixels; tile results disagree"
+        )
     counts = sp.coo_matrix((tn, (row, tg)), shape=(len(ids), max(n_genes, 1))).tocsr()
     counts.sum_duplicates()
     return ids, sums, counts
@@ -81,7 +94,9 @@ def write_parquet(df: pd.DataFrame, url: str, so: dict) -> None:
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), fh, compression="zstd")
 
 
-def write_h5ad(df: pd.DataFrame, counts: sp.csr_matrix, genes: list[str], url: str, so: dict, uns: dict) -> None:
+def write_h5ad(
+    df: pd.DataFrame, counts: sp.csr_matrix, genes: list[str], url: str, so: dict, uns: dict
+) -> None:
     import anndata as ad
 
     obs = df.copy()
@@ -119,9 +134,17 @@ def concat_transcripts(part_urls: list[str], url: str, so: dict) -> int:
             writer.write_table(table.cast(writer.schema))
             n += table.num_rows
         if writer is None:
-            schema = pa.schema([(K.X, pa.float64()), (K.Y, pa.float64()), (K.GENE, pa.string()),
-                                (K.TRANSCRIPT_ID, pa.int64()), (K.INPUT_ROW, pa.int64()),
-                                (K.CELL_ID, pa.int64()), (K.IN_NUCLEUS, pa.bool_())])
+            schema = pa.schema(
+                [
+                    (K.X, pa.float64()),
+                    (K.Y, pa.float64()),
+                    (K.GENE, pa.string()),
+                    (K.TRANSCRIPT_ID, pa.int64()),
+                    (K.INPUT_ROW, pa.int64()),
+                    (K.CELL_ID, pa.int64()),
+                    (K.IN_NUCLEUS, pa.bool_()),
+                ]
+            )
             writer = pq.ParquetWriter(fh, schema)
         writer.close()
     return n

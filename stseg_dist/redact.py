@@ -17,14 +17,41 @@ from typing import Any
 
 MASK = "***"
 #: Name parts that mark a credential (``aws_secret_access_key``, ``token``, ``sas_token``, ...).
-_PARTS = {"key", "keys", "secret", "secrets", "token", "password", "passwd", "credential",
-          "credentials", "auth", "authorization", "signature", "sig", "cookie", "sas", "apikey"}
-_FRAGMENTS = ("secret", "token", "passw", "credential", "apikey", "accesskey", "privatekey", "signature")
+_PARTS = {
+    "key",
+    "keys",
+    "secret",
+    "secrets",
+    "token",
+    "password",
+    "passwd",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "signature",
+    "sig",
+    "cookie",
+    "sas",
+    "apikey",
+}
+_FRAGMENTS = (
+    "secret",
+    "token",
+    "passw",
+    "credential",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "signature",
+)
 #: Names that look like credentials but are not (this project's own fields).
 _NOT_SECRET = {"run_key"}
 _MIN_LEN = 6  # shorter values are not scrubbed from free text (too many false hits)
 _SECRETS: set[str] = set()
-_URL_USER = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:'\"]*)(?::[^/@\s'\"]*)?@")
+_URL_USER = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:'\"]*)(?::[^/@\s'\"]*)?@"
+)
 _QUERY = re.compile(r"(?P<lead>[?&;](?P<name>[A-Za-z0-9_.-]+)=)(?P<value>[^&#\s'\"]+)")
 
 
@@ -87,7 +114,10 @@ def redact(obj: Any, inside: bool = False) -> Any:
     """A copy of a JSON-like record with credentials masked: every value under a
     ``storage_options`` key or a credential-like key, and secrets inside any string."""
     if isinstance(obj, dict):
-        return {k: redact(v, inside or k == "storage_options" or is_sensitive(k)) for k, v in obj.items()}
+        return {
+            k: redact(v, inside or k == "storage_options" or is_sensitive(k))
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [redact(v, inside) for v in obj]
     if inside and obj not in (None, "") and not isinstance(obj, bool):

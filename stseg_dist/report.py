@@ -82,9 +82,17 @@ def _crop(cells, tx_url: str, px: float, origin, so) -> tuple[str, tuple[int, in
     r0, c0 = max(h // 2 - CROP_PX // 2, 0), max(w // 2 - CROP_PX // 2, 0)
     r1, c1 = min(r0 + CROP_PX, h), min(c0 + CROP_PX, w)
     x0, y0 = origin[0] + c0 * px, origin[1] + r0 * px
-    tx = pd.read_parquet(tx_url, columns=[K.X, K.Y, K.CELL_ID], storage_options=so or None,
-                         filters=[(K.X, ">=", x0), (K.X, "<", origin[0] + c1 * px),
-                                  (K.Y, ">=", y0), (K.Y, "<", origin[1] + r1 * px)])
+    tx = pd.read_parquet(
+        tx_url,
+        columns=[K.X, K.Y, K.CELL_ID],
+        storage_options=so or None,
+        filters=[
+            (K.X, ">=", x0),
+            (K.X, "<", origin[0] + c1 * px),
+            (K.Y, ">=", y0),
+            (K.Y, "<", origin[1] + r1 * px),
+        ],
+    )
     if len(tx) > MAX_POINTS:
         tx = tx.sample(MAX_POINTS, random_state=0)
     lab = np.asarray(cells[r0:r1, c0:c1])
@@ -92,11 +100,20 @@ def _crop(cells, tx_url: str, px: float, origin, so) -> tuple[str, tuple[int, in
     row = (tx[K.Y].to_numpy() - origin[1]) / px - r0
     sel = (col >= 0) & (col < c1 - c0) & (row >= 0) & (row < r1 - r0)
     fig, ax = plt.subplots(figsize=(7, 7))
-    ax.imshow(np.where(_outline(lab), 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(
+        np.where(_outline(lab), 1.0, np.nan), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest"
+    )
     cid = tx[K.CELL_ID].to_numpy()[sel]
     un = cid == 0
     ax.scatter(col[sel][un], row[sel][un], s=2, c="0.6", label="unassigned")
-    ax.scatter(col[sel][~un], row[sel][~un], s=2, c=(cid[~un] * 2654435761 % 997), cmap="tab20", label="assigned")
+    ax.scatter(
+        col[sel][~un],
+        row[sel][~un],
+        s=2,
+        c=(cid[~un] * 2654435761 % 997),
+        cmap="tab20",
+        label="assigned",
+    )
     ax.set_xlim(0, c1 - c0)
     ax.set_ylim(r1 - r0, 0)
     ax.legend(loc="upper right", markerscale=4)
@@ -108,8 +125,11 @@ def _histograms(cells: pd.DataFrame) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3))
-    for ax, col, label in zip(axes, ("area_um2", "n_transcripts", "n_genes"),
-                              ("cell area (µm²)", "transcripts per cell", "genes per cell")):
+    for ax, col, label in zip(
+        axes,
+        ("area_um2", "n_transcripts", "n_genes"),
+        ("cell area (µm²)", "transcripts per cell", "genes per cell"),
+    ):
         vals = cells[col].to_numpy(float) if col in cells and len(cells) else np.zeros(0)
         ax.hist(vals, bins=40, color="#4477aa")
         ax.set_xlabel(label)
@@ -140,7 +160,9 @@ def _tile_heatmap(tiles: list[dict]) -> str | None:
 
 
 def _table(items) -> str:
-    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in items)
+    body = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in items
+    )
     return f"<table>{body}</table>"
 
 
@@ -148,8 +170,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_report(out_url: str, chip: str | None = None, metrics: dict | None = None, *,
-                 ref: str | None = None, storage_options: dict | None = None) -> str:
+def write_report(
+    out_url: str,
+    chip: str | None = None,
+    metrics: dict | None = None,
+    *,
+    ref: str | None = None,
+    storage_options: dict | None = None,
+) -> str:
     """Write ``report.html`` into a finished run folder and return its URL.
 
     ``metrics``: a dict from ``evaluation.evaluate`` to show; with ``ref`` (or ``chip``, if it
@@ -193,26 +221,41 @@ def write_report(out_url: str, chip: str | None = None, metrics: dict | None = N
 
     stride = max(1, int(np.ceil(max(cells_arr.shape) / OVERVIEW_PX)))
     parts = [
-        "<h2>Overview</h2>", f'<img alt="overview" src="{_overview(cells_arr, stride, px)}">',
-        "<h2>Zoomed crop</h2>", f'<img alt="crop" src="{_crop(cells_arr, storage.join(out_url, K.TRANSCRIPTS_PARQUET), px, origin, so)[0]}">',
-        "<h2>Per-cell distributions</h2>", f'<img alt="histograms" src="{_histograms(cells)}">',
+        "<h2>Overview</h2>",
+        f'<img alt="overview" src="{_overview(cells_arr, stride, px)}">',
+        "<h2>Zoomed crop</h2>",
+        f'<img alt="crop" src="{_crop(cells_arr, storage.join(out_url, K.TRANSCRIPTS_PARQUET), px, origin, so)[0]}">',
+        "<h2>Per-cell distributions</h2>",
+        f'<img alt="histograms" src="{_histograms(cells)}">',
     ]
     heat = _tile_heatmap(run.get("tiles", []))
     if heat:
         parts += ["<h2>Per-tile timing</h2>", f'<img alt="tile timing" src="{heat}">']
     counts = run.get("counts", {})
-    dropped = counts.get("n_transcripts_input", counts.get("n_transcripts", 0)) - counts.get("n_transcripts", 0)
-    parts += ["<h2>Counts</h2>", _table([*counts.items(), ("dropped transcripts", dropped),
-                                         ("failed tiles", len(run.get("failed", []) or []))])]
+    dropped = counts.get("n_transcripts_input", counts.get("n_transcripts", 0)) - counts.get(
+        "n_transcripts", 0
+    )
+    parts += [
+        "<h2>Counts</h2>",
+        _table(
+            [
+                *counts.items(),
+                ("dropped transcripts", dropped),
+                ("failed tiles", len(run.get("failed", []) or [])),
+            ]
+        ),
+    ]
     parts += ["<h2>Stage seconds</h2>", _table(run.get("stage_seconds", {}).items())]
     if free:
         pairs = free.pop("gene_pairs", [])
-        parts += ["<h2>Without a reference</h2>",
-                  "<p>MECR: of cells expressing either gene of a pair that marks different cell types (found "
-                  "exclusive in the nuclei), the share expressing both; lower means fewer cells that mix "
-                  "neighbours. Nucleus-cytoplasm r: median correlation of each cell's nuclear and "
-                  "cytoplasmic expression.</p>",
-                  _table([*free.items(), ("gene pairs", ", ".join(f"{a}/{b}" for a, b in pairs[:10]))])]
+        parts += [
+            "<h2>Without a reference</h2>",
+            "<p>MECR: of cells expressing either gene of a pair that marks different cell types (found "
+            "exclusive in the nuclei), the share expressing both; lower means fewer cells that mix "
+            "neighbours. Nucleus-cytoplasm r: median correlation of each cell's nuclear and "
+            "cytoplasmic expression.</p>",
+            _table([*free.items(), ("gene pairs", ", ".join(f"{a}/{b}" for a, b in pairs[:10]))]),
+        ]
     if metrics:
         from .evaluation.evaluate import _flatten
 

@@ -43,10 +43,18 @@ _HELD_GUARD = threading.Lock()
 class RunLock:
     """The lock on one output folder; use :func:`hold` rather than this class directly."""
 
-    def __init__(self, out_url: str, storage_options: dict | None = None, *,
-                 stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S):
+    def __init__(
+        self,
+        out_url: str,
+        storage_options: dict | None = None,
+        *,
+        stale_s: float = STALE_S,
+        heartbeat_s: float = HEARTBEAT_S,
+    ):
         if heartbeat_s >= stale_s:
-            raise ValueError(f"heartbeat_s ({heartbeat_s}) must be shorter than stale_s ({stale_s})")
+            raise ValueError(
+                f"heartbeat_s ({heartbeat_s}) must be shorter than stale_s ({stale_s})"
+            )
         self.out_url = out_url
         self.url = storage.join(out_url, LOCK_NAME)
         self.so = dict(storage_options or {})
@@ -60,11 +68,18 @@ class RunLock:
     # -- the record --------------------------------------------------------------------------
     def _record(self) -> bytes:
         now = time.time()
-        return json.dumps({
-            "token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "started": self.started,
-            "heartbeat": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(), "heartbeat_unix": now,
-            "out": redact.scrub(str(self.out_url)),
-        }, indent=2).encode()
+        return json.dumps(
+            {
+                "token": self.token,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": self.started,
+                "heartbeat": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
+                "heartbeat_unix": now,
+                "out": redact.scrub(str(self.out_url)),
+            },
+            indent=2,
+        ).encode()
 
     def _read(self) -> dict[str, Any] | None:
         """The lock's record; None if there is no lock; {} if it cannot be parsed."""
@@ -88,7 +103,11 @@ class RunLock:
         except (FileNotFoundError, NotImplementedError, OSError):
             return None
         if mtime.tzinfo is None:
-            mtime = mtime.replace(tzinfo=dt.timezone.utc) if storage.is_remote(self.url) else mtime.astimezone()
+            mtime = (
+                mtime.replace(tzinfo=dt.timezone.utc)
+                if storage.is_remote(self.url)
+                else mtime.astimezone()
+            )
         return (dt.datetime.now(dt.timezone.utc) - mtime).total_seconds()
 
     # -- create / take over ------------------------------------------------------------------
@@ -108,7 +127,9 @@ class RunLock:
             except OSError as exc:
                 raise OutputError(f"output {self.out_url} is not writable: {exc}") from exc
             try:
-                os.link(tmp, path)  # atomic, fails if the lock exists, and never shows half a record
+                os.link(
+                    tmp, path
+                )  # atomic, fails if the lock exists, and never shows half a record
                 return True
             except FileExistsError:
                 return False
@@ -120,7 +141,11 @@ class RunLock:
             return True
         except FileExistsError:
             return False
-        except (ValueError, NotImplementedError, TypeError):  # no exclusive mode: write and read back
+        except (
+            ValueError,
+            NotImplementedError,
+            TypeError,
+        ):  # no exclusive mode: write and read back
             if fs.exists(path):
                 return False
             with fs.open(path, "wb") as fh:
@@ -155,8 +180,14 @@ class RunLock:
     def _held_error(self, rec: dict[str, Any]) -> OutputError:
         if rec:
             beat = rec.get("heartbeat_unix")
-            ago = f", last heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
-            who = f"pid {rec.get('pid')} on host {rec.get('host')}, started {rec.get('started')}{ago}"
+            ago = (
+                f", last heartbeat {time.time() - beat:.0f} s ago"
+                if isinstance(beat, (int, float))
+                else ""
+            )
+            who = (
+                f"pid {rec.get('pid')} on host {rec.get('host')}, started {rec.get('started')}{ago}"
+            )
         else:
             who = "a run whose lock record is being written or is unreadable"
         return OutputError(
@@ -179,7 +210,9 @@ class RunLock:
             if self._read() == rec:  # remove it only if no one refreshed or took it meanwhile
                 log.warning("taking over the lock %s: %s", redact.scrub(self.url), why)
                 storage.remove(self.url, self.so)
-        raise OutputError(f"could not take the lock {redact.scrub(self.url)}: other runs keep taking it")
+        raise OutputError(
+            f"could not take the lock {redact.scrub(self.url)}: other runs keep taking it"
+        )
 
     # -- heartbeat and release ---------------------------------------------------------------
     def _start_heartbeat(self) -> None:
@@ -212,7 +245,9 @@ class RunLock:
 @contextlib.contextmanager
 def hold(out_url: str, storage_options: dict | None = None, **kwargs) -> Iterator[RunLock]:
     """Hold the lock on ``out_url`` for the block; a nested hold in the same process is a no-op."""
-    key = f"{str(out_url).rstrip('/')}@{threading.get_ident()}"  # re-entrant per thread, not process
+    key = (
+        f"{str(out_url).rstrip('/')}@{threading.get_ident()}"  # re-entrant per thread, not process
+    )
     with _HELD_GUARD:
         held = _HELD.get(key)
     if held is not None:

@@ -29,7 +29,10 @@ class ScanPart:
 
 
 def scan_row_groups(
-    source: TranscriptSource, groups: list[RowGroup], extent: tuple[float, float, float, float], tol: float
+    source: TranscriptSource,
+    groups: list[RowGroup],
+    extent: tuple[float, float, float, float],
+    tol: float,
 ) -> ScanPart:
     x_min, x_max, y_min, y_max = extent
     genes: set[str] = set()
@@ -92,7 +95,9 @@ def merge_scan(parts: list[ScanPart], source: TranscriptSource) -> ScanResult:
     return ScanResult(n, genes)
 
 
-def batch_row_groups(groups: list[RowGroup], rows_per_batch: int = 4_000_000) -> list[list[RowGroup]]:
+def batch_row_groups(
+    groups: list[RowGroup], rows_per_batch: int = 4_000_000
+) -> list[list[RowGroup]]:
     batches, cur, size = [], [], 0
     for rg in groups:
         cur.append(rg)

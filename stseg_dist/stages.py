@@ -49,7 +49,9 @@ class RunContext:
     labels_url: str = ""
     nuclei_tables: list[np.ndarray] | None = None
     seed_tables: list[np.ndarray] | None = None
-    nuclei_state: object = None  # what NucleiBackend.prepare returned (e.g. the chip-wide threshold)
+    nuclei_state: object = (
+        None  # what NucleiBackend.prepare returned (e.g. the chip-wide threshold)
+    )
     method_state: object = None  # what CellMethod.prepare returned (e.g. trained weights)
     ids_digest: str = ""  # fingerprint of the global IDs; cell-pass checkpoints are keyed by it
 
@@ -96,8 +98,13 @@ def nuclei_tile(ctx: RunContext, backend: NucleiBackend, tile: Tile) -> dict:
     labels = backend.segment(tile)
     owned = owned_objects(labels, tile, ctx.grid.shape)
     ctx.work.save_npz(NUCLEI, tile.index, owned.to_npz())
-    return {"index": tile.index, "n": len(owned), "n_clipped": owned.n_clipped,
-            "seconds": time.perf_counter() - t0, "worker": backend.describe()}
+    return {
+        "index": tile.index,
+        "n": len(owned),
+        "n_clipped": owned.n_clipped,
+        "seconds": time.perf_counter() - t0,
+        "worker": backend.describe(),
+    }
 
 
 def load_owned(work: WorkDir, stage: str, index: int) -> OwnedObjects:
@@ -108,12 +115,16 @@ def load_owned(work: WorkDir, stage: str, index: int) -> OwnedObjects:
         return _empty(index)
 
 
-def load_moments(work: WorkDir, stage: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_moments(
+    work: WorkDir, stage: str, index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     o = load_owned(work, stage, index)
     return o.area, o.sum_r, o.sum_c
 
 
-def paint_global_labels(ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile) -> np.ndarray:
+def paint_global_labels(
+    ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile
+) -> np.ndarray:
     """The global IDs of one stage's objects (nuclei or seeds) painted over the tile's window,
     from every neighbour that owns some."""
     parts = []
@@ -125,7 +136,11 @@ def paint_global_labels(ctx: RunContext, stage: str, tables: list[np.ndarray], t
 
 def tile_data(ctx: RunContext, tile: Tile, with_image: bool = True) -> tuple[TileData, pa.Table]:
     nuclei = paint_global_labels(ctx, NUCLEI, ctx.nuclei_tables, tile)
-    seeds = paint_global_labels(ctx, SEEDS, ctx.seed_tables, tile) if ctx.seed_tables is not None else None
+    seeds = (
+        paint_global_labels(ctx, SEEDS, ctx.seed_tables, tile)
+        if ctx.seed_tables is not None
+        else None
+    )
     return load_tile_data(ctx.chip, tile, ctx.genes, nuclei, seeds, with_image)
 
 
@@ -148,7 +163,9 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
     cells = np.asarray(method.segment(data), dtype=np.uint32)
     if cells.shape != data.shape:
-        raise RuntimeError(f"method {method.name} returned shape {cells.shape}, expected {data.shape}")
+        raise RuntimeError(
+            f"method {method.name} returned shape {cells.shape}, expected {data.shape}"
+        )
     # Nuclei (and seeds) always keep their own cell, whatever the method predicted.
     if data.seeds is not None:
         cells = np.where(data.seeds > 0, data.seeds, cells)
@@ -161,8 +178,11 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     tx = data.transcripts
     own = tx.in_core
     cell_id, in_nucleus = assign(tx.row[own], tx.col[own], cells, data.nuclei)
-    ctx.work.save_table(ctx.stage(TRANSCRIPTS), tile.index, assigned_table(table.filter(pa.array(own)),
-                                                                           cell_id, in_nucleus))
+    ctx.work.save_table(
+        ctx.stage(TRANSCRIPTS),
+        tile.index,
+        assigned_table(table.filter(pa.array(own)), cell_id, in_nucleus),
+    )
 
     stats = pixel_stats(cells_core, nuclei_core, (tile.core[0], tile.core[2]))
     tri = count_triples(cell_id, tx.gene[own], max(1, len(ctx.genes)))
@@ -172,10 +192,22 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
         "n_assigned": np.int64((cell_id > 0).sum()),
         "seconds": np.float64(seconds),
     }
-    ctx.work.save_npz(ctx.stage(CELLS), tile.index, {**{f"px_{k}": v for k, v in stats.items()},
-                                          **{f"tx_{k}": v for k, v in tri.items()}, **summary})
-    return {"index": tile.index, "n_transcripts": int(own.sum()), "n_assigned": int((cell_id > 0).sum()),
-            "n_cells": int(len(stats["cell"])), "seconds": seconds}
+    ctx.work.save_npz(
+        ctx.stage(CELLS),
+        tile.index,
+        {
+            **{f"px_{k}": v for k, v in stats.items()},
+            **{f"tx_{k}": v for k, v in tri.items()},
+            **summary,
+        },
+    )
+    return {
+        "index": tile.index,
+        "n_transcripts": int(own.sum()),
+        "n_assigned": int((cell_id > 0).sum()),
+        "n_cells": int(len(stats["cell"])),
+        "seconds": seconds,
+    }
 
 
 def assigned_table(owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray) -> pa.Table:
@@ -194,8 +226,9 @@ def assigned_table(owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray)
     return out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
 
 
-def write_label_core(labels_url: str, tile: Tile, cells: np.ndarray, nuclei: np.ndarray,
-                     storage_options: dict) -> None:
+def write_label_core(
+    labels_url: str, tile: Tile, cells: np.ndarray, nuclei: np.ndarray, storage_options: dict
+) -> None:
     rows, cols = tile.core_slices
     for name, arr in ((K.LABELS_CELLS, cells), (K.LABELS_NUCLEI, nuclei)):
         z = storage.open_zarr_array(storage.join(labels_url, name), "r+", storage_options)

@@ -40,8 +40,10 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     if isinstance(obj, (np.ndarray, np.generic)):  # first: np.float64 is also a float
         arr = np.asarray(obj)
         if arr.dtype.hasobject or arr.dtype.kind == "V":
-            raise StateFileError(f"method state at {where}: arrays of dtype {arr.dtype} cannot be saved "
-                                 "without pickle; use numeric, bool or fixed-width string arrays")
+            raise StateFileError(
+                f"method state at {where}: arrays of dtype {arr.dtype} cannot be saved "
+                "without pickle; use numeric, bool or fixed-width string arrays"
+            )
         name = f"a{len(arrays)}"
         arrays[name] = arr
         return {"__array__": name, "scalar": isinstance(obj, np.generic)}
@@ -62,11 +64,17 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     if isinstance(obj, dict):
         if all(isinstance(k, str) and k not in _TAGS for k in obj):
             return {k: _encode(v, arrays, f"{where}.{k}") for k, v in obj.items()}
-        return {"__dict__": [[_encode(k, arrays, f"{where} key"), _encode(v, arrays, f"{where}[{k!r}]")]
-                             for k, v in obj.items()]}
-    raise StateFileError(f"method state at {where}: a {type(obj).__module__}.{type(obj).__qualname__} "
-                         "cannot be saved without pickle; return arrays, bytes, numbers, strings, "
-                         "lists, tuples and dicts from prepare()")
+        return {
+            "__dict__": [
+                [_encode(k, arrays, f"{where} key"), _encode(v, arrays, f"{where}[{k!r}]")]
+                for k, v in obj.items()
+            ]
+        }
+    raise StateFileError(
+        f"method state at {where}: a {type(obj).__module__}.{type(obj).__qualname__} "
+        "cannot be saved without pickle; return arrays, bytes, numbers, strings, "
+        "lists, tuples and dicts from prepare()"
+    )
 
 
 def _decode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -105,7 +113,9 @@ def dumps(state: Any, bind: dict[str, str]) -> bytes:
     tree = _encode(state, arrays, "state")
     meta = {"format": FORMAT, "bind": bind, "tree": tree, "sha256": _digest(bind, tree, arrays)}
     buf = io.BytesIO()
-    np.savez(buf, **arrays, **{META: np.frombuffer(json.dumps(meta, allow_nan=False).encode(), np.uint8)})
+    np.savez(
+        buf, **arrays, **{META: np.frombuffer(json.dumps(meta, allow_nan=False).encode(), np.uint8)}
+    )
     return buf.getvalue()
 
 
@@ -119,7 +129,9 @@ def loads(data: bytes, bind: dict[str, str], where: str = "state file") -> Any:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # ValueError for pickles, BadZipFile, OSError, ...
-        raise StateFileError(f"{where}: not a plain-data state file ({type(exc).__name__}: {exc})") from None
+        raise StateFileError(
+            f"{where}: not a plain-data state file ({type(exc).__name__}: {exc})"
+        ) from None
     raw = arrays.pop(META, None)
     if raw is None or raw.dtype != np.uint8:
         raise StateFileError(f"{where}: no {META} record; not written by stseg")
@@ -128,8 +140,10 @@ def loads(data: bytes, bind: dict[str, str], where: str = "state file") -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateFileError(f"{where}: unreadable {META} record ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise StateFileError(f"{where}: format {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                             f"expected {FORMAT!r}")
+        raise StateFileError(
+            f"{where}: format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+            f"expected {FORMAT!r}"
+        )
     if meta.get("bind") != bind:
         raise StateFileError(f"{where}: belongs to {meta.get('bind')}, not to this run ({bind})")
     if meta.get("sha256") != _digest(bind, meta.get("tree"), arrays):
@@ -137,4 +151,6 @@ def loads(data: bytes, bind: dict[str, str], where: str = "state file") -> Any:
     try:
         return _decode(meta["tree"], arrays)
     except (KeyError, TypeError, ValueError) as exc:
-        raise StateFileError(f"{where}: malformed state record ({type(exc).__name__}: {exc})") from None
+        raise StateFileError(
+            f"{where}: malformed state record ({type(exc).__name__}: {exc})"
+        ) from None

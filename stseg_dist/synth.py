@@ -41,7 +41,10 @@ FIELD_UM = 60.0  # length scale of the expression field
 #: Track lines (Stereo-seq): the chip's fiducial grid, lines of missing DNBs, so no transcripts
 #: on them, and dark lines in the stain. The gaps between lines repeat a template that is not a
 #: palindrome and differs between x and y, so a flipped or quarter-turned stain can be told apart.
-TRACK_GAPS_UM = ((22.0, 34.0, 26.0, 40.0, 30.0), (36.0, 24.0, 44.0, 28.0))  # (x: between vertical lines, y)
+TRACK_GAPS_UM = (
+    (22.0, 34.0, 26.0, 40.0, 30.0),
+    (36.0, 24.0, 44.0, 28.0),
+)  # (x: between vertical lines, y)
 TRACK_PHASE_UM = 7.0  # the first line of each direction
 TRACK_WIDTH_UM = 1.5
 TRACK_DIM = 0.7  # share of the stain lost on a track line
@@ -61,7 +64,10 @@ def _uniform(seed: int, salt: int, *keys: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = _mix(np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt))
         for k in keys:
-            h = _mix(h ^ (np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x632BE59BD9B4E019)))
+            h = _mix(
+                h
+                ^ (np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x632BE59BD9B4E019))
+            )
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -100,8 +106,14 @@ class _Lattice:
         self.nj = int(math.ceil(width_um / spacing_um)) + 1
 
     def indices_in(self, x0, x1, y0, y1):
-        i0, i1 = max(0, int(math.floor(y0 / self.s)) - 1), min(self.ni, int(math.ceil(y1 / self.s)) + 1)
-        j0, j1 = max(0, int(math.floor(x0 / self.s)) - 1), min(self.nj, int(math.ceil(x1 / self.s)) + 1)
+        i0, i1 = (
+            max(0, int(math.floor(y0 / self.s)) - 1),
+            min(self.ni, int(math.ceil(y1 / self.s)) + 1),
+        )
+        j0, j1 = (
+            max(0, int(math.floor(x0 / self.s)) - 1),
+            min(self.nj, int(math.ceil(x1 / self.s)) + 1),
+        )
         ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
         return ii.ravel(), jj.ravel()
 
@@ -114,9 +126,16 @@ def _field(seed: int, x: np.ndarray, y: np.ndarray, cv: float) -> np.ndarray:
     i0, j0 = np.floor(fy).astype(np.int64), np.floor(fx).astype(np.int64)
     ty, tx = fy - i0, fx - j0
     z = np.zeros(len(fx))
-    for di, dj, wgt in ((0, 0, (1 - ty) * (1 - tx)), (0, 1, (1 - ty) * tx), (1, 0, ty * (1 - tx)), (1, 1, ty * tx)):
+    for di, dj, wgt in (
+        (0, 0, (1 - ty) * (1 - tx)),
+        (0, 1, (1 - ty) * tx),
+        (1, 0, ty * (1 - tx)),
+        (1, 1, ty * tx),
+    ):
         u1, u2 = _uniform(seed, 21, i0 + di, j0 + dj), _uniform(seed, 22, i0 + di, j0 + dj)
-        z += wgt * np.sqrt(-2 * np.log(np.maximum(u1, 1e-12))) * np.cos(2 * np.pi * u2)  # Box-Muller
+        z += (
+            wgt * np.sqrt(-2 * np.log(np.maximum(u1, 1e-12))) * np.cos(2 * np.pi * u2)
+        )  # Box-Muller
     sigma = np.sqrt(np.log(1 + cv**2))
     return np.exp(sigma * z - sigma**2 / 2)
 
@@ -131,7 +150,9 @@ def _track_distance(v: np.ndarray, gaps) -> np.ndarray:
 def on_track_line(x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
     """True where a point lies on a track line (no DNB there, so no transcript)."""
     half = TRACK_WIDTH_UM / 2
-    return (_track_distance(x_um, TRACK_GAPS_UM[0]) < half) | (_track_distance(y_um, TRACK_GAPS_UM[1]) < half)
+    return (_track_distance(x_um, TRACK_GAPS_UM[0]) < half) | (
+        _track_distance(y_um, TRACK_GAPS_UM[1]) < half
+    )
 
 
 def stain_matrix(params: dict, shape: tuple[int, int], ps: float) -> np.ndarray:
@@ -140,22 +161,39 @@ def stain_matrix(params: dict, shape: tuple[int, int], ps: float) -> np.ndarray:
     (dx, dy)."""
     unknown = set(params) - {"scale", "rotation_deg", "flip", "shift_um"}
     if unknown:
-        raise ConfigError(f"synth: stain_transform has unknown keys {sorted(unknown)} "
-                          "(scale, rotation_deg, flip, shift_um)")
+        raise ConfigError(
+            f"synth: stain_transform has unknown keys {sorted(unknown)} "
+            "(scale, rotation_deg, flip, shift_um)"
+        )
     scale, angle = params.get("scale", 1.0), params.get("rotation_deg", 0.0)
     _check("stain_transform.scale", scale)
     _check("stain_transform.rotation_deg", angle, positive=False)
     dx, dy = (float(v) / ps for v in params.get("shift_um", (0.0, 0.0)))
     cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
     t = math.radians(angle)
-    rot = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) * [[scale], [scale], [1]]
+    rot = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) * [
+        [scale],
+        [scale],
+        [1],
+    ]
     flip = np.diag([-1.0 if params.get("flip", False) else 1.0, 1.0, 1.0])
     to_centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], np.float64)
     back = np.array([[1, 0, cx + dx], [0, 1, cy + dy], [0, 0, 1]], np.float64)
     return back @ rot @ flip @ to_centre
 
 
-def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um, occupancy=0.9, expression_cv=0.0):
+def _cells(
+    seed,
+    lattice,
+    ii,
+    jj,
+    width_um,
+    height_um,
+    n_types,
+    cell_radius_um,
+    occupancy=0.9,
+    expression_cv=0.0,
+):
     """All properties of the cells at lattice points (ii, jj), as a dict of arrays."""
     s = lattice.s
     u = lambda salt: _uniform(seed, salt, ii, jj)  # noqa: E731
@@ -166,7 +204,9 @@ def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um, 
     aspect = np.where(elongated, 2.0 + 1.5 * u(5), 1.0 + 0.25 * u(5))
     cell_type = np.minimum((u(11) * n_types).astype(np.int32), n_types - 1)
     # cell types differ in size (as neurons and glia do), and cells vary within a type
-    type_scale = np.linspace(0.65, 1.35, n_types)[np.argsort(_uniform(seed, 15, np.arange(n_types)))]
+    type_scale = np.linspace(0.65, 1.35, n_types)[
+        np.argsort(_uniform(seed, 15, np.arange(n_types)))
+    ]
     radius = cell_radius_um * type_scale[cell_type] * (0.85 + 0.3 * u(6))
     a = radius * np.sqrt(aspect)  # semi-major, µm (area as a circle of `radius`)
     b = radius / np.sqrt(aspect)
@@ -176,11 +216,17 @@ def _cells(seed, lattice, ii, jj, width_um, height_um, n_types, cell_radius_um, 
     off_t = 2 * np.pi * u(10)
     out = {
         "cell_id": (ii * lattice.nj + jj + 1).astype(np.int64),
-        "x": cx, "y": cy, "a": a, "b": b, "theta": theta,
+        "x": cx,
+        "y": cy,
+        "a": a,
+        "b": b,
+        "theta": theta,
         "cell_type": cell_type,
         "elongated": elongated,
-        "nx": cx + off_r * np.cos(off_t), "ny": cy + off_r * np.sin(off_t),
-        "na": a * nfrac, "nb": b * nfrac,
+        "nx": cx + off_r * np.cos(off_t),
+        "ny": cy + off_r * np.sin(off_t),
+        "na": a * nfrac,
+        "nb": b * nfrac,
         "visible": u(12) >= 0.04,
         "brightness": 0.6 + 0.8 * u(13),
         "n_tx_scale": (0.7 + 0.6 * u(14)) * _field(seed, cx, cy, expression_cv),
@@ -218,8 +264,18 @@ def _render_labels(cells, r0, c0, h, w, ps):
     nuc_lab = np.zeros((h, w), np.uint32)
     nuc_vis = np.zeros((h, w), np.uint32)
     for k, cid in enumerate(cells["cell_id"]):
-        win, d = _ellipse_window(cells["x"][k], cells["y"][k], cells["a"][k], cells["b"][k],
-                                 cells["theta"][k], r0, c0, h, w, ps)
+        win, d = _ellipse_window(
+            cells["x"][k],
+            cells["y"][k],
+            cells["a"][k],
+            cells["b"][k],
+            cells["theta"][k],
+            r0,
+            c0,
+            h,
+            w,
+            ps,
+        )
         if win is None:
             continue
         sub = best[win]
@@ -227,8 +283,18 @@ def _render_labels(cells, r0, c0, h, w, ps):
         sub[closer] = d[closer]
         cell_lab[win][closer] = cid
     for k, cid in enumerate(cells["cell_id"]):
-        win, d = _ellipse_window(cells["nx"][k], cells["ny"][k], cells["na"][k], cells["nb"][k],
-                                 cells["theta"][k], r0, c0, h, w, ps)
+        win, d = _ellipse_window(
+            cells["nx"][k],
+            cells["ny"][k],
+            cells["na"][k],
+            cells["nb"][k],
+            cells["theta"][k],
+            r0,
+            c0,
+            h,
+            w,
+            ps,
+        )
         if win is None:
             continue
         inside = (d <= 1.0) & (cell_lab[win] == cid)
@@ -276,8 +342,21 @@ def _membrane_signal(cell_lab, ps):
     return 100.0 + 2000.0 * sig
 
 
-def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg_fraction, rng,
-                 block_box, diffusion_um=0.8, cytoplasm_keep=1.0):
+def _transcripts(
+    cells,
+    cell_lab,
+    nuc_lab,
+    r0,
+    c0,
+    ps,
+    programs,
+    tx_per_cell,
+    bg_fraction,
+    rng,
+    block_box,
+    diffusion_um=0.8,
+    cytoplasm_keep=1.0,
+):
     """Transcripts of the cells owned by this block, plus background in the block's box."""
     h, w = cell_lab.shape
     flat = cell_lab.ravel()
@@ -291,7 +370,9 @@ def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg
         lo = np.searchsorted(sorted_ids, owned, "left")
         hi = np.searchsorted(sorted_ids, owned, "right")
         area = hi - lo
-        n = rng.poisson(tx_per_cell * cells["n_tx_scale"] * np.maximum(area, 1) / max(np.median(area), 1))
+        n = rng.poisson(
+            tx_per_cell * cells["n_tx_scale"] * np.maximum(area, 1) / max(np.median(area), 1)
+        )
         n = np.where(area > 0, n, 0)
         which = np.repeat(np.arange(len(owned)), n)
         types = cells["cell_type"][which]
@@ -307,7 +388,9 @@ def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg
                 break
             pick = lo[which[miss]] + (rng.random(miss.sum()) * area[which[miss]]).astype(np.int64)
             pix[miss] = order[np.minimum(pick, len(order) - 1)]
-        if cytoplasm_keep < 1:  # sparse cytoplasm: thin the transcripts that did not land on the nucleus
+        if (
+            cytoplasm_keep < 1
+        ):  # sparse cytoplasm: thin the transcripts that did not land on the nucleus
             kept = (nflat[pix] == owned[which]) | (rng.random(len(pix)) < cytoplasm_keep)
             pix, which, genes = pix[kept], which[kept], genes[kept]
         pr, pc = np.divmod(pix, w)
@@ -320,7 +403,11 @@ def _transcripts(cells, cell_lab, nuc_lab, r0, c0, ps, programs, tx_per_cell, bg
     n_bg = rng.poisson(n_cell_tx * bg_fraction / (1 - bg_fraction)) if n_cell_tx else 0
     xs.append(rng.uniform(bx0, bx1, n_bg))
     ys.append(rng.uniform(by0, by1, n_bg))
-    gs.append(np.minimum(np.searchsorted(programs.bg_cdf, rng.random(n_bg)), len(programs.genes) - 1).astype(np.int32))
+    gs.append(
+        np.minimum(
+            np.searchsorted(programs.bg_cdf, rng.random(n_bg)), len(programs.genes) - 1
+        ).astype(np.int32)
+    )
     cs.append(np.zeros(n_bg, np.int64))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(cs)
 
@@ -368,37 +455,95 @@ def synth_chip(
     transcripts' frame.
     """
     t0 = time.perf_counter()
-    _check_synth_args(width_um, height_um, seed, pixel_size_um, cell_density_per_mm2, transcripts_per_cell,
-                      n_genes, n_cell_types, background_fraction, occupancy, expression_cv, cytoplasm_keep, block_um)
+    _check_synth_args(
+        width_um,
+        height_um,
+        seed,
+        pixel_size_um,
+        cell_density_per_mm2,
+        transcripts_per_cell,
+        n_genes,
+        n_cell_types,
+        background_fraction,
+        occupancy,
+        expression_cv,
+        cytoplasm_keep,
+        block_um,
+    )
     ps = float(pixel_size_um)
     H, W = int(math.ceil(height_um / ps)), int(math.ceil(width_um / ps))
     if stain_transform is not None and not membrane:
-        raise ConfigError("synth: stain_transform transforms the membrane stain; it needs membrane=True")
+        raise ConfigError(
+            "synth: stain_transform transforms the membrane stain; it needs membrane=True"
+        )
     matrix = None if stain_transform is None else stain_matrix(dict(stain_transform), (H, W), ps)
     block_px = max(16, int(round(block_um / ps)))
     spacing = 1000.0 / math.sqrt(cell_density_per_mm2)  # µm between lattice points
     cell_radius = 0.62 * spacing  # ellipses overlap; territories split them
     margin_um = cell_radius * 2.2 + 3.0
     gene_type = pa.dictionary(pa.int32(), pa.string())
-    schema = pa.schema([(K.X, pa.float64()), (K.Y, pa.float64()), (K.Z, pa.float32()), (K.GENE, gene_type),
-                        (K.QV, pa.float32()), (K.TRANSCRIPT_ID, pa.int64()), (K.CELL_TRUE, pa.int64())])
-    gen = _Generator(seed, ps, H, W, block_px, margin_um, int(math.ceil(margin_um / ps)), cell_radius,
-                     _Lattice(spacing, W * ps, H * ps), _Programs(n_genes, n_cell_types, seed), schema,
-                     n_cell_types, occupancy, expression_cv, transcripts_per_cell, background_fraction,
-                     cytoplasm_keep, membrane, vendor_nuclei, bool(track_lines),
-                     None if matrix is None else tuple(map(tuple, matrix.tolist())))
+    schema = pa.schema(
+        [
+            (K.X, pa.float64()),
+            (K.Y, pa.float64()),
+            (K.Z, pa.float32()),
+            (K.GENE, gene_type),
+            (K.QV, pa.float32()),
+            (K.TRANSCRIPT_ID, pa.int64()),
+            (K.CELL_TRUE, pa.int64()),
+        ]
+    )
+    gen = _Generator(
+        seed,
+        ps,
+        H,
+        W,
+        block_px,
+        margin_um,
+        int(math.ceil(margin_um / ps)),
+        cell_radius,
+        _Lattice(spacing, W * ps, H * ps),
+        _Programs(n_genes, n_cell_types, seed),
+        schema,
+        n_cell_types,
+        occupancy,
+        expression_cv,
+        transcripts_per_cell,
+        background_fraction,
+        cytoplasm_keep,
+        membrane,
+        vendor_nuclei,
+        bool(track_lines),
+        None if matrix is None else tuple(map(tuple, matrix.tolist())),
+    )
     extra = {K.TRUTH_CELLS_ZARR: K.LABEL_DTYPE, K.TRUTH_NUCLEI_ZARR: K.LABEL_DTYPE}
     shape = (2, H, W) if membrane else (H, W)
     truth_rows = []
     n_tx = n_bg = 0
-    with ChipWriter(out, shape, ps, platform=platform, chunk_px=block_px, with_nuclei=vendor_nuclei,
-                    extra_arrays=extra, transcript_schema=schema, overwrite=overwrite,
-                    storage_options=storage_options,
-                    meta_extra={"synthetic": {"seed": seed, "cell_density_per_mm2": cell_density_per_mm2,
-                                              "transcripts_per_cell": transcripts_per_cell,
-                                              "background_fraction": background_fraction, "occupancy": occupancy,
-                                              "expression_cv": expression_cv, "cytoplasm_keep": cytoplasm_keep,
-                                              **_stain_meta(track_lines, stain_transform, matrix)}}) as wr:
+    with ChipWriter(
+        out,
+        shape,
+        ps,
+        platform=platform,
+        chunk_px=block_px,
+        with_nuclei=vendor_nuclei,
+        extra_arrays=extra,
+        transcript_schema=schema,
+        overwrite=overwrite,
+        storage_options=storage_options,
+        meta_extra={
+            "synthetic": {
+                "seed": seed,
+                "cell_density_per_mm2": cell_density_per_mm2,
+                "transcripts_per_cell": transcripts_per_cell,
+                "background_fraction": background_fraction,
+                "occupancy": occupancy,
+                "expression_cv": expression_cv,
+                "cytoplasm_keep": cytoplasm_keep,
+                **_stain_meta(track_lines, stain_transform, matrix),
+            }
+        },
+    ) as wr:
         n_bc = math.ceil(W / block_px)
         for bi in range(math.ceil(H / block_px)):
             for bj in range(n_bc):
@@ -410,11 +555,18 @@ def synth_chip(
         fs, path = storage.fs_and_path(storage.join(str(out), TRUTH_CELLS_PARQUET), storage_options)
         with fs.open(path, "wb") as fh:
             truth.to_parquet(fh, index=False)
-    return {"out": str(out), "shape": [H, W], "pixel_size_um": ps, "n_cells": int(len(truth)),
-            "n_transcripts": int(n_tx), "n_background": int(n_bg),
-            "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
-            "n_genes": n_genes, "seconds": time.perf_counter() - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "out": str(out),
+        "shape": [H, W],
+        "pixel_size_um": ps,
+        "n_cells": int(len(truth)),
+        "n_transcripts": int(n_tx),
+        "n_background": int(n_bg),
+        "n_missing_nucleus": int((~truth["has_visible_nucleus"]).sum()) if len(truth) else 0,
+        "n_genes": n_genes,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _stain_meta(track_lines: bool, params: dict | None, matrix: np.ndarray | None) -> dict:
@@ -422,27 +574,53 @@ def _stain_meta(track_lines: bool, params: dict | None, matrix: np.ndarray | Non
     chips are written as before)."""
     out = {}
     if track_lines:
-        out["track_lines"] = {"gaps_um": [list(g) for g in TRACK_GAPS_UM], "phase_um": TRACK_PHASE_UM,
-                              "width_um": TRACK_WIDTH_UM}
+        out["track_lines"] = {
+            "gaps_um": [list(g) for g in TRACK_GAPS_UM],
+            "phase_um": TRACK_PHASE_UM,
+            "width_um": TRACK_WIDTH_UM,
+        }
     if params is not None:
-        out["stain_transform"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
-                                  "matrix": matrix.tolist()}
+        out["stain_transform"] = {
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+            "matrix": matrix.tolist(),
+        }
     return out
 
 
-def _check_synth_args(width_um, height_um, seed, pixel_size_um, cell_density_per_mm2, transcripts_per_cell,
-                      n_genes, n_cell_types, background_fraction, occupancy, expression_cv, cytoplasm_keep,
-                      block_um) -> None:
-    for name, value in (("width_um", width_um), ("height_um", height_um), ("pixel_size_um", pixel_size_um),
-                        ("cell_density_per_mm2", cell_density_per_mm2),
-                        ("transcripts_per_cell", transcripts_per_cell), ("block_um", block_um)):
+def _check_synth_args(
+    width_um,
+    height_um,
+    seed,
+    pixel_size_um,
+    cell_density_per_mm2,
+    transcripts_per_cell,
+    n_genes,
+    n_cell_types,
+    background_fraction,
+    occupancy,
+    expression_cv,
+    cytoplasm_keep,
+    block_um,
+) -> None:
+    for name, value in (
+        ("width_um", width_um),
+        ("height_um", height_um),
+        ("pixel_size_um", pixel_size_um),
+        ("cell_density_per_mm2", cell_density_per_mm2),
+        ("transcripts_per_cell", transcripts_per_cell),
+        ("block_um", block_um),
+    ):
         _check(name, value)
     if not isinstance(n_genes, int) or n_genes < 2:
         raise ConfigError(f"synth: n_genes must be an integer >= 2, got {n_genes!r}")
     if not isinstance(n_cell_types, int) or not 1 <= n_cell_types <= n_genes:
-        raise ConfigError(f"synth: n_cell_types must be an integer in 1..n_genes, got {n_cell_types!r}")
+        raise ConfigError(
+            f"synth: n_cell_types must be an integer in 1..n_genes, got {n_cell_types!r}"
+        )
     if not 0 <= background_fraction < 1:
-        raise ConfigError(f"synth: background_fraction must be in [0, 1), got {background_fraction!r}")
+        raise ConfigError(
+            f"synth: background_fraction must be in [0, 1), got {background_fraction!r}"
+        )
     for name, value in (("occupancy", occupancy), ("cytoplasm_keep", cytoplasm_keep)):
         _check(name, value)
         if value > 1:
@@ -489,18 +667,32 @@ class _Generator:
         wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
         wr1, wc1 = min(H, r1 + margin), min(W, c1 + margin)
         box = (c0 * ps, c1 * ps, r0 * ps, r1 * ps)
-        ii, jj = self.lattice.indices_in(wc0 * ps - margin_um, wc1 * ps + margin_um,
-                                         wr0 * ps - margin_um, wr1 * ps + margin_um)
-        cells = _cells(self.seed, self.lattice, ii, jj, W * ps, H * ps, self.n_cell_types, self.cell_radius,
-                       self.occupancy, self.expression_cv)
+        ii, jj = self.lattice.indices_in(
+            wc0 * ps - margin_um, wc1 * ps + margin_um, wr0 * ps - margin_um, wr1 * ps + margin_um
+        )
+        cells = _cells(
+            self.seed,
+            self.lattice,
+            ii,
+            jj,
+            W * ps,
+            H * ps,
+            self.n_cell_types,
+            self.cell_radius,
+            self.occupancy,
+            self.expression_cv,
+        )
         cell_lab, nuc_lab, nuc_vis = _render_labels(cells, wr0, wc0, wr1 - wr0, wc1 - wc0, ps)
         rng = np.random.default_rng([self.seed, bi, bj])
         dapi = _render_dapi(nuc_vis, cells, wr0, wc0, self.seed, ps, rng)
         core = np.s_[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
         if self.membrane:
             wr.write_image(np.s_[0, r0:r1, c0:c1], dapi[core])
-            stain = (self._stain(r0, r1, c0, c1, rng) if self.track_lines or self.stain is not None
-                     else _render_membrane(cell_lab, ps, rng)[core])
+            stain = (
+                self._stain(r0, r1, c0, c1, rng)
+                if self.track_lines or self.stain is not None
+                else _render_membrane(cell_lab, ps, rng)[core]
+            )
             wr.write_image(np.s_[1, r0:r1, c0:c1], stain)
         else:
             wr.write_image(np.s_[r0:r1, c0:c1], dapi[core])
@@ -509,11 +701,27 @@ class _Generator:
         if self.vendor_nuclei:
             wr.write_array(K.NUCLEI_ZARR, np.s_[r0:r1, c0:c1], nuc_vis[core])
 
-        own = (cells["x"] >= box[0]) & (cells["x"] < box[1]) & (cells["y"] >= box[2]) & (cells["y"] < box[3])
+        own = (
+            (cells["x"] >= box[0])
+            & (cells["x"] < box[1])
+            & (cells["y"] >= box[2])
+            & (cells["y"] < box[3])
+        )
         mine = {k: v[own] for k, v in cells.items()}
-        x, y, g, c = _transcripts(mine, cell_lab, nuc_lab, wr0, wc0, ps, self.programs,
-                                  self.transcripts_per_cell, self.background_fraction, rng, box,
-                                  cytoplasm_keep=self.cytoplasm_keep)
+        x, y, g, c = _transcripts(
+            mine,
+            cell_lab,
+            nuc_lab,
+            wr0,
+            wc0,
+            ps,
+            self.programs,
+            self.transcripts_per_cell,
+            self.background_fraction,
+            rng,
+            box,
+            cytoplasm_keep=self.cytoplasm_keep,
+        )
         x = np.clip(x, 0.0, W * ps - 1e-6)
         y = np.clip(y, 0.0, H * ps - 1e-6)
         if self.track_lines:  # no DNB on a track line, so no transcript
@@ -522,28 +730,40 @@ class _Generator:
         o = np.lexsort((x, y))
         n = len(o)
         gene_dict = pa.array(self.programs.genes, pa.string())
-        table = pa.table({
-            K.X: x[o], K.Y: y[o],
-            K.Z: rng.uniform(0, 10, n).astype(np.float32),
-            K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), gene_dict),
-            K.QV: np.minimum(20 + rng.exponential(8, n), 40).astype(np.float32),
-            K.TRANSCRIPT_ID: (np.int64(block_index) << 32) + np.arange(n, dtype=np.int64),
-            K.CELL_TRUE: c[o],
-        }, schema=self.schema)
+        table = pa.table(
+            {
+                K.X: x[o],
+                K.Y: y[o],
+                K.Z: rng.uniform(0, 10, n).astype(np.float32),
+                K.GENE: pa.DictionaryArray.from_arrays(pa.array(g[o], pa.int32()), gene_dict),
+                K.QV: np.minimum(20 + rng.exponential(8, n), 40).astype(np.float32),
+                K.TRANSCRIPT_ID: (np.int64(block_index) << 32) + np.arange(n, dtype=np.int64),
+                K.CELL_TRUE: c[o],
+            },
+            schema=self.schema,
+        )
         wr.write_transcripts(table, row_group_size=max(n, 1))
         areas = _areas(cell_lab, mine["cell_id"]) * ps * ps
-        truth = pd.DataFrame({
-            "cell_id": mine["cell_id"], "x": mine["x"], "y": mine["y"],
-            "cell_type": mine["cell_type"], "has_visible_nucleus": mine["visible"],
-            "area_um2": areas, "elongated": mine["elongated"],
-        })
+        truth = pd.DataFrame(
+            {
+                "cell_id": mine["cell_id"],
+                "x": mine["x"],
+                "y": mine["y"],
+                "cell_type": mine["cell_type"],
+                "has_visible_nucleus": mine["visible"],
+                "area_um2": areas,
+                "elongated": mine["elongated"],
+            }
+        )
         return n, int((c == 0).sum()), truth
 
     def _stain(self, r0: int, r1: int, c0: int, c1: int, rng) -> np.ndarray:
         """Membrane stain rows r0:r1, cols c0:c1 of the stain's frame: the transcript frame's stain
         before noise (track lines dimmed) seen through the stain transform, then camera noise."""
         H, W = self.H, self.W
-        inv = np.linalg.inv(np.asarray(self.stain if self.stain is not None else np.eye(3), np.float64))
+        inv = np.linalg.inv(
+            np.asarray(self.stain if self.stain is not None else np.eye(3), np.float64)
+        )
         rr, cc = np.mgrid[r0:r1, c0:c1].astype(np.float64)
         sx = inv[0, 0] * cc + inv[0, 1] * rr + inv[0, 2]
         sy = inv[1, 0] * cc + inv[1, 1] * rr + inv[1, 2]
@@ -561,14 +781,28 @@ class _Generator:
         """The membrane stain before noise over transcript-frame pixels wr0:wr1, wc0:wc1."""
         ps, H, W, m, m_um = self.ps, self.H, self.W, self.margin, self.margin_um
         mr0, mr1, mc0, mc1 = max(0, wr0 - m), min(H, wr1 + m), max(0, wc0 - m), min(W, wc1 + m)
-        ii, jj = self.lattice.indices_in(mc0 * ps - m_um, mc1 * ps + m_um, mr0 * ps - m_um, mr1 * ps + m_um)
-        cells = _cells(self.seed, self.lattice, ii, jj, W * ps, H * ps, self.n_cell_types, self.cell_radius,
-                       self.occupancy, self.expression_cv)
+        ii, jj = self.lattice.indices_in(
+            mc0 * ps - m_um, mc1 * ps + m_um, mr0 * ps - m_um, mr1 * ps + m_um
+        )
+        cells = _cells(
+            self.seed,
+            self.lattice,
+            ii,
+            jj,
+            W * ps,
+            H * ps,
+            self.n_cell_types,
+            self.cell_radius,
+            self.occupancy,
+            self.expression_cv,
+        )
         cell_lab, _, _ = _render_labels(cells, mr0, mc0, mr1 - mr0, mc1 - mc0, ps)
         sig = _membrane_signal(cell_lab, ps)[wr0 - mr0 : wr1 - mr0, wc0 - mc0 : wc1 - mc0]
         if self.track_lines:
-            d = np.minimum(_track_distance((np.arange(wr0, wr1) + 0.5) * ps, TRACK_GAPS_UM[1])[:, None],
-                           _track_distance((np.arange(wc0, wc1) + 0.5) * ps, TRACK_GAPS_UM[0])[None, :])
+            d = np.minimum(
+                _track_distance((np.arange(wr0, wr1) + 0.5) * ps, TRACK_GAPS_UM[1])[:, None],
+                _track_distance((np.arange(wc0, wc1) + 0.5) * ps, TRACK_GAPS_UM[0])[None, :],
+            )
             sig = sig * (1 - TRACK_DIM * np.clip((TRACK_WIDTH_UM / 2 - d) / ps + 0.5, 0, 1))
         return sig
 
@@ -578,4 +812,6 @@ def _areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if not len(ids):
         return np.zeros(0)
     flat = np.sort(labels.ravel())
-    return (np.searchsorted(flat, ids, "right") - np.searchsorted(flat, ids, "left")).astype(np.float64)
+    return (np.searchsorted(flat, ids, "right") - np.searchsorted(flat, ids, "left")).astype(
+        np.float64
+    )

@@ -104,7 +104,10 @@ def halo_um(config: "PipelineConfig", reach_um: float, nuclei_context_um: float 
     diameter and the expansion span plus a nucleus diameter."""
     if config.tiling.halo_um is not None:
         return float(config.tiling.halo_um)
-    floor = 2.0 * max(config.cells.cell_diameter_um, config.cells.expansion.distance_um * 2) + config.nuclei.diameter_um
+    floor = (
+        2.0 * max(config.cells.cell_diameter_um, config.cells.expansion.distance_um * 2)
+        + config.nuclei.diameter_um
+    )
     need = 2.0 * reach_um + 2.0 * config.nuclei.diameter_um
     return max(floor, need, nuclei_context_um)
 
@@ -128,6 +131,11 @@ def make_grid(
         for gc in range(n_cols):
             r0, c0 = gr * core_px, gc * core_px
             r1, c1 = min(h, r0 + core_px), min(w, c0 + core_px)
-            window = (max(0, r0 - halo_px), min(h, r1 + halo_px), max(0, c0 - halo_px), min(w, c1 + halo_px))
+            window = (
+                max(0, r0 - halo_px),
+                min(h, r1 + halo_px),
+                max(0, c0 - halo_px),
+                min(w, c1 + halo_px),
+            )
             tiles.append(Tile(len(tiles), gr, gc, (r0, r1, c0, c1), window))
     return TileGrid((h, w), core_px, halo_px, chunk_px, tuple(tiles))

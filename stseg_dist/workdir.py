@@ -23,7 +23,11 @@ from .io import storage
 
 def run_key(chip_meta: dict, chip_url: str, n_rows: int, config: dict) -> str:
     cfg = {k: v for k, v in config.items() if k not in ("runtime", "resources")}
-    blob = json.dumps({"chip": chip_meta, "url": chip_url, "rows": n_rows, "config": cfg}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"chip": chip_meta, "url": chip_url, "rows": n_rows, "config": cfg},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

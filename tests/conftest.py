@@ -19,7 +19,9 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 def shared_data(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared real data not found at {path} (expected ../shared/data beside the repo)")
+        pytest.skip(
+            f"shared real data not found at {path} (expected ../shared/data beside the repo)"
+        )
     return path
 
 
@@ -52,13 +54,28 @@ def make_blob_chip(
     if transcripts is None:
         k = rng.integers(0, n_nuclei, n_transcripts)
         x0, y0 = origin_um
-        tx = np.clip(x0 + cx[k] * pixel_size_um + rng.normal(0, 3, n_transcripts), x0, x0 + w * pixel_size_um - 1e-6)
-        ty = np.clip(y0 + cy[k] * pixel_size_um + rng.normal(0, 3, n_transcripts), y0, y0 + h * pixel_size_um - 1e-6)
+        tx = np.clip(
+            x0 + cx[k] * pixel_size_um + rng.normal(0, 3, n_transcripts),
+            x0,
+            x0 + w * pixel_size_um - 1e-6,
+        )
+        ty = np.clip(
+            y0 + cy[k] * pixel_size_um + rng.normal(0, 3, n_transcripts),
+            y0,
+            y0 + h * pixel_size_um - 1e-6,
+        )
         genes = np.array([f"G{i:02d}" for i in range(12)])[rng.integers(0, 12, n_transcripts)]
         order = np.lexsort((tx // 20, ty // 20))
         transcripts = pa.table({"x": tx[order], "y": ty[order], "gene": genes[order]})
-    with ChipWriter(str(path), shape, pixel_size_um, origin_um=origin_um, platform="test",
-                    chunk_px=chunk_px, overwrite=True) as wr:
+    with ChipWriter(
+        str(path),
+        shape,
+        pixel_size_um,
+        origin_um=origin_um,
+        platform="test",
+        chunk_px=chunk_px,
+        overwrite=True,
+    ) as wr:
         wr.write_image(np.s_[:, :], np.clip(img, 0, 65535).astype(np.uint16))
         wr.write_transcripts(transcripts, row_group_size=row_group_size)
     return str(path)
@@ -86,13 +103,21 @@ def s3():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint,
-                                                                      "region_name": "us-east-1"}}
+    opts = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
     import boto3
     import s3fs
 
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="stseg-test")
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="stseg-test")
     fs = s3fs.S3FileSystem(**opts)
     yield fs, opts
     server.stop()
@@ -110,8 +135,12 @@ def small_tiles_config(*items):
 
 @pytest.fixture(scope="session")
 def medium_chip(tmp_path_factory):
-    return make_blob_chip(tmp_path_factory.mktemp("medium") / "chip", shape=(300, 360), n_nuclei=70,
-                          n_transcripts=20_000)
+    return make_blob_chip(
+        tmp_path_factory.mktemp("medium") / "chip",
+        shape=(300, 360),
+        n_nuclei=70,
+        n_transcripts=20_000,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -130,9 +159,13 @@ def assert_same_outputs(a, b):
     import zarr
 
     for name in ("cells", "nuclei"):
-        np.testing.assert_array_equal(zarr.open_array(str(a / "labels.zarr" / name))[:],
-                                      zarr.open_array(str(b / "labels.zarr" / name))[:])
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "cells.parquet"), pd.read_parquet(b / "cells.parquet"))
+        np.testing.assert_array_equal(
+            zarr.open_array(str(a / "labels.zarr" / name))[:],
+            zarr.open_array(str(b / "labels.zarr" / name))[:],
+        )
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a / "cells.parquet"), pd.read_parquet(b / "cells.parquet")
+    )
     ta = pd.read_parquet(a / "transcripts.parquet").sort_values("input_row").reset_index(drop=True)
     tb = pd.read_parquet(b / "transcripts.parquet").sort_values("input_row").reset_index(drop=True)
     assert tb.input_row.is_unique
@@ -148,11 +181,16 @@ def one_tile_vs_many(chip, tmp_path, items, tile_um, chunk_px=32):
     from stseg_dist.driver import run_pipeline
 
     runs = []
-    for name, tiling, local in (("one", ["tiling.tile_size_um=1000"], True),
-                                ("many", [f"tiling.tile_size_um={tile_um}", f"tiling.chunk_px={chunk_px}"], False)):
+    for name, tiling, local in (
+        ("one", ["tiling.tile_size_um=1000"], True),
+        ("many", [f"tiling.tile_size_um={tile_um}", f"tiling.chunk_px={chunk_px}"], False),
+    ):
         config = load_config(overrides=parse_set([*items, *tiling]), use_env=False)
         summary = run_pipeline(chip, str(tmp_path / name), config, local=local)
-        labels = tuple(zarr.open_array(str(tmp_path / name / "labels.zarr" / k))[:] for k in ("cells", "nuclei"))
+        labels = tuple(
+            zarr.open_array(str(tmp_path / name / "labels.zarr" / k))[:]
+            for k in ("cells", "nuclei")
+        )
         runs.append((summary, labels))
     (one, labels_one), (many, labels_many) = runs
     return one, many, labels_one, labels_many

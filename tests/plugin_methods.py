@@ -74,10 +74,18 @@ class GpuActorExpansion(ExpansionMethod):
 def stateful_state():
     import numpy as np
 
-    return {"weights": b"\x00\x01 not a pickle", "offset": (3, -2), "threshold": None,
-            "hvg": {0: np.array([True, False]), 7: np.array([False, True])},
-            "history": {"loss": [0.5, 0.25, float("nan")]}, "scale": np.float64(1.5), "n": 3,
-            "lut": np.arange(6, dtype=np.int64).reshape(2, 3), "names": ["a", "b"], "__dict__": "tag-like key"}
+    return {
+        "weights": b"\x00\x01 not a pickle",
+        "offset": (3, -2),
+        "threshold": None,
+        "hvg": {0: np.array([True, False]), 7: np.array([False, True])},
+        "history": {"loss": [0.5, 0.25, float("nan")]},
+        "scale": np.float64(1.5),
+        "n": 3,
+        "lut": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "names": ["a", "b"],
+        "__dict__": "tag-like key",
+    }
 
 
 class StatefulExpansion(ExpansionMethod):
@@ -122,7 +130,9 @@ class LeakyExpansion(ExpansionMethod):
 
         c = self.config
         so = {**c.nuclei.cellpose.storage_options, **c.cells.membrane.cellpose.storage_options}
-        logging.getLogger(__name__).warning("tile %d reads with %s, env %s", data.tile.index, so, dict(os.environ))
+        logging.getLogger(__name__).warning(
+            "tile %d reads with %s, env %s", data.tile.index, so, dict(os.environ)
+        )
         if data.tile.index == 0 and os.environ.get("STSEG_POISON") == "1":
             raise RuntimeError(f"access denied for {so} (environment {dict(os.environ)})")
         return super().segment(data)

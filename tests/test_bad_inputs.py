@@ -16,8 +16,12 @@ from tests.conftest import make_blob_chip
 
 
 def _cfg():
-    return load_config(overrides=parse_set(["runtime.progress=false", "tiling.tile_size_um=60",
-                                            "tiling.chunk_px=32"]), use_env=False)
+    return load_config(
+        overrides=parse_set(
+            ["runtime.progress=false", "tiling.tile_size_um=60", "tiling.chunk_px=32"]
+        ),
+        use_env=False,
+    )
 
 
 def _tx(x, y, gene=None):
@@ -47,20 +51,35 @@ def _edit_chip_json(path, **changes):
 
 
 CASES = {
-    "nan coordinate": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, np.nan], [1.0, 2.0])), "not finite"),
-    "inf coordinate": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, 2.0], [np.inf, 2.0])), "not finite"),
-    "outside extent": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, 500.0], [1.0, 2.0])),
-                       "outside the image extent"),
-    "huge coordinate": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, 1e300], [1.0, 2.0])),
-                        "outside the image extent"),
+    "nan coordinate": (
+        lambda p: make_blob_chip(p, transcripts=_tx([1.0, np.nan], [1.0, 2.0])),
+        "not finite",
+    ),
+    "inf coordinate": (
+        lambda p: make_blob_chip(p, transcripts=_tx([1.0, 2.0], [np.inf, 2.0])),
+        "not finite",
+    ),
+    "outside extent": (
+        lambda p: make_blob_chip(p, transcripts=_tx([1.0, 500.0], [1.0, 2.0])),
+        "outside the image extent",
+    ),
+    "huge coordinate": (
+        lambda p: make_blob_chip(p, transcripts=_tx([1.0, 1e300], [1.0, 2.0])),
+        "outside the image extent",
+    ),
     "empty chip": (lambda p: make_blob_chip(p, transcripts=_tx([], [])), "no transcripts"),
-    "image smaller than transcripts": (lambda p: make_blob_chip(p, shape=(40, 40), transcripts=_tx([1.0, 30.0],
-                                                                                                   [1.0, 2.0])),
-                                       "outside the image extent"),
-    "negative coordinate": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, -5.0], [1.0, 2.0])),
-                            "outside the image extent"),
-    "null gene": (lambda p: make_blob_chip(p, transcripts=_tx([1.0, 2.0], [1.0, 2.0], ["A", None])),
-                  "no 'gene'"),
+    "image smaller than transcripts": (
+        lambda p: make_blob_chip(p, shape=(40, 40), transcripts=_tx([1.0, 30.0], [1.0, 2.0])),
+        "outside the image extent",
+    ),
+    "negative coordinate": (
+        lambda p: make_blob_chip(p, transcripts=_tx([1.0, -5.0], [1.0, 2.0])),
+        "outside the image extent",
+    ),
+    "null gene": (
+        lambda p: make_blob_chip(p, transcripts=_tx([1.0, 2.0], [1.0, 2.0], ["A", None])),
+        "no 'gene'",
+    ),
 }
 
 
@@ -84,8 +103,10 @@ def test_missing_chip_json(tmp_path):
         open_chip(str(tmp_path / "nowhere"))
 
 
-@pytest.mark.parametrize("value, message", [(0, "positive"), (-0.5, "positive"), ("big", "positive"),
-                                            (float("nan"), "positive")])
+@pytest.mark.parametrize(
+    "value, message",
+    [(0, "positive"), (-0.5, "positive"), ("big", "positive"), (float("nan"), "positive")],
+)
 def test_bad_pixel_size(tmp_path, value, message):
     chip = make_blob_chip(tmp_path / "c", n_transcripts=100)
     meta = json.loads((tmp_path / "c" / "chip.json").read_text())
@@ -110,10 +131,14 @@ def test_missing_columns_and_wrong_types(tmp_path):
     pq.write_table(pa.table({"x": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet")
     with pytest.raises(InputError, match=r"missing required column\(s\) \['y'\]"):
         open_chip(chip).transcripts
-    pq.write_table(pa.table({"x": ["a"], "y": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet")
+    pq.write_table(
+        pa.table({"x": ["a"], "y": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet"
+    )
     with pytest.raises(InputError, match="'x' must be numeric"):
         open_chip(chip).transcripts
-    pq.write_table(pa.table({"x": [1.0], "y": [1.0], "gene": [7]}), tmp_path / "c" / "transcripts.parquet")
+    pq.write_table(
+        pa.table({"x": [1.0], "y": [1.0], "gene": [7]}), tmp_path / "c" / "transcripts.parquet"
+    )
     with pytest.raises(InputError, match="'gene' must be strings"):
         open_chip(chip).transcripts
     (tmp_path / "c" / "transcripts.parquet").write_bytes(b"PAR1 truncated")
@@ -187,9 +212,14 @@ def test_odd_gene_names_and_duplicate_ids_round_trip(tmp_path):
     genes = ["Gene A/ß", 'q"uote,comma', "", "タ", "NegControlProbe_1"]
     n = 500
     rng = np.random.default_rng(0)
-    t = pa.table({"x": rng.uniform(0, 159, n), "y": rng.uniform(0, 119, n),
-                  "gene": [genes[i % len(genes)] for i in range(n)],
-                  "transcript_id": np.repeat(np.arange(n // 2), 2)})
+    t = pa.table(
+        {
+            "x": rng.uniform(0, 159, n),
+            "y": rng.uniform(0, 119, n),
+            "gene": [genes[i % len(genes)] for i in range(n)],
+            "transcript_id": np.repeat(np.arange(n // 2), 2),
+        }
+    )
     chip = make_blob_chip(tmp_path / "c", transcripts=t)
     out = tmp_path / "out"
     run_pipeline(chip, str(out), _cfg(), local=True)
@@ -204,7 +234,11 @@ def test_odd_gene_names_and_duplicate_ids_round_trip(tmp_path):
 
 def test_corrupt_image_chunk_names_the_window(tmp_path):
     chip = make_blob_chip(tmp_path / "c", n_transcripts=200)
-    chunk = next(p for p in (tmp_path / "c" / "image.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p
+        for p in (tmp_path / "c" / "image.zarr").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     chunk.write_bytes(b"\x00garbage")
     with pytest.raises(InputError, match=r"image\.zarr: cannot read window"):
         run_pipeline(chip, str(tmp_path / "out"), _cfg(), local=True)
@@ -213,7 +247,11 @@ def test_corrupt_image_chunk_names_the_window(tmp_path):
 def test_missing_image_chunk_is_reported_not_silent(tmp_path):
     """Documented recovery: a missing zarr chunk reads as fill (zarr semantics) and run.json warns."""
     chip = make_blob_chip(tmp_path / "c", n_transcripts=300)
-    chunks = sorted(p for p in (tmp_path / "c" / "image.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks = sorted(
+        p
+        for p in (tmp_path / "c" / "image.zarr").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     chunks[0].unlink()
     summary = run_pipeline(chip, str(tmp_path / "out"), _cfg(), local=True)
     assert summary["status"] == "complete"

@@ -1,4 +1,5 @@
 """stseg batch: three generated slides concurrently on one Ray, one broken slide, re-run resumes."""
+
 import csv
 import json
 
@@ -24,14 +25,20 @@ def _manifest(root, extra=None, broken=True):
         "out": str(root / "batch-out"),
         "max_concurrent_slides": 4,
         "slides": [
-            {"name": f"s{i}", "input": f"chip{i}", "output": f"out/s{i}", "platform": "xenium",
-             "overrides": {"runtime": {"progress": False}, "tiling.tile_size_um": 40 + 5 * i}}
+            {
+                "name": f"s{i}",
+                "input": f"chip{i}",
+                "output": f"out/s{i}",
+                "platform": "xenium",
+                "overrides": {"runtime": {"progress": False}, "tiling.tile_size_um": 40 + 5 * i},
+            }
             for i in range(3)
         ],
     }
     if broken:
-        doc["slides"].append({"name": "broken", "input": "no-such-chip", "output": "out/broken",
-                              "platform": "cosmx"})
+        doc["slides"].append(
+            {"name": "broken", "input": "no-such-chip", "output": "out/broken", "platform": "cosmx"}
+        )
     if extra:
         doc.update(extra)
     p = root / "manifest.yaml"
@@ -56,7 +63,11 @@ def test_batch_concurrent_failure_isolated_and_rerun_skips(slides, ray_module):
         assert run["config"]["tiling"]["tile_size_um"] == 40 + 5 * i  # per-slide override applied
     status = json.loads((slides / "batch-out" / "status.json").read_text())
     assert {s["slide"]: s["status"] for s in status["slides"]} == {
-        "s0": "complete", "s1": "complete", "s2": "complete", "broken": "failed"}
+        "s0": "complete",
+        "s1": "complete",
+        "s2": "complete",
+        "broken": "failed",
+    }
     with open(slides / "batch-out" / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["slide"] for r in rows] == ["s0", "s1", "s2", "broken"]
@@ -72,19 +83,41 @@ def test_batch_concurrent_failure_isolated_and_rerun_skips(slides, ray_module):
     assert summ2["status"] == "complete"
 
 
-@pytest.mark.parametrize("doc, fragment", [
-    ({"slides": []}, "'slides' must be a non-empty list"),
-    ({"slides": [{"input": "a"}]}, "'output' is required"),
-    ({"slides": [{"input": "a", "output": "b", "colour": 1}]}, "unknown key(s) ['colour']"),
-    ({"slides": [{"input": "a", "output": "b", "platform": "visium"}]}, "platform 'visium'"),
-    ({"slides": [{"name": "x", "input": "a", "output": "b"}, {"name": "x", "input": "c", "output": "d"}]},
-     "duplicate slide name 'x'"),
-    ({"slides": [{"input": "a", "output": "b", "overrides": {"tiling.no_such": 1}}]}, "overrides"),
-    ({"slides": [{"input": "a", "output": "b", "overrides": [1]}]}, "'overrides' must be a mapping"),
-    ({"slides": [{"input": "a", "output": "b"}], "max_concurrent_slides": 0}, "max_concurrent_slides"),
-    ({"slides": [{"input": "a", "output": "b"}], "bogus": 1}, "unknown manifest key(s) ['bogus']"),
-    ([1, 2], "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "doc, fragment",
+    [
+        ({"slides": []}, "'slides' must be a non-empty list"),
+        ({"slides": [{"input": "a"}]}, "'output' is required"),
+        ({"slides": [{"input": "a", "output": "b", "colour": 1}]}, "unknown key(s) ['colour']"),
+        ({"slides": [{"input": "a", "output": "b", "platform": "visium"}]}, "platform 'visium'"),
+        (
+            {
+                "slides": [
+                    {"name": "x", "input": "a", "output": "b"},
+                    {"name": "x", "input": "c", "output": "d"},
+                ]
+            },
+            "duplicate slide name 'x'",
+        ),
+        (
+            {"slides": [{"input": "a", "output": "b", "overrides": {"tiling.no_such": 1}}]},
+            "overrides",
+        ),
+        (
+            {"slides": [{"input": "a", "output": "b", "overrides": [1]}]},
+            "'overrides' must be a mapping",
+        ),
+        (
+            {"slides": [{"input": "a", "output": "b"}], "max_concurrent_slides": 0},
+            "max_concurrent_slides",
+        ),
+        (
+            {"slides": [{"input": "a", "output": "b"}], "bogus": 1},
+            "unknown manifest key(s) ['bogus']",
+        ),
+        ([1, 2], "must be a mapping"),
+    ],
+)
 def test_bad_manifest_rejected(tmp_path, doc, fragment):
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(doc))
@@ -108,7 +141,9 @@ def test_bad_manifest_files(tmp_path):
 
 def test_csv_manifest_resolves_relative_paths(tmp_path):
     c = tmp_path / "m.csv"
-    c.write_text("name,input,output,platform\na,chips/a,out/a,merscope\nb,s3://bk/b,s3://bk/out/b,\n")
+    c.write_text(
+        "name,input,output,platform\na,chips/a,out/a,merscope\nb,s3://bk/b,s3://bk/out/b,\n"
+    )
     m = parse_manifest(str(c))
     assert [s.input for s in m.slides] == [str(tmp_path / "chips/a"), "s3://bk/b"]
     assert m.slides[0].platform == "merscope" and m.slides[1].platform == "generic"
@@ -123,10 +158,21 @@ def test_vendor_bundle_slide_is_converted_with_its_platform(tmp_path):
 
     rng = np.random.default_rng(0)
     (tmp_path / "bundle").mkdir()
-    pd.DataFrame({"x": rng.uniform(0, 60, 800), "y": rng.uniform(0, 40, 800),
-                  "gene": rng.choice(["A", "B", "C"], 800)}).to_csv(tmp_path / "bundle" / "transcripts.csv", index=False)
-    slide = {"name": "b", "input": "bundle", "output": "out/b", "platform": "generic",
-             "reader_options": {"pixel_size_um": 0.5}, "overrides": {"runtime.progress": False}}
+    pd.DataFrame(
+        {
+            "x": rng.uniform(0, 60, 800),
+            "y": rng.uniform(0, 40, 800),
+            "gene": rng.choice(["A", "B", "C"], 800),
+        }
+    ).to_csv(tmp_path / "bundle" / "transcripts.csv", index=False)
+    slide = {
+        "name": "b",
+        "input": "bundle",
+        "output": "out/b",
+        "platform": "generic",
+        "reader_options": {"pixel_size_um": 0.5},
+        "overrides": {"runtime.progress": False},
+    }
     (tmp_path / "m.yaml").write_text(yaml.safe_dump({"out": "bo", "slides": [slide]}))
     summary = run_batch(str(tmp_path / "m.yaml"), local=True)
     assert summary["status"] == "complete", summary
@@ -136,5 +182,7 @@ def test_vendor_bundle_slide_is_converted_with_its_platform(tmp_path):
     assert run["config"]["nuclei"]["classical"] != PipelineConfig().to_dict()["nuclei"]["classical"]
     bad = {**slide, "reader_options": {"pixel_size": 0.5}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"out": "bo", "slides": [bad]}))
-    with pytest.raises(ConfigError, match=r"slides\[0\]: reader_options: unknown reader option\(s\) 'pixel_size'"):
+    with pytest.raises(
+        ConfigError, match=r"slides\[0\]: reader_options: unknown reader option\(s\) 'pixel_size'"
+    ):
         parse_manifest(str(tmp_path / "bad.yaml"))

@@ -33,7 +33,23 @@ def test_bench_cli_rejects_bad_args(capsys):
 @pytest.mark.slow
 def test_bench_main_writes_json(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["--", "--sizes-um", "60", "--workers", "1", "--no-local", "--tile-um", "64", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--",
+                "--sizes-um",
+                "60",
+                "--workers",
+                "1",
+                "--no-local",
+                "--tile-um",
+                "64",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert len(rows) == 1 and rows[0]["mode"] == "ray" and "ray_over_single_process" not in rows[0]
 
@@ -46,15 +62,38 @@ def test_method_comparison_on_generated_and_real_chips(tmp_path, capsys):
 
     shared_data("cosmx_lung12_fov2")
     out = tmp_path / "cmp.json"
-    assert main(["--", "--methods", "expansion", "membrane", "--size-um", "60", "--tile-um", "40",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--",
+                "--methods",
+                "expansion",
+                "membrane",
+                "--size-um",
+                "60",
+                "--tile-um",
+                "40",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     printed = capsys.readouterr().out
     by = {(r["dataset"], r["method"]): r for r in rows}
-    assert set(by) >= {("synthetic0", "expansion"), ("synthetic0", "membrane"), ("cosmx_lung12_fov2", "expansion")}
+    assert set(by) >= {
+        ("synthetic0", "expansion"),
+        ("synthetic0", "membrane"),
+        ("cosmx_lung12_fov2", "expansion"),
+    }
     assert ("cosmx_lung12_fov2", "membrane") not in by and "not applicable" in printed
-    for r in rows:  # F1 wherever there are reference cells (the Xenium preview has per-transcript ones only)
-        assert r["transcripts_per_s"] > 0 and math.isnan(r["cell_f1_iou50"]) == (r["n_ref_cells"] <= 0), r
+    for r in (
+        rows
+    ):  # F1 wherever there are reference cells (the Xenium preview has per-transcript ones only)
+        assert r["transcripts_per_s"] > 0 and math.isnan(r["cell_f1_iou50"]) == (
+            r["n_ref_cells"] <= 0
+        ), r
     assert "merscope_mousebrain" in {r["dataset"] for r in rows}
     # the generated chip has truth and a membrane stain: both methods find its cells (13 of 13 when
     # written, F1 1.0), and the membrane puts more transcripts in their true cell (0.90 vs 0.84)

@@ -33,7 +33,11 @@ def cluster():
 
 def test_gpu_work_on_gpu_node_cpu_work_spreads(cluster, medium_chip, clean_run, tmp_path):
     _, _, _, gpu_id = cluster
-    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:GpuActorExpansion"))
+    summary = run_pipeline(
+        medium_chip,
+        str(tmp_path / "out"),
+        _cfg("cells.method=tests.plugin_methods:GpuActorExpansion"),
+    )
     placement = summary["placement"]
     assert set(placement["cells"]) == {gpu_id}  # the GPU actor ran every cell tile
     assert len(placement["nuclei"]) >= 2  # CPU tasks spread over several nodes
@@ -53,8 +57,11 @@ def test_node_removed_mid_run(cluster, medium_chip, clean_run, tmp_path):
 
     th = threading.Thread(target=remove_later)
     th.start()
-    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion",
-                                                             "runtime.max_retries=5"))
+    summary = run_pipeline(
+        medium_chip,
+        str(tmp_path / "out"),
+        _cfg("cells.method=tests.plugin_methods:SlowActorExpansion", "runtime.max_retries=5"),
+    )
     th.join()
     assert removed and summary["status"] == "complete"
     assert_same_outputs(clean_run, tmp_path / "out")

@@ -7,7 +7,11 @@ from stseg_dist.errors import ConfigError
 def test_defaults_and_overrides(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("cells:\n  method: expansion\n  expansion:\n    distance_um: 7\n")
-    cfg = load_config(str(cfg_file), parse_set(["tiling.tile_size_um=120", "runtime.progress=false"]), use_env=False)
+    cfg = load_config(
+        str(cfg_file),
+        parse_set(["tiling.tile_size_um=120", "runtime.progress=false"]),
+        use_env=False,
+    )
     assert cfg.cells.expansion.distance_um == 7.0
     assert cfg.tiling.tile_size_um == 120.0
     assert cfg.runtime.progress is False
@@ -15,7 +19,9 @@ def test_defaults_and_overrides(tmp_path):
 
 
 def test_env_overrides():
-    assert env_overrides({"STSEG_RUNTIME__MAX_RETRIES": "5", "OTHER": "1"}) == {"runtime": {"max_retries": 5}}
+    assert env_overrides({"STSEG_RUNTIME__MAX_RETRIES": "5", "OTHER": "1"}) == {
+        "runtime": {"max_retries": 5}
+    }
 
 
 @pytest.mark.parametrize(
@@ -45,13 +51,16 @@ def test_bad_yaml_and_missing_file(tmp_path):
         parse_set(["novalue"])
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("resources.cells.num_gpus=-1", "resources.cells.num_gpus must be >= 0"),
-    ("resources.nuclei.actors=-2", "resources.nuclei.actors must be >= 0"),
-    ("tiling.chunk_px=0", "tiling.chunk_px must be positive"),
-    ("runtime.max_in_flight=0", "runtime.max_in_flight must be at least 1"),
-    ("cells.expansion.distance_um=-1", "cells.expansion.distance_um must not be negative"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("resources.cells.num_gpus=-1", "resources.cells.num_gpus must be >= 0"),
+        ("resources.nuclei.actors=-2", "resources.nuclei.actors must be >= 0"),
+        ("tiling.chunk_px=0", "tiling.chunk_px must be positive"),
+        ("runtime.max_in_flight=0", "runtime.max_in_flight must be at least 1"),
+        ("cells.expansion.distance_um=-1", "cells.expansion.distance_um must not be negative"),
+    ],
+)
 def test_sections_validate_their_values(item, fragment):
     """Each section checks its own values (PipelineConfig.validate, run before any tile)."""
     cfg = load_config(overrides=parse_set([item]), use_env=False)
@@ -73,12 +82,16 @@ def test_moved_compute_keys_name_their_new_home(key):
         load_config(overrides=parse_set([f"{key}=1"]), use_env=False)
 
 
-@pytest.mark.parametrize("key, value", [("model", "m.pt"), ("storage_options.key", "k"), ("batch_size", 2)])
+@pytest.mark.parametrize(
+    "key, value", [("model", "m.pt"), ("storage_options.key", "k"), ("batch_size", 2)]
+)
 def test_membrane_cellpose_keys_name_their_one_section(key, value):
     """The membrane's Cellpose settings live in the same section type as nuclei.cellpose."""
     with pytest.raises(ConfigError, match=r"cells\.membrane\.cellpose\." + key.split(".")[0]):
         load_config(overrides=parse_set([f"cells.membrane.{key}={value}"]), use_env=False)
-    cfg = load_config(overrides=parse_set([f"cells.membrane.cellpose.{key}={value}"]), use_env=False)
+    cfg = load_config(
+        overrides=parse_set([f"cells.membrane.cellpose.{key}={value}"]), use_env=False
+    )
     assert type(cfg.cells.membrane.cellpose) is type(cfg.nuclei.cellpose)
 
 

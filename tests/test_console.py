@@ -24,10 +24,28 @@ def test_run_console_shows_only_progress_and_summary(tmp_path):
     env["PYTHONPATH"] = str(REPO)
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "stseg_dist", "run", "--chip", chip, "--out", str(out),
-         "--set", "cells.method=tests.plugin_methods:SlowActorExpansion",
-         "--set", "tiling.tile_size_um=40", "--set", "tiling.chunk_px=16"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "stseg_dist",
+            "run",
+            "--chip",
+            chip,
+            "--out",
+            str(out),
+            "--set",
+            "cells.method=tests.plugin_methods:SlowActorExpansion",
+            "--set",
+            "tiling.tile_size_um=40",
+            "--set",
+            "tiling.chunk_px=16",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("\n") == 1 and proc.stdout.startswith("complete: "), proc.stdout
 
@@ -36,8 +54,11 @@ def test_run_console_shows_only_progress_and_summary(tmp_path):
     for piece in re.split(r"[\r\n]+", proc.stderr):
         if not piece.strip():
             continue
-        if piece in (f"report: {out / 'report.html'}", f"spatialdata: {out / 'spatialdata.zarr'}",
-                     "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)"):
+        if piece in (
+            f"report: {out / 'report.html'}",
+            f"spatialdata: {out / 'spatialdata.zarr'}",
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
+        ):
             continue
         m = BAR.match(piece)
         assert m and m.group(1) in STAGES, f"unexpected console line: {piece!r}"

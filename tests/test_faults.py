@@ -28,23 +28,35 @@ def fault_dir(tmp_path_factory):
 def ray_faults(fault_dir):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"STSEG_FAULT_DIR": str(fault_dir), "STSEG_FAULT_TILES": "3,17,40"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={
+            "env_vars": {"STSEG_FAULT_DIR": str(fault_dir), "STSEG_FAULT_TILES": "3,17,40"}
+        },
+    )
     yield ray
     ray.shutdown()
 
 
 def test_task_failing_once_is_retried(medium_chip, clean_run, tmp_path, ray_faults, fault_dir):
-    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:FlakyExpansion"))
+    summary = run_pipeline(
+        medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:FlakyExpansion")
+    )
     assert summary["status"] == "complete"
-    assert {"flaky-3", "flaky-17", "flaky-40"} <= {p.name for p in fault_dir.iterdir()}  # the faults fired
+    assert {"flaky-3", "flaky-17", "flaky-40"} <= {
+        p.name for p in fault_dir.iterdir()
+    }  # the faults fired
     assert_same_outputs(clean_run, tmp_path / "out")
 
 
 def test_poison_tile_recorded_and_rest_completes(medium_chip, clean_run, tmp_path, ray_faults):
     out = tmp_path / "out"
     with pytest.raises(RunIncompleteError, match="3 tile"):
-        run_pipeline(medium_chip, str(out), _cfg("cells.method=tests.plugin_methods:PoisonExpansion"))
+        run_pipeline(
+            medium_chip, str(out), _cfg("cells.method=tests.plugin_methods:PoisonExpansion")
+        )
     import json
 
     run = json.loads((out / "run.json").read_text())
@@ -56,8 +68,11 @@ def test_poison_tile_recorded_and_rest_completes(medium_chip, clean_run, tmp_pat
     assert len(done) == run["n_tiles"] - 3
     # fail-fast stops at the first poison tile
     with pytest.raises(RuntimeError, match="poison tile"):
-        run_pipeline(medium_chip, str(tmp_path / "ff"), _cfg("cells.method=tests.plugin_methods:PoisonExpansion",
-                                                      "runtime.fail_fast=true"))
+        run_pipeline(
+            medium_chip,
+            str(tmp_path / "ff"),
+            _cfg("cells.method=tests.plugin_methods:PoisonExpansion", "runtime.fail_fast=true"),
+        )
 
 
 def test_killed_actor_is_restarted(medium_chip, clean_run, tmp_path, ray_faults):
@@ -77,7 +92,11 @@ def test_killed_actor_is_restarted(medium_chip, clean_run, tmp_path, ray_faults)
 
     th = threading.Thread(target=killer)
     th.start()
-    summary = run_pipeline(medium_chip, str(tmp_path / "out"), _cfg("cells.method=tests.plugin_methods:SlowActorExpansion"))
+    summary = run_pipeline(
+        medium_chip,
+        str(tmp_path / "out"),
+        _cfg("cells.method=tests.plugin_methods:SlowActorExpansion"),
+    )
     th.join()
     assert killed, "no actor was found to kill"
     assert summary["status"] == "complete"
@@ -87,10 +106,24 @@ def test_killed_actor_is_restarted(medium_chip, clean_run, tmp_path, ray_faults)
 def test_driver_killed_with_sigkill_then_resumed(medium_chip, clean_run, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "stseg_dist", "run", "--chip", medium_chip, "--out", str(out), "--no-progress",
-           "--local", *[a for kv in SMALL_TILES for a in ("--set", kv)],
-           "--set", "cells.method=tests.plugin_methods:SlowActorExpansion"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "stseg_dist",
+        "run",
+        "--chip",
+        medium_chip,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--local",
+        *[a for kv in SMALL_TILES for a in ("--set", kv)],
+        "--set",
+        "cells.method=tests.plugin_methods:SlowActorExpansion",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 120
     done = []
     while time.time() < deadline and proc.poll() is None:

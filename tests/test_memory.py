@@ -13,8 +13,10 @@ import pytest
 from stseg_dist.synth import synth_chip
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc"),
+]
 
 #: Runs one chip in this (fresh) interpreter; prints its resident set (KiB) after the imports and its
 #: peak during the run. The kernel's high-water mark is reset after the imports (clear_refs 5), so the
@@ -39,8 +41,14 @@ print(json.dumps({"rc": rc, "base_kib": base, "peak_kib": status_kib("VmHWM")}))
 
 def _growth_mb(chip, out):
     """Peak RSS growth of one run over the interpreter with everything imported, in MiB."""
-    res = subprocess.run([sys.executable, "-c", _CHILD, chip, out], env={**os.environ, "PYTHONPATH": str(REPO)},
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, chip, out],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     rec = json.loads(res.stdout.strip().splitlines()[-1])
     assert rec["rc"] == 0
@@ -55,7 +63,9 @@ def test_peak_memory_bounded_by_tile_not_chip(tmp_path):
     grow_large = _growth_mb(str(tmp_path / "large"), str(tmp_path / "o2"))
     # the large chip's image + labels + transcripts alone would add far more than this margin
     whole_chip_mb = (4800 * 4800 * (2 + 4 + 4) + large["n_transcripts"] * 60) / 2**20
-    print(f"peak RSS growth per run: small chip {grow_small:.0f} MB, 16x chip {grow_large:.0f} MB "
-          f"(holding the large chip whole would need ~{whole_chip_mb:.0f} MB more)")
+    print(
+        f"peak RSS growth per run: small chip {grow_small:.0f} MB, 16x chip {grow_large:.0f} MB "
+        f"(holding the large chip whole would need ~{whole_chip_mb:.0f} MB more)"
+    )
     assert grow_small > 0
     assert grow_large - grow_small < 0.4 * whole_chip_mb

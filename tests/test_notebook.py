@@ -1,4 +1,5 @@
 """notebooks/demo.ipynb executes top to bottom (nbclient) on a small demo chip and shows its figures."""
+
 import json
 from pathlib import Path
 
@@ -18,11 +19,24 @@ def test_demo_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows the figures
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     nb = nbformat.read(NB, as_version=4)
-    NotebookClient(nb, timeout=540, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    NotebookClient(
+        nb, timeout=540, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
     assert not errors
-    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if "image/png" in o.get("data", {})]
+    pngs = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
     assert len(pngs) >= 3, "the label overlay, histograms and expression figures are shown"
     assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))

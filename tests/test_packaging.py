@@ -72,7 +72,9 @@ def test_every_import_is_a_declared_dependency():
         assert owners, f"{module} (imported in {sorted(files)}) is not installed in the dev venv"
         if not owners & (runtime | extras):
             missing.append(f"{module} ({'/'.join(sorted(owners))}) imported in {sorted(files)}")
-    assert not missing, "imports whose distribution is not a runtime dependency: " + "; ".join(missing)
+    assert not missing, "imports whose distribution is not a runtime dependency: " + "; ".join(
+        missing
+    )
 
 
 def test_runtime_dependencies_are_in_the_tested_constraints():
@@ -82,7 +84,9 @@ def test_runtime_dependencies_are_in_the_tested_constraints():
             name, _, version = line.partition("==")
             pins[_norm(name)] = version.strip()
     missing = [r for r in _project()["dependencies"] if _requirement_name(r) not in pins]
-    assert not missing, f"deploy/constraints.txt has no pin for {missing} (the images install from it)"
+    assert not missing, (
+        f"deploy/constraints.txt has no pin for {missing} (the images install from it)"
+    )
 
 
 def _torch_pins() -> list[str]:
@@ -92,10 +96,13 @@ def _torch_pins() -> list[str]:
 
 
 def _run(cmd: list, cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n" \
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
@@ -108,9 +115,13 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    shutil.copytree(PACKAGE, src / "stseg_dist", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        PACKAGE, src / "stseg_dist", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     venv = tmp_path / "venv"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     t0 = time.perf_counter()
     _run([sys.executable, "-m", "venv", venv], tmp_path, env)
@@ -118,12 +129,19 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     _run([*pip, "install", "-q", *_torch_pins()], tmp_path, env, timeout=900)
     _run([*pip, "wheel", "-q", "--no-deps", src, "-w", tmp_path / "dist"], tmp_path, env)
     wheel = next((tmp_path / "dist").glob("stseg_dist-*.whl"))
-    _run([*pip, "install", "-q", "-c", REPO / "deploy" / "constraints.txt", wheel], tmp_path, env, timeout=900)
+    _run(
+        [*pip, "install", "-q", "-c", REPO / "deploy" / "constraints.txt", wheel],
+        tmp_path,
+        env,
+        timeout=900,
+    )
     t_install = time.perf_counter() - t0
 
     py = venv / "bin" / "python"
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
-    where = _run([py, "-c", "import stseg_dist; print(stseg_dist.__file__)"], tmp_path, env).stdout.strip()
+    where = _run(
+        [py, "-c", "import stseg_dist; print(stseg_dist.__file__)"], tmp_path, env
+    ).stdout.strip()
     assert where.startswith(str(venv)), where
     # No test-only package leaks in: what the run needs must come from the runtime dependencies.
     probe = "import importlib.util as u; print([m for m in ('pytest', 'moto', 'nbclient') if u.find_spec(m)])"
@@ -131,20 +149,40 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     assert leaked == "[]", leaked
 
     stseg = venv / "bin" / "stseg"
-    _run([stseg, "synth", "--out", "chip", "--width-um", "60", "--height-um", "60", "--seed", "1"], tmp_path, env)
+    _run(
+        [stseg, "synth", "--out", "chip", "--width-um", "60", "--height-um", "60", "--seed", "1"],
+        tmp_path,
+        env,
+    )
     run = _run([stseg, "run", "--chip", "chip", "--out", "run", "--no-progress"], tmp_path, env)
     assert run.stdout.startswith("complete:"), run.stdout
-    assert "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]'" in run.stderr  # extra absent
+    assert (
+        "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]'" in run.stderr
+    )  # extra absent
     _run([stseg, "eval", "--pred", "run", "--ref", "chip", "--json", "metrics.json"], tmp_path, env)
-    for name in ("run.json", "report.html", "cells.parquet", "transcripts.parquet", "cells.h5ad", "labels.zarr",
-                 "cell_boundaries.parquet", "nucleus_boundaries.parquet"):
+    for name in (
+        "run.json",
+        "report.html",
+        "cells.parquet",
+        "transcripts.parquet",
+        "cells.h5ad",
+        "labels.zarr",
+        "cell_boundaries.parquet",
+        "nucleus_boundaries.parquet",
+    ):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "metrics.json").stat().st_size > 0
     # the Xenium Explorer export needs no extra; the SpatialData one says which extra it needs
     _run([stseg, "export", "--to", "xenium-explorer", "run"], tmp_path, env)
     assert (tmp_path / "run" / "xenium_explorer" / "experiment.xenium").exists()
-    sd = subprocess.run([str(stseg), "export", "--to", "spatialdata", "run"], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=300)
+    sd = subprocess.run(
+        [str(stseg), "export", "--to", "spatialdata", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert sd.returncode == 2 and "pip install 'stseg-dist[spatialdata]'" in sd.stderr, sd.stderr
     assert not (tmp_path / "run" / "spatialdata.zarr").exists()
     print(f"clean install {t_install:.0f} s, total {time.perf_counter() - t0:.0f} s")

@@ -22,8 +22,12 @@ def _cfg(*items):
 
 @pytest.fixture(scope="module")
 def chip(tmp_path_factory):
-    return make_blob_chip(tmp_path_factory.mktemp("chip") / "chip", shape=(300, 360), n_nuclei=70,
-                          n_transcripts=30_000)
+    return make_blob_chip(
+        tmp_path_factory.mktemp("chip") / "chip",
+        shape=(300, 360),
+        n_nuclei=70,
+        n_transcripts=30_000,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +82,27 @@ def test_outputs_agree_with_each_other(many_tiles):
     tx = pd.read_parquet(many_tiles / "transcripts.parquet")
     adata = ad.read_h5ad(many_tiles / "cells.h5ad")
     run = json.loads((many_tiles / "run.json").read_text())
-    assert list(cells.columns) == ["cell_id", "x", "y", "area_um2", "nucleus_area_um2", "n_transcripts",
-                                   "n_genes", "has_nucleus"]
+    assert list(cells.columns) == [
+        "cell_id",
+        "x",
+        "y",
+        "area_um2",
+        "nucleus_area_um2",
+        "n_transcripts",
+        "n_genes",
+        "has_nucleus",
+    ]
     assert (cells.cell_id > 0).all() and cells.cell_id.is_unique
     assert list(adata.obs_names) == [str(i) for i in cells.cell_id]
     assert int(adata.X.sum()) == int((tx.cell_id > 0).sum()) == run["counts"]["n_assigned"]
     assert adata.X.dtype.kind == "i"
-    np.testing.assert_array_equal(np.asarray(adata.X.sum(axis=1)).ravel(), cells.n_transcripts.to_numpy())
+    np.testing.assert_array_equal(
+        np.asarray(adata.X.sum(axis=1)).ravel(), cells.n_transcripts.to_numpy()
+    )
     per_cell = tx[tx.cell_id > 0].groupby("cell_id").size()
-    np.testing.assert_array_equal(per_cell.reindex(cells.cell_id, fill_value=0).to_numpy(),
-                                  cells.n_transcripts.to_numpy())
+    np.testing.assert_array_equal(
+        per_cell.reindex(cells.cell_id, fill_value=0).to_numpy(), cells.n_transcripts.to_numpy()
+    )
     np.testing.assert_allclose(adata.obsm["spatial"], cells[["x", "y"]].to_numpy())
     labels = _labels(many_tiles, "cells")
     areas = np.bincount(labels.ravel())[cells.cell_id.to_numpy()] * 0.25
@@ -112,19 +127,27 @@ def test_vendor_nuclei_backend(chip, one_tile, tmp_path, ray_module):
     vendor_chip = tmp_path / "vchip"
     shutil.copytree(chip, vendor_chip)
     nuclei = _labels(one_tile, "nuclei")
-    arr = open_zarr_array(str(vendor_chip / "nuclei.zarr"), "w", shape=nuclei.shape, chunks=(64, 64),
-                          dtype="uint32")
+    arr = open_zarr_array(
+        str(vendor_chip / "nuclei.zarr"), "w", shape=nuclei.shape, chunks=(64, 64), dtype="uint32"
+    )
     arr[:] = nuclei * 7  # vendor IDs are arbitrary
     out = tmp_path / "out"
-    run_pipeline(str(vendor_chip), str(out), _cfg("nuclei.backend=vendor", "tiling.tile_size_um=40",
-                                                   "tiling.chunk_px=16"))
+    run_pipeline(
+        str(vendor_chip),
+        str(out),
+        _cfg("nuclei.backend=vendor", "tiling.tile_size_um=40", "tiling.chunk_px=16"),
+    )
     np.testing.assert_array_equal(_labels(out, "nuclei"), nuclei)
 
 
 def test_deterministic_across_runs_and_worker_counts(chip, many_tiles, tmp_path, ray_module):
     """A serial Ray run (one tile in flight) repeats the parallel run file for file."""
     out = tmp_path / "serial"
-    run_pipeline(chip, str(out), _cfg("tiling.tile_size_um=24", "tiling.chunk_px=16", "runtime.max_in_flight=1"))
+    run_pipeline(
+        chip,
+        str(out),
+        _cfg("tiling.tile_size_um=24", "tiling.chunk_px=16", "runtime.max_in_flight=1"),
+    )
     for name in ("cells.parquet", "transcripts.parquet"):
         assert (out / name).read_bytes() == (many_tiles / name).read_bytes()
     for name in ("nuclei", "cells"):
@@ -135,8 +158,10 @@ def test_background_subtraction_is_tile_invariant(chip, tmp_path):
     """The top-hat's context is in the halo: 1 tile and many tiles give the same nuclei."""
     items = ["nuclei.classical.background_um=12", "cells.method=expansion"]
     runs = []
-    for name, tiling in (("one", ["tiling.tile_size_um=1000"]), ("many", ["tiling.tile_size_um=24",
-                                                                           "tiling.chunk_px=16"])):
+    for name, tiling in (
+        ("one", ["tiling.tile_size_um=1000"]),
+        ("many", ["tiling.tile_size_um=24", "tiling.chunk_px=16"]),
+    ):
         run_pipeline(chip, str(tmp_path / name), _cfg(*items, *tiling), local=True)
         runs.append(_labels(tmp_path / name, "nuclei"))
     assert runs[0].max() > 50

@@ -20,7 +20,12 @@ def run_dir(tmp_path_factory):
     chip = str(base / "chip")
     synth_chip(chip, 100, 100, seed=3)
     out = str(base / "out")
-    run_pipeline(chip, out, load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False), local=True)
+    run_pipeline(
+        chip,
+        out,
+        load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False),
+        local=True,
+    )
     return chip, out
 
 
@@ -44,14 +49,29 @@ def test_report_without_reference_and_bad_ref(run_dir, tmp_path):
         write_report(str(tmp_path))
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)"
+)
 def test_report_renders_in_chromium(run_dir, tmp_path):
     chip, out = run_dir
     path = write_report(out, ref=chip)
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-           "--virtual-time-budget=10000", "--dump-dom", f"file://{path}"]
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        f"file://{path}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'data-images-ok="yes"' in res.stdout, res.stdout[:500]

@@ -18,8 +18,13 @@ from tests.conftest import REPO, SMALL_TILES, make_blob_chip
 
 def _plant(out, **rec):
     out.mkdir(parents=True, exist_ok=True)
-    base = {"token": "someone-else", "pid": 1, "host": "other-host", "started": "earlier",
-            "heartbeat_unix": time.time()}
+    base = {
+        "token": "someone-else",
+        "pid": 1,
+        "host": "other-host",
+        "started": "earlier",
+        "heartbeat_unix": time.time(),
+    }
     (out / LOCK_NAME).write_text(json.dumps({**base, **rec}))
 
 
@@ -35,8 +40,11 @@ def test_second_holder_refused_until_release(tmp_path):
         assert json.loads((out / LOCK_NAME).read_text())["token"] == first.token
         with hold(str(out)) as nested:  # the same thread nests (the CLI holds it around the driver)
             assert nested is first
-        with pytest.raises(OutputError, match=rf"in use by another stseg run \(pid {os.getpid()} on host "
-                                              rf"{socket.gethostname()}.*lock: .*{LOCK_NAME}"):
+        with pytest.raises(
+            OutputError,
+            match=rf"in use by another stseg run \(pid {os.getpid()} on host "
+            rf"{socket.gethostname()}.*lock: .*{LOCK_NAME}",
+        ):
             RunLock(str(out)).acquire()
     assert not (out / LOCK_NAME).exists()
     RunLock(str(out)).acquire().release()
@@ -45,7 +53,9 @@ def test_second_holder_refused_until_release(tmp_path):
 def test_live_lock_refused_stale_locks_taken_over(tmp_path, caplog):
     out = tmp_path / "out"
     _plant(out)  # another host, fresh heartbeat: alive as far as we can tell
-    with pytest.raises(OutputError, match="pid 1 on host other-host, started earlier, last heartbeat"):
+    with pytest.raises(
+        OutputError, match="pid 1 on host other-host, started earlier, last heartbeat"
+    ):
         RunLock(str(out)).acquire()
     _plant(out, heartbeat_unix=time.time() - 600)  # another host, silent for 10 minutes
     lock = RunLock(str(out)).acquire()
@@ -89,11 +99,25 @@ def test_concurrent_runs_and_a_killed_run(tmp_path):
     next run takes its lock over and completes."""
     chip = make_blob_chip(tmp_path / "chip", shape=(160, 200), n_nuclei=20, n_transcripts=4_000)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "stseg_dist", "run", "--chip", chip, "--out", str(out), "--local",
-           "--no-progress", "--set", "cells.method=tests.plugin_methods:SleepyExpansion",
-           *[a for s in SMALL_TILES for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stseg_dist",
+        "run",
+        "--chip",
+        chip,
+        "--out",
+        str(out),
+        "--local",
+        "--no-progress",
+        "--set",
+        "cells.method=tests.plugin_methods:SleepyExpansion",
+        *[a for s in SMALL_TILES for a in ("--set", s)],
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen(cmd, cwd=REPO, env={**env, "STSEG_SLEEP_S": "1"}, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env={**env, "STSEG_SLEEP_S": "1"}, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 120
         while not (out / LOCK_NAME).exists():
@@ -110,6 +134,9 @@ def test_concurrent_runs_and_a_killed_run(tmp_path):
     assert (out / LOCK_NAME).exists() and not (out / "run.json").exists()
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert "taking over the lock" in third.stderr and f"pid {first.pid} on this host, is gone" in third.stderr
+    assert (
+        "taking over the lock" in third.stderr
+        and f"pid {first.pid} on this host, is gone" in third.stderr
+    )
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     assert not (out / LOCK_NAME).exists()

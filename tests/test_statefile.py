@@ -29,7 +29,11 @@ def test_round_trip_keeps_types_and_values():
     state = stateful_state()
     back = statefile.loads(statefile.dumps(state, BIND), BIND)
     StatefulExpansion.load(None, back)  # the plugin's own type-exact comparison
-    assert back["offset"] == (3, -2) and back["hvg"][7].dtype == bool and np.isnan(back["history"]["loss"][2])
+    assert (
+        back["offset"] == (3, -2)
+        and back["hvg"][7].dtype == bool
+        and np.isnan(back["history"]["loss"][2])
+    )
 
 
 def test_unsupported_values_are_named():

@@ -70,25 +70,34 @@ def test_deterministic_and_seamless(tmp_path):
     synth_chip(str(tmp_path / "c"), 150, 120, seed=6, block_um=50)
     synth_chip(str(tmp_path / "d"), 150, 120, seed=5, block_um=150)  # other blocks, same truth
     za = zarr.open_array(str(tmp_path / "a" / "truth" / "cells.zarr"))[:]
-    np.testing.assert_array_equal(za, zarr.open_array(str(tmp_path / "b" / "truth" / "cells.zarr"))[:])
-    np.testing.assert_array_equal(za, zarr.open_array(str(tmp_path / "d" / "truth" / "cells.zarr"))[:])
+    np.testing.assert_array_equal(
+        za, zarr.open_array(str(tmp_path / "b" / "truth" / "cells.zarr"))[:]
+    )
+    np.testing.assert_array_equal(
+        za, zarr.open_array(str(tmp_path / "d" / "truth" / "cells.zarr"))[:]
+    )
     assert not np.array_equal(za, zarr.open_array(str(tmp_path / "c" / "truth" / "cells.zarr"))[:])
     ta = pd.read_parquet(tmp_path / "a" / "transcripts.parquet")
     pd.testing.assert_frame_equal(ta, pd.read_parquet(tmp_path / "b" / "transcripts.parquet"))
     assert a["n_cells"] > 50
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"width_um": 0}, "width_um must be positive"),
-    ({"pixel_size_um": -1}, "pixel_size_um must be positive"),
-    ({"height_um": float("nan")}, "height_um must be a finite number"),
-    ({"n_genes": 1}, "n_genes"),
-    ({"n_cell_types": 0}, "n_cell_types"),
-    ({"seed": -1}, "seed"),
-    ({"background_fraction": 1.0}, "background_fraction"),
-    ({"occupancy": 0}, "occupancy"), ({"occupancy": 1.5}, "occupancy"),
-    ({"cytoplasm_keep": 2.0}, "cytoplasm_keep"), ({"expression_cv": -0.1}, "expression_cv"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"width_um": 0}, "width_um must be positive"),
+        ({"pixel_size_um": -1}, "pixel_size_um must be positive"),
+        ({"height_um": float("nan")}, "height_um must be a finite number"),
+        ({"n_genes": 1}, "n_genes"),
+        ({"n_cell_types": 0}, "n_cell_types"),
+        ({"seed": -1}, "seed"),
+        ({"background_fraction": 1.0}, "background_fraction"),
+        ({"occupancy": 0}, "occupancy"),
+        ({"occupancy": 1.5}, "occupancy"),
+        ({"cytoplasm_keep": 2.0}, "cytoplasm_keep"),
+        ({"expression_cv": -0.1}, "expression_cv"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, fragment):
     args = {"width_um": 50, "height_um": 50, **kwargs}
     with pytest.raises(ConfigError, match=fragment):
@@ -108,11 +117,18 @@ def test_hard_tissue_is_sparser_and_uneven(tmp_path):
         in_cell = tx.cell_true > 0
         nuclear = (nuclei[r, c] == tx.cell_true) & in_cell
         per_cell = tx[in_cell].groupby("cell_true").size() / truth.set_index("cell_id").area_um2
-        return info, (~in_cell).mean(), nuclear.sum() / in_cell.sum(), per_cell.std() / per_cell.mean()
+        return (
+            info,
+            (~in_cell).mean(),
+            nuclear.sum() / in_cell.sum(),
+            per_cell.std() / per_cell.mean(),
+        )
 
     easy, bg_easy, nuc_easy, cv_easy = stats("easy")
     hard, bg_hard, nuc_hard, cv_hard = stats("hard", **HARD)
-    assert hard["n_cells"] < 0.85 * easy["n_cells"]  # gaps: 70% of lattice points hold a cell, not 90%
+    assert (
+        hard["n_cells"] < 0.85 * easy["n_cells"]
+    )  # gaps: 70% of lattice points hold a cell, not 90%
     assert bg_hard > 2 * bg_easy and bg_hard == pytest.approx(HARD["background_fraction"], abs=0.03)
     assert nuc_hard > nuc_easy + 0.1  # the cytoplasm lost half its transcripts, the nucleus none
     assert cv_hard > cv_easy + 0.1  # transcripts per µm² vary from cell to cell far more

@@ -59,7 +59,9 @@ def _chain_chip(path, seed=0, shape=(200, 400)):
     centres += list(zip(rng.uniform(10, h - 10, 30), rng.uniform(10, w - 10, 30)))
     yy, xx = np.mgrid[:h, :w]
     img = rng.normal(200, 20, shape).astype(np.float32)
-    for (y, x), amp, s in zip(centres, rng.uniform(2200, 3200, len(centres)), rng.uniform(3.2, 4.2, len(centres))):
+    for (y, x), amp, s in zip(
+        centres, rng.uniform(2200, 3200, len(centres)), rng.uniform(3.2, 4.2, len(centres))
+    ):
         img += amp * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s**2))
     n = 15_000
     cy, cx = np.array(centres).T
@@ -70,7 +72,9 @@ def _chain_chip(path, seed=0, shape=(200, 400)):
     order = np.lexsort((tx // 20, ty // 20))
     with ChipWriter(str(path), shape, 0.5, platform="test", chunk_px=16, overwrite=True) as wr:
         wr.write_image(np.s_[:, :], np.clip(img, 0, 65535).astype(np.uint16))
-        wr.write_transcripts(pa.table({"x": tx[order], "y": ty[order], "gene": genes[order]}), row_group_size=2000)
+        wr.write_transcripts(
+            pa.table({"x": tx[order], "y": ty[order], "gene": genes[order]}), row_group_size=2000
+        )
     return str(path)
 
 
@@ -86,7 +90,9 @@ def test_clusters_longer_than_the_halo(tmp_path):
     nuclei = zarr.open_array(str(one / "labels.zarr" / "nuclei"), mode="r")[:]
     halo_px = json.loads((tmp_path / "t24" / "run.json").read_text())["grid"]["halo_px"]
     comps, _ = ndi.label(nuclei > 0)
-    longest = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(comps))
+    longest = max(
+        max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(comps)
+    )
     assert longest > 3 * halo_px and nuclei.max() > 50
 
 

@@ -51,19 +51,32 @@ class RealCrop:
 #: The shared real crops with a reference (crops of larger acquisitions: pixel size and image
 #: placement come from the data's README).
 REAL_CROPS = {
-    "cosmx_lung12_fov2": RealCrop("cosmx", {"pixel_size_um": 0.18, "image_offset_px": {"x": 4800, "y_top": 3648}}),
+    "cosmx_lung12_fov2": RealCrop(
+        "cosmx", {"pixel_size_um": 0.18, "image_offset_px": {"x": 4800, "y_top": 3648}}
+    ),
     # the MERSCOPE JPEG is ~9x block-upsampled: every 4th pixel (0.43 µm) keeps its detail;
     # its vendor cells are nucleus-sized (median ~58 µm²)
-    "merscope_mousebrain": RealCrop("merscope", {"image_bounds_um": [6400, 4700, 6900, 5150], "image_downsample": 4},
-                                    shape_biased=True),
+    "merscope_mousebrain": RealCrop(
+        "merscope",
+        {"image_bounds_um": [6400, 4700, 6900, 5150], "image_downsample": 4},
+        shape_biased=True,
+    ),
     # vendor cells are Xenium's nucleus expansion; no image, vendor nuclei
     "xenium_lung_preview": RealCrop("xenium", {}, shape_biased=True),
     # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels (0.108 µm assumed)
-    "merfish_u2os": RealCrop("generic", {"pixel_size_um": 0.5, "coordinate_um": 0.108,
-                                         "nuclei": "nucleus_boundaries.csv", "cells": "cell_boundaries.csv",
-                                         "cell_column": "cell"}, table="transcripts.csv.gz",
-                             # cultured cells of 900-2,100 µm² (data README): ~40 µm across
-                             overrides=("cells.cell_diameter_um=40",)),
+    "merfish_u2os": RealCrop(
+        "generic",
+        {
+            "pixel_size_um": 0.5,
+            "coordinate_um": 0.108,
+            "nuclei": "nucleus_boundaries.csv",
+            "cells": "cell_boundaries.csv",
+            "cell_column": "cell",
+        },
+        table="transcripts.csv.gz",
+        # cultured cells of 900-2,100 µm² (data README): ~40 µm across
+        overrides=("cells.cell_diameter_um=40",),
+    ),
 }
 
 #: Per-transcript reference cell columns, in order of preference.
@@ -77,15 +90,21 @@ class Dataset:
     name: str
     chip: str
     platform: str = "synthetic"
-    reference: str | None = None  # label mask of the vendor cells (real crops), if the bundle has one
-    vendor_column: str | None = None  # per-transcript vendor cell label (real crops), if the bundle has one
+    reference: str | None = (
+        None  # label mask of the vendor cells (real crops), if the bundle has one
+    )
+    vendor_column: str | None = (
+        None  # per-transcript vendor cell label (real crops), if the bundle has one
+    )
     config: str | None = None  # platform preset YAML
     overrides: tuple = ()  # what the converted chip needs (e.g. vendor nuclei on a stain-free chip)
     shape_biased: bool = False  # see RealCrop
     info: dict = field(default_factory=dict)
 
 
-def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0), hard: bool = False) -> list[Dataset]:
+def synthetic_datasets(
+    workdir: str, size_um: float, seeds, membrane_shift=(0, 0), hard: bool = False
+) -> list[Dataset]:
     """Generated chips with a membrane stain, optionally offset by ``membrane_shift`` (dy, dx) px
     as if imaged in a second round (what ``membrane`` registration must undo); ``hard``: the
     generator's real-tissue preset (synth.HARD)."""
@@ -94,7 +113,9 @@ def synthetic_datasets(workdir: str, size_um: float, seeds, membrane_shift=(0, 0
     out = []
     for seed in seeds:
         chip = str(Path(workdir) / f"synthetic{seed}")
-        info = synth_chip(chip, size_um, size_um, seed, membrane=True, overwrite=True, **(HARD if hard else {}))
+        info = synth_chip(
+            chip, size_um, size_um, seed, membrane=True, overwrite=True, **(HARD if hard else {})
+        )
         if any(membrane_shift):
             import zarr
 
@@ -120,17 +141,35 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
         if (names and folder not in names) or not src.exists():
             continue
         chip = str(Path(workdir) / folder)
-        rep = convert_bundle(str(src / crop.table) if crop.table else str(src), chip, crop.platform,
-                             options=crop.options, overwrite=True)
+        rep = convert_bundle(
+            str(src / crop.table) if crop.table else str(src),
+            chip,
+            crop.platform,
+            options=crop.options,
+            overwrite=True,
+        )
         preset = configs / f"{crop.platform}.yaml"
-        hints = [f"{k}.{kk}={vv}" for k, v in pipeline_hints(rep).items() for kk, vv in v.items()
-                 if not isinstance(vv, dict)]
+        hints = [
+            f"{k}.{kk}={vv}"
+            for k, v in pipeline_hints(rep).items()
+            for kk, vv in v.items()
+            if not isinstance(vv, dict)
+        ]
         mask = str(Path(chip) / "vendor_cells.zarr")
         columns = pq.read_schema(f"{chip}/{C.TRANSCRIPTS_PARQUET}").names
-        out.append(Dataset(folder, chip, crop.platform, reference=mask if exists(mask) else None,
-                           vendor_column=next((c for c in VENDOR_COLUMNS if c in columns), None),
-                           config=str(preset) if preset.exists() else None, overrides=(*hints, *crop.overrides),
-                           shape_biased=crop.shape_biased, info={"n_transcripts": rep["n_transcripts"]}))
+        out.append(
+            Dataset(
+                folder,
+                chip,
+                crop.platform,
+                reference=mask if exists(mask) else None,
+                vendor_column=next((c for c in VENDOR_COLUMNS if c in columns), None),
+                config=str(preset) if preset.exists() else None,
+                overrides=(*hints, *crop.overrides),
+                shape_biased=crop.shape_biased,
+                info={"n_transcripts": rep["n_transcripts"]},
+            )
+        )
     return out
 
 
@@ -153,13 +192,22 @@ def missing_cell_recall(chip: str, out: str) -> float:
 
 def vendor_reference(chip: str, out: str, column: str) -> pd.DataFrame:
     """Our cell and the vendor's per transcript (``input_row`` joins the two; 0 = unassigned)."""
-    ours = pd.read_parquet(f"{out}/{C.TRANSCRIPTS_PARQUET}", columns=[C.INPUT_ROW, C.CELL_ID, C.GENE])
+    ours = pd.read_parquet(
+        f"{out}/{C.TRANSCRIPTS_PARQUET}", columns=[C.INPUT_ROW, C.CELL_ID, C.GENE]
+    )
     vendor = pd.read_parquet(f"{chip}/{C.TRANSCRIPTS_PARQUET}", columns=[column])[column]
     if not pd.api.types.is_integer_dtype(vendor):
         ids = vendor.astype(str)
-        vendor = pd.Series(np.where(ids.isin(["", "0", "-1", "UNASSIGNED"]), 0, pd.factorize(ids)[0] + 1))
-    return pd.DataFrame({"ours": ours[C.CELL_ID].to_numpy(), "gene": ours[C.GENE].to_numpy(),
-                         "vendor": vendor.to_numpy(np.int64)[ours[C.INPUT_ROW].to_numpy()]})
+        vendor = pd.Series(
+            np.where(ids.isin(["", "0", "-1", "UNASSIGNED"]), 0, pd.factorize(ids)[0] + 1)
+        )
+    return pd.DataFrame(
+        {
+            "ours": ours[C.CELL_ID].to_numpy(),
+            "gene": ours[C.GENE].to_numpy(),
+            "vendor": vendor.to_numpy(np.int64)[ours[C.INPUT_ROW].to_numpy()],
+        }
+    )
 
 
 def score(ds: Dataset, out: str) -> dict:
@@ -171,12 +219,21 @@ def score(ds: Dataset, out: str) -> dict:
 
     if ds.reference is None and ds.vendor_column is None:
         m = evaluate(out, ds.chip)
-        return {"cell_f1_iou50": m["instance"]["f1"], "right_cell_fraction": m["transcripts"]["fraction_correct"],
-                "missing_cell_recall": missing_cell_recall(ds.chip, out), **_free(m),
-                "n_cells": m["instance"]["n_pred_cells"], "n_ref_cells": m["instance"]["n_ref_cells"]}
+        return {
+            "cell_f1_iou50": m["instance"]["f1"],
+            "right_cell_fraction": m["transcripts"]["fraction_correct"],
+            "missing_cell_recall": missing_cell_recall(ds.chip, out),
+            **_free(m),
+            "n_cells": m["instance"]["n_pred_cells"],
+            "n_ref_cells": m["instance"]["n_ref_cells"],
+        }
     m = evaluate(out, ds.reference)
-    row = {"cell_f1_iou50": m["instance"]["f1"] if ds.reference else float("nan"), **_free(m),
-           "n_cells": m["baseline"]["n_cells"], "n_ref_cells": m["instance"]["n_ref_cells"] if ds.reference else -1}
+    row = {
+        "cell_f1_iou50": m["instance"]["f1"] if ds.reference else float("nan"),
+        **_free(m),
+        "n_cells": m["baseline"]["n_cells"],
+        "n_ref_cells": m["instance"]["n_ref_cells"] if ds.reference else -1,
+    }
     if ds.vendor_column:
         ref = vendor_reference(ds.chip, out, ds.vendor_column)
         row["vendor_ari"] = adjusted_rand_index(ref.ours.to_numpy(), ref.vendor.to_numpy())
@@ -190,25 +247,43 @@ def score(ds: Dataset, out: str) -> dict:
 
 def _free(m: dict) -> dict:
     f = m["reference_free"]
-    return {"mecr": f["mecr"], "assigned_share": f["assigned_share"], "nucleus_cytoplasm_r": f["nucleus_cytoplasm_r"]}
+    return {
+        "mecr": f["mecr"],
+        "assigned_share": f["assigned_share"],
+        "nucleus_cytoplasm_r": f["nucleus_cytoplasm_r"],
+    }
 
 
 def run_method(ds: Dataset, method: str, out: str, overrides: list[str], local: bool) -> dict:
     from ..config import load_config, parse_set
     from ..driver import run_pipeline
 
-    cfg = load_config(ds.config, overrides=parse_set([f"cells.method={method}", "runtime.progress=false",
-                                                      *ds.overrides, *overrides]), use_env=False)
+    cfg = load_config(
+        ds.config,
+        overrides=parse_set(
+            [f"cells.method={method}", "runtime.progress=false", *ds.overrides, *overrides]
+        ),
+        use_env=False,
+    )
     t0 = time.perf_counter()
     summary = run_pipeline(ds.chip, out, cfg, local=local)
     secs = time.perf_counter() - t0
     n_tx = summary["counts"]["n_transcripts"]
-    return {"dataset": ds.name, "method": method, "shape_biased": ds.shape_biased, **score(ds, out), "seconds": secs,
-            "transcripts_per_s": n_tx / secs, "n_transcripts": n_tx, "stage_seconds": summary["stage_seconds"]}
+    return {
+        "dataset": ds.name,
+        "method": method,
+        "shape_biased": ds.shape_biased,
+        **score(ds, out),
+        "seconds": secs,
+        "transcripts_per_s": n_tx / secs,
+        "n_transcripts": n_tx,
+        "stage_seconds": summary["stage_seconds"],
+    }
 
 
-def compare_methods(methods, datasets: list[Dataset], workdir: str, overrides=(), *, local: bool = True,
-                    echo=print) -> list[dict]:
+def compare_methods(
+    methods, datasets: list[Dataset], workdir: str, overrides=(), *, local: bool = True, echo=print
+) -> list[dict]:
     """Run every method on every dataset; one row each, echoed as it finishes."""
     from ..errors import InputError
 
@@ -216,7 +291,9 @@ def compare_methods(methods, datasets: list[Dataset], workdir: str, overrides=()
     for ds in datasets:
         for method in methods:
             try:
-                row = run_method(ds, method, str(Path(workdir) / f"{ds.name}-{method}"), list(overrides), local)
+                row = run_method(
+                    ds, method, str(Path(workdir) / f"{ds.name}-{method}"), list(overrides), local
+                )
             except InputError as exc:  # e.g. a stain-based method on a chip without that stain
                 echo(f"{ds.name:<22} {method:<11} not applicable: {exc}")
                 continue
@@ -225,16 +302,25 @@ def compare_methods(methods, datasets: list[Dataset], workdir: str, overrides=()
     return rows
 
 
-METRICS = (("cell_f1_iou50", "F1@0.5"), ("right_cell_fraction", "right-cell"),
-           ("missing_cell_recall", "missing-cell recall"), ("vendor_ari", "vendor ARI"), ("mecr", "MECR"),
-           ("vendor_mecr", "vendor MECR"), ("assigned_share", "assigned"), ("vendor_assigned", "vendor assigned"),
-           ("nucleus_cytoplasm_r", "nuc-cyto r"))
+METRICS = (
+    ("cell_f1_iou50", "F1@0.5"),
+    ("right_cell_fraction", "right-cell"),
+    ("missing_cell_recall", "missing-cell recall"),
+    ("vendor_ari", "vendor ARI"),
+    ("mecr", "MECR"),
+    ("vendor_mecr", "vendor MECR"),
+    ("assigned_share", "assigned"),
+    ("vendor_assigned", "vendor assigned"),
+    ("nucleus_cytoplasm_r", "nuc-cyto r"),
+)
 
 
 def format_row(r: dict) -> str:
     parts = [f"{r['dataset']:<22} {r['method']:<11}"]
     parts += [f"{label} {r[key]:.3f}" for key, label in METRICS if key in r and not pd.isna(r[key])]
-    parts.append(f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s ({r['transcripts_per_s']:,.0f} tx/s)")
+    parts.append(
+        f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s ({r['transcripts_per_s']:,.0f} tx/s)"
+    )
     return "  ".join(parts)
 
 
@@ -244,16 +330,27 @@ def summary_table(rows: list[dict]) -> str:
     A crop marked * has a reference that is a nucleus expansion or nucleus-sized: F1 and ARI
     against it favour that shape, so MECR and the assigned share judge methods there."""
     df = pd.DataFrame(rows)
-    biased = set(df.dataset[df.get("shape_biased", pd.Series(False, index=df.index)).fillna(False).astype(bool)])
-    df["group"] = np.where(df.dataset.str.startswith("synthetic"), "synthetic",
-                           df.dataset + np.where(df.dataset.isin(biased), "*", ""))
+    biased = set(
+        df.dataset[
+            df.get("shape_biased", pd.Series(False, index=df.index)).fillna(False).astype(bool)
+        ]
+    )
+    df["group"] = np.where(
+        df.dataset.str.startswith("synthetic"),
+        "synthetic",
+        df.dataset + np.where(df.dataset.isin(biased), "*", ""),
+    )
     cols = [c for c, _ in METRICS if c in df] + ["transcripts_per_s"]
     fmt = lambda v: f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"  # noqa: E731
     blocks = []
     for group, g in df.groupby("group", sort=False):
         table = g.groupby("method", sort=False)[cols].mean().dropna(axis=1, how="all")
         blocks.append(f"{group}\n{table.to_string(float_format=fmt)}")
-    note = "\n* reference is a nucleus expansion or nucleus-sized: judge by MECR and assigned share" if biased else ""
+    note = (
+        "\n* reference is a nucleus expansion or nucleus-sized: judge by MECR and assigned share"
+        if biased
+        else ""
+    )
     return "\n\n".join(blocks) + note
 
 
@@ -263,17 +360,32 @@ def default_data_root() -> str | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="stseg bench --methods", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="stseg bench --methods",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--size-um", type=float, default=400.0, help="side of each generated chip")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--membrane-shift", type=int, nargs=2, default=(0, 0), metavar=("DY", "DX"),
-                   help="offset the generated chips' membrane stain by this many pixels")
-    p.add_argument("--hard", action="store_true", help="generated chips closer to real tissue (synth.HARD)")
-    p.add_argument("--real", default=default_data_root(), help="folder of the shared real crops ('' to skip)")
+    p.add_argument(
+        "--membrane-shift",
+        type=int,
+        nargs=2,
+        default=(0, 0),
+        metavar=("DY", "DX"),
+        help="offset the generated chips' membrane stain by this many pixels",
+    )
+    p.add_argument(
+        "--hard", action="store_true", help="generated chips closer to real tissue (synth.HARD)"
+    )
+    p.add_argument(
+        "--real", default=default_data_root(), help="folder of the shared real crops ('' to skip)"
+    )
     p.add_argument("--tile-um", type=float, default=150.0)
-    p.add_argument("--ray", action="store_true", help="run on Ray (default: single process, same kernels)")
+    p.add_argument(
+        "--ray", action="store_true", help="run on Ray (default: single process, same kernels)"
+    )
     p.add_argument("--set", action="append", default=[], help="config override for every run")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--workdir", help="keep chips and outputs here (default: a temporary folder)")
@@ -284,8 +396,14 @@ def main(argv=None) -> int:
         datasets = synthetic_datasets(tmp, args.size_um, args.seeds, args.membrane_shift, args.hard)
         if args.real:
             datasets += real_datasets(tmp, args.real)
-        rows = compare_methods(args.methods, datasets, tmp, overrides, local=not args.ray,
-                               echo=lambda s: print(s, flush=True))
+        rows = compare_methods(
+            args.methods,
+            datasets,
+            tmp,
+            overrides,
+            local=not args.ray,
+            echo=lambda s: print(s, flush=True),
+        )
     print(summary_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=float))

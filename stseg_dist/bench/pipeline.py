@@ -91,16 +91,31 @@ def run_once(chip: str, out: str, config, *, local: bool, workers: int | None = 
         shutil.rmtree(out, ignore_errors=True)
     c = summary["counts"]
     return {
-        "mode": "single_process" if local else "ray", "workers": 1 if local else workers, "seconds": secs,
-        "transcripts_per_s": c["n_transcripts"] / secs, "cells_per_s": c["n_cells"] / secs,
-        "stage_seconds": summary["stage_seconds"], "n_tiles": summary["n_tiles"],
-        "n_transcripts": c["n_transcripts"], "n_cells": c["n_cells"],
-        "driver_peak_rss_mb": rss.driver_peak / 2**20, "worker_peak_rss_mb": rss.worker_peak / 2**20,
+        "mode": "single_process" if local else "ray",
+        "workers": 1 if local else workers,
+        "seconds": secs,
+        "transcripts_per_s": c["n_transcripts"] / secs,
+        "cells_per_s": c["n_cells"] / secs,
+        "stage_seconds": summary["stage_seconds"],
+        "n_tiles": summary["n_tiles"],
+        "n_transcripts": c["n_transcripts"],
+        "n_cells": c["n_cells"],
+        "driver_peak_rss_mb": rss.driver_peak / 2**20,
+        "worker_peak_rss_mb": rss.worker_peak / 2**20,
     }
 
 
-def run_bench(sizes_um=(1000.0,), workers=(None,), *, method: str = "expansion", tile_um: float = 500.0,
-              local: bool = True, workdir: str | None = None, seed: int = 1, echo=print) -> list[dict]:
+def run_bench(
+    sizes_um=(1000.0,),
+    workers=(None,),
+    *,
+    method: str = "expansion",
+    tile_um: float = 500.0,
+    local: bool = True,
+    workdir: str | None = None,
+    seed: int = 1,
+    echo=print,
+) -> list[dict]:
     """Generate a chip per size, run it single-process and on Ray per worker count; return rows.
 
     Each Ray row carries ``ray_over_single_process`` (Ray seconds / single-process seconds) when
@@ -110,17 +125,25 @@ def run_bench(sizes_um=(1000.0,), workers=(None,), *, method: str = "expansion",
     from ..synth import synth_chip
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cfg = load_config(overrides=parse_set([f"cells.method={method}", f"tiling.tile_size_um={tile_um}",
-                                           "runtime.progress=false"]), use_env=False)
+    cfg = load_config(
+        overrides=parse_set(
+            [f"cells.method={method}", f"tiling.tile_size_um={tile_um}", "runtime.progress=false"]
+        ),
+        use_env=False,
+    )
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for size in sizes_um:
             chip, out = str(Path(tmp) / "chip"), str(Path(tmp) / "out")
             info = synth_chip(chip, size, size, seed=seed, overwrite=True)
-            echo(f"chip {size:.0f} x {size:.0f} µm: {info['n_transcripts']:,} transcripts, {info['n_cells']:,} cells "
-                 f"(generated in {info['seconds']:.1f} s)")
+            echo(
+                f"chip {size:.0f} x {size:.0f} µm: {info['n_transcripts']:,} transcripts, {info['n_cells']:,} cells "
+                f"(generated in {info['seconds']:.1f} s)"
+            )
             single = run_once(chip, out, cfg, local=True) if local else None
-            runs = ([single] if single else []) + [run_once(chip, out, cfg, local=False, workers=w) for w in workers]
+            runs = ([single] if single else []) + [
+                run_once(chip, out, cfg, local=False, workers=w) for w in workers
+            ]
             for r in runs:
                 r["size_um"] = size
                 if single and r["mode"] == "ray":
@@ -132,12 +155,16 @@ def run_bench(sizes_um=(1000.0,), workers=(None,), *, method: str = "expansion",
 
 def format_row(r: dict) -> str:
     """One line per run plus its stage seconds."""
-    ratio = f", ray/single {r['ray_over_single_process']:.2f}" if "ray_over_single_process" in r else ""
+    ratio = (
+        f", ray/single {r['ray_over_single_process']:.2f}" if "ray_over_single_process" in r else ""
+    )
     st = " ".join(f"{k}={v:.2f}" for k, v in r["stage_seconds"].items())
-    return (f"  {r['mode']:<14} workers={r['workers']}: {r['seconds']:.1f} s, {r['transcripts_per_s']:,.0f} "
-            f"transcripts/s, {r['cells_per_s']:,.0f} cells/s, {r['n_tiles']} tiles, driver peak "
-            f"{r['driver_peak_rss_mb']:.0f} MB, largest worker {r['worker_peak_rss_mb']:.0f} MB{ratio}\n"
-            f"    stages: {st}")
+    return (
+        f"  {r['mode']:<14} workers={r['workers']}: {r['seconds']:.1f} s, {r['transcripts_per_s']:,.0f} "
+        f"transcripts/s, {r['cells_per_s']:,.0f} cells/s, {r['n_tiles']} tiles, driver peak "
+        f"{r['driver_peak_rss_mb']:.0f} MB, largest worker {r['worker_peak_rss_mb']:.0f} MB{ratio}\n"
+        f"    stages: {st}"
+    )
 
 
 def main(argv=None) -> int:
@@ -150,19 +177,35 @@ def main(argv=None) -> int:
     if "--exports" in (argv if argv is not None else sys.argv[1:]):
         from ..export.bench import main as exports_main
 
-        return exports_main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--exports"])
-    p = argparse.ArgumentParser(prog="stseg bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        return exports_main(
+            [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--exports"]
+        )
+    p = argparse.ArgumentParser(
+        prog="stseg bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sizes-um", type=float, nargs="+", default=[1000.0, 3000.0])
-    p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
-                   help="Ray worker CPUs; several values give a scaling curve")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[os.cpu_count() or 1],
+        help="Ray worker CPUs; several values give a scaling curve",
+    )
     p.add_argument("--method", default="expansion")
     p.add_argument("--tile-um", type=float, default=500.0)
     p.add_argument("--no-local", action="store_true", help="skip the single-process comparison")
     p.add_argument("--json", help="write all figures here")
     args = p.parse_args(argv)
-    rows = run_bench(args.sizes_um, args.workers, method=args.method, tile_um=args.tile_um,
-                     local=not args.no_local, echo=lambda s: print(s, flush=True))
+    rows = run_bench(
+        args.sizes_um,
+        args.workers,
+        method=args.method,
+        tile_um=args.tile_um,
+        local=not args.no_local,
+        echo=lambda s: print(s, flush=True),
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

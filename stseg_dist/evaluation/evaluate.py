@@ -25,9 +25,17 @@ def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
         raise InputError(f"{url}: needs columns {cols}: {exc}") from exc
 
 
-def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: dict | None = None,
-             deltas=(3, 5, 7), block: int = 2048, expression_ref: str | None = None,
-             gene_pairs: list[tuple[str, str]] | None = None, markers: str | None = None) -> dict:
+def evaluate(
+    pred_out_url: str,
+    ref_url: str | None = None,
+    *,
+    storage_options: dict | None = None,
+    deltas=(3, 5, 7),
+    block: int = 2048,
+    expression_ref: str | None = None,
+    gene_pairs: list[tuple[str, str]] | None = None,
+    markers: str | None = None,
+) -> dict:
     """Score the run in ``pred_out_url``; with ``ref_url``, also against the reference.
 
     Always: baseline characteristics (coverage, area, transcripts/genes per cell, density),
@@ -59,7 +67,11 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
     cells = pd.read_parquet(cells_url, storage_options=so or None)
 
     ref = load_reference(ref_url, so) if ref_url else None
-    key = K.TRANSCRIPT_ID if ref is not None and ref.transcripts is not None and K.TRANSCRIPT_ID in ref.transcripts else K.INPUT_ROW
+    key = (
+        K.TRANSCRIPT_ID
+        if ref is not None and ref.transcripts is not None and K.TRANSCRIPT_ID in ref.transcripts
+        else K.INPUT_ROW
+    )
     tx = _pred_transcripts(pred_out_url, key, so)
 
     result: dict = {"pred": pred_out_url, "ref": ref_url}
@@ -74,29 +86,43 @@ def evaluate(pred_out_url: str, ref_url: str | None = None, *, storage_options: 
         result["pixel"] = M.pixel_metrics(table)
         result["instance"] = M.instance_metrics(table)
     if ref is not None and ref.transcripts is not None:
-        joined = tx[[key, K.CELL_ID, K.GENE]].merge(ref.transcripts, on=key, how="left", validate="one_to_one")
+        joined = tx[[key, K.CELL_ID, K.GENE]].merge(
+            ref.transcripts, on=key, how="left", validate="one_to_one"
+        )
         missing = int(joined["ref_id"].isna().sum())
         if missing:
-            raise InputError(f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on {key})")
-        result["transcripts"] = M.transcript_metrics(joined[K.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
+            raise InputError(
+                f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on {key})"
+            )
+        result["transcripts"] = M.transcript_metrics(
+            joined[K.CELL_ID].to_numpy(), joined["ref_id"].to_numpy()
+        )
         ref_ids = joined["ref_id"].to_numpy().astype(np.int64)  # a left merge keeps tx's order
         result["reference_free"]["ref_mecr"] = M.mecr(ref_ids, codes, pairs)["mecr"]
         result["reference_free"]["ref_assigned_share"] = float((ref_ids > 0).mean())
         result["petukhov"] = M.petukhov_correlation(
-            joined[K.GENE].to_numpy(), joined[K.CELL_ID].to_numpy(), joined["ref_id"].to_numpy())
+            joined[K.GENE].to_numpy(), joined[K.CELL_ID].to_numpy(), joined["ref_id"].to_numpy()
+        )
         types = _truth_types(ref_url, so)
         if types is not None:
             result["expression"] = _expression(joined, types, expression_ref)
     return result
 
 
-def reference_free(pred_out_url: str, *, storage_options: dict | None = None, gene_pairs=None,
-                   markers: str | None = None) -> dict:
+def reference_free(
+    pred_out_url: str,
+    *,
+    storage_options: dict | None = None,
+    gene_pairs=None,
+    markers: str | None = None,
+) -> dict:
     """MECR, nucleus-cytoplasm r and assigned share of a run, with no reference (see evaluate)."""
     url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
     if not storage.exists(url, storage_options):
         raise InputError(f"prediction has no {K.TRANSCRIPTS_PARQUET}: {url}")
-    tx = pd.read_parquet(url, columns=[K.CELL_ID, K.IN_NUCLEUS, K.GENE], storage_options=storage_options or None)
+    tx = pd.read_parquet(
+        url, columns=[K.CELL_ID, K.IN_NUCLEUS, K.GENE], storage_options=storage_options or None
+    )
     return _reference_free(tx, gene_pairs, markers)[0]
 
 
@@ -107,14 +133,18 @@ def _reference_free(tx: pd.DataFrame, gene_pairs, markers) -> tuple[dict, np.nda
     cells = tx[K.CELL_ID].to_numpy()
     out = {
         **M.mecr(cells, codes, pairs),
-        "nucleus_cytoplasm_r": M.nucleus_cytoplasm_r(cells, tx[K.IN_NUCLEUS].to_numpy(), codes)["median_r"],
+        "nucleus_cytoplasm_r": M.nucleus_cytoplasm_r(cells, tx[K.IN_NUCLEUS].to_numpy(), codes)[
+            "median_r"
+        ],
         "assigned_share": float((cells > 0).mean()) if len(tx) else 0.0,
         "gene_pairs": [(str(genes.categories[a]), str(genes.categories[b])) for a, b in pairs],
     }
     return out, codes, pairs
 
 
-def _pairs(names, markers, categories: list[str], tx: pd.DataFrame, codes: np.ndarray) -> list[tuple[int, int]]:
+def _pairs(
+    names, markers, categories: list[str], tx: pd.DataFrame, codes: np.ndarray
+) -> list[tuple[int, int]]:
     """MECR gene pairs as codes of ``categories``: given by name, from a marker table, or found in the nuclei."""
     index = {g: i for i, g in enumerate(categories)}
     if names is not None:
@@ -154,7 +184,9 @@ def _read_table(url: str) -> pd.DataFrame:
 
 def _expression(joined: pd.DataFrame, true_type: pd.Series, expression_ref: str | None) -> dict:
     inside = joined[joined[K.CELL_ID] > 0]
-    counts = inside[inside.ref_id > 0].groupby([K.CELL_ID, "ref_id"]).size().rename("n").reset_index()
+    counts = (
+        inside[inside.ref_id > 0].groupby([K.CELL_ID, "ref_id"]).size().rename("n").reset_index()
+    )
     major = counts.sort_values([K.CELL_ID, "n"], ascending=[True, False]).drop_duplicates(K.CELL_ID)
     pred_type = major.set_index(K.CELL_ID)["ref_id"].map(true_type)
     pred_means = _type_means(joined, K.CELL_ID, pred_type)

@@ -28,7 +28,9 @@ def contingency(pred, ref, block: int = 2048) -> sp.csr_matrix:
     Works for numpy or zarr arrays of the same 2-D shape; row/column 0 hold background.
     """
     if tuple(pred.shape) != tuple(ref.shape):
-        raise InputError(f"label arrays differ in shape: prediction {tuple(pred.shape)} vs reference {tuple(ref.shape)}")
+        raise InputError(
+            f"label arrays differ in shape: prediction {tuple(pred.shape)} vs reference {tuple(ref.shape)}"
+        )
     rows, cols, vals = [], [], []
     for rs, cs in _blocks(pred.shape, block):
         p = np.asarray(pred[rs, cs], dtype=np.uint64).ravel()
@@ -56,7 +58,13 @@ def pixel_metrics(table: sp.csr_matrix) -> dict:
     pred_ids = np.unique(t.row[t.row > 0])
     best = np.asarray(iou.max(axis=1).todense()).ravel() if iou.nnz else np.zeros(iou.shape[0])
     mean_jaccard = float(best[pred_ids].mean()) if len(pred_ids) else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "dice": f1, "mean_jaccard": mean_jaccard}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "dice": f1,
+        "mean_jaccard": mean_jaccard,
+    }
 
 
 def iou_matrix(table: sp.csr_matrix) -> sp.csr_matrix:
@@ -102,7 +110,10 @@ def instance_metrics(table: sp.csr_matrix, thresholds=IOU_SWEEP) -> dict:
         fp, fn = n_pred - tp, n_ref - tp
         f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 0.0
         out["sweep"][f"{thr:.1f}"] = {
-            "tp": tp, "fp": fp, "fn": fn, "f1": f1,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "f1": f1,
             "mean_matched_iou": float(iou.data[m].mean()) if tp else 0.0,
         }
     area_p = np.asarray(table.sum(axis=1)).ravel()
@@ -113,7 +124,11 @@ def instance_metrics(table: sp.csr_matrix, thresholds=IOU_SWEEP) -> dict:
     ref_major = v * 2 > area_r[c]
     out["splits"] = int((np.bincount(c[pred_major], minlength=table.shape[1]) >= 2).sum())
     out["merges"] = int((np.bincount(r[ref_major], minlength=table.shape[0]) >= 2).sum())
-    out.update({k: out["sweep"]["0.5"][k] for k in ("f1", "mean_matched_iou")} if "0.5" in out["sweep"] else {})
+    out.update(
+        {k: out["sweep"]["0.5"][k] for k in ("f1", "mean_matched_iou")}
+        if "0.5" in out["sweep"]
+        else {}
+    )
     return out
 
 
@@ -180,7 +195,9 @@ def transcript_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
     }
 
 
-def cell_calling_score(labels, rows: np.ndarray, cols: np.ndarray, deltas=(3, 5, 7), block: int = 2048) -> dict:
+def cell_calling_score(
+    labels, rows: np.ndarray, cols: np.ndarray, deltas=(3, 5, 7), block: int = 2048
+) -> dict:
     """GeneSegNet cell calling score: transcripts inside cells over those within delta px outside.
 
     Distances are exact (Euclidean distance transform) within a halo of max(delta) around each
@@ -275,9 +292,12 @@ def morphology_metrics(labels, block: int = 2048, max_cells: int = 5000) -> dict
         lab = np.asarray(labels[rs, cs])
         cut = set(np.unique(np.r_[lab[0], lab[-1], lab[:, 0], lab[:, -1]]).tolist())
         for p in regionprops(lab):
-            at_edge = (p.bbox[0] == 0 and rs.start > 0) or (p.bbox[1] == 0 and cs.start > 0) or (
-                p.bbox[2] == lab.shape[0] and rs.stop < labels.shape[0]) or (
-                p.bbox[3] == lab.shape[1] and cs.stop < labels.shape[1])
+            at_edge = (
+                (p.bbox[0] == 0 and rs.start > 0)
+                or (p.bbox[1] == 0 and cs.start > 0)
+                or (p.bbox[2] == lab.shape[0] and rs.stop < labels.shape[0])
+                or (p.bbox[3] == lab.shape[1] and cs.stop < labels.shape[1])
+            )
             if at_edge and p.label in cut:
                 continue
             vals.append(shape_descriptors(p.image))
@@ -296,7 +316,9 @@ def morphology_metrics(labels, block: int = 2048, max_cells: int = 5000) -> dict
     }
 
 
-def profile_correlation(counts: pd.DataFrame, cell_types: pd.Series, reference: pd.DataFrame) -> dict:
+def profile_correlation(
+    counts: pd.DataFrame, cell_types: pd.Series, reference: pd.DataFrame
+) -> dict:
     """Pearson r of each cell type's mean expression profile with the single-cell reference's (UCS Fig. 5).
 
     ``counts``: cells x genes; ``cell_types``: type per cell (same index); ``reference``: types x
@@ -314,11 +336,18 @@ def mean_profile_correlation(means: pd.DataFrame, reference: pd.DataFrame) -> di
     out = {}
     for t in means.index.intersection(reference.index):
         a, b = means.loc[t, genes].to_numpy(float), reference.loc[t, genes].to_numpy(float)
-        out[str(t)] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
-    return {"per_type": out, "mean_r": float(np.nanmean(list(out.values()))) if out else float("nan")}
+        out[str(t)] = (
+            float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+        )
+    return {
+        "per_type": out,
+        "mean_r": float(np.nanmean(list(out.values()))) if out else float("nan"),
+    }
 
 
-def petukhov_correlation(genes: np.ndarray, a: np.ndarray, b: np.ndarray, min_transcripts: int = 10) -> dict:
+def petukhov_correlation(
+    genes: np.ndarray, a: np.ndarray, b: np.ndarray, min_transcripts: int = 10
+) -> dict:
     """Petukhov et al. (Baysor) intersection/difference correlation between two segmentations.
 
     For each pair of overlapping cells (a cell of A and the B cell sharing most of its
@@ -331,7 +360,11 @@ def petukhov_correlation(genes: np.ndarray, a: np.ndarray, b: np.ndarray, min_tr
     if df.empty:
         return {"n_pairs": 0, "median_r": float("nan")}
     pairs = df[df.b > 0].groupby(["a", "b"], observed=True).size().rename("n").reset_index()
-    best = pairs.sort_values(["a", "n"], ascending=[True, False]).drop_duplicates("a").set_index("a")["b"]
+    best = (
+        pairs.sort_values(["a", "n"], ascending=[True, False])
+        .drop_duplicates("a")
+        .set_index("a")["b"]
+    )
     df = df.assign(best=df.a.map(best).fillna(0).to_numpy())
     df["shared"] = df.b == df.best
     mat = df.groupby(["a", "shared", "g"], observed=False).size().unstack("g", fill_value=0)
@@ -341,7 +374,12 @@ def petukhov_correlation(genes: np.ndarray, a: np.ndarray, b: np.ndarray, min_tr
             x, y = mat.loc[(cell, True)].to_numpy(float), mat.loc[(cell, False)].to_numpy(float)
         except KeyError:
             continue
-        if x.sum() >= min_transcripts and y.sum() >= min_transcripts and x.std() > 0 and y.std() > 0:
+        if (
+            x.sum() >= min_transcripts
+            and y.sum() >= min_transcripts
+            and x.std() > 0
+            and y.std() > 0
+        ):
             rs.append(float(np.corrcoef(x, y)[0, 1]))
     return {"n_pairs": len(rs), "median_r": float(np.median(rs)) if rs else float("nan")}
 
@@ -351,15 +389,23 @@ def _expressed(cells: np.ndarray, genes: np.ndarray, n_genes: int) -> sp.csr_mat
     cells, genes = np.asarray(cells), np.asarray(genes, np.int64)
     sel = cells > 0
     _, ci = np.unique(cells[sel], return_inverse=True)
-    m = sp.coo_matrix((np.ones(int(sel.sum()), np.float32), (ci, genes[sel])),
-                      shape=(int(ci.max()) + 1 if len(ci) else 0, n_genes)).tocsr()
+    m = sp.coo_matrix(
+        (np.ones(int(sel.sum()), np.float32), (ci, genes[sel])),
+        shape=(int(ci.max()) + 1 if len(ci) else 0, n_genes),
+    ).tocsr()
     m.data[:] = 1.0
     return m
 
 
-def exclusive_gene_pairs(nuclei: np.ndarray, genes: np.ndarray, *, min_expected: float = 3.0,
-                         max_ratio: float = 0.5, max_per_gene: int = 5,
-                         max_pairs: int = 50) -> list[tuple[int, int]]:
+def exclusive_gene_pairs(
+    nuclei: np.ndarray,
+    genes: np.ndarray,
+    *,
+    min_expected: float = 3.0,
+    max_ratio: float = 0.5,
+    max_per_gene: int = 5,
+    max_pairs: int = 50,
+) -> list[tuple[int, int]]:
     """Gene pairs that rarely share a nucleus: MECR's marker pairs found without a reference.
 
     Nuclei are the compartment least mixed with neighbours, so two genes that share fewer
@@ -416,7 +462,9 @@ def mecr(cells: np.ndarray, genes: np.ndarray, pairs) -> dict:
     if not pairs:
         return {"mecr": float("nan"), "n_pairs": 0}
     genes = np.asarray(genes, np.int64)
-    x = _expressed(cells, genes, max(int(genes.max()) + 1 if len(genes) else 0, max(map(max, pairs)) + 1)).tocsc()
+    x = _expressed(
+        cells, genes, max(int(genes.max()) + 1 if len(genes) else 0, max(map(max, pairs)) + 1)
+    ).tocsc()
     rates = []
     for a, b in pairs:
         ea = x[:, a].toarray().ravel() > 0
@@ -427,8 +475,9 @@ def mecr(cells: np.ndarray, genes: np.ndarray, pairs) -> dict:
     return {"mecr": float(np.mean(rates)) if rates else float("nan"), "n_pairs": len(rates)}
 
 
-def nucleus_cytoplasm_r(cells: np.ndarray, in_nucleus: np.ndarray, genes: np.ndarray,
-                        min_transcripts: int = 10) -> dict:
+def nucleus_cytoplasm_r(
+    cells: np.ndarray, in_nucleus: np.ndarray, genes: np.ndarray, min_transcripts: int = 10
+) -> dict:
     """Reference-free purity: median Pearson r between each cell's nuclear and cytoplasmic profiles.
 
     Cytoplasm that belongs to the cell expresses what its nucleus does; cytoplasm taken from a
@@ -437,7 +486,9 @@ def nucleus_cytoplasm_r(cells: np.ndarray, in_nucleus: np.ndarray, genes: np.nda
     """
     cells = np.asarray(cells)
     sel = cells > 0
-    df = pd.DataFrame({"c": cells[sel], "n": np.asarray(in_nucleus, bool)[sel], "g": np.asarray(genes)[sel]})
+    df = pd.DataFrame(
+        {"c": cells[sel], "n": np.asarray(in_nucleus, bool)[sel], "g": np.asarray(genes)[sel]}
+    )
     if df.empty:
         return {"median_r": float("nan"), "n_cells": 0}
     mat = df.groupby(["c", "n", "g"]).size().unstack("g", fill_value=0)
@@ -447,6 +498,11 @@ def nucleus_cytoplasm_r(cells: np.ndarray, in_nucleus: np.ndarray, genes: np.nda
             nuc, cyt = mat.loc[(c, True)].to_numpy(float), mat.loc[(c, False)].to_numpy(float)
         except KeyError:
             continue
-        if nuc.sum() >= min_transcripts and cyt.sum() >= min_transcripts and nuc.std() > 0 and cyt.std() > 0:
+        if (
+            nuc.sum() >= min_transcripts
+            and cyt.sum() >= min_transcripts
+            and nuc.std() > 0
+            and cyt.std() > 0
+        ):
             rs.append(float(np.corrcoef(nuc, cyt)[0, 1]))
     return {"median_r": float(np.median(rs)) if rs else float("nan"), "n_cells": len(rs)}

@@ -39,7 +39,11 @@ def open_label_array(url: str, storage_options: dict | None = None):
     import zarr
 
     try:
-        kw = {"storage_options": storage_options} if storage.is_remote(url) and storage_options else {}
+        kw = (
+            {"storage_options": storage_options}
+            if storage.is_remote(url) and storage_options
+            else {}
+        )
         node = zarr.open(url, mode="r", **kw)
     except (FileNotFoundError, Exception) as exc:  # zarr raises several kinds for a missing store
         raise InputError(f"cannot open reference mask {url}: {exc}") from exc
@@ -68,16 +72,23 @@ def transcript_reference(url: str, column: str = K.CELL_TRUE, storage_options=No
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(storage.fs_and_path(url, storage_options)[0].open(
-            storage.fs_and_path(url, storage_options)[1])).names
+        names = pq.read_schema(
+            storage.fs_and_path(url, storage_options)[0].open(
+                storage.fs_and_path(url, storage_options)[1]
+            )
+        ).names
     except FileNotFoundError as exc:
         raise InputError(f"reference table not found: {url}") from exc
     if column not in names:
-        raise InputError(f"{url}: no column '{column}' with reference cell IDs (columns: {', '.join(names)})")
+        raise InputError(
+            f"{url}: no column '{column}' with reference cell IDs (columns: {', '.join(names)})"
+        )
     key = K.TRANSCRIPT_ID if K.TRANSCRIPT_ID in names else None
     df = _read_parquet(url, [c for c in (key, column) if c], storage_options)
     if not np.issubdtype(df[column].dtype, np.integer):
-        raise InputError(f"{url}: column '{column}' must hold integer cell IDs, has {df[column].dtype}")
+        raise InputError(
+            f"{url}: column '{column}' must hold integer cell IDs, has {df[column].dtype}"
+        )
     df = df.rename(columns={column: "ref_id"})
     if key is None:
         df[K.INPUT_ROW] = np.arange(len(df), dtype=np.int64)
@@ -93,7 +104,9 @@ def load_reference(url: str, storage_options: dict | None = None) -> Reference:
     """
     path, _, column = url.partition("#")
     if path.rstrip("/").endswith(".parquet"):
-        return Reference(url, transcripts=transcript_reference(path, column or K.CELL_TRUE, storage_options))
+        return Reference(
+            url, transcripts=transcript_reference(path, column or K.CELL_TRUE, storage_options)
+        )
     if path.lower().endswith((".tif", ".tiff")) or (
         path.rstrip("/").endswith(".zarr") and storage.exists(path, storage_options)
     ):

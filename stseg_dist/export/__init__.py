@@ -23,8 +23,9 @@ DEFAULT_NAMES = {"spatialdata": "spatialdata.zarr", "xenium-explorer": "xenium_e
 __all__ = ["FORMATS", "RunFiles", "export_run", "open_run"]
 
 
-def export_run(run: str, to: str, out: str | None = None, chip: str | None = None,
-               overwrite: bool = True) -> str:
+def export_run(
+    run: str, to: str, out: str | None = None, chip: str | None = None, overwrite: bool = True
+) -> str:
     """Export the finished run folder ``run`` to format ``to``; returns the path written.
 
     ``out`` defaults to ``RUN/spatialdata.zarr`` or ``RUN/xenium_explorer``; ``chip`` replaces

@@ -57,18 +57,23 @@ def open_run(run: str, chip: str | None = None) -> RunFiles:
             raise InputError(f"{p}: missing; an export needs a complete run ({', '.join(NEEDED)})")
     info = storage.read_json(str(root / K.RUN_JSON))
     if info.get("status") != "complete":
-        raise InputError(f"{root / K.RUN_JSON}: run status is {info.get('status')!r}, not 'complete'; "
-                         "re-run the same stseg run command to finish it")
+        raise InputError(
+            f"{root / K.RUN_JSON}: run status is {info.get('status')!r}, not 'complete'; "
+            "re-run the same stseg run command to finish it"
+        )
     chip_url = chip or info.get("chip")
     if not chip_url:
         raise InputError(f"{root / K.RUN_JSON}: names no chip; give the chip with --chip")
     try:
         handle = open_chip(chip_url)
     except InputError as exc:
-        raise InputError(f"the run's chip (the image source) cannot be opened: {exc}; "
-                         "give it with --chip") from exc
+        raise InputError(
+            f"the run's chip (the image source) cannot be opened: {exc}; give it with --chip"
+        ) from exc
     labels = storage.open_zarr_array(str(root / K.LABELS_ZARR / K.LABELS_CELLS), "r")
     if tuple(labels.shape) != tuple(handle.shape_yx):
-        raise InputError(f"{chip_url}: image is {handle.shape_yx[0]} x {handle.shape_yx[1]} px but the run's "
-                         f"labels are {labels.shape[0]} x {labels.shape[1]}: not this run's chip")
+        raise InputError(
+            f"{chip_url}: image is {handle.shape_yx[0]} x {handle.shape_yx[1]} px but the run's "
+            f"labels are {labels.shape[0]} x {labels.shape[1]}: not this run's chip"
+        )
     return RunFiles(root, info, handle)

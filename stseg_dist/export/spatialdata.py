@@ -43,10 +43,14 @@ def require_spatialdata():
     try:
         with warnings.catch_warnings():
             # xarray-schema (a spatialdata dependency) imports pkg_resources, which warns on import
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="pkg_resources is deprecated", category=UserWarning
+            )
             import spatialdata
     except ImportError as exc:
-        raise InputError(f"the SpatialData export needs the spatialdata package ({INSTALL_HINT}): {exc}") from exc
+        raise InputError(
+            f"the SpatialData export needs the spatialdata package ({INSTALL_HINT}): {exc}"
+        ) from exc
     for name in ("spatialdata", "spatialdata._logging"):  # its INFO notes (e.g. "z ignored in 2D")
         logging.getLogger(name).setLevel(logging.WARNING)
     return spatialdata
@@ -66,13 +70,17 @@ def build(files: RunFiles):
 
     ps = files.pixel_size_um
     x0, y0 = files.origin_um
-    to_um = {COORDS: Sequence([Scale([ps, ps], axes=("y", "x")), Translation([y0, x0], axes=("y", "x"))])}
+    to_um = {
+        COORDS: Sequence([Scale([ps, ps], axes=("y", "x")), Translation([y0, x0], axes=("y", "x"))])
+    }
     um = {COORDS: Identity()}
 
     labels = {}
     for name, key in ((CELL_LABELS, K.LABELS_CELLS), (NUCLEUS_LABELS, K.LABELS_NUCLEI)):
         arr = zarr.open_array(str(files.path(K.LABELS_ZARR) / key), mode="r")
-        labels[name] = Labels2DModel.parse(da.from_zarr(arr), dims=("y", "x"), transformations=to_um)
+        labels[name] = Labels2DModel.parse(
+            da.from_zarr(arr), dims=("y", "x"), transformations=to_um
+        )
 
     img = files.chip._image_array()
     chunks = getattr(img, "chunks", None) or (1024,) * img.ndim
@@ -80,12 +88,20 @@ def build(files: RunFiles):
     if image.ndim == 2:
         image = image[None]
     image = image.rechunk({0: 1})
-    images = {IMAGE: Image2DModel.parse(image, dims=("c", "y", "x"),
-                                        c_coords=[f"channel_{i}" for i in range(image.shape[0])],
-                                        transformations=to_um)}
+    images = {
+        IMAGE: Image2DModel.parse(
+            image,
+            dims=("c", "y", "x"),
+            c_coords=[f"channel_{i}" for i in range(image.shape[0])],
+            transformations=to_um,
+        )
+    }
 
     shapes = {}
-    for name, fname in ((CELL_SHAPES, K.CELL_BOUNDARIES_PARQUET), (NUCLEUS_SHAPES, K.NUCLEUS_BOUNDARIES_PARQUET)):
+    for name, fname in (
+        (CELL_SHAPES, K.CELL_BOUNDARIES_PARQUET),
+        (NUCLEUS_SHAPES, K.NUCLEUS_BOUNDARIES_PARQUET),
+    ):
         gdf = gpd.read_parquet(files.path(fname)).set_index(K.CELL_ID)
         gdf.index.name = None
         shapes[name] = ShapesModel.parse(gdf, transformations=um)
@@ -93,12 +109,23 @@ def build(files: RunFiles):
     table = ad.read_h5ad(files.path(K.CELLS_H5AD))
     genes = list(table.var_names)
     table.obs[REGION_KEY] = pd.Categorical([CELL_SHAPES] * table.n_obs, categories=[CELL_SHAPES])
-    table = TableModel.parse(table, region=CELL_SHAPES, region_key=REGION_KEY, instance_key=K.CELL_ID)
+    table = TableModel.parse(
+        table, region=CELL_SHAPES, region_key=REGION_KEY, instance_key=K.CELL_ID
+    )
 
-    points = {POINTS: PointsModel.parse(transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes),
-                                        coordinates={"x": K.X, "y": K.Y}, feature_key=K.GENE,
-                                        instance_key=K.CELL_ID, transformations=um, sort=True)}
-    return SpatialData(images=images, labels=labels, shapes=shapes, points=points, tables={TABLE: table})
+    points = {
+        POINTS: PointsModel.parse(
+            transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes),
+            coordinates={"x": K.X, "y": K.Y},
+            feature_key=K.GENE,
+            instance_key=K.CELL_ID,
+            transformations=um,
+            sort=True,
+        )
+    }
+    return SpatialData(
+        images=images, labels=labels, shapes=shapes, points=points, tables={TABLE: table}
+    )
 
 
 def transcripts_frame(url: Path, genes: list[str]):
@@ -131,7 +158,9 @@ def transcripts_frame(url: Path, genes: list[str]):
     if not groups:
         return dd.from_pandas(meta, npartitions=1)
     divisions = (*offsets[:-1].tolist(), int(offsets[-1]) - 1)
-    return dd.from_map(read, range(len(groups)), meta=meta, divisions=divisions, enforce_metadata=False)
+    return dd.from_map(
+        read, range(len(groups)), meta=meta, divisions=divisions, enforce_metadata=False
+    )
 
 
 def write_spatialdata(files: RunFiles, path: Path) -> None:
@@ -156,8 +185,12 @@ def write(sdata, path: Path) -> None:
     from spatialdata._io.io_zarr import _get_groups_for_element
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)  # anndata's notice
-        rest = SpatialData(shapes=dict(sdata.shapes), points=dict(sdata.points), tables=dict(sdata.tables))
+        warnings.filterwarnings(
+            "ignore", message="zarr v3 autosharding", category=UserWarning
+        )  # anndata's notice
+        rest = SpatialData(
+            shapes=dict(sdata.shapes), points=dict(sdata.points), tables=dict(sdata.tables)
+        )
         rest.write(path, consolidate_metadata=False)
         for kind, elements in (("images", sdata.images), ("labels", sdata.labels)):
             for name, element in elements.items():
@@ -173,7 +206,9 @@ def write(sdata, path: Path) -> None:
 def _shape(element) -> list[int]:
     if hasattr(element, "shape"):
         return list(element.shape)
-    return list(next(iter(element["scale0"].values())).shape)  # multiscale: the full-resolution level
+    return list(
+        next(iter(element["scale0"].values())).shape
+    )  # multiscale: the full-resolution level
 
 
 def summary(sdata) -> dict:

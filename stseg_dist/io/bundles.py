@@ -34,23 +34,36 @@ def detect_platform(url: str, storage_options: dict | None = None) -> str:
     if not fs.isdir(path):
         if stereoseq.is_gem(path) or stereoseq.is_gef(path):
             return "stereoseq"
-        raise InputError(f"{url}: a single file is read only as a Stereo-seq .gem/.gem.gz/.gef; "
-                         "for a plain table pass --platform generic")
+        raise InputError(
+            f"{url}: a single file is read only as a Stereo-seq .gem/.gem.gz/.gef; "
+            "for a plain table pass --platform generic"
+        )
     for name, mod in READERS.items():
         if mod.is_bundle(fs, path):
             return name
-    raise InputError(f"{url}: cannot detect the platform (no Xenium transcripts.*/experiment.xenium, "
-                     "no MERSCOPE detected_transcripts.csv, no CosMx *_tx_file.csv, "
-                     "no Stereo-seq *.gem/*.gem.gz/*.gef); pass --platform")
+    raise InputError(
+        f"{url}: cannot detect the platform (no Xenium transcripts.*/experiment.xenium, "
+        "no MERSCOPE detected_transcripts.csv, no CosMx *_tx_file.csv, "
+        "no Stereo-seq *.gem/*.gem.gz/*.gef); pass --platform"
+    )
 
 
-def convert_bundle(input_url: str, out_chip_url: str, platform: str = "auto", *, options: dict | None = None,
-                   storage_options=None, overwrite: bool = False) -> dict:
+def convert_bundle(
+    input_url: str,
+    out_chip_url: str,
+    platform: str = "auto",
+    *,
+    options: dict | None = None,
+    storage_options=None,
+    overwrite: bool = False,
+) -> dict:
     """Convert a vendor bundle to a canonical chip; returns a report with counts and dropped-by-reason."""
     if platform == "auto":
         platform = detect_platform(input_url, storage_options)
     if platform not in PLATFORMS:
-        raise InputError(f"unknown platform {platform!r}: expected one of {', '.join(PLATFORMS)} or 'auto'")
+        raise InputError(
+            f"unknown platform {platform!r}: expected one of {', '.join(PLATFORMS)} or 'auto'"
+        )
     opts = resolve(platform, reader_options(platform), options)
     reader = generic.convert_generic if platform == "generic" else READERS[platform].convert
     rep = reader(input_url, out_chip_url, opts, overwrite, storage_options)

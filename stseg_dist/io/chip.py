@@ -51,7 +51,9 @@ def parse_chip_json(obj: Any, where: str) -> ChipMeta:
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in origin)
         or not all(math.isfinite(v) for v in origin)
     ):
-        raise InputError(f"{where}: 'origin_um' must be two finite numbers [x0, y0], got {origin!r}")
+        raise InputError(
+            f"{where}: 'origin_um' must be two finite numbers [x0, y0], got {origin!r}"
+        )
     platform = obj.get("platform", "generic")
     if not isinstance(platform, str):
         raise InputError(f"{where}: 'platform' must be a string, got {platform!r}")

@@ -51,17 +51,28 @@ class ChipWriter:
             if not fs.isdir(path):
                 raise OutputError(f"{self.url}: exists and is not a folder")
             if fs.ls(path) and not overwrite:
-                raise OutputError(f"{self.url}: folder is not empty (pass overwrite=True to replace)")
+                raise OutputError(
+                    f"{self.url}: folder is not empty (pass overwrite=True to replace)"
+                )
             if overwrite and fs.exists(storage.join(path, K.CHIP_JSON)):
                 fs.rm(storage.join(path, K.CHIP_JSON))  # invalidate first, then rewrite
         fs.makedirs(path, exist_ok=True)
-        self.meta = {"pixel_size_um": float(pixel_size_um), "origin_um": list(origin_um), "platform": platform}
+        self.meta = {
+            "pixel_size_um": float(pixel_size_um),
+            "origin_um": list(origin_um),
+            "platform": platform,
+        }
         self.meta.update(meta_extra or {})
         yx = tuple(shape[-2:])
         chunks = tuple([1] * (len(shape) - 2)) + (min(chunk_px, yx[0]), min(chunk_px, yx[1]))
         self.image = storage.open_zarr_array(
-            storage.join(self.url, K.IMAGE_ZARR), "w", self.so,
-            shape=tuple(shape), chunks=chunks, dtype=image_dtype, fill_value=0,
+            storage.join(self.url, K.IMAGE_ZARR),
+            "w",
+            self.so,
+            shape=tuple(shape),
+            chunks=chunks,
+            dtype=image_dtype,
+            fill_value=0,
         )
         self.arrays: dict[str, Any] = {}
         names = dict(extra_arrays or {})
@@ -69,8 +80,13 @@ class ChipWriter:
             names[K.NUCLEI_ZARR] = K.LABEL_DTYPE
         for rel, dtype in names.items():
             self.arrays[rel] = storage.open_zarr_array(
-                storage.join(self.url, rel), "w", self.so,
-                shape=yx, chunks=chunks[-2:], dtype=dtype, fill_value=0,
+                storage.join(self.url, rel),
+                "w",
+                self.so,
+                shape=yx,
+                chunks=chunks[-2:],
+                dtype=dtype,
+                fill_value=0,
             )
         self._tx_schema = transcript_schema
         self._tx_writer: pq.ParquetWriter | None = None
@@ -91,7 +107,9 @@ class ChipWriter:
             fs, path = storage.fs_and_path(storage.join(self.url, K.TRANSCRIPTS_PARQUET), self.so)
             self._tx_handle = fs.open(path, "wb")
             self._tx_writer = pq.ParquetWriter(self._tx_handle, schema, compression="zstd")
-        self._tx_writer.write_table(table.cast(self._tx_writer.schema), row_group_size=row_group_size)
+        self._tx_writer.write_table(
+            table.cast(self._tx_writer.schema), row_group_size=row_group_size
+        )
         self.n_transcripts += table.num_rows
 
     def close(self) -> None:

@@ -30,11 +30,19 @@ DEFAULT_PIXEL_SIZE_UM = 0.12028
 CONTROL_PREFIXES = ("NegPrb", "SystemControl", "FalseCode", "Negative")
 LABEL_STRIDE = 100000
 VENDOR_CELLS = "vendor_cells.zarr"
-EXTRAS = (("fov", "fov", pa.int32()), ("z", K.Z, pa.float32()), ("CellComp", "CellComp", pa.string()))
+EXTRAS = (
+    ("fov", "fov", pa.int32()),
+    ("z", K.Z, pa.float32()),
+    ("CellComp", "CellComp", pa.string()),
+)
 
 OPTIONS = (
     Option("pixel_size_um", DEFAULT_PIXEL_SIZE_UM, "µm per global/local pixel"),
-    Option("image_offset_px", {}, "crop offset {\"x\": local px of image column 0, \"y_top\": local px of row 0}"),
+    Option(
+        "image_offset_px",
+        {},
+        'crop offset {"x": local px of image column 0, "y_top": local px of row 0}',
+    ),
     Option("control_prefixes", list(CONTROL_PREFIXES), "drop targets starting with any of these"),
 )
 __doc__ += "\n" + options_doc(OPTIONS)
@@ -91,7 +99,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
                 cid = pc.cast(t["cell_ID"], pa.int64()).to_numpy(zero_copy_only=False)
                 fov = pc.cast(t["fov"], pa.int64()).to_numpy(zero_copy_only=False)
                 out = out.append_column("vendor_cell_id", pa.array(cid)).append_column(
-                    "vendor_cell_label", pa.array(np.where(cid > 0, fov * LABEL_STRIDE + cid, 0).astype(np.uint32)))
+                    "vendor_cell_label",
+                    pa.array(np.where(cid > 0, fov * LABEL_STRIDE + cid, 0).astype(np.uint32)),
+                )
             yield out
 
     pos_files = _find(fs, path, ("_fov_positions_file.csv", "_fov_positions_file.csv.gz"))
@@ -99,7 +109,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     arrays = {}
     placed = []
     if pos_files:
-        with fs.open(pos_files[0], "rb", compression="gzip" if pos_files[0].endswith(".gz") else None) as fh:
+        with fs.open(
+            pos_files[0], "rb", compression="gzip" if pos_files[0].endswith(".gz") else None
+        ) as fh:
             pos = pd.read_csv(fh)
         pos.columns = [c.lower() for c in pos.columns]
         xcol = "x_global_px" if "x_global_px" in pos.columns else "x_global_mm"
@@ -108,7 +120,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         for fov, fx, fy in zip(pos["fov"], pos[xcol], pos[xcol.replace("x_", "y_")]):
             if xcol.endswith("_mm"):
                 fx, fy = fx * 1000 / ps, fy * 1000 / ps
-            img = _fov_file(fs, path, "CellComposite", fov) or _fov_file(fs, path, "Morphology2D", fov)
+            img = _fov_file(fs, path, "CellComposite", fov) or _fov_file(
+                fs, path, "Morphology2D", fov
+            )
             if img is None:
                 continue
             lab = _fov_file(fs, path, "CellLabels", fov)
@@ -139,16 +153,27 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
                         src = np.where(src > 0, fov * LABEL_STRIDE + src, 0).astype(np.uint32)
                     else:
                         src = load(img, True)
-                    out[a0 - r0:a1 - r0, pcol:pcol + w] = src[a0 - pr:a1 - pr]
+                    out[a0 - r0 : a1 - r0, pcol : pcol + w] = src[a0 - pr : a1 - pr]
                 return out
+
             return paint
 
         paint = painter("image")
         if any(p[2] for p in placed):
             arrays[VENDOR_CELLS] = painter("labels")
-    rep = write_chip(batches, out_url, ps, "cosmx", source=input_url, grid=grid, paint_image=paint,
-                     arrays=arrays, meta_extra={"y_axis": "negated global y", "label_stride": LABEL_STRIDE},
-                     overwrite=overwrite, storage_options=so)
+    rep = write_chip(
+        batches,
+        out_url,
+        ps,
+        "cosmx",
+        source=input_url,
+        grid=grid,
+        paint_image=paint,
+        arrays=arrays,
+        meta_extra={"y_axis": "negated global y", "label_stride": LABEL_STRIDE},
+        overwrite=overwrite,
+        storage_options=so,
+    )
     rep["dropped"] = dict(dropped)
     rep["n_fovs_with_image"] = len(placed)
     return rep

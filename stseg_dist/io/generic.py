@@ -72,9 +72,16 @@ def write_chip(
     with tempfile.TemporaryDirectory(prefix="stseg_convert_") as tmp:
         bands, schema = _split_into_bands(batches, tmp, origin, ps, n_bands)
         with ChipWriter(
-            out_url, shape=(1, h, w), pixel_size_um=ps, origin_um=origin, platform=platform,
-            extra_arrays={rel: K.LABEL_DTYPE for rel in painters}, meta_extra=meta,
-            transcript_schema=schema, overwrite=overwrite, storage_options=storage_options,
+            out_url,
+            shape=(1, h, w),
+            pixel_size_um=ps,
+            origin_um=origin,
+            platform=platform,
+            extra_arrays={rel: K.LABEL_DTYPE for rel in painters},
+            meta_extra=meta,
+            transcript_schema=schema,
+            overwrite=overwrite,
+            storage_options=storage_options,
         ) as cw:
             for b in range(n_bands):
                 r0, r1 = b * BAND_PX, min(h, (b + 1) * BAND_PX)
@@ -93,16 +100,25 @@ def write_chip(
                     if density:
                         dens = np.zeros((r1 - r0, w), np.uint32)
                         np.add.at(dens, (r - r0, c), 1)
-                        cw.write_image(np.s_[0:1, r0:r1, :], np.minimum(dens, 65535).astype(np.uint16)[None])
+                        cw.write_image(
+                            np.s_[0:1, r0:r1, :], np.minimum(dens, 65535).astype(np.uint16)[None]
+                        )
                 if paint_image is not None:
                     cw.write_image(np.s_[0:1, r0:r1, :], np.asarray(paint_image(r0, r1, w))[None])
                 for rel, paint in painters.items():
                     cw.write_array(rel, np.s_[r0:r1, :], paint(r0, r1, w))
-    return {"n_transcripts": n, "shape_yx": [h, w], "origin_um": list(origin), "pixel_size_um": ps,
-            "image_source": meta["image_source"]}
+    return {
+        "n_transcripts": n,
+        "shape_yx": [h, w],
+        "origin_um": list(origin),
+        "pixel_size_um": ps,
+        "image_source": meta["image_source"],
+    }
 
 
-def _chip_grid(batches: Batches, ps: float, source: str, grid) -> tuple[int, tuple[float, float], tuple[int, int]]:
+def _chip_grid(
+    batches: Batches, ps: float, source: str, grid
+) -> tuple[int, tuple[float, float], tuple[int, int]]:
     """One pass over the transcripts: their count, and the chip's (origin, (H, W)): the vendor
     image's ``grid`` (refused when the transcripts lie outside it), else the transcripts' extent."""
     n = 0
@@ -117,7 +133,9 @@ def _chip_grid(batches: Batches, ps: float, source: str, grid) -> tuple[int, tup
             lo[i] = min(lo[i], mm["min"].as_py())
             hi[i] = max(hi[i], mm["max"].as_py())
     if n == 0:
-        raise InputError(f"{source}: no transcripts left to convert (empty bundle or everything filtered)")
+        raise InputError(
+            f"{source}: no transcripts left to convert (empty bundle or everything filtered)"
+        )
     if grid is None:
         origin = (math.floor(lo[0] / ps) * ps, math.floor(lo[1] / ps) * ps)
         return n, origin, (int((hi[1] - origin[1]) // ps) + 1, int((hi[0] - origin[0]) // ps) + 1)
@@ -133,7 +151,9 @@ def _chip_grid(batches: Batches, ps: float, source: str, grid) -> tuple[int, tup
     return n, origin, (h, w)
 
 
-def _split_into_bands(batches: Batches, tmp: str, origin, ps: float, n_bands: int) -> tuple[set[int], pa.Schema]:
+def _split_into_bands(
+    batches: Batches, tmp: str, origin, ps: float, n_bands: int
+) -> tuple[set[int], pa.Schema]:
     """Second pass: the transcripts into one temporary parquet file per band of image rows
     (``tmp/b<band>.parquet``), so each band is then sorted and written alone; returns the bands
     that hold any and the table schema."""
@@ -174,11 +194,15 @@ def polygons_from_vertex_table(df, id_col: str, x_col: str, y_col: str, source: 
     """Group a vertex table into polygons with labels 1..n (sorted vendor IDs); returns (polys, id->label)."""
     for col in (id_col, x_col, y_col):
         if col not in df.columns:
-            raise InputError(f"{source}: missing column {col!r} (expected {id_col}, {x_col}, {y_col})")
+            raise InputError(
+                f"{source}: missing column {col!r} (expected {id_col}, {x_col}, {y_col})"
+            )
     ids = sorted(df[id_col].astype(str).unique())
     lut = {v: i + 1 for i, v in enumerate(ids)}
-    polys = [(lut[str(k)], g[x_col].to_numpy(float), g[y_col].to_numpy(float))
-             for k, g in df.groupby(id_col, sort=False)]
+    polys = [
+        (lut[str(k)], g[x_col].to_numpy(float), g[y_col].to_numpy(float))
+        for k, g in df.groupby(id_col, sort=False)
+    ]
     return polys, lut
 
 
@@ -191,20 +215,42 @@ def require_columns(names: Iterable[str], required: Iterable[str], source: str) 
 
 
 OPTIONS = (
-    Option("pixel_size_um", None, "µm per image pixel (required; the grid of the density image without one)"),
+    Option(
+        "pixel_size_um",
+        None,
+        "µm per image pixel (required; the grid of the density image without one)",
+    ),
     Option("x", "x", "column with x in µm"),
     Option("y", "y", "column with y in µm"),
     Option("gene", "gene", "column with the gene name"),
-    Option("image", None, "TIFF/OME-TIFF or zarr array (path or URL) whose channel 0 is the nuclear stain"),
+    Option(
+        "image",
+        None,
+        "TIFF/OME-TIFF or zarr array (path or URL) whose channel 0 is the nuclear stain",
+    ),
     Option("image_level", 0, "pyramid level of a TIFF image (pixel size scales with it)"),
     Option("origin_um", [0.0, 0.0], "µm position [x0, y0] of the image's top-left pixel corner"),
-    Option("coordinate_um", 1.0, "µm per unit of the table's x/y and of the polygon vertices (e.g. 0.108 for "
-           "MERFISH pixels)"),
-    Option("nuclei", None, "nucleus polygons as a vertex table (cell_id, vertex_x, vertex_y; CSV or parquet, "
-           "path relative to the table's folder or a URL) -> nuclei.zarr, for nuclei.backend=vendor"),
-    Option("cells", None, "reference cell polygons, same layout -> vendor_cells.zarr (scoring only)"),
-    Option("cell_column", None, "column with each transcript's reference cell (0, empty or UNASSIGNED = none) "
-           "-> vendor_cell_label (scoring only)"),
+    Option(
+        "coordinate_um",
+        1.0,
+        "µm per unit of the table's x/y and of the polygon vertices (e.g. 0.108 for "
+        "MERFISH pixels)",
+    ),
+    Option(
+        "nuclei",
+        None,
+        "nucleus polygons as a vertex table (cell_id, vertex_x, vertex_y; CSV or parquet, "
+        "path relative to the table's folder or a URL) -> nuclei.zarr, for nuclei.backend=vendor",
+    ),
+    Option(
+        "cells", None, "reference cell polygons, same layout -> vendor_cells.zarr (scoring only)"
+    ),
+    Option(
+        "cell_column",
+        None,
+        "column with each transcript's reference cell (0, empty or UNASSIGNED = none) "
+        "-> vendor_cell_label (scoring only)",
+    ),
 )
 __doc__ += "\n" + options_doc(OPTIONS, "Generic reader (``--platform generic``) options")
 
@@ -214,10 +260,14 @@ def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool
     from . import storage
 
     if options["pixel_size_um"] is None:
-        raise InputError(f"{input_url}: generic input needs --reader-option pixel_size_um=<µm per pixel>")
+        raise InputError(
+            f"{input_url}: generic input needs --reader-option pixel_size_um=<µm per pixel>"
+        )
     fs, path = storage.fs_and_path(input_url, so)
     if fs.isdir(path):
-        files = [p for p in fs.ls(path, detail=False) if p.endswith((".parquet", ".csv", ".csv.gz"))]
+        files = [
+            p for p in fs.ls(path, detail=False) if p.endswith((".parquet", ".csv", ".csv.gz"))
+        ]
         if not files:
             raise InputError(f"{input_url}: no .parquet/.csv transcript table in the folder")
         path = sorted(files)[0]
@@ -240,16 +290,36 @@ def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool
     for option, rel in (("nuclei", K.NUCLEI_ZARR), ("cells", "vendor_cells.zarr")):
         if options[option]:
             given = str(options[option])
-            pfs, ppath = ((*storage.fs_and_path(given, so),) if "://" in given
-                          else (fs, given if given.startswith("/") else posixpath.join(posixpath.dirname(path), given)))
+            pfs, ppath = (
+                (*storage.fs_and_path(given, so),)
+                if "://" in given
+                else (
+                    fs,
+                    given
+                    if given.startswith("/")
+                    else posixpath.join(posixpath.dirname(path), given),
+                )
+            )
             polygons[rel] = _vertex_polygons(pfs, ppath, unit)
     image = grid = None
     ps = float(options["pixel_size_um"])
     if options["image"]:
-        image, shape, ps = image_ref(options["image"], options["image"], int(options["image_level"]), ps, so)
+        image, shape, ps = image_ref(
+            options["image"], options["image"], int(options["image_level"]), ps, so
+        )
         grid = (tuple(options["origin_um"]), shape)
-    rep = write_chip(batches, out_url, ps, "generic", source=input_url, image=image, grid=grid,
-                     polygons=polygons or None, overwrite=overwrite, storage_options=so)
+    rep = write_chip(
+        batches,
+        out_url,
+        ps,
+        "generic",
+        source=input_url,
+        image=image,
+        grid=grid,
+        polygons=polygons or None,
+        overwrite=overwrite,
+        storage_options=so,
+    )
     rep["n_vendor_nuclei"] = len(polygons.get(K.NUCLEI_ZARR, ()))
     return rep
 
@@ -258,7 +328,9 @@ def _vertex_polygons(fs, path: str, unit: float):
     """A Xenium-layout vertex table (cell_id, vertex_x, vertex_y) as µm polygons labelled 1..n."""
     if not fs.exists(path):
         raise InputError(f"{path}: polygon file not found")
-    polys, _ = polygons_from_vertex_table(read_vertex_table(fs, path), "cell_id", "vertex_x", "vertex_y", path)
+    polys, _ = polygons_from_vertex_table(
+        read_vertex_table(fs, path), "cell_id", "vertex_x", "vertex_y", path
+    )
     return [(label, xs * unit, ys * unit) for label, xs, ys in polys]
 
 
@@ -282,7 +354,9 @@ def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:
     return pa.array(np.where(none, 0, ids.map(labels).fillna(0)).astype(np.uint32))
 
 
-def image_ref(url: str, ref_url: str, level: int, ps: float, so) -> tuple[dict, tuple[int, int], float]:
+def image_ref(
+    url: str, ref_url: str, level: int, ps: float, so
+) -> tuple[dict, tuple[int, int], float]:
     """Lazy reference to a TIFF (pyramid ``level``) or zarr image; returns (ref, (H, W), pixel size).
 
     ``ref_url`` is what chip.json records (the URL a worker reopens). The pixel size is scaled by
@@ -305,8 +379,11 @@ def image_ref(url: str, ref_url: str, level: int, ps: float, so) -> tuple[dict, 
             full, lv = s.shape, s.levels[level].shape
     except (tifffile.TiffFileError, IndexError, ValueError, OSError) as e:
         raise InputError(f"{url}: unreadable TIFF or no pyramid level {level} ({e})") from e
-    return ({"path": ref_url, "format": "tiff", "series": 0, "level": level}, tuple(lv[-2:]),
-            ps * full[-1] / lv[-1])
+    return (
+        {"path": ref_url, "format": "tiff", "series": 0, "level": level},
+        tuple(lv[-2:]),
+        ps * full[-1] / lv[-1],
+    )
 
 
 def drop_prefixes(t: pa.Table, gene_col: str, prefixes) -> tuple[pa.Table, int]:
@@ -318,11 +395,15 @@ def drop_prefixes(t: pa.Table, gene_col: str, prefixes) -> tuple[pa.Table, int]:
     return t.filter(pa.array(~ctrl)), int(ctrl.sum())
 
 
-def canonical(t: pa.Table, x: str, y: str, gene: str, extras=(), scale: tuple[float, float] = (1.0, 1.0)) -> pa.Table:
+def canonical(
+    t: pa.Table, x: str, y: str, gene: str, extras=(), scale: tuple[float, float] = (1.0, 1.0)
+) -> pa.Table:
     """Vendor columns -> x, y (µm, scaled), gene, plus each present (src, dst, type) extra."""
-    cols = {K.X: pc.multiply(pc.cast(t[x], pa.float64()), scale[0]),
-            K.Y: pc.multiply(pc.cast(t[y], pa.float64()), scale[1]),
-            K.GENE: pc.cast(t[gene], pa.string())}
+    cols = {
+        K.X: pc.multiply(pc.cast(t[x], pa.float64()), scale[0]),
+        K.Y: pc.multiply(pc.cast(t[y], pa.float64()), scale[1]),
+        K.GENE: pc.cast(t[gene], pa.string()),
+    }
     for src, dst, typ in extras:
         if src in t.column_names:
             cols[dst] = pc.cast(t[src], typ)
@@ -336,13 +417,17 @@ def iter_table(fs, path: str, source: str, batch_rows: int = 1 << 20, **csv_kw):
     try:
         if path.endswith(".parquet"):
             with fs.open(path, "rb") as fh:
-                pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 22)  # else whole-file buffering
+                pf = pq.ParquetFile(
+                    fh, pre_buffer=False, buffer_size=1 << 22
+                )  # else whole-file buffering
                 for b in pf.iter_batches(batch_size=batch_rows):
                     yield pa.Table.from_batches([b])
         else:
             comp = "gzip" if path.endswith(".gz") else None
             with fs.open(path, "rb", compression=comp) as fh:
-                reader = pcsv.open_csv(fh, read_options=pcsv.ReadOptions(block_size=1 << 24), **csv_kw)
+                reader = pcsv.open_csv(
+                    fh, read_options=pcsv.ReadOptions(block_size=1 << 24), **csv_kw
+                )
                 for b in reader:
                     t = pa.Table.from_batches([b])
                     for s in range(0, t.num_rows, batch_rows):

@@ -28,17 +28,31 @@ from .options import Option, options_doc
 TX_NAMES = ("detected_transcripts.csv", "detected_transcripts.csv.gz")
 VENDOR_CELLS = "vendor_cells.zarr"
 DEFAULT_PIXEL_SIZE_UM = 0.108
-EXTRAS = (("global_z", K.Z, pa.float32()), ("transcript_id", K.TRANSCRIPT_ID, pa.string()),
-          ("cell_id", "vendor_cell_id", pa.string()), ("fov", "fov", pa.int32()))
+EXTRAS = (
+    ("global_z", K.Z, pa.float32()),
+    ("transcript_id", K.TRANSCRIPT_ID, pa.string()),
+    ("cell_id", "vendor_cell_id", pa.string()),
+    ("fov", "fov", pa.int32()),
+)
 
 OPTIONS = (
     Option("z_plane", "max", "DAPI plane k of images/*DAPI_z{k}.*, or 'max' for a max projection"),
-    Option("image_bounds_um", None, "[x0, y0, x1, y1] µm of the mosaic, for exports without the transform CSV"),
+    Option(
+        "image_bounds_um",
+        None,
+        "[x0, y0, x1, y1] µm of the mosaic, for exports without the transform CSV",
+    ),
     Option("micron_to_pixel", None, "3x3 µm -> mosaic pixel affine, instead of the transform CSV"),
-    Option("pixel_size_um", None, "µm per pixel of the density grid when there are no images (0.108)"),
+    Option(
+        "pixel_size_um", None, "µm per pixel of the density grid when there are no images (0.108)"
+    ),
     Option("control_prefixes", ["Blank-"], "drop genes starting with any of these"),
     Option("vendor_cells", True, "rasterise vendor cell polygons into vendor_cells.zarr"),
-    Option("image_downsample", 1, "keep every k-th mosaic pixel (k x coarser grid; the image is then copied)"),
+    Option(
+        "image_downsample",
+        1,
+        "keep every k-th mosaic pixel (k x coarser grid; the image is then copied)",
+    ),
 )
 __doc__ += "\n" + options_doc(OPTIONS)
 
@@ -47,8 +61,11 @@ def _tx_file(fs, path):
     for n in TX_NAMES:
         if fs.exists(storage.join(path, n)):
             return storage.join(path, n)
-    cands = sorted(p for p in fs.ls(path, detail=False) if "transcripts" in p.rsplit("/", 1)[-1]
-                   and p.endswith((".csv", ".gz")))
+    cands = sorted(
+        p
+        for p in fs.ls(path, detail=False)
+        if "transcripts" in p.rsplit("/", 1)[-1] and p.endswith((".csv", ".gz"))
+    )
     return cands[0] if cands else None
 
 
@@ -84,8 +101,10 @@ def _transform(fs, path, options, source):
         return np.asarray(options["micron_to_pixel"], float)
     tp = storage.join(path, "images", "micron_to_mosaic_pixel_transform.csv")
     if not fs.exists(tp):
-        raise InputError(f"{source}: images/micron_to_mosaic_pixel_transform.csv is missing (or pass "
-                         "options image_bounds_um=[x0,y0,x1,y1] or micron_to_pixel)")
+        raise InputError(
+            f"{source}: images/micron_to_mosaic_pixel_transform.csv is missing (or pass "
+            "options image_bounds_um=[x0,y0,x1,y1] or micron_to_pixel)"
+        )
     with fs.open(tp, "r") as fh:
         try:
             m = np.loadtxt(fh, dtype=float)
@@ -116,7 +135,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
             out = canonical(t, "global_x", "global_y", "gene", EXTRAS)
             if lut and "cell_id" in t.column_names:
                 ids = pc.cast(t["cell_id"], pa.string()).to_pandas()
-                out = out.append_column("vendor_cell_label", pa.array(ids.map(lut).fillna(0).to_numpy(np.uint32)))
+                out = out.append_column(
+                    "vendor_cell_label", pa.array(ids.map(lut).fillna(0).to_numpy(np.uint32))
+                )
             yield out
 
     planes = _planes(fs, path, options)
@@ -129,10 +150,20 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     ps = options["pixel_size_um"] or DEFAULT_PIXEL_SIZE_UM
     if planes:
         image, grid, paint, ps = _mosaic(fs, path, planes, options, input_url)
-    rep = write_chip(batches, out_url, ps, "merscope", source=input_url, grid=grid, image=image,
-                     paint_image=paint, polygons={VENDOR_CELLS: polys} if polys else None,
-                     meta_extra={"z_plane": z_sel, "dapi_planes": [z for z, _ in planes]},
-                     overwrite=overwrite, storage_options=so)
+    rep = write_chip(
+        batches,
+        out_url,
+        ps,
+        "merscope",
+        source=input_url,
+        grid=grid,
+        image=image,
+        paint_image=paint,
+        polygons={VENDOR_CELLS: polys} if polys else None,
+        meta_extra={"z_plane": z_sel, "dapi_planes": [z for z, _ in planes]},
+        overwrite=overwrite,
+        storage_options=so,
+    )
     rep["dropped"] = dict(dropped)
     rep["n_vendor_cells"] = len(polys)
     return rep
@@ -172,15 +203,24 @@ def _mosaic(fs, path, planes, options, input_url):
         sc = (w / (x1 - x0) + h / (y1 - y0)) / 2
         m = np.array([[sc, 0, -sc * x0], [0, sc, -sc * y0], [0, 0, 1]])
     if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
-        raise InputError(f"{input_url}: micron-to-pixel transform has rotation or anisotropic scale {m.tolist()}")
+        raise InputError(
+            f"{input_url}: micron-to-pixel transform has rotation or anisotropic scale {m.tolist()}"
+        )
     k = int(options["image_downsample"])
     grid = ((-m[0, 2] / m[0, 0], -m[1, 2] / m[0, 0]), (h // k, w // k))
     if k == 1 and len(planes) == 1 and planes[0][1].lower().endswith((".tif", ".tiff")):
-        ref = {"path": storage.url_for(input_url, path, planes[0][1]), "format": "tiff", "series": 0, "level": 0}
+        ref = {
+            "path": storage.url_for(input_url, path, planes[0][1]),
+            "format": "tiff",
+            "series": 0,
+            "level": 0,
+        }
         return ref, grid, None, k / m[0, 0]
 
     def paint(r0, r1, ww):
-        return np.max([np.asarray(a[r0 * k:r1 * k:k, :ww * k:k]) for a in arrays], axis=0).astype(np.uint16)
+        return np.max(
+            [np.asarray(a[r0 * k : r1 * k : k, : ww * k : k]) for a in arrays], axis=0
+        ).astype(np.uint16)
 
     return None, grid, paint, k / m[0, 0]
 
@@ -215,7 +255,9 @@ def _vendor_cells(fs, path, options):
             return _hdf5_cells(fs, hdf, z)
         pick = [p for p in files if f"z{z}_" in p.rsplit("/", 1)[-1]] or files[:1]
         if pick:
-            with fs.open(pick[0], "rb", compression="gzip" if pick[0].endswith(".gz") else None) as fh:
+            with fs.open(
+                pick[0], "rb", compression="gzip" if pick[0].endswith(".gz") else None
+            ) as fh:
                 df = pd.read_csv(fh)
             require_columns(df.columns, ("x", "y", "poly_ID"), pick[0])
             if (df.y < 0).all():
@@ -241,12 +283,16 @@ def _hdf5_cells(fs, files, z):
                     zs = sorted(k for k in cell if k.startswith("zIndex_"))
                     if not zs:
                         continue
-                    key = f"zIndex_{z}" if z != "max" and f"zIndex_{z}" in cell else zs[len(zs) // 2]
+                    key = (
+                        f"zIndex_{z}" if z != "max" and f"zIndex_{z}" in cell else zs[len(zs) // 2]
+                    )
                     if "p_0" not in cell[key]:
                         continue
                     xy = np.asarray(cell[key]["p_0"]["coordinates"]).reshape(-1, 2)
                     polys.append((len(polys) + 1, xy[:, 0], xy[:, 1], cid))
         except (OSError, KeyError) as e:
-            raise InputError(f"{p}: expected MERSCOPE feature data (featuredata/<cell>/zIndex_k/p_0/"
-                             f"coordinates) ({e})") from e
+            raise InputError(
+                f"{p}: expected MERSCOPE feature data (featuredata/<cell>/zIndex_k/p_0/"
+                f"coordinates) ({e})"
+            ) from e
     return polys

@@ -49,9 +49,13 @@ def is_bundle(fs, path: str) -> bool:
 
 def _expand(x, y, genes, counts, pitch: float) -> pa.Table:
     rep = np.asarray(counts, np.int64).clip(min=1)
-    return pa.table({K.X: np.repeat(np.asarray(x, float) * pitch, rep),
-                     K.Y: np.repeat(np.asarray(y, float) * pitch, rep),
-                     K.GENE: pa.array(np.repeat(np.asarray(genes), rep))})
+    return pa.table(
+        {
+            K.X: np.repeat(np.asarray(x, float) * pitch, rep),
+            K.Y: np.repeat(np.asarray(y, float) * pitch, rep),
+            K.GENE: pa.array(np.repeat(np.asarray(genes), rep)),
+        }
+    )
 
 
 def _gem_batches(fs, path, pitch, rows, stats):
@@ -61,8 +65,10 @@ def _gem_batches(fs, path, pitch, rows, stats):
                 cnt = "MIDCount" if "MIDCount" in df.columns else "MIDCounts"
                 for col in ("geneID", "x", "y", cnt):
                     if col not in df.columns:
-                        raise InputError(f"{path}: missing column {col!r} (expected geneID, x, y, "
-                                         f"MIDCount or MIDCounts; has {list(df.columns)})")
+                        raise InputError(
+                            f"{path}: missing column {col!r} (expected geneID, x, y, "
+                            f"MIDCount or MIDCounts; has {list(df.columns)})"
+                        )
                 stats["records"] += len(df)
                 yield _expand(df["x"], df["y"], df["geneID"].astype(str), df[cnt], pitch)
     except (EOFError, OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
@@ -77,19 +83,28 @@ def _gef_batches(fs, path, pitch, rows, stats):
             try:
                 exp, gene = f["geneExp/bin1/expression"], f["geneExp/bin1/gene"]
             except KeyError as e:
-                raise InputError(f"{path}: not a bin1 GEF (expected datasets geneExp/bin1/expression "
-                                 f"and geneExp/bin1/gene; {e})") from e
+                raise InputError(
+                    f"{path}: not a bin1 GEF (expected datasets geneExp/bin1/expression "
+                    f"and geneExp/bin1/gene; {e})"
+                ) from e
             g = gene[:]
             name = "geneName" if "geneName" in g.dtype.names else "gene"
-            for col, fields in ((name, g.dtype.names), ("offset", g.dtype.names), ("x", exp.dtype.names),
-                                ("y", exp.dtype.names), ("count", exp.dtype.names)):
+            for col, fields in (
+                (name, g.dtype.names),
+                ("offset", g.dtype.names),
+                ("x", exp.dtype.names),
+                ("y", exp.dtype.names),
+                ("count", exp.dtype.names),
+            ):
                 if col not in fields:
                     raise InputError(f"{path}: GEF field {col!r} missing (has {fields})")
             names = np.char.decode(g[name].astype("S"), "utf-8", "replace")
-            order = np.lexsort((g["count"] > 0, g["offset"]))  # empty genes first at a shared offset
+            order = np.lexsort(
+                (g["count"] > 0, g["offset"])
+            )  # empty genes first at a shared offset
             starts = g["offset"][order].astype(np.int64)
             for s in range(0, exp.shape[0], rows):
-                rec = exp[s:s + rows]
+                rec = exp[s : s + rows]
                 stats["records"] += len(rec)
                 gi = order[np.searchsorted(starts, np.arange(s, s + len(rec)), side="right") - 1]
                 yield _expand(rec["x"], rec["y"], names[gi], rec["count"], pitch)
@@ -116,9 +131,18 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     if options["image"]:
         image, shape, _ = image_ref(options["image"], options["image"], 0, pitch, so)
         grid = (tuple(float(v) * pitch for v in options["image_origin_dnb"]), shape)
-    rep = write_chip(batches, out_url, pitch, "stereoseq", source=input_url, image=image, grid=grid,
-                     overwrite=overwrite, storage_options=so,
-                     meta_extra={"counts": "expanded", "format": "gef" if is_gef(path) else "gem"})
+    rep = write_chip(
+        batches,
+        out_url,
+        pitch,
+        "stereoseq",
+        source=input_url,
+        image=image,
+        grid=grid,
+        overwrite=overwrite,
+        storage_options=so,
+        meta_extra={"counts": "expanded", "format": "gef" if is_gef(path) else "gem"},
+    )
     rep["dropped"] = {}
     rep["n_records"] = stats["records"]
     return rep

@@ -11,7 +11,9 @@ import fsspec
 from fsspec.core import url_to_fs
 
 
-def fs_and_path(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def fs_and_path(
+    url: str, storage_options: dict | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(str(url), **(storage_options or {}))
 
 
@@ -31,7 +33,7 @@ def url_for(base_url: str, base_path: str, path: str) -> str:
     """The URL of ``path`` (an fs-internal path under ``base_path``) as a worker can reopen it."""
     if not is_remote(base_url):
         return path
-    return str(base_url).split("?")[0].rstrip("/") + path[len(base_path.rstrip("/")):]
+    return str(base_url).split("?")[0].rstrip("/") + path[len(base_path.rstrip("/")) :]
 
 
 def exists(url: str, storage_options: dict | None = None) -> bool:

@@ -56,7 +56,7 @@ class TranscriptSource:
         fs, path = storage.fs_and_path(url, so)
         if fs.isdir(path):
             files = sorted(
-                p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p[len(path):]
+                p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p[len(path) :]
             )
             if not files:
                 raise InputError(f"{url}: parquet dataset folder holds no .parquet files")
@@ -135,7 +135,9 @@ class TranscriptSource:
             if keep.any():
                 parts.append(t.filter(pa.array(keep)))
         if not parts:
-            schema = self.schema if cols is None else pa.schema([self.schema.field(c) for c in cols])
+            schema = (
+                self.schema if cols is None else pa.schema([self.schema.field(c) for c in cols])
+            )
             return schema.empty_table().append_column(ROW, pa.array([], type=pa.int64()))
         return _concat(parts)
 

@@ -39,18 +39,34 @@ from .generic import (
 from .options import Option, options_doc
 
 DEFAULT_PIXEL_SIZE_UM = 0.2125
-CONTROL_PREFIXES = ("NegControlProbe_", "NegControlCodeword_", "antisense_", "BLANK_", "Unassigned",
-                    "DeprecatedCodeword_", "UnassignedCodeword_", "GenomicControl")
+CONTROL_PREFIXES = (
+    "NegControlProbe_",
+    "NegControlCodeword_",
+    "antisense_",
+    "BLANK_",
+    "Unassigned",
+    "DeprecatedCodeword_",
+    "UnassignedCodeword_",
+    "GenomicControl",
+)
 TX_FILES = ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv")
 REQUIRED = ("feature_name", "x_location", "y_location")
-IMAGES = ("morphology_focus.ome.tif", "morphology_focus/morphology_focus_0000.ome.tif",
-          "morphology_focus/ch0000_dapi.ome.tif", "morphology_mip.ome.tif")
+IMAGES = (
+    "morphology_focus.ome.tif",
+    "morphology_focus/morphology_focus_0000.ome.tif",
+    "morphology_focus/ch0000_dapi.ome.tif",
+    "morphology_mip.ome.tif",
+)
 NUCLEI = ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz", "nucleus_boundaries.csv")
 CELLS_ZARR = "cells.zarr.zip"
 VENDOR_CELLS = "vendor_cells.zarr"
-EXTRAS = (("z_location", K.Z, pa.float32()), ("qv", K.QV, pa.float32()),
-          ("transcript_id", K.TRANSCRIPT_ID, pa.uint64()), ("cell_id", "vendor_cell_id", pa.string()),
-          ("overlaps_nucleus", "overlaps_nucleus", pa.uint8()))
+EXTRAS = (
+    ("z_location", K.Z, pa.float32()),
+    ("qv", K.QV, pa.float32()),
+    ("transcript_id", K.TRANSCRIPT_ID, pa.uint64()),
+    ("cell_id", "vendor_cell_id", pa.string()),
+    ("overlaps_nucleus", "overlaps_nucleus", pa.uint8()),
+)
 
 OPTIONS = (
     Option("pixel_size_um", None, "µm per level-0 pixel (default: experiment.xenium, else 0.2125)"),
@@ -58,7 +74,9 @@ OPTIONS = (
     Option("control_prefixes", list(CONTROL_PREFIXES), "drop genes starting with any of these"),
     Option("level", 0, "pyramid level of the morphology image to segment"),
     Option("image", True, "use the morphology image (false: transcript-density image)"),
-    Option("vendor_nuclei", True, "read vendor nuclei (cells.zarr.zip masks or nucleus_boundaries)"),
+    Option(
+        "vendor_nuclei", True, "read vendor nuclei (cells.zarr.zip masks or nucleus_boundaries)"
+    ),
 )
 __doc__ += "\n" + options_doc(OPTIONS)
 
@@ -96,7 +114,9 @@ def cell_id_to_int(ids: pd.Series) -> np.ndarray:
     head = ids.astype(str).str.split("-", n=1).str[0]
     ok = head.str.fullmatch(r"[a-p]{1,8}").to_numpy(bool)
     head = head.where(ok, "a").str.rjust(8, "a")
-    b = np.frombuffer(np.array(head, dtype="S8").tobytes(), np.uint8).reshape(-1, 8).astype(np.int64) - ord("a")
+    b = np.frombuffer(np.array(head, dtype="S8").tobytes(), np.uint8).reshape(-1, 8).astype(
+        np.int64
+    ) - ord("a")
     return np.where(ok, (b << (4 * np.arange(7, -1, -1))).sum(axis=1), 0)
 
 
@@ -123,8 +143,10 @@ def _masks(fs, path, source):
         nuc, cells = root["masks"]["0"], root["masks"]["1"]
         ids = np.asarray(root["cell_id"][:])
     except Exception as e:  # any malformed zip or missing array
-        raise InputError(f"{p}: expected a zipped zarr store with masks/0 (nuclei), masks/1 (cells) "
-                         f"and cell_id ({e})") from e
+        raise InputError(
+            f"{p}: expected a zipped zarr store with masks/0 (nuclei), masks/1 (cells) "
+            f"and cell_id ({e})"
+        ) from e
     prefix = ids[:, 0] if ids.ndim == 2 else ids
     lut = pd.Series(np.arange(1, len(prefix) + 1, dtype=np.int64), index=prefix.astype(np.int64))
     return nuc, cells, lut
@@ -159,16 +181,32 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         if grid is None:
             grid = ((0.0, 0.0), tuple(masks[0].shape[-2:]))
         if tuple(masks[0].shape[-2:]) != tuple(grid[1]):
-            raise InputError(f"{storage.join(path, CELLS_ZARR)}: masks are {tuple(masks[0].shape)} px but the "
-                             f"image grid is {tuple(grid[1])} px (use level=0 with vendor masks)")
+            raise InputError(
+                f"{storage.join(path, CELLS_ZARR)}: masks are {tuple(masks[0].shape)} px but the "
+                f"image grid is {tuple(grid[1])} px (use level=0 with vendor masks)"
+            )
         arrays = {K.NUCLEI_ZARR: _rows(masks[0]), VENDOR_CELLS: _rows(masks[1])}
-    rep = write_chip(batches, out_url, ps, "xenium", source=input_url, image=image, grid=grid,
-                     polygons={K.NUCLEI_ZARR: polys} if polys else None, arrays=arrays,
-                     overwrite=overwrite, storage_options=so,
-                     meta_extra={"source": input_url if not storage.is_remote(input_url) else "remote"})
+    rep = write_chip(
+        batches,
+        out_url,
+        ps,
+        "xenium",
+        source=input_url,
+        image=image,
+        grid=grid,
+        polygons={K.NUCLEI_ZARR: polys} if polys else None,
+        arrays=arrays,
+        overwrite=overwrite,
+        storage_options=so,
+        meta_extra={"source": input_url if not storage.is_remote(input_url) else "remote"},
+    )
     rep["dropped"] = dict(dropped)
-    rep["n_vendor_nuclei"] = len(polys) if polys else (int(len(masks[2])) if masks is not None else 0)
-    rep["vendor_segmentation"] = "cells.zarr.zip" if masks is not None else ("boundaries" if polys else None)
+    rep["n_vendor_nuclei"] = (
+        len(polys) if polys else (int(len(masks[2])) if masks is not None else 0)
+    )
+    rep["vendor_segmentation"] = (
+        "cells.zarr.zip" if masks is not None else ("boundaries" if polys else None)
+    )
     return rep
 
 
@@ -188,7 +226,9 @@ def _canonical_batch(t, tx, options, dropped, masks, lut):
     if masks is not None:
         lab = masks[2].reindex(cell_id_to_int(ids)).fillna(0).to_numpy()
         return out.append_column("vendor_cell_label", pa.array(lab.astype(np.uint32)))
-    return out.append_column("vendor_nucleus_label", pa.array(ids.map(lut).fillna(0).to_numpy().astype(np.uint32)))
+    return out.append_column(
+        "vendor_nucleus_label", pa.array(ids.map(lut).fillna(0).to_numpy().astype(np.uint32))
+    )
 
 
 def _rows(arr):
@@ -196,4 +236,6 @@ def _rows(arr):
 
 
 def _boundaries(fs, nuc):
-    return polygons_from_vertex_table(read_vertex_table(fs, nuc), "cell_id", "vertex_x", "vertex_y", nuc)
+    return polygons_from_vertex_table(
+        read_vertex_table(fs, nuc), "cell_id", "vertex_x", "vertex_y", nuc
+    )

@@ -15,7 +15,13 @@ def _registry() -> dict[str, type[CellMethod]]:
     from .sslcst import SSLCSTMethod
     from .ucs import UCSMethod
 
-    return {"expansion": ExpansionMethod, "genesegnet": GeneSegNetMethod, "membrane": MembraneMethod, "sslcst": SSLCSTMethod, "ucs": UCSMethod}
+    return {
+        "expansion": ExpansionMethod,
+        "genesegnet": GeneSegNetMethod,
+        "membrane": MembraneMethod,
+        "sslcst": SSLCSTMethod,
+        "ucs": UCSMethod,
+    }
 
 
 def available_methods() -> list[str]:
@@ -48,4 +54,11 @@ def get_method(name: str, config, platform: str = "generic") -> CellMethod:
     return registry[name](config, platform)
 
 
-__all__ = ["CellMethod", "PrepareContext", "TileData", "TileTranscripts", "get_method", "available_methods"]
+__all__ = [
+    "CellMethod",
+    "PrepareContext",
+    "TileData",
+    "TileTranscripts",
+    "get_method",
+    "available_methods",
+]

@@ -21,7 +21,9 @@ def get_backend(name: str, config, chip) -> NucleiBackend:
         from .cellpose_backend import CellposeNuclei
 
         return CellposeNuclei(config, chip)
-    raise ConfigError(f"unknown nuclei backend {name!r} (nuclei.backend); available: {', '.join(BACKENDS)}")
+    raise ConfigError(
+        f"unknown nuclei backend {name!r} (nuclei.backend); available: {', '.join(BACKENDS)}"
+    )
 
 
 __all__ = ["BACKENDS", "NucleiBackend", "get_backend"]

@@ -68,7 +68,9 @@ def _core_histogram(backend: "ClassicalNuclei", vmax: float, tile) -> np.ndarray
     """Histogram of the enhanced stain over a tile's core, enhanced on its window (as segment does)."""
     rows, cols = tile.window_slices
     image = backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
-    core = enhance(image, backend.config.nuclei.classical, backend.chip.pixel_size_um)[tile.core_in_window]
+    core = enhance(image, backend.config.nuclei.classical, backend.chip.pixel_size_um)[
+        tile.core_in_window
+    ]
     return tile_histogram(core, vmax)
 
 
@@ -84,9 +86,16 @@ class ClassicalNuclei(NucleiBackend):
         extends at most one diameter from its seed; holes up to half a diameter are filled."""
         c, d = self.config.nuclei.classical, self._px(self.config.nuclei.diameter_um)
         extent = max(2, int(round(d)))
-        return {"hole_px": max(1, int(round(d / 2))), "dmax_px": float(extent),
-                "radius_px": max(1, int(round(self._px(c.footprint_um))) // 2, int(round(self._px(c.min_distance_um)))),
-                "extent_px": extent}
+        return {
+            "hole_px": max(1, int(round(d / 2))),
+            "dmax_px": float(extent),
+            "radius_px": max(
+                1,
+                int(round(self._px(c.footprint_um))) // 2,
+                int(round(self._px(c.min_distance_um))),
+            ),
+            "extent_px": extent,
+        }
 
     def context_px(self) -> int:
         """Halo that makes the owned nuclei exact: a nucleus lies within 2 extents of its centroid,
@@ -111,7 +120,9 @@ class ClassicalNuclei(NucleiBackend):
         else:
             vmax = max([0.0, *ctx.map_tiles(partial(_core_max, self), tiles, desc="histogram")])
             vmax = vmax if math.isfinite(vmax) and vmax > 0 else 1.0
-        total = np.sum(ctx.map_tiles(partial(_core_histogram, self, vmax), tiles, desc="histogram"), axis=0)
+        total = np.sum(
+            ctx.map_tiles(partial(_core_histogram, self, vmax), tiles, desc="histogram"), axis=0
+        )
         return {"threshold": otsu_from_histogram(total, vmax)}
 
     def load(self, state):

@@ -36,8 +36,14 @@ def fill_small_holes(mask: np.ndarray, hole_px: int) -> np.ndarray:
         return mask
     h, w = mask.shape
     box = np.array([(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndi.find_objects(bg)])
-    small = ((box[:, 0] > 0) & (box[:, 2] > 0) & (box[:, 1] < h) & (box[:, 3] < w)
-             & (box[:, 1] - box[:, 0] <= hole_px) & (box[:, 3] - box[:, 2] <= hole_px))
+    small = (
+        (box[:, 0] > 0)
+        & (box[:, 2] > 0)
+        & (box[:, 1] < h)
+        & (box[:, 3] < w)
+        & (box[:, 1] - box[:, 0] <= hole_px)
+        & (box[:, 3] - box[:, 2] <= hole_px)
+    )
     return mask | np.concatenate([[False], small])[bg]
 
 
@@ -62,22 +68,27 @@ def _parents(rank: np.ndarray) -> np.ndarray:
         for dc in (-1, 0, 1):
             if dr == dc == 0:
                 continue
-            nb = padded[1 + dr:h + 1 + dr, 1 + dc:w + 1 + dc]
+            nb = padded[1 + dr : h + 1 + dr, 1 + dc : w + 1 + dc]
             better = nb < best
             best = np.where(better, nb, best)
             step = np.where(better, dr * w + dc, step)
     return np.arange(h * w, dtype=np.int64).reshape(h, w) + step
 
 
-def split_nuclei(mask: np.ndarray, *, hole_px: int, dmax_px: float, radius_px: int,
-                 extent_px: int) -> np.ndarray:
+def split_nuclei(
+    mask: np.ndarray, *, hole_px: int, dmax_px: float, radius_px: int, extent_px: int
+) -> np.ndarray:
     """Nucleus labels (uint32, any positive IDs) of a boolean foreground ``mask``."""
     h, w = mask.shape
     out = np.zeros((h, w), np.uint32)
     mask = fill_small_holes(mask, hole_px)
     if not mask.any():
         return out
-    dist = np.minimum(ndi.distance_transform_edt(mask), dmax_px) if not mask.all() else np.full((h, w), dmax_px)
+    dist = (
+        np.minimum(ndi.distance_transform_edt(mask), dmax_px)
+        if not mask.all()
+        else np.full((h, w), dmax_px)
+    )
     rank = _ranks(dist, mask)
     nxt = _parents(rank).ravel()
     flat_rank = rank.ravel()
@@ -85,10 +96,17 @@ def split_nuclei(mask: np.ndarray, *, hole_px: int, dmax_px: float, radius_px: i
     # A summit that is the best pixel of its whole box is a seed at once; the others look only at
     # what is connected to them inside the box (a neighbour nucleus across a gap does not count).
     size = 2 * radius_px + 1
-    box_min = ndi.minimum_filter(rank, size=size, mode="constant", cval=np.iinfo(np.int64).max).ravel()
+    box_min = ndi.minimum_filter(
+        rank, size=size, mode="constant", cval=np.iinfo(np.int64).max
+    ).ravel()
     for s in summits[box_min[summits] < flat_rank[summits]]:
         r, c = divmod(int(s), w)
-        r0, r1, c0, c1 = max(0, r - radius_px), min(h, r + radius_px + 1), max(0, c - radius_px), min(w, c + radius_px + 1)
+        r0, r1, c0, c1 = (
+            max(0, r - radius_px),
+            min(h, r + radius_px + 1),
+            max(0, c - radius_px),
+            min(w, c + radius_px + 1),
+        )
         lab, _ = ndi.label(mask[r0:r1, c0:c1], structure=_8)
         sub = np.where(lab == lab[r - r0, c - c0], rank[r0:r1, c0:c1], np.iinfo(np.int64).max)
         k = int(np.argmin(sub))

@@ -19,10 +19,18 @@ def _write_out(out, cells_lab, tx_cell, attrs=None):
         a = g.create_array(name, shape=cells_lab.shape, chunks=(4, 4), dtype="uint32")
         a[:] = cells_lab
     ids = [i for i in np.unique(cells_lab) if i]
-    pd.DataFrame({"cell_id": np.array(ids, np.int64), "x": 0.0, "y": 0.0,
-                  "area_um2": [float((cells_lab == i).sum()) for i in ids], "nucleus_area_um2": 1.0,
-                  "n_transcripts": [int((tx_cell["cell_id"] == i).sum()) for i in ids], "n_genes": 1,
-                  "has_nucleus": True}).to_parquet(out / "cells.parquet")
+    pd.DataFrame(
+        {
+            "cell_id": np.array(ids, np.int64),
+            "x": 0.0,
+            "y": 0.0,
+            "area_um2": [float((cells_lab == i).sum()) for i in ids],
+            "nucleus_area_um2": 1.0,
+            "n_transcripts": [int((tx_cell["cell_id"] == i).sum()) for i in ids],
+            "n_genes": 1,
+            "has_nucleus": True,
+        }
+    ).to_parquet(out / "cells.parquet")
     tx_cell.to_parquet(out / "transcripts.parquet")
 
 
@@ -34,13 +42,24 @@ def constructed(tmp_path):
     pred = np.zeros_like(ref)
     pred[0:4, 0:4] = 3
     pred[5:9, 5:7] = 4
-    tx = pd.DataFrame({"x": [1.5, 2.5, 5.5, 7.5, 9.5], "y": [1.5, 2.5, 5.5, 7.5, 9.5],
-                       "gene": ["a", "b", "a", "b", "a"], "transcript_id": [10, 11, 12, 13, 14],
-                       "input_row": np.arange(5), "cell_id": [3, 3, 4, 0, 0], "in_nucleus": False})
+    tx = pd.DataFrame(
+        {
+            "x": [1.5, 2.5, 5.5, 7.5, 9.5],
+            "y": [1.5, 2.5, 5.5, 7.5, 9.5],
+            "gene": ["a", "b", "a", "b", "a"],
+            "transcript_id": [10, 11, 12, 13, 14],
+            "input_row": np.arange(5),
+            "cell_id": [3, 3, 4, 0, 0],
+            "in_nucleus": False,
+        }
+    )
     _write_out(tmp_path / "out", pred, tx)
-    zarr.open_group(str(tmp_path / "ref.zarr"), mode="w").create_array("cells", data=ref, chunks=(5, 5))
+    zarr.open_group(str(tmp_path / "ref.zarr"), mode="w").create_array(
+        "cells", data=ref, chunks=(5, 5)
+    )
     pd.DataFrame({"transcript_id": [14, 13, 12, 11, 10], "truth": [0, 2, 2, 1, 1]}).to_parquet(
-        tmp_path / "ref.parquet")
+        tmp_path / "ref.parquet"
+    )
     return tmp_path
 
 
@@ -80,7 +99,9 @@ def test_evaluate_rejects_bad_inputs(constructed, tmp_path):
     pd.DataFrame({"transcript_id": [10], "truth": ["a"]}).to_parquet(tmp_path / "str.parquet")
     with pytest.raises(InputError, match="integer"):
         evaluate(str(constructed / "out"), str(tmp_path / "str.parquet") + "#truth")
-    zarr.open_group(str(tmp_path / "small.zarr"), mode="w").create_array("cells", data=np.zeros((3, 3), np.uint32))
+    zarr.open_group(str(tmp_path / "small.zarr"), mode="w").create_array(
+        "cells", data=np.zeros((3, 3), np.uint32)
+    )
     with pytest.raises(InputError, match="shape"):
         evaluate(str(constructed / "out"), str(tmp_path / "small.zarr"))
 
@@ -93,7 +114,12 @@ def test_evaluate_generated_chip(tmp_path):
     chip = str(tmp_path / "chip")
     synth_chip(chip, 120, 120, seed=1)
     out = str(tmp_path / "out")
-    run_pipeline(chip, out, load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False), local=True)
+    run_pipeline(
+        chip,
+        out,
+        load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False),
+        local=True,
+    )
     m = evaluate(out, chip)
     assert {"pixel", "instance", "transcripts", "cell_calling", "morphology", "baseline"} <= set(m)
     # the expansion method on a generated chip finds most cells
@@ -112,13 +138,20 @@ def test_expression_consistency_against_table(tmp_path):
     chip = str(tmp_path / "chip")
     synth_chip(chip, 100, 100, seed=4)
     out = str(tmp_path / "out")
-    run_pipeline(chip, out, load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False), local=True)
+    run_pipeline(
+        chip,
+        out,
+        load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False),
+        local=True,
+    )
     m = evaluate(out, chip)
     assert m["expression"]["mean_r"] > 0.9  # types keep their profiles through segmentation
     tx = pd.read_parquet(f"{chip}/transcripts.parquet")
     truth = pd.read_parquet(f"{chip}/truth/cells.parquet").set_index("cell_id")["cell_type"]
     tx = tx[tx.cell_true > 0]
-    means = tx.groupby([tx.cell_true.map(truth), "gene"], observed=True).size().unstack(fill_value=0)
+    means = (
+        tx.groupby([tx.cell_true.map(truth), "gene"], observed=True).size().unstack(fill_value=0)
+    )
     means.index.name = "type"
     flipped = means.copy()
     first = str(means.index[0])
@@ -133,17 +166,25 @@ def test_expression_consistency_against_table(tmp_path):
 
 def test_reference_free_metrics_without_a_reference(constructed, tmp_path):
     """No reference: MECR over a marker table's pairs, the assigned share and the nucleus-cytoplasm r."""
-    pd.DataFrame({"cell_type": ["T", "B"], "gene": ["a", "b"]}).to_csv(tmp_path / "markers.csv", index=False)
+    pd.DataFrame({"cell_type": ["T", "B"], "gene": ["a", "b"]}).to_csv(
+        tmp_path / "markers.csv", index=False
+    )
     m = evaluate(str(constructed / "out"), markers=str(tmp_path / "markers.csv"))
     free = m["reference_free"]
     assert "instance" not in m and "transcripts" not in m
     # cell 3 holds a and b (both markers), cell 4 only a: one of two cells expressing either mixes
     assert free["gene_pairs"] == [("a", "b")] and free["mecr"] == pytest.approx(0.5)
     assert free["assigned_share"] == pytest.approx(3 / 5)
-    with_ref = evaluate(str(constructed / "out"), str(constructed / "ref.parquet#truth"),
-                        markers=str(tmp_path / "markers.csv"))
+    with_ref = evaluate(
+        str(constructed / "out"),
+        str(constructed / "ref.parquet#truth"),
+        markers=str(tmp_path / "markers.csv"),
+    )
     # the reference's cells 1 (transcripts 10, 11) and 2 (12, 13) each hold a and b; 14 is outside
-    assert with_ref["reference_free"]["ref_mecr"] == 1.0 and with_ref["reference_free"]["ref_assigned_share"] == 0.8
+    assert (
+        with_ref["reference_free"]["ref_mecr"] == 1.0
+        and with_ref["reference_free"]["ref_assigned_share"] == 0.8
+    )
     from stseg_dist.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--markers: file not found"):

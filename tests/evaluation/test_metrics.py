@@ -83,8 +83,12 @@ def test_ari_hand_computed():
     # classic example: a = [0,0,1,1], b = [0,0,1,2]
     # table: n_ij = [2,0,0;0,1,1]; sum C(nij,2)=1; a sums 2,2 -> 2; b sums 2,1,1 -> 1; total C(4,2)=6
     # expected = 2*1/6 = 1/3; max = 1.5; ARI = (1-1/3)/(1.5-1/3) = 4/7
-    assert M.adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(4 / 7)
-    assert M.adjusted_rand_index(np.array([3, 3, 5, 5]), np.array([1, 1, 2, 2])) == pytest.approx(1.0)
+    assert M.adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(
+        4 / 7
+    )
+    assert M.adjusted_rand_index(np.array([3, 3, 5, 5]), np.array([1, 1, 2, 2])) == pytest.approx(
+        1.0
+    )
 
 
 def test_transcript_metrics_hand_computed():
@@ -113,7 +117,9 @@ def test_cell_calling_score_hand_computed():
 
 
 def test_baseline_metrics():
-    cells = pd.DataFrame({"area_um2": [10.0, 20.0, 30.0], "n_transcripts": [10, 20, 60], "n_genes": [1, 2, 3]})
+    cells = pd.DataFrame(
+        {"area_um2": [10.0, 20.0, 30.0], "n_transcripts": [10, 20, 60], "n_genes": [1, 2, 3]}
+    )
     m = M.baseline_metrics(cells, 180)
     assert m["coverage_rate"] == pytest.approx(0.5)
     assert m["median_area_um2"] == 20 and m["median_genes_per_cell"] == 2
@@ -140,6 +146,7 @@ def test_shape_descriptors():
     assert M.shape_descriptors(ell)[2] == pytest.approx((76 + 22 * np.sqrt(2)) / 120, abs=0.03)
     assert M.shape_descriptors(ell)[2] < conv
 
+
 def test_morphology_block_independent():
     lab = np.zeros((64, 64), np.uint32)
     lab[2:10, 2:30] = 1
@@ -150,7 +157,9 @@ def test_morphology_block_independent():
 
 
 def test_profile_and_petukhov_correlation():
-    counts = pd.DataFrame({"g1": [1, 3, 0], "g2": [2, 1, 5], "g3": [0, 2, 1]}, index=["a", "b", "c"])
+    counts = pd.DataFrame(
+        {"g1": [1, 3, 0], "g2": [2, 1, 5], "g3": [0, 2, 1]}, index=["a", "b", "c"]
+    )
     types = pd.Series(["T", "T", "B"], index=counts.index)
     ref = pd.DataFrame({"g1": [2.0, 0.0], "g2": [1.5, 5.0], "g3": [1.0, 1.0]}, index=["T", "B"])
     r = M.profile_correlation(counts, types, ref)
@@ -164,7 +173,9 @@ def test_profile_and_petukhov_correlation():
     p = M.petukhov_correlation(genes, a, b, min_transcripts=5)
     assert p["n_pairs"] == 0  # x/y balanced on the shared side: zero variance, not counted
     genes2 = np.array(["x"] * 15 + ["y"] * 5 + ["x"] * 5 + ["y"] * 15)
-    p2 = M.petukhov_correlation(np.r_[genes2, ["z"] * 4], np.r_[a, [1] * 4], np.r_[b, [1, 1, 2, 2]], min_transcripts=5)
+    p2 = M.petukhov_correlation(
+        np.r_[genes2, ["z"] * 4], np.r_[a, [1] * 4], np.r_[b, [1, 1, 2, 2]], min_transcripts=5
+    )
     assert p2["n_pairs"] == 1 and p2["median_r"] < 0
 
 
@@ -172,7 +183,7 @@ def _two_types(rng, n_cells=80, per_cell=30):
     """Cells of two types with disjoint gene programs (type A: genes 0-4, type B: genes 5-9),
     half of each cell's transcripts in its nucleus."""
     cells = np.repeat(np.arange(1, n_cells + 1), per_cell)
-    kind = (cells % 2)
+    kind = cells % 2
     genes = np.where(kind == 0, rng.integers(0, 5, len(cells)), rng.integers(5, 10, len(cells)))
     in_nucleus = rng.random(len(cells)) < 0.5
     return cells, genes, in_nucleus
@@ -182,14 +193,18 @@ def test_exclusive_pairs_mark_different_types():
     cells, genes, in_nucleus = _two_types(np.random.default_rng(0))
     pairs = M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0), genes)
     assert pairs and all((a < 5) != (b < 5) for a, b in pairs)  # one gene of each program
-    assert M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0)[:50], genes[:50]) == []  # too few nuclei
+    assert (
+        M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0)[:50], genes[:50]) == []
+    )  # too few nuclei
 
 
 def test_mecr_rises_when_cells_mix_types():
     cells, genes, in_nucleus = _two_types(np.random.default_rng(1))
     pairs = M.exclusive_gene_pairs(np.where(in_nucleus, cells, 0), genes)
     pure = M.mecr(cells, genes, pairs)
-    merged = M.mecr(np.where(cells % 2 == 0, cells, cells + 1), genes, pairs)  # each cell swallows a neighbour
+    merged = M.mecr(
+        np.where(cells % 2 == 0, cells, cells + 1), genes, pairs
+    )  # each cell swallows a neighbour
     assert pure["mecr"] == 0.0 and pure["n_pairs"] == len(pairs)
     assert merged["mecr"] > 0.9
     assert np.isnan(M.mecr(cells, genes, [])["mecr"])
@@ -203,7 +218,9 @@ def test_mecr_hand_computed():
 
 
 def test_marker_pairs_cross_types_only():
-    markers = pd.DataFrame({"cell_type": ["T", "T", "B", "Mac"], "gene": ["CD3E", "CD8A", "MS4A1", "ABSENT"]})
+    markers = pd.DataFrame(
+        {"cell_type": ["T", "T", "B", "Mac"], "gene": ["CD3E", "CD8A", "MS4A1", "ABSENT"]}
+    )
     index = {"CD3E": 0, "CD8A": 1, "MS4A1": 2}
     assert M.marker_gene_pairs(markers, index) == [(0, 2), (1, 2)]
 

@@ -79,11 +79,18 @@ def _xenium_bundle(d: Path, with_image=True):
     d.mkdir()
     rng = np.random.default_rng(0)
     n = 500
-    pd.DataFrame({"transcript_id": np.arange(n, dtype=np.uint64), "cell_id": ["UNASSIGNED"] * n,
-                  "overlaps_nucleus": np.zeros(n, np.uint8),
-                  "feature_name": rng.choice(["A", "B", "NegControlProbe_1"], n),
-                  "x_location": rng.uniform(1, 20, n), "y_location": rng.uniform(1, 15, n),
-                  "z_location": np.zeros(n), "qv": rng.uniform(10, 40, n)}).to_parquet(d / "transcripts.parquet")
+    pd.DataFrame(
+        {
+            "transcript_id": np.arange(n, dtype=np.uint64),
+            "cell_id": ["UNASSIGNED"] * n,
+            "overlaps_nucleus": np.zeros(n, np.uint8),
+            "feature_name": rng.choice(["A", "B", "NegControlProbe_1"], n),
+            "x_location": rng.uniform(1, 20, n),
+            "y_location": rng.uniform(1, 15, n),
+            "z_location": np.zeros(n),
+            "qv": rng.uniform(10, 40, n),
+        }
+    ).to_parquet(d / "transcripts.parquet")
     (d / "experiment.xenium").write_text('{"pixel_size": 0.2125}')
     if with_image:
         img = rng.integers(0, 1000, (80, 100), dtype=np.uint16)
@@ -97,13 +104,17 @@ def test_synthetic_xenium_ome_tiff_is_lazy(tmp_path):
     assert rep["image_source"] == "vendor_image" and rep["shape_yx"] == [80, 100]
     chip = open_chip(str(tmp_path / "c"))
     assert chip.read_image(slice(0, 80), slice(0, 100)).shape == (80, 100)
-    assert np.array_equal(chip.read_image(slice(0, 80), slice(0, 100)),
-                          tifffile.imread(tmp_path / "b" / "morphology_focus.ome.tif"))
+    assert np.array_equal(
+        chip.read_image(slice(0, 80), slice(0, 100)),
+        tifffile.imread(tmp_path / "b" / "morphology_focus.ome.tif"),
+    )
 
 
 def test_image_smaller_than_transcripts_is_rejected(tmp_path):
     _xenium_bundle(tmp_path / "b", with_image=False)
-    tifffile.imwrite(tmp_path / "b" / "morphology_focus.ome.tif", np.zeros((10, 10), np.uint16), ome=True)
+    tifffile.imwrite(
+        tmp_path / "b" / "morphology_focus.ome.tif", np.zeros((10, 10), np.uint16), ome=True
+    )
     with pytest.raises(InputError, match="outside the image"):
         convert_bundle(str(tmp_path / "b"), str(tmp_path / "c"))
     assert not (tmp_path / "c" / "chip.json").exists()
@@ -126,14 +137,20 @@ def test_unknown_platform_and_empty_bundle(tmp_path):
         convert_bundle(str(tmp_path / "e"), str(tmp_path / "c"), "visium")
     d = tmp_path / "b"
     d.mkdir()
-    pd.DataFrame({"feature_name": pd.Series([], dtype=str), "x_location": pd.Series([], dtype=float),
-                  "y_location": pd.Series([], dtype=float)}).to_parquet(d / "transcripts.parquet")
+    pd.DataFrame(
+        {
+            "feature_name": pd.Series([], dtype=str),
+            "x_location": pd.Series([], dtype=float),
+            "y_location": pd.Series([], dtype=float),
+        }
+    ).to_parquet(d / "transcripts.parquet")
     with pytest.raises(InputError, match="no transcripts"):
         convert_bundle(str(d), str(tmp_path / "c"))
 
 
 def test_truncated_gem_is_a_clear_error(tmp_path):
     import gzip
+
     d = tmp_path / "g"
     d.mkdir()
     data = gzip.compress(b"#FileFormat=GEMv0.1\ngeneID\tx\ty\tMIDCount\n" + b"G\t1\t2\t1\n" * 5000)
@@ -151,7 +168,9 @@ def test_merscope_mini_dapi_and_vendor_cells_align(tmp_path):
     import zarr
 
     assert detect_platform(str(MER)) == "merscope"
-    rep = convert_bundle(str(MER), str(tmp_path / "c"), options={"image_bounds_um": [6400, 4700, 6900, 5150]})
+    rep = convert_bundle(
+        str(MER), str(tmp_path / "c"), options={"image_bounds_um": [6400, 4700, 6900, 5150]}
+    )
     raw = pd.read_csv(MER / "vizgen_transcripts.gz")
     assert rep["dropped"]["blank_probe"] == int(raw.gene.str.startswith("Blank-").sum()) == 337
     assert rep["n_transcripts"] == len(raw) - 337 and rep["shape_yx"] == [4143, 4603]
@@ -172,18 +191,33 @@ def test_merscope_mosaic_tiff_affine_is_lazy(tmp_path):
     (d / "images").mkdir(parents=True)
     n = 300
     rng = np.random.default_rng(1)
-    pd.DataFrame({"global_x": rng.uniform(100, 110, n), "global_y": rng.uniform(50, 58, n),
-                  "global_z": np.zeros(n), "gene": rng.choice(["A", "Blank-1"], n),
-                  "transcript_id": ["t"] * n, "cell_id": np.arange(n)}).to_csv(d / "detected_transcripts.csv")
+    pd.DataFrame(
+        {
+            "global_x": rng.uniform(100, 110, n),
+            "global_y": rng.uniform(50, 58, n),
+            "global_z": np.zeros(n),
+            "gene": rng.choice(["A", "Blank-1"], n),
+            "transcript_id": ["t"] * n,
+            "cell_id": np.arange(n),
+        }
+    ).to_csv(d / "detected_transcripts.csv")
     img = rng.integers(0, 9, (80, 100), dtype=np.uint16)
     tifffile.imwrite(d / "images" / "mosaic_DAPI_z3.tif", img)
-    (d / "images" / "micron_to_mosaic_pixel_transform.csv").write_text("10 0 -1000\n0 10 -500\n0 0 1\n")
+    (d / "images" / "micron_to_mosaic_pixel_transform.csv").write_text(
+        "10 0 -1000\n0 10 -500\n0 0 1\n"
+    )
     rep = convert_bundle(str(d), str(tmp_path / "c"))
     chip = open_chip(str(tmp_path / "c"))
-    assert chip.pixel_size_um == pytest.approx(0.1) and chip.origin_um == pytest.approx((100.0, 50.0))
-    assert rep["image_source"] == "vendor_image" and not (tmp_path / "c" / "image.zarr" / "c").exists()
+    assert chip.pixel_size_um == pytest.approx(0.1) and chip.origin_um == pytest.approx(
+        (100.0, 50.0)
+    )
+    assert (
+        rep["image_source"] == "vendor_image" and not (tmp_path / "c" / "image.zarr" / "c").exists()
+    )
     assert np.array_equal(chip.read_image(slice(0, 80), slice(0, 100)), img)
-    (d / "images" / "micron_to_mosaic_pixel_transform.csv").write_text("10 1 -1000\n0 10 -500\n0 0 1\n")
+    (d / "images" / "micron_to_mosaic_pixel_transform.csv").write_text(
+        "10 1 -1000\n0 10 -500\n0 0 1\n"
+    )
     with pytest.raises(InputError, match="rotation"):
         convert_bundle(str(d), str(tmp_path / "c2"))
     (d / "images" / "micron_to_mosaic_pixel_transform.csv").unlink()
@@ -200,11 +234,16 @@ def test_cosmx_fov_stitched_labels_carry_transcript_cell_ids(tmp_path):
     import zarr
 
     assert detect_platform(str(COSMX)) == "cosmx"
-    rep = convert_bundle(str(COSMX), str(tmp_path / "c"), options={
-        "pixel_size_um": 0.18, "image_offset_px": {"x": 4800, "y_top": 3648}})
+    rep = convert_bundle(
+        str(COSMX),
+        str(tmp_path / "c"),
+        options={"pixel_size_um": 0.18, "image_offset_px": {"x": 4800, "y_top": 3648}},
+    )
     raw = pd.read_csv(COSMX / "Lung12_tx_file.csv")
     ctrl = raw.target.str.startswith(("NegPrb", "SystemControl"))
-    assert rep["dropped"]["control_probe"] == int(ctrl.sum()) and rep["n_transcripts"] == int((~ctrl).sum())
+    assert rep["dropped"]["control_probe"] == int(ctrl.sum()) and rep["n_transcripts"] == int(
+        (~ctrl).sum()
+    )
     assert rep["shape_yx"] == [648, 672]
     chip = open_chip(str(tmp_path / "c"))
     cells = zarr.open(str(tmp_path / "c" / "vendor_cells.zarr"), mode="r")[:]

@@ -39,8 +39,19 @@ def test_xenium_bundle_on_s3_runs_end_to_end(tmp_path, s3_env, capsys):
     tifffile.imwrite(b / "morphology_focus.ome.tif", img, ome=True)
     fs.put(str(b), "stseg-test/bundles/x1", recursive=True)
     out = "s3://stseg-test/runs/x1"
-    rc = main(["run", "--input", "s3://stseg-test/bundles/x1", "--out", out, "--local", "--no-progress",
-               "--set", "nuclei.backend=vendor"])
+    rc = main(
+        [
+            "run",
+            "--input",
+            "s3://stseg-test/bundles/x1",
+            "--out",
+            out,
+            "--local",
+            "--no-progress",
+            "--set",
+            "nuclei.backend=vendor",
+        ]
+    )
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     run = json.loads(fs.cat("stseg-test/runs/x1/run.json"))

@@ -70,15 +70,25 @@ def small_chip(tmp_path_factory):
 
 def prepare_state(chip_url: str, *items, tile_size_um: float = 1000.0):
     """What MembraneMethod.prepare returns, run in-process as the driver would."""
-    cfg = config("cells.method=membrane", f"tiling.tile_size_um={tile_size_um}", "tiling.chunk_px=32", *items)
+    cfg = config(
+        "cells.method=membrane", f"tiling.tile_size_um={tile_size_um}", "tiling.chunk_px=32", *items
+    )
     chip = open_chip(chip_url)
     method = get_method("membrane", cfg, chip.meta.platform)
-    grid = make_grid(chip.shape_yx, chip.pixel_size_um, cfg.tiling.tile_size_um, 20.0, cfg.tiling.chunk_px)
-    genes = sorted(pd.read_parquet(f"{chip_url}/transcripts.parquet", columns=["gene"]).gene.astype(str).unique())
+    grid = make_grid(
+        chip.shape_yx, chip.pixel_size_um, cfg.tiling.tile_size_um, 20.0, cfg.tiling.chunk_px
+    )
+    genes = sorted(
+        pd.read_parquet(f"{chip_url}/transcripts.parquet", columns=["gene"])
+        .gene.astype(str)
+        .unique()
+    )
 
     def map_tiles(fn, indices):
-        return [fn(load_tile_data(chip, grid[i], genes, np.zeros(grid[i].window_shape, np.uint32))[0])
-                for i in indices]
+        return [
+            fn(load_tile_data(chip, grid[i], genes, np.zeros(grid[i].window_shape, np.uint32))[0])
+            for i in indices
+        ]
 
     return method.prepare(PrepareContext(chip, cfg, grid, genes, map_tiles))
 
@@ -116,9 +126,18 @@ def test_classical_membrane_beats_expansion(chip, tmp_path):
     for name, cfg in runs.items():
         run_pipeline(chip, str(tmp_path / name), cfg, local=True)
         f1[name] = cell_f1(chip, tmp_path / name)
-        right[name], found[name] = right_cell(chip, tmp_path / name), missing_found(chip, tmp_path / name)
-    print("cell F1 at IoU 0.5:", {k: round(v, 3) for k, v in f1.items()},
-          "right cell:", {k: round(v, 3) for k, v in right.items()}, "hidden nuclei found:", found)
+        right[name], found[name] = (
+            right_cell(chip, tmp_path / name),
+            missing_found(chip, tmp_path / name),
+        )
+    print(
+        "cell F1 at IoU 0.5:",
+        {k: round(v, 3) for k, v in f1.items()},
+        "right cell:",
+        {k: round(v, 3) for k, v in right.items()},
+        "hidden nuclei found:",
+        found,
+    )
     # 0.943 vs 0.916 (0.900 vs 0.833 with the earlier watershed nuclei, which expansion copies most)
     assert f1["membrane"] >= f1["expansion"] + 0.02
     assert f1["membrane"] > f1["unregistered"]  # the offset membrane misplaces cell borders
@@ -131,8 +150,12 @@ def test_classical_membrane_beats_expansion(chip, tmp_path):
 
 def right_cell(chip: str, out) -> float:
     """Fraction of cell transcripts given their true cell (matched by most shared transcripts)."""
-    tx = pd.read_parquet(f"{out}/transcripts.parquet", columns=["input_row", "cell_id"]).sort_values("input_row")
-    truth = pd.read_parquet(f"{chip}/transcripts.parquet", columns=["cell_true"]).cell_true.to_numpy()
+    tx = pd.read_parquet(
+        f"{out}/transcripts.parquet", columns=["input_row", "cell_id"]
+    ).sort_values("input_row")
+    truth = pd.read_parquet(
+        f"{chip}/transcripts.parquet", columns=["cell_true"]
+    ).cell_true.to_numpy()
     pred = tx.cell_id.to_numpy()
     pairs = pd.DataFrame({"t": truth, "p": pred})[(truth > 0) & (pred > 0)]
     best = pairs.value_counts().reset_index().drop_duplicates("p").drop_duplicates("t")
@@ -143,7 +166,11 @@ def missing_found(chip: str, out) -> int:
     """True cells with no visible nucleus matched by a predicted cell at IoU >= 0.5."""
     truth = zarr.open_array(f"{chip}/truth/cells.zarr")[:].astype(np.int64)
     pred = zarr.open_array(f"{out}/labels.zarr/cells")[:].astype(np.int64)
-    hidden = pd.read_parquet(f"{chip}/truth/cells.parquet").query("~has_visible_nucleus").cell_id.to_numpy()
+    hidden = (
+        pd.read_parquet(f"{chip}/truth/cells.parquet")
+        .query("~has_visible_nucleus")
+        .cell_id.to_numpy()
+    )
     ct = contingency_table(truth, pred).tocoo()
     at, ap = np.bincount(truth.ravel()), np.bincount(pred.ravel())
     keep = (ct.row > 0) & (ct.col > 0)
@@ -155,7 +182,9 @@ def missing_found(chip: str, out) -> int:
 @pytest.mark.ray
 def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
     chip = small_chip
-    one, many, (a, _), (b, nuclei) = one_tile_vs_many(chip, tmp_path, [*QUIET, "cells.method=membrane"], tile_um=32)
+    one, many, (a, _), (b, nuclei) = one_tile_vs_many(
+        chip, tmp_path, [*QUIET, "cells.method=membrane"], tile_um=32
+    )
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
     # exact: the flood is bounded by membrane ridges (unimaged membrane included) and by the reach,
     # so a pixel's cell is decided inside the window, from nuclei that are themselves tile-exact
@@ -165,7 +194,11 @@ def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
     assert sorted(tx.input_row) == list(range(many["counts"]["n_transcripts_input"]))
     cells = pd.read_parquet(tmp_path / "many" / "cells.parquet")
     assert cells.cell_id.is_unique and cells.has_nucleus.all()
-    assert int(cells.n_transcripts.sum()) == many["counts"]["n_assigned"] == int((tx.cell_id > 0).sum())
+    assert (
+        int(cells.n_transcripts.sum())
+        == many["counts"]["n_assigned"]
+        == int((tx.cell_id > 0).sum())
+    )
     # a transcript's cell is the label under it
     ps = json.loads((tmp_path / "many" / "run.json").read_text())["chip_meta"]["pixel_size_um"]
     rows = np.clip((tx.y.to_numpy() / ps).astype(int), 0, b.shape[0] - 1)
@@ -179,7 +212,12 @@ def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
 def test_paper_variant_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
     """Blocks anchored to the chip and seeds numbered by the driver: the same labels, nucleus-free
     cells included, from one tile and from many small ones."""
-    items = [*QUIET, "cells.method=membrane", "cells.membrane.variant=paper", "cells.membrane.block_um=24"]
+    items = [
+        *QUIET,
+        "cells.method=membrane",
+        "cells.membrane.variant=paper",
+        "cells.membrane.block_um=24",
+    ]
     one, many, (a, _), (b, nuclei) = one_tile_vs_many(small_chip, tmp_path, items, tile_um=32)
     assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
     np.testing.assert_array_equal(a, b)
@@ -187,7 +225,11 @@ def test_paper_variant_tile_invariance_and_accounting(small_chip, tmp_path, ray_
     assert cells.cell_id.is_unique and (~cells.has_nucleus).sum() >= 1  # nucleus-free cells kept
     tx = pd.read_parquet(tmp_path / "many" / "transcripts.parquet")
     assert sorted(tx.input_row) == list(range(many["counts"]["n_transcripts_input"]))
-    assert int(cells.n_transcripts.sum()) == many["counts"]["n_assigned"] == int((tx.cell_id > 0).sum())
+    assert (
+        int(cells.n_transcripts.sum())
+        == many["counts"]["n_assigned"]
+        == int((tx.cell_id > 0).sum())
+    )
     assert ((nuclei == 0) | (b == nuclei)).all()
 
 
@@ -202,12 +244,19 @@ def test_blocks_keep_cells_by_centroid_and_first_block_wins():
     full[18:26, 10:16] = 2  # centroid row 21 (block 1)
 
     def segment(blocks):
-        return [full[slice(*grid.extended(*b)[:2]), slice(*grid.extended(*b)[2:])].copy() for b in blocks]
+        return [
+            full[slice(*grid.extended(*b)[:2]), slice(*grid.extended(*b)[2:])].copy()
+            for b in blocks
+        ]
 
     cells = window_cells((0, 40, 0, 40), grid, segment)
     assert [(c.block, c.centroid) for c in cells] == [((0, 0), (19, 4)), ((1, 0), (21, 12))]
     own = paint_first(cells, (0, 40, 0, 40))
-    assert (own[16:24, 2:8] == 1).all() and (own[24:26, 10:16] == 2).all() and (own[18:24, 10:16] == 2).all()
+    assert (
+        (own[16:24, 2:8] == 1).all()
+        and (own[24:26, 10:16] == 2).all()
+        and (own[18:24, 10:16] == 2).all()
+    )
 
 
 def test_paper_watershed_needs_no_nuclei():
@@ -229,8 +278,12 @@ def test_paper_cells_take_nuclei_by_centroid_or_their_seed():
 
     def cell(r0, r1, c0, c1):
         rr, cc = np.mgrid[r0:r1, c0:c1]
-        return KeptCell((0, 0), rr.ravel().astype(np.int64), cc.ravel().astype(np.int64),
-                        ((r0 + r1 - 1) // 2, (c0 + c1 - 1) // 2))
+        return KeptCell(
+            (0, 0),
+            rr.ravel().astype(np.int64),
+            cc.ravel().astype(np.int64),
+            ((r0 + r1 - 1) // 2, (c0 + c1 - 1) // 2),
+        )
 
     window = (0, 10, 0, 30)
     cells = [cell(0, 10, 0, 10), cell(0, 10, 10, 20), cell(0, 10, 20, 30)]
@@ -243,7 +296,11 @@ def test_paper_cells_take_nuclei_by_centroid_or_their_seed():
     seeds = np.zeros((10, 30), np.uint32)
     seeds[4:6, 14:16] = 31  # cell 1's seed (cell 2 has none: dropped)
     out = global_labels(paint_first(cells, window), cells, held, nuclei, seeds, window, 2.0, True)
-    assert set(np.unique(out[:, :10])) == {7, 9} and (out[:, 10:20] == 31).all() and (out[:, 20:] == 0).all()
+    assert (
+        set(np.unique(out[:, :10])) == {7, 9}
+        and (out[:, 10:20] == 31).all()
+        and (out[:, 20:] == 0).all()
+    )
     one = global_labels(paint_first(cells, window), cells, held, nuclei, seeds, window, 2.0, False)
     assert (one[:, :10] == 7).all()  # one ID per cell: the nucleus it covers most (9 px vs 6)
 
@@ -258,7 +315,9 @@ def test_best_diameter_keeps_the_largest_total_area():
         return masks
 
     masks, d, areas = best_diameter(segment, [10.0, 20.0, 30.0])
-    assert areas == [60, 108, 108] and d == 20.0 and np.count_nonzero(masks) == 108  # ties keep the first
+    assert (
+        areas == [60, 108, 108] and d == 20.0 and np.count_nonzero(masks) == 108
+    )  # ties keep the first
 
 
 def test_model_cells_take_global_nucleus_ids():
@@ -282,13 +341,21 @@ def test_cellpose_backend_runs_in_an_actor(tmp_path, ray_module):
     """Plumbing only: a random-weights model, never a quality check."""
     from tests.nuclei.test_cellpose import write_random_cellpose_model
 
-    model = write_random_cellpose_model(tmp_path / "tiny_cpsam.pt")  # large diameters: small images, fast on CPU
+    model = write_random_cellpose_model(
+        tmp_path / "tiny_cpsam.pt"
+    )  # large diameters: small images, fast on CPU
     chip = str(tmp_path / "chip")
     synth_chip(chip, 64, 32, seed=2, membrane=True)
     shift_membrane(chip, (3, 2))
-    cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose", f"cells.membrane.cellpose.model={model}",
-                 "cells.membrane.diameters_um=[30, 60]", "resources.cells.num_gpus=1",
-                 "tiling.tile_size_um=32", "tiling.chunk_px=64")
+    cfg = config(
+        "cells.method=membrane",
+        "cells.membrane.backend=cellpose",
+        f"cells.membrane.cellpose.model={model}",
+        "cells.membrane.diameters_um=[30, 60]",
+        "resources.cells.num_gpus=1",
+        "tiling.tile_size_um=32",
+        "tiling.chunk_px=64",
+    )
     method = get_method("membrane", cfg)
     from stseg_dist.lifecycle import Compute
 
@@ -299,7 +366,9 @@ def test_cellpose_backend_runs_in_an_actor(tmp_path, ray_module):
     assert sorted(tx.input_row) == list(range(summary["counts"]["n_transcripts_input"]))
     cells = zarr.open_array(str(tmp_path / "out" / "labels.zarr" / "cells"))[:]
     nuclei = zarr.open_array(str(tmp_path / "out" / "labels.zarr" / "nuclei"))[:]
-    assert set(np.unique(cells)) - {0} <= set(np.unique(nuclei))  # model cells mapped to nucleus IDs
+    assert set(np.unique(cells)) - {0} <= set(
+        np.unique(nuclei)
+    )  # model cells mapped to nucleus IDs
 
 
 @pytest.mark.ray
@@ -313,12 +382,19 @@ def test_paper_cellpose_runs_on_blocks_in_an_actor(tmp_path, ray_module):
     synth_chip(chip, 64, 32, seed=2, membrane=True)
     # one diameter: a random ViT-L Cellpose per block is slow on CPU (the choice among several
     # diameters is the classical path's too, tested above)
-    cfg = config("cells.method=membrane", "cells.membrane.variant=paper", "cells.membrane.backend=cellpose",
-                 f"cells.membrane.cellpose.model={model}", "cells.membrane.diameters_um=[60]",
-                 "cells.membrane.block_um=32", "tiling.tile_size_um=32", "tiling.chunk_px=64",
-                 # a narrow halo: each window segments fewer blocks (83 s -> ~25 s; the same 7 cells
-                 # and 462 assigned transcripts as at the default halo)
-                 "tiling.halo_um=8")
+    cfg = config(
+        "cells.method=membrane",
+        "cells.membrane.variant=paper",
+        "cells.membrane.backend=cellpose",
+        f"cells.membrane.cellpose.model={model}",
+        "cells.membrane.diameters_um=[60]",
+        "cells.membrane.block_um=32",
+        "tiling.tile_size_um=32",
+        "tiling.chunk_px=64",
+        # a narrow halo: each window segments fewer blocks (83 s -> ~25 s; the same 7 cells
+        # and 462 assigned transcripts as at the default halo)
+        "tiling.halo_um=8",
+    )
     method = get_method("membrane", cfg)
     assert type(method).__name__ == "PaperMembraneMethod" and method.uses_model
     summary = run_pipeline(chip, str(tmp_path / "out"), cfg)
@@ -335,23 +411,29 @@ def test_chip_without_membrane_channel_is_refused(tmp_path):
         run_pipeline(chip, str(tmp_path / "out"), config("cells.method=membrane"), local=True)
 
 
-@pytest.mark.parametrize("item, key", [
-    ("cells.membrane.backend=stardist", "cells.membrane.backend"),
-    ("cells.membrane.channel=0", "cells.membrane.channel"),
-    ("cells.membrane.diameters_um=12", "cells.membrane.diameters_um"),
-    ("cells.membrane.max_distance_um=0", "cells.membrane.max_distance_um"),
-    ("cells.membrane.register_normalization=fourier", "cells.membrane.register_normalization"),
-    ("cells.membrane.variant=published", "cells.membrane.variant"),
-    ("cells.membrane.block_um=0", "cells.membrane.block_um"),
-    ("cells.membrane.nucleus_free_min_density=-1", "cells.membrane.nucleus_free_min_density"),
-])
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("cells.membrane.backend=stardist", "cells.membrane.backend"),
+        ("cells.membrane.channel=0", "cells.membrane.channel"),
+        ("cells.membrane.diameters_um=12", "cells.membrane.diameters_um"),
+        ("cells.membrane.max_distance_um=0", "cells.membrane.max_distance_um"),
+        ("cells.membrane.register_normalization=fourier", "cells.membrane.register_normalization"),
+        ("cells.membrane.variant=published", "cells.membrane.variant"),
+        ("cells.membrane.block_um=0", "cells.membrane.block_um"),
+        ("cells.membrane.nucleus_free_min_density=-1", "cells.membrane.nucleus_free_min_density"),
+    ],
+)
 def test_bad_options_name_the_key(item, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         get_method("membrane", config("cells.method=membrane", item))
 
 
 def test_missing_cellpose_weights_name_the_key(tmp_path):
-    cfg = config("cells.method=membrane", "cells.membrane.backend=cellpose",
-                 f"cells.membrane.cellpose.model={tmp_path / 'missing.pt'}")
+    cfg = config(
+        "cells.method=membrane",
+        "cells.membrane.backend=cellpose",
+        f"cells.membrane.cellpose.model={tmp_path / 'missing.pt'}",
+    )
     with pytest.raises(ConfigError, match=r"cells\.membrane\.cellpose\.model"):
         get_method("membrane", cfg).load({"offset": (0, 0), "threshold": None})

@@ -23,10 +23,14 @@ def test_old_api_plugin_declares_its_actor_pool():
     assert method.compute() == Compute(actors=1, num_gpus=1.0)
     res = stage_resources(_config().resources.cells, method.compute(), has_gpu=True)
     assert (res.n_actors, res.num_gpus) == (1, 1.0)
-    assert stage_resources(_config().resources.cells, method.compute(), has_gpu=False).num_gpus == 0.0
+    assert (
+        stage_resources(_config().resources.cells, method.compute(), has_gpu=False).num_gpus == 0.0
+    )
     # resources.cells overrides what the plugin declared
-    res = stage_resources(_config("resources.cells.actors=3", "resources.cells.num_gpus=0.25").resources.cells,
-                          method.compute())
+    res = stage_resources(
+        _config("resources.cells.actors=3", "resources.cells.num_gpus=0.25").resources.cells,
+        method.compute(),
+    )
     assert (res.n_actors, res.num_gpus) == (3, 0.25)
 
 
@@ -36,12 +40,22 @@ def test_model_pool_fills_the_cpus_of_a_cluster_without_gpus():
     pool = Compute(actors=1, num_gpus=0.5)
     cells = _config().resources.cells
     assert stage_resources(cells, pool, has_gpu=False, cpus=8).n_actors == 8
-    assert stage_resources(_config("resources.cells.num_cpus=2").resources.cells, pool, has_gpu=False,
-                           cpus=8).n_actors == 4
+    assert (
+        stage_resources(
+            _config("resources.cells.num_cpus=2").resources.cells, pool, has_gpu=False, cpus=8
+        ).n_actors
+        == 4
+    )
     assert stage_resources(cells, pool, has_gpu=True, cpus=8).n_actors == 1
-    assert stage_resources(_config("resources.cells.actors=3").resources.cells, pool, has_gpu=False,
-                           cpus=8).n_actors == 3
-    assert stage_resources(cells, Compute(), has_gpu=False, cpus=8).n_actors == 0  # tasks stay tasks
+    assert (
+        stage_resources(
+            _config("resources.cells.actors=3").resources.cells, pool, has_gpu=False, cpus=8
+        ).n_actors
+        == 3
+    )
+    assert (
+        stage_resources(cells, Compute(), has_gpu=False, cpus=8).n_actors == 0
+    )  # tasks stay tasks
 
 
 @pytest.mark.ray
@@ -50,7 +64,9 @@ def test_pool_on_two_cpus_spreads_tiles_over_two_actors(ray_module):
     from stseg_dist.executor import RayExecutor
 
     ex = RayExecutor(progress=False)
-    res = stage_resources(_config().resources.cells, Compute(actors=1, num_gpus=0.5), ex.has_gpu(), ex.cpu_count())
+    res = stage_resources(
+        _config().resources.cells, Compute(actors=1, num_gpus=0.5), ex.has_gpu(), ex.cpu_count()
+    )
     assert res.n_actors == 2
     pids = {o.result for o in ex.map(_pid, None, list(range(8)), factory=_no_model, resources=res)}
     assert len(pids) == 2
@@ -75,9 +91,17 @@ def test_old_api_plugin_runs_through_the_pipeline(tmp_path):
     from stseg_dist.driver import run_pipeline
 
     chip = make_blob_chip(tmp_path / "chip", n_transcripts=300)
-    cfg = _config("cells.method=tests.plugin_methods:SlowActorExpansion", "tiling.tile_size_um=32",
-                  "tiling.chunk_px=32")
-    ref = run_pipeline(chip, str(tmp_path / "ref"), _config("tiling.tile_size_um=32", "tiling.chunk_px=32"), local=True)
+    cfg = _config(
+        "cells.method=tests.plugin_methods:SlowActorExpansion",
+        "tiling.tile_size_um=32",
+        "tiling.chunk_px=32",
+    )
+    ref = run_pipeline(
+        chip,
+        str(tmp_path / "ref"),
+        _config("tiling.tile_size_um=32", "tiling.chunk_px=32"),
+        local=True,
+    )
     got = run_pipeline(chip, str(tmp_path / "out"), cfg, local=True)
     assert got["status"] == "complete" and got["counts"] == ref["counts"]
     import zarr

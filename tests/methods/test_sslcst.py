@@ -10,8 +10,15 @@ import torch
 from stseg_dist.config import PipelineConfig, load_config, parse_set
 from stseg_dist.errors import ConfigError
 from stseg_dist.methods import PrepareContext, TileData, TileTranscripts, get_method
-from stseg_dist.methods.sslcst.features import (IGNORE, direction_class, gather_tokens, neighbourhood_offsets,
-                                                spot_grid, spot_labels, unit_steps)
+from stseg_dist.methods.sslcst.features import (
+    IGNORE,
+    direction_class,
+    gather_tokens,
+    neighbourhood_offsets,
+    spot_grid,
+    spot_labels,
+    unit_steps,
+)
 from stseg_dist.methods.sslcst.tracking import track
 from stseg_dist.methods.sslcst.training import TrainingSpots, load_model, symmetries, train_sslcst
 from stseg_dist.tiling import Tile
@@ -23,8 +30,14 @@ PS = 0.5  # µm per pixel
 BIN = 1.0  # µm per spot: 2 x 2 pixels
 
 
-def disc_chip(shape=(200, 240), centres=((50, 60), (60, 150), (150, 90)), radius_px=8, n_per_cell=400,
-              cell_radius_um=7.0, seed=0):
+def disc_chip(
+    shape=(200, 240),
+    centres=((50, 60), (60, 150), (150, 90)),
+    radius_px=8,
+    n_per_cell=400,
+    cell_radius_um=7.0,
+    seed=0,
+):
     """Disc nuclei (IDs 1..n) on a pixel grid, transcripts dense around each, a far empty corner."""
     rng = np.random.default_rng(seed)
     h, w = shape
@@ -50,17 +63,34 @@ def cut(nuclei, x, y, g, window, core=None, n_genes=30):
     row, col = np.floor(y / PS).astype(np.int64), np.floor(x / PS).astype(np.int64)
     sel = (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
     tile = Tile(0, 0, 0, core, window)
-    tx = TileTranscripts(x[sel], y[sel], g[sel], row[sel] - r0, col[sel] - c0,
-                         tile.core_contains(row[sel], col[sel]), np.flatnonzero(sel))
-    return TileData(tile, PS, (0.0, 0.0), "test", np.zeros((1, r1 - r0, c1 - c0), np.float32),
-                    nuclei[r0:r1, c0:c1].copy(), tx, [f"G{i}" for i in range(n_genes)])
+    tx = TileTranscripts(
+        x[sel],
+        y[sel],
+        g[sel],
+        row[sel] - r0,
+        col[sel] - c0,
+        tile.core_contains(row[sel], col[sel]),
+        np.flatnonzero(sel),
+    )
+    return TileData(
+        tile,
+        PS,
+        (0.0, 0.0),
+        "test",
+        np.zeros((1, r1 - r0, c1 - c0), np.float32),
+        nuclei[r0:r1, c0:c1].copy(),
+        tx,
+        [f"G{i}" for i in range(n_genes)],
+    )
 
 
 def test_labels_on_a_constructed_case():
     nuclei, x, y, g = disc_chip()
     data = cut(nuclei, x, y, g, (0, 200, 0, 240))
     grid = spot_grid(data, BIN, np.arange(12), d0_um=5.0, d_max_um=30.0)
-    inout, direction = spot_labels(grid, BIN, k=5, erosion_bins=1, neg_distance_um=8.0, n_directions=16)
+    inout, direction = spot_labels(
+        grid, BIN, k=5, erosion_bins=1, neg_distance_um=8.0, n_directions=16
+    )
     nb = grid.binned.nuclei
     pos = inout == 1
     # positives: nucleus spots, never on a nucleus border (one spot of erosion), in every nucleus
@@ -76,7 +106,11 @@ def test_labels_on_a_constructed_case():
     for r, c in zip(rr, cc):
         cy, cx = centres[int(nb[r, c])]
         dy, dx = (cy + 0.5) * PS - (r + 0.5) * BIN, (cx + 0.5) * PS - (c + 0.5) * BIN
-        want = IGNORE if np.hypot(dy, dx) < 0.5 * BIN else direction_class(np.array([dy]), np.array([dx]), 16)[0]
+        want = (
+            IGNORE
+            if np.hypot(dy, dx) < 0.5 * BIN
+            else direction_class(np.array([dy]), np.array([dx]), 16)[0]
+        )
         assert direction[r, c] == want
     assert set(np.unique(direction[pos])) > {0, 4, 8, 12}  # all around the centre
     assert (direction[inout != 1] == IGNORE).all()
@@ -90,6 +124,7 @@ def test_labels_on_a_constructed_case():
         assert counts[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3].sum() == 0
     # and every far, empty spot is one
     from scipy import ndimage as ndi
+
     far = ndi.distance_transform_edt(nb == 0) * BIN > 8.0
     empty = ndi.convolve(counts.astype(int), np.ones((5, 5), int), mode="constant") == 0
     np.testing.assert_array_equal(neg, far & empty)
@@ -97,7 +132,9 @@ def test_labels_on_a_constructed_case():
 
 def test_features_do_not_depend_on_the_window():
     """Counts, prior and tokens of a spot are bitwise the same in windows that start elsewhere."""
-    nuclei, x, y, g = disc_chip(shape=(240, 300), centres=((60, 70), (70, 160), (170, 100), (150, 230)), seed=1)
+    nuclei, x, y, g = disc_chip(
+        shape=(240, 300), centres=((60, 70), (70, 160), (170, 100), (150, 230)), seed=1
+    )
     top = np.array([3, 5, 2, 7])
     whole = spot_grid(cut(nuclei, x, y, g, (0, 240, 0, 300)), BIN, top, 5.0, 20.0)
     # windows whose edges fall mid-spot (odd pixel) and cut nuclei; compared spots (and their tokens)
@@ -125,7 +162,9 @@ def test_owned_spots_partition_the_chip():
     for r0, r1 in ((0, 67), (67, 200)):
         for c0, c1 in ((0, 95), (95, 240)):
             window = (max(0, r0 - 20), min(200, r1 + 20), max(0, c0 - 20), min(240, c1 + 20))
-            grid = spot_grid(cut(nuclei, x, y, g, window, (r0, r1, c0, c1)), BIN, np.arange(3), 5.0, 20.0)
+            grid = spot_grid(
+                cut(nuclei, x, y, g, window, (r0, r1, c0, c1)), BIN, np.arange(3), 5.0, 20.0
+            )
             rr, cc = np.nonzero(grid.binned.grid.owned(grid_tile(window, (r0, r1, c0, c1))))
             np.add.at(seen, (rr + grid.binned.origin[0], cc + grid.binned.origin[1]), 1)
     assert (seen == 1).all()
@@ -165,14 +204,21 @@ def test_tracking_reaches_the_right_nucleus():
     # starts on a nucleus take it at once; a field that points away never arrives
     assert track(np.array([20]), np.array([20]), field, alive, nuclei, unit_steps(16), 1)[0] == 7
     away = (field + 8) % 16
-    assert (track(rr, cc, away, alive, nuclei, unit_steps(16), 100)[np.min(d, axis=0)[rr, cc] > 4.5] == 0).all()
+    assert (
+        track(rr, cc, away, alive, nuclei, unit_steps(16), 100)[np.min(d, axis=0)[rr, cc] > 4.5]
+        == 0
+    ).all()
 
 
 def test_symmetries_turn_tokens_and_directions_together():
     k, n = 5, 16
     dr, dc = neighbourhood_offsets(k)
     sym = symmetries(k, n)
-    assert len(sym) == 8 and (sym[0][0] == np.arange(k * k)).all() and (sym[0][1] == np.arange(n)).all()
+    assert (
+        len(sym) == 8
+        and (sym[0][0] == np.arange(k * k)).all()
+        and (sym[0][1] == np.arange(n)).all()
+    )
     assert len({tuple(p) for p, _ in sym}) == 8
     for j in range(0, n, 2):  # directions that hit a token exactly two spots away
         dy, dx = 2 * unit_steps(n)[j]
@@ -197,7 +243,9 @@ def _training_spots(seed=0):
     pick = np.random.default_rng(0).permutation(len(nr))[: len(pr)]
     r, c = np.concatenate([pr, nr[pick]]), np.concatenate([pc, nc[pick]])
     counts, prior = gather_tokens(grid, r, c, 5)
-    return TrainingSpots((r << 32) + c, counts.astype(np.uint16), prior, inout[r, c], direction[r, c])
+    return TrainingSpots(
+        (r << 32) + c, counts.astype(np.uint16), prior, inout[r, c], direction[r, c]
+    )
 
 
 def test_training_loss_drops_and_is_deterministic():
@@ -209,7 +257,9 @@ def test_training_loss_drops_and_is_deterministic():
     assert h["inout"][-1] < 0.1 * h["inout"][0] and h["direction"][-1] < 0.8 * h["direction"][0]
     model, _ = load_model(a, "cpu")
     with torch.no_grad():
-        lo, ld = model(torch.as_tensor(spots.counts.astype(np.float32)), torch.as_tensor(spots.prior))
+        lo, ld = model(
+            torch.as_tensor(spots.counts.astype(np.float32)), torch.as_tensor(spots.prior)
+        )
     assert lo.shape == (len(spots), 2) and ld.shape == (len(spots), 16)
     assert (lo.argmax(1).numpy() == spots.inout).mean() > 0.95
     pos = spots.direction >= 0
@@ -219,16 +269,33 @@ def test_training_loss_drops_and_is_deterministic():
     cfg.epochs = 2
     short = train_sslcst(spots, 5, 13, cfg, device="cpu")
     order = np.random.default_rng(1).permutation(len(spots))
-    shuffled = TrainingSpots.concat([TrainingSpots(*(getattr(spots, f)[order] for f in
-                                                     ("key", "counts", "prior", "inout", "direction")))])
+    shuffled = TrainingSpots.concat(
+        [
+            TrainingSpots(
+                *(
+                    getattr(spots, f)[order]
+                    for f in ("key", "counts", "prior", "inout", "direction")
+                )
+            )
+        ]
+    )
     assert train_sslcst(shuffled, 5, 13, cfg, device="cpu")["weights"] == short["weights"]
     cfg.seed = 1
     assert train_sslcst(spots, 5, 13, cfg, device="cpu")["weights"] != short["weights"]
 
 
 def _method(*items):
-    cfg = load_config(overrides=parse_set(["cells.method=sslcst", "cells.sslcst.epochs=6",
-                                           "cells.sslcst.n_train_spots=1200", *items]), use_env=False)
+    cfg = load_config(
+        overrides=parse_set(
+            [
+                "cells.method=sslcst",
+                "cells.sslcst.epochs=6",
+                "cells.sslcst.n_train_spots=1200",
+                *items,
+            ]
+        ),
+        use_env=False,
+    )
     return get_method("sslcst", cfg, "test")
 
 
@@ -237,9 +304,13 @@ def _prepare_on_two_tiles(m, nuclei, x, y, g):
     in process (map_tiles as a list comprehension). Returns (tiles, state)."""
     halo = int(np.ceil((2 * m.reach_um() + 16) / PS))
     cores = [(0, 200, 0, 120), (0, 200, 120, 240)]
-    tiles = [cut(nuclei, x, y, g, (0, 200, max(0, c0 - halo), min(240, c1 + halo)), (0, 200, c0, c1))
-             for _, _, c0, c1 in cores]
-    ctx = PrepareContext(None, m.config, None, tiles[0].genes, lambda fn, idx: [fn(tiles[i]) for i in idx], 12)
+    tiles = [
+        cut(nuclei, x, y, g, (0, 200, max(0, c0 - halo), min(240, c1 + halo)), (0, 200, c0, c1))
+        for _, _, c0, c1 in cores
+    ]
+    ctx = PrepareContext(
+        None, m.config, None, tiles[0].genes, lambda fn, idx: [fn(tiles[i]) for i in idx], 12
+    )
     ctx.grid = [Tile(i, 0, i, t.tile.core, t.tile.window) for i, t in enumerate(tiles)]
     return tiles, m.prepare(ctx)
 
@@ -269,16 +340,26 @@ def test_method_grows_cells_from_their_own_nuclei():
         assert (got != cells[r0:r1, c0:c1]).mean() < 0.002
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("neighbourhood=4", "cells.sslcst.neighbourhood"), ("n_directions=10", "cells.sslcst.n_directions"),
-    ("d0_um=0", "cells.sslcst.d0_um"), ("neg_distance_um=-1", "cells.sslcst.neg_distance_um"),
-    ("in_threshold=1.5", "cells.sslcst.in_threshold"), ("max_steps=0", "cells.sslcst.max_steps"),
-    ("epochs=0", "cells.sslcst.epochs"), ("d_model=30", "cells.sslcst.d_model"),
-    ("bin_um=0", "cells.sslcst.bin_um"), ("erosion_bins=-1", "cells.sslcst.erosion_bins"),
-    ("n_genes=0", "cells.sslcst.n_genes"), ("variant=published", "cells.sslcst.variant"),
-    ("blocks=0", "cells.sslcst.blocks"), ("centre_radius_um=0", "cells.sslcst.centre_radius_um"),
-    ("fill_um=-1", "cells.sslcst.fill_um"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("neighbourhood=4", "cells.sslcst.neighbourhood"),
+        ("n_directions=10", "cells.sslcst.n_directions"),
+        ("d0_um=0", "cells.sslcst.d0_um"),
+        ("neg_distance_um=-1", "cells.sslcst.neg_distance_um"),
+        ("in_threshold=1.5", "cells.sslcst.in_threshold"),
+        ("max_steps=0", "cells.sslcst.max_steps"),
+        ("epochs=0", "cells.sslcst.epochs"),
+        ("d_model=30", "cells.sslcst.d_model"),
+        ("bin_um=0", "cells.sslcst.bin_um"),
+        ("erosion_bins=-1", "cells.sslcst.erosion_bins"),
+        ("n_genes=0", "cells.sslcst.n_genes"),
+        ("variant=published", "cells.sslcst.variant"),
+        ("blocks=0", "cells.sslcst.blocks"),
+        ("centre_radius_um=0", "cells.sslcst.centre_radius_um"),
+        ("fill_um=-1", "cells.sslcst.fill_um"),
+    ],
+)
 def test_bad_config(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         _method(f"cells.sslcst.{item}")
@@ -301,15 +382,22 @@ def test_no_negatives_is_an_input_error():
     class Chip:
         url = "constructed"
 
-    ctx = PrepareContext(Chip(), m.config, [data.tile], data.genes, lambda fn, idx: [fn(data) for _ in idx], 3)
+    ctx = PrepareContext(
+        Chip(), m.config, [data.tile], data.genes, lambda fn, idx: [fn(data) for _ in idx], 3
+    )
     with pytest.raises(InputError, match="neg_distance_um=500"):
         m.prepare(ctx)
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
 #: Vendor nuclei keep this test independent of the nuclei stage (classical nuclei are tile-exact too).
-FAST = ["cells.method=sslcst", "cells.sslcst.n_train_spots=1500", "cells.sslcst.epochs=4", "runtime.progress=false",
-        "nuclei.backend=vendor"]
+FAST = [
+    "cells.method=sslcst",
+    "cells.sslcst.n_train_spots=1500",
+    "cells.sslcst.epochs=4",
+    "runtime.progress=false",
+    "nuclei.backend=vendor",
+]
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +411,9 @@ def chip(tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("variant, fill_um", [("stseg", 0), ("paper", 0), ("stseg", 2), ("paper", 2)])
+@pytest.mark.parametrize(
+    "variant, fill_um", [("stseg", 0), ("paper", 0), ("stseg", 2), ("paper", 2)]
+)
 def test_pipeline_tile_invariance_and_accounting(chip, tmp_path, ray_module, variant, fill_um):
     items = FAST + [f"cells.sslcst.variant={variant}", f"cells.sslcst.fill_um={fill_um}"]
     items += ["cells.sslcst.blocks=2"] if variant == "paper" else []
@@ -352,13 +442,21 @@ def test_fill_grows_masks_over_empty_spots_and_moves_no_transcript(chip, tmp_pat
 
     from stseg_dist.driver import run_pipeline
 
-    base = FAST + [f"cells.sslcst.variant={variant}"] + (["cells.sslcst.blocks=2"] if variant == "paper" else [])
+    base = (
+        FAST
+        + [f"cells.sslcst.variant={variant}"]
+        + (["cells.sslcst.blocks=2"] if variant == "paper" else [])
+    )
     out = {}
     for fill in (0, 2):
-        cfg = load_config(overrides=parse_set([*base, f"cells.sslcst.fill_um={fill}"]), use_env=False)
+        cfg = load_config(
+            overrides=parse_set([*base, f"cells.sslcst.fill_um={fill}"]), use_env=False
+        )
         run_pipeline(chip, str(tmp_path / str(fill)), cfg, local=True)
-        out[fill] = (zarr.open_array(str(tmp_path / str(fill) / "labels.zarr" / "cells"))[:],
-                     pd.read_parquet(tmp_path / str(fill) / "transcripts.parquet").sort_values("input_row"))
+        out[fill] = (
+            zarr.open_array(str(tmp_path / str(fill) / "labels.zarr" / "cells"))[:],
+            pd.read_parquet(tmp_path / str(fill) / "transcripts.parquet").sort_values("input_row"),
+        )
     (a, ta), (b, tb) = out[0], out[2]
     np.testing.assert_array_equal(ta.cell_id.to_numpy(), tb.cell_id.to_numpy())
     assert (b[a > 0] == a[a > 0]).all() and (b > 0).sum() > (a > 0).sum()
@@ -385,7 +483,9 @@ def test_close_cells_fills_only_free_unlabelled_spots():
 def test_paper_labels_need_expression_and_floor_the_direction():
     nuclei, x, y, g = disc_chip()
     keep = ~((x < 60 * PS) & (y < 70 * PS))  # nucleus 1's upper-left quarter holds no transcript
-    grid = spot_grid(cut(nuclei, x[keep], y[keep], g[keep], (0, 200, 0, 240)), BIN, np.arange(12), 5.0, 30.0)
+    grid = spot_grid(
+        cut(nuclei, x[keep], y[keep], g[keep], (0, 200, 0, 240)), BIN, np.arange(12), 5.0, 30.0
+    )
     ours, _ = spot_labels(grid, BIN, 5, 1, 8.0, 16)
     inout, direction = spot_labels(grid, BIN, 5, 1, 8.0, 16, need_expression=True, floor=True)
     total = grid.counts[..., -1]
@@ -403,7 +503,9 @@ def test_paper_labels_need_expression_and_floor_the_direction():
     assert direction_class(np.array([1.0]), np.array([1.0]), 16, floor=True)[0] == 2
     assert direction_class(np.array([0.1]), np.array([1.0]), 16, floor=True)[0] == 0
     assert direction_class(np.array([-0.1]), np.array([1.0]), 16, floor=True)[0] == 15
-    np.testing.assert_allclose(unit_steps(16, centre=True)[0], [np.sin(np.pi / 16), np.cos(np.pi / 16)])
+    np.testing.assert_allclose(
+        unit_steps(16, centre=True)[0], [np.sin(np.pi / 16), np.cos(np.pi / 16)]
+    )
 
 
 def test_direction_prior_and_centre_map():
@@ -436,7 +538,9 @@ def test_paper_symmetries_map_floor_bins():
     k, n = 5, 16
     for perm, dmap in symmetries(k, n, floor=True):
         assert sorted(dmap) == list(range(n))
-    flip = [d for p, d in symmetries(k, n, floor=True)][4]  # a mirror: bins map j -> a reversed order
+    flip = [d for p, d in symmetries(k, n, floor=True)][
+        4
+    ]  # a mirror: bins map j -> a reversed order
     assert len({(int(flip[j]) + j) % n for j in range(n)}) == 1
 
 

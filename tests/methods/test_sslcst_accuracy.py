@@ -23,14 +23,28 @@ QUIET = ["runtime.progress=false", "cells.cell_diameter_um=40"]
 def rows(tmp_path_factory):
     work = tmp_path_factory.mktemp("sslcst_acc")
     chip = str(work / "chip")
-    synth_chip(chip, 200, 200, 1, cell_density_per_mm2=1000.0, occupancy=1.0, background_fraction=0.02)
+    synth_chip(
+        chip, 200, 200, 1, cell_density_per_mm2=1000.0, occupancy=1.0, background_fraction=0.02
+    )
     ds = Dataset("large_cells", chip)
-    runs = {"expansion": ("expansion", []), "stseg": ("sslcst", []),
-            "paper": ("sslcst", ["cells.sslcst.variant=paper", "cells.sslcst.fill_um=4"])}
-    out = {name: run_method(ds, method, str(work / name), QUIET + items, local=True)
-           for name, (method, items) in runs.items()}
-    print({m: {k: round(r[k], 3) for k in ("cell_f1_iou50", "right_cell_fraction", "mecr", "assigned_share")}
-           for m, r in out.items()})
+    runs = {
+        "expansion": ("expansion", []),
+        "stseg": ("sslcst", []),
+        "paper": ("sslcst", ["cells.sslcst.variant=paper", "cells.sslcst.fill_um=4"]),
+    }
+    out = {
+        name: run_method(ds, method, str(work / name), QUIET + items, local=True)
+        for name, (method, items) in runs.items()
+    }
+    print(
+        {
+            m: {
+                k: round(r[k], 3)
+                for k in ("cell_f1_iou50", "right_cell_fraction", "mecr", "assigned_share")
+            }
+            for m, r in out.items()
+        }
+    )
     return out
 
 

@@ -43,7 +43,10 @@ def test_sparse_first_layer_equals_dense_conv1x1():
 
 def test_network_shapes():
     model = UCSModel(n_genes=10)
-    b = torch.tensor([0, 1]); r = torch.tensor([3, 4]); c = torch.tensor([5, 6]); g = torch.tensor([1, 2])
+    b = torch.tensor([0, 1])
+    r = torch.tensor([3, 4])
+    c = torch.tensor([5, 6])
+    g = torch.tensor([1, 2])
     logits, feats = model.foreground(b, r, c, g, (2, 48, 48))
     assert logits.shape == (2, 2, 48, 48) and feats.shape == (2, 128, 48, 48)
     out = model.cell(feats[:1], torch.rand(3, 1, 48, 48))
@@ -151,8 +154,13 @@ def test_overlap_tile_inference_is_seamless(expression):
     for k, (cy, cx) in enumerate(rng.integers(8, 80, (12, 2)), start=1):
         nuclei[cy - 2 : cy + 3, cx - 2 : cx + 3] = k
     n = 4000
-    binned = BinnedTile(BinGrid(1.0, (0, 0), (90, 110), (0, 0)), rng.integers(0, 90, n), rng.integers(0, 110, n),
-                        rng.integers(0, 4, n), nuclei)
+    binned = BinnedTile(
+        BinGrid(1.0, (0, 0), (90, 110), (0, 0)),
+        rng.integers(0, 90, n),
+        rng.integers(0, 110, n),
+        rng.integers(0, 4, n),
+        nuclei,
+    )
     priors = cell_priors(nuclei, 12, 2.0, True)
     fg_a, lab_a = predict(model, device, binned, priors, patch=1000)
     fg_b, lab_b = predict(model, device, binned, priors, patch=23)
@@ -173,16 +181,29 @@ def test_empty_field_foreground_is_what_the_net_says_without_transcripts():
     model, device = load_model(state, "cpu")
     rng = np.random.default_rng(1)
     n = 300  # transcripts in the top-left corner only
-    binned = BinnedTile(BinGrid(1.0, (0, 0), (60, 60), (0, 0)), rng.integers(0, 15, n), rng.integers(0, 15, n),
-                        rng.integers(0, 4, n), np.zeros((60, 60), np.int64))
+    binned = BinnedTile(
+        BinGrid(1.0, (0, 0), (60, 60), (0, 0)),
+        rng.integers(0, 15, n),
+        rng.integers(0, 15, n),
+        rng.integers(0, 4, n),
+        np.zeros((60, 60), np.int64),
+    )
     fg, _ = inference.foreground_pass(model, device, binned, patch=17)
     empty = inference.empty_field_foreground(model, device)
     r = model.foreground.receptive_radius  # bins nearer the window's edge see its zero padding
-    far = fg[15 + r:-r, 15 + r:-r]
+    far = fg[15 + r : -r, 15 + r : -r]
     np.testing.assert_allclose(far, empty, atol=1e-6)
     assert state["empty_field_foreground"] == pytest.approx(empty, abs=1e-6)
-    config = load_config(overrides=parse_set(["cells.method=ucs", "cells.ucs.foreground_gate=evidence",
-                                              "cells.ucs.foreground_threshold=0.5"]), use_env=False)
+    config = load_config(
+        overrides=parse_set(
+            [
+                "cells.method=ucs",
+                "cells.ucs.foreground_gate=evidence",
+                "cells.ucs.foreground_threshold=0.5",
+            ]
+        ),
+        use_env=False,
+    )
     method = UCSMethod(config)
     method.load({"train": state, "bin_um": 1.0, "hvg": None})
     assert method.fg_threshold == pytest.approx(min(0.5, empty))
@@ -193,9 +214,9 @@ def test_growth_limits_how_far_a_cell_may_claim():
 
     nuclei = np.zeros((60, 60), np.int64)
     nuclei[28:33, 28:33] = 1
-    free, = cell_priors(nuclei, 20, 3.0, False)
-    capped, = cell_priors(nuclei, 20, 3.0, False, growth_bins=6)
-    sd = signed_distance(nuclei[capped.box[0]:capped.box[1], capped.box[2]:capped.box[3]] == 1)
+    (free,) = cell_priors(nuclei, 20, 3.0, False)
+    (capped,) = cell_priors(nuclei, 20, 3.0, False, growth_bins=6)
+    sd = signed_distance(nuclei[capped.box[0] : capped.box[1], capped.box[2] : capped.box[3]] == 1)
     assert (free.mask > 0).all()  # without a cap the whole box is in reach
     assert (capped.mask[sd >= -6] > 0).all() and (capped.mask[sd < -6.01] == 0).all()
     np.testing.assert_array_equal(capped.mask[sd >= -6], free.mask[sd >= -6])
@@ -210,7 +231,7 @@ def test_missing_cell_search_sees_a_speckled_cell_body_through_smoothing():
     counts = np.zeros((60, 60))
     body = np.zeros((60, 60), bool)
     body[10:30, 10:30] = True
-    speckle = (np.add.outer(np.arange(60), np.arange(60)) % 2 == 0)
+    speckle = np.add.outer(np.arange(60), np.arange(60)) % 2 == 0
     fg[body] = np.where(speckle[body], 0.99, 0.8)
     counts[body] = 1.0  # dense: a cell's worth of transcripts
     fg[35:55, 35:55] = np.where(speckle[35:55, 35:55], 0.99, 0.8)
@@ -224,19 +245,30 @@ def test_missing_cell_search_sees_a_speckled_cell_body_through_smoothing():
     assert (seeds[body] == 1).sum() >= 150 and not seeds[~body].any()
 
 
-@pytest.mark.parametrize("key, value, fragment", [
-    ("patch_px", 4, "patch_px"), ("tau", 0, "tau"), ("bin_um", -1, "bin_um"),
-    ("missing_cell_threshold", 1.5, "missing_cell_threshold"), ("epochs", 0, "epochs"),
-    ("markers", "/nonexistent/markers.csv", "file not found"),
-    ("background_density", 1.5, "background_density"), ("background_density", 0, "background_density"),
-    ("background_sigma_um", 0, "background_sigma_um"), ("growth_um", -2, "growth_um"),
-    ("foreground_threshold", 1.0, "foreground_threshold"), ("variant", "published", "variant"),
-    ("foreground_labels", "dense", "foreground_labels"), ("expression_weight", -1, "expression_weight"),
-    ("missing_cell_density", 1.5, "missing_cell_density"),
-    ("missing_cell_smoothing_um", -1, "missing_cell_smoothing_um"),
-    ("plateau_patience", -1, "plateau_patience"), ("plateau_tol", 1.0, "plateau_tol"),
-    ("foreground_gate", "soft", "foreground_gate"),
-])
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("patch_px", 4, "patch_px"),
+        ("tau", 0, "tau"),
+        ("bin_um", -1, "bin_um"),
+        ("missing_cell_threshold", 1.5, "missing_cell_threshold"),
+        ("epochs", 0, "epochs"),
+        ("markers", "/nonexistent/markers.csv", "file not found"),
+        ("background_density", 1.5, "background_density"),
+        ("background_density", 0, "background_density"),
+        ("background_sigma_um", 0, "background_sigma_um"),
+        ("growth_um", -2, "growth_um"),
+        ("foreground_threshold", 1.0, "foreground_threshold"),
+        ("variant", "published", "variant"),
+        ("foreground_labels", "dense", "foreground_labels"),
+        ("expression_weight", -1, "expression_weight"),
+        ("missing_cell_density", 1.5, "missing_cell_density"),
+        ("missing_cell_smoothing_um", -1, "missing_cell_smoothing_um"),
+        ("plateau_patience", -1, "plateau_patience"),
+        ("plateau_tol", 1.0, "plateau_tol"),
+        ("foreground_gate", "soft", "foreground_gate"),
+    ],
+)
 def test_bad_config(key, value, fragment):
     from stseg_dist.methods.ucs import UCSMethod
 
@@ -300,8 +332,10 @@ def test_marker_masks_reach_the_cell_net_at_inference(monkeypatch):
     predict(model, device, binned, priors, markers=markers)
     got = seen[-1]
     assert sorted(got) == [1, 2] and got[1].sum() > 0
-    expect = cell_marker_mask(markers[priors[0].box[0]:priors[0].box[1], priors[0].box[2]:priors[0].box[3]],
-                              priors[0].mask > 0.5)
+    expect = cell_marker_mask(
+        markers[priors[0].box[0] : priors[0].box[1], priors[0].box[2] : priors[0].box[3]],
+        priors[0].mask > 0.5,
+    )
     np.testing.assert_array_equal(got[1], expect)
     predict(model, device, binned, priors)  # without a marker grid the channel is empty
     assert seen[-1] is None
@@ -320,7 +354,11 @@ def test_cells_scored_on_their_box_equal_the_head_run_over_the_window(expression
     nuclei[8:14, 8:14], nuclei[20:27, 18:24], nuclei[35:40, 40:47] = 3, 5, 9
     priors = cell_priors(nuclei, 12, 3.0, True)
     reduced = rng.normal(size=(model.cell.channels, 50, 60)).astype(np.float32)
-    mks = {p.cell_id: (rng.random(p.mask.shape) < 0.3).astype(np.float32) for p in priors} if markers else None
+    mks = (
+        {p.cell_id: (rng.random(p.mask.shape) < 0.3).astype(np.float32) for p in priors}
+        if markers
+        else None
+    )
     _, n_cover, best_q, best_id = inference._classify_cells(model.cell, reduced, priors, mks)
     qs, scores, covers = [], [], []
     with torch.no_grad():
@@ -340,7 +378,9 @@ def test_cells_scored_on_their_box_equal_the_head_run_over_the_window(expression
     k = np.argmax(np.stack(scores), 0)
     ids = np.array([p.cell_id for p in priors])
     np.testing.assert_array_equal(best_id[covered], ids[k][covered])
-    np.testing.assert_allclose(best_q[covered], np.take_along_axis(np.stack(qs), k[None], 0)[0][covered], atol=1e-5)
+    np.testing.assert_allclose(
+        best_q[covered], np.take_along_axis(np.stack(qs), k[None], 0)[0][covered], atol=1e-5
+    )
     np.testing.assert_array_equal(n_cover, np.sum(covers, 0))
 
 
@@ -357,7 +397,10 @@ def test_paper_variant_has_the_reference_network_size():
     assert fg.out.out_channels == 2 and fg.receptive_radius == 8
     convs = [m for m in cell.reduce if isinstance(m, torch.nn.Conv2d)]
     assert [(m.in_channels, m.out_channels) for m in convs] == [(64, 32), (32, 16), (16, 1)]
-    b = torch.tensor([0]); r = torch.tensor([3]); c = torch.tensor([5]); g = torch.tensor([1])
+    b = torch.tensor([0])
+    r = torch.tensor([3])
+    c = torch.tensor([5])
+    g = torch.tensor([1])
     logits, feats = fg(b, r, c, g, (1, 24, 24))
     assert logits.shape == (1, 2, 24, 24) and feats.shape == (1, 64, 24, 24)
     assert cell(feats, torch.rand(3, 1, 24, 24)).shape == (3, 2, 24, 24)
@@ -382,14 +425,22 @@ def test_augmentation_moves_transcripts_with_the_nuclei(k, flip):
 
 def test_paper_foreground_labels_use_the_elliptical_kernel():
     kernel = paper_kernel()
-    assert kernel.shape == (10, 10) and not kernel[0, 0] and kernel[0, 4] and kernel[4, 0] and kernel.sum() < 100
+    assert (
+        kernel.shape == (10, 10)
+        and not kernel[0, 0]
+        and kernel[0, 4]
+        and kernel[4, 0]
+        and kernel.sum() < 100
+    )
     nuclei = np.zeros((80, 80), np.int64)
     nuclei[38:42, 38:42] = 1
     counts = np.zeros((80, 80), np.float32)
     lab = foreground_labels(nuclei, counts, 4, None, 1.0, 2, 3, kernel)
     square = foreground_labels(nuclei, counts, 4)
     assert (lab[nuclei > 0] == 1).all()
-    assert (lab == 0).sum() > (square == 0).sum()  # the ellipse reaches less far along the diagonals
+    assert (lab == 0).sum() > (
+        square == 0
+    ).sum()  # the ellipse reaches less far along the diagonals
     assert lab[2, 2] == 0 and lab[40, 26] == IGNORE
 
 
@@ -406,14 +457,24 @@ def test_paper_inference_rule_is_argmax_over_background_and_cells():
     nuclei = np.zeros((40, 40), np.int64)
     nuclei[8:13, 8:13], nuclei[25:30, 20:25] = 1, 2
     n = 600
-    binned = BinnedTile(BinGrid(1.0, (0, 0), (40, 40), (0, 0)), rng.integers(0, 40, n), rng.integers(0, 40, n),
-                        rng.integers(0, 4, n), nuclei)
+    binned = BinnedTile(
+        BinGrid(1.0, (0, 0), (40, 40), (0, 0)),
+        rng.integers(0, 40, n),
+        rng.integers(0, 40, n),
+        rng.integers(0, 4, n),
+        nuclei,
+    )
     priors = cell_priors(nuclei, 60, 5.0, True)  # every cell covers the whole window
     fg, labels = predict(model, device, binned, priors, fg_threshold=None, prior_weighted=False)
     with torch.no_grad():
         t = lambda a: torch.as_tensor(a)  # noqa: E731
-        _, feats = model.foreground(torch.zeros(n, dtype=torch.long), t(binned.rows), t(binned.cols),
-                                    t(binned.genes), (1, 40, 40))
+        _, feats = model.foreground(
+            torch.zeros(n, dtype=torch.long),
+            t(binned.rows),
+            t(binned.cols),
+            t(binned.genes),
+            (1, 40, 40),
+        )
         sm = torch.stack([t(p.mask) for p in priors])[:, None]
         q = torch.softmax(model.cell(feats, sm), 1)[:, 1].numpy()
     probs = np.concatenate([(1 - q).mean(0, keepdims=True), q])
@@ -431,9 +492,15 @@ def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it(
     nuclei = np.zeros((20, 44), np.int64)
     nuclei[8:12, 8:12], nuclei[8:12, 32:36] = 1, 2
     rng = np.random.default_rng(0)
-    pts = [(r, c, 0) for r in range(8, 12) for c in range(8, 12) for _ in range(3)]  # nucleus 1: gene 0
-    pts += [(r, c, 1) for r in range(8, 12) for c in range(32, 36) for _ in range(3)]  # nucleus 2: gene 1
-    pts += [(int(r), int(c), 1) for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80))]  # the gap: gene 1
+    pts = [
+        (r, c, 0) for r in range(8, 12) for c in range(8, 12) for _ in range(3)
+    ]  # nucleus 1: gene 0
+    pts += [
+        (r, c, 1) for r in range(8, 12) for c in range(32, 36) for _ in range(3)
+    ]  # nucleus 2: gene 1
+    pts += [
+        (int(r), int(c), 1) for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80))
+    ]  # the gap: gene 1
     rows, cols, genes = (np.array(v) for v in zip(*pts))
     grid = BinGrid(1.0, (0, 0), nuclei.shape, (0, 0))
     binned = BinnedTile(grid, rows, cols, genes, nuclei)
@@ -442,11 +509,15 @@ def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it(
     ev = expression_evidence(binned, priors, freq, sigma=1.5)
     one, two = (ev[p.cell_id] for p in priors)
     b1, b2 = priors[0].box, priors[1].box
-    assert one[10 - b1[0], 10 - b1[2]] > 0 and two[10 - b2[0], 34 - b2[2]] > 0  # own genes support each
+    assert (
+        one[10 - b1[0], 10 - b1[2]] > 0 and two[10 - b2[0], 34 - b2[2]] > 0
+    )  # own genes support each
     # a gap bin nearer nucleus 1: its gene-1 transcripts support cell 2 and count against cell 1
     assert one[10 - b1[0], 17 - b1[2]] < 0 < two[10 - b2[0], 17 - b2[2]]
     # a nucleus with no transcripts gets no evidence either way
-    empty = expression_evidence(BinnedTile(grid, rows[:0], cols[:0], genes[:0], nuclei), priors, freq, sigma=1.5)
+    empty = expression_evidence(
+        BinnedTile(grid, rows[:0], cols[:0], genes[:0], nuclei), priors, freq, sigma=1.5
+    )
     assert all((v == 0).all() for v in empty.values())
 
 
@@ -482,4 +553,6 @@ def test_chip_densities_add_up_across_tiles_exactly(tmp_path):
 
     low, high = chip_background(one, 1.5)
     assert low == one[0] / one[1] < high
-    assert chip_background(np.concatenate([one[:4], [1e7]]), 1.5) is None  # too few far bins for the chip
+    assert (
+        chip_background(np.concatenate([one[:4], [1e7]]), 1.5) is None
+    )  # too few far bins for the chip

@@ -18,17 +18,28 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def crops(tmp_path_factory):
     root = shared_data()
     work = tmp_path_factory.mktemp("crops")
-    return {d.name: d for d in real_datasets(str(work), str(root), ["cosmx_lung12_fov2", "merfish_u2os"])}
+    return {
+        d.name: d
+        for d in real_datasets(str(work), str(root), ["cosmx_lung12_fov2", "merfish_u2os"])
+    }
 
 
 @pytest.mark.parametrize("crop", ["cosmx_lung12_fov2", "merfish_u2os"])
 def test_ucs_at_least_expansion_on_real_crops(crops, crop, tmp_path):
     ds = crops[crop]
-    rows = {m: run_method(ds, m, str(tmp_path / m), ["runtime.progress=false"], local=True)
-            for m in ("expansion", "ucs")}
+    rows = {
+        m: run_method(ds, m, str(tmp_path / m), ["runtime.progress=false"], local=True)
+        for m in ("expansion", "ucs")
+    }
     exp, ucs = rows["expansion"], rows["ucs"]
-    print({m: {k: round(r[k], 3) for k in ("cell_f1_iou50", "vendor_ari", "mecr", "assigned_share")}
-           for m, r in rows.items()})
+    print(
+        {
+            m: {
+                k: round(r[k], 3) for k in ("cell_f1_iou50", "vendor_ari", "mecr", "assigned_share")
+            }
+            for m, r in rows.items()
+        }
+    )
     assert ucs["cell_f1_iou50"] >= exp["cell_f1_iou50"]
     assert ucs["vendor_ari"] >= exp["vendor_ari"]
     assert ucs["assigned_share"] >= exp["assigned_share"]
@@ -41,15 +52,23 @@ def test_ucs_at_least_expansion_on_real_crops(crops, crop, tmp_path):
 # F1 0.605, ARI 0.469; MERFISH expansion: F1 0.571, ARI 0.193). Not asserted, measured: SSL-CST
 # paper on CosMx F1 0.622, ARI 0.345 (75 s); GeneSegNet paper on MERFISH F1 0.071 (its cells are
 # 3-5x their nucleus, beyond its reach: README).
-@pytest.mark.parametrize("crop, method, floor", [
-    # measured F1 0.639, ARI 0.502: above expansion on both
-    ("cosmx_lung12_fov2", "genesegnet", {"cell_f1_iou50": 0.60, "vendor_ari": 0.47}),
-    # measured F1 0.929, ARI 0.570, assigned 0.800
-    ("merfish_u2os", "sslcst", {"cell_f1_iou50": 0.85, "vendor_ari": 0.50}),
-])
+@pytest.mark.parametrize(
+    "crop, method, floor",
+    [
+        # measured F1 0.639, ARI 0.502: above expansion on both
+        ("cosmx_lung12_fov2", "genesegnet", {"cell_f1_iou50": 0.60, "vendor_ari": 0.47}),
+        # measured F1 0.929, ARI 0.570, assigned 0.800
+        ("merfish_u2os", "sslcst", {"cell_f1_iou50": 0.85, "vendor_ari": 0.50}),
+    ],
+)
 def test_paper_variants_keep_their_floor_on_real_crops(crops, crop, method, floor, tmp_path):
-    row = run_method(crops[crop], method, str(tmp_path / method),
-                     ["runtime.progress=false", f"cells.{method}.variant=paper"], local=True)
+    row = run_method(
+        crops[crop],
+        method,
+        str(tmp_path / method),
+        ["runtime.progress=false", f"cells.{method}.variant=paper"],
+        local=True,
+    )
     print({k: round(row[k], 3) for k in ("cell_f1_iou50", "vendor_ari", "mecr", "assigned_share")})
     for key, value in floor.items():
         assert row[key] >= value, (key, row[key])

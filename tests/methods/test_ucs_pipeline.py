@@ -20,7 +20,12 @@ UCS_TILE_TOLERANCE = 1e-4  # measured 0
 #: recover (IoU >= 0.5 with the true cell); measured 0.69 (9 of 13) on the chip below.
 MIN_MISSING_CELL_RECALL = 0.2
 
-FAST = ["cells.method=ucs", "cells.ucs.n_train_patches=48", "cells.ucs.epochs=4", "runtime.progress=false"]
+FAST = [
+    "cells.method=ucs",
+    "cells.ucs.n_train_patches=48",
+    "cells.ucs.epochs=4",
+    "runtime.progress=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +66,14 @@ def test_missing_cells_are_found(tmp_path):
 
     chip = str(tmp_path / "chip")
     info = synth_chip(chip, 300, 300, seed=1)
-    cfg = load_config(overrides=parse_set(["cells.method=ucs", "runtime.progress=false"]), use_env=False)
+    cfg = load_config(
+        overrides=parse_set(["cells.method=ucs", "runtime.progress=false"]), use_env=False
+    )
     summary = run_pipeline(chip, str(tmp_path / "out"), cfg, local=True)
     recall = missing_cell_recall(chip, str(tmp_path / "out"))
     n_seeds = summary["counts"]["n_seeds"]
-    print(f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} hidden nuclei")
+    print(
+        f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} hidden nuclei"
+    )
     assert recall >= MIN_MISSING_CELL_RECALL
     assert n_seeds <= 3 * info["n_missing_nucleus"]  # measured 21-31 seeds: some cells split in two

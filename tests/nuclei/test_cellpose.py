@@ -66,10 +66,20 @@ def test_malicious_pickle_is_refused(tmp_path):
 def test_cellpose_actor_runs_the_pipeline(tmp_path, ray_module):
     model = write_random_cellpose_model(tmp_path / "tiny_cpsam.pt")
     chip = make_blob_chip(tmp_path / "chip", shape=(64, 128), n_nuclei=6, n_transcripts=500)
-    cfg = load_config(overrides=parse_set([
-        "runtime.progress=false", "nuclei.backend=cellpose", f"nuclei.cellpose.model={model}",
-        "resources.nuclei.num_gpus=1", "tiling.tile_size_um=32", "tiling.chunk_px=64", "tiling.halo_um=6",
-    ]), use_env=False)
+    cfg = load_config(
+        overrides=parse_set(
+            [
+                "runtime.progress=false",
+                "nuclei.backend=cellpose",
+                f"nuclei.cellpose.model={model}",
+                "resources.nuclei.num_gpus=1",
+                "tiling.tile_size_um=32",
+                "tiling.chunk_px=64",
+                "tiling.halo_um=6",
+            ]
+        ),
+        use_env=False,
+    )
     summary = run_pipeline(chip, str(tmp_path / "out"), cfg)
     assert summary["status"] == "complete" and summary["n_tiles"] == 2
     workers = summary["workers"]["nuclei"]

@@ -45,7 +45,9 @@ def test_classical_on_dsb2018():
     backend.load({"threshold": otsu_from_histogram(tile_histogram(smooth(img, 1.0), vmax), vmax)})
     pred = backend.segment_array(img)
     f1 = _matched_f1(pred.astype(np.int64), truth)
-    print(f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 {f1:.3f}")
+    print(
+        f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 {f1:.3f}"
+    )
     assert f1 > 0.6
 
 
@@ -62,7 +64,7 @@ def _glow_image(seed=0):
     h, w = 160, 320
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w), np.float32)
-    img[:, w // 2:] += 0.6  # the glow over dense tissue
+    img[:, w // 2 :] += 0.6  # the glow over dense tissue
     truth = np.zeros((h, w), np.int64)
     centres = [(r, c) for r in range(20, h - 10, 30) for c in range(20, w - 10, 30)]
     for k, (r, c) in enumerate(centres, start=1):
@@ -89,7 +91,10 @@ def test_background_subtraction_separates_nuclei_on_a_glow():
     (plain, plain_mask), (flat, _) = _segment(img, None), _segment(img, 15.0)
     # a global threshold takes the whole glowing half as foreground, and its nuclei are lost in it
     assert plain_mask[:, 170:].mean() > 0.9
-    assert _matched_f1(plain[:, 170:], truth[:, 170:]) < 0.3 and _matched_f1(flat[:, 170:], truth[:, 170:]) > 0.95
+    assert (
+        _matched_f1(plain[:, 170:], truth[:, 170:]) < 0.3
+        and _matched_f1(flat[:, 170:], truth[:, 170:]) > 0.95
+    )
     assert _matched_f1(flat, truth) > 0.95 and _matched_f1(plain, truth) < 0.7
 
 
@@ -107,8 +112,14 @@ def _chains(seed=0, shape=(400, 400)):
     plus scattered ones."""
     rng = np.random.default_rng(seed)
     h, w = shape
-    centres = [(y0 + 6 * np.sin(x / 17.0 + y0), x) for y0 in (60, 200, 330) for x in np.arange(5, w - 5, 10.5)]
-    centres += [(y, x0 + 4 * np.cos(y / 9.0 + x0)) for x0 in (120, 290) for y in np.arange(5, h - 5, 10.0)]
+    centres = [
+        (y0 + 6 * np.sin(x / 17.0 + y0), x)
+        for y0 in (60, 200, 330)
+        for x in np.arange(5, w - 5, 10.5)
+    ]
+    centres += [
+        (y, x0 + 4 * np.cos(y / 9.0 + x0)) for x0 in (120, 290) for y in np.arange(5, h - 5, 10.0)
+    ]
     centres += list(zip(rng.uniform(0, h, 80), rng.uniform(0, w, 80)))
     yy, xx = np.mgrid[:h, :w]
     img = rng.normal(200, 20, shape).astype(np.float32)
@@ -130,15 +141,24 @@ def test_labels_depend_only_on_pixels_within_the_context(seed):
     from stseg_dist.nuclei.classical import enhance
 
     clusters, _ = ndi.label(enhance(img, backend.config.nuclei.classical, 0.5) > backend.threshold)
-    assert max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(clusters)) > 3 * ctx
+    assert (
+        max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(clusters))
+        > 3 * ctx
+    )
     rng = np.random.default_rng(seed)
     h, w = img.shape
     for _ in range(6):
         r0, c0 = rng.integers(0, h - 2 * ctx - 10), rng.integers(0, w - 2 * ctx - 10)
-        r1, c1 = r0 + rng.integers(2 * ctx + 10, h - r0 + 1), c0 + rng.integers(2 * ctx + 10, w - c0 + 1)
+        r1, c1 = (
+            r0 + rng.integers(2 * ctx + 10, h - r0 + 1),
+            c0 + rng.integers(2 * ctx + 10, w - c0 + 1),
+        )
         win = backend.segment_array(img[r0:r1, c0:c1])
         zone = np.zeros(win.shape, bool)
-        zone[ctx if r0 else 0: win.shape[0] - (ctx if r1 < h else 0), ctx if c0 else 0: win.shape[1] - (ctx if c1 < w else 0)] = True
+        zone[
+            ctx if r0 else 0 : win.shape[0] - (ctx if r1 < h else 0),
+            ctx if c0 else 0 : win.shape[1] - (ctx if c1 < w else 0),
+        ] = True
         f, g = full[r0:r1, c0:c1][zone].astype(np.int64), win[zone].astype(np.int64)
         np.testing.assert_array_equal(f > 0, g > 0)
         pairs = np.unique(np.stack([f[f > 0], g[g > 0]]), axis=1)

@@ -15,7 +15,8 @@ def small_run(tmp_path_factory):
     from stseg_dist.driver import run_pipeline
 
     root = tmp_path_factory.mktemp("small_run")
-    chip = make_blob_chip(root / "chip", shape=(200, 260), n_nuclei=40, n_transcripts=8_000,
-                          origin_um=ORIGIN_UM)
+    chip = make_blob_chip(
+        root / "chip", shape=(200, 260), n_nuclei=40, n_transcripts=8_000, origin_um=ORIGIN_UM
+    )
     run_pipeline(chip, str(root / "run"), small_tiles_config(), local=True)
     return root / "chip", root / "run"

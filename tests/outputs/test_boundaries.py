@@ -36,9 +36,13 @@ def test_polygons_are_exact_outlines_in_um():
     g1, g2, g3 = geoms
     assert g1.geom_type == "Polygon" and len(g1.interiors) == 1 and g1.is_valid
     assert g1.area == pytest.approx(24 * 0.25)
-    assert g2.geom_type == "MultiPolygon" and len(g2.geoms) == 2 and g2.area == pytest.approx(2 * 0.25)
+    assert (
+        g2.geom_type == "MultiPolygon" and len(g2.geoms) == 2 and g2.area == pytest.approx(2 * 0.25)
+    )
     # label 3: cols 9..12, rows 2..3 of a window at global (100, 200): x = 10 + (200 + c) * 0.5
-    assert g3.bounds == pytest.approx((10 + 209 * 0.5, 20 + 102 * 0.5, 10 + 213 * 0.5, 20 + 104 * 0.5))
+    assert g3.bounds == pytest.approx(
+        (10 + 209 * 0.5, 20 + 102 * 0.5, 10 + 213 * 0.5, 20 + 104 * 0.5)
+    )
     assert shapely.get_num_coordinates(g3) == 5  # a rectangle: collinear vertices dropped
 
 
@@ -55,12 +59,16 @@ def _read_geo(path):
 def test_boundaries_one_per_cell_and_tiling_invariant(tmp_path, ray_module):
     chip = make_blob_chip(tmp_path / "chip", shape=(200, 260), n_nuclei=45, n_transcripts=6_000)
     one, many, (cells_one, nuclei_one), (cells_many, nuclei_many) = one_tile_vs_many(
-        chip, tmp_path, ["runtime.progress=false"], tile_um=24, chunk_px=16)
+        chip, tmp_path, ["runtime.progress=false"], tile_um=24, chunk_px=16
+    )
     assert many["n_tiles"] > 20 and one["n_tiles"] == 1
     runs = {}
     for name in ("one", "many"):
         out = tmp_path / name
-        runs[name] = (_read_geo(out / "cell_boundaries.parquet"), _read_geo(out / "nucleus_boundaries.parquet"))
+        runs[name] = (
+            _read_geo(out / "cell_boundaries.parquet"),
+            _read_geo(out / "nucleus_boundaries.parquet"),
+        )
         table = pd.read_parquet(out / "cells.parquet").set_index("cell_id").sort_index()
         cells_b, nuclei_b = runs[name]
         # every cell of the table has exactly one outline, whose area is the cell's pixel area
@@ -70,11 +78,15 @@ def test_boundaries_one_per_cell_and_tiling_invariant(tmp_path, ray_module):
         # every labelled nucleus has one outline, inside its cell
         nuc_ids = np.unique(zarr.open_array(str(out / "labels.zarr" / "nuclei"))[:])
         assert nuclei_b.index.tolist() == nuc_ids[nuc_ids > 0].tolist()
-        np.testing.assert_allclose(nuclei_b.area.to_numpy(), table.loc[nuclei_b.index, "nucleus_area_um2"])
+        np.testing.assert_allclose(
+            nuclei_b.area.to_numpy(), table.loc[nuclei_b.index, "nucleus_area_um2"]
+        )
         assert cells_b.loc[nuclei_b.index].covers(nuclei_b).all()
     # Same pixels, same outline, whatever the tiling. (Where the two runs' label rasters differ,
     # e.g. touching nuclei split differently in a small window, the outlines follow the raster.)
-    for (a, b), (la, lb) in zip(zip(runs["one"], runs["many"]), ((cells_one, cells_many), (nuclei_one, nuclei_many))):
+    for (a, b), (la, lb) in zip(
+        zip(runs["one"], runs["many"]), ((cells_one, cells_many), (nuclei_one, nuclei_many))
+    ):
         assert a.index.tolist() == b.index.tolist()
         differ = np.unique(np.concatenate([la[la != lb], lb[la != lb]]))
         same = a.index[~a.index.isin(differ)]
@@ -94,8 +106,17 @@ def test_cells_wider_than_the_halo_are_vectorised_whole(tmp_path, ray_module):
     from stseg_dist.driver import run_pipeline
 
     chip = make_blob_chip(tmp_path / "chip", shape=(160, 200), n_nuclei=25, n_transcripts=4_000)
-    config = load_config(overrides=parse_set(["tiling.tile_size_um=16", "tiling.chunk_px=16", "tiling.halo_um=2",
-                                              "runtime.progress=false"]), use_env=False)
+    config = load_config(
+        overrides=parse_set(
+            [
+                "tiling.tile_size_um=16",
+                "tiling.chunk_px=16",
+                "tiling.halo_um=2",
+                "runtime.progress=false",
+            ]
+        ),
+        use_env=False,
+    )
     run_pipeline(chip, str(tmp_path / "out"), config, local=True)
     labels = zarr.open_array(str(tmp_path / "out" / "labels.zarr" / "cells"))[:]
     gdf = _read_geo(tmp_path / "out" / "cell_boundaries.parquet")

@@ -10,7 +10,9 @@ def test_exports_bench_reports_each_format(small_run, tmp_path, capsys):
 
     chip, run = small_run
     out = tmp_path / "figures.json"
-    assert main(["--", "--exports", "--run", str(run), "--chip", str(chip), "--json", str(out)]) == 0
+    assert (
+        main(["--", "--exports", "--run", str(run), "--chip", str(chip), "--json", str(out)]) == 0
+    )
     rows = json.loads(out.read_text())
     assert [r["format"] for r in rows] == ["spatialdata", "xenium-explorer"]
     for r in rows:

@@ -39,7 +39,9 @@ def test_missing_run(fmt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", ["cell_boundaries.parquet", "cells.h5ad", "labels.zarr/nuclei", "run.json"])
+@pytest.mark.parametrize(
+    "name", ["cell_boundaries.parquet", "cells.h5ad", "labels.zarr/nuclei", "run.json"]
+)
 def test_missing_file_is_named(fmt, name, run_copy, capsys):
     chip, run = run_copy
     target = run / name

@@ -18,9 +18,24 @@ sd = pytest.importorskip("spatialdata")
 @pytest.fixture(scope="module")
 def exported(small_run):
     chip, run = small_run
-    proc = subprocess.run([sys.executable, "-m", "stseg_dist", "export", "--to", "spatialdata", str(run),
-                           "--chip", str(chip), "--overwrite"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stseg_dist",
+            "export",
+            "--to",
+            "spatialdata",
+            str(run),
+            "--chip",
+            str(chip),
+            "--overwrite",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(run / "spatialdata.zarr")
     return run, sd.read_zarr(run / "spatialdata.zarr")
@@ -40,15 +55,21 @@ def test_elements_hold_the_run(exported, small_run):
     assert set(sdata.shapes) == {"cell_boundaries", "nucleus_boundaries"}
     assert set(sdata.points) == {"transcripts"} and set(sdata.images) == {"image"}
     for name, key in (("cell_labels", "cells"), ("nucleus_labels", "nuclei")):
-        np.testing.assert_array_equal(_full(sdata[name]), zarr.open_array(str(run / "labels.zarr" / key))[:])
-    np.testing.assert_array_equal(_full(sdata["image"])[0], zarr.open_array(str(chip / "image.zarr"))[:])
+        np.testing.assert_array_equal(
+            _full(sdata[name]), zarr.open_array(str(run / "labels.zarr" / key))[:]
+        )
+    np.testing.assert_array_equal(
+        _full(sdata["image"])[0], zarr.open_array(str(chip / "image.zarr"))[:]
+    )
 
     cells = pd.read_parquet(run / "cells.parquet")
     table = sdata["table"]
     attrs = table.uns["spatialdata_attrs"]
     assert attrs["region"] == "cell_boundaries" and attrs["instance_key"] == "cell_id"
     assert table.obs["cell_id"].tolist() == cells.cell_id.tolist()  # rows match cells.parquet
-    assert sorted(sdata["cell_boundaries"].index) == sorted(cells.cell_id)  # every row annotates a shape
+    assert sorted(sdata["cell_boundaries"].index) == sorted(
+        cells.cell_id
+    )  # every row annotates a shape
 
     tx = sdata["transcripts"].compute().sort_values("input_row")
     src = pd.read_parquet(run / "transcripts.parquet").sort_values("input_row")
@@ -70,7 +91,9 @@ def test_everything_is_in_um(exported):
     for name in ("cell_labels", "nucleus_labels", "image"):
         t = get_transformation(sdata[name], to_coordinate_system="global")
         m = t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
-        got = m @ np.array([[0.0, 10.0], [0.0, 4.0], [1.0, 1.0]])  # columns: (c, r) = (0, 0), (10, 4)
+        got = m @ np.array(
+            [[0.0, 10.0], [0.0, 4.0], [1.0, 1.0]]
+        )  # columns: (c, r) = (0, 0), (10, 4)
         np.testing.assert_allclose(got[:2].T, [[x0, y0], [x0 + 10 * ps, y0 + 4 * ps]])
     tx = sdata["transcripts"].compute()
     shapes = sdata["cell_boundaries"]

@@ -22,7 +22,12 @@ from tests.outputs.conftest import ORIGIN_UM
 def explorer(small_run, tmp_path_factory):
     chip, run = small_run
     out = tmp_path_factory.mktemp("xe") / "explorer"
-    assert main(["export", "--to", "xenium-explorer", str(run), "--chip", str(chip), "--out", str(out)]) == 0
+    assert (
+        main(
+            ["export", "--to", "xenium-explorer", str(run), "--chip", str(chip), "--out", str(out)]
+        )
+        == 0
+    )
     return run, out
 
 
@@ -33,8 +38,15 @@ def _group(path):
 def test_files_and_manifest(explorer):
     run, out = explorer
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["experiment.xenium", "morphology.ome.tif", "cells.zarr.zip", "cell_feature_matrix.zarr.zip",
-         "analysis.zarr.zip", "transcripts.zarr.zip"])  # the pyramid scratch is gone
+        [
+            "experiment.xenium",
+            "morphology.ome.tif",
+            "cells.zarr.zip",
+            "cell_feature_matrix.zarr.zip",
+            "analysis.zarr.zip",
+            "transcripts.zarr.zip",
+        ]
+    )  # the pyramid scratch is gone
     manifest = json.loads((out / "experiment.xenium").read_text())
     cells = pd.read_parquet(run / "cells.parquet")
     assert manifest["num_cells"] == len(cells) and manifest["pixel_size"] == 0.5
@@ -72,7 +84,9 @@ def test_counts_and_groups(explorer):
     assert keys == [*adata.var_names, "Total transcripts"]
     import scipy.sparse as sp
 
-    m = sp.csr_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(len(keys), adata.n_obs))
+    m = sp.csr_matrix(
+        (g["data"][:], g["indices"][:], g["indptr"][:]), shape=(len(keys), adata.n_obs)
+    )
     np.testing.assert_array_equal(m[:-1].T.toarray(), adata.X.toarray())
     np.testing.assert_array_equal(m[-1].toarray().ravel(), adata.obs.n_transcripts.to_numpy())
     groups = _group(out / "analysis.zarr.zip")["cell_groups"]

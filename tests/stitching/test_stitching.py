@@ -58,8 +58,12 @@ def test_clipped_objects_are_counted():
 def test_paint_conflict_is_order_independent():
     from stseg_dist.stitching.ownership import OwnedObjects
 
-    a = OwnedObjects(0, np.array([[1, 1]], np.uint32), (0, 0), np.array([2]), np.array([0]), np.array([1]))
-    b = OwnedObjects(1, np.array([[1, 1]], np.uint32), (0, 1), np.array([2]), np.array([0]), np.array([3]))
+    a = OwnedObjects(
+        0, np.array([[1, 1]], np.uint32), (0, 0), np.array([2]), np.array([0]), np.array([1])
+    )
+    b = OwnedObjects(
+        1, np.array([[1, 1]], np.uint32), (0, 1), np.array([2]), np.array([0]), np.array([3])
+    )
     ta, tb = np.array([0, 5], np.uint32), np.array([0, 9], np.uint32)
     x = paint_window((0, 1, 0, 3), [(a, ta), (b, tb)])
     y = paint_window((0, 1, 0, 3), [(b, tb), (a, ta)])

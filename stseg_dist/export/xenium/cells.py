@@ -51,8 +51,13 @@ def explorer_cell_ids(cell_ids: np.ndarray) -> np.ndarray:
     return np.stack([ids, np.ones_like(ids)], axis=1).astype(np.uint32)
 
 
-def write_cells(path: Path, cells: pd.DataFrame, cell_boundaries: Path, nucleus_boundaries: Path,
-                origin: tuple[float, float]) -> None:
+def write_cells(
+    path: Path,
+    cells: pd.DataFrame,
+    cell_boundaries: Path,
+    nucleus_boundaries: Path,
+    origin: tuple[float, float],
+) -> None:
     """``cells.zarr.zip``: per cell its outline and its nucleus outline, in µm from the image corner."""
     from ...boundaries import read_boundaries
 
@@ -80,8 +85,11 @@ def write_cells(path: Path, cells: pd.DataFrame, cell_boundaries: Path, nucleus_
             verts[NUCLEUS, i] = np.tile(c, MAX_VERTICES)
             summary[i, [3, 4]] = c
     attrs = {
-        "major_version": 5, "minor_version": 0, "name": "CellSegmentationDataset",
-        "number_cells": n, "spatial_units": "microns",
+        "major_version": 5,
+        "minor_version": 0,
+        "name": "CellSegmentationDataset",
+        "number_cells": n,
+        "spatial_units": "microns",
         "polygon_set_names": ["nucleus", "cell"],
         "polygon_set_display_names": ["Nucleus boundaries", "Cell boundaries"],
         "polygon_set_descriptions": ["stseg-dist nuclei", "stseg-dist cells"],
@@ -89,14 +97,38 @@ def write_cells(path: Path, cells: pd.DataFrame, cell_boundaries: Path, nucleus_
     store, g = _zip_group(path, attrs)
     with store:
         half, quarter = max(1, ceil(n / 2)), max(1, ceil(n / 4))
-        g.create_array("polygon_vertices", data=verts, chunks=(1, quarter, ceil(2 * MAX_VERTICES / 4)))
-        g.create_array("polygon_num_vertices", data=np.full((2, n), MAX_VERTICES, np.int32), chunks=(1, half))
+        g.create_array(
+            "polygon_vertices", data=verts, chunks=(1, quarter, ceil(2 * MAX_VERTICES / 4))
+        )
+        g.create_array(
+            "polygon_num_vertices", data=np.full((2, n), MAX_VERTICES, np.int32), chunks=(1, half)
+        )
         g.create_array("cell_id", data=explorer_cell_ids(ids), chunks=(half, 1))
-        g.create_array("cell_summary", data=summary, chunks=(max(n, 1), 1), attributes={
-            "column_names": ["cell_centroid_x", "cell_centroid_y", "cell_area", "nucleus_centroid_x",
-                             "nucleus_centroid_y", "nucleus_area", "z_level"],
-            "column_descriptions": ["Cell centroid in X", "Cell centroid in Y", "Cell area",
-                                    "Nucleus centroid in X", "Nucleus centroid in Y", "Nucleus area", "z_level"]})
+        g.create_array(
+            "cell_summary",
+            data=summary,
+            chunks=(max(n, 1), 1),
+            attributes={
+                "column_names": [
+                    "cell_centroid_x",
+                    "cell_centroid_y",
+                    "cell_area",
+                    "nucleus_centroid_x",
+                    "nucleus_centroid_y",
+                    "nucleus_area",
+                    "z_level",
+                ],
+                "column_descriptions": [
+                    "Cell centroid in X",
+                    "Cell centroid in Y",
+                    "Cell area",
+                    "Nucleus centroid in X",
+                    "Nucleus centroid in Y",
+                    "Nucleus area",
+                    "z_level",
+                ],
+            },
+        )
         g.create_array("seg_mask_value", data=np.asarray(ids, np.uint32), chunks=(half,))
 
 
@@ -111,32 +143,56 @@ def write_matrix(path: Path, adata) -> None:
     indices = np.concatenate([counts.indices, nz])
     indptr = np.append(counts.indptr, counts.indptr[-1] + len(nz))
     keys = [*map(str, adata.var_names), "Total transcripts"]
-    attrs = {"major_version": 3, "minor_version": 0, "number_cells": int(adata.n_obs),
-             "number_features": len(keys), "feature_keys": keys, "feature_ids": keys,
-             "feature_types": ["gene"] * adata.n_vars + ["aggregate_gene"]}
+    attrs = {
+        "major_version": 3,
+        "minor_version": 0,
+        "number_cells": int(adata.n_obs),
+        "number_features": len(keys),
+        "feature_keys": keys,
+        "feature_ids": keys,
+        "feature_types": ["gene"] * adata.n_vars + ["aggregate_gene"],
+    }
     store, root = _zip_group(path)
     with store:
         g = root.create_group("cell_features", attributes=attrs)
         ids = explorer_cell_ids(adata.obs["cell_id"].to_numpy())
-        for name, arr in (("cell_id", ids), ("data", data), ("indices", indices), ("indptr", indptr)):
+        for name, arr in (
+            ("cell_id", ids),
+            ("data", data),
+            ("indices", indices),
+            ("indptr", indptr),
+        ):
             arr = np.asarray(arr).astype(np.uint32)
             g.create_array(name, data=arr, chunks=tuple(max(1, s) for s in arr.shape))
 
 
 def write_analysis(path: Path, cells: pd.DataFrame) -> None:
     """``analysis.zarr.zip``: one grouping of the cells, by whether they have a nucleus."""
-    groups = {"nucleus": np.where(cells["has_nucleus"].to_numpy(), "with nucleus", "without nucleus")}
+    groups = {
+        "nucleus": np.where(cells["has_nucleus"].to_numpy(), "with nucleus", "without nucleus")
+    }
     cats = {name: sorted(set(values.tolist())) for name, values in groups.items()}
-    attrs = {"major_version": 1, "minor_version": 0, "number_groupings": len(groups),
-             "grouping_names": list(groups), "group_names": list(cats.values())}
+    attrs = {
+        "major_version": 1,
+        "minor_version": 0,
+        "number_groupings": len(groups),
+        "grouping_names": list(groups),
+        "group_names": list(cats.values()),
+    }
     store, root = _zip_group(path)
     with store:
-        g = root.create_group("cell_groups", attributes=attrs)  # attributes at creation: zip members are final
+        g = root.create_group(
+            "cell_groups", attributes=attrs
+        )  # attributes at creation: zip members are final
         for i, (name, values) in enumerate(groups.items()):
             members = [np.flatnonzero(values == c) for c in cats[name]]
             sub = g.create_group(str(i))
             indices = np.concatenate(members) if members else np.zeros(0, np.int64)
-            indptr = np.concatenate([[0], np.cumsum([len(m) for m in members])[:-1]]) if members else np.zeros(0)
+            indptr = (
+                np.concatenate([[0], np.cumsum([len(m) for m in members])[:-1]])
+                if members
+                else np.zeros(0)
+            )
             for key, arr in (("indices", indices), ("indptr", indptr)):
                 arr = np.asarray(arr).astype(np.uint32)
                 sub.create_array(key, data=arr, chunks=(max(1, len(arr)),))

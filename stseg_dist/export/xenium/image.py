@@ -36,7 +36,9 @@ def _levels(src, scratch: Path) -> list:
         out.append(level)
         if max(level.shape[1:]) <= TILE or min(level.shape[1:]) < 2:
             break
-        level = da.coarsen(np.mean, level.astype(np.float32), {1: 2, 2: 2}, trim_excess=True).astype(np.uint8)
+        level = da.coarsen(
+            np.mean, level.astype(np.float32), {1: 2, 2: 2}, trim_excess=True
+        ).astype(np.uint8)
     return out
 
 
@@ -45,7 +47,7 @@ def _tiles(level):
     for ch in range(c):
         for r in range(0, h, TILE):
             for col in range(0, w, TILE):
-                yield np.asarray(level[ch, r:r + TILE, col:col + TILE])
+                yield np.asarray(level[ch, r : r + TILE, col : col + TILE])
 
 
 def write_morphology(path: Path, chip, scratch: Path) -> None:
@@ -56,14 +58,31 @@ def write_morphology(path: Path, chip, scratch: Path) -> None:
         levels = _levels(chip._image_array(), scratch)
         ps = float(chip.pixel_size_um)
         names = ["DAPI"] + [f"channel_{i}" for i in range(1, levels[0].shape[0])]
-        meta = {"axes": "CYX", "SignificantBits": 8, "PhysicalSizeX": ps, "PhysicalSizeXUnit": "µm",
-                "PhysicalSizeY": ps, "PhysicalSizeYUnit": "µm", "Channel": {"Name": names}}
+        meta = {
+            "axes": "CYX",
+            "SignificantBits": 8,
+            "PhysicalSizeX": ps,
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": ps,
+            "PhysicalSizeYUnit": "µm",
+            "Channel": {"Name": names},
+        }
         with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
             for i, level in enumerate(levels):
                 res = 1e4 / (ps * 2**i)  # pixels per cm
-                kwargs = {"subifds": len(levels) - 1, "metadata": meta} if i == 0 else {"subfiletype": 1}
-                tif.write(_tiles(level), shape=level.shape, dtype=np.uint8, tile=(TILE, TILE),
-                          photometric="minisblack", compression="jpeg2000", resolution=(res, res),
-                          resolutionunit="CENTIMETER", **kwargs)
+                kwargs = (
+                    {"subifds": len(levels) - 1, "metadata": meta} if i == 0 else {"subfiletype": 1}
+                )
+                tif.write(
+                    _tiles(level),
+                    shape=level.shape,
+                    dtype=np.uint8,
+                    tile=(TILE, TILE),
+                    photometric="minisblack",
+                    compression="jpeg2000",
+                    resolution=(res, res),
+                    resolutionunit="CENTIMETER",
+                    **kwargs,
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -17,5 +17,16 @@ from .bins import BinGrid, BinnedTile, bin_size_um, bin_tile
 from .ownership import centroid_pixels, nucleus_centroids, owned_nuclei, tile_owning
 from .patches import cut_patch, patch_box, sample_nuclei
 
-__all__ = ["BinGrid", "BinnedTile", "bin_size_um", "bin_tile", "centroid_pixels", "cut_patch", "nucleus_centroids",
-           "owned_nuclei", "patch_box", "sample_nuclei", "tile_owning"]
+__all__ = [
+    "BinGrid",
+    "BinnedTile",
+    "bin_size_um",
+    "bin_tile",
+    "centroid_pixels",
+    "cut_patch",
+    "nucleus_centroids",
+    "owned_nuclei",
+    "patch_box",
+    "sample_nuclei",
+    "tile_owning",
+]

@@ -37,15 +37,25 @@ class BinGrid:
     factor: int | None = None  # whole image pixels per bin side, when the grid is built from one
 
     @classmethod
-    def for_window(cls, window: tuple[int, int, int, int], *, scale: float | None = None,
-                   factor: int | None = None) -> BinGrid:
+    def for_window(
+        cls,
+        window: tuple[int, int, int, int],
+        *,
+        scale: float | None = None,
+        factor: int | None = None,
+    ) -> BinGrid:
         """Every bin holding the centre of a pixel of ``window`` (r0, r1, c0, c1 global pixels)."""
         r0, r1, c0, c1 = window
         grid = cls(1.0 / factor if factor else float(scale), (0, 0), (0, 0), (r0, c0), factor)
         b0 = grid.pixel_to_bin(np.array([r0, c0]))
         b1 = grid.pixel_to_bin(np.array([r1 - 1, c1 - 1])) + 1
-        return cls(grid.scale, (int(b0[0]), int(b0[1])), (int(b1[0] - b0[0]), int(b1[1] - b0[1])), (r0, c0),
-                   factor)
+        return cls(
+            grid.scale,
+            (int(b0[0]), int(b0[1])),
+            (int(b1[0] - b0[0]), int(b1[1] - b0[1])),
+            (r0, c0),
+            factor,
+        )
 
     def pixel_to_bin(self, px) -> np.ndarray:
         """Global bin holding the centre of each global pixel index."""
@@ -61,19 +71,31 @@ class BinGrid:
 
     def window_bins(self, rows, cols) -> tuple[np.ndarray, np.ndarray]:
         """Window pixel indices (e.g. of transcripts) -> window-relative bins."""
-        return (self.pixel_to_bin(np.asarray(rows) + self.pixel_origin[0]) - self.origin[0],
-                self.pixel_to_bin(np.asarray(cols) + self.pixel_origin[1]) - self.origin[1])
+        return (
+            self.pixel_to_bin(np.asarray(rows) + self.pixel_origin[0]) - self.origin[0],
+            self.pixel_to_bin(np.asarray(cols) + self.pixel_origin[1]) - self.origin[1],
+        )
 
     def to_pixels(self, labels: np.ndarray, pixel_shape: tuple[int, int]) -> np.ndarray:
         """Bin-grid values back onto the window's pixels (the bin holding each pixel centre)."""
         r, c = self.window_bins(np.arange(pixel_shape[0]), np.arange(pixel_shape[1]))
-        return labels[np.clip(r, 0, self.shape[0] - 1)[:, None], np.clip(c, 0, self.shape[1] - 1)[None, :]]
+        return labels[
+            np.clip(r, 0, self.shape[0] - 1)[:, None], np.clip(c, 0, self.shape[1] - 1)[None, :]
+        ]
 
     def sample(self, labels: np.ndarray) -> np.ndarray:
         """A window-shaped pixel array on the bins: the pixel nearest each bin centre (clipped)."""
         h, w = labels.shape
-        r = np.clip(self.bin_to_pixel(np.arange(self.shape[0]) + self.origin[0]) - self.pixel_origin[0], 0, h - 1)
-        c = np.clip(self.bin_to_pixel(np.arange(self.shape[1]) + self.origin[1]) - self.pixel_origin[1], 0, w - 1)
+        r = np.clip(
+            self.bin_to_pixel(np.arange(self.shape[0]) + self.origin[0]) - self.pixel_origin[0],
+            0,
+            h - 1,
+        )
+        c = np.clip(
+            self.bin_to_pixel(np.arange(self.shape[1]) + self.origin[1]) - self.pixel_origin[1],
+            0,
+            w - 1,
+        )
         return labels[r[:, None], c[None, :]]
 
     def block_mean(self, image: np.ndarray) -> np.ndarray:
@@ -81,7 +103,9 @@ class BinGrid:
         r, c = self.window_bins(np.arange(image.shape[0]), np.arange(image.shape[1]))
         h, w = self.shape
         flat = (r[:, None] * w + c[None, :]).ravel()
-        sums = np.bincount(flat, weights=image.astype(np.float64).ravel(), minlength=h * w).reshape(h, w)
+        sums = np.bincount(flat, weights=image.astype(np.float64).ravel(), minlength=h * w).reshape(
+            h, w
+        )
         counts = np.bincount(flat, minlength=h * w).reshape(h, w)
         return (sums / np.maximum(counts, 1)).astype(np.float32)
 
@@ -138,7 +162,9 @@ class BinnedTile:
         order = np.lexsort((self.cols, self.rows))
         return self.rows[order], self.cols[order], self.genes[order]
 
-    def in_box(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def in_box(
+        self, r0: int, r1: int, c0: int, c1: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, cols, genes) of the transcripts in a bin box, relative to its corner."""
         rows, cols, genes = self.by_row
         lo, hi = np.searchsorted(rows, [r0, r1])
@@ -156,7 +182,9 @@ class BinnedTile:
         return self.grid.to_pixels(labels, shape)
 
 
-def bin_tile(data: TileData, bin_um: float | None = None, keep=None, *, factor: int | None = None) -> BinnedTile:
+def bin_tile(
+    data: TileData, bin_um: float | None = None, keep=None, *, factor: int | None = None
+) -> BinnedTile:
     """Bin a tile window into ``bin_um`` bins, or ``factor`` x ``factor`` pixel bins.
 
     ``keep(x_um, y_um, genes) -> bool mask`` filters the transcripts (e.g. each region's HVGs).

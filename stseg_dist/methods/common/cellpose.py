@@ -20,7 +20,9 @@ from ...io import storage
 _LOADS: dict[str, int] = {}
 
 
-def resolve_model_path(model: str, storage_options: dict | None = None, key: str = "nuclei.cellpose.model") -> str:
+def resolve_model_path(
+    model: str, storage_options: dict | None = None, key: str = "nuclei.cellpose.model"
+) -> str:
     """Turn a model name, path or URL into a local file path, without any network download
     except from the user's own object store. ``key`` names the setting in errors."""
     from cellpose import models as cp_models
@@ -71,5 +73,8 @@ def load_cellpose(model: str, storage_options: dict | None, key: str):
 
 def worker_facts(model, key: str) -> dict:
     """What run.json records of a worker holding a Cellpose model: its process, loads and device."""
-    return {"pid": os.getpid(), "model_loads": _LOADS.get(key, 0),
-            "device": str(model.device) if model is not None else None}
+    return {
+        "pid": os.getpid(),
+        "model_loads": _LOADS.get(key, 0),
+        "device": str(model.device) if model is not None else None,
+    }

@@ -18,12 +18,20 @@ def _moments(nuclei: np.ndarray, window_origin: tuple[int, int]):
     ids, inv = np.unique(flat[sel], return_inverse=True)
     w = nuclei.shape[1]
     area = np.bincount(inv, minlength=len(ids)).astype(np.int64)
-    sum_r = np.bincount(inv, weights=sel // w, minlength=len(ids)).astype(np.int64) + area * window_origin[0]
-    sum_c = np.bincount(inv, weights=sel % w, minlength=len(ids)).astype(np.int64) + area * window_origin[1]
+    sum_r = (
+        np.bincount(inv, weights=sel // w, minlength=len(ids)).astype(np.int64)
+        + area * window_origin[0]
+    )
+    sum_c = (
+        np.bincount(inv, weights=sel % w, minlength=len(ids)).astype(np.int64)
+        + area * window_origin[1]
+    )
     return ids.astype(np.int64), area, sum_r, sum_c
 
 
-def nucleus_centroids(nuclei: np.ndarray, window_origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nucleus_centroids(
+    nuclei: np.ndarray, window_origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IDs and global pixel centroids (row, col) of the nuclei seen in a window.
 
     Moments are sums of integers (exact), offset to global pixels before the one division, so a
@@ -33,7 +41,9 @@ def nucleus_centroids(nuclei: np.ndarray, window_origin: tuple[int, int]) -> tup
     return ids, sum_r / area, sum_c / area
 
 
-def centroid_pixels(nuclei: np.ndarray, window_origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def centroid_pixels(
+    nuclei: np.ndarray, window_origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IDs and centroid pixels (floor of the mean pixel, global row, col) of the nuclei in a
     window: the pixel whose tile owns the nucleus."""
     ids, area, sum_r, sum_c = _moments(nuclei, window_origin)

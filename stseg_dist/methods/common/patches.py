@@ -16,7 +16,9 @@ def sample_nuclei(seed: int, n_nuclei: int, n: int) -> np.ndarray:
     return np.sort(rng.choice(np.arange(1, n_nuclei + 1), size=min(n, n_nuclei), replace=False))
 
 
-def patch_box(centre_r: int, centre_c: int, size: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def patch_box(
+    centre_r: int, centre_c: int, size: int, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """The ``size`` x ``size`` box (r0, r1, c0, c1) centred on a bin, moved inside the window;
     cut short where the window itself is smaller (see :func:`cut_patch`)."""
     h, w = shape

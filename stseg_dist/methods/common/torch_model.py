@@ -53,8 +53,16 @@ def plateaued(losses, patience: int, tol: float) -> bool:
     return min(losses[-patience:]) > (1.0 - tol) * min(losses[:-patience])
 
 
-def fit_epochs(opt, rng: np.random.Generator, n_items: int, epochs: int, batch_size: int,
-               batch_loss: Callable[[np.ndarray], Any], patience: int = 0, tol: float = 0.0) -> np.ndarray:
+def fit_epochs(
+    opt,
+    rng: np.random.Generator,
+    n_items: int,
+    epochs: int,
+    batch_size: int,
+    batch_loss: Callable[[np.ndarray], Any],
+    patience: int = 0,
+    tol: float = 0.0,
+) -> np.ndarray:
     """Minibatch descent: each epoch visits the items in a fresh order drawn from ``rng``.
 
     ``batch_loss(indices)`` returns the loss to minimise, or a tuple whose first entry is it and

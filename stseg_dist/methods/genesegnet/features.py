@@ -28,8 +28,10 @@ def nucleus_centres(grid: BinGrid, nuclei: np.ndarray) -> tuple[np.ndarray, np.n
     """(IDs, (n, 2) centroids in window-relative bin units) of the nuclei in a pixel window; a
     pixel's centre is at index + 0.5 and bins are ``grid.factor`` pixels wide."""
     ids, cr, cc = nucleus_centroids(nuclei, grid.pixel_origin)
-    return ids, np.stack([(cr + 0.5) / grid.factor - grid.origin[0], (cc + 0.5) / grid.factor - grid.origin[1]],
-                         axis=1)
+    return ids, np.stack(
+        [(cr + 0.5) / grid.factor - grid.origin[0], (cc + 0.5) / grid.factor - grid.origin[1]],
+        axis=1,
+    )
 
 
 def bin_factor(pixel_size_um: float, bin_um: float) -> int:
@@ -47,7 +49,9 @@ def kernel_radius(sigma_bins: float) -> int:
     return int(math.ceil(4 * sigma_bins))
 
 
-def rna_map(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], sigma_bins: float) -> np.ndarray:
+def rna_map(
+    rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], sigma_bins: float
+) -> np.ndarray:
     """Sum over transcripts of exp(-|bin - transcript bin|^2 / 2 sigma^2), within 4 sigma per axis.
 
     The Gaussian is separable, so two 1D correlations of the count image give the exact sum.

@@ -27,9 +27,14 @@ def window_starts(origin: int, length: int, size: int, stride: int) -> np.ndarra
     return np.arange(first, last + 1) * stride
 
 
-def sliding_predict(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
-                    origin: tuple[int, int], size: int, stride: int | None = None,
-                    batch: int = 16) -> np.ndarray:
+def sliding_predict(
+    predict: Callable[[np.ndarray], np.ndarray],
+    inputs: np.ndarray,
+    origin: tuple[int, int],
+    size: int,
+    stride: int | None = None,
+    batch: int = 16,
+) -> np.ndarray:
     """Blend ``predict`` over global-grid windows of ``inputs`` (C, h, w) -> (K, h, w).
 
     ``predict`` maps a batch (B, C, size, size) to (B, K, size, size). Outside ``inputs`` the
@@ -59,7 +64,9 @@ def sliding_predict(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndar
     return acc[:, pr : pr + h, pc : pc + w] / wsum[pr : pr + h, pc : pc + w]
 
 
-def torch_predictor(model, device: str, offset_scale: float, n_maps: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+def torch_predictor(
+    model, device: str, offset_scale: float, n_maps: int = 1
+) -> Callable[[np.ndarray], np.ndarray]:
     """(B, 2, P, P) inputs -> (B, n_maps + 2, P, P): cell probability (and centre map: ``n_maps``
     2) and offsets in bins."""
     import torch
@@ -73,8 +80,15 @@ def torch_predictor(model, device: str, offset_scale: float, n_maps: int = 1) ->
     return predict
 
 
-def assign_cells(prob: np.ndarray, offsets: np.ndarray, ids: np.ndarray, centroids: np.ndarray,
-                 threshold: float, reach_bins: float, tolerance_bins: float) -> np.ndarray:
+def assign_cells(
+    prob: np.ndarray,
+    offsets: np.ndarray,
+    ids: np.ndarray,
+    centroids: np.ndarray,
+    threshold: float,
+    reach_bins: float,
+    tolerance_bins: float,
+) -> np.ndarray:
     """Each confident bin follows its offset and joins the nucleus whose centre it lands near.
 
     A bin joins nothing when it lands farther than ``tolerance_bins`` from every nucleus centre,
@@ -96,8 +110,15 @@ def assign_cells(prob: np.ndarray, offsets: np.ndarray, ids: np.ndarray, centroi
     return labels
 
 
-def predicted_centres(centre: np.ndarray, ids: np.ndarray, centroids: np.ndarray, threshold: float,
-                      radius_bins: float, tolerance_bins: float, fallback: bool) -> tuple[np.ndarray, np.ndarray]:
+def predicted_centres(
+    centre: np.ndarray,
+    ids: np.ndarray,
+    centroids: np.ndarray,
+    threshold: float,
+    radius_bins: float,
+    tolerance_bins: float,
+    fallback: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """(IDs, (n, 2) centres): each nucleus's centre as the network predicts it.
 
     A predicted centre is a local maximum of the centre map (over a disc of ``radius_bins``) at or
@@ -111,8 +132,9 @@ def predicted_centres(centre: np.ndarray, ids: np.ndarray, centroids: np.ndarray
         return ids, centroids
     r = max(1, int(round(radius_bins)))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    peak = (centre >= threshold) & (centre == ndi.maximum_filter(centre, footprint=yy**2 + xx**2 <= r * r,
-                                                                 mode="nearest"))
+    peak = (centre >= threshold) & (
+        centre == ndi.maximum_filter(centre, footprint=yy**2 + xx**2 <= r * r, mode="nearest")
+    )
     pr, pc = np.nonzero(peak)
     out = centroids.astype(np.float64).copy()
     found = np.zeros(len(ids), bool)
@@ -131,14 +153,24 @@ def predicted_centres(centre: np.ndarray, ids: np.ndarray, centroids: np.ndarray
     return ids[found], out[found]
 
 
-def assign_to_centres(prob: np.ndarray, centre: np.ndarray, offsets: np.ndarray, ids: np.ndarray,
-                      centroids: np.ndarray, threshold: float, reach_bins: float, tolerance_bins: float,
-                      centre_threshold: float, fallback: bool) -> np.ndarray:
+def assign_to_centres(
+    prob: np.ndarray,
+    centre: np.ndarray,
+    offsets: np.ndarray,
+    ids: np.ndarray,
+    centroids: np.ndarray,
+    threshold: float,
+    reach_bins: float,
+    tolerance_bins: float,
+    centre_threshold: float,
+    fallback: bool,
+) -> np.ndarray:
     """The paper variant's cells: confident bins follow their offsets to the predicted centres
     (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in :func:`assign_cells`
     (the reach measured from the nucleus centroid)."""
-    cids, centres = predicted_centres(centre, ids, centroids, centre_threshold, tolerance_bins, tolerance_bins,
-                                      fallback)
+    cids, centres = predicted_centres(
+        centre, ids, centroids, centre_threshold, tolerance_bins, tolerance_bins, fallback
+    )
     labels = assign_cells(prob, offsets, cids, centres, threshold, np.inf, tolerance_bins)
     if len(cids):  # the reach from the nucleus itself
         pos = np.searchsorted(ids, labels.clip(min=0))

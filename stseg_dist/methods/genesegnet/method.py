@@ -48,7 +48,9 @@ class GeneSegNetMethod(TorchMethod):
         super().__init__(config, platform)
         size = self.cfg.patch_px
         if size < 16 or size % 2**DEPTH:  # the U-Net's shape (its ranges: config)
-            raise ConfigError(f"cells.genesegnet.patch_px must be a multiple of {2**DEPTH} and at least 16, got {size}")
+            raise ConfigError(
+                f"cells.genesegnet.patch_px must be a multiple of {2**DEPTH} and at least 16, got {size}"
+            )
 
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
@@ -60,17 +62,29 @@ class GeneSegNetMethod(TorchMethod):
         """
         c = self.cfg
         need = 1.1 * (c.patch_px * c.bin_um + 4 * c.rna_sigma_um + 2 * c.bin_um)
-        if Parts.of(c).centre:  # a core bin's cell also depends on the centre map around its nucleus
-            need += 1.1 * (self.config.cells.cell_diameter_um + 3 * self.config.nuclei.diameter_um + 2 * c.bin_um)
+        if Parts.of(
+            c
+        ).centre:  # a core bin's cell also depends on the centre map around its nucleus
+            need += 1.1 * (
+                self.config.cells.cell_diameter_um
+                + 3 * self.config.nuclei.diameter_um
+                + 2 * c.bin_um
+            )
         return max(self.config.cells.cell_diameter_um, need / 2 - self.config.nuclei.diameter_um)
 
     def _geometry(self, bin_um: float) -> Geometry:
         reach = self.config.cells.cell_diameter_um / bin_um
         tolerance = max(1.0, self.config.nuclei.diameter_um / bin_um)
-        return Geometry(offset_scale=reach, reach=reach, tolerance=tolerance,
-                        centre_sigma=self.cfg.centre_sigma_um / bin_um)
+        return Geometry(
+            offset_scale=reach,
+            reach=reach,
+            tolerance=tolerance,
+            centre_sigma=self.cfg.centre_sigma_um / bin_um,
+        )
 
-    def _inputs(self, data: TileData, grid: BinGrid, sigma_bins: float) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(
+        self, data: TileData, grid: BinGrid, sigma_bins: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Raw block-mean stain and RNA location map over the window's bins."""
         channel = self.config.nuclei.channel
         if data.image.shape[0] > channel:
@@ -84,7 +98,9 @@ class GeneSegNetMethod(TorchMethod):
     # -- training -----------------------------------------------------------------------------
     def prepare(self, ctx: PrepareContext):
         if ctx.n_nuclei == 0:
-            raise InputError(f"{ctx.chip.url}: GeneSegNet trains on the chip's nuclei, and none were found")
+            raise InputError(
+                f"{ctx.chip.url}: GeneSegNet trains on the chip's nuclei, and none were found"
+            )
         c = self.cfg
         chosen = sample_nuclei(c.seed, ctx.n_nuclei, c.n_train_patches)
         factor = bin_factor(ctx.chip.pixel_size_um, c.bin_um)
@@ -99,9 +115,15 @@ class GeneSegNetMethod(TorchMethod):
         def sample(data: TileData):
             grid = BinGrid.for_window(data.tile.window, factor=factor)
             core = data.tile.core_in_window
-            hist = stain_histogram(data.image[channel][core]) if data.image.shape[0] > channel else None
+            hist = (
+                stain_histogram(data.image[channel][core])
+                if data.image.shape[0] > channel
+                else None
+            )
             stain, rna = inputs(data, grid, sigma)
-            patches = _patches_for(data, grid, chosen, stain, rna, c.patch_px, (expand, far), geometry.reach)
+            patches = _patches_for(
+                data, grid, chosen, stain, rna, c.patch_px, (expand, far), geometry.reach
+            )
             return patches, hist, int(data.transcripts.in_core.sum())
 
         results = ctx.map_tiles(sample, [t.index for t in ctx.grid])
@@ -110,16 +132,22 @@ class GeneSegNetMethod(TorchMethod):
         hist = np.sum(hists, axis=0) if hists else np.zeros(1, np.int64)
         h, w = ctx.chip.shape_yx
         n_bins = -(-h // factor) * -(-w // factor)
-        norm = {"stain_lo": histogram_percentile(hist, STAIN_PERCENTILES[0]),
-                "stain_hi": histogram_percentile(hist, STAIN_PERCENTILES[1]),
-                "rna_mean": rna_mean(sum(k for _, _, k in results), n_bins, sigma)}
+        norm = {
+            "stain_lo": histogram_percentile(hist, STAIN_PERCENTILES[0]),
+            "stain_hi": histogram_percentile(hist, STAIN_PERCENTILES[1]),
+            "rna_mean": rna_mean(sum(k for _, _, k in results), n_bins, sigma),
+        }
         if Parts.of(c).rna_clip:
             norm["rna_clip"] = Parts.of(c).rna_clip
         train = ctx.train_where_gpu(train_genesegnet)
         state = train(patches, norm, c, geometry)
         for r in state["history"]:
-            log.info("GeneSegNet round %d: loss %.4f, mean cell IoU with its training labels %.3f",
-                     r["round"], r["loss"], r["iou_with_previous"])
+            log.info(
+                "GeneSegNet round %d: loss %.4f, mean cell IoU with its training labels %.3f",
+                r["round"],
+                r["loss"],
+                r["iou_with_previous"],
+            )
         return {"train": state, "norm": norm, "factor": factor, "bin_um": bin_um}
 
     # -- inference ----------------------------------------------------------------------------
@@ -131,22 +159,51 @@ class GeneSegNetMethod(TorchMethod):
         geometry = self._geometry(st["bin_um"])
         parts = Parts.of(self.cfg)
         m = parts.n_maps
-        out = sliding_predict(torch_predictor(self.model, self.device, geometry.offset_scale, m), x, grid.origin,
-                              self.cfg.patch_px, batch=self.cfg.batch_size)
+        out = sliding_predict(
+            torch_predictor(self.model, self.device, geometry.offset_scale, m),
+            x,
+            grid.origin,
+            self.cfg.patch_px,
+            batch=self.cfg.batch_size,
+        )
         ids, centroids = nucleus_centres(grid, data.nuclei)
         if parts.centre:
-            labels = assign_to_centres(out[0], out[1], out[2:], ids, centroids, self.cfg.prob_threshold,
-                                       geometry.reach, geometry.tolerance, parts.centre_threshold,
-                                       parts.centre_fallback)
+            labels = assign_to_centres(
+                out[0],
+                out[1],
+                out[2:],
+                ids,
+                centroids,
+                self.cfg.prob_threshold,
+                geometry.reach,
+                geometry.tolerance,
+                parts.centre_threshold,
+                parts.centre_fallback,
+            )
         else:
-            labels = assign_cells(out[0], out[1:], ids, centroids, self.cfg.prob_threshold, geometry.reach,
-                                  geometry.tolerance)
+            labels = assign_cells(
+                out[0],
+                out[1:],
+                ids,
+                centroids,
+                self.cfg.prob_threshold,
+                geometry.reach,
+                geometry.tolerance,
+            )
         cells = grid.to_pixels(labels, data.shape)
         return np.where(data.nuclei > 0, data.nuclei, cells).astype(np.uint32)
 
 
-def _patches_for(data: TileData, grid: BinGrid, chosen: np.ndarray, stain: np.ndarray, rna: np.ndarray,
-                 size: int, expand_bins: tuple[float, float], reach_bins: float) -> list[Patch]:
+def _patches_for(
+    data: TileData,
+    grid: BinGrid,
+    chosen: np.ndarray,
+    stain: np.ndarray,
+    rna: np.ndarray,
+    size: int,
+    expand_bins: tuple[float, float],
+    reach_bins: float,
+) -> list[Patch]:
     """Patches centred on the chosen nuclei this tile owns, cut from the window's bins."""
     own = np.intersect1d(owned_nuclei(data.nuclei, data.tile)[0], chosen)
     if not len(own):
@@ -159,8 +216,18 @@ def _patches_for(data: TileData, grid: BinGrid, chosen: np.ndarray, stain: np.nd
         cy, cx = cent[np.searchsorted(ids, cid)]
         box = patch_box(int(cy), int(cx), size, grid.shape)
         r0, c0 = box[0], box[2]
-        near = ((cent[:, 0] > r0 - reach_bins) & (cent[:, 0] < r0 + size + reach_bins)
-                & (cent[:, 1] > c0 - reach_bins) & (cent[:, 1] < c0 + size + reach_bins))
-        out.append(Patch(int(cid), *(cut_patch(a, box, size) for a in arrays), ids[near],
-                         cent[near] - np.array([r0, c0], np.float64)))
+        near = (
+            (cent[:, 0] > r0 - reach_bins)
+            & (cent[:, 0] < r0 + size + reach_bins)
+            & (cent[:, 1] > c0 - reach_bins)
+            & (cent[:, 1] < c0 + size + reach_bins)
+        )
+        out.append(
+            Patch(
+                int(cid),
+                *(cut_patch(a, box, size) for a in arrays),
+                ids[near],
+                cent[near] - np.array([r0, c0], np.float64),
+            )
+        )
     return out

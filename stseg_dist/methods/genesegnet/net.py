@@ -19,8 +19,12 @@ N_OUTPUTS_CENTRE = 4  # cell logit, centre logit, d_row, d_col (the paper varian
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -44,9 +48,12 @@ class UNet(nn.Module):
         super().__init__()
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_block(N_INPUTS, chans[0])] +
-                                  [_block(chans[i], chans[i + 1]) for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth)])
+        self.down = nn.ModuleList(
+            [_block(N_INPUTS, chans[0])] + [_block(chans[i], chans[i + 1]) for i in range(depth)]
+        )
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth)]
+        )
         self.merge = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in range(depth)])
         self.head = nn.Conv2d(chans[0], n_outputs, 1)
 
@@ -61,8 +68,12 @@ class PreActBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
         )
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
 
@@ -80,12 +91,17 @@ class ResUNet(nn.Module):
         super().__init__()
         self.depth = scales - 1
         chans = [width * 2**i for i in range(scales)]
-        self.down = nn.ModuleList([PreActBlock(N_INPUTS, chans[0])] +
-                                  [PreActBlock(chans[i], chans[i + 1]) for i in range(self.depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2)
-                                 for i in range(self.depth)])
+        self.down = nn.ModuleList(
+            [PreActBlock(N_INPUTS, chans[0])]
+            + [PreActBlock(chans[i], chans[i + 1]) for i in range(self.depth)]
+        )
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(self.depth)]
+        )
         self.merge = nn.ModuleList([PreActBlock(chans[i], chans[i]) for i in range(self.depth)])
-        self.head = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.ReLU(), nn.Conv2d(chans[0], n_outputs, 1))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(chans[0]), nn.ReLU(), nn.Conv2d(chans[0], n_outputs, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _u_forward(self, x, lambda skip, up: skip + up)  # Cellpose adds its skips
@@ -96,4 +112,3 @@ def build_net(name: str, width: int, n_outputs: int) -> nn.Module:
     if name == "resunet4":
         return ResUNet(width, 4, n_outputs)
     return UNet(width, 3, n_outputs)
-

@@ -65,9 +65,17 @@ class Parts:
     def of(cls, cfg) -> "Parts":
         if getattr(cfg, "variant", "stseg") != "paper":
             return cls()
-        return cls(centre=cfg.centre_map, centre_threshold=cfg.centre_threshold, centre_fallback=cfg.centre_fallback,
-                   level_set=cfg.level_set, level_set_iters=cfg.level_set_iters, augment=cfg.augment,
-                   scale=(cfg.scale_min, cfg.scale_max), net=cfg.net, rna_clip=cfg.rna_clip)
+        return cls(
+            centre=cfg.centre_map,
+            centre_threshold=cfg.centre_threshold,
+            centre_fallback=cfg.centre_fallback,
+            level_set=cfg.level_set,
+            level_set_iters=cfg.level_set_iters,
+            augment=cfg.augment,
+            scale=(cfg.scale_min, cfg.scale_max),
+            net=cfg.net,
+            rna_clip=cfg.rna_clip,
+        )
 
     def to_dict(self) -> dict:
         return {"centre": self.centre, "net": self.net}
@@ -100,7 +108,9 @@ def centre_target(shape: tuple[int, int], centroids: np.ndarray, sigma: float) -
     return out
 
 
-def targets(labels: np.ndarray, p: Patch, offset_scale: float, centre_sigma: float | None = None) -> np.ndarray:
+def targets(
+    labels: np.ndarray, p: Patch, offset_scale: float, centre_sigma: float | None = None
+) -> np.ndarray:
     """(6, P, P): cell mask, row and column offset to the nucleus centre (scaled), offset weight,
     cell-mask weight (0 on :data:`IGNORE` bins), centre map (zero unless ``centre_sigma``)."""
     out = np.zeros((6, *labels.shape), np.float32)
@@ -115,16 +125,25 @@ def targets(labels: np.ndarray, p: Patch, offset_scale: float, centre_sigma: flo
     lab = labels[rr, cc]
     pos = np.minimum(np.searchsorted(p.ids, lab), max(len(p.ids) - 1, 0))
     known = (p.ids[pos] == lab) if len(p.ids) else np.zeros(len(lab), bool)
-    rr, cc, pos = rr[known], cc[known], pos[known]  # a cell whose centre is unknown teaches no offset
+    rr, cc, pos = (
+        rr[known],
+        cc[known],
+        pos[known],
+    )  # a cell whose centre is unknown teaches no offset
     out[1, rr, cc] = (p.centroids[pos, 0] - (rr + 0.5)) / offset_scale
     out[2, rr, cc] = (p.centroids[pos, 1] - (cc + 0.5)) / offset_scale
     out[3, rr, cc] = 1.0
     return out
 
 
-def refine(labels: list[np.ndarray], fit: Callable[[list[np.ndarray]], list[float]],
-           relabel: Callable[[], list[np.ndarray]], max_rounds: int, agree_iou: float,
-           log: Callable[[str], None] | None = None) -> list[dict]:
+def refine(
+    labels: list[np.ndarray],
+    fit: Callable[[list[np.ndarray]], list[float]],
+    relabel: Callable[[], list[np.ndarray]],
+    max_rounds: int,
+    agree_iou: float,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
     """The recursive loop: fit on labels, relabel from the fit, stop once two rounds agree.
 
     ``fit`` returns its per-epoch losses; the history keeps them with each round's IoU.
@@ -134,18 +153,33 @@ def refine(labels: list[np.ndarray], fit: Callable[[list[np.ndarray]], list[floa
         losses = [float(v) for v in fit(labels)]
         new = relabel()
         iou = mean_cell_iou(labels, new)
-        history.append({"round": k, "loss": losses[-1] if losses else float("nan"), "epoch_losses": losses,
-                        "iou_with_previous": iou})
+        history.append(
+            {
+                "round": k,
+                "loss": losses[-1] if losses else float("nan"),
+                "epoch_losses": losses,
+                "iou_with_previous": iou,
+            }
+        )
         if log:
-            log(f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its labels {iou:.3f}")
+            log(
+                f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its labels {iou:.3f}"
+            )
         if iou > agree_iou:
             break
         labels = new
     return history
 
 
-def train_genesegnet(patches: list[Patch], norm: dict, cfg, geometry: Geometry, *, device: str | None = None,
-                     log: Callable[[str], None] | None = None) -> dict:
+def train_genesegnet(
+    patches: list[Patch],
+    norm: dict,
+    cfg,
+    geometry: Geometry,
+    *,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Train the U-Net with label refinement; return a picklable state with the weights as bytes."""
     if not patches:
         raise ValueError("GeneSegNet training needs at least one patch with a nucleus")
@@ -161,7 +195,9 @@ def _train(patches, norm, cfg, geometry, *, device: str, log) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     patches = sorted(patches, key=lambda p: p.key)
-    x = torch.as_tensor(np.stack([normalise_inputs(p.stain, p.rna, norm) for p in patches]), device=device)
+    x = torch.as_tensor(
+        np.stack([normalise_inputs(p.stain, p.rna, norm) for p in patches]), device=device
+    )
     n_out = parts.n_maps + 2
     model = build_net(parts.net, cfg.width, n_out).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -170,8 +206,12 @@ def _train(patches, norm, cfg, geometry, *, device: str, log) -> dict:
 
     def fit(labels: list[np.ndarray]) -> list[float]:
         sigma = geometry.centre_sigma if parts.centre else None
-        y = torch.as_tensor(np.stack([targets(lab, p, geometry.offset_scale, sigma)
-                                      for lab, p in zip(labels, patches)]), device=device)
+        y = torch.as_tensor(
+            np.stack(
+                [targets(lab, p, geometry.offset_scale, sigma) for lab, p in zip(labels, patches)]
+            ),
+            device=device,
+        )
 
         def batch_loss(order: np.ndarray):
             idx = torch.as_tensor(order, device=device)
@@ -181,26 +221,49 @@ def _train(patches, norm, cfg, geometry, *, device: str, log) -> dict:
             xb, yb = _flip(xb, yb, rng)
             out = model(xb)
             mask, known = yb[:, 3:4], yb[:, 4:5]
-            off = ((out[:, m : m + 2] - yb[:, 1:3]) ** 2 * mask).sum() / (2 * mask.sum()).clamp(min=1.0)
+            off = ((out[:, m : m + 2] - yb[:, 1:3]) ** 2 * mask).sum() / (2 * mask.sum()).clamp(
+                min=1.0
+            )
             cell = (bce(out[:, :1], yb[:, :1]) * known).sum() / known.sum().clamp(min=1.0)
             if parts.centre:
-                cell = cell + (bce(out[:, 1:2], yb[:, 5:6]) * known).sum() / known.sum().clamp(min=1.0)
+                cell = cell + (bce(out[:, 1:2], yb[:, 5:6]) * known).sum() / known.sum().clamp(
+                    min=1.0
+                )
             return cell + off
 
         model.train()
-        return list(fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0])
+        return list(
+            fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss)[:, 0]
+        )
 
     def relabel() -> list[np.ndarray]:
-        return predict_patch_labels(model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size, parts)
+        return predict_patch_labels(
+            model, device, x, patches, geometry, cfg.prob_threshold, cfg.batch_size, parts
+        )
 
     first = [initial_labels(p, norm["rna_mean"]) for p in patches]
     history = refine(first, fit, relabel, cfg.max_rounds, cfg.agree_iou, log)
-    return {"weights": weights_to_bytes(model), "width": cfg.width, "history": history, "n_patches": len(patches),
-            "device": str(device), "net": parts.net, "n_outputs": n_out}
+    return {
+        "weights": weights_to_bytes(model),
+        "width": cfg.width,
+        "history": history,
+        "n_patches": len(patches),
+        "device": str(device),
+        "net": parts.net,
+        "n_outputs": n_out,
+    }
 
 
-def predict_patch_labels(model, device, x, patches: list[Patch], geometry: Geometry, threshold: float,
-                         batch_size: int, parts: Parts = Parts()) -> list[np.ndarray]:
+def predict_patch_labels(
+    model,
+    device,
+    x,
+    patches: list[Patch],
+    geometry: Geometry,
+    threshold: float,
+    batch_size: int,
+    parts: Parts = Parts(),
+) -> list[np.ndarray]:
     """Post-processed predictions on the training patches: the next round's labels (the paper
     variant: each mask then refined by a level set)."""
     import torch
@@ -217,15 +280,33 @@ def predict_patch_labels(model, device, x, patches: list[Patch], geometry: Geome
             for k, p in enumerate(patches[s : s + batch_size]):
                 prob = maps[k, 0]
                 if parts.centre:
-                    lab = assign_to_centres(prob, maps[k, 1], offs[k], p.ids, p.centroids, threshold,
-                                            geometry.reach, geometry.tolerance, parts.centre_threshold,
-                                            parts.centre_fallback)
+                    lab = assign_to_centres(
+                        prob,
+                        maps[k, 1],
+                        offs[k],
+                        p.ids,
+                        p.centroids,
+                        threshold,
+                        geometry.reach,
+                        geometry.tolerance,
+                        parts.centre_threshold,
+                        parts.centre_fallback,
+                    )
                 else:
-                    lab = assign_cells(prob, offs[k], p.ids, p.centroids, threshold, geometry.reach,
-                                       geometry.tolerance)
+                    lab = assign_cells(
+                        prob,
+                        offs[k],
+                        p.ids,
+                        p.centroids,
+                        threshold,
+                        geometry.reach,
+                        geometry.tolerance,
+                    )
                 if parts.level_set != "none":
                     image = 0.5 * (prob + np.clip(rna[k], 0.0, 1.0))
-                    lab = level_set_refine(lab, image, p, geometry.reach, parts.level_set, parts.level_set_iters)
+                    lab = level_set_refine(
+                        lab, image, p, geometry.reach, parts.level_set, parts.level_set_iters
+                    )
                 # confident bins that land on no nucleus are left out of the next round's loss
                 lab = np.where((lab == 0) & (prob >= threshold), IGNORE, lab)
                 out.append(np.where(p.nuclei > 0, p.nuclei, lab))
@@ -236,14 +317,18 @@ def predict_patch_labels(model, device, x, patches: list[Patch], geometry: Geome
 LEVEL_SET_PAD = 3
 
 
-def level_set_refine(labels: np.ndarray, image: np.ndarray, p: Patch, reach: float, method: str,
-                     iters: int) -> np.ndarray:
+def level_set_refine(
+    labels: np.ndarray, image: np.ndarray, p: Patch, reach: float, method: str, iters: int
+) -> np.ndarray:
     """Refine each cell's mask by a morphological level set started from it (scikit-image's
     Chan-Vese, or geodesic active contour on the inverse gradient), on ``image`` (the mean of
     the cell probability and the clipped RNA map). A mask gains only bins no other cell holds,
     within ``reach`` of its nucleus centre; masks are refined in ID order on the same input."""
-    from skimage.segmentation import (inverse_gaussian_gradient, morphological_chan_vese,
-                                      morphological_geodesic_active_contour)
+    from skimage.segmentation import (
+        inverse_gaussian_gradient,
+        morphological_chan_vese,
+        morphological_geodesic_active_contour,
+    )
 
     out = labels.copy()
     h, w = labels.shape
@@ -255,11 +340,17 @@ def level_set_refine(labels: np.ndarray, image: np.ndarray, p: Patch, reach: flo
         c0, c1 = max(c.min() - LEVEL_SET_PAD, 0), min(c.max() + LEVEL_SET_PAD + 1, w)
         sub, init = image[r0:r1, c0:c1].astype(np.float64), m[r0:r1, c0:c1]
         if method == "chan_vese":
-            ref = morphological_chan_vese(sub, iters, init_level_set=init.astype(np.int8), smoothing=1)
+            ref = morphological_chan_vese(
+                sub, iters, init_level_set=init.astype(np.int8), smoothing=1
+            )
         else:
-            ref = morphological_geodesic_active_contour(inverse_gaussian_gradient(sub), iters,
-                                                        init_level_set=init.astype(np.int8), smoothing=1,
-                                                        balloon=0)
+            ref = morphological_geodesic_active_contour(
+                inverse_gaussian_gradient(sub),
+                iters,
+                init_level_set=init.astype(np.int8),
+                smoothing=1,
+                balloon=0,
+            )
         ref = ref.astype(bool)
         view, orig = out[r0:r1, c0:c1], labels[r0:r1, c0:c1]
         view[init & ~ref & (view == cid)] = 0
@@ -282,11 +373,15 @@ def scale_rotate_crop(x, y, rng: np.random.Generator, scale: tuple[float, float]
 
     b = x.shape[0]
     theta = torch.as_tensor(rng.uniform(0, 2 * np.pi, b), dtype=x.dtype, device=x.device)
-    s = torch.as_tensor(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), b)), dtype=x.dtype, device=x.device)
+    s = torch.as_tensor(
+        np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), b)), dtype=x.dtype, device=x.device
+    )
     t = torch.as_tensor(rng.uniform(-0.25, 0.25, (b, 2)), dtype=x.dtype, device=x.device)
     c, sn = torch.cos(theta), torch.sin(theta)
     # output (x, y) -> input (x, y), normalised coordinates: R(theta) / s, then the shift
-    a = torch.stack([torch.stack([c / s, -sn / s, t[:, 0]], 1), torch.stack([sn / s, c / s, t[:, 1]], 1)], 1)
+    a = torch.stack(
+        [torch.stack([c / s, -sn / s, t[:, 0]], 1), torch.stack([sn / s, c / s, t[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(a, list(x.shape), align_corners=False)
     xo = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     yo = F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False).clone()

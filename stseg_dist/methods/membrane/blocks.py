@@ -50,7 +50,9 @@ class BlockGrid:
         r0, r1, c0, c1 = window
         out = []
         for i in range(max(0, r0 // self.block_px - 1), min(self.n_rows, r1 // self.block_px + 1)):
-            for j in range(max(0, c0 // self.block_px - 1), min(self.n_cols, c1 // self.block_px + 1)):
+            for j in range(
+                max(0, c0 // self.block_px - 1), min(self.n_cols, c1 // self.block_px + 1)
+            ):
                 e = self.extended(i, j)
                 if e[0] >= r0 and e[1] <= r1 and e[2] >= c0 and e[3] <= c1:
                     out.append((i, j))

@@ -38,7 +38,11 @@ class MembraneMethod(CellMethod):
 
     def __new__(cls, config=None, platform: str = "generic"):
         """``variant: paper`` is its own class (:mod:`.paper_method`): it adds the seeds pass."""
-        if cls is MembraneMethod and config is not None and config.cells.membrane.variant == "paper":
+        if (
+            cls is MembraneMethod
+            and config is not None
+            and config.cells.membrane.variant == "paper"
+        ):
             from .paper_method import PaperMembraneMethod
 
             cls = PaperMembraneMethod
@@ -75,10 +79,14 @@ class MembraneMethod(CellMethod):
     def prepare(self, ctx: PrepareContext):
         c, chip = self.cfg, ctx.chip
         if chip.n_channels <= c.channel:
-            raise InputError(f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the image "
-                             f"has {chip.n_channels} channel(s)")
+            raise InputError(
+                f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the image "
+                f"has {chip.n_channels} channel(s)"
+            )
         need_threshold = c.backend == "classical" and c.threshold is None
-        track = prepare_track_lines(ctx, c) if c.register and c.registration == "track_lines" else {}
+        track = (
+            prepare_track_lines(ctx, c) if c.register and c.registration == "track_lines" else {}
+        )
         register = self.shifts_window()
         if not register and not need_threshold:
             return {"offset": (0, 0), "threshold": c.threshold, **track}
@@ -87,31 +95,51 @@ class MembraneMethod(CellMethod):
         regions = sample_regions(chip.shape_yx, c.register_patch_px * f, c.register_max_regions)
         owner: dict[int, list[tuple[int, int, int, int]]] = {}
         for reg in regions:  # each region is read by the tile whose core holds its centre
-            owner.setdefault(tile_owning(ctx.grid, (reg[0] + reg[1]) // 2, (reg[2] + reg[3]) // 2), []).append(reg)
+            owner.setdefault(
+                tile_owning(ctx.grid, (reg[0] + reg[1]) // 2, (reg[2] + reg[3]) // 2), []
+            ).append(reg)
 
         def sample(data: TileData):
             out = []
             for r0, r1, c0, c1 in owner[data.tile.index]:
                 mem = chip.read_image(slice(r0, r1), slice(c0, c1), mem_ch)
-                values = smooth(mem, sigma)[::4, ::4].ravel() if need_threshold else np.zeros(0, np.float32)
+                values = (
+                    smooth(mem, sigma)[::4, ::4].ravel()
+                    if need_threshold
+                    else np.zeros(0, np.float32)
+                )
                 nuc = chip.read_image(slice(r0, r1), slice(c0, c1), nuc_ch) if register else None
-                out.append((downsample(nuc, f) if register else None, downsample(mem, f) if register else None,
-                            values))
+                out.append(
+                    (
+                        downsample(nuc, f) if register else None,
+                        downsample(mem, f) if register else None,
+                        values,
+                    )
+                )
             return out
 
         results = [r for part in ctx.map_tiles(sample, sorted(owner)) for r in part]
         offset = (0, 0)
         if register:
-            offset = estimate_offset([r[0] for r in results], [r[1] for r in results], f,
-                                     c.max_shift_um / chip.pixel_size_um, where=chip.url,
-                                     normalization=None if c.register_normalization == "none" else "phase")
-            log.info("membrane stain registered to the nuclear stain: offset (dy, dx) = %s px", offset)
+            offset = estimate_offset(
+                [r[0] for r in results],
+                [r[1] for r in results],
+                f,
+                c.max_shift_um / chip.pixel_size_um,
+                where=chip.url,
+                normalization=None if c.register_normalization == "none" else "phase",
+            )
+            log.info(
+                "membrane stain registered to the nuclear stain: offset (dy, dx) = %s px", offset
+            )
         threshold = c.threshold
         if need_threshold:
             values = np.concatenate([r[2] for r in results])
             if values.size == 0 or values.min() == values.max():
-                raise InputError(f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold it "
-                                 "(set cells.membrane.threshold)")
+                raise InputError(
+                    f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold it "
+                    "(set cells.membrane.threshold)"
+                )
             threshold = float(threshold_otsu(values))
         return {"offset": tuple(int(v) for v in offset), "threshold": threshold, **track}
 
@@ -124,7 +152,9 @@ class MembraneMethod(CellMethod):
             self._load_model()
 
     def _load_model(self):
-        self.model = load_cellpose(self.cfg.cellpose.model, self.cfg.cellpose.storage_options, MODEL_KEY)
+        self.model = load_cellpose(
+            self.cfg.cellpose.model, self.cfg.cellpose.storage_options, MODEL_KEY
+        )
 
     def describe(self) -> dict:
         return worker_facts(self.model, MODEL_KEY)
@@ -137,11 +167,15 @@ class MembraneMethod(CellMethod):
         """The tile's membrane window, shifted onto the nuclear stain's grid (NaN where the shift
         brings in pixels from beyond the window), or read through the track-line transform."""
         if data.image.shape[0] <= self.cfg.channel:
-            raise InputError(f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "
-                             f"{self.cfg.channel} but the image has {data.image.shape[0]} channel(s)")
+            raise InputError(
+                f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "
+                f"{self.cfg.channel} but the image has {data.image.shape[0]} channel(s)"
+            )
         if self.stain is not None:
             return self.stain.window(data.tile.window, data.storage_options)
-        return apply_offset(data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan)
+        return apply_offset(
+            data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan
+        )
 
     def segment(self, data: TileData) -> np.ndarray:
         seeds = data.nuclei
@@ -151,8 +185,14 @@ class MembraneMethod(CellMethod):
         if c.backend == "classical":
             if self.threshold is None:
                 raise RuntimeError("membrane method used before load(): no threshold")
-            return classical_cells(self.membrane(data), seeds, self.threshold, c.sigma_um / ps,
-                                   c.max_distance_um / ps, c.ridge_um / ps)
+            return classical_cells(
+                self.membrane(data),
+                seeds,
+                self.threshold,
+                c.sigma_um / ps,
+                c.max_distance_um / ps,
+                c.ridge_um / ps,
+            )
         masks, _, _ = self.cellpose_masks(data)
         cells = to_global_ids(masks, seeds)
         return np.where(within_reach(seeds, c.max_distance_um / ps), cells, 0).astype(np.uint32)
@@ -168,9 +208,13 @@ class MembraneMethod(CellMethod):
 
         def run(diameter_px: float) -> np.ndarray:
             masks, _flows, _styles = self.model.eval(
-                x, channel_axis=-1, diameter=diameter_px, batch_size=c.cellpose.batch_size,
-                flow_threshold=c.cellpose.flow_threshold, cellprob_threshold=c.cellpose.cellprob_threshold)
+                x,
+                channel_axis=-1,
+                diameter=diameter_px,
+                batch_size=c.cellpose.batch_size,
+                flow_threshold=c.cellpose.flow_threshold,
+                cellprob_threshold=c.cellpose.cellprob_threshold,
+            )
             return masks
 
         return best_diameter(run, [d / data.pixel_size_um for d in c.diameters_um])
-

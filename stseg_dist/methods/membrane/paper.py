@@ -38,7 +38,9 @@ def watershed_cells(
     sm = smooth(np.where(unknown, threshold, membrane).astype(np.float32), sigma_px)
     inside = (sm < threshold) & ~unknown
     regions, _ = ndi.label(inside)
-    big = np.bincount(regions.ravel()) > max_area_px  # an enclosed region larger than any cell is a gap
+    big = (
+        np.bincount(regions.ravel()) > max_area_px
+    )  # an enclosed region larger than any cell is a gap
     big[0] = False
     inside &= ~big[regions]
     dist = ndi.distance_transform_edt(inside)
@@ -65,20 +67,28 @@ def nucleus_centroids(nuclei: np.ndarray) -> np.ndarray:
     return out
 
 
-def held_nuclei(cells: list[KeptCell], centroids: np.ndarray, window: tuple[int, int, int, int]) -> list[np.ndarray]:
+def held_nuclei(
+    cells: list[KeptCell], centroids: np.ndarray, window: tuple[int, int, int, int]
+) -> list[np.ndarray]:
     """For each cell, the IDs of the nuclei whose centroid pixel lies in its own (unresolved) mask."""
     r0, _, c0, _ = window
     return [np.unique(v[v > 0]) for v in (centroids[c.rows - r0, c.cols - c0] for c in cells)]
 
 
-def dense_enough(cells: list[KeptCell], counts: np.ndarray, window, pixel_area_um2: float,
-                 min_density: float) -> np.ndarray:
+def dense_enough(
+    cells: list[KeptCell], counts: np.ndarray, window, pixel_area_um2: float, min_density: float
+) -> np.ndarray:
     """Whether each cell holds at least ``min_density`` transcripts per µm² (counts: per window pixel)."""
     if min_density <= 0:
         return np.ones(len(cells), bool)
     r0, _, c0, _ = window
-    return np.array([counts[c.rows - r0, c.cols - c0].sum() >= min_density * len(c.rows) * pixel_area_um2
-                     for c in cells], bool)
+    return np.array(
+        [
+            counts[c.rows - r0, c.cols - c0].sum() >= min_density * len(c.rows) * pixel_area_um2
+            for c in cells
+        ],
+        bool,
+    )
 
 
 def seed_discs(cells: list[KeptCell], keep: np.ndarray, window, radius_px: float) -> np.ndarray:
@@ -90,7 +100,9 @@ def seed_discs(cells: list[KeptCell], keep: np.ndarray, window, radius_px: float
     for k, cell in enumerate(cells):
         if not keep[k]:
             continue
-        near = (cell.rows - cell.centroid[0]) ** 2 + (cell.cols - cell.centroid[1]) ** 2 <= radius_px**2
+        near = (cell.rows - cell.centroid[0]) ** 2 + (
+            cell.cols - cell.centroid[1]
+        ) ** 2 <= radius_px**2
         rr, cc = cell.rows[near] - r0, cell.cols[near] - c0
         free = out[rr, cc] == 0
         out[rr[free], cc[free]] = k + 1
@@ -122,10 +134,15 @@ def global_labels(
             if split_by_nuclei:
                 several.append(k)
             else:
-                cover = [(np.count_nonzero(nuclei[cell.rows - r0, cell.cols - c0] == i), -int(i)) for i in ids]
+                cover = [
+                    (np.count_nonzero(nuclei[cell.rows - r0, cell.cols - c0] == i), -int(i))
+                    for i in ids
+                ]
                 lut[k] = -max(cover)[1]
         elif seeds is not None:
-            near = (cell.rows - cell.centroid[0]) ** 2 + (cell.cols - cell.centroid[1]) ** 2 <= radius_px**2
+            near = (cell.rows - cell.centroid[0]) ** 2 + (
+                cell.cols - cell.centroid[1]
+            ) ** 2 <= radius_px**2
             v = seeds[cell.rows[near] - r0, cell.cols[near] - c0]
             v = v[v > 0]
             if v.size:

@@ -63,11 +63,15 @@ def estimate_offset(
     """
     pairs = [(a, b) for a, b in zip(reference, moving) if a.size and a.std() > 0 and b.std() > 0]
     if not pairs:
-        raise InputError(f"{where}: cannot register the membrane stain: no sampled region has signal in both stains")
+        raise InputError(
+            f"{where}: cannot register the membrane stain: no sampled region has signal in both stains"
+        )
     gap = int(math.ceil(max_shift_px / factor)) + 2
     ref = mosaic([a for a, _ in pairs], gap)
     mov = mosaic([b for _, b in pairs], gap)
-    shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=factor, normalization=normalization)
+    shift, _, _ = phase_cross_correlation(
+        ref, mov, upsample_factor=factor, normalization=normalization
+    )
     dy, dx = (int(round(float(s) * factor)) for s in shift)
     if max(abs(dy), abs(dx)) > max_shift_px:
         raise InputError(
@@ -93,7 +97,9 @@ def apply_offset(image: np.ndarray, offset: tuple[int, int], fill: float = 0.0) 
     return out
 
 
-def sample_regions(shape: tuple[int, int], size: int, max_regions: int) -> list[tuple[int, int, int, int]]:
+def sample_regions(
+    shape: tuple[int, int], size: int, max_regions: int
+) -> list[tuple[int, int, int, int]]:
     """Up to ``max_regions`` squares of ``size`` px spread evenly over the chip, as (r0, r1, c0, c1).
 
     They are anchored to the chip, not to tiles, so the offset (and the membrane threshold read
@@ -102,8 +108,12 @@ def sample_regions(shape: tuple[int, int], size: int, max_regions: int) -> list[
     h, w = shape
     k = max(1, int(math.isqrt(max_regions)))
     out = []
-    for r0 in np.unique(np.linspace(0, max(0, h - size), min(k, math.ceil(h / size))).round().astype(int)):
-        for c0 in np.unique(np.linspace(0, max(0, w - size), min(k, math.ceil(w / size))).round().astype(int)):
+    for r0 in np.unique(
+        np.linspace(0, max(0, h - size), min(k, math.ceil(h / size))).round().astype(int)
+    ):
+        for c0 in np.unique(
+            np.linspace(0, max(0, w - size), min(k, math.ceil(w / size))).round().astype(int)
+        ):
             out.append((int(r0), int(min(h, r0 + size)), int(c0), int(min(w, c0 + size))))
     return out
 
@@ -120,6 +130,7 @@ def sample_regions(shape: tuple[int, int], size: int, max_regions: int) -> list[
 # with rows or (a quarter turn) with columns; the pairing and signs with the most lines on both
 # axes at one scale win, refit by least squares. Its margin over the best other orientation is the
 # confidence.
+
 
 @dataclass
 class TrackFit:
@@ -144,7 +155,9 @@ def dark_lines(image: np.ndarray, width_px: float) -> np.ndarray:
     if med <= np.nanmin(img, initial=np.inf):  # sparse counts: most bins empty
         med = float(np.nanmean(img))
     img = np.minimum(np.nan_to_num(img, nan=med), med)
-    out = ndi.gaussian_filter(img, max(4.0 * width_px, 2.0)) - ndi.gaussian_filter(img, max(width_px / 2, 0.5))
+    out = ndi.gaussian_filter(img, max(4.0 * width_px, 2.0)) - ndi.gaussian_filter(
+        img, max(width_px / 2, 0.5)
+    )
     return out / (out.std() or 1.0)
 
 
@@ -153,12 +166,16 @@ def grid_angle(lines: np.ndarray) -> float:
     Radon projections at theta and theta + 90° are most peaked there."""
     r = min(lines.shape) / 2 - 1
     yy, xx = np.mgrid[: lines.shape[0], : lines.shape[1]]
-    disc = np.where((yy - (lines.shape[0] - 1) / 2) ** 2 + (xx - (lines.shape[1] - 1) / 2) ** 2 <= r * r, lines, 0)
+    disc = np.where(
+        (yy - (lines.shape[0] - 1) / 2) ** 2 + (xx - (lines.shape[1] - 1) / 2) ** 2 <= r * r,
+        lines,
+        0,
+    )
 
     def best(thetas):
         sino = radon(disc, theta=np.concatenate([thetas, thetas + 90]), circle=True)
         score = sino.var(axis=0)
-        return thetas[np.argmax(score[: len(thetas)] + score[len(thetas):])]
+        return thetas[np.argmax(score[: len(thetas)] + score[len(thetas) :])]
 
     coarse = best(np.arange(0.0, 90.0, 0.5))
     fine = best(coarse + np.arange(-0.5, 0.5, 0.02))
@@ -173,7 +190,13 @@ def square_up(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarr
     t = math.radians(angle_deg)
     rot = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
     m = c @ rot @ np.linalg.inv(c)
-    out = warp(image.astype(np.float64), AffineTransform(matrix=m), order=1, cval=np.nan, preserve_range=True)
+    out = warp(
+        image.astype(np.float64),
+        AffineTransform(matrix=m),
+        order=1,
+        cval=np.nan,
+        preserve_range=True,
+    )
     return out, m
 
 
@@ -198,7 +221,9 @@ def _inliers(u: np.ndarray, pred: np.ndarray, tol: float) -> np.ndarray:
     return (d < tol).sum(axis=1)
 
 
-def hypotheses(u: np.ndarray, v: np.ndarray, sign: float, scales: tuple[float, float]) -> np.ndarray:
+def hypotheses(
+    u: np.ndarray, v: np.ndarray, sign: float, scales: tuple[float, float]
+) -> np.ndarray:
     """Candidate (s, t) with ``u ≈ s * v + t``, one per pair of neighbouring lines in each image
     (``sign`` -1: the stain runs the other way, a flip), within the scale range."""
     if len(u) < 2 or len(v) < 2:
@@ -222,14 +247,22 @@ def best_shift(u: np.ndarray, v: np.ndarray, s: float, tol: float) -> tuple[int,
     return int(k[j]), float(t[j])
 
 
-def match_lines(stain: tuple[np.ndarray, np.ndarray], expr: tuple[np.ndarray, np.ndarray],
-                scales: tuple[float, float], tol: float) -> list[tuple[int, str, float, tuple]]:
+def match_lines(
+    stain: tuple[np.ndarray, np.ndarray],
+    expr: tuple[np.ndarray, np.ndarray],
+    scales: tuple[float, float],
+    tol: float,
+) -> list[tuple[int, str, float, tuple]]:
     """Every orientation (stain rows with expression rows or, a quarter turn, with columns; either
     sign per axis), with its best common scale and shifts: (lines matched, name, scale, (pairing,
     signs, shifts)), best first."""
     out = []
     for swap in (False, True):
-        pairs = ((stain[0], expr[1]), (stain[1], expr[0])) if swap else ((stain[0], expr[0]), (stain[1], expr[1]))
+        pairs = (
+            ((stain[0], expr[1]), (stain[1], expr[0]))
+            if swap
+            else ((stain[0], expr[0]), (stain[1], expr[1]))
+        )
         for sa in (1.0, -1.0):
             for sb in (1.0, -1.0):
                 best = (-1, 1.0, (0.0, 0.0))
@@ -245,9 +278,15 @@ def match_lines(stain: tuple[np.ndarray, np.ndarray], expr: tuple[np.ndarray, np
     return sorted(out, key=lambda o: -o[0])
 
 
-def _refit(stain, expr, swap: bool, signs, s: float, shifts, tol: float, rounds: int = 3, final_tol=None):
+def _refit(
+    stain, expr, swap: bool, signs, s: float, shifts, tol: float, rounds: int = 3, final_tol=None
+):
     """Least-squares scale (shared) and shifts (per axis) over the matched lines; RMS residual."""
-    pairs = ((stain[0], expr[1]), (stain[1], expr[0])) if swap else ((stain[0], expr[0]), (stain[1], expr[1]))
+    pairs = (
+        ((stain[0], expr[1]), (stain[1], expr[0]))
+        if swap
+        else ((stain[0], expr[0]), (stain[1], expr[1]))
+    )
     t = list(shifts)
     n = 0
     rms = 0.0
@@ -271,9 +310,16 @@ def _refit(stain, expr, swap: bool, signs, s: float, shifts, tol: float, rounds:
     return float(s), (float(t[0]), float(t[1])), n, rms
 
 
-def register_track_lines(expression: np.ndarray, stain: np.ndarray, factor: int, width_px: float,
-                         where: str, scales: tuple[float, float] = (0.8, 1.25), min_margin: int = 2,
-                         min_lines: int = 4) -> TrackFit:
+def register_track_lines(
+    expression: np.ndarray,
+    stain: np.ndarray,
+    factor: int,
+    width_px: float,
+    where: str,
+    scales: tuple[float, float] = (0.8, 1.25),
+    min_margin: int = 2,
+    min_lines: int = 4,
+) -> TrackFit:
     """The similarity (flip, rotation, scale, offset) from the expression map to the stain.
 
     ``expression`` (transcript counts) and ``stain`` are the chip downsampled by ``factor`` alike
@@ -308,16 +354,24 @@ def register_track_lines(expression: np.ndarray, stain: np.ndarray, factor: int,
             f"{len(expr_pos[0]) + len(expr_pos[1])} lines found in the expression map, {found} in the stain; "
             f"the best orientation ({name}) matches {k}, the next best {runner_up} (need at least "
             f"{min_lines} and a margin of cells.membrane.register_min_margin = {min_margin}); does the chip "
-            "have track lines, and is cells.membrane.track_line_um their width?")
+            "have track lines, and is cells.membrane.track_line_um their width?"
+        )
     sa, sb = signs
-    coarse = (np.array([[0, sb * s, tb], [sa * s, 0, ta], [0, 0, 1]]) if swap
-              else np.array([[sb * s, 0, tb], [0, sa * s, ta], [0, 0, 1]]))
-    c = np.array([[factor, 0, (factor - 1) / 2], [0, factor, (factor - 1) / 2], [0, 0, 1]], np.float64)
+    coarse = (
+        np.array([[0, sb * s, tb], [sa * s, 0, ta], [0, 0, 1]])
+        if swap
+        else np.array([[sb * s, 0, tb], [0, sa * s, ta], [0, 0, 1]])
+    )
+    c = np.array(
+        [[factor, 0, (factor - 1) / 2], [0, factor, (factor - 1) / 2], [0, 0, 1]], np.float64
+    )
     full = c @ back @ coarse @ np.linalg.inv(c)
     return TrackFit(full, int(k), found, int(runner_up), rms * factor, float(angle_used), s, name)
 
 
-def read_through(read, shape_yx: tuple[int, int], matrix: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+def read_through(
+    read, shape_yx: tuple[int, int], matrix: np.ndarray, window: tuple[int, int, int, int]
+) -> np.ndarray:
     """The stain over ``window`` (r0, r1, c0, c1) of the transcripts' frame: ``out[r, c]`` is the
     stain at ``matrix @ (c, r, 1)``, bilinear, NaN where that falls off the stain.
 

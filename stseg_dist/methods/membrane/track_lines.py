@@ -33,8 +33,10 @@ def prepare_track_lines(ctx: PrepareContext, cfg) -> dict:
     h, w = chip.shape_yx
     bh, bw = h // f, w // f
     if bh < 16 or bw < 16:
-        raise InputError(f"{chip.url}: the chip is {h} x {w} px, too small to register by track lines at "
-                         f"cells.membrane.register_downsample = {f}")
+        raise InputError(
+            f"{chip.url}: the chip is {h} x {w} px, too small to register by track lines at "
+            f"cells.membrane.register_downsample = {f}"
+        )
 
     def maps(data: TileData):
         r0, r1, c0, c1 = data.tile.core
@@ -47,7 +49,12 @@ def prepare_track_lines(ctx: PrepareContext, cfg) -> dict:
         cols = (int(math.ceil(c0 / f)), min(bw, int(math.ceil(c1 / f))))
         stain = None
         if rows[0] < rows[1] and cols[0] < cols[1]:
-            stain = downsample(chip.read_image(slice(rows[0] * f, rows[1] * f), slice(cols[0] * f, cols[1] * f), ch), f)
+            stain = downsample(
+                chip.read_image(
+                    slice(rows[0] * f, rows[1] * f), slice(cols[0] * f, cols[1] * f), ch
+                ),
+                f,
+            )
         return br[keep].astype(np.int64) * bw + bc[keep], rows, cols, stain
 
     expression = np.zeros(bh * bw, np.float64)
@@ -55,17 +62,36 @@ def prepare_track_lines(ctx: PrepareContext, cfg) -> dict:
     for flat, rows, cols, block in ctx.map_tiles(maps, list(range(len(ctx.grid)))):
         expression += np.bincount(flat, minlength=bh * bw)
         if block is not None:
-            stain[rows[0]:rows[1], cols[0]:cols[1]] = block
-    fit = register_track_lines(expression.reshape(bh, bw), stain, f, cfg.track_line_um / (chip.pixel_size_um * f),
-                               where=f"{chip.url} (membrane channel {ch})", min_margin=cfg.register_min_margin)
-    facts = {"lines_matched": fit.lines, "lines_in_stain": fit.lines_found, "runner_up_lines": fit.runner_up,
-             "residual_px": round(fit.residual_px, 3), "angle_deg": round(fit.angle_deg, 3),
-             "scale": round(fit.scale, 5), "orientation": fit.orientation}
+            stain[rows[0] : rows[1], cols[0] : cols[1]] = block
+    fit = register_track_lines(
+        expression.reshape(bh, bw),
+        stain,
+        f,
+        cfg.track_line_um / (chip.pixel_size_um * f),
+        where=f"{chip.url} (membrane channel {ch})",
+        min_margin=cfg.register_min_margin,
+    )
+    facts = {
+        "lines_matched": fit.lines,
+        "lines_in_stain": fit.lines_found,
+        "runner_up_lines": fit.runner_up,
+        "residual_px": round(fit.residual_px, 3),
+        "angle_deg": round(fit.angle_deg, 3),
+        "scale": round(fit.scale, 5),
+        "orientation": fit.orientation,
+    }
     log.info("membrane stain registered to the expression map by track lines: %s", facts)
     spec = chip.image
-    return {"transform": [[float(v) for v in row] for row in fit.matrix],
-            "stain": {"url": spec.url, "format": spec.format, "series": spec.series, "level": spec.level},
-            "registration": facts}
+    return {
+        "transform": [[float(v) for v in row] for row in fit.matrix],
+        "stain": {
+            "url": spec.url,
+            "format": spec.format,
+            "series": spec.series,
+            "level": spec.level,
+        },
+        "registration": facts,
+    }
 
 
 class StainReader:
@@ -89,10 +115,14 @@ class StainReader:
     def _read(self, rows: slice, cols: slice) -> np.ndarray:
         a = self._array
         if a.ndim == 2 or self.channel >= a.shape[0]:
-            raise InputError(f"{self.spec.url}: no membrane stain: cells.membrane.channel is {self.channel} "
-                             f"but the image has shape {tuple(a.shape)}")
+            raise InputError(
+                f"{self.spec.url}: no membrane stain: cells.membrane.channel is {self.channel} "
+                f"but the image has shape {tuple(a.shape)}"
+            )
         return np.asarray(a[self.channel, rows, cols])
 
-    def window(self, window: tuple[int, int, int, int], storage_options: dict | None = None) -> np.ndarray:
+    def window(
+        self, window: tuple[int, int, int, int], storage_options: dict | None = None
+    ) -> np.ndarray:
         shape = tuple(int(v) for v in self._open(storage_options or {}).shape[-2:])
         return read_through(self._read, shape, self.matrix, window)

@@ -42,13 +42,19 @@ class SpotGrid:
     def shape(self) -> tuple[int, int]:
         return self.binned.shape
 
-    def spot_um(self, rows: np.ndarray, cols: np.ndarray, bin_um: float) -> tuple[np.ndarray, np.ndarray]:
+    def spot_um(
+        self, rows: np.ndarray, cols: np.ndarray, bin_um: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Centres (y, x) in µm from the chip origin of window spots (rows, cols)."""
-        return ((np.asarray(rows) + self.binned.origin[0] + 0.5) * bin_um,
-                (np.asarray(cols) + self.binned.origin[1] + 0.5) * bin_um)
+        return (
+            (np.asarray(rows) + self.binned.origin[0] + 0.5) * bin_um,
+            (np.asarray(cols) + self.binned.origin[1] + 0.5) * bin_um,
+        )
 
 
-def spot_grid(data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float, d_max_um: float) -> SpotGrid:
+def spot_grid(
+    data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float, d_max_um: float
+) -> SpotGrid:
     """Bin a tile window into spots with counts of ``top_genes`` (chip gene indices) and the prior."""
     binned = bin_tile(data, bin_um)
     h, w = binned.shape
@@ -72,8 +78,12 @@ def spot_grid(data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float
     if len(ids) and h and w:
         rr, cc2 = np.mgrid[:h, :w]
         sy, sx = grid.spot_um(rr.ravel(), cc2.ravel(), bin_um)
-        d, _ = cKDTree(np.column_stack([cy, cx])).query(np.column_stack([sy, sx]), distance_upper_bound=d_max_um)
-        grid.prior = np.where(np.isfinite(d), np.exp(-d / d0_um), 0.0).astype(np.float32).reshape(h, w)
+        d, _ = cKDTree(np.column_stack([cy, cx])).query(
+            np.column_stack([sy, sx]), distance_upper_bound=d_max_um
+        )
+        grid.prior = (
+            np.where(np.isfinite(d), np.exp(-d / d0_um), 0.0).astype(np.float32).reshape(h, w)
+        )
     return grid
 
 
@@ -84,7 +94,9 @@ def neighbourhood_offsets(k: int) -> tuple[np.ndarray, np.ndarray]:
     return dr.ravel(), dc.ravel()
 
 
-def gather_tokens(grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def gather_tokens(
+    grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Token counts (N, k*k, G+1) and priors (N, k*k) of spots (rows, cols); zeros off the window."""
     half = k // 2
     counts = np.pad(grid.counts, ((half, half), (half, half), (0, 0)))
@@ -95,7 +107,9 @@ def gather_tokens(grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, k: int) ->
     return counts[r, c], prior[r, c]
 
 
-def direction_class(dy: np.ndarray, dx: np.ndarray, n_directions: int, floor: bool = False) -> np.ndarray:
+def direction_class(
+    dy: np.ndarray, dx: np.ndarray, n_directions: int, floor: bool = False
+) -> np.ndarray:
     """The nearest of ``n_directions`` directions, class j at angle 2*pi*j/n from +x towards +y;
     with ``floor`` (the paper) class j is the bin [2*pi*j/n, 2*pi*(j+1)/n)."""
     a = np.arctan2(dy, dx) / (2 * np.pi / n_directions)
@@ -109,8 +123,15 @@ def unit_steps(n_directions: int, centre: bool = False) -> np.ndarray:
     return np.column_stack([np.sin(a), np.cos(a)])
 
 
-def direction_mask(grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, bin_um: float, reach_um: float,
-                   n_directions: int, floor: bool) -> np.ndarray:
+def direction_mask(
+    grid: SpotGrid,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    bin_um: float,
+    reach_um: float,
+    n_directions: int,
+    floor: bool,
+) -> np.ndarray:
     """(N, n) bool: the direction classes of spots (rows, cols) in which a nucleus lies within
     ``reach_um`` (its centroid, widened by the angle its equivalent radius subtends).
 
@@ -129,7 +150,10 @@ def direction_mask(grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, bin_um: f
         cy, cx = grid.centroids[i]
         ra = int(np.floor((cy - reach_um) / bin_um)) - o0
         ca = int(np.floor((cx - reach_um) / bin_um)) - o1
-        rb, cb = ra + int(np.ceil(2 * reach_um / bin_um)) + 2, ca + int(np.ceil(2 * reach_um / bin_um)) + 2
+        rb, cb = (
+            ra + int(np.ceil(2 * reach_um / bin_um)) + 2,
+            ca + int(np.ceil(2 * reach_um / bin_um)) + 2,
+        )
         rr, cc = np.mgrid[max(0, ra) : min(h, rb), max(0, ca) : min(w, cb)]
         rr, cc = rr.ravel(), cc.ravel()
         sy, sx = grid.spot_um(rr, cc, bin_um)
@@ -161,9 +185,17 @@ def centre_map(grid: SpotGrid, bin_um: float, radius_um: float) -> np.ndarray:
     return out
 
 
-def spot_labels(grid: SpotGrid, bin_um: float, k: int, erosion_bins: int, neg_distance_um: float,
-                n_directions: int, *, need_expression: bool = False, floor: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:
+def spot_labels(
+    grid: SpotGrid,
+    bin_um: float,
+    k: int,
+    erosion_bins: int,
+    neg_distance_um: float,
+    n_directions: int,
+    *,
+    need_expression: bool = False,
+    floor: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Self-supervised labels on the spot grid: in/out (1, 0 or IGNORE) and direction (or IGNORE).
 
     Positives are spots at least ``erosion_bins`` inside a nucleus (the nucleus border is where
@@ -197,13 +229,16 @@ def spot_labels(grid: SpotGrid, bin_um: float, k: int, erosion_bins: int, neg_di
         cyx = np.array([grid.centroids[int(i)] for i in nuclei[pr, pc]]).reshape(-1, 2)
         dy, dx = cyx[:, 0] - sy, cyx[:, 1] - sx
         cls = direction_class(dy, dx, n_directions, floor)
-        cls[np.hypot(dy, dx) < 0.5 * bin_um] = IGNORE  # at the centroid itself no direction is right
+        cls[np.hypot(dy, dx) < 0.5 * bin_um] = (
+            IGNORE  # at the centroid itself no direction is right
+        )
         direction[pr, pc] = cls
     return inout, direction
 
 
 def spot_hash(seed: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) per global spot (splitmix64), so sampling does not depend on the tiling."""
+
     def mix(x):
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -15,14 +15,24 @@ from ...errors import InputError
 from ..base import PrepareContext, TileData
 from ..common.bins import bin_size_um
 from ..common.torch_model import TorchMethod
-from .features import (centre_map, direction_class, direction_mask, gather_tokens, spot_grid, spot_hash,
-                       spot_labels, unit_steps)
+from .features import (
+    centre_map,
+    direction_class,
+    direction_mask,
+    gather_tokens,
+    spot_grid,
+    spot_hash,
+    spot_labels,
+    unit_steps,
+)
 from .tracking import track
 from .training import TrainingSpots, load_model, predict_spots, train_sslcst
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FILL_UM = 4.0  # stseg: cell F1 0.366 -> 0.595 on large cells, unchanged on every other chip and crop
+DEFAULT_FILL_UM = (
+    4.0  # stseg: cell F1 0.366 -> 0.595 on large cells, unchanged on every other chip and crop
+)
 
 
 class SSLCSTMethod(TorchMethod):
@@ -37,7 +47,11 @@ class SSLCSTMethod(TorchMethod):
         self.paper = self.cfg.variant == "paper"
         default = paper_max_steps if self.paper else default_max_steps
         self.max_steps = self.cfg.max_steps or default(config, self.bin_um)
-        fill_um = self.cfg.fill_um if self.cfg.fill_um is not None else (0.0 if self.paper else DEFAULT_FILL_UM)
+        fill_um = (
+            self.cfg.fill_um
+            if self.cfg.fill_um is not None
+            else (0.0 if self.paper else DEFAULT_FILL_UM)
+        )
         self.fill_bins = int(math.ceil(fill_um / self.bin_um))
 
     # -- geometry -----------------------------------------------------------------------------
@@ -48,12 +62,16 @@ class SSLCSTMethod(TorchMethod):
         The prior is cut off at the feature reach, so the driver's halo (2 x reach + 2 nucleus
         diameters) holds whole every nucleus whose centroid a kept feature can see.
         """
-        return self._feature_reach_um() + 2 * self.fill_bins * self.bin_um  # fill_um: spots tracked beyond the core
+        return (
+            self._feature_reach_um() + 2 * self.fill_bins * self.bin_um
+        )  # fill_um: spots tracked beyond the core
 
     def _feature_reach_um(self) -> float:
         """Where the prior is cut off: tracking reach and the neighbourhood (not fill_um, which
         must not change what the network sees)."""
-        track_um = (self.max_steps + (3 if self.paper else 2)) * self.bin_um  # paper: + the smoothing's spot
+        track_um = (
+            self.max_steps + (3 if self.paper else 2)
+        ) * self.bin_um  # paper: + the smoothing's spot
         return max(track_um + (self.k // 2) * math.sqrt(2) * self.bin_um, self.cfg.neg_distance_um)
 
     def _grid(self, data: TileData, top_genes: np.ndarray):
@@ -62,12 +80,21 @@ class SSLCSTMethod(TorchMethod):
     # -- training -----------------------------------------------------------------------------
     def prepare(self, ctx: PrepareContext):
         if ctx.n_nuclei == 0:
-            raise InputError(f"{ctx.chip.url}: SSL-CST learns from the chip's nuclei, and none were found")
+            raise InputError(
+                f"{ctx.chip.url}: SSL-CST learns from the chip's nuclei, and none were found"
+            )
         cfg, k = self.cfg, self.k
         n_genes = len(ctx.genes)
-        labels = lambda grid: spot_labels(grid, self.bin_um, k, cfg.erosion_bins,  # noqa: E731
-                                          cfg.neg_distance_um, cfg.n_directions,
-                                          need_expression=self.paper, floor=self.paper)
+        labels = lambda grid: spot_labels(
+            grid,
+            self.bin_um,
+            k,
+            cfg.erosion_bins,  # noqa: E731
+            cfg.neg_distance_um,
+            cfg.n_directions,
+            need_expression=self.paper,
+            floor=self.paper,
+        )
 
         def count(data: TileData):
             own = data.transcripts.in_core
@@ -82,12 +109,16 @@ class SSLCSTMethod(TorchMethod):
         gene_counts = np.sum([g for g, _, _ in counted], axis=0)
         n_pos, n_neg = sum(p for _, p, _ in counted), sum(n for _, _, n in counted)
         if n_pos == 0:
-            raise InputError(f"{ctx.chip.url}: no spot lies {cfg.erosion_bins} spot(s) inside a nucleus "
-                             f"(cells.sslcst.erosion_bins={cfg.erosion_bins}); lower it or the bin size")
+            raise InputError(
+                f"{ctx.chip.url}: no spot lies {cfg.erosion_bins} spot(s) inside a nucleus "
+                f"(cells.sslcst.erosion_bins={cfg.erosion_bins}); lower it or the bin size"
+            )
         if n_neg == 0:
-            raise InputError(f"{ctx.chip.url}: no empty spot lies farther than "
-                             f"cells.sslcst.neg_distance_um={cfg.neg_distance_um} from every nucleus, so "
-                             "there are no negatives to learn from; lower it")
+            raise InputError(
+                f"{ctx.chip.url}: no empty spot lies farther than "
+                f"cells.sslcst.neg_distance_um={cfg.neg_distance_um} from every nucleus, so "
+                "there are no negatives to learn from; lower it"
+            )
         top = np.argsort(-gene_counts, kind="stable")[: min(cfg.n_genes, n_genes)]
         if self.paper and not cfg.top_genes_only:
             top = np.arange(n_genes)  # the paper reads every gene
@@ -105,8 +136,13 @@ class SSLCSTMethod(TorchMethod):
             keep = spot_hash(cfg.seed, gr, gc) < np.where(y == 1, rate[1], rate[0])
             r, c, gr, gc, y = r[keep], c[keep], gr[keep], gc[keep], y[keep]
             counts, prior = gather_tokens(grid, r, c, k)
-            return TrainingSpots((gr << 32) + gc, np.minimum(counts, 65535).astype(np.uint16), prior, y,
-                                 direction[r, c])
+            return TrainingSpots(
+                (gr << 32) + gc,
+                np.minimum(counts, 65535).astype(np.uint16),
+                prior,
+                y,
+                direction[r, c],
+            )
 
         spots = TrainingSpots.concat(ctx.map_tiles(sample, tiles))
         train = ctx.train_where_gpu(train_sslcst)
@@ -150,8 +186,15 @@ class SSLCSTMethod(TorchMethod):
         direction = np.zeros((h, w), np.int64)
         direction[rr, cc] = dirs
         start = (p_in >= self.cfg.in_threshold) & tracked[rr, cc]
-        ids = track(rr[start], cc[start], direction, alive, b.nuclei, unit_steps(self.cfg.n_directions),
-                    self.max_steps)
+        ids = track(
+            rr[start],
+            cc[start],
+            direction,
+            alive,
+            b.nuclei,
+            unit_steps(self.cfg.n_directions),
+            self.max_steps,
+        )
         cells[rr[start], cc[start]] = ids
         return b.to_pixels(self._fill(cells, b), data.shape).astype(np.uint32)
 
@@ -176,10 +219,14 @@ class SSLCSTMethod(TorchMethod):
         b, (h, w) = grid.binned, grid.shape
         cells = b.nuclei.copy()
         reach = self.max_steps * self.bin_um
-        near = ndi.distance_transform_edt(b.nuclei == 0, sampling=self.bin_um) <= reach + self.bin_um
+        near = (
+            ndi.distance_transform_edt(b.nuclei == 0, sampling=self.bin_um) <= reach + self.bin_um
+        )
         rr, cc = np.nonzero(region & near)
         chunk = max(256, 8192 * 33 // (len(self.state["top_genes"]) + 1))
-        p_in, probs = predict_spots(self.model, self.device, grid, rr, cc, self.k, chunk=chunk, probs=True)
+        p_in, probs = predict_spots(
+            self.model, self.device, grid, rr, cc, self.k, chunk=chunk, probs=True
+        )
         probs = probs.astype(np.float64)
         probs *= direction_mask(grid, rr, cc, self.bin_um, reach, cfg.n_directions, floor=True)
         total = probs.sum(1)
@@ -188,13 +235,18 @@ class SSLCSTMethod(TorchMethod):
         steps = unit_steps(cfg.n_directions, centre=cfg.step_at_bin_centre)
         field = np.zeros((h, w, 2))
         field[rr[ok], cc[ok]] = probs[ok] @ unit_steps(cfg.n_directions, centre=True)
-        field = sum(np.roll(np.roll(np.pad(field, ((1, 1), (1, 1), (0, 0))), dy, 0), dx, 1)
-                    for dy in (-1, 0, 1) for dx in (-1, 0, 1))[1:-1, 1:-1]
+        field = sum(
+            np.roll(np.roll(np.pad(field, ((1, 1), (1, 1), (0, 0))), dy, 0), dx, 1)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        )[1:-1, 1:-1]
         alive = np.zeros((h, w), bool)
         alive[rr[ok], cc[ok]] = True
         alive &= np.hypot(field[..., 0], field[..., 1]) > 1e-9
         direction = direction_class(field[..., 0], field[..., 1], cfg.n_directions, floor=True)
-        start = (p_in >= cfg.in_threshold) & tracked[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
+        start = (
+            (p_in >= cfg.in_threshold) & tracked[rr, cc] & (b.nuclei[rr, cc] == 0) & alive[rr, cc]
+        )
         centres = centre_map(grid, self.bin_um, cfg.centre_radius_um or 1.5 * self.bin_um)
         ids = track(rr[start], cc[start], direction, alive, centres, steps, self.max_steps)
         cells[rr[start], cc[start]] = ids
@@ -224,7 +276,7 @@ def close_cells(cells: np.ndarray, free: np.ndarray, radius: int) -> np.ndarray:
     ids = ids[ids > 0]
     if not len(ids):
         return out
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     disc = yy**2 + xx**2 <= radius**2
     lab = np.searchsorted(ids, cells) + 1
     lab[cells == 0] = 0

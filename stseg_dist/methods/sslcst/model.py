@@ -21,7 +21,9 @@ class PreLNBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
@@ -36,13 +38,24 @@ class SpotEncoder(nn.Module):
     where expression and the prior rise, i.e. which way the nucleus lies.
     """
 
-    def __init__(self, n_counts: int, k: int, d_model: int = 32, heads: int = 4, hidden: int = 64,
-                 n_directions: int = 16, blocks: int = 1, pre_ln: bool = False):
+    def __init__(
+        self,
+        n_counts: int,
+        k: int,
+        d_model: int = 32,
+        heads: int = 4,
+        hidden: int = 64,
+        n_directions: int = 16,
+        blocks: int = 1,
+        pre_ln: bool = False,
+    ):
         super().__init__()
         self.pre_ln = pre_ln
         dr, dc = neighbourhood_offsets(k)
         half = max(1, k // 2)
-        self.register_buffer("relpos", torch.tensor(np.column_stack([dr, dc]) / half, dtype=torch.float32))
+        self.register_buffer(
+            "relpos", torch.tensor(np.column_stack([dr, dc]) / half, dtype=torch.float32)
+        )
         self.centre = (k * k) // 2
         self.embed = nn.Linear(n_counts + 6, d_model)
         if pre_ln:
@@ -51,13 +64,19 @@ class SpotEncoder(nn.Module):
         else:
             self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
             self.norm1 = nn.LayerNorm(d_model)
-            self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
+            self.ff = nn.Sequential(
+                nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model)
+            )
             self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * d_model, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.inout = nn.Linear(hidden, 2)
         self.direction = nn.Linear(hidden, n_directions)
 
-    def forward(self, counts: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, counts: torch.Tensor, prior: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2), direction logits (B, n))."""
         b, t, _ = counts.shape
         # The prior relative to the centre spot, log(p_t / p_c) = (d_c - d_t) / d0, scaled to
@@ -65,10 +84,23 @@ class SpotEncoder(nn.Module):
         # inside nuclei holds in the cytoplasm.
         seen = prior > 0
         lp = torch.log(prior.clamp_min(1e-12))
-        rel = torch.where(seen & seen[:, self.centre : self.centre + 1], lp - lp[:, self.centre : self.centre + 1], 0.0)
+        rel = torch.where(
+            seen & seen[:, self.centre : self.centre + 1],
+            lp - lp[:, self.centre : self.centre + 1],
+            0.0,
+        )
         rel = rel / (rel.abs().amax(1, keepdim=True) + 1e-6)
         pos = self.relpos.expand(b, t, 2)
-        x = torch.cat([torch.log1p(counts), prior.unsqueeze(-1), rel.unsqueeze(-1), pos, rel.unsqueeze(-1) * pos], -1)
+        x = torch.cat(
+            [
+                torch.log1p(counts),
+                prior.unsqueeze(-1),
+                rel.unsqueeze(-1),
+                pos,
+                rel.unsqueeze(-1) * pos,
+            ],
+            -1,
+        )
         x = self.embed(x)
         if self.pre_ln:
             for layer in self.layers:

@@ -12,8 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def track(starts_r: np.ndarray, starts_c: np.ndarray, direction: np.ndarray, alive: np.ndarray,
-          nuclei: np.ndarray, steps: np.ndarray, max_steps: int) -> np.ndarray:
+def track(
+    starts_r: np.ndarray,
+    starts_c: np.ndarray,
+    direction: np.ndarray,
+    alive: np.ndarray,
+    nuclei: np.ndarray,
+    steps: np.ndarray,
+    max_steps: int,
+) -> np.ndarray:
     """Nucleus ID reached from each start spot (0 = none within ``max_steps``).
 
     ``direction`` (H, W) holds a class per spot (read only where ``alive``), ``steps`` the (n, 2)

@@ -35,13 +35,25 @@ class TrainingSpots:
         parts = [p for p in parts if p is not None and len(p)]
         if not parts:
             raise ValueError("no labelled spots to train on")
-        out = cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                    ("key", "counts", "prior", "inout", "direction")))
+        out = cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("key", "counts", "prior", "inout", "direction")
+            )
+        )
         order = np.argsort(out.key, kind="stable")
-        return cls(out.key[order], out.counts[order], out.prior[order], out.inout[order], out.direction[order])
+        return cls(
+            out.key[order],
+            out.counts[order],
+            out.prior[order],
+            out.inout[order],
+            out.direction[order],
+        )
 
 
-def symmetries(k: int, n_directions: int, floor: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def symmetries(
+    k: int, n_directions: int, floor: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The 8 symmetries of the square as (token permutation, direction class map).
 
     ``tokens[:, perm]`` is the turned neighbourhood; ``dmap[c]`` the class a direction c becomes.
@@ -60,13 +72,17 @@ def symmetries(k: int, n_directions: int, floor: bool = False) -> list[tuple[np.
             where = np.argsort(perm)  # where[t] = new position of original token t
             ty = where[np.flatnonzero((dr == 1) & (dc == 0))[0]]
             tx = where[np.flatnonzero((dr == 0) & (dc == 1))[0]]
-            m = np.array([[dr[ty], dr[tx]], [dc[ty], dc[tx]]], np.float64)  # (dy, dx) -> new (dy, dx)
+            m = np.array(
+                [[dr[ty], dr[tx]], [dc[ty], dc[tx]]], np.float64
+            )  # (dy, dx) -> new (dy, dx)
             new = steps @ m.T
             out.append((perm, direction_class(new[:, 0], new[:, 1], n_directions, floor)))
     return out
 
 
-def train_sslcst(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None = None, log=None) -> dict:
+def train_sslcst(
+    spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None = None, log=None
+) -> dict:
     """Train the encoder; return a picklable state with the weights as bytes (on the CPU on one
     thread: batches of 64 x 25 tokens gain nothing from intra-op threads)."""
     return train_on_device(_train, spots, k, n_counts, cfg, device=device, log=log)
@@ -80,23 +96,39 @@ def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str, log
 
     if not len(spots):
         raise ValueError("SSL-CST training needs labelled spots")
-    spots = TrainingSpots.concat([spots])  # in global spot order: the tiling never shows in the weights
+    spots = TrainingSpots.concat(
+        [spots]
+    )  # in global spot order: the tiling never shows in the weights
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     paper = getattr(cfg, "variant", "stseg") == "paper"
-    arch = {"n_counts": n_counts, "k": k, "d_model": cfg.d_model, "heads": cfg.heads,
-            "n_directions": cfg.n_directions, "blocks": cfg.blocks if paper else 1, "pre_ln": paper}
+    arch = {
+        "n_counts": n_counts,
+        "k": k,
+        "d_model": cfg.d_model,
+        "heads": cfg.heads,
+        "n_directions": cfg.n_directions,
+        "blocks": cfg.blocks if paper else 1,
+        "pre_ln": paper,
+    }
     model = SpotEncoder(**arch).to(device)
     n_in = np.bincount(spots.inout, minlength=2).astype(np.float64)
-    weight = torch.tensor(np.where(n_in > 0, len(spots) / (2 * np.maximum(n_in, 1)), 0.0), dtype=torch.float32,
-                          device=device)
+    weight = torch.tensor(
+        np.where(n_in > 0, len(spots) / (2 * np.maximum(n_in, 1)), 0.0),
+        dtype=torch.float32,
+        device=device,
+    )
     ce_inout = nn.CrossEntropyLoss(weight=weight)
     ce_dir = nn.CrossEntropyLoss(ignore_index=IGNORE)
     t = lambda a, dt=None: torch.as_tensor(a, device=device, dtype=dt)  # noqa: E731
     counts = t(spots.counts.astype(np.float32))
     prior = t(spots.prior)
     inout, direction = t(spots.inout), t(spots.direction)
-    sym = [(t(p), t(d)) for p, d in symmetries(k, cfg.n_directions, paper)] if cfg.augment else [(None, None)]
+    sym = (
+        [(t(p), t(d)) for p, d in symmetries(k, cfg.n_directions, paper)]
+        if cfg.augment
+        else [(None, None)]
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
     def batch_loss(order: np.ndarray):
@@ -113,12 +145,24 @@ def _train(spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str, log
 
     model.train()
     means = fit_epochs(opt, rng, len(spots), cfg.epochs, cfg.batch_size, batch_loss)
-    history = {name: [float(v) for v in means[:, i]] for i, name in enumerate(("loss", "inout", "direction"))}
+    history = {
+        name: [float(v) for v in means[:, i]]
+        for i, name in enumerate(("loss", "inout", "direction"))
+    }
     if log:
-        log(f"SSL-CST training on {len(spots)} spots ({int(n_in[1])} in, {int(n_in[0])} out): "
-            f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}")
-    return {"weights": weights_to_bytes(model), "arch": arch, "history": history, "n_spots": len(spots),
-            "n_in": int(n_in[1]), "n_out": int(n_in[0]), "device": str(device)}
+        log(
+            f"SSL-CST training on {len(spots)} spots ({int(n_in[1])} in, {int(n_in[0])} out): "
+            f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}"
+        )
+    return {
+        "weights": weights_to_bytes(model),
+        "arch": arch,
+        "history": history,
+        "n_spots": len(spots),
+        "n_in": int(n_in[1]),
+        "n_out": int(n_in[0]),
+        "device": str(device),
+    }
 
 
 def load_model(state: dict, device: str | None = None):
@@ -128,8 +172,16 @@ def load_model(state: dict, device: str | None = None):
     return load_weights(SpotEncoder(**state["arch"]), state["weights"], device)
 
 
-def predict_spots(model, device, grid, rows: np.ndarray, cols: np.ndarray, k: int,
-                  chunk: int = 8192, probs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_spots(
+    model,
+    device,
+    grid,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    k: int,
+    chunk: int = 8192,
+    probs: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """In-cell probability and direction class (``probs``: the (N, n) direction probabilities) of
     window spots (rows, cols), in fixed-size chunks."""
     import torch
@@ -143,5 +195,7 @@ def predict_spots(model, device, grid, rows: np.ndarray, cols: np.ndarray, k: in
             p_in[s : s + chunk] = torch.softmax(lo, 1)[:, 1].cpu().numpy()
             dirs.append(torch.softmax(ld, 1).cpu().numpy() if probs else ld.argmax(1).cpu().numpy())
     if not dirs:
-        return p_in, np.zeros((0, model.direction.out_features) if probs else 0, np.float32 if probs else np.int64)
+        return p_in, np.zeros(
+            (0, model.direction.out_features) if probs else 0, np.float32 if probs else np.int64
+        )
     return p_in, np.concatenate(dirs)

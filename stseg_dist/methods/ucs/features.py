@@ -12,8 +12,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def select_hvg(rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, n_genes: int, n_hvg: int,
-               block: int = 10) -> np.ndarray:
+def select_hvg(
+    rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, n_genes: int, n_hvg: int, block: int = 10
+) -> np.ndarray:
     """Boolean mask of the region's highly variable genes (all genes when the panel is small).
 
     Dispersion (variance / mean) of each gene's counts over ``block``-bin squares of the region,
@@ -41,8 +42,9 @@ def select_hvg(rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, n_genes: i
     return keep
 
 
-def marker_grid(rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, lut: np.ndarray,
-                shape: tuple[int, int]) -> np.ndarray:
+def marker_grid(
+    rows: np.ndarray, cols: np.ndarray, genes: np.ndarray, lut: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
     """Per bin: 1 + the cell type whose marker gene lies there (0 = none; the highest type wins)."""
     out = np.zeros(shape, np.int64)
     types = lut[genes]
@@ -57,4 +59,6 @@ def cell_marker_mask(markers: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
     types = markers[near & (markers > 0)]
     if not len(types):
         return np.zeros(markers.shape, np.float32)
-    return ndi.binary_dilation(markers == np.bincount(types).argmax(), iterations=1).astype(np.float32)
+    return ndi.binary_dilation(markers == np.bincount(types).argmax(), iterations=1).astype(
+        np.float32
+    )

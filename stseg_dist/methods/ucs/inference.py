@@ -27,8 +27,9 @@ class CellPrior:
     mask: np.ndarray  # soft mask over the box
 
 
-def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
-                growth_bins: float | None = None) -> list[CellPrior]:
+def cell_priors(
+    seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool, growth_bins: float | None = None
+) -> list[CellPrior]:
     """Soft masks of every nucleus (or seed) in the window, over its box grown by the reach.
 
     With ``growth_bins`` the mask is zero beyond that (direction-scaled) distance from the nucleus
@@ -56,7 +57,9 @@ def cell_priors(seeds: np.ndarray, reach_bins: int, tau: float, scaled: bool,
     return out
 
 
-def foreground_pass(model, device, binned: BinnedTile, patch: int = 192) -> tuple[np.ndarray, np.ndarray]:
+def foreground_pass(
+    model, device, binned: BinnedTile, patch: int = 192
+) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability (H, W) and the cell net's reduced features (C, H, W) of a window.
 
     The foreground net runs patch by patch with margins that cover its receptive field, and only
@@ -77,11 +80,19 @@ def foreground_pass(model, device, binned: BinnedTile, patch: int = 192) -> tupl
                 pr0, pr1, pc0, pc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
                 lo, hi = np.searchsorted(rows, [pr0, pr1])
                 inside = (cols[lo:hi] >= pc0) & (cols[lo:hi] < pc1)
-                rr, cc, gg = t(rows[lo:hi][inside] - pr0), t(cols[lo:hi][inside] - pc0), t(genes[lo:hi][inside])
-                logits, feats = model.foreground(torch.zeros_like(rr), rr, cc, gg, (1, pr1 - pr0, pc1 - pc0))
+                rr, cc, gg = (
+                    t(rows[lo:hi][inside] - pr0),
+                    t(cols[lo:hi][inside] - pc0),
+                    t(genes[lo:hi][inside]),
+                )
+                logits, feats = model.foreground(
+                    torch.zeros_like(rr), rr, cc, gg, (1, pr1 - pr0, pc1 - pc0)
+                )
                 core = (slice(r0 - pr0, r1 - pr0), slice(c0 - pc0, c1 - pc0))
                 fg[r0:r1, c0:c1] = torch.softmax(logits, 1)[0, 1][core].cpu().numpy()
-                reduced[:, r0:r1, c0:c1] = model.cell.reduce(feats[:, :, core[0], core[1]])[0].cpu().numpy()
+                reduced[:, r0:r1, c0:c1] = (
+                    model.cell.reduce(feats[:, :, core[0], core[1]])[0].cpu().numpy()
+                )
     return fg, reduced
 
 
@@ -106,9 +117,18 @@ def coverage(priors: list[CellPrior], shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: int = 192,
-            fg_threshold: float | None = 0.5, markers: np.ndarray | None = None, prior_weighted: bool = True,
-            cell_background: bool = True, evidence: dict | None = None):
+def predict(
+    model,
+    device,
+    binned: BinnedTile,
+    priors: list[CellPrior],
+    patch: int = 192,
+    fg_threshold: float | None = 0.5,
+    markers: np.ndarray | None = None,
+    prior_weighted: bool = True,
+    cell_background: bool = True,
+    evidence: dict | None = None,
+):
     """Foreground probability and cell argmax labels over the window's bin grid.
 
     The foreground pass keeps the window's foreground probability and the cell net's reduced
@@ -123,10 +143,15 @@ def predict(model, device, binned: BinnedTile, priors: list[CellPrior], patch: i
     fg, reduced = foreground_pass(model, device, binned, patch)
     marker_masks = None
     if model.cell.markers and markers is not None:
-        marker_masks = {p.cell_id: cell_marker_mask(markers[p.box[0]:p.box[1], p.box[2]:p.box[3]], p.mask > 0.5)
-                        for p in priors}
-    bg_sum, n_cover, best_q, best_id = _classify_cells(model.cell, reduced, priors, marker_masks, prior_weighted,
-                                                       evidence)
+        marker_masks = {
+            p.cell_id: cell_marker_mask(
+                markers[p.box[0] : p.box[1], p.box[2] : p.box[3]], p.mask > 0.5
+            )
+            for p in priors
+        }
+    bg_sum, n_cover, best_q, best_id = _classify_cells(
+        model.cell, reduced, priors, marker_masks, prior_weighted, evidence
+    )
     bg = np.where(n_cover > 0, bg_sum / np.maximum(n_cover, 1), 1.0)
     keep = (n_cover > 0) & (best_q > bg) if cell_background else n_cover > 0
     if fg_threshold is not None:
@@ -148,10 +173,17 @@ def _head_terms(cell_net):
     b = cell_net.head.bias.detach().cpu().numpy().astype(np.float64)
     d = w[1] - w[0]
     c = cell_net.channels
-    return d[:c], (d[c:2 * c] if cell_net.expression else None), (d[-1] if cell_net.markers else None), b[1] - b[0]
+    return (
+        d[:c],
+        (d[c : 2 * c] if cell_net.expression else None),
+        (d[-1] if cell_net.markers else None),
+        b[1] - b[0],
+    )
 
 
-def _classify_cells(cell_net, reduced, priors, marker_masks=None, prior_weighted=True, evidence=None):
+def _classify_cells(
+    cell_net, reduced, priors, marker_masks=None, prior_weighted=True, evidence=None
+):
     """Per bin over the cells whose reach covers it: sum of (1 - q_c), count, best q and its cell.
 
     ``reduced`` (C, H, W): the cell net's per-bin features. Among cells that claim a bin the one
@@ -193,8 +225,13 @@ def _classify_cells(cell_net, reduced, priors, marker_masks=None, prior_weighted
     return bg_sum.astype(np.float32), n_cover, best_q, best_id
 
 
-def expression_evidence(binned: BinnedTile, priors: list[CellPrior], gene_freq: np.ndarray, sigma: float,
-                        alpha: float = 20.0) -> dict[int, np.ndarray]:
+def expression_evidence(
+    binned: BinnedTile,
+    priors: list[CellPrior],
+    gene_freq: np.ndarray,
+    sigma: float,
+    alpha: float = 20.0,
+) -> dict[int, np.ndarray]:
     """Per cell, over its box: how much better its own nucleus's expression explains the nearby
     transcripts than the chip's average does (a Gaussian-weighted sum of log-likelihood ratios).
 
@@ -210,7 +247,9 @@ def expression_evidence(binned: BinnedTile, priors: list[CellPrior], gene_freq: 
     nuc = binned.nuclei[binned.rows, binned.cols] if len(binned.rows) else np.zeros(0, np.int64)
     inside = nuc > 0
     # (cell, gene) pairs of the nuclear transcripts, sorted by cell: each cell's genes are one slice
-    pairs, counts = np.unique(np.stack([nuc[inside], binned.genes[inside]]), axis=1, return_counts=True)
+    pairs, counts = np.unique(
+        np.stack([nuc[inside], binned.genes[inside]]), axis=1, return_counts=True
+    )
     rows, cols, genes = binned.by_row
     out = {}
     for p in priors:
@@ -246,14 +285,24 @@ def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         hit = (a > 0) & (k < len(ids)) & (ids[np.minimum(k, len(ids) - 1)] == a)
         return np.where(hit, k + 1, 0)
 
-    boxes = zip(ndi.find_objects(compact(labels), len(ids)), ndi.find_objects(compact(seeds), len(ids)))
+    boxes = zip(
+        ndi.find_objects(compact(labels), len(ids)), ndi.find_objects(compact(seeds), len(ids))
+    )
     h, w = labels.shape
     for cid, (lb, sb) in zip(ids, boxes):
         parts = [b for b in (lb, sb) if b is not None]
         if not parts:
             continue
-        sl = (slice(max(0, min(b[0].start for b in parts) - 2), min(h, max(b[0].stop for b in parts) + 2)),
-              slice(max(0, min(b[1].start for b in parts) - 2), min(w, max(b[1].stop for b in parts) + 2)))
+        sl = (
+            slice(
+                max(0, min(b[0].start for b in parts) - 2),
+                min(h, max(b[0].stop for b in parts) + 2),
+            ),
+            slice(
+                max(0, min(b[1].start for b in parts) - 2),
+                min(w, max(b[1].stop for b in parts) + 2),
+            ),
+        )
         lab, seed = labels[sl], seeds[sl]
         comp, _ = ndi.label((lab == cid) | (seed == cid))
         keep = np.isin(comp, np.unique(comp[seed == cid]))
@@ -265,9 +314,16 @@ def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return np.where(seeds > 0, seeds, out)
 
 
-def missing_cell_seeds(fg: np.ndarray, labels: np.ndarray, nuclei: np.ndarray, threshold: float,
-                       min_area: int, counts: np.ndarray | None = None,
-                       min_density: float | None = None, smooth_bins: float = 0.0) -> np.ndarray:
+def missing_cell_seeds(
+    fg: np.ndarray,
+    labels: np.ndarray,
+    nuclei: np.ndarray,
+    threshold: float,
+    min_area: int,
+    counts: np.ndarray | None = None,
+    min_density: float | None = None,
+    smooth_bins: float = 0.0,
+) -> np.ndarray:
     """Seeds of cells whose nucleus is not seen: confident foreground outside every cell.
 
     With ``min_density`` (transcripts per bin) a candidate must also be as dense as a cell, not

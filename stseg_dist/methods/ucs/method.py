@@ -62,7 +62,9 @@ class UCSMethod(TorchMethod):
     # -- training -----------------------------------------------------------------------------
     def prepare(self, ctx: PrepareContext):
         if ctx.n_nuclei == 0:
-            raise InputError(f"{ctx.chip.url}: UCS trains on the chip's nuclei, and none were found")
+            raise InputError(
+                f"{ctx.chip.url}: UCS trains on the chip's nuclei, and none were found"
+            )
         chosen = sample_nuclei(self.cfg.seed, ctx.n_nuclei, self.cfg.n_train_patches)
         n_genes = len(ctx.genes)
         hvg_needed = n_genes > self.cfg.n_hvg
@@ -84,9 +86,15 @@ class UCSMethod(TorchMethod):
             patches = _patches_for(binned, data, chosen, size, marker_types)
             if paper:
                 return patches, None, None
-            every_gene = binned if keep is None else bin_tile(data, bin_um)  # densities count every gene
+            every_gene = (
+                binned if keep is None else bin_tile(data, bin_um)
+            )  # densities count every gene
             own = data.transcripts.gene[data.transcripts.in_core]
-            return patches, density_counts(every_gene, data, far_um), np.bincount(own, minlength=n_genes)
+            return (
+                patches,
+                density_counts(every_gene, data, far_um),
+                np.bincount(own, minlength=n_genes),
+            )
 
         results = ctx.map_tiles(sample, tiles)
         patches = [p for ps, _, _ in results for p in ps]
@@ -96,15 +104,31 @@ class UCSMethod(TorchMethod):
             per_gene = np.sum([g for _, _, g in results], axis=0)
             background = chip_background(counts, self.cfg.background_sigma_um / bin_um)
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
-            log.info(f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
-                     f"{far_um} µm from any nucleus), nuclei {nuclear}")
+            log.info(
+                f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
+                f"{far_um} µm from any nucleus), nuclei {nuclear}"
+            )
         train = ctx.train_where_gpu(train_ucs)
-        state = train(patches, n_genes, self.cfg, pos_weight=self._pos_weight(), bin_um=bin_um,
-                      markers=marker_types is not None,
-                      background=background if self.cfg.foreground_labels == "chip" else None, log=log.info)
-        return {"train": state, "bin_um": bin_um, "hvg": hvg, "region_um": region_um, "marker_lut": marker_types,
-                "background_per_bin": background, "nuclear_per_bin": nuclear,
-                "gene_freq": None if self.paper else (per_gene + 1.0) / (per_gene.sum() + n_genes)}
+        state = train(
+            patches,
+            n_genes,
+            self.cfg,
+            pos_weight=self._pos_weight(),
+            bin_um=bin_um,
+            markers=marker_types is not None,
+            background=background if self.cfg.foreground_labels == "chip" else None,
+            log=log.info,
+        )
+        return {
+            "train": state,
+            "bin_um": bin_um,
+            "hvg": hvg,
+            "region_um": region_um,
+            "marker_lut": marker_types,
+            "background_per_bin": background,
+            "nuclear_per_bin": nuclear,
+            "gene_freq": None if self.paper else (per_gene + 1.0) / (per_gene.sum() + n_genes),
+        }
 
     def _pos_weight(self) -> float:
         if self.cfg.pos_weight is not None:
@@ -124,11 +148,16 @@ class UCSMethod(TorchMethod):
         return lut
 
     def describe_state(self, state) -> dict:
-        return {**super().describe_state(state), "bin_um": state["bin_um"],
-                "n_train_patches": state["train"]["n_patches"], "variant": self.cfg.variant,
-                "empty_field_foreground": state["train"]["empty_field_foreground"],
-                "background_per_bin": state.get("background_per_bin"), "nuclear_per_bin": state.get("nuclear_per_bin"),
-                "hvg_regions": None if state["hvg"] is None else len(state["hvg"])}
+        return {
+            **super().describe_state(state),
+            "bin_um": state["bin_um"],
+            "n_train_patches": state["train"]["n_patches"],
+            "variant": self.cfg.variant,
+            "empty_field_foreground": state["train"]["empty_field_foreground"],
+            "background_per_bin": state.get("background_per_bin"),
+            "nuclear_per_bin": state.get("nuclear_per_bin"),
+            "hvg_regions": None if state["hvg"] is None else len(state["hvg"]),
+        }
 
     # -- inference ----------------------------------------------------------------------------
     def load(self, state) -> None:
@@ -138,11 +167,18 @@ class UCSMethod(TorchMethod):
             self.fg_threshold = min(self.fg_threshold, state["train"]["empty_field_foreground"])
 
     def _binned(self, data: TileData):
-        return bin_tile(data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um")))
+        return bin_tile(
+            data, self.bin_um, hvg_filter(self.state.get("hvg"), self.state.get("region_um"))
+        )
 
     def _priors(self, seeds: np.ndarray):
-        return cell_priors(seeds, self._reach_bins(), softmask_tau(self.cfg), self.cfg.scaled_softmask,
-                           self.growth_bins)
+        return cell_priors(
+            seeds,
+            self._reach_bins(),
+            softmask_tau(self.cfg),
+            self.cfg.scaled_softmask,
+            self.growth_bins,
+        )
 
     def _predict(self, data: TileData, with_seeds: bool):
         binned = self._binned(data)
@@ -151,16 +187,28 @@ class UCSMethod(TorchMethod):
             seeds = np.where(seeds > 0, seeds, binned.seeds)
         priors = self._priors(seeds)
         lut = None if self.paper else self.state.get("marker_lut")
-        markers = None if lut is None else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
+        markers = (
+            None
+            if lut is None
+            else marker_grid(binned.rows, binned.cols, binned.genes, lut, binned.shape)
+        )
         evidence = None
         if self.cfg.expression_weight and self.state.get("gene_freq") is not None:
-            evidence = expression_evidence(binned, priors, self.state["gene_freq"],
-                                           self.cfg.background_sigma_um / self.bin_um)
+            evidence = expression_evidence(
+                binned, priors, self.state["gene_freq"], self.cfg.background_sigma_um / self.bin_um
+            )
             evidence = {k: self.cfg.expression_weight * v for k, v in evidence.items()}
-        fg, labels = predict(self.model, self.device, binned, priors, markers=markers,
-                             fg_threshold=None if self.paper else self.fg_threshold,
-                             prior_weighted=not self.paper, cell_background=self.paper or self.cfg.cell_background,
-                             evidence=evidence)
+        fg, labels = predict(
+            self.model,
+            self.device,
+            binned,
+            priors,
+            markers=markers,
+            fg_threshold=None if self.paper else self.fg_threshold,
+            prior_weighted=not self.paper,
+            cell_background=self.paper or self.cfg.cell_background,
+            evidence=evidence,
+        )
         return binned, seeds, fg, labels
 
     def find_seeds(self, data: TileData):
@@ -179,9 +227,16 @@ class UCSMethod(TorchMethod):
         min_density = None
         if self.cfg.missing_cell_density and bg is not None and nuc is not None:
             min_density = bg[0] + self.cfg.missing_cell_density * (nuc - bg[0])
-        seeds = missing_cell_seeds(fg, labels, binned.nuclei, self.cfg.missing_cell_threshold,
-                                   max(4, int(nucleus_area_bins)), binned.counts(), min_density,
-                                   self.cfg.missing_cell_smoothing_um / self.bin_um)
+        seeds = missing_cell_seeds(
+            fg,
+            labels,
+            binned.nuclei,
+            self.cfg.missing_cell_threshold,
+            max(4, int(nucleus_area_bins)),
+            binned.counts(),
+            min_density,
+            self.cfg.missing_cell_smoothing_um / self.bin_um,
+        )
         return binned.to_pixels(seeds, data.shape).astype(np.uint32)
 
     def segment(self, data: TileData):
@@ -207,13 +262,17 @@ def load_markers(path: str, what: str = "cells.ucs.markers") -> pd.DataFrame:
         raise ConfigError(f"{what}: file not found: {path}") from exc
     missing = {"cell_type", "gene"} - set(table.columns)
     if missing:
-        raise ConfigError(f"{path}: marker table needs columns cell_type and gene; missing {sorted(missing)}")
+        raise ConfigError(
+            f"{path}: marker table needs columns cell_type and gene; missing {sorted(missing)}"
+        )
     if table.empty:
         raise ConfigError(f"{path}: marker table is empty")
     return table[["cell_type", "gene"]].astype(str)
 
 
-def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_types) -> list[Patch]:
+def _patches_for(
+    binned, data: TileData, chosen: np.ndarray, size: int, marker_types
+) -> list[Patch]:
     """Patches centred on the chosen nuclei this tile owns (centroid pixel in its core)."""
     ids, cy, cx = owned_nuclei(data.nuclei, data.tile)
     mine = np.isin(ids, chosen)
@@ -223,7 +282,9 @@ def _patches_for(binned, data: TileData, chosen: np.ndarray, size: int, marker_t
     for cid, br, bc in zip(ids[mine], rows, cols):
         box = patch_box(int(br), int(bc), size, binned.shape)
         pr, pc, pg = binned.in_box(*box)
-        markers = None if marker_types is None else marker_grid(pr, pc, pg, marker_types, (size, size))
+        markers = (
+            None if marker_types is None else marker_grid(pr, pc, pg, marker_types, (size, size))
+        )
         out.append(Patch(int(cid), pr, pc, pg, cut_patch(binned.nuclei, box, size), markers))
     return out
 
@@ -246,7 +307,10 @@ def density_counts(binned, data: TileData, far_um: float) -> np.ndarray:
     """
     from scipy import ndimage as ndi
 
-    far = ndi.distance_transform_edt(binned.nuclei == 0) * (1.0 / binned.scale) * data.pixel_size_um > far_um
+    far = (
+        ndi.distance_transform_edt(binned.nuclei == 0) * (1.0 / binned.scale) * data.pixel_size_um
+        > far_um
+    )
     if binned.seeds is not None:
         far &= binned.seeds == 0
     own = binned.grid.owned(data.tile)
@@ -302,8 +366,14 @@ def _hvg_stats(data: TileData, bin_um: float, region_um: float) -> pd.DataFrame:
     block_um = 10 * bin_um
     bx = np.floor(tx.x[own] / block_um).astype(np.int64)
     by = np.floor(tx.y[own] / block_um).astype(np.int64)
-    df = pd.DataFrame({"region": _region_keys(tx.x[own], tx.y[own], region_um), "bx": bx, "by": by,
-                       "gene": tx.gene[own].astype(np.int64)})
+    df = pd.DataFrame(
+        {
+            "region": _region_keys(tx.x[own], tx.y[own], region_um),
+            "bx": bx,
+            "by": by,
+            "gene": tx.gene[own].astype(np.int64),
+        }
+    )
     return df.groupby(["region", "bx", "by", "gene"]).size().rename("n").reset_index()
 
 
@@ -316,6 +386,7 @@ def _hvg_from_stats(parts: list[pd.DataFrame], n_genes: int, n_hvg: int) -> dict
         nb = int(blocks.max()) + 1
         rows, cols = blocks // max(1, nb), blocks % max(1, nb)
         expanded = np.repeat(np.arange(len(g)), g.n.to_numpy())
-        out[int(region)] = select_hvg(rows[expanded], cols[expanded], g.gene.to_numpy()[expanded], n_genes, n_hvg,
-                                      block=1)
+        out[int(region)] = select_hvg(
+            rows[expanded], cols[expanded], g.gene.to_numpy()[expanded], n_genes, n_hvg, block=1
+        )
     return out

@@ -34,8 +34,14 @@ class SparseGeneInput(nn.Module):
         self.embedding = nn.Embedding(max(n_genes, 1), channels)
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, batch: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, genes: torch.Tensor,
-                shape: tuple[int, int, int]) -> torch.Tensor:
+    def forward(
+        self,
+        batch: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        genes: torch.Tensor,
+        shape: tuple[int, int, int],
+    ) -> torch.Tensor:
         b, h, w = shape
         c = self.embedding.embedding_dim
         out = torch.zeros(b * h * w, c, device=self.bias.device, dtype=self.bias.dtype)
@@ -46,7 +52,9 @@ class SparseGeneInput(nn.Module):
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def _mlp1x1(sizes: list[int], last_relu: bool) -> nn.Sequential:
@@ -83,7 +91,13 @@ class CellNet(nn.Module):
     paper: the same features times the cell's own expression profile (their mean over its
     nucleus), so a bin between two nuclei can go to the one whose expression it shares."""
 
-    def __init__(self, feature_channels: int, width: int = 32, markers: bool = False, expression: bool = False):
+    def __init__(
+        self,
+        feature_channels: int,
+        width: int = 32,
+        markers: bool = False,
+        expression: bool = False,
+    ):
         super().__init__()
         self.reduce = _mlp1x1([feature_channels, 2 * width, width, width // 2], last_relu=True)
         self.markers = markers
@@ -98,8 +112,12 @@ class CellNet(nn.Module):
         inside = (softmasks > 0.5).to(reduced.dtype)
         return (reduced * inside).sum((2, 3)) / inside.sum((2, 3)).clamp(min=1.0)
 
-    def classify(self, reduced: torch.Tensor, softmasks: torch.Tensor,
-                 marker_masks: torch.Tensor | None = None) -> torch.Tensor:
+    def classify(
+        self,
+        reduced: torch.Tensor,
+        softmasks: torch.Tensor,
+        marker_masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
 
         Training runs it over whole patches; inference scores each cell over its own box from the
@@ -112,7 +130,12 @@ class CellNet(nn.Module):
             parts.append(torch.zeros_like(softmasks) if marker_masks is None else marker_masks)
         return self.head(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
-    def forward(self, features: torch.Tensor, softmasks: torch.Tensor, marker_masks: torch.Tensor | None = None):
+    def forward(
+        self,
+        features: torch.Tensor,
+        softmasks: torch.Tensor,
+        marker_masks: torch.Tensor | None = None,
+    ):
         """features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W)."""
         return self.classify(self.reduce(features), softmasks, marker_masks)
 
@@ -122,8 +145,12 @@ def _linear1x1(sizes: list[int]) -> nn.Sequential:
 
 
 def _double_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
 
 
 class PaperForegroundNet(nn.Module):
@@ -170,8 +197,14 @@ class PaperCellNet(nn.Module):
 
 
 class UCSModel(nn.Module):
-    def __init__(self, n_genes: int, width: int = 32, markers: bool = False, expression: bool = False,
-                 variant: str = "stseg"):
+    def __init__(
+        self,
+        n_genes: int,
+        width: int = 32,
+        markers: bool = False,
+        expression: bool = False,
+        variant: str = "stseg",
+    ):
         super().__init__()
         if variant == "paper":
             self.foreground = PaperForegroundNet(n_genes)
@@ -181,7 +214,9 @@ class UCSModel(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                     nn.init.zeros_(m.bias)
             # the first layer is a 1x1 convolution over the gene map: same initialisation
-            nn.init.normal_(self.foreground.input.embedding.weight, std=(2.0 / max(n_genes, 1)) ** 0.5)
+            nn.init.normal_(
+                self.foreground.input.embedding.weight, std=(2.0 / max(n_genes, 1)) ** 0.5
+            )
             return
         self.foreground = ForegroundNet(n_genes, width)
         self.cell = CellNet(self.foreground.feature_channels, width, markers, expression)

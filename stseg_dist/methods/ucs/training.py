@@ -41,10 +41,17 @@ class Patch:
     markers: np.ndarray | None = None  # (S, S) int64 marker cell type per bin + 1 (0 = none)
 
 
-def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 4,
-                      density: float | None = None, sigma: float = 1.5, margin: int = 2,
-                      ring: int = 3, kernel: np.ndarray | None = None,
-                      background: tuple[float, float] | None = None) -> np.ndarray:
+def foreground_labels(
+    nuclei: np.ndarray,
+    counts: np.ndarray,
+    iterations: int = 4,
+    density: float | None = None,
+    sigma: float = 1.5,
+    margin: int = 2,
+    ring: int = 3,
+    kernel: np.ndarray | None = None,
+    background: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Nucleus bins 1; background 0; the rest ignored.
 
     Background is the paper's (outside the nuclei dilated by a 10x10 kernel ``iterations`` times,
@@ -66,7 +73,9 @@ def foreground_labels(nuclei: np.ndarray, counts: np.ndarray, iterations: int = 
     outside = ~dil
     labels = np.full(nuclei.shape, IGNORE, np.int64)
     if outside.any():
-        labels[outside & (counts <= counts[outside].mean())] = 0  # the public code: at most the mean
+        labels[outside & (counts <= counts[outside].mean())] = (
+            0  # the public code: at most the mean
+        )
     if density is not None and pos.any():
         smooth = ndi.gaussian_filter(counts.astype(np.float32), sigma, mode="constant")
         level = smooth[pos].mean()
@@ -100,12 +109,22 @@ def augment(p: Patch, k: int, flip: bool) -> Patch:
     """The patch rotated by k quarter turns, flipped first if ``flip`` (sparse indices and rasters alike)."""
     n = p.nuclei.shape[0]
     rows, cols = (n - 1 - p.rows if flip else p.rows), p.cols
-    nuc, mk = (p.nuclei[::-1] if flip else p.nuclei), (None if p.markers is None else (p.markers[::-1] if flip else p.markers))
+    nuc, mk = (
+        (p.nuclei[::-1] if flip else p.nuclei),
+        (None if p.markers is None else (p.markers[::-1] if flip else p.markers)),
+    )
     for _ in range(k % 4):  # np.rot90: (r, c) -> (n - 1 - c, r)
         rows, cols = n - 1 - cols, rows
         nuc = np.rot90(nuc)
         mk = None if mk is None else np.rot90(mk)
-    return Patch(p.key, rows, cols, p.genes, np.ascontiguousarray(nuc), None if mk is None else np.ascontiguousarray(mk))
+    return Patch(
+        p.key,
+        rows,
+        cols,
+        p.genes,
+        np.ascontiguousarray(nuc),
+        None if mk is None else np.ascontiguousarray(mk),
+    )
 
 
 def patch_counts(p: Patch) -> np.ndarray:
@@ -117,7 +136,11 @@ def patch_counts(p: Patch) -> np.ndarray:
 def _batch(patches, device):
     import torch
 
-    b = np.concatenate([np.full(len(p.rows), i) for i, p in enumerate(patches)]) if patches else np.zeros(0)
+    b = (
+        np.concatenate([np.full(len(p.rows), i) for i, p in enumerate(patches)])
+        if patches
+        else np.zeros(0)
+    )
     cat = lambda name: np.concatenate([getattr(p, name) for p in patches])  # noqa: E731
     t = lambda a: torch.as_tensor(np.asarray(a, np.int64), device=device)  # noqa: E731
     return t(b), t(cat("rows")), t(cat("cols")), t(cat("genes"))
@@ -130,8 +153,18 @@ def train_ucs(patches: list[Patch], n_genes: int, cfg, *, device: str | None = N
     return train_on_device(_train, patches, n_genes, cfg, device=device, **kw)
 
 
-def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: float = 1.0, markers: bool = False,
-           bin_um: float = 1.0, background: tuple[float, float] | None = None, log=None) -> dict:
+def _train(
+    patches: list[Patch],
+    n_genes: int,
+    cfg,
+    *,
+    device: str,
+    pos_weight: float = 1.0,
+    markers: bool = False,
+    bin_um: float = 1.0,
+    background: tuple[float, float] | None = None,
+    log=None,
+) -> dict:
     import torch
     from torch import nn
 
@@ -142,8 +175,12 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
     patches = sorted(patches, key=lambda p: p.key)
     paper = cfg.variant == "paper"
     markers = markers and not paper
-    model = UCSModel(n_genes, markers=markers, expression=cfg.expression_profile and not paper,
-                     variant=cfg.variant).to(device)
+    model = UCSModel(
+        n_genes,
+        markers=markers,
+        expression=cfg.expression_profile and not paper,
+        variant=cfg.variant,
+    ).to(device)
     weights = torch.tensor([1.0, pos_weight], device=device)
     ce = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     label_args = {"iterations": cfg.background_dilation, "sigma": cfg.background_sigma_um / bin_um}
@@ -153,17 +190,28 @@ def _train(patches: list[Patch], n_genes: int, cfg, *, device: str, pos_weight: 
         label_args["background"] = background
     elif cfg.foreground_labels != "paper":  # "nuclei", or "chip" with no background to measure
         label_args["density"] = cfg.background_density
-    history = {"foreground": _train_foreground(model, patches, cfg, ce, rng, device, label_args),
-               "cell": _train_cells(model, patches, cfg, ce, rng, device, markers)}
+    history = {
+        "foreground": _train_foreground(model, patches, cfg, ce, rng, device, label_args),
+        "cell": _train_cells(model, patches, cfg, ce, rng, device, markers),
+    }
     if log:
-        log(f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
+        log(
+            f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
             f"in {len(history['foreground'])} epochs, cell loss {history['cell'][0]:.3f} -> "
-            f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs")
+            f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs"
+        )
     model.eval()
-    return {"weights": weights_to_bytes(model), "n_genes": n_genes, "markers": markers, "variant": cfg.variant,
-            "empty_field_foreground": empty_field_foreground(model, device),
-            "expression": cfg.expression_profile and not paper, "history": history, "device": str(device),
-            "n_patches": len(patches)}
+    return {
+        "weights": weights_to_bytes(model),
+        "n_genes": n_genes,
+        "markers": markers,
+        "variant": cfg.variant,
+        "empty_field_foreground": empty_field_foreground(model, device),
+        "expression": cfg.expression_profile and not paper,
+        "history": history,
+        "device": str(device),
+        "n_patches": len(patches),
+    }
 
 
 def _adam(params, cfg):
@@ -174,14 +222,20 @@ def _adam(params, cfg):
     return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
 
 
-def _train_foreground(model, patches: list[Patch], cfg, ce, rng, device, label_args: dict) -> list[float]:
+def _train_foreground(
+    model, patches: list[Patch], cfg, ce, rng, device, label_args: dict
+) -> list[float]:
     """Phase 1: the foreground net. The paper variant turns each patch by a random flip/rot90 per
     step and derives its labels after; ours labels each patch once."""
     import torch
 
     paper = cfg.variant == "paper"
     size = patches[0].nuclei.shape
-    fixed = None if paper else [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in patches]
+    fixed = (
+        None
+        if paper
+        else [foreground_labels(p.nuclei, patch_counts(p), **label_args) for p in patches]
+    )
     opt = _adam(model.foreground.parameters(), cfg)
 
     def batch_loss(idx: np.ndarray):
@@ -196,8 +250,19 @@ def _train_foreground(model, patches: list[Patch], cfg, ce, rng, device, label_a
         return ce(logits, targets)
 
     model.train()
-    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss,
-                                                 patience=cfg.plateau_patience, tol=cfg.plateau_tol)[:, 0]]
+    return [
+        float(v)
+        for v in fit_epochs(
+            opt,
+            rng,
+            len(patches),
+            cfg.epochs,
+            cfg.batch_size,
+            batch_loss,
+            patience=cfg.plateau_patience,
+            tol=cfg.plateau_tol,
+        )[:, 0]
+    ]
 
 
 def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: bool) -> list[float]:
@@ -222,13 +287,23 @@ def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: boo
     for i, p in enumerate(patches):
         ids = np.unique(p.nuclei)
         ids = ids[ids > 0]
-        masks.append(torch.as_tensor(np.stack([softmask(p.nuclei == c, tau, cfg.scaled_softmask) for c in ids])[:, None],
-                                     device=device))
-        targets.append(torch.as_tensor(np.stack([cell_labels(p.nuclei, c, prob_all[i]) for c in ids]), device=device))
+        masks.append(
+            torch.as_tensor(
+                np.stack([softmask(p.nuclei == c, tau, cfg.scaled_softmask) for c in ids])[:, None],
+                device=device,
+            )
+        )
+        targets.append(
+            torch.as_tensor(
+                np.stack([cell_labels(p.nuclei, c, prob_all[i]) for c in ids]), device=device
+            )
+        )
         mark.append(_marker_masks(p, ids, device) if markers else None)
 
     def batch_loss(idx: np.ndarray):
-        local = torch.as_tensor(np.repeat(np.arange(len(idx)), [len(masks[i]) for i in idx]), device=device)
+        local = torch.as_tensor(
+            np.repeat(np.arange(len(idx)), [len(masks[i]) for i in idx]), device=device
+        )
         sm = torch.cat([masks[i] for i in idx])
         mk = torch.cat([mark[i] for i in idx]) if markers else None
         logits = model.cell.classify(model.cell.reduce(feats_all[idx])[local], sm, mk)
@@ -236,8 +311,19 @@ def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: boo
         return loss + 0.5 * _marker_loss(logits, mk, sm) if markers else loss
 
     model.cell.train()
-    return [float(v) for v in fit_epochs(opt, rng, len(patches), cfg.epochs, cfg.batch_size, batch_loss,
-                                                 patience=cfg.plateau_patience, tol=cfg.plateau_tol)[:, 0]]
+    return [
+        float(v)
+        for v in fit_epochs(
+            opt,
+            rng,
+            len(patches),
+            cfg.epochs,
+            cfg.batch_size,
+            batch_loss,
+            patience=cfg.plateau_patience,
+            tol=cfg.plateau_tol,
+        )[:, 0]
+    ]
 
 
 PAPER_TAU = 5.0  # the public code's default soft-mask temperature, in bins
@@ -251,8 +337,12 @@ def load_model(state: dict, device: str | None = None):
     """Rebuild the model from a state; weights are read with weights_only=True (no code runs)."""
     from .nets import UCSModel
 
-    model = UCSModel(state["n_genes"], markers=state.get("markers", False), expression=state.get("expression", False),
-                     variant=state.get("variant", "stseg"))
+    model = UCSModel(
+        state["n_genes"],
+        markers=state.get("markers", False),
+        expression=state.get("expression", False),
+        variant=state.get("variant", "stseg"),
+    )
     return load_weights(model, state["weights"], device)
 
 
