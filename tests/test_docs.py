@@ -70,22 +70,18 @@ def test_readme_commands_parse_and_their_configs_load():
 
 
 def _config_keys() -> set[str]:
-    """Every dotted key of the pipeline config (sections and leaves)."""
-    import dataclasses
-
-    from stseg_dist.config import PipelineConfig
+    """Every dotted key of the pipeline config (sections and leaves), as run.json records it."""
+    from stseg_dist.config import load_config
 
     keys: set[str] = set()
 
-    def walk(obj, prefix):
-        for f in dataclasses.fields(obj):
-            key = f"{prefix}{f.name}"
-            keys.add(key)
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, key + ".")
+    def walk(d: dict, prefix: str) -> None:
+        for name, value in d.items():
+            keys.add(prefix + name)
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
 
-    walk(PipelineConfig(), "")
+    walk(load_config(use_env=False).to_dict(), "")
     return keys
 
 
