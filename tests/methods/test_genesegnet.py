@@ -544,7 +544,7 @@ def test_paper_accuracy_against_expansion(accuracy_chip, tmp_path):
     # measured (120 µm chip, seed 1): F1 expansion 0.887, stseg 0.792, paper 0.887; right cell
     # 0.732, 0.761, 0.624. The paper variant matches expansion on F1 here and beats ours, but puts
     # fewer transcripts in their true cell on a chip this small (~50 cells to train on; on a 200 µm
-    # chip it is 0.789 vs expansion's 0.742: README)
+    # chip it is 0.789 vs expansion's 0.742: docs/accuracy.md)
     assert f1["paper"] >= f1["expansion"]
     assert f1["paper"] > f1["stseg"] + 0.05
     assert right["paper"] > 0.55

@@ -4,9 +4,9 @@ free RNA, where a 5 µm nucleus expansion cannot reach the cell borders and tran
 
 Measured (200 µm chip, seed 1, ``cells.cell_diameter_um`` 40): cell F1 expansion 0.585, ``stseg``
 (fill_um 4) 0.707, ``paper`` with ``fill_um: 4`` 0.634; transcripts in the right cell 0.474 / 0.689
-/ 0.694 (on the 250 µm chip of README: F1 0.550 / 0.595 / 0.565, and 0.000 for ``paper`` as
+/ 0.694 (250 µm chip in docs/accuracy.md: F1 0.550 / 0.595 / 0.565, and 0.000 for ``paper`` as
 published: its masks are porous). On the default 150 µm chip (small cells) neither variant
-matches expansion (0.922 vs 0.814 / 0.802 with fill): README.
+matches expansion (0.922 vs 0.814 / 0.802 with fill): docs/methods.md, sslcst.
 """
 
 import pytest

@@ -51,7 +51,7 @@ def test_ucs_at_least_expansion_on_real_crops(crops, crop, tmp_path):
 # paper's assumptions hold, against a floor a little under what it measured (CosMx expansion:
 # F1 0.605, ARI 0.469; MERFISH expansion: F1 0.571, ARI 0.193). Not asserted, measured: SSL-CST
 # paper on CosMx F1 0.622, ARI 0.345 (75 s); GeneSegNet paper on MERFISH F1 0.071 (its cells are
-# 3-5x their nucleus, beyond its reach: README).
+# 3-5x their nucleus, beyond its reach: docs/accuracy.md).
 @pytest.mark.parametrize(
     "crop, method, floor",
     [
