@@ -5,7 +5,7 @@ the learned ones share (bin grid, ownership, patches, torch base, Cellpose loade
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import CellMethod, PrepareContext, TileData, TileTranscripts
+from .base import CellMethod, PrepareContext, TileData, TileResult, TileTranscripts
 
 
 def _registry() -> dict[str, type[CellMethod]]:
@@ -58,6 +58,7 @@ __all__ = [
     "CellMethod",
     "PrepareContext",
     "TileData",
+    "TileResult",
     "TileTranscripts",
     "get_method",
     "available_methods",

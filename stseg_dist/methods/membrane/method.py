@@ -20,7 +20,7 @@ from skimage.filters import threshold_otsu
 
 from ...errors import InputError
 from ...nuclei.classical import smooth
-from ..base import CellMethod, Compute, PrepareContext, TileData
+from ..base import CellMethod, Compute, PrepareContext, TileData, TileResult
 from ..common.cellpose import load_cellpose, worker_facts
 from ..common.ownership import tile_owning
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
@@ -177,7 +177,10 @@ class MembraneMethod(CellMethod):
             data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan
         )
 
-    def segment(self, data: TileData) -> np.ndarray:
+    def segment(self, data: TileData) -> TileResult:
+        return TileResult.from_labels(self._cell_labels(data))
+
+    def _cell_labels(self, data: TileData) -> np.ndarray:
         seeds = data.nuclei
         if data.seeds is not None:
             seeds = np.where(seeds > 0, seeds, data.seeds)
