@@ -34,7 +34,7 @@ SEED_RADIUS_UM = 1.0  # a nucleus-free cell's seed: its pixels this close to its
 
 
 class PaperMembraneMethod(MembraneMethod):
-    """The paper variant; ``MembraneMethod(config)`` returns one when ``variant`` is ``paper``."""
+    """The paper variant; the registry picks it for ``cells.membrane.variant: paper``."""
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
