@@ -49,7 +49,6 @@ from .io.chip import Chip, open_chip
 from .lifecycle import Compute, Plugin, PrepareContext
 from .methods import CellMethod, get_method
 from .nuclei import NucleiBackend, get_backend
-from .partials import CellPartials
 from .outputs import (
     cells_table,
     concat_transcripts,
@@ -59,6 +58,7 @@ from .outputs import (
     write_h5ad,
     write_parquet,
 )
+from .partials import CellPartials
 from .scan import batch_row_groups, merge_scan
 from .statefile import StateFileError
 from .stitching import assign_global_ids

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..lifecycle import Compute
 from ..imaging.cellpose import load_cellpose, worker_facts
+from ..lifecycle import Compute
 from .base import NucleiBackend
 
 MODEL_KEY = "nuclei.cellpose.model"

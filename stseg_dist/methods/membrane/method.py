@@ -19,9 +19,9 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from ...errors import InputError
+from ...imaging.cellpose import load_cellpose, worker_facts
 from ...imaging.filters import smooth
 from ..base import CellMethod, Compute, PrepareContext, TileData, TileResult
-from ...imaging.cellpose import load_cellpose, worker_facts
 from ..common.ownership import tile_owning
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
