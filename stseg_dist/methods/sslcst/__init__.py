@@ -35,6 +35,16 @@ departures are switches: ``top_genes_only``, ``step_at_bin_centre``, ``centre_ra
 the ``max_steps`` cap that keeps the halo bounded (tiles exact).
 """
 
-from .method import SSLCSTMethod
+from .config import SSLCSTConfig
 
-__all__ = ["SSLCSTMethod"]
+
+def __getattr__(name: str):
+    """The method class on first use: importing the settings (``SSLCSTConfig``) stays light."""
+    if name == "SSLCSTMethod":
+        from .method import SSLCSTMethod
+
+        return SSLCSTMethod
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SSLCSTConfig", "SSLCSTMethod"]

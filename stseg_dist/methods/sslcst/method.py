@@ -15,6 +15,7 @@ from ...errors import InputError
 from ..base import PrepareContext, TileData, TileResult
 from ..common.bins import bin_size_um
 from ..common.torch_model import TorchMethod
+from .config import SSLCSTConfig
 from .features import (
     centre_map,
     direction_class,
@@ -37,6 +38,7 @@ DEFAULT_FILL_UM = (
 
 class SSLCSTMethod(TorchMethod):
     name = "sslcst"
+    config_type = SSLCSTConfig
     uses_image = False
     load_model = staticmethod(load_model)
 

@@ -20,6 +20,7 @@ from ..common.bins import bin_size_um, bin_tile
 from ..common.ownership import owned_nuclei
 from ..common.patches import cut_patch, patch_box, sample_nuclei
 from ..common.torch_model import TorchMethod
+from .config import UCSConfig
 from .features import marker_grid, select_hvg
 from .inference import (
     cell_priors,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 class UCSMethod(TorchMethod):
     name = "ucs"
+    config_type = UCSConfig
     load_model = staticmethod(load_model)
 
     def __init__(self, config, platform: str = "generic"):
