@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..io.chip import ChipFacts
     from .base import CellMethod
 
 _BASE = ("CellMethod", "PrepareContext", "TileData", "TileResult", "TileTranscripts")
@@ -62,10 +63,11 @@ def _import_method(path: str) -> type["CellMethod"]:
     return cls
 
 
-def get_method(name: str, config, platform: str = "generic") -> "CellMethod":
-    """A method by registered name, or by import path ``module:Class`` (third-party methods)."""
+def get_method(name: str, config, facts: "ChipFacts | None" = None) -> "CellMethod":
+    """A method by registered name, or by import path ``module:Class`` (third-party methods),
+    told the chip's facts (``chip.meta.facts``; None: a 1 µm bin, an imaged stain)."""
     if ":" in name:
-        return _import_method(name)(config, platform)
+        return _import_method(name)(config, facts)
     registry = _registry()
     if name not in registry:
         raise ConfigError(
@@ -75,7 +77,7 @@ def get_method(name: str, config, platform: str = "generic") -> "CellMethod":
     if isinstance(cls, dict):
         # an unknown variant gets the first class, whose constructor's validation names it
         cls = cls.get(getattr(config.cells, name).variant, next(iter(cls.values())))
-    return cls(config, platform)
+    return cls(config, facts)
 
 
 __all__ = [

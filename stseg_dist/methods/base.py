@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..io.chip import ChipFacts
 from ..lifecycle import Compute, Plugin, PrepareContext
 from ..settings import validate_section
 from ..tiledata import TileData, TileResult, TileTranscripts
@@ -35,9 +36,9 @@ class CellMethod(Plugin):
     #: composed into ``CellsConfig`` by :mod:`stseg_dist.config`); None: no settings of its own.
     config_type: type | None = None
 
-    def __init__(self, config: "PipelineConfig", platform: str = "generic"):
+    def __init__(self, config: "PipelineConfig", facts: ChipFacts | None = None):
         self.config = config
-        self.platform = platform
+        self.facts = facts if facts is not None else ChipFacts()  # chip.json's, never a platform
         if self.name:
             validate_section(config, f"cells.{self.name}")
 

@@ -46,8 +46,8 @@ class GeneSegNetMethod(TorchMethod):
     config_type = GeneSegNetConfig
     load_model = staticmethod(load_model)
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         size = self.cfg.patch_px
         if size < 16 or size % 2**DEPTH:  # the U-Net's shape (its ranges: config)
             raise ConfigError(

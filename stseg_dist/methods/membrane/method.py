@@ -38,8 +38,8 @@ class MembraneMethod(CellMethod):
     name = "membrane"
     config_type = MembraneConfig
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         c = config.cells.membrane
         self.cfg = c
         self.uses_model = c.backend == "cellpose"  # Cellpose loads its model once per actor

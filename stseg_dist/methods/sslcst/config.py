@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 @dataclass
 class SSLCSTConfig:
     bin_um: float | None = (
-        None  # spot size; None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
+        None  # spot size; None: the chip's bin_um (chip.json: its spot pitch, or 1 µm)
     )
     neighbourhood: int = 5  # k: a spot's tokens are the k x k spots around it (odd)
     n_genes: int = (

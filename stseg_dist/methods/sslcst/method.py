@@ -42,9 +42,9 @@ class SSLCSTMethod(TorchMethod):
     uses_image = False
     load_model = staticmethod(load_model)
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
-        self.bin_um = bin_size_um(platform, self.cfg.bin_um)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
+        self.bin_um = bin_size_um(self.facts, self.cfg.bin_um)
         self.k = self.cfg.neighbourhood
         self.paper = self.cfg.variant == "paper"
         default = paper_max_steps if self.paper else default_max_steps

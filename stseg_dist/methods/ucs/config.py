@@ -17,7 +17,7 @@ class UCSConfig:
     # optimiser and soft-mask tau 5; no missing cells) to measure every departure against.
     # "stseg": ours, with the departures below (each a switch with its measured effect).
     variant: str = "stseg"
-    bin_um: float | None = None  # None: 1 µm (Xenium, MERSCOPE) or 0.5 µm (CosMx, Stereo-seq)
+    bin_um: float | None = None  # None: the chip's bin_um (chip.json: its spot pitch, or 1 µm)
     n_hvg: int = 1000
     hvg_region_um: float = 1000.0  # HVGs are chosen per square region of this size
     patch_px: int = 48
@@ -31,7 +31,7 @@ class UCSConfig:
     batch_size: int = 16
     lr: float = 1e-3  # the paper's 1e-4 needs far more steps than an on-chip fit affords
     weight_decay: float = 1e-4
-    pos_weight: float | None = None  # None: 5 on Stereo-seq, else 1
+    pos_weight: float | None = None  # None: 5 where the chip's spot_capture is true, else 1
     missing_cells: bool = True
     # Nucleus-less cells are sought where the foreground, smoothed by a Gaussian of
     # missing_cell_smoothing_um, exceeds missing_cell_threshold outside every cell (0 / 0.95 before:
