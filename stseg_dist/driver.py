@@ -212,7 +212,7 @@ def _run(
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     t_all = time.perf_counter()
     chip = chip_url if isinstance(chip_url, Chip) else open_chip(chip_url, storage_options)
-    method = get_method(config.cells.method, config, chip.meta.platform)
+    method = get_method(config.cells.method, config, chip.meta.facts)
     backend = get_backend(
         config.nuclei.backend, config, chip
     )  # validates the name and its inputs early

@@ -67,7 +67,7 @@ def load_backend(ctx: RunContext) -> NucleiBackend:
 
 
 def load_method(ctx: RunContext) -> CellMethod:
-    method = get_method(ctx.config.cells.method, ctx.config, ctx.chip.meta.platform)
+    method = get_method(ctx.config.cells.method, ctx.config, ctx.chip.meta.facts)
     method.load(ctx.method_state)
     return method
 

@@ -59,13 +59,58 @@ def test_bad_yaml_and_missing_file(tmp_path):
         ("tiling.chunk_px=0", "tiling.chunk_px must be positive"),
         ("runtime.max_in_flight=0", "runtime.max_in_flight must be at least 1"),
         ("cells.expansion.distance_um=-1", "cells.expansion.distance_um must not be negative"),
+        ("nuclei.diameter_um=0", "nuclei.diameter_um must be positive"),
+        ("nuclei.channel=-1", "nuclei.channel must be a channel index >= 0"),
+        ("cells.cell_diameter_um=-5", "cells.cell_diameter_um must be positive"),
+        ("nuclei.classical.sigma_um=-1", "nuclei.classical.sigma_um must not be negative"),
+        ("nuclei.classical.min_area_um2=-1", "nuclei.classical.min_area_um2 must not be negative"),
+        ("nuclei.classical.min_distance_um=0", "nuclei.classical.min_distance_um must be positive"),
+        ("nuclei.classical.footprint_um=0", "nuclei.classical.footprint_um must be positive"),
+        ("nuclei.classical.threshold=-1", "nuclei.classical.threshold must not be negative"),
+        (
+            "nuclei.backend=cellpose nuclei.cellpose.batch_size=0",
+            "nuclei.cellpose.batch_size must be at least 1",
+        ),
+        (
+            "nuclei.backend=cellpose nuclei.cellpose.flow_threshold=-0.1",
+            "nuclei.cellpose.flow_threshold must not be negative",
+        ),
+        (
+            "nuclei.backend=cellpose nuclei.cellpose.diameter_px=0",
+            "nuclei.cellpose.diameter_px must be positive or null",
+        ),
+        ("nuclei.backend=cellpose nuclei.cellpose.model=''", "nuclei.cellpose.model must name"),
+        (
+            "cells.method=membrane cells.membrane.backend=cellpose "
+            "cells.membrane.cellpose.batch_size=0",
+            "cells.membrane.cellpose.batch_size must be at least 1",
+        ),
     ],
 )
 def test_sections_validate_their_values(item, fragment):
     """Each section checks its own values (PipelineConfig.validate, run before any tile)."""
-    cfg = load_config(overrides=parse_set([item]), use_env=False)
+    cfg = load_config(overrides=parse_set(item.split()), use_env=False)
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         cfg.validate()
+
+
+def test_each_method_registers_the_section_the_config_composes():
+    """A method's settings are declared beside it (``config_type``) and composed under its name."""
+    from stseg_dist.config import CellsConfig
+    from stseg_dist.methods import _registry
+
+    cells = CellsConfig()
+    for name, classes in _registry().items():
+        for cls in classes.values() if isinstance(classes, dict) else [classes]:
+            assert cls.config_type is type(getattr(cells, name)), name
+            assert cls.config_type.__module__.startswith(f"stseg_dist.methods.{name}")
+
+
+@pytest.mark.parametrize("preset", ["xenium", "merscope", "cosmx", "stereoseq"])
+def test_presets_load_and_validate(preset):
+    from tests.conftest import REPO
+
+    load_config(str(REPO / "configs" / f"{preset}.yaml"), use_env=False).validate()
 
 
 def test_only_the_selected_method_section_is_validated():

@@ -12,12 +12,33 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
-from ..io import storage
+from ..settings import at_least_one, not_negative, positive_or_none, require
 
 _LOADS: dict[str, int] = {}
+
+
+@dataclass
+class CellposeConfig:
+    """One Cellpose section for every stage that runs it (nuclei.cellpose, cells.membrane.cellpose)."""
+
+    model: str = "cpsam"  # a built-in name, a local path, or an fsspec URL
+    batch_size: int = 8
+    flow_threshold: float = 0.4
+    cellprob_threshold: float = 0.0
+    diameter_px: float | None = (
+        None  # nuclei; the membrane method tries cells.membrane.diameters_um
+    )
+    storage_options: dict = field(default_factory=dict)
+
+    def validate(self, key: str, root: object = None) -> None:
+        at_least_one(self, key, "batch_size")
+        not_negative(self, key, "flow_threshold")
+        positive_or_none(self, key, "diameter_px")
+        require(bool(self.model), f"{key}.model must name a model, a path or a URL, got ''")
 
 
 def resolve_model_path(
@@ -26,6 +47,8 @@ def resolve_model_path(
     """Turn a model name, path or URL into a local file path, without any network download
     except from the user's own object store. ``key`` names the setting in errors."""
     from cellpose import models as cp_models
+
+    from ..io import storage
 
     if storage.is_remote(model):
         cache = Path(os.environ.get("STSEG_MODEL_CACHE", tempfile.gettempdir())) / "stseg-models"

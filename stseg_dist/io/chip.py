@@ -18,6 +18,41 @@ from ..errors import InputError
 from . import storage
 from .transcripts import TranscriptSource
 
+#: The facts about a chip that cell methods may use, as chip.json records them (readers write
+#: them through ChipWriter). A chip written before they were recorded gets the ones its platform
+#: implies: this table is the one place outside the readers that knows platforms.
+#:
+#: - ``bin_um``: the bin (spot) size the learned methods default to: the platform's spot pitch
+#:   where it is finer than 1 µm (CosMx, Stereo-seq DNBs: 0.5 µm), else 1 µm;
+#: - ``spot_capture``: transcripts were captured on a grid of sequencing spots (Stereo-seq),
+#:   not imaged in place (UCS weights the foreground class 5x there, as its paper does);
+#: - ``image_source``: ``transcript_density`` when the image is a rendering of the transcripts
+#:   (no stain), else ``vendor_image``.
+DEFAULT_FACTS: dict[str, Any] = {
+    "bin_um": 1.0,
+    "spot_capture": False,
+    "image_source": "vendor_image",
+}
+PLATFORM_FACTS: dict[str, dict[str, Any]] = {
+    "cosmx": {"bin_um": 0.5},
+    "stereoseq": {"bin_um": 0.5, "spot_capture": True, "image_source": "transcript_density"},
+}
+IMAGE_SOURCES = ("vendor_image", "transcript_density")
+
+
+def platform_facts(platform: str) -> dict[str, Any]:
+    """The facts a chip of ``platform`` has unless its chip.json says otherwise."""
+    return {**DEFAULT_FACTS, **PLATFORM_FACTS.get(platform.lower(), {})}
+
+
+@dataclass(frozen=True)
+class ChipFacts:
+    """What a cell method may know about the chip beyond its pixels (never its platform's name)."""
+
+    bin_um: float = DEFAULT_FACTS["bin_um"]
+    spot_capture: bool = DEFAULT_FACTS["spot_capture"]
+    density_image: bool = False  # the image renders transcript density; there is no stain
+
 
 @dataclass(frozen=True)
 class ChipMeta:
@@ -25,6 +60,16 @@ class ChipMeta:
     origin_um: tuple[float, float]
     platform: str = "generic"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def facts(self) -> ChipFacts:
+        """chip.json's facts, or its platform's where it records none (an older chip)."""
+        f = {**platform_facts(self.platform), **self.extra}
+        return ChipFacts(
+            float(f["bin_um"]),
+            bool(f["spot_capture"]),
+            f["image_source"] == "transcript_density",
+        )
 
     def to_json(self) -> dict:
         return {
@@ -57,6 +102,18 @@ def parse_chip_json(obj: Any, where: str) -> ChipMeta:
     platform = obj.get("platform", "generic")
     if not isinstance(platform, str):
         raise InputError(f"{where}: 'platform' must be a string, got {platform!r}")
+    bin_um = obj.get("bin_um", 1.0)
+    if isinstance(bin_um, bool) or not isinstance(bin_um, (int, float)) or not bin_um > 0:
+        raise InputError(f"{where}: 'bin_um' must be a positive number, got {bin_um!r}")
+    if not isinstance(obj.get("spot_capture", False), bool):
+        raise InputError(
+            f"{where}: 'spot_capture' must be true or false, got {obj['spot_capture']!r}"
+        )
+    if obj.get("image_source", IMAGE_SOURCES[0]) not in IMAGE_SOURCES:
+        raise InputError(
+            f"{where}: 'image_source' must be one of {', '.join(IMAGE_SOURCES)}, "
+            f"got {obj['image_source']!r}"
+        )
     extra = {k: v for k, v in obj.items() if k not in ("pixel_size_um", "origin_um", "platform")}
     return ChipMeta(float(ps), (float(origin[0]), float(origin[1])), platform, extra)
 

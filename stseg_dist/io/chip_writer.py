@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from .. import constants as K
 from ..errors import OutputError
 from . import storage
+from .chip import platform_facts
 
 
 class ChipWriter:
@@ -61,6 +62,7 @@ class ChipWriter:
             "pixel_size_um": float(pixel_size_um),
             "origin_um": list(origin_um),
             "platform": platform,
+            **platform_facts(platform),  # what methods need to know, so they never ask the platform
         }
         self.meta.update(meta_extra or {})
         yx = tuple(shape[-2:])

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import validate_section
+from ..io.chip import ChipFacts
 from ..lifecycle import Compute, Plugin, PrepareContext
+from ..settings import validate_section
 from ..tiledata import TileData, TileResult, TileTranscripts
 
 if TYPE_CHECKING:
@@ -31,10 +32,13 @@ class CellMethod(Plugin):
 
     #: False for methods that never look at the image, so tiles skip reading it.
     uses_image: bool = True
+    #: The dataclass of its settings, ``cells.<name>`` (declared beside the method's code and
+    #: composed into ``CellsConfig`` by :mod:`stseg_dist.config`); None: no settings of its own.
+    config_type: type | None = None
 
-    def __init__(self, config: "PipelineConfig", platform: str = "generic"):
+    def __init__(self, config: "PipelineConfig", facts: ChipFacts | None = None):
         self.config = config
-        self.platform = platform
+        self.facts = facts if facts is not None else ChipFacts()  # chip.json's, never a platform
         if self.name:
             validate_section(config, f"cells.{self.name}")
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import validate_section
 from ..lifecycle import Plugin
+from ..settings import validate_section
 
 if TYPE_CHECKING:
     from ..config import PipelineConfig

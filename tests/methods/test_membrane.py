@@ -74,7 +74,7 @@ def prepare_state(chip_url: str, *items, tile_size_um: float = 1000.0):
         "cells.method=membrane", f"tiling.tile_size_um={tile_size_um}", "tiling.chunk_px=32", *items
     )
     chip = open_chip(chip_url)
-    method = get_method("membrane", cfg, chip.meta.platform)
+    method = get_method("membrane", cfg, chip.meta.facts)
     grid = make_grid(
         chip.shape_yx, chip.pixel_size_um, cfg.tiling.tile_size_um, 20.0, cfg.tiling.chunk_px
     )

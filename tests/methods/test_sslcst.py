@@ -296,7 +296,7 @@ def _method(*items):
         ),
         use_env=False,
     )
-    return get_method("sslcst", cfg, "test")
+    return get_method("sslcst", cfg)
 
 
 def _prepare_on_two_tiles(m, nuclei, x, y, g):

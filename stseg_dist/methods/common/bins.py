@@ -15,15 +15,14 @@ from functools import cached_property
 
 import numpy as np
 
+from ...io.chip import ChipFacts
 from ..base import TileData
 
-#: Bin size by platform when a method's ``bin_um`` is not set: 1 µm for Xenium and MERSCOPE,
-#: 0.5 µm for CosMx and Stereo-seq (their finer spot pitch), as in the UCS paper.
-BIN_UM = {"cosmx": 0.5, "stereoseq": 0.5}
 
-
-def bin_size_um(platform: str, configured: float | None) -> float:
-    return float(configured) if configured else BIN_UM.get(platform.lower(), 1.0)
+def bin_size_um(facts: ChipFacts, configured: float | None) -> float:
+    """A method's ``bin_um`` where set, else the chip's (chip.json ``bin_um``: the spot pitch
+    where it is finer than 1 µm, else 1 µm, as in the UCS paper)."""
+    return float(configured) if configured else facts.bin_um
 
 
 @dataclass(frozen=True)

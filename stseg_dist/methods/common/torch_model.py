@@ -128,8 +128,8 @@ class TorchMethod(CellMethod):
     load_model: Callable = None
     model = None
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         self.cfg = getattr(config.cells, self.name)  # the method's own section, cells.<name>
 
     def compute(self) -> Compute:

@@ -4,6 +4,16 @@
 refinement, scale/rotate/crop augmentation, residual 4-scale U-Net; README: their measured effect).
 """
 
-from .method import GeneSegNetMethod
+from .config import GeneSegNetConfig
 
-__all__ = ["GeneSegNetMethod"]
+
+def __getattr__(name: str):
+    """The method class on first use: importing the settings (``GeneSegNetConfig``) stays light."""
+    if name == "GeneSegNetMethod":
+        from .method import GeneSegNetMethod
+
+        return GeneSegNetMethod
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["GeneSegNetConfig", "GeneSegNetMethod"]

@@ -20,6 +20,7 @@ from ..common.bins import BinGrid
 from ..common.ownership import owned_nuclei
 from ..common.patches import cut_patch, patch_box, sample_nuclei
 from ..common.torch_model import TorchMethod
+from .config import GeneSegNetConfig
 from .features import (
     bin_factor,
     histogram_percentile,
@@ -42,10 +43,11 @@ STAIN_PERCENTILES = (1.0, 99.5)
 
 class GeneSegNetMethod(TorchMethod):
     name = "genesegnet"
+    config_type = GeneSegNetConfig
     load_model = staticmethod(load_model)
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         size = self.cfg.patch_px
         if size < 16 or size % 2**DEPTH:  # the U-Net's shape (its ranges: config)
             raise ConfigError(

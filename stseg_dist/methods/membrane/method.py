@@ -23,6 +23,7 @@ from ...imaging.cellpose import load_cellpose, worker_facts
 from ...imaging.filters import smooth
 from ..base import CellMethod, Compute, PrepareContext, TileData, TileResult
 from ..common.ownership import tile_owning
+from .config import MembraneConfig
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
 from .track_lines import StainReader, prepare_track_lines
@@ -35,9 +36,10 @@ MODEL_KEY = "cells.membrane.cellpose.model"
 
 class MembraneMethod(CellMethod):
     name = "membrane"
+    config_type = MembraneConfig
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         c = config.cells.membrane
         self.cfg = c
         self.uses_model = c.backend == "cellpose"  # Cellpose loads its model once per actor

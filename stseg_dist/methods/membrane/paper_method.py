@@ -36,8 +36,8 @@ SEED_RADIUS_UM = 1.0  # a nucleus-free cell's seed: its pixels this close to its
 class PaperMembraneMethod(MembraneMethod):
     """The paper variant; the registry picks it for ``cells.membrane.variant: paper``."""
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         c = self.cfg
         self.overlap_um = (
             c.block_overlap_um if c.block_overlap_um is not None else config.cells.cell_diameter_um

@@ -2,7 +2,7 @@
 
 Pipeline, per the issue (#8) that specifies it here:
 
-1. Spots are the UCS bins (``bin_um``; 1 µm, or 0.5 µm on CosMx and Stereo-seq), anchored to
+1. Spots are the UCS bins (``bin_um``; the chip's, 1 µm or its finer spot pitch), anchored to
    the chip origin. The chip's ``n_genes`` most counted genes (plus the all-gene total) are the
    expression features.
 2. Self-supervised labels: spots ``erosion_bins`` inside a nucleus are positive, with the
@@ -35,6 +35,16 @@ departures are switches: ``top_genes_only``, ``step_at_bin_centre``, ``centre_ra
 the ``max_steps`` cap that keeps the halo bounded (tiles exact).
 """
 
-from .method import SSLCSTMethod
+from .config import SSLCSTConfig
 
-__all__ = ["SSLCSTMethod"]
+
+def __getattr__(name: str):
+    """The method class on first use: importing the settings (``SSLCSTConfig``) stays light."""
+    if name == "SSLCSTMethod":
+        from .method import SSLCSTMethod
+
+        return SSLCSTMethod
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SSLCSTConfig", "SSLCSTMethod"]

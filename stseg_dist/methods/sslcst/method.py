@@ -15,6 +15,7 @@ from ...errors import InputError
 from ..base import PrepareContext, TileData, TileResult
 from ..common.bins import bin_size_um
 from ..common.torch_model import TorchMethod
+from .config import SSLCSTConfig
 from .features import (
     centre_map,
     direction_class,
@@ -37,12 +38,13 @@ DEFAULT_FILL_UM = (
 
 class SSLCSTMethod(TorchMethod):
     name = "sslcst"
+    config_type = SSLCSTConfig
     uses_image = False
     load_model = staticmethod(load_model)
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
-        self.bin_um = bin_size_um(platform, self.cfg.bin_um)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
+        self.bin_um = bin_size_um(self.facts, self.cfg.bin_um)
         self.k = self.cfg.neighbourhood
         self.paper = self.cfg.variant == "paper"
         default = paper_max_steps if self.paper else default_max_steps

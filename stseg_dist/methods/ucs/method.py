@@ -20,6 +20,7 @@ from ..common.bins import bin_size_um, bin_tile
 from ..common.ownership import owned_nuclei
 from ..common.patches import cut_patch, patch_box, sample_nuclei
 from ..common.torch_model import TorchMethod
+from .config import UCSConfig
 from .features import marker_grid, select_hvg
 from .inference import (
     cell_priors,
@@ -37,12 +38,13 @@ log = logging.getLogger(__name__)
 
 class UCSMethod(TorchMethod):
     name = "ucs"
+    config_type = UCSConfig
     load_model = staticmethod(load_model)
 
-    def __init__(self, config, platform: str = "generic"):
-        super().__init__(config, platform)
+    def __init__(self, config, facts=None):
+        super().__init__(config, facts)
         c = self.cfg
-        self.bin_um = bin_size_um(platform, c.bin_um)
+        self.bin_um = bin_size_um(self.facts, c.bin_um)
         self.paper = c.variant == "paper"
         growth_um = c.growth_um if c.growth_um is not None else default_growth_um(config)
         self.growth_bins = None if self.paper else growth_um / self.bin_um
@@ -133,7 +135,7 @@ class UCSMethod(TorchMethod):
     def _pos_weight(self) -> float:
         if self.cfg.pos_weight is not None:
             return float(self.cfg.pos_weight)
-        return 5.0 if self.platform.lower() == "stereoseq" else 1.0
+        return 5.0 if self.facts.spot_capture else 1.0
 
     def _marker_lookup(self, genes: list[str]) -> np.ndarray | None:
         """Per chip gene: 1 + index of the cell type it marks (0 = not a marker)."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import expand_labels
 
-from .base import CellMethod, TileData, TileResult
+from ..base import CellMethod, TileData, TileResult
+from .config import ExpansionConfig
 
 
 class ExpansionMethod(CellMethod):
     name = "expansion"
+    config_type = ExpansionConfig
     uses_image = False
 
     def reach_um(self) -> float:
