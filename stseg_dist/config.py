@@ -21,6 +21,7 @@ import yaml
 from . import redact
 from .errors import ConfigError
 from .imaging.cellpose import CellposeConfig
+from .lifecycle import Resources
 from .methods.expansion.config import ExpansionConfig
 from .methods.genesegnet.config import GeneSegNetConfig
 from .methods.membrane.config import MembraneConfig
@@ -99,35 +100,13 @@ class CellsConfig:
 
 
 @dataclass
-class StageResources:
-    """How one stage runs on Ray; ``None`` keeps what the stage's backend or method declares
-    (``compute()``: e.g. Cellpose and UCS ask for an actor pool holding GPUs)."""
-
-    num_cpus: float = 1.0
-    num_gpus: float | None = None  # per task or actor; used only where the cluster has GPUs
-    memory_gb: float | None = None
-    actors: int | None = None  # 0: Ray tasks; N: a pool of N actors that load their model once
-
-    def validate(self, key: str, root: "PipelineConfig") -> None:
-        positive(self, key, "num_cpus")
-        require(
-            self.num_gpus is None or self.num_gpus >= 0,
-            f"{key}.num_gpus must be >= 0, got {self.num_gpus}",
-        )
-        require(
-            self.memory_gb is None or self.memory_gb > 0,
-            f"{key}.memory_gb must be positive, got {self.memory_gb}",
-        )
-        require(
-            self.actors is None or self.actors >= 0, f"{key}.actors must be >= 0, got {self.actors}"
-        )
-
-
-@dataclass
 class ResourcesConfig:
-    nuclei: StageResources = field(default_factory=StageResources)
-    cells: StageResources = field(default_factory=StageResources)
-    scan: StageResources = field(default_factory=StageResources)
+    """Per stage, what overrides the resources its plugin declares (the same type: ``Resources``);
+    ``scan`` also sizes the plugin-free passes (the boundaries)."""
+
+    nuclei: Resources = field(default_factory=Resources)
+    cells: Resources = field(default_factory=Resources)
+    scan: Resources = field(default_factory=Resources)
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         for name in ("nuclei", "cells", "scan"):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io.chip import ChipFacts
-from ..lifecycle import Compute, Plugin, PrepareContext
+from ..lifecycle import Plugin, PrepareContext, Resources
 from ..settings import validate_section
 from ..tiledata import TileData, TileResult, TileTranscripts
 
@@ -42,14 +42,14 @@ class CellMethod(Plugin):
         if self.name:
             validate_section(config, f"cells.{self.name}")
 
-    def compute(self) -> Compute:
+    def compute(self) -> Resources:
         """Ray tasks, unless the method declares an actor pool. A plugin written against the
         former API (``uses_model = True`` and ``actor_resources() -> (actors, gpus)``) gets the
         pool it asked for."""
         if getattr(self, "uses_model", False):
             actors, gpus = self.actor_resources() if hasattr(self, "actor_resources") else (1, 0.0)
-            return Compute(actors=int(actors), num_gpus=float(gpus))
-        return Compute()
+            return Resources(actors=int(actors), num_gpus=float(gpus))
+        return Resources()
 
     def reach_um(self) -> float:
         """How far from a nucleus a cell may extend; the halo must cover it."""
@@ -71,12 +71,12 @@ class CellMethod(Plugin):
 
 
 #: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is one.
-MODEL_ACTOR = Compute(actors=1, num_gpus=0.5)
+MODEL_ACTOR = Resources(actors=1, num_gpus=0.5)
 
 __all__ = [
     "MODEL_ACTOR",
     "CellMethod",
-    "Compute",
+    "Resources",
     "PrepareContext",
     "TileData",
     "TileResult",
