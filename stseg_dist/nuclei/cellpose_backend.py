@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..imaging.cellpose import load_cellpose, worker_facts
+from ..imaging.cellpose import CellposeConfig, load_cellpose, worker_facts
 from ..lifecycle import Resources
 from .base import NucleiBackend
 
@@ -18,6 +18,7 @@ MODEL_KEY = "nuclei.cellpose.model"
 
 class CellposeNuclei(NucleiBackend):
     name = "cellpose"
+    config_type = CellposeConfig
 
     def __init__(self, config, chip):
         super().__init__(config, chip)
