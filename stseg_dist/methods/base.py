@@ -36,8 +36,10 @@ class CellMethod(Plugin):
     #: composed into ``CellsConfig`` by :mod:`stseg_dist.config`); None: no settings of its own.
     config_type: type | None = None
 
-    def __init__(self, config: "PipelineConfig", facts: ChipFacts | None = None):
+    def __init__(self, config: "PipelineConfig", facts: ChipFacts | str | None = None):
         self.config = config
+        if isinstance(facts, str):  # a platform's name, as the former API passed it
+            facts = ChipFacts.for_platform(facts)
         self.facts = facts if facts is not None else ChipFacts()  # chip.json's, never a platform
         if self.name:
             validate_section(config, f"cells.{self.name}")
