@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         overrides=parse_set(["cells.method=ucs", f"cells.ucs.epochs={args.epochs}", *args.set]),
         use_env=False,
     )
-    method = UCSMethod(config, "xenium")
+    method = UCSMethod(config)  # default chip facts: 1 µm bins, an imaged stain
     data = make_tile(args.size_px, args.cells, args.genes, args.seed)
     binned = bin_tile(data, method.bin_um)
     patches = _patches_for(

@@ -168,7 +168,7 @@ def whole_windows(
     return out
 
 
-def boundaries_tile(ctx, job: BoundaryJob) -> dict:
+def vectorise_owned(ctx, job: BoundaryJob) -> dict:
     """Vectorise the cells (and their nuclei) that ``job``'s tile owns; write one part each."""
     tile = ctx.grid[job.index]
     so = ctx.work.so
@@ -269,31 +269,13 @@ def concat_geoparquet(
     return n
 
 
-def _kernel(ctx, _worker, job: BoundaryJob) -> dict:
-    return boundaries_tile(ctx, job)
+def boundaries_done(ctx) -> set[int]:
+    """Tiles whose both boundary parts were written before (a resume skips them)."""
+    return set.intersection(*(ctx.work.done(ctx.stage(s), "parquet") for s in STAGES.values()))
 
 
-def write_boundaries(ex, ctx, ids: np.ndarray, sums: dict, staging_url: str) -> list[dict]:
-    """Vectorise every cell and nucleus of the run per tile (skipping tiles done before a
-    resume) and write both GeoParquet files into ``staging_url``; returns failed tiles."""
-    from .executor import stage_resources
-
-    so = ctx.work.so
-    jobs = owner_jobs(ctx.grid, ids, sums["area"], sums["sum_r"], sums["sum_c"])
-    done = set.intersection(*(ctx.work.done(ctx.stage(s), "parquet") for s in STAGES.values()))
-    todo = [j for j in jobs if j.index not in done]
-    outs = ex.map(
-        _kernel, ctx, todo, desc="boundaries", resources=stage_resources(ctx.config.resources.scan)
-    )
-    failed = [
-        {
-            "stage": "boundaries",
-            "tile": o.item.index,
-            "error": f"{type(o.error).__name__}: {o.error}",
-        }
-        for o in outs
-        if o.error is not None
-    ]
+def concat_boundaries(ctx, staging_url: str) -> None:
+    """Both GeoParquet files into ``staging_url``, from every finished tile's parts."""
     meta = {
         "units": "um",
         "pixel_size_um": ctx.chip.pixel_size_um,
@@ -304,10 +286,9 @@ def write_boundaries(ex, ctx, ids: np.ndarray, sums: dict, staging_url: str) -> 
         concat_geoparquet(
             [ctx.work.tile_url(ctx.stage(stage), i, "parquet") for i in finished],
             storage.join(staging_url, name),
-            so,
+            ctx.work.so,
             meta,
         )
-    return failed
 
 
 def read_boundaries(url: str, so: dict | None = None):

@@ -20,13 +20,14 @@ import yaml
 
 from . import redact
 from .errors import ConfigError
-from .imaging.cellpose import CellposeConfig
+from .lifecycle import Resources
 from .methods.expansion.config import ExpansionConfig
 from .methods.genesegnet.config import GeneSegNetConfig
 from .methods.membrane.config import MembraneConfig
 from .methods.sslcst.config import SSLCSTConfig
 from .methods.ucs.config import UCSConfig
-from .settings import not_negative, positive, require, validate_section
+from .nuclei.config import NucleiConfig
+from .settings import positive, require, validate_section
 
 
 @dataclass
@@ -46,43 +47,6 @@ class TilingConfig:
 
 
 @dataclass
-class ClassicalNucleiConfig:
-    sigma_um: float = 0.6
-    threshold: float | None = None  # absolute; None = Otsu on a chip-wide downsampled image
-    min_area_um2: float = 8.0
-    min_distance_um: float = 3.0  # between watershed seeds
-    footprint_um: float = 4.0
-    background_um: float | None = None  # white top-hat width (~2 nucleus diameters); None: off
-
-    def validate(self, key: str, root: "PipelineConfig") -> None:
-        bg = self.background_um
-        require(bg is None or bg > 0, f"{key}.background_um must be positive or null, got {bg}")
-        not_negative(self, key, "sigma_um", "min_area_um2")
-        positive(self, key, "min_distance_um", "footprint_um")
-        require(
-            self.threshold is None or self.threshold >= 0,
-            f"{key}.threshold must not be negative, got {self.threshold}",
-        )
-
-
-@dataclass
-class NucleiConfig:
-    backend: str = "classical"  # classical | vendor | cellpose
-    channel: int = 0
-    diameter_um: float = 8.0
-    classical: ClassicalNucleiConfig = field(default_factory=ClassicalNucleiConfig)
-    cellpose: CellposeConfig = field(default_factory=CellposeConfig)
-
-    def validate(self, key: str, root: "PipelineConfig") -> None:
-        """Its own values and its backend's section (``nuclei.<backend>``)."""
-        positive(self, key, "diameter_um")
-        require(
-            self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}"
-        )
-        validate_section(root, f"{key}.{self.backend}")
-
-
-@dataclass
 class CellsConfig:
     method: str = "expansion"  # expansion | ucs | membrane | genesegnet | sslcst | module:Class
     cell_diameter_um: float = 15.0
@@ -99,35 +63,13 @@ class CellsConfig:
 
 
 @dataclass
-class StageResources:
-    """How one stage runs on Ray; ``None`` keeps what the stage's backend or method declares
-    (``compute()``: e.g. Cellpose and UCS ask for an actor pool holding GPUs)."""
-
-    num_cpus: float = 1.0
-    num_gpus: float | None = None  # per task or actor; used only where the cluster has GPUs
-    memory_gb: float | None = None
-    actors: int | None = None  # 0: Ray tasks; N: a pool of N actors that load their model once
-
-    def validate(self, key: str, root: "PipelineConfig") -> None:
-        positive(self, key, "num_cpus")
-        require(
-            self.num_gpus is None or self.num_gpus >= 0,
-            f"{key}.num_gpus must be >= 0, got {self.num_gpus}",
-        )
-        require(
-            self.memory_gb is None or self.memory_gb > 0,
-            f"{key}.memory_gb must be positive, got {self.memory_gb}",
-        )
-        require(
-            self.actors is None or self.actors >= 0, f"{key}.actors must be >= 0, got {self.actors}"
-        )
-
-
-@dataclass
 class ResourcesConfig:
-    nuclei: StageResources = field(default_factory=StageResources)
-    cells: StageResources = field(default_factory=StageResources)
-    scan: StageResources = field(default_factory=StageResources)
+    """Per stage, what overrides the resources its plugin declares (the same type: ``Resources``);
+    ``scan`` also sizes the plugin-free passes (the boundaries)."""
+
+    nuclei: Resources = field(default_factory=Resources)
+    cells: Resources = field(default_factory=Resources)
+    scan: Resources = field(default_factory=Resources)
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         for name in ("nuclei", "cells", "scan"):

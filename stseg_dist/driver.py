@@ -9,7 +9,9 @@ and an executor, then :func:`_run_passes` reads like the pipeline's description:
 - ``_prepare_cells``: the cell method's chip-wide ``prepare`` (e.g. UCS training);
 - ``_seeds`` (methods that find cells without a nucleus): seeds owned and numbered after nuclei;
 - ``_cells``: cells, labels and transcript assignment per tile;
-- ``_reduce``: per-tile partials into the outputs, published into OUT;
+- ``_cell_table``: the tiles' partials summed into the cell table;
+- ``_boundaries``: cell and nucleus outlines, per tile owning each cell;
+- ``_write_outputs``: the outputs, published into OUT;
 - ``_summary``: what run.json records.
 
 The driver holds only URLs, per-tile summaries and the cell table; tiles read their own slices
@@ -32,21 +34,19 @@ import numpy as np
 
 from . import constants as K
 from . import redact, runlock, stages
-from .boundaries import write_boundaries
+from .boundaries import boundaries_done, concat_boundaries, owner_jobs
 from .config import PipelineConfig, load_config
 from .errors import InputError, OutputError, RunIncompleteError
 from .executor import (
     LocalExecutor,
     Outcome,
     RayExecutor,
-    StageResources,
     init_ray,
-    stage_resources,
     train_where_gpu,
 )
 from .io import storage
 from .io.chip import Chip, open_chip
-from .lifecycle import Compute, Plugin, PrepareContext
+from .lifecycle import Plugin, PrepareContext, Resources
 from .methods import CellMethod, get_method
 from .nuclei import NucleiBackend, get_backend
 from .outputs import (
@@ -108,19 +108,16 @@ class Run:
 
     @contextmanager
     def timed(self, stage: str):
+        """Time a pass (added up where a stage is timed in parts)."""
         t0 = time.perf_counter()
         yield
-        self.times[stage] = time.perf_counter() - t0
+        self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
 
-    def resources(self, stage: str, plugin: Plugin | None = None) -> StageResources:
-        """``resources.<stage>`` over the plugin's declared compute (tasks when no plugin)."""
+    def resources(self, stage: str, plugin: Plugin | None = None) -> Resources:
+        """``resources.<stage>`` over the plugin's declared resources (tasks when no plugin)."""
+        declared = plugin.compute() if plugin else Resources()
         section = getattr(self.config.resources, stage)
-        return stage_resources(
-            section,
-            plugin.compute() if plugin else Compute(),
-            self.ex.has_gpu(),
-            self.ex.cpu_count(),
-        )
+        return declared.resolve(section, self.ex.has_gpu(), self.ex.cpu_count())
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -293,7 +290,11 @@ def _run_passes(run: Run) -> dict:
     with run.timed("cells"):
         _cells(run, ctx)
     with run.timed("outputs"):
-        complete = _reduce(run, ctx, scan.n_rows)
+        cells = _cell_table(run, ctx)
+    with run.timed("boundaries"):
+        _boundaries(run, ctx, cells)
+    with run.timed("outputs"):
+        complete = _write_outputs(run, ctx, cells, scan.n_rows)
     return _summary(run, ctx, complete)
 
 
@@ -405,26 +406,58 @@ def _cells(run: Run, ctx: stages.RunContext) -> None:
     _record(run, outs, "cells")
 
 
-def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
-    """Per-tile partials into the output files, published into OUT; True when the run is complete."""
-    storage_options, work, chip = run.storage_options, ctx.work, run.chip
-    staging = work.url(ctx.stage("staging"))
-    cells_done = sorted(work.done(ctx.stage(stages.CELLS)))
-    parts = [CellPartials.from_npz(work.load_npz(ctx.stage(stages.CELLS), i)) for i in cells_done]
+@dataclass
+class CellTable:
+    """The cell pass's partials summed: per-cell totals, the count matrix and the cell table."""
+
+    tiles: list[int]  # the tiles whose partials it holds (finished cell tiles)
+    parts: list[CellPartials]
+    ids: np.ndarray
+    sums: dict[str, np.ndarray]
+    counts: Any  # scipy CSR (cells x genes)
+    df: Any  # pandas DataFrame: cells.parquet
+
+
+def _cell_table(run: Run, ctx: stages.RunContext) -> CellTable:
+    """Sum the finished tiles' partials into per-cell totals and the cell table."""
+    work, chip = ctx.work, run.chip
+    tiles = sorted(work.done(ctx.stage(stages.CELLS)))
+    parts = [CellPartials.from_npz(work.load_npz(ctx.stage(stages.CELLS), i)) for i in tiles]
     ids, sums, counts = reduce_cells(parts, len(ctx.genes))
     df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, run.counts["n_nuclei"])
-    run.failed += write_boundaries(
-        run.ex, ctx, ids, sums, staging
-    )  # GeoParquet outlines, per owning tile
-    write_parquet(df, storage.join(staging, K.CELLS_PARQUET), storage_options)
+    return CellTable(tiles, parts, ids, sums, counts, df)
+
+
+def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
+    """Cell and nucleus outlines, each vectorised by the tile owning its centroid, then both
+    GeoParquet files into the staging folder."""
+    jobs = owner_jobs(
+        run.grid, cells.ids, cells.sums["area"], cells.sums["sum_r"], cells.sums["sum_c"]
+    )
+    done = boundaries_done(ctx)
+    todo = [j for j in jobs if j.index not in done]
+    run.resumed["boundaries"] = len(jobs) - len(todo)
+    outs = run.ex.map(
+        stages.boundaries_tile, ctx, todo, desc="boundaries", resources=run.resources("scan")
+    )
+    _record(run, outs, "boundaries")
+    concat_boundaries(ctx, ctx.work.url(ctx.stage("staging")))
+
+
+def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: int) -> bool:
+    """The cell table, transcripts and AnnData into staging, published into OUT; True when the run
+    is complete."""
+    storage_options, work, chip = run.storage_options, ctx.work, run.chip
+    staging = work.url(ctx.stage("staging"))
+    write_parquet(cells.df, storage.join(staging, K.CELLS_PARQUET), storage_options)
     run.counts["n_transcripts_written"] = concat_transcripts(
-        [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
+        [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells.tiles],
         storage.join(staging, K.TRANSCRIPTS_PARQUET),
         storage_options,
     )
-    n_tx = sum(p.n_transcripts for p in parts)
-    n_assigned = sum(p.n_assigned for p in parts)
-    complete = not run.failed and len(cells_done) == len(run.grid)
+    n_tx = sum(p.n_transcripts for p in cells.parts)
+    n_assigned = sum(p.n_assigned for p in cells.parts)
+    complete = not run.failed and len(cells.tiles) == len(run.grid)
     if complete and n_tx != n_input:
         raise RuntimeError(
             f"accounting error: {n_tx} transcripts assigned by tiles, {n_input} in input"
@@ -433,18 +466,18 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
         n_transcripts=n_tx,
         n_assigned=n_assigned,
         n_unassigned=n_tx - n_assigned,
-        n_cells=int(len(ids)),
+        n_cells=len(cells.ids),
     )
     write_h5ad(
-        df,
-        counts,
+        cells.df,
+        cells.counts,
         ctx.genes,
         storage.join(staging, K.CELLS_H5AD),
         storage_options,
         {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
     )
     publish(staging, run.out_url, storage_options, keep=not complete)
-    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells_done, parts)}
+    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts)}
     return complete
 
 
@@ -520,7 +553,7 @@ def _prepare(run: Run, ctx: stages.RunContext, plugin: Plugin, stage: str, apply
         cached = None
     if cached is not None:
         return cached
-    tasks = replace(run.resources(stage), n_actors=0)
+    tasks = replace(run.resources(stage), actors=0)
 
     def map_tiles(fn, indices, desc: str = "prepare"):
         return _results(

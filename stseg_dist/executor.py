@@ -3,8 +3,8 @@
 Kernels have the form ``fn(shared, worker, item)``: ``shared`` is the run context (shipped once
 through the object store), ``worker`` is built once per task or once per actor by ``factory``
 (that is where a model is loaded), ``item`` is one tile. How a stage runs is one
-:class:`StageResources`, resolved by :func:`stage_resources` from what its plugin declares
-(:class:`~stseg_dist.lifecycle.Compute`) and the run's ``resources.<stage>`` section. Training
+:class:`~stseg_dist.lifecycle.Resources`, resolved by :func:`stage_resources` from what its
+plugin declares and the run's ``resources.<stage>`` section. Training
 that wants a GPU reaches one through :func:`train_where_gpu`.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .lifecycle import Compute
+from .lifecycle import Resources
 
 log = logging.getLogger(__name__)
 _POOL_IDS = itertools.count()
@@ -47,42 +47,12 @@ class FailFast(RuntimeError):
     pass
 
 
-@dataclass
-class StageResources:
-    """What one stage asks of Ray: tasks (``n_actors == 0``) or a pool of ``n_actors`` actors."""
-
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    memory_bytes: int | None = None
-    n_actors: int = 0
-
-    def options(self) -> dict:
-        opts: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        if self.memory_bytes:
-            opts["memory"] = int(self.memory_bytes)
-        return opts
-
-
 def stage_resources(
-    section, declared: Compute = Compute(), has_gpu: bool = True, cpus: int = 1
-) -> StageResources:
-    """A stage's resources: its ``resources.<stage>`` config section over what its plugin declared;
-    GPUs only where the cluster has some (a GPU request on a CPU cluster would never schedule).
-
-    A model pool on a cluster without GPUs gets one actor per ``num_cpus`` of the cluster's
-    ``cpus`` (unless ``resources.<stage>.actors`` says otherwise): the declared single actor is
-    sized for a GPU, and on CPUs it would leave every core but one idle.
-    """
-    gpus = declared.num_gpus if section.num_gpus is None else section.num_gpus
-    actors = declared.actors if section.actors is None else section.actors
-    if section.actors is None and actors and not has_gpu:
-        actors = max(actors, int(cpus // section.num_cpus))
-    return StageResources(
-        num_cpus=section.num_cpus,
-        num_gpus=float(gpus) if has_gpu else 0.0,
-        memory_bytes=int(section.memory_gb * 2**30) if section.memory_gb else None,
-        n_actors=actors,
-    )
+    section: Resources, declared: Resources | None = None, has_gpu: bool = True, cpus: int = 1
+) -> Resources:
+    """A stage's resources: its ``resources.<stage>`` section over what its plugin declared
+    (:meth:`Resources.resolve`)."""
+    return (declared or Resources()).resolve(section, has_gpu, cpus)
 
 
 def train_where_gpu(train, num_gpus: float):
@@ -124,9 +94,9 @@ class LocalExecutor:
         *,
         desc: str = "",
         factory: Factory | None = None,
-        resources: StageResources | None = None,
+        resources: Resources | None = None,
     ) -> list[Outcome]:
-        actors = bool(resources and resources.n_actors)
+        actors = bool(resources and resources.actors)
         worker = factory(shared) if (factory and actors) else None
         out = []
         for item in tqdm(items, desc=desc, disable=not self.progress):
@@ -203,11 +173,11 @@ class RayExecutor:
         *,
         desc: str = "",
         factory: Factory | None = None,
-        resources: StageResources | None = None,
+        resources: Resources | None = None,
     ) -> list[Outcome]:
         ray = self.ray
-        resources = resources or StageResources()
-        actors = resources.n_actors > 0
+        resources = resources or Resources().resolve()
+        actors = resources.actors > 0
         shared_ref = ray.put(shared)
         if actors:
             cls = ray.remote(_TileActor)
@@ -220,9 +190,7 @@ class RayExecutor:
                 f"stseg-{desc}-{os.getpid()}-{next(_POOL_IDS)}"  # named, so operators can find them
             )
             box = [shared_ref]  # nested, so Ray hands the ref itself to the actor (fetched once)
-            n_pool = min(
-                resources.n_actors, max(1, len(items))
-            )  # no actor loads a model for nothing
+            n_pool = min(resources.actors, max(1, len(items)))  # no actor loads a model for nothing
             pool = [cls.options(name=f"{tag}-{i}", **opts).remote(factory) for i in range(n_pool)]
             ray.get([a.ready.remote(box) for a in pool])
             per_actor = max(1, self.max_in_flight // len(pool))

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import constants as K
+from .boundaries import BoundaryJob, vectorise_owned
 from .config import PipelineConfig
 from .io import storage
 from .io.chip import Chip
@@ -194,6 +195,13 @@ def as_result(value: TileResult | np.ndarray) -> TileResult:
     """A method's return value as a :class:`TileResult`; a bare label image (a plugin written
     against the former API) is :meth:`TileResult.from_labels`."""
     return value if isinstance(value, TileResult) else TileResult.from_labels(value)
+
+
+# -- pass 4: boundaries of the cells each tile owns ------------------------------------------
+def boundaries_tile(ctx: RunContext, _worker, job: BoundaryJob) -> dict:
+    """Outlines of the cells (and their nuclei) whose centroid lies in ``job``'s tile core."""
+    t0 = time.perf_counter()
+    return {**vectorise_owned(ctx, job), "seconds": time.perf_counter() - t0}
 
 
 def assigned_table(owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray) -> pa.Table:

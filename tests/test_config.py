@@ -106,6 +106,16 @@ def test_each_method_registers_the_section_the_config_composes():
             assert cls.config_type.__module__.startswith(f"stseg_dist.methods.{name}")
 
 
+def test_each_nuclei_backend_registers_the_section_the_config_composes():
+    from stseg_dist.config import NucleiConfig
+    from stseg_dist.nuclei.cellpose_backend import CellposeNuclei
+    from stseg_dist.nuclei.classical import ClassicalNuclei
+
+    nuclei = NucleiConfig()
+    for cls in (ClassicalNuclei, CellposeNuclei):
+        assert cls.config_type is type(getattr(nuclei, cls.name)), cls.name
+
+
 @pytest.mark.parametrize("preset", ["xenium", "merscope", "cosmx", "stereoseq"])
 def test_presets_load_and_validate(preset):
     from tests.conftest import REPO

@@ -53,6 +53,20 @@ class ChipFacts:
     spot_capture: bool = DEFAULT_FACTS["spot_capture"]
     density_image: bool = False  # the image renders transcript density; there is no stain
 
+    @classmethod
+    def of(cls, facts: dict[str, Any]) -> ChipFacts:
+        """From chip.json's keys (``bin_um``, ``spot_capture``, ``image_source``)."""
+        return cls(
+            float(facts["bin_um"]),
+            bool(facts["spot_capture"]),
+            facts["image_source"] == "transcript_density",
+        )
+
+    @classmethod
+    def for_platform(cls, platform: str) -> ChipFacts:
+        """What a chip of ``platform`` has when its chip.json records nothing."""
+        return cls.of(platform_facts(platform))
+
 
 @dataclass(frozen=True)
 class ChipMeta:
@@ -64,12 +78,7 @@ class ChipMeta:
     @property
     def facts(self) -> ChipFacts:
         """chip.json's facts, or its platform's where it records none (an older chip)."""
-        f = {**platform_facts(self.platform), **self.extra}
-        return ChipFacts(
-            float(f["bin_um"]),
-            bool(f["spot_capture"]),
-            f["image_source"] == "transcript_density",
-        )
+        return ChipFacts.of({**platform_facts(self.platform), **self.extra})
 
     def to_json(self) -> dict:
         return {

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io.chip import ChipFacts
-from ..lifecycle import Compute, Plugin, PrepareContext
+from ..lifecycle import Plugin, PrepareContext, Resources
 from ..settings import validate_section
 from ..tiledata import TileData, TileResult, TileTranscripts
 
@@ -36,20 +36,22 @@ class CellMethod(Plugin):
     #: composed into ``CellsConfig`` by :mod:`stseg_dist.config`); None: no settings of its own.
     config_type: type | None = None
 
-    def __init__(self, config: "PipelineConfig", facts: ChipFacts | None = None):
+    def __init__(self, config: "PipelineConfig", facts: ChipFacts | str | None = None):
         self.config = config
+        if isinstance(facts, str):  # a platform's name, as the former API passed it
+            facts = ChipFacts.for_platform(facts)
         self.facts = facts if facts is not None else ChipFacts()  # chip.json's, never a platform
         if self.name:
             validate_section(config, f"cells.{self.name}")
 
-    def compute(self) -> Compute:
+    def compute(self) -> Resources:
         """Ray tasks, unless the method declares an actor pool. A plugin written against the
         former API (``uses_model = True`` and ``actor_resources() -> (actors, gpus)``) gets the
         pool it asked for."""
         if getattr(self, "uses_model", False):
             actors, gpus = self.actor_resources() if hasattr(self, "actor_resources") else (1, 0.0)
-            return Compute(actors=int(actors), num_gpus=float(gpus))
-        return Compute()
+            return Resources(actors=int(actors), num_gpus=float(gpus))
+        return Resources()
 
     def reach_um(self) -> float:
         """How far from a nucleus a cell may extend; the halo must cover it."""
@@ -71,12 +73,12 @@ class CellMethod(Plugin):
 
 
 #: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is one.
-MODEL_ACTOR = Compute(actors=1, num_gpus=0.5)
+MODEL_ACTOR = Resources(actors=1, num_gpus=0.5)
 
 __all__ = [
     "MODEL_ACTOR",
     "CellMethod",
-    "Compute",
+    "Resources",
     "PrepareContext",
     "TileData",
     "TileResult",

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 class NucleiBackend(Plugin):
     """Base class; a backend's settings (``nuclei.<name>``) are validated here."""
 
+    #: The dataclass of its settings, ``nuclei.<name>`` (declared in :mod:`.config`); None: none.
+    config_type: type | None = None
+
     def __init__(self, config: "PipelineConfig", chip: "Chip"):
         self.config = config
         self.chip = chip

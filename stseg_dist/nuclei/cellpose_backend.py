@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..imaging.cellpose import load_cellpose, worker_facts
-from ..lifecycle import Compute
+from ..imaging.cellpose import CellposeConfig, load_cellpose, worker_facts
+from ..lifecycle import Resources
 from .base import NucleiBackend
 
 MODEL_KEY = "nuclei.cellpose.model"
@@ -18,6 +18,7 @@ MODEL_KEY = "nuclei.cellpose.model"
 
 class CellposeNuclei(NucleiBackend):
     name = "cellpose"
+    config_type = CellposeConfig
 
     def __init__(self, config, chip):
         super().__init__(config, chip)
@@ -26,8 +27,8 @@ class CellposeNuclei(NucleiBackend):
     def context_px(self) -> int:
         return int(np.ceil(self.config.nuclei.diameter_um / self.chip.pixel_size_um))
 
-    def compute(self) -> Compute:
-        return Compute(actors=1, num_gpus=1.0)  # the model loads once per actor
+    def compute(self) -> Resources:
+        return Resources(actors=1, num_gpus=1.0)  # the model loads once per actor
 
     def load(self, state=None) -> None:
         cfg = self.config.nuclei.cellpose

@@ -22,6 +22,7 @@ from skimage.filters import threshold_otsu
 from ..errors import InputError
 from ..imaging.filters import smooth
 from .base import NucleiBackend
+from .config import ClassicalNucleiConfig
 from .split import reach_px, split_nuclei
 
 N_BINS = 4096
@@ -73,6 +74,7 @@ def _core_histogram(backend: "ClassicalNuclei", vmax: float, tile) -> np.ndarray
 
 class ClassicalNuclei(NucleiBackend):
     name = "classical"
+    config_type = ClassicalNucleiConfig
     threshold: float | None = None
 
     def _px(self, um: float) -> float:

@@ -79,6 +79,8 @@ def test_methods_follow_the_facts_not_the_platform():
     assert ucs.bin_um == 0.5 and ucs._pos_weight() == 5.0
     assert get_method("ucs", cfg).bin_um == 1.0 and get_method("ucs", cfg)._pos_weight() == 1.0
     assert get_method("sslcst", cfg, ChipFacts(bin_um=0.5)).bin_um == 0.5
+    # a platform's name, as the former API passed it, becomes that platform's facts (io/chip.py)
+    assert get_method("ucs", cfg, "stereoseq").facts == ChipFacts(0.5, True, True)
 
 
 def _string_constants(path: Path) -> set[str]:

@@ -357,9 +357,9 @@ def test_cellpose_backend_runs_in_an_actor(tmp_path, ray_module):
         "tiling.chunk_px=64",
     )
     method = get_method("membrane", cfg)
-    from stseg_dist.lifecycle import Compute
+    from stseg_dist.lifecycle import Resources
 
-    assert method.compute() == Compute(actors=1, num_gpus=1.0)
+    assert method.compute() == Resources(actors=1, num_gpus=1.0)
     summary = run_pipeline(chip, str(tmp_path / "out"), cfg)
     assert summary["status"] == "complete" and summary["n_tiles"] == 2
     tx = pd.read_parquet(tmp_path / "out" / "transcripts.parquet")

@@ -9,7 +9,7 @@ import pytest
 
 from stseg_dist.config import load_config, parse_set
 from stseg_dist.executor import stage_resources
-from stseg_dist.lifecycle import Compute
+from stseg_dist.lifecycle import Resources
 from stseg_dist.methods import get_method
 from tests.conftest import make_blob_chip
 
@@ -20,9 +20,9 @@ def _config(*items):
 
 def test_old_api_plugin_declares_its_actor_pool():
     method = get_method("tests.plugin_methods:GpuActorExpansion", _config())
-    assert method.compute() == Compute(actors=1, num_gpus=1.0)
+    assert method.compute() == Resources(actors=1, num_gpus=1.0)
     res = stage_resources(_config().resources.cells, method.compute(), has_gpu=True)
-    assert (res.n_actors, res.num_gpus) == (1, 1.0)
+    assert (res.actors, res.num_gpus) == (1, 1.0)
     assert (
         stage_resources(_config().resources.cells, method.compute(), has_gpu=False).num_gpus == 0.0
     )
@@ -31,30 +31,30 @@ def test_old_api_plugin_declares_its_actor_pool():
         _config("resources.cells.actors=3", "resources.cells.num_gpus=0.25").resources.cells,
         method.compute(),
     )
-    assert (res.n_actors, res.num_gpus) == (3, 0.25)
+    assert (res.actors, res.num_gpus) == (3, 0.25)
 
 
 def test_model_pool_fills_the_cpus_of_a_cluster_without_gpus():
     """A model pool declared for a GPU (one actor) gets one actor per CPU slot on CPUs alone;
     a GPU cluster keeps the declared pool, and resources.cells.actors always wins."""
-    pool = Compute(actors=1, num_gpus=0.5)
+    pool = Resources(actors=1, num_gpus=0.5)
     cells = _config().resources.cells
-    assert stage_resources(cells, pool, has_gpu=False, cpus=8).n_actors == 8
+    assert stage_resources(cells, pool, has_gpu=False, cpus=8).actors == 8
     assert (
         stage_resources(
             _config("resources.cells.num_cpus=2").resources.cells, pool, has_gpu=False, cpus=8
-        ).n_actors
+        ).actors
         == 4
     )
-    assert stage_resources(cells, pool, has_gpu=True, cpus=8).n_actors == 1
+    assert stage_resources(cells, pool, has_gpu=True, cpus=8).actors == 1
     assert (
         stage_resources(
             _config("resources.cells.actors=3").resources.cells, pool, has_gpu=False, cpus=8
-        ).n_actors
+        ).actors
         == 3
     )
     assert (
-        stage_resources(cells, Compute(), has_gpu=False, cpus=8).n_actors == 0
+        stage_resources(cells, Resources(), has_gpu=False, cpus=8).actors == 0
     )  # tasks stay tasks
 
 
@@ -65,9 +65,9 @@ def test_pool_on_two_cpus_spreads_tiles_over_two_actors(ray_module):
 
     ex = RayExecutor(progress=False)
     res = stage_resources(
-        _config().resources.cells, Compute(actors=1, num_gpus=0.5), ex.has_gpu(), ex.cpu_count()
+        _config().resources.cells, Resources(actors=1, num_gpus=0.5), ex.has_gpu(), ex.cpu_count()
     )
-    assert res.n_actors == 2
+    assert res.actors == 2
     pids = {o.result for o in ex.map(_pid, None, list(range(8)), factory=_no_model, resources=res)}
     assert len(pids) == 2
     assert len({o.result for o in ex.map(_pid, None, [0], factory=_no_model, resources=res)}) == 1
@@ -84,7 +84,7 @@ def _pid(shared, worker, item):
 
 
 def test_plain_plugin_runs_as_tasks():
-    assert get_method("tests.plugin_methods:FlakyExpansion", _config()).compute() == Compute()
+    assert get_method("tests.plugin_methods:FlakyExpansion", _config()).compute() == Resources()
 
 
 def test_old_api_plugin_runs_through_the_pipeline(tmp_path):
@@ -176,3 +176,32 @@ def test_transcript_level_method_plugs_in_through_the_registry(tmp_path, ray_mod
     assert many["counts"]["n_assigned"] == len(assigned)
     assert many["counts"]["n_transcripts"] == len(tx) == 6000
     assert zarr.open_array(str(out / "labels.zarr" / "cells"))[:].max() > 0
+
+
+def test_one_resource_declaration():
+    """A plugin's declaration and the run's resources.<stage> section are one type; the former
+    name ``Compute`` is that type, so plugins written against it still declare the same thing."""
+    from stseg_dist import lifecycle
+
+    assert type(_config().resources.cells) is Resources
+    assert lifecycle.Compute is Resources
+    resolved = Resources(actors=1, num_gpus=0.5).resolve(
+        _config("resources.cells.memory_gb=2").resources.cells, has_gpu=True
+    )
+    assert resolved.options() == {"num_cpus": 1.0, "num_gpus": 0.5, "memory": 2 * 2**30}
+
+
+def test_boundaries_pass_is_timed_and_recorded(tmp_path):
+    """The boundaries pass runs as a stage kernel: its time, placement and resumed tiles are in
+    run.json like the other passes'."""
+    import json
+
+    from stseg_dist.driver import run_pipeline
+
+    chip = make_blob_chip(tmp_path / "chip", n_transcripts=300)
+    cfg = _config("tiling.tile_size_um=32", "tiling.chunk_px=32")
+    summary = run_pipeline(chip, str(tmp_path / "out"), cfg, local=True)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["stage_seconds"]["boundaries"] > 0 and "boundaries" in summary["stage_seconds"]
+    assert sum(run["placement"]["boundaries"].values()) == run["n_tiles"]
+    assert run["resumed_tiles"]["boundaries"] == 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base import MODEL_ACTOR, CellMethod, Compute
+from ..base import MODEL_ACTOR, CellMethod, Resources
 
 
 def pick_device(device: str | None = None) -> str:
@@ -132,7 +132,7 @@ class TorchMethod(CellMethod):
         super().__init__(config, facts)
         self.cfg = getattr(config.cells, self.name)  # the method's own section, cells.<name>
 
-    def compute(self) -> Compute:
+    def compute(self) -> Resources:
         return MODEL_ACTOR
 
     def load(self, state) -> None:

@@ -21,7 +21,7 @@ from skimage.filters import threshold_otsu
 from ...errors import InputError
 from ...imaging.cellpose import load_cellpose, worker_facts
 from ...imaging.filters import smooth
-from ..base import CellMethod, Compute, PrepareContext, TileData, TileResult
+from ..base import CellMethod, PrepareContext, Resources, TileData, TileResult
 from ..common.ownership import tile_owning
 from .config import MembraneConfig
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
@@ -62,8 +62,8 @@ class MembraneMethod(CellMethod):
         shift); track lines read each tile's stain through the transform instead."""
         return self.cfg.register and self.cfg.registration == "offset"
 
-    def compute(self) -> Compute:
-        return Compute(actors=1, num_gpus=1.0) if self.uses_model else Compute()
+    def compute(self) -> Resources:
+        return Resources(actors=1, num_gpus=1.0) if self.uses_model else Resources()
 
     # -- chip-wide: registration offset and membrane threshold ---------------------------------
     def prepare(self, ctx: PrepareContext):
