@@ -14,6 +14,22 @@ class _FakeChipMeta:  # pixel size only: the kernel is tested on an in-memory im
     pixel_size_um = 0.5
 
 
+LEGACY = {  # every switch of docs/nuclei_classical.md off: the previous backend
+    "normalise": False,
+    "foreground": "otsu",
+    "seeds": "shape",
+    "peak_fraction": None,
+    "learn_size": False,
+}
+
+
+def _config(legacy=False, **classical):
+    cfg = PipelineConfig()
+    for k, v in {**(LEGACY if legacy else {}), **classical}.items():
+        setattr(cfg.nuclei.classical, k, v)
+    return cfg
+
+
 def _matched_f1(pred, truth, thr=0.5):
     from skimage.metrics import contingency_table
 
@@ -77,8 +93,7 @@ def _glow_image(seed=0):
 def _segment(img, background_um):
     from stseg_dist.nuclei.classical import enhance
 
-    cfg = PipelineConfig()
-    cfg.nuclei.classical.background_um = background_um
+    cfg = _config(legacy=True, background_um=background_um)
     backend = ClassicalNuclei(cfg, _FakeChipMeta())
     sm = enhance(img, cfg.nuclei.classical, _FakeChipMeta.pixel_size_um)
     vmax = float(sm.max())
