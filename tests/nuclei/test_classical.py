@@ -287,7 +287,7 @@ def _touching_pair(gap_px=11.0):
 
 def test_intensity_seeds_split_touching_nuclei_with_no_neck():
     """The distance map of the pair's oval mask has one summit; the stain has two."""
-    img, truth = _touching_pair()
+    img, _ = _touching_pair()
     state = {"threshold": 0.2, "lo": 100.0, "hi": 1600.0}
     n = {}
     for seeds in ("shape", "shape_intensity"):
@@ -322,7 +322,7 @@ def test_size_is_learned_from_the_chip(nominal_um, expected_px):
     (10 px) the learned diameter stops at its bound, 1.5 x 10 px."""
     rng = np.random.default_rng(2)
     centres = [(15 + 30 * i + rng.uniform(-3, 3), 15 + 30 * j) for i in range(6) for j in range(6)]
-    img, truth = _blobs(centres, [8] * 36, rng.uniform(500, 1500, 36), (180, 180))
+    img, _ = _blobs(centres, [8] * 36, rng.uniform(500, 1500, 36), (180, 180))
     cfg = _config()
     cfg.nuclei.diameter_um = nominal_um
     _, state, _ = _prepared(img, cfg)
