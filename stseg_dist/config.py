@@ -58,7 +58,7 @@ class ClassicalNucleiConfig:
     # with no neck split at their darker seam); seeds are seed_radius x the diameter apart.
     # "shape": the distance alone, seeds max(footprint_um / 2, min_distance_um) apart.
     seeds: str = "shape_intensity"
-    intensity_weight: float = 1.0
+    intensity_weight: float = 2.0
     seed_sigma: float = 0.15
     seed_radius: float = 0.2
     # A pixel stays in its nucleus only where the stain is at least this fraction of the stain at
