@@ -521,6 +521,7 @@ def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:
         "warnings": run.warnings,
         "workers": run.workers,
         "method": {"name": run.method.name, **run.method.describe_state(ctx.method_state)},
+        "nuclei": {"backend": run.backend.name, **run.backend.describe_state(ctx.nuclei_state)},
         "resumed_tiles": run.resumed,
         "placement": run.placement,
         "tiles": tiles,
