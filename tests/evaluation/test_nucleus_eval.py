@@ -173,3 +173,11 @@ def test_xenium_crop_defaults_to_vendor_nuclei_and_eval_scores_classical(tmp_pat
     assert m["containment_f1"] < 0.8  # the classical backend today (issue 24: 0.42)
     assert 0.7 < m["transcript_precision"] < 1.0 and m["flags_reference"].startswith("overlaps")
     assert "transcripts in a nucleus: precision" in printed
+
+
+def test_report_shows_the_nucleus_figures(runs):
+    from stseg_dist.report import write_report
+
+    d, chip = runs
+    text = open(write_report(str(d / "classical"), ref=chip), encoding="utf-8").read()
+    assert "<h2>Nuclei</h2>" in text and "containment F1" in text and "generated truth" in text
