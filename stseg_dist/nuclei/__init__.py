@@ -20,26 +20,30 @@ def choose_backend(name: str, chip) -> tuple[str, str]:
     flags), else the classical stain segmentation."""
     if name != "auto":
         return name, f"nuclei.backend={name} was set"
-    if chip.nuclei_url is not None:
-        return "vendor", f"auto: the chip carries vendor nuclei ({_vendor_source(chip)})"
-    return (
-        "classical",
-        "auto: the chip carries no vendor nuclei (nuclei.zarr), so the stain is segmented",
-    )
+    if chip.nuclei_url is None:
+        return "classical", "auto: the chip has no vendor nuclei (nuclei.zarr): stain segmented"
+    rep = _convert_report(chip)
+    if rep.get("n_vendor_nuclei", 1) == 0:
+        return (
+            "classical",
+            "auto: the chip's vendor nuclei (nuclei.zarr) are empty: stain segmented",
+        )
+    return "vendor", f"auto: the chip carries vendor nuclei ({_vendor_source(rep)})"
 
 
-def _vendor_source(chip) -> str:
+def _convert_report(chip) -> dict:
     from ..io import storage
 
     url = storage.join(chip.url, "convert_report.json")
     try:
-        rep = (
-            storage.read_json(url, chip.storage_options)
-            if storage.exists(url, chip.storage_options)
-            else {}
-        )
+        if storage.exists(url, chip.storage_options):
+            return storage.read_json(url, chip.storage_options)
     except ValueError:
-        rep = {}
+        pass
+    return {}
+
+
+def _vendor_source(rep: dict) -> str:
     how = rep.get("vendor_segmentation")
     how = VENDOR_SOURCES.get(how, how)
     n = rep.get("n_vendor_nuclei")
