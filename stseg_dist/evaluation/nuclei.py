@@ -33,13 +33,6 @@ ON = 0.3  # share of the prediction that must lie on the reference nucleus
 IOU = 0.5
 
 
-def _f1(tp: int, n_pred: int, n_ref: int) -> dict:
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_ref if n_ref else 0.0
-    f1 = 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 0.0
-    return {"f1": f1, "precision": precision, "recall": recall, "tp": tp}
-
-
 def _pairs(table: sp.csr_matrix):
     """Foreground (pred, ref, overlap) triples with both areas."""
     t = table.tocoo()
@@ -69,24 +62,55 @@ def containment_matches(
     return sorted(out)
 
 
-def nucleus_scores(table: sp.csr_matrix, cover: float = COVER, on: float = ON) -> dict:
-    """Containment and IoU >= 0.5 F1, missed, merged and split counts from a contingency table."""
+def _keep(ids, n: int) -> np.ndarray:
+    keep = np.zeros(n, bool)
+    if ids is None:
+        keep[1:] = True
+    else:
+        ids = np.asarray(list(ids), np.int64)
+        keep[ids[(ids > 0) & (ids < n)]] = True
+    return keep
+
+
+def nucleus_scores(
+    table: sp.csr_matrix,
+    cover: float = COVER,
+    on: float = ON,
+    pred_ids=None,
+    ref_ids=None,
+) -> dict:
+    """Containment and IoU >= 0.5 F1, missed, merged and split counts from a contingency table.
+
+    ``pred_ids`` / ``ref_ids`` restrict the count to those nuclei (e.g. the ones whose centroid
+    lies in one half of a chip), matched against all: precision counts matched predictions among
+    ``pred_ids``, recall matched references among ``ref_ids``, and F1 is their matched share of
+    both. Without them every nucleus counts.
+    """
     r, c, inter, area_p, area_r = _pairs(table)
-    n_pred = int(np.count_nonzero(area_p[1:]))
-    n_ref = int(np.count_nonzero(area_r[1:]))
-    matches = containment_matches(table, cover, on)
+    kp = _keep(pred_ids, table.shape[0]) & (area_p > 0)
+    kr = _keep(ref_ids, table.shape[1]) & (area_r > 0)
+    n_pred, n_ref = int(kp.sum()), int(kr.sum())
+
+    def scores(pairs) -> dict:
+        tp_p = sum(1 for p, _ in pairs if kp[p])
+        tp_r = sum(1 for _, q in pairs if kr[q])
+        return {
+            "f1": (tp_p + tp_r) / (n_pred + n_ref) if n_pred + n_ref else 0.0,
+            "precision": tp_p / n_pred if n_pred else 0.0,
+            "recall": tp_r / n_ref if n_ref else 0.0,
+            "tp": tp_r,
+        }
+
+    cont = scores(containment_matches(table, cover, on))
     iou = iou_matrix(table).tocoo()
-    iou_tp = int(_one_to_one(iou, IOU).sum()) if iou.nnz else 0
+    m = _one_to_one(iou, IOU) if iou.nnz else np.zeros(0, bool)
+    iou_s = scores(list(zip(iou.row[m].tolist(), iou.col[m].tolist())))
     covered = np.bincount(c, weights=inter, minlength=table.shape[1])
-    ref_ids = np.flatnonzero(area_r > 0)
-    ref_ids = ref_ids[ref_ids > 0]
-    missed = int((covered[ref_ids] < 0.5 * area_r[ref_ids]).sum())
+    missed = int((kr & (covered < 0.5 * area_r)).sum())
     covers = inter / area_r[c] >= cover
-    merged = int((np.bincount(r[covers], minlength=table.shape[0]) >= 2).sum())
+    merged = int((kp & (np.bincount(r[covers], minlength=table.shape[0]) >= 2)).sum())
     mostly_on = inter / area_p[r] >= 0.5
-    split = int((np.bincount(c[mostly_on], minlength=table.shape[1]) >= 2).sum())
-    cont = _f1(len(matches), n_pred, n_ref)
-    iou_s = _f1(iou_tp, n_pred, n_ref)
+    split = int((kr & (np.bincount(c[mostly_on], minlength=table.shape[1]) >= 2)).sum())
     return {
         "n_pred": n_pred,
         "n_ref": n_ref,
@@ -100,6 +124,29 @@ def nucleus_scores(table: sp.csr_matrix, cover: float = COVER, on: float = ON) -
         "merged": merged,
         "split": split,
     }
+
+
+def label_centroids(labels, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, row, col) centroid of every label, read block by block."""
+    n, sr, sc = {}, {}, {}
+    for r0 in range(0, labels.shape[0], block):
+        for c0 in range(0, labels.shape[1], block):
+            lab = np.asarray(labels[r0 : r0 + block, c0 : c0 + block]).astype(np.int64)
+            rr, cc = np.nonzero(lab)
+            ids, inv, cnt = np.unique(lab[rr, cc], return_inverse=True, return_counts=True)
+            srr = np.bincount(inv, weights=rr + r0)
+            scc = np.bincount(inv, weights=cc + c0)
+            for k, i in enumerate(ids.tolist()):
+                n[i] = n.get(i, 0) + cnt[k]
+                sr[i] = sr.get(i, 0.0) + srr[k]
+                sc[i] = sc.get(i, 0.0) + scc[k]
+    ids = np.array(sorted(n), np.int64)
+    cnt = np.array([n[i] for i in ids], float)
+    return (
+        ids,
+        np.array([sr[i] for i in ids]) / np.maximum(cnt, 1),
+        np.array([sc[i] for i in ids]) / np.maximum(cnt, 1),
+    )
 
 
 def nucleus_metrics(pred, ref, block: int = 2048, cover: float = COVER, on: float = ON) -> dict:

@@ -166,3 +166,22 @@ def test_format_is_readable():
     m.update(N.transcript_nucleus_agreement(np.ones(3, bool), np.ones(3, bool)))
     text = N.format_nucleus_metrics(m)
     assert "containment F1 1.000" in text and "transcripts in a nucleus: precision 1.000" in text
+
+
+def test_subsets_count_only_their_nuclei_matched_against_all():
+    ref = _img()
+    ref[0:4, 0:4] = 1  # left, matched
+    ref[0:4, 14:18] = 2  # right, missed
+    pred = _img()
+    pred[0:4, 0:4] = 5
+    pred[10:13, 14:17] = 6  # right, false positive
+    table = N.contingency(pred, ref)
+    left = N.nucleus_scores(table, pred_ids=[5], ref_ids=[1])
+    assert left["containment_f1"] == 1.0 and left["missed"] == 0
+    right = N.nucleus_scores(table, pred_ids=[6], ref_ids=[2])
+    assert right["containment_f1"] == 0.0 and right["missed"] == 1
+    assert (right["n_pred"], right["n_ref"]) == (1, 1)
+    ids, rows, cols = N.label_centroids(pred, block=5)
+    assert ids.tolist() == [5, 6]
+    np.testing.assert_allclose(rows, [1.5, 11.0])
+    np.testing.assert_allclose(cols, [1.5, 15.0])
