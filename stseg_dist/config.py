@@ -37,15 +37,58 @@ class TilingConfig:
 @dataclass
 class ClassicalNucleiConfig:
     sigma_um: float = 0.6
-    threshold: float | None = None  # absolute; None = Otsu on a chip-wide downsampled image
+    threshold: float | None = (
+        None  # absolute (in normalised units when normalise); None: chip-wide Otsu
+    )
     min_area_um2: float = 8.0
-    min_distance_um: float = 3.0  # between watershed seeds
-    footprint_um: float = 4.0
+    min_distance_um: float = 3.0  # between seeds, for seeds="shape"
+    footprint_um: float = 4.0  # for seeds="shape"
     background_um: float | None = None  # white top-hat width (~2 nucleus diameters); None: off
+    # Each switch below is measured on every real crop in docs/nuclei_classical.md; all off (normalise
+    # false, foreground otsu, seeds shape, peak_fraction null, learn_size false) is the old backend.
+    # The stain is rescaled so that the chip's normalise_percentiles (of every tile's core, in
+    # prepare) become 0 and 1: every threshold and weight below is in those units.
+    normalise: bool = True
+    normalise_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.5])
+    # "log_otsu": Otsu on log(stain + 0.05) (dim nuclei of dense tissue are a third as bright as
+    # the bright ones and fall below a linear Otsu); "otsu": on the stain itself.
+    foreground: str = "log_otsu"
+    # "shape_intensity": nuclei are basins of the clamped distance to the background plus
+    # intensity_weight times the stain smoothed over seed_sigma x the diameter (touching nuclei
+    # with no neck split at their darker seam); seeds are seed_radius x the diameter apart.
+    # "shape": the distance alone, seeds max(footprint_um / 2, min_distance_um) apart.
+    seeds: str = "shape_intensity"
+    intensity_weight: float = 1.0
+    seed_sigma: float = 0.15
+    seed_radius: float = 0.2
+    # A pixel stays in its nucleus only where the stain is at least this fraction of the stain at
+    # the nucleus's seed (each nucleus cut at its own level: a bright nucleus's glow is not
+    # nucleus); None: off.
+    peak_fraction: float | None = 0.5
+    # The diameter the seeds and reach use is the median equivalent diameter of a first pass's
+    # nuclei (nuclei.diameter_um for that pass), kept within [0.5, 1.5] x nuclei.diameter_um.
+    learn_size: bool = True
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         bg = self.background_um
         _require(bg is None or bg > 0, f"{key}.background_um must be positive or null, got {bg}")
+        _one_of(self, key, "foreground", ("otsu", "log_otsu"))
+        _one_of(self, key, "seeds", ("shape", "shape_intensity"))
+        q = self.normalise_percentiles
+        _require(
+            isinstance(q, list) and len(q) == 2 and 0 <= q[0] < q[1] <= 100,
+            f"{key}.normalise_percentiles must be two percentiles lo < hi in [0, 100], "
+            f"got {list(self.normalise_percentiles)}",
+        )
+        pf = self.peak_fraction
+        _require(
+            pf is None or 0 < pf < 1, f"{key}.peak_fraction must be in (0, 1) or null, got {pf}"
+        )
+        _positive(self, key, "seed_sigma", "seed_radius")
+        _require(
+            self.intensity_weight >= 0,
+            f"{key}.intensity_weight must not be negative, got {self.intensity_weight}",
+        )
 
 
 @dataclass

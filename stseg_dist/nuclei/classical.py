@@ -1,17 +1,22 @@
 """Classical nuclei segmentation of the nuclear stain; needs no weights.
 
-Gaussian smoothing, optionally a white top-hat that removes the stain's slowly varying glow (dense
-tissue and blurred mosaics lift whole regions above any global threshold), a *chip-wide*
-threshold (Otsu over a histogram summed across tiles in :meth:`ClassicalNuclei.prepare`, so every
-tile cuts at the same level), then
-touching nuclei are split by rules of bounded reach (:mod:`.split`). Every step looks only a fixed
-distance away (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus
-is segmented identically in every window that holds it and that margin: 1 tile and any tiling
-give the same labels.
+The stain is rescaled chip-wide (its robust percentiles over every tile's core, found in
+:meth:`ClassicalNuclei.prepare`, become 0 and 1), Gaussian-smoothed, optionally minus a white
+top-hat that removes the stain's slowly varying glow, and cut at a *chip-wide* threshold (Otsu over
+a histogram summed across tiles, on the log of the stain by default so dim nuclei of dense tissue
+stay foreground). Touching nuclei are split by rules of bounded reach (:mod:`.split`): basins of
+the clamped distance to the background plus the smoothed stain (seeds from shape and intensity),
+each nucleus cut at a fraction of its own seed's brightness, at a nucleus size learned in
+``prepare`` from a first pass over the chip. Every step looks only a fixed distance away
+(:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
+identically in every window that holds it and that margin: 1 tile and any tiling give the same
+labels. Each part is a switch of ``nuclei.classical`` (docs/nuclei_classical.md has its measured
+effect); all off is the previous backend.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import partial
 
@@ -24,10 +29,18 @@ from .base import NucleiBackend
 from .split import reach_px, split_nuclei
 
 N_BINS = 4096
+N_RAW_BINS = 65536  # the raw stain's histogram, for its percentiles (exact for 16-bit stains)
+LOG_OFFSET = 0.05  # log(stain + this): the normalised background sits near 0
+SIZE_RANGE = (0.5, 1.5)  # the learned diameter stays within this times nuclei.diameter_um
 
 
 def smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.gaussian_filter(image.astype(np.float32, copy=False), sigma_px, truncate=4.0)
+
+
+def normalise(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The stain rescaled so the chip's ``lo`` and ``hi`` percentiles are 0 and 1 (float32)."""
+    return (image.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
 
 
 def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:
@@ -40,16 +53,23 @@ def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:
     return sm
 
 
-def tile_histogram(smoothed_core: np.ndarray, vmax: float) -> np.ndarray:
-    """Histogram of smoothed intensities on a fixed grid [0, vmax], summed across tiles."""
-    hist, _ = np.histogram(smoothed_core, bins=N_BINS, range=(0.0, vmax))
+def foreground_value(enhanced: np.ndarray, foreground: str) -> np.ndarray:
+    """What Otsu splits: the enhanced stain, or its log (``log_otsu``)."""
+    if foreground == "log_otsu":
+        return np.log(np.maximum(enhanced, 0) + LOG_OFFSET)
+    return enhanced
+
+
+def tile_histogram(values: np.ndarray, vmax: float, vmin: float = 0.0, bins: int = N_BINS):
+    """Histogram of values on a fixed grid [vmin, vmax], summed across tiles."""
+    hist, _ = np.histogram(values, bins=bins, range=(vmin, vmax))
     return hist.astype(np.int64)
 
 
-def otsu_from_histogram(hist: np.ndarray, vmax: float) -> float:
+def otsu_from_histogram(hist: np.ndarray, vmax: float, vmin: float = 0.0) -> float:
     if hist.sum() == 0:
         raise InputError("nuclear stain is empty: no pixels to threshold")
-    centers = (np.arange(N_BINS) + 0.5) * (vmax / N_BINS)
+    centers = vmin + (np.arange(len(hist)) + 0.5) * ((vmax - vmin) / len(hist))
     if np.count_nonzero(hist) < 2:
         raise InputError(
             "nuclear stain has a single intensity everywhere; cannot find nuclei "
@@ -58,61 +78,126 @@ def otsu_from_histogram(hist: np.ndarray, vmax: float) -> float:
     return float(threshold_otsu(hist=(hist, centers)))
 
 
+def percentiles_from_histogram(hist: np.ndarray, vmax: float, q) -> tuple[float, float]:
+    """The stain values at percentiles ``q`` (lo, hi) of a histogram on [0, vmax] (bin centres);
+    hi is kept above lo so a flat stain still rescales."""
+    if hist.sum() == 0:
+        raise InputError("nuclear stain is empty: no pixels to normalise")
+    cdf = np.cumsum(hist) / hist.sum()
+    width = vmax / len(hist)
+    lo, hi = ((np.searchsorted(cdf, np.asarray(q) / 100.0) + 0.5) * width).tolist()
+    return float(lo), float(max(hi, lo + width))
+
+
 def _core_max(backend: "ClassicalNuclei", tile) -> float:
     """Largest stain value in a tile's core (the histogram's range for a float image)."""
     rows, cols = tile.core_slices
     return float(np.nanmax(backend.chip.read_image(rows, cols, backend.config.nuclei.channel)))
 
 
-def _core_histogram(backend: "ClassicalNuclei", vmax: float, tile) -> np.ndarray:
-    """Histogram of the enhanced stain over a tile's core, enhanced on its window (as segment does)."""
+def _core_raw_histogram(backend: "ClassicalNuclei", vmax: float, tile) -> np.ndarray:
+    """Histogram of the raw stain over a tile's core (for the normalisation's percentiles)."""
+    rows, cols = tile.core_slices
+    image = backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
+    return tile_histogram(image, vmax, bins=N_RAW_BINS)
+
+
+def _core_histogram(backend: "ClassicalNuclei", state: dict, grid: tuple, tile) -> np.ndarray:
+    """Histogram of what Otsu splits over a tile's core, enhanced on its window (as segment does)."""
+    backend = copy.copy(backend)
+    backend.load(state)
     rows, cols = tile.window_slices
     image = backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
-    core = enhance(image, backend.config.nuclei.classical, backend.chip.pixel_size_um)[
-        tile.core_in_window
-    ]
-    return tile_histogram(core, vmax)
+    c = backend.config.nuclei.classical
+    core = enhance(backend._normalised(image), c, backend.chip.pixel_size_um)[tile.core_in_window]
+    return tile_histogram(foreground_value(core, c.foreground), grid[1], grid[0])
+
+
+def _core_diameters(backend: "ClassicalNuclei", state: dict, tile) -> np.ndarray:
+    """Equivalent diameters (px) of a first pass's nuclei whose centroid lies in the tile's core."""
+    backend = copy.copy(backend)
+    backend.load(state)
+    rows, cols = tile.window_slices
+    labels = backend.segment_array(
+        backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
+    )
+    area = np.bincount(labels.ravel())
+    ids = np.flatnonzero(area)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return np.zeros(0)
+    centre = np.array(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
+    (r0, r1), (c0, c1) = [(s.start, s.stop) for s in tile.core_in_window]
+    inside = (centre[:, 0] >= r0) & (centre[:, 0] < r1) & (centre[:, 1] >= c0) & (centre[:, 1] < c1)
+    return 2.0 * np.sqrt(area[ids[inside]] / np.pi)
 
 
 class ClassicalNuclei(NucleiBackend):
     name = "classical"
     threshold: float | None = None
+    lo: float = 0.0
+    hi: float = 1.0
+    diameter_px: float | None = None  # learned in prepare; None: nuclei.diameter_um
 
     def _px(self, um: float) -> float:
         return um / self.chip.pixel_size_um
 
-    def _split_params(self) -> dict:
-        """Sizes of the split (see :mod:`.split`), from the nominal nucleus diameter: a nucleus
-        extends at most one diameter from its seed; holes up to half a diameter are filled."""
-        c, d = self.config.nuclei.classical, self._px(self.config.nuclei.diameter_um)
+    def _normalised(self, image: np.ndarray) -> np.ndarray:
+        if self.config.nuclei.classical.normalise:
+            return normalise(image, self.lo, self.hi)
+        return image
+
+    def _max_diameter_px(self) -> float:
+        """The largest diameter a run may use (the learned one is capped here): the halo's basis."""
+        d = self._px(self.config.nuclei.diameter_um)
+        return d * SIZE_RANGE[1] if self.config.nuclei.classical.learn_size else d
+
+    def _split_params(self, d: float | None = None) -> dict:
+        """Sizes of the split (see :mod:`.split`), from the nucleus diameter ``d`` (px; the learned
+        one, else the nominal): a nucleus extends at most one diameter from its seed; holes up to
+        half a diameter are filled. ``shape`` seeds keep the distance clamped at one diameter and
+        seeds max(footprint_um / 2, min_distance_um) apart; ``shape_intensity`` clamps it at the
+        radius and puts seeds ``seed_radius`` diameters apart."""
+        c = self.config.nuclei.classical
+        if d is None:
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
         extent = max(2, int(round(d)))
-        return {
-            "hole_px": max(1, int(round(d / 2))),
-            "dmax_px": float(extent),
-            "radius_px": max(
+        if c.seeds == "shape":
+            radius = max(
                 1,
                 int(round(self._px(c.footprint_um))) // 2,
                 int(round(self._px(c.min_distance_um))),
-            ),
+            )
+            dmax = float(extent)
+        else:
+            radius = max(1, int(round(c.seed_radius * d)))
+            dmax = max(1.0, d / 2)
+        return {
+            "hole_px": max(1, int(round(d / 2))),
+            "dmax_px": dmax,
+            "radius_px": radius,
             "extent_px": extent,
         }
 
     def context_px(self) -> int:
         """Halo that makes the owned nuclei exact: a nucleus lies within 2 extents of its centroid,
-        and a pixel's label depends on the image within the split's reach plus the filters'."""
+        and a pixel's label depends on the image within the split's reach plus the filters' (the
+        seed surface's smoothing too), at the largest diameter the run may learn."""
         c = self.config.nuclei.classical
+        d = self._max_diameter_px()
         enhance_px = int(4 * self._px(c.sigma_um) + 0.5)
         if c.background_um:
             enhance_px += (int(round(self._px(c.background_um))) | 1) - 1
-        p = self._split_params()
+        if c.seeds == "shape_intensity":
+            enhance_px = max(enhance_px, int(4 * c.seed_sigma * d + 0.5))
+        p = self._split_params(d)
         return 2 * p["extent_px"] + reach_px(**p) + enhance_px + 1
 
     def prepare(self, ctx):
-        """The chip-wide threshold: ``nuclei.classical.threshold``, else Otsu over the histogram of
-        every tile's core summed on one grid ([0, dtype max], or [0, the chip's max] for floats)."""
+        """Chip-wide state, each from every tile's core: the stain's percentiles (``normalise``),
+        the threshold (``nuclei.classical.threshold``, else Otsu over one summed histogram), and
+        the nucleus diameter (``learn_size``: the median of a first pass's nuclei)."""
         c = self.config.nuclei.classical
-        if c.threshold is not None:
-            return {"threshold": float(c.threshold)}
         tiles = [t.index for t in ctx.grid]
         dtype = np.dtype(self.chip._image_array().dtype)
         if dtype.kind in "ui":
@@ -120,18 +205,62 @@ class ClassicalNuclei(NucleiBackend):
         else:
             vmax = max([0.0, *ctx.map_tiles(partial(_core_max, self), tiles, desc="histogram")])
             vmax = vmax if math.isfinite(vmax) and vmax > 0 else 1.0
-        total = np.sum(
-            ctx.map_tiles(partial(_core_histogram, self, vmax), tiles, desc="histogram"), axis=0
-        )
-        return {"threshold": otsu_from_histogram(total, vmax)}
+        state = {"lo": 0.0, "hi": 1.0, "diameter_px": None}
+        if c.normalise:
+            raw = np.sum(
+                ctx.map_tiles(partial(_core_raw_histogram, self, vmax), tiles, desc="percentiles"),
+                axis=0,
+            )
+            state["lo"], state["hi"] = percentiles_from_histogram(
+                raw, vmax, c.normalise_percentiles
+            )
+        if c.threshold is not None:
+            state["threshold"] = float(c.threshold)
+        else:
+            top = (vmax - state["lo"]) / (state["hi"] - state["lo"])
+            bottom = min(0.0, -state["lo"] / (state["hi"] - state["lo"]))
+            grid = (
+                float(foreground_value(np.float32(bottom), c.foreground)),
+                float(foreground_value(np.float32(top), c.foreground)),
+            )
+            if c.foreground == "otsu" and not c.normalise:
+                grid = (0.0, vmax)  # the previous backend's grid
+            total = np.sum(
+                ctx.map_tiles(partial(_core_histogram, self, state, grid), tiles, desc="histogram"),
+                axis=0,
+            )
+            t = otsu_from_histogram(total, grid[1], grid[0])
+            state["threshold"] = float(np.exp(t) - LOG_OFFSET) if c.foreground == "log_otsu" else t
+        if c.learn_size:
+            d = np.concatenate(
+                ctx.map_tiles(partial(_core_diameters, self, state), tiles, desc="nucleus size")
+            )
+            nominal = self._px(self.config.nuclei.diameter_um)
+            learned = float(np.median(d)) if len(d) else nominal
+            state["diameter_px"] = float(np.clip(learned, *(np.array(SIZE_RANGE) * nominal)))
+        return state
+
+    def describe_state(self, state) -> dict:
+        return {k: v for k, v in (state or {}).items() if isinstance(v, (int, float, type(None)))}
 
     def load(self, state):
-        self.threshold = state["threshold"]
+        self.threshold = state.get("threshold")
+        self.lo, self.hi = state.get("lo", 0.0), state.get("hi", 1.0)
+        self.diameter_px = state.get("diameter_px")
 
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         c = self.config.nuclei.classical
-        mask = enhance(image, c, self.chip.pixel_size_um) > self.threshold
-        labels = split_nuclei(mask, **self._split_params())
+        x = self._normalised(image)
+        mask = enhance(x, c, self.chip.pixel_size_um) > self.threshold
+        p = self._split_params()
+        extra = {}
+        if c.seeds == "shape_intensity":
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
+            extra["surface"] = c.intensity_weight * smooth(x, c.seed_sigma * d)
+        if c.peak_fraction is not None:
+            extra["keep"] = smooth(x, self._px(c.sigma_um))
+            extra["peak_fraction"] = c.peak_fraction
+        labels = split_nuclei(mask, **p, **extra)
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
         small = np.bincount(labels.ravel()) < min_area  # whole nuclei: exact wherever they are
         small[0] = False

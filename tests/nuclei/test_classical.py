@@ -14,6 +14,22 @@ class _FakeChipMeta:  # pixel size only: the kernel is tested on an in-memory im
     pixel_size_um = 0.5
 
 
+LEGACY = {  # every switch of docs/nuclei_classical.md off: the previous backend
+    "normalise": False,
+    "foreground": "otsu",
+    "seeds": "shape",
+    "peak_fraction": None,
+    "learn_size": False,
+}
+
+
+def _config(legacy=False, **classical):
+    cfg = PipelineConfig()
+    for k, v in {**(LEGACY if legacy else {}), **classical}.items():
+        setattr(cfg.nuclei.classical, k, v)
+    return cfg
+
+
 def _matched_f1(pred, truth, thr=0.5):
     from skimage.metrics import contingency_table
 
@@ -77,8 +93,7 @@ def _glow_image(seed=0):
 def _segment(img, background_um):
     from stseg_dist.nuclei.classical import enhance
 
-    cfg = PipelineConfig()
-    cfg.nuclei.classical.background_um = background_um
+    cfg = _config(legacy=True, background_um=background_um)
     backend = ClassicalNuclei(cfg, _FakeChipMeta())
     sm = enhance(img, cfg.nuclei.classical, _FakeChipMeta.pixel_size_um)
     vmax = float(sm.max())
@@ -128,19 +143,31 @@ def _chains(seed=0, shape=(400, 400)):
     return img
 
 
+#: states for the context test: the previous backend, and today's defaults at the largest
+#: diameter a run may learn (1.5 x nuclei.diameter_um = 24 px), where the reach is longest
+_STATES = {
+    "legacy": (True, {"threshold": 1000.0}),
+    "defaults": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
+}
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_labels_depend_only_on_pixels_within_the_context(seed):
+@pytest.mark.parametrize("variant", sorted(_STATES))
+def test_labels_depend_only_on_pixels_within_the_context(seed, variant):
     """Any window gives the whole image's nuclei at every pixel at least context_px from its cut
     edges (edges on the image border are not cuts): the same pixels, grouped the same way, even
     where a cut crosses a cluster of touching nuclei several times longer than that."""
     img = _chains(seed)
-    backend = ClassicalNuclei(PipelineConfig(), _FakeChipMeta())
-    backend.load({"threshold": 1000.0})
+    legacy, state = _STATES[variant]
+    backend = ClassicalNuclei(_config(legacy=legacy), _FakeChipMeta())
+    backend.load(state)
     full = backend.segment_array(img)
     ctx = backend.context_px()
     from stseg_dist.nuclei.classical import enhance
 
-    clusters, _ = ndi.label(enhance(img, backend.config.nuclei.classical, 0.5) > backend.threshold)
+    clusters, _ = ndi.label(
+        enhance(backend._normalised(img), backend.config.nuclei.classical, 0.5) > backend.threshold
+    )
     assert (
         max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(clusters))
         > 3 * ctx
@@ -163,3 +190,158 @@ def test_labels_depend_only_on_pixels_within_the_context(seed):
         np.testing.assert_array_equal(f > 0, g > 0)
         pairs = np.unique(np.stack([f[f > 0], g[g > 0]]), axis=1)
         assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))  # one-to-one
+
+
+# -- the dense-tissue parts, each on a small image where it matters ------------------------------
+
+
+class _ImageChip:
+    """An in-memory chip: enough of :class:`~stseg_dist.io.chip.Chip` for prepare and segment."""
+
+    pixel_size_um = 0.5
+
+    def __init__(self, image):
+        self.image = image
+
+    def _image_array(self):
+        return self.image
+
+    def read_image(self, rows, cols, channel=0):
+        return self.image[rows, cols]
+
+
+def _prepared(img, cfg, tile_um=1e6):
+    """The backend after its chip-wide prepare on ``img`` cut into tiles of ``tile_um``."""
+    from stseg_dist.lifecycle import PrepareContext
+    from stseg_dist.tiling import make_grid
+
+    chip = _ImageChip(img)
+    backend = ClassicalNuclei(cfg, chip)
+    halo_um = backend.context_px() * chip.pixel_size_um
+    grid = make_grid(img.shape, chip.pixel_size_um, tile_um, halo_um, 16)
+    ctx = PrepareContext(chip, cfg, grid, [], lambda fn, idx, desc="": [fn(grid[i]) for i in idx])
+    state = backend.prepare(ctx)
+    backend.load(state)
+    return backend, state, len(grid)
+
+
+def _blobs(centres, radii, amplitudes, shape, background=100.0, blur=1.5, seed=0):
+    """Discs of the given radii and brightness, blurred like a stain, with noise; and their truth."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, background, np.float32)
+    truth = np.zeros(shape, np.int64)
+    for k, ((r, c), rad, amp) in enumerate(zip(centres, radii, amplitudes), start=1):
+        disk = (yy - r) ** 2 + (xx - c) ** 2 <= rad**2
+        img[disk] += amp
+        truth[disk & (truth == 0)] = k
+    img = ndi.gaussian_filter(img, blur)
+    return img + np.random.default_rng(seed).normal(0, 5, shape).astype(np.float32), truth
+
+
+def test_percentiles_from_histogram_match_numpy():
+    from stseg_dist.nuclei.classical import N_RAW_BINS, percentiles_from_histogram
+
+    img = np.random.default_rng(0).gamma(2.0, 300.0, (200, 200)).astype(np.uint16)
+    lo, hi = percentiles_from_histogram(
+        tile_histogram(img, 65535.0, bins=N_RAW_BINS), 65535.0, [1, 99.5]
+    )
+    assert abs(lo - np.percentile(img, 1)) <= 1.5 and abs(hi - np.percentile(img, 99.5)) <= 1.5
+
+
+def test_prepare_state_is_the_same_at_every_tiling():
+    """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same."""
+    rng = np.random.default_rng(1)
+    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60)))
+    img, _ = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
+    img = img.astype(np.uint16)
+    _, one, n1 = _prepared(img, _config())
+    _, many, n16 = _prepared(img, _config(), tile_um=30)
+    assert n1 == 1 and n16 == 16
+    assert one == many and one["diameter_px"] is not None
+
+
+def test_log_otsu_keeps_dim_nuclei_a_linear_otsu_drops():
+    """Bright and dim (a fifth as bright) isolated nuclei: Otsu on the stain cuts between the two
+    kinds, Otsu on its log between the background and both."""
+    centres = [(20 + 40 * i, 20 + 40 * j) for i in range(4) for j in range(4)]
+    amps = [2000.0 if (i + j) % 2 else 400.0 for i in range(4) for j in range(4)]
+    img, truth = _blobs(centres, [7] * 16, amps, (160, 160))
+    scores = {}
+    for fg in ("otsu", "log_otsu"):
+        backend, _, _ = _prepared(img, _config(foreground=fg, learn_size=False))
+        scores[fg] = _matched_f1(backend.segment_array(img).astype(np.int64), truth)
+    assert scores["otsu"] < 0.7 and scores["log_otsu"] > 0.95
+
+
+def _touching_pair(gap_px=11.0):
+    """Two nuclei whose union has no neck (centres gap_px apart, radius 8 px): one oval mask."""
+    shape = (60, 60)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 100.0, np.float32)
+    truth = np.zeros(shape, np.int64)
+    for k, c in enumerate((30 - gap_px / 2, 30 + gap_px / 2), start=1):
+        img += 1500.0 * np.exp(-((yy - 30) ** 2 + (xx - c) ** 2) / (2 * 4.5**2))
+        truth[((yy - 30) ** 2 + (xx - c) ** 2 <= 36) & (truth == 0)] = k
+    return img, truth
+
+
+def test_intensity_seeds_split_touching_nuclei_with_no_neck():
+    """The distance map of the pair's oval mask has one summit; the stain has two."""
+    img, _ = _touching_pair()
+    state = {"threshold": 0.2, "lo": 100.0, "hi": 1600.0}
+    n = {}
+    for seeds in ("shape", "shape_intensity"):
+        backend = ClassicalNuclei(_config(seeds=seeds, learn_size=False), _FakeChipMeta())
+        backend.load(state)
+        labels = backend.segment_array(img)
+        n[seeds] = len(np.unique(labels[labels > 0]))
+        if seeds == "shape_intensity":  # each nucleus's centre goes to a different label
+            assert labels[30, 25] != labels[30, 35] and labels[30, 25] and labels[30, 35]
+    assert n == {"shape": 1, "shape_intensity": 2}
+
+
+def test_peak_fraction_cuts_a_bright_nucleus_at_its_own_level():
+    """A bright nucleus's blurred glow rises above a threshold low enough for a dim neighbour;
+    cut at half its own peak it keeps its size, and the dim neighbour is still found."""
+    img, truth = _blobs([(40, 30), (40, 75)], [8, 8], [4000.0, 300.0], (80, 110), blur=3.0)
+    state = {"threshold": 0.05, "lo": 100.0, "hi": 4100.0}
+    area = {}
+    for pf in (None, 0.5):
+        backend = ClassicalNuclei(_config(peak_fraction=pf, learn_size=False), _FakeChipMeta())
+        backend.load(state)
+        labels = backend.segment_array(img).astype(np.int64)
+        bright, dim = labels[40, 30], labels[40, 75]
+        assert bright and dim and bright != dim
+        area[pf] = (labels == bright).sum() / (truth == 1).sum()
+    assert area[None] > 1.5 and 0.75 < area[0.5] < 1.3
+
+
+@pytest.mark.parametrize("nominal_um, expected_px", [(8.0, 16.0), (5.0, 15.0)])
+def test_size_is_learned_from_the_chip(nominal_um, expected_px):
+    """Nuclei 16 px across are learned as such from a nominal 8 µm (16 px); from a nominal 5 µm
+    (10 px) the learned diameter stops at its bound, 1.5 x 10 px."""
+    rng = np.random.default_rng(2)
+    centres = [(15 + 30 * i + rng.uniform(-3, 3), 15 + 30 * j) for i in range(6) for j in range(6)]
+    img, _ = _blobs(centres, [8] * 36, rng.uniform(500, 1500, 36), (180, 180))
+    cfg = _config()
+    cfg.nuclei.diameter_um = nominal_um
+    _, state, _ = _prepared(img, cfg)
+    assert abs(state["diameter_px"] - expected_px) <= 2.0
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("foreground", "mean", "foreground"),
+        ("seeds", "blobs", "seeds"),
+        ("peak_fraction", 1.5, "peak_fraction must be in"),
+        ("normalise_percentiles", [99.0, 1.0], "normalise_percentiles must be"),
+        ("seed_radius", 0.0, "seed_radius must be positive"),
+        ("intensity_weight", -1.0, "intensity_weight must not be negative"),
+    ],
+)
+def test_bad_classical_settings_rejected(key, value, message):
+    from stseg_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ClassicalNuclei(_config(**{key: value}), _FakeChipMeta())
