@@ -2,6 +2,7 @@
 
     python benchmarks/bench_nuclei.py --work /tmp/bench_nuclei            # expansion only
     python benchmarks/bench_nuclei.py --work /tmp/bench_nuclei --methods expansion ucs
+    python benchmarks/bench_nuclei.py --work /tmp/bench_nuclei --frontier 2 3 5 8 12
 
 Nuclei sources: ``vendor`` (the bundle's nuclei: Xenium polygons; CosMx rebuilt from
 CellComp == "Nuclear"), ``classical-old`` (the classical backend with every switch of the
@@ -18,6 +19,10 @@ scored on the same ruler. ``xenium_breast_top`` is scored on its left half (x < 
 settings were tuned) and its right half (held out); a nucleus belongs to the half of its centroid.
 ``dsb2018`` (manual nuclei, no transcripts) scores nuclei only, at 0.5 µm/px with the settings of
 the classical backend's dsb2018 test. Runs are in-process (``local``); nothing here is timed.
+
+``--frontier D ...`` also runs expansion at each distance D (µm) from every nuclei source and
+prints each source's MECR interpolated at the assigned share of expansion from the vendor's
+nuclei at the preset distance: MECR compared at equal coverage.
 """
 
 from __future__ import annotations
@@ -159,7 +164,9 @@ def vendor_cells_row(chip_tx: pd.DataFrame, categories, pairs, crop) -> dict[str
     return res
 
 
-def run_crop(crop: str, work: Path, methods: list[str]) -> list[dict]:
+def run_crop(
+    crop: str, work: Path, methods: list[str], frontier: list[float] = ()
+) -> tuple[list[dict], list[dict]]:
     from stseg_dist.config import load_config, parse_set
     from stseg_dist.driver import run_pipeline
     from stseg_dist.io.bundles import convert_bundle
@@ -183,24 +190,58 @@ def run_crop(crop: str, work: Path, methods: list[str]) -> list[dict]:
     rows = []
     for name, region in vendor_cells_row(chip_tx, categories, pairs, crop).items():
         rows.append({"crop": crop, "region": name, "nuclei": "(vendor's own cells)", **region})
-    for src, items in sources().items():
-        for method in methods:
-            out = work / crop / f"{src}-{method}"
-            cfg = load_config(
-                str(REPO / "configs" / spec["preset"]),
-                parse_set([*items, f"cells.method={method}", "runtime.progress=false"]),
-                use_env=False,
+    runs = [(src, items, m, []) for src, items in sources().items() for m in methods]
+    runs += [
+        (src, items, f"expansion@{d:g}", [f"cells.expansion.distance_um={d}"])
+        for src, items in sources().items()
+        for d in frontier
+    ]
+    points = []
+    for src, items, method, extra in runs:
+        out = work / crop / f"{src}-{method}"
+        cfg = load_config(
+            str(REPO / "configs" / spec["preset"]),
+            parse_set(
+                [*items, f"cells.method={method.split('@')[0]}", "runtime.progress=false"] + extra
+            ),
+            use_env=False,
+        )
+        t0 = time.perf_counter()
+        if not (out / "run.json").exists():
+            run_pipeline(str(chip_dir), str(out), cfg, local=True)
+        secs = time.perf_counter() - t0
+        for name, m in score_run(out, chip, ref, categories, pairs, crop).items():
+            row = {"crop": crop, "region": name, "nuclei": src, "method": method, **m}
+            row["seconds_contended"] = round(secs, 1)
+            (points if extra else rows).append(row)
+    return rows, equal_coverage(rows, points)
+
+
+def equal_coverage(rows: list[dict], points: list[dict]) -> list[dict]:
+    """Each source's expansion MECR at the assigned share of expansion from vendor nuclei."""
+    out = []
+    for target in (r for r in rows if r["nuclei"] == "vendor" and r["method"] == "expansion"):
+        for src in dict.fromkeys(p["nuclei"] for p in points):
+            pts = sorted(
+                (p["assigned"], p["mecr"])
+                for p in points + rows
+                if p["nuclei"] == src
+                and p["region"] == target["region"]
+                and p["method"].startswith("expansion")
             )
-            t0 = time.perf_counter()
-            if not (out / "run.json").exists():
-                run_pipeline(str(chip_dir), str(out), cfg, local=True)
-            secs = time.perf_counter() - t0
-            for name, m in score_run(out, chip, ref, categories, pairs, crop).items():
-                rows.append(
-                    {"crop": crop, "region": name, "nuclei": src, "method": method, **m}
-                    | {"seconds_contended": round(secs, 1)}
-                )
-    return rows
+            a, m = np.array(pts).T
+            inside = a[0] <= target["assigned"] <= a[-1]
+            out.append(
+                {
+                    "crop": target["crop"],
+                    "region": target["region"],
+                    "nuclei": src,
+                    "assigned": target["assigned"],
+                    "mecr": float(np.interp(target["assigned"], a, m)) if inside else float("nan"),
+                    "range": f"{a[0]:.3f}..{a[-1]:.3f}",
+                }
+            )
+    return out
 
 
 def run_dsb2018(work: Path) -> list[dict]:
@@ -293,15 +334,33 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/bench_nuclei", help="scratch folder (runs are reused)")
     p.add_argument("--methods", nargs="+", default=["expansion"])
     p.add_argument("--crops", nargs="+", default=[*CROPS, "dsb2018"])
+    p.add_argument("--frontier", nargs="*", type=float, default=[], help="expansion distances")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     work = Path(args.work)
     rows: list[dict] = []
+    equal: list[dict] = []
     for crop in args.crops:
-        rows += run_dsb2018(work) if crop == "dsb2018" else run_crop(crop, work, args.methods)
+        if crop == "dsb2018":
+            rows += run_dsb2018(work)
+            continue
+        r, e = run_crop(crop, work, args.methods, args.frontier)
+        rows += r
+        equal += e
     print(table(rows))
+    if equal:
+        print("\nExpansion MECR at equal coverage (interpolated along each source's frontier):\n")
+        print("| crop | region | nuclei | assigned | MECR | frontier's assigned range |")
+        print("|---|---|---|---|---|---|")
+        for e in equal:
+            print(
+                f"| {e['crop']} | {e['region']} | {e['nuclei']} | {e['assigned']:.3f} | "
+                f"{_f(e['mecr'])} | {e['range']} |"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
+        Path(args.json).write_text(
+            json.dumps({"rows": rows, "equal_coverage": equal}, indent=1, default=float)
+        )
     return 0
 
 
