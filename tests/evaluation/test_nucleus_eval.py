@@ -101,6 +101,16 @@ def test_eval_with_mask_polygons_and_flags(runs, tmp_path):
     )
     p = evaluate(str(d / "classical"), nuclei_ref=str(tmp_path / "p.parquet"))["nuclei"]
     assert p["reference_kind"] == "polygons" and p["n_ref"] == a["n_ref"]
+    # the same squares as GeoParquet (WKB geometry): the same scores
+    import shapely
+
+    v = pd.read_parquet(tmp_path / "p.parquet")
+    geoms = [
+        shapely.Polygon(g[["vertex_x", "vertex_y"]].to_numpy()) for _, g in v.groupby("cell_id")
+    ]
+    pd.DataFrame({"geometry": shapely.to_wkb(geoms)}).to_parquet(tmp_path / "g.parquet")
+    g = evaluate(str(d / "classical"), nuclei_ref=str(tmp_path / "g.parquet"))["nuclei"]
+    assert {k: g[k] for k in p if k != "reference"} == {k: p[k] for k in p if k != "reference"}
     # per-transcript flags joined on input_row: the run's own flags agree perfectly
     tx = pd.read_parquet(d / "classical" / "transcripts.parquet", columns=["in_nucleus"])
     tx.rename(columns={"in_nucleus": "flag"}).to_parquet(tmp_path / "f.parquet")
