@@ -72,7 +72,9 @@ class ClassicalNucleiConfig:
 
 @dataclass
 class NucleiConfig:
-    backend: str = "classical"  # classical | vendor | cellpose
+    # auto: the chip's vendor nuclei (nuclei.zarr) when it has them, else classical; the choice
+    # and its reason go into run.json ("nuclei"). classical | vendor | cellpose pick one outright.
+    backend: str = "auto"
     channel: int = 0
     diameter_um: float = 8.0
     classical: ClassicalNucleiConfig = field(default_factory=ClassicalNucleiConfig)
@@ -84,4 +86,6 @@ class NucleiConfig:
         require(
             self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}"
         )
-        validate_section(root, f"{key}.{self.backend}")
+        # auto falls back to classical where the chip has no vendor nuclei: check that section too
+        backend = "classical" if self.backend == "auto" else self.backend
+        validate_section(root, f"{key}.{backend}")
