@@ -20,6 +20,12 @@ hints apply when the manifest names no ``config``, under the slide's overrides, 
 cluster, so they share its workers and GPU actors. A failed slide is recorded and does not stop the others. A re-run
 skips slides whose ``run.json`` says complete. ``OUT/status.json`` is rewritten atomically after
 every slide, and ``OUT/summary.csv`` (slide, status, cells, transcripts, wall seconds) at the end.
+
+Each slide's config is the manifest's ``config``, then the driver's ``STSEG_*`` environment (e.g. a
+RayJob's ``runtimeEnvYAML`` ``env_vars``), then the slide's reader hints and ``overrides``. A slide
+that failed because the cluster lost a node, worker, actor or object (a Ray system error, not its
+data) is recorded with ``failure: cluster``: re-running on a healthy cluster can finish it, so
+``stseg batch`` then exits as a crash would (see :data:`EXIT_CODES` in the CLI).
 """
 
 from __future__ import annotations
@@ -46,7 +52,18 @@ log = logging.getLogger(__name__)
 
 SLIDE_KEYS = {"name", "input", "output", "platform", "overrides", "reader_options"}
 TOP_KEYS = {"out", "config", "max_concurrent_slides", "slides"}
-SUMMARY_COLUMNS = ["slide", "status", "cells", "transcripts", "wall_seconds", "error"]
+SUMMARY_COLUMNS = ["slide", "status", "cells", "transcripts", "wall_seconds", "error", "failure"]
+# Ray errors that mean the cluster lost something the slide ran on (a node, worker, actor, object or
+# the connection), not that the slide's data is bad; by class name, so that Ray is imported lazily.
+CLUSTER_ERRORS = (
+    "RayActorError",  # ActorDiedError, ActorUnavailableError
+    "NodeDiedError",
+    "LocalRayletDiedError",
+    "WorkerCrashedError",
+    "ObjectLostError",  # OwnerDiedError, ObjectFetchTimedOutError, ...
+    "RaySystemError",
+    "RpcError",
+)
 
 
 @dataclass
@@ -186,7 +203,7 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
     # validate every slide's config now (keys, types and values), so a typo fails before any slide starts
     for s in m.slides:
         try:
-            load_config(m.config, s.overrides, use_env=False).validate()
+            load_config(m.config, s.overrides).validate()
         except ConfigError as exc:
             raise ConfigError(f"{url}: slide {s.name!r} overrides: {exc}") from exc
     return m
@@ -221,11 +238,22 @@ def _slide_config(m: Manifest, s: Slide):
     slide's overrides, only when the manifest names no shared config (as ``stseg run --input``)."""
 
     def build(hints: dict) -> PipelineConfig:
-        return load_config(
-            m.config, s.overrides if m.config else _merge(hints, s.overrides), use_env=False
-        )
+        return load_config(m.config, s.overrides if m.config else _merge(hints, s.overrides))
 
     return build
+
+
+def failure_kind(exc: BaseException) -> str:
+    """``"cluster"`` when ``exc`` (or an exception it was raised from) is a Ray error that says the
+    cluster lost a node, worker, actor, object or connection; ``"slide"`` otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = {c.__name__ for c in type(exc).__mro__}
+        if type(exc).__module__.startswith("ray") and names & set(CLUSTER_ERRORS):
+            return "cluster"
+        exc = exc.__cause__ or exc.__context__
+    return "slide"
 
 
 def _counts(run: dict) -> tuple[int | None, int | None]:
@@ -266,6 +294,7 @@ def run_batch(
     ok = all(r["status"] in ("complete", "skipped") for r in rows)
     return {
         "status": "complete" if ok else "incomplete",
+        "cluster_failures": sum(r.get("failure") == "cluster" for r in rows),
         "out": m.out,
         "max_concurrent_slides": n_par,
         "slides": rows,
@@ -293,7 +322,14 @@ def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list
         prev = _read_json(storage.join(s.output, K.RUN_JSON))
         if prev and prev.get("status") == "complete":
             cells, tx = _counts(prev)
-            rec.update(status="skipped", cells=cells, transcripts=tx, wall_seconds=0.0, error=None)
+            rec.update(
+                status="skipped",
+                cells=cells,
+                transcripts=tx,
+                wall_seconds=0.0,
+                error=None,
+                failure=None,
+            )
             with lock:
                 state[s.name] = rec
             flush()
@@ -313,7 +349,11 @@ def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list
             )
             cells, tx = _counts(summ)
             rec.update(
-                status=summ.get("status", "complete"), cells=cells, transcripts=tx, error=None
+                status=summ.get("status", "complete"),
+                cells=cells,
+                transcripts=tx,
+                error=None,
+                failure=None,
             )
         except Exception as exc:  # a failed slide must not stop the others
             log.exception("slide %s failed", s.name)
@@ -322,6 +362,7 @@ def _run_slides(m: Manifest, manifest_url: str, n_par: int, local: bool) -> list
                 cells=None,
                 transcripts=None,
                 error=redact.scrub(f"{type(exc).__name__}: {exc}"),
+                failure=failure_kind(exc),
             )
         rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
         with lock:

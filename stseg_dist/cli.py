@@ -12,6 +12,15 @@ from . import redact
 from .errors import ConfigError, RunIncompleteError, StsegError
 
 EXIT_INCOMPLETE = 3
+# what `stseg batch` returns; a RayJob retries only what re-running can fix (docs/cluster.md)
+BATCH_EXIT_CODES = """exit codes:
+  0  every slide complete (or skipped: already complete)
+  1  the batch itself crashed (an error outside a slide, or a slide lost to the cluster losing a
+     node, worker or actor: failure "cluster" in OUT/status.json); a re-run resumes
+  2  bad manifest or config: nothing ran
+  3  some slides failed, each recorded in OUT/status.json and OUT/summary.csv, the others
+     complete (--failed-slides-exit-code changes this code; a RayJob passes 0 so that a bad slide
+     does not make KubeRay rebuild the cluster)"""
 
 
 def _config(args, hints: dict | None = None):
@@ -204,14 +213,32 @@ def cmd_bench(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .batch import run_batch
+    from .batch import parse_manifest, run_batch
 
-    summary = run_batch(args.manifest, address=args.address)
-    return (
-        0
-        if all(s.get("status") in ("complete", "skipped") for s in summary.get("slides", []))
-        else EXIT_INCOMPLETE
+    if args.check:
+        m = parse_manifest(args.manifest)
+        print(f"{args.manifest}: {len(m.slides)} slide(s), out {redact.scrub(m.out)}: valid")
+        return 0
+    summary = run_batch(args.manifest, address=args.address, local=args.local)
+    rows = summary["slides"]
+    failed = [r for r in rows if r["status"] not in ("complete", "skipped")]
+    done = {s: sum(r["status"] == s for r in rows) for s in ("complete", "skipped")}
+    print(
+        f"stseg batch: {done['complete']} complete, {done['skipped']} skipped, "
+        f"{len(failed)} failed of {len(rows)} slides (OUT/status.json, OUT/summary.csv in "
+        f"{redact.scrub(summary['out'])})"
+        + "".join(
+            f"\n  {r['slide']}: {r['status']} ({r.get('failure')}): {r['error']}" for r in failed
+        )
     )
+    if summary["cluster_failures"]:
+        print(
+            f"stseg batch: {summary['cluster_failures']} slide(s) lost to the cluster; exit 1 so "
+            "that a retry (RayJob backoffLimit) resumes them",
+            file=sys.stderr,
+        )
+        return 1
+    return args.failed_slides_exit_code if failed else 0
 
 
 def _with_reader_options(format_help):
@@ -372,9 +399,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(fn=cmd_bench)
 
-    m = sub.add_parser("batch", help="segment many slides listed in a manifest on one Ray cluster")
-    m.add_argument("manifest", help="batch manifest YAML")
+    m = sub.add_parser(
+        "batch",
+        help="segment many slides listed in a manifest on one Ray cluster",
+        epilog=BATCH_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("manifest", help="batch manifest YAML (or CSV)")
     m.add_argument("--address", help="Ray cluster address")
+    m.add_argument(
+        "--local", action="store_true", help="run in this process without Ray (debugging)"
+    )
+    m.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the manifest (keys, platforms, every slide's config) and exit",
+    )
+    m.add_argument(
+        "--failed-slides-exit-code",
+        type=int,
+        default=EXIT_INCOMPLETE,
+        metavar="N",
+        help=f"exit code when some slides failed, each recorded (default {EXIT_INCOMPLETE})",
+    )
     m.set_defaults(fn=cmd_batch)
     return p
 

@@ -186,3 +186,114 @@ def test_vendor_bundle_slide_is_converted_with_its_platform(tmp_path):
         ConfigError, match=r"slides\[0\]: reader_options: unknown reader option\(s\) 'pixel_size'"
     ):
         parse_manifest(str(tmp_path / "bad.yaml"))
+
+
+# ---- exit codes: "some slides failed, each recorded" is not "the batch crashed" ----------------
+
+
+@pytest.fixture(scope="module")
+def one_chip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exit")
+    synth_chip(str(root / "chip"), 60, 60, seed=3, block_um=60)
+    return root
+
+
+def _two_slides(root, out="batch-out"):
+    doc = {
+        "out": out,
+        "slides": [
+            {"name": "good", "input": "chip", "output": "out/good", "platform": "xenium"},
+            {"name": "bad", "input": "no-such-chip", "output": "out/bad", "platform": "cosmx"},
+        ],
+    }
+    p = root / f"{out.replace('/', '-')}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+def test_exit_codes_tell_failed_slides_from_a_crash(one_chip, capsys):
+    from stseg_dist.cli import EXIT_INCOMPLETE, main
+
+    url = _two_slides(one_chip)
+    assert main(["batch", "--local", url]) == EXIT_INCOMPLETE == 3
+    status = json.loads((one_chip / "batch-out" / "status.json").read_text())
+    rec = {s["slide"]: s for s in status["slides"]}
+    assert rec["good"]["status"] == "complete" and rec["good"]["failure"] is None
+    assert rec["bad"]["status"] == "failed" and rec["bad"]["failure"] == "slide"
+    assert "no-such-chip" in rec["bad"]["error"]
+    assert "1 complete, 0 skipped, 1 failed of 2 slides" in capsys.readouterr().out
+    # as the RayJob runs it: recorded slide failures exit 0, so KubeRay does not retry them
+    assert main(["batch", "--local", "--failed-slides-exit-code", "0", url]) == 0
+    with open(one_chip / "batch-out" / "summary.csv") as fh:
+        rows = {r["slide"]: r for r in csv.DictReader(fh)}
+    assert rows["good"]["status"] == "skipped" and rows["bad"]["failure"] == "slide"
+    # a bad manifest: 2, nothing ran; --check says so without running anything
+    bad = one_chip / "typo.yaml"
+    bad.write_text(yaml.safe_dump({"slides": [{"input": "chip", "output": "o", "colour": 1}]}))
+    assert main(["batch", "--local", str(bad)]) == 2
+    assert main(["batch", "--check", str(bad)]) == 2
+    assert main(["batch", "--check", url]) == 0 and "2 slide(s)" in capsys.readouterr().out
+    # the batch itself crashed (its status file cannot be written): 1, which a RayJob retries
+    (one_chip / "blocked").write_text("a file where the batch's out folder should be")
+    crash = _two_slides(one_chip, out="blocked/batch-out")
+    assert main(["batch", "--local", "--failed-slides-exit-code", "0", crash]) == 1
+
+
+def test_a_slide_lost_to_the_cluster_exits_as_a_crash(one_chip, monkeypatch):
+    """A slide that failed because Ray lost a node is retry-worthy: the batch exits 1."""
+    import ray.exceptions
+
+    from stseg_dist import driver
+    from stseg_dist.cli import main
+
+    real = driver.run_pipeline
+
+    def lose_a_node(*args, **kwargs):
+        if kwargs["out_url"].endswith("bad"):
+            raise ray.exceptions.NodeDiedError("node 10.0.0.7 died (spot reclaim)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "run_pipeline", lose_a_node)
+    url = _two_slides(one_chip, out="lost")
+    assert main(["batch", "--local", "--failed-slides-exit-code", "0", url]) == 1
+    status = json.loads((one_chip / "lost" / "status.json").read_text())
+    assert {s["slide"]: s["failure"] for s in status["slides"]} == {"good": None, "bad": "cluster"}
+
+
+def test_failure_kind():
+    import ray.exceptions
+
+    from stseg_dist.batch import failure_kind
+
+    assert failure_kind(ray.exceptions.WorkerCrashedError()) == "cluster"
+    assert failure_kind(ray.exceptions.NodeDiedError("gone")) == "cluster"
+    assert failure_kind(ray.exceptions.ActorDiedError()) == "cluster"
+    try:
+        try:
+            raise ray.exceptions.NodeDiedError("gone")
+        except ray.exceptions.NodeDiedError as exc:
+            raise RuntimeError("tile 3 failed") from exc
+    except RuntimeError as wrapped:
+        assert failure_kind(wrapped) == "cluster"
+    assert failure_kind(ConfigError("bad key")) == "slide"
+    assert failure_kind(FileNotFoundError("no-such-chip")) == "slide"
+    assert failure_kind(ray.exceptions.OutOfMemoryError("tile too big")) == "slide"
+
+
+def test_batch_honours_stseg_environment(tmp_path, monkeypatch):
+    """STSEG_* in the driver's environment (a RayJob's runtimeEnvYAML) reach every slide's config,
+    under the slide's own overrides; a bad one is refused before any slide starts."""
+    from stseg_dist.batch import _slide_config
+
+    p = tmp_path / "m.yaml"
+    slides = [
+        {"name": "a", "input": "a", "output": "oa"},
+        {"name": "b", "input": "b", "output": "ob", "overrides": {"runtime.max_retries": 1}},
+    ]
+    p.write_text(yaml.safe_dump({"slides": slides}))
+    monkeypatch.setenv("STSEG_RUNTIME__MAX_RETRIES", "7")
+    m = parse_manifest(str(p))
+    assert [_slide_config(m, s)({}).runtime.max_retries for s in m.slides] == [7, 1]
+    monkeypatch.setenv("STSEG_RUNTIME__MAX_RETRIES", "-1")
+    with pytest.raises(ConfigError, match="max_retries"):
+        parse_manifest(str(p))

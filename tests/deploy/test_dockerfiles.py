@@ -330,3 +330,29 @@ def test_pin_script_rewrites_the_base_image(tmp_path):
     (tmp_path / "bad").mkdir()
     r, image = _pin(tmp_path / "bad", "not-a-digest")
     assert r.returncode != 0 and "no digest" in r.stderr and image == before
+
+
+# CUDA major of the pinned runtime wheel -> the oldest NVIDIA Linux driver it runs on (CUDA release
+# notes, "CUDA Toolkit and Corresponding Driver Versions": 12.x needs >= 525, 13.x needs >= 580)
+MIN_DRIVER = {"12": 525, "13": 580}
+
+
+def test_gpu_image_states_and_requires_the_driver_its_cuda_needs():
+    cuda = pins()["nvidia-cuda-runtime"].split(".")[0]
+    _, steps = chain("gpu")
+    envs = " ".join(a for i, a in steps if i == "ENV")
+    assert f'NVIDIA_REQUIRE_CUDA="cuda>={cuda}.0"' in envs, (
+        "the NVIDIA runtime refuses an older driver"
+    )
+    assert "NVIDIA_REQUIRE_CUDA" not in " ".join(a for i, a in chain("cpu")[1] if i == "ENV")
+    driver = f"driver >= {MIN_DRIVER[cuda]}"
+    for text in (DOCKERFILE.read_text(), (ROOT / "docs" / "cluster.md").read_text()):
+        assert driver in text, f"name the NVIDIA {driver} that CUDA {cuda} needs"
+
+
+def test_image_ships_the_config_presets():
+    copies = [shlex.split(a) for i, a in parse(DOCKERFILE) if i == "COPY"]
+    assert ["configs", "/opt/stseg/configs"] in copies
+    assert sorted(p.name for p in (ROOT / "configs").glob("*.yaml")), "presets to ship"
+    smoke = " ".join(a for i, a in chain("cpu")[1] if i == "RUN")
+    assert "stseg batch --check" in smoke and "/opt/stseg/configs/*.yaml" in smoke

@@ -19,9 +19,13 @@ import pytest
 import yaml
 
 from stseg_dist.batch import parse_manifest
+from stseg_dist.cli import BATCH_EXIT_CODES, EXIT_INCOMPLETE, build_parser, cmd_batch
+from stseg_dist.config import env_overrides, load_config
 
 from .k8s_schema import KUBERAY_VERSIONS, pod_templates, problems
 from .kustomize import render
+from .targets import component_minimum, targets, version
+from .test_dockerfiles import parse as parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
 KR = ROOT / "deploy" / "kuberay"
@@ -58,8 +62,95 @@ def test_both_kuberay_ends_are_vendored():
 @pytest.mark.parametrize("kuberay", KUBERAY_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_against_official_schemas(overlay, kuberay):
-    for d in render(KR / "overlays" / overlay):
-        assert problems(d, kuberay) == [], f"{overlay}: {d['kind']}/{d['metadata']['name']}"
+    """Each overlay validates against the CRDs of every KubeRay it targets; an older CRD rejects it
+    only for the fields of the components that need a newer KubeRay."""
+    found = {
+        f"{d['kind']}/{d['metadata']['name']}": problems(d, kuberay)
+        for d in render(KR / "overlays" / overlay)
+    }
+    if kuberay in targets(KR / "overlays" / overlay):
+        assert all(v == [] for v in found.values()), f"{overlay} on KubeRay {kuberay}: {found}"
+    else:
+        assert found["RayJob/stseg-batch"] == ["spec.rayClusterSpec.authOptions: unknown field"]
+
+
+def test_overlay_targets():
+    """The standing cluster runs on the whole supported range; a batch needs KubeRay >= 1.6, whose
+    operator can present the job API token (components/auth-options)."""
+    for o in OVERLAYS:
+        want = KUBERAY_VERSIONS if o.startswith("cluster-") else ["v1.7.0"]
+        assert targets(KR / "overlays" / o) == want, o
+    for c in (KR / "components").iterdir():
+        assert version(component_minimum(c)) >= (1, 2, 0), c.name
+
+
+# (component, what it patches, versions whose CRD must reject it: the field it adds is newer)
+OPTIONAL = [
+    ("auth-options", "cluster-prod", ["v1.2.2"]),
+    ("gcs-ft", "cluster-prod", ["v1.2.2"]),
+    ("gcs-ft-kuberay-1.2", "cluster-prod", []),
+    ("private-registry", "batch-prod", ["v1.2.2"]),  # batch-prod itself needs >= 1.6
+    ("private-registry", "cluster-prod", []),
+]
+
+
+def _with_component(tmp_path: Path, component: str, overlay: str) -> Path:
+    folder = tmp_path / f"{overlay}-{component}"
+    folder.mkdir(parents=True)
+    (folder / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(KR / "overlays" / overlay, folder)],
+                "components": [os.path.relpath(KR / "components" / component, folder)],
+            }
+        )
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "component, overlay, rejecting", OPTIONAL, ids=[f"{c}+{o}" for c, o, _ in OPTIONAL]
+)
+def test_optional_component_validates_against_the_versions_it_targets(
+    tmp_path, component, overlay, rejecting
+):
+    folder = _with_component(tmp_path, component, overlay)
+    want = targets(folder)
+    assert want and set(want) | set(rejecting) == set(KUBERAY_VERSIONS)
+    for d in render(folder):
+        for v in KUBERAY_VERSIONS:
+            found = problems(d, v)
+            if v in want:
+                assert found == [], f"{component} on KubeRay {v}: {found}"
+    if not rejecting:
+        return
+    rc = next(d for d in render(folder) if d["kind"] in ("RayCluster", "RayJob"))
+    assert all(problems(rc, v) for v in rejecting), f"{component}: older CRDs should reject it"
+
+
+def test_gcs_fault_tolerance_components(tmp_path):
+    """Both forms name the Redis password Secret and a placeholder address, and touch only a
+    standing cluster (a RayJob's lost head is what backoffLimit retries)."""
+    new = by_kind(render(_with_component(tmp_path, "gcs-ft", "cluster-prod")))["RayCluster"]
+    ft = new["spec"]["gcsFaultToleranceOptions"]
+    assert ft["redisAddress"].startswith("REDIS_HOST:")
+    assert ft["redisPassword"]["valueFrom"]["secretKeyRef"] == {
+        "name": "stseg-redis",
+        "key": "password",
+    }
+    old = by_kind(render(_with_component(tmp_path, "gcs-ft-kuberay-1.2", "cluster-prod")))[
+        "RayCluster"
+    ]
+    assert old["metadata"]["annotations"]["ray.io/ft-enabled"] == "true"
+    head = old["spec"]["headGroupSpec"]
+    env = {e["name"]: e for e in head["template"]["spec"]["containers"][0]["env"]}
+    assert env["RAY_REDIS_ADDRESS"]["value"].startswith("REDIS_HOST:")
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "stseg-redis"
+    assert head["rayStartParams"]["redis-password"] == "$REDIS_PASSWORD"
+    assert "gcsFaultToleranceOptions" not in old["spec"], "KubeRay refuses both forms together"
+    for c in ("gcs-ft", "gcs-ft-kuberay-1.2"):
+        job = by_kind(render(_with_component(tmp_path / "job", c, "batch-prod")))["RayJob"]
+        assert job == by_kind(render(KR / "overlays" / "batch-prod"))["RayJob"], c
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -67,9 +158,9 @@ def test_each_overlay_is_one_use(overlay):
     """A standing cluster or one batch on its own cluster: never both, never two clusters."""
     kinds = sorted(d["kind"] for d in render(KR / "overlays" / overlay))
     if overlay.startswith("cluster-"):
-        assert kinds == ["RayCluster"], overlay
+        assert kinds == ["NetworkPolicy", "RayCluster", "ServiceAccount"], overlay
     elif overlay.startswith("batch-"):
-        assert kinds == ["ConfigMap", "RayJob"], overlay
+        assert kinds == ["ConfigMap", "NetworkPolicy", "RayJob", "ServiceAccount"], overlay
     else:
         pytest.fail(
             f"overlay {overlay!r}: name it cluster-* (standing cluster) or batch-* (one batch)"
@@ -120,7 +211,9 @@ def test_cluster_shape(overlay):
             c = g["template"]["spec"]["containers"][0]
             where = f"{name}/{g.get('groupName', 'head')}"
             assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop", where
-            assert {"secretRef": {"name": "stseg-object-store"}} in c.get("envFrom", []), where
+            assert {"secretRef": {"name": "stseg-object-store", "optional": True}} in c.get(
+                "envFrom", []
+            ), where
             for e in c.get("env", []):
                 if any(s in e["name"].upper() for s in SECRETISH):
                     assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), (
@@ -168,6 +261,7 @@ def test_rayjob_lifecycle_and_manifest_mount(overlay):
     assert s["shutdownAfterJobFinishes"] is True
     assert s["ttlSecondsAfterFinished"] > 0 and s["activeDeadlineSeconds"] > 0
     assert s["submitterConfig"]["backoffLimit"] >= 1
+    assert s["backoffLimit"] == 1, "one new cluster when the batch itself crashed"
     assert s["submitterPodTemplate"]["spec"]["restartPolicy"] in ("Never", "OnFailure"), (
         "KubeRay copies a given submitter template into a Job as is; "
         "a Job's pods cannot restart Always"
@@ -177,7 +271,8 @@ def test_rayjob_lifecycle_and_manifest_mount(overlay):
     )
     assert s["entrypoint"].split()[:4] == ["python", "-m", "stseg_dist", "batch"]
     # the entry point's manifest is mounted on the head from the ConfigMap that the overlay creates
-    mpath = s["entrypoint"].split()[-1]
+    args = build_parser().parse_args(s["entrypoint"].split()[3:])
+    mpath = args.manifest
     head = s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     mount = head["containers"][0]["volumeMounts"][0]
     assert mpath.startswith(mount["mountPath"] + "/")
@@ -185,8 +280,37 @@ def test_rayjob_lifecycle_and_manifest_mount(overlay):
     cm = docs["ConfigMap"]
     assert cm["metadata"]["name"] == vol["configMap"]["name"]
     assert cm["metadata"]["namespace"] == docs["RayJob"]["metadata"]["namespace"]
-    m = parse_manifest(mpath, text=cm["data"][mpath.rsplit("/", 1)[-1]])
+    text = cm["data"][mpath.rsplit("/", 1)[-1]]
+    # its `config` is a preset the image ships (the Dockerfile copies configs/ there)
+    image_configs = next(
+        a.split()[-1]
+        for i, a in parse_dockerfile(ROOT / "deploy" / "Dockerfile")
+        if i == "COPY" and a.split()[0] == "configs"
+    )
+    config = yaml.safe_load(text)["config"]
+    assert (
+        config.startswith(image_configs + "/") and (ROOT / "configs" / Path(config).name).exists()
+    )
+    m = parse_manifest(mpath, text=text.replace(image_configs, str(ROOT / "configs")))
     assert len(m.slides) >= 2
+    assert "YOUR-BUCKET" in text and "PLACEHOLDERS" in text, "placeholders are named as such"
+    # the driver's STSEG_* environment (runtimeEnvYAML) names real config keys with valid values
+    env = yaml.safe_load(s["runtimeEnvYAML"])["env_vars"]
+    assert env and all(k.startswith("STSEG_") for k in env)
+    load_config(overrides=env_overrides(env)).validate()
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.startswith("batch-")])
+def test_rayjob_retries_only_a_crashed_batch(overlay):
+    """KubeRay retries a RayJob (backoffLimit) whenever its Ray job fails, i.e. the entry point exits
+    non-zero or the driver is lost. The entry point exits 0 when some slides failed on their own
+    data (each recorded), and non-zero when the batch itself crashed or the cluster lost a slide."""
+    s = by_kind(render(KR / "overlays" / overlay))["RayJob"]["spec"]
+    assert s["backoffLimit"] == 1
+    args = build_parser().parse_args(s["entrypoint"].split()[3:])
+    assert args.fn is cmd_batch and args.failed_slides_exit_code == 0
+    assert "1  the batch itself crashed" in BATCH_EXIT_CODES  # non-zero: KubeRay retries
+    assert build_parser().parse_args(["batch", "m.yaml"]).failed_slides_exit_code == EXIT_INCOMPLETE
 
 
 def _batch_copy(tmp_path: Path, keep_name_refs: bool) -> Path:
@@ -288,7 +412,7 @@ def test_private_registry_component_reaches_every_pod_template(tmp_path):
         for d in render(folder):
             for path, t in pod_templates(d):
                 assert t["spec"].get("imagePullSecrets") == [{"name": "stseg-registry"}], path
-            for v in KUBERAY_VERSIONS:
+            for v in targets(folder):
                 assert problems(d, v) == []
 
 
@@ -380,8 +504,8 @@ PLANTED = [
         lambda j: _at(
             j,
             ["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0, "env"],
-        ).append({"name": "STSEG_RUNTIME__PROGRESS"}),
-        "spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].env[1]: duplicate entry",
+        ).append({"name": "RAY_AUTH_MODE", "value": "disabled"}),
+        "spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].env[2]: duplicate entry",
         KUBERAY_VERSIONS,
     ),
     (
