@@ -190,7 +190,16 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    print(export_run(args.run, args.to, out=args.out, chip=args.chip, overwrite=args.overwrite))
+    print(
+        export_run(
+            args.run,
+            args.to,
+            out=args.out,
+            chip=args.chip,
+            overwrite=args.overwrite,
+            table=args.table,
+        )
+    )
     return 0
 
 
@@ -352,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument(
         "--chip", help="the run's chip, for the image (default: the chip named in run.json)"
+    )
+    x.add_argument(
+        "--table",
+        help="xenium-explorer: an annotated .h5ad of the run's cells (e.g. after clustering); "
+        "every categorical obs column becomes a cell group",
     )
     x.add_argument("--overwrite", action="store_true", help="replace an existing export")
     x.set_defaults(fn=cmd_export)
