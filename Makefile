@@ -4,8 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Exact pins for CI/dev; pyproject keeps them loose so a GPU cluster can install its own CUDA build.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# A clean venv with the pinned scverse stack (spatialdata, sopa, spatialdata-plot; no stseg, no
+# torch): tests/outputs/test_ecosystem.py opens the project's SpatialData store there.
+COMPAT ?= .venv-compat
 
-.PHONY: setup demo test bench clean
+.PHONY: setup compat-venv demo test bench clean
 
 $(BIN)/stseg: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,14 +19,22 @@ $(BIN)/stseg: pyproject.toml
 
 setup: $(BIN)/stseg
 
+$(COMPAT)/.installed: tests/compat/requirements.txt
+	rm -rf $(COMPAT)
+	$(PY) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q -r tests/compat/requirements.txt
+	touch $@
+
+compat-venv: $(COMPAT)/.installed
+
 demo: setup
 	$(BIN)/stseg demo --out demo-out
 
-test: setup
+test: setup compat-venv
 	$(BIN)/python -m pytest tests -q
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(COMPAT) demo-out

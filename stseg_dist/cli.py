@@ -41,6 +41,8 @@ def _reader_options(args) -> dict:
 
 def cmd_run(args) -> int:
     from .driver import run_pipeline
+    from .io import storage
+    from .outfolder import guarded_output
     from .runlock import hold
 
     if bool(args.chip) == bool(args.input):
@@ -52,24 +54,27 @@ def cmd_run(args) -> int:
         cfg.runtime.progress = cfg.runtime.progress and not args.no_progress
         return cfg
 
-    with hold(
-        args.out
-    ):  # the conversion into OUT/_work (run_pipeline's) and the report are this run's
+    out = storage.absolute(args.out)
+    # a folder the run finds neither empty nor a stseg run is refused; one it made and leaves
+    # without a file (bad input, bad config) is removed
+    with guarded_output(out, overwrite=args.overwrite), hold(out):
+        # the conversion into OUT/_work (run_pipeline's) and the report are this run's
         t0 = time.perf_counter()
         summary = run_pipeline(
             args.chip,
-            args.out,
+            out,
             config,
             input=args.input,
             platform=args.platform,
             reader_options=_reader_options(args) if args.input else None,
             address=args.address,
             local=args.local,
+            overwrite=args.overwrite,
         )
         _print_summary(summary, time.perf_counter() - t0)
-        _report(args.out, args.ref)
+        _report(out, args.ref)
         if not args.no_spatialdata:
-            _spatialdata(args.out, summary["chip"])
+            _spatialdata(out, summary["chip"])
     return 0
 
 
@@ -202,7 +207,16 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    print(export_run(args.run, args.to, out=args.out, chip=args.chip, overwrite=args.overwrite))
+    print(
+        export_run(
+            args.run,
+            args.to,
+            out=args.out,
+            chip=args.chip,
+            overwrite=args.overwrite,
+            table=args.table,
+        )
+    )
     return 0
 
 
@@ -250,11 +264,24 @@ def _with_reader_options(format_help):
     return fmt
 
 
+def _version() -> str:
+    """The installed distribution's version (as run.json records it), else the source's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        return version("stseg-dist")
+    except PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stseg", description="Ray-distributed cell segmentation for spatial transcriptomics"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("--version", action="version", version=f"stseg {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
@@ -300,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-fast", action="store_true", help="stop at the first tile that fails every retry"
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty OUT that is not a stseg run (its files are kept)",
+    )
     r.add_argument(
         "--no-spatialdata",
         action="store_true",
@@ -389,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument(
         "--chip", help="the run's chip, for the image (default: the chip named in run.json)"
+    )
+    x.add_argument(
+        "--table",
+        help="xenium-explorer: an annotated .h5ad of the run's cells (e.g. after clustering); "
+        "every categorical obs column becomes a cell group",
     )
     x.add_argument("--overwrite", action="store_true", help="replace an existing export")
     x.set_defaults(fn=cmd_export)

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import constants as K
-from . import redact, runlock, stages
+from . import outfolder, redact, runlock, stages
 from .boundaries import boundaries_done, concat_boundaries, owner_jobs
 from .config import PipelineConfig, load_config
 from .errors import InputError, OutputError, RunIncompleteError
@@ -137,6 +137,7 @@ def run_pipeline(
     storage_options: dict | None = None,
     local: bool = False,
     resume: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Segment a whole chip and write the outputs to ``out_url``; return the run summary.
 
@@ -152,11 +153,18 @@ def run_pipeline(
         raise InputError("run_pipeline needs an output and exactly one of a chip or an input")
     storage_options = dict(storage_options or {})
     how = {"address": address, "local": local, "resume": resume}
-    if input is None:
-        return _run(chip_url, out_url, _config(config, {}), storage_options, **how)
-    with runlock.hold(out_url, storage_options):  # the conversion into OUT/_work is this run's too
-        chip_url, hints = open_input(input, out_url, platform, reader_options, storage_options)
-        return _run(chip_url, out_url, _config(config, hints), storage_options, **how)
+    # absolute locations: run.json names them, and exports read them from any directory
+    out_url = storage.absolute(out_url)
+    chip_url = (
+        chip_url if isinstance(chip_url, Chip) or chip_url is None else storage.absolute(chip_url)
+    )
+    input = None if input is None else storage.absolute(input)
+    with outfolder.guarded_output(out_url, storage_options, overwrite):
+        if input is None:
+            return _run(chip_url, out_url, _config(config, {}), storage_options, **how)
+        with runlock.hold(out_url, storage_options):  # the conversion into OUT/_work is this run's
+            chip_url, hints = open_input(input, out_url, platform, reader_options, storage_options)
+            return _run(chip_url, out_url, _config(config, hints), storage_options, **how)
 
 
 def _config(config: ConfigArg, hints: dict) -> PipelineConfig:
@@ -649,9 +657,13 @@ def _check_output(out_url: str, storage_options: dict) -> None:
         raise OutputError(f"output {out_url} exists and is a file, not a folder")
     try:
         fs.makedirs(path, exist_ok=True)
-        probe = storage.join(out_url, K.WORK_DIR, ".write-probe")
+        work = storage.join(out_url, K.WORK_DIR)
+        had_work = fs.exists(storage.fs_and_path(work, storage_options)[1])
+        probe = storage.join(work, ".write-probe")
         storage.write_bytes_atomic(probe, b"ok", storage_options)
         storage.remove(probe, storage_options)
+        if not had_work:
+            storage.remove(work, storage_options)  # no empty _work left by a run rejected later
     except (OSError, PermissionError) as exc:
         raise OutputError(f"output {out_url} is not writable: {exc}") from exc
 

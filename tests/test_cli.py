@@ -116,3 +116,13 @@ def test_eval_without_a_reference(tmp_path):
     assert 0 < m["reference_free"]["assigned_share"] <= 1 and "instance" not in m
     res = stseg("eval", "--pred", str(tmp_path / "out"), "--markers", str(tmp_path / "none.csv"))
     assert res.returncode == 2 and "--markers: file not found" in res.stderr
+
+
+def test_version(capsys):
+    from stseg_dist import __version__
+    from stseg_dist.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"stseg {__version__}"

@@ -37,6 +37,55 @@ def test_report_contents(run_dir):
     assert "Metrics against" in text and "pixel.f1" in text and "transcripts.ari" in text
     assert "dropped transcripts" in text and "Per-tile timing" in text
     assert not re.search(r"(src|href)=\"(https?:|//)", text)  # self-contained
+    # curated: a short table with a meaning per row, the full dump behind a fold
+    short, fold = text.split("<details>", 1)
+    assert "<th>pixel F1</th>" in short and "cell foreground against the reference mask" in short
+    assert "pixel.f1" not in short and "pixel.f1" in fold
+    assert "(&#x27;" not in text  # gene pairs read A/B, not as Python tuples (escaped)
+    assert "stain not shown" not in text
+
+
+def test_report_without_the_chip_says_the_stain_is_missing(run_dir, tmp_path):
+    import json
+    import shutil
+
+    _, out = run_dir
+    moved = tmp_path / "out"
+    shutil.copytree(out, moved)
+    run = json.loads((moved / "run.json").read_text())
+    run["chip"] = str(tmp_path / "gone")
+    (moved / "run.json").write_text(json.dumps(run))
+    text = open(write_report(str(moved)), encoding="utf-8").read()
+    assert "stain not shown" in text and text.count("data:image/png;base64,") == 4
+
+
+def test_hooked_sections_render_only_with_their_keys(run_dir, monkeypatch):
+    """Other modules add figures (nucleus metrics, coverage-contamination frontier) through
+    register_section; a section whose keys are absent is left out, and one that fails is shown
+    as failed without sinking the report."""
+    from stseg_dist import report
+
+    chip, out = run_dir
+    monkeypatch.setattr(report, "SECTIONS", {})
+    seen = {}
+
+    def frontier(ctx):
+        seen["n"] = ctx.value("counts.n_cells")
+        return "<p>frontier figure</p>"
+
+    def broken(ctx):
+        raise ValueError("no data")
+
+    report.register_section(
+        "frontier", report.Section("Coverage", frontier, ("counts.n_cells",), 40)
+    )
+    report.register_section("absent", report.Section("Absent", frontier, ("nuclei.no_such",), 30))
+    report.register_section("broken", report.Section("Broken", broken, (), 45))
+    text = open(write_report(out), encoding="utf-8").read()
+    assert "<h2>Coverage</h2><p>frontier figure</p>" in text and seen["n"] > 0
+    assert "<h2>Absent</h2>" not in text
+    assert "section broken failed: ValueError: no data" in text
+    assert text.index("Zoomed crop") < text.index("<h2>Coverage</h2>") < text.index("distributions")
 
 
 def test_report_without_reference_and_bad_ref(run_dir, tmp_path):
@@ -52,7 +101,7 @@ def test_report_without_reference_and_bad_ref(run_dir, tmp_path):
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)"
 )
-def test_report_renders_in_chromium(run_dir, tmp_path):
+def test_report_renders_in_chromium_with_the_stain_under_outlines(run_dir, tmp_path):
     chip, out = run_dir
     path = write_report(out, ref=chip)
     cmd = [
@@ -77,4 +126,8 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert 'data-images-ok="yes"' in res.stdout, res.stdout[:500]
     assert 'data-n-images="4"' in res.stdout
     assert "data-js-error=" not in res.stdout
+    # the overview holds the stain (many grey levels) under cell and nucleus outlines
+    stats = {k: int(v) for k, v in re.findall(r'data-overview-([a-z-]+)="(\d+)"', res.stdout)}
+    assert stats["grey-levels"] > 100, stats  # a flat fill or black has a handful
+    assert stats["cell-outline-px"] > 500 and stats["nucleus-outline-px"] > 200, stats
     assert "Uncaught" not in res.stderr  # console errors are logged to stderr

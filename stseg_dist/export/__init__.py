@@ -24,15 +24,23 @@ __all__ = ["FORMATS", "RunFiles", "export_run", "open_run"]
 
 
 def export_run(
-    run: str, to: str, out: str | None = None, chip: str | None = None, overwrite: bool = True
+    run: str,
+    to: str,
+    out: str | None = None,
+    chip: str | None = None,
+    overwrite: bool = True,
+    table: str | None = None,
 ) -> str:
     """Export the finished run folder ``run`` to format ``to``; returns the path written.
 
     ``out`` defaults to ``RUN/spatialdata.zarr`` or ``RUN/xenium_explorer``; ``chip`` replaces
-    the chip recorded in ``run.json`` (where the image is read from).
+    the chip recorded in ``run.json`` (where the image is read from); ``table`` (Explorer only)
+    is the user's annotated AnnData whose categorical ``obs`` columns become cell groups.
     """
     if to not in FORMATS:
         raise InputError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    if table and to != "xenium-explorer":
+        raise InputError("--table is for --to xenium-explorer (cell groups from obs columns)")
     files = open_run(run, chip)  # raises, naming the missing file, before anything is written
     target = Path(out) if out else Path(run) / DEFAULT_NAMES[to]
     if to == "spatialdata":
@@ -40,9 +48,12 @@ def export_run(
         from .spatialdata import write_spatialdata as writer
 
         require_spatialdata()  # a clear error naming the extra, before anything is written
-    else:
-        from .xenium import write_explorer as writer
-    return str(_staged(target, overwrite, lambda path: writer(files, path)))
+        return str(_staged(target, overwrite, lambda path: writer(files, path)))
+    from .xenium import read_table, write_explorer
+
+    if table:
+        read_table(table)  # a clear error before anything is written
+    return str(_staged(target, overwrite, lambda path: write_explorer(files, path, table)))
 
 
 def _staged(target: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:

@@ -61,7 +61,7 @@ def open_run(run: str, chip: str | None = None) -> RunFiles:
             f"{root / K.RUN_JSON}: run status is {info.get('status')!r}, not 'complete'; "
             "re-run the same stseg run command to finish it"
         )
-    chip_url = chip or info.get("chip")
+    chip_url = chip or _recorded_chip(root, info)
     if not chip_url:
         raise InputError(f"{root / K.RUN_JSON}: names no chip; give the chip with --chip")
     try:
@@ -77,3 +77,21 @@ def open_run(run: str, chip: str | None = None) -> RunFiles:
             f"labels are {labels.shape[0]} x {labels.shape[1]}: not this run's chip"
         )
     return RunFiles(root, info, handle)
+
+
+def _recorded_chip(root: Path, info: dict) -> str | None:
+    """The chip run.json names. Runs record absolute locations; an older run.json may hold a
+    path relative to the directory the run was started in, found again from its ``out``."""
+    import os
+
+    chip = info.get("chip")
+    if not chip or storage.is_remote(str(chip)) or os.path.isabs(str(chip)):
+        return chip
+    out = str(info.get("out") or "")
+    here = str(root.resolve())
+    if out and not os.path.isabs(out) and here.endswith(os.path.normpath(out)):
+        start_dir = here[: len(here) - len(os.path.normpath(out))]
+        candidate = os.path.join(start_dir, str(chip))
+        if os.path.exists(candidate):
+            return candidate
+    return chip

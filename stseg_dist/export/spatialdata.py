@@ -9,7 +9,14 @@ scale by the pixel size and a translation to the chip origin):
   by ``cell_id``;
 - ``points/transcripts``: every transcript with ``gene``, ``cell_id`` and ``in_nucleus``,
   streamed from ``transcripts.parquet`` partition by partition;
-- ``tables/table``: ``cells.h5ad`` annotating ``cell_boundaries`` (``region``, ``cell_id``).
+- ``tables/table``: ``cells.h5ad`` annotating ``cell_boundaries`` (``region``, ``cell_id``):
+  sopa's convention, the table scanpy and squidpy read;
+- ``tables/cell_labels_table``: the same cells annotating ``cell_labels`` (the label values are
+  the cell IDs), so spatialdata-plot can colour the label raster by a column or gene. A table
+  annotates one kind of element here: one table over shapes and labels would list each cell twice.
+
+The image carries its channel names in OME ``omero`` metadata (spatialdata from 0.7.3 refuses
+an image without them) and, like the labels, a pyramid down to about ``PYRAMID_TOP_PX`` per side.
 
 Needs the ``spatialdata`` extra (``pip install 'stseg-dist[spatialdata]'``).
 """
@@ -31,6 +38,17 @@ CELL_SHAPES = "cell_boundaries"
 NUCLEUS_SHAPES = "nucleus_boundaries"
 POINTS = "transcripts"
 TABLE = "table"
+LABELS_TABLE = "cell_labels_table"
+PYRAMID_TOP_PX = 512
+#: sopa's keys for the elements its functions use (``sopa.utils.set_sopa_attrs``), so that
+#: ``sopa.aggregate``, ``sopa.io.explorer.write`` etc. find them without being told.
+SOPA_ATTRS = {
+    "cell_segmentation_image": IMAGE,
+    "tissue_segmentation_image": IMAGE,
+    "transcripts_dataframe": POINTS,
+    "boundaries_shapes": CELL_SHAPES,
+}
+DEFAULT_CHANNELS = ("DAPI", "membrane")  # the pipeline reads channel 0 as the nuclear stain
 REGION_KEY = "region"
 COORDS = "global"  # µm
 INSTALL_HINT = "pip install 'stseg-dist[spatialdata]'"
@@ -79,7 +97,10 @@ def build(files: RunFiles):
     for name, key in ((CELL_LABELS, K.LABELS_CELLS), (NUCLEUS_LABELS, K.LABELS_NUCLEI)):
         arr = zarr.open_array(str(files.path(K.LABELS_ZARR) / key), mode="r")
         labels[name] = Labels2DModel.parse(
-            da.from_zarr(arr), dims=("y", "x"), transformations=to_um
+            da.from_zarr(arr),
+            dims=("y", "x"),
+            transformations=to_um,
+            scale_factors=scale_factors(arr.shape) or None,
         )
 
     img = files.chip._image_array()
@@ -92,8 +113,9 @@ def build(files: RunFiles):
         IMAGE: Image2DModel.parse(
             image,
             dims=("c", "y", "x"),
-            c_coords=[f"channel_{i}" for i in range(image.shape[0])],
+            c_coords=channel_names(files.chip.meta.extra, image.shape[0]),
             transformations=to_um,
+            scale_factors=scale_factors(image.shape[1:]) or None,
         )
     }
 
@@ -106,12 +128,15 @@ def build(files: RunFiles):
         gdf.index.name = None
         shapes[name] = ShapesModel.parse(gdf, transformations=um)
 
-    table = ad.read_h5ad(files.path(K.CELLS_H5AD))
-    genes = list(table.var_names)
-    table.obs[REGION_KEY] = pd.Categorical([CELL_SHAPES] * table.n_obs, categories=[CELL_SHAPES])
-    table = TableModel.parse(
-        table, region=CELL_SHAPES, region_key=REGION_KEY, instance_key=K.CELL_ID
-    )
+    cells = ad.read_h5ad(files.path(K.CELLS_H5AD))
+    genes = list(cells.var_names)
+    tables = {}
+    for name, region in ((TABLE, CELL_SHAPES), (LABELS_TABLE, CELL_LABELS)):
+        table = cells.copy()
+        table.obs[REGION_KEY] = pd.Categorical([region] * table.n_obs, categories=[region])
+        tables[name] = TableModel.parse(
+            table, region=region, region_key=REGION_KEY, instance_key=K.CELL_ID
+        )
 
     points = {
         POINTS: PointsModel.parse(
@@ -124,8 +149,36 @@ def build(files: RunFiles):
         )
     }
     return SpatialData(
-        images=images, labels=labels, shapes=shapes, points=points, tables={TABLE: table}
+        images=images,
+        labels=labels,
+        shapes=shapes,
+        points=points,
+        tables=tables,
+        attrs=SOPA_ATTRS,
     )
+
+
+def scale_factors(shape_yx) -> list[int]:
+    """Halvings until the coarsest level is at most ``PYRAMID_TOP_PX`` per side (none if the
+    image is that small already): viewers then open a large chip at its top level.
+
+    None under spatialdata 0.7.0, which cannot write a pyramid with zarr 3 (it passes dask's
+    per-block chunks to zarr; fixed in 0.7.1): one level there, as before.
+    """
+    from importlib.metadata import version
+
+    if tuple(int(v) for v in version("spatialdata").split(".")[:3] if v.isdigit()) < (0, 7, 1):
+        return []
+    n = max(0, int(np.ceil(np.log2(max(shape_yx) / PYRAMID_TOP_PX))))
+    return [2] * n
+
+
+def channel_names(chip_extra: dict, n: int) -> list[str]:
+    """The chip's ``channel_names`` (chip.json) where it has them; else DAPI, membrane, ..."""
+    given = chip_extra.get("channel_names")
+    if isinstance(given, list) and len(given) == n and len(set(map(str, given))) == n:
+        return [str(c) for c in given]
+    return [DEFAULT_CHANNELS[i] if i < len(DEFAULT_CHANNELS) else f"channel_{i}" for i in range(n)]
 
 
 def transcripts_frame(url: Path, genes: list[str]):
@@ -171,12 +224,13 @@ def write_spatialdata(files: RunFiles, path: Path) -> None:
 
 def write(sdata, path: Path) -> None:
     """``sdata.write``, except that rasters go through spatialdata's element writer with flat
-    chunk sizes.
+    chunk sizes, and the image's OME ``omero`` channel metadata is checked after writing.
 
-    spatialdata 0.7.0 (the only release that installs with the pinned dask 2026.8) hands dask's
-    per-block chunk tuples to ome-zarr, which zarr 3 refuses ("Expected an iterable of
-    integers"; scverse/spatialdata#1090, fixed in 0.7.1, whose dask cap excludes our pin).
-    Giving the chunk shape explicitly is the same write with the chunks it would have used.
+    spatialdata 0.7.0 hands dask's per-block chunk tuples to ome-zarr, which zarr 3 refuses
+    ("Expected an iterable of integers"; scverse/spatialdata#1090, fixed in 0.7.1). Giving the
+    chunk shape explicitly is the same write with the chunks it would have used. With ome-zarr
+    0.18, spatialdata 0.7.0 drops the channel names of a single-scale image; spatialdata 0.7.3
+    then cannot read the image, so :func:`write_omero` writes them whatever wrote the rest.
     """
     import warnings
 
@@ -188,19 +242,81 @@ def write(sdata, path: Path) -> None:
         warnings.filterwarnings(
             "ignore", message="zarr v3 autosharding", category=UserWarning
         )  # anndata's notice
+        # the labels come below; the labels table's "annotates no element" warning is moot
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
         rest = SpatialData(
-            shapes=dict(sdata.shapes), points=dict(sdata.points), tables=dict(sdata.tables)
+            shapes=dict(sdata.shapes),
+            points=dict(sdata.points),
+            tables=dict(sdata.tables),
+            attrs=dict(sdata.attrs),
         )
         rest.write(path, consolidate_metadata=False)
         for kind, elements in (("images", sdata.images), ("labels", sdata.labels)):
             for name, element in elements.items():
-                chunks = tuple(int(c[0]) for c in element.data.chunks)
+                levels = _levels(element)
+                chunks = [{"chunks": tuple(int(c[0]) for c in a.data.chunks)} for a in levels]
+                options = chunks[0] if len(levels) == 1 else chunks
                 root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
                 if kind == "images":
-                    write_image(element, group, name, storage_options={"chunks": chunks})
+                    write_image(element, group, name, storage_options=options)
+                    write_omero(
+                        Path(path) / kind / name,
+                        levels[0].coords["c"].values.tolist(),
+                        levels[-1],
+                    )
                 else:
-                    write_labels(element, root, name, storage_options={"chunks": chunks})
+                    write_labels(element, root, name, storage_options=options)
         rest.write_consolidated_metadata()
+
+
+def _levels(element) -> list:
+    """The resolution levels of a raster element, finest first (one for a single scale)."""
+    if hasattr(element, "data"):
+        return [element]
+    return [next(iter(element[k].values())) for k in sorted(element.children, key=_level_no)]
+
+
+def _level_no(key: str) -> int:
+    return int(key.removeprefix("scale"))
+
+
+def write_omero(url: Path, channels: list, coarsest) -> None:
+    """OME-NGFF ``omero`` metadata for the image group: one entry per channel with its label,
+    a colour and a display window (from the coarsest level: a cheap, whole-image view).
+
+    Written where ome-zarr left none, and completed (colour, window) where it wrote labels only;
+    napari, spatialdata-plot and sopa show the channels by these names.
+    """
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(str(url), mode="r+")  # fresh: the writer's handle may be stale
+    attrs = group.attrs.asdict()
+    ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 (zarr 3) nests everything under "ome"
+    old = {c.get("label"): c for c in (ome.get("omero") or {}).get("channels", [])}
+    data = coarsest.data
+    lo = da.nanmin(data, axis=(1, 2)).compute()
+    hi = da.nanmax(data, axis=(1, 2)).compute()
+    kind = np.dtype(data.dtype)
+    limits = np.iinfo(kind) if kind.kind in "ui" else None
+    colours = ("0000FF", "00FF00", "FF0000", "FFFF00", "FF00FF", "00FFFF")
+    entries = []
+    for i, label in enumerate(channels):
+        entry = {
+            "label": str(label),
+            "color": colours[i % len(colours)] if len(channels) > 1 else "FFFFFF",
+            "active": True,
+            "window": {
+                "min": float(limits.min if limits is not None else lo[i]),
+                "max": float(limits.max if limits is not None else hi[i]),
+                "start": float(lo[i]),
+                "end": float(max(hi[i], lo[i] + 1)),
+            },
+        }
+        entry.update(old.get(str(label), {}))
+        entries.append(entry)
+    ome["omero"] = {"channels": entries, "rdefs": {"model": "color"}}
+    group.attrs.update({"ome": ome} if "ome" in attrs else ome)
 
 
 def _shape(element) -> list[int]:

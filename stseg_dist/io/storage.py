@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
 from typing import Any
@@ -19,6 +20,15 @@ def fs_and_path(
 
 def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
+
+
+def absolute(url: str) -> str:
+    """A URL as it is; a local path made absolute (``file://`` dropped), so that a location
+    recorded in run.json means the same from any working directory."""
+    url = str(url)
+    if is_remote(url):
+        return url
+    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
 
 
 def join(base: str, *parts: str) -> str:

@@ -50,6 +50,12 @@ def test_files_and_manifest(explorer):
     manifest = json.loads((out / "experiment.xenium").read_text())
     cells = pd.read_parquet(run / "cells.parquet")
     assert manifest["num_cells"] == len(cells) and manifest["pixel_size"] == 0.5
+    # summary fields as Xenium defines them: median per cell, and per 100 µm² of the region
+    assert manifest["transcripts_per_cell"] == round(cells.n_transcripts.median()) > 0
+    n_tx = json.loads((run / "run.json").read_text())["counts"]["n_transcripts"]
+    assert manifest["transcripts_per_100um"] == pytest.approx(n_tx / (100 * 130) * 100, abs=0.01)
+    n_genes = ad.read_h5ad(run / "cells.h5ad").n_vars
+    assert manifest["panel_num_targets_predesigned"] == n_genes
     for key, name in manifest["xenium_explorer_files"].items():
         assert (out / name).exists(), key
     assert (out / manifest["images"]["morphology_filepath"]).exists()
@@ -146,8 +152,85 @@ def test_morphology_pyramid_halves_each_level(tmp_path):
     assert not (tmp_path / "scratch").exists()
     with tifffile.TiffFile(tmp_path / "m.ome.tif") as tif:
         levels = [lvl.asarray() for lvl in tif.series[0].levels]
-    assert [lv.shape[-2:] for lv in levels] == [(2100, 2600), (1050, 1300), (525, 650)]
+    # at least 6 levels, as sopa writes (5 halvings), though the third already fits one tile
+    assert [lv.shape[-2:] for lv in levels] == [
+        (2100, 2600),
+        (1050, 1300),
+        (525, 650),
+        (262, 325),
+        (131, 162),
+        (65, 81),
+    ]
     for fine, coarse in zip(levels, levels[1:]):
         h, w = coarse.shape[-2:]
         mean = fine[..., : 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(float).mean(axis=(1, 3))
         assert np.abs(mean - coarse).mean() < 3  # lossy jpeg2000: close, not equal
+
+
+def test_morphology_of_the_run_has_six_levels(explorer):
+    _, out = explorer
+    with tifffile.TiffFile(out / "morphology.ome.tif") as tif:
+        shapes = [lvl.shape[-2:] for lvl in tif.series[0].levels]
+        assert 'Name="DAPI"' in tif.ome_metadata
+    assert len(shapes) == 6 and shapes[0] == (200, 260) and shapes[-1] == (6, 8)
+
+
+@pytest.fixture(scope="module")
+def annotated(small_run, tmp_path_factory):
+    """A user's table after analysis: clusters and cell types (categorical), a score (not),
+    and some cells filtered out."""
+    _, run = small_run
+    adata = ad.read_h5ad(run / "cells.h5ad")
+    n = adata.n_obs
+    adata.obs["leiden"] = pd.Categorical([str(i % 3) for i in range(n)])
+    adata.obs["cell_type"] = pd.Categorical(["T cell" if i % 2 else "tumour" for i in range(n)])
+    adata.obs["score"] = np.arange(n, dtype=float)
+    kept = adata[2:].copy()  # two cells filtered in analysis
+    path = tmp_path_factory.mktemp("table") / "annotated.h5ad"
+    kept.write_h5ad(path)
+    return path, adata.obs
+
+
+def test_table_categories_become_cell_groups(small_run, annotated, tmp_path, capsys):
+    chip, run = small_run
+    table, obs = annotated
+    out = tmp_path / "xe"
+    argv = ["export", "--to", "xenium-explorer", str(run), "--out", str(out), "--table", str(table)]
+    assert main([*argv, "--chip", str(chip)]) == 0
+    groups = _group(out / "analysis.zarr.zip")["cell_groups"]
+    assert groups.attrs["grouping_names"] == ["nucleus", "leiden", "cell_type"]  # not "score"
+    cells = pd.read_parquet(run / "cells.parquet")
+    names = dict(zip(groups.attrs["grouping_names"], groups.attrs["group_names"]))
+    assert names["leiden"] == ["0", "1", "2", "not in table"]
+    g = groups["1"]
+    indices, indptr = g["indices"][:], g["indptr"][:]
+    bounds = [*indptr.tolist(), len(indices)]
+    members = {
+        name: sorted(indices[bounds[k] : bounds[k + 1]].tolist())
+        for k, name in enumerate(names["leiden"])
+    }
+    assert members["not in table"] == [0, 1]  # the filtered cells, by row of cells.parquet
+    for label in ("0", "1", "2"):
+        want = [i for i in range(2, len(cells)) if obs["leiden"].iloc[i] == label]
+        assert members[label] == want
+
+
+def test_bad_tables_are_refused_before_anything_is_written(small_run, annotated, tmp_path, capsys):
+    chip, run = small_run
+    table, obs = annotated
+    other = ad.read_h5ad(table)
+    other.obs_names = [str(int(i) + 10_000) for i in other.obs_names]
+    other.obs = other.obs.drop(columns=["cell_id"])
+    alien = tmp_path / "alien.h5ad"
+    other.write_h5ad(alien)
+    out = tmp_path / "xe"
+    base = ["export", str(run), "--chip", str(chip), "--out", str(out)]
+    cases = [
+        (["--to", "xenium-explorer", "--table", str(alien)], "not cells of this run"),
+        (["--to", "xenium-explorer", "--table", str(tmp_path / "no.h5ad")], "file not found"),
+        (["--to", "spatialdata", "--table", str(table)], "--table is for --to xenium-explorer"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not list(tmp_path.glob(".xe.*"))

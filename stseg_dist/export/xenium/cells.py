@@ -166,12 +166,58 @@ def write_matrix(path: Path, adata) -> None:
             g.create_array(name, data=arr, chunks=tuple(max(1, s) for s in arr.shape))
 
 
-def write_analysis(path: Path, cells: pd.DataFrame) -> None:
-    """``analysis.zarr.zip``: one grouping of the cells, by whether they have a nucleus."""
+NOT_IN_TABLE = "not in table"
+
+
+def cell_groups(cells: pd.DataFrame, table=None, table_name: str = "table") -> dict:
+    """Groupings for the Explorer: by nucleus, then every categorical ``obs`` column of a user's
+    AnnData (clusters, cell types), matched to the run's cells by ``obs["cell_id"]`` (or the
+    ``obs_names``, as cells.h5ad names its rows). Cells the table leaves out (filtered in
+    analysis) go to the group "not in table"; a table row that is no cell of the run is an error.
+    """
+    from ...errors import InputError
+
     groups = {
         "nucleus": np.where(cells["has_nucleus"].to_numpy(), "with nucleus", "without nucleus")
     }
-    cats = {name: sorted(set(values.tolist())) for name, values in groups.items()}
+    if table is None:
+        return groups
+    obs = table.obs
+    raw = obs["cell_id"] if "cell_id" in obs else pd.Series(obs.index, index=obs.index)
+    ids = pd.to_numeric(pd.Series(np.asarray(raw)), errors="coerce")
+    if ids.isna().any() or (ids != ids.round()).any():
+        bad = np.asarray(raw)[ids.isna().to_numpy() | (ids != ids.round()).to_numpy()][:5]
+        raise InputError(
+            f"{table_name}: cells are matched by obs['cell_id'] (or the obs names, as in "
+            f"cells.h5ad); these are not cell IDs: {list(map(str, bad))}"
+        )
+    ids = ids.to_numpy(np.int64)
+    run_ids = cells["cell_id"].to_numpy()
+    unknown = np.setdiff1d(ids, run_ids)
+    if len(unknown):
+        raise InputError(
+            f"{table_name}: {len(unknown)} cell_id(s) are not cells of this run, e.g. "
+            f"{unknown[:5].tolist()}: is it this run's table?"
+        )
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(f"{table_name}: a cell_id appears twice")
+    row = pd.Series(np.arange(len(ids)), index=ids).reindex(run_ids)
+    has = row.notna().to_numpy()
+    for col in obs.columns:
+        if not isinstance(obs[col].dtype, pd.CategoricalDtype) or col in ("cell_id", "region"):
+            continue
+        values = np.full(len(run_ids), NOT_IN_TABLE, dtype=object)
+        taken = obs[col].astype(str).to_numpy()[row[has].astype(int).to_numpy()]
+        values[has] = taken
+        name = str(col) if str(col) not in groups else f"{col} (table)"
+        groups[name] = values
+    return groups
+
+
+def write_analysis(path: Path, cells: pd.DataFrame, groups: dict | None = None) -> None:
+    """``analysis.zarr.zip``: groupings of the cells (by nucleus, and a table's categories)."""
+    groups = groups or cell_groups(cells)
+    cats = {name: sorted(set(np.asarray(values).tolist())) for name, values in groups.items()}
     attrs = {
         "major_version": 1,
         "minor_version": 0,
@@ -185,6 +231,7 @@ def write_analysis(path: Path, cells: pd.DataFrame) -> None:
             "cell_groups", attributes=attrs
         )  # attributes at creation: zip members are final
         for i, (name, values) in enumerate(groups.items()):
+            values = np.asarray(values)
             members = [np.flatnonzero(values == c) for c in cats[name]]
             sub = g.create_group(str(i))
             indices = np.concatenate(members) if members else np.zeros(0, np.int64)

@@ -1,4 +1,6 @@
-"""``morphology.ome.tif``: the chip's stain as a tiled uint8 pyramid the Explorer displays.
+"""``morphology.ome.tif``: the chip's stain as a tiled uint8 pyramid the Explorer displays:
+at least ``MIN_LEVELS`` levels (full resolution and 5 halvings, as sopa writes), more until the
+top level fits one tile.
 
 The stain is scaled once per channel (0 to its 99.9th percentile, from a strided sample) and
 written level by level: each level is computed chunk-wise from the previous one, kept on disk as
@@ -13,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 TILE = 1024
-MAX_LEVELS = 8
+MIN_LEVELS = 6  # full resolution and 5 halvings, as sopa's writer (the Explorer zooms out on them)
+MAX_LEVELS = 12
 SAMPLE_PX = 2_000_000
 
 
@@ -34,7 +37,7 @@ def _levels(src, scratch: Path) -> list:
         level.rechunk((1, TILE, TILE)).to_zarr(url, overwrite=True)
         level = da.from_zarr(url)
         out.append(level)
-        if max(level.shape[1:]) <= TILE or min(level.shape[1:]) < 2:
+        if (i + 1 >= MIN_LEVELS and max(level.shape[1:]) <= TILE) or min(level.shape[1:]) < 2:
             break
         level = da.coarsen(
             np.mean, level.astype(np.float32), {1: 2, 2: 2}, trim_excess=True
@@ -57,7 +60,10 @@ def write_morphology(path: Path, chip, scratch: Path) -> None:
     try:
         levels = _levels(chip._image_array(), scratch)
         ps = float(chip.pixel_size_um)
-        names = ["DAPI"] + [f"channel_{i}" for i in range(1, levels[0].shape[0])]
+        from ..spatialdata import channel_names
+
+        meta_extra = getattr(getattr(chip, "meta", None), "extra", {}) or {}
+        names = channel_names(meta_extra, levels[0].shape[0])
         meta = {
             "axes": "CYX",
             "SignificantBits": 8,
