@@ -176,7 +176,9 @@ def cmd_convert(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluation import evaluate, format_table
 
-    metrics = evaluate(args.pred, args.ref, markers=args.markers)
+    metrics = evaluate(
+        args.pred, args.ref, markers=args.markers, pairs_file=args.pairs, chip=args.chip
+    )
     free = {
         k: v for k, v in metrics["reference_free"].items() if k != "gene_pairs"
     }  # pairs: in --json
@@ -335,7 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--markers",
         help="cell type marker table (cell_type, gene) for MECR's gene pairs "
-        "(default: pairs found exclusive in the run's nuclei)",
+        "(default: one pair set per chip, from its vendor nuclei or its transcripts; see --pairs)",
+    )
+    e.add_argument(
+        "--pairs",
+        help="MECR gene pair table (columns gene_a, gene_b): one ruler for every run compared",
+    )
+    e.add_argument(
+        "--chip", help="the run's chip, for MECR's gene pairs (default: the chip in run.json)"
     )
     e.add_argument("--json", help="also write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)

@@ -251,7 +251,8 @@ def write_report(
         parts += [
             "<h2>Without a reference</h2>",
             "<p>MECR: of cells expressing either gene of a pair that marks different cell types (found "
-            "exclusive in the nuclei), the share expressing both; lower means fewer cells that mix "
+            "exclusive in the chip's vendor nuclei or its transcripts, the same for every run), the "
+            "share expressing both; lower means fewer cells that mix "
             "neighbours. Nucleus-cytoplasm r: median correlation of each cell's nuclear and "
             "cytoplasmic expression.</p>",
             _table([*free.items(), ("gene pairs", ", ".join(f"{a}/{b}" for a, b in pairs[:10]))]),
