@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         }
     )
     t0 = time.perf_counter()
-    cells = method.segment(data)
+    cells = method.segment(data).labels
     t_inf = time.perf_counter() - t0
 
     px_train = len(patches) * config.cells.ucs.patch_px**2 * args.epochs

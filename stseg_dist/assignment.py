@@ -1,21 +1,13 @@
-"""Transcript-to-cell assignment and the per-tile partial sums that become the cell table.
+"""The per-tile partial sums that become the cell table and the count matrix.
 
 Everything is computed on the tile core only, so summing partials over tiles counts each pixel
-and each transcript exactly once.
+and each transcript exactly once (:mod:`stseg_dist.partials` declares how they are saved).
+The pixel lookup that assigns transcripts by default is :meth:`stseg_dist.tiledata.TileResult.resolve`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def assign(
-    rows: np.ndarray, cols: np.ndarray, cells: np.ndarray, nuclei: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell under each transcript pixel (0 = none) and whether it lies on a nucleus."""
-    cell_id = cells[rows, cols].astype(np.int64)
-    in_nucleus = nuclei[rows, cols] > 0
-    return cell_id, in_nucleus
 
 
 def pixel_stats(

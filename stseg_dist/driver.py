@@ -58,6 +58,7 @@ from .outputs import (
     write_h5ad,
     write_parquet,
 )
+from .partials import CellPartials
 from .scan import batch_row_groups, merge_scan
 from .statefile import StateFileError
 from .stitching import assign_global_ids
@@ -409,7 +410,7 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
     storage_options, work, chip = run.storage_options, ctx.work, run.chip
     staging = work.url(ctx.stage("staging"))
     cells_done = sorted(work.done(ctx.stage(stages.CELLS)))
-    parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
+    parts = [CellPartials.from_npz(work.load_npz(ctx.stage(stages.CELLS), i)) for i in cells_done]
     ids, sums, counts = reduce_cells(parts, len(ctx.genes))
     df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, run.counts["n_nuclei"])
     run.failed += write_boundaries(
@@ -421,8 +422,8 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
         storage.join(staging, K.TRANSCRIPTS_PARQUET),
         storage_options,
     )
-    n_tx = int(sum(int(p["n_transcripts"]) for p in parts))
-    n_assigned = int(sum(int(p["n_assigned"]) for p in parts))
+    n_tx = sum(p.n_transcripts for p in parts)
+    n_assigned = sum(p.n_assigned for p in parts)
     complete = not run.failed and len(cells_done) == len(run.grid)
     if complete and n_tx != n_input:
         raise RuntimeError(
@@ -443,7 +444,7 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
         {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
     )
     publish(staging, run.out_url, storage_options, keep=not complete)
-    run.tile_seconds = {int(i): float(p["seconds"]) for i, p in zip(cells_done, parts)}
+    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells_done, parts)}
     return complete
 
 

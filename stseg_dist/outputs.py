@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from . import constants as K
 from .io import storage
+from .partials import PIXEL_FIELDS, CellPartials
 
 FINAL_OUTPUTS = (
     K.LABELS_ZARR,
@@ -42,20 +43,18 @@ def create_labels(url: str, shape: tuple[int, int], chunk_px: int, attrs: dict, 
         arr.attrs.update(attrs)
 
 
-def reduce_cells(parts: list[dict], n_genes: int):
+def reduce_cells(parts: list[CellPartials], n_genes: int):
     """Sum per-tile pixel statistics and count triples into per-cell totals."""
+    stats = [k for k in PIXEL_FIELDS if k != "cell"]
     if parts:
-        cell = np.concatenate([p["px_cell"] for p in parts])
-        cols = {
-            k: np.concatenate([p[f"px_{k}"] for p in parts])
-            for k in ("area", "sum_r", "sum_c", "nuc_area")
-        }
-        tc = np.concatenate([p["tx_cell"] for p in parts])
-        tg = np.concatenate([p["tx_gene"] for p in parts]).astype(np.int64)
-        tn = np.concatenate([p["tx_count"] for p in parts])
+        cell = np.concatenate([p.pixels["cell"] for p in parts])
+        cols = {k: np.concatenate([p.pixels[k] for p in parts]) for k in stats}
+        tc = np.concatenate([p.counts["cell"] for p in parts])
+        tg = np.concatenate([p.counts["gene"] for p in parts]).astype(np.int64)
+        tn = np.concatenate([p.counts["count"] for p in parts])
     else:
         cell = tc = tg = tn = np.zeros(0, np.int64)
-        cols = {k: np.zeros(0, np.int64) for k in ("area", "sum_r", "sum_c", "nuc_area")}
+        cols = {k: np.zeros(0, np.int64) for k in stats}
     ids, inv = np.unique(cell, return_inverse=True)
     sums = {
         k: np.bincount(inv, weights=v, minlength=len(ids)).astype(np.int64) for k, v in cols.items()

@@ -17,17 +17,17 @@ import numpy as np
 import pyarrow as pa
 
 from . import constants as K
-from .assignment import assign, count_triples, pixel_stats
 from .config import PipelineConfig
 from .io import storage
 from .io.chip import Chip
 from .io.transcripts import ROW
 from .methods import CellMethod, get_method
 from .nuclei import NucleiBackend, get_backend
+from .partials import CellPartials
 from .scan import scan_row_groups
 from .stitching import OwnedObjects, owned_objects, paint_window
 from .stitching.ownership import _empty
-from .tiledata import TileData, load_tile_data
+from .tiledata import TileData, TileResult, load_tile_data
 from .tiling import Tile, TileGrid
 from .workdir import WorkDir
 
@@ -159,55 +159,41 @@ def seeds_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
 
 # -- pass 3: cells, labels, assignment -------------------------------------------------------
 def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
+    """The method's result for one tile, persisted: the core's labels, its owned transcripts with
+    their cells, and its partial sums (:class:`~stseg_dist.partials.CellPartials`)."""
     t0 = time.perf_counter()
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
-    cells = np.asarray(method.segment(data), dtype=np.uint32)
-    if cells.shape != data.shape:
-        raise RuntimeError(
-            f"method {method.name} returned shape {cells.shape}, expected {data.shape}"
-        )
-    # Nuclei (and seeds) always keep their own cell, whatever the method predicted.
-    if data.seeds is not None:
-        cells = np.where(data.seeds > 0, data.seeds, cells)
-    cells = np.where(data.nuclei > 0, data.nuclei, cells)
+    result = as_result(method.segment(data)).resolve(data, method.name)
 
     core = tile.core_in_window
-    cells_core, nuclei_core = cells[core], data.nuclei[core]
+    cells_core, nuclei_core = result.labels[core], data.nuclei[core]
     write_label_core(ctx.labels_url, tile, cells_core, nuclei_core, ctx.work.so)
 
-    tx = data.transcripts
-    own = tx.in_core
-    cell_id, in_nucleus = assign(tx.row[own], tx.col[own], cells, data.nuclei)
+    own = data.transcripts.in_core  # each transcript is owned by the core holding its pixel
+    cell_id, in_nucleus = result.cell_id[own], result.in_nucleus[own]
     ctx.work.save_table(
         ctx.stage(TRANSCRIPTS),
         tile.index,
         assigned_table(table.filter(pa.array(own)), cell_id, in_nucleus),
     )
-
-    stats = pixel_stats(cells_core, nuclei_core, (tile.core[0], tile.core[2]))
-    tri = count_triples(cell_id, tx.gene[own], max(1, len(ctx.genes)))
-    seconds = time.perf_counter() - t0
-    summary = {
-        "n_transcripts": np.int64(own.sum()),
-        "n_assigned": np.int64((cell_id > 0).sum()),
-        "seconds": np.float64(seconds),
-    }
-    ctx.work.save_npz(
-        ctx.stage(CELLS),
-        tile.index,
-        {
-            **{f"px_{k}": v for k, v in stats.items()},
-            **{f"tx_{k}": v for k, v in tri.items()},
-            **summary,
-        },
-    )
+    gene = data.transcripts.gene[own]
+    origin = (tile.core[0], tile.core[2])
+    partials = CellPartials.compute(cells_core, nuclei_core, origin, cell_id, gene, len(ctx.genes))
+    partials.seconds = time.perf_counter() - t0
+    ctx.work.save_npz(ctx.stage(CELLS), tile.index, partials.to_npz())
     return {
         "index": tile.index,
-        "n_transcripts": int(own.sum()),
-        "n_assigned": int((cell_id > 0).sum()),
-        "n_cells": int(len(stats["cell"])),
-        "seconds": seconds,
+        "n_transcripts": partials.n_transcripts,
+        "n_assigned": partials.n_assigned,
+        "n_cells": partials.n_cells,
+        "seconds": partials.seconds,
     }
+
+
+def as_result(value: TileResult | np.ndarray) -> TileResult:
+    """A method's return value as a :class:`TileResult`; a bare label image (a plugin written
+    against the former API) is :meth:`TileResult.from_labels`."""
+    return value if isinstance(value, TileResult) else TileResult.from_labels(value)
 
 
 def assigned_table(owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray) -> pa.Table:

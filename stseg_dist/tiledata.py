@@ -1,4 +1,5 @@
-"""The data model of one tile (:class:`TileData`, what a cell method sees) and its loader.
+"""The data model of one tile: :class:`TileData` (what a cell method sees), :class:`TileResult`
+(what it returns) and the loader.
 
 The loader reads a tile's window of transcripts (and image), mapped to window pixels.
 Ownership of a transcript is decided on its pixel index alone (``Chip.um_to_px``), one formula
@@ -63,6 +64,64 @@ class TileData:
             self.origin_um[0] + c0 * self.pixel_size_um,
             self.origin_um[1] + r0 * self.pixel_size_um,
         )
+
+
+@dataclass
+class TileResult:
+    """What a cell method returns for one tile (see :meth:`CellMethod.segment`).
+
+    ``labels`` is required: global cell IDs over the window, from which the cell table's areas
+    and centroids, the label arrays and the outlines come. A method that decides transcripts
+    itself (e.g. Proseg- or Baysor-like, or a spillover pass) also gives ``cell_id`` (and
+    optionally ``in_nucleus``) for every transcript of ``TileData.transcripts``, halo included,
+    in the same order; only the core's transcripts are kept, so each is counted once chip-wide.
+    Every cell a transcript is given to must have pixels in ``labels`` somewhere on the chip.
+    """
+
+    labels: np.ndarray  # (h, w) global cell IDs over the window (0 = no cell)
+    cell_id: np.ndarray | None = None  # per transcript, 0 = none; None: the cell under its pixel
+    in_nucleus: np.ndarray | None = None  # per transcript; None: whether its pixel is a nucleus
+    # Nuclei (and seeds) keep their own cell in ``labels``, whatever the method predicted there
+    # (the pixel lookup then follows the overridden labels; a given ``cell_id`` is kept as is).
+    nuclei_override: bool = True
+
+    @classmethod
+    def from_labels(cls, labels: np.ndarray) -> TileResult:
+        """A pixel method's result: labels only; nuclei override them, transcripts take the cell
+        under their pixel."""
+        return cls(labels=labels)
+
+    def resolve(self, data: TileData, method: str = "") -> TileResult:
+        """The result checked against ``data``, with every part filled in: labels after the
+        override (uint32), ``cell_id`` (int64) and ``in_nucleus`` (bool) for every transcript."""
+        who = f"method {method}" if method else "cell method"
+        labels = np.asarray(self.labels, dtype=np.uint32)
+        if labels.shape != data.shape:
+            raise RuntimeError(f"{who} returned shape {labels.shape}, expected {data.shape}")
+        if self.nuclei_override:
+            if data.seeds is not None:
+                labels = np.where(data.seeds > 0, data.seeds, labels)
+            labels = np.where(data.nuclei > 0, data.nuclei, labels)
+        tx = data.transcripts
+        n = len(tx)
+        if self.cell_id is None:
+            cell_id = labels[tx.row, tx.col].astype(np.int64)
+        else:
+            cell_id = _per_transcript(self.cell_id, n, np.int64, f"{who}: cell_id")
+            if n and cell_id.min() < 0:
+                raise RuntimeError(f"{who}: cell_id must be 0 (none) or a cell ID, got a negative")
+        if self.in_nucleus is None:
+            in_nucleus = data.nuclei[tx.row, tx.col] > 0
+        else:
+            in_nucleus = _per_transcript(self.in_nucleus, n, bool, f"{who}: in_nucleus")
+        return TileResult(labels, cell_id, in_nucleus, nuclei_override=False)
+
+
+def _per_transcript(values, n: int, dtype, what: str) -> np.ndarray:
+    out = np.asarray(values)
+    if out.shape != (n,):
+        raise RuntimeError(f"{what} has shape {out.shape}; expected one per transcript, ({n},)")
+    return out.astype(dtype, copy=False)
 
 
 def gene_indices(column: pa.ChunkedArray | pa.Array, vocabulary: dict[str, int]) -> np.ndarray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from stseg_dist.methods.expansion import ExpansionMethod
 
 
@@ -146,3 +148,24 @@ class SleepyExpansion(ExpansionMethod):
 
         time.sleep(float(os.environ.get("STSEG_SLEEP_S", "0")))
         return super().segment(data)
+
+
+class NuclearGeneExpansion(ExpansionMethod):
+    """A transcript-level method (the ``TileResult`` contract): expansion's labels, but a
+    transcript of an even-numbered gene joins a cell only where it lies on a nucleus, which no
+    pixel lookup would do. Depends only on each transcript's own pixel and gene: tile-exact."""
+
+    def segment(self, data):
+        from stseg_dist.tiledata import TileResult
+
+        pixel = super().segment(data).resolve(data)
+        tx = data.transcripts
+        keep = pixel.in_nucleus | (tx.gene % 2 == 1)
+        return TileResult(pixel.labels, cell_id=np.where(keep, pixel.cell_id, 0))
+
+
+class LabelsOnlyExpansion(ExpansionMethod):
+    """Written against the former contract: ``segment`` returns a bare label image."""
+
+    def segment(self, data):
+        return np.asarray(super().segment(data).labels)

@@ -48,7 +48,7 @@ def test_chip_on_s3_to_outputs_on_s3(s3, tmp_path, ray_module):
 
 def test_cellpose_model_from_s3_url(s3, tmp_path, monkeypatch):
     from stseg_dist.errors import InputError
-    from stseg_dist.methods.common.cellpose import resolve_model_path
+    from stseg_dist.imaging.cellpose import resolve_model_path
     from tests.nuclei.test_cellpose import write_random_cellpose_model
 
     fs, opts = s3

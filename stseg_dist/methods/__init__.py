@@ -1,24 +1,26 @@
 """Cell methods, selected by ``cells.method`` in the config: one module or package per method
 (``expansion``, ``ucs``, ``genesegnet``, ``sslcst``, ``membrane``); :mod:`.common` holds what
-the learned ones share (bin grid, ownership, patches, torch base, Cellpose loader)."""
+the learned ones share (bin grid, ownership, patches, torch base)."""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import CellMethod, PrepareContext, TileData, TileTranscripts
+from .base import CellMethod, PrepareContext, TileData, TileResult, TileTranscripts
 
 
-def _registry() -> dict[str, type[CellMethod]]:
+def _registry() -> dict[str, type[CellMethod] | dict[str, type[CellMethod]]]:
+    """Each method's class, or its classes by ``cells.<name>.variant`` where variants differ in
+    code (a variant that differs only in settings is one class)."""
     from .expansion import ExpansionMethod
     from .genesegnet import GeneSegNetMethod
-    from .membrane import MembraneMethod
+    from .membrane import MembraneMethod, PaperMembraneMethod
     from .sslcst import SSLCSTMethod
     from .ucs import UCSMethod
 
     return {
         "expansion": ExpansionMethod,
         "genesegnet": GeneSegNetMethod,
-        "membrane": MembraneMethod,
+        "membrane": {"stseg": MembraneMethod, "paper": PaperMembraneMethod},
         "sslcst": SSLCSTMethod,
         "ucs": UCSMethod,
     }
@@ -51,13 +53,18 @@ def get_method(name: str, config, platform: str = "generic") -> CellMethod:
         raise ConfigError(
             f"unknown cell method {name!r} (cells.method); available: {', '.join(sorted(registry))}"
         )
-    return registry[name](config, platform)
+    cls = registry[name]
+    if isinstance(cls, dict):
+        # an unknown variant gets the first class, whose constructor's validation names it
+        cls = cls.get(getattr(config.cells, name).variant, next(iter(cls.values())))
+    return cls(config, platform)
 
 
 __all__ = [
     "CellMethod",
     "PrepareContext",
     "TileData",
+    "TileResult",
     "TileTranscripts",
     "get_method",
     "available_methods",

@@ -2,9 +2,10 @@
 
 A method follows the plugin lifecycle of :mod:`stseg_dist.lifecycle` (``prepare(ctx) -> state``,
 ``load(state)``, ``segment(tile)``): it sees one tile at a time through
-:class:`~stseg_dist.tiledata.TileData` and returns cell labels over the tile's window, using the
-*global* nucleus IDs it was given, so cells that cross tile borders get the same ID from every
-tile and stitching needs no matching.
+:class:`~stseg_dist.tiledata.TileData` and returns a :class:`~stseg_dist.tiledata.TileResult`:
+cell labels over the tile's window, using the *global* nucleus IDs it was given, so cells that
+cross tile borders get the same ID from every tile and stitching needs no matching; and, for a
+method that assigns transcripts itself, each transcript's cell.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..config import validate_section
 from ..lifecycle import Compute, Plugin, PrepareContext
-from ..tiledata import TileData, TileTranscripts
+from ..tiledata import TileData, TileResult, TileTranscripts
 
 if TYPE_CHECKING:
     from ..config import PipelineConfig
@@ -58,12 +59,22 @@ class CellMethod(Plugin):
         """
         return None
 
-    def segment(self, data: TileData) -> np.ndarray:
-        """Cell labels (uint32, global IDs from ``data.nuclei`` / ``data.seeds``) over the window."""
+    def segment(self, data: TileData) -> TileResult:
+        """Cell labels (global IDs from ``data.nuclei`` / ``data.seeds``) over the window, and
+        optionally each transcript's cell: ``TileResult.from_labels(labels)`` for a pixel method,
+        ``TileResult(labels, cell_id=...)`` for one that assigns transcripts itself."""
         raise NotImplementedError
 
 
 #: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is one.
 MODEL_ACTOR = Compute(actors=1, num_gpus=0.5)
 
-__all__ = ["MODEL_ACTOR", "CellMethod", "Compute", "PrepareContext", "TileData", "TileTranscripts"]
+__all__ = [
+    "MODEL_ACTOR",
+    "CellMethod",
+    "Compute",
+    "PrepareContext",
+    "TileData",
+    "TileResult",
+    "TileTranscripts",
+]

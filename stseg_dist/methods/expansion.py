@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import expand_labels
 
-from .base import CellMethod, TileData
+from .base import CellMethod, TileData, TileResult
 
 
 class ExpansionMethod(CellMethod):
@@ -16,9 +16,11 @@ class ExpansionMethod(CellMethod):
     def reach_um(self) -> float:
         return self.config.cells.expansion.distance_um
 
-    def segment(self, data: TileData) -> np.ndarray:
+    def segment(self, data: TileData) -> TileResult:
         labels = data.nuclei
         if data.seeds is not None:
             labels = np.where(labels > 0, labels, data.seeds)
         distance_px = self.config.cells.expansion.distance_um / data.pixel_size_um
-        return expand_labels(labels, distance=distance_px).astype(np.uint32, copy=False)
+        return TileResult.from_labels(
+            expand_labels(labels, distance=distance_px).astype(np.uint32, copy=False)
+        )

@@ -2,15 +2,15 @@
 
 The model (a cached built-in name, a local path or a URL; never downloaded at run time, read with
 ``weights_only=True``) is loaded by the Cellpose loader the membrane method shares,
-:mod:`stseg_dist.methods.common.cellpose`.
+:mod:`stseg_dist.imaging.cellpose`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..imaging.cellpose import load_cellpose, worker_facts
 from ..lifecycle import Compute
-from ..methods.common.cellpose import load_cellpose, worker_facts
 from .base import NucleiBackend
 
 MODEL_KEY = "nuclei.cellpose.model"

@@ -20,14 +20,11 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from ..errors import InputError
+from ..imaging.filters import smooth
 from .base import NucleiBackend
 from .split import reach_px, split_nuclei
 
 N_BINS = 4096
-
-
-def smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    return ndi.gaussian_filter(image.astype(np.float32, copy=False), sigma_px, truncate=4.0)
 
 
 def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:

@@ -437,3 +437,15 @@ def test_missing_cellpose_weights_name_the_key(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"cells\.membrane\.cellpose\.model"):
         get_method("membrane", cfg).load({"offset": (0, 0), "threshold": None})
+
+
+def test_the_registry_picks_the_variant_class():
+    """``cells.membrane.variant`` picks the class in the method registry (no ``__new__``); an
+    unknown variant is refused naming its key."""
+    from stseg_dist.methods.membrane import MembraneMethod, PaperMembraneMethod
+
+    assert type(get_method("membrane", config("cells.method=membrane"))) is MembraneMethod
+    paper = get_method("membrane", config("cells.membrane.variant=paper"))
+    assert type(paper) is PaperMembraneMethod
+    with pytest.raises(ConfigError, match="cells.membrane.variant"):
+        get_method("membrane", config("cells.membrane.variant=published"))

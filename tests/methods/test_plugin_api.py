@@ -109,3 +109,70 @@ def test_old_api_plugin_runs_through_the_pipeline(tmp_path):
     a = zarr.open_array(str(tmp_path / "ref" / "labels.zarr" / "cells"))[:]
     b = zarr.open_array(str(tmp_path / "out" / "labels.zarr" / "cells"))[:]
     np.testing.assert_array_equal(a, b)
+
+
+def test_former_plugin_returning_a_label_image_runs(tmp_path):
+    """A plugin whose ``segment`` returns a bare label image (the former contract) gets the
+    pixel lookup, as :meth:`TileResult.from_labels` gives."""
+    from stseg_dist.driver import run_pipeline
+    from tests.conftest import assert_same_outputs
+
+    chip = make_blob_chip(tmp_path / "chip", n_transcripts=300)
+    tiles = ["tiling.tile_size_um=32", "tiling.chunk_px=32"]
+    run_pipeline(chip, str(tmp_path / "ref"), _config(*tiles), local=True)
+    cfg = _config("cells.method=tests.plugin_methods:LabelsOnlyExpansion", *tiles)
+    run_pipeline(chip, str(tmp_path / "out"), cfg, local=True)
+    assert_same_outputs(tmp_path / "ref", tmp_path / "out")
+
+
+TRANSCRIPT_LEVEL = "tests.plugin_methods:NuclearGeneExpansion"
+
+
+@pytest.mark.ray
+def test_transcript_level_method_plugs_in_through_the_registry(tmp_path, ray_module):
+    """A method that assigns transcripts itself (``TileResult.cell_id``), loaded by import path
+    alone: its assignment reaches transcripts.parquet, the cell table and the counts unchanged,
+    and one in-process tile gives exactly what many Ray tiles give."""
+    import anndata as ad
+    import pandas as pd
+    import zarr
+
+    from stseg_dist.io.chip import open_chip
+    from tests.conftest import assert_same_outputs, one_tile_vs_many
+
+    chip_url = make_blob_chip(tmp_path / "chip", n_transcripts=6000)
+    one, many, (cells, nuclei), _ = one_tile_vs_many(
+        chip_url, tmp_path, ["runtime.progress=false", f"cells.method={TRANSCRIPT_LEVEL}"], 24
+    )
+    assert one["n_tiles"] == 1 and many["n_tiles"] >= 12
+    assert_same_outputs(tmp_path / "one", tmp_path / "many")
+    assert one["counts"] == many["counts"]
+
+    out = tmp_path / "many"
+    tx = pd.read_parquet(out / "transcripts.parquet")
+    adata = ad.read_h5ad(out / "cells.h5ad")
+    genes = list(adata.var_names)
+    chip = open_chip(chip_url)
+    h, w = chip.shape_yx
+    row, col = chip.um_to_px(tx.x.to_numpy(), tx.y.to_numpy())
+    row, col = np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)
+    gene = tx.gene.map({g: i for i, g in enumerate(genes)}).to_numpy()
+    under = cells[row, col].astype(np.int64)  # the pixel lookup's answer
+    on_nucleus = nuclei[row, col] > 0
+    want = np.where(on_nucleus | (gene % 2 == 1), under, 0)
+    # the method's assignment, not the pixel lookup, is what transcripts.parquet holds
+    np.testing.assert_array_equal(tx.cell_id.to_numpy(), want)
+    np.testing.assert_array_equal(tx.in_nucleus.to_numpy(), on_nucleus)
+    assert ((under > 0) & (want == 0)).sum() > 100  # many cytoplasm transcripts left out
+    # ... and the cell table, the count matrix and run.json's counts follow it
+    assigned = tx[tx.cell_id > 0]
+    table = pd.read_parquet(out / "cells.parquet").set_index("cell_id")
+    per_cell = assigned.groupby("cell_id").size().reindex(table.index, fill_value=0)
+    np.testing.assert_array_equal(table.n_transcripts.to_numpy(), per_cell.to_numpy())
+    matrix = pd.crosstab(assigned.cell_id, assigned.gene).reindex(
+        index=table.index, columns=genes, fill_value=0
+    )
+    np.testing.assert_array_equal(adata.X.toarray(), matrix.to_numpy())
+    assert many["counts"]["n_assigned"] == len(assigned)
+    assert many["counts"]["n_transcripts"] == len(tx) == 6000
+    assert zarr.open_array(str(out / "labels.zarr" / "cells"))[:].max() > 0

@@ -324,7 +324,7 @@ def test_method_grows_cells_from_their_own_nuclei():
     assert state["train"]["n_in"] > 0 and state["train"]["n_out"] > 0
     m.load(state)
     whole = cut(nuclei, x, y, g, (0, 200, 0, 240))
-    cells = m.segment(whole)
+    cells = m.segment(whole).labels
     assert cells.shape == nuclei.shape and cells.dtype == np.uint32
     assert set(np.unique(cells)) <= set(range(13))
     yy, xx = np.mgrid[:200, :240]
@@ -336,7 +336,7 @@ def test_method_grows_cells_from_their_own_nuclei():
     # two tiles give the same labels over their cores as the whole window
     for t in tiles:
         r0, r1, c0, c1 = t.tile.core
-        got = m.segment(t)[t.tile.core_in_window]
+        got = m.segment(t).labels[t.tile.core_in_window]
         assert (got != cells[r0:r1, c0:c1]).mean() < 0.002
 
 
@@ -562,7 +562,7 @@ def test_paper_method_grows_cells_from_their_own_nuclei():
     tiles, state = _prepare_on_two_tiles(m, nuclei, x, y, g)
     assert len(state["top_genes"]) == 30 and state["train"]["arch"]["blocks"] == 2
     m.load(state)
-    cells = m.segment(cut(nuclei, x, y, g, (0, 200, 0, 240)))
+    cells = m.segment(cut(nuclei, x, y, g, (0, 200, 0, 240))).labels
     yy, xx = np.mgrid[:200, :240]
     for i, (cy, cx) in enumerate(centres, start=1):
         d = np.hypot(yy - cy, xx - cx)
@@ -570,4 +570,6 @@ def test_paper_method_grows_cells_from_their_own_nuclei():
         assert (ring > 0).mean() > 0.5 and (ring[ring > 0] == i).mean() > 0.9
     for t in tiles:
         r0, r1, c0, c1 = t.tile.core
-        np.testing.assert_array_equal(m.segment(t)[t.tile.core_in_window], cells[r0:r1, c0:c1])
+        np.testing.assert_array_equal(
+            m.segment(t).labels[t.tile.core_in_window], cells[r0:r1, c0:c1]
+        )

@@ -9,7 +9,7 @@ import pytest
 from stseg_dist.config import load_config, parse_set
 from stseg_dist.driver import run_pipeline
 from stseg_dist.errors import ConfigError, InputError
-from stseg_dist.methods.common.cellpose import resolve_model_path
+from stseg_dist.imaging.cellpose import resolve_model_path
 from tests.conftest import make_blob_chip
 
 

@@ -7,10 +7,10 @@
 - :mod:`.patches`: the nuclei a method trains on and the box of each training patch.
 - :mod:`.torch_model`: device choice, the CPU thread rule, the minibatch loop, weights as bytes
   loaded with ``weights_only=True``, and :class:`TorchMethod` (``load``, ``describe_state``).
-- :mod:`.cellpose`: one Cellpose loader for the Cellpose nuclei backend and the membrane method.
 
 A method package keeps what is its own (its features, network, labels and inference); anything
-a second method would write again belongs here.
+a second method would write again belongs here; what the nuclei backends share too (the Cellpose
+loader, smoothing) is in :mod:`stseg_dist.imaging`, below both.
 """
 
 from .bins import BinGrid, BinnedTile, bin_size_um, bin_tile

@@ -15,7 +15,7 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ...errors import ConfigError, InputError
-from ..base import PrepareContext, TileData
+from ..base import PrepareContext, TileData, TileResult
 from ..common.bins import BinGrid
 from ..common.ownership import owned_nuclei
 from ..common.patches import cut_patch, patch_box, sample_nuclei
@@ -151,7 +151,7 @@ class GeneSegNetMethod(TorchMethod):
         return {"train": state, "norm": norm, "factor": factor, "bin_um": bin_um}
 
     # -- inference ----------------------------------------------------------------------------
-    def segment(self, data: TileData):
+    def segment(self, data: TileData) -> TileResult:
         st = self.state
         grid = BinGrid.for_window(data.tile.window, factor=st["factor"])
         stain, rna = self._inputs(data, grid, self.cfg.rna_sigma_um / st["bin_um"])
@@ -191,7 +191,9 @@ class GeneSegNetMethod(TorchMethod):
                 geometry.tolerance,
             )
         cells = grid.to_pixels(labels, data.shape)
-        return np.where(data.nuclei > 0, data.nuclei, cells).astype(np.uint32)
+        return TileResult.from_labels(
+            np.where(data.nuclei > 0, data.nuclei, cells).astype(np.uint32)
+        )
 
 
 def _patches_for(

@@ -19,9 +19,9 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from ...errors import InputError
-from ...nuclei.classical import smooth
-from ..base import CellMethod, Compute, PrepareContext, TileData
-from ..common.cellpose import load_cellpose, worker_facts
+from ...imaging.cellpose import load_cellpose, worker_facts
+from ...imaging.filters import smooth
+from ..base import CellMethod, Compute, PrepareContext, TileData, TileResult
 from ..common.ownership import tile_owning
 from .registration import apply_offset, downsample, estimate_offset, sample_regions
 from .segment import best_diameter, classical_cells, to_global_ids, within_reach
@@ -35,18 +35,6 @@ MODEL_KEY = "cells.membrane.cellpose.model"
 
 class MembraneMethod(CellMethod):
     name = "membrane"
-
-    def __new__(cls, config=None, platform: str = "generic"):
-        """``variant: paper`` is its own class (:mod:`.paper_method`): it adds the seeds pass."""
-        if (
-            cls is MembraneMethod
-            and config is not None
-            and config.cells.membrane.variant == "paper"
-        ):
-            from .paper_method import PaperMembraneMethod
-
-            cls = PaperMembraneMethod
-        return super().__new__(cls)
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
@@ -177,7 +165,10 @@ class MembraneMethod(CellMethod):
             data.image[self.cfg.channel].astype(np.float32), self.offset, fill=np.nan
         )
 
-    def segment(self, data: TileData) -> np.ndarray:
+    def segment(self, data: TileData) -> TileResult:
+        return TileResult.from_labels(self._cell_labels(data))
+
+    def _cell_labels(self, data: TileData) -> np.ndarray:
         seeds = data.nuclei
         if data.seeds is not None:
             seeds = np.where(seeds > 0, seeds, data.seeds)

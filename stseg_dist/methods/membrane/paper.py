@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, watershed
 
-from ...nuclei.classical import smooth
+from ...imaging.filters import smooth
 from ..common.ownership import centroid_pixels
 from .blocks import KeptCell
 

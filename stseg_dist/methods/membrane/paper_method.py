@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from ...errors import InputError
-from ..base import TileData
+from ..base import TileData, TileResult
 from .blocks import BlockGrid, paint_first, window_cells
 from .method import MembraneMethod
 from .paper import (
@@ -34,7 +34,7 @@ SEED_RADIUS_UM = 1.0  # a nucleus-free cell's seed: its pixels this close to its
 
 
 class PaperMembraneMethod(MembraneMethod):
-    """The paper variant; ``MembraneMethod(config)`` returns one when ``variant`` is ``paper``."""
+    """The paper variant; the registry picks it for ``cells.membrane.variant: paper``."""
 
     def __init__(self, config, platform: str = "generic"):
         super().__init__(config, platform)
@@ -184,7 +184,10 @@ class PaperMembraneMethod(MembraneMethod):
         )
         return seed_discs(cells, keep, window, SEED_RADIUS_UM / data.pixel_size_um)
 
-    def segment(self, data: TileData) -> np.ndarray:
+    def segment(self, data: TileData) -> TileResult:
+        return TileResult.from_labels(self._cell_labels(data))
+
+    def _cell_labels(self, data: TileData) -> np.ndarray:
         cells, window = self._cells(data)
         held = held_nuclei(cells, nucleus_centroids(data.nuclei), window)
         own = paint_first(cells, window)

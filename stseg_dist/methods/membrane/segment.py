@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
-from ...nuclei.classical import smooth
+from ...imaging.filters import smooth
 
 
 def within_reach(seeds: np.ndarray, max_distance_px: float) -> np.ndarray:

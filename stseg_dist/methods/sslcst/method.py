@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
-from ..base import PrepareContext, TileData
+from ..base import PrepareContext, TileData, TileResult
 from ..common.bins import bin_size_um
 from ..common.torch_model import TorchMethod
 from .features import (
@@ -168,7 +168,10 @@ class SSLCSTMethod(TorchMethod):
 
         return grid, grown(2 * self.fill_bins), grown(margin)
 
-    def segment(self, data: TileData) -> np.ndarray:
+    def segment(self, data: TileData) -> TileResult:
+        return TileResult.from_labels(self._cell_labels(data))
+
+    def _cell_labels(self, data: TileData) -> np.ndarray:
         if self.paper:
             return self._segment_paper(data)
         # Paths from core spots stay within max_steps (+ rounding) of the core; spots farther

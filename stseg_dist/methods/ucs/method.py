@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import ConfigError, InputError
-from ..base import PrepareContext, TileData
+from ..base import PrepareContext, TileData, TileResult
 from ..common.bins import bin_size_um, bin_tile
 from ..common.ownership import owned_nuclei
 from ..common.patches import cut_patch, patch_box, sample_nuclei
@@ -239,10 +239,10 @@ class UCSMethod(TorchMethod):
         )
         return binned.to_pixels(seeds, data.shape).astype(np.uint32)
 
-    def segment(self, data: TileData):
+    def segment(self, data: TileData) -> TileResult:
         binned, seeds, _, labels = self._predict(data, with_seeds=True)
         cells = postprocess(labels, seeds)
-        return binned.to_pixels(cells, data.shape).astype(np.uint32)
+        return TileResult.from_labels(binned.to_pixels(cells, data.shape).astype(np.uint32))
 
 
 def default_growth_um(config) -> float:

@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ...errors import ConfigError, InputError
-from ...io import storage
+from ..errors import ConfigError, InputError
+from ..io import storage
 
 _LOADS: dict[str, int] = {}
 
