@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import redact
+from .spillover import SpilloverConfig
 from .errors import ConfigError
 
 
@@ -441,6 +442,8 @@ class CellsConfig:
     genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
     membrane: MembraneConfig = field(default_factory=MembraneConfig)
     sslcst: SSLCSTConfig = field(default_factory=SSLCSTConfig)
+    # a transcript-level pass after any method's cells (stseg_dist/spillover.py); off by default
+    spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
 
 
 @dataclass
@@ -512,6 +515,8 @@ class PipelineConfig:
             getattr(self, name).validate(name, self)
         validate_section(self, f"nuclei.{self.nuclei.backend}")
         validate_section(self, f"cells.{self.cells.method}")
+        if self.cells.spillover.enabled:
+            validate_section(self, "cells.spillover")
         return self
 
     def to_dict(self) -> dict[str, Any]:

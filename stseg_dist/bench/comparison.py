@@ -460,6 +460,7 @@ def main(argv=None) -> int:
                 rows,
                 tmp,
                 args.frontier,
+                run_pipeline_only,
                 overrides,
                 args.frontier_um or FRONTIER_UM,
                 local=not args.ray,

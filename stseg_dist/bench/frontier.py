@@ -79,17 +79,14 @@ def plane_points(
 
 
 def expansion_frontier(
-    ds, workdir: str, overrides=(), distances=FRONTIER_UM, local: bool = True, echo=print
+    ds, workdir: str, run, overrides=(), distances=FRONTIER_UM, local: bool = True, echo=print
 ) -> pd.DataFrame:
-    """Expansion from the dataset's nuclei at each distance: rows region, distance_um, assigned, mecr."""
-    from .comparison import run_pipeline_only
-
+    """Expansion from the dataset's nuclei at each distance: rows region, distance_um, assigned,
+    mecr. ``run(ds, method, out, overrides, local)`` runs the pipeline (comparison.run_pipeline_only)."""
     rows = []
     for d in distances:
         out = str(Path(workdir) / f"{ds.name}-frontier-{d:g}")
-        run_pipeline_only(
-            ds, "expansion", out, [*overrides, f"cells.expansion.distance_um={d}"], local
-        )
+        run(ds, "expansion", out, [*overrides, f"cells.expansion.distance_um={d}"], local)
         for region, p in plane_points(ds.chip, out, ds.split_x_um, ds.vendor_column).items():
             rows.append(
                 {"dataset": ds.name, "region": region, "distance_um": d, **p}
@@ -246,7 +243,15 @@ def frontier_table(frontier: pd.DataFrame, placed: pd.DataFrame) -> str:
 
 
 def write_planes(
-    datasets, rows, workdir, out_dir, overrides=(), distances=FRONTIER_UM, local=True, echo=print
+    datasets,
+    rows,
+    workdir,
+    out_dir,
+    run,
+    overrides=(),
+    distances=FRONTIER_UM,
+    local=True,
+    echo=print,
 ) -> pd.DataFrame:
     """Draw every dataset's plane into ``out_dir`` (a PNG per crop and region, frontier.md,
     frontier.json) and return the placed points (each run's gap to the frontier)."""
@@ -255,7 +260,10 @@ def write_planes(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frontier = pd.concat(
-        [expansion_frontier(ds, workdir, overrides, distances, local, echo) for ds in datasets],
+        [
+            expansion_frontier(ds, workdir, run, overrides, distances, local, echo)
+            for ds in datasets
+        ],
         ignore_index=True,
     )
     placed = place(frontier, points_from_rows(rows))
