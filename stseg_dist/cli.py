@@ -191,7 +191,14 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate, format_table
     from .evaluation.nuclei import format_nucleus_metrics
 
-    metrics = evaluate(args.pred, args.ref, markers=args.markers, nuclei_ref=args.nuclei_ref)
+    metrics = evaluate(
+        args.pred,
+        args.ref,
+        markers=args.markers,
+        nuclei_ref=args.nuclei_ref,
+        pairs_file=args.pairs,
+        chip=args.chip,
+    )
     free = {
         k: v for k, v in metrics["reference_free"].items() if k != "gene_pairs"
     }  # pairs: in --json
@@ -397,7 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--markers",
         help="cell type marker table (cell_type, gene) for MECR's gene pairs "
-        "(default: pairs found exclusive in the run's nuclei)",
+        "(default: one pair set per chip, from its vendor nuclei or its transcripts; see --pairs)",
+    )
+    e.add_argument(
+        "--pairs",
+        help="MECR gene pair table (columns gene_a, gene_b): one ruler for every run compared",
+    )
+    e.add_argument(
+        "--chip", help="the run's chip, for MECR's gene pairs (default: the chip in run.json)"
     )
     e.add_argument(
         "--nuclei-ref",

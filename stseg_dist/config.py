@@ -28,6 +28,7 @@ from .methods.sslcst.config import SSLCSTConfig
 from .methods.ucs.config import UCSConfig
 from .nuclei.config import NucleiConfig
 from .settings import positive, require, validate_section
+from .spillover import SpilloverConfig
 
 
 @dataclass
@@ -55,11 +56,15 @@ class CellsConfig:
     genesegnet: GeneSegNetConfig = field(default_factory=GeneSegNetConfig)
     membrane: MembraneConfig = field(default_factory=MembraneConfig)
     sslcst: SSLCSTConfig = field(default_factory=SSLCSTConfig)
+    # a transcript-level pass after any method's cells (stseg_dist/spillover.py); off by default
+    spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         """Its own values and the selected method's section (``cells.<method>``)."""
         positive(self, key, "cell_diameter_um")
         validate_section(root, f"{key}.{self.method}")
+        if self.spillover.enabled:
+            validate_section(root, f"{key}.spillover")
 
 
 @dataclass

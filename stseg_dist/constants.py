@@ -20,6 +20,7 @@ CELL_TRUE = "cell_true"
 CELL_ID = "cell_id"
 INPUT_ROW = "input_row"  # position in the input table; restores input order, always unique
 IN_NUCLEUS = "in_nucleus"
+SPILLOVER_MOVED = "spillover_moved"  # written only with cells.spillover: moved by that pass
 REQUIRED_TRANSCRIPT_COLUMNS = (X, Y, GENE)
 
 # Run outputs.

@@ -475,6 +475,10 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
         storage.join(staging, K.TRANSCRIPTS_PARQUET),
         storage_options,
     )
+    if run.config.cells.spillover.enabled:
+        run.counts["n_spillover_moved"] = _sum_column(
+            storage.join(staging, K.TRANSCRIPTS_PARQUET), K.SPILLOVER_MOVED, storage_options
+        )
     n_tx = sum(p.n_transcripts for p in cells.parts)
     n_assigned = sum(p.n_assigned for p in cells.parts)
     complete = not run.failed and len(cells.tiles) == len(run.grid)
@@ -632,6 +636,15 @@ def _results(outs: list[Outcome]) -> list:
     return [o.result for o in outs]
 
 
+def _sum_column(url: str, column: str, storage_options: dict) -> int:
+    """The sum of one column of a parquet file (read alone)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(url, storage_options)
+    with fs.open(path, "rb") as fh:
+        return int(pq.read_table(fh, columns=[column]).column(0).to_numpy().sum())
+
+
 def _counts(run: Run) -> dict[str, int]:
     c = run.counts
     keys = (
@@ -645,6 +658,7 @@ def _counts(run: Run) -> dict[str, int]:
     return {
         **{k: int(c[k]) for k in keys},
         "n_seeds": int(c.get("n_seeds", 0)),
+        **({"n_spillover_moved": int(c["n_spillover_moved"])} if "n_spillover_moved" in c else {}),
         "n_clipped_nuclei": int(c["n_clipped_nuclei"]),
         "n_genes": int(c["n_genes"]),
     }

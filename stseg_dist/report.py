@@ -267,7 +267,8 @@ CURATED = (
         "reference_free.mecr",
         "MECR",
         (
-            "of cells expressing either gene of a pair exclusive in the nuclei, the share "
+            "of cells expressing either gene of a pair exclusive in the chip (one ruler per chip, "
+            "from its vendor nuclei or its transcripts, the same for every run), the share "
             "expressing both; lower means less mixing of neighbours (compare at equal "
             "assigned share)"
         ),

@@ -11,7 +11,7 @@ into the labels zarr (its own core's chunks), and returns only small summaries.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -165,6 +165,24 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     t0 = time.perf_counter()
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
     result = as_result(method.segment(data)).resolve(data, method.name)
+    moved = None
+    if ctx.config.cells.spillover.enabled:
+        from .spillover import reassign
+
+        tx = data.transcripts
+        cell_id, moved = reassign(
+            result.labels,
+            data.nuclei,
+            data.seeds,
+            tx.row,
+            tx.col,
+            tx.gene,
+            result.cell_id,
+            len(ctx.genes),
+            data.pixel_size_um,
+            ctx.config.cells.spillover,
+        )
+        result = replace(result, cell_id=cell_id)
 
     core = tile.core_in_window
     cells_core, nuclei_core = result.labels[core], data.nuclei[core]
@@ -175,7 +193,9 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     ctx.work.save_table(
         ctx.stage(TRANSCRIPTS),
         tile.index,
-        assigned_table(table.filter(pa.array(own)), cell_id, in_nucleus),
+        assigned_table(
+            table.filter(pa.array(own)), cell_id, in_nucleus, None if moved is None else moved[own]
+        ),
     )
     gene = data.transcripts.gene[own]
     origin = (tile.core[0], tile.core[2])
@@ -204,20 +224,26 @@ def boundaries_tile(ctx: RunContext, _worker, job: BoundaryJob) -> dict:
     return {**vectorise_owned(ctx, job), "seconds": time.perf_counter() - t0}
 
 
-def assigned_table(owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray) -> pa.Table:
+def assigned_table(
+    owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray, moved: np.ndarray | None = None
+) -> pa.Table:
     """A tile's owned input rows with ``input_row``, ``cell_id`` and ``in_nucleus`` (replacing any
-    input column of those names) and a ``transcript_id`` (the input row where the input has none)."""
+    input column of those names) and a ``transcript_id`` (the input row where the input has none);
+    with ``moved``, also which transcripts the spillover pass moved."""
     out = owned
     if K.TRANSCRIPT_ID not in out.column_names:
         out = out.append_column(K.TRANSCRIPT_ID, out.column(ROW))
     rows = out.column(ROW)
     out = out.drop_columns([ROW])
-    for name in (K.INPUT_ROW, K.CELL_ID, K.IN_NUCLEUS):
+    for name in (K.INPUT_ROW, K.CELL_ID, K.IN_NUCLEUS, K.SPILLOVER_MOVED):
         if name in out.column_names:  # an input column of that name is replaced, not duplicated
             out = out.drop_columns([name])
     out = out.append_column(K.INPUT_ROW, rows)  # unique even where input transcript_ids are not
     out = out.append_column(K.CELL_ID, pa.array(cell_id, pa.int64()))
-    return out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
+    out = out.append_column(K.IN_NUCLEUS, pa.array(in_nucleus))
+    if moved is not None:
+        out = out.append_column(K.SPILLOVER_MOVED, pa.array(np.asarray(moved, bool)))
+    return out
 
 
 def write_label_core(

@@ -46,6 +46,8 @@ class RealCrop:
     #: the reference is a nucleus expansion or nucleus-sized: cell F1/ARI against it favour that
     #: shape by construction, so judge methods by MECR and the assigned share there
     shape_biased: bool = False
+    #: settings are tuned on x < split_x_um and reported on x >= split_x_um (µm, chip frame)
+    split_x_um: float | None = None
 
 
 #: The shared real crops with a reference (crops of larger acquisitions: pixel size and image
@@ -63,6 +65,9 @@ REAL_CROPS = {
     ),
     # vendor cells are Xenium's nucleus expansion; no image, vendor nuclei
     "xenium_lung_preview": RealCrop("xenium", {}, shape_biased=True),
+    # dense breast tumour; vendor cells are Xenium's nucleus expansion, nuclei approximate vendor
+    # polygons; tune on the left half, report the right
+    "xenium_breast_top": RealCrop("xenium", {}, shape_biased=True, split_x_um=255.0),
     # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels (0.108 µm assumed)
     "merfish_u2os": RealCrop(
         "generic",
@@ -99,6 +104,7 @@ class Dataset:
     config: str | None = None  # platform preset YAML
     overrides: tuple = ()  # what the converted chip needs (e.g. vendor nuclei on a stain-free chip)
     shape_biased: bool = False  # see RealCrop
+    split_x_um: float | None = None  # see RealCrop
     info: dict = field(default_factory=dict)
 
 
@@ -167,6 +173,7 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
                 config=str(preset) if preset.exists() else None,
                 overrides=(*hints, *crop.overrides),
                 shape_biased=crop.shape_biased,
+                split_x_um=crop.split_x_um,
                 info={"n_transcripts": rep["n_transcripts"]},
             )
         )
@@ -254,7 +261,14 @@ def _free(m: dict) -> dict:
     }
 
 
-def run_method(ds: Dataset, method: str, out: str, overrides: list[str], local: bool) -> dict:
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``METHOD[:KEY=VALUE...]`` -> (method, overrides): one method configuration per spec."""
+    method, *sets = spec.split(":")
+    return method, sets
+
+
+def run_pipeline_only(ds: Dataset, method: str, out: str, overrides: list[str], local: bool):
+    """Run ``method`` on the dataset through the real pipeline: (run summary, wall seconds)."""
     from ..config import load_config, parse_set
     from ..driver import run_pipeline
 
@@ -267,13 +281,23 @@ def run_method(ds: Dataset, method: str, out: str, overrides: list[str], local: 
     )
     t0 = time.perf_counter()
     summary = run_pipeline(ds.chip, out, cfg, local=local)
-    secs = time.perf_counter() - t0
+    return summary, time.perf_counter() - t0
+
+
+def run_method(ds: Dataset, spec: str, out: str, overrides: list[str], local: bool) -> dict:
+    from .frontier import plane_points
+
+    method, sets = parse_spec(spec)
+    summary, secs = run_pipeline_only(ds, method, out, [*overrides, *sets], local)
     n_tx = summary["counts"]["n_transcripts"]
+    real = ds.reference is not None or ds.vendor_column is not None
     return {
         "dataset": ds.name,
         "method": method,
+        "label": spec,
         "shape_biased": ds.shape_biased,
         **score(ds, out),
+        "plane": plane_points(ds.chip, out, ds.split_x_um, ds.vendor_column) if real else None,
         "seconds": secs,
         "transcripts_per_s": n_tx / secs,
         "n_transcripts": n_tx,
@@ -289,10 +313,10 @@ def compare_methods(
 
     rows = []
     for ds in datasets:
-        for method in methods:
+        for k, method in enumerate(methods):
             try:
                 row = run_method(
-                    ds, method, str(Path(workdir) / f"{ds.name}-{method}"), list(overrides), local
+                    ds, method, str(Path(workdir) / f"{ds.name}-{k}"), list(overrides), local
                 )
             except InputError as exc:  # e.g. a stain-based method on a chip without that stain
                 echo(f"{ds.name:<22} {method:<11} not applicable: {exc}")
@@ -316,7 +340,7 @@ METRICS = (
 
 
 def format_row(r: dict) -> str:
-    parts = [f"{r['dataset']:<22} {r['method']:<11}"]
+    parts = [f"{r['dataset']:<22} {r.get('label', r['method']):<11}"]
     parts += [f"{label} {r[key]:.3f}" for key, label in METRICS if key in r and not pd.isna(r[key])]
     parts.append(
         f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s ({r['transcripts_per_s']:,.0f} tx/s)"
@@ -344,7 +368,8 @@ def summary_table(rows: list[dict]) -> str:
     fmt = lambda v: f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"  # noqa: E731
     blocks = []
     for group, g in df.groupby("group", sort=False):
-        table = g.groupby("method", sort=False)[cols].mean().dropna(axis=1, how="all")
+        key = "label" if "label" in g else "method"
+        table = g.groupby(key, sort=False)[cols].mean().dropna(axis=1, how="all")
         blocks.append(f"{group}\n{table.to_string(float_format=fmt)}")
     note = (
         "\n* reference is a nucleus expansion or nucleus-sized: judge by MECR and assigned share"
@@ -365,9 +390,21 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        help="methods, each optionally with settings: METHOD[:KEY=VALUE...] "
+        "(e.g. ucs:cells.ucs.growth_um=6)",
+    )
     p.add_argument("--size-um", type=float, default=400.0, help="side of each generated chip")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="seeds of the generated chips (--seeds alone: none)",
+    )
     p.add_argument(
         "--membrane-shift",
         type=int,
@@ -388,6 +425,20 @@ def main(argv=None) -> int:
     )
     p.add_argument("--set", action="append", default=[], help="config override for every run")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument(
+        "--frontier",
+        metavar="DIR",
+        help="draw each real crop's coverage-contamination plane (expansion frontier and every "
+        "run on it) into DIR: frontier_<crop>_<region>.png, frontier.md, frontier.json",
+    )
+    p.add_argument(
+        "--frontier-um",
+        type=float,
+        nargs="+",
+        default=None,
+        help="expansion distances of the frontier (default 1-15 µm)",
+    )
+    p.add_argument("--crops", nargs="+", help="only these real crops (names of REAL_CROPS)")
     p.add_argument("--workdir", help="keep chips and outputs here (default: a temporary folder)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -395,15 +446,26 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         datasets = synthetic_datasets(tmp, args.size_um, args.seeds, args.membrane_shift, args.hard)
         if args.real:
-            datasets += real_datasets(tmp, args.real)
+            datasets += real_datasets(tmp, args.real, args.crops)
+        echo = lambda s: print(s, flush=True)  # noqa: E731
         rows = compare_methods(
-            args.methods,
-            datasets,
-            tmp,
-            overrides,
-            local=not args.ray,
-            echo=lambda s: print(s, flush=True),
+            args.methods, datasets, tmp, overrides, local=not args.ray, echo=echo
         )
+        if args.frontier and rows:
+            from .frontier import FRONTIER_UM, write_planes
+
+            real = [d for d in datasets if d.reference is not None or d.vendor_column is not None]
+            write_planes(
+                real,
+                rows,
+                tmp,
+                args.frontier,
+                run_pipeline_only,
+                overrides,
+                args.frontier_um or FRONTIER_UM,
+                local=not args.ray,
+                echo=echo,
+            )
     print(summary_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=float))

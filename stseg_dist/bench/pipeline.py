@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import shutil
+import sys
 import tempfile
 import threading
 import time

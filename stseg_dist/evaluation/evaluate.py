@@ -21,6 +21,7 @@ from .references import (
     nucleus_flags,
     open_label_array,
 )
+from .ruler import PairSet, chip_gene_pairs, load_pair_file, pairs_from_transcripts
 
 
 def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
@@ -45,6 +46,8 @@ def evaluate(
     gene_pairs: list[tuple[str, str]] | None = None,
     markers: str | None = None,
     nuclei_ref: str | None = None,
+    pairs_file: str | None = None,
+    chip: str | None = None,
 ) -> dict:
     """Score the run in ``pred_out_url``; with ``ref_url``, also against the reference.
 
@@ -58,10 +61,12 @@ def evaluate(
     type) or, without one, with the true cells' mean profiles.
 
     Reference-free, so a user with no reference can judge a segmentation (``reference_free``):
-    MECR over gene pairs that mark different cell types (``gene_pairs`` by name, else pairs of
-    ``markers`` of different types, else pairs found exclusive in this run's nuclei), the median
-    nucleus-cytoplasm profile correlation and the share of transcripts assigned. With
-    per-transcript reference IDs the reference's own MECR on the same pairs is given too.
+    MECR over gene pairs that mark different cell types, the median nucleus-cytoplasm profile
+    correlation and the share of transcripts assigned. The pairs are one ruler per chip, never
+    the run's own (see ruler.py): ``gene_pairs`` by name, else ``pairs_file``, else pairs of
+    ``markers`` of different types, else the chip's pairs (``chip``, default the chip named in
+    the run's run.json); ``gene_pair_source`` records which. With per-transcript reference IDs
+    the reference's own MECR on the same pairs is given too.
 
     Nuclei (``nuclei``, see :func:`nucleus_section`): the run's nuclei against ``nuclei_ref``
     (see :func:`~stseg_dist.evaluation.references.load_nucleus_reference`), else against the
@@ -101,7 +106,8 @@ def evaluate(
     cols = np.floor((tx[K.X].to_numpy() - ox) / px).astype(np.int64)
     result["cell_calling"] = M.cell_calling_score(pred_labels, rows, cols, deltas, block)
     result["morphology"] = M.morphology_metrics(pred_labels, block)
-    result["reference_free"], codes, pairs = _reference_free(tx, gene_pairs, markers)
+    ruler = gene_pair_set(pred_out_url, so, gene_pairs, markers, pairs_file, chip)
+    result["reference_free"], codes, pairs = _reference_free(tx, ruler)
     if ref is not None and ref.labels is not None:
         table = M.contingency(pred_labels, ref.labels, block)
         result["pixel"] = M.pixel_metrics(table)
@@ -225,6 +231,8 @@ def reference_free(
     storage_options: dict | None = None,
     gene_pairs=None,
     markers: str | None = None,
+    pairs_file: str | None = None,
+    chip: str | None = None,
 ) -> dict:
     """MECR, nucleus-cytoplasm r and assigned share of a run, with no reference (see evaluate)."""
     url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
@@ -233,13 +241,14 @@ def reference_free(
     tx = pd.read_parquet(
         url, columns=[K.CELL_ID, K.IN_NUCLEUS, K.GENE], storage_options=storage_options or None
     )
-    return _reference_free(tx, gene_pairs, markers)[0]
+    ruler = gene_pair_set(pred_out_url, storage_options, gene_pairs, markers, pairs_file, chip)
+    return _reference_free(tx, ruler)[0]
 
 
-def _reference_free(tx: pd.DataFrame, gene_pairs, markers) -> tuple[dict, np.ndarray, list]:
+def _reference_free(tx: pd.DataFrame, ruler: PairSet) -> tuple[dict, np.ndarray, list]:
     genes = pd.Categorical(tx[K.GENE])
     codes = genes.codes.astype(np.int64)
-    pairs = _pairs(gene_pairs, markers, list(genes.categories), tx, codes)
+    pairs = ruler.codes(list(genes.categories))
     cells = tx[K.CELL_ID].to_numpy()
     out = {
         **M.mecr(cells, codes, pairs),
@@ -248,23 +257,45 @@ def _reference_free(tx: pd.DataFrame, gene_pairs, markers) -> tuple[dict, np.nda
         ],
         "assigned_share": float((cells > 0).mean()) if len(tx) else 0.0,
         "gene_pairs": [(str(genes.categories[a]), str(genes.categories[b])) for a, b in pairs],
+        "gene_pair_source": ruler.provenance(),
     }
     return out, codes, pairs
 
 
-def _pairs(
-    names, markers, categories: list[str], tx: pd.DataFrame, codes: np.ndarray
-) -> list[tuple[int, int]]:
-    """MECR gene pairs as codes of ``categories``: given by name, from a marker table, or found in the nuclei."""
-    index = {g: i for i, g in enumerate(categories)}
+def run_chip(pred_out_url: str, so=None) -> str | None:
+    """The chip a run read, as its run.json names it (None if it names none)."""
+    url = storage.join(pred_out_url, K.RUN_JSON)
+    if not storage.exists(url, so):
+        return None
+    return storage.read_json(url, so).get("chip")
+
+
+def gene_pair_set(
+    pred_out_url: str, so=None, names=None, markers=None, pairs_file=None, chip=None
+) -> PairSet:
+    """MECR's ruler for a run: given by name, a pair file, a marker table, or the chip's own."""
     if names is not None:
-        return [(index[a], index[b]) for a, b in names if a in index and b in index]
+        return PairSet([(str(a), str(b)) for a, b in names], "names")
+    if pairs_file:
+        return load_pair_file(pairs_file)
     if markers:
         from ..methods.ucs.method import load_markers
 
-        return M.marker_gene_pairs(load_markers(markers, "--markers"), index)
-    nuclei = np.where(tx[K.IN_NUCLEUS].to_numpy(), tx[K.CELL_ID].to_numpy(), 0)
-    return M.exclusive_gene_pairs(nuclei, codes)
+        table = load_markers(markers, "--markers")
+        genes = sorted(set(table.gene))
+        index = {g: i for i, g in enumerate(genes)}
+        pairs = [(genes[a], genes[b]) for a, b in M.marker_gene_pairs(table, index)]
+        return PairSet(pairs, "markers", {"path": markers})
+    chip = chip or run_chip(pred_out_url, so)
+    if chip is not None and storage.exists(storage.join(chip, K.TRANSCRIPTS_PARQUET), so):
+        return chip_gene_pairs(chip, so)
+    # No chip to read: the same rule over the run's transcript table (all of the chip's
+    # transcripts that the run kept; still nothing of the run's nuclei or cells).
+    url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
+    tx = pd.read_parquet(url, columns=[K.X, K.Y, K.GENE], storage_options=so or None)
+    found = pairs_from_transcripts(tx)
+    found.detail = {"transcripts": url, "chip_unreadable": chip, **found.detail}
+    return found
 
 
 def _truth_types(ref_url: str, so) -> pd.Series | None:

@@ -63,7 +63,9 @@ class ClassicalNucleiConfig:
             f"{key}.normalise_percentiles must be two percentiles lo < hi in [0, 100], got {q}",
         )
         pf = self.peak_fraction
-        require(pf is None or 0 < pf < 1, f"{key}.peak_fraction must be in (0, 1) or null, got {pf}")
+        require(
+            pf is None or 0 < pf < 1, f"{key}.peak_fraction must be in (0, 1) or null, got {pf}"
+        )
         require(
             self.intensity_weight >= 0,
             f"{key}.intensity_weight must not be negative, got {self.intensity_weight}",

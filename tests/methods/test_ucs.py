@@ -267,6 +267,7 @@ def test_missing_cell_search_sees_a_speckled_cell_body_through_smoothing():
         ("plateau_patience", -1, "plateau_patience"),
         ("plateau_tol", 1.0, "plateau_tol"),
         ("foreground_gate", "soft", "foreground_gate"),
+        ("coverage", 1.5, "coverage"),
     ],
 )
 def test_bad_config(key, value, fragment):
@@ -556,3 +557,46 @@ def test_chip_densities_add_up_across_tiles_exactly(tmp_path):
     assert (
         chip_background(np.concatenate([one[:4], [1e7]]), 1.5) is None
     )  # too few far bins for the chip
+
+
+def test_coverage_resolves_to_the_distance_holding_that_share(tmp_path):
+    """cells.ucs.coverage: the transcripts' distances to the nearest nucleus add up over any
+    tiling to the one-tile histogram, and the growth it resolves holds that share of them."""
+    import pandas as pd
+
+    from stseg_dist.io.chip import open_chip
+    from stseg_dist.methods.ucs.method import growth_for_coverage, nucleus_distance_histogram
+    from stseg_dist.tiledata import load_tile_data
+    from stseg_dist.tiling import make_grid
+    from tests.conftest import make_blob_chip
+
+    url = make_blob_chip(tmp_path / "chip", n_transcripts=3000)
+    chip = open_chip(url)
+    tx = pd.read_parquet(f"{url}/transcripts.parquet")
+    genes = sorted(tx.gene.astype(str).unique())
+    nuclei = np.zeros(chip.shape_yx, np.uint32)
+    nuclei[20:30, 20:30], nuclei[60:70, 90:100] = 1, 2
+
+    def total(tile_um, halo_um):
+        out = 0
+        for t in make_grid(chip.shape_yx, chip.pixel_size_um, tile_um, halo_um, 16):
+            r0, r1, c0, c1 = t.window
+            data = load_tile_data(chip, t, genes, nuclei[r0:r1, c0:c1])[0]
+            out = out + nucleus_distance_histogram(data, 10.0)
+        return out
+
+    one = total(10_000.0, 0.0)
+    assert one.sum() == len(tx)
+    np.testing.assert_array_equal(total(16.0, 24.0), one)
+    growth = growth_for_coverage(one, 0.05)  # 7% lie within the 10 µm reach
+    # the same share by brute force: distance of each transcript's pixel to the nearest nucleus
+    from scipy import ndimage as ndi
+
+    dist = ndi.distance_transform_edt(nuclei == 0, sampling=chip.pixel_size_um)
+    px = chip.pixel_size_um
+    d = dist[
+        (tx.y / px).astype(int).clip(0, nuclei.shape[0] - 1),
+        (tx.x / px).astype(int).clip(0, nuclei.shape[1] - 1),
+    ]
+    assert (d <= growth + 1e-9).mean() >= 0.05 > (d <= growth - 0.1 - 1e-9).mean()
+    assert growth_for_coverage(one, 0.5) == 10.0  # never past the reach

@@ -73,9 +73,18 @@ class UCSConfig:
     # nuclei.diameter_um) / 2 + 2 µm (a typical cytoplasm and some slack).
     growth_um: float | None = None
     markers: str | None = None  # table of cell types and marker genes
+    # One knob along UCS's own coverage curve: the share of the chip's transcripts its cells may
+    # reach. Resolved from the chip (the distance from the nuclei that holds this share of the
+    # transcripts, at most cells.cell_diameter_um) into growth_um, with the foreground gate off;
+    # null: growth_um and the gate as set.
+    coverage: float | None = None
     seed: int = 0
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
+        require(
+            self.coverage is None or 0 < self.coverage <= 1,
+            f"{key}.coverage must be in (0, 1] or null, got {self.coverage}",
+        )
         require(self.patch_px >= 8, f"{key}.patch_px must be at least 8 bins, got {self.patch_px}")
         require(
             self.growth_um is None or self.growth_um > 0,

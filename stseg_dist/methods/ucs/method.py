@@ -87,7 +87,7 @@ class UCSMethod(TorchMethod):
             binned = bin_tile(data, bin_um, keep)
             patches = _patches_for(binned, data, chosen, size, marker_types)
             if paper:
-                return patches, None, None
+                return patches, None, None, None
             every_gene = (
                 binned if keep is None else bin_tile(data, bin_um)
             )  # densities count every gene
@@ -96,14 +96,19 @@ class UCSMethod(TorchMethod):
                 patches,
                 density_counts(every_gene, data, far_um),
                 np.bincount(own, minlength=n_genes),
+                nucleus_distance_histogram(data, reach_um) if coverage else None,
             )
 
+        coverage, reach_um = self.cfg.coverage, self.reach_um()
         results = ctx.map_tiles(sample, tiles)
-        patches = [p for ps, _, _ in results for p in ps]
-        background = nuclear = per_gene = None
+        patches = [p for r in results for p in r[0]]
+        background = nuclear = per_gene = growth = None
         if not self.paper:
-            counts = np.sum([c for _, c, _ in results], axis=0)
-            per_gene = np.sum([g for _, _, g in results], axis=0)
+            counts = np.sum([r[1] for r in results], axis=0)
+            per_gene = np.sum([r[2] for r in results], axis=0)
+            if coverage:
+                growth = growth_for_coverage(np.sum([r[3] for r in results], axis=0), coverage)
+                log.info(f"UCS coverage {coverage}: cells grow up to {growth:.2f} µm")
             background = chip_background(counts, self.cfg.background_sigma_um / bin_um)
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
             log.info(
@@ -130,6 +135,7 @@ class UCSMethod(TorchMethod):
             "background_per_bin": background,
             "nuclear_per_bin": nuclear,
             "gene_freq": None if self.paper else (per_gene + 1.0) / (per_gene.sum() + n_genes),
+            "growth_um": growth,
         }
 
     def _pos_weight(self) -> float:
@@ -159,13 +165,19 @@ class UCSMethod(TorchMethod):
             "background_per_bin": state.get("background_per_bin"),
             "nuclear_per_bin": state.get("nuclear_per_bin"),
             "hvg_regions": None if state["hvg"] is None else len(state["hvg"]),
+            "growth_um": state.get("growth_um"),
         }
 
     # -- inference ----------------------------------------------------------------------------
     def load(self, state) -> None:
         super().load(state)
         self.fg_threshold = self.cfg.foreground_threshold
-        if self.cfg.foreground_gate == "evidence":  # the trained net's empty-field p, from training
+        if state.get("growth_um") is not None:  # resolved from the chip for cells.ucs.coverage
+            self.growth_bins = state["growth_um"] / self.bin_um
+            self.fg_threshold = 0.0  # the coverage alone says how far cells reach
+        elif (
+            self.cfg.foreground_gate == "evidence"
+        ):  # the trained net's empty-field p, from training
             self.fg_threshold = min(self.fg_threshold, state["train"]["empty_field_foreground"])
 
     def _binned(self, data: TileData):
@@ -245,6 +257,43 @@ class UCSMethod(TorchMethod):
         binned, seeds, _, labels = self._predict(data, with_seeds=True)
         cells = postprocess(labels, seeds)
         return TileResult.from_labels(binned.to_pixels(cells, data.shape).astype(np.uint32))
+
+
+#: Resolution (µm) of the chip-wide histogram of transcript distances to the nearest nucleus.
+DISTANCE_STEP_UM = 0.1
+
+
+def nucleus_distance_histogram(data: TileData, cap_um: float) -> np.ndarray:
+    """Counts of this tile's own transcripts by distance to the nearest nucleus outline (0 inside),
+    in DISTANCE_STEP_UM steps up to ``cap_um``; the last entry holds every farther one.
+
+    Exact for distances up to the halo (the window shows every nucleus that near), and cap_um is
+    the method's reach, within the halo: the chip-wide sum does not depend on the tiling.
+    """
+    from scipy import ndimage as ndi
+
+    n = int(round(cap_um / DISTANCE_STEP_UM)) + 2
+    tx = data.transcripts
+    own = tx.in_core
+    if not own.any():
+        return np.zeros(n, np.int64)
+    if (data.nuclei > 0).any():
+        dist = ndi.distance_transform_edt(data.nuclei == 0, sampling=data.pixel_size_um)
+        d = dist[tx.row[own], tx.col[own]]
+    else:
+        d = np.full(int(own.sum()), np.inf)
+    k = np.minimum(np.ceil(d / DISTANCE_STEP_UM), n - 1).astype(np.int64)
+    return np.bincount(k, minlength=n)
+
+
+def growth_for_coverage(hist: np.ndarray, coverage: float) -> float:
+    """The least distance from a nucleus that holds ``coverage`` of the chip's transcripts (what
+    expansion by that distance would assign), capped at the histogram's reach."""
+    total = hist.sum()
+    if not total:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(hist), coverage * total))
+    return min(k, len(hist) - 2) * DISTANCE_STEP_UM
 
 
 def default_growth_um(config) -> float:
