@@ -56,16 +56,16 @@ def cmd_run(args) -> int:
             reader_options=_reader_options(args) if args.input else None,
             address=args.address,
             local=args.local,
+            spatialdata=not args.no_spatialdata and _spatialdata_possible(args.out),
         )
         _print_summary(summary, time.perf_counter() - t0)
         _report(args.out, args.ref)
-        if not args.no_spatialdata:
-            _spatialdata(args.out, summary["chip"])
+        _spatialdata_written(args.out)
     return 0
 
 
-def _spatialdata(out: str, chip: str) -> None:
-    """OUT/spatialdata.zarr after a run, where the spatialdata extra is installed."""
+def _spatialdata_possible(out: str) -> bool:
+    """Whether the run can write OUT/spatialdata.zarr (its last stage); says why not."""
     import importlib.util
 
     from .io import storage
@@ -75,16 +75,23 @@ def _spatialdata(out: str, chip: str) -> None:
             "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a local copy)",
             file=sys.stderr,
         )
-        return
+        return False
     if importlib.util.find_spec("spatialdata") is None:
         print(
             "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
             file=sys.stderr,
         )
-        return
-    from .export import export_run
+        return False
+    return True
 
-    print(f"spatialdata: {export_run(out, 'spatialdata', chip=chip)}", file=sys.stderr)
+
+def _spatialdata_written(out: str) -> None:
+    from .io import storage
+    from .outputs import SPATIALDATA_ZARR
+
+    path = storage.join(out, SPATIALDATA_ZARR)
+    if storage.exists(path):
+        print(f"spatialdata: {path}", file=sys.stderr)
 
 
 def _report(out: str, ref: str | None) -> None:
@@ -153,10 +160,12 @@ def cmd_demo(args) -> int:
         args.config, {**parse_set(["tiling.tile_size_um=150"]), **parse_set(args.set)}
     )
     out = storage.join(args.out, "run")
-    summary = run_pipeline(chip, out, config, address=args.address)
+    summary = run_pipeline(
+        chip, out, config, address=args.address, spatialdata=_spatialdata_possible(out)
+    )
     _print_summary(summary, time.perf_counter() - t0)
     _report(out, chip)
-    _spatialdata(out, chip)
+    _spatialdata_written(out)
     from .evaluation import evaluate, format_table
 
     print(format_table(evaluate(out, chip)))

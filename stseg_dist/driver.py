@@ -50,6 +50,7 @@ from .lifecycle import Compute, Plugin, PrepareContext
 from .methods import CellMethod, get_method
 from .nuclei import NucleiBackend, get_backend
 from .outputs import (
+    SPATIALDATA_ZARR,
     cells_table,
     concat_transcripts,
     create_labels,
@@ -96,6 +97,7 @@ class Run:
     grid: TileGrid
     ex: Any
     resume: bool = True
+    spatialdata: bool = False  # write OUT/spatialdata.zarr as the run's last stage
     times: dict[str, float] = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -106,10 +108,13 @@ class Run:
     tile_seconds: dict[int, float] = field(default_factory=dict)  # cell pass, per finished tile
 
     @contextmanager
-    def timed(self, stage: str):
+    def timed(self, stage: str, add: bool = False):
+        """Time the block as ``stage``; ``add`` adds it to the stage's earlier seconds."""
         t0 = time.perf_counter()
         yield
-        self.times[stage] = time.perf_counter() - t0
+        self.times[stage] = (self.times.get(stage, 0.0) if add else 0.0) + (
+            time.perf_counter() - t0
+        )
 
     def resources(self, stage: str, plugin: Plugin | None = None) -> StageResources:
         """``resources.<stage>`` over the plugin's declared compute (tasks when no plugin)."""
@@ -139,6 +144,7 @@ def run_pipeline(
     storage_options: dict | None = None,
     local: bool = False,
     resume: bool = True,
+    spatialdata: bool = False,
 ) -> dict[str, Any]:
     """Segment a whole chip and write the outputs to ``out_url``; return the run summary.
 
@@ -153,7 +159,7 @@ def run_pipeline(
     if out_url is None or (chip_url is None) == (input is None):
         raise InputError("run_pipeline needs an output and exactly one of a chip or an input")
     storage_options = dict(storage_options or {})
-    how = {"address": address, "local": local, "resume": resume}
+    how = {"address": address, "local": local, "resume": resume, "spatialdata": spatialdata}
     if input is None:
         return _run(chip_url, out_url, _config(config, {}), storage_options, **how)
     with runlock.hold(out_url, storage_options):  # the conversion into OUT/_work is this run's too
@@ -204,6 +210,7 @@ def _run(
     address: str | None,
     local: bool,
     resume: bool,
+    spatialdata: bool = False,
 ) -> dict[str, Any]:
     redact.register(
         config.to_dict(), {"storage_options": storage_options}
@@ -220,7 +227,16 @@ def _run(
         out_url, storage_options
     ):  # one run at a time per OUT: a second one refuses, naming the lock
         summary = _run_locked(
-            chip, out_url, config, storage_options, method, backend, address, local, resume
+            chip,
+            out_url,
+            config,
+            storage_options,
+            method,
+            backend,
+            address,
+            local,
+            resume,
+            spatialdata,
         )
         summary["started"] = started
         summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
@@ -247,6 +263,7 @@ def _run_locked(
     address: str | None,
     local: bool,
     resume: bool,
+    spatialdata: bool = False,
 ) -> dict[str, Any]:
     grid = make_grid(
         chip.shape_yx,
@@ -266,7 +283,9 @@ def _run_locked(
             config.runtime.progress,
             config.runtime.fail_fast,
         )
-    run = Run(chip, out_url, config, storage_options, method, backend, grid, ex, resume)
+    run = Run(
+        chip, out_url, config, storage_options, method, backend, grid, ex, resume, spatialdata
+    )
     try:
         summary = _run_passes(run)
     finally:
@@ -293,6 +312,13 @@ def _run_passes(run: Run) -> dict:
         _cells(run, ctx)
     with run.timed("outputs"):
         complete = _reduce(run, ctx, scan.n_rows)
+    if complete and run.spatialdata:
+        with run.timed("spatialdata"):
+            _spatialdata(run, ctx)
+    with run.timed("outputs", add=True), run.timed("outputs.publish"):
+        publish(
+            ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
+        )
     return _summary(run, ctx, complete)
 
 
@@ -405,22 +431,30 @@ def _cells(run: Run, ctx: stages.RunContext) -> None:
 
 
 def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
-    """Per-tile partials into the output files, published into OUT; True when the run is complete."""
+    """Per-tile partials into the output files in staging; True when the run is complete.
+
+    Each output is timed on its own in run.json (``outputs.boundaries``, ``outputs.tables``,
+    ``outputs.anndata``, ``outputs.publish``; ``spatialdata`` is a stage of its own), so a
+    benchmark can say which one costs what.
+    """
     storage_options, work, chip = run.storage_options, ctx.work, run.chip
     staging = work.url(ctx.stage("staging"))
     cells_done = sorted(work.done(ctx.stage(stages.CELLS)))
-    parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
-    ids, sums, counts = reduce_cells(parts, len(ctx.genes))
-    df = cells_table(ids, sums, counts, chip.pixel_size_um, chip.origin_um, run.counts["n_nuclei"])
-    run.failed += write_boundaries(
-        run.ex, ctx, ids, sums, staging
-    )  # GeoParquet outlines, per owning tile
-    write_parquet(df, storage.join(staging, K.CELLS_PARQUET), storage_options)
-    run.counts["n_transcripts_written"] = concat_transcripts(
-        [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
-        storage.join(staging, K.TRANSCRIPTS_PARQUET),
-        storage_options,
-    )
+    with run.timed("outputs.tables"):
+        parts = [work.load_npz(ctx.stage(stages.CELLS), i) for i in cells_done]
+        ids, sums, counts = reduce_cells(parts, len(ctx.genes))
+        df = cells_table(
+            ids, sums, counts, chip.pixel_size_um, chip.origin_um, run.counts["n_nuclei"]
+        )
+    with run.timed("outputs.boundaries"):  # GeoParquet outlines, per owning tile
+        run.failed += write_boundaries(run.ex, ctx, ids, sums, staging)
+    with run.timed("outputs.tables", add=True):
+        write_parquet(df, storage.join(staging, K.CELLS_PARQUET), storage_options)
+        run.counts["n_transcripts_written"] = concat_transcripts(
+            [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells_done],
+            storage.join(staging, K.TRANSCRIPTS_PARQUET),
+            storage_options,
+        )
     n_tx = int(sum(int(p["n_transcripts"]) for p in parts))
     n_assigned = int(sum(int(p["n_assigned"]) for p in parts))
     complete = not run.failed and len(cells_done) == len(run.grid)
@@ -434,17 +468,43 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
         n_unassigned=n_tx - n_assigned,
         n_cells=int(len(ids)),
     )
-    write_h5ad(
-        df,
-        counts,
-        ctx.genes,
-        storage.join(staging, K.CELLS_H5AD),
-        storage_options,
-        {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
-    )
-    publish(staging, run.out_url, storage_options, keep=not complete)
+    with run.timed("outputs.anndata"):
+        write_h5ad(
+            df,
+            counts,
+            ctx.genes,
+            storage.join(staging, K.CELLS_H5AD),
+            storage_options,
+            {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
+        )
     run.tile_seconds = {int(i): float(p["seconds"]) for i, p in zip(cells_done, parts)}
     return complete
+
+
+def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
+    """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
+    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not."""
+    import importlib.util
+    from pathlib import Path
+
+    if storage.is_remote(run.out_url):
+        run.warn(
+            "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a "
+            "local copy)"
+        )
+        return
+    if importlib.util.find_spec("spatialdata") is None:
+        run.warn(
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)"
+        )
+        return
+    from .export._run import RunFiles
+    from .export.spatialdata import write_spatialdata
+
+    staging = Path(ctx.work.url(ctx.stage("staging")))
+    target = staging / SPATIALDATA_ZARR
+    storage.remove(str(target), run.storage_options)
+    write_spatialdata(RunFiles(staging, {}, run.chip), target)
 
 
 def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:

@@ -19,6 +19,9 @@ import scipy.sparse as sp
 from . import constants as K
 from .io import storage
 
+#: The SpatialData store a run writes with ``spatialdata=True`` (``stseg run`` by default).
+SPATIALDATA_ZARR = "spatialdata.zarr"
+
 FINAL_OUTPUTS = (
     K.LABELS_ZARR,
     K.CELLS_PARQUET,
@@ -26,6 +29,7 @@ FINAL_OUTPUTS = (
     K.CELLS_H5AD,
     K.CELL_BOUNDARIES_PARQUET,
     K.NUCLEUS_BOUNDARIES_PARQUET,
+    SPATIALDATA_ZARR,
 )
 
 

@@ -100,3 +100,45 @@ def test_everything_is_in_um(exported):
     for cid in tx.cell_id[tx.cell_id > 0].unique()[:10]:
         pts = tx[tx.cell_id == cid]
         assert shapely.covers(shapes.geometry.loc[cid], shapely.points(pts.x, pts.y)).all()
+
+
+def test_the_run_writes_the_store_as_a_stage(exported, small_run, tmp_path):
+    """``run_pipeline(spatialdata=True)`` writes OUT/spatialdata.zarr inside the run's clock (a
+    stage of its own in run.json), holding exactly what ``stseg export`` writes from the run."""
+    from stseg_dist.driver import run_pipeline
+    from tests.outputs.conftest import small_tiles_config
+
+    chip, _ = small_run
+    run, exported_sdata = exported
+    out = tmp_path / "run"
+    summary = run_pipeline(str(chip), str(out), small_tiles_config(), local=True, spatialdata=True)
+    assert summary["stage_seconds"]["spatialdata"] > 0
+    assert {"outputs.boundaries", "outputs.tables", "outputs.anndata"} <= set(
+        summary["stage_seconds"]
+    )
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # nothing left half-written
+    staged = sd.read_zarr(out / "spatialdata.zarr")
+    assert_same_store(staged, exported_sdata)
+
+
+def assert_same_store(a, b) -> None:
+    """Two SpatialData objects hold the same elements, arrays, shapes, points and table."""
+    import shapely
+
+    for kind in ("images", "labels", "shapes", "points", "tables"):
+        assert set(getattr(a, kind)) == set(getattr(b, kind)), kind
+    for name in (*a.images, *a.labels):
+        np.testing.assert_array_equal(_full(a[name]), _full(b[name]))
+    for name in a.shapes:
+        assert a[name].index.tolist() == b[name].index.tolist()
+        assert (
+            shapely.to_wkb(a[name].geometry.values) == shapely.to_wkb(b[name].geometry.values)
+        ).all()
+    for name in a.points:
+        pa_, pb = a[name].compute(), b[name].compute()
+        pd.testing.assert_frame_equal(pa_, pb)
+    for name in a.tables:
+        ta, tb = a[name], b[name]
+        pd.testing.assert_frame_equal(ta.obs, tb.obs)
+        assert (ta.X != tb.X).nnz == 0 and list(ta.var_names) == list(tb.var_names)
+        assert ta.uns["spatialdata_attrs"] == tb.uns["spatialdata_attrs"]
