@@ -113,6 +113,8 @@ def _print_summary(summary: dict, seconds: float) -> None:
 def cmd_synth(args) -> int:
     from .synth import HARD, synth_chip
 
+    if args.source is not None:
+        return _synth_from(args)
     transform = None
     if args.stain_transform is not None:
         try:
@@ -137,6 +139,30 @@ def cmd_synth(args) -> int:
         track_lines=args.track_lines,
         stain_transform=transform,
         **(HARD if args.hard else {}),
+    )
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _synth_from(args) -> int:
+    from .synth_from import synth_from
+
+    generator_only = {
+        "--seed": args.seed != 0,
+        "--pixel-size-um": args.pixel_size_um != 0.5,
+        "--membrane": args.membrane,
+        "--vendor-nuclei": args.vendor_nuclei,
+        "--track-lines": args.track_lines,
+        "--stain-transform": args.stain_transform is not None,
+        "--hard": args.hard,
+    }
+    given = [k for k, v in generator_only.items() if v]
+    if given:
+        raise ConfigError(
+            f"stseg synth --from tiles a real crop; {', '.join(given)} only apply to generated chips"
+        )
+    info = synth_from(
+        args.source, args.out, args.width_um, args.height_um, overwrite=args.overwrite
     )
     print(json.dumps(info, indent=2, default=str))
     return 0
@@ -287,8 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("synth", help="write a generated chip with ground truth")
+    s = sub.add_parser(
+        "synth",
+        help="write a generated chip with ground truth, or (--from) a slide tiled from a real crop",
+    )
     s.add_argument("--out", required=True, help="output chip folder or URL")
+    s.add_argument(
+        "--from",
+        dest="source",
+        metavar="BUNDLE_OR_CHIP",
+        help="tile this real crop (a chip, or a vendor bundle with an image) into a slide of "
+        "--width-um x --height-um, alternate copies mirrored, vendor references renumbered per copy",
+    )
     s.add_argument("--width-um", type=float, required=True, help="chip width in µm")
     s.add_argument("--height-um", type=float, required=True, help="chip height in µm")
     s.add_argument("--seed", type=int, default=0, help="random seed")
