@@ -161,7 +161,7 @@ def run_once(
     if not local:
         import ray
 
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR")
     try:
         with RSSSampler() as rss:
             t0 = time.perf_counter()
