@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 import importlib.metadata as md
 import json
 import logging
@@ -310,6 +311,7 @@ def _run_passes(run: Run) -> dict:
             _seeds(run, ctx)
     with run.timed("cells"):
         _cells(run, ctx)
+    _import_in_background(run)  # while the driver waits for the boundary tiles
     with run.timed("outputs"):
         complete = _reduce(run, ctx, scan.n_rows)
     if complete and run.spatialdata:
@@ -479,6 +481,32 @@ def _reduce(run: Run, ctx: stages.RunContext, n_input: int) -> bool:
         )
     run.tile_seconds = {int(i): float(p["seconds"]) for i, p in zip(cells_done, parts)}
     return complete
+
+
+def _import_in_background(run: Run) -> None:
+    """Import the output writers' libraries (anndata; spatialdata when the store is written) in
+    a thread: seconds of imports the driver would otherwise spend after the tiles finish."""
+    import importlib.util
+    import threading
+
+    names = ["anndata"] + (["spatialdata"] * bool(run.spatialdata))
+
+    def load():
+        import warnings
+
+        # spatialdata's dependency xarray-schema imports pkg_resources, which warns on import
+        warnings.filterwarnings(
+            "ignore", message="pkg_resources is deprecated", category=UserWarning
+        )
+        for name in names:
+            if importlib.util.find_spec(name) is None:
+                continue
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the writer itself reports a broken import
+                return
+
+    threading.Thread(target=load, name="stseg-import-writers", daemon=True).start()
 
 
 def _spatialdata(run: Run, ctx: stages.RunContext) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import constants as K
 from ..errors import InputError
+from ..io import storage
 from ._run import RunFiles
 
 IMAGE = "image"
@@ -141,16 +142,26 @@ def transcripts_frame(url: Path, genes: list[str]):
     import pandas as pd
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     pf = pq.ParquetFile(url)
+    names = pf.schema_arrow.names
     groups = [i for i in range(pf.num_row_groups) if pf.metadata.row_group(i).num_rows > 0]
     sizes = [pf.metadata.row_group(i).num_rows for i in groups]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     dtype = pd.CategoricalDtype(genes)
 
     def read(k: int) -> pd.DataFrame:
-        df = pq.ParquetFile(url).read_row_group(groups[k]).to_pandas()
+        table = pq.ParquetFile(url).read_row_group(groups[k])
+        gene = table.column(K.GENE).cast(pa.string()).dictionary_encode().combine_chunks()
+        table = table.drop_columns([K.GENE])
+        df = table.to_pandas()
         df.index = pd.RangeIndex(int(offsets[k]), int(offsets[k + 1]))
-        df[K.GENE] = df[K.GENE].astype(str).astype(dtype)
+        # genes as codes of the run's vocabulary, without a string pass over every transcript
+        codes = dtype.categories.get_indexer(gene.dictionary.to_pandas())[
+            gene.indices.to_numpy(zero_copy_only=False)
+        ]
+        df.insert(names.index(K.GENE), K.GENE, pd.Categorical.from_codes(codes, dtype=dtype))
         return df
 
     meta = pf.schema_arrow.empty_table().to_pandas()
@@ -166,12 +177,22 @@ def transcripts_frame(url: Path, genes: list[str]):
 def write_spatialdata(files: RunFiles, path: Path) -> None:
     """Write the run's SpatialData object to ``path`` (a new folder)."""
     sdata = build(files)
-    write(sdata, Path(path))
+    sources = {
+        CELL_LABELS: files.path(K.LABELS_ZARR) / K.LABELS_CELLS,
+        NUCLEUS_LABELS: files.path(K.LABELS_ZARR) / K.LABELS_NUCLEI,
+    }
+    image = files.chip.image
+    if image.format == "zarr" and not storage.is_remote(image.url):
+        sources[IMAGE] = Path(image.url)
+    write(sdata, Path(path), sources)
 
 
-def write(sdata, path: Path) -> None:
+def write(sdata, path: Path, sources: dict[str, Path] | None = None) -> None:
     """``sdata.write``, except that rasters go through spatialdata's element writer with flat
-    chunk sizes.
+    chunk sizes, and a raster whose ``sources`` array (a local zarr array holding the same data)
+    is stored exactly as the element would be (same chunks, codecs and chunk keys) has its chunk
+    files copied as they are, in parallel, instead of decoded and encoded again: the same array,
+    without a pass over its pixels.
 
     spatialdata 0.7.0 (the only release that installs with the pinned dask 2026.8) hands dask's
     per-block chunk tuples to ome-zarr, which zarr 3 refuses ("Expected an iterable of
@@ -196,11 +217,84 @@ def write(sdata, path: Path) -> None:
             for name, element in elements.items():
                 chunks = tuple(int(c[0]) for c in element.data.chunks)
                 root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
+                source = (sources or {}).get(name)
+                # the array is created either way; its pixels are written here unless copied
+                compute = source is None or not _same_layout(source, element)
+                opts = {"storage_options": {"chunks": chunks}, "compute": compute}
                 if kind == "images":
-                    write_image(element, group, name, storage_options={"chunks": chunks})
+                    write_image(element, group, name, **opts)
                 else:
-                    write_labels(element, root, name, storage_options={"chunks": chunks})
+                    write_labels(element, root, name, **opts)
+                if not compute:
+                    _copy_chunks(source, _array_path(path / kind / name))
         rest.write_consolidated_metadata()
+
+
+_LAYOUT_KEYS = ("data_type", "chunk_key_encoding", "codecs", "fill_value", "zarr_format")
+
+
+def _same_layout(source: Path, element) -> bool:
+    """Whether the zarr array at ``source`` holds ``element``'s pixels in the chunks, codecs and
+    chunk keys the element is written with (a 2-D source for a one-channel image too)."""
+    import json
+
+    try:
+        meta = json.loads((Path(source) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    data = element.data
+    shape = tuple(meta.get("shape", ()))
+    chunk = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
+    want_chunk = tuple(int(c[0]) for c in data.chunks)
+    if len(shape) == data.ndim - 1 and data.shape[0] == 1:  # (y, x) source, (c, y, x) element
+        shape, chunk = (1, *shape), (1, *chunk)
+    expected = {
+        "data_type": str(data.dtype),
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "codecs": [
+            {"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": 0, "checksum": False}},
+        ],
+        "fill_value": 0,
+        "zarr_format": 3,
+    }
+    return (
+        shape == tuple(data.shape)
+        and chunk == want_chunk
+        and all(meta.get(k) == v for k, v in expected.items())
+    )
+
+
+def _array_path(element_root: Path) -> Path:
+    """The full-resolution array of a raster element written by ome-zarr (its first dataset)."""
+    import json
+
+    attrs = json.loads((element_root / "zarr.json").read_text())["attributes"]
+    multiscales = attrs.get("ome", attrs).get("multiscales")
+    return element_root / multiscales[0]["datasets"][0]["path"]
+
+
+def _copy_chunks(source: Path, target: Path) -> None:
+    """Copy every stored chunk file of ``source`` into ``target`` (a 2-D source's chunk keys
+    under channel 0 of a one-channel target), with a thread per core."""
+    import json
+    import os
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    src_nd = len(json.loads((Path(source) / "zarr.json").read_text())["shape"])
+    dst_nd = len(json.loads((target / "zarr.json").read_text())["shape"])
+    prefix = ("0",) * (dst_nd - src_nd)
+    root = Path(source) / "c"
+    pairs = []
+    for dirpath, _, names in os.walk(root):
+        rel = Path(dirpath).relative_to(root).parts
+        for name in names:
+            pairs.append((Path(dirpath) / name, target.joinpath("c", *prefix, *rel, name)))
+    for d in {dst.parent for _, dst in pairs}:
+        d.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        list(pool.map(lambda p: shutil.copyfile(*p), pairs))
 
 
 def _shape(element) -> list[int]:
