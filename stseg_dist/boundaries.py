@@ -68,7 +68,31 @@ def label_polygons(
     origin_um: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Outlines (in µm) of the labels ``ids`` present in ``lab``, whose pixel (0, 0) is global
-    pixel ``offset_rc``; returns (sorted ids found, geometries)."""
+    pixel ``offset_rc``; returns (sorted ids found, geometries).
+
+    Traced from the label raster's pixel edges (:func:`traced_outlines`); a cell whose pixels are
+    not one 4-connected piece, or touch themselves at a corner, is the union of its pixel runs
+    (:func:`union_outlines`, the reference both are tested against). Geometries are normalised
+    (shapely.normalize), so the same pixels always give the same bytes.
+    """
+    found, geoms, rest = traced_outlines(lab, ids)
+    if len(rest):
+        more, extra = union_outlines(lab, rest)
+        found, geoms = np.concatenate([found, more]), np.concatenate([geoms, extra])
+        order = np.argsort(found, kind="stable")
+        found, geoms = found[order], geoms[order]
+    if len(found) == 0:
+        return np.zeros(0, np.int64), np.empty(0, object)
+    ps = float(pixel_size_um)
+    shift = np.array([offset_rc[1], offset_rc[0]], float)
+    x0, y0 = float(origin_um[0]), float(origin_um[1])
+    geoms = shapely.transform(geoms, lambda xy: (xy + shift) * ps + np.array([x0, y0]))
+    return found.astype(np.int64), shapely.normalize(geoms)
+
+
+def union_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Outlines of ``ids`` in ``lab`` in its pixel coordinates: the union of each label's pixel
+    runs (exact but slow: a GEOS overlay per cell)."""
     val, rows, c0, c1 = pixel_runs(lab)
     keep = np.isin(val, ids)
     val, rows, c0, c1 = val[keep], rows[keep], c0[keep], c1[keep]
@@ -76,16 +100,90 @@ def label_polygons(
         return np.zeros(0, np.int64), np.empty(0, object)
     order = np.argsort(val, kind="stable")
     val, rows, c0, c1 = val[order], rows[order], c0[order], c1[order]
-    r0, cc0 = offset_rc
-    # Union in integer pixel coordinates (exact), then one affine map to µm.
-    boxes = shapely.box(c0 + cc0, rows + r0, c1 + cc0, rows + r0 + 1)
+    boxes = shapely.box(c0, rows, c1, rows + 1)
     found, first = np.unique(val, return_index=True)
     geoms = np.array([shapely.union_all(g) for g in np.split(boxes, first[1:])], dtype=object)
-    geoms = shapely.simplify(geoms, 0.0)  # drops the collinear vertices where runs met
-    ps = float(pixel_size_um)
-    x0, y0 = float(origin_um[0]), float(origin_um[1])
-    geoms = shapely.transform(geoms, lambda xy: xy * ps + np.array([x0, y0]))
-    return found.astype(np.int64), geoms
+    return found.astype(np.int64), shapely.simplify(geoms, 0.0)  # drops collinear vertices
+
+
+def traced_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Outlines of ``ids`` in ``lab`` in its pixel coordinates, traced along pixel edges for all
+    cells at once (numpy; no overlay): (ids traced, polygons, ids left to :func:`union_outlines`).
+
+    Every pixel edge between a cell and anything else is a directed unit edge with the cell on
+    its right; each edge's successor starts where it ends, so the edges form rings (found by
+    pointer jumping, ordered by list ranking). A ring of positive area is a shell, of negative
+    area a hole. Cells with one shell become a Polygon with their holes; a cell with two shells
+    or a corner where two of its edges start (pixels touching diagonally) is left to the union.
+    """
+    lab = np.asarray(lab)
+    empty = np.zeros(0, np.int64)
+    uniq, inv = np.unique(np.where(np.isin(lab, ids), lab, 0), return_inverse=True)
+    if uniq[-1] == 0:
+        return empty, np.empty(0, object), empty
+    cid = np.pad(inv.reshape(lab.shape).astype(np.int64), 1)  # compact ids; 0 = other
+    h, w = cid.shape
+    hr, hc = np.nonzero(cid[1:, :] != cid[:-1, :])
+    hr += 1  # a horizontal edge at the top of row hr
+    vr, vc = np.nonzero(cid[:, 1:] != cid[:, :-1])
+    vc += 1  # a vertical edge at the left of column vc
+    below, above, right, left = cid[hr, hc], cid[hr - 1, hc], cid[vr, vc], cid[vr, vc - 1]
+    parts = [  # (cell, x0, y0, x1, y1), the cell on the right (y down)
+        (below, hc, hr, hc + 1, hr),
+        (above, hc + 1, hr, hc, hr),
+        (right, vc, vr + 1, vc, vr),
+        (left, vc, vr, vc, vr + 1),
+    ]
+    masks = [p[0] > 0 for p in parts]
+    cell, x0, y0, x1, y1 = (
+        np.concatenate([p[k][m] for p, m in zip(parts, masks)]) for k in range(5)
+    )
+    n = len(cell)
+    start = (cell * (h + 1) + y0) * (w + 1) + x0
+    end = (cell * (h + 1) + y1) * (w + 1) + x1
+    order = np.argsort(start, kind="stable")
+    start_sorted = start[order]
+    fallback = np.zeros(len(uniq), bool)
+    fallback[cell[order][1:][start_sorted[1:] == start_sorted[:-1]]] = True  # corner touch
+    succ = order[np.searchsorted(start_sorted, end)]
+    idx = np.arange(n)
+    steps = int(np.ceil(np.log2(max(n, 2)))) + 1
+    ring, nxt = idx.copy(), succ.copy()
+    for _ in range(steps):  # each edge's ring: the smallest edge index on its cycle
+        ring = np.minimum(ring, ring[nxt])
+        nxt = nxt[nxt]
+    last = succ == ring  # the edge that closes its ring
+    nxt = np.where(last, idx, succ)
+    rank = (~last).astype(np.int64)
+    for _ in range(steps):  # list ranking: edges from the ring's first
+        rank = rank + rank[nxt]
+        nxt = nxt[nxt]
+    o = np.lexsort((-rank, ring))
+    ring, cell, xs, ys = ring[o], cell[o], x0[o], y0[o]
+    dx, dy = x1[o] - xs, y1[o] - ys
+    first = np.r_[True, ring[1:] != ring[:-1]]
+    starts = np.flatnonzero(first)
+    prev = idx - 1
+    prev[starts] = np.r_[starts[1:], n] - 1
+    corner = (dx != dx[prev]) | (dy != dy[prev])  # collinear vertices dropped
+    ring_k = np.cumsum(first) - 1
+    shell = np.bincount(ring_k, weights=xs * (ys + dy) - (xs + dx) * ys) > 0  # shoelace
+    ring_cell = cell[starts]
+    fallback |= np.bincount(ring_cell[shell], minlength=len(uniq)) != 1
+    fallback[0] = False
+    ok = np.flatnonzero(~fallback[ring_cell])
+    ok = ok[np.lexsort((~shell[ok], ring_cell[ok]))]  # per cell: its shell, then its holes
+    slot = np.full(len(starts), -1)
+    slot[ok] = np.arange(len(ok))
+    keep = corner & (slot[ring_k] >= 0)
+    vring = slot[ring_k[keep]]
+    vo = np.argsort(vring, kind="stable")
+    coords = np.stack([xs[keep][vo], ys[keep][vo]], 1).astype(float) - 1.0  # unpad
+    rings = shapely.linearrings(coords, indices=vring[vo])
+    traced, which = np.unique(ring_cell[ok], return_inverse=True)
+    polys = shapely.polygons(rings, indices=which)
+    rest = uniq[np.flatnonzero(fallback)]
+    return uniq[traced].astype(np.int64), np.asarray(polys, dtype=object), rest.astype(np.int64)
 
 
 def owner_jobs(

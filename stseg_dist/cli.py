@@ -70,16 +70,16 @@ def cmd_run(args) -> int:
             address=args.address,
             local=args.local,
             overwrite=args.overwrite,
+            spatialdata=not args.no_spatialdata and _spatialdata_possible(out),
         )
         _print_summary(summary, time.perf_counter() - t0)
         _report(out, args.ref)
-        if not args.no_spatialdata:
-            _spatialdata(out, summary["chip"])
+        _spatialdata_written(out)
     return 0
 
 
-def _spatialdata(out: str, chip: str) -> None:
-    """OUT/spatialdata.zarr after a run, where the spatialdata extra is installed."""
+def _spatialdata_possible(out: str) -> bool:
+    """Whether the run can write OUT/spatialdata.zarr (its last stage); says why not."""
     import importlib.util
 
     from .io import storage
@@ -89,16 +89,23 @@ def _spatialdata(out: str, chip: str) -> None:
             "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a local copy)",
             file=sys.stderr,
         )
-        return
+        return False
     if importlib.util.find_spec("spatialdata") is None:
         print(
             "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
             file=sys.stderr,
         )
-        return
-    from .export import export_run
+        return False
+    return True
 
-    print(f"spatialdata: {export_run(out, 'spatialdata', chip=chip)}", file=sys.stderr)
+
+def _spatialdata_written(out: str) -> None:
+    from .io import storage
+    from .outputs import SPATIALDATA_ZARR
+
+    path = storage.join(out, SPATIALDATA_ZARR)
+    if storage.exists(path):
+        print(f"spatialdata: {path}", file=sys.stderr)
 
 
 def _report(out: str, ref: str | None) -> None:
@@ -120,6 +127,8 @@ def _print_summary(summary: dict, seconds: float) -> None:
 def cmd_synth(args) -> int:
     from .synth import HARD, synth_chip
 
+    if args.source is not None:
+        return _synth_from(args)
     transform = None
     if args.stain_transform is not None:
         try:
@@ -149,6 +158,30 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _synth_from(args) -> int:
+    from .synth_from import synth_from
+
+    generator_only = {
+        "--seed": args.seed != 0,
+        "--pixel-size-um": args.pixel_size_um != 0.5,
+        "--membrane": args.membrane,
+        "--vendor-nuclei": args.vendor_nuclei,
+        "--track-lines": args.track_lines,
+        "--stain-transform": args.stain_transform is not None,
+        "--hard": args.hard,
+    }
+    given = [k for k, v in generator_only.items() if v]
+    if given:
+        raise ConfigError(
+            f"stseg synth --from tiles a real crop; {', '.join(given)} only apply to generated chips"
+        )
+    info = synth_from(
+        args.source, args.out, args.width_um, args.height_um, overwrite=args.overwrite
+    )
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .config import load_config, parse_set
     from .driver import run_pipeline
@@ -167,10 +200,12 @@ def cmd_demo(args) -> int:
         args.config, {**parse_set(["tiling.tile_size_um=150"]), **parse_set(args.set)}
     )
     out = storage.join(args.out, "run")
-    summary = run_pipeline(chip, out, config, address=args.address)
+    summary = run_pipeline(
+        chip, out, config, address=args.address, spatialdata=_spatialdata_possible(out)
+    )
     _print_summary(summary, time.perf_counter() - t0)
     _report(out, chip)
-    _spatialdata(out, chip)
+    _spatialdata_written(out)
     from .evaluation import evaluate, format_table
 
     print(format_table(evaluate(out, chip)))
@@ -347,8 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("synth", help="write a generated chip with ground truth")
+    s = sub.add_parser(
+        "synth",
+        help="write a generated chip with ground truth, or (--from) a slide tiled from a real crop",
+    )
     s.add_argument("--out", required=True, help="output chip folder or URL")
+    s.add_argument(
+        "--from",
+        dest="source",
+        metavar="BUNDLE_OR_CHIP",
+        help="tile this real crop (a chip, or a vendor bundle with an image) into a slide of "
+        "--width-um x --height-um, alternate copies mirrored, vendor references renumbered per copy",
+    )
     s.add_argument("--width-um", type=float, required=True, help="chip width in µm")
     s.add_argument("--height-um", type=float, required=True, help="chip height in µm")
     s.add_argument("--seed", type=int, default=0, help="random seed")

@@ -50,6 +50,7 @@ from .lifecycle import Plugin, PrepareContext, Resources
 from .methods import CellMethod, get_method
 from .nuclei import NucleiBackend, choose_backend, get_backend
 from .outputs import (
+    SPATIALDATA_ZARR,
     cells_table,
     concat_transcripts,
     create_labels,
@@ -97,6 +98,7 @@ class Run:
     grid: TileGrid
     ex: Any
     resume: bool = True
+    spatialdata: bool = False  # write OUT/spatialdata.zarr as the run's last stage
     times: dict[str, float] = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -107,11 +109,13 @@ class Run:
     tile_seconds: dict[int, float] = field(default_factory=dict)  # cell pass, per finished tile
 
     @contextmanager
-    def timed(self, stage: str):
-        """Time a pass (added up where a stage is timed in parts)."""
+    def timed(self, stage: str, add: bool = False):
+        """Time the block as ``stage``; ``add`` adds it to the stage's earlier seconds."""
         t0 = time.perf_counter()
         yield
-        self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
+        self.times[stage] = (self.times.get(stage, 0.0) if add else 0.0) + (
+            time.perf_counter() - t0
+        )
 
     def resources(self, stage: str, plugin: Plugin | None = None) -> Resources:
         """``resources.<stage>`` over the plugin's declared resources (tasks when no plugin)."""
@@ -138,6 +142,7 @@ def run_pipeline(
     local: bool = False,
     resume: bool = True,
     overwrite: bool = False,
+    spatialdata: bool = False,
 ) -> dict[str, Any]:
     """Segment a whole chip and write the outputs to ``out_url``; return the run summary.
 
@@ -152,7 +157,7 @@ def run_pipeline(
     if out_url is None or (chip_url is None) == (input is None):
         raise InputError("run_pipeline needs an output and exactly one of a chip or an input")
     storage_options = dict(storage_options or {})
-    how = {"address": address, "local": local, "resume": resume}
+    how = {"address": address, "local": local, "resume": resume, "spatialdata": spatialdata}
     # absolute locations: run.json names them, and exports read them from any directory
     out_url = storage.absolute(out_url)
     chip_url = (
@@ -220,6 +225,7 @@ def _run(
     address: str | None,
     local: bool,
     resume: bool,
+    spatialdata: bool = False,
 ) -> dict[str, Any]:
     redact.register(
         config.to_dict(), {"storage_options": storage_options}
@@ -237,7 +243,16 @@ def _run(
         out_url, storage_options
     ):  # one run at a time per OUT: a second one refuses, naming the lock
         summary = _run_locked(
-            chip, out_url, config, storage_options, method, backend, address, local, resume
+            chip,
+            out_url,
+            config,
+            storage_options,
+            method,
+            backend,
+            address,
+            local,
+            resume,
+            spatialdata,
         )
         summary["nuclei"] = nuclei_choice
         summary["started"] = started
@@ -265,6 +280,7 @@ def _run_locked(
     address: str | None,
     local: bool,
     resume: bool,
+    spatialdata: bool = False,
 ) -> dict[str, Any]:
     grid = make_grid(
         chip.shape_yx,
@@ -284,7 +300,9 @@ def _run_locked(
             config.runtime.progress,
             config.runtime.fail_fast,
         )
-    run = Run(chip, out_url, config, storage_options, method, backend, grid, ex, resume)
+    run = Run(
+        chip, out_url, config, storage_options, method, backend, grid, ex, resume, spatialdata
+    )
     try:
         summary = _run_passes(run)
     finally:
@@ -309,12 +327,21 @@ def _run_passes(run: Run) -> dict:
             _seeds(run, ctx)
     with run.timed("cells"):
         _cells(run, ctx)
+    _import_in_background(run)  # while the driver waits for the boundary tiles
     with run.timed("outputs"):
-        cells = _cell_table(run, ctx)
-    with run.timed("boundaries"):
+        with run.timed("outputs.tables"):
+            cells = _cell_table(run, ctx)
+    with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
         _boundaries(run, ctx, cells)
-    with run.timed("outputs"):
+    with run.timed("outputs", add=True):
         complete = _write_outputs(run, ctx, cells, scan.n_rows)
+    if complete and run.spatialdata:
+        with run.timed("spatialdata"):
+            _spatialdata(run, ctx)
+    with run.timed("outputs", add=True), run.timed("outputs.publish"):
+        publish(
+            ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
+        )
     return _summary(run, ctx, complete)
 
 
@@ -469,12 +496,13 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
     is complete."""
     storage_options, work, chip = run.storage_options, ctx.work, run.chip
     staging = work.url(ctx.stage("staging"))
-    write_parquet(cells.df, storage.join(staging, K.CELLS_PARQUET), storage_options)
-    run.counts["n_transcripts_written"] = concat_transcripts(
-        [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells.tiles],
-        storage.join(staging, K.TRANSCRIPTS_PARQUET),
-        storage_options,
-    )
+    with run.timed("outputs.tables", add=True):
+        write_parquet(cells.df, storage.join(staging, K.CELLS_PARQUET), storage_options)
+        run.counts["n_transcripts_written"] = concat_transcripts(
+            [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells.tiles],
+            storage.join(staging, K.TRANSCRIPTS_PARQUET),
+            storage_options,
+        )
     if run.config.cells.spillover.enabled:
         run.counts["n_spillover_moved"] = _sum_column(
             storage.join(staging, K.TRANSCRIPTS_PARQUET), K.SPILLOVER_MOVED, storage_options
@@ -492,17 +520,69 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
         n_unassigned=n_tx - n_assigned,
         n_cells=len(cells.ids),
     )
-    write_h5ad(
-        cells.df,
-        cells.counts,
-        ctx.genes,
-        storage.join(staging, K.CELLS_H5AD),
-        storage_options,
-        {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
-    )
-    publish(staging, run.out_url, storage_options, keep=not complete)
+    with run.timed("outputs.anndata"):
+        write_h5ad(
+            cells.df,
+            cells.counts,
+            ctx.genes,
+            storage.join(staging, K.CELLS_H5AD),
+            storage_options,
+            {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
+        )
     run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts)}
     return complete
+
+
+def _import_in_background(run: Run) -> None:
+    """Import the output writers' libraries (anndata; spatialdata when the store is written) in
+    a thread: seconds of imports the driver would otherwise spend after the tiles finish."""
+    import importlib.util
+    import threading
+
+    names = ["anndata"] + (["spatialdata"] * bool(run.spatialdata))
+
+    def load():
+        import warnings
+
+        # spatialdata's dependency xarray-schema imports pkg_resources, which warns on import
+        warnings.filterwarnings(
+            "ignore", message="pkg_resources is deprecated", category=UserWarning
+        )
+        for name in names:
+            if importlib.util.find_spec(name) is None:
+                continue
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the writer itself reports a broken import
+                return
+
+    threading.Thread(target=load, name="stseg-import-writers", daemon=True).start()
+
+
+def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
+    """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
+    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not."""
+    import importlib.util
+    from pathlib import Path
+
+    if storage.is_remote(run.out_url):
+        run.warn(
+            "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a "
+            "local copy)"
+        )
+        return
+    if importlib.util.find_spec("spatialdata") is None:
+        run.warn(
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)"
+        )
+        return
+    from .export._run import RunFiles
+    from .export.spatialdata import write_spatialdata
+
+    staging = Path(ctx.work.url(ctx.stage("staging")))
+    target = staging / SPATIALDATA_ZARR
+    storage.remove(str(target), run.storage_options)
+    write_spatialdata(RunFiles(staging, {}, run.chip), target)
 
 
 def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:

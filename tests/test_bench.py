@@ -22,6 +22,29 @@ def test_run_bench_tiny(tmp_path):
     assert ray_row["worker_peak_rss_mb"] > 0 and ray_row["driver_peak_rss_mb"] > 0
     assert {"nuclei", "cells", "total"} <= set(ray_row["stage_seconds"])
     assert len(lines) == 3 and "transcripts/s" in lines[-1]
+    for row in rows:  # the outputs split, each part timed inside the run (report: after it)
+        assert set(row["outputs_seconds"]) == {
+            "boundaries",
+            "tables",
+            "anndata",
+            "publish",
+            "spatialdata",
+            "report",
+        }
+        assert all(v >= 0 for v in row["outputs_seconds"].values())
+        assert 0 < row["outputs_share"] < 1
+        assert row["transcripts_per_s"] > 0
+        assert "outputs: boundaries=" in lines[-1] and "peak RSS per process" in lines[-1]
+    # peak RSS per process: the driver alone in-process; with Ray, its workers and Ray's own
+    # processes (the driver's descendants: not another Ray cluster on the same machine)
+    assert [p["kind"] for p in single["processes"]] == ["driver"]
+    kinds = [p["kind"] for p in ray_row["processes"]]
+    assert kinds.count("driver") == 1 and kinds.count("worker") >= 1 and "ray" in kinds
+    assert any(p["name"].startswith("ray::") for p in ray_row["processes"] if p["kind"] == "worker")
+    assert ray_row["all_processes_peak_rss_mb"] >= ray_row["worker_peak_rss_mb"] > 0
+    assert ray_row["worker_peak_rss_mb"] == max(
+        p["peak_rss_mb"] for p in ray_row["processes"] if p["kind"] == "worker"
+    )
 
 
 def test_bench_cli_rejects_bad_args(capsys):

@@ -5,8 +5,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from stseg_dist.config import PipelineConfig
-from stseg_dist.nuclei.classical import ClassicalNuclei, otsu_from_histogram, smooth, tile_histogram
 from stseg_dist.errors import InputError
+from stseg_dist.nuclei.classical import ClassicalNuclei, otsu_from_histogram, smooth, tile_histogram
 from tests.conftest import shared_data
 
 

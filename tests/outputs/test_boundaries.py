@@ -123,3 +123,47 @@ def test_cells_wider_than_the_halo_are_vectorised_whole(tmp_path, ray_module):
     ids, geoms = label_polygons(labels, np.unique(labels[labels > 0]), (0, 0), 0.5, (0.0, 0.0))
     assert gdf.index.tolist() == ids.tolist()
     assert shapely.equals_exact(geoms, gdf.loc[ids].geometry.to_numpy(), tolerance=0).all()
+
+
+def test_traced_outlines_equal_the_union_of_pixel_runs():
+    """The traced outlines are the union of each cell's pixel runs, vertex for vertex (after
+    normalising both), on rasters with holes, islands in holes, diagonal touches and cells in
+    several pieces; only cells that are not one simple piece go to the union."""
+    from stseg_dist.boundaries import traced_outlines, union_outlines
+
+    rng = np.random.default_rng(0)
+    rasters = []
+    for seed in range(8):  # Voronoi cells with pixels knocked out: holes, pieces, touches
+        r = np.random.default_rng(seed)
+        yy, xx = np.mgrid[:40, :50]
+        sy, sx = r.uniform(0, 40, 15), r.uniform(0, 50, 15)
+        d = (yy[..., None] - sy) ** 2 + (xx[..., None] - sx) ** 2
+        lab = (np.argmin(d, axis=-1) + 1).astype(np.uint32)
+        lab[r.random(lab.shape) < 0.03 * (seed % 4)] = 0
+        rasters.append(lab)
+    ring = np.zeros((11, 11), np.uint32)
+    ring[1:10, 1:10] = 5
+    ring[3:8, 3:8] = 0  # a hole
+    ring[5, 5] = 5  # an island of the same cell inside it: two shells
+    ring[4, 4] = 6  # another cell inside the hole
+    rasters.append(ring)
+    n_traced = 0
+    for lab in rasters:
+        ids = np.unique(lab[lab > 0])
+        ids = ids[rng.random(len(ids)) < 0.8]  # not every label asked for
+        found, geoms, rest = traced_outlines(lab, ids)
+        ref_ids, ref = union_outlines(lab, ids)
+        assert sorted([*found.tolist(), *rest.tolist()]) == ref_ids.tolist()
+        pos = np.searchsorted(ref_ids, found)
+        assert (
+            shapely.to_wkb(shapely.normalize(geoms)) == shapely.to_wkb(shapely.normalize(ref[pos]))
+        ).all()
+        assert shapely.is_valid(geoms).all()
+        n_traced += len(found)
+        all_ids, all_geoms = label_polygons(lab, ids, (3, 4), 0.5, (1.0, 2.0))
+        assert all_ids.tolist() == ref_ids.tolist()
+        moved = shapely.transform(ref, lambda xy: (xy + [4, 3]) * 0.5 + [1.0, 2.0])
+        assert (shapely.to_wkb(all_geoms) == shapely.to_wkb(shapely.normalize(moved))).all()
+    assert n_traced > 20
+    found, _, rest = traced_outlines(ring, np.array([5, 6]))
+    assert found.tolist() == [6] and rest.tolist() == [5]  # two shells: left to the union

@@ -142,3 +142,44 @@ def test_pyramid_down_to_a_small_top_level(small_run, tmp_path, monkeypatch):
         levels = [next(iter(sdata[name][k].values())).shape[-1] for k in sdata[name].children]
         assert sorted(levels, reverse=True) == [260, 130, 65, 32]  # 260 px wide: 3 halvings
     assert list(sdata["image"]["scale0"]["image"].c.values) == ["DAPI"]
+
+
+def test_the_run_writes_the_store_as_a_stage(exported, small_run, tmp_path):
+    """``run_pipeline(spatialdata=True)`` writes OUT/spatialdata.zarr inside the run's clock (a
+    stage of its own in run.json), holding exactly what ``stseg export`` writes from the run."""
+    from stseg_dist.driver import run_pipeline
+    from tests.outputs.conftest import small_tiles_config
+
+    chip, _ = small_run
+    run, exported_sdata = exported
+    out = tmp_path / "run"
+    summary = run_pipeline(str(chip), str(out), small_tiles_config(), local=True, spatialdata=True)
+    assert summary["stage_seconds"]["spatialdata"] > 0
+    assert {"boundaries", "outputs.tables", "outputs.anndata"} <= set(summary["stage_seconds"])
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # nothing left half-written
+    staged = sd.read_zarr(out / "spatialdata.zarr")
+    assert_same_store(staged, exported_sdata)
+
+
+def assert_same_store(a, b) -> None:
+    """Two SpatialData objects hold the same elements, arrays, shapes, points and table."""
+    import shapely
+
+    for kind in ("images", "labels", "shapes", "points", "tables"):
+        assert set(getattr(a, kind)) == set(getattr(b, kind)), kind
+    for name in (*a.images, *a.labels):
+        np.testing.assert_array_equal(_full(a[name]), _full(b[name]))
+    for name in a.shapes:
+        assert a[name].index.tolist() == b[name].index.tolist()
+        assert (
+            shapely.to_wkb(a[name].geometry.values) == shapely.to_wkb(b[name].geometry.values)
+        ).all()
+    for name in a.points:
+        pa_, pb = a[name].compute(), b[name].compute()
+        assert set(pa_.columns) == set(pb.columns)  # spatialdata orders the rest by a set
+        pd.testing.assert_frame_equal(pa_, pb[pa_.columns])
+    for name in a.tables:
+        ta, tb = a[name], b[name]
+        pd.testing.assert_frame_equal(ta.obs, tb.obs)
+        assert (ta.X != tb.X).nnz == 0 and list(ta.var_names) == list(tb.var_names)
+        assert ta.uns["spatialdata_attrs"] == tb.uns["spatialdata_attrs"]
