@@ -322,9 +322,28 @@ def _table(ids: np.ndarray, geoms: np.ndarray) -> pa.Table:
 _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon"}
 
 
+_MICROMETRE = {"type": "LinearUnit", "name": "micrometre", "conversion_factor": 1e-6}
+#: The chip's coordinates as a CRS (PROJJSON): an engineering CRS, x east and y down the image,
+#: in micrometres. GeoParquet readers (geopandas: ``gdf.crs``) then know the unit; no map
+#: projection is implied.
+CHIP_CRS = {
+    "$schema": "https://proj.org/schemas/v0.7/projjson.schema.json",
+    "type": "EngineeringCRS",
+    "name": "stseg chip coordinates (µm)",
+    "datum": {"type": "EngineeringDatum", "name": "chip origin"},
+    "coordinate_system": {
+        "subtype": "Cartesian",
+        "axis": [
+            {"name": "x", "abbreviation": "x", "direction": "east", "unit": _MICROMETRE},
+            {"name": "y", "abbreviation": "y", "direction": "south", "unit": _MICROMETRE},
+        ],
+    },
+}
+
+
 def geo_metadata(types: list[str], bbox: list[float] | None) -> dict:
-    """GeoParquet 1.1 file metadata for one WKB column in plain µm coordinates (no CRS)."""
-    col = {"encoding": "WKB", "geometry_types": sorted(types), "crs": None, "edges": "planar"}
+    """GeoParquet 1.1 file metadata for one WKB column in the chip's µm (``CHIP_CRS``)."""
+    col = {"encoding": "WKB", "geometry_types": sorted(types), "crs": CHIP_CRS, "edges": "planar"}
     if bbox is not None:
         col["bbox"] = bbox
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": col}}

@@ -29,6 +29,8 @@ LABELS_CELLS = "cells"
 LABELS_NUCLEI = "nuclei"
 CELLS_PARQUET = "cells.parquet"
 CELLS_H5AD = "cells.h5ad"
+# In a chip, written by readers whose bundle lists its features: gene, gene_id, feature_type
+FEATURES_PARQUET = "features.parquet"
 CELL_BOUNDARIES_PARQUET = "cell_boundaries.parquet"  # GeoParquet: cell_id + geometry (µm)
 NUCLEUS_BOUNDARIES_PARQUET = "nucleus_boundaries.parquet"
 RUN_JSON = "run.json"

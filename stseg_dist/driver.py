@@ -527,7 +527,12 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
             ctx.genes,
             storage.join(staging, K.CELLS_H5AD),
             storage_options,
-            {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
+            {
+                "counts": _counts(run),
+                "pixel_size_um": chip.pixel_size_um,
+                **_conversion_counts(chip),
+            },
+            _chip_features(chip),
         )
     run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts)}
     return complete
@@ -760,6 +765,29 @@ def _check_output(out_url: str, storage_options: dict) -> None:
             storage.remove(work, storage_options)  # no empty _work left by a run rejected later
     except (OSError, PermissionError) as exc:
         raise OutputError(f"output {out_url} is not writable: {exc}") from exc
+
+
+def _chip_features(chip: Chip):
+    """The chip's feature list (``features.parquet``, from a bundle that has one), or None."""
+    import pandas as pd
+
+    url = storage.join(chip.url, K.FEATURES_PARQUET)
+    if storage.exists(url, chip.storage_options):
+        fs, path = storage.fs_and_path(url, chip.storage_options)
+        with fs.open(path, "rb") as fh:
+            return pd.read_parquet(fh)
+    return None
+
+
+def _conversion_counts(chip: Chip) -> dict:
+    """What the bundle reader dropped (control probes, low quality), for AnnData's uns."""
+    from .io.bundles import REPORT_JSON
+
+    url = storage.join(chip.url, REPORT_JSON)
+    if not storage.exists(url, chip.storage_options):
+        return {}
+    rep = storage.read_json(url, chip.storage_options)
+    return {"dropped_at_conversion": {k: int(v) for k, v in (rep.get("dropped") or {}).items()}}
 
 
 def _remove_work(run: Run, work: WorkDir) -> None:

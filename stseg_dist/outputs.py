@@ -98,14 +98,32 @@ def write_parquet(df: pd.DataFrame, url: str, so: dict) -> None:
 
 
 def write_h5ad(
-    df: pd.DataFrame, counts: sp.csr_matrix, genes: list[str], url: str, so: dict, uns: dict
+    df: pd.DataFrame,
+    counts: sp.csr_matrix,
+    genes: list[str],
+    url: str,
+    so: dict,
+    uns: dict,
+    features: pd.DataFrame | None = None,
 ) -> None:
+    """cells.h5ad: counts, the cells table as ``obs``, and per gene in ``var`` its
+    ``n_transcripts`` in cells, ``feature_types`` and, where the chip lists its features
+    (``features``: gene, gene_id, feature_type), the ``gene_ids``."""
     import anndata as ad
 
     obs = df.copy()
     obs.index = obs[K.CELL_ID].astype(str)
     obs.index.name = None
     var = pd.DataFrame(index=pd.Index(genes if genes else ["_none"], dtype=str))
+    if genes and features is not None and len(features):
+        known = features.drop_duplicates("gene").set_index("gene").reindex(var.index)
+        var["gene_ids"] = known["gene_id"].fillna("").astype(str).to_numpy()
+        var["feature_types"] = (
+            known["feature_type"].fillna("Gene Expression").astype(str).to_numpy()
+        )
+    else:
+        var["feature_types"] = "Gene Expression"
+    var["n_transcripts"] = np.asarray(counts.sum(axis=0)).ravel().astype(np.int64)[: len(var)]
     adata = ad.AnnData(X=counts.astype(np.int32), obs=obs, var=var)
     adata.obsm["spatial"] = obs[[K.X, K.Y]].to_numpy()
     adata.uns["stseg"] = uns

@@ -160,10 +160,11 @@ def _crop(ctx: ReportContext) -> str:
     r1, c1 = min(r0 + CROP_PX, h), min(c0 + CROP_PX, w)
     x0, x1 = origin[0] + c0 * px, origin[0] + c1 * px
     y0, y1 = origin[1] + r0 * px, origin[1] + r1 * px
+    tx_url = storage.join(ctx.out_url, K.TRANSCRIPTS_PARQUET)
     tx = pd.read_parquet(
-        storage.join(ctx.out_url, K.TRANSCRIPTS_PARQUET),
+        tx_url,
         columns=[K.X, K.Y, K.CELL_ID],
-        storage_options=ctx.so or None,
+        storage_options=storage.pandas_options(tx_url, ctx.so),
         filters=[(K.X, ">=", x0), (K.X, "<", x1), (K.Y, ">=", y0), (K.Y, "<", y1)],
     )
     if len(tx) > MAX_POINTS:
@@ -429,7 +430,8 @@ def write_report(
 
     labels_url = storage.join(out_url, K.LABELS_ZARR)
     group = zarr.open_group(labels_url, mode="r", **({"storage_options": so} if so else {}))
-    cells = pd.read_parquet(storage.join(out_url, K.CELLS_PARQUET), storage_options=so or None)
+    cells_url = storage.join(out_url, K.CELLS_PARQUET)
+    cells = pd.read_parquet(cells_url, storage_options=storage.pandas_options(cells_url, so))
 
     ref = ref or chip
     error = None

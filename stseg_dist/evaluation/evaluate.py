@@ -30,7 +30,7 @@ def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
         raise InputError(f"prediction has no {K.TRANSCRIPTS_PARQUET}: {url}")
     cols = [key, K.CELL_ID, K.IN_NUCLEUS, K.X, K.Y, K.GENE]
     try:
-        return pd.read_parquet(url, columns=cols, storage_options=so or None)
+        return pd.read_parquet(url, columns=cols, storage_options=storage.pandas_options(url, so))
     except (KeyError, ValueError) as exc:
         raise InputError(f"{url}: needs columns {cols}: {exc}") from exc
 
@@ -85,7 +85,7 @@ def evaluate(
     cells_url = storage.join(pred_out_url, K.CELLS_PARQUET)
     if not storage.exists(cells_url, so):
         raise InputError(f"prediction has no {K.CELLS_PARQUET}: {cells_url}")
-    cells = pd.read_parquet(cells_url, storage_options=so or None)
+    cells = pd.read_parquet(cells_url, storage_options=storage.pandas_options(cells_url, so))
 
     ref = load_reference(ref_url, so) if ref_url else None
     grid = Grid(tuple(pred_labels.shape), px, (float(ox), float(oy)), labels_url)
@@ -239,7 +239,9 @@ def reference_free(
     if not storage.exists(url, storage_options):
         raise InputError(f"prediction has no {K.TRANSCRIPTS_PARQUET}: {url}")
     tx = pd.read_parquet(
-        url, columns=[K.CELL_ID, K.IN_NUCLEUS, K.GENE], storage_options=storage_options or None
+        url,
+        columns=[K.CELL_ID, K.IN_NUCLEUS, K.GENE],
+        storage_options=storage.pandas_options(url, storage_options),
     )
     ruler = gene_pair_set(pred_out_url, storage_options, gene_pairs, markers, pairs_file, chip)
     return _reference_free(tx, ruler)[0]
@@ -302,7 +304,7 @@ def _truth_types(ref_url: str, so) -> pd.Series | None:
     url = storage.join(ref_url.partition("#")[0], "truth", K.CELLS_PARQUET)
     if not storage.exists(url, so):
         return None
-    t = pd.read_parquet(url, storage_options=so or None)
+    t = pd.read_parquet(url, storage_options=storage.pandas_options(url, so))
     return t.set_index(K.CELL_ID)["cell_type"] if "cell_type" in t else None
 
 

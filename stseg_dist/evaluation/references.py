@@ -60,7 +60,9 @@ def open_label_array(url: str, storage_options: dict | None = None):
 
 def _read_parquet(url: str, columns=None, storage_options=None) -> pd.DataFrame:
     try:
-        return pd.read_parquet(url, columns=columns, storage_options=storage_options or None)
+        return pd.read_parquet(
+            url, columns=columns, storage_options=storage.pandas_options(url, storage_options)
+        )
     except FileNotFoundError as exc:
         raise InputError(f"reference table not found: {url}") from exc
     except (KeyError, ValueError) as exc:

@@ -126,6 +126,7 @@ def build(files: RunFiles):
     ):
         gdf = gpd.read_parquet(files.path(fname)).set_index(K.CELL_ID)
         gdf.index.name = None
+        gdf.crs = None  # µm is the "global" coordinate system's unit; spatialdata keeps no CRS
         shapes[name] = ShapesModel.parse(gdf, transformations=um)
 
     cells = ad.read_h5ad(files.path(K.CELLS_H5AD))

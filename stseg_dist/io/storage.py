@@ -31,6 +31,13 @@ def absolute(url: str) -> str:
     return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
 
 
+def pandas_options(url: str, storage_options: dict | None = None) -> dict | None:
+    """``storage_options`` for pandas' readers: a dict for a URL (even empty), so pandas opens
+    it through fsspec like every other read here (gcsfs, s3fs: their settings and emulators),
+    not through pyarrow's own cloud clients; None for a local path (pandas refuses a dict)."""
+    return dict(storage_options or {}) if is_remote(url) else None
+
+
 def join(base: str, *parts: str) -> str:
     base = str(base)
     if "://" in base:

@@ -152,6 +152,8 @@ def _concat(parts: list[pa.Table]) -> pa.Table:
 def storage_join(url: str, path: str, fs) -> str:
     """Turn an fs-internal path back into a URL the worker can reopen."""
     if storage.is_remote(url):
+        if "://" in path:  # http(s): the filesystem's paths are whole URLs already
+            return path
         proto = url.split("://", 1)[0]
         return f"{proto}://{path}"
     return path

@@ -94,6 +94,33 @@ def is_bundle(fs, path: str) -> bool:
     return any(fs.exists(storage.join(path, f)) for f in TX_FILES + ("experiment.xenium",))
 
 
+FEATURE_FILES = ("cell_feature_matrix/features.tsv.gz", "features.tsv.gz", "features.tsv")
+
+
+def write_features(fs, url: str, chip_url: str, so) -> int:
+    """The bundle's feature list (10x ``features.tsv.gz``: gene ID, name, feature type; control
+    probes included) as the chip's ``features.parquet``, for the run's AnnData ``var``."""
+    import gzip
+    import io
+
+    try:
+        with fs.open(url, "rb") as fh:
+            raw = fh.read()
+        text = gzip.decompress(raw) if url.endswith(".gz") else raw
+        table = pd.read_csv(io.BytesIO(text), sep="\t", header=None, dtype=str)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{url}: not a 10x features table (id, name, type): {exc}") from exc
+    if table.shape[1] < 3:
+        raise InputError(f"{url}: expected 3 tab-separated columns (id, name, type)")
+    out = pd.DataFrame(
+        {"gene": table[1], "gene_id": table[0], "feature_type": table[2]}
+    ).drop_duplicates("gene")
+    fs_out, path = storage.fs_and_path(storage.join(chip_url, K.FEATURES_PARQUET), so)
+    with fs_out.open(path, "wb") as fh:
+        out.to_parquet(fh, index=False)
+    return len(out)
+
+
 def _first(fs, path, names):
     for n in names:
         p = storage.join(path, n)
@@ -223,6 +250,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         meta_extra={"source": input_url if not storage.is_remote(input_url) else "remote"},
     )
     rep["dropped"] = dict(dropped)
+    feats = _first(fs, path, FEATURE_FILES)
+    if feats is not None:
+        rep["n_features"] = write_features(fs, feats, out_url, so)
     rep["n_vendor_nuclei"] = (
         len(polys)
         if polys

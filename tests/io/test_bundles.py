@@ -261,3 +261,34 @@ def test_platform_presets_are_valid_configs(name):
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert cfg.nuclei.backend in ("vendor", "classical")
+
+
+def test_xenium_features_reach_anndata_var_and_control_probes_are_counted(tmp_path):
+    """A bundle's 10x feature list gives var its gene IDs and feature types; the control
+    probes the reader drops are counted in uns."""
+    import gzip
+
+    import anndata as ad
+
+    from stseg_dist.config import load_config, parse_set
+    from stseg_dist.driver import run_pipeline
+
+    _xenium_bundle(tmp_path / "b")
+    (tmp_path / "b" / "cell_feature_matrix").mkdir()
+    rows = [
+        ("ENSG0001", "A", "Gene Expression"),
+        ("ENSG0002", "B", "Gene Expression"),
+        ("NegControlProbe_1", "NegControlProbe_1", "Negative Control Probe"),
+    ]
+    with gzip.open(tmp_path / "b" / "cell_feature_matrix" / "features.tsv.gz", "wt") as fh:
+        fh.write("".join("\t".join(r) + "\n" for r in rows))
+    rep = convert_bundle(str(tmp_path / "b"), str(tmp_path / "c"))
+    assert rep["n_features"] == 3 and rep["dropped"]["control_probe"] > 0
+    cfg = load_config(overrides=parse_set(["tiling.tile_size_um=40"]), use_env=False)
+    run_pipeline(str(tmp_path / "c"), str(tmp_path / "out"), cfg, local=True)
+    adata = ad.read_h5ad(tmp_path / "out" / "cells.h5ad")
+    assert adata.var.loc[["A", "B"], "gene_ids"].tolist() == ["ENSG0001", "ENSG0002"]
+    assert (adata.var["feature_types"] == "Gene Expression").all()
+    assert "NegControlProbe_1" not in adata.var_names  # dropped, and counted:
+    dropped = adata.uns["stseg"]["dropped_at_conversion"]
+    assert dropped["control_probe"] == rep["dropped"]["control_probe"]

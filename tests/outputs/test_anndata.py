@@ -45,3 +45,14 @@ def test_squidpy_spatial_neighbors_on_cells_h5ad(small_run):
     xy = adata.obsm["spatial"]
     np.testing.assert_allclose(dist.data, np.hypot(*(xy[dist.row] - xy[dist.col]).T), rtol=1e-6)
     assert dist.data.max() <= 15.0
+
+
+def test_var_holds_feature_metadata(small_run):
+    import anndata as ad
+
+    _, run = small_run
+    adata = ad.read_h5ad(run / "cells.h5ad")
+    assert (adata.var["feature_types"] == "Gene Expression").all()  # the chip lists no features
+    np.testing.assert_array_equal(
+        adata.var["n_transcripts"].to_numpy(), np.asarray(adata.X.sum(axis=0)).ravel()
+    )

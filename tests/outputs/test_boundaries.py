@@ -50,7 +50,9 @@ def _read_geo(path):
     import geopandas as gpd
 
     gdf = gpd.read_parquet(path)
-    assert gdf.geometry.name == "geometry" and gdf.crs is None
+    assert gdf.geometry.name == "geometry"
+    # the unit is recorded: an engineering CRS in micrometres (no map projection)
+    assert gdf.crs.is_engineering and {a.unit_name for a in gdf.crs.axis_info} == {"micrometre"}
     assert gdf.cell_id.is_unique
     return gdf.set_index("cell_id").sort_index()
 

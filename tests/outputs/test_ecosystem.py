@@ -27,15 +27,15 @@ CHECK = REPO / "tests" / "compat" / "check_store.py"
 
 
 @pytest.fixture(scope="module")
-def seen(small_run, tmp_path_factory):
+def seen(request, tmp_path_factory):
     if not COMPAT_PYTHON.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{COMPAT_PYTHON} missing in CI: `make test` builds it (make compat-venv)")
-        pytest.skip(f"{COMPAT_PYTHON} not built: run `make compat-venv` (a clean venv, ~2 min)")
+        pytest.skip(f"{COMPAT_PYTHON} not built: run `make compat-venv` (a clean venv, minutes)")
     from stseg_dist.export import open_run
     from stseg_dist.export.spatialdata import write_spatialdata
 
-    chip, run = small_run
+    chip, run = request.getfixturevalue("small_run")  # only once the venv is there
     tmp = tmp_path_factory.mktemp("ecosystem")
     store = tmp / "spatialdata.zarr"
     write_spatialdata(open_run(str(run), str(chip)), store)
