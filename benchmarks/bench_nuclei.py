@@ -61,7 +61,10 @@ FLAG_COLUMNS = ("overlaps_nucleus", "CellComp")
 
 
 def _has_new_classical() -> bool:
-    from stseg_dist.config import ClassicalNucleiConfig
+    try:
+        from stseg_dist.nuclei.config import ClassicalNucleiConfig
+    except ImportError:  # before the config was split per stage
+        from stseg_dist.config import ClassicalNucleiConfig
 
     return "learn_size" in {f.name for f in dataclasses.fields(ClassicalNucleiConfig)}
 

@@ -26,8 +26,8 @@ class Reference:
     transcripts: pd.DataFrame | None = None  # key column(s) + "ref_id"
 
 
-def open_label_array(url: str, storage_options: dict | None = None):
-    """Open a label mask lazily: a zarr array, a zarr group holding ``cells``, or a TIFF file."""
+def open_label_array(url: str, storage_options: dict | None = None, array: str = K.LABELS_CELLS):
+    """Open a label mask lazily: a zarr array, a zarr group holding ``array``, or a TIFF file."""
     low = url.lower()
     if low.endswith((".tif", ".tiff")):
         import tifffile
@@ -48,9 +48,9 @@ def open_label_array(url: str, storage_options: dict | None = None):
     except (FileNotFoundError, Exception) as exc:  # zarr raises several kinds for a missing store
         raise InputError(f"cannot open reference mask {url}: {exc}") from exc
     if isinstance(node, zarr.Group):
-        if K.LABELS_CELLS not in node:
-            raise InputError(f"zarr group {url} has no '{K.LABELS_CELLS}' array")
-        node = node[K.LABELS_CELLS]
+        if array not in node:
+            raise InputError(f"zarr group {url} has no '{array}' array")
+        node = node[array]
     if node.ndim != 2:
         raise InputError(f"reference mask {url} must be 2-D, has shape {node.shape}")
     if not np.issubdtype(node.dtype, np.integer):
@@ -282,27 +282,14 @@ def _same_grid(a: Grid, b: Grid, url: str) -> None:
         )
 
 
-def _mask_on_grid(url: str, grid: Grid, storage_options, name: str = K.LABELS_NUCLEI):
-    arr = _open_nucleus_mask(url, storage_options, name)
+def _mask_on_grid(url: str, grid: Grid, storage_options):
+    arr = open_label_array(url, storage_options, array=K.LABELS_NUCLEI)
     if tuple(arr.shape) != tuple(grid.shape):
         raise InputError(
             f"nucleus reference {url} is {arr.shape[0]}x{arr.shape[1]} px but the run's grid is "
             f"{grid.shape[0]}x{grid.shape[1]} px ({grid.describe()})"
         )
     return arr
-
-
-def _open_nucleus_mask(url: str, storage_options, name: str):
-    import zarr
-
-    if url.lower().endswith((".tif", ".tiff")) or not url.rstrip("/").endswith(".zarr"):
-        return open_label_array(url, storage_options)
-    node = zarr.open(url, mode="r")
-    if isinstance(node, zarr.Group):
-        if name not in node:
-            raise InputError(f"zarr group {url} has no '{name}' array of nuclei")
-        return open_label_array(storage.join(url, name), storage_options)
-    return open_label_array(url, storage_options)
 
 
 def _flag_table(url: str, column: str, storage_options) -> pd.DataFrame:

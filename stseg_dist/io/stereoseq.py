@@ -25,7 +25,18 @@ from .options import Option, options_doc
 
 PITCH_UM = 0.5
 #: Nuclei as dense blobs of a transcript-density image (used when there is no stain).
-DENSITY_NUCLEI = {"sigma_um": 1.5, "min_area_um2": 12.0, "threshold": 4.0}
+# Density blobs with the previous classical backend, as configs/stereoseq.yaml pins it: the
+# threshold is in raw counts, which the improved backend's normalisation would reinterpret.
+DENSITY_NUCLEI = {
+    "sigma_um": 1.5,
+    "min_area_um2": 12.0,
+    "threshold": 4.0,
+    "normalise": False,
+    "foreground": "otsu",
+    "seeds": "shape",
+    "peak_fraction": None,
+    "learn_size": False,
+}
 
 OPTIONS = (
     Option("pixel_size_um", PITCH_UM, "µm per DNB (the bin1 pitch)"),

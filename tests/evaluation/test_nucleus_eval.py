@@ -89,6 +89,9 @@ def test_eval_with_mask_polygons_and_flags(runs, tmp_path):
     a = evaluate(str(d / "classical"), nuclei_ref=str(tmp_path / "mask.tif"))["nuclei"]
     b = evaluate(str(d / "classical"), nuclei_ref=chip)["nuclei"]
     assert a["containment_f1"] == b["containment_f1"] and a["reference_kind"] == "label mask"
+    # another run's labels.zarr (its 'nuclei' array; the auto run used the true nuclei)
+    z = evaluate(str(d / "classical"), nuclei_ref=str(d / "auto" / "labels.zarr"))["nuclei"]
+    assert z["containment_f1"] == a["containment_f1"] and z["n_ref"] == a["n_ref"]
     # the same nuclei as µm squares in a vertex table: scored the same way, on the run's grid
     ps = json.loads(open(f"{chip}/chip.json").read())["pixel_size_um"]
     rows = []
