@@ -16,6 +16,7 @@ Needs the ``spatialdata`` extra (``pip install 'stseg-dist[spatialdata]'``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +206,7 @@ def write(sdata, path: Path, sources: dict[str, Path] | None = None) -> None:
     from spatialdata._io import write_image, write_labels
     from spatialdata._io.io_zarr import _get_groups_for_element
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _no_label_value_pass():
         warnings.filterwarnings(
             "ignore", message="zarr v3 autosharding", category=UserWarning
         )  # anndata's notice
@@ -230,7 +231,26 @@ def write(sdata, path: Path, sources: dict[str, Path] | None = None) -> None:
         rest.write_consolidated_metadata()
 
 
-_LAYOUT_KEYS = ("data_type", "chunk_key_encoding", "codecs", "fill_value", "zarr_format")
+@contextmanager
+def _no_label_value_pass():
+    """ome-zarr 0.18's ``write_labels`` builds its label classes with every label value
+    (``da.unique`` over the whole raster: a full read) to make random colours, then replaces that
+    metadata with the ``image-label`` metadata it was given (none here): the pass changes nothing
+    written, so it is skipped while we write."""
+    try:
+        from ome_zarr.classes.image import OMEZarrLabels
+    except ImportError:  # another ome-zarr: nothing to skip
+        yield
+        return
+    parse = getattr(OMEZarrLabels, "_parse_image_label_metadata", None)
+    if parse is None:
+        yield
+        return
+    OMEZarrLabels._parse_image_label_metadata = lambda self: None
+    try:
+        yield
+    finally:
+        OMEZarrLabels._parse_image_label_metadata = parse
 
 
 def _same_layout(source: Path, element) -> bool:
