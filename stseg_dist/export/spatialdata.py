@@ -202,6 +202,7 @@ def write(sdata, path: Path, sources: dict[str, Path] | None = None) -> None:
     """
     import warnings
 
+    import dask.array as da
     from spatialdata import SpatialData
     from spatialdata._io import write_image, write_labels
     from spatialdata._io.io_zarr import _get_groups_for_element
@@ -219,15 +220,24 @@ def write(sdata, path: Path, sources: dict[str, Path] | None = None) -> None:
                 chunks = tuple(int(c[0]) for c in element.data.chunks)
                 root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
                 source = (sources or {}).get(name)
-                # the array is created either way; its pixels are written here unless copied
-                compute = source is None or not _same_layout(source, element)
-                opts = {"storage_options": {"chunks": chunks}, "compute": compute}
+                pixels = element.data
+                if source is not None:  # arrays and metadata first, from fill-value chunks
+                    # (not stored: zarr skips empty chunks); the pixels after, copied as chunk
+                    # files where the layouts agree, else through dask
+                    element = element.copy(
+                        data=da.zeros(pixels.shape, dtype=pixels.dtype, chunks=pixels.chunks)
+                    )
+                opts = {"storage_options": {"chunks": chunks}}
                 if kind == "images":
                     write_image(element, group, name, **opts)
                 else:
                     write_labels(element, root, name, **opts)
-                if not compute:
-                    _copy_chunks(source, _array_path(path / kind / name))
+                if source is not None:
+                    target = _array_path(path / kind / name)
+                    if _same_layout(Path(source), target):
+                        _copy_chunks(Path(source), target)
+                    else:
+                        _store_pixels(pixels, target)
         rest.write_consolidated_metadata()
 
 
@@ -253,36 +263,41 @@ def _no_label_value_pass():
         OMEZarrLabels._parse_image_label_metadata = parse
 
 
-def _same_layout(source: Path, element) -> bool:
-    """Whether the zarr array at ``source`` holds ``element``'s pixels in the chunks, codecs and
-    chunk keys the element is written with (a 2-D source for a one-channel image too)."""
+def _same_layout(source: Path, target: Path) -> bool:
+    """Whether the zarr v3 arrays at ``source`` and ``target`` store the same pixels in the same
+    chunk files: equal shape (a 2-D source for a one-channel target), chunks, data type, codecs,
+    chunk keys and fill value."""
     import json
 
     try:
-        meta = json.loads((Path(source) / "zarr.json").read_text())
+        a = json.loads((source / "zarr.json").read_text())
+        b = json.loads((target / "zarr.json").read_text())
     except (OSError, ValueError):
-        return False
-    data = element.data
-    shape = tuple(meta.get("shape", ()))
-    chunk = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
-    want_chunk = tuple(int(c[0]) for c in data.chunks)
-    if len(shape) == data.ndim - 1 and data.shape[0] == 1:  # (y, x) source, (c, y, x) element
+        return False  # e.g. zarr v2 (.zarray): written through dask
+    shape, chunk = tuple(a.get("shape", ())), tuple(_chunk_shape(a))
+    if len(shape) == len(b.get("shape", ())) - 1 and b["shape"][0] == 1:
         shape, chunk = (1, *shape), (1, *chunk)
-    expected = {
-        "data_type": str(data.dtype),
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "codecs": [
-            {"name": "bytes", "configuration": {"endian": "little"}},
-            {"name": "zstd", "configuration": {"level": 0, "checksum": False}},
-        ],
-        "fill_value": 0,
-        "zarr_format": 3,
-    }
+    keys = ("data_type", "chunk_key_encoding", "codecs", "fill_value", "zarr_format")
     return (
-        shape == tuple(data.shape)
-        and chunk == want_chunk
-        and all(meta.get(k) == v for k, v in expected.items())
+        a.get("zarr_format") == 3
+        and shape == tuple(b.get("shape", ()))
+        and chunk == tuple(_chunk_shape(b))
+        and all(a.get(k) == b.get(k) for k in keys)
+        and not a.get("storage_transformers")
+        and not b.get("storage_transformers")
     )
+
+
+def _chunk_shape(meta: dict) -> list:
+    return meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [])
+
+
+def _store_pixels(data, target: Path) -> None:
+    """Write a dask array's pixels into the (created, empty) zarr array at ``target``."""
+    import dask.array as da
+    import zarr
+
+    da.store(data, zarr.open_array(str(target), mode="r+"), lock=False)
 
 
 def _array_path(element_root: Path) -> Path:
@@ -290,13 +305,13 @@ def _array_path(element_root: Path) -> Path:
     import json
 
     attrs = json.loads((element_root / "zarr.json").read_text())["attributes"]
-    multiscales = attrs.get("ome", attrs).get("multiscales")
+    multiscales = attrs.get("ome", attrs).get("multiscales")  # OME-NGFF 0.5 (zarr v3), 0.4
     return element_root / multiscales[0]["datasets"][0]["path"]
 
 
 def _copy_chunks(source: Path, target: Path) -> None:
     """Copy every stored chunk file of ``source`` into ``target`` (a 2-D source's chunk keys
-    under channel 0 of a one-channel target), with a thread per core."""
+    under channel 0 of a one-channel target), a few threads at a time."""
     import json
     import os
     import shutil
