@@ -118,10 +118,12 @@ def traced_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     lab = np.asarray(lab)
     empty = np.zeros(0, np.int64)
-    uniq, inv = np.unique(np.where(np.isin(lab, ids), lab, 0), return_inverse=True)
-    if uniq[-1] == 0:
+    uniq = np.r_[0, np.unique(np.asarray(ids, np.int64))]  # compact id k is label uniq[k]
+    k = np.searchsorted(uniq, lab)  # no sort of the window's pixels
+    k[k == len(uniq)] = 0
+    cid = np.pad(np.where(uniq[k] == lab, k, 0), 1)  # 0: not a label of ids
+    if not cid.any():
         return empty, np.empty(0, object), empty
-    cid = np.pad(inv.reshape(lab.shape).astype(np.int64), 1)  # compact ids; 0 = other
     h, w = cid.shape
     hr, hc = np.nonzero(cid[1:, :] != cid[:-1, :])
     hr += 1  # a horizontal edge at the top of row hr
@@ -170,7 +172,7 @@ def traced_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nd
     shell = np.bincount(ring_k, weights=xs * (ys + dy) - (xs + dx) * ys) > 0  # shoelace
     ring_cell = cell[starts]
     fallback |= np.bincount(ring_cell[shell], minlength=len(uniq)) != 1
-    fallback[0] = False
+    fallback &= np.bincount(cell, minlength=len(uniq)) > 0  # only labels present in the window
     ok = np.flatnonzero(~fallback[ring_cell])
     ok = ok[np.lexsort((~shell[ok], ring_cell[ok]))]  # per cell: its shell, then its holes
     slot = np.full(len(starts), -1)

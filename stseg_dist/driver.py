@@ -544,7 +544,17 @@ def _import_in_background(run: Run) -> None:
     import importlib.util
     import threading
 
-    names = ["anndata"] + (["spatialdata"] * bool(run.spatialdata))
+    names = ["anndata"]
+    if run.spatialdata:  # and what its writers import on first use (seconds on this machine)
+        names += [
+            "spatialdata",
+            "spatialdata.models",
+            "spatialdata._io",
+            "geopandas",
+            "dask.array",
+            "dask.dataframe",
+            "ome_zarr.writer",
+        ]
 
     def load():
         import warnings
@@ -554,12 +564,10 @@ def _import_in_background(run: Run) -> None:
             "ignore", message="pkg_resources is deprecated", category=UserWarning
         )
         for name in names:
-            if importlib.util.find_spec(name) is None:
-                continue
             try:
                 importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the writer itself reports a broken import
-                return
+            except Exception:  # noqa: BLE001 - absent or broken: the writer itself reports it
+                continue
 
     threading.Thread(target=load, name="stseg-import-writers", daemon=True).start()
 

@@ -37,7 +37,8 @@ def test_run_bench_tiny(tmp_path):
         assert "outputs: boundaries=" in lines[-1] and "peak RSS per process" in lines[-1]
     # peak RSS per process: the driver alone in-process; with Ray, its workers and Ray's own
     # processes (the driver's descendants: not another Ray cluster on the same machine)
-    assert [p["kind"] for p in single["processes"]] == ["driver"]
+    single_kinds = [p["kind"] for p in single["processes"]]
+    assert single_kinds.count("driver") == 1 and "worker" not in single_kinds
     kinds = [p["kind"] for p in ray_row["processes"]]
     assert kinds.count("driver") == 1 and kinds.count("worker") >= 1 and "ray" in kinds
     assert any(p["name"].startswith("ray::") for p in ray_row["processes"] if p["kind"] == "worker")

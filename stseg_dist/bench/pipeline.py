@@ -42,6 +42,10 @@ OUTPUT_PARTS = {
 }
 
 
+#: Ray's own helper processes, named like workers.
+RAY_HELPERS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::IDLE_SPILL_WORKER")
+
+
 class RSSSampler:
     """Peak RSS per process of this run: the driver and every process it started (Ray's raylet,
     GCS and workers), sampled every ``interval`` s with psutil.
@@ -62,9 +66,14 @@ class RSSSampler:
 
     @staticmethod
     def kind(name: str, cmd: str) -> str:
-        """driver, worker (a Ray worker: ``ray::<task>`` or ``default_worker.py``) or ray (the
-        raylet, GCS and Ray's other helpers)."""
-        if name.startswith("ray::") or "default_worker.py" in cmd:
+        """worker (a Ray worker: ``ray::<task>``, or ``python default_worker.py`` before it
+        names itself) or ray (the raylet, GCS, dashboard and runtime-env agents: the raylet's
+        command line names default_worker.py too, as an argument)."""
+        if name in RAY_HELPERS or name.startswith(("raylet", "gcs_server")):
+            return "ray"
+        if name.startswith("ray::") or any(
+            part.endswith("default_worker.py") for part in cmd.split()[:2]
+        ):
             return "worker"
         return "ray"
 
