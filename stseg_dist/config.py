@@ -146,8 +146,8 @@ class UCSConfig:
     markers: str | None = None  # table of cell types and marker genes
     # One knob along UCS's own coverage curve: the share of the chip's transcripts its cells may
     # reach. Resolved from the chip (the distance from the nuclei that holds this share of the
-    # transcripts, at most cells.cell_diameter_um) into growth_um, with the foreground gate off;
-    # null: growth_um and the gate as set.
+    # transcripts, at most cells.cell_diameter_um) into growth_um; bins a cell wins but loses as
+    # a piece cut off from its nucleus go to the nearest cell. null: growth_um as set.
     coverage: float | None = None
     seed: int = 0
 
