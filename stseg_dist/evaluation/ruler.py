@@ -153,10 +153,8 @@ def chip_gene_pairs(
     found.detail = {"chip": chip_url, **found.detail}
     if cache:
         try:
-            storage.write_json_atomic(
-                cache_url, {"key": key, **asdict(found)}, so
-            )  # a read-only chip just is not cached
-        except (OSError, PermissionError):
+            storage.write_json_atomic(cache_url, {"key": key, **asdict(found)}, so)
+        except Exception:  # noqa: BLE001 - a read-only chip (local or object store) is not cached
             pass
     return found
 
