@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -27,6 +29,8 @@ from .. import constants as K
 from ..errors import InputError
 from ..io import storage
 from . import metrics as M
+
+log = logging.getLogger(__name__)
 
 #: Side of the chip-wide bins that stand in for nuclei where the chip has no vendor nuclei.
 BIN_UM = 4.0
@@ -154,8 +158,8 @@ def chip_gene_pairs(
     if cache:
         try:
             storage.write_json_atomic(cache_url, {"key": key, **asdict(found)}, so)
-        except Exception:  # noqa: BLE001 - a read-only chip (local or object store) is not cached
-            pass
+        except Exception as exc:  # noqa: BLE001 - a read-only chip (local or object store)
+            log.info(f"MECR pairs not cached beside {chip_url}: {exc}")
     return found
 
 
