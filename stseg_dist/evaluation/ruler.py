@@ -18,9 +18,8 @@ and the rule's parameters) and recorded with its provenance in the eval output.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import logging
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
