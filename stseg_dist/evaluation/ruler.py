@@ -18,6 +18,7 @@ and the rule's parameters) and recorded with its provenance in the eval output.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,6 +28,8 @@ from .. import constants as K
 from ..errors import InputError
 from ..io import storage
 from . import metrics as M
+
+log = logging.getLogger(__name__)
 
 #: Side of the chip-wide bins that stand in for nuclei where the chip has no vendor nuclei.
 BIN_UM = 4.0
@@ -153,11 +156,9 @@ def chip_gene_pairs(
     found.detail = {"chip": chip_url, **found.detail}
     if cache:
         try:
-            storage.write_json_atomic(
-                cache_url, {"key": key, **asdict(found)}, so
-            )  # a read-only chip just is not cached
-        except (OSError, PermissionError):
-            pass
+            storage.write_json_atomic(cache_url, {"key": key, **asdict(found)}, so)
+        except Exception as exc:  # noqa: BLE001 - a read-only chip (local or object store)
+            log.info(f"MECR pairs not cached beside {chip_url}: {exc}")
     return found
 
 

@@ -600,3 +600,16 @@ def test_coverage_resolves_to_the_distance_holding_that_share(tmp_path):
     ]
     assert (d <= growth + 1e-9).mean() >= 0.05 > (d <= growth - 0.1 - 1e-9).mean()
     assert growth_for_coverage(one, 0.5) == 10.0  # never past the reach
+
+
+def test_coverage_relaxes_the_gate_in_step():
+    """At the share the default growth holds the gate is as set; towards every transcript, none."""
+    from stseg_dist.methods.ucs.method import DISTANCE_STEP_UM, resolve_coverage
+
+    hist = np.zeros(int(10 / DISTANCE_STEP_UM) + 2, np.int64)
+    hist[0], hist[int(2 / DISTANCE_STEP_UM)], hist[int(8 / DISTANCE_STEP_UM)] = 60, 20, 20
+    # 80% of transcripts lie within the default growth of 5 µm
+    assert resolve_coverage(hist, 0.8, 5.0) == (pytest.approx(2.0), 1.0)
+    assert resolve_coverage(hist, 0.9, 5.0) == (pytest.approx(8.0), pytest.approx(0.5))
+    assert resolve_coverage(hist, 1.0, 5.0) == (pytest.approx(8.0), 0.0)
+    assert resolve_coverage(hist, 0.5, 5.0)[1] == 1.0  # never tighter than set

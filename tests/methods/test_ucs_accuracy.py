@@ -6,6 +6,7 @@ paper variants of GeneSegNet and SSL-CST against stated floors on the real crop 
 
 import math
 
+import pandas as pd
 import pytest
 
 from stseg_dist.bench.comparison import real_datasets, run_method
@@ -72,3 +73,44 @@ def test_paper_variants_keep_their_floor_on_real_crops(crops, crop, method, floo
     print({k: round(row[k], 3) for k in ("cell_f1_iou50", "vendor_ari", "mecr", "assigned_share")})
     for key, value in floor.items():
         assert row[key] >= value, (key, row[key])
+
+
+# Issue #25's Done-when on xenium_breast_top (vendor nuclei; settings chosen on the left half,
+# x < 255 µm, scored on the right): UCS at the vendor's coverage, below the vendor's cells' MECR
+# and below the expansion frontier there. Measured on the right half (docs/accuracy_frontier.md):
+# UCS cells.ucs.coverage=1.0 with cells.spillover assigned 0.981, MECR 0.0339 (0.0376 without the
+# spillover pass); vendor's cells 0.988 / 0.0390; expansion frontier at 0.981: 0.0407. The issue
+# asks for 0.01 below the vendor: not reached; the floor asserted is a little under the 0.0051
+# reached.
+VENDOR_MECR_MARGIN = 0.004
+AT_VENDOR_COVERAGE = "ucs:cells.ucs.coverage=1.0:cells.spillover.enabled=true"
+
+
+def test_ucs_at_the_vendors_coverage_mixes_less_on_xenium_breast_right_half(tmp_path):
+    from stseg_dist.bench.frontier import frontier_mecr
+
+    root = shared_data("xenium_breast_top").parent
+    (ds,) = real_datasets(str(tmp_path / "chips"), str(root), ["xenium_breast_top"])
+    ucs = run_method(
+        ds, AT_VENDOR_COVERAGE, str(tmp_path / "ucs"), ["runtime.progress=false"], True
+    )["plane"]["right"]
+    frontier = pd.DataFrame(
+        [
+            {
+                "distance_um": d,
+                **run_method(
+                    ds,
+                    f"expansion:cells.expansion.distance_um={d}",
+                    str(tmp_path / f"exp{d}"),
+                    ["runtime.progress=false"],
+                    True,
+                )["plane"]["right"],
+            }
+            for d in (10, 12, 15)
+        ]
+    )
+    at, _ = frontier_mecr(frontier, ucs["assigned"])
+    print(ucs, frontier.to_dict("records"), at)
+    assert ucs["assigned"] >= ucs["vendor_assigned"] - 0.01
+    assert ucs["mecr"] <= ucs["vendor_mecr"] - VENDOR_MECR_MARGIN
+    assert ucs["mecr"] < at

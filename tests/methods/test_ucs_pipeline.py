@@ -77,3 +77,28 @@ def test_missing_cells_are_found(tmp_path):
     )
     assert recall >= MIN_MISSING_CELL_RECALL
     assert n_seeds <= 3 * info["n_missing_nucleus"]  # measured 21-31 seeds: some cells split in two
+
+
+def test_coverage_knob_and_spillover_are_tile_exact(chip, tmp_path):
+    """cells.ucs.coverage (the chip-wide distance histogram, the relaxed gate, the fill of cut-off
+    pieces) and the spillover pass give the same cells and assignments at any tiling (in-process
+    runs: the same kernels as on Ray, see test_pipeline.py)."""
+    from stseg_dist.config import load_config, parse_set
+    from stseg_dist.driver import run_pipeline
+
+    items = [*FAST, "cells.ucs.coverage=0.99", "cells.spillover.enabled=true"]
+    runs = {}
+    for name, tile_um in (("one", 1000), ("many", 48)):
+        cfg = load_config(
+            overrides=parse_set([*items, f"tiling.tile_size_um={tile_um}", "tiling.chunk_px=32"]),
+            use_env=False,
+        )
+        runs[name] = run_pipeline(chip, str(tmp_path / name), cfg, local=True)
+    assert runs["one"]["n_tiles"] == 1 and runs["many"]["n_tiles"] >= 12
+    ta = pd.read_parquet(tmp_path / "one" / "transcripts.parquet").sort_values("input_row")
+    tb = pd.read_parquet(tmp_path / "many" / "transcripts.parquet").sort_values("input_row")
+    assert (ta.cell_id.to_numpy() != tb.cell_id.to_numpy()).mean() <= UCS_TILE_TOLERANCE
+    moved = [runs[k]["counts"]["n_spillover_moved"] for k in ("one", "many")]
+    assert moved[0] == moved[1] > 0
+    run = json.loads((tmp_path / "one" / "run.json").read_text())
+    assert run["method"]["growth_um"] > 0

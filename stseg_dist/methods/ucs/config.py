@@ -73,10 +73,12 @@ class UCSConfig:
     # nuclei.diameter_um) / 2 + 2 µm (a typical cytoplasm and some slack).
     growth_um: float | None = None
     markers: str | None = None  # table of cell types and marker genes
-    # One knob along UCS's own coverage curve: the share of the chip's transcripts its cells may
-    # reach. Resolved from the chip (the distance from the nuclei that holds this share of the
-    # transcripts, at most cells.cell_diameter_um) into growth_um, with the foreground gate off;
-    # null: growth_um and the gate as set.
+    # One knob along UCS's own coverage curve (off: null): the share of the chip's transcripts its
+    # cells may reach. Resolved from the chip into growth_um (the distance from the nuclei that
+    # holds this share, at most cells.cell_diameter_um) and a foreground gate relaxed in step (as
+    # set at the share the default growth holds, none at 1.0); bins a cell wins but loses as a
+    # piece cut off from its nucleus go to the nearest cell. 1.0 reaches the vendor's coverage on
+    # xenium_breast_top (docs/accuracy_frontier.md). Off by default: lowers F1/ARI on CosMx.
     coverage: float | None = None
     seed: int = 0
 
