@@ -345,3 +345,10 @@ def test_bad_classical_settings_rejected(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         ClassicalNuclei(_config(**{key: value}), _FakeChipMeta())
+
+
+@pytest.mark.parametrize("value", [0, 700])
+def test_flat_stain_rejected_by_prepare(value):
+    """A stain with one value everywhere (empty, or flat) has no nuclei to find: a clear error."""
+    with pytest.raises(InputError, match="single intensity"):
+        _prepared(np.full((64, 64), value, np.uint16), _config())
