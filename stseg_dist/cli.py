@@ -175,12 +175,15 @@ def cmd_convert(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluation import evaluate, format_table
+    from .evaluation.nuclei import format_nucleus_metrics
 
-    metrics = evaluate(args.pred, args.ref, markers=args.markers)
+    metrics = evaluate(args.pred, args.ref, markers=args.markers, nuclei_ref=args.nuclei_ref)
     free = {
         k: v for k, v in metrics["reference_free"].items() if k != "gene_pairs"
     }  # pairs: in --json
     print(format_table({**metrics, "reference_free": free}))
+    if metrics.get("nuclei"):
+        print(format_nucleus_metrics(metrics["nuclei"]))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(metrics, fh, indent=2, default=float)
@@ -336,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--markers",
         help="cell type marker table (cell_type, gene) for MECR's gene pairs "
         "(default: pairs found exclusive in the run's nuclei)",
+    )
+    e.add_argument(
+        "--nuclei-ref",
+        help="reference nuclei: a label mask (.tif/.zarr), nucleus polygons in µm (GeoParquet, or a "
+        "cell_id/vertex_x/vertex_y table such as Xenium nucleus_boundaries.parquet), a chip "
+        "folder, or TABLE.parquet#COLUMN with per-transcript flags (default: the nuclei the --ref "
+        "chip or the run's chip carries; flags: overlaps_nucleus/CellComp in the run's transcripts)",
     )
     e.add_argument("--json", help="also write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)

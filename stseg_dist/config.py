@@ -107,7 +107,9 @@ class CellposeConfig:
 
 @dataclass
 class NucleiConfig:
-    backend: str = "classical"  # classical | vendor | cellpose
+    # auto: the chip's vendor nuclei (nuclei.zarr) when it has them, else classical; the choice
+    # and its reason go into run.json ("nuclei"). classical | vendor | cellpose pick one outright.
+    backend: str = "auto"
     channel: int = 0
     diameter_um: float = 8.0
     classical: ClassicalNucleiConfig = field(default_factory=ClassicalNucleiConfig)

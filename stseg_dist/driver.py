@@ -48,7 +48,7 @@ from .io import storage
 from .io.chip import Chip, open_chip
 from .lifecycle import Compute, Plugin, PrepareContext
 from .methods import CellMethod, get_method
-from .nuclei import NucleiBackend, get_backend
+from .nuclei import NucleiBackend, choose_backend, get_backend
 from .outputs import (
     cells_table,
     concat_transcripts,
@@ -166,6 +166,16 @@ def _config(config: ConfigArg, hints: dict) -> PipelineConfig:
     return config.validate()
 
 
+def _resolve_nuclei(config: PipelineConfig, chip: Chip) -> tuple[PipelineConfig, dict]:
+    """``nuclei.backend=auto`` made concrete for this chip, so every stage and run.json see one
+    name; returns the config and run.json's record of the choice."""
+    asked = config.nuclei.backend
+    name, why = choose_backend(asked, chip)
+    if name != asked:
+        config = replace(config, nuclei=replace(config.nuclei, backend=name))
+    return config, {"backend": name, "requested": asked, "reason": why}
+
+
 def open_input(
     input_url: str, out_url: str, platform: str, reader_options: dict | None, storage_options: dict
 ) -> tuple[str, dict]:
@@ -211,6 +221,7 @@ def _run(
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     t_all = time.perf_counter()
     chip = chip_url if isinstance(chip_url, Chip) else open_chip(chip_url, storage_options)
+    config, nuclei_choice = _resolve_nuclei(config, chip)
     method = get_method(config.cells.method, config, chip.meta.platform)
     backend = get_backend(
         config.nuclei.backend, config, chip
@@ -222,6 +233,7 @@ def _run(
         summary = _run_locked(
             chip, out_url, config, storage_options, method, backend, address, local, resume
         )
+        summary["nuclei"] = nuclei_choice
         summary["started"] = started
         summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         summary["stage_seconds"]["total"] = time.perf_counter() - t_all

@@ -256,6 +256,15 @@ def write_report(
             "cytoplasmic expression.</p>",
             _table([*free.items(), ("gene pairs", ", ".join(f"{a}/{b}" for a, b in pairs[:10]))]),
         ]
+    if metrics and metrics.get("nuclei"):
+        from .evaluation.evaluate import nucleus_section
+
+        parts += [
+            "<h2>Nuclei</h2>",
+            "<p>A run nucleus matches a reference nucleus when it covers at least half of it, "
+            "covers half of no other and lies at least 30% on it (containment).</p>",
+            _table(nucleus_section(metrics).items()),
+        ]
     if metrics:
         from .evaluation.evaluate import _flatten
 

@@ -11,7 +11,16 @@ from .. import constants as K
 from ..errors import InputError
 from ..io import storage
 from . import metrics as M
-from .references import load_reference, open_label_array
+from . import nuclei as NM
+from .references import (
+    NUCLEUS_FLAG_COLUMNS,
+    Grid,
+    chip_nucleus_reference,
+    load_nucleus_reference,
+    load_reference,
+    nucleus_flags,
+    open_label_array,
+)
 
 
 def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
@@ -35,6 +44,7 @@ def evaluate(
     expression_ref: str | None = None,
     gene_pairs: list[tuple[str, str]] | None = None,
     markers: str | None = None,
+    nuclei_ref: str | None = None,
 ) -> dict:
     """Score the run in ``pred_out_url``; with ``ref_url``, also against the reference.
 
@@ -52,6 +62,12 @@ def evaluate(
     ``markers`` of different types, else pairs found exclusive in this run's nuclei), the median
     nucleus-cytoplasm profile correlation and the share of transcripts assigned. With
     per-transcript reference IDs the reference's own MECR on the same pairs is given too.
+
+    Nuclei (``nuclei``, see :func:`nucleus_section`): the run's nuclei against ``nuclei_ref``
+    (see :func:`~stseg_dist.evaluation.references.load_nucleus_reference`), else against the
+    nuclei that ``ref_url`` or the run's own chip carries; and "transcript lies in a nucleus"
+    against the vendor's per-transcript flags the run's transcripts carry (``overlaps_nucleus``,
+    ``CellComp``). A reference on another grid or frame is refused before anything is computed.
     """
     so = storage_options
     labels_url = storage.join(pred_out_url, K.LABELS_ZARR)
@@ -67,6 +83,8 @@ def evaluate(
     cells = pd.read_parquet(cells_url, storage_options=so or None)
 
     ref = load_reference(ref_url, so) if ref_url else None
+    grid = Grid(tuple(pred_labels.shape), px, (float(ox), float(oy)), labels_url)
+    nuc_ref = _nucleus_reference(pred_out_url, ref_url, nuclei_ref, grid, so)
     key = (
         K.TRANSCRIPT_ID
         if ref is not None and ref.transcripts is not None and K.TRANSCRIPT_ID in ref.transcripts
@@ -75,6 +93,9 @@ def evaluate(
     tx = _pred_transcripts(pred_out_url, key, so)
 
     result: dict = {"pred": pred_out_url, "ref": ref_url}
+    nuclei = _nucleus_metrics(pred_out_url, nuc_ref, tx, block, so)
+    if nuclei:
+        result["nuclei"] = nuclei
     result["baseline"] = M.baseline_metrics(cells, len(tx))
     rows = np.floor((tx[K.Y].to_numpy() - oy) / px).astype(np.int64)
     cols = np.floor((tx[K.X].to_numpy() - ox) / px).astype(np.int64)
@@ -107,6 +128,95 @@ def evaluate(
         if types is not None:
             result["expression"] = _expression(joined, types, expression_ref)
     return result
+
+
+def _nucleus_reference(pred_out_url, ref_url, nuclei_ref, grid: Grid, so):
+    """The nucleus reference asked for, else the one ``ref_url`` or the run's chip carries."""
+    if nuclei_ref:
+        return load_nucleus_reference(nuclei_ref, grid, so)
+    if ref_url:
+        found = chip_nucleus_reference(ref_url.partition("#")[0], grid, so)
+        if found is not None:
+            return found
+    run_json = storage.join(pred_out_url, K.RUN_JSON)
+    chip = storage.read_json(run_json, so).get("chip") if storage.exists(run_json, so) else None
+    try:
+        return chip_nucleus_reference(chip, grid, so) if isinstance(chip, str) else None
+    except InputError:
+        return None  # the run's own chip moved or changed: no automatic reference
+
+
+def _flag_column(url: str, so) -> str | None:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(url, so)
+    with fs.open(path, "rb") as fh:
+        names = pq.read_schema(fh).names
+    return next((c for c in NUCLEUS_FLAG_COLUMNS if c in names), None)
+
+
+def _nucleus_metrics(pred_out_url: str, nuc_ref, tx: pd.DataFrame, block: int, so) -> dict:
+    """Object scores of the run's nuclei and per-transcript agreement, where references exist."""
+    out: dict = {}
+    if nuc_ref is not None and nuc_ref.labels is not None:
+        labels = open_label_array(storage.join(pred_out_url, K.LABELS_ZARR, K.LABELS_NUCLEI), so)
+        out = {"reference": nuc_ref.url, "reference_kind": nuc_ref.kind}
+        out.update(NM.nucleus_metrics(labels, nuc_ref.labels, block=block))
+    pred_in = tx[K.IN_NUCLEUS].to_numpy().astype(bool)
+    if nuc_ref is not None and nuc_ref.flags is not None:
+        key = K.TRANSCRIPT_ID if K.TRANSCRIPT_ID in nuc_ref.flags else K.INPUT_ROW
+        if key not in tx:
+            tx = tx.assign(**{key: _run_column(pred_out_url, key, so)})
+        joined = tx[[key]].merge(nuc_ref.flags, on=key, how="left", validate="one_to_one")
+        missing = int(joined["ref_in_nucleus"].isna().sum())
+        if missing:
+            raise InputError(
+                f"{missing} of the run's {len(tx)} transcripts have no nucleus flag in "
+                f"{nuc_ref.url} (joined on {key}): not the run's transcripts"
+            )
+        out["flags_reference"] = nuc_ref.url
+        out.update(NM.transcript_nucleus_agreement(pred_in, joined["ref_in_nucleus"].to_numpy()))
+        return out
+    url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
+    col = _flag_column(url, so)
+    if col is not None:
+        flags = pd.read_parquet(url, columns=[col], storage_options=so or None)[col]
+        out["flags_reference"] = f"{col} per transcript"
+        out.update(NM.transcript_nucleus_agreement(pred_in, nucleus_flags(flags, col)))
+    return out
+
+
+def _run_column(pred_out_url: str, column: str, so) -> np.ndarray:
+    url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
+    try:
+        return pd.read_parquet(url, columns=[column], storage_options=so or None)[column].to_numpy()
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"{url}: no column '{column}' to join nucleus flags on") from exc
+
+
+def nucleus_section(metrics: dict) -> dict:
+    """The nucleus figures of an ``evaluate`` result, named for people (empty without any).
+
+    For the report and the CLI: one small dict, so each can lay it out as it likes.
+    """
+    m = metrics.get("nuclei") or {}
+    names = {
+        "reference": "reference nuclei",
+        "reference_kind": "reference kind",
+        "n_pred": "nuclei (run)",
+        "n_ref": "nuclei (reference)",
+        "containment_f1": "containment F1",
+        "containment_precision": "containment precision",
+        "containment_recall": "containment recall",
+        "iou50_f1": "IoU>=0.5 F1",
+        "missed": "missed reference nuclei",
+        "merged": "run nuclei covering 2+ reference nuclei",
+        "split": "reference nuclei split in 2+",
+        "flags_reference": "per-transcript reference",
+        "transcript_precision": "in-nucleus transcripts: precision",
+        "transcript_recall": "in-nucleus transcripts: recall",
+    }
+    return {label: m[k] for k, label in names.items() if k in m}
 
 
 def reference_free(

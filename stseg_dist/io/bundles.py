@@ -78,12 +78,11 @@ def convert_bundle(
 def pipeline_hints(report: dict) -> dict:
     """Config overrides that suit what the converted chip holds (applied under the user's own config).
 
-    A chip whose image is a transcript-density rendering has no stain to threshold: its vendor
-    nuclei are used when the bundle had them; otherwise nuclei are found as dense blobs with the
-    density settings of the Stereo-seq preset (see configs/stereoseq.yaml).
+    Vendor nuclei need no hint: ``nuclei.backend=auto`` (the default) uses them whenever the chip
+    has them. A chip whose image is a transcript-density rendering and that has no vendor nuclei
+    has no stain to threshold: nuclei are found as dense blobs with the density settings of the
+    Stereo-seq preset (see configs/stereoseq.yaml).
     """
-    if report.get("image_source") != "transcript_density":
+    if report.get("image_source") != "transcript_density" or report.get("n_vendor_nuclei"):
         return {}
-    if report.get("n_vendor_nuclei"):
-        return {"nuclei": {"backend": "vendor"}}
     return {"nuclei": {"backend": "classical", "classical": dict(stereoseq.DENSITY_NUCLEI)}}

@@ -8,6 +8,8 @@ full fovs (``image_offset_px`` {"x", "y_top"} for crops such as the shared one).
 (channel 0 = DAPI... first plane); ``CellLabels/CellLabels_F###.tif`` become ``vendor_cells.zarr``
 with global label ``fov * 100000 + cell_ID``, also written per transcript as ``vendor_cell_label``.
 NegPrb*, SystemControl* and FalseCode* targets are dropped. Default pixel size 0.12028 µm.
+Vendor nuclei (``nuclei.zarr``) are rebuilt from each cell's ``CellComp == "Nuclear"`` transcripts
+(see :mod:`stseg_dist.io.flag_nuclei`) when the table has ``cell_ID`` and ``CellComp``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
+from .flag_nuclei import OPTIONS as FLAG_OPTIONS
+from .flag_nuclei import FlagNuclei
 from .generic import canonical, drop_prefixes, iter_table, require_columns, write_chip
 from .options import Option, options_doc
 
@@ -44,6 +48,12 @@ OPTIONS = (
         'crop offset {"x": local px of image column 0, "y_top": local px of row 0}',
     ),
     Option("control_prefixes", list(CONTROL_PREFIXES), "drop targets starting with any of these"),
+    Option(
+        "vendor_nuclei",
+        True,
+        'rebuild vendor nuclei from each cell_ID\'s CellComp == "Nuclear" transcripts (false: none)',
+    ),
+    *FLAG_OPTIONS,
 )
 __doc__ += "\n" + options_doc(OPTIONS)
 
@@ -87,9 +97,21 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     ps = float(options["pixel_size_um"])
     prefixes = tuple(options["control_prefixes"])
     dropped = {"control_probe": 0}
+    flags = None
+    if options["vendor_nuclei"] not in (True, False):
+        raise InputError(
+            f"reader option vendor_nuclei must be true or false, got {options['vendor_nuclei']!r}"
+        )
+    if options["vendor_nuclei"] and {"cell_ID", "CellComp", "fov"} <= set(
+        next(iter(iter_table(fs, tx, input_url, 1000))).column_names
+    ):
+        grow = options["flag_nuclei_grow_um"]
+        flags = FlagNuclei(options["flag_nuclei_min_transcripts"], ps if grow is None else grow)
 
     def batches():
         dropped["control_probe"] = 0
+        if flags is not None:
+            flags.reset()
         for t in iter_table(fs, tx, input_url, options["batch_rows"]):
             require_columns(t.column_names, ("fov", "x_global_px", "y_global_px", "target"), tx)
             t, n = drop_prefixes(t, "target", prefixes)
@@ -98,10 +120,13 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
             if "cell_ID" in t.column_names:
                 cid = pc.cast(t["cell_ID"], pa.int64()).to_numpy(zero_copy_only=False)
                 fov = pc.cast(t["fov"], pa.int64()).to_numpy(zero_copy_only=False)
+                label = np.where(cid > 0, fov * LABEL_STRIDE + cid, 0).astype(np.uint32)
                 out = out.append_column("vendor_cell_id", pa.array(cid)).append_column(
-                    "vendor_cell_label",
-                    pa.array(np.where(cid > 0, fov * LABEL_STRIDE + cid, 0).astype(np.uint32)),
+                    "vendor_cell_label", pa.array(label)
                 )
+                if flags is not None:
+                    comp = pc.cast(t["CellComp"], pa.string()).to_numpy(zero_copy_only=False)
+                    flags.add(label, out[K.X].to_numpy(), out[K.Y].to_numpy(), comp == "Nuclear")
             yield out
 
     pos_files = _find(fs, path, ("_fov_positions_file.csv", "_fov_positions_file.csv.gz"))
@@ -169,6 +194,7 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         source=input_url,
         grid=grid,
         paint_image=paint,
+        polygons={K.NUCLEI_ZARR: flags} if flags is not None else None,
         arrays=arrays,
         meta_extra={"y_axis": "negated global y", "label_stride": LABEL_STRIDE},
         overwrite=overwrite,
@@ -176,4 +202,6 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     )
     rep["dropped"] = dict(dropped)
     rep["n_fovs_with_image"] = len(placed)
+    rep["n_vendor_nuclei"] = len(flags) if flags is not None else 0
+    rep["vendor_segmentation"] = "transcript_flags" if flags is not None else None
     return rep

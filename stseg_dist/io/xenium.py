@@ -9,7 +9,10 @@ image is rendered (see :mod:`stseg_dist.io.generic`).
 
 Vendor segmentation: the ``cells.zarr.zip`` raster masks when present (``masks/0`` nuclei ->
 ``nuclei.zarr``, ``masks/1`` cells -> ``vendor_cells.zarr``; exact, on the morphology grid), else
-``nucleus_boundaries.parquet``/``.csv[.gz]`` vertex tables rasterised. The label under each
+``nucleus_boundaries.parquet``/``.csv[.gz]`` vertex tables rasterised, else nuclei rebuilt from
+the per-transcript ``overlaps_nucleus`` flags of each vendor ``cell_id`` (see
+:mod:`stseg_dist.io.flag_nuclei`; ``vendor_nuclei="flags"`` rebuilds them even where polygons or
+masks exist, e.g. to measure them). The label under each
 transcript's vendor cell is written per transcript (``vendor_nucleus_label`` from boundaries,
 ``vendor_cell_label`` from masks) so alignment can be checked.
 """
@@ -26,6 +29,8 @@ import pyarrow.compute as pc
 from .. import constants as K
 from ..errors import InputError
 from . import storage
+from .flag_nuclei import OPTIONS as FLAG_OPTIONS
+from .flag_nuclei import FlagNuclei
 from .generic import (
     canonical,
     drop_prefixes,
@@ -75,8 +80,12 @@ OPTIONS = (
     Option("level", 0, "pyramid level of the morphology image to segment"),
     Option("image", True, "use the morphology image (false: transcript-density image)"),
     Option(
-        "vendor_nuclei", True, "read vendor nuclei (cells.zarr.zip masks or nucleus_boundaries)"
+        "vendor_nuclei",
+        True,
+        "read vendor nuclei: true (cells.zarr.zip masks, else nucleus_boundaries, else rebuilt "
+        'from overlaps_nucleus per cell_id), "flags" (always rebuilt from the flags), false (none)',
     ),
+    *FLAG_OPTIONS,
 )
 __doc__ += "\n" + options_doc(OPTIONS)
 
@@ -158,17 +167,30 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     if tx is None:
         raise InputError(f"{input_url}: Xenium bundle has none of {TX_FILES}")
     ps = _pixel_size(fs, path, options)
-    masks = _masks(fs, path, input_url) if options["vendor_nuclei"] else None
-    polys = lut = None
-    nuc = _first(fs, path, NUCLEI) if options["vendor_nuclei"] and masks is None else None
+    mode = options["vendor_nuclei"]
+    if mode not in (True, False, "flags"):
+        raise InputError(
+            f'reader option vendor_nuclei must be true, false or "flags", got {mode!r}'
+        )
+    masks = _masks(fs, path, input_url) if mode is True else None
+    polys = lut = flags = None
+    nuc = _first(fs, path, NUCLEI) if mode is True and masks is None else None
     if nuc is not None:
         polys, lut = _boundaries(fs, nuc)
+    if (mode == "flags" or (mode is True and masks is None and nuc is None)) and {
+        "cell_id",
+        "overlaps_nucleus",
+    } <= set(next(iter(iter_table(fs, tx, input_url, 1000))).column_names):
+        grow = options["flag_nuclei_grow_um"]
+        flags = FlagNuclei(options["flag_nuclei_min_transcripts"], ps if grow is None else grow)
     dropped = {"low_qv": 0, "control_probe": 0}
 
     def batches():
         dropped.update(low_qv=0, control_probe=0)
+        if flags is not None:
+            flags.reset()
         for t in iter_table(fs, tx, input_url, options["batch_rows"]):
-            yield _canonical_batch(t, tx, options, dropped, masks, lut)
+            yield _canonical_batch(t, tx, options, dropped, masks, lut, flags)
 
     img = _first(fs, path, IMAGES) if options["image"] else None
     image = grid = None
@@ -194,7 +216,7 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         source=input_url,
         image=image,
         grid=grid,
-        polygons={K.NUCLEI_ZARR: polys} if polys else None,
+        polygons={K.NUCLEI_ZARR: polys or flags} if polys or flags is not None else None,
         arrays=arrays,
         overwrite=overwrite,
         storage_options=so,
@@ -202,15 +224,27 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     )
     rep["dropped"] = dict(dropped)
     rep["n_vendor_nuclei"] = (
-        len(polys) if polys else (int(len(masks[2])) if masks is not None else 0)
+        len(polys)
+        if polys
+        else len(masks[2])
+        if masks is not None
+        else len(flags)
+        if flags is not None
+        else 0
     )
     rep["vendor_segmentation"] = (
-        "cells.zarr.zip" if masks is not None else ("boundaries" if polys else None)
+        "cells.zarr.zip"
+        if masks is not None
+        else "boundaries"
+        if polys
+        else "transcript_flags"
+        if flags is not None
+        else None
     )
     return rep
 
 
-def _canonical_batch(t, tx, options, dropped, masks, lut):
+def _canonical_batch(t, tx, options, dropped, masks, lut, flags=None):
     """Filter one batch (control probes, then qv; a missing qv counts as low) and map its columns."""
     require_columns(t.column_names, REQUIRED, tx)
     t, n_ctrl = drop_prefixes(t, "feature_name", tuple(options["control_prefixes"]))
@@ -220,6 +254,13 @@ def _canonical_batch(t, tx, options, dropped, masks, lut):
         dropped["low_qv"] += int(pc.sum(low).as_py() or 0)
         t = t.filter(pc.invert(low))
     out = canonical(t, "x_location", "y_location", "feature_name", EXTRAS)
+    if flags is not None:
+        flags.add(
+            t["cell_id"].to_numpy(zero_copy_only=False),
+            out[K.X].to_numpy(),
+            out[K.Y].to_numpy(),
+            pc.fill_null(t["overlaps_nucleus"], 0).to_numpy(zero_copy_only=False).astype(bool),
+        )
     if "cell_id" not in t.column_names or (lut is None and masks is None):
         return out
     ids = pc.cast(t["cell_id"], pa.string()).to_pandas()

@@ -83,8 +83,9 @@ def test_cosmx_crop_with_reader_options(tmp_path):
     raw = pd.read_csv(bundle / "Lung12_tx_file.csv")
     kept = raw[~raw.target.str.startswith(("NegPrb", "SystemControl"))]
     t = check_accounting(tmp_path / "o", run, "cosmx", kept.target.value_counts())
-    assert run["config"]["nuclei"]["backend"] == "classical"
-    # Cells found on the DAPI hold most of the transcripts the vendor put in cells.
+    # Vendor nuclei rebuilt from CellComp == "Nuclear" are the default (nuclei.backend=auto).
+    assert run["config"]["nuclei"]["backend"] == "vendor" and run["nuclei"]["requested"] == "auto"
+    # Cells grown from them hold most of the transcripts the vendor put in cells.
     assert (t.cell_id[t.vendor_cell_label > 0] > 0).mean() > 0.7
 
 

@@ -363,7 +363,7 @@ def test_generic_table_in_pixels_with_vendor_polygons_and_reference_cells(tmp_pa
     assert (cells > 0).sum() > (nuclei > 0).sum()
     from stseg_dist.io.bundles import pipeline_hints
 
-    assert pipeline_hints(rep) == {"nuclei": {"backend": "vendor"}}
+    assert pipeline_hints(rep) == {}  # no hint needed: nuclei.backend=auto takes vendor nuclei
     for bad, fragment in (
         (dict(nuclei="missing.csv"), "missing.csv: polygon file not found"),
         (dict(coordinate_um=0), "coordinate_um must be positive"),
