@@ -233,7 +233,7 @@ def _run(
         summary = _run_locked(
             chip, out_url, config, storage_options, method, backend, address, local, resume
         )
-        summary["nuclei"] = nuclei_choice
+        summary["nuclei"] = {**summary.get("nuclei", {}), **nuclei_choice}  # + prepare's state
         summary["started"] = started
         summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         summary["stage_seconds"]["total"] = time.perf_counter() - t_all
