@@ -50,11 +50,13 @@ def test_auto_uses_vendor_nuclei_and_says_why(runs):
     assert auto["nuclei"]["backend"] == "vendor" and auto["nuclei"]["requested"] == "auto"
     assert "vendor nuclei" in auto["nuclei"]["reason"]
     assert auto["config"]["nuclei"]["backend"] == "vendor"
-    assert classical["nuclei"] == {
+    choice = {k: classical["nuclei"][k] for k in ("backend", "requested", "reason")}
+    assert choice == {
         "backend": "classical",
         "requested": "classical",
         "reason": "nuclei.backend=classical was set",
     }
+    assert {"lo", "hi", "threshold", "diameter_px"} <= set(classical["nuclei"])  # prepare's state
 
 
 def test_auto_without_vendor_nuclei_is_classical(tmp_path):
@@ -174,13 +176,14 @@ def test_xenium_crop_defaults_to_vendor_nuclei_and_eval_scores_classical(tmp_pat
     args = ["--set", "nuclei.backend=classical"]
     assert main(["run", "--input", bundle, "--out", str(tmp_path / "cl"), *RUN, *args]) == 0
     cl = _run_json(tmp_path / "cl")
-    assert cl["nuclei"]["backend"] == "classical" and cl["counts"]["n_cells"] < 400
+    assert cl["nuclei"]["backend"] == "classical"
+    assert cl["counts"]["n_cells"] != auto["counts"]["n_cells"]  # the stain, not the polygons
     capsys.readouterr()
     assert main(["eval", "--pred", str(tmp_path / "cl")]) == 0
     printed = capsys.readouterr().out
     m = evaluate(str(tmp_path / "cl"))["nuclei"]
     assert m["reference_kind"] == "chip nuclei" and m["n_ref"] == 585
-    assert m["containment_f1"] < 0.8  # the classical backend today (issue 24: 0.42)
+    assert 0.3 < m["containment_f1"] < 1.0  # scored against the 585 polygons, not itself
     assert 0.7 < m["transcript_precision"] < 1.0 and m["flags_reference"].startswith("overlaps")
     assert "transcripts in a nucleus: precision" in printed
 
