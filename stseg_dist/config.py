@@ -61,6 +61,9 @@ class ClassicalNucleiConfig:
     intensity_weight: float = 2.0
     seed_sigma: float = 0.15
     seed_radius: float = 0.2
+    # A seed that reaches a better pixel within half a diameter without its stain dipping by more
+    # than this (normalised units) is texture or noise, not a nucleus (h-maxima); 0: off.
+    seed_dynamic: float = 0.0
     # A pixel stays in its nucleus only where the stain is at least this fraction of the stain at
     # the nucleus's seed (each nucleus cut at its own level: a bright nucleus's glow is not
     # nucleus); None: off.
@@ -85,6 +88,10 @@ class ClassicalNucleiConfig:
             pf is None or 0 < pf < 1, f"{key}.peak_fraction must be in (0, 1) or null, got {pf}"
         )
         _positive(self, key, "seed_sigma", "seed_radius")
+        _require(
+            self.seed_dynamic >= 0,
+            f"{key}.seed_dynamic must not be negative, got {self.seed_dynamic}",
+        )
         _require(
             self.intensity_weight >= 0,
             f"{key}.intensity_weight must not be negative, got {self.intensity_weight}",

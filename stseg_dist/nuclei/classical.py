@@ -172,7 +172,14 @@ class ClassicalNuclei(NucleiBackend):
         else:
             radius = max(1, int(round(c.seed_radius * d)))
             dmax = max(1.0, d / 2)
+        extra = {}
+        if c.seeds == "shape_intensity" and c.seed_dynamic:
+            extra = {
+                "dynamic": c.seed_dynamic * c.intensity_weight,
+                "dynamic_radius_px": max(1, int(round(d / 2))),
+            }
         return {
+            **extra,
             "hole_px": max(1, int(round(d / 2))),
             "dmax_px": dmax,
             "radius_px": radius,
