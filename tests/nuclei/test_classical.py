@@ -23,9 +23,18 @@ LEGACY = {  # every switch of docs/nuclei_classical.md off: the previous backend
 }
 
 
+DENSE = {  # the dense-tissue switches, as in configs/xenium.yaml and configs/cosmx.yaml
+    "normalise": True,
+    "foreground": "log_otsu",
+    "seeds": "shape_intensity",
+    "peak_fraction": 0.5,
+    "learn_size": True,
+}
+
+
 def _config(legacy=False, **classical):
     cfg = PipelineConfig()
-    for k, v in {**(LEGACY if legacy else {}), **classical}.items():
+    for k, v in {**(LEGACY if legacy else DENSE), **classical}.items():
         setattr(cfg.nuclei.classical, k, v)
     return cfg
 
@@ -143,11 +152,12 @@ def _chains(seed=0, shape=(400, 400)):
     return img
 
 
-#: states for the context test: the previous backend, and today's defaults at the largest
-#: diameter a run may learn (1.5 x nuclei.diameter_um = 24 px), where the reach is longest
+#: states for the context test: the previous backend (the defaults), and the dense-tissue switches
+#: at the largest diameter a run may learn (1.5 x nuclei.diameter_um = 24 px), where the reach is
+#: longest
 _STATES = {
     "legacy": (True, {"threshold": 1000.0}),
-    "defaults": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
+    "dense": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
 }
 
 
