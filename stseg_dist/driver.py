@@ -254,7 +254,7 @@ def _run(
             resume,
             spatialdata,
         )
-        summary["nuclei"] = nuclei_choice
+        summary["nuclei"] = {**summary.get("nuclei", {}), **nuclei_choice}  # + prepare's state
         summary["started"] = started
         summary["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         summary["stage_seconds"]["total"] = time.perf_counter() - t_all

@@ -1,13 +1,14 @@
 """Classical nuclei segmentation of the nuclear stain; needs no weights.
 
-The stain is rescaled chip-wide (its robust percentiles over every tile's core, found in
-:meth:`ClassicalNuclei.prepare`, become 0 and 1), Gaussian-smoothed, optionally minus a white
-top-hat that removes the stain's slowly varying glow, and cut at a *chip-wide* threshold (Otsu over
-a histogram summed across tiles, on the log of the stain by default so dim nuclei of dense tissue
-stay foreground). Touching nuclei are split by rules of bounded reach (:mod:`.split`): basins of
-the clamped distance to the background plus the smoothed stain (seeds from shape and intensity),
-each nucleus cut at a fraction of its own seed's brightness, at a nucleus size learned in
-``prepare`` from a first pass over the chip. Every step looks only a fixed distance away
+The stain is Gaussian-smoothed, optionally minus a white top-hat that removes its slowly varying
+glow, and cut at a *chip-wide* threshold (Otsu over a histogram summed across tiles in
+:meth:`ClassicalNuclei.prepare`); touching nuclei are split by rules of bounded reach
+(:mod:`.split`) on the clamped distance to the background. The dense-tissue switches (on in the
+Xenium and CosMx presets) add: the stain rescaled chip-wide (its robust percentiles over every
+tile's core become 0 and 1), Otsu on the log of the stain (dim nuclei stay foreground), basins of
+the distance plus the smoothed stain (seeds from shape and intensity), each nucleus cut at a
+fraction of its own seed's brightness, and a nucleus size learned in ``prepare`` from a first pass
+over the chip. Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
 labels. Each part is a switch of ``nuclei.classical`` (docs/nuclei_classical.md has its measured
@@ -171,7 +172,14 @@ class ClassicalNuclei(NucleiBackend):
         else:
             radius = max(1, int(round(c.seed_radius * d)))
             dmax = max(1.0, d / 2)
+        extra = {}
+        if c.seeds == "shape_intensity" and c.seed_dynamic:
+            extra = {
+                "dynamic": c.seed_dynamic * c.intensity_weight,
+                "dynamic_radius_px": max(1, int(round(d / 2))),
+            }
         return {
+            **extra,
             "hole_px": max(1, int(round(d / 2))),
             "dmax_px": dmax,
             "radius_px": radius,

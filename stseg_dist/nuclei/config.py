@@ -21,30 +21,35 @@ class ClassicalNucleiConfig:
     min_distance_um: float = 3.0  # between seeds, for seeds="shape"
     footprint_um: float = 4.0  # for seeds="shape"
     background_um: float | None = None  # white top-hat width (~2 nucleus diameters); None: off
-    # Each switch below is measured on every real crop in docs/nuclei_classical.md; all off
-    # (normalise false, foreground otsu, seeds shape, peak_fraction null, learn_size false) is the
-    # old backend. The stain is rescaled so that the chip's normalise_percentiles (of every tile's
-    # core, in prepare) become 0 and 1: every threshold and weight below is in those units.
-    normalise: bool = True
+    # Dense-tissue switches, each measured on every real crop in docs/nuclei_classical.md. They
+    # win on the real crops (Xenium breast, CosMx, dsb2018) but over-split the generated chips'
+    # flat, noisy nuclei, so they are on in the presets of the platforms they were measured on
+    # (configs/xenium.yaml, configs/cosmx.yaml), not here: all off is the previous backend.
+    # The stain is rescaled so that the chip's normalise_percentiles (of every tile's core, in
+    # prepare) become 0 and 1: every threshold and weight below is in those units.
+    normalise: bool = False
     normalise_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.5])
     # "log_otsu": Otsu on log(stain + 0.05) (dim nuclei of dense tissue are a third as bright as
     # the bright ones and fall below a linear Otsu); "otsu": on the stain itself.
-    foreground: str = "log_otsu"
+    foreground: str = "otsu"
     # "shape_intensity": nuclei are basins of the clamped distance to the background plus
     # intensity_weight times the stain smoothed over seed_sigma x the diameter (touching nuclei
     # with no neck split at their darker seam); seeds are seed_radius x the diameter apart.
     # "shape": the distance alone, seeds max(footprint_um / 2, min_distance_um) apart.
-    seeds: str = "shape_intensity"
+    seeds: str = "shape"
     intensity_weight: float = 2.0
     seed_sigma: float = 0.15
     seed_radius: float = 0.2
+    # A seed that reaches a better pixel within half a diameter without its stain dipping by more
+    # than this (normalised units) is texture or noise, not a nucleus (h-maxima); 0: off.
+    seed_dynamic: float = 0.0
     # A pixel stays in its nucleus only where the stain is at least this fraction of the stain at
     # the nucleus's seed (each nucleus cut at its own level: a bright nucleus's glow is not
     # nucleus); None: off.
-    peak_fraction: float | None = 0.5
+    peak_fraction: float | None = None
     # The diameter the seeds and reach use is the median equivalent diameter of a first pass's
     # nuclei (nuclei.diameter_um for that pass), kept within [0.5, 1.5] x nuclei.diameter_um.
-    learn_size: bool = True
+    learn_size: bool = False
 
     def validate(self, key: str, root: "PipelineConfig") -> None:
         bg = self.background_um
@@ -65,6 +70,10 @@ class ClassicalNucleiConfig:
         pf = self.peak_fraction
         require(
             pf is None or 0 < pf < 1, f"{key}.peak_fraction must be in (0, 1) or null, got {pf}"
+        )
+        require(
+            self.seed_dynamic >= 0,
+            f"{key}.seed_dynamic must not be negative, got {self.seed_dynamic}",
         )
         require(
             self.intensity_weight >= 0,

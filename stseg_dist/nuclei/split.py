@@ -91,6 +91,8 @@ def split_nuclei(
     surface: np.ndarray | None = None,
     keep: np.ndarray | None = None,
     peak_fraction: float | None = None,
+    dynamic: float = 0.0,
+    dynamic_radius_px: int = 0,
 ) -> np.ndarray:
     """Nucleus labels (uint32, any positive IDs) of a boolean foreground ``mask``; ``surface`` is
     added to the distance (clamped at ``dmax_px``, divided by it) when given."""
@@ -129,6 +131,20 @@ def split_nuclei(
         k = int(np.argmin(sub))
         if sub.flat[k] < flat_rank[s]:
             nxt[s] = (r0 + k // (c1 - c0)) * w + c0 + k % (c1 - c0)
+    if dynamic > 0 and dynamic_radius_px > 0:
+        # h-maxima in a bounded box: a seed that reaches a better pixel within dynamic_radius_px
+        # without descending more than ``dynamic`` is a texture or noise peak, not a nucleus
+        big, rad = np.iinfo(np.int64).max, dynamic_radius_px
+        for s in summits[nxt[summits] == summits]:
+            r, c = divmod(int(s), w)
+            r0, r1 = max(0, r - rad), min(h, r + rad + 1)
+            c0, c1 = max(0, c - rad), min(w, c + rad + 1)
+            near = mask[r0:r1, c0:c1] & (dist[r0:r1, c0:c1] >= dist.flat[s] - dynamic)
+            lab, _ = ndi.label(near, structure=_8)
+            sub = np.where(lab == lab[r - r0, c - c0], rank[r0:r1, c0:c1], big)
+            k = int(np.argmin(sub))
+            if sub.flat[k] < flat_rank[s]:
+                nxt[s] = (r0 + k // (c1 - c0)) * w + c0 + k % (c1 - c0)
     # Follow the pointers from every mask pixel; a path that leaves the pixel's extent box fails.
     pix = np.flatnonzero(mask.ravel())
     pr, pc = np.divmod(pix, w)
@@ -154,6 +170,9 @@ def split_nuclei(
     return out
 
 
-def reach_px(*, hole_px: int, dmax_px: float, radius_px: int, extent_px: int, **_) -> int:
+def reach_px(
+    *, hole_px: int, dmax_px: float, radius_px: int, extent_px: int, dynamic_radius_px: int = 0, **_
+) -> int:
     """How far from a pixel the mask may differ before the pixel's label can change."""
-    return int(extent_px + radius_px + np.ceil(dmax_px) + 1 + hole_px + 1)
+    radius = max(radius_px, dynamic_radius_px)
+    return int(extent_px + radius + np.ceil(dmax_px) + 1 + hole_px + 1)

@@ -23,9 +23,18 @@ LEGACY = {  # every switch of docs/nuclei_classical.md off: the previous backend
 }
 
 
+DENSE = {  # the dense-tissue switches, as in configs/xenium.yaml and configs/cosmx.yaml
+    "normalise": True,
+    "foreground": "log_otsu",
+    "seeds": "shape_intensity",
+    "peak_fraction": 0.5,
+    "learn_size": True,
+}
+
+
 def _config(legacy=False, **classical):
     cfg = PipelineConfig()
-    for k, v in {**(LEGACY if legacy else {}), **classical}.items():
+    for k, v in {**(LEGACY if legacy else DENSE), **classical}.items():
         setattr(cfg.nuclei.classical, k, v)
     return cfg
 
@@ -143,11 +152,12 @@ def _chains(seed=0, shape=(400, 400)):
     return img
 
 
-#: states for the context test: the previous backend, and today's defaults at the largest
-#: diameter a run may learn (1.5 x nuclei.diameter_um = 24 px), where the reach is longest
+#: states for the context test: the previous backend (the defaults), and the dense-tissue switches
+#: at the largest diameter a run may learn (1.5 x nuclei.diameter_um = 24 px), where the reach is
+#: longest
 _STATES = {
     "legacy": (True, {"threshold": 1000.0}),
-    "defaults": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
+    "dense": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
 }
 
 
@@ -338,6 +348,7 @@ def test_size_is_learned_from_the_chip(nominal_um, expected_px):
         ("normalise_percentiles", [99.0, 1.0], "normalise_percentiles must be"),
         ("seed_radius", 0.0, "seed_radius must be positive"),
         ("intensity_weight", -1.0, "intensity_weight must not be negative"),
+        ("seed_dynamic", -0.1, "seed_dynamic must not be negative"),
     ],
 )
 def test_bad_classical_settings_rejected(key, value, message):
@@ -345,3 +356,31 @@ def test_bad_classical_settings_rejected(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         ClassicalNuclei(_config(**{key: value}), _FakeChipMeta())
+
+
+@pytest.mark.parametrize("value", [0, 700])
+def test_flat_stain_rejected_by_prepare(value):
+    """A stain with one value everywhere (empty, or flat) has no nuclei to find: a clear error."""
+    with pytest.raises(InputError, match="single intensity"):
+        _prepared(np.full((64, 64), value, np.uint16), _config())
+
+
+def test_seed_dynamic_merges_texture_peaks_on_a_generated_chip(tmp_path):
+    """Generated nuclei are flat discs with noise: without the h-maxima test their noise peaks
+    become seeds (more nuclei than the truth); with it the count and the match come back."""
+    import zarr
+
+    from stseg_dist.synth import synth_chip
+
+    synth_chip(str(tmp_path / "chip"), 100, 100, seed=11)
+    img = zarr.open_array(str(tmp_path / "chip" / "image.zarr"), mode="r")[:]
+    img = img[0] if img.ndim == 3 else img
+    truth = zarr.open_array(str(tmp_path / "chip" / "truth" / "nuclei.zarr"), mode="r")[:]
+    n_true = len(np.unique(truth)) - 1
+    n, f1 = {}, {}
+    for dyn in (0.0, 0.02):
+        backend, _, _ = _prepared(img, _config(seed_dynamic=dyn))
+        labels = backend.segment_array(img).astype(np.int64)
+        n[dyn], f1[dyn] = len(np.unique(labels)) - 1, _matched_f1(labels, truth.astype(np.int64))
+    assert n[0.0] > n_true + 3 and abs(n[0.02] - n_true) <= 2
+    assert f1[0.02] > f1[0.0] + 0.03
