@@ -86,7 +86,8 @@ def run_chip(
     ray: bool = False,
 ) -> list[dict]:
     """``stseg run`` on one generated chip: expansion, then UCS in each variant (in process, or
-    on an embedded Ray with ``ray``)."""
+    on an embedded Ray with ``ray``).
+    """
     import os
 
     from stseg_dist import cli

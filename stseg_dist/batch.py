@@ -235,7 +235,8 @@ def _read_json(url: str) -> dict | None:
 
 def _slide_config(m: Manifest, s: Slide):
     """The slide's config as a function of its bundle's reader hints: they apply, under the
-    slide's overrides, only when the manifest names no shared config (as ``stseg run --input``)."""
+    slide's overrides, only when the manifest names no shared config (as ``stseg run --input``).
+    """
 
     def build(hints: dict) -> PipelineConfig:
         return load_config(m.config, s.overrides if m.config else _merge(hints, s.overrides))
@@ -245,7 +246,8 @@ def _slide_config(m: Manifest, s: Slide):
 
 def failure_kind(exc: BaseException) -> str:
     """``"cluster"`` when ``exc`` (or an exception it was raised from) is a Ray error that says the
-    cluster lost a node, worker, actor, object or connection; ``"slide"`` otherwise."""
+    cluster lost a node, worker, actor, object or connection; ``"slide"`` otherwise.
+    """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -92,7 +92,8 @@ def label_polygons(
 
 def union_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outlines of ``ids`` in ``lab`` in its pixel coordinates: the union of each label's pixel
-    runs (exact but slow: a GEOS overlay per cell)."""
+    runs (exact but slow: a GEOS overlay per cell).
+    """
     val, rows, c0, c1 = pixel_runs(lab)
     keep = np.isin(val, ids)
     val, rows, c0, c1 = val[keep], rows[keep], c0[keep], c1[keep]
@@ -241,7 +242,8 @@ def whole_windows(
 ) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
     """(window, cell ids) pairs such that each window holds all pixels of its cells: the tile
     window for most cells; for a cell of which it holds fewer pixels than the cell table counts
-    (cut at the window edge, or in pieces), a window grown around it until it holds them all."""
+    (cut at the window edge, or in pieces), a window grown around it until it holds them all.
+    """
     window = tile.window
     found = _extent(_read(cells_url, window, so), job.cell_ids)
     expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist()))
@@ -391,7 +393,8 @@ def concat_boundaries(ctx, staging_url: str) -> None:
 
 def read_boundaries(url: str, so: dict | None = None):
     """A boundaries GeoParquet file as a pandas Series of shapely geometries indexed by cell_id
-    (pyarrow and shapely only, so exports need no geopandas)."""
+    (pyarrow and shapely only, so exports need no geopandas).
+    """
     import pandas as pd
 
     fs, path = storage.fs_and_path(url, so)

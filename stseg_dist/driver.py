@@ -26,9 +26,10 @@ import importlib.metadata as md
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -179,7 +180,8 @@ def _config(config: ConfigArg, hints: dict) -> PipelineConfig:
 
 def _resolve_nuclei(config: PipelineConfig, chip: Chip) -> tuple[PipelineConfig, dict]:
     """``nuclei.backend=auto`` made concrete for this chip, so every stage and run.json see one
-    name; returns the config and run.json's record of the choice."""
+    name; returns the config and run.json's record of the choice.
+    """
     asked = config.nuclei.backend
     name, why = choose_backend(asked, chip)
     if name != asked:
@@ -191,7 +193,8 @@ def open_input(
     input_url: str, out_url: str, platform: str, reader_options: dict | None, storage_options: dict
 ) -> tuple[str, dict]:
     """A chip folder as it is; a vendor bundle converted into ``OUT/_work/input_chip``.
-    Returns the chip URL and the config hints its contents suggest."""
+    Returns the chip URL and the config hints its contents suggest.
+    """
     from .io.bundles import convert_bundle, pipeline_hints
 
     if storage.exists(storage.join(input_url, K.CHIP_JSON), storage_options):
@@ -477,7 +480,8 @@ def _cell_table(run: Run, ctx: stages.RunContext) -> CellTable:
 
 def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     """Cell and nucleus outlines, each vectorised by the tile owning its centroid, then both
-    GeoParquet files into the staging folder."""
+    GeoParquet files into the staging folder.
+    """
     jobs = owner_jobs(
         run.grid, cells.ids, cells.sums["area"], cells.sums["sum_r"], cells.sums["sum_c"]
     )
@@ -493,7 +497,8 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
 
 def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: int) -> bool:
     """The cell table, transcripts and AnnData into staging, published into OUT; True when the run
-    is complete."""
+    is complete.
+    """
     storage_options, work, chip = run.storage_options, ctx.work, run.chip
     staging = work.url(ctx.stage("staging"))
     with run.timed("outputs.tables", add=True):
@@ -535,7 +540,8 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
 
 def _import_in_background(run: Run) -> None:
     """Import the output writers' libraries (anndata; spatialdata when the store is written) in
-    a thread: seconds of imports the driver would otherwise spend after the tiles finish."""
+    a thread: seconds of imports the driver would otherwise spend after the tiles finish.
+    """
     import importlib.util
     import threading
 
@@ -561,7 +567,8 @@ def _import_in_background(run: Run) -> None:
 
 def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
     """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
-    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not."""
+    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not.
+    """
     import importlib.util
     from pathlib import Path
 

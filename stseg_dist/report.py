@@ -340,7 +340,7 @@ class ReportContext:
     notes: list = field(default_factory=list)
 
     def extent_um(self, r0: int, r1: int, c0: int, c1: int) -> tuple[float, ...]:
-        """imshow extent (left, right, bottom, top) in µm of a pixel window."""
+        """Imshow extent (left, right, bottom, top) in µm of a pixel window."""
         x0, y0 = self.origin
         return (x0 + c0 * self.px, x0 + c1 * self.px, y0 + r1 * self.px, y0 + r0 * self.px)
 
@@ -354,7 +354,8 @@ class ReportContext:
 class Section:
     """An optional report section: rendered where every key in ``needs`` (dotted, in the
     metrics or run.json) is present; ``order`` places it (overview 10, crop 20, nuclei 30,
-    coverage-contamination 40, distributions 50, metrics 60, counts 70, timing 80)."""
+    coverage-contamination 40, distributions 50, metrics 60, counts 70, timing 80).
+    """
 
     title: str
     render: Callable[[ReportContext], str | None]  # HTML (e.g. ``figure(fig, alt)``) or None
@@ -367,7 +368,8 @@ SECTIONS: dict[str, Section] = {}
 
 def register_section(key: str, section: Section) -> None:
     """Add (or replace, by ``key``) a section, e.g. the nucleus metrics' figures (order 30) or
-    the coverage-contamination frontier (order 40), fed by keys ``stseg eval`` writes."""
+    the coverage-contamination frontier (order 40), fed by keys ``stseg eval`` writes.
+    """
     SECTIONS[key] = section
 
 

@@ -25,7 +25,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from . import redact
 from .errors import OutputError
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".stseg-lock"
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
-_HELD: dict[str, "RunLock"] = {}  # locks held by this process's threads: a nested hold is a no-op
+_HELD: dict[str, RunLock] = {}  # locks held by this process's threads: a nested hold is a no-op
 _HELD_GUARD = threading.Lock()
 
 
@@ -196,7 +197,7 @@ class RunLock:
             f"by the next run once its heartbeat is {self.stale_s:.0f} s old"
         )
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(5):
             if self._create():
                 self._start_heartbeat()

@@ -279,7 +279,8 @@ def _place(v: np.ndarray, pix: np.ndarray, n: int, ps: float, copy: int, origin:
     """Source coordinates (µm from the crop's corner, in source pixels ``pix``) into copy
     ``copy`` along one axis: as they are in even copies, mirrored in odd ones; each lands in the
     output pixel its source pixel maps to, also where rounding (a coordinate on a pixel edge)
-    would put it in the next one."""
+    would put it in the next one.
+    """
     if copy % 2 == 0:
         local, p = v, pix
     else:
@@ -303,7 +304,8 @@ def _set(t: pa.Table, name: str, values) -> pa.Table:
 
 def _truth_cells(chip, src: _Source, H: int, W: int, n_rows: int, n_cols: int) -> pa.Table | None:
     """A generated chip's truth/cells.parquet per copy: IDs renumbered, centres mirrored, cells
-    whose centre falls off the slide dropped."""
+    whose centre falls off the slide dropped.
+    """
     url = storage.join(chip.url, TRUTH_CELLS_PARQUET)
     if not storage.exists(url):
         return None

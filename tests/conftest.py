@@ -174,7 +174,8 @@ def assert_same_outputs(a, b):
 
 def one_tile_vs_many(chip, tmp_path, items, tile_um, chunk_px=32):
     """Run ``chip`` as one in-process tile and as many Ray tiles (every method's tile-invariance
-    check); returns both summaries and each run's (cells, nuclei) label arrays."""
+    check); returns both summaries and each run's (cells, nuclei) label arrays.
+    """
     import zarr
 
     from stseg_dist.config import load_config, parse_set

@@ -205,7 +205,8 @@ def test_unknown_method_and_backend(tmp_path):
 
 def test_odd_gene_names_and_duplicate_ids_round_trip(tmp_path):
     """Documented recovery: gene names pass through untouched; duplicate transcript_ids are kept as
-    given and ``input_row`` (always unique) identifies each transcript."""
+    given and ``input_row`` (always unique) identifies each transcript.
+    """
     import anndata as ad
     import pandas as pd
 

@@ -1,5 +1,6 @@
 """The README and docs/ stay true to the code: the commands they show parse, the config keys they
-name exist, the outputs they list are the ones a run writes, and their links resolve."""
+name exist, the outputs they list are the ones a run writes, and their links resolve.
+"""
 
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
 
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """Module -> the package modules it imports (``from a import b``: ``a.b`` where that is a
-    module, else ``a``)."""
+    module, else ``a``).
+    """
     modules = _modules(root)
 
     def known(name: str) -> str | None:

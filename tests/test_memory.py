@@ -1,7 +1,8 @@
 """Peak memory follows the tile size, not the chip size: a 16x larger chip, same tiles, about the
 same growth. Measured on the in-process path, which holds the driver and every kernel at once,
 each run in a fresh interpreter that reports its own peak before and after the run. The optional
-SpatialData export is left out: it is measured on its own by ``stseg bench -- --exports``."""
+SpatialData export is left out: it is measured on its own by ``stseg bench -- --exports``.
+"""
 
 import json
 import os

@@ -110,7 +110,8 @@ def _run(cmd: list, cwd: Path, env: dict, timeout: float = 600) -> subprocess.Co
 @pytest.mark.timeout(1200)
 def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     """A fresh venv (no system site-packages), the torch pins first as the Makefile does, then
-    the built wheel with no extras under deploy/constraints.txt (as the images install it)."""
+    the built wheel with no extras under deploy/constraints.txt (as the images install it).
+    """
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):

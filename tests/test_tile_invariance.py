@@ -49,7 +49,8 @@ def test_vendor_nuclei(tmp_path):
 
 def _chain_chip(path, seed=0, shape=(200, 400)):
     """Gaussian-blob nuclei in two long chains of touching nuclei that cross (one cluster far
-    longer than the halo), plus isolated ones, with transcripts around them."""
+    longer than the halo), plus isolated ones, with transcripts around them.
+    """
     from stseg_dist.io.chip_writer import ChipWriter
 
     rng = np.random.default_rng(seed)
@@ -80,7 +81,8 @@ def _chain_chip(path, seed=0, shape=(200, 400)):
 
 def test_clusters_longer_than_the_halo(tmp_path):
     """Tiles cut through a cluster of touching nuclei (one foreground component) far longer than
-    the halo. (The watershed this replaced changed 0.3% of nucleus and 1.1% of cell pixels here.)"""
+    the halo. (The watershed this replaced changed 0.3% of nucleus and 1.1% of cell pixels here.)
+    """
     chip = _chain_chip(tmp_path / "chip")
     one = _same_at_every_tiling(chip, tmp_path, [24, 40])
     import json

@@ -113,7 +113,8 @@ def synthetic_datasets(
 ) -> list[Dataset]:
     """Generated chips with a membrane stain, optionally offset by ``membrane_shift`` (dy, dx) px
     as if imaged in a second round (what ``membrane`` registration must undo); ``hard``: the
-    generator's real-tissue preset (synth.HARD)."""
+    generator's real-tissue preset (synth.HARD).
+    """
     from ..synth import HARD, synth_chip
 
     out = []
@@ -220,7 +221,8 @@ def vendor_reference(chip: str, out: str, column: str) -> pd.DataFrame:
 def score(ds: Dataset, out: str) -> dict:
     """Truth metrics on generated chips; on real crops cell F1 (vendor mask), ARI (vendor cell
     per transcript), and everywhere the reference-free MECR, nucleus-cytoplasm r and assigned share
-    (with the vendor's own MECR and assigned share on the same gene pairs)."""
+    (with the vendor's own MECR and assigned share on the same gene pairs).
+    """
     from ..evaluation.evaluate import evaluate
     from ..evaluation.metrics import adjusted_rand_index, mecr
 
@@ -352,7 +354,8 @@ def summary_table(rows: list[dict]) -> str:
     """Methods as rows; generated chips averaged over seeds, real crops one column group each.
 
     A crop marked * has a reference that is a nucleus expansion or nucleus-sized: F1 and ARI
-    against it favour that shape, so MECR and the assigned share judge methods there."""
+    against it favour that shape, so MECR and the assigned share judge methods there.
+    """
     df = pd.DataFrame(rows)
     biased = set(
         df.dataset[

@@ -63,7 +63,8 @@ class RSSSampler:
     @staticmethod
     def kind(name: str, cmd: str) -> str:
         """driver, worker (a Ray worker: ``ray::<task>`` or ``default_worker.py``) or ray (the
-        raylet, GCS and Ray's other helpers)."""
+        raylet, GCS and Ray's other helpers).
+        """
         if name.startswith("ray::") or "default_worker.py" in cmd:
             return "worker"
         return "ray"
@@ -149,7 +150,8 @@ def run_once(
 ) -> dict:
     """One timed pipeline run (SpatialData store included unless ``spatialdata`` is False), then
     the report (timed as the stage ``report``); Ray is started with ``workers`` CPUs unless
-    ``local``. ``keep`` leaves the run folder in place (for scoring it afterwards)."""
+    ``local``. ``keep`` leaves the run folder in place (for scoring it afterwards).
+    """
     from ..driver import run_pipeline
     from ..report import write_report
 

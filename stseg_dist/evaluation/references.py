@@ -166,7 +166,8 @@ class NucleusReference:
 
 def nucleus_flags(values: pd.Series, column: str) -> np.ndarray:
     """In-nucleus booleans from a vendor column: Xenium ``overlaps_nucleus`` (0/1) or CosMx
-    ``CellComp`` (``"Nuclear"``)."""
+    ``CellComp`` (``"Nuclear"``).
+    """
     if column == "CellComp" or values.dtype == object or isinstance(values.dtype, pd.StringDtype):
         return values.astype(str).str.lower().isin(["nuclear", "nucleus", "true", "1"]).to_numpy()
     return values.fillna(0).to_numpy().astype(bool)

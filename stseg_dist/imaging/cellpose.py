@@ -45,7 +45,8 @@ def resolve_model_path(
     model: str, storage_options: dict | None = None, key: str = "nuclei.cellpose.model"
 ) -> str:
     """Turn a model name, path or URL into a local file path, without any network download
-    except from the user's own object store. ``key`` names the setting in errors."""
+    except from the user's own object store. ``key`` names the setting in errors.
+    """
     from cellpose import models as cp_models
 
     from ..io import storage

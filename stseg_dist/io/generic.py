@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import posixpath
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -120,7 +120,8 @@ def _chip_grid(
     batches: Batches, ps: float, source: str, grid
 ) -> tuple[int, tuple[float, float], tuple[int, int]]:
     """One pass over the transcripts: their count, and the chip's (origin, (H, W)): the vendor
-    image's ``grid`` (refused when the transcripts lie outside it), else the transcripts' extent."""
+    image's ``grid`` (refused when the transcripts lie outside it), else the transcripts' extent.
+    """
     n = 0
     lo = [math.inf, math.inf]
     hi = [-math.inf, -math.inf]
@@ -156,7 +157,8 @@ def _split_into_bands(
 ) -> tuple[set[int], pa.Schema]:
     """Second pass: the transcripts into one temporary parquet file per band of image rows
     (``tmp/b<band>.parquet``), so each band is then sorted and written alone; returns the bands
-    that hold any and the table schema."""
+    that hold any and the table schema.
+    """
     writers: dict[int, pq.ParquetWriter] = {}
     schema = None
     for t in batches():

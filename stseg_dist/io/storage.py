@@ -24,7 +24,8 @@ def is_remote(url: str) -> bool:
 
 def absolute(url: str) -> str:
     """A URL as it is; a local path made absolute (``file://`` dropped), so that a location
-    recorded in run.json means the same from any working directory."""
+    recorded in run.json means the same from any working directory.
+    """
     url = str(url)
     if is_remote(url):
         return url

@@ -222,7 +222,8 @@ def _operator_rules(doc: dict) -> list[str]:
 
 def problems(doc: dict, kuberay: str) -> list[str]:
     """Every reason the API server (with the CRDs of KubeRay ``kuberay``) would reject ``doc``, as
-    ``field.path: message``; empty when it would accept it."""
+    ``field.path: message``; empty when it would accept it.
+    """
     api, kind = doc.get("apiVersion"), doc.get("kind")
     if kind in CRD_FILES:
         validator, want_api = _crd(kuberay, kind)

@@ -1,6 +1,7 @@
 """docs/cluster.md's walkthrough, checked against what its commands create: the overlays it writes
 (heredocs) are rendered, and every namespace, ServiceAccount, Secret (and key), image, ConfigMap key
-and object name its commands use must match the rendered manifests."""
+and object name its commands use must match the rendered manifests.
+"""
 
 from __future__ import annotations
 

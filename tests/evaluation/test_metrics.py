@@ -181,7 +181,8 @@ def test_profile_and_petukhov_correlation():
 
 def _two_types(rng, n_cells=80, per_cell=30):
     """Cells of two types with disjoint gene programs (type A: genes 0-4, type B: genes 5-9),
-    half of each cell's transcripts in its nucleus."""
+    half of each cell's transcripts in its nucleus.
+    """
     cells = np.repeat(np.arange(1, n_cells + 1), per_cell)
     kind = cells % 2
     genes = np.where(kind == 0, rng.integers(0, 5, len(cells)), rng.integers(5, 10, len(cells)))

@@ -318,7 +318,8 @@ def test_stereoseq_registered_stain_sets_the_grid(tmp_path):
 
 def test_generic_table_in_pixels_with_vendor_polygons_and_reference_cells(tmp_path):
     """A MERFISH-style table in native pixels (coordinate_um scales it), vendor nucleus and cell
-    polygons as Xenium vertex tables, and a per-transcript reference cell column."""
+    polygons as Xenium vertex tables, and a per-transcript reference cell column.
+    """
     (tmp_path / "m").mkdir()
     square = lambda cid, x0, y0, s: pd.DataFrame(
         {

@@ -1,5 +1,6 @@
 """GeneSegNet: RNA map, bin grid, U-Net, training and refinement, seamless windows, and the method
-through the pipeline (tile invariance, exact-once accounting)."""
+through the pipeline (tile invariance, exact-once accounting).
+"""
 
 import json
 from pathlib import Path
@@ -386,7 +387,8 @@ def test_assign_to_centres_follows_offsets_to_predicted_centres():
 
 def test_scale_rotate_crop_moves_offsets_with_their_centre():
     """After augmentation every weighted bin's offset still lands on its cell's (moved) centre,
-    which is where the centre map's target peaks."""
+    which is where the centre map's target peaks.
+    """
     from stseg_dist.methods.genesegnet.training import scale_rotate_crop, targets
 
     size, cy, cx = 32, 14.3, 17.6
@@ -509,7 +511,8 @@ def accuracy_chip(tmp_path_factory):
 @pytest.mark.slow
 def test_paper_accuracy_against_expansion(accuracy_chip, tmp_path):
     """Cell F1 at IoU 0.5 and transcripts in their true cell on a generated chip, paper vs stseg vs
-    expansion (figures measured here, in the comments; CPU-sized training: 64 patches x 4 epochs)."""
+    expansion (figures measured here, in the comments; CPU-sized training: 64 patches x 4 epochs).
+    """
     from stseg_dist.driver import run_pipeline
     from tests.methods.test_membrane import cell_f1, right_cell
 

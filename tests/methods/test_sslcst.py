@@ -301,7 +301,8 @@ def _method(*items):
 
 def _prepare_on_two_tiles(m, nuclei, x, y, g):
     """Cut the 200 x 240 constructed chip into two tiles with the method's halo; prepare over them
-    in process (map_tiles as a list comprehension). Returns (tiles, state)."""
+    in process (map_tiles as a list comprehension). Returns (tiles, state).
+    """
     halo = int(np.ceil((2 * m.reach_um() + 16) / PS))
     cores = [(0, 200, 0, 120), (0, 200, 120, 240)]
     tiles = [
@@ -316,7 +317,7 @@ def _prepare_on_two_tiles(m, nuclei, x, y, g):
 
 
 def test_method_grows_cells_from_their_own_nuclei():
-    """prepare (in-process map_tiles over two tiles) then segment on a constructed chip."""
+    """Prepare (in-process map_tiles over two tiles) then segment on a constructed chip."""
     centres = [(r, c) for r in (30, 100, 170) for c in (35, 95, 155, 215)]
     nuclei, x, y, g = disc_chip(centres=centres, n_per_cell=250)
     m = _method("cells.sslcst.epochs=10")
@@ -464,7 +465,8 @@ def test_fill_grows_masks_over_empty_spots_and_moves_no_transcript(chip, tmp_pat
 
 def test_close_cells_fills_only_free_unlabelled_spots():
     """A porous cell closes over its empty spots; labelled and occupied spots stay as they are,
-    and nothing grows beyond the closing or joins the neighbour."""
+    and nothing grows beyond the closing or joins the neighbour.
+    """
     from stseg_dist.methods.sslcst.method import close_cells
 
     cells = np.zeros((20, 30), np.int64)

@@ -1,5 +1,6 @@
 """UCS through the whole pipeline on a generated chip: tile invariance, the accounting invariants
-of every method, and cells whose nucleus the stain does not show found all the same."""
+of every method, and cells whose nucleus the stain does not show found all the same.
+"""
 
 import json
 
@@ -60,7 +61,8 @@ def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
 def test_missing_cells_are_found(tmp_path):
     """With the default training, cells whose nucleus the stain does not show are found as cells
     of their own (this chip has 13 of 331), without flooding the chip with false ones (31 seeds
-    measured: about 1 in 20 cells is a seed, a true cell or part of one)."""
+    measured: about 1 in 20 cells is a seed, a true cell or part of one).
+    """
     from stseg_dist.config import load_config, parse_set
     from stseg_dist.driver import run_pipeline
 

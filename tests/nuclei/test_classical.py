@@ -124,7 +124,8 @@ def test_background_um_must_be_positive():
 
 def _chains(seed=0, shape=(400, 400)):
     """Touching Gaussian-blob nuclei in long wavy chains (clusters far longer than the context),
-    plus scattered ones."""
+    plus scattered ones.
+    """
     rng = np.random.default_rng(seed)
     h, w = shape
     centres = [
@@ -156,7 +157,8 @@ _STATES = {
 def test_labels_depend_only_on_pixels_within_the_context(seed, variant):
     """Any window gives the whole image's nuclei at every pixel at least context_px from its cut
     edges (edges on the image border are not cuts): the same pixels, grouped the same way, even
-    where a cut crosses a cluster of touching nuclei several times longer than that."""
+    where a cut crosses a cluster of touching nuclei several times longer than that.
+    """
     img = _chains(seed)
     legacy, state = _STATES[variant]
     backend = ClassicalNuclei(_config(legacy=legacy), _FakeChipMeta())
@@ -262,7 +264,8 @@ def test_prepare_state_is_the_same_at_every_tiling():
 
 def test_log_otsu_keeps_dim_nuclei_a_linear_otsu_drops():
     """Bright and dim (a fifth as bright) isolated nuclei: Otsu on the stain cuts between the two
-    kinds, Otsu on its log between the background and both."""
+    kinds, Otsu on its log between the background and both.
+    """
     centres = [(20 + 40 * i, 20 + 40 * j) for i in range(4) for j in range(4)]
     amps = [2000.0 if (i + j) % 2 else 400.0 for i in range(4) for j in range(4)]
     img, truth = _blobs(centres, [7] * 16, amps, (160, 160))
@@ -302,7 +305,8 @@ def test_intensity_seeds_split_touching_nuclei_with_no_neck():
 
 def test_peak_fraction_cuts_a_bright_nucleus_at_its_own_level():
     """A bright nucleus's blurred glow rises above a threshold low enough for a dim neighbour;
-    cut at half its own peak it keeps its size, and the dim neighbour is still found."""
+    cut at half its own peak it keeps its size, and the dim neighbour is still found.
+    """
     img, truth = _blobs([(40, 30), (40, 75)], [8, 8], [4000.0, 300.0], (80, 110), blur=3.0)
     state = {"threshold": 0.05, "lo": 100.0, "hi": 4100.0}
     area = {}
@@ -319,7 +323,8 @@ def test_peak_fraction_cuts_a_bright_nucleus_at_its_own_level():
 @pytest.mark.parametrize("nominal_um, expected_px", [(8.0, 16.0), (5.0, 15.0)])
 def test_size_is_learned_from_the_chip(nominal_um, expected_px):
     """Nuclei 16 px across are learned as such from a nominal 8 µm (16 px); from a nominal 5 µm
-    (10 px) the learned diameter stops at its bound, 1.5 x 10 px."""
+    (10 px) the learned diameter stops at its bound, 1.5 x 10 px.
+    """
     rng = np.random.default_rng(2)
     centres = [(15 + 30 * i + rng.uniform(-3, 3), 15 + 30 * j) for i in range(6) for j in range(6)]
     img, _ = _blobs(centres, [8] * 36, rng.uniform(500, 1500, 36), (180, 180))

@@ -1,7 +1,8 @@
 """Classical nuclei with today's defaults against the vendors' nuclei on real crops, with floors a
 little below the figures measured in docs/nuclei_classical.md (containment F1: a prediction
 matches a reference nucleus when it covers at least half of it, half of no other, and lies at
-least 30% on it; the references are transcript hulls, smaller than stained nuclei)."""
+least 30% on it; the references are transcript hulls, smaller than stained nuclei).
+"""
 
 import numpy as np
 import pandas as pd

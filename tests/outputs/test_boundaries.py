@@ -128,7 +128,8 @@ def test_cells_wider_than_the_halo_are_vectorised_whole(tmp_path, ray_module):
 def test_traced_outlines_equal_the_union_of_pixel_runs():
     """The traced outlines are the union of each cell's pixel runs, vertex for vertex (after
     normalising both), on rasters with holes, islands in holes, diagonal touches and cells in
-    several pieces; only cells that are not one simple piece go to the union."""
+    several pieces; only cells that are not one simple piece go to the union.
+    """
     from stseg_dist.boundaries import traced_outlines, union_outlines
 
     rng = np.random.default_rng(0)

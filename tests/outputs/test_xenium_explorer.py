@@ -178,7 +178,8 @@ def test_morphology_of_the_run_has_six_levels(explorer):
 @pytest.fixture(scope="module")
 def annotated(small_run, tmp_path_factory):
     """A user's table after analysis: clusters and cell types (categorical), a score (not),
-    and some cells filtered out."""
+    and some cells filtered out.
+    """
     _, run = small_run
     adata = ad.read_h5ad(run / "cells.h5ad")
     n = adata.n_obs

@@ -21,7 +21,8 @@ from ..base import TileData
 
 def bin_size_um(facts: ChipFacts, configured: float | None) -> float:
     """A method's ``bin_um`` where set, else the chip's (chip.json ``bin_um``: the spot pitch
-    where it is finer than 1 µm, else 1 µm, as in the UCS paper)."""
+    where it is finer than 1 µm, else 1 µm, as in the UCS paper).
+    """
     return float(configured) if configured else facts.bin_um
 
 

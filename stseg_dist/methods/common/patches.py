@@ -20,7 +20,8 @@ def patch_box(
     centre_r: int, centre_c: int, size: int, shape: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """The ``size`` x ``size`` box (r0, r1, c0, c1) centred on a bin, moved inside the window;
-    cut short where the window itself is smaller (see :func:`cut_patch`)."""
+    cut short where the window itself is smaller (see :func:`cut_patch`).
+    """
     h, w = shape
     r0 = min(max(0, centre_r - size // 2), max(0, h - size))
     c0 = min(max(0, centre_c - size // 2), max(0, w - size))

@@ -8,7 +8,7 @@ has no grid seams and no weight at a window's padded rim dominates.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -68,7 +68,8 @@ def torch_predictor(
     model, device: str, offset_scale: float, n_maps: int = 1
 ) -> Callable[[np.ndarray], np.ndarray]:
     """(B, 2, P, P) inputs -> (B, n_maps + 2, P, P): cell probability (and centre map: ``n_maps``
-    2) and offsets in bins."""
+    2) and offsets in bins.
+    """
     import torch
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -167,7 +168,8 @@ def assign_to_centres(
 ) -> np.ndarray:
     """The paper variant's cells: confident bins follow their offsets to the predicted centres
     (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in :func:`assign_cells`
-    (the reach measured from the nucleus centroid)."""
+    (the reach measured from the nucleus centroid).
+    """
     cids, centres = predicted_centres(
         centre, ids, centroids, centre_threshold, tolerance_bins, tolerance_bins, fallback
     )

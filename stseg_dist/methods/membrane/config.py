@@ -58,7 +58,7 @@ class MembraneConfig:
         None  # paper classical; None: 4x a disc of cells.cell_diameter_um
     )
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         one_of(self, key, "variant", ("stseg", "paper"))
         one_of(self, key, "backend", ("classical", "cellpose"))
         positive(self, key, "block_um", "min_cell_area_um2")

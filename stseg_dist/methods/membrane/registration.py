@@ -135,7 +135,8 @@ def sample_regions(
 @dataclass
 class TrackFit:
     """A registration by track lines: ``matrix`` maps full-scale transcript-frame pixels
-    (x = column, y = row, 1) to stain pixels; the rest says how well it is supported."""
+    (x = column, y = row, 1) to stain pixels; the rest says how well it is supported.
+    """
 
     matrix: np.ndarray
     lines: int  # track lines matched, both axes
@@ -149,7 +150,8 @@ class TrackFit:
 
 def dark_lines(image: np.ndarray, width_px: float) -> np.ndarray:
     """Dark thin lines as positive values: the local background minus the image, after capping
-    the image at its median so bright structure (membranes, dense spots) cannot outweigh them."""
+    the image at its median so bright structure (membranes, dense spots) cannot outweigh them.
+    """
     img = image.astype(np.float64)
     med = float(np.nanmedian(img)) if np.isfinite(img).any() else 0.0
     if med <= np.nanmin(img, initial=np.inf):  # sparse counts: most bins empty
@@ -163,7 +165,8 @@ def dark_lines(image: np.ndarray, width_px: float) -> np.ndarray:
 
 def grid_angle(lines: np.ndarray) -> float:
     """Angle (degrees, in [-45, 45)) that turns the line grid square to the pixel axes: the
-    Radon projections at theta and theta + 90° are most peaked there."""
+    Radon projections at theta and theta + 90° are most peaked there.
+    """
     r = min(lines.shape) / 2 - 1
     yy, xx = np.mgrid[: lines.shape[0], : lines.shape[1]]
     disc = np.where(
@@ -184,7 +187,8 @@ def grid_angle(lines: np.ndarray) -> float:
 
 def square_up(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """The image turned by ``angle_deg`` about its centre (NaN beyond it), and the 3x3 matrix from
-    the turned image's (x, y) to the original's."""
+    the turned image's (x, y) to the original's.
+    """
     h, w = image.shape
     c = np.array([[1, 0, (w - 1) / 2], [0, 1, (h - 1) / 2], [0, 0, 1]])
     t = math.radians(angle_deg)
@@ -202,7 +206,8 @@ def square_up(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarr
 
 def line_positions(lines: np.ndarray, axis: int, min_gap_px: float) -> np.ndarray:
     """Sub-pixel positions of the lines across ``axis`` (0: rows, i.e. horizontal lines), from the
-    profile of mean line strength; a peak must stand out of the profile's noise."""
+    profile of mean line strength; a peak must stand out of the profile's noise.
+    """
     valid = np.isfinite(lines)
     n = valid.sum(axis=1 - axis)
     prof = np.where(n > 0, np.nansum(lines, axis=1 - axis) / np.maximum(n, 1), 0.0)
@@ -225,7 +230,8 @@ def hypotheses(
     u: np.ndarray, v: np.ndarray, sign: float, scales: tuple[float, float]
 ) -> np.ndarray:
     """Candidate (s, t) with ``u ≈ s * v + t``, one per pair of neighbouring lines in each image
-    (``sign`` -1: the stain runs the other way, a flip), within the scale range."""
+    (``sign`` -1: the stain runs the other way, a flip), within the scale range.
+    """
     if len(u) < 2 or len(v) < 2:
         return np.zeros((0, 2))
     du, dv = np.diff(u), np.diff(v)
@@ -255,7 +261,8 @@ def match_lines(
 ) -> list[tuple[int, str, float, tuple]]:
     """Every orientation (stain rows with expression rows or, a quarter turn, with columns; either
     sign per axis), with its best common scale and shifts: (lines matched, name, scale, (pairing,
-    signs, shifts)), best first."""
+    signs, shifts)), best first.
+    """
     out = []
     for swap in (False, True):
         pairs = (

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def prepare_track_lines(ctx: PrepareContext, cfg) -> dict:
     """State for :class:`StainReader`: the transform (3x3, transcript-frame pixels to stain
-    pixels), where the stain is, and what the fit found (for run.json)."""
+    pixels), where the stain is, and what the fit found (for run.json).
+    """
     chip, f, ch = ctx.chip, cfg.register_downsample, cfg.channel
     h, w = chip.shape_yx
     bh, bw = h // f, w // f

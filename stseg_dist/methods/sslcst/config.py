@@ -54,7 +54,7 @@ class SSLCSTConfig:
     # at 1 µm most spots inside a cell hold no transcript, so masks are porous; no transcript moves.
     fill_um: float | None = None
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         one_of(self, key, "variant", ("stseg", "paper"))
         at_least_one(self, key, "blocks")
         require(

@@ -111,14 +111,16 @@ def direction_class(
     dy: np.ndarray, dx: np.ndarray, n_directions: int, floor: bool = False
 ) -> np.ndarray:
     """The nearest of ``n_directions`` directions, class j at angle 2*pi*j/n from +x towards +y;
-    with ``floor`` (the paper) class j is the bin [2*pi*j/n, 2*pi*(j+1)/n)."""
+    with ``floor`` (the paper) class j is the bin [2*pi*j/n, 2*pi*(j+1)/n).
+    """
     a = np.arctan2(dy, dx) / (2 * np.pi / n_directions)
     return np.mod((np.floor(a) if floor else np.round(a)).astype(np.int64), n_directions)
 
 
 def unit_steps(n_directions: int, centre: bool = False) -> np.ndarray:
     """(n, 2) unit steps (dy, dx) in spot units, one per direction class (``centre``: along the
-    middle of a floor bin rather than its first edge)."""
+    middle of a floor bin rather than its first edge).
+    """
     a = 2 * np.pi * (np.arange(n_directions) + (0.5 if centre else 0.0)) / n_directions
     return np.column_stack([np.sin(a), np.cos(a)])
 
@@ -170,7 +172,8 @@ def direction_mask(
 
 def centre_map(grid: SpotGrid, bin_um: float, radius_um: float) -> np.ndarray:
     """(H, W) int64: the ID of the nearest nucleus centroid within ``radius_um`` of each spot
-    centre (0 elsewhere): where a path tracked to the nucleus centre ends."""
+    centre (0 elsewhere): where a path tracked to the nucleus centre ends.
+    """
     h, w = grid.shape
     out = np.zeros((h, w), np.int64)
     if not grid.centroids or not h or not w:

@@ -80,7 +80,7 @@ class UCSConfig:
     coverage: float | None = None
     seed: int = 0
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         require(
             self.coverage is None or 0 < self.coverage <= 1,
             f"{key}.coverage must be in (0, 1] or null, got {self.coverage}",

@@ -98,7 +98,8 @@ def foreground_pass(
 
 def empty_field_foreground(model, device) -> float:
     """The foreground net's p for a bin with no transcript anywhere in its receptive field: what
-    it says in the absence of evidence (a constant of the trained weights)."""
+    it says in the absence of evidence (a constant of the trained weights).
+    """
     import torch
 
     side = 2 * model.foreground.receptive_radius + 3

@@ -53,7 +53,8 @@ class UCSMethod(TorchMethod):
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
         """How far from its nucleus a cell is considered: the published method weighs every cell
-        of its 48-bin patch, so about half a patch; ours, one cell diameter."""
+        of its 48-bin patch, so about half a patch; ours, one cell diameter.
+        """
         if self.paper:
             return self.cfg.patch_px // 2 * self.bin_um
         return self.config.cells.cell_diameter_um
@@ -288,7 +289,8 @@ def nucleus_distance_histogram(data: TileData, cap_um: float) -> np.ndarray:
 
 def growth_for_coverage(hist: np.ndarray, coverage: float) -> float:
     """The least distance from a nucleus that holds ``coverage`` of the chip's transcripts (what
-    expansion by that distance would assign), capped at the histogram's reach."""
+    expansion by that distance would assign), capped at the histogram's reach.
+    """
     total = hist.sum()
     if not total:
         return 0.0
@@ -298,7 +300,8 @@ def growth_for_coverage(hist: np.ndarray, coverage: float) -> float:
 
 def default_growth_um(config) -> float:
     """How far a cell may grow beyond its nucleus by default: the cytoplasm of a typical cell,
-    (cell - nucleus diameter) / 2, plus 2 µm for cells larger than typical."""
+    (cell - nucleus diameter) / 2, plus 2 µm for cells larger than typical.
+    """
     return max(config.cells.cell_diameter_um - config.nuclei.diameter_um, 0.0) / 2 + 2.0
 
 

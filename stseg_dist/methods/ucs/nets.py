@@ -89,7 +89,8 @@ class ForegroundNet(nn.Module):
 class CellNet(nn.Module):
     """Per cell: reduced features times its soft mask and, with ``expression``, an addition to the
     paper: the same features times the cell's own expression profile (their mean over its
-    nucleus), so a bin between two nuclei can go to the one whose expression it shares."""
+    nucleus), so a bin between two nuclei can go to the one whose expression it shares.
+    """
 
     def __init__(
         self,
@@ -118,10 +119,11 @@ class CellNet(nn.Module):
         softmasks: torch.Tensor,
         marker_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
+        """Reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
 
         Training runs it over whole patches; inference scores each cell over its own box from the
-        head's weights (inference._head_terms), which this head being 1x1 makes the same."""
+        head's weights (inference._head_terms), which this head being 1x1 makes the same.
+        """
         parts = [reduced * softmasks]
         if self.expression:
             prof = self.profiles(reduced, softmasks)
@@ -136,7 +138,7 @@ class CellNet(nn.Module):
         softmasks: torch.Tensor,
         marker_masks: torch.Tensor | None = None,
     ):
-        """features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W)."""
+        """Features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W)."""
         return self.classify(self.reduce(features), softmasks, marker_masks)
 
 

@@ -226,7 +226,8 @@ def _train_foreground(
     model, patches: list[Patch], cfg, ce, rng, device, label_args: dict
 ) -> list[float]:
     """Phase 1: the foreground net. The paper variant turns each patch by a random flip/rot90 per
-    step and derives its labels after; ours labels each patch once."""
+    step and derives its labels after; ours labels each patch once.
+    """
     import torch
 
     paper = cfg.variant == "paper"
@@ -267,7 +268,8 @@ def _train_foreground(
 
 def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: bool) -> list[float]:
     """Phase 2: the cell net on frozen foreground features. Every cell of every patch in a batch at
-    once: cells on the batch axis, each looking at its own patch's reduced features."""
+    once: cells on the batch axis, each looking at its own patch's reduced features.
+    """
     import torch
 
     opt = _adam(model.cell.parameters(), cfg)
