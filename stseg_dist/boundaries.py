@@ -137,7 +137,7 @@ def traced_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nd
     ]
     masks = [p[0] > 0 for p in parts]
     cell, x0, y0, x1, y1 = (
-        np.concatenate([p[k][m] for p, m in zip(parts, masks)]) for k in range(5)
+        np.concatenate([p[k][m] for p, m in zip(parts, masks, strict=True)]) for k in range(5)
     )
     n = len(cell)
     start = (cell * (h + 1) + y0) * (w + 1) + x0
@@ -200,8 +200,10 @@ def owner_jobs(
     ) // grid.core_px
     order = np.lexsort((ids, tile))
     tiles, first = np.unique(tile[order], return_index=True)
-    per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:])))
-    per_area = dict(zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:])))
+    per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:]), strict=False))
+    per_area = dict(
+        zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:]), strict=False)
+    )
     empty = np.zeros(0, np.int64)
     return [
         BoundaryJob(t.index, per_ids.get(t.index, empty), per_area.get(t.index, empty))
@@ -233,6 +235,7 @@ def _extent(lab: np.ndarray, ids: np.ndarray) -> dict[int, tuple[int, int, int, 
             np.maximum.reduceat(rows, first),
             np.minimum.reduceat(c0, first),
             np.maximum.reduceat(c1, first),
+            strict=True,
         )
     }
 
@@ -246,7 +249,7 @@ def whole_windows(
     """
     window = tile.window
     found = _extent(_read(cells_url, window, so), job.cell_ids)
-    expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist()))
+    expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist(), strict=False))
     short = [i for i in job.cell_ids.tolist() if found.get(i, (0,))[0] < expected[i]]
     out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)))]
     for cid in short:

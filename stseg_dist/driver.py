@@ -534,7 +534,7 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
             storage_options,
             {"counts": _counts(run), "pixel_size_um": chip.pixel_size_um},
         )
-    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts)}
+    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts, strict=False)}
     return complete
 
 

@@ -202,6 +202,7 @@ def _histograms(cells: pd.DataFrame) -> str:
         axes,
         ("area_um2", "n_transcripts", "n_genes"),
         ("cell area (µm²)", "transcripts per cell", "genes per cell"),
+        strict=True,
     ):
         vals = cells[col].to_numpy(float) if col in cells and len(cells) else np.zeros(0)
         ax.hist(vals, bins=40, color="#4477aa")

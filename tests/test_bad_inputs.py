@@ -130,20 +130,20 @@ def test_missing_columns_and_wrong_types(tmp_path):
     chip = make_blob_chip(tmp_path / "c", n_transcripts=100)
     pq.write_table(pa.table({"x": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet")
     with pytest.raises(InputError, match=r"missing required column\(s\) \['y'\]"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
     pq.write_table(
         pa.table({"x": ["a"], "y": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet"
     )
     with pytest.raises(InputError, match="'x' must be numeric"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
     pq.write_table(
         pa.table({"x": [1.0], "y": [1.0], "gene": [7]}), tmp_path / "c" / "transcripts.parquet"
     )
     with pytest.raises(InputError, match="'gene' must be strings"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
     (tmp_path / "c" / "transcripts.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(InputError, match="not a readable parquet file"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
 
 
 def test_missing_image_and_transcripts(tmp_path):

@@ -218,7 +218,7 @@ def frontier_table(frontier: pd.DataFrame, placed: pd.DataFrame) -> str:
     for (ds, region), f in frontier.groupby(["dataset", "region"], sort=False):
         f = f.sort_values("distance_um")
         head = " | ".join(f"{d:g}" for d in f.distance_um)
-        vals = " | ".join(f"{a:.3f} / {m:.4f}" for a, m in zip(f.assigned, f.mecr))
+        vals = " | ".join(f"{a:.3f} / {m:.4f}" for a, m in zip(f.assigned, f.mecr, strict=True))
         lines = [
             f"**{ds}, {region}**: expansion frontier, assigned / MECR at distance (µm)",
             "",

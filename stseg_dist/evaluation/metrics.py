@@ -217,7 +217,7 @@ def cell_calling_score(
     keys = br * ((w + block - 1) // block + 1) + bc
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)]
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         idx = order[s:e]
         r0, c0 = int(br[s]) * block, int(bc[s]) * block
         R0, C0 = max(r0 - halo, 0), max(c0 - halo, 0)
@@ -232,7 +232,10 @@ def cell_calling_score(
         inside += int((d == 0).sum())
         for k, delta in enumerate(deltas):
             near[k] += int(((d > 0) & (d <= delta)).sum())
-    return {f"ccs_delta{d}": (inside / n if n else float("inf")) for d, n in zip(deltas, near)}
+    return {
+        f"ccs_delta{d}": (inside / n if n else float("inf"))
+        for d, n in zip(deltas, near, strict=True)
+    }
 
 
 def baseline_metrics(cells: pd.DataFrame, n_transcripts: int) -> dict:
@@ -431,7 +434,7 @@ def exclusive_gene_pairs(
     order = np.lexsort((-exp[ok], ratio[ok]))
     a, b = cand[iu[0][ok][order]], cand[iu[1][ok][order]]
     pairs, used = [], np.zeros(int(genes.max()) + 1, np.int64)
-    for i, j in zip(a, b):
+    for i, j in zip(a, b, strict=True):
         if used[i] < max_per_gene and used[j] < max_per_gene:
             pairs.append((int(i), int(j)))
             used[i] += 1
@@ -443,8 +446,8 @@ def marker_gene_pairs(markers: pd.DataFrame, gene_index: dict) -> list[tuple[int
     """Pairs of marker genes of different cell types (table columns cell_type, gene)."""
     m = markers[markers.gene.isin(list(gene_index))]
     out = set()
-    for a, ga in zip(m.cell_type, m.gene):
-        for b, gb in zip(m.cell_type, m.gene):
+    for a, ga in zip(m.cell_type, m.gene, strict=True):
+        for b, gb in zip(m.cell_type, m.gene, strict=True):
             if a < b:
                 i, j = sorted((gene_index[ga], gene_index[gb]))
                 out.add((i, j))

@@ -273,7 +273,9 @@ def _same_grid(a: Grid, b: Grid, url: str) -> None:
     if (
         tuple(a.shape) != tuple(b.shape)
         or abs(a.pixel_size_um - b.pixel_size_um) > tol
-        or any(abs(p - q) > a.pixel_size_um / 2 for p, q in zip(a.origin_um, b.origin_um))
+        or any(
+            abs(p - q) > a.pixel_size_um / 2 for p, q in zip(a.origin_um, b.origin_um, strict=False)
+        )
     ):
         raise InputError(
             f"nucleus reference {url} is not on the run's grid: reference {b.describe()}; "

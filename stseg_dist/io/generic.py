@@ -95,7 +95,7 @@ def write_chip(
                     t = t.take(pa.array(order))
                     blocks = (c // BAND_PX)[order]
                     cuts = np.flatnonzero(np.diff(blocks)) + 1
-                    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(blocks)]):
+                    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(blocks)], strict=True):
                         cw.write_transcripts(t.slice(int(s), int(e - s)))
                     if density:
                         dens = np.zeros((r1 - r0, w), np.uint32)

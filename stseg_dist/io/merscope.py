@@ -239,7 +239,7 @@ def _vendor_cells(fs, path, options):
         require_columns(df.columns, ("EntityID", "Geometry"), pq_path)
         if "ZIndex" in df.columns:
             df = df[df.ZIndex == df.ZIndex.min()]
-        for i, (eid, geom) in enumerate(zip(df.EntityID, df.Geometry), start=1):
+        for i, (eid, geom) in enumerate(zip(df.EntityID, df.Geometry, strict=True), start=1):
             g = shapely.from_wkb(geom)
             g = max(g.geoms, key=lambda q: q.area) if hasattr(g, "geoms") else g
             xs, ys = np.asarray(g.exterior.coords).T

@@ -103,7 +103,8 @@ def _list_type(validator, list_type, instance, schema):
             key = tuple(item.get(k, props.get(k, {}).get("default")) for k in keys)
             if key in seen:
                 yield ValidationError(
-                    f"duplicate entry {dict(zip(keys, key))} (also item {seen[key]})", path=[i]
+                    f"duplicate entry {dict(zip(keys, key, strict=True))} (also item {seen[key]})",
+                    path=[i],
                 )
             seen.setdefault(key, i)
 

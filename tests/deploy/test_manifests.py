@@ -391,7 +391,10 @@ def test_python_render_matches_kubectl_kustomize(target, tmp_path):
         )
     else:
         folder = KR / target
-    key = lambda docs: {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    def key(docs):
+        return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
     theirs = key(kubectl_render(folder))
     assert theirs == key(render(folder))
     if target == "private-registry":

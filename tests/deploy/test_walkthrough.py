@@ -100,7 +100,10 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
             continue
         rendered = render(work / folder)
         if KUBECTL:
-            key = lambda ds: {(d["kind"], d["metadata"]["name"]): d for d in ds}
+
+            def key(ds):
+                return {(d["kind"], d["metadata"]["name"]): d for d in ds}
+
             if key(kubectl_render(work / folder)) != key(rendered):
                 out.append(f"{folder}: kubectl kustomize renders something else")
         for d in rendered:

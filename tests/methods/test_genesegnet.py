@@ -47,7 +47,7 @@ def test_rna_map_equals_gaussian_sum():
     radius = kernel_radius(sigma)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     want = np.zeros(shape)
-    for r, c in zip(rows[:-2], cols[:-2]):
+    for r, c in zip(rows[:-2], cols[:-2], strict=True):
         near = (np.abs(yy - r) <= radius) & (
             np.abs(xx - c) <= radius
         )  # the kernel's 4-sigma square

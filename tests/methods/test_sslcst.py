@@ -99,11 +99,11 @@ def test_labels_on_a_constructed_case():
     border = (nb > 0) & ~pos
     assert border.any()
     rr, cc = np.nonzero(pos)
-    for r, c in zip(rr, cc):
+    for r, c in zip(rr, cc, strict=True):
         assert (nb[r - 1 : r + 2, c - 1 : c + 2] == nb[r, c]).all()
     # direction: the class of the vector to the nucleus's own centroid (pixel disc centre)
     centres = {1: (50, 60), 2: (60, 150), 3: (150, 90)}
-    for r, c in zip(rr, cc):
+    for r, c in zip(rr, cc, strict=True):
         cy, cx = centres[int(nb[r, c])]
         dy, dx = (cy + 0.5) * PS - (r + 0.5) * BIN, (cx + 0.5) * PS - (c + 0.5) * BIN
         want = (
@@ -119,7 +119,7 @@ def test_labels_on_a_constructed_case():
     assert neg.sum() > 100
     nr, nc = np.nonzero(nb)
     counts = grid.counts[..., -1]
-    for r, c in zip(*np.nonzero(neg)):
+    for r, c in zip(*np.nonzero(neg), strict=True):
         assert np.hypot(nr - r, nc - c).min() * BIN > 8.0
         assert counts[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3].sum() == 0
     # and every far, empty spot is one
@@ -497,7 +497,7 @@ def test_paper_labels_need_expression_and_floor_the_direction():
     # floor: class j is the bin [j, j+1) x 22.5 degrees
     centres = {1: (50, 60), 2: (60, 150), 3: (150, 90)}
     nb = grid.binned.nuclei
-    for r, c in zip(*np.nonzero(inout == 1)):
+    for r, c in zip(*np.nonzero(inout == 1), strict=True):
         cy, cx = centres[int(nb[r, c])]
         dy, dx = (cy + 0.5) * PS - (r + 0.5) * BIN, (cx + 0.5) * PS - (c + 0.5) * BIN
         if np.hypot(dy, dx) >= 0.5 * BIN:
@@ -525,7 +525,7 @@ def test_direction_prior_and_centre_map():
     rr, cc = np.nonzero(np.ones(grid.shape, bool))
     m = direction_mask(grid, rr, cc, BIN, 10.0, 16, floor=True)
     sy, sx = grid.spot_um(rr, cc, BIN)
-    for i, (cy, cx) in grid.centroids.items():
+    for _i, (cy, cx) in grid.centroids.items():
         near = np.hypot(cy - sy, cx - sx) <= 10.0
         cls = direction_class(cy - sy[near], cx - sx[near], 16, floor=True)
         assert m[np.flatnonzero(near), cls].all()
@@ -538,7 +538,7 @@ def test_direction_prior_and_centre_map():
 
 def test_paper_symmetries_map_floor_bins():
     k, n = 5, 16
-    for perm, dmap in symmetries(k, n, floor=True):
+    for _perm, dmap in symmetries(k, n, floor=True):
         assert sorted(dmap) == list(range(n))
     flip = [d for p, d in symmetries(k, n, floor=True)][
         4

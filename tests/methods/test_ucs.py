@@ -33,7 +33,7 @@ def test_sparse_first_layer_equals_dense_conv1x1():
     genes = torch.tensor([2, 2, 6, 0, 1, 0])
     out = layer(torch.zeros_like(rows), rows, cols, genes, (1, 4, 5))
     dense = torch.zeros(1, 7, 4, 5)
-    for r, c, g in zip(rows, cols, genes):
+    for r, c, g in zip(rows, cols, genes, strict=True):
         dense[0, g, r, c] += 1
     conv = torch.nn.Conv2d(7, 5, 1)
     conv.weight.data = layer.embedding.weight.T.reshape(5, 7, 1, 1).clone()
@@ -508,9 +508,10 @@ def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it(
         (r, c, 1) for r in range(8, 12) for c in range(32, 36) for _ in range(3)
     ]  # nucleus 2: gene 1
     pts += [
-        (int(r), int(c), 1) for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80))
+        (int(r), int(c), 1)
+        for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80), strict=True)
     ]  # the gap: gene 1
-    rows, cols, genes = (np.array(v) for v in zip(*pts))
+    rows, cols, genes = (np.array(v) for v in zip(*pts, strict=True))
     grid = BinGrid(1.0, (0, 0), nuclei.shape, (0, 0))
     binned = BinnedTile(grid, rows, cols, genes, nuclei)
     priors = cell_priors(nuclei, 24, 3.0, False)

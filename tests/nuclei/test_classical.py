@@ -35,7 +35,7 @@ def _matched_f1(pred, truth, thr=0.5):
 
     ct = contingency_table(truth, pred).tocoo()
     inter = {}
-    for t, p, v in zip(ct.row, ct.col, ct.data):
+    for t, p, v in zip(ct.row, ct.col, ct.data, strict=True):
         if t and p:
             inter[(t, p)] = v
     at = np.bincount(truth.ravel())
@@ -136,10 +136,10 @@ def _chains(seed=0, shape=(400, 400)):
     centres += [
         (y, x0 + 4 * np.cos(y / 9.0 + x0)) for x0 in (120, 290) for y in np.arange(5, h - 5, 10.0)
     ]
-    centres += list(zip(rng.uniform(0, h, 80), rng.uniform(0, w, 80)))
+    centres += list(zip(rng.uniform(0, h, 80), rng.uniform(0, w, 80), strict=True))
     yy, xx = np.mgrid[:h, :w]
     img = rng.normal(200, 20, shape).astype(np.float32)
-    for (y, x), s in zip(centres, rng.uniform(3.2, 4.2, len(centres))):
+    for (y, x), s in zip(centres, rng.uniform(3.2, 4.2, len(centres)), strict=True):
         img += rng.uniform(2200, 3200) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s**2))
     return img
 
@@ -232,7 +232,7 @@ def _blobs(centres, radii, amplitudes, shape, background=100.0, blur=1.5, seed=0
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     img = np.full(shape, background, np.float32)
     truth = np.zeros(shape, np.int64)
-    for k, ((r, c), rad, amp) in enumerate(zip(centres, radii, amplitudes), start=1):
+    for k, ((r, c), rad, amp) in enumerate(zip(centres, radii, amplitudes, strict=False), start=1):
         disk = (yy - r) ** 2 + (xx - c) ** 2 <= rad**2
         img[disk] += amp
         truth[disk & (truth == 0)] = k
@@ -253,7 +253,7 @@ def test_percentiles_from_histogram_match_numpy():
 def test_prepare_state_is_the_same_at_every_tiling():
     """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same."""
     rng = np.random.default_rng(1)
-    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60)))
+    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
     img, _ = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
     img = img.astype(np.uint16)
     _, one, n1 = _prepared(img, _config())

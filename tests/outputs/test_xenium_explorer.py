@@ -161,7 +161,7 @@ def test_morphology_pyramid_halves_each_level(tmp_path):
         (131, 162),
         (65, 81),
     ]
-    for fine, coarse in zip(levels, levels[1:]):
+    for fine, coarse in zip(levels, levels[1:], strict=False):
         h, w = coarse.shape[-2:]
         mean = fine[..., : 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(float).mean(axis=(1, 3))
         assert np.abs(mean - coarse).mean() < 3  # lossy jpeg2000: close, not equal
@@ -201,7 +201,7 @@ def test_table_categories_become_cell_groups(small_run, annotated, tmp_path, cap
     groups = _group(out / "analysis.zarr.zip")["cell_groups"]
     assert groups.attrs["grouping_names"] == ["nucleus", "leiden", "cell_type"]  # not "score"
     cells = pd.read_parquet(run / "cells.parquet")
-    names = dict(zip(groups.attrs["grouping_names"], groups.attrs["group_names"]))
+    names = dict(zip(groups.attrs["grouping_names"], groups.attrs["group_names"], strict=False))
     assert names["leiden"] == ["0", "1", "2", "not in table"]
     g = groups["1"]
     indices, indptr = g["indices"][:], g["indptr"][:]

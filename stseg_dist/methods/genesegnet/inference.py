@@ -186,7 +186,7 @@ def assign_to_centres(
 def mean_cell_iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """Mean IoU, over every cell ID of every patch, between two label maps of the same patches."""
     ious = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         for cid in np.union1d(np.unique(x), np.unique(y)):
             if cid <= 0:  # background and left-out bins
                 continue

@@ -210,7 +210,10 @@ def _train(patches, norm, cfg, geometry, *, device: str, log) -> dict:
         sigma = geometry.centre_sigma if parts.centre else None
         y = torch.as_tensor(
             np.stack(
-                [targets(lab, p, geometry.offset_scale, sigma) for lab, p in zip(labels, patches)]
+                [
+                    targets(lab, p, geometry.offset_scale, sigma)
+                    for lab, p in zip(labels, patches, strict=False)
+                ]
             ),
             device=device,
         )

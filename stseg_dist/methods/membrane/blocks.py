@@ -101,7 +101,7 @@ def window_cells(
     """
     blocks = grid.within(window)
     cells: list[KeptCell] = []
-    for block, labels in zip(blocks, segment_block(blocks)):
+    for block, labels in zip(blocks, segment_block(blocks), strict=False):
         cells += kept_cells(np.asarray(labels), grid, block)
     return cells
 

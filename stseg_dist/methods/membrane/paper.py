@@ -131,7 +131,7 @@ def global_labels(
     n = len(cells)
     lut = np.zeros(n + 1, np.uint32)
     several = []
-    for k, (cell, ids) in enumerate(zip(cells, held), start=1):
+    for k, (cell, ids) in enumerate(zip(cells, held, strict=False), start=1):
         if len(ids) == 1:
             lut[k] = ids[0]
         elif len(ids) > 1:

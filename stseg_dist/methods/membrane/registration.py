@@ -61,7 +61,11 @@ def estimate_offset(
     whitens the pixel noise and was measured to miss by 2 px at factor 4 where plain did not.
     Apply it with :func:`apply_offset`.
     """
-    pairs = [(a, b) for a, b in zip(reference, moving) if a.size and a.std() > 0 and b.std() > 0]
+    pairs = [
+        (a, b)
+        for a, b in zip(reference, moving, strict=False)
+        if a.size and a.std() > 0 and b.std() > 0
+    ]
     if not pairs:
         raise InputError(
             f"{where}: cannot register the membrane stain: no sampled region has signal in both stains"
@@ -299,13 +303,13 @@ def _refit(
     rms = 0.0
     for _ in range(rounds):
         rows, rhs = [], []
-        for axis, ((u, v), sign) in enumerate(zip(pairs, signs)):
+        for axis, ((u, v), sign) in enumerate(zip(pairs, signs, strict=False)):
             if not len(u) or not len(v):
                 continue
             pred = sign * s * v + t[axis]
             j = np.abs(u[:, None] - pred[None, :]).argmin(axis=1)
             ok = np.abs(u - pred[j]) < tol
-            for ui, vj in zip(u[ok], v[j[ok]]):
+            for ui, vj in zip(u[ok], v[j[ok]], strict=True):
                 rows.append([sign * vj, axis == 0, axis == 1])
                 rhs.append(ui)
         a, b = np.asarray(rows, np.float64), np.asarray(rhs, np.float64)

@@ -70,10 +70,10 @@ def spot_grid(
     ids, cr, cc = nucleus_centroids(data.nuclei, (data.tile.window[0], data.tile.window[2]))
     ps = data.pixel_size_um
     cy, cx = (cr + 0.5) * ps, (cc + 0.5) * ps
-    centroids = {int(i): (float(y), float(x)) for i, y, x in zip(ids, cy, cx)}
+    centroids = {int(i): (float(y), float(x)) for i, y, x in zip(ids, cy, cx, strict=False)}
     flat = data.nuclei.ravel()
     uid, area = np.unique(flat[flat > 0], return_counts=True)
-    radii = {int(i): float(np.sqrt(a / np.pi) * ps) for i, a in zip(uid, area)}
+    radii = {int(i): float(np.sqrt(a / np.pi) * ps) for i, a in zip(uid, area, strict=True)}
     grid = SpotGrid(binned, counts, np.zeros((h, w), np.float32), centroids, radii)
     if len(ids) and h and w:
         rr, cc2 = np.mgrid[:h, :w]

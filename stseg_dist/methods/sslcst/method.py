@@ -88,16 +88,18 @@ class SSLCSTMethod(TorchMethod):
             )
         cfg, k = self.cfg, self.k
         n_genes = len(ctx.genes)
-        labels = lambda grid: spot_labels(
-            grid,
-            self.bin_um,
-            k,
-            cfg.erosion_bins,  # noqa: E731
-            cfg.neg_distance_um,
-            cfg.n_directions,
-            need_expression=self.paper,
-            floor=self.paper,
-        )
+
+        def labels(grid):
+            return spot_labels(
+                grid,
+                self.bin_um,
+                k,
+                cfg.erosion_bins,
+                cfg.neg_distance_um,
+                cfg.n_directions,
+                need_expression=self.paper,
+                floor=self.paper,
+            )
 
         def count(data: TileData):
             own = data.transcripts.in_core

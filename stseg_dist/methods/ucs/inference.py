@@ -287,10 +287,12 @@ def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         return np.where(hit, k + 1, 0)
 
     boxes = zip(
-        ndi.find_objects(compact(labels), len(ids)), ndi.find_objects(compact(seeds), len(ids))
+        ndi.find_objects(compact(labels), len(ids)),
+        ndi.find_objects(compact(seeds), len(ids)),
+        strict=True,
     )
     h, w = labels.shape
-    for cid, (lb, sb) in zip(ids, boxes):
+    for cid, (lb, sb) in zip(ids, boxes, strict=True):
         parts = [b for b in (lb, sb) if b is not None]
         if not parts:
             continue

@@ -151,7 +151,7 @@ class UCSMethod(TorchMethod):
         types = sorted(self.markers.cell_type.unique())
         lut = np.zeros(len(genes), np.int64)
         index = {g: i for i, g in enumerate(genes)}
-        for t, g in zip(self.markers.cell_type, self.markers.gene):
+        for t, g in zip(self.markers.cell_type, self.markers.gene, strict=True):
             if g in index:
                 lut[index[g]] = types.index(t) + 1
         return lut
@@ -333,7 +333,7 @@ def _patches_for(
     rows = binned.grid.pixel_to_bin(cy[mine]) - binned.origin[0]
     cols = binned.grid.pixel_to_bin(cx[mine]) - binned.origin[1]
     out = []
-    for cid, br, bc in zip(ids[mine], rows, cols):
+    for cid, br, bc in zip(ids[mine], rows, cols, strict=False):
         box = patch_box(int(br), int(bc), size, binned.shape)
         pr, pc, pg = binned.in_box(*box)
         markers = (

@@ -59,7 +59,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 def _mlp1x1(sizes: list[int], last_relu: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Conv2d(a, b, 1))
         if last_relu or i < len(sizes) - 2:
             layers.append(nn.ReLU(inplace=True))
@@ -143,7 +143,7 @@ class CellNet(nn.Module):
 
 
 def _linear1x1(sizes: list[int]) -> nn.Sequential:
-    return nn.Sequential(*[nn.Conv2d(a, b, 1) for a, b in zip(sizes[:-1], sizes[1:])])
+    return nn.Sequential(*[nn.Conv2d(a, b, 1) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
 
 
 def _double_block(cin: int, cout: int) -> nn.Sequential:
@@ -163,7 +163,9 @@ class PaperForegroundNet(nn.Module):
         self.input = SparseGeneInput(n_genes, 256)
         self.extract = _linear1x1([256, 128, 64])
         sizes = [64, 128, 256, 128, 64]
-        self.encoder = nn.ModuleList([_double_block(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.encoder = nn.ModuleList(
+            [_double_block(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
         self.head = _linear1x1([sum(sizes), 256, 128, 64])
         self.out = nn.Conv2d(64, 2, 1)
         self.feature_channels = 64
