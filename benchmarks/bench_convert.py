@@ -1,6 +1,7 @@
 """Generate a Xenium-layout bundle of N transcripts (parquet written in chunks) and convert it.
 
-Prints conversion time and peak RSS, to show the readers stream (the table is never whole in memory).
+Prints conversion time and peak RSS, to show the readers stream
+(the table is never whole in memory).
 Usage: .venv/bin/python benchmarks/bench_convert.py --n 40000000 --dir /tmp/bench_convert
 """
 

@@ -338,7 +338,9 @@ def geo_metadata(types: list[str], bbox: list[float] | None) -> dict:
 def concat_geoparquet(
     part_urls: list[str], url: str, so: dict, extra_meta: dict | None = None
 ) -> int:
-    """Stream per-tile parts into one GeoParquet file; the metadata comes from the parts' footers."""
+    """Stream per-tile parts into one GeoParquet file; the metadata comes from the parts'
+    footers.
+    """
     types: set[str] = set()
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
     for part in part_urls:

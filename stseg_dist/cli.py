@@ -24,7 +24,9 @@ BATCH_EXIT_CODES = """exit codes:
 
 
 def _config(args, hints: dict | None = None):
-    """The pipeline config; reader ``hints`` apply only when no --config file is given, under --set."""
+    """The pipeline config; reader ``hints`` apply only when no --config file is given, under
+    --set.
+    """
     from .config import _merge, load_config, parse_set
 
     overrides = parse_set(getattr(args, "set", None))

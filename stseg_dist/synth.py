@@ -119,7 +119,9 @@ class _Lattice:
 
 
 def _field(seed: int, x: np.ndarray, y: np.ndarray, cv: float) -> np.ndarray:
-    """A smooth log-normal field (mean 1) at (x, y) µm: hashed normals on a FIELD_UM lattice, bilinear."""
+    """A smooth log-normal field (mean 1) at (x, y) µm: hashed normals on a FIELD_UM lattice,
+    bilinear.
+    """
     if cv <= 0:
         return np.ones(len(x))
     fx, fy = np.asarray(x) / FIELD_UM, np.asarray(y) / FIELD_UM

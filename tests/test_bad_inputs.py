@@ -246,7 +246,9 @@ def test_corrupt_image_chunk_names_the_window(tmp_path):
 
 
 def test_missing_image_chunk_is_reported_not_silent(tmp_path):
-    """Documented recovery: a missing zarr chunk reads as fill (zarr semantics) and run.json warns."""
+    """Documented recovery: a missing zarr chunk reads as fill (zarr semantics) and run.json
+    warns.
+    """
     chip = make_blob_chip(tmp_path / "c", n_transcripts=300)
     chunks = sorted(
         p

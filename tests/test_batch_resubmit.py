@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _start_head(env: dict) -> tuple[str, subprocess.Popen]:
-    """A Ray head of its own (``ray start --block`` in a new process group, every port free), so that
-    stopping it touches no other Ray on this machine; returns its job API URL and the process.
+    """A Ray head of its own (``ray start --block`` in a new process group, every port free), so
+    that stopping it touches no other Ray on this machine; returns its job API URL and the process.
     """
     dash = _free_port()
     ports = {
@@ -77,7 +77,9 @@ def _stop_head(proc: subprocess.Popen) -> None:
 
 
 def _submit(url, env, *entry, wait=True, ship=True, timeout=540):
-    """`ray job submit`; ``ship``: upload this worktree as the job's working dir (its stseg_dist)."""
+    """`ray job submit`; ``ship``: upload this worktree as the job's working dir
+    (its stseg_dist).
+    """
     cmd = [RAY, "job", "submit", "--address", url]
     if ship:
         cmd += [

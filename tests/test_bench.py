@@ -1,4 +1,6 @@
-"""The benchmark harness runs end to end on a tiny chip and reports every figure (no time asserted)."""
+"""The benchmark harness runs end to end on a tiny chip and reports every figure
+(no time asserted).
+"""
 
 import json
 import math

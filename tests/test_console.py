@@ -1,4 +1,6 @@
-"""A successful `stseg run` prints its progress bars, the report path and the summary: no Ray lines."""
+"""A successful `stseg run` prints its progress bars, the report path and the summary: no Ray
+lines.
+"""
 
 from __future__ import annotations
 

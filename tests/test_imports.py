@@ -110,7 +110,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_graph_sees_the_imports_it_must():
-    """The graph is not empty by accident: known edges (relative, absolute, in a function) are in it."""
+    """The graph is not empty by accident: known edges (relative, absolute, in a function) are in
+    it.
+    """
     graph = import_graph()
     assert "stseg_dist.stages" in graph["stseg_dist.driver"]  # from . import stages
     assert "stseg_dist.imaging.filters" in graph["stseg_dist.nuclei.classical"]

@@ -1,4 +1,6 @@
-"""Method state on disk: plain data only, bound to its run; a planted pickle is refused unexecuted."""
+"""Method state on disk: plain data only, bound to its run; a planted pickle is refused
+unexecuted.
+"""
 
 import json
 import os

@@ -1,4 +1,6 @@
-"""``stseg synth --from``: a slide tiled from a crop, mirrored copy by copy, references renumbered."""
+"""``stseg synth --from``: a slide tiled from a crop, mirrored copy by copy, references
+renumbered.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``stseg bench --methods``: cell methods side by side on the same chips, scored the same way.
 
-    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--hard] [--real ../shared/data]
+    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--hard]
+                   [--real ../shared/data]
 
 Every method runs through the real pipeline (same nuclei, tiling and stitching) on:
 
@@ -15,8 +16,8 @@ Every method runs through the real pipeline (same nuclei, tiling and stitching) 
   favour that shape, so MECR and the assigned share judge methods there;
 
 plus the wall seconds and transcripts/s of each run. A method that cannot run on a chip (a
-membrane method on a chip with no membrane stain) is reported as not applicable. Figures are printed as one table and
-written as JSON; nothing here asserts a time.
+membrane method on a chip with no membrane stain) is reported as not applicable. Figures are printed
+as one table and written as JSON; nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from .. import constants as C
 
 @dataclass(frozen=True)
 class RealCrop:
-    """A shared real crop with a reference, and what its bundle lacks (facts from the data's README)."""
+    """A shared real crop with a reference, and what its bundle lacks
+    (facts from the data's README).
+    """
 
     platform: str
     options: dict
@@ -68,7 +71,8 @@ REAL_CROPS = {
     # dense breast tumour; vendor cells are Xenium's nucleus expansion, nuclei approximate vendor
     # polygons; tune on the left half, report the right
     "xenium_breast_top": RealCrop("xenium", {}, shape_biased=True, split_x_um=255.0),
-    # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels (0.108 µm assumed)
+    # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels
+    # (0.108 µm assumed)
     "merfish_u2os": RealCrop(
         "generic",
         {
@@ -182,7 +186,9 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
 
 
 def missing_cell_recall(chip: str, out: str) -> float:
-    """Of the true cells with no visible nucleus, the fraction matched by a predicted cell (IoU >= 0.5)."""
+    """Of the true cells with no visible nucleus, the fraction matched by a predicted cell
+    (IoU >= 0.5).
+    """
     import zarr
 
     from ..evaluation.metrics import contingency, iou_matrix

@@ -82,7 +82,8 @@ def expansion_frontier(
     ds, workdir: str, run, overrides=(), distances=FRONTIER_UM, local: bool = True, echo=print
 ) -> pd.DataFrame:
     """Expansion from the dataset's nuclei at each distance: rows region, distance_um, assigned,
-    mecr. ``run(ds, method, out, overrides, local)`` runs the pipeline (comparison.run_pipeline_only).
+    mecr. ``run(ds, method, out, overrides, local)`` runs the pipeline
+    (comparison.run_pipeline_only).
     """
     rows = []
     for d in distances:
@@ -131,7 +132,9 @@ def place(frontier: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
 
 
 def points_from_rows(rows: list[dict]) -> pd.DataFrame:
-    """Plane points of bench rows (their ``plane`` entry) and of the vendor's cells, once per region."""
+    """Plane points of bench rows (their ``plane`` entry) and of the vendor's cells, once per
+    region.
+    """
     pts, seen = [], set()
     for r in rows:
         for region, p in (r.get("plane") or {}).items():

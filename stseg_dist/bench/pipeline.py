@@ -2,8 +2,10 @@
 
     stseg bench -- --sizes-um 1000 3000 [--workers 1 2 4] [--method ucs] [--json out.json]
     stseg bench -- --chip SLIDE [--config configs/xenium.yaml] [--set k=v] [--no-local]
-    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side: bench/comparison.py)
-    stseg bench -- --exports [--size-um 1500]    (SpatialData / Xenium Explorer export time and memory)
+    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side:
+                                                  bench/comparison.py)
+    stseg bench -- --exports [--size-um 1500]    (SpatialData / Xenium Explorer export time and
+                                                  memory)
 
 For each chip size (or ``--chip``, e.g. a slide from ``stseg synth --from``): wall seconds per
 stage, with the outputs split into boundaries, tables, AnnData, publish, the SpatialData store

@@ -307,7 +307,9 @@ def _truth_types(ref_url: str, so) -> pd.Series | None:
 
 
 def _type_means(tx: pd.DataFrame, cell_col: str, cell_type: pd.Series) -> pd.DataFrame:
-    """Types x genes mean counts per cell, from per-transcript rows (never a cells x genes matrix)."""
+    """Types x genes mean counts per cell, from per-transcript rows
+    (never a cells x genes matrix).
+    """
     tx = tx[tx[cell_col] > 0]
     typ = tx[cell_col].map(cell_type)
     sums = tx.groupby([typ, tx[K.GENE]], observed=True).size().unstack(fill_value=0)

@@ -45,7 +45,9 @@ def contingency(pred, ref, block: int = 2048) -> sp.csr_matrix:
 
 
 def pixel_metrics(table: sp.csr_matrix) -> dict:
-    """Foreground precision, recall, F1 (= Dice) and mean Jaccard over predicted cells (STCellbin)."""
+    """Foreground precision, recall, F1 (= Dice) and mean Jaccard over predicted cells
+    (STCellbin).
+    """
     t = table.tocoo()
     fg = (t.row > 0) & (t.col > 0)
     tp = float(t.data[fg].sum())
@@ -79,7 +81,9 @@ def iou_matrix(table: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def _one_to_one(iou: sp.coo_matrix, thr: float) -> np.ndarray:
-    """Mask of pairs with IoU >= thr kept one-to-one (highest IoU first; only ties at 0.5 compete)."""
+    """Mask of pairs with IoU >= thr kept one-to-one (highest IoU first; only ties at 0.5
+    compete).
+    """
     cand = np.flatnonzero(iou.data >= thr)
     cand = cand[np.argsort(-iou.data[cand], kind="stable")]
     used_r, used_c, keep = set(), set(), np.zeros(iou.data.shape, bool)
@@ -239,7 +243,9 @@ def cell_calling_score(
 
 
 def baseline_metrics(cells: pd.DataFrame, n_transcripts: int) -> dict:
-    """UCS baseline characteristics: coverage, cell area, transcripts and genes per cell, density."""
+    """UCS baseline characteristics: coverage, cell area, transcripts and genes per cell,
+    density.
+    """
     for col in ("area_um2", "n_transcripts", "n_genes"):
         if col not in cells.columns:
             raise InputError(f"cells table lacks column '{col}'")
@@ -322,7 +328,8 @@ def morphology_metrics(labels, block: int = 2048, max_cells: int = 5000) -> dict
 def profile_correlation(
     counts: pd.DataFrame, cell_types: pd.Series, reference: pd.DataFrame
 ) -> dict:
-    """Pearson r of each cell type's mean expression profile with the single-cell reference's (UCS Fig. 5).
+    """Pearson r of each cell type's mean expression profile with the single-cell reference's
+    (UCS Fig. 5).
 
     ``counts``: cells x genes; ``cell_types``: type per cell (same index); ``reference``: types x
     genes mean profiles. Only shared genes and types are compared.
@@ -332,7 +339,9 @@ def profile_correlation(
 
 
 def mean_profile_correlation(means: pd.DataFrame, reference: pd.DataFrame) -> dict:
-    """Pearson r per cell type between two types x genes tables of mean profiles (shared genes/types)."""
+    """Pearson r per cell type between two types x genes tables of mean profiles
+    (shared genes/types).
+    """
     genes = means.columns.intersection(reference.columns)
     if len(genes) < 2:
         raise InputError("expression reference shares fewer than 2 genes with the prediction")
@@ -388,7 +397,9 @@ def petukhov_correlation(
 
 
 def _expressed(cells: np.ndarray, genes: np.ndarray, n_genes: int) -> sp.csr_matrix:
-    """Cells x genes 0/1 matrix: the gene (integer code) has a transcript in the cell (0 = no cell)."""
+    """Cells x genes 0/1 matrix: the gene (integer code) has a transcript in the cell
+    (0 = no cell).
+    """
     cells, genes = np.asarray(cells), np.asarray(genes, np.int64)
     sel = cells > 0
     _, ci = np.unique(cells[sel], return_inverse=True)

@@ -174,7 +174,9 @@ def nucleus_flags(values: pd.Series, column: str) -> np.ndarray:
 
 
 class PolygonLabels:
-    """Polygons (µm) as a lazily rasterised label array on a grid: any window, never the whole chip."""
+    """Polygons (µm) as a lazily rasterised label array on a grid: any window, never the whole
+    chip.
+    """
 
     def __init__(self, polys, grid: Grid):
         self.shape = tuple(grid.shape)

@@ -23,7 +23,9 @@ _LOADS: dict[str, int] = {}
 
 @dataclass
 class CellposeConfig:
-    """One Cellpose section for every stage that runs it (nuclei.cellpose, cells.membrane.cellpose)."""
+    """One Cellpose section for every stage that runs it (nuclei.cellpose,
+    cells.membrane.cellpose).
+    """
 
     model: str = "cpsam"  # a built-in name, a local path, or an fsspec URL
     batch_size: int = 8

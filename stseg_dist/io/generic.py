@@ -193,7 +193,9 @@ def rasterise(polys, origin, ps, r0, r1, w) -> np.ndarray:
 
 
 def polygons_from_vertex_table(df, id_col: str, x_col: str, y_col: str, source: str):
-    """Group a vertex table into polygons with labels 1..n (sorted vendor IDs); returns (polys, id->label)."""
+    """Group a vertex table into polygons with labels 1..n (sorted vendor IDs); returns
+    (polys, id->label).
+    """
     for col in (id_col, x_col, y_col):
         if col not in df.columns:
             raise InputError(
@@ -258,7 +260,9 @@ __doc__ += "\n" + options_doc(OPTIONS, "Generic reader (``--platform generic``) 
 
 
 def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool, so) -> dict:
-    """Any parquet/CSV with x/y/gene columns (names via options) plus an optional TIFF or zarr image."""
+    """Any parquet/CSV with x/y/gene columns (names via options) plus an optional TIFF or zarr
+    image.
+    """
     from . import storage
 
     if options["pixel_size_um"] is None:
@@ -348,7 +352,9 @@ def read_vertex_table(fs, path: str):
 
 
 def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:
-    """Reference cell IDs of any type -> uint32 labels (0 = none), consistent across batches via ``labels``."""
+    """Reference cell IDs of any type -> uint32 labels (0 = none), consistent across batches via
+    ``labels``.
+    """
     ids = pc.cast(column, pa.string()).to_pandas().fillna("")
     none = ids.isin(["", "0", "-1", "UNASSIGNED"])
     for v in ids[~none].unique():
@@ -359,7 +365,8 @@ def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:
 def image_ref(
     url: str, ref_url: str, level: int, ps: float, so
 ) -> tuple[dict, tuple[int, int], float]:
-    """Lazy reference to a TIFF (pyramid ``level``) or zarr image; returns (ref, (H, W), pixel size).
+    """Lazy reference to a TIFF (pyramid ``level``) or zarr image; returns
+    (ref, (H, W), pixel size).
 
     ``ref_url`` is what chip.json records (the URL a worker reopens). The pixel size is scaled by
     the level's downsampling so µm stay µm.
@@ -389,7 +396,9 @@ def image_ref(
 
 
 def drop_prefixes(t: pa.Table, gene_col: str, prefixes) -> tuple[pa.Table, int]:
-    """Rows whose gene starts with any prefix (control probes) removed; returns (table, n dropped)."""
+    """Rows whose gene starts with any prefix (control probes) removed; returns
+    (table, n dropped).
+    """
     gene = pc.cast(t[gene_col], pa.string())
     ctrl = np.zeros(t.num_rows, bool)
     for p in prefixes:

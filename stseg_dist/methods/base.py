@@ -74,7 +74,8 @@ class CellMethod(Plugin):
         raise NotImplementedError
 
 
-#: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is one.
+#: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is
+#: one.
 MODEL_ACTOR = Resources(actors=1, num_gpus=0.5)
 
 __all__ = [

@@ -103,7 +103,9 @@ def _core_raw_histogram(backend: ClassicalNuclei, vmax: float, tile) -> np.ndarr
 
 
 def _core_histogram(backend: ClassicalNuclei, state: dict, grid: tuple, tile) -> np.ndarray:
-    """Histogram of what Otsu splits over a tile's core, enhanced on its window (as segment does)."""
+    """Histogram of what Otsu splits over a tile's core, enhanced on its window
+    (as segment does).
+    """
     backend = copy.copy(backend)
     backend.load(state)
     rows, cols = tile.window_slices

@@ -305,9 +305,10 @@ def test_rayjob_lifecycle_and_manifest_mount(overlay):
 
 @pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.startswith("batch-")])
 def test_rayjob_retries_only_a_crashed_batch(overlay):
-    """KubeRay retries a RayJob (backoffLimit) whenever its Ray job fails, i.e. the entry point exits
-    non-zero or the driver is lost. The entry point exits 0 when some slides failed on their own
-    data (each recorded), and non-zero when the batch itself crashed or the cluster lost a slide.
+    """KubeRay retries a RayJob (backoffLimit) whenever its Ray job fails, i.e. the entry point
+    exits non-zero or the driver is lost. The entry point exits 0 when some slides failed on their
+    own data (each recorded), and non-zero when the batch itself crashed or the cluster lost a
+    slide.
     """
     s = by_kind(render(KR / "overlays" / overlay))["RayJob"]["spec"]
     assert s["backoffLimit"] == 1

@@ -114,7 +114,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
     namespaces = {d["metadata"]["namespace"] for d in docs}
-    # the operator: a pinned chart of the newest validated KubeRay, in the namespace the policies admit
+    # the operator: a pinned chart of the newest validated KubeRay, in the namespace the policies
+    # admit
     helm = [c for c in cmds if c.startswith("helm install")]
     operator_ns = set()
     for c in helm:

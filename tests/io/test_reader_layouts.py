@@ -1,4 +1,6 @@
-"""Reader layouts the shared crops do not cover, on small synthetic bundles, plus real MERSCOPE hdf5 cells."""
+"""Reader layouts the shared crops do not cover, on small synthetic bundles, plus real MERSCOPE
+hdf5 cells.
+"""
 
 from pathlib import Path
 
@@ -114,7 +116,9 @@ def test_xenium_masks_off_the_image_grid_are_rejected(tmp_path):
 
 
 def write_gef(path: Path, genes, x, y, counts, new_layout=False):
-    """A bin1 GEF as the Stereo-seq spec lays it out: expression sorted by gene, gene offsets/counts."""
+    """A bin1 GEF as the Stereo-seq spec lays it out: expression sorted by gene, gene
+    offsets/counts.
+    """
     import h5py
 
     genes = np.asarray(genes)
@@ -178,7 +182,9 @@ def test_gef_without_bin1_names_the_dataset(tmp_path):
 
 
 def test_batch_size_does_not_change_the_chip(tmp_path):
-    """The transcript table is streamed in batches: 97-row batches give the same chip as one batch."""
+    """The transcript table is streamed in batches: 97-row batches give the same chip as one
+    batch.
+    """
     _xenium_with_masks(tmp_path / "b")
     convert_bundle(str(tmp_path / "b"), str(tmp_path / "one"))
     rep = convert_bundle(str(tmp_path / "b"), str(tmp_path / "many"), options={"batch_rows": 97})

@@ -90,7 +90,9 @@ def test_unet_shapes():
 
 
 def test_sliding_merge_has_no_seam():
-    """With a pointwise model, many blended windows give exactly what one pass over the array gives."""
+    """With a pointwise model, many blended windows give exactly what one pass over the array
+    gives.
+    """
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 50, 70)).astype(np.float32)
 
@@ -106,7 +108,9 @@ def test_sliding_merge_has_no_seam():
 
 
 def test_unet_windows_depend_on_global_position_only():
-    """A region predicted inside two differently cut arrays gives the same output away from the cuts."""
+    """A region predicted inside two differently cut arrays gives the same output away from the
+    cuts.
+    """
     torch.manual_seed(0)
     net = UNet(width=4).eval()
     predict = torch_predictor(net, "cpu", offset_scale=10.0)
@@ -198,7 +202,8 @@ def test_refinement_stops_when_rounds_agree():
         max_rounds=5,
         agree_iou=0.93,
     )
-    # round 1 trains on base and predicts grown (IoU 0.44); round 2 trains on grown and agrees (IoU 1)
+    # round 1 trains on base and predicts grown (IoU 0.44); round 2 trains on grown and agrees
+    # (IoU 1)
     assert [h["iou_with_previous"] for h in steady] == pytest.approx([16 / 36, 1.0])
     assert (fits[1] == grown).all()
     flip = iter([grown, base] * 5)
@@ -209,7 +214,9 @@ def test_refinement_stops_when_rounds_agree():
 
 
 def test_refinement_rounds_in_training():
-    """The real loop: a target the first round already meets ends it; an unreachable one runs all rounds."""
+    """The real loop: a target the first round already meets ends it; an unreachable one runs all
+    rounds.
+    """
     easy = train_genesegnet(
         _toy_patches(4), NORM, _cfg(epochs=2, max_rounds=3, agree_iou=1e-6), GEOMETRY
     )

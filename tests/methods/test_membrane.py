@@ -142,7 +142,8 @@ def test_classical_membrane_beats_expansion(chip, tmp_path):
     # 0.943 vs 0.916 (0.900 vs 0.833 with the earlier watershed nuclei, which expansion copies most)
     assert f1["membrane"] >= f1["expansion"] + 0.02
     assert f1["membrane"] > f1["unregistered"]  # the offset membrane misplaces cell borders
-    # the paper variant (watershed on the stain alone, nucleus-free cells kept): at least expansion's
+    # the paper variant (watershed on the stain alone, nucleus-free cells kept): at least
+    # expansion's
     # F1, more transcripts in their true cell, and cells whose nucleus is unseen found
     assert f1["paper"] >= f1["expansion"]
     assert right["paper"] > right["expansion"] + 0.05

@@ -137,7 +137,8 @@ def test_features_do_not_depend_on_the_window():
     )
     top = np.array([3, 5, 2, 7])
     whole = spot_grid(cut(nuclei, x, y, g, (0, 240, 0, 300)), BIN, top, 5.0, 20.0)
-    # windows whose edges fall mid-spot (odd pixel) and cut nuclei; compared spots (and their tokens)
+    # windows whose edges fall mid-spot (odd pixel) and cut nuclei; compared spots
+    # (and their tokens)
     # stay d_max + a nucleus diameter inside, as the method's halo guarantees
     for window in [(31, 240, 47, 283), (1, 211, 13, 300), (0, 199, 75, 300)]:
         part = spot_grid(cut(nuclei, x, y, g, window), BIN, top, 5.0, 20.0)
@@ -391,7 +392,8 @@ def test_no_negatives_is_an_input_error():
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
-#: Vendor nuclei keep this test independent of the nuclei stage (classical nuclei are tile-exact too).
+#: Vendor nuclei keep this test independent of the nuclei stage
+#: (classical nuclei are tile-exact too).
 FAST = [
     "cells.method=sslcst",
     "cells.sslcst.n_train_spots=1500",
@@ -481,7 +483,7 @@ def test_close_cells_fills_only_free_unlabelled_spots():
     assert (out[:, 11:16] == 0).all() and (out[:4] == 0).all() and (out[11:] == 0).all()
 
 
-# -- the paper variant (Huo et al.) ------------------------------------------------------------------
+# -- the paper variant (Huo et al.) ---------------------------------------------------------------
 def test_paper_labels_need_expression_and_floor_the_direction():
     nuclei, x, y, g = disc_chip()
     keep = ~((x < 60 * PS) & (y < 70 * PS))  # nucleus 1's upper-left quarter holds no transcript
@@ -515,7 +517,8 @@ def test_direction_prior_and_centre_map():
 
     nuclei, x, y, g = disc_chip()
     grid = spot_grid(cut(nuclei, x, y, g, (0, 200, 0, 240)), BIN, np.arange(12), 5.0, 30.0)
-    # nucleus 1: centroid (25.25, 30.25) µm, radius ~4 µm; a spot 10 µm east of it sees it westwards only
+    # nucleus 1: centroid (25.25, 30.25) µm, radius ~4 µm; a spot 10 µm east of it sees it westwards
+    # only
     r, c = np.array([25]), np.array([40])
     mask = direction_mask(grid, r, c, BIN, 12.0, 16, floor=True)[0]
     assert mask[7] and mask[8] and mask.sum() <= 6  # 180 degrees is the edge of bins 7 and 8

@@ -493,7 +493,8 @@ def test_paper_inference_rule_is_argmax_over_background_and_cells():
 
 def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it():
     """Two nuclei of different programs; the transcripts between them are of the right one's genes:
-    by distance alone the left cell takes the nearer half, with the evidence the right cell takes it.
+    by distance alone the left cell takes the nearer half, with the evidence the right cell takes
+    it.
     """
     from stseg_dist.methods.common.bins import BinGrid, BinnedTile
     from stseg_dist.methods.ucs.inference import expression_evidence

@@ -75,7 +75,9 @@ def test_flat_image_rejected():
 
 
 def _glow_image(seed=0):
-    """Nuclei (radius 6 px) on a dark field, half of them on a broad glow as bright as a dim nucleus."""
+    """Nuclei (radius 6 px) on a dark field, half of them on a broad glow as bright as a dim
+    nucleus.
+    """
     rng = np.random.default_rng(seed)
     h, w = 160, 320
     yy, xx = np.mgrid[0:h, 0:w]
@@ -228,7 +230,9 @@ def _prepared(img, cfg, tile_um=1e6):
 
 
 def _blobs(centres, radii, amplitudes, shape, background=100.0, blur=1.5, seed=0):
-    """Discs of the given radii and brightness, blurred like a stain, with noise; and their truth."""
+    """Discs of the given radii and brightness, blurred like a stain, with noise; and their
+    truth.
+    """
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     img = np.full(shape, background, np.float32)
     truth = np.zeros(shape, np.int64)

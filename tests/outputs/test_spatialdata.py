@@ -80,7 +80,9 @@ def test_elements_hold_the_run(exported, small_run):
 
 
 def test_everything_is_in_um(exported):
-    """Pixel corner (r, c) of a raster maps to the µm point the chip says; outlines hold their transcripts."""
+    """Pixel corner (r, c) of a raster maps to the µm point the chip says; outlines hold their
+    transcripts.
+    """
     import shapely
     from spatialdata.transformations import get_transformation
 

@@ -90,7 +90,8 @@ def histogram_percentile(hist: np.ndarray, q: float) -> float:
 
 def normalise_inputs(stain: np.ndarray, rna: np.ndarray, norm: dict) -> np.ndarray:
     """(2, h, w) network input: stain scaled by chip percentiles; RNA as log1p of its chip mean,
-    or (the paper's, when ``norm`` has ``rna_clip``) the Gaussian sum clipped at ``rna_clip``, over it.
+    or (the paper's, when ``norm`` has ``rna_clip``) the Gaussian sum clipped at ``rna_clip``, over
+    it.
     """
     lo, hi = norm["stain_lo"], norm["stain_hi"]
     s = np.clip((stain - lo) / max(hi - lo, 1e-6), -1.0, 3.0)

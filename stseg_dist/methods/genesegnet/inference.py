@@ -21,7 +21,9 @@ def taper(size: int) -> np.ndarray:
 
 
 def window_starts(origin: int, length: int, size: int, stride: int) -> np.ndarray:
-    """Global starts (multiples of ``stride``) of every window overlapping [origin, origin+length)."""
+    """Global starts (multiples of ``stride``) of every window overlapping
+    [origin, origin+length).
+    """
     first = (origin - size) // stride + 1
     last = -(-(origin + length) // stride) - 1
     return np.arange(first, last + 1) * stride
@@ -167,8 +169,8 @@ def assign_to_centres(
     fallback: bool,
 ) -> np.ndarray:
     """The paper variant's cells: confident bins follow their offsets to the predicted centres
-    (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in :func:`assign_cells`
-    (the reach measured from the nucleus centroid).
+    (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in
+    :func:`assign_cells` (the reach measured from the nucleus centroid).
     """
     cids, centres = predicted_centres(
         centre, ids, centroids, centre_threshold, tolerance_bins, tolerance_bins, fallback

@@ -34,7 +34,8 @@ class MembraneConfig:
     max_shift_um: float = 10.0  # larger offsets are refused; the halo grows by this much
     # "offset": the integer offset to the nuclear stain (above). "track_lines": the similarity
     # (flip, quarter turns, small angle, scale, offset) of the stain to the expression map through
-    # the chip's track lines (Stereo-seq), as STCellbin registers; each tile reads its stain through it.
+    # the chip's track lines (Stereo-seq), as STCellbin registers; each tile reads its stain through
+    # it.
     registration: str = "offset"
     track_line_um: float = 1.5  # width of a track line
     register_min_margin: int = 2  # track lines the chosen orientation must match beyond any other

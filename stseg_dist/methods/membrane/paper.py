@@ -72,7 +72,9 @@ def nucleus_centroids(nuclei: np.ndarray) -> np.ndarray:
 def held_nuclei(
     cells: list[KeptCell], centroids: np.ndarray, window: tuple[int, int, int, int]
 ) -> list[np.ndarray]:
-    """For each cell, the IDs of the nuclei whose centroid pixel lies in its own (unresolved) mask."""
+    """For each cell, the IDs of the nuclei whose centroid pixel lies in its own (unresolved)
+    mask.
+    """
     r0, _, c0, _ = window
     return [np.unique(v[v > 0]) for v in (centroids[c.rows - r0, c.cols - c0] for c in cells)]
 
@@ -80,7 +82,9 @@ def held_nuclei(
 def dense_enough(
     cells: list[KeptCell], counts: np.ndarray, window, pixel_area_um2: float, min_density: float
 ) -> np.ndarray:
-    """Whether each cell holds at least ``min_density`` transcripts per µm² (counts: per window pixel)."""
+    """Whether each cell holds at least ``min_density`` transcripts per µm²
+    (counts: per window pixel).
+    """
     if min_density <= 0:
         return np.ones(len(cells), bool)
     r0, _, c0, _ = window

@@ -92,7 +92,8 @@ class PaperMembraneMethod(MembraneMethod):
         window = data.tile.window
         dy, dx = self.offset
         h, w = self.chip_shape
-        # a block is segmented here only if its registered membrane lies in the window (or off the chip)
+        # a block is segmented here only if its registered membrane lies in the window
+        # (or off the chip)
         inner = (
             window[0] if window[0] == 0 else window[0] + max(0, -dy),
             window[1] if window[1] == h else window[1] - max(0, dy),

@@ -104,7 +104,8 @@ def apply_offset(image: np.ndarray, offset: tuple[int, int], fill: float = 0.0) 
 def sample_regions(
     shape: tuple[int, int], size: int, max_regions: int
 ) -> list[tuple[int, int, int, int]]:
-    """Up to ``max_regions`` squares of ``size`` px spread evenly over the chip, as (r0, r1, c0, c1).
+    """Up to ``max_regions`` squares of ``size`` px spread evenly over the chip, as
+    (r0, r1, c0, c1).
 
     They are anchored to the chip, not to tiles, so the offset (and the membrane threshold read
     from the same regions) does not change with the tile size.

@@ -1,5 +1,6 @@
 """``cells.membrane.registration: track_lines``: the stain registered to the expression map by the
-chip's track lines (STCellbin, Zhang et al. 2024), estimated once per chip and read through per tile.
+chip's track lines (STCellbin, Zhang et al. 2024), estimated once per chip and read through per
+tile.
 
 :func:`prepare_track_lines` (the method's ``prepare``) builds the chip-wide expression map
 (transcript counts) and the stain, both downsampled by ``register_downsample`` on bins anchored

@@ -55,7 +55,9 @@ class SpotGrid:
 def spot_grid(
     data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float, d_max_um: float
 ) -> SpotGrid:
-    """Bin a tile window into spots with counts of ``top_genes`` (chip gene indices) and the prior."""
+    """Bin a tile window into spots with counts of ``top_genes`` (chip gene indices) and the
+    prior.
+    """
     binned = bin_tile(data, bin_um)
     h, w = binned.shape
     slot = np.full(max(len(data.genes), int(binned.genes.max(initial=0)) + 1), -1, np.int64)
@@ -88,7 +90,9 @@ def spot_grid(
 
 
 def neighbourhood_offsets(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column offsets of the k x k tokens, row-major (the centre token is index k*k // 2)."""
+    """Row and column offsets of the k x k tokens, row-major
+    (the centre token is index k*k // 2).
+    """
     half = k // 2
     dr, dc = np.mgrid[-half : half + 1, -half : half + 1]
     return dr.ravel(), dc.ravel()
@@ -97,7 +101,9 @@ def neighbourhood_offsets(k: int) -> tuple[np.ndarray, np.ndarray]:
 def gather_tokens(
     grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token counts (N, k*k, G+1) and priors (N, k*k) of spots (rows, cols); zeros off the window."""
+    """Token counts (N, k*k, G+1) and priors (N, k*k) of spots (rows, cols); zeros off the
+    window.
+    """
     half = k // 2
     counts = np.pad(grid.counts, ((half, half), (half, half), (0, 0)))
     prior = np.pad(grid.prior, half)

@@ -208,7 +208,9 @@ class SSLCSTMethod(TorchMethod):
         return b.to_pixels(self._fill(cells, b), data.shape).astype(np.uint32)
 
     def _fill(self, cells: np.ndarray, b) -> np.ndarray:
-        """``fill_um``: each cell closed over a disc of that radius, claiming only empty, unlabelled spots."""
+        """``fill_um``: each cell closed over a disc of that radius, claiming only empty,
+        unlabelled spots.
+        """
         if not self.fill_bins:
             return cells
         return close_cells(cells, b.counts() == 0, self.fill_bins)

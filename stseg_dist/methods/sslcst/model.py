@@ -78,7 +78,9 @@ class SpotEncoder(nn.Module):
     def forward(
         self, counts: torch.Tensor, prior: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2), direction logits (B, n))."""
+        """Counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2),
+        direction logits (B, n)).
+        """
         b, t, _ = counts.shape
         # The prior relative to the centre spot, log(p_t / p_c) = (d_c - d_t) / d0, scaled to
         # [-1, 1] per spot: the same pattern near a nucleus and far from it, so the rule learnt

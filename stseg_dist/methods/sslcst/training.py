@@ -19,7 +19,9 @@ from .features import IGNORE, direction_class, gather_tokens, neighbourhood_offs
 
 @dataclass
 class TrainingSpots:
-    """Labelled spots with their raw tokens, keyed by global spot so order never depends on tiles."""
+    """Labelled spots with their raw tokens, keyed by global spot so order never depends on
+    tiles.
+    """
 
     key: np.ndarray  # (N,) int64 global spot row * 2**32 + col
     counts: np.ndarray  # (N, T, G+1) uint16 token counts

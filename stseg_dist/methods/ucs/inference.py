@@ -163,7 +163,8 @@ def predict(
 
 
 def _head_terms(cell_net):
-    """The cell net's 1x1 head as the difference of its two logits: (w_mask, w_profile, w_marker, bias).
+    """The cell net's 1x1 head as the difference of its two logits:
+    (w_mask, w_profile, w_marker, bias).
 
     Every input of the head is a per-bin product with the cell's soft mask (or its marker mask),
     so q_c = sigmoid(sm_c * (w_mask . r + (w_profile * profile_c) . r) + w_marker * mk_c + bias)

@@ -390,7 +390,9 @@ def chip_background(stats: np.ndarray, sigma_bins: float) -> tuple[float, float]
 
 
 def hvg_filter(hvg: dict | None, region_um: float):
-    """``keep(x_um, y_um, genes) -> bool mask``: each transcript's gene is one of its region's HVGs."""
+    """``keep(x_um, y_um, genes) -> bool mask``: each transcript's gene is one of its region's
+    HVGs.
+    """
     if hvg is None:
         return None
 

@@ -138,7 +138,9 @@ class CellNet(nn.Module):
         softmasks: torch.Tensor,
         marker_masks: torch.Tensor | None = None,
     ):
-        """Features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W)."""
+        """Features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits
+        (N, 2, H, W).
+        """
         return self.classify(self.reduce(features), softmasks, marker_masks)
 
 

@@ -106,7 +106,9 @@ def paper_kernel() -> np.ndarray:
 
 
 def augment(p: Patch, k: int, flip: bool) -> Patch:
-    """The patch rotated by k quarter turns, flipped first if ``flip`` (sparse indices and rasters alike)."""
+    """The patch rotated by k quarter turns, flipped first if ``flip``
+    (sparse indices and rasters alike).
+    """
     n = p.nuclei.shape[0]
     rows, cols = (n - 1 - p.rows if flip else p.rows), p.cols
     nuc, mk = (
