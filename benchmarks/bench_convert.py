@@ -80,7 +80,8 @@ def main() -> None:
     size = (root / "bundle" / "transcripts.parquet").stat().st_size / 2**20
     print(
         f"n={a.n} input={size:.0f} MiB generate={t1 - t0:.1f}s (peak RSS {rss_gen:.0f} MiB) "
-        f"convert={t2 - t1:.1f}s convert_peak_rss={int(hwm_kib) / 1024:.0f} MiB batch_rows={a.batch_rows}"
+        f"convert={t2 - t1:.1f}s convert_peak_rss={int(hwm_kib) / 1024:.0f} MiB "
+        f"batch_rows={a.batch_rows}"
     )
 
 

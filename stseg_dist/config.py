@@ -123,11 +123,14 @@ class PipelineConfig:
 #: name wherever it appears).
 MOVED = {
     **{
-        f"cells.membrane.{k}": f"the membrane's Cellpose settings are one section: cells.membrane.cellpose.{k}"
+        f"cells.membrane.{k}": "the membrane's Cellpose settings are one section: "
+        f"cells.membrane.cellpose.{k}"
         for k in ("model", "flow_threshold", "cellprob_threshold", "batch_size", "storage_options")
     },
-    "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or resources.cells.num_gpus",
-    "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or resources.cells.actors",
+    "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or "
+    "resources.cells.num_gpus",
+    "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or "
+    "resources.cells.actors",
 }
 
 

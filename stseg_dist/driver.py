@@ -267,7 +267,8 @@ def _run(
         storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, storage_options)
     if summary["status"] != "complete":
         raise RunIncompleteError(
-            f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are incomplete "
+            f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are "
+            "incomplete "
             f"(see {K.RUN_JSON}); re-run the same command to redo only those tiles"
         )
     return summary
@@ -365,7 +366,8 @@ def _scan(run: Run):
     missing, total = chip.missing_image_chunks()
     if missing:
         run.warn(
-            f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as the fill "
+            f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as the "
+            "fill "
             "value (zarr semantics); segmentation sees no stain there"
         )
     run.counts.update(n_transcripts_input=result.n_rows, n_genes=len(result.genes))
@@ -580,7 +582,8 @@ def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
         return
     if importlib.util.find_spec("spatialdata") is None:
         run.warn(
-            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)"
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg "
+            "export)"
         )
         return
     from .export._run import RunFiles
@@ -660,7 +663,8 @@ def _prepare(run: Run, ctx: stages.RunContext, plugin: Plugin, stage: str, apply
         cached = ctx.work.load_state(name, bind)
     except StateFileError as exc:
         run.warn(
-            f"refused a saved {'method' if stage == 'cells' else stage} state: {exc}; recomputing it"
+            f"refused a saved {'method' if stage == 'cells' else stage} state: {exc}; recomputing "
+            "it"
         )
         cached = None
     if cached is not None:

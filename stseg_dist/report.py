@@ -501,7 +501,8 @@ def write_report(
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{title}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}"
-        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px "
+        "8px;text-align:left}"
         "td.m{color:#555}img{max-width:100%}.note{color:#a33}"
         "details{margin-top:.5em}</style></head><body>"
         f"<h1>{title}</h1><p>status: {html.escape(str(run.get('status')))}, "

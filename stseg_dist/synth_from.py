@@ -152,7 +152,8 @@ def _tile(chip, source, out, width_um, height_um, block_px, overwrite, t0) -> di
     n_copies = n_rows * n_cols
     if src.stride * n_copies >= 2**32:
         raise ConfigError(
-            f"synth --from: {n_copies} copies of labels up to {src.stride - 1} overflow uint32 labels"
+            f"synth --from: {n_copies} copies of labels up to {src.stride - 1} overflow uint32 "
+            "labels"
         )
     if src.tid_stride is not None and src.tid_stride * n_copies >= 2**63:
         raise ConfigError(f"synth --from: {n_copies} copies overflow the transcript IDs")

@@ -20,9 +20,9 @@ pytestmark = [
 ]
 
 #: Runs one chip in this (fresh) interpreter; prints its resident set (KiB) after the imports and
-#: its peak during the run. The kernel's high-water mark is reset after the imports (clear_refs 5),
-#: so the transient peak of importing torch/ray does not hide the run; only this process counts, not the
-#: other children of pytest.
+#: its peak during the run. The kernel's high-water mark is reset after the imports
+#: (clear_refs 5), so the transient peak of importing torch/ray does not hide the run; only this
+#: process counts, not the other children of pytest.
 _CHILD = """
 import json, sys
 import stseg_dist.driver, stseg_dist.cli, stseg_dist.report  # imported before the baseline

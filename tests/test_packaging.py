@@ -145,7 +145,10 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     ).stdout.strip()
     assert where.startswith(str(venv)), where
     # No test-only package leaks in: what the run needs must come from the runtime dependencies.
-    probe = "import importlib.util as u; print([m for m in ('pytest', 'moto', 'nbclient') if u.find_spec(m)])"
+    probe = (
+        "import importlib.util as u; "
+        "print([m for m in ('pytest', 'moto', 'nbclient') if u.find_spec(m)])"
+    )
     leaked = _run([py, "-c", probe], tmp_path, env).stdout.strip()
     assert leaked == "[]", leaked
 

@@ -351,7 +351,8 @@ def format_row(r: dict) -> str:
     parts = [f"{r['dataset']:<22} {r.get('label', r['method']):<11}"]
     parts += [f"{label} {r[key]:.3f}" for key, label in METRICS if key in r and not pd.isna(r[key])]
     parts.append(
-        f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s ({r['transcripts_per_s']:,.0f} tx/s)"
+        f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s "
+        f"({r['transcripts_per_s']:,.0f} tx/s)"
     )
     return "  ".join(parts)
 

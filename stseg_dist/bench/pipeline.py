@@ -209,7 +209,8 @@ def run_once(
         "worker_peak_rss_mb": rss.worker_peak / 2**20,
         "all_processes_peak_rss_mb": rss.total_peak / 2**20,
         "processes": rss.per_process(),
-        "rss_measured": f"psutil RSS of the driver and its descendant processes every {rss.interval} s",
+        "rss_measured": "psutil RSS of the driver and its descendant processes every "
+        f"{rss.interval} s",
     }
 
 
@@ -255,7 +256,8 @@ def run_bench(
                 the_chip = str(Path(tmp) / "chip")
                 info = synth_chip(the_chip, size, size, seed=seed, overwrite=True)
                 echo(
-                    f"chip {size:.0f} x {size:.0f} µm: {info['n_transcripts']:,} transcripts, {info['n_cells']:,} cells "
+                    f"chip {size:.0f} x {size:.0f} µm: {info['n_transcripts']:,} transcripts, "
+                    f"{info['n_cells']:,} cells "
                     f"(generated in {info['seconds']:.1f} s)"
                 )
             how = {"spatialdata": spatialdata, "report": report, "keep": bool(keep)}
@@ -286,7 +288,8 @@ def format_row(r: dict) -> str:
         if p["kind"] != "ray" or p["peak_rss_mb"] >= 50
     )
     return (
-        f"  {r['mode']:<14} workers={r['workers']}: {r['seconds']:.1f} s, {r['transcripts_per_s']:,.0f} "
+        f"  {r['mode']:<14} workers={r['workers']}: {r['seconds']:.1f} s, "
+        f"{r['transcripts_per_s']:,.0f} "
         f"transcripts/s, {r['cells_per_s']:,.0f} cells/s, {r['n_tiles']} tiles, driver peak "
         f"{r['driver_peak_rss_mb']:.0f} MB, largest worker {r['worker_peak_rss_mb']:.0f} MB, all "
         f"processes {r['all_processes_peak_rss_mb']:.0f} MB{ratio}\n"

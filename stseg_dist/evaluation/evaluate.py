@@ -119,7 +119,8 @@ def evaluate(
         missing = int(joined["ref_id"].isna().sum())
         if missing:
             raise InputError(
-                f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on {key})"
+                f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on "
+                f"{key})"
             )
         result["transcripts"] = M.transcript_metrics(
             joined[K.CELL_ID].to_numpy(), joined["ref_id"].to_numpy()

@@ -29,7 +29,8 @@ def contingency(pred, ref, block: int = 2048) -> sp.csr_matrix:
     """
     if tuple(pred.shape) != tuple(ref.shape):
         raise InputError(
-            f"label arrays differ in shape: prediction {tuple(pred.shape)} vs reference {tuple(ref.shape)}"
+            f"label arrays differ in shape: prediction {tuple(pred.shape)} vs reference "
+            f"{tuple(ref.shape)}"
         )
     rows, cols, vals = [], [], []
     for rs, cs in _blocks(pred.shape, block):

@@ -318,7 +318,8 @@ def _flag_table(url: str, column: str, storage_options) -> pd.DataFrame:
         names = pq.read_schema(fh).names
     if column not in names:
         raise InputError(
-            f"{url}: no column '{column}' of per-transcript nucleus flags (columns: {', '.join(names)})"
+            f"{url}: no column '{column}' of per-transcript nucleus flags (columns: "
+            f"{', '.join(names)})"
         )
     key = K.TRANSCRIPT_ID if K.TRANSCRIPT_ID in names else None
     df = _read_parquet(url, [c for c in (key, column) if c], storage_options)

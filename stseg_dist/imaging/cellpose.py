@@ -72,11 +72,13 @@ def resolve_model_path(
         if cached.exists():
             return str(cached)
         raise ConfigError(
-            f"{key}: Cellpose weights {model!r} are not in {cp_models.MODEL_DIR} and are never downloaded "
+            f"{key}: Cellpose weights {model!r} are not in {cp_models.MODEL_DIR} and are never "
+            "downloaded "
             f"at run time; copy them there, or give {key} as a path or URL"
         )
     raise ConfigError(
-        f"{key} {model!r} is neither a file, a URL, nor a Cellpose model name ({', '.join(cp_models.MODEL_NAMES)})"
+        f"{key} {model!r} is neither a file, a URL, nor a Cellpose model name "
+        f"({', '.join(cp_models.MODEL_NAMES)})"
     )
 
 

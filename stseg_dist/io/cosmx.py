@@ -51,7 +51,8 @@ OPTIONS = (
     Option(
         "vendor_nuclei",
         True,
-        'rebuild vendor nuclei from each cell_ID\'s CellComp == "Nuclear" transcripts (false: none)',
+        'rebuild vendor nuclei from each cell_ID\'s CellComp == "Nuclear" transcripts (false: '
+        "none)",
     ),
     *FLAG_OPTIONS,
 )

@@ -145,7 +145,8 @@ def _chip_grid(
     tol = max(2 * ps, 1.0)  # µm; vendor transforms are rounded
     if lo[0] < origin[0] - tol or lo[1] < origin[1] - tol or hi[0] > x1 + tol or hi[1] > y1 + tol:
         raise InputError(
-            f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} µm "
+            f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} "
+            "µm "
             f"lies outside the image (x {origin[0]:.1f}..{x1:.1f}, y {origin[1]:.1f}..{y1:.1f} µm: "
             f"{w}x{h} px at {ps} µm/px)"
         )

@@ -163,7 +163,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
                         )
     for sa in sorted(named - accounts):
         out.append(
-            f"ServiceAccount {sa}: named by the walkthrough, not in its manifests {sorted(accounts)}"
+            f"ServiceAccount {sa}: named by the walkthrough, not in its manifests "
+            f"{sorted(accounts)}"
         )
     # Secrets and their keys
     refs: dict = {}
@@ -178,7 +179,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
             out.append(f"Secret {name}: created by the walkthrough, read by no manifest")
         elif not refs[name][0] <= keys:
             out.append(
-                f"Secret {name}: the manifests read keys {sorted(refs[name][0])}, it has {sorted(keys)}"
+                f"Secret {name}: the manifests read keys {sorted(refs[name][0])}, it has "
+                f"{sorted(keys)}"
             )
     for name, (keys, required) in refs.items():
         if required and name not in made:
@@ -205,7 +207,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
         cms = list(by_kind.get("ConfigMap", {}).values())
         if not cms or key not in cms[0]["data"]:
             out.append(
-                f"RayJob/{name} reads {mpath}; the ConfigMap has keys {[list(c['data']) for c in cms]}"
+                f"RayJob/{name} reads {mpath}; the ConfigMap has keys "
+                f"{[list(c['data']) for c in cms]}"
             )
             continue
         text = cms[0]["data"][key]

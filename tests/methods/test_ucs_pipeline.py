@@ -75,7 +75,8 @@ def test_missing_cells_are_found(tmp_path):
     recall = missing_cell_recall(chip, str(tmp_path / "out"))
     n_seeds = summary["counts"]["n_seeds"]
     print(
-        f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} hidden nuclei"
+        f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} "
+        "hidden nuclei"
     )
     assert recall >= MIN_MISSING_CELL_RECALL
     assert n_seeds <= 3 * info["n_missing_nucleus"]  # measured 21-31 seeds: some cells split in two

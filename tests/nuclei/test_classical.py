@@ -62,7 +62,8 @@ def test_classical_on_dsb2018():
     pred = backend.segment_array(img)
     f1 = _matched_f1(pred.astype(np.int64), truth)
     print(
-        f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 {f1:.3f}"
+        f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 "
+        f"{f1:.3f}"
     )
     assert f1 > 0.6
 

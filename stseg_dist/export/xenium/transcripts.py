@@ -86,7 +86,8 @@ def write_transcripts(
         "grid_keys": [],
         "number_levels": len(levels),
     }
-    tiles = []  # per level: (rows sorted by grid cell, first index, count, key) of each non-empty cell
+    # per level: (rows sorted by grid cell, first index, count, key) of each non-empty cell
+    tiles = []
     for level, rows in enumerate(levels):
         size = GRID_UM * 2**level
         cell = np.floor(xy[rows] / size).clip(0).astype(np.int64)

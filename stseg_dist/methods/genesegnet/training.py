@@ -165,7 +165,8 @@ def refine(
         )
         if log:
             log(
-                f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its labels {iou:.3f}"
+                f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its "
+                f"labels {iou:.3f}"
             )
         if iou > agree_iou:
             break

@@ -68,7 +68,8 @@ class MembraneConfig:
             require(v is None or v > 0, f"{key}.{name} must be positive or null, got {v}")
         require(
             self.nucleus_free_min_density >= 0,
-            f"{key}.nucleus_free_min_density must not be negative, got {self.nucleus_free_min_density}",
+            f"{key}.nucleus_free_min_density must not be negative, got "
+            f"{self.nucleus_free_min_density}",
         )
         require(
             self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}"

@@ -72,7 +72,8 @@ class MembraneMethod(CellMethod):
         c, chip = self.cfg, ctx.chip
         if chip.n_channels <= c.channel:
             raise InputError(
-                f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the image "
+                f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the "
+                "image "
                 f"has {chip.n_channels} channel(s)"
             )
         need_threshold = c.backend == "classical" and c.threshold is None
@@ -129,7 +130,8 @@ class MembraneMethod(CellMethod):
             values = np.concatenate([r[2] for r in results])
             if values.size == 0 or values.min() == values.max():
                 raise InputError(
-                    f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold it "
+                    f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold "
+                    "it "
                     "(set cells.membrane.threshold)"
                 )
             threshold = float(threshold_otsu(values))

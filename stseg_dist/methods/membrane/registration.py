@@ -68,7 +68,8 @@ def estimate_offset(
     ]
     if not pairs:
         raise InputError(
-            f"{where}: cannot register the membrane stain: no sampled region has signal in both stains"
+            f"{where}: cannot register the membrane stain: no sampled region has signal in both "
+            "stains"
         )
     gap = int(math.ceil(max_shift_px / factor)) + 2
     ref = mosaic([a for a, _ in pairs], gap)
@@ -79,8 +80,10 @@ def estimate_offset(
     dy, dx = (int(round(float(s) * factor)) for s in shift)
     if max(abs(dy), abs(dx)) > max_shift_px:
         raise InputError(
-            f"{where}: the membrane stain is offset by ({dy}, {dx}) px from the nuclear stain, more than "
-            f"cells.membrane.max_shift_um allows ({max_shift_px:g} px); raise it if the offset is real"
+            f"{where}: the membrane stain is offset by ({dy}, {dx}) px from the nuclear stain, "
+            "more than "
+            f"cells.membrane.max_shift_um allows ({max_shift_px:g} px); raise it if the offset is "
+            "real"
         )
     return dy, dx
 
@@ -363,9 +366,11 @@ def register_track_lines(
     if k < min_lines or k - runner_up < min_margin:
         raise InputError(
             f"{where}: cannot register the membrane stain to the expression map by track lines: "
-            f"{len(expr_pos[0]) + len(expr_pos[1])} lines found in the expression map, {found} in the stain; "
+            f"{len(expr_pos[0]) + len(expr_pos[1])} lines found in the expression map, {found} in "
+            "the stain; "
             f"the best orientation ({name}) matches {k}, the next best {runner_up} (need at least "
-            f"{min_lines} and a margin of cells.membrane.register_min_margin = {min_margin}); does the chip "
+            f"{min_lines} and a margin of cells.membrane.register_min_margin = {min_margin}); does "
+            "the chip "
             "have track lines, and is cells.membrane.track_line_um their width?"
         )
     sa, sb = signs

@@ -75,7 +75,8 @@ class SSLCSTConfig:
         )
         require(
             self.n_directions >= 4 and self.n_directions % 4 == 0,
-            f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto classes), "
+            f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto "
+            "classes), "
             f"got {self.n_directions}",
         )
         require(self.erosion_bins >= 0, f"{key}.erosion_bins must be >= 0, got {self.erosion_bins}")

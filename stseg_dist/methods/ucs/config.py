@@ -105,7 +105,8 @@ class UCSConfig:
         in_range(self, key, "missing_cell_threshold", "(0, 1]")
         require(
             self.missing_cell_smoothing_um >= 0,
-            f"{key}.missing_cell_smoothing_um must not be negative, got {self.missing_cell_smoothing_um}",
+            f"{key}.missing_cell_smoothing_um must not be negative, got "
+            f"{self.missing_cell_smoothing_um}",
         )
         one_of(self, key, "foreground_labels", ("paper", "nuclei", "chip"))
         in_range(self, key, "background_density", "(0, 1)")

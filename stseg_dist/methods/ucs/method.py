@@ -113,7 +113,8 @@ class UCSMethod(TorchMethod):
             background = chip_background(counts, self.cfg.background_sigma_um / bin_um)
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
             log.info(
-                f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
+                f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins "
+                "farther than "
                 f"{far_um} µm from any nucleus), nuclei {nuclear}"
             )
         train = ctx.train_where_gpu(train_ucs)

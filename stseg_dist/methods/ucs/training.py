@@ -198,7 +198,8 @@ def _train(
     }
     if log:
         log(
-            f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
+            f"UCS training: foreground loss {history['foreground'][0]:.3f} -> "
+            f"{history['foreground'][-1]:.3f} "
             f"in {len(history['foreground'])} epochs, cell loss {history['cell'][0]:.3f} -> "
             f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs"
         )
