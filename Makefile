@@ -31,6 +31,7 @@ demo: setup
 	$(BIN)/stseg demo --out demo-out
 
 test: setup compat-venv
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -q
 
 bench: setup

@@ -1,6 +1,7 @@
 """Generate a Xenium-layout bundle of N transcripts (parquet written in chunks) and convert it.
 
-Prints conversion time and peak RSS, to show the readers stream (the table is never whole in memory).
+Prints conversion time and peak RSS, to show the readers stream
+(the table is never whole in memory).
 Usage: .venv/bin/python benchmarks/bench_convert.py --n 40000000 --dir /tmp/bench_convert
 """
 
@@ -79,7 +80,8 @@ def main() -> None:
     size = (root / "bundle" / "transcripts.parquet").stat().st_size / 2**20
     print(
         f"n={a.n} input={size:.0f} MiB generate={t1 - t0:.1f}s (peak RSS {rss_gen:.0f} MiB) "
-        f"convert={t2 - t1:.1f}s convert_peak_rss={int(hwm_kib) / 1024:.0f} MiB batch_rows={a.batch_rows}"
+        f"convert={t2 - t1:.1f}s convert_peak_rss={int(hwm_kib) / 1024:.0f} MiB "
+        f"batch_rows={a.batch_rows}"
     )
 
 

@@ -141,7 +141,10 @@ def score_run(out: Path, chip, ref_nuclei, categories, pairs, crop) -> dict[str,
     tx = pd.read_parquet(out / "transcripts.parquet")
     res = {}
     for name in regions(crop, ps):
-        px_x = lambda col: x0 + (col + 0.5) * ps
+
+        def px_x(col):
+            return x0 + (col + 0.5) * ps
+
         sel_p = pid[_in_region(px_x(pcol), name)]
         sel_r = rid[_in_region(px_x(rcol), name)]
         m = NM.nucleus_scores(table, pred_ids=sel_p, ref_ids=sel_r)

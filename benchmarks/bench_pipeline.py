@@ -2,7 +2,8 @@
 
     python benchmarks/bench_pipeline.py --sizes-um 1000 3000 --workers 1 2 [--json out.json]
 
-A thin wrapper around ``stseg_dist.bench`` (``bench/pipeline.py``) (also ``stseg bench``); see its docstring.
+A thin wrapper around ``stseg_dist.bench`` (``bench/pipeline.py``) (also ``stseg bench``); see its
+docstring.
 """
 
 from stseg_dist.bench import main

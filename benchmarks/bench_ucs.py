@@ -5,8 +5,9 @@ runs on a generated chip against expansion.
     python benchmarks/bench_ucs.py --chip-um 1000 --variants stseg paper [--device cuda]
 
 With ``--chip-um`` it generates a chip, runs ``stseg run`` on it with expansion and with each UCS
-variant (in process, one tile worker; ``--ray``: on an embedded Ray, all cores), and prints each run's stage seconds, training epochs and
-transcripts/s, and its cost relative to expansion: the figures of the UCS speed issue.
+variant (in process, one tile worker; ``--ray``: on an embedded Ray, all cores), and prints each
+run's stage seconds, training epochs and transcripts/s, and its cost relative to expansion: the
+figures of the UCS speed issue.
 
 Builds one tile of round nuclei with transcripts dense around each, trains UCS on patches
 centred on its nuclei, then segments the tile. Prints pixels/s and transcripts/s for training
@@ -86,7 +87,8 @@ def run_chip(
     ray: bool = False,
 ) -> list[dict]:
     """``stseg run`` on one generated chip: expansion, then UCS in each variant (in process, or
-    on an embedded Ray with ``ray``)."""
+    on an embedded Ray with ``ray``).
+    """
     import os
 
     from stseg_dist import cli

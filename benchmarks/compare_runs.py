@@ -161,7 +161,8 @@ def compare(args) -> int:
     for name in CASES:
         if not (a / name / "run.json").exists() or not (b / name / "run.json").exists():
             print(
-                f"{name:22s} {'':>6s} {'':>7s}  missing in {'A' if not (a / name).exists() else 'B'}"
+                f"{name:22s} {'':>6s} {'':>7s}  missing in "
+                f"{'A' if not (a / name).exists() else 'B'}"
             )
             continue
         import pandas as pd

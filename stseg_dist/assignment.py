@@ -2,7 +2,8 @@
 
 Everything is computed on the tile core only, so summing partials over tiles counts each pixel
 and each transcript exactly once (:mod:`stseg_dist.partials` declares how they are saved).
-The pixel lookup that assigns transcripts by default is :meth:`stseg_dist.tiledata.TileResult.resolve`.
+The pixel lookup that assigns transcripts by default is
+:meth:`stseg_dist.tiledata.TileResult.resolve`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``stseg batch MANIFEST``: many slides on one Ray cluster, each slide independent.
 
-Manifest (YAML mapping with a ``slides`` list, or CSV with columns ``name,input,output[,platform]``)::
+Manifest (YAML mapping with a ``slides`` list, or CSV with columns
+``name,input,output[,platform]``)::
 
     out: s3://bucket/batch-1          # where status.json and summary.csv go
     config: base.yaml                 # optional, shared base config
@@ -11,15 +12,17 @@ Manifest (YAML mapping with a ``slides`` list, or CSV with columns ``name,input,
         platform: xenium
         output: s3://bucket/out/a
         overrides: {tiling.tile_um: 400}
-        reader_options: {min_qv: 20}  # optional: what ``--reader-option`` gives ``stseg run --input``
+        # optional: what ``--reader-option`` gives ``stseg run --input``
+        reader_options: {min_qv: 20}
 
 A slide's ``input`` is a chip, or a vendor bundle that :func:`~stseg_dist.driver.run_pipeline`
 converts with the slide's ``platform`` reader (into ``OUTPUT/_work/input_chip``; the reader's
 hints apply when the manifest names no ``config``, under the slide's overrides, as ``stseg run
 --input`` does). Slides run in threads that each call :func:`run_pipeline` on the same Ray
-cluster, so they share its workers and GPU actors. A failed slide is recorded and does not stop the others. A re-run
-skips slides whose ``run.json`` says complete. ``OUT/status.json`` is rewritten atomically after
-every slide, and ``OUT/summary.csv`` (slide, status, cells, transcripts, wall seconds) at the end.
+cluster, so they share its workers and GPU actors. A failed slide is recorded and does not stop the
+others. A re-run skips slides whose ``run.json`` says complete. ``OUT/status.json`` is rewritten
+atomically after every slide, and ``OUT/summary.csv`` (slide, status, cells, transcripts, wall
+seconds) at the end.
 
 Each slide's config is the manifest's ``config``, then the driver's ``STSEG_*`` environment (e.g. a
 RayJob's ``runtimeEnvYAML`` ``env_vars``), then the slide's reader hints and ``overrides``. A slide
@@ -200,7 +203,8 @@ def parse_manifest(url: str, text: str | None = None) -> Manifest:
             )
         )
     m = Manifest(url, _resolve(base, out), slides, _resolve(base, cfg) if cfg else None, mcs)
-    # validate every slide's config now (keys, types and values), so a typo fails before any slide starts
+    # validate every slide's config now (keys, types and values), so a typo fails before any slide
+    # starts
     for s in m.slides:
         try:
             load_config(m.config, s.overrides).validate()
@@ -235,7 +239,8 @@ def _read_json(url: str) -> dict | None:
 
 def _slide_config(m: Manifest, s: Slide):
     """The slide's config as a function of its bundle's reader hints: they apply, under the
-    slide's overrides, only when the manifest names no shared config (as ``stseg run --input``)."""
+    slide's overrides, only when the manifest names no shared config (as ``stseg run --input``).
+    """
 
     def build(hints: dict) -> PipelineConfig:
         return load_config(m.config, s.overrides if m.config else _merge(hints, s.overrides))
@@ -245,7 +250,8 @@ def _slide_config(m: Manifest, s: Slide):
 
 def failure_kind(exc: BaseException) -> str:
     """``"cluster"`` when ``exc`` (or an exception it was raised from) is a Ray error that says the
-    cluster lost a node, worker, actor, object or connection; ``"slide"`` otherwise."""
+    cluster lost a node, worker, actor, object or connection; ``"slide"`` otherwise.
+    """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -92,7 +92,8 @@ def label_polygons(
 
 def union_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outlines of ``ids`` in ``lab`` in its pixel coordinates: the union of each label's pixel
-    runs (exact but slow: a GEOS overlay per cell)."""
+    runs (exact but slow: a GEOS overlay per cell).
+    """
     val, rows, c0, c1 = pixel_runs(lab)
     keep = np.isin(val, ids)
     val, rows, c0, c1 = val[keep], rows[keep], c0[keep], c1[keep]
@@ -138,7 +139,7 @@ def traced_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nd
     ]
     masks = [p[0] > 0 for p in parts]
     cell, x0, y0, x1, y1 = (
-        np.concatenate([p[k][m] for p, m in zip(parts, masks)]) for k in range(5)
+        np.concatenate([p[k][m] for p, m in zip(parts, masks, strict=True)]) for k in range(5)
     )
     n = len(cell)
     start = (cell * (h + 1) + y0) * (w + 1) + x0
@@ -201,8 +202,10 @@ def owner_jobs(
     ) // grid.core_px
     order = np.lexsort((ids, tile))
     tiles, first = np.unique(tile[order], return_index=True)
-    per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:])))
-    per_area = dict(zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:])))
+    per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:]), strict=False))
+    per_area = dict(
+        zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:]), strict=False)
+    )
     empty = np.zeros(0, np.int64)
     return [
         BoundaryJob(t.index, per_ids.get(t.index, empty), per_area.get(t.index, empty))
@@ -234,6 +237,7 @@ def _extent(lab: np.ndarray, ids: np.ndarray) -> dict[int, tuple[int, int, int, 
             np.maximum.reduceat(rows, first),
             np.minimum.reduceat(c0, first),
             np.maximum.reduceat(c1, first),
+            strict=True,
         )
     }
 
@@ -243,10 +247,11 @@ def whole_windows(
 ) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
     """(window, cell ids) pairs such that each window holds all pixels of its cells: the tile
     window for most cells; for a cell of which it holds fewer pixels than the cell table counts
-    (cut at the window edge, or in pieces), a window grown around it until it holds them all."""
+    (cut at the window edge, or in pieces), a window grown around it until it holds them all.
+    """
     window = tile.window
     found = _extent(_read(cells_url, window, so), job.cell_ids)
-    expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist()))
+    expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist(), strict=False))
     short = [i for i in job.cell_ids.tolist() if found.get(i, (0,))[0] < expected[i]]
     out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)))]
     for cid in short:
@@ -354,7 +359,9 @@ def geo_metadata(types: list[str], bbox: list[float] | None) -> dict:
 def concat_geoparquet(
     part_urls: list[str], url: str, so: dict, extra_meta: dict | None = None
 ) -> int:
-    """Stream per-tile parts into one GeoParquet file; the metadata comes from the parts' footers."""
+    """Stream per-tile parts into one GeoParquet file; the metadata comes from the parts'
+    footers.
+    """
     types: set[str] = set()
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
     for part in part_urls:
@@ -412,7 +419,8 @@ def concat_boundaries(ctx, staging_url: str) -> None:
 
 def read_boundaries(url: str, so: dict | None = None):
     """A boundaries GeoParquet file as a pandas Series of shapely geometries indexed by cell_id
-    (pyarrow and shapely only, so exports need no geopandas)."""
+    (pyarrow and shapely only, so exports need no geopandas).
+    """
     import pandas as pd
 
     fs, path = storage.fs_and_path(url, so)

@@ -24,7 +24,9 @@ BATCH_EXIT_CODES = """exit codes:
 
 
 def _config(args, hints: dict | None = None):
-    """The pipeline config; reader ``hints`` apply only when no --config file is given, under --set."""
+    """The pipeline config; reader ``hints`` apply only when no --config file is given, under
+    --set.
+    """
     from .config import _merge, load_config, parse_set
 
     overrides = parse_set(getattr(args, "set", None))
@@ -86,13 +88,15 @@ def _spatialdata_possible(out: str) -> bool:
 
     if storage.is_remote(out):
         print(
-            "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a local copy)",
+            "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a "
+            "local copy)",
             file=sys.stderr,
         )
         return False
     if importlib.util.find_spec("spatialdata") is None:
         print(
-            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg "
+            "export)",
             file=sys.stderr,
         )
         return False
@@ -119,8 +123,10 @@ def _print_summary(summary: dict, seconds: float) -> None:
     c = summary["counts"]
     rate = c["n_transcripts"] / seconds if seconds > 0 else float("nan")
     print(
-        f"{summary['status']}: {c['n_cells']} cells, {c['n_assigned']}/{c['n_transcripts']} transcripts "
-        f"assigned, {summary['n_tiles']} tiles, {seconds:.1f} s ({rate:,.0f} transcripts/s) -> {summary['out']}"
+        f"{summary['status']}: {c['n_cells']} cells, {c['n_assigned']}/{c['n_transcripts']} "
+        "transcripts "
+        f"assigned, {summary['n_tiles']} tiles, {seconds:.1f} s ({rate:,.0f} transcripts/s) -> "
+        f"{summary['out']}"
     )
 
 
@@ -173,7 +179,8 @@ def _synth_from(args) -> int:
     given = [k for k, v in generator_only.items() if v]
     if given:
         raise ConfigError(
-            f"stseg synth --from tiles a real crop; {', '.join(given)} only apply to generated chips"
+            f"stseg synth --from tiles a real crop; {', '.join(given)} only apply to generated "
+            "chips"
         )
     info = synth_from(
         args.source, args.out, args.width_um, args.height_um, overwrite=args.overwrite
@@ -392,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="source",
         metavar="BUNDLE_OR_CHIP",
         help="tile this real crop (a chip, or a vendor bundle with an image) into a slide of "
-        "--width-um x --height-um, alternate copies mirrored, vendor references renumbered per copy",
+        "--width-um x --height-um, alternate copies mirrored, vendor references renumbered per "
+        "copy",
     )
     s.add_argument("--width-um", type=float, required=True, help="chip width in µm")
     s.add_argument("--height-um", type=float, required=True, help="chip height in µm")
@@ -408,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--stain-transform",
         metavar="JSON",
-        help='write the membrane stain moved, e.g. \'{"rotation_deg": 90, "flip": true, "scale": 1.05, '
+        help="write the membrane stain moved, e.g. "
+        '\'{"rotation_deg": 90, "flip": true, "scale": 1.05, '
         '"shift_um": [4, -6]}\' (needs --membrane; registration: track_lines undoes it)',
     )
     s.add_argument(
@@ -460,10 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--nuclei-ref",
-        help="reference nuclei: a label mask (.tif/.zarr), nucleus polygons in µm (GeoParquet, or a "
+        help="reference nuclei: a label mask (.tif/.zarr), nucleus polygons in µm "
+        "(GeoParquet, or a "
         "cell_id/vertex_x/vertex_y table such as Xenium nucleus_boundaries.parquet), a chip "
         "folder, or TABLE.parquet#COLUMN with per-transcript flags (default: the nuclei the --ref "
-        "chip or the run's chip carries; flags: overlaps_nucleus/CellComp in the run's transcripts)",
+        "chip or the run's chip carries; flags: overlaps_nucleus/CellComp in the run's "
+        "transcripts)",
     )
     e.add_argument("--json", help="also write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval)

@@ -39,7 +39,7 @@ class TilingConfig:
     halo_um: float | None = None  # None: derived from the method's reach (tiling.halo_um)
     chunk_px: int = 256  # output zarr chunk; tile cores are whole multiples of it
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         positive(self, key, "tile_size_um", "chunk_px")
         require(
             self.halo_um is None or self.halo_um >= 0,
@@ -59,7 +59,7 @@ class CellsConfig:
     # a transcript-level pass after any method's cells (stseg_dist/spillover.py); off by default
     spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         """Its own values and the selected method's section (``cells.<method>``)."""
         positive(self, key, "cell_diameter_um")
         validate_section(root, f"{key}.{self.method}")
@@ -70,13 +70,14 @@ class CellsConfig:
 @dataclass
 class ResourcesConfig:
     """Per stage, what overrides the resources its plugin declares (the same type: ``Resources``);
-    ``scan`` also sizes the plugin-free passes (the boundaries)."""
+    ``scan`` also sizes the plugin-free passes (the boundaries).
+    """
 
     nuclei: Resources = field(default_factory=Resources)
     cells: Resources = field(default_factory=Resources)
     scan: Resources = field(default_factory=Resources)
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         for name in ("nuclei", "cells", "scan"):
             getattr(self, name).validate(f"{key}.{name}", root)
 
@@ -88,7 +89,7 @@ class RuntimeConfig:
     progress: bool = True
     fail_fast: bool = False
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         require(
             self.max_in_flight is None or self.max_in_flight >= 1,
             f"{key}.max_in_flight must be at least 1, got {self.max_in_flight}",
@@ -104,7 +105,7 @@ class PipelineConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def validate(self) -> "PipelineConfig":
+    def validate(self) -> PipelineConfig:
         """Check the values of every section this run uses (ranges, choices); errors name the key.
 
         Unknown keys and wrong types are refused earlier, when the config is built; a section of
@@ -122,11 +123,14 @@ class PipelineConfig:
 #: name wherever it appears).
 MOVED = {
     **{
-        f"cells.membrane.{k}": f"the membrane's Cellpose settings are one section: cells.membrane.cellpose.{k}"
+        f"cells.membrane.{k}": "the membrane's Cellpose settings are one section: "
+        f"cells.membrane.cellpose.{k}"
         for k in ("model", "flow_threshold", "cellprob_threshold", "batch_size", "storage_options")
     },
-    "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or resources.cells.num_gpus",
-    "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or resources.cells.actors",
+    "num_gpus": "GPUs per task or actor are set once per stage: resources.nuclei.num_gpus or "
+    "resources.cells.num_gpus",
+    "num_actors": "actor pools are sized once per stage: resources.nuclei.actors or "
+    "resources.cells.actors",
 }
 
 

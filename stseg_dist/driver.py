@@ -26,9 +26,10 @@ import importlib.metadata as md
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -179,7 +180,8 @@ def _config(config: ConfigArg, hints: dict) -> PipelineConfig:
 
 def _resolve_nuclei(config: PipelineConfig, chip: Chip) -> tuple[PipelineConfig, dict]:
     """``nuclei.backend=auto`` made concrete for this chip, so every stage and run.json see one
-    name; returns the config and run.json's record of the choice."""
+    name; returns the config and run.json's record of the choice.
+    """
     asked = config.nuclei.backend
     name, why = choose_backend(asked, chip)
     if name != asked:
@@ -191,7 +193,8 @@ def open_input(
     input_url: str, out_url: str, platform: str, reader_options: dict | None, storage_options: dict
 ) -> tuple[str, dict]:
     """A chip folder as it is; a vendor bundle converted into ``OUT/_work/input_chip``.
-    Returns the chip URL and the config hints its contents suggest."""
+    Returns the chip URL and the config hints its contents suggest.
+    """
     from .io.bundles import convert_bundle, pipeline_hints
 
     if storage.exists(storage.join(input_url, K.CHIP_JSON), storage_options):
@@ -264,7 +267,8 @@ def _run(
         storage.write_json_atomic(storage.join(out_url, K.RUN_JSON), summary, storage_options)
     if summary["status"] != "complete":
         raise RunIncompleteError(
-            f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are incomplete "
+            f"{len(summary['failed'])} tile(s) failed; outputs in {redact.scrub(out_url)} are "
+            "incomplete "
             f"(see {K.RUN_JSON}); re-run the same command to redo only those tiles"
         )
     return summary
@@ -362,7 +366,8 @@ def _scan(run: Run):
     missing, total = chip.missing_image_chunks()
     if missing:
         run.warn(
-            f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as the fill "
+            f"{chip.image.url}: {missing} of {total} image chunks are not stored and read as the "
+            "fill "
             "value (zarr semantics); segmentation sees no stain there"
         )
     run.counts.update(n_transcripts_input=result.n_rows, n_genes=len(result.genes))
@@ -477,7 +482,8 @@ def _cell_table(run: Run, ctx: stages.RunContext) -> CellTable:
 
 def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     """Cell and nucleus outlines, each vectorised by the tile owning its centroid, then both
-    GeoParquet files into the staging folder."""
+    GeoParquet files into the staging folder.
+    """
     jobs = owner_jobs(
         run.grid, cells.ids, cells.sums["area"], cells.sums["sum_r"], cells.sums["sum_c"]
     )
@@ -493,7 +499,8 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
 
 def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: int) -> bool:
     """The cell table, transcripts and AnnData into staging, published into OUT; True when the run
-    is complete."""
+    is complete.
+    """
     storage_options, work, chip = run.storage_options, ctx.work, run.chip
     staging = work.url(ctx.stage("staging"))
     with run.timed("outputs.tables", add=True):
@@ -534,13 +541,14 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
             },
             _chip_features(chip),
         )
-    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts)}
+    run.tile_seconds = {int(i): p.seconds for i, p in zip(cells.tiles, cells.parts, strict=False)}
     return complete
 
 
 def _import_in_background(run: Run) -> None:
     """Import the output writers' libraries (anndata; spatialdata when the store is written) in
-    a thread: seconds of imports the driver would otherwise spend after the tiles finish."""
+    a thread: seconds of imports the driver would otherwise spend after the tiles finish.
+    """
     import importlib.util
     import threading
 
@@ -574,7 +582,8 @@ def _import_in_background(run: Run) -> None:
 
 def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
     """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
-    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not."""
+    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not.
+    """
     import importlib.util
     from pathlib import Path
 
@@ -586,7 +595,8 @@ def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
         return
     if importlib.util.find_spec("spatialdata") is None:
         run.warn(
-            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)"
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg "
+            "export)"
         )
         return
     from .export._run import RunFiles
@@ -666,7 +676,8 @@ def _prepare(run: Run, ctx: stages.RunContext, plugin: Plugin, stage: str, apply
         cached = ctx.work.load_state(name, bind)
     except StateFileError as exc:
         run.warn(
-            f"refused a saved {'method' if stage == 'cells' else stage} state: {exc}; recomputing it"
+            f"refused a saved {'method' if stage == 'cells' else stage} state: {exc}; recomputing "
+            "it"
         )
         cached = None
     if cached is not None:

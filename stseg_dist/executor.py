@@ -51,13 +51,15 @@ def stage_resources(
     section: Resources, declared: Resources | None = None, has_gpu: bool = True, cpus: int = 1
 ) -> Resources:
     """A stage's resources: its ``resources.<stage>`` section over what its plugin declared
-    (:meth:`Resources.resolve`)."""
+    (:meth:`Resources.resolve`).
+    """
     return (declared or Resources()).resolve(section, has_gpu, cpus)
 
 
 def train_where_gpu(train, num_gpus: float):
     """``train`` itself, or, when Ray runs with a GPU and the stage asks for GPUs, ``train``
-    wrapped to run in a Ray task holding one (weights come back through the object store)."""
+    wrapped to run in a Ray task holding one (weights come back through the object store).
+    """
     if "ray" not in sys.modules:
         return train
     import ray
@@ -119,7 +121,8 @@ class _TileActor:
     """Builds its worker (loads the model) once per actor life, from the run context that comes
     boxed with each call rather than as a constructor argument: Ray flags restartable actors
     whose constructor arguments live in the object store, and a restarted actor here simply
-    loads again on its next call (the map holds the context until its actors are killed)."""
+    loads again on its next call (the map holds the context until its actors are killed).
+    """
 
     def __init__(self, factory):
         self.factory = factory

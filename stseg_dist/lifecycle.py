@@ -12,8 +12,9 @@ GPUs); the run's ``resources.<stage>`` section, the same type, may override it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import PipelineConfig
@@ -96,9 +97,9 @@ class PrepareContext:
     a GPU when the stage asks for GPUs and the cluster has one (the executor decides).
     """
 
-    chip: "Chip"
-    config: "PipelineConfig"
-    grid: "TileGrid"
+    chip: Chip
+    config: PipelineConfig
+    grid: TileGrid
     genes: list[str]
     map_tiles: Callable[..., list[Any]]
     n_nuclei: int = 0

@@ -108,7 +108,8 @@ def write_h5ad(
 ) -> None:
     """cells.h5ad: counts, the cells table as ``obs``, and per gene in ``var`` its
     ``n_transcripts`` in cells, ``feature_types`` and, where the chip lists its features
-    (``features``: gene, gene_id, feature_type), the ``gene_ids``."""
+    (``features``: gene, gene_id, feature_type), the ``gene_ids``.
+    """
     import anndata as ad
 
     obs = df.copy()

@@ -1,5 +1,6 @@
 """The tile partials: one tile's share of the cell table and the count matrix, as saved by the
-cell pass (:func:`stseg_dist.stages.cells_tile`) and summed by :func:`stseg_dist.outputs.reduce_cells`.
+cell pass (:func:`stseg_dist.stages.cells_tile`) and summed by
+:func:`stseg_dist.outputs.reduce_cells`.
 
 Everything in it is computed on the tile core only, so summing the partials of every tile counts
 each pixel and each transcript exactly once. The saved keys (``px_*`` for pixel statistics,

@@ -92,7 +92,8 @@ def secrets_in(obj: Any, inside: bool = False) -> list[str]:
 def register(*records: Any, environ: dict[str, str] | None = None) -> None:
     """Remember the secret values in config-like ``records`` (pass raw storage options as
     ``{"storage_options": so}``) and in the environment's credential-like variables, so that
-    :func:`scrub` masks them in free text."""
+    :func:`scrub` masks them in free text.
+    """
     for rec in records:
         _SECRETS.update(s for s in secrets_in(rec) if len(s) >= _MIN_LEN)
     env = os.environ if environ is None else environ
@@ -112,7 +113,8 @@ def scrub(text: str) -> str:
 
 def redact(obj: Any, inside: bool = False) -> Any:
     """A copy of a JSON-like record with credentials masked: every value under a
-    ``storage_options`` key or a credential-like key, and secrets inside any string."""
+    ``storage_options`` key or a credential-like key, and secrets inside any string.
+    """
     if isinstance(obj, dict):
         return {
             k: redact(v, inside or k == "storage_options" or is_sensitive(k))

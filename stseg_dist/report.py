@@ -203,6 +203,7 @@ def _histograms(cells: pd.DataFrame) -> str:
         axes,
         ("area_um2", "n_transcripts", "n_genes"),
         ("cell area (µm²)", "transcripts per cell", "genes per cell"),
+        strict=True,
     ):
         vals = cells[col].to_numpy(float) if col in cells and len(cells) else np.zeros(0)
         ax.hist(vals, bins=40, color="#4477aa")
@@ -341,7 +342,7 @@ class ReportContext:
     notes: list = field(default_factory=list)
 
     def extent_um(self, r0: int, r1: int, c0: int, c1: int) -> tuple[float, ...]:
-        """imshow extent (left, right, bottom, top) in µm of a pixel window."""
+        """Imshow extent (left, right, bottom, top) in µm of a pixel window."""
         x0, y0 = self.origin
         return (x0 + c0 * self.px, x0 + c1 * self.px, y0 + r1 * self.px, y0 + r0 * self.px)
 
@@ -355,7 +356,8 @@ class ReportContext:
 class Section:
     """An optional report section: rendered where every key in ``needs`` (dotted, in the
     metrics or run.json) is present; ``order`` places it (overview 10, crop 20, nuclei 30,
-    coverage-contamination 40, distributions 50, metrics 60, counts 70, timing 80)."""
+    coverage-contamination 40, distributions 50, metrics 60, counts 70, timing 80).
+    """
 
     title: str
     render: Callable[[ReportContext], str | None]  # HTML (e.g. ``figure(fig, alt)``) or None
@@ -368,7 +370,8 @@ SECTIONS: dict[str, Section] = {}
 
 def register_section(key: str, section: Section) -> None:
     """Add (or replace, by ``key``) a section, e.g. the nucleus metrics' figures (order 30) or
-    the coverage-contamination frontier (order 40), fed by keys ``stseg eval`` writes."""
+    the coverage-contamination frontier (order 40), fed by keys ``stseg eval`` writes.
+    """
     SECTIONS[key] = section
 
 
@@ -500,7 +503,8 @@ def write_report(
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{title}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}"
-        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px "
+        "8px;text-align:left}"
         "td.m{color:#555}img{max-width:100%}.note{color:#a33}"
         "details{margin-top:.5em}</style></head><body>"
         f"<h1>{title}</h1><p>status: {html.escape(str(run.get('status')))}, "

@@ -25,7 +25,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from . import redact
 from .errors import OutputError
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".stseg-lock"
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
-_HELD: dict[str, "RunLock"] = {}  # locks held by this process's threads: a nested hold is a no-op
+_HELD: dict[str, RunLock] = {}  # locks held by this process's threads: a nested hold is a no-op
 _HELD_GUARD = threading.Lock()
 
 
@@ -174,7 +175,10 @@ class RunLock:
                 pass  # alive, another user's
         beat = rec.get("heartbeat_unix")
         if isinstance(beat, (int, float)) and time.time() - beat > self.stale_s:
-            return f"its heartbeat is {time.time() - beat:.0f} s old (stale after {self.stale_s:.0f} s)"
+            return (
+                f"its heartbeat is {time.time() - beat:.0f} s old "
+                f"(stale after {self.stale_s:.0f} s)"
+            )
         return None
 
     def _held_error(self, rec: dict[str, Any]) -> OutputError:
@@ -191,12 +195,14 @@ class RunLock:
         else:
             who = "a run whose lock record is being written or is unreadable"
         return OutputError(
-            f"output {redact.scrub(str(self.out_url))} is in use by another stseg run ({who}); lock: "
-            f"{redact.scrub(self.url)}. Wait for that run to finish; a lock whose holder died is taken over "
+            f"output {redact.scrub(str(self.out_url))} is in use by another stseg run ({who}); "
+            "lock: "
+            f"{redact.scrub(self.url)}. Wait for that run to finish; a lock whose holder died is "
+            "taken over "
             f"by the next run once its heartbeat is {self.stale_s:.0f} s old"
         )
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(5):
             if self._create():
                 self._start_heartbeat()
@@ -224,7 +230,10 @@ class RunLock:
             try:
                 rec = self._read()
                 if not rec or rec.get("token") != self.token:
-                    self.lost = f"the lock {redact.scrub(self.url)} was removed or taken over by another run"
+                    self.lost = (
+                        f"the lock {redact.scrub(self.url)} was removed or taken over by another "
+                        "run"
+                    )
                     log.error(self.lost)
                     return
                 storage.write_bytes_atomic(self.url, self._record(), self.so)

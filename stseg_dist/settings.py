@@ -15,7 +15,8 @@ from .errors import ConfigError
 
 def validate_section(root: Any, key: str) -> None:
     """Validate the section at dotted ``key`` (e.g. ``cells.ucs``) if it exists and has rules;
-    a plugin's name (``module:Class``) or a section without rules passes."""
+    a plugin's name (``module:Class``) or a section without rules passes.
+    """
     node: Any = root
     for part in key.split("."):
         node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None

@@ -59,7 +59,8 @@ class SpilloverConfig:
 
 def _profiles(home: np.ndarray, genes: np.ndarray, n_genes: int):
     """Sorted (cell * n_genes + gene) keys with counts, and sorted cells with their totals, of
-    the transcripts on a nucleus or seed (``home``: its ID per transcript, 0 elsewhere)."""
+    the transcripts on a nucleus or seed (``home``: its ID per transcript, 0 elsewhere).
+    """
     sel = home > 0
     keys, counts = np.unique(home[sel] * n_genes + genes[sel], return_counts=True)
     cells, totals = np.unique(home[sel], return_counts=True)

@@ -127,7 +127,8 @@ def paint_global_labels(
     ctx: RunContext, stage: str, tables: list[np.ndarray], tile: Tile
 ) -> np.ndarray:
     """The global IDs of one stage's objects (nuclei or seeds) painted over the tile's window,
-    from every neighbour that owns some."""
+    from every neighbour that owns some.
+    """
     parts = []
     for other in ctx.grid.neighbours(tile):
         obj = load_owned(ctx.work, stage, other.index)
@@ -161,7 +162,8 @@ def seeds_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
 # -- pass 3: cells, labels, assignment -------------------------------------------------------
 def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     """The method's result for one tile, persisted: the core's labels, its owned transcripts with
-    their cells, and its partial sums (:class:`~stseg_dist.partials.CellPartials`)."""
+    their cells, and its partial sums (:class:`~stseg_dist.partials.CellPartials`).
+    """
     t0 = time.perf_counter()
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
     result = as_result(method.segment(data)).resolve(data, method.name)
@@ -213,7 +215,8 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
 
 def as_result(value: TileResult | np.ndarray) -> TileResult:
     """A method's return value as a :class:`TileResult`; a bare label image (a plugin written
-    against the former API) is :meth:`TileResult.from_labels`."""
+    against the former API) is :meth:`TileResult.from_labels`.
+    """
     return value if isinstance(value, TileResult) else TileResult.from_labels(value)
 
 
@@ -229,7 +232,8 @@ def assigned_table(
 ) -> pa.Table:
     """A tile's owned input rows with ``input_row``, ``cell_id`` and ``in_nucleus`` (replacing any
     input column of those names) and a ``transcript_id`` (the input row where the input has none);
-    with ``moved``, also which transcripts the spillover pass moved."""
+    with ``moved``, also which transcripts the spillover pass moved.
+    """
     out = owned
     if K.TRANSCRIPT_ID not in out.column_names:
         out = out.append_column(K.TRANSCRIPT_ID, out.column(ROW))

@@ -1,4 +1,5 @@
-"""Method state on disk without pickle: arrays in an ``.npz`` (``allow_pickle=False``), the rest JSON.
+"""Method state on disk without pickle: arrays in an ``.npz`` (``allow_pickle=False``), the rest
+JSON.
 
 A run that resumes reads its method state (e.g. trained weights) back from ``OUT/_work``, a folder
 other people may be able to write to. Unpickling such a file would run whatever code it holds, so

@@ -119,7 +119,9 @@ class _Lattice:
 
 
 def _field(seed: int, x: np.ndarray, y: np.ndarray, cv: float) -> np.ndarray:
-    """A smooth log-normal field (mean 1) at (x, y) µm: hashed normals on a FIELD_UM lattice, bilinear."""
+    """A smooth log-normal field (mean 1) at (x, y) µm: hashed normals on a FIELD_UM lattice,
+    bilinear.
+    """
     if cv <= 0:
         return np.ones(len(x))
     fx, fy = np.asarray(x) / FIELD_UM, np.asarray(y) / FIELD_UM
@@ -158,7 +160,8 @@ def on_track_line(x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
 def stain_matrix(params: dict, shape: tuple[int, int], ps: float) -> np.ndarray:
     """3x3 matrix from transcript-frame pixels (x = col, y = row) to stain pixels: mirror columns
     (``flip``), scale, rotate by ``rotation_deg`` about the chip centre, then shift by ``shift_um``
-    (dx, dy)."""
+    (dx, dy).
+    """
     unknown = set(params) - {"scale", "rotation_deg", "flip", "shift_um"}
     if unknown:
         raise ConfigError(
@@ -571,7 +574,8 @@ def synth_chip(
 
 def _stain_meta(track_lines: bool, params: dict | None, matrix: np.ndarray | None) -> dict:
     """chip.json facts of the track lines and the stain transform (only when asked for, so other
-    chips are written as before)."""
+    chips are written as before).
+    """
     out = {}
     if track_lines:
         out["track_lines"] = {
@@ -644,8 +648,8 @@ class _Generator:
     margin_um: float
     margin: int  # px rendered around a block so its cells are whole
     cell_radius: float
-    lattice: "_Lattice"
-    programs: "_Programs"
+    lattice: _Lattice
+    programs: _Programs
     schema: pa.Schema
     n_cell_types: int
     occupancy: float
@@ -660,7 +664,8 @@ class _Generator:
 
     def write_block(self, wr, bi: int, bj: int, block_index: int) -> tuple[int, int, pd.DataFrame]:
         """Render block (bi, bj) and write its pixels and the transcripts of the cells it owns;
-        returns (transcripts, background transcripts, truth rows of its cells)."""
+        returns (transcripts, background transcripts, truth rows of its cells).
+        """
         ps, H, W, margin, margin_um = self.ps, self.H, self.W, self.margin, self.margin_um
         r0, c0 = bi * self.block_px, bj * self.block_px
         r1, c1 = min(H, r0 + self.block_px), min(W, c0 + self.block_px)
@@ -759,7 +764,8 @@ class _Generator:
 
     def _stain(self, r0: int, r1: int, c0: int, c1: int, rng) -> np.ndarray:
         """Membrane stain rows r0:r1, cols c0:c1 of the stain's frame: the transcript frame's stain
-        before noise (track lines dimmed) seen through the stain transform, then camera noise."""
+        before noise (track lines dimmed) seen through the stain transform, then camera noise.
+        """
         H, W = self.H, self.W
         inv = np.linalg.inv(
             np.asarray(self.stain if self.stain is not None else np.eye(3), np.float64)

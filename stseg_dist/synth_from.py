@@ -152,7 +152,8 @@ def _tile(chip, source, out, width_um, height_um, block_px, overwrite, t0) -> di
     n_copies = n_rows * n_cols
     if src.stride * n_copies >= 2**32:
         raise ConfigError(
-            f"synth --from: {n_copies} copies of labels up to {src.stride - 1} overflow uint32 labels"
+            f"synth --from: {n_copies} copies of labels up to {src.stride - 1} overflow uint32 "
+            "labels"
         )
     if src.tid_stride is not None and src.tid_stride * n_copies >= 2**63:
         raise ConfigError(f"synth --from: {n_copies} copies overflow the transcript IDs")
@@ -279,7 +280,8 @@ def _place(v: np.ndarray, pix: np.ndarray, n: int, ps: float, copy: int, origin:
     """Source coordinates (µm from the crop's corner, in source pixels ``pix``) into copy
     ``copy`` along one axis: as they are in even copies, mirrored in odd ones; each lands in the
     output pixel its source pixel maps to, also where rounding (a coordinate on a pixel edge)
-    would put it in the next one."""
+    would put it in the next one.
+    """
     if copy % 2 == 0:
         local, p = v, pix
     else:
@@ -303,7 +305,8 @@ def _set(t: pa.Table, name: str, values) -> pa.Table:
 
 def _truth_cells(chip, src: _Source, H: int, W: int, n_rows: int, n_cols: int) -> pa.Table | None:
     """A generated chip's truth/cells.parquet per copy: IDs renumbered, centres mirrored, cells
-    whose centre falls off the slide dropped."""
+    whose centre falls off the slide dropped.
+    """
     url = storage.join(chip.url, TRUTH_CELLS_PARQUET)
     if not storage.exists(url):
         return None

@@ -88,12 +88,14 @@ class TileResult:
     @classmethod
     def from_labels(cls, labels: np.ndarray) -> TileResult:
         """A pixel method's result: labels only; nuclei override them, transcripts take the cell
-        under their pixel."""
+        under their pixel.
+        """
         return cls(labels=labels)
 
     def resolve(self, data: TileData, method: str = "") -> TileResult:
         """The result checked against ``data``, with every part filled in: labels after the
-        override (uint32), ``cell_id`` (int64) and ``in_nucleus`` (bool) for every transcript."""
+        override (uint32), ``cell_id`` (int64) and ``in_nucleus`` (bool) for every transcript.
+        """
         who = f"method {method}" if method else "cell method"
         labels = np.asarray(self.labels, dtype=np.uint32)
         if labels.shape != data.shape:

@@ -96,12 +96,13 @@ def _overlap(a, b) -> bool:
     return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
 
 
-def halo_um(config: "PipelineConfig", reach_um: float, nuclei_context_um: float = 0.0) -> float:
+def halo_um(config: PipelineConfig, reach_um: float, nuclei_context_um: float = 0.0) -> float:
     """The halo, decided here only: ``tiling.halo_um`` when set, else wide enough that a core
     pixel's cell (up to ``reach_um`` from its nucleus, the method's reach) and the nuclei it grows
     from are seen whole, that the nuclei backend's own context (``nuclei_context_um``: what makes
     classical nuclei exact) is inside every window, and never below twice the larger of the cell
-    diameter and the expansion span plus a nucleus diameter."""
+    diameter and the expansion span plus a nucleus diameter.
+    """
     if config.tiling.halo_um is not None:
         return float(config.tiling.halo_um)
     floor = (

@@ -98,7 +98,9 @@ class WorkDir:
         storage.write_bytes_atomic(self.url(name), statefile.dumps(state, bind), self.so)
 
     def load_state(self, name: str, bind: dict[str, str]) -> Any | None:
-        """The saved state, or None if there is none; StateFileError if the file is not this run's."""
+        """The saved state, or None if there is none; StateFileError if the file is not this
+        run's.
+        """
         data = self.load_bytes(name)
         if data is None:
             return None

@@ -49,7 +49,7 @@ def make_blob_chip(
     cx = rng.uniform(8, w - 8, n_nuclei)
     yy, xx = np.mgrid[:h, :w]
     img = rng.normal(200, 20, shape).astype(np.float32)
-    for y, x in zip(cy, cx):
+    for y, x in zip(cy, cx, strict=True):
         img += 3000 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 4.0**2))
     if transcripts is None:
         k = rng.integers(0, n_nuclei, n_transcripts)
@@ -174,7 +174,8 @@ def assert_same_outputs(a, b):
 
 def one_tile_vs_many(chip, tmp_path, items, tile_um, chunk_px=32):
     """Run ``chip`` as one in-process tile and as many Ray tiles (every method's tile-invariance
-    check); returns both summaries and each run's (cells, nuclei) label arrays."""
+    check); returns both summaries and each run's (cells, nuclei) label arrays.
+    """
     import zarr
 
     from stseg_dist.config import load_config, parse_set

@@ -92,7 +92,8 @@ def stateful_state():
 
 class StatefulExpansion(ExpansionMethod):
     """Expansion with a chip-wide prepare step whose state must come back from disk unchanged;
-    counts its prepare calls in ``$STSEG_FAULT_DIR`` and fails tile 0 while ``STSEG_POISON=1``."""
+    counts its prepare calls in ``$STSEG_FAULT_DIR`` and fails tile 0 while ``STSEG_POISON=1``.
+    """
 
     def prepare(self, ctx):
         marker = Path(os.environ["STSEG_FAULT_DIR"]) / "prepare-calls"
@@ -125,7 +126,8 @@ class StatefulExpansion(ExpansionMethod):
 
 class LeakyExpansion(ExpansionMethod):
     """Echoes its credentials (storage options, environment) in a log line on every tile and in
-    the error of tile 0 while ``STSEG_POISON=1``, as a careless storage library might."""
+    the error of tile 0 while ``STSEG_POISON=1``, as a careless storage library might.
+    """
 
     def segment(self, data):
         import logging
@@ -153,7 +155,8 @@ class SleepyExpansion(ExpansionMethod):
 class NuclearGeneExpansion(ExpansionMethod):
     """A transcript-level method (the ``TileResult`` contract): expansion's labels, but a
     transcript of an even-numbered gene joins a cell only where it lies on a nucleus, which no
-    pixel lookup would do. Depends only on each transcript's own pixel and gene: tile-exact."""
+    pixel lookup would do. Depends only on each transcript's own pixel and gene: tile-exact.
+    """
 
     def segment(self, data):
         from stseg_dist.tiledata import TileResult

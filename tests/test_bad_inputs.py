@@ -130,20 +130,20 @@ def test_missing_columns_and_wrong_types(tmp_path):
     chip = make_blob_chip(tmp_path / "c", n_transcripts=100)
     pq.write_table(pa.table({"x": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet")
     with pytest.raises(InputError, match=r"missing required column\(s\) \['y'\]"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
     pq.write_table(
         pa.table({"x": ["a"], "y": [1.0], "gene": ["A"]}), tmp_path / "c" / "transcripts.parquet"
     )
     with pytest.raises(InputError, match="'x' must be numeric"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
     pq.write_table(
         pa.table({"x": [1.0], "y": [1.0], "gene": [7]}), tmp_path / "c" / "transcripts.parquet"
     )
     with pytest.raises(InputError, match="'gene' must be strings"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
     (tmp_path / "c" / "transcripts.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(InputError, match="not a readable parquet file"):
-        open_chip(chip).transcripts
+        _ = open_chip(chip).transcripts
 
 
 def test_missing_image_and_transcripts(tmp_path):
@@ -205,7 +205,8 @@ def test_unknown_method_and_backend(tmp_path):
 
 def test_odd_gene_names_and_duplicate_ids_round_trip(tmp_path):
     """Documented recovery: gene names pass through untouched; duplicate transcript_ids are kept as
-    given and ``input_row`` (always unique) identifies each transcript."""
+    given and ``input_row`` (always unique) identifies each transcript.
+    """
     import anndata as ad
     import pandas as pd
 
@@ -245,7 +246,9 @@ def test_corrupt_image_chunk_names_the_window(tmp_path):
 
 
 def test_missing_image_chunk_is_reported_not_silent(tmp_path):
-    """Documented recovery: a missing zarr chunk reads as fill (zarr semantics) and run.json warns."""
+    """Documented recovery: a missing zarr chunk reads as fill (zarr semantics) and run.json
+    warns.
+    """
     chip = make_blob_chip(tmp_path / "c", n_transcripts=300)
     chunks = sorted(
         p

@@ -152,7 +152,8 @@ def test_csv_manifest_resolves_relative_paths(tmp_path):
 
 def test_vendor_bundle_slide_is_converted_with_its_platform(tmp_path):
     """A slide's input may be a vendor bundle: converted by its platform's reader (with the slide's
-    reader options) into the slide's OUTPUT/_work/input_chip, then segmented."""
+    reader options) into the slide's OUTPUT/_work/input_chip, then segmented.
+    """
     import numpy as np
     import pandas as pd
 
@@ -282,7 +283,8 @@ def test_failure_kind():
 
 def test_batch_honours_stseg_environment(tmp_path, monkeypatch):
     """STSEG_* in the driver's environment (a RayJob's runtimeEnvYAML) reach every slide's config,
-    under the slide's own overrides; a bad one is refused before any slide starts."""
+    under the slide's own overrides; a bad one is refused before any slide starts.
+    """
     from stseg_dist.batch import _slide_config
 
     p = tmp_path / "m.yaml"

@@ -1,6 +1,7 @@
 """A batch whose driver is killed mid-run and submitted again finishes with the outputs of an
 uninterrupted run: what a RayJob's retry (backoffLimit) relies on, on a real local Ray head with
-`ray job submit`, and Ray's job API refusing a submission without the token the manifests set."""
+`ray job submit`, and Ray's job API refusing a submission without the token the manifests set.
+"""
 
 import json
 import os
@@ -22,8 +23,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _start_head(env: dict) -> tuple[str, subprocess.Popen]:
-    """A Ray head of its own (``ray start --block`` in a new process group, every port free), so that
-    stopping it touches no other Ray on this machine; returns its job API URL and the process."""
+    """A Ray head of its own (``ray start --block`` in a new process group, every port free), so
+    that stopping it touches no other Ray on this machine; returns its job API URL and the process.
+    """
     dash = _free_port()
     ports = {
         "port": _free_port(),
@@ -75,7 +77,9 @@ def _stop_head(proc: subprocess.Popen) -> None:
 
 
 def _submit(url, env, *entry, wait=True, ship=True, timeout=540):
-    """`ray job submit`; ``ship``: upload this worktree as the job's working dir (its stseg_dist)."""
+    """`ray job submit`; ``ship``: upload this worktree as the job's working dir
+    (its stseg_dist).
+    """
     cmd = [RAY, "job", "submit", "--address", url]
     if ship:
         cmd += [
@@ -203,7 +207,8 @@ def test_killed_batch_resubmitted_matches_an_uninterrupted_run(head, tmp_path):
 
 def test_job_api_needs_the_token_the_manifests_set(tmp_path):
     """A head started with the environment every Ray container gets from the manifests refuses a
-    submission without the token, or with a wrong one, and runs the one that has it."""
+    submission without the token, or with a wrong one, and runs the one that has it.
+    """
     from tests.deploy.kustomize import render
 
     job = next(

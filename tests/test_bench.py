@@ -1,4 +1,6 @@
-"""The benchmark harness runs end to end on a tiny chip and reports every figure (no time asserted)."""
+"""The benchmark harness runs end to end on a tiny chip and reports every figure
+(no time asserted).
+"""
 
 import json
 import math
@@ -81,7 +83,8 @@ def test_bench_main_writes_json(tmp_path):
 @pytest.mark.slow
 def test_method_comparison_on_generated_and_real_chips(tmp_path, capsys):
     """``stseg bench --methods``: a row per method and chip, scored against truth or vendor cells;
-    a method that cannot run on a chip (no membrane stain on CosMx) is reported, not fatal."""
+    a method that cannot run on a chip (no membrane stain on CosMx) is reported, not fatal.
+    """
     from tests.conftest import shared_data
 
     shared_data("cosmx_lung12_fov2")

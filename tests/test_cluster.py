@@ -1,5 +1,6 @@
 """A simulated multi-node cluster: GPU work lands on the GPU node, CPU work spreads, and losing a
-node mid-run changes nothing in the outputs."""
+node mid-run changes nothing in the outputs.
+"""
 
 import threading
 import time

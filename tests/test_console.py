@@ -1,4 +1,6 @@
-"""A successful `stseg run` prints its progress bars, the report path and the summary: no Ray lines."""
+"""A successful `stseg run` prints its progress bars, the report path and the summary: no Ray
+lines.
+"""
 
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ def test_run_console_shows_only_progress_and_summary(tmp_path):
         if piece in (
             f"report: {out / 'report.html'}",
             f"spatialdata: {out / 'spatialdata.zarr'}",
-            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg export)",
+            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg "
+            "export)",
         ):
             continue
         m = BAR.match(piece)

@@ -1,5 +1,6 @@
 """The README and docs/ stay true to the code: the commands they show parse, the config keys they
-name exist, the outputs they list are the ones a run writes, and their links resolve."""
+name exist, the outputs they list are the ones a run writes, and their links resolve.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def code_blocks(text: str, lang: str) -> list[str]:
 
 
 def stseg_commands(text: str) -> list[list[str]]:
-    """Every ``stseg ...`` line of the page's bash blocks, continuation lines joined, comments cut."""
+    """Every ``stseg ...`` line of the page's bash blocks, continuation lines joined, comments
+    cut.
+    """
     out = []
     for block in code_blocks(text, "bash"):
         for line in block.replace("\\\n", " ").splitlines():

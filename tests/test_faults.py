@@ -1,5 +1,6 @@
 """Faults: retried tasks, killed actors, lost nodes, poison tiles, a killed driver. The outputs must
-equal a clean run's, with every transcript counted exactly once."""
+equal a clean run's, with every transcript counted exactly once.
+"""
 
 import os
 import signal

@@ -34,7 +34,8 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
 
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """Module -> the package modules it imports (``from a import b``: ``a.b`` where that is a
-    module, else ``a``)."""
+    module, else ``a``).
+    """
     modules = _modules(root)
 
     def known(name: str) -> str | None:
@@ -109,7 +110,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_graph_sees_the_imports_it_must():
-    """The graph is not empty by accident: known edges (relative, absolute, in a function) are in it."""
+    """The graph is not empty by accident: known edges (relative, absolute, in a function) are in
+    it.
+    """
     graph = import_graph()
     assert "stseg_dist.stages" in graph["stseg_dist.driver"]  # from . import stages
     assert "stseg_dist.imaging.filters" in graph["stseg_dist.nuclei.classical"]

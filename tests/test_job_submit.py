@@ -1,4 +1,6 @@
-"""`ray job submit` against a real local Ray head: the stseg CLI as entry point, RAY_ADDRESS, exit codes."""
+"""`ray job submit` against a real local Ray head: the stseg CLI as entry point, RAY_ADDRESS,
+exit codes.
+"""
 
 import json
 import os

@@ -1,7 +1,8 @@
 """Peak memory follows the tile size, not the chip size: a 16x larger chip, same tiles, about the
 same growth. Measured on the in-process path, which holds the driver and every kernel at once,
 each run in a fresh interpreter that reports its own peak before and after the run. The optional
-SpatialData export is left out: it is measured on its own by ``stseg bench -- --exports``."""
+SpatialData export is left out: it is measured on its own by ``stseg bench -- --exports``.
+"""
 
 import json
 import os
@@ -18,10 +19,10 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc"),
 ]
 
-#: Runs one chip in this (fresh) interpreter; prints its resident set (KiB) after the imports and its
-#: peak during the run. The kernel's high-water mark is reset after the imports (clear_refs 5), so the
-#: transient peak of importing torch/ray does not hide the run; only this process counts, not the
-#: other children of pytest.
+#: Runs one chip in this (fresh) interpreter; prints its resident set (KiB) after the imports and
+#: its peak during the run. The kernel's high-water mark is reset after the imports
+#: (clear_refs 5), so the transient peak of importing torch/ray does not hide the run; only this
+#: process counts, not the other children of pytest.
 _CHILD = """
 import json, sys
 import stseg_dist.driver, stseg_dist.cli, stseg_dist.report  # imported before the baseline
@@ -33,8 +34,8 @@ def status_kib(field):
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")
 base = status_kib("VmRSS")
-rc = stseg_dist.cli.main(["run", "--chip", sys.argv[1], "--out", sys.argv[2], "--local", "--no-progress",
-                          "--no-spatialdata", "--set", "tiling.tile_size_um=300"])
+rc = stseg_dist.cli.main(["run", "--chip", sys.argv[1], "--out", sys.argv[2], "--local",
+                          "--no-progress", "--no-spatialdata", "--set", "tiling.tile_size_um=300"])
 print(json.dumps({"rc": rc, "base_kib": base, "peak_kib": status_kib("VmHWM")}))
 """
 

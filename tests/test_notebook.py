@@ -1,4 +1,6 @@
-"""notebooks/demo.ipynb executes top to bottom (nbclient) on a small demo chip and shows its figures."""
+"""notebooks/demo.ipynb executes top to bottom (nbclient) on a small demo chip and shows its
+figures.
+"""
 
 import json
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The CLI end to end: run.json records absolute locations (exports work from any directory),
 a non-empty folder that is not a stseg run is refused unless --overwrite, and a run rejected
-before it starts leaves no folder behind."""
+before it starts leaves no folder behind.
+"""
 
 from __future__ import annotations
 

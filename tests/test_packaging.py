@@ -110,7 +110,8 @@ def _run(cmd: list, cwd: Path, env: dict, timeout: float = 600) -> subprocess.Co
 @pytest.mark.timeout(1200)
 def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     """A fresh venv (no system site-packages), the torch pins first as the Makefile does, then
-    the built wheel with no extras under deploy/constraints.txt (as the images install it)."""
+    the built wheel with no extras under deploy/constraints.txt (as the images install it).
+    """
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -144,7 +145,10 @@ def test_clean_install_without_extras_runs_synth_run_eval(tmp_path):
     ).stdout.strip()
     assert where.startswith(str(venv)), where
     # No test-only package leaks in: what the run needs must come from the runtime dependencies.
-    probe = "import importlib.util as u; print([m for m in ('pytest', 'moto', 'nbclient') if u.find_spec(m)])"
+    probe = (
+        "import importlib.util as u; "
+        "print([m for m in ('pytest', 'moto', 'nbclient') if u.find_spec(m)])"
+    )
     leaked = _run([py, "-c", probe], tmp_path, env).stdout.strip()
     assert leaked == "[]", leaked
 

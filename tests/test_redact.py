@@ -1,5 +1,6 @@
 """No credential in any file or log a run writes, however it was passed (config file, --set,
-environment): storage options, credential-like keys, URL passwords and signed query strings."""
+environment): storage options, credential-like keys, URL passwords and signed query strings.
+"""
 
 import json
 import os

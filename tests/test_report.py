@@ -62,7 +62,8 @@ def test_report_without_the_chip_says_the_stain_is_missing(run_dir, tmp_path):
 def test_hooked_sections_render_only_with_their_keys(run_dir, monkeypatch):
     """Other modules add figures (nucleus metrics, coverage-contamination frontier) through
     register_section; a section whose keys are absent is left out, and one that fails is shown
-    as failed without sinking the report."""
+    as failed without sinking the report.
+    """
     from stseg_dist import report
 
     chip, out = run_dir

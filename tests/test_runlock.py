@@ -1,5 +1,6 @@
 """One run at a time per output folder: a second run refuses naming the lock, a dead run's lock is
-taken over, on a local disk and on S3 (moto server)."""
+taken over, on a local disk and on S3 (moto server).
+"""
 
 import json
 import os
@@ -96,7 +97,8 @@ def test_lock_on_s3_is_exclusive(s3):
 @pytest.mark.slow
 def test_concurrent_runs_and_a_killed_run(tmp_path):
     """Two ``stseg run`` into one OUT: the second refuses; the first is then SIGKILLed, and the
-    next run takes its lock over and completes."""
+    next run takes its lock over and completes.
+    """
     chip = make_blob_chip(tmp_path / "chip", shape=(160, 200), n_nuclei=20, n_transcripts=4_000)
     out = tmp_path / "out"
     cmd = [

@@ -66,7 +66,8 @@ def test_cellpose_model_from_s3_url(s3, tmp_path, monkeypatch):
 
 def test_membrane_stain_read_through_track_lines_from_s3(s3, tmp_path):
     """Tiles read the stain through the chip-wide transform with the run's storage options (the
-    state holds none): the same cells as the chip on local disk."""
+    state holds none): the same cells as the chip on local disk.
+    """
     from tests.methods.test_membrane import config
     from tests.methods.test_membrane_registration import TRACK, transformed_chip
 

@@ -54,7 +54,8 @@ def test_bad_spillover_settings(item, fragment):
 
 def test_spillover_is_tile_exact_and_counted(tmp_path):
     """Expansion + spillover on a generated chip with cell types: the same transcripts move at
-    every tiling, run.json counts them, and the cells' counts follow the moves."""
+    every tiling, run.json counts them, and the cells' counts follow the moves.
+    """
     from stseg_dist.synth import synth_chip
     from tests.test_tile_invariance import _same_at_every_tiling
 

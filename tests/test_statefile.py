@@ -1,4 +1,6 @@
-"""Method state on disk: plain data only, bound to its run; a planted pickle is refused unexecuted."""
+"""Method state on disk: plain data only, bound to its run; a planted pickle is refused
+unexecuted.
+"""
 
 import json
 import os
@@ -72,7 +74,8 @@ def test_pickles_foreign_and_altered_files_are_refused(tmp_path):
 
 def test_planted_pickle_in_the_work_dir_is_refused_and_recomputed(tmp_path, monkeypatch):
     """A run left unfinished keeps its work dir; a pickle planted there (under the old and the new
-    state file names) never runs, the state is recomputed, and the outputs equal a clean run's."""
+    state file names) never runs, the state is recomputed, and the outputs equal a clean run's.
+    """
     from stseg_dist.driver import run_pipeline
     from stseg_dist.errors import RunIncompleteError
     from tests.conftest import assert_same_outputs

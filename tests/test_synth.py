@@ -105,7 +105,9 @@ def test_bad_arguments(tmp_path, kwargs, fragment):
 
 
 def test_hard_tissue_is_sparser_and_uneven(tmp_path):
-    """The hard preset leaves gaps, thins cytoplasm, adds free RNA and varies expression smoothly."""
+    """The hard preset leaves gaps, thins cytoplasm, adds free RNA and varies expression
+    smoothly.
+    """
     from stseg_dist.synth import HARD
 
     def stats(chip, **kw):

@@ -1,4 +1,6 @@
-"""``stseg synth --from``: a slide tiled from a crop, mirrored copy by copy, references renumbered."""
+"""``stseg synth --from``: a slide tiled from a crop, mirrored copy by copy, references
+renumbered.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def _pixels(df: pd.DataFrame, ps: float, origin=(0.0, 0.0)) -> tuple[np.ndarray,
 
 def check_tiled(src: str, out: str, ref_columns: dict[str, str]) -> dict:
     """Every invariant of a tiled slide against its source chip; ``ref_columns`` maps each
-    integer reference column to the label array it should agree with at its pixel."""
+    integer reference column to the label array it should agree with at its pixel.
+    """
     import json
 
     meta = json.loads(open(f"{out}/chip.json").read())

@@ -49,18 +49,22 @@ def test_vendor_nuclei(tmp_path):
 
 def _chain_chip(path, seed=0, shape=(200, 400)):
     """Gaussian-blob nuclei in two long chains of touching nuclei that cross (one cluster far
-    longer than the halo), plus isolated ones, with transcripts around them."""
+    longer than the halo), plus isolated ones, with transcripts around them.
+    """
     from stseg_dist.io.chip_writer import ChipWriter
 
     rng = np.random.default_rng(seed)
     h, w = shape
     centres = [(100 + 6 * np.sin(x / 17.0), x) for x in np.arange(20, w - 20, 10.5)]
     centres += [(y, 300 + 4 * np.cos(y / 9.0)) for y in np.arange(20, h - 20, 10.0)]
-    centres += list(zip(rng.uniform(10, h - 10, 30), rng.uniform(10, w - 10, 30)))
+    centres += list(zip(rng.uniform(10, h - 10, 30), rng.uniform(10, w - 10, 30), strict=True))
     yy, xx = np.mgrid[:h, :w]
     img = rng.normal(200, 20, shape).astype(np.float32)
     for (y, x), amp, s in zip(
-        centres, rng.uniform(2200, 3200, len(centres)), rng.uniform(3.2, 4.2, len(centres))
+        centres,
+        rng.uniform(2200, 3200, len(centres)),
+        rng.uniform(3.2, 4.2, len(centres)),
+        strict=True,
     ):
         img += amp * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s**2))
     n = 15_000
@@ -78,7 +82,8 @@ def _chain_chip(path, seed=0, shape=(200, 400)):
     return str(path)
 
 
-#: the dense-tissue switches of configs/xenium.yaml and configs/cosmx.yaml (docs/nuclei_classical.md)
+#: the dense-tissue switches of configs/xenium.yaml and configs/cosmx.yaml
+#: (docs/nuclei_classical.md)
 DENSE = [
     f"nuclei.classical.{k}"
     for k in (
@@ -95,8 +100,9 @@ DENSE = [
 def test_clusters_longer_than_the_halo(tmp_path, classical):
     """Tiles cut through a cluster of touching nuclei (one foreground component) far longer than
     the halo, with the classical defaults and with the dense-tissue switches (chip-wide
-    normalisation, threshold and learned size from prepare). (The watershed this replaced changed
-    0.3% of nucleus and 1.1% of cell pixels here.)"""
+    normalisation, threshold and learned size from prepare); the watershed this replaced changed
+    0.3% of nucleus and 1.1% of cell pixels here.
+    """
     chip = _chain_chip(tmp_path / "chip")
     one = _same_at_every_tiling(chip, tmp_path, [24, 40], *(DENSE if classical == "dense" else []))
     import json

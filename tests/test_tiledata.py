@@ -1,5 +1,6 @@
 """Tile data: gene strings map onto the chip-wide vocabulary the scan built; a method's result
-(TileResult) is checked and completed against its tile."""
+(TileResult) is checked and completed against its tile.
+"""
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +12,8 @@ from stseg_dist.tiling import Tile
 
 def test_categorical_genes_may_list_genes_no_row_uses():
     """A stored dictionary (pandas categorical, written by a small crop of a larger panel) lists
-    genes that occur in no row; the scan's vocabulary holds only those that occur."""
+    genes that occur in no row; the scan's vocabulary holds only those that occur.
+    """
     column = pa.DictionaryArray.from_arrays(
         pa.array([0, 2, 2, 0], pa.int32()), pa.array(["a", "b", "c"])
     )

@@ -13,9 +13,9 @@ Writes, beside this file:
   openAPIV3Schema`` of ``ray-operator/config/crd/bases/ray.io_{rayclusters,rayjobs}.yaml`` at the
   oldest and the newest KubeRay tag we support. Why vendored rather than hand-written: the API
   server validates against exactly this.
-* ``k8s-<version>/core-v1.json``: Kubernetes' ``core/v1`` PodTemplateSpec, ConfigMap, ServiceAccount,
-  ``networking/v1`` NetworkPolicy and ObjectMeta with every definition they reference, at the Kubernetes API version the oldest KubeRay embeds (its
-  go.mod's k8s.io/api).
+* ``k8s-<version>/core-v1.json``: Kubernetes' ``core/v1`` PodTemplateSpec, ConfigMap,
+  ServiceAccount, ``networking/v1`` NetworkPolicy and ObjectMeta with every definition they
+  reference, at the Kubernetes API version the oldest KubeRay embeds (its go.mod's k8s.io/api).
 
 Transformations, all lossless for validation: ``description`` keywords are dropped, the CRDs'
 ``status`` is dropped (a manifest never sets it), repeated subtrees of a schema are moved once into

@@ -1,7 +1,8 @@
 """Benchmarks behind ``stseg bench``: one place for a new one.
 
 - ``pipeline``: throughput and memory of the whole pipeline on generated chips (the default);
-- ``comparison``: cell methods side by side on generated chips and shared real crops (``--methods``);
+- ``comparison``: cell methods side by side on generated chips and shared real crops
+  (``--methods``);
 - ``stseg_dist.export.bench``: time and memory of the run exports (``--exports``).
 
 Nothing here asserts a time.

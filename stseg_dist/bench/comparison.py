@@ -1,6 +1,7 @@
 """``stseg bench --methods``: cell methods side by side on the same chips, scored the same way.
 
-    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--hard] [--real ../shared/data]
+    stseg bench -- --methods expansion ucs membrane --size-um 400 --seeds 0 1 [--hard]
+                   [--real ../shared/data]
 
 Every method runs through the real pipeline (same nuclei, tiling and stitching) on:
 
@@ -15,8 +16,8 @@ Every method runs through the real pipeline (same nuclei, tiling and stitching) 
   favour that shape, so MECR and the assigned share judge methods there;
 
 plus the wall seconds and transcripts/s of each run. A method that cannot run on a chip (a
-membrane method on a chip with no membrane stain) is reported as not applicable. Figures are printed as one table and
-written as JSON; nothing here asserts a time.
+membrane method on a chip with no membrane stain) is reported as not applicable. Figures are printed
+as one table and written as JSON; nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from .. import constants as C
 
 @dataclass(frozen=True)
 class RealCrop:
-    """A shared real crop with a reference, and what its bundle lacks (facts from the data's README)."""
+    """A shared real crop with a reference, and what its bundle lacks
+    (facts from the data's README).
+    """
 
     platform: str
     options: dict
@@ -68,7 +71,8 @@ REAL_CROPS = {
     # dense breast tumour; vendor cells are Xenium's nucleus expansion, nuclei approximate vendor
     # polygons; tune on the left half, report the right
     "xenium_breast_top": RealCrop("xenium", {}, shape_biased=True, split_x_um=255.0),
-    # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels (0.108 µm assumed)
+    # MERFISH U2-OS: reference cells drawn independently of the nuclei; native pixels
+    # (0.108 µm assumed)
     "merfish_u2os": RealCrop(
         "generic",
         {
@@ -113,7 +117,8 @@ def synthetic_datasets(
 ) -> list[Dataset]:
     """Generated chips with a membrane stain, optionally offset by ``membrane_shift`` (dy, dx) px
     as if imaged in a second round (what ``membrane`` registration must undo); ``hard``: the
-    generator's real-tissue preset (synth.HARD)."""
+    generator's real-tissue preset (synth.HARD).
+    """
     from ..synth import HARD, synth_chip
 
     out = []
@@ -181,7 +186,9 @@ def real_datasets(workdir: str, data_root: str, names=None) -> list[Dataset]:
 
 
 def missing_cell_recall(chip: str, out: str) -> float:
-    """Of the true cells with no visible nucleus, the fraction matched by a predicted cell (IoU >= 0.5)."""
+    """Of the true cells with no visible nucleus, the fraction matched by a predicted cell
+    (IoU >= 0.5).
+    """
     import zarr
 
     from ..evaluation.metrics import contingency, iou_matrix
@@ -220,7 +227,8 @@ def vendor_reference(chip: str, out: str, column: str) -> pd.DataFrame:
 def score(ds: Dataset, out: str) -> dict:
     """Truth metrics on generated chips; on real crops cell F1 (vendor mask), ARI (vendor cell
     per transcript), and everywhere the reference-free MECR, nucleus-cytoplasm r and assigned share
-    (with the vendor's own MECR and assigned share on the same gene pairs)."""
+    (with the vendor's own MECR and assigned share on the same gene pairs).
+    """
     from ..evaluation.evaluate import evaluate
     from ..evaluation.metrics import adjusted_rand_index, mecr
 
@@ -343,7 +351,8 @@ def format_row(r: dict) -> str:
     parts = [f"{r['dataset']:<22} {r.get('label', r['method']):<11}"]
     parts += [f"{label} {r[key]:.3f}" for key, label in METRICS if key in r and not pd.isna(r[key])]
     parts.append(
-        f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s ({r['transcripts_per_s']:,.0f} tx/s)"
+        f"cells {r['n_cells']}/{r['n_ref_cells']}  {r['seconds']:.1f} s "
+        f"({r['transcripts_per_s']:,.0f} tx/s)"
     )
     return "  ".join(parts)
 
@@ -352,7 +361,8 @@ def summary_table(rows: list[dict]) -> str:
     """Methods as rows; generated chips averaged over seeds, real crops one column group each.
 
     A crop marked * has a reference that is a nucleus expansion or nucleus-sized: F1 and ARI
-    against it favour that shape, so MECR and the assigned share judge methods there."""
+    against it favour that shape, so MECR and the assigned share judge methods there.
+    """
     df = pd.DataFrame(rows)
     biased = set(
         df.dataset[

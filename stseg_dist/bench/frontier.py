@@ -82,7 +82,9 @@ def expansion_frontier(
     ds, workdir: str, run, overrides=(), distances=FRONTIER_UM, local: bool = True, echo=print
 ) -> pd.DataFrame:
     """Expansion from the dataset's nuclei at each distance: rows region, distance_um, assigned,
-    mecr. ``run(ds, method, out, overrides, local)`` runs the pipeline (comparison.run_pipeline_only)."""
+    mecr. ``run(ds, method, out, overrides, local)`` runs the pipeline
+    (comparison.run_pipeline_only).
+    """
     rows = []
     for d in distances:
         out = str(Path(workdir) / f"{ds.name}-frontier-{d:g}")
@@ -104,7 +106,8 @@ def expansion_frontier(
 
 def frontier_mecr(frontier: pd.DataFrame, assigned: float) -> tuple[float, bool]:
     """The frontier's MECR at ``assigned`` (linear between its points; beyond its ends, the line
-    through the two end points), and whether that was an extrapolation."""
+    through the two end points), and whether that was an extrapolation.
+    """
     f = frontier.dropna(subset=["assigned", "mecr"]).sort_values("assigned")
     a, m = f.assigned.to_numpy(float), f.mecr.to_numpy(float)
     if len(a) < 2 or np.isnan(assigned):
@@ -118,7 +121,8 @@ def frontier_mecr(frontier: pd.DataFrame, assigned: float) -> tuple[float, bool]
 
 def place(frontier: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """Each point (dataset, region, label, assigned, mecr) with the frontier's MECR at its
-    assigned share and its signed gap (negative: below the frontier)."""
+    assigned share and its signed gap (negative: below the frontier).
+    """
     out = []
     for _, p in points.iterrows():
         f = frontier[(frontier.dataset == p.dataset) & (frontier.region == p.region)]
@@ -128,7 +132,9 @@ def place(frontier: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
 
 
 def points_from_rows(rows: list[dict]) -> pd.DataFrame:
-    """Plane points of bench rows (their ``plane`` entry) and of the vendor's cells, once per region."""
+    """Plane points of bench rows (their ``plane`` entry) and of the vendor's cells, once per
+    region.
+    """
     pts, seen = [], set()
     for r in rows:
         for region, p in (r.get("plane") or {}).items():
@@ -215,7 +221,7 @@ def frontier_table(frontier: pd.DataFrame, placed: pd.DataFrame) -> str:
     for (ds, region), f in frontier.groupby(["dataset", "region"], sort=False):
         f = f.sort_values("distance_um")
         head = " | ".join(f"{d:g}" for d in f.distance_um)
-        vals = " | ".join(f"{a:.3f} / {m:.4f}" for a, m in zip(f.assigned, f.mecr))
+        vals = " | ".join(f"{a:.3f} / {m:.4f}" for a, m in zip(f.assigned, f.mecr, strict=True))
         lines = [
             f"**{ds}, {region}**: expansion frontier, assigned / MECR at distance (µm)",
             "",
@@ -254,7 +260,8 @@ def write_planes(
     echo=print,
 ) -> pd.DataFrame:
     """Draw every dataset's plane into ``out_dir`` (a PNG per crop and region, frontier.md,
-    frontier.json) and return the placed points (each run's gap to the frontier)."""
+    frontier.json) and return the placed points (each run's gap to the frontier).
+    """
     import json
 
     out = Path(out_dir)

@@ -2,8 +2,10 @@
 
     stseg bench -- --sizes-um 1000 3000 [--workers 1 2 4] [--method ucs] [--json out.json]
     stseg bench -- --chip SLIDE [--config configs/xenium.yaml] [--set k=v] [--no-local]
-    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side: bench/comparison.py)
-    stseg bench -- --exports [--size-um 1500]    (SpatialData / Xenium Explorer export time and memory)
+    stseg bench -- --methods expansion ucs ...   (accuracy and throughput side by side:
+                                                  bench/comparison.py)
+    stseg bench -- --exports [--size-um 1500]    (SpatialData / Xenium Explorer export time and
+                                                  memory)
 
 For each chip size (or ``--chip``, e.g. a slide from ``stseg synth --from``): wall seconds per
 stage, with the outputs split into boundaries, tables, AnnData, publish, the SpatialData store
@@ -66,9 +68,10 @@ class RSSSampler:
 
     @staticmethod
     def kind(name: str, cmd: str) -> str:
-        """worker (a Ray worker: ``ray::<task>``, or ``python default_worker.py`` before it
+        """Worker (a Ray worker: ``ray::<task>``, or ``python default_worker.py`` before it
         names itself) or ray (the raylet, GCS, dashboard and runtime-env agents: the raylet's
-        command line names default_worker.py too, as an argument)."""
+        command line names default_worker.py too, as an argument).
+        """
         if name in RAY_HELPERS or name.startswith(("raylet", "gcs_server")):
             return "ray"
         if name.startswith("ray::") or any(
@@ -158,7 +161,8 @@ def run_once(
 ) -> dict:
     """One timed pipeline run (SpatialData store included unless ``spatialdata`` is False), then
     the report (timed as the stage ``report``); Ray is started with ``workers`` CPUs unless
-    ``local``. ``keep`` leaves the run folder in place (for scoring it afterwards)."""
+    ``local``. ``keep`` leaves the run folder in place (for scoring it afterwards).
+    """
     from ..driver import run_pipeline
     from ..report import write_report
 
@@ -214,7 +218,8 @@ def run_once(
         "worker_peak_rss_mb": rss.worker_peak / 2**20,
         "all_processes_peak_rss_mb": rss.total_peak / 2**20,
         "processes": rss.per_process(),
-        "rss_measured": f"psutil RSS of the driver and its descendant processes every {rss.interval} s",
+        "rss_measured": "psutil RSS of the driver and its descendant processes every "
+        f"{rss.interval} s",
     }
 
 
@@ -260,7 +265,8 @@ def run_bench(
                 the_chip = str(Path(tmp) / "chip")
                 info = synth_chip(the_chip, size, size, seed=seed, overwrite=True)
                 echo(
-                    f"chip {size:.0f} x {size:.0f} µm: {info['n_transcripts']:,} transcripts, {info['n_cells']:,} cells "
+                    f"chip {size:.0f} x {size:.0f} µm: {info['n_transcripts']:,} transcripts, "
+                    f"{info['n_cells']:,} cells "
                     f"(generated in {info['seconds']:.1f} s)"
                 )
             how = {"spatialdata": spatialdata, "report": report, "keep": bool(keep)}
@@ -291,7 +297,8 @@ def format_row(r: dict) -> str:
         if p["kind"] != "ray" or p["peak_rss_mb"] >= 50
     )
     return (
-        f"  {r['mode']:<14} workers={r['workers']}: {r['seconds']:.1f} s, {r['transcripts_per_s']:,.0f} "
+        f"  {r['mode']:<14} workers={r['workers']}: {r['seconds']:.1f} s, "
+        f"{r['transcripts_per_s']:,.0f} "
         f"transcripts/s, {r['cells_per_s']:,.0f} cells/s, {r['n_tiles']} tiles, driver peak "
         f"{r['driver_peak_rss_mb']:.0f} MB, largest worker {r['worker_peak_rss_mb']:.0f} MB, all "
         f"processes {r['all_processes_peak_rss_mb']:.0f} MB{ratio}\n"

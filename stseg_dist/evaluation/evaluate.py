@@ -119,7 +119,8 @@ def evaluate(
         missing = int(joined["ref_id"].isna().sum())
         if missing:
             raise InputError(
-                f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on {key})"
+                f"{missing} predicted transcripts have no reference ID in {ref_url} (joined on "
+                f"{key})"
             )
         result["transcripts"] = M.transcript_metrics(
             joined[K.CELL_ID].to_numpy(), joined["ref_id"].to_numpy()
@@ -309,7 +310,9 @@ def _truth_types(ref_url: str, so) -> pd.Series | None:
 
 
 def _type_means(tx: pd.DataFrame, cell_col: str, cell_type: pd.Series) -> pd.DataFrame:
-    """Types x genes mean counts per cell, from per-transcript rows (never a cells x genes matrix)."""
+    """Types x genes mean counts per cell, from per-transcript rows
+    (never a cells x genes matrix).
+    """
     tx = tx[tx[cell_col] > 0]
     typ = tx[cell_col].map(cell_type)
     sums = tx.groupby([typ, tx[K.GENE]], observed=True).size().unstack(fill_value=0)

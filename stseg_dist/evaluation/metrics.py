@@ -29,7 +29,8 @@ def contingency(pred, ref, block: int = 2048) -> sp.csr_matrix:
     """
     if tuple(pred.shape) != tuple(ref.shape):
         raise InputError(
-            f"label arrays differ in shape: prediction {tuple(pred.shape)} vs reference {tuple(ref.shape)}"
+            f"label arrays differ in shape: prediction {tuple(pred.shape)} vs reference "
+            f"{tuple(ref.shape)}"
         )
     rows, cols, vals = [], [], []
     for rs, cs in _blocks(pred.shape, block):
@@ -45,7 +46,9 @@ def contingency(pred, ref, block: int = 2048) -> sp.csr_matrix:
 
 
 def pixel_metrics(table: sp.csr_matrix) -> dict:
-    """Foreground precision, recall, F1 (= Dice) and mean Jaccard over predicted cells (STCellbin)."""
+    """Foreground precision, recall, F1 (= Dice) and mean Jaccard over predicted cells
+    (STCellbin).
+    """
     t = table.tocoo()
     fg = (t.row > 0) & (t.col > 0)
     tp = float(t.data[fg].sum())
@@ -79,7 +82,9 @@ def iou_matrix(table: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def _one_to_one(iou: sp.coo_matrix, thr: float) -> np.ndarray:
-    """Mask of pairs with IoU >= thr kept one-to-one (highest IoU first; only ties at 0.5 compete)."""
+    """Mask of pairs with IoU >= thr kept one-to-one (highest IoU first; only ties at 0.5
+    compete).
+    """
     cand = np.flatnonzero(iou.data >= thr)
     cand = cand[np.argsort(-iou.data[cand], kind="stable")]
     used_r, used_c, keep = set(), set(), np.zeros(iou.data.shape, bool)
@@ -217,7 +222,7 @@ def cell_calling_score(
     keys = br * ((w + block - 1) // block + 1) + bc
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)]
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         idx = order[s:e]
         r0, c0 = int(br[s]) * block, int(bc[s]) * block
         R0, C0 = max(r0 - halo, 0), max(c0 - halo, 0)
@@ -232,11 +237,16 @@ def cell_calling_score(
         inside += int((d == 0).sum())
         for k, delta in enumerate(deltas):
             near[k] += int(((d > 0) & (d <= delta)).sum())
-    return {f"ccs_delta{d}": (inside / n if n else float("inf")) for d, n in zip(deltas, near)}
+    return {
+        f"ccs_delta{d}": (inside / n if n else float("inf"))
+        for d, n in zip(deltas, near, strict=True)
+    }
 
 
 def baseline_metrics(cells: pd.DataFrame, n_transcripts: int) -> dict:
-    """UCS baseline characteristics: coverage, cell area, transcripts and genes per cell, density."""
+    """UCS baseline characteristics: coverage, cell area, transcripts and genes per cell,
+    density.
+    """
     for col in ("area_um2", "n_transcripts", "n_genes"):
         if col not in cells.columns:
             raise InputError(f"cells table lacks column '{col}'")
@@ -319,7 +329,8 @@ def morphology_metrics(labels, block: int = 2048, max_cells: int = 5000) -> dict
 def profile_correlation(
     counts: pd.DataFrame, cell_types: pd.Series, reference: pd.DataFrame
 ) -> dict:
-    """Pearson r of each cell type's mean expression profile with the single-cell reference's (UCS Fig. 5).
+    """Pearson r of each cell type's mean expression profile with the single-cell reference's
+    (UCS Fig. 5).
 
     ``counts``: cells x genes; ``cell_types``: type per cell (same index); ``reference``: types x
     genes mean profiles. Only shared genes and types are compared.
@@ -329,7 +340,9 @@ def profile_correlation(
 
 
 def mean_profile_correlation(means: pd.DataFrame, reference: pd.DataFrame) -> dict:
-    """Pearson r per cell type between two types x genes tables of mean profiles (shared genes/types)."""
+    """Pearson r per cell type between two types x genes tables of mean profiles
+    (shared genes/types).
+    """
     genes = means.columns.intersection(reference.columns)
     if len(genes) < 2:
         raise InputError("expression reference shares fewer than 2 genes with the prediction")
@@ -385,7 +398,9 @@ def petukhov_correlation(
 
 
 def _expressed(cells: np.ndarray, genes: np.ndarray, n_genes: int) -> sp.csr_matrix:
-    """Cells x genes 0/1 matrix: the gene (integer code) has a transcript in the cell (0 = no cell)."""
+    """Cells x genes 0/1 matrix: the gene (integer code) has a transcript in the cell
+    (0 = no cell).
+    """
     cells, genes = np.asarray(cells), np.asarray(genes, np.int64)
     sel = cells > 0
     _, ci = np.unique(cells[sel], return_inverse=True)
@@ -431,7 +446,7 @@ def exclusive_gene_pairs(
     order = np.lexsort((-exp[ok], ratio[ok]))
     a, b = cand[iu[0][ok][order]], cand[iu[1][ok][order]]
     pairs, used = [], np.zeros(int(genes.max()) + 1, np.int64)
-    for i, j in zip(a, b):
+    for i, j in zip(a, b, strict=True):
         if used[i] < max_per_gene and used[j] < max_per_gene:
             pairs.append((int(i), int(j)))
             used[i] += 1
@@ -443,8 +458,8 @@ def marker_gene_pairs(markers: pd.DataFrame, gene_index: dict) -> list[tuple[int
     """Pairs of marker genes of different cell types (table columns cell_type, gene)."""
     m = markers[markers.gene.isin(list(gene_index))]
     out = set()
-    for a, ga in zip(m.cell_type, m.gene):
-        for b, gb in zip(m.cell_type, m.gene):
+    for a, ga in zip(m.cell_type, m.gene, strict=True):
+        for b, gb in zip(m.cell_type, m.gene, strict=True):
             if a < b:
                 i, j = sorted((gene_index[ga], gene_index[gb]))
                 out.add((i, j))

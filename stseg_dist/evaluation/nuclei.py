@@ -104,7 +104,7 @@ def nucleus_scores(
     cont = scores(containment_matches(table, cover, on))
     iou = iou_matrix(table).tocoo()
     m = _one_to_one(iou, IOU) if iou.nnz else np.zeros(0, bool)
-    iou_s = scores(list(zip(iou.row[m].tolist(), iou.col[m].tolist())))
+    iou_s = scores(list(zip(iou.row[m].tolist(), iou.col[m].tolist(), strict=True)))
     covered = np.bincount(c, weights=inter, minlength=table.shape[1])
     missed = int((kr & (covered < 0.5 * area_r)).sum())
     covers = inter / area_r[c] >= cover
@@ -170,7 +170,7 @@ def in_labels(labels, rows: np.ndarray, cols: np.ndarray, block: int = 2048) -> 
     order = np.argsort(key, kind="stable")
     ok, key = ok[order], key[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    for s, e in zip(starts, np.r_[starts[1:], len(key)]):
+    for s, e in zip(starts, np.r_[starts[1:], len(key)], strict=True):
         idx = ok[s:e]
         r0 = int(rows[idx[0]] // block) * block
         c0 = int(cols[idx[0]] // block) * block

@@ -168,14 +168,17 @@ class NucleusReference:
 
 def nucleus_flags(values: pd.Series, column: str) -> np.ndarray:
     """In-nucleus booleans from a vendor column: Xenium ``overlaps_nucleus`` (0/1) or CosMx
-    ``CellComp`` (``"Nuclear"``)."""
+    ``CellComp`` (``"Nuclear"``).
+    """
     if column == "CellComp" or values.dtype == object or isinstance(values.dtype, pd.StringDtype):
         return values.astype(str).str.lower().isin(["nuclear", "nucleus", "true", "1"]).to_numpy()
     return values.fillna(0).to_numpy().astype(bool)
 
 
 class PolygonLabels:
-    """Polygons (µm) as a lazily rasterised label array on a grid: any window, never the whole chip."""
+    """Polygons (µm) as a lazily rasterised label array on a grid: any window, never the whole
+    chip.
+    """
 
     def __init__(self, polys, grid: Grid):
         self.shape = tuple(grid.shape)
@@ -274,7 +277,9 @@ def _same_grid(a: Grid, b: Grid, url: str) -> None:
     if (
         tuple(a.shape) != tuple(b.shape)
         or abs(a.pixel_size_um - b.pixel_size_um) > tol
-        or any(abs(p - q) > a.pixel_size_um / 2 for p, q in zip(a.origin_um, b.origin_um))
+        or any(
+            abs(p - q) > a.pixel_size_um / 2 for p, q in zip(a.origin_um, b.origin_um, strict=False)
+        )
     ):
         raise InputError(
             f"nucleus reference {url} is not on the run's grid: reference {b.describe()}; "
@@ -302,7 +307,8 @@ def _flag_table(url: str, column: str, storage_options) -> pd.DataFrame:
         names = pq.read_schema(fh).names
     if column not in names:
         raise InputError(
-            f"{url}: no column '{column}' of per-transcript nucleus flags (columns: {', '.join(names)})"
+            f"{url}: no column '{column}' of per-transcript nucleus flags (columns: "
+            f"{', '.join(names)})"
         )
     key = K.TRANSCRIPT_ID if K.TRANSCRIPT_ID in names else None
     df = _read_parquet(url, [c for c in (key, column) if c], storage_options)

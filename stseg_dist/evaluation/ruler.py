@@ -79,7 +79,7 @@ def load_pair_file(path: str) -> PairSet:
         )
     if table.empty:
         raise InputError(f"{path}: the gene pair table is empty")
-    pairs = [(str(a), str(b)) for a, b in zip(table.gene_a, table.gene_b)]
+    pairs = [(str(a), str(b)) for a, b in zip(table.gene_a, table.gene_b, strict=True)]
     return PairSet(pairs, "file", {"path": path})
 
 

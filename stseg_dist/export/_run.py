@@ -81,7 +81,8 @@ def open_run(run: str, chip: str | None = None) -> RunFiles:
 
 def _recorded_chip(root: Path, info: dict) -> str | None:
     """The chip run.json names. Runs record absolute locations; an older run.json may hold a
-    path relative to the directory the run was started in, found again from its ``out``."""
+    path relative to the directory the run was started in, found again from its ``out``.
+    """
     import os
 
     chip = info.get("chip")

@@ -20,7 +20,10 @@ from pathlib import Path
 
 def _child(code: str) -> tuple[float, float]:
     """(seconds, peak RSS MiB) of ``python -c code`` (the child reports its own peak)."""
-    code += "\nimport resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    code += (
+        "\nimport resource; "
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -51,17 +54,21 @@ def main(argv=None) -> int:
         shutil.rmtree(d, ignore_errors=True)
         chip, run = str(d / "chip"), d / "run"
         _child(
-            f"from stseg_dist.synth import synth_chip; synth_chip({chip!r}, {args.size_um}, {args.size_um}, 1)"
+            f"from stseg_dist.synth import synth_chip; synth_chip({chip!r}, {args.size_um}, "
+            f"{args.size_um}, 1)"
         )
         _child(
-            "from stseg_dist.driver import run_pipeline; from stseg_dist.config import load_config, parse_set; "
-            f"run_pipeline({chip!r}, {str(run)!r}, load_config(overrides=parse_set(['runtime.progress=false'])), "
+            "from stseg_dist.driver import run_pipeline; from stseg_dist.config import "
+            "load_config, parse_set; "
+            f"run_pipeline({chip!r}, {str(run)!r}, "
+            "load_config(overrides=parse_set(['runtime.progress=false'])), "
             "local=True)"
         )
     info = json.loads((run / "run.json").read_text())
     rows = []
     print(
-        f"run {run}: {info['counts']['n_cells']} cells, {info['counts']['n_transcripts']} transcripts, "
+        f"run {run}: {info['counts']['n_cells']} cells, {info['counts']['n_transcripts']} "
+        "transcripts, "
         f"grid {info['grid']['shape']} px"
     )
     for fmt in ("spatialdata", "xenium-explorer"):

@@ -23,7 +23,9 @@ _LOADS: dict[str, int] = {}
 
 @dataclass
 class CellposeConfig:
-    """One Cellpose section for every stage that runs it (nuclei.cellpose, cells.membrane.cellpose)."""
+    """One Cellpose section for every stage that runs it (nuclei.cellpose,
+    cells.membrane.cellpose).
+    """
 
     model: str = "cpsam"  # a built-in name, a local path, or an fsspec URL
     batch_size: int = 8
@@ -45,7 +47,8 @@ def resolve_model_path(
     model: str, storage_options: dict | None = None, key: str = "nuclei.cellpose.model"
 ) -> str:
     """Turn a model name, path or URL into a local file path, without any network download
-    except from the user's own object store. ``key`` names the setting in errors."""
+    except from the user's own object store. ``key`` names the setting in errors.
+    """
     from cellpose import models as cp_models
 
     from ..io import storage
@@ -69,11 +72,13 @@ def resolve_model_path(
         if cached.exists():
             return str(cached)
         raise ConfigError(
-            f"{key}: Cellpose weights {model!r} are not in {cp_models.MODEL_DIR} and are never downloaded "
+            f"{key}: Cellpose weights {model!r} are not in {cp_models.MODEL_DIR} and are never "
+            "downloaded "
             f"at run time; copy them there, or give {key} as a path or URL"
         )
     raise ConfigError(
-        f"{key} {model!r} is neither a file, a URL, nor a Cellpose model name ({', '.join(cp_models.MODEL_NAMES)})"
+        f"{key} {model!r} is neither a file, a URL, nor a Cellpose model name "
+        f"({', '.join(cp_models.MODEL_NAMES)})"
     )
 
 

@@ -1,4 +1,6 @@
-"""Reading and writing chips: the canonical layout and, in per-vendor modules, instrument bundles."""
+"""Reading and writing chips: the canonical layout and, in per-vendor modules, instrument
+bundles.
+"""
 
 from .chip import Chip, ChipMeta, ImageSpec, open_chip
 from .chip_writer import ChipWriter

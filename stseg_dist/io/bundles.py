@@ -57,7 +57,9 @@ def convert_bundle(
     storage_options=None,
     overwrite: bool = False,
 ) -> dict:
-    """Convert a vendor bundle to a canonical chip; returns a report with counts and dropped-by-reason."""
+    """Convert a vendor bundle to a canonical chip; returns a report with counts and
+    dropped-by-reason.
+    """
     if platform == "auto":
         platform = detect_platform(input_url, storage_options)
     if platform not in PLATFORMS:
@@ -76,7 +78,8 @@ def convert_bundle(
 
 
 def pipeline_hints(report: dict) -> dict:
-    """Config overrides that suit what the converted chip holds (applied under the user's own config).
+    """Config overrides that suit what the converted chip holds
+    (applied under the user's own config).
 
     Vendor nuclei need no hint: ``nuclei.backend=auto`` (the default) uses them whenever the chip
     has them. A chip whose image is a transcript-density rendering and that has no vendor nuclei

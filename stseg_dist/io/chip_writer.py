@@ -128,7 +128,7 @@ class ChipWriter:
             self._tx_handle.close()
         storage.write_json_atomic(storage.join(self.url, K.CHIP_JSON), self.meta, self.so)
 
-    def __enter__(self) -> "ChipWriter":
+    def __enter__(self) -> ChipWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -51,7 +51,8 @@ OPTIONS = (
     Option(
         "vendor_nuclei",
         True,
-        'rebuild vendor nuclei from each cell_ID\'s CellComp == "Nuclear" transcripts (false: none)',
+        'rebuild vendor nuclei from each cell_ID\'s CellComp == "Nuclear" transcripts (false: '
+        "none)",
     ),
     *FLAG_OPTIONS,
 )
@@ -142,7 +143,7 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
         xcol = "x_global_px" if "x_global_px" in pos.columns else "x_global_mm"
         require_columns(pos.columns, ("fov", xcol, xcol.replace("x_", "y_")), pos_files[0])
         off = options["image_offset_px"]
-        for fov, fx, fy in zip(pos["fov"], pos[xcol], pos[xcol.replace("x_", "y_")]):
+        for fov, fx, fy in zip(pos["fov"], pos[xcol], pos[xcol.replace("x_", "y_")], strict=True):
             if xcol.endswith("_mm"):
                 fx, fy = fx * 1000 / ps, fy * 1000 / ps
             img = _fov_file(fs, path, "CellComposite", fov) or _fov_file(

@@ -1,4 +1,5 @@
-"""Vendor nuclei rebuilt from per-transcript nucleus flags, for bundles with no nucleus polygons or masks.
+"""Vendor nuclei rebuilt from per-transcript nucleus flags, for bundles with no nucleus polygons or
+masks.
 
 Xenium's ``overlaps_nucleus`` and CosMx's ``CellComp == "Nuclear"`` say which of a vendor cell's
 transcripts lie in its nucleus. Each nucleus is rebuilt as the convex hull of its cell's flagged
@@ -33,7 +34,9 @@ OPTIONS = (
 
 
 class FlagNuclei:
-    """Collects nucleus-flagged transcripts per vendor cell; iterates as (label, x_um, y_um) polygons."""
+    """Collects nucleus-flagged transcripts per vendor cell; iterates as (label, x_um, y_um)
+    polygons.
+    """
 
     def __init__(self, min_transcripts: int = 5, grow_um: float = 0.2):
         self.min_transcripts = max(int(min_transcripts), 1)

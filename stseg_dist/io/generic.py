@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import posixpath
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -95,7 +95,7 @@ def write_chip(
                     t = t.take(pa.array(order))
                     blocks = (c // BAND_PX)[order]
                     cuts = np.flatnonzero(np.diff(blocks)) + 1
-                    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(blocks)]):
+                    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(blocks)], strict=True):
                         cw.write_transcripts(t.slice(int(s), int(e - s)))
                     if density:
                         dens = np.zeros((r1 - r0, w), np.uint32)
@@ -120,7 +120,8 @@ def _chip_grid(
     batches: Batches, ps: float, source: str, grid
 ) -> tuple[int, tuple[float, float], tuple[int, int]]:
     """One pass over the transcripts: their count, and the chip's (origin, (H, W)): the vendor
-    image's ``grid`` (refused when the transcripts lie outside it), else the transcripts' extent."""
+    image's ``grid`` (refused when the transcripts lie outside it), else the transcripts' extent.
+    """
     n = 0
     lo = [math.inf, math.inf]
     hi = [-math.inf, -math.inf]
@@ -144,7 +145,8 @@ def _chip_grid(
     tol = max(2 * ps, 1.0)  # µm; vendor transforms are rounded
     if lo[0] < origin[0] - tol or lo[1] < origin[1] - tol or hi[0] > x1 + tol or hi[1] > y1 + tol:
         raise InputError(
-            f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} µm "
+            f"{source}: transcript extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} "
+            "µm "
             f"lies outside the image (x {origin[0]:.1f}..{x1:.1f}, y {origin[1]:.1f}..{y1:.1f} µm: "
             f"{w}x{h} px at {ps} µm/px)"
         )
@@ -156,7 +158,8 @@ def _split_into_bands(
 ) -> tuple[set[int], pa.Schema]:
     """Second pass: the transcripts into one temporary parquet file per band of image rows
     (``tmp/b<band>.parquet``), so each band is then sorted and written alone; returns the bands
-    that hold any and the table schema."""
+    that hold any and the table schema.
+    """
     writers: dict[int, pq.ParquetWriter] = {}
     schema = None
     for t in batches():
@@ -191,7 +194,9 @@ def rasterise(polys, origin, ps, r0, r1, w) -> np.ndarray:
 
 
 def polygons_from_vertex_table(df, id_col: str, x_col: str, y_col: str, source: str):
-    """Group a vertex table into polygons with labels 1..n (sorted vendor IDs); returns (polys, id->label)."""
+    """Group a vertex table into polygons with labels 1..n (sorted vendor IDs); returns
+    (polys, id->label).
+    """
     for col in (id_col, x_col, y_col):
         if col not in df.columns:
             raise InputError(
@@ -256,7 +261,9 @@ __doc__ += "\n" + options_doc(OPTIONS, "Generic reader (``--platform generic``) 
 
 
 def convert_generic(input_url: str, out_url: str, options: dict, overwrite: bool, so) -> dict:
-    """Any parquet/CSV with x/y/gene columns (names via options) plus an optional TIFF or zarr image."""
+    """Any parquet/CSV with x/y/gene columns (names via options) plus an optional TIFF or zarr
+    image.
+    """
     from . import storage
 
     if options["pixel_size_um"] is None:
@@ -346,7 +353,9 @@ def read_vertex_table(fs, path: str):
 
 
 def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:
-    """Reference cell IDs of any type -> uint32 labels (0 = none), consistent across batches via ``labels``."""
+    """Reference cell IDs of any type -> uint32 labels (0 = none), consistent across batches via
+    ``labels``.
+    """
     ids = pc.cast(column, pa.string()).to_pandas().fillna("")
     none = ids.isin(["", "0", "-1", "UNASSIGNED"])
     for v in ids[~none].unique():
@@ -357,7 +366,8 @@ def reference_labels(column: pa.ChunkedArray, labels: dict) -> pa.Array:
 def image_ref(
     url: str, ref_url: str, level: int, ps: float, so
 ) -> tuple[dict, tuple[int, int], float]:
-    """Lazy reference to a TIFF (pyramid ``level``) or zarr image; returns (ref, (H, W), pixel size).
+    """Lazy reference to a TIFF (pyramid ``level``) or zarr image; returns
+    (ref, (H, W), pixel size).
 
     ``ref_url`` is what chip.json records (the URL a worker reopens). The pixel size is scaled by
     the level's downsampling so µm stay µm.
@@ -387,7 +397,9 @@ def image_ref(
 
 
 def drop_prefixes(t: pa.Table, gene_col: str, prefixes) -> tuple[pa.Table, int]:
-    """Rows whose gene starts with any prefix (control probes) removed; returns (table, n dropped)."""
+    """Rows whose gene starts with any prefix (control probes) removed; returns
+    (table, n dropped).
+    """
     gene = pc.cast(t[gene_col], pa.string())
     ctrl = np.zeros(t.num_rows, bool)
     for p in prefixes:

@@ -1,7 +1,8 @@
 """Vizgen MERSCOPE bundle -> canonical chip.
 
 Transcripts from ``detected_transcripts.csv[.gz]`` (global_x, global_y µm, gene; Blank-* dropped).
-The DAPI mosaic ``images/mosaic_DAPI_z{k}.tif`` is placed by ``micron_to_mosaic_pixel_transform.csv``
+The DAPI mosaic ``images/mosaic_DAPI_z{k}.tif`` is placed by
+``micron_to_mosaic_pixel_transform.csv``
 (scale + translation; rotation is refused). One chosen plane is referenced lazily; a projection
 (``z_plane="max"``, the default when several planes exist) is written band by band into image.zarr.
 Exports without the transform (e.g. the Giotto mini dataset JPEGs) pass ``image_bounds_um``
@@ -226,7 +227,9 @@ def _mosaic(fs, path, planes, options, input_url):
 
 
 def _vendor_cells(fs, path, options):
-    """Vendor cell polygons (label, x µm, y µm, vendor ID) from cell_boundaries.parquet, hdf5 or CSVs."""
+    """Vendor cell polygons (label, x µm, y µm, vendor ID) from cell_boundaries.parquet, hdf5 or
+    CSVs.
+    """
     if not options["vendor_cells"]:
         return []
     pq_path = storage.join(path, "cell_boundaries.parquet")
@@ -239,7 +242,7 @@ def _vendor_cells(fs, path, options):
         require_columns(df.columns, ("EntityID", "Geometry"), pq_path)
         if "ZIndex" in df.columns:
             df = df[df.ZIndex == df.ZIndex.min()]
-        for i, (eid, geom) in enumerate(zip(df.EntityID, df.Geometry), start=1):
+        for i, (eid, geom) in enumerate(zip(df.EntityID, df.Geometry, strict=True), start=1):
             g = shapely.from_wkb(geom)
             g = max(g.geoms, key=lambda q: q.area) if hasattr(g, "geoms") else g
             xs, ys = np.asarray(g.exterior.coords).T
@@ -268,7 +271,8 @@ def _vendor_cells(fs, path, options):
 
 
 def _hdf5_cells(fs, files, z):
-    """Polygons from per-fov ``feature_data_*.hdf5`` (featuredata/<id>/zIndex_k/p_0/coordinates, µm).
+    """Polygons from per-fov ``feature_data_*.hdf5`` (featuredata/<id>/zIndex_k/p_0/coordinates,
+    µm).
 
     Plane ``z`` when given as a number, else the middle z index of each cell.
     """

@@ -1,4 +1,5 @@
-"""Reader options: one declaration per reader feeds its docstring, ``stseg convert --help`` and validation.
+"""Reader options: one declaration per reader feeds its docstring, ``stseg convert --help`` and
+validation.
 
 Bundles that lack vendor metadata (a cropped export, a JPEG mosaic without its transform) can only
 be read with a few facts given by hand, so every reader declares the options it accepts; anything
@@ -9,8 +10,9 @@ chip on the wrong grid.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import InputError
 
@@ -37,7 +39,9 @@ def options_doc(options: Iterable[Option], title: str = "Reader options") -> str
 
 
 def resolve(platform: str, accepted: Iterable[Option], given: dict | None) -> dict:
-    """Defaults overlaid with ``given``; an unknown key is an InputError listing the accepted ones."""
+    """Defaults overlaid with ``given``; an unknown key is an InputError listing the accepted
+    ones.
+    """
     accepted = tuple(accepted)
     names = {o.name for o in accepted}
     unknown = sorted(set(given or {}) - names)
@@ -52,7 +56,9 @@ def resolve(platform: str, accepted: Iterable[Option], given: dict | None) -> di
 
 
 def parse_reader_options(items: Iterable[str] | None) -> dict:
-    """``["min_qv=30", "image_bounds_um=[0,0,10,10]", "z_plane=max"]`` -> dict; JSON where it parses."""
+    """``["min_qv=30", "image_bounds_um=[0,0,10,10]", "z_plane=max"]`` -> dict; JSON where it
+    parses.
+    """
     out: dict = {}
     for item in items or []:
         key, sep, raw = item.partition("=")

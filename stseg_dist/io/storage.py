@@ -24,7 +24,8 @@ def is_remote(url: str) -> bool:
 
 def absolute(url: str) -> str:
     """A URL as it is; a local path made absolute (``file://`` dropped), so that a location
-    recorded in run.json means the same from any working directory."""
+    recorded in run.json means the same from any working directory.
+    """
     url = str(url)
     if is_remote(url):
         return url
@@ -34,7 +35,8 @@ def absolute(url: str) -> str:
 def pandas_options(url: str, storage_options: dict | None = None) -> dict | None:
     """``storage_options`` for pandas' readers: a dict for a URL (even empty), so pandas opens
     it through fsspec like every other read here (gcsfs, s3fs: their settings and emulators),
-    not through pyarrow's own cloud clients; None for a local path (pandas refuses a dict)."""
+    not through pyarrow's own cloud clients; None for a local path (pandas refuses a dict).
+    """
     return dict(storage_options or {}) if is_remote(url) else None
 
 

@@ -51,7 +51,7 @@ class TranscriptSource:
         return list(self.schema.names)
 
     @classmethod
-    def open(cls, url: str, storage_options: dict | None = None) -> "TranscriptSource":
+    def open(cls, url: str, storage_options: dict | None = None) -> TranscriptSource:
         so = dict(storage_options or {})
         fs, path = storage.fs_and_path(url, so)
         if fs.isdir(path):

@@ -99,7 +99,8 @@ FEATURE_FILES = ("cell_feature_matrix/features.tsv.gz", "features.tsv.gz", "feat
 
 def write_features(fs, url: str, chip_url: str, so) -> int:
     """The bundle's feature list (10x ``features.tsv.gz``: gene ID, name, feature type; control
-    probes included) as the chip's ``features.parquet``, for the run's AnnData ``var``."""
+    probes included) as the chip's ``features.parquet``, for the run's AnnData ``var``.
+    """
     import gzip
     import io
 
@@ -143,7 +144,8 @@ def _pixel_size(fs, path, options) -> float:
 
 
 def cell_id_to_int(ids: pd.Series) -> np.ndarray:
-    """Xenium cell IDs ``"ffkpbaba-1"`` -> the uint32 prefix stored in cells.zarr.zip (letters a..p = hex).
+    """Xenium cell IDs ``"ffkpbaba-1"`` -> the uint32 prefix stored in cells.zarr.zip
+    (letters a..p = hex).
 
     Vectorised (8 letters -> 8 nibbles); IDs that are not of that form (``UNASSIGNED``) give 0.
     """
@@ -275,7 +277,9 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
 
 
 def _canonical_batch(t, tx, options, dropped, masks, lut, flags=None):
-    """Filter one batch (control probes, then qv; a missing qv counts as low) and map its columns."""
+    """Filter one batch (control probes, then qv; a missing qv counts as low) and map its
+    columns.
+    """
     require_columns(t.column_names, REQUIRED, tx)
     t, n_ctrl = drop_prefixes(t, "feature_name", tuple(options["control_prefixes"]))
     dropped["control_probe"] += n_ctrl

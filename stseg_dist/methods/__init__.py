@@ -1,6 +1,7 @@
 """Cell methods, selected by ``cells.method`` in the config: one module or package per method
 (``expansion``, ``ucs``, ``genesegnet``, ``sslcst``, ``membrane``); :mod:`.common` holds what
-the learned ones share (bin grid, ownership, patches, torch base)."""
+the learned ones share (bin grid, ownership, patches, torch base).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ _BASE = ("CellMethod", "PrepareContext", "TileData", "TileResult", "TileTranscri
 
 def __getattr__(name: str):
     """The interface (:mod:`.base`) on first use, so importing a method's settings
-    (``methods.ucs.config``, composed by :mod:`stseg_dist.config`) stays light."""
+    (``methods.ucs.config``, composed by :mod:`stseg_dist.config`) stays light.
+    """
     if name in _BASE:
         from . import base
 
@@ -25,9 +27,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _registry() -> dict[str, type["CellMethod"] | dict[str, type["CellMethod"]]]:
+def _registry() -> dict[str, type[CellMethod] | dict[str, type[CellMethod]]]:
     """Each method's class, or its classes by ``cells.<name>.variant`` where variants differ in
-    code (a variant that differs only in settings is one class)."""
+    code (a variant that differs only in settings is one class).
+    """
     from .expansion import ExpansionMethod
     from .genesegnet import GeneSegNetMethod
     from .membrane import MembraneMethod, PaperMembraneMethod
@@ -47,7 +50,7 @@ def available_methods() -> list[str]:
     return sorted(_registry())
 
 
-def _import_method(path: str) -> type["CellMethod"]:
+def _import_method(path: str) -> type[CellMethod]:
     """``package.module:ClassName`` -> the class, for methods that live outside this package."""
     import importlib
 
@@ -63,9 +66,10 @@ def _import_method(path: str) -> type["CellMethod"]:
     return cls
 
 
-def get_method(name: str, config, facts: "ChipFacts | None" = None) -> "CellMethod":
+def get_method(name: str, config, facts: ChipFacts | None = None) -> CellMethod:
     """A method by registered name, or by import path ``module:Class`` (third-party methods),
-    told the chip's facts (``chip.meta.facts``; None: a 1 µm bin, an imaged stain)."""
+    told the chip's facts (``chip.meta.facts``; None: a 1 µm bin, an imaged stain).
+    """
     if ":" in name:
         return _import_method(name)(config, facts)
     registry = _registry()

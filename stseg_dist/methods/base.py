@@ -36,7 +36,7 @@ class CellMethod(Plugin):
     #: composed into ``CellsConfig`` by :mod:`stseg_dist.config`); None: no settings of its own.
     config_type: type | None = None
 
-    def __init__(self, config: "PipelineConfig", facts: ChipFacts | str | None = None):
+    def __init__(self, config: PipelineConfig, facts: ChipFacts | str | None = None):
         self.config = config
         if isinstance(facts, str):  # a platform's name, as the former API passed it
             facts = ChipFacts.for_platform(facts)
@@ -47,7 +47,8 @@ class CellMethod(Plugin):
     def compute(self) -> Resources:
         """Ray tasks, unless the method declares an actor pool. A plugin written against the
         former API (``uses_model = True`` and ``actor_resources() -> (actors, gpus)``) gets the
-        pool it asked for."""
+        pool it asked for.
+        """
         if getattr(self, "uses_model", False):
             actors, gpus = self.actor_resources() if hasattr(self, "actor_resources") else (1, 0.0)
             return Resources(actors=int(actors), num_gpus=float(gpus))
@@ -68,11 +69,13 @@ class CellMethod(Plugin):
     def segment(self, data: TileData) -> TileResult:
         """Cell labels (global IDs from ``data.nuclei`` / ``data.seeds``) over the window, and
         optionally each transcript's cell: ``TileResult.from_labels(labels)`` for a pixel method,
-        ``TileResult(labels, cell_id=...)`` for one that assigns transcripts itself."""
+        ``TileResult(labels, cell_id=...)`` for one that assigns transcripts itself.
+        """
         raise NotImplementedError
 
 
-#: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is one.
+#: A learned method's cell stage: one actor that loads the weights once, half a GPU where there is
+#: one.
 MODEL_ACTOR = Resources(actors=1, num_gpus=0.5)
 
 __all__ = [

@@ -17,7 +17,8 @@ BACKENDS = ("auto", "classical", "vendor", "cellpose")
 def choose_backend(name: str, chip) -> tuple[str, str]:
     """The backend ``nuclei.backend`` names, and why: ``auto`` is the chip's vendor nuclei when it
     carries them (``nuclei.zarr``: vendor polygons, masks or nuclei rebuilt from per-transcript
-    flags), else the classical stain segmentation."""
+    flags), else the classical stain segmentation.
+    """
     if name != "auto":
         return name, f"nuclei.backend={name} was set"
     if chip.nuclei_url is None:

@@ -27,7 +27,7 @@ class NucleiBackend(Plugin):
     #: The dataclass of its settings, ``nuclei.<name>`` (declared in :mod:`.config`); None: none.
     config_type: type | None = None
 
-    def __init__(self, config: "PipelineConfig", chip: "Chip"):
+    def __init__(self, config: PipelineConfig, chip: Chip):
         self.config = config
         self.chip = chip
         if self.name:
@@ -41,6 +41,6 @@ class NucleiBackend(Plugin):
         """Worker facts recorded in run.json (e.g. how often a model was loaded)."""
         return {}
 
-    def segment(self, tile: "Tile") -> np.ndarray:
+    def segment(self, tile: Tile) -> np.ndarray:
         """Nucleus labels over the tile's window (any positive IDs; 0 = background)."""
         raise NotImplementedError

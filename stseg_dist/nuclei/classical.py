@@ -44,7 +44,8 @@ def normalise(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:
     """The image the threshold applies to: smoothed, minus its grey opening (a white top-hat
-    ``classical.background_um`` wide, odd in pixels) when that is set."""
+    ``classical.background_um`` wide, odd in pixels) when that is set.
+    """
     sm = smooth(image, classical.sigma_um / pixel_size_um)
     if classical.background_um:
         size = int(round(classical.background_um / pixel_size_um)) | 1
@@ -79,7 +80,8 @@ def otsu_from_histogram(hist: np.ndarray, vmax: float, vmin: float = 0.0) -> flo
 
 def percentiles_from_histogram(hist: np.ndarray, vmax: float, q) -> tuple[float, float]:
     """The stain values at percentiles ``q`` (lo, hi) of a histogram on [0, vmax] (bin centres);
-    hi is kept above lo so a flat stain still rescales."""
+    hi is kept above lo so a flat stain still rescales.
+    """
     if hist.sum() == 0:
         raise InputError("nuclear stain is empty: no pixels to normalise")
     cdf = np.cumsum(hist) / hist.sum()
@@ -88,21 +90,23 @@ def percentiles_from_histogram(hist: np.ndarray, vmax: float, q) -> tuple[float,
     return float(lo), float(max(hi, lo + width))
 
 
-def _core_max(backend: "ClassicalNuclei", tile) -> float:
+def _core_max(backend: ClassicalNuclei, tile) -> float:
     """Largest stain value in a tile's core (the histogram's range for a float image)."""
     rows, cols = tile.core_slices
     return float(np.nanmax(backend.chip.read_image(rows, cols, backend.config.nuclei.channel)))
 
 
-def _core_raw_histogram(backend: "ClassicalNuclei", vmax: float, tile) -> np.ndarray:
+def _core_raw_histogram(backend: ClassicalNuclei, vmax: float, tile) -> np.ndarray:
     """Histogram of the raw stain over a tile's core (for the normalisation's percentiles)."""
     rows, cols = tile.core_slices
     image = backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
     return tile_histogram(image, vmax, bins=N_RAW_BINS)
 
 
-def _core_histogram(backend: "ClassicalNuclei", state: dict, grid: tuple, tile) -> np.ndarray:
-    """Histogram of what Otsu splits over a tile's core, enhanced on its window (as segment does)."""
+def _core_histogram(backend: ClassicalNuclei, state: dict, grid: tuple, tile) -> np.ndarray:
+    """Histogram of what Otsu splits over a tile's core, enhanced on its window
+    (as segment does).
+    """
     backend = copy.copy(backend)
     backend.load(state)
     rows, cols = tile.window_slices
@@ -112,7 +116,7 @@ def _core_histogram(backend: "ClassicalNuclei", state: dict, grid: tuple, tile) 
     return tile_histogram(foreground_value(core, c.foreground), grid[1], grid[0])
 
 
-def _core_diameters(backend: "ClassicalNuclei", state: dict, tile) -> np.ndarray:
+def _core_diameters(backend: ClassicalNuclei, state: dict, tile) -> np.ndarray:
     """Equivalent diameters (px) of a first pass's nuclei whose centroid lies in the tile's core."""
     backend = copy.copy(backend)
     backend.load(state)
@@ -157,7 +161,8 @@ class ClassicalNuclei(NucleiBackend):
         one, else the nominal): a nucleus extends at most one diameter from its seed; holes up to
         half a diameter are filled. ``shape`` seeds keep the distance clamped at one diameter and
         seeds max(footprint_um / 2, min_distance_um) apart; ``shape_intensity`` clamps it at the
-        radius and puts seeds ``seed_radius`` diameters apart."""
+        radius and puts seeds ``seed_radius`` diameters apart.
+        """
         c = self.config.nuclei.classical
         if d is None:
             d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
@@ -189,7 +194,8 @@ class ClassicalNuclei(NucleiBackend):
     def context_px(self) -> int:
         """Halo that makes the owned nuclei exact: a nucleus lies within 2 extents of its centroid,
         and a pixel's label depends on the image within the split's reach plus the filters' (the
-        seed surface's smoothing too), at the largest diameter the run may learn."""
+        seed surface's smoothing too), at the largest diameter the run may learn.
+        """
         c = self.config.nuclei.classical
         d = self._max_diameter_px()
         enhance_px = int(4 * self._px(c.sigma_um) + 0.5)
@@ -203,7 +209,8 @@ class ClassicalNuclei(NucleiBackend):
     def prepare(self, ctx):
         """Chip-wide state, each from every tile's core: the stain's percentiles (``normalise``),
         the threshold (``nuclei.classical.threshold``, else Otsu over one summed histogram), and
-        the nucleus diameter (``learn_size``: the median of a first pass's nuclei)."""
+        the nucleus diameter (``learn_size``: the median of a first pass's nuclei).
+        """
         c = self.config.nuclei.classical
         tiles = [t.index for t in ctx.grid]
         dtype = np.dtype(self.chip._image_array().dtype)

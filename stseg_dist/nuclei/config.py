@@ -1,5 +1,6 @@
 """``nuclei``: the nuclei stage's settings and its backends' (read by :mod:`.classical`,
-:mod:`.cellpose_backend`; the Cellpose section is shared with the membrane method)."""
+:mod:`.cellpose_backend`; the Cellpose section is shared with the membrane method).
+"""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class ClassicalNucleiConfig:
     # nuclei (nuclei.diameter_um for that pass), kept within [0.5, 1.5] x nuclei.diameter_um.
     learn_size: bool = False
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         bg = self.background_um
         require(bg is None or bg > 0, f"{key}.background_um must be positive or null, got {bg}")
         not_negative(self, key, "sigma_um", "min_area_um2")
@@ -91,7 +92,7 @@ class NucleiConfig:
     classical: ClassicalNucleiConfig = field(default_factory=ClassicalNucleiConfig)
     cellpose: CellposeConfig = field(default_factory=CellposeConfig)
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         """Its own values and its backend's section (``nuclei.<backend>``)."""
         positive(self, key, "diameter_um")
         require(

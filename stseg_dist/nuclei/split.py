@@ -36,7 +36,8 @@ _8 = np.ones((3, 3), bool)
 
 def fill_small_holes(mask: np.ndarray, hole_px: int) -> np.ndarray:
     """``mask`` with its background regions (4-connected) filled when their bounding box fits in
-    ``hole_px`` x ``hole_px`` and they do not touch the array edge."""
+    ``hole_px`` x ``hole_px`` and they do not touch the array edge.
+    """
     bg, n = ndi.label(~mask)
     if n == 0:
         return mask
@@ -55,7 +56,8 @@ def fill_small_holes(mask: np.ndarray, hole_px: int) -> np.ndarray:
 
 def _ranks(dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Rank of each mask pixel (0 = highest distance; ties: earlier raster position first);
-    background pixels get a rank above every mask pixel's."""
+    background pixels get a rank above every mask pixel's.
+    """
     flat = np.flatnonzero(mask)
     order = np.lexsort((flat, -dist.ravel()[flat]))
     rank = np.full(mask.size, np.iinfo(np.int64).max, np.int64)
@@ -95,7 +97,8 @@ def split_nuclei(
     dynamic_radius_px: int = 0,
 ) -> np.ndarray:
     """Nucleus labels (uint32, any positive IDs) of a boolean foreground ``mask``; ``surface`` is
-    added to the distance (clamped at ``dmax_px``, divided by it) when given."""
+    added to the distance (clamped at ``dmax_px``, divided by it) when given.
+    """
     h, w = mask.shape
     out = np.zeros((h, w), np.uint32)
     mask = fill_small_holes(mask, hole_px)

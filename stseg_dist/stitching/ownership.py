@@ -43,7 +43,7 @@ class OwnedObjects:
         }
 
     @classmethod
-    def from_npz(cls, z) -> "OwnedObjects":
+    def from_npz(cls, z) -> OwnedObjects:
         return cls(
             int(z["tile_index"]),
             z["labels"],

@@ -52,10 +52,12 @@ def main(store: str, png: str) -> dict:
     sopa.aggregate(sdata, aggregate_channels=False, min_transcripts=0, key_added="sopa_table")
     ours = sdata["table"]
     theirs = sdata["sopa_table"]
-    mine = dict(zip(ours.obs["cell_id"].astype(int), np.asarray(ours.X.sum(1)).ravel()))
+    mine = dict(
+        zip(ours.obs["cell_id"].astype(int), np.asarray(ours.X.sum(1)).ravel(), strict=True)
+    )
     sums = np.asarray(theirs.X.sum(1)).ravel()
     # sopa's rows follow the shapes, under its own cell names
-    diffs = [abs(float(s) - float(mine.get(int(i), 0))) for i, s in zip(ids, sums)]
+    diffs = [abs(float(s) - float(mine.get(int(i), 0))) for i, s in zip(ids, sums, strict=False)]
     out["sopa_obs"] = sorted(theirs.obs.columns)
     out["sopa_aggregate"] = {
         "n_cells": int(theirs.n_obs),

@@ -103,7 +103,8 @@ def _list_type(validator, list_type, instance, schema):
             key = tuple(item.get(k, props.get(k, {}).get("default")) for k in keys)
             if key in seen:
                 yield ValidationError(
-                    f"duplicate entry {dict(zip(keys, key))} (also item {seen[key]})", path=[i]
+                    f"duplicate entry {dict(zip(keys, key, strict=True))} (also item {seen[key]})",
+                    path=[i],
                 )
             seen.setdefault(key, i)
 
@@ -222,7 +223,8 @@ def _operator_rules(doc: dict) -> list[str]:
 
 def problems(doc: dict, kuberay: str) -> list[str]:
     """Every reason the API server (with the CRDs of KubeRay ``kuberay``) would reject ``doc``, as
-    ``field.path: message``; empty when it would accept it."""
+    ``field.path: message``; empty when it would accept it.
+    """
     api, kind = doc.get("apiVersion"), doc.get("kind")
     if kind in CRD_FILES:
         validator, want_api = _crd(kuberay, kind)

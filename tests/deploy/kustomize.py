@@ -65,7 +65,7 @@ def json_patch(doc: dict, ops: list[dict]) -> dict:
 
 
 def configmap_hash(cm: dict) -> str:
-    """kustomize's name suffix: sha256 of the Go JSON of {kind, name, data}, re-lettered."""
+    """Kustomize's name suffix: sha256 of the Go JSON of {kind, name, data}, re-lettered."""
     m = {"data": cm.get("data", {}), "kind": "ConfigMap", "name": cm["metadata"]["name"]}
     if cm.get("binaryData"):
         m["binaryData"] = cm["binaryData"]

@@ -1,10 +1,10 @@
 """Which KubeRay versions an overlay or component targets.
 
 Every component under deploy/kuberay/components says the oldest KubeRay it works with on a line
-``# KubeRay: vX.Y.Z+`` (a field its patches add appears in that version's CRD). An overlay targets the
-vendored KubeRay versions at or above the newest minimum among the components it uses, so a component
-for newer KubeRay is validated only against the CRDs that have its fields, and the test can check that
-the older CRDs really reject them.
+``# KubeRay: vX.Y.Z+`` (a field its patches add appears in that version's CRD). An overlay targets
+the vendored KubeRay versions at or above the newest minimum among the components it uses, so a
+component for newer KubeRay is validated only against the CRDs that have its fields, and the test
+can check that the older CRDs really reject them.
 """
 
 from __future__ import annotations

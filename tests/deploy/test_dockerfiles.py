@@ -1,6 +1,7 @@
 """deploy/Dockerfile, checked without building it (no docker here): parsed stage by stage for both
 variants, plus the two things that can run here: the login-shell PATH fix under Debian's own
-/etc/profile, and the base-image pin script against a stand-in ``docker``."""
+/etc/profile, and the base-image pin script against a stand-in ``docker``.
+"""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def global_args(ins) -> dict[str, str]:
 
 
 def stages(ins) -> dict[str, tuple[str, list]]:
-    """name -> (FROM argument, instructions of that stage)."""
+    """Name -> (FROM argument, instructions of that stage)."""
     out, cur = {}, None
     for i, a in ins:
         if i == "FROM":
@@ -242,7 +243,8 @@ def _as_nonroot(cmd: list[str]) -> list[str]:
 @pytest.mark.parametrize("with_script", [True, False])
 def test_login_shell_finds_the_venv(with_script):
     """Debian's /etc/profile resets PATH for a non-root login shell; our profile.d script puts the
-    venv back. Without it (the control) `ray` is not found, as issue 19 saw on KubeRay 1.2."""
+    venv back. Without it (the control) `ray` is not found, as issue 19 saw on KubeRay 1.2.
+    """
     profile = _debian_profile()
     with tempfile.TemporaryDirectory() as d:  # not pytest's tmp_path: that is private to root
         os.chmod(d, 0o755)

@@ -63,7 +63,8 @@ def test_both_kuberay_ends_are_vendored():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_against_official_schemas(overlay, kuberay):
     """Each overlay validates against the CRDs of every KubeRay it targets; an older CRD rejects it
-    only for the fields of the components that need a newer KubeRay."""
+    only for the fields of the components that need a newer KubeRay.
+    """
     found = {
         f"{d['kind']}/{d['metadata']['name']}": problems(d, kuberay)
         for d in render(KR / "overlays" / overlay)
@@ -76,7 +77,8 @@ def test_overlay_validates_against_official_schemas(overlay, kuberay):
 
 def test_overlay_targets():
     """The standing cluster runs on the whole supported range; a batch needs KubeRay >= 1.6, whose
-    operator can present the job API token (components/auth-options)."""
+    operator can present the job API token (components/auth-options).
+    """
     for o in OVERLAYS:
         want = KUBERAY_VERSIONS if o.startswith("cluster-") else ["v1.7.0"]
         assert targets(KR / "overlays" / o) == want, o
@@ -130,7 +132,8 @@ def test_optional_component_validates_against_the_versions_it_targets(
 
 def test_gcs_fault_tolerance_components(tmp_path):
     """Both forms name the Redis password Secret and a placeholder address, and touch only a
-    standing cluster (a RayJob's lost head is what backoffLimit retries)."""
+    standing cluster (a RayJob's lost head is what backoffLimit retries).
+    """
     new = by_kind(render(_with_component(tmp_path, "gcs-ft", "cluster-prod")))["RayCluster"]
     ft = new["spec"]["gcsFaultToleranceOptions"]
     assert ft["redisAddress"].startswith("REDIS_HOST:")
@@ -302,9 +305,11 @@ def test_rayjob_lifecycle_and_manifest_mount(overlay):
 
 @pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.startswith("batch-")])
 def test_rayjob_retries_only_a_crashed_batch(overlay):
-    """KubeRay retries a RayJob (backoffLimit) whenever its Ray job fails, i.e. the entry point exits
-    non-zero or the driver is lost. The entry point exits 0 when some slides failed on their own
-    data (each recorded), and non-zero when the batch itself crashed or the cluster lost a slide."""
+    """KubeRay retries a RayJob (backoffLimit) whenever its Ray job fails, i.e. the entry point
+    exits non-zero or the driver is lost. The entry point exits 0 when some slides failed on their
+    own data (each recorded), and non-zero when the batch itself crashed or the cluster lost a
+    slide.
+    """
     s = by_kind(render(KR / "overlays" / overlay))["RayJob"]["spec"]
     assert s["backoffLimit"] == 1
     args = build_parser().parse_args(s["entrypoint"].split()[3:])
@@ -328,7 +333,8 @@ def _batch_copy(tmp_path: Path, keep_name_refs: bool) -> Path:
 @pytest.mark.parametrize("renderer", ["python", "kubectl"])
 def test_generated_configmap_name_reaches_the_rayjob(tmp_path, renderer):
     """A hash-suffixed ConfigMap name is rewritten in the RayJob's volume (kustomizeconfig.yaml);
-    without that configuration the head would mount a ConfigMap that does not exist."""
+    without that configuration the head would mount a ConfigMap that does not exist.
+    """
     if renderer == "kubectl" and not KUBECTL:
         pytest.skip("kubectl not installed")
     run = render if renderer == "python" else kubectl_render
@@ -386,7 +392,10 @@ def test_python_render_matches_kubectl_kustomize(target, tmp_path):
         )
     else:
         folder = KR / target
-    key = lambda docs: {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    def key(docs):
+        return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
     theirs = key(kubectl_render(folder))
     assert theirs == key(render(folder))
     if target == "private-registry":
@@ -589,7 +598,8 @@ def test_unknown_kinds_are_not_waved_through():
 
 def test_docs_name_the_supported_range_and_real_overlays():
     """README, docs/cluster.md and the manifests' comments name the KubeRay range CI validates and
-    only overlays and Dockerfile variants that exist."""
+    only overlays and Dockerfile variants that exist.
+    """
     lo, hi = (v.lstrip("v") for v in (KUBERAY_VERSIONS[0], KUBERAY_VERSIONS[-1]))
     texts = {p: p.read_text() for p in (ROOT / "README.md", ROOT / "docs" / "cluster.md")}
     texts.update({p: p.read_text() for p in KR.rglob("*.yaml")})

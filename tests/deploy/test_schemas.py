@@ -1,5 +1,6 @@
 """The vendored schemas: where they came from, that the size-reducing rewrite loses nothing, and
-that the strict loader closes exactly the objects the API server closes."""
+that the strict loader closes exactly the objects the API server closes.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What a security review asks of every overlay: identities, optional keys, token auth, the
 NetworkPolicy, the head's placement and the GPU worker's size, checked on the rendered manifests
-and on the pods KubeRay builds from them."""
+and on the pods KubeRay builds from them.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _ray(docs):
 
 def _ray_containers(doc):
     """(where, container) of every container that talks to Ray: head, workers, the autoscaler
-    sidecar (its env comes from autoscalerOptions) and a RayJob's submitter."""
+    sidecar (its env comes from autoscalerOptions) and a RayJob's submitter.
+    """
     spec = _cluster_spec(doc)
     out = [("autoscaler", spec["autoscalerOptions"])]
     for name, group in [("head", spec["headGroupSpec"])] + [
@@ -105,7 +107,8 @@ def test_object_store_secret_is_optional_and_the_token_is_not(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_operator_can_follow_a_rayjob(overlay):
     """KubeRay polls a RayJob's status through the dashboard; with token auth on, it can present
-    the token only when authOptions names the Secret the pods read (KubeRay >= 1.6)."""
+    the token only when authOptions names the Secret the pods read (KubeRay >= 1.6).
+    """
     ray = _ray(_docs(overlay))
     assert operator_cannot_follow(ray) == []
 
@@ -143,7 +146,8 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 def admits(policy: dict, pod: dict, source: dict, port: int) -> bool:
     """Whether NetworkPolicy ``policy`` lets ``source`` ({namespace, labels}) reach ``pod``
-    ({namespace, labels}) on TCP ``port``, by the Kubernetes NetworkPolicy rules."""
+    ({namespace, labels}) on TCP ``port``, by the Kubernetes NetworkPolicy rules.
+    """
     ns = policy["metadata"]["namespace"]
     if pod["namespace"] != ns or not _selects(policy["spec"]["podSelector"], pod["labels"]):
         return True  # not selected: this policy does not restrict it
@@ -257,7 +261,8 @@ def _quantity_gib(q: str) -> float:
 @pytest.mark.parametrize("use", ["cluster", "batch"])
 def test_dev_gpu_worker_fits_a_small_gpu_node(use):
     """4 vCPU / 15-16 GB nodes with one GPU (g4dn.xlarge, n1-standard-4 + T4) leave about 3.9 CPU
-    and 11-14 GiB allocatable; the dev GPU worker must fit, and prod stays the larger one."""
+    and 11-14 GiB allocatable; the dev GPU worker must fit, and prod stays the larger one.
+    """
     dev, prod = (
         {g["groupName"]: g for g in _cluster_spec(_ray(_docs(f"{use}-{s}")))["workerGroupSpecs"]}[
             "gpu"

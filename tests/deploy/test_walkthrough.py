@@ -1,6 +1,7 @@
 """docs/cluster.md's walkthrough, checked against what its commands create: the overlays it writes
 (heredocs) are rendered, and every namespace, ServiceAccount, Secret (and key), image, ConfigMap key
-and object name its commands use must match the rendered manifests."""
+and object name its commands use must match the rendered manifests.
+"""
 
 from __future__ import annotations
 
@@ -99,7 +100,10 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
             continue
         rendered = render(work / folder)
         if KUBECTL:
-            key = lambda ds: {(d["kind"], d["metadata"]["name"]): d for d in ds}
+
+            def key(ds):
+                return {(d["kind"], d["metadata"]["name"]): d for d in ds}
+
             if key(kubectl_render(work / folder)) != key(rendered):
                 out.append(f"{folder}: kubectl kustomize renders something else")
         for d in rendered:
@@ -110,7 +114,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
     namespaces = {d["metadata"]["namespace"] for d in docs}
-    # the operator: a pinned chart of the newest validated KubeRay, in the namespace the policies admit
+    # the operator: a pinned chart of the newest validated KubeRay, in the namespace the policies
+    # admit
     helm = [c for c in cmds if c.startswith("helm install")]
     operator_ns = set()
     for c in helm:
@@ -158,7 +163,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
                         )
     for sa in sorted(named - accounts):
         out.append(
-            f"ServiceAccount {sa}: named by the walkthrough, not in its manifests {sorted(accounts)}"
+            f"ServiceAccount {sa}: named by the walkthrough, not in its manifests "
+            f"{sorted(accounts)}"
         )
     # Secrets and their keys
     refs: dict = {}
@@ -173,7 +179,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
             out.append(f"Secret {name}: created by the walkthrough, read by no manifest")
         elif not refs[name][0] <= keys:
             out.append(
-                f"Secret {name}: the manifests read keys {sorted(refs[name][0])}, it has {sorted(keys)}"
+                f"Secret {name}: the manifests read keys {sorted(refs[name][0])}, it has "
+                f"{sorted(keys)}"
             )
     for name, (keys, required) in refs.items():
         if required and name not in made:
@@ -200,7 +207,8 @@ def problems_in(text: str, tmp_path: Path) -> list[str]:
         cms = list(by_kind.get("ConfigMap", {}).values())
         if not cms or key not in cms[0]["data"]:
             out.append(
-                f"RayJob/{name} reads {mpath}; the ConfigMap has keys {[list(c['data']) for c in cms]}"
+                f"RayJob/{name} reads {mpath}; the ConfigMap has keys "
+                f"{[list(c['data']) for c in cms]}"
             )
             continue
         text = cms[0]["data"][key]

@@ -165,7 +165,9 @@ def test_expression_consistency_against_table(tmp_path):
 
 
 def test_reference_free_metrics_without_a_reference(constructed, tmp_path):
-    """No reference: MECR over a marker table's pairs, the assigned share and the nucleus-cytoplasm r."""
+    """No reference: MECR over a marker table's pairs, the assigned share and the
+    nucleus-cytoplasm r.
+    """
     pd.DataFrame({"cell_type": ["T", "B"], "gene": ["a", "b"]}).to_csv(
         tmp_path / "markers.csv", index=False
     )

@@ -81,7 +81,8 @@ def test_shape_mismatch_rejected():
 
 def test_ari_hand_computed():
     # classic example: a = [0,0,1,1], b = [0,0,1,2]
-    # table: n_ij = [2,0,0;0,1,1]; sum C(nij,2)=1; a sums 2,2 -> 2; b sums 2,1,1 -> 1; total C(4,2)=6
+    # table: n_ij = [2,0,0;0,1,1]; sum C(nij,2)=1; a sums 2,2 -> 2; b sums 2,1,1 -> 1; total
+    # C(4,2)=6
     # expected = 2*1/6 = 1/3; max = 1.5; ARI = (1-1/3)/(1.5-1/3) = 4/7
     assert M.adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(
         4 / 7
@@ -100,7 +101,8 @@ def test_transcript_metrics_hand_computed():
     # correct: ref1 in cell5 (2), ref2 in cell6 (2) -> 4 of 6 in-cell reference transcripts
     assert m["fraction_correct"] == pytest.approx(4 / 6)
     assert m["n_assigned_pred"] == 6 and m["n_assigned_ref"] == 6
-    # in a cell in both: pred [5,5,6,6,6] vs ref [1,1,1,2,2]: nij 2,1,2 -> 2; rows 1+3=4; cols 3+1=4;
+    # in a cell in both: pred [5,5,6,6,6] vs ref [1,1,1,2,2]: nij 2,1,2 -> 2; rows 1+3=4; cols
+    # 3+1=4;
     # C(5,2)=10, expected 1.6, max 4 -> (2-1.6)/(4-1.6)
     assert m["ari_in_cells"] == pytest.approx(0.4 / 2.4)
 
@@ -181,7 +183,8 @@ def test_profile_and_petukhov_correlation():
 
 def _two_types(rng, n_cells=80, per_cell=30):
     """Cells of two types with disjoint gene programs (type A: genes 0-4, type B: genes 5-9),
-    half of each cell's transcripts in its nucleus."""
+    half of each cell's transcripts in its nucleus.
+    """
     cells = np.repeat(np.arange(1, n_cells + 1), per_cell)
     kind = cells % 2
     genes = np.where(kind == 0, rng.integers(0, 5, len(cells)), rng.integers(5, 10, len(cells)))

@@ -15,7 +15,8 @@ from .test_evaluate import _write_out
 
 def _chip_transcripts(seed=0, n_cells=40):
     """Cells in a row, 10 µm apart: even cells express a and c, odd cells b and d, each with a
-    few transcripts of every gene's partner type too little to matter, plus e everywhere."""
+    few transcripts of every gene's partner type too little to matter, plus e everywhere.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(n_cells):
@@ -55,7 +56,8 @@ def chip(tmp_path):
 
 def test_runs_with_different_nuclei_get_the_same_pairs(chip, tmp_path):
     """The old rule (pairs exclusive in the run's own nuclei) gave each run its own ruler: the
-    merging run's nuclei hold a and b together, so a/b was no pair for it."""
+    merging run's nuclei hold a and b together, so a/b was no pair for it.
+    """
     folder, tx = chip
     good = tx.cell.to_numpy()
     merged = (good + 1) // 2  # neighbours of the two types share a "nucleus"

@@ -181,7 +181,8 @@ def test_merscope_mini_dapi_and_vendor_cells_align(tmp_path):
     t = pq.read_table(tmp_path / "c" / "transcripts.parquet").to_pandas()
     r, c = chip.um_to_px(t.x.to_numpy(), t.y.to_numpy())
     r, c = np.clip(np.asarray(r), 0, 4142), np.clip(np.asarray(c), 0, 4602)
-    # Cells (polygons, y un-negated) sit on DAPI and hold far more than their area share of transcripts.
+    # Cells (polygons, y un-negated) sit on DAPI and hold far more than their area share of
+    # transcripts.
     assert img[cells > 0].mean() > 2 * img[cells == 0].mean()
     assert (cells[r, c] > 0).mean() > 2 * (cells > 0).mean()
 
@@ -265,7 +266,8 @@ def test_platform_presets_are_valid_configs(name):
 
 def test_xenium_features_reach_anndata_var_and_control_probes_are_counted(tmp_path):
     """A bundle's 10x feature list gives var its gene IDs and feature types; the control
-    probes the reader drops are counted in uns."""
+    probes the reader drops are counted in uns.
+    """
     import gzip
 
     import anndata as ad

@@ -1,5 +1,6 @@
 """The facts methods need are chip.json's (recorded by the readers); an older chip without them
-gets its platform's, decided in io/chip.py alone. Methods never see a platform's name."""
+gets its platform's, decided in io/chip.py alone. Methods never see a platform's name.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_written_chips_record_the_facts(tmp_path):
 )
 def test_an_older_chip_without_facts_gets_its_platforms(tmp_path, platform, facts):
     """Chips written before the facts were recorded still load, with the defaults the methods
-    used to derive from the platform's name."""
+    used to derive from the platform's name.
+    """
     chip = make_blob_chip(tmp_path / "chip", n_transcripts=50)
     _rewrite(chip, platform=platform, bin_um=None, spot_capture=None, image_source=None)
     assert open_chip(chip).meta.facts == facts

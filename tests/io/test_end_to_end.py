@@ -42,7 +42,9 @@ def run_cli(bundle: Path, out: Path, *extra: str) -> dict:
 def check_accounting(
     out: Path, run: dict, platform: str, expected_genes: pd.Series
 ) -> pd.DataFrame:
-    """Every kept transcript once: input rows 0..n-1 each once, per-gene counts as in the raw file."""
+    """Every kept transcript once: input rows 0..n-1 each once, per-gene counts as in the raw
+    file.
+    """
     assert run["status"] == "complete" and run["chip_meta"]["platform"] == platform
     t = pq.read_table(out / "transcripts.parquet").to_pandas()
     assert len(t) == expected_genes.sum() == run["counts"]["n_transcripts"]

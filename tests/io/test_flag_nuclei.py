@@ -1,4 +1,6 @@
-"""Vendor nuclei rebuilt from per-transcript nucleus flags (Xenium overlaps_nucleus, CosMx CellComp)."""
+"""Vendor nuclei rebuilt from per-transcript nucleus flags
+(Xenium overlaps_nucleus, CosMx CellComp).
+"""
 
 import json
 

@@ -1,7 +1,8 @@
 """gs:// end to end on a local Google Cloud Storage emulator (gcp-storage-emulator, from PyPI),
 as S3 is tested on the moto server: the chip is read from a bucket and every output written
 to one, through the CLI with the emulator named the way users name theirs
-(``STORAGE_EMULATOR_HOST``; real credentials come from the environment in the same way)."""
+(``STORAGE_EMULATOR_HOST``; real credentials come from the environment in the same way).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """https:// (README's third protocol) end to end: a chip served over HTTP on 127.0.0.1 by the
 standard library's server is read through fsspec's HTTP filesystem (read only: outputs go to
-a writable location) and gives the same cells as the chip on disk."""
+a writable location) and gives the same cells as the chip on disk.
+"""
 
 from __future__ import annotations
 

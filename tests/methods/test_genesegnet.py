@@ -1,5 +1,6 @@
 """GeneSegNet: RNA map, bin grid, U-Net, training and refinement, seamless windows, and the method
-through the pipeline (tile invariance, exact-once accounting)."""
+through the pipeline (tile invariance, exact-once accounting).
+"""
 
 import json
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_rna_map_equals_gaussian_sum():
     radius = kernel_radius(sigma)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     want = np.zeros(shape)
-    for r, c in zip(rows[:-2], cols[:-2]):
+    for r, c in zip(rows[:-2], cols[:-2], strict=True):
         near = (np.abs(yy - r) <= radius) & (
             np.abs(xx - c) <= radius
         )  # the kernel's 4-sigma square
@@ -89,7 +90,9 @@ def test_unet_shapes():
 
 
 def test_sliding_merge_has_no_seam():
-    """With a pointwise model, many blended windows give exactly what one pass over the array gives."""
+    """With a pointwise model, many blended windows give exactly what one pass over the array
+    gives.
+    """
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 50, 70)).astype(np.float32)
 
@@ -105,7 +108,9 @@ def test_sliding_merge_has_no_seam():
 
 
 def test_unet_windows_depend_on_global_position_only():
-    """A region predicted inside two differently cut arrays gives the same output away from the cuts."""
+    """A region predicted inside two differently cut arrays gives the same output away from the
+    cuts.
+    """
     torch.manual_seed(0)
     net = UNet(width=4).eval()
     predict = torch_predictor(net, "cpu", offset_scale=10.0)
@@ -197,7 +202,8 @@ def test_refinement_stops_when_rounds_agree():
         max_rounds=5,
         agree_iou=0.93,
     )
-    # round 1 trains on base and predicts grown (IoU 0.44); round 2 trains on grown and agrees (IoU 1)
+    # round 1 trains on base and predicts grown (IoU 0.44); round 2 trains on grown and agrees
+    # (IoU 1)
     assert [h["iou_with_previous"] for h in steady] == pytest.approx([16 / 36, 1.0])
     assert (fits[1] == grown).all()
     flip = iter([grown, base] * 5)
@@ -208,7 +214,9 @@ def test_refinement_stops_when_rounds_agree():
 
 
 def test_refinement_rounds_in_training():
-    """The real loop: a target the first round already meets ends it; an unreachable one runs all rounds."""
+    """The real loop: a target the first round already meets ends it; an unreachable one runs all
+    rounds.
+    """
     easy = train_genesegnet(
         _toy_patches(4), NORM, _cfg(epochs=2, max_rounds=3, agree_iou=1e-6), GEOMETRY
     )
@@ -386,7 +394,8 @@ def test_assign_to_centres_follows_offsets_to_predicted_centres():
 
 def test_scale_rotate_crop_moves_offsets_with_their_centre():
     """After augmentation every weighted bin's offset still lands on its cell's (moved) centre,
-    which is where the centre map's target peaks."""
+    which is where the centre map's target peaks.
+    """
     from stseg_dist.methods.genesegnet.training import scale_rotate_crop, targets
 
     size, cy, cx = 32, 14.3, 17.6
@@ -509,7 +518,8 @@ def accuracy_chip(tmp_path_factory):
 @pytest.mark.slow
 def test_paper_accuracy_against_expansion(accuracy_chip, tmp_path):
     """Cell F1 at IoU 0.5 and transcripts in their true cell on a generated chip, paper vs stseg vs
-    expansion (figures measured here, in the comments; CPU-sized training: 64 patches x 4 epochs)."""
+    expansion (figures measured here, in the comments; CPU-sized training: 64 patches x 4 epochs).
+    """
     from stseg_dist.driver import run_pipeline
     from tests.methods.test_membrane import cell_f1, right_cell
 

@@ -1,6 +1,7 @@
 """The membrane method (STCellbin): registration of an offset membrane stain, accuracy against
 expansion on a generated chip, tile invariance and exact-once accounting through the pipeline,
-Cellpose plumbing in a Ray actor, and the errors users see."""
+Cellpose plumbing in a Ray actor, and the errors users see.
+"""
 
 import json
 
@@ -141,7 +142,8 @@ def test_classical_membrane_beats_expansion(chip, tmp_path):
     # 0.943 vs 0.916 (0.900 vs 0.833 with the earlier watershed nuclei, which expansion copies most)
     assert f1["membrane"] >= f1["expansion"] + 0.02
     assert f1["membrane"] > f1["unregistered"]  # the offset membrane misplaces cell borders
-    # the paper variant (watershed on the stain alone, nucleus-free cells kept): at least expansion's
+    # the paper variant (watershed on the stain alone, nucleus-free cells kept): at least
+    # expansion's
     # F1, more transcripts in their true cell, and cells whose nucleus is unseen found
     assert f1["paper"] >= f1["expansion"]
     assert right["paper"] > right["expansion"] + 0.05
@@ -211,7 +213,8 @@ def test_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
 @pytest.mark.ray
 def test_paper_variant_tile_invariance_and_accounting(small_chip, tmp_path, ray_module):
     """Blocks anchored to the chip and seeds numbered by the driver: the same labels, nucleus-free
-    cells included, from one tile and from many small ones."""
+    cells included, from one tile and from many small ones.
+    """
     items = [
         *QUIET,
         "cells.method=membrane",
@@ -261,7 +264,8 @@ def test_blocks_keep_cells_by_centroid_and_first_block_wins():
 
 def test_paper_watershed_needs_no_nuclei():
     """The classical paper path segments the stain alone: a ring-walled lattice of cells, with an
-    empty gap bigger than any cell dropped."""
+    empty gap bigger than any cell dropped.
+    """
     from stseg_dist.methods.membrane.paper import watershed_cells
 
     img = np.full((60, 90), 100.0, np.float32)
@@ -441,7 +445,8 @@ def test_missing_cellpose_weights_name_the_key(tmp_path):
 
 def test_the_registry_picks_the_variant_class():
     """``cells.membrane.variant`` picks the class in the method registry (no ``__new__``); an
-    unknown variant is refused naming its key."""
+    unknown variant is refused naming its key.
+    """
     from stseg_dist.methods.membrane import MembraneMethod, PaperMembraneMethod
 
     assert type(get_method("membrane", config("cells.method=membrane"))) is MembraneMethod

@@ -1,7 +1,8 @@
 """Membrane stain registered to the expression map by track lines (STCellbin): known flips,
 rotations, scales and offsets recovered on generated chips, the same transform whatever the
 tiling, the same cells as an untransformed chip through the pipeline, exact tile invariance, and
-a clear refusal when a chip has no track lines."""
+a clear refusal when a chip has no track lines.
+"""
 
 import json
 
@@ -175,7 +176,8 @@ def test_read_through_is_exact_per_tile_and_identity_is_the_image():
 # -- through the pipeline -----------------------------------------------------------------------
 def test_transformed_chip_segments_like_the_untransformed_one(tmp_path):
     """A flipped, quarter-turned, scaled and shifted stain gives the cells of the same chip with
-    its stain in the transcripts' frame; without registration it does not."""
+    its stain in the transcripts' frame; without registration it does not.
+    """
     plain = transformed_chip(tmp_path / "plain", 300, 7, None)
     moved = transformed_chip(
         tmp_path / "moved",

@@ -36,7 +36,8 @@ def test_old_api_plugin_declares_its_actor_pool():
 
 def test_model_pool_fills_the_cpus_of_a_cluster_without_gpus():
     """A model pool declared for a GPU (one actor) gets one actor per CPU slot on CPUs alone;
-    a GPU cluster keeps the declared pool, and resources.cells.actors always wins."""
+    a GPU cluster keeps the declared pool, and resources.cells.actors always wins.
+    """
     pool = Resources(actors=1, num_gpus=0.5)
     cells = _config().resources.cells
     assert stage_resources(cells, pool, has_gpu=False, cpus=8).actors == 8
@@ -113,7 +114,8 @@ def test_old_api_plugin_runs_through_the_pipeline(tmp_path):
 
 def test_former_plugin_returning_a_label_image_runs(tmp_path):
     """A plugin whose ``segment`` returns a bare label image (the former contract) gets the
-    pixel lookup, as :meth:`TileResult.from_labels` gives."""
+    pixel lookup, as :meth:`TileResult.from_labels` gives.
+    """
     from stseg_dist.driver import run_pipeline
     from tests.conftest import assert_same_outputs
 
@@ -132,7 +134,8 @@ TRANSCRIPT_LEVEL = "tests.plugin_methods:NuclearGeneExpansion"
 def test_transcript_level_method_plugs_in_through_the_registry(tmp_path, ray_module):
     """A method that assigns transcripts itself (``TileResult.cell_id``), loaded by import path
     alone: its assignment reaches transcripts.parquet, the cell table and the counts unchanged,
-    and one in-process tile gives exactly what many Ray tiles give."""
+    and one in-process tile gives exactly what many Ray tiles give.
+    """
     import anndata as ad
     import pandas as pd
     import zarr
@@ -180,7 +183,8 @@ def test_transcript_level_method_plugs_in_through_the_registry(tmp_path, ray_mod
 
 def test_one_resource_declaration():
     """A plugin's declaration and the run's resources.<stage> section are one type; the former
-    name ``Compute`` is that type, so plugins written against it still declare the same thing."""
+    name ``Compute`` is that type, so plugins written against it still declare the same thing.
+    """
     from stseg_dist import lifecycle
 
     assert type(_config().resources.cells) is Resources
@@ -193,7 +197,8 @@ def test_one_resource_declaration():
 
 def test_boundaries_pass_is_timed_and_recorded(tmp_path):
     """The boundaries pass runs as a stage kernel: its time, placement and resumed tiles are in
-    run.json like the other passes'."""
+    run.json like the other passes'.
+    """
     import json
 
     from stseg_dist.driver import run_pipeline

@@ -99,11 +99,11 @@ def test_labels_on_a_constructed_case():
     border = (nb > 0) & ~pos
     assert border.any()
     rr, cc = np.nonzero(pos)
-    for r, c in zip(rr, cc):
+    for r, c in zip(rr, cc, strict=True):
         assert (nb[r - 1 : r + 2, c - 1 : c + 2] == nb[r, c]).all()
     # direction: the class of the vector to the nucleus's own centroid (pixel disc centre)
     centres = {1: (50, 60), 2: (60, 150), 3: (150, 90)}
-    for r, c in zip(rr, cc):
+    for r, c in zip(rr, cc, strict=True):
         cy, cx = centres[int(nb[r, c])]
         dy, dx = (cy + 0.5) * PS - (r + 0.5) * BIN, (cx + 0.5) * PS - (c + 0.5) * BIN
         want = (
@@ -119,7 +119,7 @@ def test_labels_on_a_constructed_case():
     assert neg.sum() > 100
     nr, nc = np.nonzero(nb)
     counts = grid.counts[..., -1]
-    for r, c in zip(*np.nonzero(neg)):
+    for r, c in zip(*np.nonzero(neg), strict=True):
         assert np.hypot(nr - r, nc - c).min() * BIN > 8.0
         assert counts[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3].sum() == 0
     # and every far, empty spot is one
@@ -137,7 +137,8 @@ def test_features_do_not_depend_on_the_window():
     )
     top = np.array([3, 5, 2, 7])
     whole = spot_grid(cut(nuclei, x, y, g, (0, 240, 0, 300)), BIN, top, 5.0, 20.0)
-    # windows whose edges fall mid-spot (odd pixel) and cut nuclei; compared spots (and their tokens)
+    # windows whose edges fall mid-spot (odd pixel) and cut nuclei; compared spots
+    # (and their tokens)
     # stay d_max + a nucleus diameter inside, as the method's halo guarantees
     for window in [(31, 240, 47, 283), (1, 211, 13, 300), (0, 199, 75, 300)]:
         part = spot_grid(cut(nuclei, x, y, g, window), BIN, top, 5.0, 20.0)
@@ -301,7 +302,8 @@ def _method(*items):
 
 def _prepare_on_two_tiles(m, nuclei, x, y, g):
     """Cut the 200 x 240 constructed chip into two tiles with the method's halo; prepare over them
-    in process (map_tiles as a list comprehension). Returns (tiles, state)."""
+    in process (map_tiles as a list comprehension). Returns (tiles, state).
+    """
     halo = int(np.ceil((2 * m.reach_um() + 16) / PS))
     cores = [(0, 200, 0, 120), (0, 200, 120, 240)]
     tiles = [
@@ -316,7 +318,7 @@ def _prepare_on_two_tiles(m, nuclei, x, y, g):
 
 
 def test_method_grows_cells_from_their_own_nuclei():
-    """prepare (in-process map_tiles over two tiles) then segment on a constructed chip."""
+    """Prepare (in-process map_tiles over two tiles) then segment on a constructed chip."""
     centres = [(r, c) for r in (30, 100, 170) for c in (35, 95, 155, 215)]
     nuclei, x, y, g = disc_chip(centres=centres, n_per_cell=250)
     m = _method("cells.sslcst.epochs=10")
@@ -390,7 +392,8 @@ def test_no_negatives_is_an_input_error():
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
-#: Vendor nuclei keep this test independent of the nuclei stage (classical nuclei are tile-exact too).
+#: Vendor nuclei keep this test independent of the nuclei stage
+#: (classical nuclei are tile-exact too).
 FAST = [
     "cells.method=sslcst",
     "cells.sslcst.n_train_spots=1500",
@@ -464,7 +467,8 @@ def test_fill_grows_masks_over_empty_spots_and_moves_no_transcript(chip, tmp_pat
 
 def test_close_cells_fills_only_free_unlabelled_spots():
     """A porous cell closes over its empty spots; labelled and occupied spots stay as they are,
-    and nothing grows beyond the closing or joins the neighbour."""
+    and nothing grows beyond the closing or joins the neighbour.
+    """
     from stseg_dist.methods.sslcst.method import close_cells
 
     cells = np.zeros((20, 30), np.int64)
@@ -479,7 +483,7 @@ def test_close_cells_fills_only_free_unlabelled_spots():
     assert (out[:, 11:16] == 0).all() and (out[:4] == 0).all() and (out[11:] == 0).all()
 
 
-# -- the paper variant (Huo et al.) ------------------------------------------------------------------
+# -- the paper variant (Huo et al.) ---------------------------------------------------------------
 def test_paper_labels_need_expression_and_floor_the_direction():
     nuclei, x, y, g = disc_chip()
     keep = ~((x < 60 * PS) & (y < 70 * PS))  # nucleus 1's upper-left quarter holds no transcript
@@ -495,7 +499,7 @@ def test_paper_labels_need_expression_and_floor_the_direction():
     # floor: class j is the bin [j, j+1) x 22.5 degrees
     centres = {1: (50, 60), 2: (60, 150), 3: (150, 90)}
     nb = grid.binned.nuclei
-    for r, c in zip(*np.nonzero(inout == 1)):
+    for r, c in zip(*np.nonzero(inout == 1), strict=True):
         cy, cx = centres[int(nb[r, c])]
         dy, dx = (cy + 0.5) * PS - (r + 0.5) * BIN, (cx + 0.5) * PS - (c + 0.5) * BIN
         if np.hypot(dy, dx) >= 0.5 * BIN:
@@ -513,7 +517,8 @@ def test_direction_prior_and_centre_map():
 
     nuclei, x, y, g = disc_chip()
     grid = spot_grid(cut(nuclei, x, y, g, (0, 200, 0, 240)), BIN, np.arange(12), 5.0, 30.0)
-    # nucleus 1: centroid (25.25, 30.25) µm, radius ~4 µm; a spot 10 µm east of it sees it westwards only
+    # nucleus 1: centroid (25.25, 30.25) µm, radius ~4 µm; a spot 10 µm east of it sees it westwards
+    # only
     r, c = np.array([25]), np.array([40])
     mask = direction_mask(grid, r, c, BIN, 12.0, 16, floor=True)[0]
     assert mask[7] and mask[8] and mask.sum() <= 6  # 180 degrees is the edge of bins 7 and 8
@@ -523,7 +528,7 @@ def test_direction_prior_and_centre_map():
     rr, cc = np.nonzero(np.ones(grid.shape, bool))
     m = direction_mask(grid, rr, cc, BIN, 10.0, 16, floor=True)
     sy, sx = grid.spot_um(rr, cc, BIN)
-    for i, (cy, cx) in grid.centroids.items():
+    for _i, (cy, cx) in grid.centroids.items():
         near = np.hypot(cy - sy, cx - sx) <= 10.0
         cls = direction_class(cy - sy[near], cx - sx[near], 16, floor=True)
         assert m[np.flatnonzero(near), cls].all()
@@ -536,7 +541,7 @@ def test_direction_prior_and_centre_map():
 
 def test_paper_symmetries_map_floor_bins():
     k, n = 5, 16
-    for perm, dmap in symmetries(k, n, floor=True):
+    for _perm, dmap in symmetries(k, n, floor=True):
         assert sorted(dmap) == list(range(n))
     flip = [d for p, d in symmetries(k, n, floor=True)][
         4

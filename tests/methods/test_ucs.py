@@ -33,7 +33,7 @@ def test_sparse_first_layer_equals_dense_conv1x1():
     genes = torch.tensor([2, 2, 6, 0, 1, 0])
     out = layer(torch.zeros_like(rows), rows, cols, genes, (1, 4, 5))
     dense = torch.zeros(1, 7, 4, 5)
-    for r, c, g in zip(rows, cols, genes):
+    for r, c, g in zip(rows, cols, genes, strict=True):
         dense[0, g, r, c] += 1
     conv = torch.nn.Conv2d(7, 5, 1)
     conv.weight.data = layer.embedding.weight.T.reshape(5, 7, 1, 1).clone()
@@ -80,7 +80,8 @@ def test_foreground_labels_constructed():
 
 def test_gaps_between_cells_become_background():
     """Two dense cells 6 bins apart: the sparse gap is background, dense cytoplasm next to a nucleus
-    is cell, and dense cytoplasm further out is left to the net."""
+    is cell, and dense cytoplasm further out is left to the net.
+    """
     nuclei = np.zeros((40, 60), np.int64)
     nuclei[16:24, 8:16], nuclei[16:24, 44:52] = 1, 2
     counts = np.zeros((40, 60), np.float32)
@@ -142,7 +143,8 @@ def test_training_learns_and_is_deterministic():
 @pytest.mark.parametrize("expression", [False, True])
 def test_overlap_tile_inference_is_seamless(expression):
     """Small overlapping patches give exactly what one patch over the whole window gives (with the
-    expression profile too: it is taken over each whole nucleus, not per patch)."""
+    expression profile too: it is taken over each whole nucleus, not per patch).
+    """
     from stseg_dist.methods.common.bins import BinGrid, BinnedTile
 
     cfg = PipelineConfig().cells.ucs
@@ -171,7 +173,8 @@ def test_overlap_tile_inference_is_seamless(expression):
 
 def test_empty_field_foreground_is_what_the_net_says_without_transcripts():
     """The trained net's p on bins with no transcript in reach equals the constant the evidence
-    gate compares against; it is recorded with the weights, and the gate never rises above it."""
+    gate compares against; it is recorded with the weights, and the gate never rises above it.
+    """
     from stseg_dist.methods.common.bins import BinGrid, BinnedTile
     from stseg_dist.methods.ucs import UCSMethod
 
@@ -226,7 +229,8 @@ def test_missing_cell_search_sees_a_speckled_cell_body_through_smoothing():
     """A cell body the net calls cell only on average (confident and unsure bins interleaved, as a
     real net does in sparse tissue) is one seed once the foreground is smoothed, and none without:
     the opening breaks it into specks. The density rule still refuses an equally confident but
-    sparse region."""
+    sparse region.
+    """
     fg = np.full((60, 60), 0.1, np.float32)
     counts = np.zeros((60, 60))
     body = np.zeros((60, 60), bool)
@@ -345,7 +349,8 @@ def test_marker_masks_reach_the_cell_net_at_inference(monkeypatch):
 @pytest.mark.parametrize("expression,markers", [(False, False), (True, True)])
 def test_cells_scored_on_their_box_equal_the_head_run_over_the_window(expression, markers):
     """Each cell is scored over its own box from the head's weights; that must equal running the
-    cell net's head over the whole window for every cell, as the paper's network does."""
+    cell net's head over the whole window for every cell, as the paper's network does.
+    """
     import torch
 
     torch.manual_seed(0)
@@ -387,7 +392,8 @@ def test_cells_scored_on_their_box_equal_the_head_run_over_the_window(expression
 
 def test_paper_variant_has_the_reference_network_size():
     """The public UCS code's layer sizes: 1x1 G->256->128->64, double blocks 128/256/128/64 whose
-    outputs and input are concatenated (640), head 640->256->128->64->2, cell branch 64->32->16->1."""
+    outputs and input are concatenated (640), head 640->256->128->64->2, cell branch 64->32->16->1.
+    """
     model = UCSModel(n_genes=313, variant="paper")
     fg, cell = model.foreground, model.cell
     assert fg.input.embedding.weight.shape == (313, 256)
@@ -447,7 +453,8 @@ def test_paper_foreground_labels_use_the_elliptical_kernel():
 
 def test_paper_inference_rule_is_argmax_over_background_and_cells():
     """Eq. 5-6: background = mean over the cells of 1 - q_c, each bin the argmax; no foreground
-    gate, cells compared by q alone."""
+    gate, cells compared by q alone.
+    """
     from stseg_dist.methods.common.bins import BinGrid, BinnedTile
 
     cfg = PipelineConfig().cells.ucs
@@ -486,7 +493,9 @@ def test_paper_inference_rule_is_argmax_over_background_and_cells():
 
 def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it():
     """Two nuclei of different programs; the transcripts between them are of the right one's genes:
-    by distance alone the left cell takes the nearer half, with the evidence the right cell takes it."""
+    by distance alone the left cell takes the nearer half, with the evidence the right cell takes
+    it.
+    """
     from stseg_dist.methods.common.bins import BinGrid, BinnedTile
     from stseg_dist.methods.ucs.inference import expression_evidence
 
@@ -500,9 +509,10 @@ def test_expression_evidence_gives_a_contested_bin_to_the_nucleus_expressing_it(
         (r, c, 1) for r in range(8, 12) for c in range(32, 36) for _ in range(3)
     ]  # nucleus 2: gene 1
     pts += [
-        (int(r), int(c), 1) for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80))
+        (int(r), int(c), 1)
+        for r, c in zip(rng.integers(8, 12, 80), rng.integers(13, 31, 80), strict=True)
     ]  # the gap: gene 1
-    rows, cols, genes = (np.array(v) for v in zip(*pts))
+    rows, cols, genes = (np.array(v) for v in zip(*pts, strict=True))
     grid = BinGrid(1.0, (0, 0), nuclei.shape, (0, 0))
     binned = BinnedTile(grid, rows, cols, genes, nuclei)
     priors = cell_priors(nuclei, 24, 3.0, False)
@@ -561,7 +571,8 @@ def test_chip_densities_add_up_across_tiles_exactly(tmp_path):
 
 def test_coverage_resolves_to_the_distance_holding_that_share(tmp_path):
     """cells.ucs.coverage: the transcripts' distances to the nearest nucleus add up over any
-    tiling to the one-tile histogram, and the growth it resolves holds that share of them."""
+    tiling to the one-tile histogram, and the growth it resolves holds that share of them.
+    """
     import pandas as pd
 
     from stseg_dist.io.chip import open_chip

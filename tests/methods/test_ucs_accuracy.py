@@ -2,7 +2,8 @@
 shape: it must do at least as well on cell F1 and on transcript ARI, mix cell types no more (MECR,
 where the panel has marker genes of several types) and assign at least as many transcripts (the
 accuracy claim of the method, measured by the same scorer as ``stseg bench --methods``); and the
-paper variants of GeneSegNet and SSL-CST against stated floors on the real crop that suits each."""
+paper variants of GeneSegNet and SSL-CST against stated floors on the real crop that suits each.
+"""
 
 import math
 

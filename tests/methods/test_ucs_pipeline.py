@@ -1,5 +1,6 @@
 """UCS through the whole pipeline on a generated chip: tile invariance, the accounting invariants
-of every method, and cells whose nucleus the stain does not show found all the same."""
+of every method, and cells whose nucleus the stain does not show found all the same.
+"""
 
 import json
 
@@ -60,7 +61,8 @@ def test_ucs_tile_invariance_and_accounting(chip, tmp_path, ray_module):
 def test_missing_cells_are_found(tmp_path):
     """With the default training, cells whose nucleus the stain does not show are found as cells
     of their own (this chip has 13 of 331), without flooding the chip with false ones (31 seeds
-    measured: about 1 in 20 cells is a seed, a true cell or part of one)."""
+    measured: about 1 in 20 cells is a seed, a true cell or part of one).
+    """
     from stseg_dist.config import load_config, parse_set
     from stseg_dist.driver import run_pipeline
 
@@ -73,7 +75,8 @@ def test_missing_cells_are_found(tmp_path):
     recall = missing_cell_recall(chip, str(tmp_path / "out"))
     n_seeds = summary["counts"]["n_seeds"]
     print(
-        f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} hidden nuclei"
+        f"missing-cell recall {recall:.3f} with {n_seeds} seeds for {info['n_missing_nucleus']} "
+        "hidden nuclei"
     )
     assert recall >= MIN_MISSING_CELL_RECALL
     assert n_seeds <= 3 * info["n_missing_nucleus"]  # measured 21-31 seeds: some cells split in two
@@ -82,7 +85,8 @@ def test_missing_cells_are_found(tmp_path):
 def test_coverage_knob_and_spillover_are_tile_exact(chip, tmp_path):
     """cells.ucs.coverage (the chip-wide distance histogram, the relaxed gate, the fill of cut-off
     pieces) and the spillover pass give the same cells and assignments at any tiling (in-process
-    runs: the same kernels as on Ray, see test_pipeline.py)."""
+    runs: the same kernels as on Ray, see test_pipeline.py).
+    """
     from stseg_dist.config import load_config, parse_set
     from stseg_dist.driver import run_pipeline
 

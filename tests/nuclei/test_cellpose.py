@@ -14,7 +14,9 @@ from tests.conftest import make_blob_chip
 
 
 def write_random_cellpose_model(path) -> str:
-    """A small Cellpose-4 weights file: the readout layers, random; the rest stays at random init."""
+    """A small Cellpose-4 weights file: the readout layers, random; the rest stays at random
+    init.
+    """
     import torch
 
     g = torch.Generator().manual_seed(0)

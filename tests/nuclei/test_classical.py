@@ -44,7 +44,7 @@ def _matched_f1(pred, truth, thr=0.5):
 
     ct = contingency_table(truth, pred).tocoo()
     inter = {}
-    for t, p, v in zip(ct.row, ct.col, ct.data):
+    for t, p, v in zip(ct.row, ct.col, ct.data, strict=True):
         if t and p:
             inter[(t, p)] = v
     at = np.bincount(truth.ravel())
@@ -71,7 +71,8 @@ def test_classical_on_dsb2018():
     pred = backend.segment_array(img)
     f1 = _matched_f1(pred.astype(np.int64), truth)
     print(
-        f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 {f1:.3f}"
+        f"classical nuclei on dsb2018: {pred.max()} objects vs {truth.max()} true, matched F1 "
+        f"{f1:.3f}"
     )
     assert f1 > 0.6
 
@@ -84,7 +85,9 @@ def test_flat_image_rejected():
 
 
 def _glow_image(seed=0):
-    """Nuclei (radius 6 px) on a dark field, half of them on a broad glow as bright as a dim nucleus."""
+    """Nuclei (radius 6 px) on a dark field, half of them on a broad glow as bright as a dim
+    nucleus.
+    """
     rng = np.random.default_rng(seed)
     h, w = 160, 320
     yy, xx = np.mgrid[0:h, 0:w]
@@ -133,7 +136,8 @@ def test_background_um_must_be_positive():
 
 def _chains(seed=0, shape=(400, 400)):
     """Touching Gaussian-blob nuclei in long wavy chains (clusters far longer than the context),
-    plus scattered ones."""
+    plus scattered ones.
+    """
     rng = np.random.default_rng(seed)
     h, w = shape
     centres = [
@@ -144,10 +148,10 @@ def _chains(seed=0, shape=(400, 400)):
     centres += [
         (y, x0 + 4 * np.cos(y / 9.0 + x0)) for x0 in (120, 290) for y in np.arange(5, h - 5, 10.0)
     ]
-    centres += list(zip(rng.uniform(0, h, 80), rng.uniform(0, w, 80)))
+    centres += list(zip(rng.uniform(0, h, 80), rng.uniform(0, w, 80), strict=True))
     yy, xx = np.mgrid[:h, :w]
     img = rng.normal(200, 20, shape).astype(np.float32)
-    for (y, x), s in zip(centres, rng.uniform(3.2, 4.2, len(centres))):
+    for (y, x), s in zip(centres, rng.uniform(3.2, 4.2, len(centres)), strict=True):
         img += rng.uniform(2200, 3200) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s**2))
     return img
 
@@ -166,7 +170,8 @@ _STATES = {
 def test_labels_depend_only_on_pixels_within_the_context(seed, variant):
     """Any window gives the whole image's nuclei at every pixel at least context_px from its cut
     edges (edges on the image border are not cuts): the same pixels, grouped the same way, even
-    where a cut crosses a cluster of touching nuclei several times longer than that."""
+    where a cut crosses a cluster of touching nuclei several times longer than that.
+    """
     img = _chains(seed)
     legacy, state = _STATES[variant]
     backend = ClassicalNuclei(_config(legacy=legacy), _FakeChipMeta())
@@ -236,11 +241,13 @@ def _prepared(img, cfg, tile_um=1e6):
 
 
 def _blobs(centres, radii, amplitudes, shape, background=100.0, blur=1.5, seed=0):
-    """Discs of the given radii and brightness, blurred like a stain, with noise; and their truth."""
+    """Discs of the given radii and brightness, blurred like a stain, with noise; and their
+    truth.
+    """
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     img = np.full(shape, background, np.float32)
     truth = np.zeros(shape, np.int64)
-    for k, ((r, c), rad, amp) in enumerate(zip(centres, radii, amplitudes), start=1):
+    for k, ((r, c), rad, amp) in enumerate(zip(centres, radii, amplitudes, strict=False), start=1):
         disk = (yy - r) ** 2 + (xx - c) ** 2 <= rad**2
         img[disk] += amp
         truth[disk & (truth == 0)] = k
@@ -261,7 +268,7 @@ def test_percentiles_from_histogram_match_numpy():
 def test_prepare_state_is_the_same_at_every_tiling():
     """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same."""
     rng = np.random.default_rng(1)
-    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60)))
+    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
     img, _ = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
     img = img.astype(np.uint16)
     _, one, n1 = _prepared(img, _config())
@@ -272,7 +279,8 @@ def test_prepare_state_is_the_same_at_every_tiling():
 
 def test_log_otsu_keeps_dim_nuclei_a_linear_otsu_drops():
     """Bright and dim (a fifth as bright) isolated nuclei: Otsu on the stain cuts between the two
-    kinds, Otsu on its log between the background and both."""
+    kinds, Otsu on its log between the background and both.
+    """
     centres = [(20 + 40 * i, 20 + 40 * j) for i in range(4) for j in range(4)]
     amps = [2000.0 if (i + j) % 2 else 400.0 for i in range(4) for j in range(4)]
     img, truth = _blobs(centres, [7] * 16, amps, (160, 160))
@@ -312,7 +320,8 @@ def test_intensity_seeds_split_touching_nuclei_with_no_neck():
 
 def test_peak_fraction_cuts_a_bright_nucleus_at_its_own_level():
     """A bright nucleus's blurred glow rises above a threshold low enough for a dim neighbour;
-    cut at half its own peak it keeps its size, and the dim neighbour is still found."""
+    cut at half its own peak it keeps its size, and the dim neighbour is still found.
+    """
     img, truth = _blobs([(40, 30), (40, 75)], [8, 8], [4000.0, 300.0], (80, 110), blur=3.0)
     state = {"threshold": 0.05, "lo": 100.0, "hi": 4100.0}
     area = {}
@@ -329,7 +338,8 @@ def test_peak_fraction_cuts_a_bright_nucleus_at_its_own_level():
 @pytest.mark.parametrize("nominal_um, expected_px", [(8.0, 16.0), (5.0, 15.0)])
 def test_size_is_learned_from_the_chip(nominal_um, expected_px):
     """Nuclei 16 px across are learned as such from a nominal 8 µm (16 px); from a nominal 5 µm
-    (10 px) the learned diameter stops at its bound, 1.5 x 10 px."""
+    (10 px) the learned diameter stops at its bound, 1.5 x 10 px.
+    """
     rng = np.random.default_rng(2)
     centres = [(15 + 30 * i + rng.uniform(-3, 3), 15 + 30 * j) for i in range(6) for j in range(6)]
     img, _ = _blobs(centres, [8] * 36, rng.uniform(500, 1500, 36), (180, 180))
@@ -367,7 +377,8 @@ def test_flat_stain_rejected_by_prepare(value):
 
 def test_seed_dynamic_merges_texture_peaks_on_a_generated_chip(tmp_path):
     """Generated nuclei are flat discs with noise: without the h-maxima test their noise peaks
-    become seeds (more nuclei than the truth); with it the count and the match come back."""
+    become seeds (more nuclei than the truth); with it the count and the match come back.
+    """
     import zarr
 
     from stseg_dist.synth import synth_chip

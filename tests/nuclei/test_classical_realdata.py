@@ -2,7 +2,8 @@
 vendors' nuclei on real crops, with floors a little below the figures measured in
 docs/nuclei_classical.md (containment F1: a prediction matches a reference nucleus when it covers
 at least half of it, half of no other, and lies at least 30% on it; the references are transcript
-hulls, smaller than stained nuclei)."""
+hulls, smaller than stained nuclei).
+"""
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ def containment_f1(pred, ref, ref_ids, pred_ids) -> float:
     covers = inter / ar[r] >= 0.5
     n_covered = np.bincount(p[covers], minlength=len(ap))
     ok = covers & (n_covered[p] == 1) & (inter / ap[p] >= 0.3)
-    matched = set(zip(p[ok].tolist(), r[ok].tolist()))
+    matched = set(zip(p[ok].tolist(), r[ok].tolist(), strict=True))
     tp_ref = len({b for _, b in matched} & set(ref_ids))
     tp_pred = len({a for a, _ in matched} & set(pred_ids))
     return (tp_ref + tp_pred) / (len(ref_ids) + len(pred_ids))
@@ -63,7 +64,10 @@ def test_xenium_breast_right_half(tmp_path):
     h, w = chip.shape_yx
     ref = chip.read_nuclei(slice(0, h), slice(0, w)).astype(np.int64)
     col = 255.0 / chip.pixel_size_um
-    right = lambda c: c[:, 1] >= col
+
+    def right(c):
+        return c[:, 1] >= col
+
     f1 = containment_f1(
         pred, ref, _labels_by_centroid(ref, right), _labels_by_centroid(pred, right)
     )
@@ -100,7 +104,10 @@ def test_cosmx_fov2(tmp_path):
         m = np.zeros(chip.shape_yx, bool)
         m[polygon(hull[:, 0], hull[:, 1], chip.shape_yx)] = True
         ref[ndi.binary_dilation(m) & (ref == 0)] = k
-    every = lambda c: np.ones(len(c), bool)
+
+    def every(c):
+        return np.ones(len(c), bool)
+
     f1 = containment_f1(
         pred, ref, _labels_by_centroid(ref, every), _labels_by_centroid(pred, every)
     )

@@ -32,7 +32,8 @@ def test_scanpy_runs_on_cells_h5ad(small_run):
 
 def test_squidpy_spatial_neighbors_on_cells_h5ad(small_run):
     """Not in the test extra: no squidpy release installs with the pinned stack (1.8 wants
-    imagecodecs<2026, 1.6.2-1.7 dask<=2024.11.2, 1.6.1 imports a view class anndata 0.12 dropped)."""
+    imagecodecs<2026, 1.6.2-1.7 dask<=2024.11.2, 1.6.1 imports a view class anndata 0.12 dropped).
+    """
     import anndata as ad
 
     sq = pytest.importorskip("squidpy.gr", reason="squidpy does not install with the pinned stack")

@@ -17,7 +17,7 @@ def test_pixel_runs_cover_every_labelled_pixel():
     lab = rng.integers(0, 4, (30, 40)).astype(np.uint32)
     val, rows, c0, c1 = pixel_runs(lab)
     back = np.zeros_like(lab)
-    for v, r, a, b in zip(val, rows, c0, c1):
+    for v, r, a, b in zip(val, rows, c0, c1, strict=False):
         assert (lab[r, a:b] == v).all()
         back[r, a:b] = v
     np.testing.assert_array_equal(back, lab)
@@ -87,7 +87,9 @@ def test_boundaries_one_per_cell_and_tiling_invariant(tmp_path, ray_module):
     # Same pixels, same outline, whatever the tiling. (Where the two runs' label rasters differ,
     # e.g. touching nuclei split differently in a small window, the outlines follow the raster.)
     for (a, b), (la, lb) in zip(
-        zip(runs["one"], runs["many"]), ((cells_one, cells_many), (nuclei_one, nuclei_many))
+        zip(runs["one"], runs["many"], strict=False),
+        ((cells_one, cells_many), (nuclei_one, nuclei_many)),
+        strict=False,
     ):
         assert a.index.tolist() == b.index.tolist()
         differ = np.unique(np.concatenate([la[la != lb], lb[la != lb]]))
@@ -130,7 +132,8 @@ def test_cells_wider_than_the_halo_are_vectorised_whole(tmp_path, ray_module):
 def test_traced_outlines_equal_the_union_of_pixel_runs():
     """The traced outlines are the union of each cell's pixel runs, vertex for vertex (after
     normalising both), on rasters with holes, islands in holes, diagonal touches and cells in
-    several pieces; only cells that are not one simple piece go to the union."""
+    several pieces; only cells that are not one simple piece go to the union.
+    """
     from stseg_dist.boundaries import traced_outlines, union_outlines
 
     rng = np.random.default_rng(0)

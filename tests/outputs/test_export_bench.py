@@ -1,4 +1,6 @@
-"""`stseg bench -- --exports` runs both exports on a run and reports their figures (not asserted)."""
+"""`stseg bench -- --exports` runs both exports on a run and reports their figures
+(not asserted).
+"""
 
 from __future__ import annotations
 

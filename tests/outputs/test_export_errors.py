@@ -81,7 +81,9 @@ def test_wrong_chip(run_copy, capsys, tmp_path):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_failed_write_leaves_nothing(fmt, run_copy):
-    """An error in the middle of writing (here: a broken transcripts file) removes the staging folder."""
+    """An error in the middle of writing (here: a broken transcripts file) removes the staging
+    folder.
+    """
     from stseg_dist.export import export_run
 
     chip, run = run_copy

@@ -80,7 +80,9 @@ def test_elements_hold_the_run(exported, small_run):
 
 
 def test_everything_is_in_um(exported):
-    """Pixel corner (r, c) of a raster maps to the µm point the chip says; outlines hold their transcripts."""
+    """Pixel corner (r, c) of a raster maps to the µm point the chip says; outlines hold their
+    transcripts.
+    """
     import shapely
     from spatialdata.transformations import get_transformation
 
@@ -104,7 +106,8 @@ def test_everything_is_in_um(exported):
 
 def test_standard_metadata_and_a_labels_table(exported):
     """Channel names in OME omero metadata (spatialdata 0.7.3 refuses an image without them),
-    sopa's element keys in the root attrs, and a second table over the cell labels."""
+    sopa's element keys in the root attrs, and a second table over the cell labels.
+    """
     run, sdata = exported
     omero = zarr.open_group(str(run / "spatialdata.zarr" / "images" / "image")).attrs["ome"][
         "omero"
@@ -126,7 +129,8 @@ def test_standard_metadata_and_a_labels_table(exported):
 
 def test_pyramid_down_to_a_small_top_level(small_run, tmp_path, monkeypatch):
     """A chip larger than PYRAMID_TOP_PX gets halvings until the top level fits (spatialdata
-    0.7.0 cannot write pyramids and keeps one level)."""
+    0.7.0 cannot write pyramids and keeps one level).
+    """
     from importlib.metadata import version
 
     from stseg_dist.export import open_run
@@ -146,7 +150,8 @@ def test_pyramid_down_to_a_small_top_level(small_run, tmp_path, monkeypatch):
 
 def test_the_run_writes_the_store_as_a_stage(exported, small_run, tmp_path):
     """``run_pipeline(spatialdata=True)`` writes OUT/spatialdata.zarr inside the run's clock (a
-    stage of its own in run.json), holding exactly what ``stseg export`` writes from the run."""
+    stage of its own in run.json), holding exactly what ``stseg export`` writes from the run.
+    """
     from stseg_dist.driver import run_pipeline
     from tests.outputs.conftest import small_tiles_config
 

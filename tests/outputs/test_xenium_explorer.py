@@ -161,7 +161,7 @@ def test_morphology_pyramid_halves_each_level(tmp_path):
         (131, 162),
         (65, 81),
     ]
-    for fine, coarse in zip(levels, levels[1:]):
+    for fine, coarse in zip(levels, levels[1:], strict=False):
         h, w = coarse.shape[-2:]
         mean = fine[..., : 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(float).mean(axis=(1, 3))
         assert np.abs(mean - coarse).mean() < 3  # lossy jpeg2000: close, not equal
@@ -178,7 +178,8 @@ def test_morphology_of_the_run_has_six_levels(explorer):
 @pytest.fixture(scope="module")
 def annotated(small_run, tmp_path_factory):
     """A user's table after analysis: clusters and cell types (categorical), a score (not),
-    and some cells filtered out."""
+    and some cells filtered out.
+    """
     _, run = small_run
     adata = ad.read_h5ad(run / "cells.h5ad")
     n = adata.n_obs
@@ -200,7 +201,7 @@ def test_table_categories_become_cell_groups(small_run, annotated, tmp_path, cap
     groups = _group(out / "analysis.zarr.zip")["cell_groups"]
     assert groups.attrs["grouping_names"] == ["nucleus", "leiden", "cell_type"]  # not "score"
     cells = pd.read_parquet(run / "cells.parquet")
-    names = dict(zip(groups.attrs["grouping_names"], groups.attrs["group_names"]))
+    names = dict(zip(groups.attrs["grouping_names"], groups.attrs["group_names"], strict=False))
     assert names["leiden"] == ["0", "1", "2", "not in table"]
     g = groups["1"]
     indices, indptr = g["indices"][:], g["indptr"][:]

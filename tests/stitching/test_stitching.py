@@ -15,7 +15,10 @@ def _disk_labels(shape, centres, radius):
 def test_each_object_owned_once_and_painted_back_exactly():
     rng = np.random.default_rng(1)
     shape = (200, 260)
-    centres = [(int(y), int(x)) for y, x in zip(rng.integers(5, 195, 60), rng.integers(5, 255, 60))]
+    centres = [
+        (int(y), int(x))
+        for y, x in zip(rng.integers(5, 195, 60), rng.integers(5, 255, 60), strict=True)
+    ]
     truth = _disk_labels(shape, centres, 4)
     grid = make_grid(shape, 1.0, 64, 12, 32)
     owned = []
@@ -25,9 +28,9 @@ def test_each_object_owned_once_and_painted_back_exactly():
     # every distinct object of the truth is owned by exactly one tile
     assert sum(len(o) for o in owned) == len(np.unique(truth)) - 1
     tables = assign_global_ids([(o.area, o.sum_r, o.sum_c) for o in owned])
-    whole = paint_window((0, shape[0], 0, shape[1]), zip(owned, tables))
+    whole = paint_window((0, shape[0], 0, shape[1]), zip(owned, tables, strict=False))
     # same partition as the truth, up to renumbering
-    pairs = set(zip(truth.ravel().tolist(), whole.ravel().tolist()))
+    pairs = set(zip(truth.ravel().tolist(), whole.ravel().tolist(), strict=True))
     assert len(pairs) == len(np.unique(truth))
     assert ((truth > 0) == (whole > 0)).all()
 
@@ -40,7 +43,7 @@ def test_global_ids_do_not_depend_on_the_tiling():
         grid = make_grid(shape, 1.0, tile, 15, 8)
         owned = [owned_objects(truth[t.window_slices], t, shape) for t in grid]
         tables = assign_global_ids([(o.area, o.sum_r, o.sum_c) for o in owned])
-        results.append(paint_window((0, 150, 0, 150), zip(owned, tables)))
+        results.append(paint_window((0, 150, 0, 150), zip(owned, tables, strict=False)))
     assert (results[0] == results[1]).all() and (results[0] == results[2]).all()
     # numbered in raster order of centroids
     assert results[0][20, 20] == 1 and results[0][20, 100] == 2 and results[0][130, 130] == 5

@@ -38,7 +38,8 @@ FILES = {
 
 def write_explorer(files: _run.RunFiles, path: Path, table: str | None = None) -> None:
     """Write every Explorer file of the run into the new folder ``path``; ``table`` (an .h5ad
-    with the run's cells, e.g. after clustering) adds its categorical columns as groupings."""
+    with the run's cells, e.g. after clustering) adds its categorical columns as groupings.
+    """
     import anndata as ad
     import pandas as pd
 
@@ -95,7 +96,8 @@ def read_table(table: str):
 
 def summary(files: _run.RunFiles, cells, n_genes: int) -> dict:
     """The manifest's summary fields, as Xenium defines them: the median transcripts per cell,
-    and decoded transcripts per 100 µm² of the imaged region."""
+    and decoded transcripts per 100 µm² of the imaged region.
+    """
     import numpy as np
 
     counts = files.run.get("counts", {})

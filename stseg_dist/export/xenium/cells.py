@@ -58,7 +58,9 @@ def write_cells(
     nucleus_boundaries: Path,
     origin: tuple[float, float],
 ) -> None:
-    """``cells.zarr.zip``: per cell its outline and its nucleus outline, in µm from the image corner."""
+    """``cells.zarr.zip``: per cell its outline and its nucleus outline, in µm from the image
+    corner.
+    """
     from ...boundaries import read_boundaries
 
     ids = cells["cell_id"].to_numpy()

@@ -86,7 +86,8 @@ def write_transcripts(
         "grid_keys": [],
         "number_levels": len(levels),
     }
-    tiles = []  # per level: (rows sorted by grid cell, first index, count, key) of each non-empty cell
+    # per level: (rows sorted by grid cell, first index, count, key) of each non-empty cell
+    tiles = []
     for level, rows in enumerate(levels):
         size = GRID_UM * 2**level
         cell = np.floor(xy[rows] / size).clip(0).astype(np.int64)
@@ -106,7 +107,7 @@ def write_transcripts(
         grids = root.create_group("grids", attributes=grid_attrs)
         for level, (rows, first, counts, names) in enumerate(tiles):
             lg = grids.create_group(str(level))
-            for name, a, m in zip(names, first, counts):
+            for name, a, m in zip(names, first, counts, strict=True):
                 _tile(lg.create_group(name), rows[a : a + m], xy, codes)
         g = root.create_group("density").create_group("gene", attributes=density.pop("gene_attrs"))
         for name, arr in density.pop("gene").items():

@@ -21,7 +21,8 @@ from ..base import TileData
 
 def bin_size_um(facts: ChipFacts, configured: float | None) -> float:
     """A method's ``bin_um`` where set, else the chip's (chip.json ``bin_um``: the spot pitch
-    where it is finer than 1 µm, else 1 µm, as in the UCS paper)."""
+    where it is finer than 1 µm, else 1 µm, as in the UCS paper).
+    """
     return float(configured) if configured else facts.bin_um
 
 
@@ -63,7 +64,9 @@ class BinGrid:
         return np.floor((np.asarray(px, np.float64) + 0.5) * self.scale).astype(np.int64)
 
     def bin_to_pixel(self, b) -> np.ndarray:
-        """A global pixel whose centre lies in each global bin (the one nearest the bin's centre)."""
+        """A global pixel whose centre lies in each global bin
+        (the one nearest the bin's centre).
+        """
         if self.factor:
             return np.asarray(b, np.int64) * self.factor + self.factor // 2
         return np.floor((np.asarray(b, np.float64) + 0.5) / self.scale).astype(np.int64)
@@ -98,7 +101,9 @@ class BinGrid:
         return labels[r[:, None], c[None, :]]
 
     def block_mean(self, image: np.ndarray) -> np.ndarray:
-        """Mean of each bin's pixels inside a window-shaped image (partial bins at the edges included)."""
+        """Mean of each bin's pixels inside a window-shaped image
+        (partial bins at the edges included).
+        """
         r, c = self.window_bins(np.arange(image.shape[0]), np.arange(image.shape[1]))
         h, w = self.shape
         flat = (r[:, None] * w + c[None, :]).ravel()
@@ -157,7 +162,9 @@ class BinnedTile:
 
     @cached_property
     def by_row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, cols, genes) sorted by row then column, so a band of rows is one searchsorted slice."""
+        """(rows, cols, genes) sorted by row then column, so a band of rows is one searchsorted
+        slice.
+        """
         order = np.lexsort((self.cols, self.rows))
         return self.rows[order], self.cols[order], self.genes[order]
 
@@ -177,7 +184,9 @@ class BinnedTile:
         return out
 
     def to_pixels(self, labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """Bin-grid labels back onto the window's image pixels (the bin holding each pixel centre)."""
+        """Bin-grid labels back onto the window's image pixels
+        (the bin holding each pixel centre).
+        """
         return self.grid.to_pixels(labels, shape)
 
 

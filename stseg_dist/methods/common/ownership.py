@@ -45,7 +45,8 @@ def centroid_pixels(
     nuclei: np.ndarray, window_origin: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IDs and centroid pixels (floor of the mean pixel, global row, col) of the nuclei in a
-    window: the pixel whose tile owns the nucleus."""
+    window: the pixel whose tile owns the nucleus.
+    """
     ids, area, sum_r, sum_c = _moments(nuclei, window_origin)
     return ids, sum_r // area, sum_c // area
 

@@ -98,7 +98,8 @@ def weights_to_bytes(model) -> bytes:
 
 def load_weights(model, weights: bytes, device: str | None = None):
     """``model`` with ``weights`` loaded (``weights_only=True``: no code runs), in eval mode on
-    ``device``; returns (model, device)."""
+    ``device``; returns (model, device).
+    """
     import torch
 
     device = pick_device(device)

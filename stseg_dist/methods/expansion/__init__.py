@@ -1,5 +1,6 @@
 """Nucleus expansion, the Xenium Ranger baseline: each pixel within ``distance_um`` of a nucleus
-joins the nearest one."""
+joins the nearest one.
+"""
 
 from .config import ExpansionConfig
 

@@ -53,7 +53,7 @@ class GeneSegNetConfig:
     prob_threshold: float = 0.5
     seed: int = 0
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         positive(self, key, "bin_um", "rna_sigma_um", "lr")
         require(
             self.init_expand_um >= 0,

@@ -26,7 +26,8 @@ HIST_BINS = 32 * HIST_PER_OCTAVE + 1
 
 def nucleus_centres(grid: BinGrid, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(IDs, (n, 2) centroids in window-relative bin units) of the nuclei in a pixel window; a
-    pixel's centre is at index + 0.5 and bins are ``grid.factor`` pixels wide."""
+    pixel's centre is at index + 0.5 and bins are ``grid.factor`` pixels wide.
+    """
     ids, cr, cc = nucleus_centroids(nuclei, grid.pixel_origin)
     return ids, np.stack(
         [(cr + 0.5) / grid.factor - grid.origin[0], (cc + 0.5) / grid.factor - grid.origin[1]],
@@ -89,7 +90,9 @@ def histogram_percentile(hist: np.ndarray, q: float) -> float:
 
 def normalise_inputs(stain: np.ndarray, rna: np.ndarray, norm: dict) -> np.ndarray:
     """(2, h, w) network input: stain scaled by chip percentiles; RNA as log1p of its chip mean,
-    or (the paper's, when ``norm`` has ``rna_clip``) the Gaussian sum clipped at ``rna_clip``, over it."""
+    or (the paper's, when ``norm`` has ``rna_clip``) the Gaussian sum clipped at ``rna_clip``, over
+    it.
+    """
     lo, hi = norm["stain_lo"], norm["stain_hi"]
     s = np.clip((stain - lo) / max(hi - lo, 1e-6), -1.0, 3.0)
     clip = norm.get("rna_clip")

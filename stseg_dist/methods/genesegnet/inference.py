@@ -8,7 +8,7 @@ has no grid seams and no weight at a window's padded rim dominates.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -21,7 +21,9 @@ def taper(size: int) -> np.ndarray:
 
 
 def window_starts(origin: int, length: int, size: int, stride: int) -> np.ndarray:
-    """Global starts (multiples of ``stride``) of every window overlapping [origin, origin+length)."""
+    """Global starts (multiples of ``stride``) of every window overlapping
+    [origin, origin+length).
+    """
     first = (origin - size) // stride + 1
     last = -(-(origin + length) // stride) - 1
     return np.arange(first, last + 1) * stride
@@ -68,7 +70,8 @@ def torch_predictor(
     model, device: str, offset_scale: float, n_maps: int = 1
 ) -> Callable[[np.ndarray], np.ndarray]:
     """(B, 2, P, P) inputs -> (B, n_maps + 2, P, P): cell probability (and centre map: ``n_maps``
-    2) and offsets in bins."""
+    2) and offsets in bins.
+    """
     import torch
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -166,8 +169,9 @@ def assign_to_centres(
     fallback: bool,
 ) -> np.ndarray:
     """The paper variant's cells: confident bins follow their offsets to the predicted centres
-    (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in :func:`assign_cells`
-    (the reach measured from the nucleus centroid)."""
+    (:func:`predicted_centres`), each named by its nucleus; reach and tolerance as in
+    :func:`assign_cells` (the reach measured from the nucleus centroid).
+    """
     cids, centres = predicted_centres(
         centre, ids, centroids, centre_threshold, tolerance_bins, tolerance_bins, fallback
     )
@@ -184,7 +188,7 @@ def assign_to_centres(
 def mean_cell_iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """Mean IoU, over every cell ID of every patch, between two label maps of the same patches."""
     ious = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         for cid in np.union1d(np.unique(x), np.unique(y)):
             if cid <= 0:  # background and left-out bins
                 continue

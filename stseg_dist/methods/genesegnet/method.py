@@ -51,7 +51,8 @@ class GeneSegNetMethod(TorchMethod):
         size = self.cfg.patch_px
         if size < 16 or size % 2**DEPTH:  # the U-Net's shape (its ranges: config)
             raise ConfigError(
-                f"cells.genesegnet.patch_px must be a multiple of {2**DEPTH} and at least 16, got {size}"
+                f"cells.genesegnet.patch_px must be a multiple of {2**DEPTH} and at least 16, got "
+                f"{size}"
             )
 
     # -- geometry -----------------------------------------------------------------------------

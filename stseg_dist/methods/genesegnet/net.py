@@ -30,7 +30,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 def _u_forward(net: nn.Module, x: torch.Tensor, join) -> torch.Tensor:
     """Down the scales keeping each block's output, then up, each scale's block applied to
-    ``join(skip, upsampled)``: the U shape both networks share."""
+    ``join(skip, upsampled)``: the U shape both networks share.
+    """
     skips = []
     for i, block in enumerate(net.down):
         x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
@@ -63,7 +64,8 @@ class UNet(nn.Module):
 
 class PreActBlock(nn.Module):
     """Pre-activation residual unit (He et al. 2016; Cellpose's ``resdown``/``resup``): BN-ReLU-conv
-    twice, plus the input (through a 1x1 conv when the channel count changes)."""
+    twice, plus the input (through a 1x1 conv when the channel count changes).
+    """
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -85,7 +87,8 @@ class ResUNet(nn.Module):
     """The paper's network (GeneSegNet builds on Cellpose's): four scales of pre-activation
     residual blocks (3 poolings between them, so window sides are multiples of 8, as for
     :class:`UNet`), skip connections added as in Cellpose. One residual unit per block (Cellpose
-    has two) and ``width`` channels at the first scale (Cellpose: 32)."""
+    has two) and ``width`` channels at the first scale (Cellpose: 32).
+    """
 
     def __init__(self, width: int = 16, scales: int = 4, n_outputs: int = N_OUTPUTS_CENTRE):
         super().__init__()

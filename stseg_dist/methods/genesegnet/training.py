@@ -9,8 +9,8 @@ its weights across rounds, so each round refines rather than restarts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class Parts:
         return 2 if self.centre else 1
 
     @classmethod
-    def of(cls, cfg) -> "Parts":
+    def of(cls, cfg) -> Parts:
         if getattr(cfg, "variant", "stseg") != "paper":
             return cls()
         return cls(
@@ -92,7 +92,8 @@ RICH_RNA = 0.5
 
 def initial_labels(p: Patch, rna_mean: float) -> np.ndarray:
     """Round-1 labels: nuclei expanded by the initial distance, plus the RNA-rich bins up to half
-    a cell diameter away (each to its nearest nucleus); RNA-poor bins there are background."""
+    a cell diameter away (each to its nearest nucleus); RNA-poor bins there are background.
+    """
     rich = p.rna >= RICH_RNA * rna_mean
     return np.where(p.init_labels > 0, p.init_labels, np.where(rich, p.far_labels, 0))
 
@@ -112,7 +113,8 @@ def targets(
     labels: np.ndarray, p: Patch, offset_scale: float, centre_sigma: float | None = None
 ) -> np.ndarray:
     """(6, P, P): cell mask, row and column offset to the nucleus centre (scaled), offset weight,
-    cell-mask weight (0 on :data:`IGNORE` bins), centre map (zero unless ``centre_sigma``)."""
+    cell-mask weight (0 on :data:`IGNORE` bins), centre map (zero unless ``centre_sigma``).
+    """
     out = np.zeros((6, *labels.shape), np.float32)
     out[4] = labels != IGNORE
     if centre_sigma:
@@ -163,7 +165,8 @@ def refine(
         )
         if log:
             log(
-                f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its labels {iou:.3f}"
+                f"GeneSegNet round {k}: loss {history[-1]['loss']:.4f}, mean cell IoU with its "
+                f"labels {iou:.3f}"
             )
         if iou > agree_iou:
             break
@@ -208,7 +211,10 @@ def _train(patches, norm, cfg, geometry, *, device: str, log) -> dict:
         sigma = geometry.centre_sigma if parts.centre else None
         y = torch.as_tensor(
             np.stack(
-                [targets(lab, p, geometry.offset_scale, sigma) for lab, p in zip(labels, patches)]
+                [
+                    targets(lab, p, geometry.offset_scale, sigma)
+                    for lab, p in zip(labels, patches, strict=False)
+                ]
             ),
             device=device,
         )
@@ -265,7 +271,8 @@ def predict_patch_labels(
     parts: Parts = Parts(),
 ) -> list[np.ndarray]:
     """Post-processed predictions on the training patches: the next round's labels (the paper
-    variant: each mask then refined by a level set)."""
+    variant: each mask then refined by a level set).
+    """
     import torch
 
     model.eval()
@@ -323,7 +330,8 @@ def level_set_refine(
     """Refine each cell's mask by a morphological level set started from it (scikit-image's
     Chan-Vese, or geodesic active contour on the inverse gradient), on ``image`` (the mean of
     the cell probability and the clipped RNA map). A mask gains only bins no other cell holds,
-    within ``reach`` of its nucleus centre; masks are refined in ID order on the same input."""
+    within ``reach`` of its nucleus centre; masks are refined in ID order on the same input.
+    """
     from skimage.segmentation import (
         inverse_gaussian_gradient,
         morphological_chan_vese,
@@ -367,7 +375,8 @@ def scale_rotate_crop(x, y, rng: np.random.Generator, scale: tuple[float, float]
     """The paper's augmentation: each patch rotated by a random angle, zoomed by a factor in
     ``scale`` and shifted by up to 1/8 of its side (a random crop), inputs bilinear, targets
     nearest; bins brought in from outside are zero with zero weight. Offsets are turned and
-    scaled with the patch, so they still point at their (moved) centres."""
+    scaled with the patch, so they still point at their (moved) centres.
+    """
     import torch
     import torch.nn.functional as F
 

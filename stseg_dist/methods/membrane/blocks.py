@@ -13,8 +13,8 @@ whatever the tiling (tested), and no cell needs a nucleus to get a chip-wide ID.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -97,17 +97,19 @@ def window_cells(
 ) -> list[KeptCell]:
     """Kept cells of every block the window sees whole, in the chip-wide order (block row-major,
     then the block's own label order). ``segment_block`` labels a batch of blocks' extended
-    regions at once (one Cellpose call for all of a tile's blocks)."""
+    regions at once (one Cellpose call for all of a tile's blocks).
+    """
     blocks = grid.within(window)
     cells: list[KeptCell] = []
-    for block, labels in zip(blocks, segment_block(blocks)):
+    for block, labels in zip(blocks, segment_block(blocks), strict=False):
         cells += kept_cells(np.asarray(labels), grid, block)
     return cells
 
 
 def paint_first(cells: list[KeptCell], window: tuple[int, int, int, int]) -> np.ndarray:
     """Window labels (1 + index into ``cells``; 0 none): a pixel claimed by several kept cells
-    goes to the first, so the rule needs only the cells that claim it."""
+    goes to the first, so the rule needs only the cells that claim it.
+    """
     r0, r1, c0, c1 = window
     out = np.zeros((r1 - r0, c1 - c0), np.int64)
     for k, cell in enumerate(cells, start=1):

@@ -34,7 +34,8 @@ class MembraneConfig:
     max_shift_um: float = 10.0  # larger offsets are refused; the halo grows by this much
     # "offset": the integer offset to the nuclear stain (above). "track_lines": the similarity
     # (flip, quarter turns, small angle, scale, offset) of the stain to the expression map through
-    # the chip's track lines (Stereo-seq), as STCellbin registers; each tile reads its stain through it.
+    # the chip's track lines (Stereo-seq), as STCellbin registers; each tile reads its stain through
+    # it.
     registration: str = "offset"
     track_line_um: float = 1.5  # width of a track line
     register_min_margin: int = 2  # track lines the chosen orientation must match beyond any other
@@ -58,7 +59,7 @@ class MembraneConfig:
         None  # paper classical; None: 4x a disc of cells.cell_diameter_um
     )
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         one_of(self, key, "variant", ("stseg", "paper"))
         one_of(self, key, "backend", ("classical", "cellpose"))
         positive(self, key, "block_um", "min_cell_area_um2")
@@ -67,7 +68,8 @@ class MembraneConfig:
             require(v is None or v > 0, f"{key}.{name} must be positive or null, got {v}")
         require(
             self.nucleus_free_min_density >= 0,
-            f"{key}.nucleus_free_min_density must not be negative, got {self.nucleus_free_min_density}",
+            f"{key}.nucleus_free_min_density must not be negative, got "
+            f"{self.nucleus_free_min_density}",
         )
         require(
             self.channel >= 0, f"{key}.channel must be a channel index >= 0, got {self.channel}"

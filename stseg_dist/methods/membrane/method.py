@@ -54,12 +54,14 @@ class MembraneMethod(CellMethod):
         read up to ``max_shift_um`` further, so the halo covers both. Track lines keep that margin
         too although each tile reads its own stain: their dim lines are corridors along which the
         flood reaches past ``max_distance_um`` of context (with the halo of 2 x max_distance_um,
-        35 of 160,000 px changed with the tiling on a 200 µm chip; none with this margin)."""
+        35 of 160,000 px changed with the tiling on a 200 µm chip; none with this margin).
+        """
         return self.cfg.max_distance_um + (self.cfg.max_shift_um if self.cfg.register else 0.0)
 
     def shifts_window(self) -> bool:
         """The offset registration shifts the tile's own stain window (so the halo must cover the
-        shift); track lines read each tile's stain through the transform instead."""
+        shift); track lines read each tile's stain through the transform instead.
+        """
         return self.cfg.register and self.cfg.registration == "offset"
 
     def compute(self) -> Resources:
@@ -70,7 +72,8 @@ class MembraneMethod(CellMethod):
         c, chip = self.cfg, ctx.chip
         if chip.n_channels <= c.channel:
             raise InputError(
-                f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the image "
+                f"{chip.url}: no membrane stain: cells.membrane.channel is {c.channel} but the "
+                "image "
                 f"has {chip.n_channels} channel(s)"
             )
         need_threshold = c.backend == "classical" and c.threshold is None
@@ -127,7 +130,8 @@ class MembraneMethod(CellMethod):
             values = np.concatenate([r[2] for r in results])
             if values.size == 0 or values.min() == values.max():
                 raise InputError(
-                    f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold it "
+                    f"{chip.url}: membrane channel {c.channel} is empty or flat; cannot threshold "
+                    "it "
                     "(set cells.membrane.threshold)"
                 )
             threshold = float(threshold_otsu(values))
@@ -155,7 +159,8 @@ class MembraneMethod(CellMethod):
     # -- per tile -----------------------------------------------------------------------------
     def membrane(self, data: TileData) -> np.ndarray:
         """The tile's membrane window, shifted onto the nuclear stain's grid (NaN where the shift
-        brings in pixels from beyond the window), or read through the track-line transform."""
+        brings in pixels from beyond the window), or read through the track-line transform.
+        """
         if data.image.shape[0] <= self.cfg.channel:
             raise InputError(
                 f"tile {data.tile.index}: no membrane stain: cells.membrane.channel is "

@@ -33,7 +33,8 @@ def watershed_cells(
     that stand out by ``diameter_px / 8`` (cells joined by a break in the membrane), and given
     the ridge up to ``ridge_px``. An enclosed region larger than ``max_area_px`` is an empty,
     membrane-outlined gap between cells and is dropped before splitting (else it would be cut into
-    cell-sized pieces); cells below ``min_area_px`` are debris. NaN (unimaged) is a barrier."""
+    cell-sized pieces); cells below ``min_area_px`` are debris. NaN (unimaged) is a barrier.
+    """
     unknown = np.isnan(membrane)
     sm = smooth(np.where(unknown, threshold, membrane).astype(np.float32), sigma_px)
     inside = (sm < threshold) & ~unknown
@@ -60,7 +61,8 @@ def watershed_cells(
 
 def nucleus_centroids(nuclei: np.ndarray) -> np.ndarray:
     """Window array holding each nucleus's ID at its centroid pixel (floor of the mean, as the
-    driver owns nuclei): a cell holds a nucleus when it holds that pixel."""
+    driver owns nuclei): a cell holds a nucleus when it holds that pixel.
+    """
     out = np.zeros(nuclei.shape, np.uint32)
     ids, cy, cx = centroid_pixels(nuclei, (0, 0))
     np.maximum.at(out, (cy, cx), ids.astype(np.uint32))
@@ -70,7 +72,9 @@ def nucleus_centroids(nuclei: np.ndarray) -> np.ndarray:
 def held_nuclei(
     cells: list[KeptCell], centroids: np.ndarray, window: tuple[int, int, int, int]
 ) -> list[np.ndarray]:
-    """For each cell, the IDs of the nuclei whose centroid pixel lies in its own (unresolved) mask."""
+    """For each cell, the IDs of the nuclei whose centroid pixel lies in its own (unresolved)
+    mask.
+    """
     r0, _, c0, _ = window
     return [np.unique(v[v > 0]) for v in (centroids[c.rows - r0, c.cols - c0] for c in cells)]
 
@@ -78,7 +82,9 @@ def held_nuclei(
 def dense_enough(
     cells: list[KeptCell], counts: np.ndarray, window, pixel_area_um2: float, min_density: float
 ) -> np.ndarray:
-    """Whether each cell holds at least ``min_density`` transcripts per µm² (counts: per window pixel)."""
+    """Whether each cell holds at least ``min_density`` transcripts per µm²
+    (counts: per window pixel).
+    """
     if min_density <= 0:
         return np.ones(len(cells), bool)
     r0, _, c0, _ = window
@@ -94,7 +100,8 @@ def dense_enough(
 def seed_discs(cells: list[KeptCell], keep: np.ndarray, window, radius_px: float) -> np.ndarray:
     """Seeds of the kept nucleus-free cells: each cell's pixels within ``radius_px`` of its
     centroid, labelled 1 + its index (first cell wins where discs overlap). A disc depends only on
-    its own block, so the driver numbers it identically from every tile."""
+    its own block, so the driver numbers it identically from every tile.
+    """
     r0, r1, c0, c1 = window
     out = np.zeros((r1 - r0, c1 - c0), np.int32)
     for k, cell in enumerate(cells):
@@ -122,12 +129,13 @@ def global_labels(
     """Window labels with global IDs. ``own`` (1 + cell index, first-wins) says which cell a pixel
     is in; a cell holding nuclei takes their IDs (several: split by nearest nucleus, or, without
     ``split_by_nuclei``, the one it covers most); one holding none takes the seed in its centroid
-    disc, if the seed pass kept it; else it is dropped."""
+    disc, if the seed pass kept it; else it is dropped.
+    """
     r0, _, c0, _ = window
     n = len(cells)
     lut = np.zeros(n + 1, np.uint32)
     several = []
-    for k, (cell, ids) in enumerate(zip(cells, held), start=1):
+    for k, (cell, ids) in enumerate(zip(cells, held, strict=False), start=1):
         if len(ids) == 1:
             lut[k] = ids[0]
         elif len(ids) > 1:

@@ -50,7 +50,8 @@ class PaperMembraneMethod(MembraneMethod):
 
     def reach_um(self) -> float:
         """Half the context a window needs (the halo is twice the reach): every block holding a core
-        pixel seen whole, plus the registration shift and a seed disc."""
+        pixel seen whole, plus the registration shift and a seed disc.
+        """
         shift = self.cfg.max_shift_um if self.shifts_window() else 0.0
         return (self.cfg.block_um + 2 * self.overlap_um) / 2 + shift + SEED_RADIUS_UM
 
@@ -91,7 +92,8 @@ class PaperMembraneMethod(MembraneMethod):
         window = data.tile.window
         dy, dx = self.offset
         h, w = self.chip_shape
-        # a block is segmented here only if its registered membrane lies in the window (or off the chip)
+        # a block is segmented here only if its registered membrane lies in the window
+        # (or off the chip)
         inner = (
             window[0] if window[0] == 0 else window[0] + max(0, -dy),
             window[1] if window[1] == h else window[1] - max(0, dy),
@@ -137,7 +139,8 @@ class PaperMembraneMethod(MembraneMethod):
 
     def _cellpose(self, regions, ps: float) -> list[np.ndarray]:
         """Cellpose on every block at each diameter, one batched call per diameter; per block the
-        diameter with the largest total cell area wins (STCellbin)."""
+        diameter with the largest total cell area wins (STCellbin).
+        """
         if self.model is None:
             self._load_model()
         c = self.cfg

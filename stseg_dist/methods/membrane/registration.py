@@ -61,10 +61,15 @@ def estimate_offset(
     whitens the pixel noise and was measured to miss by 2 px at factor 4 where plain did not.
     Apply it with :func:`apply_offset`.
     """
-    pairs = [(a, b) for a, b in zip(reference, moving) if a.size and a.std() > 0 and b.std() > 0]
+    pairs = [
+        (a, b)
+        for a, b in zip(reference, moving, strict=False)
+        if a.size and a.std() > 0 and b.std() > 0
+    ]
     if not pairs:
         raise InputError(
-            f"{where}: cannot register the membrane stain: no sampled region has signal in both stains"
+            f"{where}: cannot register the membrane stain: no sampled region has signal in both "
+            "stains"
         )
     gap = int(math.ceil(max_shift_px / factor)) + 2
     ref = mosaic([a for a, _ in pairs], gap)
@@ -75,8 +80,10 @@ def estimate_offset(
     dy, dx = (int(round(float(s) * factor)) for s in shift)
     if max(abs(dy), abs(dx)) > max_shift_px:
         raise InputError(
-            f"{where}: the membrane stain is offset by ({dy}, {dx}) px from the nuclear stain, more than "
-            f"cells.membrane.max_shift_um allows ({max_shift_px:g} px); raise it if the offset is real"
+            f"{where}: the membrane stain is offset by ({dy}, {dx}) px from the nuclear stain, "
+            "more than "
+            f"cells.membrane.max_shift_um allows ({max_shift_px:g} px); raise it if the offset is "
+            "real"
         )
     return dy, dx
 
@@ -100,7 +107,8 @@ def apply_offset(image: np.ndarray, offset: tuple[int, int], fill: float = 0.0) 
 def sample_regions(
     shape: tuple[int, int], size: int, max_regions: int
 ) -> list[tuple[int, int, int, int]]:
-    """Up to ``max_regions`` squares of ``size`` px spread evenly over the chip, as (r0, r1, c0, c1).
+    """Up to ``max_regions`` squares of ``size`` px spread evenly over the chip, as
+    (r0, r1, c0, c1).
 
     They are anchored to the chip, not to tiles, so the offset (and the membrane threshold read
     from the same regions) does not change with the tile size.
@@ -135,7 +143,8 @@ def sample_regions(
 @dataclass
 class TrackFit:
     """A registration by track lines: ``matrix`` maps full-scale transcript-frame pixels
-    (x = column, y = row, 1) to stain pixels; the rest says how well it is supported."""
+    (x = column, y = row, 1) to stain pixels; the rest says how well it is supported.
+    """
 
     matrix: np.ndarray
     lines: int  # track lines matched, both axes
@@ -149,7 +158,8 @@ class TrackFit:
 
 def dark_lines(image: np.ndarray, width_px: float) -> np.ndarray:
     """Dark thin lines as positive values: the local background minus the image, after capping
-    the image at its median so bright structure (membranes, dense spots) cannot outweigh them."""
+    the image at its median so bright structure (membranes, dense spots) cannot outweigh them.
+    """
     img = image.astype(np.float64)
     med = float(np.nanmedian(img)) if np.isfinite(img).any() else 0.0
     if med <= np.nanmin(img, initial=np.inf):  # sparse counts: most bins empty
@@ -163,7 +173,8 @@ def dark_lines(image: np.ndarray, width_px: float) -> np.ndarray:
 
 def grid_angle(lines: np.ndarray) -> float:
     """Angle (degrees, in [-45, 45)) that turns the line grid square to the pixel axes: the
-    Radon projections at theta and theta + 90° are most peaked there."""
+    Radon projections at theta and theta + 90° are most peaked there.
+    """
     r = min(lines.shape) / 2 - 1
     yy, xx = np.mgrid[: lines.shape[0], : lines.shape[1]]
     disc = np.where(
@@ -184,7 +195,8 @@ def grid_angle(lines: np.ndarray) -> float:
 
 def square_up(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """The image turned by ``angle_deg`` about its centre (NaN beyond it), and the 3x3 matrix from
-    the turned image's (x, y) to the original's."""
+    the turned image's (x, y) to the original's.
+    """
     h, w = image.shape
     c = np.array([[1, 0, (w - 1) / 2], [0, 1, (h - 1) / 2], [0, 0, 1]])
     t = math.radians(angle_deg)
@@ -202,7 +214,8 @@ def square_up(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarr
 
 def line_positions(lines: np.ndarray, axis: int, min_gap_px: float) -> np.ndarray:
     """Sub-pixel positions of the lines across ``axis`` (0: rows, i.e. horizontal lines), from the
-    profile of mean line strength; a peak must stand out of the profile's noise."""
+    profile of mean line strength; a peak must stand out of the profile's noise.
+    """
     valid = np.isfinite(lines)
     n = valid.sum(axis=1 - axis)
     prof = np.where(n > 0, np.nansum(lines, axis=1 - axis) / np.maximum(n, 1), 0.0)
@@ -225,7 +238,8 @@ def hypotheses(
     u: np.ndarray, v: np.ndarray, sign: float, scales: tuple[float, float]
 ) -> np.ndarray:
     """Candidate (s, t) with ``u ≈ s * v + t``, one per pair of neighbouring lines in each image
-    (``sign`` -1: the stain runs the other way, a flip), within the scale range."""
+    (``sign`` -1: the stain runs the other way, a flip), within the scale range.
+    """
     if len(u) < 2 or len(v) < 2:
         return np.zeros((0, 2))
     du, dv = np.diff(u), np.diff(v)
@@ -255,7 +269,8 @@ def match_lines(
 ) -> list[tuple[int, str, float, tuple]]:
     """Every orientation (stain rows with expression rows or, a quarter turn, with columns; either
     sign per axis), with its best common scale and shifts: (lines matched, name, scale, (pairing,
-    signs, shifts)), best first."""
+    signs, shifts)), best first.
+    """
     out = []
     for swap in (False, True):
         pairs = (
@@ -292,13 +307,13 @@ def _refit(
     rms = 0.0
     for _ in range(rounds):
         rows, rhs = [], []
-        for axis, ((u, v), sign) in enumerate(zip(pairs, signs)):
+        for axis, ((u, v), sign) in enumerate(zip(pairs, signs, strict=False)):
             if not len(u) or not len(v):
                 continue
             pred = sign * s * v + t[axis]
             j = np.abs(u[:, None] - pred[None, :]).argmin(axis=1)
             ok = np.abs(u - pred[j]) < tol
-            for ui, vj in zip(u[ok], v[j[ok]]):
+            for ui, vj in zip(u[ok], v[j[ok]], strict=True):
                 rows.append([sign * vj, axis == 0, axis == 1])
                 rhs.append(ui)
         a, b = np.asarray(rows, np.float64), np.asarray(rhs, np.float64)
@@ -351,9 +366,11 @@ def register_track_lines(
     if k < min_lines or k - runner_up < min_margin:
         raise InputError(
             f"{where}: cannot register the membrane stain to the expression map by track lines: "
-            f"{len(expr_pos[0]) + len(expr_pos[1])} lines found in the expression map, {found} in the stain; "
+            f"{len(expr_pos[0]) + len(expr_pos[1])} lines found in the expression map, {found} in "
+            "the stain; "
             f"the best orientation ({name}) matches {k}, the next best {runner_up} (need at least "
-            f"{min_lines} and a margin of cells.membrane.register_min_margin = {min_margin}); does the chip "
+            f"{min_lines} and a margin of cells.membrane.register_min_margin = {min_margin}); does "
+            "the chip "
             "have track lines, and is cells.membrane.track_line_um their width?"
         )
     sa, sb = signs

@@ -5,7 +5,7 @@ Pure functions over window arrays (no Ray, no chip), so they are tested directly
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -16,7 +16,8 @@ from ...imaging.filters import smooth
 
 def within_reach(seeds: np.ndarray, max_distance_px: float) -> np.ndarray:
     """Pixels no further than ``max_distance_px`` from a nucleus: no cell extends past it, which
-    bounds how far a tile must look (the halo) and keeps debris far from nuclei out of cells."""
+    bounds how far a tile must look (the halo) and keeps debris far from nuclei out of cells.
+    """
     return ndi.distance_transform_edt(seeds == 0) <= max_distance_px
 
 
@@ -52,7 +53,8 @@ def best_diameter(
 ) -> tuple[np.ndarray, float, list[int]]:
     """Run ``segment(diameter)`` for each diameter and keep the masks with the largest total cell
     area (STCellbin): too small a diameter splits or misses cells, too large merges them into
-    fewer, smaller-than-real masks. Ties keep the first diameter. Returns masks, diameter, areas."""
+    fewer, smaller-than-real masks. Ties keep the first diameter. Returns masks, diameter, areas.
+    """
     best, best_d, areas = None, diameters_px[0], []
     for d in diameters_px:
         masks = np.asarray(segment(d))

@@ -1,5 +1,6 @@
 """``cells.membrane.registration: track_lines``: the stain registered to the expression map by the
-chip's track lines (STCellbin, Zhang et al. 2024), estimated once per chip and read through per tile.
+chip's track lines (STCellbin, Zhang et al. 2024), estimated once per chip and read through per
+tile.
 
 :func:`prepare_track_lines` (the method's ``prepare``) builds the chip-wide expression map
 (transcript counts) and the stain, both downsampled by ``register_downsample`` on bins anchored
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def prepare_track_lines(ctx: PrepareContext, cfg) -> dict:
     """State for :class:`StainReader`: the transform (3x3, transcript-frame pixels to stain
-    pixels), where the stain is, and what the fit found (for run.json)."""
+    pixels), where the stain is, and what the fit found (for run.json).
+    """
     chip, f, ch = ctx.chip, cfg.register_downsample, cfg.channel
     h, w = chip.shape_yx
     bh, bw = h // f, w // f

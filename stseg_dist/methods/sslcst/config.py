@@ -54,7 +54,7 @@ class SSLCSTConfig:
     # at 1 µm most spots inside a cell hold no transcript, so masks are porous; no transcript moves.
     fill_um: float | None = None
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         one_of(self, key, "variant", ("stseg", "paper"))
         at_least_one(self, key, "blocks")
         require(
@@ -75,7 +75,8 @@ class SSLCSTConfig:
         )
         require(
             self.n_directions >= 4 and self.n_directions % 4 == 0,
-            f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto classes), "
+            f"{key}.n_directions must be a multiple of 4 (the square's turns map classes onto "
+            "classes), "
             f"got {self.n_directions}",
         )
         require(self.erosion_bins >= 0, f"{key}.erosion_bins must be >= 0, got {self.erosion_bins}")

@@ -55,7 +55,9 @@ class SpotGrid:
 def spot_grid(
     data: TileData, bin_um: float, top_genes: np.ndarray, d0_um: float, d_max_um: float
 ) -> SpotGrid:
-    """Bin a tile window into spots with counts of ``top_genes`` (chip gene indices) and the prior."""
+    """Bin a tile window into spots with counts of ``top_genes`` (chip gene indices) and the
+    prior.
+    """
     binned = bin_tile(data, bin_um)
     h, w = binned.shape
     slot = np.full(max(len(data.genes), int(binned.genes.max(initial=0)) + 1), -1, np.int64)
@@ -70,10 +72,10 @@ def spot_grid(
     ids, cr, cc = nucleus_centroids(data.nuclei, (data.tile.window[0], data.tile.window[2]))
     ps = data.pixel_size_um
     cy, cx = (cr + 0.5) * ps, (cc + 0.5) * ps
-    centroids = {int(i): (float(y), float(x)) for i, y, x in zip(ids, cy, cx)}
+    centroids = {int(i): (float(y), float(x)) for i, y, x in zip(ids, cy, cx, strict=False)}
     flat = data.nuclei.ravel()
     uid, area = np.unique(flat[flat > 0], return_counts=True)
-    radii = {int(i): float(np.sqrt(a / np.pi) * ps) for i, a in zip(uid, area)}
+    radii = {int(i): float(np.sqrt(a / np.pi) * ps) for i, a in zip(uid, area, strict=True)}
     grid = SpotGrid(binned, counts, np.zeros((h, w), np.float32), centroids, radii)
     if len(ids) and h and w:
         rr, cc2 = np.mgrid[:h, :w]
@@ -88,7 +90,9 @@ def spot_grid(
 
 
 def neighbourhood_offsets(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column offsets of the k x k tokens, row-major (the centre token is index k*k // 2)."""
+    """Row and column offsets of the k x k tokens, row-major
+    (the centre token is index k*k // 2).
+    """
     half = k // 2
     dr, dc = np.mgrid[-half : half + 1, -half : half + 1]
     return dr.ravel(), dc.ravel()
@@ -97,7 +101,9 @@ def neighbourhood_offsets(k: int) -> tuple[np.ndarray, np.ndarray]:
 def gather_tokens(
     grid: SpotGrid, rows: np.ndarray, cols: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token counts (N, k*k, G+1) and priors (N, k*k) of spots (rows, cols); zeros off the window."""
+    """Token counts (N, k*k, G+1) and priors (N, k*k) of spots (rows, cols); zeros off the
+    window.
+    """
     half = k // 2
     counts = np.pad(grid.counts, ((half, half), (half, half), (0, 0)))
     prior = np.pad(grid.prior, half)
@@ -111,14 +117,16 @@ def direction_class(
     dy: np.ndarray, dx: np.ndarray, n_directions: int, floor: bool = False
 ) -> np.ndarray:
     """The nearest of ``n_directions`` directions, class j at angle 2*pi*j/n from +x towards +y;
-    with ``floor`` (the paper) class j is the bin [2*pi*j/n, 2*pi*(j+1)/n)."""
+    with ``floor`` (the paper) class j is the bin [2*pi*j/n, 2*pi*(j+1)/n).
+    """
     a = np.arctan2(dy, dx) / (2 * np.pi / n_directions)
     return np.mod((np.floor(a) if floor else np.round(a)).astype(np.int64), n_directions)
 
 
 def unit_steps(n_directions: int, centre: bool = False) -> np.ndarray:
     """(n, 2) unit steps (dy, dx) in spot units, one per direction class (``centre``: along the
-    middle of a floor bin rather than its first edge)."""
+    middle of a floor bin rather than its first edge).
+    """
     a = 2 * np.pi * (np.arange(n_directions) + (0.5 if centre else 0.0)) / n_directions
     return np.column_stack([np.sin(a), np.cos(a)])
 
@@ -170,7 +178,8 @@ def direction_mask(
 
 def centre_map(grid: SpotGrid, bin_um: float, radius_um: float) -> np.ndarray:
     """(H, W) int64: the ID of the nearest nucleus centroid within ``radius_um`` of each spot
-    centre (0 elsewhere): where a path tracked to the nucleus centre ends."""
+    centre (0 elsewhere): where a path tracked to the nucleus centre ends.
+    """
     h, w = grid.shape
     out = np.zeros((h, w), np.int64)
     if not grid.centroids or not h or not w:

@@ -70,7 +70,8 @@ class SSLCSTMethod(TorchMethod):
 
     def _feature_reach_um(self) -> float:
         """Where the prior is cut off: tracking reach and the neighbourhood (not fill_um, which
-        must not change what the network sees)."""
+        must not change what the network sees).
+        """
         track_um = (
             self.max_steps + (3 if self.paper else 2)
         ) * self.bin_um  # paper: + the smoothing's spot
@@ -87,16 +88,18 @@ class SSLCSTMethod(TorchMethod):
             )
         cfg, k = self.cfg, self.k
         n_genes = len(ctx.genes)
-        labels = lambda grid: spot_labels(
-            grid,
-            self.bin_um,
-            k,
-            cfg.erosion_bins,  # noqa: E731
-            cfg.neg_distance_um,
-            cfg.n_directions,
-            need_expression=self.paper,
-            floor=self.paper,
-        )
+
+        def labels(grid):
+            return spot_labels(
+                grid,
+                self.bin_um,
+                k,
+                cfg.erosion_bins,
+                cfg.neg_distance_um,
+                cfg.n_directions,
+                need_expression=self.paper,
+                floor=self.paper,
+            )
 
         def count(data: TileData):
             own = data.transcripts.in_core
@@ -156,7 +159,8 @@ class SSLCSTMethod(TorchMethod):
         """The window's spot grid, the spots whose paths are followed (the core's, and with
         ``fill_um`` those within twice its radius, which a closing of the core reads), and the
         spots within ``margin`` of the core; no masks where the window holds no nucleus (then
-        every spot keeps its nucleus label)."""
+        every spot keeps its nucleus label).
+        """
         grid = self._grid(data, self.state["top_genes"])
         h, w = grid.shape
         if not (grid.binned.nuclei > 0).any() or not h or not w:
@@ -204,7 +208,9 @@ class SSLCSTMethod(TorchMethod):
         return b.to_pixels(self._fill(cells, b), data.shape).astype(np.uint32)
 
     def _fill(self, cells: np.ndarray, b) -> np.ndarray:
-        """``fill_um``: each cell closed over a disc of that radius, claiming only empty, unlabelled spots."""
+        """``fill_um``: each cell closed over a disc of that radius, claiming only empty,
+        unlabelled spots.
+        """
         if not self.fill_bins:
             return cells
         return close_cells(cells, b.counts() == 0, self.fill_bins)
@@ -260,7 +266,8 @@ class SSLCSTMethod(TorchMethod):
 
 def paper_max_steps(config, bin_um: float) -> int:
     """The paper tracks to the nucleus centre with no stated budget; paths are capped (a bounded
-    halo keeps tiles exact) at a cell radius plus 4 µm for bends."""
+    halo keeps tiles exact) at a cell radius plus 4 µm for bends.
+    """
     return max(1, int(math.ceil((config.cells.cell_diameter_um / 2 + 4.0) / bin_um)))
 
 
@@ -275,7 +282,8 @@ def default_max_steps(config, bin_um: float) -> int:
 
 def close_cells(cells: np.ndarray, free: np.ndarray, radius: int) -> np.ndarray:
     """Each cell's mask closed by a disc of ``radius`` spots; a closed spot joins it only where
-    ``free`` (and unlabelled); where two cells close over one spot the lower ID takes it."""
+    ``free`` (and unlabelled); where two cells close over one spot the lower ID takes it.
+    """
     out = cells.copy()
     ids = np.unique(cells)
     ids = ids[ids > 0]

@@ -2,7 +2,8 @@
 two heads, in/out of cell (2-way) and the direction to the nucleus centre (n-way).
 
 ``stseg``: one post-LN attention block; ``paper`` (``pre_ln``): ``blocks`` pre-LN blocks, each
-x + attention(LN(x)) then x + MLP(LN(x)), with a final LN, as in Huo et al."""
+x + attention(LN(x)) then x + MLP(LN(x)), with a final LN, as in Huo et al.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ class SpotEncoder(nn.Module):
     def forward(
         self, counts: torch.Tensor, prior: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2), direction logits (B, n))."""
+        """Counts (B, T, G+1) raw, prior (B, T) -> (in/out logits (B, 2),
+        direction logits (B, n)).
+        """
         b, t, _ = counts.shape
         # The prior relative to the centre spot, log(p_t / p_c) = (d_c - d_t) / d0, scaled to
         # [-1, 1] per spot: the same pattern near a nucleus and far from it, so the rule learnt

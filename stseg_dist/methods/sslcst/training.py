@@ -19,7 +19,9 @@ from .features import IGNORE, direction_class, gather_tokens, neighbourhood_offs
 
 @dataclass
 class TrainingSpots:
-    """Labelled spots with their raw tokens, keyed by global spot so order never depends on tiles."""
+    """Labelled spots with their raw tokens, keyed by global spot so order never depends on
+    tiles.
+    """
 
     key: np.ndarray  # (N,) int64 global spot row * 2**32 + col
     counts: np.ndarray  # (N, T, G+1) uint16 token counts
@@ -31,7 +33,7 @@ class TrainingSpots:
         return len(self.key)
 
     @classmethod
-    def concat(cls, parts: list["TrainingSpots"]) -> "TrainingSpots":
+    def concat(cls, parts: list[TrainingSpots]) -> TrainingSpots:
         parts = [p for p in parts if p is not None and len(p)]
         if not parts:
             raise ValueError("no labelled spots to train on")
@@ -84,7 +86,8 @@ def train_sslcst(
     spots: TrainingSpots, k: int, n_counts: int, cfg, *, device: str | None = None, log=None
 ) -> dict:
     """Train the encoder; return a picklable state with the weights as bytes (on the CPU on one
-    thread: batches of 64 x 25 tokens gain nothing from intra-op threads)."""
+    thread: batches of 64 x 25 tokens gain nothing from intra-op threads).
+    """
     return train_on_device(_train, spots, k, n_counts, cfg, device=device, log=log)
 
 
@@ -183,7 +186,8 @@ def predict_spots(
     probs: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """In-cell probability and direction class (``probs``: the (N, n) direction probabilities) of
-    window spots (rows, cols), in fixed-size chunks."""
+    window spots (rows, cols), in fixed-size chunks.
+    """
     import torch
 
     p_in = np.zeros(len(rows), np.float32)

@@ -1,4 +1,6 @@
-"""UCS (Chen et al., Small Methods 2025): foreground and cell networks trained on the chip itself."""
+"""UCS (Chen et al., Small Methods 2025): foreground and cell networks trained on the chip
+itself.
+"""
 
 from .config import UCSConfig
 

@@ -82,7 +82,7 @@ class UCSConfig:
     coverage: float | None = None
     seed: int = 0
 
-    def validate(self, key: str, root: "PipelineConfig") -> None:
+    def validate(self, key: str, root: PipelineConfig) -> None:
         require(
             self.coverage is None or 0 < self.coverage <= 1,
             f"{key}.coverage must be in (0, 1] or null, got {self.coverage}",
@@ -107,7 +107,8 @@ class UCSConfig:
         in_range(self, key, "missing_cell_threshold", "(0, 1]")
         require(
             self.missing_cell_smoothing_um >= 0,
-            f"{key}.missing_cell_smoothing_um must not be negative, got {self.missing_cell_smoothing_um}",
+            f"{key}.missing_cell_smoothing_um must not be negative, got "
+            f"{self.missing_cell_smoothing_um}",
         )
         one_of(self, key, "foreground_labels", ("paper", "nuclei", "chip"))
         in_range(self, key, "background_density", "(0, 1)")

@@ -98,7 +98,8 @@ def foreground_pass(
 
 def empty_field_foreground(model, device) -> float:
     """The foreground net's p for a bin with no transcript anywhere in its receptive field: what
-    it says in the absence of evidence (a constant of the trained weights)."""
+    it says in the absence of evidence (a constant of the trained weights).
+    """
     import torch
 
     side = 2 * model.foreground.receptive_radius + 3
@@ -162,7 +163,8 @@ def predict(
 
 
 def _head_terms(cell_net):
-    """The cell net's 1x1 head as the difference of its two logits: (w_mask, w_profile, w_marker, bias).
+    """The cell net's 1x1 head as the difference of its two logits:
+    (w_mask, w_profile, w_marker, bias).
 
     Every input of the head is a per-bin product with the cell's soft mask (or its marker mask),
     so q_c = sigmoid(sm_c * (w_mask . r + (w_profile * profile_c) . r) + w_marker * mk_c + bias)
@@ -286,10 +288,12 @@ def postprocess(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         return np.where(hit, k + 1, 0)
 
     boxes = zip(
-        ndi.find_objects(compact(labels), len(ids)), ndi.find_objects(compact(seeds), len(ids))
+        ndi.find_objects(compact(labels), len(ids)),
+        ndi.find_objects(compact(seeds), len(ids)),
+        strict=True,
     )
     h, w = labels.shape
-    for cid, (lb, sb) in zip(ids, boxes):
+    for cid, (lb, sb) in zip(ids, boxes, strict=True):
         parts = [b for b in (lb, sb) if b is not None]
         if not parts:
             continue

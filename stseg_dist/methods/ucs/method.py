@@ -53,7 +53,8 @@ class UCSMethod(TorchMethod):
     # -- geometry -----------------------------------------------------------------------------
     def reach_um(self) -> float:
         """How far from its nucleus a cell is considered: the published method weighs every cell
-        of its 48-bin patch, so about half a patch; ours, one cell diameter."""
+        of its 48-bin patch, so about half a patch; ours, one cell diameter.
+        """
         if self.paper:
             return self.cfg.patch_px // 2 * self.bin_um
         return self.config.cells.cell_diameter_um
@@ -116,7 +117,8 @@ class UCSMethod(TorchMethod):
             background = chip_background(counts, self.cfg.background_sigma_um / bin_um)
             nuclear = float(counts[2] / counts[3]) if counts[3] else None
             log.info(
-                f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins farther than "
+                f"UCS chip densities per bin: background {background} ({counts[1]:.0f} bins "
+                "farther than "
                 f"{far_um} µm from any nucleus), nuclei {nuclear}"
             )
         train = ctx.train_where_gpu(train_ucs)
@@ -155,7 +157,7 @@ class UCSMethod(TorchMethod):
         types = sorted(self.markers.cell_type.unique())
         lut = np.zeros(len(genes), np.int64)
         index = {g: i for i, g in enumerate(genes)}
-        for t, g in zip(self.markers.cell_type, self.markers.gene):
+        for t, g in zip(self.markers.cell_type, self.markers.gene, strict=True):
             if g in index:
                 lut[index[g]] = types.index(t) + 1
         return lut
@@ -301,7 +303,8 @@ def nucleus_distance_histogram(data: TileData, cap_um: float) -> np.ndarray:
 
 def growth_for_coverage(hist: np.ndarray, coverage: float) -> float:
     """The least distance from a nucleus that holds ``coverage`` of the chip's transcripts (what
-    expansion by that distance would assign), capped at the histogram's reach."""
+    expansion by that distance would assign), capped at the histogram's reach.
+    """
     total = hist.sum()
     if not total:
         return 0.0
@@ -328,7 +331,8 @@ def resolve_coverage(hist: np.ndarray, target: float, base_growth_um: float) -> 
 
 def default_growth_um(config) -> float:
     """How far a cell may grow beyond its nucleus by default: the cytoplasm of a typical cell,
-    (cell - nucleus diameter) / 2, plus 2 µm for cells larger than typical."""
+    (cell - nucleus diameter) / 2, plus 2 µm for cells larger than typical.
+    """
     return max(config.cells.cell_diameter_um - config.nuclei.diameter_um, 0.0) / 2 + 2.0
 
 
@@ -360,7 +364,7 @@ def _patches_for(
     rows = binned.grid.pixel_to_bin(cy[mine]) - binned.origin[0]
     cols = binned.grid.pixel_to_bin(cx[mine]) - binned.origin[1]
     out = []
-    for cid, br, bc in zip(ids[mine], rows, cols):
+    for cid, br, bc in zip(ids[mine], rows, cols, strict=False):
         box = patch_box(int(br), int(bc), size, binned.shape)
         pr, pc, pg = binned.in_box(*box)
         markers = (
@@ -417,7 +421,9 @@ def chip_background(stats: np.ndarray, sigma_bins: float) -> tuple[float, float]
 
 
 def hvg_filter(hvg: dict | None, region_um: float):
-    """``keep(x_um, y_um, genes) -> bool mask``: each transcript's gene is one of its region's HVGs."""
+    """``keep(x_um, y_um, genes) -> bool mask``: each transcript's gene is one of its region's
+    HVGs.
+    """
     if hvg is None:
         return None
 

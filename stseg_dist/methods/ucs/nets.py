@@ -59,7 +59,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 def _mlp1x1(sizes: list[int], last_relu: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Conv2d(a, b, 1))
         if last_relu or i < len(sizes) - 2:
             layers.append(nn.ReLU(inplace=True))
@@ -89,7 +89,8 @@ class ForegroundNet(nn.Module):
 class CellNet(nn.Module):
     """Per cell: reduced features times its soft mask and, with ``expression``, an addition to the
     paper: the same features times the cell's own expression profile (their mean over its
-    nucleus), so a bin between two nuclei can go to the one whose expression it shares."""
+    nucleus), so a bin between two nuclei can go to the one whose expression it shares.
+    """
 
     def __init__(
         self,
@@ -118,10 +119,11 @@ class CellNet(nn.Module):
         softmasks: torch.Tensor,
         marker_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
+        """Reduced (1, C, H, W) shared by the cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W).
 
         Training runs it over whole patches; inference scores each cell over its own box from the
-        head's weights (inference._head_terms), which this head being 1x1 makes the same."""
+        head's weights (inference._head_terms), which this head being 1x1 makes the same.
+        """
         parts = [reduced * softmasks]
         if self.expression:
             prof = self.profiles(reduced, softmasks)
@@ -136,12 +138,14 @@ class CellNet(nn.Module):
         softmasks: torch.Tensor,
         marker_masks: torch.Tensor | None = None,
     ):
-        """features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits (N, 2, H, W)."""
+        """Features (1, F, H, W) shared by the patch's cells; softmasks (N, 1, H, W) -> logits
+        (N, 2, H, W).
+        """
         return self.classify(self.reduce(features), softmasks, marker_masks)
 
 
 def _linear1x1(sizes: list[int]) -> nn.Sequential:
-    return nn.Sequential(*[nn.Conv2d(a, b, 1) for a, b in zip(sizes[:-1], sizes[1:])])
+    return nn.Sequential(*[nn.Conv2d(a, b, 1) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
 
 
 def _double_block(cin: int, cout: int) -> nn.Sequential:
@@ -161,7 +165,9 @@ class PaperForegroundNet(nn.Module):
         self.input = SparseGeneInput(n_genes, 256)
         self.extract = _linear1x1([256, 128, 64])
         sizes = [64, 128, 256, 128, 64]
-        self.encoder = nn.ModuleList([_double_block(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.encoder = nn.ModuleList(
+            [_double_block(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
         self.head = _linear1x1([sum(sizes), 256, 128, 64])
         self.out = nn.Conv2d(64, 2, 1)
         self.feature_channels = 64

@@ -106,7 +106,9 @@ def paper_kernel() -> np.ndarray:
 
 
 def augment(p: Patch, k: int, flip: bool) -> Patch:
-    """The patch rotated by k quarter turns, flipped first if ``flip`` (sparse indices and rasters alike)."""
+    """The patch rotated by k quarter turns, flipped first if ``flip``
+    (sparse indices and rasters alike).
+    """
     n = p.nuclei.shape[0]
     rows, cols = (n - 1 - p.rows if flip else p.rows), p.cols
     nuc, mk = (
@@ -196,7 +198,8 @@ def _train(
     }
     if log:
         log(
-            f"UCS training: foreground loss {history['foreground'][0]:.3f} -> {history['foreground'][-1]:.3f} "
+            f"UCS training: foreground loss {history['foreground'][0]:.3f} -> "
+            f"{history['foreground'][-1]:.3f} "
             f"in {len(history['foreground'])} epochs, cell loss {history['cell'][0]:.3f} -> "
             f"{history['cell'][-1]:.3f} in {len(history['cell'])} epochs"
         )
@@ -226,7 +229,8 @@ def _train_foreground(
     model, patches: list[Patch], cfg, ce, rng, device, label_args: dict
 ) -> list[float]:
     """Phase 1: the foreground net. The paper variant turns each patch by a random flip/rot90 per
-    step and derives its labels after; ours labels each patch once."""
+    step and derives its labels after; ours labels each patch once.
+    """
     import torch
 
     paper = cfg.variant == "paper"
@@ -267,7 +271,8 @@ def _train_foreground(
 
 def _train_cells(model, patches: list[Patch], cfg, ce, rng, device, markers: bool) -> list[float]:
     """Phase 2: the cell net on frozen foreground features. Every cell of every patch in a batch at
-    once: cells on the batch axis, each looking at its own patch's reduced features."""
+    once: cells on the batch axis, each looking at its own patch's reduced features.
+    """
     import torch
 
     opt = _adam(model.cell.parameters(), cfg)
