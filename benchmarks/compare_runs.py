@@ -12,7 +12,7 @@ downloaded weights, using the code at ``--code`` (a checkout: its ``stseg_dist``
 
 Usage (contended CPU: every run is small; ``--only`` picks cases by name)::
 
-    python benchmarks/compare_runs.py chip --code /tmp/base --out /tmp/cmp/chip
+    python benchmarks/compare_runs.py chip --code /tmp/base --out /tmp/cmp/chip  # + chip-stereoseq
     python benchmarks/compare_runs.py run --code /tmp/base --chip /tmp/cmp/chip --out /tmp/cmp/base
     python benchmarks/compare_runs.py run --code . --chip /tmp/cmp/chip --out /tmp/cmp/new
     python benchmarks/compare_runs.py compare /tmp/cmp/base /tmp/cmp/new
@@ -67,20 +67,35 @@ CASES: dict[str, tuple[str, str | None, list[str]]] = {
     "stereoseq-expansion": ("stereoseq", "configs/stereoseq.yaml", []),
     "stereoseq-ucs": ("stereoseq", "configs/stereoseq.yaml", UCS),
     "stereoseq-sslcst": ("stereoseq", "configs/stereoseq.yaml", SSL),
+    # the crop converted once by the ``chip`` command's code: an older chip.json, whose facts
+    # (bin size, spot capture) the newer code must derive as before
+    "stereoseq-chip-ucs": ("stereoseq-chip", "configs/stereoseq.yaml", UCS),
 }
 
 
-def _env(code: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(code).resolve())
+def _stseg(code: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m stseg_dist ARGS`` with the package of the checkout ``code``: run from there,
+    since ``-m`` puts the working folder first on the import path (before PYTHONPATH)."""
+    code = str(Path(code).resolve())
+    env = dict(os.environ, PYTHONPATH=code)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+    cmd = [sys.executable, "-m", "stseg_dist", *args]
+    return subprocess.run(cmd, env=env, cwd=code, capture_output=True, text=True, check=False)
+
+
+def _checked(proc: subprocess.CompletedProcess) -> None:
+    if proc.returncode:
+        sys.exit(proc.stderr[-3000:])
 
 
 def make_chip(args) -> None:
-    cmd = [sys.executable, "-m", "stseg_dist", "synth", "--out", args.out, "--width-um", "120"]
-    cmd += ["--height-um", "96", "--seed", "4", "--membrane", "--vendor-nuclei", "--overwrite"]
-    subprocess.run(cmd, check=True, env=_env(args.code))
+    """The generated chip at ``--out``, and the Stereo-seq crop converted beside it
+    (``<out>-stereoseq``), both written by ``--code``."""
+    out = str(Path(args.out).resolve())
+    cmd = ["synth", "--out", out, "--width-um", "120", "--height-um", "96", "--seed", "4"]
+    _checked(_stseg(args.code, [*cmd, "--membrane", "--vendor-nuclei", "--overwrite"]))
+    cmd = ["convert", "--input", STEREOSEQ, "--out", f"{out}-stereoseq", "--platform", "stereoseq"]
+    _checked(_stseg(args.code, [*cmd, "--overwrite"]))
 
 
 def run_cases(args) -> None:
@@ -88,11 +103,13 @@ def run_cases(args) -> None:
     for name, (source, config, items) in CASES.items():
         if args.only and name not in args.only:
             continue
-        out = Path(args.out) / name
-        cmd = [sys.executable, "-m", "stseg_dist", "run", "--out", str(out), "--local"]
-        cmd += ["--no-progress", "--no-spatialdata"]
+        out = Path(args.out).resolve() / name
+        chip = str(Path(args.chip).resolve())
+        cmd = ["run", "--out", str(out), "--local", "--no-progress", "--no-spatialdata"]
         if source == "chip":
-            cmd += ["--chip", args.chip]
+            cmd += ["--chip", chip]
+        elif source == "stereoseq-chip":
+            cmd += ["--chip", f"{chip}-stereoseq"]
         else:
             cmd += ["--input", STEREOSEQ, "--platform", "stereoseq"]
         if config:
@@ -100,7 +117,7 @@ def run_cases(args) -> None:
         for item in [*SMALL, *items]:
             cmd += ["--set", item]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=_env(str(code)), capture_output=True, text=True, check=False)
+        proc = _stseg(str(code), cmd)
         status = "ok" if proc.returncode == 0 else f"FAILED rc={proc.returncode}"
         print(f"{name:22s} {status} {time.perf_counter() - t0:6.1f} s (contended)", flush=True)
         if proc.returncode:
