@@ -75,7 +75,8 @@ CASES: dict[str, tuple[str, str | None, list[str]]] = {
 
 def _stseg(code: str, args: list[str]) -> subprocess.CompletedProcess:
     """``python -m stseg_dist ARGS`` with the package of the checkout ``code``: run from there,
-    since ``-m`` puts the working folder first on the import path (before PYTHONPATH)."""
+    since ``-m`` puts the working folder first on the import path (before PYTHONPATH).
+    """
     code = str(Path(code).resolve())
     env = dict(os.environ, PYTHONPATH=code)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -90,7 +91,8 @@ def _checked(proc: subprocess.CompletedProcess) -> None:
 
 def make_chip(args) -> None:
     """The generated chip at ``--out``, and the Stereo-seq crop converted beside it
-    (``<out>-stereoseq``), both written by ``--code``."""
+    (``<out>-stereoseq``), both written by ``--code``.
+    """
     out = str(Path(args.out).resolve())
     cmd = ["synth", "--out", out, "--width-um", "120", "--height-um", "96", "--seed", "4"]
     _checked(_stseg(args.code, [*cmd, "--membrane", "--vendor-nuclei", "--overwrite"]))
