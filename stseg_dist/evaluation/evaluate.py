@@ -187,7 +187,9 @@ def _nucleus_metrics(pred_out_url: str, nuc_ref, tx: pd.DataFrame, block: int, s
     url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
     col = _flag_column(url, so)
     if col is not None:
-        flags = pd.read_parquet(url, columns=[col], storage_options=so or None)[col]
+        flags = pd.read_parquet(
+            url, columns=[col], storage_options=storage.pandas_options(url, so)
+        )[col]
         out["flags_reference"] = f"{col} per transcript"
         out.update(NM.transcript_nucleus_agreement(pred_in, nucleus_flags(flags, col)))
     return out
@@ -196,7 +198,9 @@ def _nucleus_metrics(pred_out_url: str, nuc_ref, tx: pd.DataFrame, block: int, s
 def _run_column(pred_out_url: str, column: str, so) -> np.ndarray:
     url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
     try:
-        return pd.read_parquet(url, columns=[column], storage_options=so or None)[column].to_numpy()
+        return pd.read_parquet(
+            url, columns=[column], storage_options=storage.pandas_options(url, so)
+        )[column].to_numpy()
     except (KeyError, ValueError) as exc:
         raise InputError(f"{url}: no column '{column}' to join nucleus flags on") from exc
 
@@ -295,7 +299,9 @@ def gene_pair_set(
     # No chip to read: the same rule over the run's transcript table (all of the chip's
     # transcripts that the run kept; still nothing of the run's nuclei or cells).
     url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
-    tx = pd.read_parquet(url, columns=[K.X, K.Y, K.GENE], storage_options=so or None)
+    tx = pd.read_parquet(
+        url, columns=[K.X, K.Y, K.GENE], storage_options=storage.pandas_options(url, so)
+    )
     found = pairs_from_transcripts(tx)
     found.detail = {"transcripts": url, "chip_unreadable": chip, **found.detail}
     return found

@@ -151,7 +151,7 @@ def chip_gene_pairs(
     wanted = [K.X, K.Y, K.GENE] + sorted(
         {c for cell, flag, _ in VENDOR_NUCLEUS_FLAGS for c in (cell, flag) if c in names}
     )
-    t = pd.read_parquet(tx_url, columns=wanted, storage_options=so or None)
+    t = pd.read_parquet(tx_url, columns=wanted, storage_options=storage.pandas_options(tx_url, so))
     found = pairs_from_transcripts(t)
     found.detail = {"chip": chip_url, **found.detail}
     if cache:
