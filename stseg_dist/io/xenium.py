@@ -206,10 +206,12 @@ def convert(input_url: str, out_url: str, options: dict, overwrite: bool, so) ->
     nuc = _first(fs, path, NUCLEI) if mode is True and masks is None else None
     if nuc is not None:
         polys, lut = _boundaries(fs, nuc)
+    first = next(iter(iter_table(fs, tx, input_url, 1000)), None)  # None: an empty table
+    columns = set(first.column_names) if first is not None else set()
     if (mode == "flags" or (mode is True and masks is None and nuc is None)) and {
         "cell_id",
         "overlaps_nucleus",
-    } <= set(next(iter(iter_table(fs, tx, input_url, 1000))).column_names):
+    } <= columns:
         grow = options["flag_nuclei_grow_um"]
         flags = FlagNuclei(options["flag_nuclei_min_transcripts"], ps if grow is None else grow)
     dropped = {"low_qv": 0, "control_probe": 0}

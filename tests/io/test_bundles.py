@@ -261,7 +261,7 @@ def test_platform_presets_are_valid_configs(name):
     from stseg_dist.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
-    assert cfg.nuclei.backend in ("vendor", "classical")
+    assert cfg.nuclei.backend in ("auto", "vendor", "classical")
 
 
 def test_xenium_features_reach_anndata_var_and_control_probes_are_counted(tmp_path):
