@@ -269,5 +269,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # "local": always a new embedded instance, never a cluster some other `ray start` left
+        # registered on this machine (where Ray would refuse num_cpus, or join a stranger)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     return True

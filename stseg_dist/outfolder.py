@@ -2,8 +2,9 @@
 before it starts leaves no folder behind.
 
 A folder is a stseg run (and a re-run resumes or replaces it) when it holds ``run.json``, the
-work dir ``_work`` or the run lock; any other non-empty folder is refused unless the caller
-says ``overwrite`` (the run then writes its outputs beside the files there, removing none).
+work dir ``_work`` or the run lock, or nothing but the files a run writes (a run whose run.json
+was removed to have it redone); any other non-empty folder is refused unless the caller says
+``overwrite`` (the run then writes its outputs beside the files there, removing none).
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from .io import storage
 from .runlock import LOCK_NAME
 
 RUN_MARKERS = (K.RUN_JSON, K.WORK_DIR, LOCK_NAME)
+#: what a run publishes into OUT: a folder holding only these is a run's, even without run.json
+RUN_OUTPUTS = frozenset(
+    (
+        K.LABELS_ZARR,
+        K.CELLS_PARQUET,
+        K.TRANSCRIPTS_PARQUET,
+        K.CELLS_H5AD,
+        K.CELL_BOUNDARIES_PARQUET,
+        K.NUCLEUS_BOUNDARIES_PARQUET,
+        K.REPORT_HTML,
+        "spatialdata.zarr",
+    )
+)
 
 
 def _entries(out_url: str, so: dict | None) -> list[str] | None:
@@ -36,6 +50,8 @@ def check_output_folder(out_url: str, so: dict | None = None, overwrite: bool = 
     """Refuse a non-empty ``out_url`` that is not a stseg run, unless ``overwrite``."""
     names = _entries(out_url, so)
     if not names or overwrite or any(n in RUN_MARKERS for n in names):
+        return
+    if set(names) <= RUN_OUTPUTS:
         return
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     raise OutputError(

@@ -86,7 +86,13 @@ def ray_module():
     """One Ray instance per test module (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR")
+    ray.init(
+        address="local",  # a new instance even where another Ray is registered on the machine
+        num_cpus=2,
+        include_dashboard=False,
+        ignore_reinit_error=True,
+        logging_level="ERROR",
+    )
     yield ray
     ray.shutdown()
 

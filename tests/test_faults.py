@@ -30,6 +30,7 @@ def ray_faults(fault_dir):
     import ray
 
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         logging_level="ERROR",

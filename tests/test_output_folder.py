@@ -86,3 +86,18 @@ def test_a_foreign_folder_is_refused_unless_overwrite(chip, tmp_path, capsys):
 
     # a stseg run folder is re-run without --overwrite (resume/replace)
     assert main(["run", "--chip", chip, "--out", str(out), *FAST]) == 0
+
+
+def test_a_folder_of_run_outputs_without_run_json_is_a_run(tmp_path):
+    """Removing run.json to have a run redone (as a batch re-run does) keeps the folder a run's;
+    one foreign file among the outputs makes it foreign again."""
+    from stseg_dist.errors import OutputError
+    from stseg_dist.outfolder import check_output_folder
+
+    out = tmp_path / "out"
+    (out / "labels.zarr").mkdir(parents=True)
+    (out / "cells.parquet").write_bytes(b"")
+    check_output_folder(str(out))  # accepted
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        check_output_folder(str(out))
