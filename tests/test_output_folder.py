@@ -90,7 +90,8 @@ def test_a_foreign_folder_is_refused_unless_overwrite(chip, tmp_path, capsys):
 
 def test_a_folder_of_run_outputs_without_run_json_is_a_run(tmp_path):
     """Removing run.json to have a run redone (as a batch re-run does) keeps the folder a run's;
-    one foreign file among the outputs makes it foreign again."""
+    one foreign file among the outputs makes it foreign again.
+    """
     from stseg_dist.errors import OutputError
     from stseg_dist.outfolder import check_output_folder
 
