@@ -124,9 +124,15 @@ def build(files: RunFiles):
         (CELL_SHAPES, K.CELL_BOUNDARIES_PARQUET),
         (NUCLEUS_SHAPES, K.NUCLEUS_BOUNDARIES_PARQUET),
     ):
-        gdf = gpd.read_parquet(files.path(fname)).set_index(K.CELL_ID)
-        gdf.index.name = None
-        gdf.crs = None  # µm is the "global" coordinate system's unit; spatialdata keeps no CRS
+        read = gpd.read_parquet(files.path(fname)).set_index(K.CELL_ID)
+        read.index.name = None
+        # µm is the "global" coordinate system's unit and spatialdata keeps no CRS: the same
+        # geometries without the file's engineering CRS (assigning None to .crs would override
+        # it, which geopandas warns about on every export)
+        gdf = gpd.GeoDataFrame(
+            read.drop(columns=read.geometry.name),
+            geometry=gpd.GeoSeries(np.asarray(read.geometry.values), index=read.index),
+        )
         shapes[name] = ShapesModel.parse(gdf, transformations=um)
 
     cells = ad.read_h5ad(files.path(K.CELLS_H5AD))
