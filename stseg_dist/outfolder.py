@@ -17,22 +17,12 @@ from collections.abc import Iterator
 from . import constants as K
 from .errors import OutputError
 from .io import storage
+from .outputs import FINAL_OUTPUTS
 from .runlock import LOCK_NAME
 
 RUN_MARKERS = (K.RUN_JSON, K.WORK_DIR, LOCK_NAME)
 #: what a run publishes into OUT: a folder holding only these is a run's, even without run.json
-RUN_OUTPUTS = frozenset(
-    (
-        K.LABELS_ZARR,
-        K.CELLS_PARQUET,
-        K.TRANSCRIPTS_PARQUET,
-        K.CELLS_H5AD,
-        K.CELL_BOUNDARIES_PARQUET,
-        K.NUCLEUS_BOUNDARIES_PARQUET,
-        K.REPORT_HTML,
-        "spatialdata.zarr",
-    )
-)
+RUN_OUTPUTS = frozenset((*FINAL_OUTPUTS, K.REPORT_HTML))
 
 
 def _entries(out_url: str, so: dict | None) -> list[str] | None:
