@@ -82,25 +82,12 @@ def cmd_run(args) -> int:
 
 def _spatialdata_possible(out: str) -> bool:
     """Whether the run can write OUT/spatialdata.zarr (its last stage); says why not."""
-    import importlib.util
+    from .driver import spatialdata_unavailable
 
-    from .io import storage
-
-    if storage.is_remote(out):
-        print(
-            "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a "
-            "local copy)",
-            file=sys.stderr,
-        )
-        return False
-    if importlib.util.find_spec("spatialdata") is None:
-        print(
-            "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg "
-            "export)",
-            file=sys.stderr,
-        )
-        return False
-    return True
+    why = spatialdata_unavailable(out)
+    if why:
+        print(why, file=sys.stderr)
+    return why is None
 
 
 def _spatialdata_written(out: str) -> None:

@@ -580,24 +580,34 @@ def _import_in_background(run: Run) -> None:
     threading.Thread(target=load, name="stseg-import-writers", daemon=True).start()
 
 
-def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
-    """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
-    written: a local OUT and the spatialdata extra installed; otherwise a warning says why not.
+def spatialdata_unavailable(out_url: str) -> str | None:
+    """Why ``spatialdata.zarr`` cannot be written into ``out_url`` (None: it can): a remote OUT,
+    or the spatialdata extra not installed. The CLI says it before the run; the run warns.
     """
     import importlib.util
-    from pathlib import Path
 
-    if storage.is_remote(run.out_url):
-        run.warn(
+    if storage.is_remote(out_url):
+        return (
             "spatialdata.zarr: not written for a remote OUT (stseg export --to spatialdata on a "
             "local copy)"
         )
-        return
     if importlib.util.find_spec("spatialdata") is None:
-        run.warn(
+        return (
             "spatialdata.zarr: not written (pip install 'stseg-dist[spatialdata]', then stseg "
             "export)"
         )
+    return None
+
+
+def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
+    """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
+    written (see :func:`spatialdata_unavailable`); otherwise a warning says why not.
+    """
+    from pathlib import Path
+
+    why = spatialdata_unavailable(run.out_url)
+    if why:
+        run.warn(why)
         return
     from .export._run import RunFiles
     from .export.spatialdata import write_spatialdata
