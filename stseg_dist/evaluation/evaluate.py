@@ -21,7 +21,13 @@ from .references import (
     nucleus_flags,
     open_label_array,
 )
-from .ruler import PairSet, chip_gene_pairs, load_pair_file, pairs_from_transcripts
+from .ruler import (
+    PairSet,
+    chip_gene_pairs,
+    gene_categories,
+    load_pair_file,
+    pairs_from_transcripts,
+)
 
 
 def _pred_transcripts(pred_out_url: str, key: str, so) -> pd.DataFrame:
@@ -246,6 +252,7 @@ def reference_free(
     tx = pd.read_parquet(
         url,
         columns=[K.CELL_ID, K.IN_NUCLEUS, K.GENE],
+        read_dictionary=[K.GENE],
         storage_options=storage.pandas_options(url, storage_options),
     )
     ruler = gene_pair_set(pred_out_url, storage_options, gene_pairs, markers, pairs_file, chip)
@@ -253,7 +260,7 @@ def reference_free(
 
 
 def _reference_free(tx: pd.DataFrame, ruler: PairSet) -> tuple[dict, np.ndarray, list]:
-    genes = pd.Categorical(tx[K.GENE])
+    genes = gene_categories(tx[K.GENE])
     codes = genes.codes.astype(np.int64)
     pairs = ruler.codes(list(genes.categories))
     cells = tx[K.CELL_ID].to_numpy()
@@ -300,7 +307,10 @@ def gene_pair_set(
     # transcripts that the run kept; still nothing of the run's nuclei or cells).
     url = storage.join(pred_out_url, K.TRANSCRIPTS_PARQUET)
     tx = pd.read_parquet(
-        url, columns=[K.X, K.Y, K.GENE], storage_options=storage.pandas_options(url, so)
+        url,
+        columns=[K.X, K.Y, K.GENE],
+        read_dictionary=[K.GENE],
+        storage_options=storage.pandas_options(url, so),
     )
     found = pairs_from_transcripts(tx)
     found.detail = {"transcripts": url, "chip_unreadable": chip, **found.detail}

@@ -102,9 +102,20 @@ def _vendor_nuclei(t: pd.DataFrame) -> tuple[np.ndarray, dict] | None:
     return None
 
 
+def gene_categories(genes: pd.Series) -> pd.Categorical:
+    """Genes as a categorical with string names; a column read as a dictionary stays one, so a
+    whole slide's genes never become one Python string per transcript.
+    """
+    cat = pd.Categorical(genes)
+    names = [str(c) for c in cat.categories]
+    if len(set(names)) < len(names):  # e.g. 1 and "1" in one column
+        return pd.Categorical(np.asarray(genes).astype(str))
+    return cat.rename_categories(names)
+
+
 def pairs_from_transcripts(t: pd.DataFrame, bin_um: float = BIN_UM) -> PairSet:
     """The chip rule on a transcript table (columns x, y, gene, and any vendor flags)."""
-    genes = pd.Categorical(t[K.GENE].astype(str))
+    genes = gene_categories(t[K.GENE])
     codes = genes.codes.astype(np.int64)
     vendor = _vendor_nuclei(t)
     if vendor is not None:
@@ -151,7 +162,12 @@ def chip_gene_pairs(
     wanted = [K.X, K.Y, K.GENE] + sorted(
         {c for cell, flag, _ in VENDOR_NUCLEUS_FLAGS for c in (cell, flag) if c in names}
     )
-    t = pd.read_parquet(tx_url, columns=wanted, storage_options=storage.pandas_options(tx_url, so))
+    t = pd.read_parquet(
+        tx_url,
+        columns=wanted,
+        read_dictionary=[K.GENE],
+        storage_options=storage.pandas_options(tx_url, so),
+    )
     found = pairs_from_transcripts(t)
     found.detail = {"chip": chip_url, **found.detail}
     if cache:

@@ -119,3 +119,21 @@ def test_bad_pair_files_are_rejected(tmp_path):
     pd.DataFrame({"gene_a": [], "gene_b": []}).to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(InputError, match="empty.csv: the gene pair table is empty"):
         load_pair_file(str(tmp_path / "empty.csv"))
+
+
+def test_genes_read_as_a_dictionary_give_the_same_pairs(chip):
+    """The chip rule reads genes as a dictionary column (not one Python string per transcript,
+    which at 60M transcripts is several GB): the pairs are the ones the string column gives,
+    and gene names that are not strings are matched as strings.
+    """
+    from stseg_dist.evaluation.ruler import gene_categories, pairs_from_transcripts
+
+    _, tx = chip
+    as_text = pairs_from_transcripts(tx[["x", "y", "gene"]])
+    as_dict = pairs_from_transcripts(tx[["x", "y", "gene"]].astype({"gene": "category"}))
+    assert as_dict.pairs == as_text.pairs and as_text.pairs
+    numbered = tx.gene.map({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5})
+    cats = gene_categories(numbered.astype("category"))
+    assert list(cats.categories) == ["1", "2", "3", "4", "5"]
+    mixed = gene_categories(pd.Series([1, "1", "x"], dtype=object))
+    assert sorted(mixed.categories) == ["1", "x"] and list(mixed.codes[:2]) == [0, 0]
