@@ -70,7 +70,6 @@ def make_tile(size: int, n_cells: int, n_genes: int, seed: int) -> TileData:
         tile=tile,
         pixel_size_um=1.0,
         origin_um=(0.0, 0.0),
-        platform="xenium",
         image=np.zeros((1, size, size), np.uint16),
         nuclei=nuclei,
         transcripts=tx,

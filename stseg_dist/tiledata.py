@@ -43,7 +43,6 @@ class TileData:
     tile: Tile
     pixel_size_um: float
     origin_um: tuple[float, float]
-    platform: str
     image: np.ndarray  # (C, h, w) window of every image channel
     nuclei: np.ndarray  # (h, w) uint32 global nucleus IDs
     transcripts: TileTranscripts
@@ -198,7 +197,6 @@ def load_tile_data(
         tile=tile,
         pixel_size_um=chip.pixel_size_um,
         origin_um=chip.origin_um,
-        platform=chip.meta.platform,
         image=image,
         nuclei=nuclei,
         transcripts=tx,

@@ -48,7 +48,7 @@ def small_tile_data() -> TileData:
     )
     tile = Tile(0, 0, 0, core=(0, 4, 0, 8), window=(0, 6, 0, 8))
     image = np.zeros((0, 6, 8), np.uint16)
-    return TileData(tile, 1.0, (0.0, 0.0), "test", image, nuclei, tx, ["a", "b"], seeds)
+    return TileData(tile, 1.0, (0.0, 0.0), image, nuclei, tx, ["a", "b"], seeds)
 
 
 def test_tile_result_from_labels_is_the_pixel_lookup_with_nuclei_and_seeds_on_top():

@@ -76,7 +76,6 @@ def cut(nuclei, x, y, g, window, core=None, n_genes=30):
         tile,
         PS,
         (0.0, 0.0),
-        "test",
         np.zeros((1, r1 - r0, c1 - c0), np.float32),
         nuclei[r0:r1, c0:c1].copy(),
         tx,
