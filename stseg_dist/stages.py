@@ -183,6 +183,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             len(ctx.genes),
             data.pixel_size_um,
             ctx.config.cells.spillover,
+            ctx.config.cells.spillover.reach(ctx.config),
         )
         result = replace(result, cell_id=cell_id)
 
