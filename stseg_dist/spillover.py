@@ -35,8 +35,10 @@ from scipy import ndimage as ndi
 
 @dataclass
 class SpilloverConfig:
-    # Off unless it wins on every crop it applies to (see docs/accuracy_frontier.md).
-    enabled: bool = False
+    # null: on exactly where UCS runs with cells.ucs.coverage (there it puts UCS below the
+    # expansion frontier at every coverage on every crop measured); off elsewhere, since it lowers
+    # the transcript ARI on CosMx fov2 and MERFISH U2-OS (docs/accuracy_frontier.md).
+    enabled: bool | None = None
     # How far a neighbour's transcripts diffuse into a cell. null: nuclei.diameter_um, the
     # farthest the tiles keep exact (measured on xenium_breast_top's left half with UCS at
     # coverage 1.0: 2 / 4 / 8 µm gave MECR 0.0254 / 0.0226 / 0.0189, from 0.0297 without).
@@ -48,6 +50,12 @@ class SpilloverConfig:
     # this many times worse than the chip's average does (null: never). Measured: lowers ARI on
     # CosMx fov2 and MERFISH U2-OS at every ratio tried (docs/accuracy_frontier.md).
     background_ratio: float | None = None
+
+    def active(self, root) -> bool:
+        """``enabled``, resolved: null follows the UCS coverage knob."""
+        if self.enabled is not None:
+            return bool(self.enabled)
+        return root.cells.method == "ucs" and root.cells.ucs.coverage is not None
 
     def reach(self, root) -> float:
         """``reach_um``, resolved."""

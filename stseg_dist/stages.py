@@ -168,7 +168,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
     result = as_result(method.segment(data)).resolve(data, method.name)
     moved = None
-    if ctx.config.cells.spillover.enabled:
+    if ctx.config.cells.spillover.active(ctx.config):
         from .spillover import reassign
 
         tx = data.transcripts

@@ -82,6 +82,22 @@ def test_a_transcript_that_fits_no_cell_goes_to_background_only_when_asked():
     assert not reassign(labels, nuclei, None, rows, cols, genes, cell, 10, 1.0, loose, 2.0)[1].any()
 
 
+@pytest.mark.parametrize(
+    "items, on",
+    [
+        ([], False),
+        (["cells.method=ucs"], False),
+        (["cells.method=ucs", "cells.ucs.coverage=0.95"], True),
+        (["cells.method=ucs", "cells.ucs.coverage=0.95", "cells.spillover.enabled=false"], False),
+        (["cells.spillover.enabled=true"], True),
+    ],
+)
+def test_the_pass_is_on_by_default_only_with_the_ucs_coverage_knob(items, on):
+    cfg = load_config(overrides=parse_set(items), use_env=False)
+    cfg.validate()
+    assert cfg.cells.spillover.active(cfg) is on
+
+
 def test_the_reach_defaults_to_the_nucleus_diameter():
     cfg = load_config(
         overrides=parse_set(["cells.spillover.enabled=true", "nuclei.diameter_um=7"]),
