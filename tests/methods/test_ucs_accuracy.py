@@ -147,7 +147,10 @@ def test_ucs_coverage_knob_is_below_the_frontier_on_xenium_lung_preview(tmp_path
 
     ucs = plane("ucs:cells.ucs.coverage=1.0")
     frontier = pd.DataFrame(
-        [{"distance_um": d, **plane(f"expansion:cells.expansion.distance_um={d}")} for d in (12, 15)]
+        [
+            {"distance_um": d, **plane(f"expansion:cells.expansion.distance_um={d}")}
+            for d in (12, 15)
+        ]
     )
     at, _ = frontier_mecr(frontier, ucs["assigned"])
     print(ucs, frontier.to_dict("records"), at)
