@@ -57,13 +57,14 @@ class CellsConfig:
     membrane: MembraneConfig = field(default_factory=MembraneConfig)
     sslcst: SSLCSTConfig = field(default_factory=SSLCSTConfig)
     # a transcript-level pass after any method's cells (stseg_dist/spillover.py); off by default
+    # (on with the UCS coverage knob)
     spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
 
     def validate(self, key: str, root: PipelineConfig) -> None:
         """Its own values and the selected method's section (``cells.<method>``)."""
         positive(self, key, "cell_diameter_um")
         validate_section(root, f"{key}.{self.method}")
-        if self.spillover.enabled:
+        if self.spillover.active(root):
             validate_section(root, f"{key}.spillover")
 
 

@@ -510,7 +510,7 @@ def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: 
             storage.join(staging, K.TRANSCRIPTS_PARQUET),
             storage_options,
         )
-    if run.config.cells.spillover.enabled:
+    if run.config.cells.spillover.active(run.config):
         run.counts["n_spillover_moved"] = _sum_column(
             storage.join(staging, K.TRANSCRIPTS_PARQUET), K.SPILLOVER_MOVED, storage_options
         )

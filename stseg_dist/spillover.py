@@ -3,7 +3,7 @@
 Diffusion and imperfect borders put a neighbour's transcripts into a cell (the leakage that
 Proseg models and cellAdmix / SPLIT remove). Here a transcript near a border whose gene its own
 cell's expression explains much worse than a neighbouring cell's within ``reach_um`` moves to
-that neighbour.
+that neighbour (or, optionally, to background when it fits no cell).
 
 Tile-exact by construction: every input is the same in every tile that sees the transcript.
 - A cell's expression profile is that of its **nucleus** (or nucleus-less seed): the transcripts
@@ -14,13 +14,15 @@ Tile-exact by construction: every input is the same in every tile that sees the 
   nucleus diameter). The nucleus is also the part of a cell least mixed with its neighbours, so
   the profile is not itself made of spillover. The cytoplasm is not used: seen whole only where
   the labels of the whole cell are exact, which only the core guarantees.
-- The neighbours are the cells in the labels within ``reach_um`` of the transcript's pixel (a
-  square of that half-side), at most two of them (the highest and lowest other IDs there); labels
-  that near the core are what the neighbouring tile's core holds for a tile-exact method.
+- The neighbours are every cell of the labels within ``reach_um`` of the transcript's pixel
+  (Euclidean); the one whose profile explains the gene best competes, ties to the lowest ID.
+  Labels that near the core are what the neighbouring tile's core holds for a tile-exact method.
 - Profiles are shrunk towards uniform expression by ``prior_counts`` pseudo-counts (nuclei hold
   few transcripts), so a gene a small nucleus happens to lack does not count as evidence alone.
 
-A transcript on its own cell's nucleus or seed never moves, nor one outside every cell.
+A transcript on its own cell's nucleus or seed never moves, nor one outside every cell. With
+``background_ratio`` a transcript that no neighbour takes and that its own cell explains that many
+times worse than uniform expression goes to background.
 """
 
 from __future__ import annotations
@@ -33,19 +35,38 @@ from scipy import ndimage as ndi
 
 @dataclass
 class SpilloverConfig:
-    # Off unless it wins on every crop it applies to (see docs/accuracy_frontier.md).
-    enabled: bool = False
-    reach_um: float = 2.0  # how far a neighbour's transcripts diffuse into a cell
+    # null: on exactly where UCS runs with cells.ucs.coverage (there it puts UCS below the
+    # expansion frontier at every coverage on every crop measured); off elsewhere, since it lowers
+    # the transcript ARI on CosMx fov2 and MERFISH U2-OS (docs/accuracy_frontier.md).
+    enabled: bool | None = None
+    # How far a neighbour's transcripts diffuse into a cell. null: nuclei.diameter_um, the
+    # farthest the tiles keep exact (measured on xenium_breast_top's left half with UCS at
+    # coverage 1.0: 2 / 4 / 8 µm gave MECR 0.0254 / 0.0226 / 0.0189, from 0.0297 without).
+    reach_um: float | None = None
     # a transcript moves when its gene is this many times likelier under the neighbour's profile
     min_ratio: float = 10.0
     prior_counts: float = 10.0  # pseudo-counts of uniform expression added to every profile
+    # A transcript no neighbour takes goes to background where its own cell explains its gene
+    # this many times worse than the chip's average does (null: never). Measured: lowers ARI on
+    # CosMx fov2 and MERFISH U2-OS at every ratio tried (docs/accuracy_frontier.md).
+    background_ratio: float | None = None
+
+    def active(self, root) -> bool:
+        """``enabled``, resolved: null follows the UCS coverage knob."""
+        if self.enabled is not None:
+            return bool(self.enabled)
+        return root.cells.method == "ucs" and root.cells.ucs.coverage is not None
+
+    def reach(self, root) -> float:
+        """``reach_um``, resolved."""
+        return float(self.reach_um if self.reach_um is not None else root.nuclei.diameter_um)
 
     def validate(self, key: str, root) -> None:
         from .errors import ConfigError
 
-        if not self.reach_um > 0:
+        if self.reach_um is not None and not self.reach_um > 0:
             raise ConfigError(f"{key}.reach_um must be positive, got {self.reach_um}")
-        if self.reach_um > root.nuclei.diameter_um:
+        if self.reach(root) > root.nuclei.diameter_um:
             raise ConfigError(
                 f"{key}.reach_um ({self.reach_um}) must not exceed nuclei.diameter_um "
                 f"({root.nuclei.diameter_um}): beyond it a neighbour's nucleus may lie outside "
@@ -55,6 +76,10 @@ class SpilloverConfig:
             raise ConfigError(f"{key}.min_ratio must be at least 1, got {self.min_ratio}")
         if not self.prior_counts > 0:
             raise ConfigError(f"{key}.prior_counts must be positive, got {self.prior_counts}")
+        if self.background_ratio is not None and not self.background_ratio >= 1:
+            raise ConfigError(
+                f"{key}.background_ratio must be at least 1 or null, got {self.background_ratio}"
+            )
 
 
 def _profiles(home: np.ndarray, genes: np.ndarray, n_genes: int):
@@ -86,10 +111,16 @@ def reassign(
     n_genes: int,
     pixel_size_um: float,
     cfg: SpilloverConfig,
+    reach_um: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each transcript's cell after spillover, and which ones moved (see the module doc)."""
+    """Each transcript's cell after spillover, and which ones moved (see the module doc).
+
+    ``reach_um``: the resolved reach (``SpilloverConfig.reach``); default ``cfg.reach_um``.
+    """
+    reach_um = cfg.reach_um if reach_um is None else reach_um
     genes = np.asarray(genes, np.int64)
     cell_id = np.asarray(cell_id, np.int64)
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     compartment = nuclei.astype(np.int64)
     if seeds is not None:
         compartment = np.where(compartment > 0, compartment, seeds.astype(np.int64))
@@ -103,23 +134,45 @@ def reassign(
         total = _lookup(cells, totals, cell)
         return np.log((n + uniform) / (total + alpha))
 
-    half = max(1, round(cfg.reach_um / pixel_size_um))
-    size = 2 * half + 1
-    lab = labels.astype(np.int64)
-    big = np.iinfo(np.int64).max
-    hi = ndi.maximum_filter(lab, size=size, mode="constant", cval=0)
-    lo = ndi.minimum_filter(np.where(lab > 0, lab, big), size=size, mode="constant", cval=big)
     cand = (cell_id > 0) & (home != cell_id)
     best = cell_id.copy()
     gain = np.zeros(len(cell_id))
     own = np.where(cand, log_p(cell_id, genes), 0.0)
-    for other in (hi[rows, cols], lo[rows, cols]):
-        ok = cand & (other > 0) & (other != big) & (other != cell_id)
-        if not ok.any():
+    # candidates sorted by pixel row, so each cell finds those in its box by bisection
+    idx = np.flatnonzero(cand)
+    idx = idx[np.argsort(rows[idx], kind="stable")]
+    by_row = rows[idx]
+    lab = labels.astype(np.int64)
+    ids = np.unique(lab)
+    ids = ids[ids > 0]
+    compact = np.searchsorted(ids, lab) + 1
+    compact[lab == 0] = 0
+    half = int(np.ceil(reach_um / pixel_size_um))
+    h, w = lab.shape
+    # every cell in ID order, so ties go to the lowest ID in every tile alike
+    for k, box in enumerate(ndi.find_objects(compact)):
+        if box is None:
             continue
-        g = np.full(len(cell_id), -np.inf)
-        g[ok] = log_p(other[ok], genes[ok]) - own[ok]
-        win = ok & (g > gain)
-        best[win], gain[win] = other[win], g[win]
+        cid = int(ids[k])
+        r0, r1 = max(0, box[0].start - half), min(h, box[0].stop + half)
+        c0, c1 = max(0, box[1].start - half), min(w, box[1].stop + half)
+        lo, hi = np.searchsorted(by_row, [r0, r1])
+        j = idx[lo:hi]
+        j = j[(cols[j] >= c0) & (cols[j] < c1) & (cell_id[j] != cid)]
+        if not len(j):
+            continue
+        dist = ndi.distance_transform_edt(compact[r0:r1, c0:c1] != k + 1) * pixel_size_um
+        j = j[dist[rows[j] - r0, cols[j] - c0] <= reach_um]
+        if not len(j):
+            continue
+        g = log_p(np.full(len(j), cid), genes[j]) - own[j]
+        win = g > gain[j]
+        best[j[win]], gain[j[win]] = cid, g[win]
     moved = gain > np.log(cfg.min_ratio)
-    return np.where(moved, best, cell_id), moved
+    out = np.where(moved, best, cell_id)
+    if cfg.background_ratio is not None:
+        # fits no cell: its own cell explains it this many times worse than uniform expression
+        lost = cand & ~moved & (own < np.log(1.0 / g_all) - np.log(cfg.background_ratio))
+        out = np.where(lost, 0, out)
+        moved |= lost
+    return out, moved

@@ -168,7 +168,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
     result = as_result(method.segment(data)).resolve(data, method.name)
     moved = None
-    if ctx.config.cells.spillover.enabled:
+    if ctx.config.cells.spillover.active(ctx.config):
         from .spillover import reassign
 
         tx = data.transcripts
@@ -183,6 +183,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             len(ctx.genes),
             data.pixel_size_um,
             ctx.config.cells.spillover,
+            ctx.config.cells.spillover.reach(ctx.config),
         )
         result = replace(result, cell_id=cell_id)
 

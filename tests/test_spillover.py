@@ -36,6 +36,76 @@ def test_a_neighbours_gene_near_the_border_moves_to_it():
     )[1].any()
 
 
+def test_every_cell_within_reach_competes_and_the_best_fit_wins():
+    """Cell 5 holds a transcript of gene 2 at its border; cells 3 (gene 1) and 9 (gene 0) lie
+    beside it, and cell 4 (gene 2) within reach too: the middle ID, which a max/min search of the
+    neighbourhood misses, takes it. Beyond the reach it stays.
+    """
+    labels = np.zeros((12, 12), np.uint32)
+    labels[:6, :6], labels[:6, 6:], labels[6:, :6], labels[6:, 6:] = 5, 3, 9, 4
+    nuclei = np.zeros_like(labels)
+    for cid, (r, c) in {5: (1, 1), 3: (1, 9), 9: (9, 1), 4: (9, 9)}.items():
+        nuclei[r : r + 2, c : c + 2] = cid
+    gene_of = {5: 3, 3: 1, 9: 0, 4: 2}
+    rows, cols, genes = [], [], []
+    for cid, gene in gene_of.items():  # four nuclear transcripts each
+        r, c = np.argwhere(nuclei == cid)[0]
+        rows += [r] * 4
+        cols += [c] * 4
+        genes += [gene] * 4
+    rows, cols, genes = rows + [5], cols + [5], genes + [2]
+    rows, cols, genes = np.array(rows), np.array(cols), np.array(genes)
+    cell = labels[rows, cols].astype(np.int64)
+    cfg = SpilloverConfig(enabled=True, min_ratio=3.0, prior_counts=1.0)
+    got, moved = reassign(labels, nuclei, None, rows, cols, genes, cell, 4, 1.0, cfg, 2.0)
+    assert moved.tolist() == [False] * 16 + [True] and got[-1] == 4
+    # 4 lies sqrt(2) px from the transcript: a reach of 1 px leaves it where it is
+    assert not reassign(labels, nuclei, None, rows, cols, genes, cell, 4, 1.0, cfg, 1.0)[1].any()
+
+
+def test_a_transcript_that_fits_no_cell_goes_to_background_only_when_asked():
+    """One cell whose nucleus holds gene 0 only; a gene-1 transcript in its cytoplasm, with no
+    neighbour, goes to background with ``background_ratio`` and stays without it.
+    """
+    labels = np.ones((8, 8), np.uint32)
+    nuclei = np.zeros_like(labels)
+    nuclei[2:5, 2:5] = 1
+    rows, cols, genes = np.array([3] * 20 + [7]), np.array([3] * 20 + [7]), np.array([0] * 20 + [1])
+    cell = np.ones(21, np.int64)
+    # own cell: (0 + 1/10) / (20 + 1) of gene 1 against uniform 1/10: 21 times worse
+    plain = SpilloverConfig(enabled=True, prior_counts=1.0)
+    assert not reassign(labels, nuclei, None, rows, cols, genes, cell, 10, 1.0, plain, 2.0)[1].any()
+    strict = SpilloverConfig(enabled=True, prior_counts=1.0, background_ratio=10.0)
+    got, moved = reassign(labels, nuclei, None, rows, cols, genes, cell, 10, 1.0, strict, 2.0)
+    assert moved.tolist() == [False] * 20 + [True] and got[-1] == 0 and (got[:20] == 1).all()
+    loose = SpilloverConfig(enabled=True, prior_counts=1.0, background_ratio=30.0)
+    assert not reassign(labels, nuclei, None, rows, cols, genes, cell, 10, 1.0, loose, 2.0)[1].any()
+
+
+@pytest.mark.parametrize(
+    "items, on",
+    [
+        ([], False),
+        (["cells.method=ucs"], False),
+        (["cells.method=ucs", "cells.ucs.coverage=0.95"], True),
+        (["cells.method=ucs", "cells.ucs.coverage=0.95", "cells.spillover.enabled=false"], False),
+        (["cells.spillover.enabled=true"], True),
+    ],
+)
+def test_the_pass_is_on_by_default_only_with_the_ucs_coverage_knob(items, on):
+    cfg = load_config(overrides=parse_set(items), use_env=False)
+    cfg.validate()
+    assert cfg.cells.spillover.active(cfg) is on
+
+
+def test_the_reach_defaults_to_the_nucleus_diameter():
+    cfg = load_config(
+        overrides=parse_set(["cells.spillover.enabled=true", "nuclei.diameter_um=7"]),
+        use_env=False,
+    )
+    assert cfg.cells.spillover.reach(cfg) == 7.0
+
+
 @pytest.mark.parametrize(
     "item, fragment",
     [
@@ -43,6 +113,7 @@ def test_a_neighbours_gene_near_the_border_moves_to_it():
         ("cells.spillover.reach_um=30", "must not exceed nuclei.diameter_um"),
         ("cells.spillover.min_ratio=0.5", "min_ratio must be at least 1"),
         ("cells.spillover.prior_counts=0", "prior_counts must be positive"),
+        ("cells.spillover.background_ratio=0.5", "background_ratio must be at least 1"),
     ],
 )
 def test_bad_spillover_settings(item, fragment):

@@ -78,7 +78,8 @@ class UCSConfig:
     # holds this share, at most cells.cell_diameter_um) and a foreground gate relaxed in step (as
     # set at the share the default growth holds, none at 1.0); bins a cell wins but loses as a
     # piece cut off from its nucleus go to the nearest cell. 1.0 reaches the vendor's coverage on
-    # xenium_breast_top (docs/accuracy_frontier.md). Off by default: lowers F1/ARI on CosMx.
+    # xenium_breast_top (docs/accuracy_frontier.md). Off by default: lowers F1/ARI on CosMx. With
+    # it the spillover pass runs unless cells.spillover.enabled is false (stseg_dist/spillover.py).
     coverage: float | None = None
     seed: int = 0
 
