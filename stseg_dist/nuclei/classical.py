@@ -53,6 +53,14 @@ def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:
     return sm
 
 
+def local_contrast(image: np.ndarray, fine_px: float, coarse_px: float) -> np.ndarray:
+    """Where the stain, smoothed over ``fine_px``, is above its surroundings (smoothed over
+    ``coarse_px``): nuclei's insides, without the darker seams between touching nuclei nor the
+    glow around them.
+    """
+    return smooth(image, fine_px) > smooth(image, coarse_px)
+
+
 def foreground_value(enhanced: np.ndarray, foreground: str) -> np.ndarray:
     """What Otsu splits: the enhanced stain, or its log (``log_otsu``)."""
     if foreground == "log_otsu":
@@ -203,6 +211,8 @@ class ClassicalNuclei(NucleiBackend):
             enhance_px += (int(round(self._px(c.background_um))) | 1) - 1
         if c.seeds == "shape_intensity":
             enhance_px = max(enhance_px, int(4 * c.seed_sigma * d + 0.5))
+        if c.shape_mask == "local":
+            enhance_px = max(enhance_px, int(4 * c.shape_background * d + 0.5))
         p = self._split_params(d)
         return 2 * p["extent_px"] + reach_px(**p) + enhance_px + 1
 
@@ -274,6 +284,9 @@ class ClassicalNuclei(NucleiBackend):
         if c.peak_fraction is not None:
             extra["keep"] = smooth(x, self._px(c.sigma_um))
             extra["peak_fraction"] = c.peak_fraction
+        if c.shape_mask == "local":
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
+            extra["shape"] = local_contrast(x, c.shape_sigma * d, c.shape_background * d)
         labels = split_nuclei(mask, **p, **extra)
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
         small = np.bincount(labels.ravel()) < min_area  # whole nuclei: exact wherever they are
