@@ -7,8 +7,9 @@
 Nuclei sources: ``vendor`` (the bundle's nuclei: Xenium polygons; CosMx rebuilt from
 CellComp == "Nuclear"), ``classical-old`` (the classical backend with every switch of the
 improved backend off, i.e. the backend before it; on a tree without those switches this is the
-backend as it is) and ``classical`` (today's classical defaults; shown only where they differ from
-``classical-old``). Each crop runs with its platform preset (configs/<platform>.yaml) and
+backend as it is), ``classical-noseam`` (today's classical with the seam switches of issue 24's
+second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``) and ``classical`` (today's
+classical defaults; shown only where they differ from ``classical-old``). Each crop runs with its platform preset (configs/<platform>.yaml) and
 ``cells.method`` set per column; ``nuclei.backend`` is set per row.
 
 Reference nuclei are the vendor's (``nuclei.zarr`` of the converted chip; for ``vendor`` rows the
@@ -48,6 +49,12 @@ OLD_CLASSICAL = {  # the improved backend's switches, off (nuclei-classical bran
     "seeds": "shape",
     "peak_fraction": "null",
     "learn_size": "false",
+    "shape_mask": "foreground",
+    "seed_dynamic": "0",
+}
+SEAM_SWITCHES_OFF = {  # the seam switches of issue 24's second pass, off (nuclei2 branch)
+    "shape_mask": "foreground",
+    "seed_dynamic": "0",
 }
 CROPS = {
     "xenium_breast_top": {"platform": "xenium", "preset": "xenium.yaml", "options": {}},
@@ -60,21 +67,30 @@ CROPS = {
 FLAG_COLUMNS = ("overlaps_nucleus", "CellComp")
 
 
-def _has_new_classical() -> bool:
+def _classical_fields() -> set[str]:
     try:
         from stseg_dist.nuclei.config import ClassicalNucleiConfig
     except ImportError:  # before the config was split per stage
         from stseg_dist.config import ClassicalNucleiConfig
 
-    return "learn_size" in {f.name for f in dataclasses.fields(ClassicalNucleiConfig)}
+    return {f.name for f in dataclasses.fields(ClassicalNucleiConfig)}
+
+
+def _has_new_classical() -> bool:
+    return "learn_size" in _classical_fields()
 
 
 def sources() -> dict[str, list[str]]:
     out = {"vendor": ["nuclei.backend=vendor"]}
     old = ["nuclei.backend=classical"]
     if _has_new_classical():
-        old += [f"nuclei.classical.{k}={v}" for k, v in OLD_CLASSICAL.items()]
+        fields = _classical_fields()
+        old += [f"nuclei.classical.{k}={v}" for k, v in OLD_CLASSICAL.items() if k in fields]
         out["classical-old"] = old
+        if "shape_mask" in fields:
+            out["classical-noseam"] = ["nuclei.backend=classical"] + [
+                f"nuclei.classical.{k}={v}" for k, v in SEAM_SWITCHES_OFF.items()
+            ]
         out["classical"] = ["nuclei.backend=classical"]
     else:
         out["classical-old"] = old
