@@ -9,8 +9,9 @@ CellComp == "Nuclear"), ``classical-old`` (the classical backend with every swit
 improved backend off, i.e. the backend before it; on a tree without those switches this is the
 backend as it is), ``classical-noseam`` (today's classical with the seam switches of issue 24's
 second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``) and ``classical`` (today's
-classical defaults; shown only where they differ from ``classical-old``). Each crop runs with its platform preset (configs/<platform>.yaml) and
-``cells.method`` set per column; ``nuclei.backend`` is set per row.
+classical defaults; shown only where they differ from ``classical-old``). Each crop runs with its
+platform preset (configs/<platform>.yaml) and ``cells.method`` set per column;
+``nuclei.backend`` is set per row.
 
 Reference nuclei are the vendor's (``nuclei.zarr`` of the converted chip; for ``vendor`` rows the
 score is 1 by construction), per-transcript flags are the vendor's (``overlaps_nucleus``,
