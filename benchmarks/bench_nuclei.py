@@ -20,7 +20,8 @@ nucleus-flagged transcripts of each vendor cell), so every row and the vendor's 
 scored on the same ruler. ``xenium_breast_top`` is scored on its left half (x < 255 µm, where
 settings were tuned) and its right half (held out); a nucleus belongs to the half of its centroid.
 ``dsb2018`` (manual nuclei, no transcripts) scores nuclei only, at 0.5 µm/px with the settings of
-the classical backend's dsb2018 test. Runs are in-process (``local``); nothing here is timed.
+the classical backend's dsb2018 test, with the code defaults and with the Xenium preset's classical
+settings. Runs are in-process (``local``); nothing here is timed.
 
 ``--frontier D ...`` also runs expansion at each distance D (µm) from every nuclei source and
 prints each source's MECR interpolated at the assigned share of expansion from the vendor's
@@ -295,10 +296,16 @@ def run_dsb2018(work: Path) -> list[dict]:
     ]
     grid = make_grid(chip.shape_yx, chip.pixel_size_um, 1e6, 0.0, 256)
     rows = []
-    for src, items in sources().items():
-        if src == "vendor":
-            continue
-        cfg = load_config(overrides=parse_set([*items, *dsb]), use_env=False)
+    # the code defaults (no preset: dsb2018 has no platform), then the Xenium preset's classical
+    # settings (the dense-tissue and seam switches) with the same overrides
+    runs = [(src, items, None) for src, items in sources().items() if src != "vendor"]
+    runs += [
+        (f"{src} (xenium preset)", items, str(REPO / "configs" / "xenium.yaml"))
+        for src, items in sources().items()
+        if src in ("classical-noseam", "classical")
+    ]
+    for src, items, preset in runs:
+        cfg = load_config(preset, overrides=parse_set([*items, *dsb]), use_env=False)
         backend = ClassicalNuclei(cfg, chip)
         ctx = PrepareContext(
             chip, cfg, grid, [], lambda fn, idx, desc="", g=grid: [fn(g[i]) for i in idx]
