@@ -8,7 +8,10 @@ Xenium and CosMx presets) add: the stain rescaled chip-wide (its robust percenti
 tile's core become 0 and 1), Otsu on the log of the stain (dim nuclei stay foreground), basins of
 the distance plus the smoothed stain (seeds from shape and intensity), each nucleus cut at a
 fraction of its own seed's brightness, and a nucleus size learned in ``prepare`` from a first pass
-over the chip. Every step looks only a fixed distance away
+over the chip. The seam switches measure the distance on the pixels brighter than their
+surroundings (``shape_mask: local``: touching nuclei that the foreground joins split at their
+darker seam) and drop seeds that do not rise above a path to a better pixel (``seed_dynamic``).
+Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
 labels. Each part is a switch of ``nuclei.classical`` (docs/nuclei_classical.md has its measured
