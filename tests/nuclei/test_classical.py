@@ -268,14 +268,17 @@ def test_percentiles_from_histogram_match_numpy():
     assert abs(lo - np.percentile(img, 1)) <= 1.5 and abs(hi - np.percentile(img, 99.5)) <= 1.5
 
 
-def test_prepare_state_is_the_same_at_every_tiling():
-    """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same."""
+@pytest.mark.parametrize("switches", [{}, _SWITCHES["dense_local"]], ids=["dense", "seams"])
+def test_prepare_state_is_the_same_at_every_tiling(switches):
+    """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same
+    (the seam switches change the first pass that the diameter is learned from).
+    """
     rng = np.random.default_rng(1)
     centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
     img, _ = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
     img = img.astype(np.uint16)
-    _, one, n1 = _prepared(img, _config())
-    _, many, n16 = _prepared(img, _config(), tile_um=30)
+    _, one, n1 = _prepared(img, _config(**switches))
+    _, many, n16 = _prepared(img, _config(**switches), tile_um=30)
     assert n1 == 1 and n16 == 16
     assert one == many and one["diameter_px"] is not None
 
