@@ -7,9 +7,11 @@
 Nuclei sources: ``vendor`` (the bundle's nuclei: Xenium polygons; CosMx rebuilt from
 CellComp == "Nuclear"), ``classical-old`` (the classical backend with every switch of the
 improved backend off, i.e. the backend before it; on a tree without those switches this is the
-backend as it is) and ``classical`` (today's classical defaults; shown only where they differ from
-``classical-old``). Each crop runs with its platform preset (configs/<platform>.yaml) and
-``cells.method`` set per column; ``nuclei.backend`` is set per row.
+backend as it is), ``classical-noseam`` (today's classical with the seam switches of issue 24's
+second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``) and ``classical`` (today's
+classical defaults; shown only where they differ from ``classical-old``). Each crop runs with its
+platform preset (configs/<platform>.yaml) and ``cells.method`` set per column;
+``nuclei.backend`` is set per row.
 
 Reference nuclei are the vendor's (``nuclei.zarr`` of the converted chip; for ``vendor`` rows the
 score is 1 by construction), per-transcript flags are the vendor's (``overlaps_nucleus``,
@@ -18,7 +20,8 @@ nucleus-flagged transcripts of each vendor cell), so every row and the vendor's 
 scored on the same ruler. ``xenium_breast_top`` is scored on its left half (x < 255 µm, where
 settings were tuned) and its right half (held out); a nucleus belongs to the half of its centroid.
 ``dsb2018`` (manual nuclei, no transcripts) scores nuclei only, at 0.5 µm/px with the settings of
-the classical backend's dsb2018 test. Runs are in-process (``local``); nothing here is timed.
+the classical backend's dsb2018 test, with the code defaults and with the Xenium preset's classical
+settings. Runs are in-process (``local``); nothing here is timed.
 
 ``--frontier D ...`` also runs expansion at each distance D (µm) from every nuclei source and
 prints each source's MECR interpolated at the assigned share of expansion from the vendor's
@@ -48,6 +51,12 @@ OLD_CLASSICAL = {  # the improved backend's switches, off (nuclei-classical bran
     "seeds": "shape",
     "peak_fraction": "null",
     "learn_size": "false",
+    "shape_mask": "foreground",
+    "seed_dynamic": "0",
+}
+SEAM_SWITCHES_OFF = {  # the seam switches of issue 24's second pass, off (nuclei2 branch)
+    "shape_mask": "foreground",
+    "seed_dynamic": "0",
 }
 CROPS = {
     "xenium_breast_top": {"platform": "xenium", "preset": "xenium.yaml", "options": {}},
@@ -60,21 +69,30 @@ CROPS = {
 FLAG_COLUMNS = ("overlaps_nucleus", "CellComp")
 
 
-def _has_new_classical() -> bool:
+def _classical_fields() -> set[str]:
     try:
         from stseg_dist.nuclei.config import ClassicalNucleiConfig
     except ImportError:  # before the config was split per stage
         from stseg_dist.config import ClassicalNucleiConfig
 
-    return "learn_size" in {f.name for f in dataclasses.fields(ClassicalNucleiConfig)}
+    return {f.name for f in dataclasses.fields(ClassicalNucleiConfig)}
+
+
+def _has_new_classical() -> bool:
+    return "learn_size" in _classical_fields()
 
 
 def sources() -> dict[str, list[str]]:
     out = {"vendor": ["nuclei.backend=vendor"]}
     old = ["nuclei.backend=classical"]
     if _has_new_classical():
-        old += [f"nuclei.classical.{k}={v}" for k, v in OLD_CLASSICAL.items()]
+        fields = _classical_fields()
+        old += [f"nuclei.classical.{k}={v}" for k, v in OLD_CLASSICAL.items() if k in fields]
         out["classical-old"] = old
+        if "shape_mask" in fields:
+            out["classical-noseam"] = ["nuclei.backend=classical"] + [
+                f"nuclei.classical.{k}={v}" for k, v in SEAM_SWITCHES_OFF.items()
+            ]
         out["classical"] = ["nuclei.backend=classical"]
     else:
         out["classical-old"] = old
@@ -278,10 +296,16 @@ def run_dsb2018(work: Path) -> list[dict]:
     ]
     grid = make_grid(chip.shape_yx, chip.pixel_size_um, 1e6, 0.0, 256)
     rows = []
-    for src, items in sources().items():
-        if src == "vendor":
-            continue
-        cfg = load_config(overrides=parse_set([*items, *dsb]), use_env=False)
+    # the code defaults (no preset: dsb2018 has no platform), then the Xenium preset's classical
+    # settings (the dense-tissue and seam switches) with the same overrides
+    runs = [(src, items, None) for src, items in sources().items() if src != "vendor"]
+    runs += [
+        (f"{src} (xenium preset)", items, str(REPO / "configs" / "xenium.yaml"))
+        for src, items in sources().items()
+        if src in ("classical-noseam", "classical")
+    ]
+    for src, items, preset in runs:
+        cfg = load_config(preset, overrides=parse_set([*items, *dsb]), use_env=False)
         backend = ClassicalNuclei(cfg, chip)
         ctx = PrepareContext(
             chip, cfg, grid, [], lambda fn, idx, desc="", g=grid: [fn(g[i]) for i in idx]

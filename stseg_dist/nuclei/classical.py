@@ -8,7 +8,10 @@ Xenium and CosMx presets) add: the stain rescaled chip-wide (its robust percenti
 tile's core become 0 and 1), Otsu on the log of the stain (dim nuclei stay foreground), basins of
 the distance plus the smoothed stain (seeds from shape and intensity), each nucleus cut at a
 fraction of its own seed's brightness, and a nucleus size learned in ``prepare`` from a first pass
-over the chip. Every step looks only a fixed distance away
+over the chip. The seam switches measure the distance on the pixels brighter than their
+surroundings (``shape_mask: local``: touching nuclei that the foreground joins split at their
+darker seam) and drop seeds that do not rise above a path to a better pixel (``seed_dynamic``).
+Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
 labels. Each part is a switch of ``nuclei.classical`` (docs/nuclei_classical.md has its measured
@@ -51,6 +54,14 @@ def enhance(image: np.ndarray, classical, pixel_size_um: float) -> np.ndarray:
         size = int(round(classical.background_um / pixel_size_um)) | 1
         sm = sm - ndi.grey_opening(sm, size=(size, size))
     return sm
+
+
+def local_contrast(image: np.ndarray, fine_px: float, coarse_px: float) -> np.ndarray:
+    """Where the stain, smoothed over ``fine_px``, is above its surroundings (smoothed over
+    ``coarse_px``): nuclei's insides, without the darker seams between touching nuclei nor the
+    glow around them.
+    """
+    return smooth(image, fine_px) > smooth(image, coarse_px)
 
 
 def foreground_value(enhanced: np.ndarray, foreground: str) -> np.ndarray:
@@ -203,6 +214,8 @@ class ClassicalNuclei(NucleiBackend):
             enhance_px += (int(round(self._px(c.background_um))) | 1) - 1
         if c.seeds == "shape_intensity":
             enhance_px = max(enhance_px, int(4 * c.seed_sigma * d + 0.5))
+        if c.shape_mask == "local":
+            enhance_px = max(enhance_px, int(4 * c.shape_background * d + 0.5))
         p = self._split_params(d)
         return 2 * p["extent_px"] + reach_px(**p) + enhance_px + 1
 
@@ -274,6 +287,9 @@ class ClassicalNuclei(NucleiBackend):
         if c.peak_fraction is not None:
             extra["keep"] = smooth(x, self._px(c.sigma_um))
             extra["peak_fraction"] = c.peak_fraction
+        if c.shape_mask == "local":
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
+            extra["shape"] = local_contrast(x, c.shape_sigma * d, c.shape_background * d)
         labels = split_nuclei(mask, **p, **extra)
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
         small = np.bincount(labels.ravel()) < min_area  # whole nuclei: exact wherever they are

@@ -44,6 +44,13 @@ class ClassicalNucleiConfig:
     # A seed that reaches a better pixel within half a diameter without its stain dipping by more
     # than this (normalised units) is texture or noise, not a nucleus (h-maxima); 0: off.
     seed_dynamic: float = 0.0
+    # "local": the shape term's distance is measured on the foreground's pixels that are brighter
+    # than their surroundings (the stain smoothed over shape_sigma diameters above the stain
+    # smoothed over shape_background diameters), so touching nuclei that the foreground joins
+    # still have a neck at their darker seam; "foreground": on the foreground itself.
+    shape_mask: str = "foreground"
+    shape_sigma: float = 0.05
+    shape_background: float = 0.5
     # A pixel stays in its nucleus only where the stain is at least this fraction of the stain at
     # the nucleus's seed (each nucleus cut at its own level: a bright nucleus's glow is not
     # nucleus); None: off.
@@ -56,13 +63,28 @@ class ClassicalNucleiConfig:
         bg = self.background_um
         require(bg is None or bg > 0, f"{key}.background_um must be positive or null, got {bg}")
         not_negative(self, key, "sigma_um", "min_area_um2")
-        positive(self, key, "min_distance_um", "footprint_um", "seed_sigma", "seed_radius")
+        positive(
+            self,
+            key,
+            "min_distance_um",
+            "footprint_um",
+            "seed_sigma",
+            "seed_radius",
+            "shape_sigma",
+            "shape_background",
+        )
         require(
             self.threshold is None or self.threshold >= 0,
             f"{key}.threshold must not be negative, got {self.threshold}",
         )
         one_of(self, key, "foreground", ("otsu", "log_otsu"))
         one_of(self, key, "seeds", ("shape", "shape_intensity"))
+        one_of(self, key, "shape_mask", ("foreground", "local"))
+        require(
+            self.shape_sigma < self.shape_background,
+            f"{key}.shape_sigma must be below {key}.shape_background (the seam is finer than the "
+            f"surroundings), got {self.shape_sigma} and {self.shape_background}",
+        )
         q = self.normalise_percentiles
         require(
             isinstance(q, list) and len(q) == 2 and 0 <= q[0] < q[1] <= 100,

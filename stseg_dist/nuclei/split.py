@@ -95,18 +95,23 @@ def split_nuclei(
     peak_fraction: float | None = None,
     dynamic: float = 0.0,
     dynamic_radius_px: int = 0,
+    shape: np.ndarray | None = None,
 ) -> np.ndarray:
     """Nucleus labels (uint32, any positive IDs) of a boolean foreground ``mask``; ``surface`` is
-    added to the distance (clamped at ``dmax_px``, divided by it) when given.
+    added to the distance (clamped at ``dmax_px``, divided by it) when given. The distance is to
+    the background of ``mask``, or of ``shape & mask`` (small holes filled) when ``shape`` is given:
+    a tighter mask whose necks separate nuclei that the foreground joins.
     """
     h, w = mask.shape
     out = np.zeros((h, w), np.uint32)
+    inner = None if shape is None else fill_small_holes(shape & mask, hole_px)
     mask = fill_small_holes(mask, hole_px)
     if not mask.any():
         return out
+    inner = mask if inner is None else inner
     dist = (
-        np.minimum(ndi.distance_transform_edt(mask), dmax_px)
-        if not mask.all()
+        np.minimum(ndi.distance_transform_edt(inner), dmax_px)
+        if not inner.all()
         else np.full((h, w), dmax_px)
     )
     if surface is not None:

@@ -162,7 +162,9 @@ def _chains(seed=0, shape=(400, 400)):
 _STATES = {
     "legacy": (True, {"threshold": 1000.0}),
     "dense": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
+    "dense_local": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
 }
+_SWITCHES = {"dense_local": {"shape_mask": "local", "seed_dynamic": 0.025}}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -172,9 +174,10 @@ def test_labels_depend_only_on_pixels_within_the_context(seed, variant):
     edges (edges on the image border are not cuts): the same pixels, grouped the same way, even
     where a cut crosses a cluster of touching nuclei several times longer than that.
     """
-    img = _chains(seed)
     legacy, state = _STATES[variant]
-    backend = ClassicalNuclei(_config(legacy=legacy), _FakeChipMeta())
+    backend = ClassicalNuclei(_config(legacy=legacy, **_SWITCHES.get(variant, {})), _FakeChipMeta())
+    size = max(400, 3 * backend.context_px() + 60)  # clusters longer than 3 contexts
+    img = _chains(seed, (size, size))
     backend.load(state)
     full = backend.segment_array(img)
     ctx = backend.context_px()
@@ -265,14 +268,17 @@ def test_percentiles_from_histogram_match_numpy():
     assert abs(lo - np.percentile(img, 1)) <= 1.5 and abs(hi - np.percentile(img, 99.5)) <= 1.5
 
 
-def test_prepare_state_is_the_same_at_every_tiling():
-    """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same."""
+@pytest.mark.parametrize("switches", [{}, _SWITCHES["dense_local"]], ids=["dense", "seams"])
+def test_prepare_state_is_the_same_at_every_tiling(switches):
+    """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same
+    (the seam switches change the first pass that the diameter is learned from).
+    """
     rng = np.random.default_rng(1)
     centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
     img, _ = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
     img = img.astype(np.uint16)
-    _, one, n1 = _prepared(img, _config())
-    _, many, n16 = _prepared(img, _config(), tile_um=30)
+    _, one, n1 = _prepared(img, _config(**switches))
+    _, many, n16 = _prepared(img, _config(**switches), tile_um=30)
     assert n1 == 1 and n16 == 16
     assert one == many and one["diameter_px"] is not None
 
@@ -359,6 +365,9 @@ def test_size_is_learned_from_the_chip(nominal_um, expected_px):
         ("seed_radius", 0.0, "seed_radius must be positive"),
         ("intensity_weight", -1.0, "intensity_weight must not be negative"),
         ("seed_dynamic", -0.1, "seed_dynamic must not be negative"),
+        ("shape_mask", "blobs", "shape_mask"),
+        ("shape_sigma", 0.0, "shape_sigma must be positive"),
+        ("shape_background", 0.04, "shape_sigma must be below nuclei.classical.shape_background"),
     ],
 )
 def test_bad_classical_settings_rejected(key, value, message):
@@ -395,3 +404,48 @@ def test_seed_dynamic_merges_texture_peaks_on_a_generated_chip(tmp_path):
         n[dyn], f1[dyn] = len(np.unique(labels)) - 1, _matched_f1(labels, truth.astype(np.int64))
     assert n[0.0] > n_true + 3 and abs(n[0.02] - n_true) <= 2
     assert f1[0.02] > f1[0.0] + 0.03
+
+
+def _bright_and_dim_touching(dim=0.6):
+    """A bright nucleus and a touching one ``dim`` times as bright (radius 9 px each), on a glow
+    that keeps both and their surroundings in the foreground.
+    """
+    shape = (70, 80)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = 100.0 + 400.0 * np.exp(-((yy - 35) ** 2 + (xx - 40) ** 2) / (2 * 25**2))
+    truth = np.zeros(shape, np.int64)
+    for k, (c, amp) in enumerate(((31, 1500.0), (49, 1500.0 * dim)), start=1):
+        disk = (yy - 35) ** 2 + (xx - c) ** 2 <= 81
+        img[disk & (truth == 0)] += amp
+        truth[disk & (truth == 0)] = k
+    img = ndi.gaussian_filter(img.astype(np.float32), 1.0)
+    return img + np.random.default_rng(0).normal(0, 5, shape).astype(np.float32), truth
+
+
+def test_local_shape_mask_splits_a_dim_nucleus_from_its_bright_neighbour():
+    """The foreground holds both nuclei with no neck, and the bright one's slope runs through the
+    dim one, so the stain has one summit: one nucleus. Measured on the pixels brighter than their
+    surroundings, the distance has a neck at the seam: two.
+    """
+    img, truth = _bright_and_dim_touching()
+    state = {"threshold": 0.05, "lo": 100.0, "hi": 1600.0, "diameter_px": 18.0}
+    n, f1 = {}, {}
+    for shape_mask in ("foreground", "local"):
+        cfg = _config(shape_mask=shape_mask, seed_dynamic=0.025, learn_size=False)
+        backend = ClassicalNuclei(cfg, _FakeChipMeta())
+        backend.load(state)
+        labels = backend.segment_array(img).astype(np.int64)
+        n[shape_mask] = len(np.unique(labels[labels > 0]))
+        f1[shape_mask] = _matched_f1(labels, truth)
+    assert n == {"foreground": 1, "local": 2}
+    assert f1["local"] > 0.95 > 0.7 > f1["foreground"]
+
+
+def test_local_shape_mask_widens_the_context():
+    """The surroundings are the stain smoothed over shape_background diameters: the halo covers
+    that filter's reach at the largest diameter a run may learn.
+    """
+    plain = ClassicalNuclei(_config(), _FakeChipMeta()).context_px()
+    local = ClassicalNuclei(_config(shape_mask="local"), _FakeChipMeta()).context_px()
+    d_max = 1.5 * 8.0 / _FakeChipMeta.pixel_size_um
+    assert local - plain >= int(4 * 0.5 * d_max + 0.5) - int(4 * 0.15 * d_max + 0.5)

@@ -56,7 +56,7 @@ def _segment(chip_path, preset):
 
 
 def test_xenium_breast_right_half(tmp_path):
-    """Tuned on the left half (x < 255 µm); the right half is held out (measured 0.664)."""
+    """Tuned on the left half (x < 255 µm); the right half is held out (measured 0.714)."""
     from stseg_dist.io.bundles import convert_bundle
 
     convert_bundle(str(shared_data("xenium_breast_top")), str(tmp_path / "chip"), "xenium")
@@ -72,11 +72,13 @@ def test_xenium_breast_right_half(tmp_path):
         pred, ref, _labels_by_centroid(ref, right), _labels_by_centroid(pred, right)
     )
     print(f"xenium_breast_top right half: containment F1 {f1:.3f}")
-    assert f1 >= 0.62
+    assert f1 >= 0.68
 
 
 def test_cosmx_fov2(tmp_path):
-    """Against the hull of each vendor cell's Nuclear transcripts (>= 5; measured 0.777)."""
+    """Against the hull of each vendor cell's Nuclear transcripts (>= 5; measured 0.806 with
+    this hull, 0.791 against the reader's rebuilt nuclei in stseg eval).
+    """
     from scipy.spatial import ConvexHull, QhullError
     from skimage.draw import polygon
 
@@ -112,4 +114,4 @@ def test_cosmx_fov2(tmp_path):
         pred, ref, _labels_by_centroid(ref, every), _labels_by_centroid(pred, every)
     )
     print(f"cosmx_lung12_fov2: containment F1 {f1:.3f}")
-    assert f1 >= 0.74
+    assert f1 >= 0.76
