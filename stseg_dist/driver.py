@@ -35,7 +35,7 @@ import numpy as np
 
 from . import constants as K
 from . import outfolder, redact, runlock, stages
-from .boundaries import boundaries_done, concat_boundaries, owner_jobs
+from .boundaries import boundaries_done, concat_boundaries, nucleus_pixels, owner_jobs
 from .config import PipelineConfig, load_config
 from .errors import InputError, OutputError, RunIncompleteError
 from .executor import (
@@ -108,6 +108,7 @@ class Run:
     workers: dict[str, list] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     tile_seconds: dict[int, float] = field(default_factory=dict)  # cell pass, per finished tile
+    outlines: dict[str, int] = field(default_factory=dict)  # where the boundaries came from
 
     @contextmanager
     def timed(self, stage: str, add: bool = False):
@@ -481,11 +482,17 @@ def _cell_table(run: Run, ctx: stages.RunContext) -> CellTable:
 
 
 def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
-    """Cell and nucleus outlines, each vectorised by the tile owning its centroid, then both
-    GeoParquet files into the staging folder.
+    """Cell and nucleus outlines, each from the tile owning its centroid (as the cells kernel
+    traced it where it lies whole in that core), then both GeoParquet files into the staging
+    folder.
     """
     jobs = owner_jobs(
-        run.grid, cells.ids, cells.sums["area"], cells.sums["sum_r"], cells.sums["sum_c"]
+        run.grid,
+        cells.ids,
+        cells.sums["area"],
+        cells.sums["sum_r"],
+        cells.sums["sum_c"],
+        nucleus_pixels(ctx, cells.tiles, cells.ids),
     )
     done = boundaries_done(ctx)
     todo = [j for j in jobs if j.index not in done]
@@ -494,6 +501,12 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
         stages.boundaries_tile, ctx, todo, desc="boundaries", resources=run.resources("scan")
     )
     _record(run, outs, "boundaries")
+    done_now = [o.result for o in outs if o.error is None]
+    run.outlines = {  # this attempt's tiles (a resume counts only what it redid)
+        "from_cells_kernel": sum(r["n_from_kernel"] for r in done_now),
+        "re_read": sum(r["n_cells"] - r["n_from_kernel"] for r in done_now),
+        "grown_windows": sum(r["n_grown"] for r in done_now),
+    }
     concat_boundaries(ctx, ctx.work.url(ctx.stage("staging")))
 
 
@@ -660,6 +673,7 @@ def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:
         "method": {"name": run.method.name, **run.method.describe_state(ctx.method_state)},
         "nuclei": {"backend": run.backend.name, **run.backend.describe_state(ctx.nuclei_state)},
         "resumed_tiles": run.resumed,
+        "boundaries": run.outlines,
         "placement": run.placement,
         "tiles": tiles,
     }

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import constants as K
-from .boundaries import BoundaryJob, vectorise_owned
+from .boundaries import CORE_OUTLINES, BoundaryJob, core_outlines, vectorise_owned
 from .config import PipelineConfig
 from .io import storage
 from .io.chip import Chip
@@ -162,7 +162,10 @@ def seeds_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
 # -- pass 3: cells, labels, assignment -------------------------------------------------------
 def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     """The method's result for one tile, persisted: the core's labels, its owned transcripts with
-    their cells, and its partial sums (:class:`~stseg_dist.partials.CellPartials`).
+    their cells, the outlines of the cells and nuclei in its core
+    (:func:`~stseg_dist.boundaries.core_outlines`: traced here, from the labels in hand, in
+    parallel like the rest) and its partial sums (:class:`~stseg_dist.partials.CellPartials`),
+    saved last: they mark the tile done.
     """
     t0 = time.perf_counter()
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
@@ -199,8 +202,13 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             table.filter(pa.array(own)), cell_id, in_nucleus, None if moved is None else moved[own]
         ),
     )
-    gene = data.transcripts.gene[own]
     origin = (tile.core[0], tile.core[2])
+    ctx.work.save_table(
+        ctx.stage(CORE_OUTLINES),
+        tile.index,
+        core_outlines(cells_core, nuclei_core, origin, ctx.chip.pixel_size_um, ctx.chip.origin_um),
+    )
+    gene = data.transcripts.gene[own]
     partials = CellPartials.compute(cells_core, nuclei_core, origin, cell_id, gene, len(ctx.genes))
     partials.seconds = time.perf_counter() - t0
     ctx.work.save_npz(ctx.stage(CELLS), tile.index, partials.to_npz())
