@@ -344,16 +344,18 @@ def _extent(lab: np.ndarray, ids: np.ndarray) -> dict[int, tuple[int, int, int, 
 
 def whole_windows(
     cells_url: str, tile: Tile, job: BoundaryJob, shape: tuple[int, int], grow_px: int, so: dict
-) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """(window, cell ids) pairs such that each window holds all pixels of its cells: the tile
-    window for most cells; for a cell of which it holds fewer pixels than the cell table counts
-    (cut at the window edge, or in pieces), a window grown around it until it holds them all.
+) -> list[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
+    """(window, cell ids, the cell labels there) such that each window holds all pixels of its
+    cells: the tile window for most cells; for a cell of which it holds fewer pixels than the
+    cell table counts (cut at the window edge, or in pieces), a window grown around it until it
+    holds them all.
     """
     window = tile.window
-    found = _extent(_read(cells_url, window, so), job.cell_ids)
+    lab = _read(cells_url, window, so)
+    found = _extent(lab, job.cell_ids)
     expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist(), strict=False))
     short = [i for i in job.cell_ids.tolist() if found.get(i, (0,))[0] < expected[i]]
-    out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)))]
+    out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)), lab)]
     for cid in short:
         _, r0, r1, c0, c1 = found.get(cid, (0, 0, window[1] - window[0], 0, window[3] - window[2]))
         win = (window[0] + r0, window[0] + r1, window[2] + c0, window[2] + c1)
@@ -365,12 +367,39 @@ def whole_windows(
                 max(0, win[2] - grow),
                 min(shape[1], win[3] + grow),
             )
-            n = _extent(_read(cells_url, win, so), np.asarray([cid])).get(cid, (0,))[0]
+            grown = _read(cells_url, win, so)
+            n = _extent(grown, np.asarray([cid])).get(cid, (0,))[0]
             if n >= expected[cid] or win == (0, shape[0], 0, shape[1]):
                 break
             grow *= 2
-        out.append((win, np.asarray([cid], np.int64)))
+        out.append((win, np.asarray([cid], np.int64), grown))
     return out
+
+
+def outlines_in_window(
+    lab: np.ndarray,
+    ids: np.ndarray,
+    window: tuple[int, int, int, int],
+    pixel_size_um: float,
+    origin_um: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_polygons` of ``ids`` in ``lab`` (the labels over ``window``), each traced in
+    its own bounding box: a few cells along a core's edges cost their own pixels, not the
+    window's. Same outlines: an outline depends on its label's pixels only.
+    """
+    ext = _extent(lab, ids)
+    id_parts, geom_parts = [np.zeros(0, np.int64)], [np.empty(0, object)]
+    for cid, (_, r0, r1, c0, c1) in sorted(ext.items()):
+        got, geoms = label_polygons(
+            lab[r0:r1, c0:c1],
+            np.asarray([cid], np.int64),
+            (window[0] + r0, window[2] + c0),
+            pixel_size_um,
+            origin_um,
+        )
+        id_parts.append(got)
+        geom_parts.append(geoms)
+    return np.concatenate(id_parts), np.concatenate(geom_parts)
 
 
 def from_kernel(ctx, job: BoundaryJob) -> tuple[np.ndarray, dict[str, tuple]]:
@@ -439,14 +468,12 @@ def vectorise_owned(ctx, job: BoundaryJob) -> dict:
             cells_url, tile, job_rest, ctx.grid.shape, ctx.grid.halo_px or ctx.grid.core_px, so
         )
         n_grown = len(windows) - 1
-        for win, ids in windows:
-            for name, url in (
-                (K.CELL_BOUNDARIES_PARQUET, cells_url),
-                (K.NUCLEUS_BOUNDARIES_PARQUET, nuclei_url),
+        for win, ids, cells_lab in windows:
+            for name, lab in (
+                (K.CELL_BOUNDARIES_PARQUET, cells_lab),
+                (K.NUCLEUS_BOUNDARIES_PARQUET, _read(nuclei_url, win, so)),
             ):
-                got_ids, geoms = label_polygons(
-                    _read(url, win, so), ids, (win[0], win[2]), ps, origin
-                )
+                got_ids, geoms = outlines_in_window(lab, ids, win, ps, origin)
                 found[name][0].append(got_ids)
                 found[name][1].append(geoms)
     counts = {}
