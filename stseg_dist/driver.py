@@ -342,7 +342,7 @@ def _run_passes(run: Run) -> dict:
         complete = _write_outputs(run, ctx, cells, scan.n_rows)
     if complete and run.spatialdata:
         with run.timed("spatialdata"):
-            _spatialdata(run, ctx)
+            _spatialdata(run, ctx, cells)
     with run.timed("outputs", add=True), run.timed("outputs.publish"):
         publish(
             ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
@@ -612,10 +612,15 @@ def spatialdata_unavailable(out_url: str) -> str | None:
     return None
 
 
-def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
+def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
     written (see :func:`spatialdata_unavailable`); otherwise a warning says why not.
+
+    The points, the largest element, are written one partition per tile by the run's tasks
+    (from the tiles' transcript parts, never the whole table) while the driver writes the rest.
     """
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     why = spatialdata_unavailable(run.out_url)
@@ -628,7 +633,37 @@ def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
     staging = Path(ctx.work.url(ctx.stage("staging")))
     target = staging / SPATIALDATA_ZARR
     storage.remove(str(target), run.storage_options)
-    write_spatialdata(RunFiles(staging, {}, run.chip), target)
+    parts = staging / ".spatialdata-points"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    jobs, start = [], 0
+    for i, p in zip(cells.tiles, cells.parts, strict=True):
+        if p.n_transcripts:  # as transcripts.parquet: a tile without transcripts has no part
+            jobs.append(stages.PointsJob(int(i), len(jobs), start, str(parts)))
+            start += p.n_transcripts
+    if not jobs:  # no transcripts: the store's empty points element, as from the table
+        write_spatialdata(RunFiles(staging, {}, run.chip), target)
+        return
+
+    with ThreadPoolExecutor(1, thread_name_prefix="stseg-points") as pool:
+        pending = pool.submit(
+            run.ex.map,
+            stages.points_tile,
+            ctx,
+            jobs,
+            desc="store points",
+            resources=run.resources("scan"),
+        )
+
+        def points_written() -> Path:
+            _results(pending.result())  # the first failed partition fails the store
+            return parts
+
+        try:
+            write_spatialdata(RunFiles(staging, {}, run.chip), target, points_written)
+        finally:
+            pending.result()  # never leave tasks writing behind a failed store
+            shutil.rmtree(parts, ignore_errors=True)
 
 
 def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:

@@ -235,6 +235,32 @@ def boundaries_tile(ctx: RunContext, _worker, job: BoundaryJob) -> dict:
     return {**vectorise_owned(ctx, job), "seconds": time.perf_counter() - t0}
 
 
+# -- the SpatialData store's points, one partition per tile -----------------------------------
+@dataclass(frozen=True)
+class PointsJob:
+    """One tile's transcripts as partition ``part`` of the store's points, rows from ``start``."""
+
+    index: int
+    part: int
+    start: int
+    folder: str
+
+
+def points_tile(ctx: RunContext, _worker, job: PointsJob) -> dict:
+    """The tile's transcripts part (as the cells pass wrote it) into the store's points."""
+    from .export.spatialdata import points_part
+
+    t0 = time.perf_counter()
+    n = points_part(
+        ctx.work.tile_url(ctx.stage(TRANSCRIPTS), job.index, "parquet"),
+        f"{job.folder}/part.{job.part}.parquet",
+        job.start,
+        ctx.genes,
+        ctx.work.so,
+    )
+    return {"index": job.index, "n": n, "seconds": time.perf_counter() - t0}
+
+
 def assigned_table(
     owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray, moved: np.ndarray | None = None
 ) -> pa.Table:

@@ -8,7 +8,10 @@ scale by the pixel size and a translation to the chip origin):
 - ``shapes/cell_boundaries``, ``shapes/nucleus_boundaries``: the GeoParquet outlines, indexed
   by ``cell_id``;
 - ``points/transcripts``: every transcript with ``gene``, ``cell_id`` and ``in_nucleus``,
-  streamed from ``transcripts.parquet`` partition by partition;
+  streamed from ``transcripts.parquet`` partition by partition; or, in a run
+  (``write_spatialdata(points_parts=...)``), one partition per tile written by the tiles' own
+  tasks from the parts the cells pass wrote (:func:`points_part`), while the driver writes the
+  rest;
 - ``tables/table``: ``cells.h5ad`` annotating ``cell_boundaries`` (``region``, ``cell_id``):
   sopa's convention, the table scanpy and squidpy read;
 - ``tables/cell_labels_table``: the same cells annotating ``cell_labels`` (the label values are
@@ -74,8 +77,10 @@ def require_spatialdata():
     return spatialdata
 
 
-def build(files: RunFiles):
-    """The run as a SpatialData object whose arrays and points are dask-backed (nothing loaded)."""
+def build(files: RunFiles, points_placeholder: bool = False):
+    """The run as a SpatialData object whose arrays and points are dask-backed (nothing loaded);
+    ``points_placeholder``: the points element without rows (its partitions are written apart).
+    """
     require_spatialdata()
     import anndata as ad
     import dask.array as da
@@ -147,7 +152,7 @@ def build(files: RunFiles):
 
     points = {
         POINTS: PointsModel.parse(
-            transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes),
+            transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes, points_placeholder),
             coordinates={"x": K.X, "y": K.Y},
             feature_key=K.GENE,
             instance_key=K.CELL_ID,
@@ -188,7 +193,7 @@ def channel_names(chip_extra: dict, n: int) -> list[str]:
     return [DEFAULT_CHANNELS[i] if i < len(DEFAULT_CHANNELS) else f"channel_{i}" for i in range(n)]
 
 
-def transcripts_frame(url: Path, genes: list[str]):
+def transcripts_frame(url: Path, genes: list[str], empty: bool = False):
     """transcripts.parquet as a lazy dask frame: one partition per row group (one per tile as the
     run writes them), indexed by row number with known divisions, genes as known categories.
 
@@ -215,7 +220,7 @@ def transcripts_frame(url: Path, genes: list[str]):
 
     meta = pf.schema_arrow.empty_table().to_pandas()
     meta[K.GENE] = meta[K.GENE].astype(str).astype(dtype)
-    if not groups:
+    if not groups or empty:
         return dd.from_pandas(meta, npartitions=1)
     divisions = (*offsets[:-1].tolist(), int(offsets[-1]) - 1)
     return dd.from_map(
@@ -223,10 +228,65 @@ def transcripts_frame(url: Path, genes: list[str]):
     )
 
 
-def write_spatialdata(files: RunFiles, path: Path) -> None:
-    """Write the run's SpatialData object to ``path`` (a new folder)."""
-    sdata = build(files)
+#: dask's name for an unnamed index in the parquet files it writes (read back as no name).
+DASK_INDEX = "__null_dask_index__"
+
+
+def points_part(
+    src_url: str, dst: str, start: int, genes: list[str], so: dict | None = None
+) -> int:
+    """One tile's transcripts (the part the cells pass wrote) as one partition of the store's
+    points, as dask's ``to_parquet`` writes a partition of :func:`transcripts_frame`: the same
+    columns (dictionaries decoded, as in ``transcripts.parquet``), row numbers from ``start``
+    as the index, genes as categories of the chip's vocabulary. Returns the rows written.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ..io import storage
+    from ..outputs import _plain_schema
+
+    fs, path = storage.fs_and_path(src_url, so)
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    table = table.cast(_plain_schema(table.schema))
+    codes = pc.index_in(table.column(K.GENE), value_set=pa.array(genes, pa.string()))
+    gene = pd.Categorical.from_codes(
+        pc.fill_null(codes, -1).to_numpy(), dtype=pd.CategoricalDtype(genes)
+    )
+    df = table.drop_columns([K.GENE]).to_pandas()
+    df.insert(table.column_names.index(K.GENE), K.GENE, gene)
+    first = [K.X, K.Y, K.GENE, K.CELL_ID]  # the points element's column order (PointsModel)
+    df = df[first + [c for c in df.columns if c not in first]]
+    df.index = pd.RangeIndex(int(start), int(start) + len(df), name=DASK_INDEX)
+    out = pa.Table.from_pandas(df, preserve_index=True)
+    pq.write_table(out, dst, compression="snappy")
+    return len(df)
+
+
+def install_points(store: Path, parts: Path) -> None:
+    """Put the partitions :func:`points_part` wrote (``parts``, a folder of ``part.<k>.parquet``)
+    in place of the placeholder's in the store's points element.
+    """
+    import shutil
+
+    target = Path(store) / "points" / POINTS / "points.parquet"
+    shutil.rmtree(target)
+    Path(parts).rename(target)
+
+
+def write_spatialdata(files: RunFiles, path: Path, points_parts=None) -> None:
+    """Write the run's SpatialData object to ``path`` (a new folder).
+
+    ``points_parts`` (a callable returning the folder of partitions, once written): the points
+    come from there (:func:`points_part`, in the run's tasks while this writes the rest).
+    """
+    sdata = build(files, points_placeholder=points_parts is not None)
     write(sdata, Path(path))
+    if points_parts is not None:
+        install_points(Path(path), points_parts())
 
 
 def write(sdata, path: Path) -> None:

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import zarr
 
@@ -164,6 +165,10 @@ def test_the_run_writes_the_store_as_a_stage(exported, small_run, tmp_path):
     assert not any(p.name.startswith(".") for p in out.iterdir())  # nothing left half-written
     staged = sd.read_zarr(out / "spatialdata.zarr")
     assert_same_store(staged, exported_sdata)
+    # the run's tasks wrote the points one partition per tile with transcripts
+    row_groups = pq.ParquetFile(out / "transcripts.parquet").metadata
+    with_rows = sum(row_groups.row_group(i).num_rows > 0 for i in range(row_groups.num_row_groups))
+    assert staged["transcripts"].npartitions == with_rows > 1
 
 
 def assert_same_store(a, b) -> None:
