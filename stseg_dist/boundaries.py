@@ -383,23 +383,34 @@ def outlines_in_window(
     pixel_size_um: float,
     origin_um: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`label_polygons` of ``ids`` in ``lab`` (the labels over ``window``), each traced in
-    its own bounding box: a few cells along a core's edges cost their own pixels, not the
-    window's. Same outlines: an outline depends on its label's pixels only.
+    """:func:`label_polygons` of ``ids`` in ``lab`` (the labels over ``window``), traced in the
+    bounding box of the cells nearest each side of the window: the cells re-read lie along the
+    core's edges, so they cost four strips of pixels, not the window. Same outlines: an outline
+    depends on its label's pixels only, and each strip holds all of its cells' pixels.
     """
     ext = _extent(lab, ids)
-    id_parts, geom_parts = [np.zeros(0, np.int64)], [np.empty(0, object)]
-    for cid, (_, r0, r1, c0, c1) in sorted(ext.items()):
+    if not ext:
+        return np.zeros(0, np.int64), np.empty(0, object)
+    cid = np.fromiter(ext, np.int64, len(ext))
+    box = np.array([v[1:] for v in ext.values()], np.int64)  # r0, r1, c0, c1
+    h, w = lab.shape
+    side = np.argmin(np.stack([box[:, 0], h - box[:, 1], box[:, 2], w - box[:, 3]], 1), 1)
+    id_parts, geom_parts = [], []
+    for s in np.unique(side):
+        b = box[side == s]
+        r0, r1, c0, c1 = b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
         got, geoms = label_polygons(
             lab[r0:r1, c0:c1],
-            np.asarray([cid], np.int64),
+            cid[side == s],
             (window[0] + r0, window[2] + c0),
             pixel_size_um,
             origin_um,
         )
         id_parts.append(got)
         geom_parts.append(geoms)
-    return np.concatenate(id_parts), np.concatenate(geom_parts)
+    ids_out, geoms_out = np.concatenate(id_parts), np.concatenate(geom_parts)
+    order = np.argsort(ids_out, kind="stable")
+    return ids_out[order], geoms_out[order]
 
 
 def from_kernel(ctx, job: BoundaryJob) -> tuple[np.ndarray, dict[str, tuple]]:
