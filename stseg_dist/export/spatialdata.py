@@ -329,11 +329,24 @@ def write(sdata, path: Path) -> None:
                     write_omero(
                         Path(path) / kind / name,
                         levels[0].coords["c"].values.tolist(),
-                        levels[-1],
+                        _written_coarsest(Path(path) / kind / name),
                     )
                 else:
                     write_labels(element, root, name, storage_options=options)
         rest.write_consolidated_metadata()
+
+
+def _written_coarsest(url: Path):
+    """The coarsest level of a raster as written (read back: its dask graph would compute the
+    whole pyramid again from the source).
+    """
+    import dask.array as da
+    import zarr
+
+    attrs = zarr.open_group(str(url), mode="r").attrs.asdict()
+    ome = attrs.get("ome", attrs)
+    last = ome["multiscales"][0]["datasets"][-1]["path"]
+    return da.from_zarr(zarr.open_array(str(url / last), mode="r"))
 
 
 def _levels(element) -> list:
@@ -349,7 +362,8 @@ def _level_no(key: str) -> int:
 
 def write_omero(url: Path, channels: list, coarsest) -> None:
     """OME-NGFF ``omero`` metadata for the image group: one entry per channel with its label,
-    a colour and a display window (from the coarsest level: a cheap, whole-image view).
+    a colour and a display window (from ``coarsest``, the coarsest level as a dask array: a
+    cheap, whole-image view).
 
     Written where ome-zarr left none, and completed (colour, window) where it wrote labels only;
     napari, spatialdata-plot and sopa show the channels by these names.
@@ -361,7 +375,7 @@ def write_omero(url: Path, channels: list, coarsest) -> None:
     attrs = group.attrs.asdict()
     ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 (zarr 3) nests everything under "ome"
     old = {c.get("label"): c for c in (ome.get("omero") or {}).get("channels", [])}
-    data = coarsest.data
+    data = coarsest
     lo = da.nanmin(data, axis=(1, 2)).compute()
     hi = da.nanmax(data, axis=(1, 2)).compute()
     kind = np.dtype(data.dtype)
