@@ -333,6 +333,7 @@ def _run_passes(run: Run) -> dict:
     with run.timed("cells"):
         _cells(run, ctx)
     _import_in_background(run)  # while the driver waits for the boundary tiles
+    rasters = _store_rasters_in_background(run, ctx)
     with run.timed("outputs"):
         with run.timed("outputs.tables"):
             cells = _cell_table(run, ctx)
@@ -342,7 +343,12 @@ def _run_passes(run: Run) -> dict:
         complete = _write_outputs(run, ctx, cells, scan.n_rows)
     if complete and run.spatialdata:
         with run.timed("spatialdata"):
-            _spatialdata(run, ctx, cells)
+            _spatialdata(run, ctx, cells, rasters)
+    elif rasters is not None:  # an incomplete run writes no store
+        import shutil
+
+        rasters.result()
+        shutil.rmtree(_rasters_folder(ctx), ignore_errors=True)
     with run.timed("outputs", add=True), run.timed("outputs.publish"):
         publish(
             ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
@@ -612,12 +618,52 @@ def spatialdata_unavailable(out_url: str) -> str | None:
     return None
 
 
-def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
+def _rasters_folder(ctx: stages.RunContext):
+    from pathlib import Path
+
+    return Path(ctx.work.url(ctx.stage("staging"))) / ".spatialdata-rasters"
+
+
+def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
+    """Start writing the store's images and labels (they need only the chip and the finished
+    label arrays) in a thread, while the run writes boundaries and tables; a future, or None
+    when no store will be written.
+    """
+    import shutil
+    import threading
+    from concurrent.futures import Future
+
+    if not run.spatialdata or run.failed or spatialdata_unavailable(run.out_url):
+        return None
+    from pathlib import Path
+
+    from .export._run import RunFiles
+    from .export.spatialdata import write_rasters
+
+    folder = _rasters_folder(ctx)
+    shutil.rmtree(folder, ignore_errors=True)
+    files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
+    future: Future = Future()
+
+    def write() -> None:
+        try:
+            write_rasters(files, folder)
+            future.set_result(folder)
+        except BaseException as exc:  # noqa: BLE001 - raised where the store is written
+            future.set_exception(exc)
+
+    threading.Thread(target=write, name="stseg-store-rasters", daemon=True).start()
+    return future
+
+
+def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable, rasters=None) -> None:
     """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
     written (see :func:`spatialdata_unavailable`); otherwise a warning says why not.
 
     The points, the largest element, are written one partition per tile by the run's tasks
-    (from the tiles' transcript parts, never the whole table) while the driver writes the rest.
+    (from the tiles' transcript parts, never the whole table) while the driver writes the rest;
+    the images and labels come from ``rasters`` (:func:`_store_rasters_in_background`) where
+    they were started after the cell pass.
     """
     import shutil
     from concurrent.futures import ThreadPoolExecutor
@@ -635,15 +681,16 @@ def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     storage.remove(str(target), run.storage_options)
     parts = staging / ".spatialdata-points"
     shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True)
     jobs, start = [], 0
     for i, p in zip(cells.tiles, cells.parts, strict=True):
         if p.n_transcripts:  # as transcripts.parquet: a tile without transcripts has no part
             jobs.append(stages.PointsJob(int(i), len(jobs), start, str(parts)))
             start += p.n_transcripts
+    got_rasters = None if rasters is None else rasters.result
     if not jobs:  # no transcripts: the store's empty points element, as from the table
-        write_spatialdata(RunFiles(staging, {}, run.chip), target)
+        write_spatialdata(RunFiles(staging, {}, run.chip), target, rasters=got_rasters)
         return
+    parts.mkdir(parents=True)
 
     with ThreadPoolExecutor(1, thread_name_prefix="stseg-points") as pool:
         pending = pool.submit(
@@ -660,7 +707,9 @@ def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
             return parts
 
         try:
-            write_spatialdata(RunFiles(staging, {}, run.chip), target, points_written)
+            write_spatialdata(
+                RunFiles(staging, {}, run.chip), target, points_written, rasters=got_rasters
+            )
         finally:
             pending.result()  # never leave tasks writing behind a failed store
             shutil.rmtree(parts, ignore_errors=True)

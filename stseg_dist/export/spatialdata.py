@@ -26,6 +26,7 @@ Needs the ``spatialdata`` extra (``pip install 'stseg-dist[spatialdata]'``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,27 +78,27 @@ def require_spatialdata():
     return spatialdata
 
 
-def build(files: RunFiles, points_placeholder: bool = False):
+def build(
+    files: RunFiles, points_placeholder: bool = False, rasters: bool = True, others: bool = True
+):
     """The run as a SpatialData object whose arrays and points are dask-backed (nothing loaded);
-    ``points_placeholder``: the points element without rows (its partitions are written apart).
+    ``points_placeholder``: the points element without rows (its partitions are written apart);
+    ``rasters`` / ``others``: with the images and labels / the shapes, points and tables.
     """
     require_spatialdata()
-    import anndata as ad
     import dask.array as da
-    import geopandas as gpd
-    import pandas as pd
     import zarr
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, Labels2DModel, PointsModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity, Scale, Sequence, Translation
+    from spatialdata.models import Image2DModel, Labels2DModel
+    from spatialdata.transformations import Scale, Sequence, Translation
 
+    if not rasters:
+        return _others(files, points_placeholder, SpatialData)
     ps = files.pixel_size_um
     x0, y0 = files.origin_um
     to_um = {
         COORDS: Sequence([Scale([ps, ps], axes=("y", "x")), Translation([y0, x0], axes=("y", "x"))])
     }
-    um = {COORDS: Identity()}
-
     labels = {}
     for name, key in ((CELL_LABELS, K.LABELS_CELLS), (NUCLEUS_LABELS, K.LABELS_NUCLEI)):
         arr = zarr.open_array(str(files.path(K.LABELS_ZARR) / key), mode="r")
@@ -124,6 +125,28 @@ def build(files: RunFiles, points_placeholder: bool = False):
         )
     }
 
+    if not others:
+        return SpatialData(images=images, labels=labels)
+    rest = _others(files, points_placeholder, SpatialData)
+    return SpatialData(
+        images=images,
+        labels=labels,
+        shapes=dict(rest.shapes),
+        points=dict(rest.points),
+        tables=dict(rest.tables),
+        attrs=SOPA_ATTRS,
+    )
+
+
+def _others(files: RunFiles, points_placeholder: bool, SpatialData):  # noqa: N803
+    """The run's shapes, points and tables (no rasters) as a SpatialData object."""
+    import anndata as ad
+    import geopandas as gpd
+    import pandas as pd
+    from spatialdata.models import PointsModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    um = {COORDS: Identity()}
     shapes = {}
     for name, fname in (
         (CELL_SHAPES, K.CELL_BOUNDARIES_PARQUET),
@@ -160,14 +183,11 @@ def build(files: RunFiles, points_placeholder: bool = False):
             sort=True,
         )
     }
-    return SpatialData(
-        images=images,
-        labels=labels,
-        shapes=shapes,
-        points=points,
-        tables=tables,
-        attrs=SOPA_ATTRS,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # the labels table's region is written with the rasters
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+        return SpatialData(shapes=shapes, points=points, tables=tables, attrs=SOPA_ATTRS)
 
 
 def scale_factors(shape_yx) -> list[int]:
@@ -277,16 +297,54 @@ def install_points(store: Path, parts: Path) -> None:
     Path(parts).rename(target)
 
 
-def write_spatialdata(files: RunFiles, path: Path, points_parts=None) -> None:
+def write_spatialdata(files: RunFiles, path: Path, points_parts=None, rasters=None) -> None:
     """Write the run's SpatialData object to ``path`` (a new folder).
 
-    ``points_parts`` (a callable returning the folder of partitions, once written): the points
-    come from there (:func:`points_part`, in the run's tasks while this writes the rest).
+    In a run, two parts may come from elsewhere, each a callable that returns, once written:
+    ``points_parts``, the folder of the points' partitions (:func:`points_part`, written by the
+    run's tasks); ``rasters``, a store holding the images and labels (:func:`write_rasters`,
+    written in a thread while the run writes its other outputs).
     """
-    sdata = build(files, points_placeholder=points_parts is not None)
-    write(sdata, Path(path))
+    import shutil
+
+    path = Path(path)
+    if rasters is None:
+        write(build(files, points_placeholder=points_parts is not None), path)
+    else:
+        rest = _write_others(build(files, points_parts is not None, rasters=False), path)
+        src = Path(rasters())
+        for kind in ("images", "labels"):
+            (src / kind).rename(path / kind)
+        shutil.rmtree(src)
+        with warnings_quiet():
+            rest.write_consolidated_metadata()
     if points_parts is not None:
-        install_points(Path(path), points_parts())
+        install_points(path, points_parts())
+
+
+def write_rasters(files: RunFiles, path: Path) -> None:
+    """The run's images and labels (with their pyramids) into a new store at ``path``: the part
+    of the store that needs only the chip and the label arrays, so a run writes it while it
+    writes the rest (:func:`write_spatialdata` ``rasters=``).
+    """
+    import zarr
+
+    zarr.open_group(str(path), mode="w")
+    with warnings_quiet():
+        _write_rasters(build(files, others=False), Path(path))
+
+
+@contextmanager
+def warnings_quiet():
+    """The writers' notices that say nothing about this store (anndata's zarr v3 sharding; the
+    labels table written before the labels it annotates).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+        yield
 
 
 def write(sdata, path: Path) -> None:
@@ -299,18 +357,19 @@ def write(sdata, path: Path) -> None:
     0.18, spatialdata 0.7.0 drops the channel names of a single-scale image; spatialdata 0.7.3
     then cannot read the image, so :func:`write_omero` writes them whatever wrote the rest.
     """
-    import warnings
+    with warnings_quiet():
+        rest = _write_others(sdata, path)
+        _write_rasters(sdata, path)
+        rest.write_consolidated_metadata()
 
+
+def _write_others(sdata, path: Path):
+    """The shapes, points and tables of ``sdata`` (and its attrs) into a new store at ``path``;
+    returns them as the SpatialData object backed there.
+    """
     from spatialdata import SpatialData
-    from spatialdata._io import write_image, write_labels
-    from spatialdata._io.io_zarr import _get_groups_for_element
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="zarr v3 autosharding", category=UserWarning
-        )  # anndata's notice
-        # the labels come below; the labels table's "annotates no element" warning is moot
-        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+    with warnings_quiet():
         rest = SpatialData(
             shapes=dict(sdata.shapes),
             points=dict(sdata.points),
@@ -318,22 +377,29 @@ def write(sdata, path: Path) -> None:
             attrs=dict(sdata.attrs),
         )
         rest.write(path, consolidate_metadata=False)
-        for kind, elements in (("images", sdata.images), ("labels", sdata.labels)):
-            for name, element in elements.items():
-                levels = _levels(element)
-                chunks = [{"chunks": tuple(int(c[0]) for c in a.data.chunks)} for a in levels]
-                options = chunks[0] if len(levels) == 1 else chunks
-                root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
-                if kind == "images":
-                    write_image(element, group, name, storage_options=options)
-                    write_omero(
-                        Path(path) / kind / name,
-                        levels[0].coords["c"].values.tolist(),
-                        _written_coarsest(Path(path) / kind / name),
-                    )
-                else:
-                    write_labels(element, root, name, storage_options=options)
-        rest.write_consolidated_metadata()
+    return rest
+
+
+def _write_rasters(sdata, path: Path) -> None:
+    """The images and labels of ``sdata`` into the store at ``path`` (see :func:`write`)."""
+    from spatialdata._io import write_image, write_labels
+    from spatialdata._io.io_zarr import _get_groups_for_element
+
+    for kind, elements in (("images", sdata.images), ("labels", sdata.labels)):
+        for name, element in elements.items():
+            levels = _levels(element)
+            chunks = [{"chunks": tuple(int(c[0]) for c in a.data.chunks)} for a in levels]
+            options = chunks[0] if len(levels) == 1 else chunks
+            root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
+            if kind == "images":
+                write_image(element, group, name, storage_options=options)
+                write_omero(
+                    Path(path) / kind / name,
+                    levels[0].coords["c"].values.tolist(),
+                    _written_coarsest(Path(path) / kind / name),
+                )
+            else:
+                write_labels(element, root, name, storage_options=options)
 
 
 def _written_coarsest(url: Path):
