@@ -330,8 +330,8 @@ def write_rasters(files: RunFiles, path: Path) -> None:
     import zarr
 
     zarr.open_group(str(path), mode="w")
-    with warnings_quiet():
-        _write_rasters(build(files, others=False), Path(path))
+    # no warnings filter here: it runs in a thread, and catch_warnings is process-wide
+    _write_rasters(build(files, others=False), Path(path))
 
 
 @contextmanager
