@@ -334,21 +334,24 @@ def _run_passes(run: Run) -> dict:
         _cells(run, ctx)
     _import_in_background(run)  # while the driver waits for the boundary tiles
     rasters = _store_rasters_in_background(run, ctx)
-    with run.timed("outputs"):
-        with run.timed("outputs.tables"):
-            cells = _cell_table(run, ctx)
-    with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
-        _boundaries(run, ctx, cells)
-    with run.timed("outputs", add=True):
-        complete = _write_outputs(run, ctx, cells, scan.n_rows)
-    if complete and run.spatialdata:
-        with run.timed("spatialdata"):
-            _spatialdata(run, ctx, cells, rasters)
-    elif rasters is not None:  # an incomplete run writes no store
-        import shutil
+    try:
+        with run.timed("outputs"):
+            with run.timed("outputs.tables"):
+                cells = _cell_table(run, ctx)
+        with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
+            _boundaries(run, ctx, cells)
+        with run.timed("outputs", add=True):
+            complete = _write_outputs(run, ctx, cells, scan.n_rows)
+        if complete and run.spatialdata:
+            with run.timed("spatialdata"):
+                _spatialdata(run, ctx, cells, rasters)
+            rasters = None
+    finally:
+        if rasters is not None:  # no store (an incomplete run, or a failure): nothing left writing
+            import shutil
 
-        rasters.result()
-        shutil.rmtree(_rasters_folder(ctx), ignore_errors=True)
+            rasters.exception()  # waits; its error matters only to a store being written
+            shutil.rmtree(_rasters_folder(ctx), ignore_errors=True)
     with run.timed("outputs", add=True), run.timed("outputs.publish"):
         publish(
             ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
