@@ -1,7 +1,14 @@
 """Cell and nucleus boundaries: exact pixel outlines in µm, written as GeoParquet.
 
+Most outlines come out of the cells kernel, which holds its core's labels anyway: it traces every
+cell and nucleus with pixels in its core (:func:`core_outlines`), with each one's pixel count
+there. A cell whose core count is its whole area (the cell table's), and whose nucleus likewise
+lies wholly in that core, is taken from there as it is: the same pixels give the same outline
+wherever they are traced. Only the rest (cells cut by a core edge) are vectorised afterwards.
+
 Each cell is vectorised once, by the tile whose core holds its centroid pixel (the cell table's
-exact integer moments, so the owner does not depend on the tiling), from the global label
+exact integer moments, so the owner does not depend on the tiling; a cell wholly in one core has
+its centroid pixel there), from the global label
 arrays over that tile's window; a cell of which the window holds fewer pixels than the cell table
 counts (cut at the window edge, or in far-apart pieces) is re-read from a window grown around it,
 so the owner always sees it whole. The outline is the union of the cell's
@@ -14,7 +21,7 @@ owner (a nucleus lies inside its cell and shares its ID).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +36,10 @@ STAGES = {
     K.CELL_BOUNDARIES_PARQUET: "boundaries-cells",
     K.NUCLEUS_BOUNDARIES_PARQUET: "boundaries-nuclei",
 }
+#: Work-dir stage of the outlines the cells kernel traced in its core (:func:`core_outlines`).
+CORE_OUTLINES = "outlines"
+NUCLEUS = "nucleus"  # core_outlines' column: the row is a nucleus (else a cell)
+N_PX = "n_px"  # core_outlines' column: the object's pixels in that core
 _PART_META = (
     b"stseg_part"  # per-part bbox and geometry types, so the final file's metadata needs no re-read
 )
@@ -36,11 +47,14 @@ _PART_META = (
 
 @dataclass(frozen=True)
 class BoundaryJob:
-    """One tile's share: the cells whose centroid pixel lies in its core, and their pixel areas."""
+    """One tile's share: the cells whose centroid pixel lies in its core, their pixel areas and
+    their nuclei's pixel counts over the whole chip (None: not known, every cell re-read).
+    """
 
     index: int
     cell_ids: np.ndarray
     areas: np.ndarray
+    nucleus_px: np.ndarray | None = None
 
 
 def pixel_runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -88,6 +102,69 @@ def label_polygons(
     x0, y0 = float(origin_um[0]), float(origin_um[1])
     geoms = shapely.transform(geoms, lambda xy: (xy + shift) * ps + np.array([x0, y0]))
     return found.astype(np.int64), shapely.normalize(geoms)
+
+
+def core_outlines(
+    cells_core: np.ndarray,
+    nuclei_core: np.ndarray,
+    core_rc: tuple[int, int],
+    pixel_size_um: float,
+    origin_um: tuple[float, float],
+) -> pa.Table:
+    """Every cell and nucleus with pixels in a tile core, outlined from the core's labels (whose
+    pixel (0, 0) is global pixel ``core_rc``) by the cells kernel, which holds them: ``cell_id``,
+    ``nucleus``, ``n_px`` (its pixels in this core) and the WKB ``geometry``.
+
+    An object whose ``n_px`` is its whole pixel count lies wholly in this core, so its outline
+    here is the one a window over the global labels gives (:func:`label_polygons` depends on the
+    object's pixels only); the boundaries pass keeps those and re-reads the rest.
+    """
+    ids_parts, nuc_parts, n_parts, geom_parts = [], [], [], []
+    for is_nucleus, lab in ((False, cells_core), (True, nuclei_core)):
+        val, _, c0, c1 = pixel_runs(lab)
+        ids, inv = np.unique(val, return_inverse=True)
+        n_px = np.bincount(inv, weights=c1 - c0, minlength=len(ids)).astype(np.int64)
+        found, geoms = label_polygons(lab, ids, core_rc, pixel_size_um, origin_um)
+        if not np.array_equal(found, ids):  # every label present is outlined
+            raise RuntimeError("core outlines: a label in the core was not outlined")
+        ids_parts.append(found)
+        nuc_parts.append(np.full(len(found), is_nucleus))
+        n_parts.append(n_px)
+        geom_parts.append(geoms)
+    return pa.table(
+        {
+            K.CELL_ID: pa.array(np.concatenate(ids_parts), pa.int64()),
+            NUCLEUS: pa.array(np.concatenate(nuc_parts), pa.bool_()),
+            N_PX: pa.array(np.concatenate(n_parts), pa.int64()),
+            "geometry": pa.array(shapely.to_wkb(np.concatenate(geom_parts)), pa.binary()),
+        }
+    )
+
+
+def nucleus_pixels(ctx, tiles: list[int], ids: np.ndarray) -> np.ndarray | None:
+    """Each nucleus ``ids``' pixel count over the whole chip, summed from the cells kernel's core
+    outlines of ``tiles``; None when a tile has none (a checkpoint from before they were written).
+    """
+    stage = ctx.stage(CORE_OUTLINES)
+    have = ctx.work.done(stage, "parquet")
+    if not set(tiles) <= have:
+        return None
+    nid, npx = [], []
+    for i in tiles:
+        fs, path = storage.fs_and_path(ctx.work.tile_url(stage, i, "parquet"), ctx.work.so)
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=[K.CELL_ID, NUCLEUS, N_PX])
+        keep = t.column(NUCLEUS).to_numpy(zero_copy_only=False)
+        nid.append(t.column(K.CELL_ID).to_numpy()[keep])
+        npx.append(t.column(N_PX).to_numpy()[keep])
+    ids = np.asarray(ids, np.int64)
+    if not nid:
+        return np.zeros(len(ids), np.int64)
+    nid_all, inv = np.unique(np.concatenate(nid), return_inverse=True)
+    total = np.bincount(inv, weights=np.concatenate(npx), minlength=len(nid_all)).astype(np.int64)
+    pos = np.clip(np.searchsorted(nid_all, ids), 0, max(len(nid_all) - 1, 0))
+    hit = (nid_all[pos] == ids) if len(nid_all) else np.zeros(len(ids), bool)
+    return np.where(hit, total[pos] if len(nid_all) else 0, 0)
 
 
 def union_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,9 +267,16 @@ def traced_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def owner_jobs(
-    grid: TileGrid, ids: np.ndarray, area: np.ndarray, sum_r: np.ndarray, sum_c: np.ndarray
+    grid: TileGrid,
+    ids: np.ndarray,
+    area: np.ndarray,
+    sum_r: np.ndarray,
+    sum_c: np.ndarray,
+    nucleus_px: np.ndarray | None = None,
 ) -> list[BoundaryJob]:
-    """Split cells among tiles by the core holding their centroid pixel (exact integer moments)."""
+    """Split cells among tiles by the core holding their centroid pixel (exact integer moments);
+    ``nucleus_px`` (per cell, its nucleus' pixels on the chip) goes along.
+    """
     ids = np.asarray(ids, np.int64)
     safe = np.maximum(np.asarray(area, np.int64), 1)
     cy = np.asarray(sum_r, np.int64) // safe
@@ -206,9 +290,25 @@ def owner_jobs(
     per_area = dict(
         zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:]), strict=False)
     )
+    per_nuc = (
+        None
+        if nucleus_px is None
+        else dict(
+            zip(
+                tiles.tolist(),
+                np.split(np.asarray(nucleus_px, np.int64)[order], first[1:]),
+                strict=False,
+            )
+        )
+    )
     empty = np.zeros(0, np.int64)
     return [
-        BoundaryJob(t.index, per_ids.get(t.index, empty), per_area.get(t.index, empty))
+        BoundaryJob(
+            t.index,
+            per_ids.get(t.index, empty),
+            per_area.get(t.index, empty),
+            None if per_nuc is None else per_nuc.get(t.index, empty),
+        )
         for t in grid
     ]
 
@@ -244,16 +344,18 @@ def _extent(lab: np.ndarray, ids: np.ndarray) -> dict[int, tuple[int, int, int, 
 
 def whole_windows(
     cells_url: str, tile: Tile, job: BoundaryJob, shape: tuple[int, int], grow_px: int, so: dict
-) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """(window, cell ids) pairs such that each window holds all pixels of its cells: the tile
-    window for most cells; for a cell of which it holds fewer pixels than the cell table counts
-    (cut at the window edge, or in pieces), a window grown around it until it holds them all.
+) -> list[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
+    """(window, cell ids, the cell labels there) such that each window holds all pixels of its
+    cells: the tile window for most cells; for a cell of which it holds fewer pixels than the
+    cell table counts (cut at the window edge, or in pieces), a window grown around it until it
+    holds them all.
     """
     window = tile.window
-    found = _extent(_read(cells_url, window, so), job.cell_ids)
+    lab = _read(cells_url, window, so)
+    found = _extent(lab, job.cell_ids)
     expected = dict(zip(job.cell_ids.tolist(), job.areas.tolist(), strict=False))
     short = [i for i in job.cell_ids.tolist() if found.get(i, (0,))[0] < expected[i]]
-    out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)))]
+    out = [(window, np.setdiff1d(job.cell_ids, np.asarray(short, np.int64)), lab)]
     for cid in short:
         _, r0, r1, c0, c1 = found.get(cid, (0, 0, window[1] - window[0], 0, window[3] - window[2]))
         win = (window[0] + r0, window[0] + r1, window[2] + c0, window[2] + c1)
@@ -265,42 +367,130 @@ def whole_windows(
                 max(0, win[2] - grow),
                 min(shape[1], win[3] + grow),
             )
-            n = _extent(_read(cells_url, win, so), np.asarray([cid])).get(cid, (0,))[0]
+            grown = _read(cells_url, win, so)
+            n = _extent(grown, np.asarray([cid])).get(cid, (0,))[0]
             if n >= expected[cid] or win == (0, shape[0], 0, shape[1]):
                 break
             grow *= 2
-        out.append((win, np.asarray([cid], np.int64)))
+        out.append((win, np.asarray([cid], np.int64), grown))
     return out
 
 
+def outlines_in_window(
+    lab: np.ndarray,
+    ids: np.ndarray,
+    window: tuple[int, int, int, int],
+    pixel_size_um: float,
+    origin_um: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_polygons` of ``ids`` in ``lab`` (the labels over ``window``), traced in the
+    bounding box of the cells nearest each side of the window: the cells re-read lie along the
+    core's edges, so they cost four strips of pixels, not the window. Same outlines: an outline
+    depends on its label's pixels only, and each strip holds all of its cells' pixels.
+    """
+    ext = _extent(lab, ids)
+    if not ext:
+        return np.zeros(0, np.int64), np.empty(0, object)
+    cid = np.fromiter(ext, np.int64, len(ext))
+    box = np.array([v[1:] for v in ext.values()], np.int64)  # r0, r1, c0, c1
+    h, w = lab.shape
+    side = np.argmin(np.stack([box[:, 0], h - box[:, 1], box[:, 2], w - box[:, 3]], 1), 1)
+    id_parts, geom_parts = [], []
+    for s in np.unique(side):
+        b = box[side == s]
+        r0, r1, c0, c1 = b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
+        got, geoms = label_polygons(
+            lab[r0:r1, c0:c1],
+            cid[side == s],
+            (window[0] + r0, window[2] + c0),
+            pixel_size_um,
+            origin_um,
+        )
+        id_parts.append(got)
+        geom_parts.append(geoms)
+    ids_out, geoms_out = np.concatenate(id_parts), np.concatenate(geom_parts)
+    order = np.argsort(ids_out, kind="stable")
+    return ids_out[order], geoms_out[order]
+
+
+def from_kernel(ctx, job: BoundaryJob) -> tuple[np.ndarray, dict[str, tuple]]:
+    """The job's cells (and nuclei) the cells kernel outlined whole in this tile's core: (their
+    ids, per output file its (ids, geometries)); none where the kernel wrote no outlines.
+    """
+    none = np.zeros(0, np.int64), {n: (np.zeros(0, np.int64), np.empty(0, object)) for n in STAGES}
+    if job.nucleus_px is None or not len(job.cell_ids):
+        return none
+    url = ctx.work.tile_url(ctx.stage(CORE_OUTLINES), job.index, "parquet")
+    if not storage.exists(url, ctx.work.so):
+        return none
+    fs, path = storage.fs_and_path(url, ctx.work.so)
+    with fs.open(path, "rb") as fh:
+        t = pq.read_table(fh)
+    cid = t.column(K.CELL_ID).to_numpy()
+    is_nuc = t.column(NUCLEUS).to_numpy(zero_copy_only=False)
+    n_px = t.column(N_PX).to_numpy()
+    geom = t.column("geometry").to_numpy(zero_copy_only=False)
+
+    def lookup(rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Position in ``rows`` of each of ``ids`` (-1: absent) and its core pixel count."""
+        order = np.argsort(cid[rows], kind="stable")
+        srt = cid[rows][order]
+        pos = np.clip(np.searchsorted(srt, ids), 0, max(len(srt) - 1, 0))
+        hit = (srt[pos] == ids) if len(srt) else np.zeros(len(ids), bool)
+        at = np.where(hit, rows[order][pos] if len(srt) else 0, -1)
+        return at, np.where(hit, n_px[np.maximum(at, 0)], 0)
+
+    cell_at, cell_n = lookup(np.flatnonzero(~is_nuc), job.cell_ids)
+    nuc_at, nuc_n = lookup(np.flatnonzero(is_nuc), job.cell_ids)
+    whole = (cell_at >= 0) & (cell_n == job.areas) & (nuc_n == job.nucleus_px)
+    ids = job.cell_ids[whole]
+    has_nuc = whole & (nuc_at >= 0)
+    return ids, {
+        K.CELL_BOUNDARIES_PARQUET: (ids, shapely.from_wkb(geom[cell_at[whole]])),
+        K.NUCLEUS_BOUNDARIES_PARQUET: (
+            job.cell_ids[has_nuc],
+            shapely.from_wkb(geom[nuc_at[has_nuc]]),
+        ),
+    }
+
+
 def vectorise_owned(ctx, job: BoundaryJob) -> dict:
-    """Vectorise the cells (and their nuclei) that ``job``'s tile owns; write one part each."""
+    """The outlines of the cells (and their nuclei) that ``job``'s tile owns: those the cells
+    kernel outlined whole in this core as they are, the rest vectorised from the global labels;
+    one part each.
+    """
     tile = ctx.grid[job.index]
     so = ctx.work.so
     cells_url = storage.join(ctx.labels_url, K.LABELS_CELLS)
     nuclei_url = storage.join(ctx.labels_url, K.LABELS_NUCLEI)
     ps, origin = ctx.chip.pixel_size_um, ctx.chip.origin_um
-    found = {name: ([], []) for name in STAGES}
+    kernel_ids, kernel = from_kernel(ctx, job)
+    found = {name: ([kernel[name][0]], [kernel[name][1]]) for name in STAGES}
+    rest = ~np.isin(job.cell_ids, kernel_ids)
+    job_rest = replace(
+        job,
+        cell_ids=job.cell_ids[rest],
+        areas=job.areas[rest],
+        nucleus_px=None if job.nucleus_px is None else job.nucleus_px[rest],
+    )
     n_grown = 0
-    if len(job.cell_ids):
+    if len(job_rest.cell_ids):
         windows = whole_windows(
-            cells_url, tile, job, ctx.grid.shape, ctx.grid.halo_px or ctx.grid.core_px, so
+            cells_url, tile, job_rest, ctx.grid.shape, ctx.grid.halo_px or ctx.grid.core_px, so
         )
         n_grown = len(windows) - 1
-        for win, ids in windows:
-            for name, url in (
-                (K.CELL_BOUNDARIES_PARQUET, cells_url),
-                (K.NUCLEUS_BOUNDARIES_PARQUET, nuclei_url),
+        for win, ids, cells_lab in windows:
+            for name, lab in (
+                (K.CELL_BOUNDARIES_PARQUET, cells_lab),
+                (K.NUCLEUS_BOUNDARIES_PARQUET, _read(nuclei_url, win, so)),
             ):
-                got_ids, geoms = label_polygons(
-                    _read(url, win, so), ids, (win[0], win[2]), ps, origin
-                )
+                got_ids, geoms = outlines_in_window(lab, ids, win, ps, origin)
                 found[name][0].append(got_ids)
                 found[name][1].append(geoms)
     counts = {}
     for name, (id_parts, geom_parts) in found.items():
-        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
-        geoms = np.concatenate(geom_parts) if geom_parts else np.empty(0, object)
+        ids = np.concatenate(id_parts)
+        geoms = np.concatenate(geom_parts)
         order = np.argsort(ids, kind="stable")
         table = _table(ids[order], geoms[order])
         ctx.work.save_table(ctx.stage(STAGES[name]), job.index, table)
@@ -309,6 +499,7 @@ def vectorise_owned(ctx, job: BoundaryJob) -> dict:
         "index": job.index,
         "n_cells": counts[K.CELL_BOUNDARIES_PARQUET],
         "n_nuclei": counts[K.NUCLEUS_BOUNDARIES_PARQUET],
+        "n_from_kernel": len(kernel_ids),
         "n_grown": n_grown,
     }
 

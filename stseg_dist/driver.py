@@ -35,7 +35,7 @@ import numpy as np
 
 from . import constants as K
 from . import outfolder, redact, runlock, stages
-from .boundaries import boundaries_done, concat_boundaries, owner_jobs
+from .boundaries import boundaries_done, concat_boundaries, nucleus_pixels, owner_jobs
 from .config import PipelineConfig, load_config
 from .errors import InputError, OutputError, RunIncompleteError
 from .executor import (
@@ -108,6 +108,7 @@ class Run:
     workers: dict[str, list] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     tile_seconds: dict[int, float] = field(default_factory=dict)  # cell pass, per finished tile
+    outlines: dict[str, int] = field(default_factory=dict)  # where the boundaries came from
 
     @contextmanager
     def timed(self, stage: str, add: bool = False):
@@ -332,16 +333,25 @@ def _run_passes(run: Run) -> dict:
     with run.timed("cells"):
         _cells(run, ctx)
     _import_in_background(run)  # while the driver waits for the boundary tiles
-    with run.timed("outputs"):
-        with run.timed("outputs.tables"):
-            cells = _cell_table(run, ctx)
-    with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
-        _boundaries(run, ctx, cells)
-    with run.timed("outputs", add=True):
-        complete = _write_outputs(run, ctx, cells, scan.n_rows)
-    if complete and run.spatialdata:
-        with run.timed("spatialdata"):
-            _spatialdata(run, ctx)
+    rasters = _store_rasters_in_background(run, ctx)
+    try:
+        with run.timed("outputs"):
+            with run.timed("outputs.tables"):
+                cells = _cell_table(run, ctx)
+        with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
+            _boundaries(run, ctx, cells)
+        with run.timed("outputs", add=True):
+            complete = _write_outputs(run, ctx, cells, scan.n_rows)
+        if complete and run.spatialdata:
+            with run.timed("spatialdata"):
+                _spatialdata(run, ctx, cells, rasters)
+            rasters = None
+    finally:
+        if rasters is not None:  # no store (an incomplete run, or a failure): nothing left writing
+            import shutil
+
+            rasters.exception()  # waits; its error matters only to a store being written
+            shutil.rmtree(_rasters_folder(ctx), ignore_errors=True)
     with run.timed("outputs", add=True), run.timed("outputs.publish"):
         publish(
             ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
@@ -481,11 +491,17 @@ def _cell_table(run: Run, ctx: stages.RunContext) -> CellTable:
 
 
 def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
-    """Cell and nucleus outlines, each vectorised by the tile owning its centroid, then both
-    GeoParquet files into the staging folder.
+    """Cell and nucleus outlines, each from the tile owning its centroid (as the cells kernel
+    traced it where it lies whole in that core), then both GeoParquet files into the staging
+    folder.
     """
     jobs = owner_jobs(
-        run.grid, cells.ids, cells.sums["area"], cells.sums["sum_r"], cells.sums["sum_c"]
+        run.grid,
+        cells.ids,
+        cells.sums["area"],
+        cells.sums["sum_r"],
+        cells.sums["sum_c"],
+        nucleus_pixels(ctx, cells.tiles, cells.ids),
     )
     done = boundaries_done(ctx)
     todo = [j for j in jobs if j.index not in done]
@@ -494,6 +510,12 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
         stages.boundaries_tile, ctx, todo, desc="boundaries", resources=run.resources("scan")
     )
     _record(run, outs, "boundaries")
+    done_now = [o.result for o in outs if o.error is None]
+    run.outlines = {  # this attempt's tiles (a resume counts only what it redid)
+        "from_cells_kernel": sum(r["n_from_kernel"] for r in done_now),
+        "re_read": sum(r["n_cells"] - r["n_from_kernel"] for r in done_now),
+        "grown_windows": sum(r["n_grown"] for r in done_now),
+    }
     concat_boundaries(ctx, ctx.work.url(ctx.stage("staging")))
 
 
@@ -599,10 +621,55 @@ def spatialdata_unavailable(out_url: str) -> str | None:
     return None
 
 
-def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
+def _rasters_folder(ctx: stages.RunContext):
+    from pathlib import Path
+
+    return Path(ctx.work.url(ctx.stage("staging"))) / ".spatialdata-rasters"
+
+
+def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
+    """Start writing the store's images and labels (they need only the chip and the finished
+    label arrays) in a thread, while the run writes boundaries and tables; a future, or None
+    when no store will be written.
+    """
+    import shutil
+    import threading
+    from concurrent.futures import Future
+
+    if not run.spatialdata or run.failed or spatialdata_unavailable(run.out_url):
+        return None
+    from pathlib import Path
+
+    from .export._run import RunFiles
+    from .export.spatialdata import write_rasters
+
+    folder = _rasters_folder(ctx)
+    shutil.rmtree(folder, ignore_errors=True)
+    files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
+    future: Future = Future()
+
+    def write() -> None:
+        try:
+            write_rasters(files, folder)
+            future.set_result(folder)
+        except BaseException as exc:  # noqa: BLE001 - raised where the store is written
+            future.set_exception(exc)
+
+    threading.Thread(target=write, name="stseg-store-rasters", daemon=True).start()
+    return future
+
+
+def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable, rasters=None) -> None:
     """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
     written (see :func:`spatialdata_unavailable`); otherwise a warning says why not.
+
+    The points, the largest element, are written one partition per tile by the run's tasks
+    (from the tiles' transcript parts, never the whole table) while the driver writes the rest;
+    the images and labels come from ``rasters`` (:func:`_store_rasters_in_background`) where
+    they were started after the cell pass.
     """
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     why = spatialdata_unavailable(run.out_url)
@@ -615,7 +682,40 @@ def _spatialdata(run: Run, ctx: stages.RunContext) -> None:
     staging = Path(ctx.work.url(ctx.stage("staging")))
     target = staging / SPATIALDATA_ZARR
     storage.remove(str(target), run.storage_options)
-    write_spatialdata(RunFiles(staging, {}, run.chip), target)
+    parts = staging / ".spatialdata-points"
+    shutil.rmtree(parts, ignore_errors=True)
+    jobs, start = [], 0
+    for i, p in zip(cells.tiles, cells.parts, strict=True):
+        if p.n_transcripts:  # as transcripts.parquet: a tile without transcripts has no part
+            jobs.append(stages.PointsJob(int(i), len(jobs), start, str(parts)))
+            start += p.n_transcripts
+    got_rasters = None if rasters is None else rasters.result
+    if not jobs:  # no transcripts: the store's empty points element, as from the table
+        write_spatialdata(RunFiles(staging, {}, run.chip), target, rasters=got_rasters)
+        return
+    parts.mkdir(parents=True)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="stseg-points") as pool:
+        pending = pool.submit(
+            run.ex.map,
+            stages.points_tile,
+            ctx,
+            jobs,
+            desc="store points",
+            resources=run.resources("scan"),
+        )
+
+        def points_written() -> Path:
+            _results(pending.result())  # the first failed partition fails the store
+            return parts
+
+        try:
+            write_spatialdata(
+                RunFiles(staging, {}, run.chip), target, points_written, rasters=got_rasters
+            )
+        finally:
+            pending.result()  # never leave tasks writing behind a failed store
+            shutil.rmtree(parts, ignore_errors=True)
 
 
 def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:
@@ -660,6 +760,7 @@ def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:
         "method": {"name": run.method.name, **run.method.describe_state(ctx.method_state)},
         "nuclei": {"backend": run.backend.name, **run.backend.describe_state(ctx.nuclei_state)},
         "resumed_tiles": run.resumed,
+        "boundaries": run.outlines,
         "placement": run.placement,
         "tiles": tiles,
     }

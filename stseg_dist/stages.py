@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import constants as K
-from .boundaries import BoundaryJob, vectorise_owned
+from .boundaries import CORE_OUTLINES, BoundaryJob, core_outlines, vectorise_owned
 from .config import PipelineConfig
 from .io import storage
 from .io.chip import Chip
@@ -162,7 +162,10 @@ def seeds_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
 # -- pass 3: cells, labels, assignment -------------------------------------------------------
 def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
     """The method's result for one tile, persisted: the core's labels, its owned transcripts with
-    their cells, and its partial sums (:class:`~stseg_dist.partials.CellPartials`).
+    their cells, the outlines of the cells and nuclei in its core
+    (:func:`~stseg_dist.boundaries.core_outlines`: traced here, from the labels in hand, in
+    parallel like the rest) and its partial sums (:class:`~stseg_dist.partials.CellPartials`),
+    saved last: they mark the tile done.
     """
     t0 = time.perf_counter()
     data, table = tile_data(ctx, tile, with_image=method.uses_image)
@@ -200,8 +203,13 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             table.filter(pa.array(own)), cell_id, in_nucleus, None if moved is None else moved[own]
         ),
     )
-    gene = data.transcripts.gene[own]
     origin = (tile.core[0], tile.core[2])
+    ctx.work.save_table(
+        ctx.stage(CORE_OUTLINES),
+        tile.index,
+        core_outlines(cells_core, nuclei_core, origin, ctx.chip.pixel_size_um, ctx.chip.origin_um),
+    )
+    gene = data.transcripts.gene[own]
     partials = CellPartials.compute(cells_core, nuclei_core, origin, cell_id, gene, len(ctx.genes))
     partials.seconds = time.perf_counter() - t0
     ctx.work.save_npz(ctx.stage(CELLS), tile.index, partials.to_npz())
@@ -226,6 +234,32 @@ def boundaries_tile(ctx: RunContext, _worker, job: BoundaryJob) -> dict:
     """Outlines of the cells (and their nuclei) whose centroid lies in ``job``'s tile core."""
     t0 = time.perf_counter()
     return {**vectorise_owned(ctx, job), "seconds": time.perf_counter() - t0}
+
+
+# -- the SpatialData store's points, one partition per tile -----------------------------------
+@dataclass(frozen=True)
+class PointsJob:
+    """One tile's transcripts as partition ``part`` of the store's points, rows from ``start``."""
+
+    index: int
+    part: int
+    start: int
+    folder: str
+
+
+def points_tile(ctx: RunContext, _worker, job: PointsJob) -> dict:
+    """The tile's transcripts part (as the cells pass wrote it) into the store's points."""
+    from .export.spatialdata import points_part
+
+    t0 = time.perf_counter()
+    n = points_part(
+        ctx.work.tile_url(ctx.stage(TRANSCRIPTS), job.index, "parquet"),
+        f"{job.folder}/part.{job.part}.parquet",
+        job.start,
+        ctx.genes,
+        ctx.work.so,
+    )
+    return {"index": job.index, "n": n, "seconds": time.perf_counter() - t0}
 
 
 def assigned_table(

@@ -8,7 +8,10 @@ scale by the pixel size and a translation to the chip origin):
 - ``shapes/cell_boundaries``, ``shapes/nucleus_boundaries``: the GeoParquet outlines, indexed
   by ``cell_id``;
 - ``points/transcripts``: every transcript with ``gene``, ``cell_id`` and ``in_nucleus``,
-  streamed from ``transcripts.parquet`` partition by partition;
+  streamed from ``transcripts.parquet`` partition by partition; or, in a run
+  (``write_spatialdata(points_parts=...)``), one partition per tile written by the tiles' own
+  tasks from the parts the cells pass wrote (:func:`points_part`), while the driver writes the
+  rest;
 - ``tables/table``: ``cells.h5ad`` annotating ``cell_boundaries`` (``region``, ``cell_id``):
   sopa's convention, the table scanpy and squidpy read;
 - ``tables/cell_labels_table``: the same cells annotating ``cell_labels`` (the label values are
@@ -23,6 +26,7 @@ Needs the ``spatialdata`` extra (``pip install 'stseg-dist[spatialdata]'``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,25 +78,27 @@ def require_spatialdata():
     return spatialdata
 
 
-def build(files: RunFiles):
-    """The run as a SpatialData object whose arrays and points are dask-backed (nothing loaded)."""
+def build(
+    files: RunFiles, points_placeholder: bool = False, rasters: bool = True, others: bool = True
+):
+    """The run as a SpatialData object whose arrays and points are dask-backed (nothing loaded);
+    ``points_placeholder``: the points element without rows (its partitions are written apart);
+    ``rasters`` / ``others``: with the images and labels / the shapes, points and tables.
+    """
     require_spatialdata()
-    import anndata as ad
     import dask.array as da
-    import geopandas as gpd
-    import pandas as pd
     import zarr
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, Labels2DModel, PointsModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity, Scale, Sequence, Translation
+    from spatialdata.models import Image2DModel, Labels2DModel
+    from spatialdata.transformations import Scale, Sequence, Translation
 
+    if not rasters:
+        return _others(files, points_placeholder, SpatialData)
     ps = files.pixel_size_um
     x0, y0 = files.origin_um
     to_um = {
         COORDS: Sequence([Scale([ps, ps], axes=("y", "x")), Translation([y0, x0], axes=("y", "x"))])
     }
-    um = {COORDS: Identity()}
-
     labels = {}
     for name, key in ((CELL_LABELS, K.LABELS_CELLS), (NUCLEUS_LABELS, K.LABELS_NUCLEI)):
         arr = zarr.open_array(str(files.path(K.LABELS_ZARR) / key), mode="r")
@@ -119,6 +125,28 @@ def build(files: RunFiles):
         )
     }
 
+    if not others:
+        return SpatialData(images=images, labels=labels)
+    rest = _others(files, points_placeholder, SpatialData)
+    return SpatialData(
+        images=images,
+        labels=labels,
+        shapes=dict(rest.shapes),
+        points=dict(rest.points),
+        tables=dict(rest.tables),
+        attrs=SOPA_ATTRS,
+    )
+
+
+def _others(files: RunFiles, points_placeholder: bool, SpatialData):  # noqa: N803
+    """The run's shapes, points and tables (no rasters) as a SpatialData object."""
+    import anndata as ad
+    import geopandas as gpd
+    import pandas as pd
+    from spatialdata.models import PointsModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    um = {COORDS: Identity()}
     shapes = {}
     for name, fname in (
         (CELL_SHAPES, K.CELL_BOUNDARIES_PARQUET),
@@ -147,7 +175,7 @@ def build(files: RunFiles):
 
     points = {
         POINTS: PointsModel.parse(
-            transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes),
+            transcripts_frame(files.path(K.TRANSCRIPTS_PARQUET), genes, points_placeholder),
             coordinates={"x": K.X, "y": K.Y},
             feature_key=K.GENE,
             instance_key=K.CELL_ID,
@@ -155,14 +183,11 @@ def build(files: RunFiles):
             sort=True,
         )
     }
-    return SpatialData(
-        images=images,
-        labels=labels,
-        shapes=shapes,
-        points=points,
-        tables=tables,
-        attrs=SOPA_ATTRS,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # the labels table's region is written with the rasters
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+        return SpatialData(shapes=shapes, points=points, tables=tables, attrs=SOPA_ATTRS)
 
 
 def scale_factors(shape_yx) -> list[int]:
@@ -188,7 +213,7 @@ def channel_names(chip_extra: dict, n: int) -> list[str]:
     return [DEFAULT_CHANNELS[i] if i < len(DEFAULT_CHANNELS) else f"channel_{i}" for i in range(n)]
 
 
-def transcripts_frame(url: Path, genes: list[str]):
+def transcripts_frame(url: Path, genes: list[str], empty: bool = False):
     """transcripts.parquet as a lazy dask frame: one partition per row group (one per tile as the
     run writes them), indexed by row number with known divisions, genes as known categories.
 
@@ -215,7 +240,7 @@ def transcripts_frame(url: Path, genes: list[str]):
 
     meta = pf.schema_arrow.empty_table().to_pandas()
     meta[K.GENE] = meta[K.GENE].astype(str).astype(dtype)
-    if not groups:
+    if not groups or empty:
         return dd.from_pandas(meta, npartitions=1)
     divisions = (*offsets[:-1].tolist(), int(offsets[-1]) - 1)
     return dd.from_map(
@@ -223,10 +248,103 @@ def transcripts_frame(url: Path, genes: list[str]):
     )
 
 
-def write_spatialdata(files: RunFiles, path: Path) -> None:
-    """Write the run's SpatialData object to ``path`` (a new folder)."""
-    sdata = build(files)
-    write(sdata, Path(path))
+#: dask's name for an unnamed index in the parquet files it writes (read back as no name).
+DASK_INDEX = "__null_dask_index__"
+
+
+def points_part(
+    src_url: str, dst: str, start: int, genes: list[str], so: dict | None = None
+) -> int:
+    """One tile's transcripts (the part the cells pass wrote) as one partition of the store's
+    points, as dask's ``to_parquet`` writes a partition of :func:`transcripts_frame`: the same
+    columns (dictionaries decoded, as in ``transcripts.parquet``), row numbers from ``start``
+    as the index, genes as categories of the chip's vocabulary. Returns the rows written.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ..io import storage
+    from ..outputs import _plain_schema
+
+    fs, path = storage.fs_and_path(src_url, so)
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    table = table.cast(_plain_schema(table.schema))
+    codes = pc.index_in(table.column(K.GENE), value_set=pa.array(genes, pa.string()))
+    gene = pd.Categorical.from_codes(
+        pc.fill_null(codes, -1).to_numpy(), dtype=pd.CategoricalDtype(genes)
+    )
+    df = table.drop_columns([K.GENE]).to_pandas()
+    df.insert(table.column_names.index(K.GENE), K.GENE, gene)
+    first = [K.X, K.Y, K.GENE, K.CELL_ID]  # the points element's column order (PointsModel)
+    df = df[first + [c for c in df.columns if c not in first]]
+    df.index = pd.RangeIndex(int(start), int(start) + len(df), name=DASK_INDEX)
+    out = pa.Table.from_pandas(df, preserve_index=True)
+    pq.write_table(out, dst, compression="snappy")
+    return len(df)
+
+
+def install_points(store: Path, parts: Path) -> None:
+    """Put the partitions :func:`points_part` wrote (``parts``, a folder of ``part.<k>.parquet``)
+    in place of the placeholder's in the store's points element.
+    """
+    import shutil
+
+    target = Path(store) / "points" / POINTS / "points.parquet"
+    shutil.rmtree(target)
+    Path(parts).rename(target)
+
+
+def write_spatialdata(files: RunFiles, path: Path, points_parts=None, rasters=None) -> None:
+    """Write the run's SpatialData object to ``path`` (a new folder).
+
+    In a run, two parts may come from elsewhere, each a callable that returns, once written:
+    ``points_parts``, the folder of the points' partitions (:func:`points_part`, written by the
+    run's tasks); ``rasters``, a store holding the images and labels (:func:`write_rasters`,
+    written in a thread while the run writes its other outputs).
+    """
+    import shutil
+
+    path = Path(path)
+    if rasters is None:
+        write(build(files, points_placeholder=points_parts is not None), path)
+    else:
+        rest = _write_others(build(files, points_parts is not None, rasters=False), path)
+        src = Path(rasters())
+        for kind in ("images", "labels"):
+            (src / kind).rename(path / kind)
+        shutil.rmtree(src)
+        with warnings_quiet():
+            rest.write_consolidated_metadata()
+    if points_parts is not None:
+        install_points(path, points_parts())
+
+
+def write_rasters(files: RunFiles, path: Path) -> None:
+    """The run's images and labels (with their pyramids) into a new store at ``path``: the part
+    of the store that needs only the chip and the label arrays, so a run writes it while it
+    writes the rest (:func:`write_spatialdata` ``rasters=``).
+    """
+    import zarr
+
+    zarr.open_group(str(path), mode="w")
+    # no warnings filter here: it runs in a thread, and catch_warnings is process-wide
+    _write_rasters(build(files, others=False), Path(path))
+
+
+@contextmanager
+def warnings_quiet():
+    """The writers' notices that say nothing about this store (anndata's zarr v3 sharding; the
+    labels table written before the labels it annotates).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+        yield
 
 
 def write(sdata, path: Path) -> None:
@@ -239,18 +357,19 @@ def write(sdata, path: Path) -> None:
     0.18, spatialdata 0.7.0 drops the channel names of a single-scale image; spatialdata 0.7.3
     then cannot read the image, so :func:`write_omero` writes them whatever wrote the rest.
     """
-    import warnings
+    with warnings_quiet():
+        rest = _write_others(sdata, path)
+        _write_rasters(sdata, path)
+        rest.write_consolidated_metadata()
 
+
+def _write_others(sdata, path: Path):
+    """The shapes, points and tables of ``sdata`` (and its attrs) into a new store at ``path``;
+    returns them as the SpatialData object backed there.
+    """
     from spatialdata import SpatialData
-    from spatialdata._io import write_image, write_labels
-    from spatialdata._io.io_zarr import _get_groups_for_element
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="zarr v3 autosharding", category=UserWarning
-        )  # anndata's notice
-        # the labels come below; the labels table's "annotates no element" warning is moot
-        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+    with warnings_quiet():
         rest = SpatialData(
             shapes=dict(sdata.shapes),
             points=dict(sdata.points),
@@ -258,22 +377,42 @@ def write(sdata, path: Path) -> None:
             attrs=dict(sdata.attrs),
         )
         rest.write(path, consolidate_metadata=False)
-        for kind, elements in (("images", sdata.images), ("labels", sdata.labels)):
-            for name, element in elements.items():
-                levels = _levels(element)
-                chunks = [{"chunks": tuple(int(c[0]) for c in a.data.chunks)} for a in levels]
-                options = chunks[0] if len(levels) == 1 else chunks
-                root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
-                if kind == "images":
-                    write_image(element, group, name, storage_options=options)
-                    write_omero(
-                        Path(path) / kind / name,
-                        levels[0].coords["c"].values.tolist(),
-                        levels[-1],
-                    )
-                else:
-                    write_labels(element, root, name, storage_options=options)
-        rest.write_consolidated_metadata()
+    return rest
+
+
+def _write_rasters(sdata, path: Path) -> None:
+    """The images and labels of ``sdata`` into the store at ``path`` (see :func:`write`)."""
+    from spatialdata._io import write_image, write_labels
+    from spatialdata._io.io_zarr import _get_groups_for_element
+
+    for kind, elements in (("images", sdata.images), ("labels", sdata.labels)):
+        for name, element in elements.items():
+            levels = _levels(element)
+            chunks = [{"chunks": tuple(int(c[0]) for c in a.data.chunks)} for a in levels]
+            options = chunks[0] if len(levels) == 1 else chunks
+            root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
+            if kind == "images":
+                write_image(element, group, name, storage_options=options)
+                write_omero(
+                    Path(path) / kind / name,
+                    levels[0].coords["c"].values.tolist(),
+                    _written_coarsest(Path(path) / kind / name),
+                )
+            else:
+                write_labels(element, root, name, storage_options=options)
+
+
+def _written_coarsest(url: Path):
+    """The coarsest level of a raster as written (read back: its dask graph would compute the
+    whole pyramid again from the source).
+    """
+    import dask.array as da
+    import zarr
+
+    attrs = zarr.open_group(str(url), mode="r").attrs.asdict()
+    ome = attrs.get("ome", attrs)
+    last = ome["multiscales"][0]["datasets"][-1]["path"]
+    return da.from_zarr(zarr.open_array(str(url / last), mode="r"))
 
 
 def _levels(element) -> list:
@@ -289,7 +428,8 @@ def _level_no(key: str) -> int:
 
 def write_omero(url: Path, channels: list, coarsest) -> None:
     """OME-NGFF ``omero`` metadata for the image group: one entry per channel with its label,
-    a colour and a display window (from the coarsest level: a cheap, whole-image view).
+    a colour and a display window (from ``coarsest``, the coarsest level as a dask array: a
+    cheap, whole-image view).
 
     Written where ome-zarr left none, and completed (colour, window) where it wrote labels only;
     napari, spatialdata-plot and sopa show the channels by these names.
@@ -301,7 +441,7 @@ def write_omero(url: Path, channels: list, coarsest) -> None:
     attrs = group.attrs.asdict()
     ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 (zarr 3) nests everything under "ome"
     old = {c.get("label"): c for c in (ome.get("omero") or {}).get("channels", [])}
-    data = coarsest.data
+    data = coarsest
     lo = da.nanmin(data, axis=(1, 2)).compute()
     hi = da.nanmax(data, axis=(1, 2)).compute()
     kind = np.dtype(data.dtype)

@@ -64,6 +64,10 @@ def test_boundaries_one_per_cell_and_tiling_invariant(tmp_path, ray_module):
         chip, tmp_path, ["runtime.progress=false"], tile_um=24, chunk_px=16
     )
     assert many["n_tiles"] > 20 and one["n_tiles"] == 1
+    # one tile: every outline is the cells kernel's; many: cells cut by a core edge are re-read
+    assert one["boundaries"]["re_read"] == 0
+    assert one["boundaries"]["from_cells_kernel"] == one["counts"]["n_cells"]
+    assert many["boundaries"]["from_cells_kernel"] > 0 and many["boundaries"]["re_read"] > 0
     runs = {}
     for name in ("one", "many"):
         out = tmp_path / name
@@ -172,3 +176,24 @@ def test_traced_outlines_equal_the_union_of_pixel_runs():
     assert n_traced > 20
     found, _, rest = traced_outlines(ring, np.array([5, 6]))
     assert found.tolist() == [6] and rest.tolist() == [5]  # two shells: left to the union
+
+
+def test_kernel_outlines_equal_the_labels_read_again(tmp_path, monkeypatch):
+    """The outlines the cells kernel traces in its core are, byte for byte, those the boundaries
+    pass finds re-reading the global labels for every cell (as it does for a checkpoint written
+    before the kernel traced them).
+    """
+    from stseg_dist import driver
+    from stseg_dist.config import load_config, parse_set
+
+    chip = make_blob_chip(tmp_path / "chip", shape=(200, 260), n_nuclei=45, n_transcripts=6_000)
+    config = load_config(
+        overrides=parse_set(["tiling.tile_size_um=40", "tiling.chunk_px=16"]), use_env=False
+    )
+    kernel = driver.run_pipeline(chip, str(tmp_path / "kernel"), config, local=True)
+    monkeypatch.setattr(driver, "nucleus_pixels", lambda *a: None)  # no core outlines known
+    again = driver.run_pipeline(chip, str(tmp_path / "again"), config, local=True)
+    assert kernel["boundaries"]["from_cells_kernel"] > 0 and kernel["boundaries"]["re_read"] > 0
+    assert again["boundaries"]["from_cells_kernel"] == 0
+    for name in ("cell_boundaries.parquet", "nucleus_boundaries.parquet"):
+        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()

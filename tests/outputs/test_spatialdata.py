@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import zarr
 
@@ -164,6 +165,10 @@ def test_the_run_writes_the_store_as_a_stage(exported, small_run, tmp_path):
     assert not any(p.name.startswith(".") for p in out.iterdir())  # nothing left half-written
     staged = sd.read_zarr(out / "spatialdata.zarr")
     assert_same_store(staged, exported_sdata)
+    # the run's tasks wrote the points one partition per tile with transcripts
+    row_groups = pq.ParquetFile(out / "transcripts.parquet").metadata
+    with_rows = sum(row_groups.row_group(i).num_rows > 0 for i in range(row_groups.num_row_groups))
+    assert staged["transcripts"].npartitions == with_rows > 1
 
 
 def assert_same_store(a, b) -> None:
@@ -188,3 +193,28 @@ def assert_same_store(a, b) -> None:
         pd.testing.assert_frame_equal(ta.obs, tb.obs)
         assert (ta.X != tb.X).nnz == 0 and list(ta.var_names) == list(tb.var_names)
         assert ta.uns["spatialdata_attrs"] == tb.uns["spatialdata_attrs"]
+
+
+def test_a_run_failing_after_the_cells_leaves_no_store_being_written(
+    small_run, tmp_path, monkeypatch
+):
+    """The store's rasters start in a thread after the cell pass; a run that fails later waits
+    for it and removes what it wrote (no thread left writing into the run's folders).
+    """
+    import threading
+
+    from stseg_dist import driver
+    from tests.outputs.conftest import small_tiles_config
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("boom after the cell pass")
+
+    monkeypatch.setattr(driver, "_write_outputs", fail)
+    chip, _ = small_run
+    with pytest.raises(RuntimeError, match="boom"):
+        driver.run_pipeline(
+            str(chip), str(tmp_path / "run"), small_tiles_config(), local=True, spatialdata=True
+        )
+    assert not any(t.name == "stseg-store-rasters" for t in threading.enumerate())
+    assert not list(tmp_path.rglob(".spatialdata-rasters"))
+    assert not (tmp_path / "run" / "spatialdata.zarr").exists()
