@@ -30,9 +30,11 @@ compat-venv: $(COMPAT)/.installed
 demo: setup
 	$(BIN)/stseg demo --out demo-out
 
+# Two pytest workers (CI has 2 cores), a test module per worker: each module's fixtures (its Ray,
+# its chips, its servers on free ports) stay in one process.
 test: setup compat-venv
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py

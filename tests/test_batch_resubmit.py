@@ -4,10 +4,8 @@ uninterrupted run: what a RayJob's retry (backoffLimit) relies on, on a real loc
 """
 
 import json
-import os
 import secrets
 import signal
-import subprocess
 import time
 
 import psutil
@@ -17,97 +15,20 @@ import yaml
 from stseg_dist.batch import run_batch
 from stseg_dist.synth import synth_chip
 from tests.conftest import assert_same_outputs
-from tests.test_job_submit import EXCLUDES, RAY, REPO, _env, _free_port
+from tests.ray_head import REPO, ray_env, start_head, stop_head, submit, wait_for_job_api
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _start_head(env: dict) -> tuple[str, subprocess.Popen]:
-    """A Ray head of its own (``ray start --block`` in a new process group, every port free), so
-    that stopping it touches no other Ray on this machine; returns its job API URL and the process.
-    """
-    dash = _free_port()
-    ports = {
-        "port": _free_port(),
-        "dashboard-port": dash,
-        "dashboard-agent-listen-port": _free_port(),  # 52365 by default: taken by any other head
-        "ray-client-server-port": _free_port(),
-        "metrics-export-port": _free_port(),
-    }
-    cmd = [RAY, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true"]
-    cmd += [f"--{k}={v}" for k, v in ports.items()]
-    cmd += ["--dashboard-host=127.0.0.1", "--disable-usage-stats"]
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    return f"http://127.0.0.1:{dash}", proc
-
-
-def _wait_for_job_api(url: str, env: dict) -> None:
-    for _ in range(180):
-        r = subprocess.run(
-            [RAY, "job", "list", "--address", url],
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        if r.returncode == 0:
-            return
-        time.sleep(1)
-    pytest.fail(f"Ray job API at {url} never answered: {r.stderr.decode()[-2000:]}")
-
-
-def _stop_head(proc: subprocess.Popen) -> None:
-    """Stop this head and everything it started (its process group), nothing else."""
-    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            time.sleep(1)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _submit(url, env, *entry, wait=True, ship=True, timeout=540):
-    """`ray job submit`; ``ship``: upload this worktree as the job's working dir
-    (its stseg_dist).
-    """
-    cmd = [RAY, "job", "submit", "--address", url]
-    if ship:
-        cmd += [
-            "--working-dir",
-            str(REPO),
-            "--runtime-env-json",
-            json.dumps({"excludes": EXCLUDES}),
-        ]
-    cmd += ([] if wait else ["--no-wait"]) + ["--", *entry]
-    for _ in range(60):  # the job API answers before the head's agent takes jobs: Ray says retry
-        r = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
-        )
-        if "No available agent to submit job" not in r.stderr:
-            return r
-        time.sleep(1)
-    return r
-
-
 @pytest.fixture(scope="module")
 def head():
-    env = _env()  # RAY_AUTH_MODE=disabled: a private test head
-    url, proc = _start_head(env)
+    env = ray_env()  # RAY_AUTH_MODE=disabled: a private test head
+    url, proc = start_head(env)
     try:
-        _wait_for_job_api(url, env)
+        wait_for_job_api(url, env)
         yield url, env
     finally:
-        _stop_head(proc)
+        stop_head(proc)
 
 
 def _manifest(root, out: str) -> str:
@@ -155,7 +76,7 @@ def test_killed_batch_resubmitted_matches_an_uninterrupted_run(head, tmp_path):
         synth_chip(str(tmp_path / "chips" / f"c{i}"), 100, 90, seed=40 + i, block_um=100)
     killed_url = _manifest(tmp_path, "killed")
     entry = ["python", "-m", "stseg_dist", "batch", "--failed-slides-exit-code", "0", killed_url]
-    r = _submit(url, env, *entry, wait=False, timeout=300)
+    r = submit(url, env, *entry, wait=False, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     # kill the driver while a slide is part-way: some of its tiles checkpointed, the slide not done
@@ -191,7 +112,7 @@ def test_killed_batch_resubmitted_matches_an_uninterrupted_run(head, tmp_path):
             break
         time.sleep(1)
     assert states == {JobStatus.FAILED}, states
-    r = _submit(url, env, *entry)
+    r = submit(url, env, *entry)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = {s["slide"]: s["status"] for s in json.loads(status_file.read_text())["slides"]}
     assert status[victim] == "complete" and "failed" not in status.values(), status
@@ -221,10 +142,10 @@ def test_job_api_needs_the_token_the_manifests_set(tmp_path):
     ]
     mode = next(e["value"] for e in head_env if e["name"] == "RAY_AUTH_MODE")
     token = secrets.token_hex(32)  # what docs/cluster.md puts in Secret stseg-ray-token
-    env = {**_env(), "RAY_AUTH_MODE": mode, "RAY_AUTH_TOKEN": token}
-    url, proc = _start_head(env)
+    env = {**ray_env(), "RAY_AUTH_MODE": mode, "RAY_AUTH_TOKEN": token}
+    url, proc = start_head(env)
     try:
-        _wait_for_job_api(url, env)
+        wait_for_job_api(url, env)
         entry = ("python", "-c", "print('ran')")
         no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
         for who, client_env in (
@@ -232,7 +153,7 @@ def test_job_api_needs_the_token_the_manifests_set(tmp_path):
             ("auth off", {**no_token, "RAY_AUTH_MODE": "disabled"}),
             ("wrong token", {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}),
         ):
-            r = _submit(url, client_env, *entry, ship=False, timeout=120)
+            r = submit(url, client_env, *entry, ship=False, timeout=120)
             assert r.returncode != 0 and "ran" not in r.stdout, who
             assert any(
                 w in r.stdout + r.stderr for w in ("401", "403", "nauthorized", "orbidden")
@@ -240,7 +161,7 @@ def test_job_api_needs_the_token_the_manifests_set(tmp_path):
                 who,
                 r.stdout[-1500:] + r.stderr[-1500:],
             )
-        r = _submit(url, env, *entry, ship=False, timeout=300)
+        r = submit(url, env, *entry, ship=False, timeout=300)
         assert r.returncode == 0 and "ran" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     finally:
-        _stop_head(proc)
+        stop_head(proc)

@@ -3,107 +3,29 @@ exit codes.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from stseg_dist.synth import synth_chip
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
-EXCLUDES = [
-    ".venv",
-    ".git",
-    "tests",
-    "benchmarks",
-    "demo-out",
-    "*.egg-info",
-    ".pytest_cache",
-    "notebooks",
-]
+from tests.ray_head import ray_env, start_head, stop_head, submit, wait_for_job_api
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    port, dash = _free_port(), _free_port()
-    env = _env()
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            f"--dashboard-port={dash}",
-            "--dashboard-host=127.0.0.1",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
-    url = f"http://127.0.0.1:{dash}"
+def head():
+    """A head of this module's own: stopping it stops no other Ray (see tests/ray_head.py)."""
+    env = ray_env()
+    url, proc = start_head(env)
     try:
-        # wait for the job API (the dashboard comes up after the GCS)
-        for _ in range(120):
-            r = subprocess.run(
-                [RAY, "job", "list", "--address", url], env=env, capture_output=True, timeout=120
-            )
-            if r.returncode == 0:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail(f"Ray job API at {url} never answered: {r.stderr.decode()[-2000:]}")
+        wait_for_job_api(url, env)
         yield url
     finally:
-        subprocess.run(
-            [RAY, "stop", "--force"],
-            env=_env(RAY_ADDRESS=f"127.0.0.1:{port}"),
-            capture_output=True,
-            timeout=300,
-        )
+        stop_head(proc)
 
 
-def _submit(url, *entry, timeout=540):
-    cmd = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        url,
-        "--working-dir",
-        str(REPO),
-        "--runtime-env-json",
-        json.dumps({"excludes": EXCLUDES}),
-        "--",
-        *entry,
-    ]
-    return subprocess.run(
-        cmd, env=_env(RAY_ADDRESS=url), capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+def _submit(url, *entry):
+    return submit(url, ray_env(RAY_ADDRESS=url), *entry)
 
 
 def test_job_runs_stseg_and_writes_outputs(head, tmp_path):
