@@ -629,7 +629,8 @@ def _rasters_folder(ctx: stages.RunContext):
 
 def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     """Start writing the store's images and labels (they need only the chip and the finished
-    label arrays) in a thread, while the run writes boundaries and tables; a future, or None
+    label arrays) while the run writes boundaries and tables: one task per element (its pyramid
+    computed on a worker), waited on and joined into one store in a thread; a future, or None
     when no store will be written.
     """
     import shutil
@@ -638,19 +639,30 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
 
     if not run.spatialdata or run.failed or spatialdata_unavailable(run.out_url):
         return None
-    from pathlib import Path
-
-    from .export._run import RunFiles
-    from .export.spatialdata import write_rasters
+    from .export.spatialdata import RASTER_ELEMENTS, join_rasters
 
     folder = _rasters_folder(ctx)
     shutil.rmtree(folder, ignore_errors=True)
-    files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
+    parts = {name: folder.with_name(f"{folder.name}-{name}") for _, name in RASTER_ELEMENTS}
+    jobs = [stages.RasterJob(name, str(p)) for name, p in parts.items()]
     future: Future = Future()
 
     def write() -> None:
         try:
-            write_rasters(files, folder)
+            try:
+                _results(
+                    run.ex.map(
+                        stages.raster_element,
+                        ctx,
+                        jobs,
+                        desc="store rasters",
+                        resources=run.resources("scan"),
+                    )
+                )
+                join_rasters(parts, folder)
+            finally:
+                for p in parts.values():
+                    shutil.rmtree(p, ignore_errors=True)
             future.set_result(folder)
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
             future.set_exception(exc)
