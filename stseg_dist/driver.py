@@ -333,13 +333,16 @@ def _run_passes(run: Run) -> dict:
     with run.timed("cells"):
         _cells(run, ctx)
     _import_in_background(run)  # while the driver waits for the boundary tiles
-    rasters = _store_rasters_in_background(run, ctx)
+    rasters = None
     try:
         with run.timed("outputs"):
             with run.timed("outputs.tables"):
                 cells = _cell_table(run, ctx)
         with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
             _boundaries(run, ctx, cells)
+        # the store's rasters, as tasks: after the boundary tiles, which they would hold up, and
+        # while the driver writes the tables
+        rasters = _store_rasters_in_background(run, ctx)
         with run.timed("outputs", add=True):
             complete = _write_outputs(run, ctx, cells, scan.n_rows)
         if complete and run.spatialdata:
