@@ -333,16 +333,13 @@ def _run_passes(run: Run) -> dict:
     with run.timed("cells"):
         _cells(run, ctx)
     _import_in_background(run)  # while the driver waits for the boundary tiles
-    rasters = None
+    rasters = _store_rasters_in_background(run, ctx)
     try:
         with run.timed("outputs"):
             with run.timed("outputs.tables"):
                 cells = _cell_table(run, ctx)
         with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
             _boundaries(run, ctx, cells)
-        # the store's rasters, as tasks: after the boundary tiles, which they would hold up, and
-        # while the driver writes the tables
-        rasters = _store_rasters_in_background(run, ctx)
         with run.timed("outputs", add=True):
             complete = _write_outputs(run, ctx, cells, scan.n_rows)
         if complete and run.spatialdata:
@@ -632,8 +629,7 @@ def _rasters_folder(ctx: stages.RunContext):
 
 def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     """Start writing the store's images and labels (they need only the chip and the finished
-    label arrays) while the run writes boundaries and tables: one task per element (its pyramid
-    computed on a worker), waited on and joined into one store in a thread; a future, or None
+    label arrays) in a thread, while the run writes boundaries and tables; a future, or None
     when no store will be written.
     """
     import shutil
@@ -642,30 +638,19 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
 
     if not run.spatialdata or run.failed or spatialdata_unavailable(run.out_url):
         return None
-    from .export.spatialdata import RASTER_ELEMENTS, join_rasters
+    from pathlib import Path
+
+    from .export._run import RunFiles
+    from .export.spatialdata import write_rasters
 
     folder = _rasters_folder(ctx)
     shutil.rmtree(folder, ignore_errors=True)
-    parts = {name: folder.with_name(f"{folder.name}-{name}") for _, name in RASTER_ELEMENTS}
-    jobs = [stages.RasterJob(name, str(p)) for name, p in parts.items()]
+    files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
     future: Future = Future()
 
     def write() -> None:
         try:
-            try:
-                _results(
-                    run.ex.map(
-                        stages.raster_element,
-                        ctx,
-                        jobs,
-                        desc="store rasters",
-                        resources=run.resources("scan"),
-                    )
-                )
-                join_rasters(parts, folder)
-            finally:
-                for p in parts.values():
-                    shutil.rmtree(p, ignore_errors=True)
+            write_rasters(files, folder)
             future.set_result(folder)
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
             future.set_exception(exc)

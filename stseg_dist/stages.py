@@ -262,29 +262,6 @@ def points_tile(ctx: RunContext, _worker, job: PointsJob) -> dict:
     return {"index": job.index, "n": n, "seconds": time.perf_counter() - t0}
 
 
-@dataclass(frozen=True)
-class RasterJob:
-    """One of the store's rasters (``name``, with its pyramid) into a store at ``folder``."""
-
-    name: str
-    folder: str
-
-
-def raster_element(ctx: RunContext, _worker, job: RasterJob) -> dict:
-    """The store's raster ``job.name`` from the chip and the finished label arrays: its pyramid
-    is computed here, on a worker, rather than on the driver's cores.
-    """
-    from pathlib import Path
-
-    from .export._run import RunFiles
-    from .export.spatialdata import write_raster_element
-
-    t0 = time.perf_counter()
-    files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, ctx.chip)
-    write_raster_element(files, Path(job.folder), job.name)
-    return {"name": job.name, "seconds": time.perf_counter() - t0}
-
-
 def assigned_table(
     owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray, moved: np.ndarray | None = None
 ) -> pa.Table:

@@ -334,58 +334,6 @@ def write_rasters(files: RunFiles, path: Path) -> None:
     _write_rasters(build(files, others=False), Path(path))
 
 
-#: The store's rasters, each written apart (:func:`write_raster_element`): a run writes them as
-#: one task each, so the pyramids are computed on the cluster's workers, not the driver's cores.
-RASTER_ELEMENTS = (("labels", CELL_LABELS), ("labels", NUCLEUS_LABELS), ("images", IMAGE))
-
-
-def write_raster_element(files: RunFiles, path: Path, name: str) -> None:
-    """One image or labels element (``name``, with its pyramid) into a new store at ``path``: the
-    same write as :func:`write_rasters`'s for that element; :func:`join_rasters` then puts the
-    elements written apart into one store.
-    """
-    import zarr
-    from spatialdata import SpatialData
-
-    zarr.open_group(str(path), mode="w")
-    sdata = build(files, others=False)
-    one = SpatialData(
-        images={k: v for k, v in sdata.images.items() if k == name},
-        labels={k: v for k, v in sdata.labels.items() if k == name},
-    )
-    _write_rasters(one, Path(path))
-
-
-def join_rasters(parts: dict[str, Path], path: Path) -> None:
-    """The elements :func:`write_raster_element` wrote (``parts``: name -> its store, in
-    :data:`RASTER_ELEMENTS` order) moved into a new store at ``path``, as :func:`write_rasters`
-    writes it: each kind's group from the first part of that kind, its OME ``labels`` list
-    naming every labels element in order.
-    """
-    import shutil
-
-    import zarr
-
-    path = Path(path)
-    zarr.open_group(str(path), mode="w")
-    for kind in ("images", "labels"):
-        names = [n for k, n in RASTER_ELEMENTS if k == kind and n in parts]
-        for i, name in enumerate(names):
-            src = Path(parts[name]) / kind
-            if i == 0:
-                src.rename(path / kind)
-            else:
-                (src / name).rename(path / kind / name)
-        if kind == "labels" and len(names) > 1:
-            group = zarr.open_group(str(path / kind), mode="r+")
-            attrs = group.attrs.asdict()
-            ome = attrs.get("ome", attrs)
-            ome["labels"] = names
-            group.attrs.update({"ome": ome} if "ome" in attrs else ome)
-    for src in parts.values():
-        shutil.rmtree(src, ignore_errors=True)
-
-
 @contextmanager
 def warnings_quiet():
     """The writers' notices that say nothing about this store (anndata's zarr v3 sharding; the

@@ -172,9 +172,10 @@ def test_the_run_writes_the_store_as_a_stage(exported, small_run, tmp_path):
     assert_same_rasters(out / "spatialdata.zarr", run / "spatialdata.zarr")
 
 
-def test_the_run_computes_each_pyramid_in_a_task_of_its_own(small_run, tmp_path, monkeypatch):
+def test_the_runs_pyramids_are_the_single_writers(small_run, tmp_path, monkeypatch):
     """With pyramids (a small top level, so three halvings of 260 px, odd sizes included), the
-    run's rasters, each written by a task and joined, are the single writer's level for level.
+    run's rasters (written apart from the rest of the store, then moved in) are those of
+    ``write_spatialdata`` alone, level for level.
     """
     from importlib.metadata import version
 
@@ -268,5 +269,5 @@ def test_a_run_failing_after_the_cells_leaves_no_store_being_written(
             str(chip), str(tmp_path / "run"), small_tiles_config(), local=True, spatialdata=True
         )
     assert not any(t.name == "stseg-store-rasters" for t in threading.enumerate())
-    assert not list(tmp_path.rglob(".spatialdata-rasters*"))  # nor any element's own store
+    assert not list(tmp_path.rglob(".spatialdata-rasters"))
     assert not (tmp_path / "run" / "spatialdata.zarr").exists()
