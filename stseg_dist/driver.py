@@ -701,7 +701,7 @@ def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable, rasters=Non
             stages.points_tile,
             ctx,
             jobs,
-            desc="store points",
+            desc="spatialdata",
             resources=run.resources("scan"),
         )
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, make_blob_chip
 
-STAGES = ("scan", "histogram", "nuclei", "cells", "boundaries")
+STAGES = ("scan", "histogram", "nuclei", "cells", "boundaries", "spatialdata")
 BAR = re.compile(r"^(\w+): +\d+%\|.*\| (\d+)/(\d+) \[")
 
 
