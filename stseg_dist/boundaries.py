@@ -162,9 +162,17 @@ def nucleus_pixels(ctx, tiles: list[int], ids: np.ndarray) -> np.ndarray | None:
         return np.zeros(len(ids), np.int64)
     nid_all, inv = np.unique(np.concatenate(nid), return_inverse=True)
     total = np.bincount(inv, weights=np.concatenate(npx), minlength=len(nid_all)).astype(np.int64)
-    pos = np.clip(np.searchsorted(nid_all, ids), 0, max(len(nid_all) - 1, 0))
-    hit = (nid_all[pos] == ids) if len(nid_all) else np.zeros(len(ids), bool)
+    pos, hit = _find_sorted(nid_all, ids)
     return np.where(hit, total[pos] if len(nid_all) else 0, 0)
+
+
+def _find_sorted(srt: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position in the sorted ``srt`` of each of ``ids`` (clipped into range) and whether it is
+    there.
+    """
+    pos = np.clip(np.searchsorted(srt, ids), 0, max(len(srt) - 1, 0))
+    hit = (srt[pos] == ids) if len(srt) else np.zeros(len(ids), bool)
+    return pos, hit
 
 
 def union_outlines(lab: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,21 +294,18 @@ def owner_jobs(
     ) // grid.core_px
     order = np.lexsort((ids, tile))
     tiles, first = np.unique(tile[order], return_index=True)
-    per_ids = dict(zip(tiles.tolist(), np.split(ids[order], first[1:]), strict=False))
-    per_area = dict(
-        zip(tiles.tolist(), np.split(np.asarray(area, np.int64)[order], first[1:]), strict=False)
-    )
-    per_nuc = (
-        None
-        if nucleus_px is None
-        else dict(
+
+    def per_tile(values) -> dict:
+        return dict(
             zip(
                 tiles.tolist(),
-                np.split(np.asarray(nucleus_px, np.int64)[order], first[1:]),
+                np.split(np.asarray(values, np.int64)[order], first[1:]),
                 strict=False,
             )
         )
-    )
+
+    per_ids, per_area = per_tile(ids), per_tile(area)
+    per_nuc = None if nucleus_px is None else per_tile(nucleus_px)
     empty = np.zeros(0, np.int64)
     return [
         BoundaryJob(
@@ -435,8 +440,7 @@ def from_kernel(ctx, job: BoundaryJob) -> tuple[np.ndarray, dict[str, tuple]]:
         """Position in ``rows`` of each of ``ids`` (-1: absent) and its core pixel count."""
         order = np.argsort(cid[rows], kind="stable")
         srt = cid[rows][order]
-        pos = np.clip(np.searchsorted(srt, ids), 0, max(len(srt) - 1, 0))
-        hit = (srt[pos] == ids) if len(srt) else np.zeros(len(ids), bool)
+        pos, hit = _find_sorted(srt, ids)
         at = np.where(hit, rows[order][pos] if len(srt) else 0, -1)
         return at, np.where(hit, n_px[np.maximum(at, 0)], 0)
 

@@ -111,13 +111,12 @@ def reassign(
     n_genes: int,
     pixel_size_um: float,
     cfg: SpilloverConfig,
-    reach_um: float | None = None,
+    reach_um: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each transcript's cell after spillover, and which ones moved (see the module doc).
 
-    ``reach_um``: the resolved reach (``SpilloverConfig.reach``); default ``cfg.reach_um``.
+    ``reach_um``: the resolved reach (``SpilloverConfig.reach``; ``cfg.reach_um`` may be null).
     """
-    reach_um = cfg.reach_um if reach_um is None else reach_um
     genes = np.asarray(genes, np.int64)
     cell_id = np.asarray(cell_id, np.int64)
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)

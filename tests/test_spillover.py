@@ -25,14 +25,34 @@ def test_a_neighbours_gene_near_the_border_moves_to_it():
     cell = labels[rows, cols].astype(np.int64)
     cfg = SpilloverConfig(enabled=True, reach_um=1.0, min_ratio=3.0, prior_counts=1.0)
     got, moved = reassign(
-        labels, nuclei, None, np.array(rows), np.array(cols), np.array(genes), cell, 2, 0.5, cfg
+        labels,
+        nuclei,
+        None,
+        np.array(rows),
+        np.array(cols),
+        np.array(genes),
+        cell,
+        2,
+        0.5,
+        cfg,
+        1.0,
     )
     assert moved.tolist() == [False] * 8 + [True, False, False, False]
     assert got[8] == 2 and (got[9:] == 1).all()
     # a stricter ratio keeps it: 1 / (4 + 1) pseudo-count vs (4 + 0.5) / 5: a ratio of 9
     strict = SpilloverConfig(enabled=True, reach_um=1.0, min_ratio=10.0, prior_counts=1.0)
     assert not reassign(
-        labels, nuclei, None, np.array(rows), np.array(cols), np.array(genes), cell, 2, 0.5, strict
+        labels,
+        nuclei,
+        None,
+        np.array(rows),
+        np.array(cols),
+        np.array(genes),
+        cell,
+        2,
+        0.5,
+        strict,
+        1.0,
     )[1].any()
 
 

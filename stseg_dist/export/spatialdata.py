@@ -183,10 +183,7 @@ def _others(files: RunFiles, points_placeholder: bool, SpatialData):  # noqa: N8
             sort=True,
         )
     }
-    import warnings
-
-    with warnings.catch_warnings():  # the labels table's region is written with the rasters
-        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+    with warnings_quiet():  # the labels table's region is written with the rasters
         return SpatialData(shapes=shapes, points=points, tables=tables, attrs=SOPA_ATTRS)
 
 
