@@ -629,8 +629,9 @@ def _rasters_folder(ctx: stages.RunContext):
 
 def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     """Start writing the store's images and labels (they need only the chip and the finished
-    label arrays) in a thread, while the run writes boundaries and tables; a future, or None
-    when no store will be written.
+    label arrays) while the run writes boundaries and tables: a driver thread writes their
+    metadata (spatialdata's writer, no pixels) and hands the pyramid blocks to the run's tasks
+    (:func:`stages.raster_block`). A future, or None when no store will be written.
     """
     import shutil
     import threading
@@ -648,9 +649,20 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
     future: Future = Future()
 
+    def blocks(jobs) -> None:
+        outs = run.ex.map(  # no bar: these run beside the boundaries' and tables' own
+            stages.raster_block,
+            ctx,
+            jobs,
+            desc="spatialdata",
+            resources=run.resources("scan"),
+            bar=False,
+        )
+        _results(outs)  # the first failed block fails the store
+
     def write() -> None:
         try:
-            write_rasters(files, folder)
+            write_rasters(files, folder, blocks)
             future.set_result(folder)
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
             future.set_exception(exc)

@@ -97,11 +97,12 @@ class LocalExecutor:
         desc: str = "",
         factory: Factory | None = None,
         resources: Resources | None = None,
+        bar: bool = True,
     ) -> list[Outcome]:
         actors = bool(resources and resources.actors)
         worker = factory(shared) if (factory and actors) else None
         out = []
-        for item in tqdm(items, desc=desc, disable=not self.progress):
+        for item in tqdm(items, desc=desc, disable=not (self.progress and bar)):
             try:
                 w = worker if actors else (factory(shared) if factory else None)
                 out.append(Outcome(item, fn(shared, w, item), node="local"))
@@ -177,6 +178,7 @@ class RayExecutor:
         desc: str = "",
         factory: Factory | None = None,
         resources: Resources | None = None,
+        bar: bool = True,
     ) -> list[Outcome]:
         ray = self.ray
         resources = resources or Resources().resolve()
@@ -218,8 +220,8 @@ class RayExecutor:
         pending: dict[Any, int] = {}
         queue = list(enumerate(items))
         bar = tqdm(
-            total=len(queue), desc=desc, disable=not self.progress
-        )  # one finished line per stage
+            total=len(queue), desc=desc, disable=not (self.progress and bar)
+        )  # one finished line per stage (``bar=False``: work running beside a stage's own bar)
         try:
             while queue or pending:
                 while queue and len(pending) < limit:

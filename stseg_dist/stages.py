@@ -262,6 +262,17 @@ def points_tile(ctx: RunContext, _worker, job: PointsJob) -> dict:
     return {"index": job.index, "n": n, "seconds": time.perf_counter() - t0}
 
 
+def raster_block(ctx: RunContext, _worker, job) -> dict:
+    """One block of one of the store's rasters, every pyramid level of it
+    (:func:`export.spatialdata.write_block`).
+    """
+    from .export.spatialdata import write_block
+
+    t0 = time.perf_counter()
+    out = write_block(job, ctx.chip)
+    return {**out, "seconds": time.perf_counter() - t0}
+
+
 def assigned_table(
     owned: pa.Table, cell_id: np.ndarray, in_nucleus: np.ndarray, moved: np.ndarray | None = None
 ) -> pa.Table:

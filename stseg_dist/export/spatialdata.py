@@ -27,6 +27,7 @@ Needs the ``spatialdata`` extra (``pip install 'stseg-dist[spatialdata]'``).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import numpy as np
 from .. import constants as K
 from ..errors import InputError
 from ._run import RunFiles
+from .pyramid import Raster
 
 IMAGE = "image"
 CELL_LABELS = "cell_labels"
@@ -300,35 +302,214 @@ def write_spatialdata(files: RunFiles, path: Path, points_parts=None, rasters=No
     In a run, two parts may come from elsewhere, each a callable that returns, once written:
     ``points_parts``, the folder of the points' partitions (:func:`points_part`, written by the
     run's tasks); ``rasters``, a store holding the images and labels (:func:`write_rasters`,
-    written in a thread while the run writes its other outputs).
+    written by the run's tasks while the run writes its other outputs). Without ``rasters``, the
+    images and labels are written here, block by block in this process.
     """
     import shutil
 
     path = Path(path)
+    rest = _write_others(build(files, points_parts is not None, rasters=False), path)
     if rasters is None:
-        write(build(files, points_placeholder=points_parts is not None), path)
+        write_rasters(files, path, new=False)
     else:
-        rest = _write_others(build(files, points_parts is not None, rasters=False), path)
         src = Path(rasters())
         for kind in ("images", "labels"):
             (src / kind).rename(path / kind)
         shutil.rmtree(src)
-        with warnings_quiet():
-            rest.write_consolidated_metadata()
+    with warnings_quiet():
+        rest.write_consolidated_metadata()
     if points_parts is not None:
         install_points(path, points_parts())
 
 
-def write_rasters(files: RunFiles, path: Path) -> None:
-    """The run's images and labels (with their pyramids) into a new store at ``path``: the part
-    of the store that needs only the chip and the label arrays, so a run writes it while it
-    writes the rest (:func:`write_spatialdata` ``rasters=``).
+def write_rasters(files: RunFiles, path: Path, run_blocks=None, new: bool = True) -> None:
+    """The run's images and labels, with their pyramids, into the store at ``path`` (a new
+    store unless ``new`` is False): spatialdata writes each element's metadata and empty levels
+    (:func:`raster_phases`), then blocks of whole chunks write every level of themselves
+    (:func:`write_block`): ``run_blocks(jobs)`` runs one phase's blocks (a run hands them to its
+    tasks; by default they run here, one after the other); last, the image's channel window.
     """
     import zarr
 
-    zarr.open_group(str(path), mode="w")
-    # no warnings filter here: it runs in a thread, and catch_warnings is process-wide
-    _write_rasters(build(files, others=False), Path(path))
+    if new:
+        zarr.open_group(str(path), mode="w")
+    for jobs in raster_phases(files, Path(path)):
+        if run_blocks is None:
+            for job in jobs:
+                write_block(job, files.chip)
+        else:
+            run_blocks(jobs)
+    finish_rasters(files, Path(path))
+
+
+@dataclass(frozen=True)
+class RasterBlock:
+    """One block of one raster element: levels ``first + 1 .. last`` (and level 0 itself when
+    ``first`` is 0) of the block (y0, y1, x0, x1) of level ``first``.
+    """
+
+    element: str  # the element's group in the store
+    raster: Raster
+    first: int
+    last: int
+    block: tuple[int, int, int, int]
+    source: str | None = None  # level 0's array (the run's labels); None: the chip's image
+    copy_chunks: bool = False  # level 0's stored chunks are the store's, byte for byte
+
+
+def raster_phases(files: RunFiles, path: Path) -> list[list[RasterBlock]]:
+    """Write the images' and labels' metadata and empty levels into the store at ``path`` with
+    spatialdata's own writer (on zero arrays of each level's shape and chunks: zarr stores no
+    chunk that is all fill), and return the blocks that fill them, phase by phase (a phase
+    reads the last level the one before wrote).
+    """
+    import zarr
+
+    sdata = build(files, others=False)
+    with warnings_quiet():
+        _write_rasters(_placeholders(sdata), path, omero=False)
+    sources = {
+        CELL_LABELS: str(files.path(K.LABELS_ZARR) / K.LABELS_CELLS),
+        NUCLEUS_LABELS: str(files.path(K.LABELS_ZARR) / K.LABELS_NUCLEI),
+    }
+    phases: list[list[RasterBlock]] = []
+    for kind, elements in (("labels", sdata.labels), ("images", sdata.images)):
+        for name in elements:
+            group = Path(path) / kind / name
+            levels = _levels(elements[name])
+            arrays = [zarr.open_array(str(group / f"s{k}"), mode="r") for k in range(len(levels))]
+            if len(levels) == 1:  # a single scale: the array at the element's root
+                arrays = [zarr.open_array(str(group / "s0"), mode="r")]
+            raster = Raster.plan(
+                "labels" if kind == "labels" else "image",
+                [a.shape[-2:] for a in levels],
+                [a.data.chunksize[-2:] for a in levels],
+                [a.chunks[-2:] for a in arrays],
+            )
+            source = sources.get(name)
+            copy = source is not None and _same_encoding(
+                zarr.open_array(source, mode="r"), arrays[0]
+            )
+            for p, (first, last, side) in enumerate(raster.phases()):
+                if len(phases) <= p:
+                    phases.append([])
+                phases[p] += [
+                    RasterBlock(str(group), raster, first, last, b, source, copy)
+                    for b in raster.blocks(first, side)
+                ]
+    return phases
+
+
+def _placeholders(sdata):
+    """``sdata``'s rasters with every level replaced by zeros of the same shape, dtype and
+    chunks (the metadata spatialdata writes depends on nothing else).
+    """
+    import dask.array as da
+    from spatialdata import SpatialData
+    from xarray import DataTree
+
+    def zeros(arr):
+        return arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
+
+    def element(el):
+        if hasattr(el, "data"):
+            return zeros(el)
+        tree = el.copy()
+        for k in tree.children:
+            ds = tree[k].to_dataset()
+            name = next(iter(ds.data_vars))
+            tree[k] = DataTree(ds.assign({name: zeros(ds[name])}))
+        return tree
+
+    return SpatialData(
+        images={k: element(v) for k, v in sdata.images.items()},
+        labels={k: element(v) for k, v in sdata.labels.items()},
+    )
+
+
+def _same_encoding(a, b) -> bool:
+    """Whether two zarr arrays store equal chunks as equal bytes (shape, dtype, chunks, codecs,
+    fill value and chunk keys alike).
+    """
+    keys = ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs")
+    da_, db = a.metadata.to_dict(), b.metadata.to_dict()
+    return all(da_.get(k) == db.get(k) for k in keys)
+
+
+def write_block(job: RasterBlock, chip) -> dict:
+    """Every level of one block (see :class:`RasterBlock`), from that block's pixels alone; the
+    chip's image is read only for the image's level 0.
+    """
+    import zarr
+
+    y0, y1, x0, x1 = job.block
+    group = Path(job.element)
+    if job.first == 0:
+        if job.source is not None:
+            data = np.asarray(zarr.open_array(job.source, mode="r")[y0:y1, x0:x1])
+        else:
+            data = np.asarray(chip._image_array()[..., y0:y1, x0:x1])
+            data = data[None] if data.ndim == 2 else data
+        if job.copy_chunks:
+            _copy_chunks(job, data)
+        else:
+            _write_level(group, 0, data, y0, x0)
+    else:
+        data = np.asarray(
+            zarr.open_array(str(group / f"s{job.first}"), mode="r")[..., y0:y1, x0:x1]
+        )
+    for k in range(job.first + 1, job.last + 1):
+        data, y0, x0 = job.raster.down(data, k, y0, x0)
+        _write_level(group, k, data, y0, x0)
+    return {"element": group.name, "block": list(job.block), "first": job.first}
+
+
+def _write_level(group: Path, level: int, data: np.ndarray, y0: int, x0: int) -> None:
+    import zarr
+
+    arr = zarr.open_array(str(group / f"s{level}"), mode="r+")
+    h, w = data.shape[-2:]
+    arr[..., y0 : y0 + h, x0 : x0 + w] = data
+
+
+def _copy_chunks(job: RasterBlock, data: np.ndarray) -> None:
+    """Level 0 of a label block as the run's own chunk files, copied (same encoding); a chunk
+    that is all fill is not stored, as zarr (and so spatialdata) writes none.
+    """
+    import shutil
+
+    import zarr
+
+    src = zarr.open_array(job.source, mode="r")
+    cy, cx = src.chunks
+    y0, y1, x0, x1 = job.block
+    sep = src.metadata.chunk_key_encoding.separator
+    dst = Path(job.element) / "s0"
+    for y in range(y0, y1, cy):
+        for x in range(x0, x1, cx):
+            if not data[y - y0 : y - y0 + cy, x - x0 : x - x0 + cx].any():
+                continue
+            key = src.metadata.encode_chunk_key((y // cy, x // cx))
+            target = dst.joinpath(*key.split(sep)) if sep == "/" else dst / key
+            source = (
+                Path(job.source).joinpath(*key.split(sep)) if sep == "/" else Path(job.source) / key
+            )
+            if not source.exists():  # written as fill here: cannot be (checked above); be safe
+                _write_level(
+                    Path(job.element), 0, data[y - y0 : y - y0 + cy, x - x0 : x - x0 + cx], y, x
+                )
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+
+def finish_rasters(files: RunFiles, path: Path) -> None:
+    """The image's OME channel metadata (names, colours, a window from the coarsest level as
+    written), once its levels are written.
+    """
+    url = Path(path) / "images" / IMAGE
+    channels = channel_names(files.chip.meta.extra, files.chip.n_channels)
+    write_omero(url, channels, _written_coarsest(url))
 
 
 @contextmanager
@@ -342,22 +523,6 @@ def warnings_quiet():
         warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
         warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
         yield
-
-
-def write(sdata, path: Path) -> None:
-    """``sdata.write``, except that rasters go through spatialdata's element writer with flat
-    chunk sizes, and the image's OME ``omero`` channel metadata is checked after writing.
-
-    spatialdata 0.7.0 hands dask's per-block chunk tuples to ome-zarr, which zarr 3 refuses
-    ("Expected an iterable of integers"; scverse/spatialdata#1090, fixed in 0.7.1). Giving the
-    chunk shape explicitly is the same write with the chunks it would have used. With ome-zarr
-    0.18, spatialdata 0.7.0 drops the channel names of a single-scale image; spatialdata 0.7.3
-    then cannot read the image, so :func:`write_omero` writes them whatever wrote the rest.
-    """
-    with warnings_quiet():
-        rest = _write_others(sdata, path)
-        _write_rasters(sdata, path)
-        rest.write_consolidated_metadata()
 
 
 def _write_others(sdata, path: Path):
@@ -377,8 +542,12 @@ def _write_others(sdata, path: Path):
     return rest
 
 
-def _write_rasters(sdata, path: Path) -> None:
-    """The images and labels of ``sdata`` into the store at ``path`` (see :func:`write`)."""
+def _write_rasters(sdata, path: Path, omero: bool = True) -> None:
+    """The images and labels of ``sdata`` into the store at ``path`` through spatialdata's
+    element writer, with flat chunk sizes (spatialdata 0.7.0 hands dask's per-block chunk tuples
+    to ome-zarr, which zarr 3 refuses: scverse/spatialdata#1090, fixed in 0.7.1);
+    ``omero``: also the image's channel metadata (False: :func:`finish_rasters` writes it).
+    """
     from spatialdata._io import write_image, write_labels
     from spatialdata._io.io_zarr import _get_groups_for_element
 
@@ -390,6 +559,8 @@ def _write_rasters(sdata, path: Path) -> None:
             root, _, group = _get_groups_for_element(path, kind, name, use_consolidated=False)
             if kind == "images":
                 write_image(element, group, name, storage_options=options)
+                if not omero:
+                    continue
                 write_omero(
                     Path(path) / kind / name,
                     levels[0].coords["c"].values.tolist(),

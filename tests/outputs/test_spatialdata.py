@@ -194,6 +194,46 @@ def test_the_runs_pyramids_are_the_single_writers(small_run, tmp_path, monkeypat
     assert_same_rasters(out / "spatialdata.zarr", tmp_path / "one.zarr", levels=4)
 
 
+def test_one_block_or_many_write_the_same_store(small_run, tmp_path, monkeypatch):
+    """The store's rasters written in one block per element or in many small blocks over
+    several phases are the same arrays; level 0 of the labels is the run's own chunk files.
+    """
+    from stseg_dist.export import open_run
+    from stseg_dist.export import pyramid as P
+    from stseg_dist.export import spatialdata as S
+
+    chip, run = small_run
+    files = open_run(str(run), str(chip))
+    monkeypatch.setattr(S, "PYRAMID_TOP_PX", 16)  # 260 px: four halvings
+    monkeypatch.setattr(P, "BLOCK_MAX_PX", 10**6)
+    S.write_rasters(files, tmp_path / "one.zarr")
+    monkeypatch.setattr(P, "BLOCK_MAX_PX", 1)
+    zarr.open_group(str(tmp_path / "probe.zarr"), mode="w")
+    phases = S.raster_phases(files, tmp_path / "probe.zarr")
+    assert len(phases) > 1 and len(phases[0]) > 3
+    S.write_rasters(files, tmp_path / "many.zarr")
+    one, many = tmp_path / "one.zarr", tmp_path / "many.zarr"
+    names = sorted(p.parent.relative_to(one) for p in one.rglob("zarr.json"))
+    assert names == sorted(p.parent.relative_to(many) for p in many.rglob("zarr.json"))
+    assert sum(n.name == "s4" for n in names) == 3  # five levels of each element
+    for rel in names:
+        assert (many / rel / "zarr.json").read_bytes() == (one / rel / "zarr.json").read_bytes()
+        if rel.name.startswith("s"):
+            np.testing.assert_array_equal(
+                zarr.open_array(str(many / rel))[:], zarr.open_array(str(one / rel))[:]
+            )
+    src = run / "labels.zarr" / "cells"
+    dst = tmp_path / "many.zarr" / "labels" / "cell_labels" / "s0"
+    chunks = sorted(
+        p.relative_to(src) for p in src.rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
+    assert chunks and chunks == sorted(
+        p.relative_to(dst) for p in dst.rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
+    assert all((src / c).read_bytes() == (dst / c).read_bytes() for c in chunks)
+    np.testing.assert_array_equal(zarr.open_array(str(dst))[:], zarr.open_array(str(src))[:])
+
+
 def assert_same_rasters(ours, theirs, levels: int | None = None) -> None:
     """Two stores' images and labels are equal level for level, with byte-identical zarr.json."""
     a, b = sd.read_zarr(ours), sd.read_zarr(theirs)
