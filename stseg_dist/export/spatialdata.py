@@ -368,6 +368,12 @@ def raster_phases(files: RunFiles, path: Path) -> list[list[RasterBlock]]:
     sdata = build(files, others=False)
     with warnings_quiet():
         _write_rasters(_placeholders(sdata), path, omero=False)
+    for kind, elements in (("labels", sdata.labels), ("images", sdata.images)):
+        for name, element in elements.items():
+            for k, level in enumerate(_levels(element)):
+                _set_chunks(
+                    Path(path) / kind / name / f"s{k}", [int(c[0]) for c in level.data.chunks]
+                )
     sources = {
         CELL_LABELS: str(files.path(K.LABELS_ZARR) / K.LABELS_CELLS),
         NUCLEUS_LABELS: str(files.path(K.LABELS_ZARR) / K.LABELS_NUCLEI),
@@ -401,15 +407,22 @@ def raster_phases(files: RunFiles, path: Path) -> list[list[RasterBlock]]:
 
 
 def _placeholders(sdata):
-    """``sdata``'s rasters with every level replaced by zeros of the same shape, dtype and
-    chunks (the metadata spatialdata writes depends on nothing else).
+    """``sdata``'s rasters with every level replaced by zeros of the same shape and dtype (the
+    metadata spatialdata writes depends on nothing else but the chunks, which
+    :func:`_set_chunks` sets afterwards): in chunks of about ``PLACEHOLDER_PX`` per side, so
+    that writing them (zarr stores no chunk that is all fill) costs a few dask tasks, not one
+    per chunk.
     """
     import dask.array as da
     from spatialdata import SpatialData
     from xarray import DataTree
 
     def zeros(arr):
-        return arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
+        chunks = tuple(
+            c[0] if i < arr.ndim - 2 else min(n, c[0] * max(1, PLACEHOLDER_PX // c[0]))
+            for i, (c, n) in enumerate(zip(arr.data.chunks, arr.shape, strict=True))
+        )
+        return arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=chunks))
 
     def element(el):
         if hasattr(el, "data"):
@@ -425,6 +438,28 @@ def _placeholders(sdata):
         images={k: element(v) for k, v in sdata.images.items()},
         labels={k: element(v) for k, v in sdata.labels.items()},
     )
+
+
+#: The side of the placeholder chunks :func:`raster_phases` writes the empty levels in.
+PLACEHOLDER_PX = 2048
+
+
+def _set_chunks(url: Path, chunks: list[int]) -> None:
+    """Give an array that stores no chunk yet the chunk shape ``chunks``: its ``zarr.json``
+    re-serialised by zarr with only the chunk grid changed (byte for byte what zarr writes for
+    an array created with those chunks).
+    """
+    import dataclasses
+    import shutil
+
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+
+    meta = zarr.open_array(str(url), mode="r").metadata
+    grid = {"name": "regular", "configuration": {"chunk_shape": list(chunks)}}
+    shutil.rmtree(Path(url) / "c", ignore_errors=True)  # all fill: nothing was to be stored
+    body = dataclasses.replace(meta, chunk_grid=grid).to_buffer_dict(default_buffer_prototype())
+    (Path(url) / "zarr.json").write_bytes(body["zarr.json"].to_bytes())
 
 
 def _same_encoding(a, b) -> bool:
