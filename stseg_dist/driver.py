@@ -334,24 +334,29 @@ def _run_passes(run: Run) -> dict:
         _cells(run, ctx)
     _import_in_background(run)  # while the driver waits for the boundary tiles
     rasters = _store_rasters_in_background(run, ctx)
+    points = None
     try:
         with run.timed("outputs"):
             with run.timed("outputs.tables"):
                 cells = _cell_table(run, ctx)
+        points = _store_points_in_background(run, ctx, cells)
         with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
             _boundaries(run, ctx, cells)
         with run.timed("outputs", add=True):
             complete = _write_outputs(run, ctx, cells, scan.n_rows)
         if complete and run.spatialdata:
             with run.timed("spatialdata"):
-                _spatialdata(run, ctx, cells, rasters)
-            rasters = None
+                _spatialdata(run, ctx, rasters, points)
+            rasters = points = None
     finally:
-        if rasters is not None:  # no store (an incomplete run, or a failure): nothing left writing
-            import shutil
+        for future, folder in ((rasters, _rasters_folder), (points, _points_folder)):
+            if (
+                future is not None
+            ):  # no store (an incomplete run, or a failure): nothing left writing
+                import shutil
 
-            rasters.exception()  # waits; its error matters only to a store being written
-            shutil.rmtree(_rasters_folder(ctx), ignore_errors=True)
+                future.exception()  # waits; its error matters only to a store being written
+                shutil.rmtree(folder(ctx), ignore_errors=True)
     with run.timed("outputs", add=True), run.timed("outputs.publish"):
         publish(
             ctx.work.url(ctx.stage("staging")), run.out_url, run.storage_options, keep=not complete
@@ -671,17 +676,66 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     return future
 
 
-def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable, rasters=None) -> None:
+def _points_folder(ctx: stages.RunContext):
+    from pathlib import Path
+
+    return Path(ctx.work.url(ctx.stage("staging"))) / ".spatialdata-points"
+
+
+def _store_points_in_background(run: Run, ctx: stages.RunContext, cells: CellTable):
+    """Start writing the store's points, the largest element, one partition per tile by the
+    run's tasks (from the tiles' transcript parts, never the whole table), as soon as the cell
+    table says where each tile's rows start: they run beside the boundary tiles. A future
+    holding the partitions' folder, or None when no store will be written or the chip has no
+    transcripts (the store's empty points element then comes from the table).
+    """
+    import shutil
+    import threading
+    from concurrent.futures import Future
+
+    if not run.spatialdata or run.failed or spatialdata_unavailable(run.out_url):
+        return None
+    parts = _points_folder(ctx)
+    shutil.rmtree(parts, ignore_errors=True)
+    jobs, start = [], 0
+    for i, p in zip(cells.tiles, cells.parts, strict=True):
+        if p.n_transcripts:  # as transcripts.parquet: a tile without transcripts has no part
+            jobs.append(stages.PointsJob(int(i), len(jobs), start, str(parts)))
+            start += p.n_transcripts
+    if not jobs:  # no transcripts: the store's empty points element, from the table
+        return None
+    future: Future = Future()
+    parts.mkdir(parents=True)
+
+    def write() -> None:
+        try:
+            outs = run.ex.map(  # no bar: these run beside the boundaries' own
+                stages.points_tile,
+                ctx,
+                jobs,
+                desc="spatialdata",
+                resources=run.resources("scan"),
+                bar=False,
+            )
+            _results(outs)  # the first failed partition fails the store
+            future.set_result(parts)
+        except BaseException as exc:  # noqa: BLE001 - raised where the store is written
+            future.set_exception(exc)
+
+    threading.Thread(target=write, name="stseg-store-points", daemon=True).start()
+    return future
+
+
+def _spatialdata(run: Run, ctx: stages.RunContext, rasters=None, points=None) -> None:
     """``spatialdata.zarr`` from the staged outputs (published with them), where it can be
     written (see :func:`spatialdata_unavailable`); otherwise a warning says why not.
 
-    The points, the largest element, are written one partition per tile by the run's tasks
-    (from the tiles' transcript parts, never the whole table) while the driver writes the rest;
-    the images and labels come from ``rasters`` (:func:`_store_rasters_in_background`) where
-    they were started after the cell pass.
+    The driver writes the shapes and tables; the points (:func:`_store_points_in_background`)
+    and the images and labels (:func:`_store_rasters_in_background`) come from the run's tasks,
+    started after the cell pass. run.json's ``spatialdata.waiting`` is how long the stage then
+    waited for them.
     """
     import shutil
-    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     why = spatialdata_unavailable(run.out_url)
@@ -694,40 +748,25 @@ def _spatialdata(run: Run, ctx: stages.RunContext, cells: CellTable, rasters=Non
     staging = Path(ctx.work.url(ctx.stage("staging")))
     target = staging / SPATIALDATA_ZARR
     storage.remove(str(target), run.storage_options)
-    parts = staging / ".spatialdata-points"
-    shutil.rmtree(parts, ignore_errors=True)
-    jobs, start = [], 0
-    for i, p in zip(cells.tiles, cells.parts, strict=True):
-        if p.n_transcripts:  # as transcripts.parquet: a tile without transcripts has no part
-            jobs.append(stages.PointsJob(int(i), len(jobs), start, str(parts)))
-            start += p.n_transcripts
-    got_rasters = None if rasters is None else rasters.result
-    if not jobs:  # no transcripts: the store's empty points element, as from the table
-        write_spatialdata(RunFiles(staging, {}, run.chip), target, rasters=got_rasters)
-        return
-    parts.mkdir(parents=True)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="stseg-points") as pool:
-        pending = pool.submit(
-            run.ex.map,
-            stages.points_tile,
-            ctx,
-            jobs,
-            desc="spatialdata",
-            resources=run.resources("scan"),
+    def waited(future):
+        if future is None:
+            return None
+
+        def get():
+            with run.timed("spatialdata.waiting", add=True):
+                return future.result()
+
+        return get
+
+    try:
+        write_spatialdata(
+            RunFiles(staging, {}, run.chip), target, waited(points), rasters=waited(rasters)
         )
-
-        def points_written() -> Path:
-            _results(pending.result())  # the first failed partition fails the store
-            return parts
-
-        try:
-            write_spatialdata(
-                RunFiles(staging, {}, run.chip), target, points_written, rasters=got_rasters
-            )
-        finally:
-            pending.result()  # never leave tasks writing behind a failed store
-            shutil.rmtree(parts, ignore_errors=True)
+    finally:
+        if points is not None:
+            points.exception()  # never leave tasks writing behind a failed store
+            shutil.rmtree(_points_folder(ctx), ignore_errors=True)
 
 
 def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:

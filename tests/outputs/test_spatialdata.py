@@ -321,8 +321,8 @@ def assert_same_store(a, b) -> None:
 def test_a_run_failing_after_the_cells_leaves_no_store_being_written(
     small_run, tmp_path, monkeypatch
 ):
-    """The store's rasters start in a thread after the cell pass; a run that fails later waits
-    for it and removes what it wrote (no thread left writing into the run's folders).
+    """The store's rasters and points start after the cell pass; a run that fails later waits
+    for them and removes what they wrote (no thread left writing into the run's folders).
     """
     import threading
 
@@ -338,6 +338,8 @@ def test_a_run_failing_after_the_cells_leaves_no_store_being_written(
         driver.run_pipeline(
             str(chip), str(tmp_path / "run"), small_tiles_config(), local=True, spatialdata=True
         )
-    assert not any(t.name == "stseg-store-rasters" for t in threading.enumerate())
+    names = {t.name for t in threading.enumerate()}
+    assert not names & {"stseg-store-rasters", "stseg-store-points"}
     assert not list(tmp_path.rglob(".spatialdata-rasters"))
+    assert not list(tmp_path.rglob(".spatialdata-points"))
     assert not (tmp_path / "run" / "spatialdata.zarr").exists()
