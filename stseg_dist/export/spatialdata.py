@@ -563,18 +563,46 @@ def warnings_quiet():
 def _write_others(sdata, path: Path):
     """The shapes, points and tables of ``sdata`` (and its attrs) into a new store at ``path``;
     returns them as the SpatialData object backed there.
+
+    The labels table is the cell table again with another region (:func:`_others`): it is
+    written as a copy of the first table's files with the region changed
+    (:func:`_copy_table`), the files spatialdata writes for it, at half the cost.
     """
     from spatialdata import SpatialData
 
+    tables = dict(sdata.tables)
+    copied = tables.pop(LABELS_TABLE, None) if TABLE in tables else None
     with warnings_quiet():
         rest = SpatialData(
             shapes=dict(sdata.shapes),
             points=dict(sdata.points),
-            tables=dict(sdata.tables),
+            tables=tables,
             attrs=dict(sdata.attrs),
         )
         rest.write(path, consolidate_metadata=False)
+    if copied is not None:
+        with warnings_quiet():
+            _copy_table(Path(path) / "tables", TABLE, LABELS_TABLE, CELL_LABELS)
     return rest
+
+
+def _copy_table(tables: Path, name: str, new: str, region: str) -> None:
+    """``tables/new``: the table ``tables/name`` annotating ``region`` instead (the only three
+    things that differ: its ``region`` column's category, its ``spatialdata_attrs`` region in
+    uns and in the group's attributes), each rewritten by anndata's and zarr's own writers.
+    """
+    import shutil
+
+    import pandas as pd
+    import zarr
+    from anndata.io import write_elem
+
+    shutil.copytree(tables / name, tables / new)
+    group = zarr.open_group(str(tables / new), mode="r+")
+    n = group["obs"][REGION_KEY]["codes"].shape[0]
+    write_elem(group["obs"], REGION_KEY, pd.Categorical([region] * n, categories=[region]))
+    write_elem(group["uns"]["spatialdata_attrs"], "region", region)
+    group.attrs.update({"region": region})
 
 
 def _write_rasters(sdata, path: Path, omero: bool = True) -> None:

@@ -264,6 +264,28 @@ def test_the_rasters_are_what_spatialdata_writes(small_run, tmp_path, monkeypatc
         assert (ours / rel).read_bytes() == (theirs / rel).read_bytes()
 
 
+def test_the_labels_table_is_the_table_spatialdata_writes(small_run, tmp_path):
+    """The labels table, copied from the first table with its region changed, is file for file
+    what spatialdata writes for it.
+    """
+    from spatialdata import SpatialData
+
+    from stseg_dist.export import open_run
+    from stseg_dist.export import spatialdata as S
+
+    chip, run = small_run
+    others = S.build(open_run(str(run), str(chip)), rasters=False)
+    S._write_others(others, tmp_path / "ours.zarr")
+    with S.warnings_quiet():
+        SpatialData(tables=dict(others.tables)).write(tmp_path / "theirs.zarr")
+    ours, theirs = tmp_path / "ours.zarr" / "tables", tmp_path / "theirs.zarr" / "tables"
+    files = sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file())
+    assert any(f.parts[0] == "cell_labels_table" for f in files)
+    assert files == sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    for f in files:
+        assert (ours / f).read_bytes() == (theirs / f).read_bytes(), f
+
+
 def assert_same_rasters(ours, theirs, levels: int | None = None) -> None:
     """Two stores' images and labels are equal level for level, with byte-identical zarr.json."""
     a, b = sd.read_zarr(ours), sd.read_zarr(theirs)
