@@ -281,7 +281,9 @@ def points_part(
     df = df[first + [c for c in df.columns if c not in first]]
     df.index = pd.RangeIndex(int(start), int(start) + len(df), name=DASK_INDEX)
     out = pa.Table.from_pandas(df, preserve_index=True)
-    pq.write_table(out, dst, compression="snappy")
+    # dictionary pages on the gene only (as transcripts.parquet): the same rows read back, and
+    # 7x faster to write than pyarrow's default of trying them on every column
+    pq.write_table(out, dst, compression="snappy", use_dictionary=[K.GENE])
     return len(df)
 
 
