@@ -25,8 +25,10 @@ import hashlib
 import importlib.metadata as md
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -330,12 +332,15 @@ def _run_passes(run: Run) -> dict:
     if type(run.method).find_seeds is not CellMethod.find_seeds:
         with run.timed("seeds"):
             _seeds(run, ctx)
-    with run.timed("cells"):
-        _cells(run, ctx)
-    _import_in_background(run)  # while the driver waits for the boundary tiles
-    rasters = _store_rasters_in_background(run, ctx)
-    points = None
+    rasters = points = None
     try:
+        with run.timed("cells"):
+            _create_labels(run, ctx)
+            _import_in_background(run)  # while the driver waits for the cell tiles
+            rasters = _store_rasters_in_background(run, ctx)  # metadata now, blocks after
+            _cells(run, ctx)
+        if rasters is not None:  # the label arrays are final: the store's raster blocks may run
+            rasters.release(not run.failed)
         with run.timed("outputs"):
             with run.timed("outputs.tables"):
                 cells = _cell_table(run, ctx)
@@ -348,14 +353,15 @@ def _run_passes(run: Run) -> dict:
             with run.timed("spatialdata"):
                 _spatialdata(run, ctx, rasters, points)
             rasters = points = None
-    finally:
+    finally:  # no store (an incomplete run, or a failure): nothing may be left writing
+        if rasters is not None:
+            rasters.release(False)
         for future, folder in ((rasters, _rasters_folder), (points, _points_folder)):
-            if (
-                future is not None
-            ):  # no store (an incomplete run, or a failure): nothing left writing
+            if future is not None:
                 import shutil
 
                 future.exception()  # waits; its error matters only to a store being written
+                future.thread.join()
                 shutil.rmtree(folder(ctx), ignore_errors=True)
     with run.timed("outputs", add=True), run.timed("outputs.publish"):
         publish(
@@ -456,11 +462,15 @@ def _seeds(run: Run, ctx: stages.RunContext) -> None:
     ctx.ids_digest = _digest(ctx.nuclei_tables + ctx.seed_tables)
 
 
-def _cells(run: Run, ctx: stages.RunContext) -> None:
-    """Cells, labels (into a staging labels.zarr) and transcript assignment per tile."""
+def _create_labels(run: Run, ctx: stages.RunContext) -> None:
+    """The staging labels.zarr the cell tiles write into."""
     ctx.labels_url = storage.join(ctx.work.url(ctx.stage("staging")), K.LABELS_ZARR)
     attrs = {"pixel_size_um": run.chip.pixel_size_um, "origin_um": list(run.chip.origin_um)}
     create_labels(ctx.labels_url, run.grid.shape, run.grid.chunk_px, attrs, run.storage_options)
+
+
+def _cells(run: Run, ctx: stages.RunContext) -> None:
+    """Cells, labels (into the staging labels.zarr) and transcript assignment per tile."""
     todo = _todo(run, ctx, ctx.stage(stages.CELLS), "cells")
     outs = run.ex.map(
         stages.cells_tile,
@@ -632,27 +642,49 @@ def _rasters_folder(ctx: stages.RunContext):
     return Path(ctx.work.url(ctx.stage("staging"))) / ".spatialdata-rasters"
 
 
+class _StoreRasters(Future):
+    """The store's rasters being written: the result is their folder. Their metadata is written
+    at once; the blocks wait for :meth:`release` (the label arrays final), and are not written
+    if it says so.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._released = threading.Event()
+        self._go = False
+        self.thread: threading.Thread | None = None
+
+    def release(self, go: bool) -> None:
+        if not self._released.is_set():
+            self._go = go
+            self._released.set()
+
+    def wait_release(self) -> bool:
+        self._released.wait()
+        return self._go
+
+
 def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
-    """Start writing the store's images and labels (they need only the chip and the finished
-    label arrays) while the run writes boundaries and tables: a driver thread writes their
-    metadata (spatialdata's writer, no pixels) and hands the pyramid blocks to the run's tasks
-    (:func:`stages.raster_block`). A future, or None when no store will be written.
+    """Start the store's images and labels once the label arrays exist (they need only those
+    and the chip): a driver thread writes their metadata with spatialdata's writer (no pixels)
+    while the cell tiles run, then, once the cell pass has finished them
+    (:meth:`_StoreRasters.release`), hands the pyramid blocks to the run's tasks
+    (:func:`stages.raster_block`), beside the boundary tiles. None when no store will be
+    written.
     """
     import shutil
-    import threading
-    from concurrent.futures import Future
 
     if not run.spatialdata or run.failed or spatialdata_unavailable(run.out_url):
         return None
     from pathlib import Path
 
     from .export._run import RunFiles
-    from .export.spatialdata import write_rasters
+    from .export.spatialdata import finish_rasters, raster_phases
 
     folder = _rasters_folder(ctx)
     shutil.rmtree(folder, ignore_errors=True)
     files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
-    future: Future = Future()
+    future = _StoreRasters()
 
     def blocks(jobs) -> None:
         outs = run.ex.map(  # no bar: these run beside the boundaries' and tables' own
@@ -667,12 +699,21 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
 
     def write() -> None:
         try:
-            write_rasters(files, folder, blocks)
+            import zarr
+
+            zarr.open_group(str(folder), mode="w")
+            phases = raster_phases(files, folder)
+            if not future.wait_release():
+                raise RuntimeError("the store's rasters were not written: the run stopped first")
+            for jobs in phases:
+                blocks(jobs)
+            finish_rasters(files, folder)
             future.set_result(folder)
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
             future.set_exception(exc)
 
-    threading.Thread(target=write, name="stseg-store-rasters", daemon=True).start()
+    future.thread = threading.Thread(target=write, name="stseg-store-rasters", daemon=True)
+    future.thread.start()
     return future
 
 
@@ -722,7 +763,8 @@ def _store_points_in_background(run: Run, ctx: stages.RunContext, cells: CellTab
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
             future.set_exception(exc)
 
-    threading.Thread(target=write, name="stseg-store-points", daemon=True).start()
+    future.thread = threading.Thread(target=write, name="stseg-store-points", daemon=True)
+    future.thread.start()
     return future
 
 

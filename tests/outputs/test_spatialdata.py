@@ -365,3 +365,30 @@ def test_a_run_failing_after_the_cells_leaves_no_store_being_written(
     assert not list(tmp_path.rglob(".spatialdata-rasters"))
     assert not list(tmp_path.rglob(".spatialdata-points"))
     assert not (tmp_path / "run" / "spatialdata.zarr").exists()
+
+
+def test_a_run_failing_in_the_cell_pass_writes_no_raster_block(small_run, tmp_path, monkeypatch):
+    """The store's raster metadata starts with the cell pass; a run failing in it releases
+    the waiting writer without its blocks, and nothing is left behind.
+    """
+    import threading
+
+    from stseg_dist import driver
+    from tests.outputs.conftest import small_tiles_config
+
+    record = driver._record
+
+    def fail_cells(run, outs, name, *args, **kwargs):
+        if name == "cells":
+            raise RuntimeError("boom in the cell pass")
+        return record(run, outs, name, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "_record", fail_cells)
+    monkeypatch.setattr(driver.stages, "raster_block", None)  # a block would fail loudly
+    chip, _ = small_run
+    with pytest.raises(RuntimeError, match="boom in the cell pass"):
+        driver.run_pipeline(
+            str(chip), str(tmp_path / "run"), small_tiles_config(), local=True, spatialdata=True
+        )
+    assert not any(t.name == "stseg-store-rasters" for t in threading.enumerate())
+    assert not list(tmp_path.rglob(".spatialdata-rasters"))
