@@ -3,8 +3,11 @@
 Elements, all in the ``global`` coordinate system in µm (the label and image grids through a
 scale by the pixel size and a translation to the chip origin):
 
-- ``images/image``: the chip's stain, copied chunk by chunk (never whole in memory);
-- ``labels/cell_labels``, ``labels/nucleus_labels``: the run's label arrays, chunk by chunk;
+- ``images/image``: the chip's stain;
+- ``labels/cell_labels``, ``labels/nucleus_labels``: the run's label arrays (level 0 their
+  own chunk files, copied). Images and labels: spatialdata's writer writes their metadata,
+  then blocks of whole chunks write every pyramid level of themselves (:func:`write_rasters`,
+  ``export/pyramid.py``), in a run as the run's tasks, never whole in memory;
 - ``shapes/cell_boundaries``, ``shapes/nucleus_boundaries``: the GeoParquet outlines, indexed
   by ``cell_id``;
 - ``points/transcripts``: every transcript with ``gene``, ``cell_id`` and ``in_nucleus``,
@@ -15,8 +18,9 @@ scale by the pixel size and a translation to the chip origin):
 - ``tables/table``: ``cells.h5ad`` annotating ``cell_boundaries`` (``region``, ``cell_id``):
   sopa's convention, the table scanpy and squidpy read;
 - ``tables/cell_labels_table``: the same cells annotating ``cell_labels`` (the label values are
-  the cell IDs), so spatialdata-plot can colour the label raster by a column or gene. A table
-  annotates one kind of element here: one table over shapes and labels would list each cell twice.
+  the cell IDs; written as a copy of ``table`` with its region changed), so spatialdata-plot
+  can colour the label raster by a column or gene. A table annotates one kind of element
+  here: one table over shapes and labels would list each cell twice.
 
 The image carries its channel names in OME ``omero`` metadata (spatialdata from 0.7.3 refuses
 an image without them) and, like the labels, a pyramid down to about ``PYRAMID_TOP_PX`` per side.
