@@ -11,6 +11,9 @@ fraction of its own seed's brightness, and a nucleus size learned in ``prepare``
 over the chip. The seam switches measure the distance on the pixels brighter than their
 surroundings (``shape_mask: local``: touching nuclei that the foreground joins split at their
 darker seam) and drop seeds that do not rise above a path to a better pixel (``seed_dynamic``).
+``pixel_classifier`` (on in no preset) adds a random forest's nucleus-interior probability to the
+seed surface, the forest fitted in ``prepare`` on the chip's own confident first-pass nuclei
+(:mod:`.pixel_classifier`).
 Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
