@@ -278,15 +278,22 @@ def _mixture(counts, k: int, iters: int = 100):
     """EM for a mixture of ``k`` multinomials (deterministic k-means++ start): log profiles,
     shares, per-row log posterior (unnormalised) and the log likelihood.
     """
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(counts, dtype=float)
     n, g = counts.shape
     totals = np.asarray(counts.sum(1)).ravel()
     freq = (np.asarray(counts.sum(0)).ravel() + 1.0) / (counts.sum() + g)  # chip, smoothed
-    x = np.asarray(counts.multiply(1.0 / np.maximum(totals, 1)[:, None]).todense())
+    x = sp.csr_matrix(counts.multiply(1.0 / np.maximum(totals, 1)[:, None]))  # stays sparse
+    x_sq = np.asarray(x.multiply(x).sum(1)).ravel()
     rng = np.random.default_rng(0)
-    centres = [x[int(np.argmax(totals))]]
+    centres = [x[int(np.argmax(totals))].toarray().ravel()]
+    d2 = np.full(n, np.inf)
     for _ in range(1, k):
-        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
-        centres.append(x[rng.choice(n, p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(n)])
+        c = centres[-1]
+        d2 = np.minimum(d2, np.maximum(x_sq - 2 * (x @ c) + c @ c, 0))
+        pick = rng.choice(n, p=d2 / d2.sum()) if d2.sum() > 0 else rng.integers(n)
+        centres.append(x[int(pick)].toarray().ravel())
     prof = np.array(centres) + freq
     prof /= prof.sum(1, keepdims=True)
     share = np.full(k, 1.0 / k)
@@ -295,8 +302,8 @@ def _mixture(counts, k: int, iters: int = 100):
         post = np.exp(ll - ll.max(1, keepdims=True))
         post /= post.sum(1, keepdims=True)
         share = post.mean(0) + 1e-12
-        prof = post.T @ counts + freq  # one pseudo-count, spread as the chip's genes
-        prof = np.asarray(prof) / np.asarray(prof).sum(1, keepdims=True)
+        prof = np.asarray((counts.T @ post).T) + freq  # one pseudo-count, as the chip's genes
+        prof /= prof.sum(1, keepdims=True)
     ll = np.asarray(counts @ np.log(prof).T) + np.log(share)
     top = ll.max(1, keepdims=True)
     loglik = float((top.ravel() + np.log(np.exp(ll - top).sum(1))).sum())
