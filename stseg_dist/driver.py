@@ -456,9 +456,10 @@ def _seeds(run: Run, ctx: stages.RunContext) -> None:
 
 
 def _spillover_model(run: Run, ctx: stages.RunContext):
-    """``cells.spillover.rule: diffusion``: the chip's cell types (from every nucleus's and
-    seed's counts, summed over tile cores) and its diffusion prior (fitted to a histogram summed
-    over tile cores), both the same at any tiling. Recomputed on resume (deterministic).
+    """``cells.spillover.rule: diffusion``: the chip's cell types (from every nucleus's counts,
+    summed over tile cores) and its diffusion prior (fitted to a histogram summed over tile
+    cores), both the same at any tiling and for any cell method. Recomputed on resume
+    (deterministic).
     """
     from functools import partial
 
@@ -491,6 +492,7 @@ def _spillover_model(run: Run, ctx: stages.RunContext):
         hist, run.chip.pixel_size_um, reach, cfg.significance
     )
     state.n_pairs = int(hist.sum())
+    state.n_nuclei = int(run.counts.get("n_nuclei", 0))
     return state
 
 

@@ -278,5 +278,9 @@ def test_the_diffusion_rule_moves_by_the_posterior():
     assert moved.tolist() == [True, False, False] and got.tolist() == [2, 1, 1]
     # no significant decay: nothing moves, however well the neighbour fits
     assert not reassign(*args, _toy_state(0.0))[1].any()
+    # cell 2 grew from a seed (IDs above n_nuclei): it takes nothing, and cell 1 keeps its own
+    seeded = _toy_state(0.4)
+    seeded.n_nuclei = 1
+    assert not reassign(*args, seeded)[1].any()
     with pytest.raises(ValueError, match="DiffusionState"):
         reassign(*args)
