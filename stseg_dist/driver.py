@@ -474,7 +474,7 @@ def _spillover_model(run: Run, ctx: stages.RunContext):
             run.ex.map(stages.apply_to_tile_data, ctx, jobs, desc=desc, resources=tasks)
         )
 
-    parts = map_tiles(partial(S.compartment_counts, n_genes=n_genes), "spillover types")
+    parts = map_tiles(partial(S.compartment_counts, n_genes=n_genes), "spillover")
     ids, counts = S.merge_counts(parts, n_genes)
     state = S.fit_types(ids, counts, cfg.max_types)
     reach = cfg.reach(run.config)
@@ -485,7 +485,7 @@ def _spillover_model(run: Run, ctx: stages.RunContext):
             reach_um=reach,
             expansion_um=run.config.cells.expansion.distance_um,
         ),
-        "spillover decay",
+        "spillover",
     )
     hist = np.sum(hists, axis=0)
     state.baseline, state.amplitude, state.scale_um, state.lrt = S.fit_decay(
