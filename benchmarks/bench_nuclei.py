@@ -8,9 +8,10 @@ Nuclei sources: ``vendor`` (the bundle's nuclei: Xenium polygons; CosMx rebuilt 
 CellComp == "Nuclear"), ``classical-old`` (the classical backend with every switch of the
 improved backend off, i.e. the backend before it; on a tree without those switches this is the
 backend as it is), ``classical-noseam`` (today's classical with the seam switches of issue 24's
-second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``) and ``classical`` (today's
-classical defaults; shown only where they differ from ``classical-old``). Each crop runs with its
-platform preset (configs/<platform>.yaml) and ``cells.method`` set per column;
+second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``), ``classical`` (today's
+classical defaults; shown only where they differ from ``classical-old``) and
+``classical-classifier`` (those plus ``pixel_classifier: true``, issue 24's third pass). Each
+crop runs with its platform preset (configs/<platform>.yaml) and ``cells.method`` set per column;
 ``nuclei.backend`` is set per row.
 
 Reference nuclei are the vendor's (``nuclei.zarr`` of the converted chip; for ``vendor`` rows the
@@ -94,6 +95,11 @@ def sources() -> dict[str, list[str]]:
                 f"nuclei.classical.{k}={v}" for k, v in SEAM_SWITCHES_OFF.items()
             ]
         out["classical"] = ["nuclei.backend=classical"]
+        if "pixel_classifier" in fields:
+            out["classical-classifier"] = [
+                "nuclei.backend=classical",
+                "nuclei.classical.pixel_classifier=true",
+            ]
     else:
         out["classical-old"] = old
     return out
@@ -298,11 +304,15 @@ def run_dsb2018(work: Path) -> list[dict]:
     rows = []
     # the code defaults (no preset: dsb2018 has no platform), then the Xenium preset's classical
     # settings (the dense-tissue and seam switches) with the same overrides
-    runs = [(src, items, None) for src, items in sources().items() if src != "vendor"]
+    runs = [  # the classifier needs the presets' intensity seeds: with the presets only
+        (src, items, None)
+        for src, items in sources().items()
+        if src not in ("vendor", "classical-classifier")
+    ]
     runs += [
         (f"{src} (xenium preset)", items, str(REPO / "configs" / "xenium.yaml"))
         for src, items in sources().items()
-        if src in ("classical-noseam", "classical")
+        if src in ("classical-noseam", "classical", "classical-classifier")
     ]
     for src, items, preset in runs:
         cfg = load_config(preset, overrides=parse_set([*items, *dsb]), use_env=False)

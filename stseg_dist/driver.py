@@ -332,6 +332,10 @@ def _run_passes(run: Run) -> dict:
     if type(run.method).find_seeds is not CellMethod.find_seeds:
         with run.timed("seeds"):
             _seeds(run, ctx)
+    spill = run.config.cells.spillover
+    if spill.active(run.config) and spill.rule == "diffusion":
+        with run.timed("spillover"):
+            ctx.spillover_state = _spillover_model(run, ctx)
     rasters = points = None
     try:
         with run.timed("cells"):
@@ -460,6 +464,47 @@ def _seeds(run: Run, ctx: stages.RunContext) -> None:
     ctx.seed_tables = assign_global_ids(seed_moments, start=run.counts["n_nuclei"] + 1)
     run.counts["n_seeds"] = sum(len(m[0]) for m in seed_moments)
     ctx.ids_digest = _digest(ctx.nuclei_tables + ctx.seed_tables)
+
+
+def _spillover_model(run: Run, ctx: stages.RunContext):
+    """``cells.spillover.rule: diffusion``: the chip's cell types (from every nucleus's counts,
+    summed over tile cores) and its diffusion prior (fitted to a histogram summed over tile
+    cores), both the same at any tiling and for any cell method. Recomputed on resume
+    (deterministic).
+    """
+    from functools import partial
+
+    from . import spillover as S
+
+    cfg, n_genes = run.config.cells.spillover, len(ctx.genes)
+    tasks = replace(run.resources("cells"), actors=0)
+
+    def map_tiles(fn, desc):
+        jobs = [(fn, tile.index) for tile in run.grid]
+        return _results(
+            run.ex.map(stages.apply_to_tile_data, ctx, jobs, desc=desc, resources=tasks)
+        )
+
+    parts = map_tiles(partial(S.compartment_counts, n_genes=n_genes), "spillover")
+    ids, counts = S.merge_counts(parts, n_genes)
+    state = S.fit_types(ids, counts, cfg.max_types)
+    reach = cfg.reach(run.config)
+    hists = map_tiles(
+        partial(
+            S.decay_histogram,
+            state=state,
+            reach_um=reach,
+            expansion_um=run.config.cells.expansion.distance_um,
+        ),
+        "spillover",
+    )
+    hist = np.sum(hists, axis=0)
+    state.baseline, state.amplitude, state.scale_um, state.lrt = S.fit_decay(
+        hist, run.chip.pixel_size_um, reach, cfg.significance
+    )
+    state.n_pairs = int(hist.sum())
+    state.n_nuclei = int(run.counts.get("n_nuclei", 0))
+    return state
 
 
 def _create_labels(run: Run, ctx: stages.RunContext) -> None:
@@ -851,6 +896,9 @@ def _summary(run: Run, ctx: stages.RunContext, complete: bool) -> dict:
         "warnings": run.warnings,
         "workers": run.workers,
         "method": {"name": run.method.name, **run.method.describe_state(ctx.method_state)},
+        **(
+            {"spillover": ctx.spillover_state.describe()} if ctx.spillover_state is not None else {}
+        ),
         "nuclei": {"backend": run.backend.name, **run.backend.describe_state(ctx.nuclei_state)},
         "resumed_tiles": run.resumed,
         "boundaries": run.outlines,

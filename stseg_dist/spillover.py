@@ -23,6 +23,27 @@ Tile-exact by construction: every input is the same in every tile that sees the 
 A transcript on its own cell's nucleus or seed never moves, nor one outside every cell. With
 ``background_ratio`` a transcript that no neighbour takes and that its own cell explains that many
 times worse than uniform expression goes to background.
+
+``rule: diffusion`` replaces the fixed ratio with a posterior whose every number the chip decides
+(cellAdmix's cell-type profiles, Proseg's diffusion; :class:`DiffusionState`, fitted chip-wide
+before the cells pass by :func:`fit_types` and :func:`fit_decay`):
+
+- Profiles are **cell types**, not single nuclei: a mixture of multinomials over the chip's
+  nucleus counts, its number of types chosen by BIC; a cell's profile is its nucleus's
+  posterior mix of the types. Cells grown from a seed (no nucleus) neither give nor take: a seed
+  is the method's own guess from transcript density, no independent profile (on MERFISH U2-OS
+  its two seed cells made most of the moves, 73% of them against the reference). Cells of one
+  type never trade transcripts, and the profile is not the one nucleus the transcript's gene was
+  counted in.
+- The **prior** that a transcript at distance d outside a neighbour's labels came from it is
+  ``s * exp(-d / scale)``, fitted by maximum likelihood to how neighbour-like (by the type
+  likelihood ratio) transcripts are as a function of d, across the borders of the nuclei expanded
+  by ``cells.expansion.distance_um``; a flat part ``c`` takes what does not decay (profiles that
+  misfit a cytoplasm at any distance). Where the decay is not significant (likelihood-ratio test
+  against a flat share, p above ``significance``) s is 0 and nothing moves: the chip shows no
+  leakage that expression could undo.
+- A transcript moves to the neighbour whose posterior beats its own cell's:
+  ``prior_B * p(g | B) > (1 - sum of priors) * p(g | A)``.
 """
 
 from __future__ import annotations
@@ -31,6 +52,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+#: how a transcript's move is decided (see the module doc)
+RULES = ("ratio", "diffusion")
 
 
 @dataclass
@@ -50,6 +74,16 @@ class SpilloverConfig:
     # this many times worse than the chip's average does (null: never). Measured: lowers ARI on
     # CosMx fov2 and MERFISH U2-OS at every ratio tried (docs/accuracy_frontier.md).
     background_ratio: float | None = None
+    # ratio: a neighbour's nucleus explains the gene min_ratio times better (the earlier rule);
+    # diffusion: the chip's cell types and diffusion decide (module doc). Measured
+    # (docs/accuracy_frontier.md): diffusion keeps the transcript ARI on CosMx fov2 and MERFISH
+    # U2-OS (nothing moves there: no significant decay), ratio lowers it; ratio lowers MECR more
+    # on xenium_lung_preview, where the chip supports one type only and diffusion moves nothing.
+    rule: str = "ratio"
+    # diffusion: the p-value below which the chip's distance decay counts (likelihood-ratio test
+    # against a flat neighbour share); 1 takes whatever decay is fitted
+    significance: float = 0.001
+    max_types: int = 12  # diffusion: the most cell types BIC may choose among (1 .. max_types)
 
     def active(self, root) -> bool:
         """``enabled``, resolved: null follows the UCS coverage knob."""
@@ -80,6 +114,23 @@ class SpilloverConfig:
             raise ConfigError(
                 f"{key}.background_ratio must be at least 1 or null, got {self.background_ratio}"
             )
+        if self.rule not in RULES:
+            raise ConfigError(f"{key}.rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not 0 < self.significance <= 1:
+            raise ConfigError(f"{key}.significance must be in (0, 1], got {self.significance}")
+        if not self.max_types >= 1:
+            raise ConfigError(f"{key}.max_types must be at least 1, got {self.max_types}")
+        if self.rule == "diffusion":
+            from .tiling import halo_um
+
+            # the decay's pseudo-cells near a core transcript must be whole in every window
+            need = self.reach(root) + root.cells.expansion.distance_um + root.nuclei.diameter_um
+            if halo_um(root, 0.0) < need:
+                raise ConfigError(
+                    f"{key}.rule diffusion needs a halo of at least reach_um + "
+                    f"cells.expansion.distance_um + nuclei.diameter_um ({need} µm); "
+                    f"tiling.halo_um is {root.tiling.halo_um}"
+                )
 
 
 def _profiles(home: np.ndarray, genes: np.ndarray, n_genes: int):
@@ -100,46 +151,21 @@ def _lookup(sorted_keys, values, query):
     return np.where(sorted_keys[k] == query, values[k], 0)
 
 
-def reassign(
-    labels: np.ndarray,
-    nuclei: np.ndarray,
-    seeds: np.ndarray | None,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    genes: np.ndarray,
-    cell_id: np.ndarray,
-    n_genes: int,
-    pixel_size_um: float,
-    cfg: SpilloverConfig,
-    reach_um: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each transcript's cell after spillover, and which ones moved (see the module doc).
-
-    ``reach_um``: the resolved reach (``SpilloverConfig.reach``; ``cfg.reach_um`` may be null).
-    """
-    genes = np.asarray(genes, np.int64)
-    cell_id = np.asarray(cell_id, np.int64)
-    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+def _compartments(nuclei: np.ndarray, seeds: np.ndarray | None) -> np.ndarray:
+    """Nucleus IDs, with seeds where there is no nucleus."""
     compartment = nuclei.astype(np.int64)
     if seeds is not None:
         compartment = np.where(compartment > 0, compartment, seeds.astype(np.int64))
-    home = compartment[rows, cols]
-    g_all = max(int(n_genes), 1)
-    keys, counts, cells, totals = _profiles(home, genes, g_all)
-    alpha, uniform = cfg.prior_counts, cfg.prior_counts / g_all
+    return compartment
 
-    def log_p(cell, gene):
-        n = _lookup(keys, counts, cell * g_all + gene)
-        total = _lookup(cells, totals, cell)
-        return np.log((n + uniform) / (total + alpha))
 
-    cand = (cell_id > 0) & (home != cell_id)
-    best = cell_id.copy()
-    gain = np.zeros(len(cell_id))
-    own = np.where(cand, log_p(cell_id, genes), 0.0)
-    # candidates sorted by pixel row, so each cell finds those in its box by bisection
+def neighbour_pairs(labels, rows, cols, cell_id, cand, reach_um: float, pixel_size_um: float):
+    """(transcript, neighbour cell, distance in µm to that cell's labels) for every candidate
+    transcript and every other cell of ``labels`` within ``reach_um`` of its pixel (Euclidean),
+    in cell-ID order.
+    """
     idx = np.flatnonzero(cand)
-    idx = idx[np.argsort(rows[idx], kind="stable")]
+    idx = idx[np.argsort(rows[idx], kind="stable")]  # so each cell finds its box by bisection
     by_row = rows[idx]
     lab = labels.astype(np.int64)
     ids = np.unique(lab)
@@ -148,7 +174,7 @@ def reassign(
     compact[lab == 0] = 0
     half = int(np.ceil(reach_um / pixel_size_um))
     h, w = lab.shape
-    # every cell in ID order, so ties go to the lowest ID in every tile alike
+    out_t, out_n, out_d = [], [], []
     for k, box in enumerate(ndi.find_objects(compact)):
         if box is None:
             continue
@@ -161,17 +187,288 @@ def reassign(
         if not len(j):
             continue
         dist = ndi.distance_transform_edt(compact[r0:r1, c0:c1] != k + 1) * pixel_size_um
-        j = j[dist[rows[j] - r0, cols[j] - c0] <= reach_um]
-        if not len(j):
-            continue
-        g = log_p(np.full(len(j), cid), genes[j]) - own[j]
-        win = g > gain[j]
-        best[j[win]], gain[j[win]] = cid, g[win]
-    moved = gain > np.log(cfg.min_ratio)
+        d = dist[rows[j] - r0, cols[j] - c0]
+        near = d <= reach_um
+        out_t.append(j[near])
+        out_n.append(np.full(int(near.sum()), cid, np.int64))
+        out_d.append(d[near])
+    if not out_t:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(out_t), np.concatenate(out_n), np.concatenate(out_d)
+
+
+def _best(t, n, score, n_tx: int):
+    """Per transcript the neighbour of highest score (ties: the lowest ID) and that score
+    (-inf where it has none).
+    """
+    best = np.zeros(n_tx, np.int64)
+    top = np.full(n_tx, -np.inf)
+    if len(t):
+        order = np.lexsort((n, -score, t))
+        first = np.ones(len(order), bool)
+        first[1:] = t[order][1:] != t[order][:-1]
+        order = order[first]
+        best[t[order]], top[t[order]] = n[order], score[order]
+    return best, top
+
+
+# -- rule: diffusion (cell types and the chip's diffusion curve) ------------------------------
+@dataclass
+class DiffusionState:
+    """The chip-wide model of ``rule: diffusion``: cell types and the diffusion prior."""
+
+    ids: np.ndarray  # sorted compartment (nucleus or seed) IDs with counts
+    weights: np.ndarray  # (len(ids), K) each compartment's posterior over the types
+    log_profiles: np.ndarray  # (K, n_genes) log expression of each type
+    mix: np.ndarray  # (K,) the types' shares (the profile of a cell with no counts)
+    baseline: float = 0.0  # c: neighbour share that does not decay with distance
+    amplitude: float = 0.0  # s: the prior at distance 0 (0 where the decay is not significant)
+    scale_um: float = 1.0  # the decay length
+    lrt: float = 0.0  # likelihood-ratio statistic of the decay against a flat share
+    n_pairs: int = 0  # transcript-neighbour pairs the decay was fitted on
+    # cells with an ID above it grew from a seed (no nucleus): they neither give nor take
+    n_nuclei: int | None = None
+
+    @property
+    def n_types(self) -> int:
+        return int(len(self.mix))
+
+    def log_p(self, cells: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        """The log of p(gene | cell) under the cell's mix of types."""
+        cells = np.asarray(cells, np.int64)
+        k = np.minimum(np.searchsorted(self.ids, cells), max(len(self.ids) - 1, 0))
+        found = (self.ids[k] == cells) if len(self.ids) else np.zeros(len(cells), bool)
+        w = np.where(found[:, None], self.weights[k] if len(self.ids) else 0.0, self.mix[None])
+        return np.log(np.einsum("ik,ik->i", w, np.exp(self.log_profiles[:, genes].T)))
+
+    def prior(self, distance_um: np.ndarray) -> np.ndarray:
+        return self.amplitude * np.exp(-np.asarray(distance_um) / self.scale_um)
+
+    def describe(self) -> dict:
+        return {
+            "rule": "diffusion",
+            "n_types": self.n_types,
+            "amplitude": round(float(self.amplitude), 4),
+            "scale_um": round(float(self.scale_um), 3),
+            "baseline": round(float(self.baseline), 4),
+            "lrt": round(float(self.lrt), 2),
+            "n_pairs": int(self.n_pairs),
+        }
+
+
+def compartment_counts(data, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nucleus * n_genes + gene, count) of the tile's core transcripts on a nucleus: summed over
+    tiles, every nucleus's counts chip-wide, whatever the tiling. Seeds are left out: a method
+    draws them (from transcript density), so they are no independent profile.
+    """
+    tx = data.transcripts
+    home = data.nuclei.astype(np.int64)[tx.row, tx.col]
+    sel = tx.in_core & (home > 0)
+    return np.unique(home[sel] * n_genes + tx.gene[sel].astype(np.int64), return_counts=True)
+
+
+def merge_counts(parts, n_genes: int):
+    """Sorted compartment IDs and their (compartments x genes) sparse counts."""
+    import scipy.sparse as sp
+
+    keys = np.concatenate([k for k, _ in parts]) if parts else np.zeros(0, np.int64)
+    vals = np.concatenate([v for _, v in parts]) if parts else np.zeros(0, np.int64)
+    keys, inv = np.unique(keys, return_inverse=True)
+    vals = np.bincount(inv, vals, len(keys))
+    ids, row = np.unique(keys // n_genes, return_inverse=True)
+    counts = sp.csr_matrix((vals, (row, keys % n_genes)), shape=(len(ids), n_genes))
+    return ids, counts
+
+
+def _mixture(counts, k: int, iters: int = 100):
+    """EM for a mixture of ``k`` multinomials (deterministic k-means++ start): log profiles,
+    shares, per-row log posterior (unnormalised) and the log likelihood.
+    """
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(counts, dtype=float)
+    n, g = counts.shape
+    totals = np.asarray(counts.sum(1)).ravel()
+    freq = (np.asarray(counts.sum(0)).ravel() + 1.0) / (counts.sum() + g)  # chip, smoothed
+    x = sp.csr_matrix(counts.multiply(1.0 / np.maximum(totals, 1)[:, None]))  # stays sparse
+    x_sq = np.asarray(x.multiply(x).sum(1)).ravel()
+    rng = np.random.default_rng(0)
+    centres = [x[int(np.argmax(totals))].toarray().ravel()]
+    d2 = np.full(n, np.inf)
+    for _ in range(1, k):
+        c = centres[-1]
+        d2 = np.minimum(d2, np.maximum(x_sq - 2 * (x @ c) + c @ c, 0))
+        pick = rng.choice(n, p=d2 / d2.sum()) if d2.sum() > 0 else rng.integers(n)
+        centres.append(x[int(pick)].toarray().ravel())
+    prof = np.array(centres) + freq
+    prof /= prof.sum(1, keepdims=True)
+    share = np.full(k, 1.0 / k)
+    for _ in range(iters):
+        ll = counts @ np.log(prof).T + np.log(share)
+        post = np.exp(ll - ll.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+        share = post.mean(0) + 1e-12
+        prof = np.asarray((counts.T @ post).T) + freq  # one pseudo-count, as the chip's genes
+        prof /= prof.sum(1, keepdims=True)
+    ll = np.asarray(counts @ np.log(prof).T) + np.log(share)
+    top = ll.max(1, keepdims=True)
+    loglik = float((top.ravel() + np.log(np.exp(ll - top).sum(1))).sum())
+    return np.log(prof), share, ll, loglik
+
+
+def fit_types(ids: np.ndarray, counts, max_types: int) -> DiffusionState:
+    """Cell types of the chip's nuclei: the mixture of multinomials whose number of types
+    (1 .. ``max_types``, at most one per compartment) has the lowest BIC.
+    """
+    n, g = counts.shape
+    best = None
+    for k in range(1, max(1, min(int(max_types), n)) + 1):
+        log_prof, share, ll, loglik = _mixture(counts, k)
+        bic = -2.0 * loglik + (k * (g - 1) + k - 1) * np.log(max(n, 1))
+        if best is None or bic < best[0]:
+            best = (bic, log_prof, share, ll)
+    if best is None:  # no compartment holds a transcript: one flat type
+        return DiffusionState(ids, np.ones((len(ids), 1)), np.full((1, g), -np.log(g)), np.ones(1))
+    _, log_prof, share, ll = best
+    post = np.exp(ll - ll.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    return DiffusionState(ids, post, log_prof, share)
+
+
+#: the decay's histogram: distances in bins of one pixel, log likelihood ratios in 0.1 steps
+LR_EDGES = np.linspace(-15.0, 15.0, 301)
+
+
+def decay_histogram(
+    data, state: DiffusionState, reach_um: float, expansion_um: float
+) -> np.ndarray:
+    """Counts of (distance to a neighbour's labels in pixels, log likelihood ratio of the
+    neighbour's profile over the own cell's) for the tile's core transcripts, on the nuclei
+    expanded by ``expansion_um`` (labels a core transcript's neighbours share with every tile:
+    the halo holds twice the cell diameter plus a nucleus).
+    """
+    from skimage.segmentation import expand_labels
+
+    tx = data.transcripts
+    compartment = data.nuclei.astype(np.int64)  # nuclei only, as the types
+    labels = expand_labels(compartment, distance=expansion_um / data.pixel_size_um)
+    cell = labels[tx.row, tx.col].astype(np.int64)
+    cand = tx.in_core & (cell > 0) & (compartment[tx.row, tx.col] != cell)
+    genes = tx.gene.astype(np.int64)
+    t, n, d = neighbour_pairs(labels, tx.row, tx.col, cell, cand, reach_um, data.pixel_size_um)
+    lr = state.log_p(n, genes[t]) - state.log_p(cell[t], genes[t])
+    n_d = int(np.ceil(reach_um / data.pixel_size_um)) + 1
+    d_bin = np.minimum(np.round(d / data.pixel_size_um).astype(np.int64), n_d - 1)
+    lr_bin = np.clip(np.round((lr - LR_EDGES[0]) / 0.1).astype(np.int64), 0, len(LR_EDGES) - 1)
+    return np.bincount(d_bin * len(LR_EDGES) + lr_bin, minlength=n_d * len(LR_EDGES)).reshape(
+        n_d, len(LR_EDGES)
+    )
+
+
+def fit_decay(
+    hist: np.ndarray, pixel_size_um: float, reach_um: float, significance: float
+) -> tuple[float, float, float, float]:
+    """Maximum likelihood of the neighbour share ``c + s exp(-d / scale)`` given each pair's
+    likelihood ratio (a pair is neighbour-born with that share): (c, s, scale, LRT). ``s`` is 0
+    where the decay does not beat a flat share at ``significance`` (chi-squared, 2 d.o.f.).
+    """
+    from scipy.optimize import minimize
+    from scipy.stats import chi2
+
+    d_i, l_j = np.nonzero(hist)
+    w = hist[d_i, l_j].astype(float)
+    if not len(w):
+        return 0.0, 0.0, 1.0, 0.0
+    d = d_i * pixel_size_um
+    ratio = np.exp(LR_EDGES[l_j])
+
+    def nll(p):
+        c, s, scale = p
+        share = np.clip(c + s * np.exp(-d / scale), 1e-9, 1 - 1e-9)
+        return -(w * np.log(share * ratio + 1 - share)).sum()
+
+    bounds = [(0.0, 1.0), (0.0, 1.0), (pixel_size_um / 2, reach_um)]
+    flat = minimize(lambda p: nll([p[0], 0.0, 1.0]), [0.2], bounds=bounds[:1])
+    best = min(
+        (
+            minimize(nll, [float(flat.x[0]), 0.1, scale], bounds=bounds)
+            for scale in (0.5, 1.0, 2.0, 4.0)
+        ),
+        key=lambda r: r.fun,
+    )
+    c, s, scale = (float(v) for v in best.x)
+    lrt = max(0.0, 2.0 * float(flat.fun - best.fun))
+    if significance < 1 and lrt < chi2.ppf(1.0 - significance, 2):
+        c, s = float(flat.x[0]), 0.0  # no decay the chip tells from a flat share: no leakage
+    return c, s, scale, lrt
+
+
+# -- the pass --------------------------------------------------------------------------------
+def reassign(
+    labels: np.ndarray,
+    nuclei: np.ndarray,
+    seeds: np.ndarray | None,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    genes: np.ndarray,
+    cell_id: np.ndarray,
+    n_genes: int,
+    pixel_size_um: float,
+    cfg: SpilloverConfig,
+    reach_um: float,
+    state: DiffusionState | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each transcript's cell after spillover, and which ones moved (see the module doc).
+
+    ``reach_um``: the resolved reach (``SpilloverConfig.reach``; ``cfg.reach_um`` may be null).
+    ``state``: the chip's model, required by ``rule: diffusion``.
+    """
+    genes = np.asarray(genes, np.int64)
+    cell_id = np.asarray(cell_id, np.int64)
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    home = _compartments(nuclei, seeds)[rows, cols]
+    cand = (cell_id > 0) & (home != cell_id)
+    t, n, d = neighbour_pairs(labels, rows, cols, cell_id, cand, reach_um, pixel_size_um)
+    if cfg.rule == "diffusion":
+        if state is None:
+            raise ValueError("cells.spillover.rule 'diffusion' needs the chip's DiffusionState")
+        if state.n_nuclei is not None:  # seed-grown cells neither give nor take
+            cand &= cell_id <= state.n_nuclei
+            keep = cand[t] & (n <= state.n_nuclei)
+            t, n, d = t[keep], n[keep], d[keep]
+        own = np.where(cand, state.log_p(cell_id, genes), 0.0)
+        prior = state.prior(d)
+        rest = 1.0 - np.bincount(t, prior, len(cell_id))
+        with np.errstate(divide="ignore"):
+            score = (
+                np.log(prior)
+                + state.log_p(n, genes[t])
+                - own[t]
+                - np.log(np.maximum(rest[t], 1e-9))
+            )
+        best, top = _best(t, n, score, len(cell_id))
+        moved = top > 0.0
+    else:
+        g_all = max(int(n_genes), 1)
+        keys, counts, cells, totals = _profiles(home, genes, g_all)
+        alpha, uniform = cfg.prior_counts, cfg.prior_counts / g_all
+
+        def log_p(cell, gene):
+            k = _lookup(keys, counts, cell * g_all + gene)
+            total = _lookup(cells, totals, cell)
+            return np.log((k + uniform) / (total + alpha))
+
+        own = np.where(cand, log_p(cell_id, genes), 0.0)
+        best, top = _best(t, n, log_p(n, genes[t]) - own[t], len(cell_id))
+        moved = top > np.log(cfg.min_ratio)
     out = np.where(moved, best, cell_id)
     if cfg.background_ratio is not None:
         # fits no cell: its own cell explains it this many times worse than uniform expression
-        lost = cand & ~moved & (own < np.log(1.0 / g_all) - np.log(cfg.background_ratio))
+        lost = (
+            cand
+            & ~moved
+            & (own < np.log(1.0 / max(int(n_genes), 1)) - np.log(cfg.background_ratio))
+        )
         out = np.where(lost, 0, out)
         moved |= lost
     return out, moved

@@ -54,6 +54,7 @@ class RunContext:
         None  # what NucleiBackend.prepare returned (e.g. the chip-wide threshold)
     )
     method_state: object = None  # what CellMethod.prepare returned (e.g. trained weights)
+    spillover_state: object = None  # cells.spillover.rule diffusion: the chip's DiffusionState
     ids_digest: str = ""  # fingerprint of the global IDs; cell-pass checkpoints are keyed by it
 
     def stage(self, name: str) -> str:
@@ -187,6 +188,7 @@ def cells_tile(ctx: RunContext, method: CellMethod, tile: Tile) -> dict:
             data.pixel_size_um,
             ctx.config.cells.spillover,
             ctx.config.cells.spillover.reach(ctx.config),
+            ctx.spillover_state,
         )
         result = replace(result, cell_id=cell_id)
 

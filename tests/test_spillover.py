@@ -134,6 +134,11 @@ def test_the_reach_defaults_to_the_nucleus_diameter():
         ("cells.spillover.min_ratio=0.5", "min_ratio must be at least 1"),
         ("cells.spillover.prior_counts=0", "prior_counts must be positive"),
         ("cells.spillover.background_ratio=0.5", "background_ratio must be at least 1"),
+        ("cells.spillover.rule=bayes", "cells.spillover.rule must be one of ratio, diffusion"),
+        ("cells.spillover.significance=0", r"cells.spillover.significance must be in \(0, 1\]"),
+        ("cells.spillover.significance=1.5", r"cells.spillover.significance must be in"),
+        ("cells.spillover.max_types=0", "cells.spillover.max_types must be at least 1"),
+        ("cells.spillover.max_types=2.5", "'cells.spillover.max_types' must be an integer"),
     ],
 )
 def test_bad_spillover_settings(item, fragment):
@@ -143,9 +148,25 @@ def test_bad_spillover_settings(item, fragment):
         ).validate()
 
 
-def test_spillover_is_tile_exact_and_counted(tmp_path):
+def test_the_diffusion_rule_refuses_a_halo_too_small_for_its_pseudo_cells():
+    items = ["cells.spillover.enabled=true", "cells.spillover.rule=diffusion", "tiling.halo_um=10"]
+    with pytest.raises(ConfigError, match="cells.spillover.rule diffusion needs a halo"):
+        load_config(overrides=parse_set(items), use_env=False).validate()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        ["cells.spillover.rule=ratio"],
+        # significance 1: the fitted decay moves transcripts whatever its test says
+        ["cells.spillover.rule=diffusion", "cells.spillover.significance=1"],
+    ],
+    ids=["ratio", "diffusion"],
+)
+def test_spillover_is_tile_exact_and_counted(tmp_path, rule):
     """Expansion + spillover on a generated chip with cell types: the same transcripts move at
-    every tiling, run.json counts them, and the cells' counts follow the moves.
+    every tiling, run.json counts them, and the cells' counts follow the moves. The diffusion
+    rule's chip-wide model (types, decay) is the same at every tiling too.
     """
     from stseg_dist.synth import synth_chip
     from tests.test_tile_invariance import _same_at_every_tiling
@@ -153,12 +174,113 @@ def test_spillover_is_tile_exact_and_counted(tmp_path):
     chip = str(tmp_path / "chip")
     synth_chip(chip, 100, 100, seed=5, vendor_nuclei=True)
     one = _same_at_every_tiling(
-        chip, tmp_path, [24, 44], "nuclei.backend=vendor", "cells.spillover.enabled=true"
+        chip, tmp_path, [24, 44], "nuclei.backend=vendor", "cells.spillover.enabled=true", *rule
     )
     tx = pd.read_parquet(one / "transcripts.parquet")
     n_moved = int(tx.spillover_moved.sum())
     assert n_moved > 0
-    assert json.loads((one / "run.json").read_text())["counts"]["n_spillover_moved"] == n_moved
+    run = json.loads((one / "run.json").read_text())
+    assert run["counts"]["n_spillover_moved"] == n_moved
+    models = [
+        json.loads((tmp_path / d / "run.json").read_text()).get("spillover")
+        for d in ("one", "t24", "t44")
+    ]
+    assert models[0] == models[1] == models[2]
+    if "cells.spillover.rule=diffusion" in rule:
+        assert models[0]["n_types"] > 1 and models[0]["amplitude"] > 0
     cells = pd.read_parquet(one / "cells.parquet").set_index("cell_id")
     per_cell = tx[tx.cell_id > 0].groupby("cell_id").size()
     assert (cells.n_transcripts.reindex(per_cell.index) == per_cell).all()
+
+
+# -- rule: diffusion ---------------------------------------------------------------------------
+def _two_types(n_per_type=30, depth=40, seed=0):
+    """Counts of nuclei of two types: type 0 expresses genes 0-4, type 1 genes 5-9."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind in (0, 1):
+        p = np.full(10, 0.02)
+        p[kind * 5 : kind * 5 + 5] = 0.18
+        rows += [rng.multinomial(depth, p / p.sum()) for _ in range(n_per_type)]
+    return np.arange(1, 2 * n_per_type + 1), sp.csr_matrix(np.array(rows))
+
+
+def test_the_types_are_as_many_as_bic_supports():
+    from stseg_dist.spillover import fit_types
+
+    ids, counts = _two_types()
+    state = fit_types(ids, counts, 6)
+    assert state.n_types == 2
+    kinds = state.weights.argmax(1)
+    assert len(set(kinds[:30])) == 1 and len(set(kinds[30:])) == 1 and kinds[0] != kinds[30]
+    # one type's nuclei only: one type, so every likelihood ratio is 1 and nothing can move
+    one = fit_types(ids[:30], counts[:30], 6)
+    assert one.n_types == 1
+    assert np.allclose(one.log_p(ids[:3], np.array([0, 5, 9])), one.log_p(ids[3:6], [0, 5, 9]))
+
+
+def _pairs_histogram(share_at, n=40000, px=0.25, reach=8.0, seed=1):
+    """Pairs at distances uniform in [0, reach], neighbour-born with probability share_at(d);
+    a neighbour-born pair's log likelihood ratio is drawn from N(+2, 2^2), another's from
+    N(-2, 2^2): then the value drawn is that pair's true log likelihood ratio.
+    """
+    from stseg_dist.spillover import LR_EDGES
+
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0, reach, n)
+    born = rng.random(n) < share_at(d)
+    lr = np.where(born, 2.0, -2.0) + rng.normal(0, 2.0, n)
+    n_d = int(np.ceil(reach / px)) + 1
+    hist = np.zeros((n_d, len(LR_EDGES)), np.int64)
+    lr_bin = np.clip(np.round((lr - LR_EDGES[0]) / 0.1).astype(int), 0, len(LR_EDGES) - 1)
+    np.add.at(hist, (np.minimum(np.round(d / px).astype(int), n_d - 1), lr_bin), 1)
+    return hist
+
+
+def test_the_decay_is_fitted_and_a_flat_share_moves_nothing():
+    from stseg_dist.spillover import fit_decay
+
+    hist = _pairs_histogram(lambda d: 0.1 + 0.4 * np.exp(-d / 1.5))
+    c, s, scale, lrt = fit_decay(hist, 0.25, 8.0, 0.001)
+    assert abs(c - 0.1) < 0.03 and abs(s - 0.4) < 0.08 and abs(scale - 1.5) < 0.4 and lrt > 100
+    flat = _pairs_histogram(lambda d: np.full_like(d, 0.2))
+    c, s, _, lrt = fit_decay(flat, 0.25, 8.0, 0.001)
+    assert s == 0.0 and abs(c - 0.2) < 0.03 and lrt < 13.8
+    # significance 1 keeps whatever was fitted
+    assert fit_decay(flat, 0.25, 8.0, 1.0)[1] >= 0.0
+
+
+def _toy_state(amplitude, scale_um=1.0):
+    """Two cells (IDs 1, 2) of two types: type 0 expresses gene 0, type 1 gene 1."""
+    from stseg_dist.spillover import DiffusionState
+
+    prof = np.log(np.array([[0.9, 0.1], [0.1, 0.9]]))
+    return DiffusionState(
+        np.array([1, 2]), np.eye(2), prof, np.array([0.5, 0.5]), 0.1, amplitude, scale_um
+    )
+
+
+def test_the_diffusion_rule_moves_by_the_posterior():
+    """Cells 1 (columns 0-9) and 2 (10-19), 0.5 µm pixels: a gene-1 transcript in cell 1 beside
+    the border moves to 2 (prior 0.4 x 9 > 0.6 x 1), one 2 µm away stays (0.4 e^-2 x 9 < 1).
+    """
+    labels = np.zeros((10, 20), np.uint32)
+    labels[:, :10], labels[:, 10:] = 1, 2
+    nuclei = np.zeros_like(labels)
+    nuclei[3:7, 2:5], nuclei[3:7, 15:18] = 1, 2
+    rows, cols, genes = np.array([5, 5, 5]), np.array([9, 5, 9]), np.array([1, 1, 0])
+    cell = labels[rows, cols].astype(np.int64)
+    cfg = SpilloverConfig(enabled=True, rule="diffusion")
+    args = (labels, nuclei, None, rows, cols, genes, cell, 2, 0.5, cfg, 4.0)
+    got, moved = reassign(*args, _toy_state(0.4))
+    assert moved.tolist() == [True, False, False] and got.tolist() == [2, 1, 1]
+    # no significant decay: nothing moves, however well the neighbour fits
+    assert not reassign(*args, _toy_state(0.0))[1].any()
+    # cell 2 grew from a seed (IDs above n_nuclei): it takes nothing, and cell 1 keeps its own
+    seeded = _toy_state(0.4)
+    seeded.n_nuclei = 1
+    assert not reassign(*args, seeded)[1].any()
+    with pytest.raises(ValueError, match="DiffusionState"):
+        reassign(*args)

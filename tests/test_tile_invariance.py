@@ -98,16 +98,25 @@ DENSE = [
 ]
 
 
-@pytest.mark.parametrize("classical", ["defaults", "dense"])
+#: the dense switches plus the pixel classifier trained on the chip's own nuclei
+CLASSIFIER = [*DENSE, "nuclei.classical.pixel_classifier=true"]
+_SWITCHES = {"defaults": [], "dense": DENSE, "classifier": CLASSIFIER}
+
+
+@pytest.mark.parametrize("classical", ["defaults", "dense", "classifier"])
 def test_clusters_longer_than_the_halo(tmp_path, classical):
     """Tiles cut through a cluster of touching nuclei (one foreground component) far longer than
-    the halo, with the classical defaults and with the dense-tissue switches (chip-wide
-    normalisation, threshold and learned size from prepare); the watershed this replaced changed
-    0.3% of nucleus and 1.1% of cell pixels here.
+    the halo, with the classical defaults, with the dense-tissue switches (chip-wide
+    normalisation, threshold and learned size from prepare) and with the pixel classifier too
+    (fitted in prepare on a chip-wide lattice of the first pass's nuclei, one tiling: it is the
+    slowest); the watershed this replaced changed 0.3% of nucleus and 1.1% of cell pixels here.
     """
-    # the dense switches' halo is wider (the local-contrast mask's filter): a longer chain
-    chip = _chain_chip(tmp_path / "chip", shape=(200, 560 if classical == "dense" else 400))
-    one = _same_at_every_tiling(chip, tmp_path, [24, 40], *(DENSE if classical == "dense" else []))
+    # the dense switches' halo is wider (the local-contrast mask's filter, the classifier's
+    # features): a longer chain
+    width = {"defaults": 400, "dense": 560, "classifier": 620}[classical]
+    chip = _chain_chip(tmp_path / "chip", shape=(200, width))
+    sizes = [40] if classical == "classifier" else [24, 40]
+    one = _same_at_every_tiling(chip, tmp_path, sizes, *_SWITCHES[classical])
     import json
 
     import zarr
@@ -116,7 +125,7 @@ def test_clusters_longer_than_the_halo(tmp_path, classical):
     from stseg_dist.nuclei.classical import enhance, normalise
 
     nuclei = zarr.open_array(str(one / "labels.zarr" / "nuclei"), mode="r")[:]
-    run = json.loads((tmp_path / "t24" / "run.json").read_text())
+    run = json.loads((tmp_path / f"t{sizes[0]}" / "run.json").read_text())
     state, halo_px = run["nuclei"], run["grid"]["halo_px"]
     image = zarr.open_array(f"{chip}/image.zarr", mode="r")[:]
     image = image[0] if image.ndim == 3 else image

@@ -11,6 +11,9 @@ fraction of its own seed's brightness, and a nucleus size learned in ``prepare``
 over the chip. The seam switches measure the distance on the pixels brighter than their
 surroundings (``shape_mask: local``: touching nuclei that the foreground joins split at their
 darker seam) and drop seeds that do not rise above a path to a better pixel (``seed_dynamic``).
+``pixel_classifier`` (on in no preset) adds a random forest's nucleus-interior probability to the
+seed surface, the forest fitted in ``prepare`` on the chip's own confident first-pass nuclei
+(:mod:`.pixel_classifier`).
 Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
@@ -30,6 +33,7 @@ from skimage.filters import threshold_otsu
 
 from ..errors import InputError
 from ..imaging.filters import smooth
+from . import pixel_classifier as pc
 from .base import NucleiBackend
 from .config import ClassicalNucleiConfig
 from .split import reach_px, split_nuclei
@@ -146,6 +150,31 @@ def _core_diameters(backend: ClassicalNuclei, state: dict, tile) -> np.ndarray:
     return 2.0 * np.sqrt(area[ids[inside]] / np.pi)
 
 
+def _core_training_samples(backend: ClassicalNuclei, state: dict, tile):
+    """The pixel classifier's training samples in a tile's core, on the chip-wide lattice: chip
+    flat index, features, pseudo-label class (:mod:`.pixel_classifier`), from a first pass.
+    """
+    backend = copy.copy(backend)
+    backend.load(state)
+    rows, cols = tile.window_slices
+    image = backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
+    c = backend.config.nuclei.classical
+    x = backend._normalised(image)
+    d = backend.diameter_px or backend._px(backend.config.nuclei.diameter_um)
+    foreground = enhance(x, c, backend.chip.pixel_size_um) > backend.threshold
+    classes = pc.pseudo_labels(backend.segment_array(image), foreground, d)
+    r0, c0 = (s.start for s in tile.core_in_window)
+    core = classes[tile.core_in_window]
+    gr, gc = (s.start for s in tile.core_slices)
+    lr, lc = pc.lattice(core.shape, (gr, gc))
+    sub = core[np.ix_(lr, lc)]
+    keep = sub != pc.UNLABELLED
+    ii, jj = np.nonzero(keep)
+    features = pc.pixel_features(x, d)[r0 + lr[ii], c0 + lc[jj]]
+    flat = (gr + lr[ii]).astype(np.int64) * 2**31 + (gc + lc[jj])  # chip raster order
+    return flat, features, sub[keep]
+
+
 class ClassicalNuclei(NucleiBackend):
     name = "classical"
     config_type = ClassicalNucleiConfig
@@ -153,6 +182,7 @@ class ClassicalNuclei(NucleiBackend):
     lo: float = 0.0
     hi: float = 1.0
     diameter_px: float | None = None  # learned in prepare; None: nuclei.diameter_um
+    classifier = None  # the pixel classifier fitted in prepare (pixel_classifier); None: off
 
     def _px(self, um: float) -> float:
         return um / self.chip.pixel_size_um
@@ -216,6 +246,10 @@ class ClassicalNuclei(NucleiBackend):
             enhance_px = max(enhance_px, int(4 * c.seed_sigma * d + 0.5))
         if c.shape_mask == "local":
             enhance_px = max(enhance_px, int(4 * c.shape_background * d + 0.5))
+        if c.pixel_classifier:
+            enhance_px = max(
+                enhance_px, pc.feature_reach_px(d) + int(4 * c.classifier_sigma * d + 0.5)
+            )
         p = self._split_params(d)
         return 2 * p["extent_px"] + reach_px(**p) + enhance_px + 1
 
@@ -265,6 +299,15 @@ class ClassicalNuclei(NucleiBackend):
             nominal = self._px(self.config.nuclei.diameter_um)
             learned = float(np.median(d)) if len(d) else nominal
             state["diameter_px"] = float(np.clip(learned, *(np.array(SIZE_RANGE) * nominal)))
+        if c.pixel_classifier:
+            parts = ctx.map_tiles(
+                partial(_core_training_samples, self, state), tiles, desc="pixel classifier"
+            )
+            flat, features, classes = (np.concatenate(p) for p in zip(*parts, strict=True))
+            features, classes = pc.training_set(flat, features, classes)
+            state["classifier_features"], state["classifier_classes"] = features, classes
+            state["classifier_interior_px"] = int((classes == pc.INTERIOR).sum())
+            state["classifier_other_px"] = int((classes == pc.OTHER).sum())
         return state
 
     def describe_state(self, state) -> dict:
@@ -274,6 +317,10 @@ class ClassicalNuclei(NucleiBackend):
         self.threshold = state.get("threshold")
         self.lo, self.hi = state.get("lo", 0.0), state.get("hi", 1.0)
         self.diameter_px = state.get("diameter_px")
+        features = state.get("classifier_features")
+        self.classifier = (
+            None if features is None else pc.fit(features, state["classifier_classes"])
+        )
 
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         c = self.config.nuclei.classical
@@ -284,6 +331,12 @@ class ClassicalNuclei(NucleiBackend):
         if c.seeds == "shape_intensity":
             d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
             extra["surface"] = c.intensity_weight * smooth(x, c.seed_sigma * d)
+        if c.pixel_classifier and self.classifier is not None:
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
+            interior = pc.interior_probability(self.classifier, x, mask, d)
+            extra["surface"] = extra["surface"] + c.classifier_weight * smooth(
+                interior, c.classifier_sigma * d
+            )
         if c.peak_fraction is not None:
             extra["keep"] = smooth(x, self._px(c.sigma_um))
             extra["peak_fraction"] = c.peak_fraction

@@ -58,6 +58,13 @@ class ClassicalNucleiConfig:
     # The diameter the seeds and reach use is the median equivalent diameter of a first pass's
     # nuclei (nuclei.diameter_um for that pass), kept within [0.5, 1.5] x nuclei.diameter_um.
     learn_size: bool = False
+    # A random forest trained in prepare on the chip's own confident first-pass nuclei (cores
+    # against rims, seams and far background; nuclei/pixel_classifier.py) scores each pixel as
+    # nucleus interior; classifier_weight x that probability, smoothed over classifier_sigma
+    # diameters, is added to the seed surface (needs seeds: shape_intensity). No weights needed.
+    pixel_classifier: bool = False
+    classifier_weight: float = 0.25
+    classifier_sigma: float = 0.15
 
     def validate(self, key: str, root: PipelineConfig) -> None:
         bg = self.background_um
@@ -72,6 +79,7 @@ class ClassicalNucleiConfig:
             "seed_radius",
             "shape_sigma",
             "shape_background",
+            "classifier_sigma",
         )
         require(
             self.threshold is None or self.threshold >= 0,
@@ -97,6 +105,15 @@ class ClassicalNucleiConfig:
         require(
             self.seed_dynamic >= 0,
             f"{key}.seed_dynamic must not be negative, got {self.seed_dynamic}",
+        )
+        require(
+            self.classifier_weight >= 0,
+            f"{key}.classifier_weight must not be negative, got {self.classifier_weight}",
+        )
+        require(
+            not self.pixel_classifier or self.seeds == "shape_intensity",
+            f"{key}.pixel_classifier needs {key}.seeds: shape_intensity (it adds to that seed "
+            f"surface), got seeds {self.seeds!r}",
         )
         require(
             self.intensity_weight >= 0,

@@ -156,3 +156,50 @@ def test_ucs_coverage_knob_is_below_the_frontier_on_xenium_lung_preview(tmp_path
     print(ucs, frontier.to_dict("records"), at)
     assert ucs["assigned"] >= 0.9
     assert ucs["mecr"] <= at
+
+
+# cells.spillover.rule=diffusion (issue 25: a pass that lowers MECR must not lower ARI where the
+# reference does not come from marker genes). Measured (docs/accuracy_frontier.md): on CosMx fov2
+# the chip's nuclei support one cell type, and on MERFISH U2-OS the decay is not significant
+# (LRT 1.1), so nothing moves and F1/ARI are unchanged (the ratio rule lowers ARI on all four:
+# 0.5045 -> 0.4835, 0.5092 -> 0.4903, 0.1930 -> 0.1926, 0.7324 -> 0.7233).
+DIFFUSION = ("cells.spillover.enabled=true", "cells.spillover.rule=diffusion")
+
+
+@pytest.mark.parametrize(
+    "crop, method",
+    [
+        ("cosmx_lung12_fov2", "expansion"),
+        ("cosmx_lung12_fov2", "ucs"),
+        ("merfish_u2os", "expansion"),
+        ("merfish_u2os", "ucs"),
+    ],
+)
+def test_the_diffusion_rule_keeps_f1_and_ari(crops, crop, method, tmp_path):
+    ds = crops[crop]
+    base = run_method(ds, method, str(tmp_path / "off"), ["runtime.progress=false"], True)
+    spill = run_method(
+        ds, method, str(tmp_path / "on"), ["runtime.progress=false", *DIFFUSION], True
+    )
+    print({k: (round(base[k], 4), round(spill[k], 4)) for k in ("cell_f1_iou50", "vendor_ari")})
+    assert spill["cell_f1_iou50"] >= base["cell_f1_iou50"]
+    assert spill["vendor_ari"] >= base["vendor_ari"]
+
+
+# And on xenium_breast_top's right half at the vendor's coverage it beats the vendor's cells by
+# the margin on the vendor-nuclei ruler: measured 0.981 / 0.0257 against the vendor's 0.988 /
+# 0.0390 (the ratio rule: 0.0275). On the chip-bin ruler it is 0.0050 below the vendor (0.0308 vs
+# 0.0358), not 0.01: not asserted.
+def test_the_diffusion_rule_at_the_vendors_coverage_on_xenium_breast_right_half(tmp_path):
+    root = shared_data("xenium_breast_top").parent
+    (ds,) = real_datasets(str(tmp_path / "chips"), str(root), ["xenium_breast_top"])
+    ucs = run_method(
+        ds,
+        AT_VENDOR_COVERAGE + ":cells.spillover.rule=diffusion",
+        str(tmp_path / "ucs"),
+        ["runtime.progress=false"],
+        True,
+    )["plane"]["right"]
+    print(ucs)
+    assert ucs["assigned"] >= ucs["vendor_assigned"] - 0.01
+    assert ucs["mecr"] <= ucs["vendor_mecr"] - VENDOR_MECR_MARGIN

@@ -82,15 +82,25 @@ def test_missing_cells_are_found(tmp_path):
     assert n_seeds <= 3 * info["n_missing_nucleus"]  # measured 21-31 seeds: some cells split in two
 
 
-def test_coverage_knob_and_spillover_are_tile_exact(chip, tmp_path):
+@pytest.mark.parametrize(
+    "rule",
+    [
+        ["cells.spillover.rule=ratio"],
+        # significance 1: the fitted decay moves transcripts whatever its test says
+        ["cells.spillover.rule=diffusion", "cells.spillover.significance=1"],
+    ],
+    ids=["ratio", "diffusion"],
+)
+def test_coverage_knob_and_spillover_are_tile_exact(chip, tmp_path, rule):
     """cells.ucs.coverage (the chip-wide distance histogram, the relaxed gate, the fill of cut-off
-    pieces) and the spillover pass give the same cells and assignments at any tiling (in-process
+    pieces) and the spillover pass (either rule; the diffusion rule's chip-wide model with the
+    seeds among its compartments) give the same cells and assignments at any tiling (in-process
     runs: the same kernels as on Ray, see test_pipeline.py).
     """
     from stseg_dist.config import load_config, parse_set
     from stseg_dist.driver import run_pipeline
 
-    items = [*FAST, "cells.ucs.coverage=0.99", "cells.spillover.enabled=true"]
+    items = [*FAST, "cells.ucs.coverage=0.99", "cells.spillover.enabled=true", *rule]
     runs = {}
     for name, tile_um in (("one", 1000), ("many", 48)):
         cfg = load_config(
@@ -104,5 +114,6 @@ def test_coverage_knob_and_spillover_are_tile_exact(chip, tmp_path):
     assert (ta.cell_id.to_numpy() != tb.cell_id.to_numpy()).mean() <= UCS_TILE_TOLERANCE
     moved = [runs[k]["counts"]["n_spillover_moved"] for k in ("one", "many")]
     assert moved[0] == moved[1] > 0
+    assert runs["one"].get("spillover") == runs["many"].get("spillover")
     run = json.loads((tmp_path / "one" / "run.json").read_text())
     assert run["method"]["growth_um"] > 0

@@ -368,6 +368,8 @@ def test_size_is_learned_from_the_chip(nominal_um, expected_px):
         ("shape_mask", "blobs", "shape_mask"),
         ("shape_sigma", 0.0, "shape_sigma must be positive"),
         ("shape_background", 0.04, "shape_sigma must be below nuclei.classical.shape_background"),
+        ("classifier_weight", -0.5, "nuclei.classical.classifier_weight must not be negative"),
+        ("classifier_sigma", 0.0, "nuclei.classical.classifier_sigma must be positive"),
     ],
 )
 def test_bad_classical_settings_rejected(key, value, message):
@@ -449,3 +451,77 @@ def test_local_shape_mask_widens_the_context():
     local = ClassicalNuclei(_config(shape_mask="local"), _FakeChipMeta()).context_px()
     d_max = 1.5 * 8.0 / _FakeChipMeta.pixel_size_um
     assert local - plain >= int(4 * 0.5 * d_max + 0.5) - int(4 * 0.15 * d_max + 0.5)
+
+
+# -- the pixel classifier trained on the chip's own nuclei (pixel_classifier) --------------------
+
+SEAMS_AND_CLASSIFIER = {**_SWITCHES["dense_local"], "pixel_classifier": True}
+
+
+def test_pixel_classifier_needs_intensity_seeds():
+    from stseg_dist.errors import ConfigError
+
+    cfg = _config(seeds="shape", pixel_classifier=True)
+    with pytest.raises(ConfigError, match="nuclei.classical.pixel_classifier needs"):
+        ClassicalNuclei(cfg, _FakeChipMeta())
+
+
+def _assert_same_state(one: dict, many: dict):
+    assert one.keys() == many.keys()
+    for k in one:
+        if isinstance(one[k], np.ndarray):
+            np.testing.assert_array_equal(one[k], many[k], err_msg=k)
+        else:
+            assert one[k] == many[k], k
+
+
+def test_pixel_classifier_is_the_same_at_every_tiling():
+    """Its training set comes from a chip-wide lattice, so 1 tile and 16 give the same samples
+    (hence the same forest); it learns nucleus cores against background.
+    """
+    from stseg_dist.nuclei import pixel_classifier as pc
+
+    rng = np.random.default_rng(1)
+    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
+    img, truth = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
+    img = img.astype(np.uint16)
+    b1, one, n1 = _prepared(img, _config(**SEAMS_AND_CLASSIFIER))
+    b16, many, n16 = _prepared(img, _config(**SEAMS_AND_CLASSIFIER), tile_um=30)
+    assert n1 == 1 and n16 == 16
+    _assert_same_state(one, many)
+    assert one["classifier_interior_px"] > 100 and one["classifier_other_px"] > 100
+    np.testing.assert_array_equal(b1.segment_array(img), b16.segment_array(img))
+    x = b1._normalised(img)
+    p = pc.interior_probability(b1.classifier, x, np.ones(img.shape, bool), b1.diameter_px)
+    cores = ndi.binary_erosion(truth > 0, iterations=3)
+    assert p[cores].mean() > 0.7 and p[~ndi.binary_dilation(truth > 0, iterations=6)].mean() < 0.1
+
+
+def test_pixel_classifier_labels_depend_only_on_pixels_within_the_context():
+    """As the window test above, with the classifier on: its features and the smoothing of its
+    probability are covered by context_px (which grows by their reach).
+    """
+    seams = ClassicalNuclei(_config(**_SWITCHES["dense_local"]), _FakeChipMeta()).context_px()
+    cfg = _config(**SEAMS_AND_CLASSIFIER)
+    ctx = ClassicalNuclei(cfg, _FakeChipMeta()).context_px()
+    assert ctx > seams
+    img = _chains(0, (2 * ctx + 120, 3 * ctx + 60)).astype(np.float32)
+    backend, state, _ = _prepared(img, cfg)
+    assert state["classifier_interior_px"] > 100
+    full = backend.segment_array(img)
+    rng = np.random.default_rng(0)
+    h, w = img.shape
+    for _ in range(4):
+        r0, c0 = rng.integers(0, h - 2 * ctx - 10), rng.integers(0, w - 2 * ctx - 10)
+        r1 = r0 + rng.integers(2 * ctx + 10, h - r0 + 1)
+        c1 = c0 + rng.integers(2 * ctx + 10, w - c0 + 1)
+        win = backend.segment_array(img[r0:r1, c0:c1])
+        zone = np.zeros(win.shape, bool)
+        zone[
+            ctx if r0 else 0 : win.shape[0] - (ctx if r1 < h else 0),
+            ctx if c0 else 0 : win.shape[1] - (ctx if c1 < w else 0),
+        ] = True
+        f, g = full[r0:r1, c0:c1][zone].astype(np.int64), win[zone].astype(np.int64)
+        np.testing.assert_array_equal(f > 0, g > 0)
+        pairs = np.unique(np.stack([f[f > 0], g[g > 0]]), axis=1)
+        assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))

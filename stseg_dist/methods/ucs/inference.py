@@ -213,7 +213,8 @@ def _classify_cells(
         logit = sm * slope + bias
         if w_marker is not None and marker_masks is not None:
             logit = logit + w_marker * marker_masks[p.cell_id]
-        q = np.where(cover, 1.0 / (1.0 + np.exp(-logit)), 0.0)
+        with np.errstate(over="ignore"):  # exp(-logit) overflows to inf: q is then exactly 0
+            q = np.where(cover, 1.0 / (1.0 + np.exp(-logit)), 0.0)
         score = q * sm if prior_weighted else q
         if evidence is not None:
             score = np.log(np.maximum(score, 1e-12)) + evidence[p.cell_id]
