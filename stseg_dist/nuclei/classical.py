@@ -13,7 +13,9 @@ surroundings (``shape_mask: local``: touching nuclei that the foreground joins s
 darker seam) and drop seeds that do not rise above a path to a better pixel (``seed_dynamic``).
 ``pixel_classifier`` (on in no preset) adds a random forest's nucleus-interior probability to the
 seed surface, the forest fitted in ``prepare`` on the chip's own confident first-pass nuclei
-(:mod:`.pixel_classifier`).
+(:mod:`.pixel_classifier`). ``oversize_split`` (on in the Xenium and CosMx presets) cuts a
+nucleus well above the learned nucleus area in two where its stain dips between the halves
+(:mod:`.oversize`).
 Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
