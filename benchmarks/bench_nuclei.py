@@ -9,7 +9,8 @@ CellComp == "Nuclear"), ``classical-old`` (the classical backend with every swit
 improved backend off, i.e. the backend before it; on a tree without those switches this is the
 backend as it is), ``classical-noseam`` (today's classical with the seam switches of issue 24's
 second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``), ``classical`` (today's
-classical defaults; shown only where they differ from ``classical-old``) and
+classical defaults; shown only where they differ from ``classical-old``),
+``classical-nooversize`` (those with the oversize split of issue 24's fourth pass off) and
 ``classical-classifier`` (those plus ``pixel_classifier: true``, issue 24's third pass). Each
 crop runs with its platform preset (configs/<platform>.yaml) and ``cells.method`` set per column;
 ``nuclei.backend`` is set per row.
@@ -83,7 +84,15 @@ def _has_new_classical() -> bool:
     return "learn_size" in _classical_fields()
 
 
+SELECTED: set[str] = set()  # --sources; empty: all
+
+
 def sources() -> dict[str, list[str]]:
+    out = _all_sources()
+    return {k: v for k, v in out.items() if k in SELECTED} if SELECTED else out
+
+
+def _all_sources() -> dict[str, list[str]]:
     out = {"vendor": ["nuclei.backend=vendor"]}
     old = ["nuclei.backend=classical"]
     if _has_new_classical():
@@ -95,6 +104,11 @@ def sources() -> dict[str, list[str]]:
                 f"nuclei.classical.{k}={v}" for k, v in SEAM_SWITCHES_OFF.items()
             ]
         out["classical"] = ["nuclei.backend=classical"]
+        if "oversize_split" in fields:
+            out["classical-nooversize"] = [
+                "nuclei.backend=classical",
+                "nuclei.classical.oversize_split=false",
+            ]
         if "pixel_classifier" in fields:
             out["classical-classifier"] = [
                 "nuclei.backend=classical",
@@ -307,12 +321,12 @@ def run_dsb2018(work: Path) -> list[dict]:
     runs = [  # the classifier needs the presets' intensity seeds: with the presets only
         (src, items, None)
         for src, items in sources().items()
-        if src not in ("vendor", "classical-classifier")
+        if src not in ("vendor", "classical-classifier", "classical-nooversize")
     ]
     runs += [
         (f"{src} (xenium preset)", items, str(REPO / "configs" / "xenium.yaml"))
         for src, items in sources().items()
-        if src in ("classical-noseam", "classical", "classical-classifier")
+        if src in ("classical-noseam", "classical-nooversize", "classical", "classical-classifier")
     ]
     for src, items, preset in runs:
         cfg = load_config(preset, overrides=parse_set([*items, *dsb]), use_env=False)
@@ -375,8 +389,14 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["expansion"])
     p.add_argument("--crops", nargs="+", default=[*CROPS, "dsb2018"])
     p.add_argument("--frontier", nargs="*", type=float, default=[], help="expansion distances")
+    p.add_argument("--sources", nargs="+", help="only these nuclei sources (default: all)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
+    if args.sources:
+        unknown = set(args.sources) - set(sources())
+        if unknown:
+            p.error(f"unknown --sources {sorted(unknown)}; known: {sorted(sources())}")
+        SELECTED.update(args.sources)
     work = Path(args.work)
     rows: list[dict] = []
     equal: list[dict] = []

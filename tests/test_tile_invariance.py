@@ -94,6 +94,7 @@ DENSE = [
         "learn_size=true",
         "shape_mask=local",
         "seed_dynamic=0.025",
+        "oversize_split=true",
     )
 ]
 

@@ -13,7 +13,9 @@ surroundings (``shape_mask: local``: touching nuclei that the foreground joins s
 darker seam) and drop seeds that do not rise above a path to a better pixel (``seed_dynamic``).
 ``pixel_classifier`` (on in no preset) adds a random forest's nucleus-interior probability to the
 seed surface, the forest fitted in ``prepare`` on the chip's own confident first-pass nuclei
-(:mod:`.pixel_classifier`).
+(:mod:`.pixel_classifier`). ``oversize_split`` (on in the Xenium and CosMx presets) cuts a
+nucleus well above the learned nucleus area in two where its stain dips between the halves
+(:mod:`.oversize`).
 Every step looks only a fixed distance away
 (:meth:`ClassicalNuclei.context_px`), and ties are broken by position, so a nucleus is segmented
 identically in every window that holds it and that margin: 1 tile and any tiling give the same
@@ -36,12 +38,14 @@ from ..imaging.filters import smooth
 from . import pixel_classifier as pc
 from .base import NucleiBackend
 from .config import ClassicalNucleiConfig
+from .oversize import split_oversize
 from .split import reach_px, split_nuclei
 
 N_BINS = 4096
 N_RAW_BINS = 65536  # the raw stain's histogram, for its percentiles (exact for 16-bit stains)
 LOG_OFFSET = 0.05  # log(stain + this): the normalised background sits near 0
 SIZE_RANGE = (0.5, 1.5)  # the learned diameter stays within this times nuclei.diameter_um
+OVERSIZE_SIGMA = 0.05  # the stain the oversize split weighs pixels by, smoothed over this x d
 
 
 def normalise(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -137,7 +141,7 @@ def _core_diameters(backend: ClassicalNuclei, state: dict, tile) -> np.ndarray:
     backend.load(state)
     rows, cols = tile.window_slices
     labels = backend.segment_array(
-        backend.chip.read_image(rows, cols, backend.config.nuclei.channel)
+        backend.chip.read_image(rows, cols, backend.config.nuclei.channel), oversize=False
     )
     area = np.bincount(labels.ravel())
     ids = np.flatnonzero(area)
@@ -246,6 +250,8 @@ class ClassicalNuclei(NucleiBackend):
             enhance_px = max(enhance_px, int(4 * c.seed_sigma * d + 0.5))
         if c.shape_mask == "local":
             enhance_px = max(enhance_px, int(4 * c.shape_background * d + 0.5))
+        if c.oversize_split:
+            enhance_px = max(enhance_px, int(4 * OVERSIZE_SIGMA * d + 0.5))
         if c.pixel_classifier:
             enhance_px = max(
                 enhance_px, pc.feature_reach_px(d) + int(4 * c.classifier_sigma * d + 0.5)
@@ -322,7 +328,10 @@ class ClassicalNuclei(NucleiBackend):
             None if features is None else pc.fit(features, state["classifier_classes"])
         )
 
-    def segment_array(self, image: np.ndarray) -> np.ndarray:
+    def segment_array(self, image: np.ndarray, oversize: bool = True) -> np.ndarray:
+        """Nucleus labels of a stain window. ``oversize=False`` skips the oversize split
+        (the first pass that the nucleus size is learned from).
+        """
         c = self.config.nuclei.classical
         x = self._normalised(image)
         mask = enhance(x, c, self.chip.pixel_size_um) > self.threshold
@@ -348,6 +357,10 @@ class ClassicalNuclei(NucleiBackend):
         small = np.bincount(labels.ravel()) < min_area  # whole nuclei: exact wherever they are
         small[0] = False
         labels[small[labels]] = 0
+        if c.oversize_split and oversize:
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
+            stain = smooth(x, OVERSIZE_SIGMA * d)
+            labels = split_oversize(labels, stain, d, c.oversize_area, c.oversize_dip)
         return labels
 
     def segment(self, tile):

@@ -65,6 +65,13 @@ class ClassicalNucleiConfig:
     pixel_classifier: bool = False
     classifier_weight: float = 0.25
     classifier_sigma: float = 0.15
+    # After the watershed, a nucleus over oversize_area x the learned nucleus area (a disc of the
+    # learned diameter) is bisected by stain-weighted 2-means, again on each part, keeping a cut
+    # only where both parts look like nuclei and the stain dips by oversize_dip between them
+    # (nuclei/oversize.py).
+    oversize_split: bool = False
+    oversize_area: float = 1.25
+    oversize_dip: float = 0.1
 
     def validate(self, key: str, root: PipelineConfig) -> None:
         bg = self.background_um
@@ -114,6 +121,15 @@ class ClassicalNucleiConfig:
             not self.pixel_classifier or self.seeds == "shape_intensity",
             f"{key}.pixel_classifier needs {key}.seeds: shape_intensity (it adds to that seed "
             f"surface), got seeds {self.seeds!r}",
+        )
+        require(
+            self.oversize_area > 1,
+            f"{key}.oversize_area must be above 1 (times the learned nucleus area), "
+            f"got {self.oversize_area}",
+        )
+        require(
+            0 < self.oversize_dip < 1,
+            f"{key}.oversize_dip must be in (0, 1), got {self.oversize_dip}",
         )
         require(
             self.intensity_weight >= 0,

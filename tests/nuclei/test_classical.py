@@ -370,6 +370,9 @@ def test_size_is_learned_from_the_chip(nominal_um, expected_px):
         ("shape_background", 0.04, "shape_sigma must be below nuclei.classical.shape_background"),
         ("classifier_weight", -0.5, "nuclei.classical.classifier_weight must not be negative"),
         ("classifier_sigma", 0.0, "nuclei.classical.classifier_sigma must be positive"),
+        ("oversize_area", 1.0, "nuclei.classical.oversize_area must be above 1"),
+        ("oversize_dip", 0.0, r"nuclei.classical.oversize_dip must be in \(0, 1\)"),
+        ("oversize_dip", 1.5, r"nuclei.classical.oversize_dip must be in \(0, 1\)"),
     ],
 )
 def test_bad_classical_settings_rejected(key, value, message):
@@ -509,6 +512,99 @@ def test_pixel_classifier_labels_depend_only_on_pixels_within_the_context():
     backend, state, _ = _prepared(img, cfg)
     assert state["classifier_interior_px"] > 100
     full = backend.segment_array(img)
+    rng = np.random.default_rng(0)
+    h, w = img.shape
+    for _ in range(4):
+        r0, c0 = rng.integers(0, h - 2 * ctx - 10), rng.integers(0, w - 2 * ctx - 10)
+        r1 = r0 + rng.integers(2 * ctx + 10, h - r0 + 1)
+        c1 = c0 + rng.integers(2 * ctx + 10, w - c0 + 1)
+        win = backend.segment_array(img[r0:r1, c0:c1])
+        zone = np.zeros(win.shape, bool)
+        zone[
+            ctx if r0 else 0 : win.shape[0] - (ctx if r1 < h else 0),
+            ctx if c0 else 0 : win.shape[1] - (ctx if c1 < w else 0),
+        ] = True
+        f, g = full[r0:r1, c0:c1][zone].astype(np.int64), win[zone].astype(np.int64)
+        np.testing.assert_array_equal(f > 0, g > 0)
+        pairs = np.unique(np.stack([f[f > 0], g[g > 0]]), axis=1)
+        assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))
+
+
+# -- the oversize split (nuclei/oversize.py) ------------------------------------------------------
+
+OVERSIZE = {**_SWITCHES["dense_local"], "oversize_split": True}
+
+
+def _pairs(seed, shape, sep=8.0, sigma=3.5, singles=False):
+    """Pairs of touching Gaussian nuclei ``sep`` px apart, at random angles and brightness (every
+    other one a single nucleus with ``singles``): with a learned diameter of 10 px the watershed
+    keeps some pairs whole.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    img = rng.normal(200, 20, shape).astype(np.float32)
+    for y in np.arange(15, h - 15, 30.0):
+        for x in np.arange(15, w - 15, 30.0):
+            angle, amp = rng.uniform(0, np.pi), rng.uniform(400, 3000)
+            single = singles and (x + y) % 60 == 30
+            for sign in (0,) if single else (-1, 1):
+                cy, cx = y + sign * sep / 2 * np.sin(angle), x + sign * sep / 2 * np.cos(angle)
+                img += (
+                    amp
+                    * rng.uniform(0.8, 1.2)
+                    * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+                )
+    return img
+
+
+def test_oversize_split_cuts_two_nuclei_and_keeps_one_large_nucleus():
+    """One label over two touching discs with a darker seam is cut into the two discs; one disc
+    of the same area, evenly stained, stays whole.
+    """
+    from stseg_dist.nuclei.oversize import split_oversize
+
+    yy, xx = np.mgrid[:60, :80]
+    left = (yy - 30) ** 2 + (xx - 30) ** 2 <= 10**2
+    right = (yy - 30) ** 2 + (xx - 48) ** 2 <= 10**2
+    stain = ndi.gaussian_filter(1.0 * left + 1.0 * right - 0.6 * (left & right), 1.0)
+    pair = split_oversize((left | right).astype(np.uint32), stain, 20.0, 1.25, 0.1)
+    assert len(np.unique(pair)) == 3
+    assert _matched_f1(pair.astype(np.int64), left + 2 * (right & ~left), 0.7) == 1.0
+    big = (yy - 30) ** 2 + (xx - 40) ** 2 <= (left | right).sum() / np.pi
+    stain = ndi.gaussian_filter(big * 1.0, 1.0)
+    np.testing.assert_array_equal(
+        split_oversize(big.astype(np.uint32), stain, 20.0, 1.25, 0.1), big
+    )
+
+
+def test_oversize_split_is_the_same_at_every_tiling():
+    """Prepare at 1 tile and 16 gives the same state and labels, and the split cuts some of the
+    pairs the watershed keeps whole (the size is learned without it).
+    """
+    img = (_pairs(0, (240, 240), singles=True) / 4).astype(np.uint16)
+    b1, one, n1 = _prepared(img, _config(**OVERSIZE))
+    b16, many, n16 = _prepared(img, _config(**OVERSIZE), tile_um=30)
+    assert n1 == 1 and n16 == 16
+    _assert_same_state(one, many)
+    _, plain, _ = _prepared(img, _config(**_SWITCHES["dense_local"]))
+    assert plain == one  # the learned size does not depend on the split
+    labels = b1.segment_array(img)
+    np.testing.assert_array_equal(labels, b16.segment_array(img))
+    assert len(np.unique(labels)) > len(np.unique(b1.segment_array(img, oversize=False)))
+
+
+def test_oversize_split_labels_depend_only_on_pixels_within_the_context():
+    """As the window test above, with the oversize split on: a nucleus is cut the same way in
+    every window that holds it and the context.
+    """
+    backend = ClassicalNuclei(_config(**OVERSIZE), _FakeChipMeta())
+    ctx = backend.context_px()
+    assert ctx == ClassicalNuclei(_config(**_SWITCHES["dense_local"]), _FakeChipMeta()).context_px()
+    img = _pairs(1, (2 * ctx + 120, 2 * ctx + 120))
+    backend.load({"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 10.0})
+    full = backend.segment_array(img)
+    assert len(np.unique(full)) > len(np.unique(backend.segment_array(img, oversize=False))) + 5
     rng = np.random.default_rng(0)
     h, w = img.shape
     for _ in range(4):
