@@ -731,17 +731,6 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     files = RunFiles(Path(ctx.work.url(ctx.stage("staging"))), {}, run.chip)
     future = _StoreRasters()
 
-    def blocks(jobs) -> None:
-        outs = run.ex.map(  # no bar: these run beside the boundaries' and tables' own
-            stages.raster_block,
-            ctx,
-            jobs,
-            desc="spatialdata",
-            resources=run.resources("scan"),
-            bar=False,
-        )
-        _results(outs)  # the first failed block fails the store
-
     def write() -> None:
         try:
             import zarr
@@ -751,7 +740,7 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
             if not future.wait_release():
                 raise RuntimeError("the store's rasters were not written: the run stopped first")
             for jobs in phases:
-                blocks(jobs)
+                _store_tasks(run, ctx, stages.raster_block, jobs)
             finish_rasters(files, folder)
             future.set_result(folder)
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
@@ -760,6 +749,14 @@ def _store_rasters_in_background(run: Run, ctx: stages.RunContext):
     future.thread = threading.Thread(target=write, name="stseg-store-rasters", daemon=True)
     future.thread.start()
     return future
+
+
+def _store_tasks(run: Run, ctx: stages.RunContext, fn, jobs) -> None:
+    """Run the store's tasks with no bar of their own (they run beside the boundaries' and
+    tables'); the first that fails fails the store.
+    """
+    outs = run.ex.map(fn, ctx, jobs, desc="spatialdata", resources=run.resources("scan"), bar=False)
+    _results(outs)
 
 
 def _points_folder(ctx: stages.RunContext):
@@ -795,15 +792,7 @@ def _store_points_in_background(run: Run, ctx: stages.RunContext, cells: CellTab
 
     def write() -> None:
         try:
-            outs = run.ex.map(  # no bar: these run beside the boundaries' own
-                stages.points_tile,
-                ctx,
-                jobs,
-                desc="spatialdata",
-                resources=run.resources("scan"),
-                bar=False,
-            )
-            _results(outs)  # the first failed partition fails the store
+            _store_tasks(run, ctx, stages.points_tile, jobs)
             future.set_result(parts)
         except BaseException as exc:  # noqa: BLE001 - raised where the store is written
             future.set_exception(exc)

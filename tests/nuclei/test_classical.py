@@ -190,14 +190,18 @@ def test_labels_depend_only_on_pixels_within_the_context(seed, variant):
         max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndi.find_objects(clusters))
         > 3 * ctx
     )
-    rng = np.random.default_rng(seed)
+    _assert_windows_exact(backend, img, full, ctx, np.random.default_rng(seed), 6)
+
+
+def _assert_windows_exact(backend, img, full, ctx, rng, n):
+    """Labels in any window's interior (a context from each cut edge) equal the whole image's,
+    up to renumbering: the backend reads nothing beyond ``context_px``.
+    """
     h, w = img.shape
-    for _ in range(6):
+    for _ in range(n):
         r0, c0 = rng.integers(0, h - 2 * ctx - 10), rng.integers(0, w - 2 * ctx - 10)
-        r1, c1 = (
-            r0 + rng.integers(2 * ctx + 10, h - r0 + 1),
-            c0 + rng.integers(2 * ctx + 10, w - c0 + 1),
-        )
+        r1 = r0 + rng.integers(2 * ctx + 10, h - r0 + 1)
+        c1 = c0 + rng.integers(2 * ctx + 10, w - c0 + 1)
         win = backend.segment_array(img[r0:r1, c0:c1])
         zone = np.zeros(win.shape, bool)
         zone[
@@ -268,15 +272,20 @@ def test_percentiles_from_histogram_match_numpy():
     assert abs(lo - np.percentile(img, 1)) <= 1.5 and abs(hi - np.percentile(img, 99.5)) <= 1.5
 
 
+def _sixty_blobs():
+    """60 blobs of random size and brightness on 240 x 240 px, as uint16, and their truth."""
+    rng = np.random.default_rng(1)
+    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
+    img, truth = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
+    return img.astype(np.uint16), truth
+
+
 @pytest.mark.parametrize("switches", [{}, _SWITCHES["dense_local"]], ids=["dense", "seams"])
 def test_prepare_state_is_the_same_at_every_tiling(switches):
     """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same
     (the seam switches change the first pass that the diameter is learned from).
     """
-    rng = np.random.default_rng(1)
-    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
-    img, _ = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
-    img = img.astype(np.uint16)
+    img, _ = _sixty_blobs()
     _, one, n1 = _prepared(img, _config(**switches))
     _, many, n16 = _prepared(img, _config(**switches), tile_um=30)
     assert n1 == 1 and n16 == 16
@@ -484,10 +493,7 @@ def test_pixel_classifier_is_the_same_at_every_tiling():
     """
     from stseg_dist.nuclei import pixel_classifier as pc
 
-    rng = np.random.default_rng(1)
-    centres = list(zip(rng.uniform(10, 230, 60), rng.uniform(10, 230, 60), strict=True))
-    img, truth = _blobs(centres, rng.uniform(5, 8, 60), rng.uniform(300, 1500, 60), (240, 240))
-    img = img.astype(np.uint16)
+    img, truth = _sixty_blobs()
     b1, one, n1 = _prepared(img, _config(**SEAMS_AND_CLASSIFIER))
     b16, many, n16 = _prepared(img, _config(**SEAMS_AND_CLASSIFIER), tile_um=30)
     assert n1 == 1 and n16 == 16
@@ -512,22 +518,7 @@ def test_pixel_classifier_labels_depend_only_on_pixels_within_the_context():
     backend, state, _ = _prepared(img, cfg)
     assert state["classifier_interior_px"] > 100
     full = backend.segment_array(img)
-    rng = np.random.default_rng(0)
-    h, w = img.shape
-    for _ in range(4):
-        r0, c0 = rng.integers(0, h - 2 * ctx - 10), rng.integers(0, w - 2 * ctx - 10)
-        r1 = r0 + rng.integers(2 * ctx + 10, h - r0 + 1)
-        c1 = c0 + rng.integers(2 * ctx + 10, w - c0 + 1)
-        win = backend.segment_array(img[r0:r1, c0:c1])
-        zone = np.zeros(win.shape, bool)
-        zone[
-            ctx if r0 else 0 : win.shape[0] - (ctx if r1 < h else 0),
-            ctx if c0 else 0 : win.shape[1] - (ctx if c1 < w else 0),
-        ] = True
-        f, g = full[r0:r1, c0:c1][zone].astype(np.int64), win[zone].astype(np.int64)
-        np.testing.assert_array_equal(f > 0, g > 0)
-        pairs = np.unique(np.stack([f[f > 0], g[g > 0]]), axis=1)
-        assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))
+    _assert_windows_exact(backend, img, full, ctx, np.random.default_rng(0), 4)
 
 
 # -- the oversize split (nuclei/oversize.py) ------------------------------------------------------
@@ -605,19 +596,4 @@ def test_oversize_split_labels_depend_only_on_pixels_within_the_context():
     backend.load({"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 10.0})
     full = backend.segment_array(img)
     assert len(np.unique(full)) > len(np.unique(backend.segment_array(img, oversize=False))) + 5
-    rng = np.random.default_rng(0)
-    h, w = img.shape
-    for _ in range(4):
-        r0, c0 = rng.integers(0, h - 2 * ctx - 10), rng.integers(0, w - 2 * ctx - 10)
-        r1 = r0 + rng.integers(2 * ctx + 10, h - r0 + 1)
-        c1 = c0 + rng.integers(2 * ctx + 10, w - c0 + 1)
-        win = backend.segment_array(img[r0:r1, c0:c1])
-        zone = np.zeros(win.shape, bool)
-        zone[
-            ctx if r0 else 0 : win.shape[0] - (ctx if r1 < h else 0),
-            ctx if c0 else 0 : win.shape[1] - (ctx if c1 < w else 0),
-        ] = True
-        f, g = full[r0:r1, c0:c1][zone].astype(np.int64), win[zone].astype(np.int64)
-        np.testing.assert_array_equal(f > 0, g > 0)
-        pairs = np.unique(np.stack([f[f > 0], g[g > 0]]), axis=1)
-        assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))
+    _assert_windows_exact(backend, img, full, ctx, np.random.default_rng(0), 4)
