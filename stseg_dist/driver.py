@@ -982,12 +982,17 @@ def _results(outs: list[Outcome]) -> list:
 
 
 def _sum_column(url: str, column: str, storage_options: dict) -> int:
-    """The sum of one column of a parquet file (read alone)."""
+    """The sum of one column of a parquet file (read alone); 0 where the file has no such column
+    (no tile wrote it: an incomplete run whose tiles all failed).
+    """
     import pyarrow.parquet as pq
 
     fs, path = storage.fs_and_path(url, storage_options)
     with fs.open(path, "rb") as fh:
-        return int(pq.read_table(fh, columns=[column]).column(0).to_numpy().sum())
+        table = pq.ParquetFile(fh)
+        if column not in table.schema_arrow.names:
+            return 0
+        return int(table.read(columns=[column]).column(0).to_numpy().sum())
 
 
 def _counts(run: Run) -> dict[str, int]:

@@ -284,3 +284,21 @@ def test_the_diffusion_rule_moves_by_the_posterior():
     assert not reassign(*args, seeded)[1].any()
     with pytest.raises(ValueError, match="DiffusionState"):
         reassign(*args)
+
+
+def test_moved_count_of_a_table_without_the_column_is_zero(tmp_path):
+    """An incomplete run whose tiles all failed writes transcripts without ``spillover_moved``:
+    counting the moves must report 0, not fail the run's accounting.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stseg_dist import constants as K
+    from stseg_dist.driver import _sum_column
+
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(pa.table({K.CELL_ID: pa.array([], pa.int64())}), bare)
+    assert _sum_column(str(bare), K.SPILLOVER_MOVED, {}) == 0
+    moved = tmp_path / "moved.parquet"
+    pq.write_table(pa.table({K.SPILLOVER_MOVED: [True, False, True]}), moved)
+    assert _sum_column(str(moved), K.SPILLOVER_MOVED, {}) == 2
