@@ -421,7 +421,6 @@ def _placeholders(sdata):
     """
     import dask.array as da
     from spatialdata import SpatialData
-    from xarray import DataTree
 
     def zeros(arr):
         chunks = tuple(
@@ -437,7 +436,7 @@ def _placeholders(sdata):
         for k in tree.children:
             ds = tree[k].to_dataset()
             name = next(iter(ds.data_vars))
-            tree[k] = DataTree(ds.assign({name: zeros(ds[name])}))
+            tree[k] = type(tree)(ds.assign({name: zeros(ds[name])}))  # xarray's DataTree
         return tree
 
     return SpatialData(
