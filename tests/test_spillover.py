@@ -23,37 +23,17 @@ def test_a_neighbours_gene_near_the_border_moves_to_it():
     # gene 1 at the border in cell 1: moves; gene 0 there: stays; gene 1 on cell 1's own
     # nucleus: stays; gene 1 far from cell 2 (column 1, 8 px away): stays
     cell = labels[rows, cols].astype(np.int64)
-    cfg = SpilloverConfig(enabled=True, reach_um=1.0, min_ratio=3.0, prior_counts=1.0)
-    got, moved = reassign(
-        labels,
-        nuclei,
-        None,
-        np.array(rows),
-        np.array(cols),
-        np.array(genes),
-        cell,
-        2,
-        0.5,
-        cfg,
-        1.0,
-    )
+
+    def run(min_ratio):
+        cfg = SpilloverConfig(enabled=True, reach_um=1.0, min_ratio=min_ratio, prior_counts=1.0)
+        args = (np.array(rows), np.array(cols), np.array(genes), cell, 2, 0.5, cfg, 1.0)
+        return reassign(labels, nuclei, None, *args)
+
+    got, moved = run(3.0)
     assert moved.tolist() == [False] * 8 + [True, False, False, False]
     assert got[8] == 2 and (got[9:] == 1).all()
     # a stricter ratio keeps it: 1 / (4 + 1) pseudo-count vs (4 + 0.5) / 5: a ratio of 9
-    strict = SpilloverConfig(enabled=True, reach_um=1.0, min_ratio=10.0, prior_counts=1.0)
-    assert not reassign(
-        labels,
-        nuclei,
-        None,
-        np.array(rows),
-        np.array(cols),
-        np.array(genes),
-        cell,
-        2,
-        0.5,
-        strict,
-        1.0,
-    )[1].any()
+    assert not run(10.0)[1].any()
 
 
 def test_every_cell_within_reach_competes_and_the_best_fit_wins():
