@@ -10,7 +10,8 @@ improved backend off, i.e. the backend before it; on a tree without those switch
 backend as it is), ``classical-noseam`` (today's classical with the seam switches of issue 24's
 second pass off: ``shape_mask: foreground``, ``seed_dynamic: 0``), ``classical`` (today's
 classical defaults; shown only where they differ from ``classical-old``),
-``classical-nooversize`` (those with the oversize split of issue 24's fourth pass off) and
+``classical-nooversize`` (those with the oversize split of issue 24's fourth pass off),
+``classical-novalley`` (those with the valley mask of issue 24's fifth pass off) and
 ``classical-classifier`` (those plus ``pixel_classifier: true``, issue 24's third pass). Each
 crop runs with its platform preset (configs/<platform>.yaml) and ``cells.method`` set per column;
 ``nuclei.backend`` is set per row.
@@ -108,6 +109,11 @@ def _all_sources() -> dict[str, list[str]]:
             out["classical-nooversize"] = [
                 "nuclei.backend=classical",
                 "nuclei.classical.oversize_split=false",
+            ]
+        if "shape_valley" in fields:
+            out["classical-novalley"] = [
+                "nuclei.backend=classical",
+                "nuclei.classical.shape_valley=0",
             ]
         if "pixel_classifier" in fields:
             out["classical-classifier"] = [
@@ -321,12 +327,20 @@ def run_dsb2018(work: Path) -> list[dict]:
     runs = [  # the classifier needs the presets' intensity seeds: with the presets only
         (src, items, None)
         for src, items in sources().items()
-        if src not in ("vendor", "classical-classifier", "classical-nooversize")
+        if src
+        not in ("vendor", "classical-classifier", "classical-nooversize", "classical-novalley")
     ]
     runs += [
         (f"{src} (xenium preset)", items, str(REPO / "configs" / "xenium.yaml"))
         for src, items in sources().items()
-        if src in ("classical-noseam", "classical-nooversize", "classical", "classical-classifier")
+        if src
+        in (
+            "classical-noseam",
+            "classical-nooversize",
+            "classical-novalley",
+            "classical",
+            "classical-classifier",
+        )
     ]
     for src, items, preset in runs:
         cfg = load_config(preset, overrides=parse_set([*items, *dsb]), use_env=False)

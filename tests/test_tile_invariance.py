@@ -95,6 +95,7 @@ DENSE = [
         "shape_mask=local",
         "seed_dynamic=0.025",
         "oversize_split=true",
+        "shape_valley=0.06",
     )
 ]
 

@@ -72,6 +72,18 @@ def local_contrast(image: np.ndarray, fine_px: float, coarse_px: float) -> np.nd
     return smooth(image, fine_px) > smooth(image, coarse_px)
 
 
+def valley_strength(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """How much the stain is a valley across, at ``sigma_px``: the larger eigenvalue of its
+    Gaussian-derivative Hessian, times sigma^2 (float32). The dark seam between two touching
+    nuclei is strongly curved upward across it; a nucleus's inside and a slope are not.
+    """
+    x = image.astype(np.float32)
+    d2 = [ndi.gaussian_filter(x, sigma_px, order=o, truncate=4.0) for o in ((2, 0), (0, 2), (1, 1))]
+    rr, cc, rc = d2
+    half = (rr + cc) / 2
+    return ((half + np.sqrt(((rr - cc) / 2) ** 2 + rc**2)) * sigma_px**2).astype(np.float32)
+
+
 def foreground_value(enhanced: np.ndarray, foreground: str) -> np.ndarray:
     """What Otsu splits: the enhanced stain, or its log (``log_otsu``)."""
     if foreground == "log_otsu":
@@ -252,6 +264,8 @@ class ClassicalNuclei(NucleiBackend):
             enhance_px = max(enhance_px, int(4 * c.shape_background * d + 0.5))
         if c.oversize_split:
             enhance_px = max(enhance_px, int(4 * OVERSIZE_SIGMA * d + 0.5))
+        if c.shape_valley:
+            enhance_px = max(enhance_px, int(4 * c.valley_sigma * d + 0.5) + 1)
         if c.pixel_classifier:
             enhance_px = max(
                 enhance_px, pc.feature_reach_px(d) + int(4 * c.classifier_sigma * d + 0.5)
@@ -352,6 +366,10 @@ class ClassicalNuclei(NucleiBackend):
         if c.shape_mask == "local":
             d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
             extra["shape"] = local_contrast(x, c.shape_sigma * d, c.shape_background * d)
+        if c.shape_valley:
+            d = self.diameter_px or self._px(self.config.nuclei.diameter_um)
+            not_valley = valley_strength(x, c.valley_sigma * d) <= c.shape_valley
+            extra["shape"] = not_valley & extra.get("shape", True)
         labels = split_nuclei(mask, **p, **extra)
         min_area = max(1, int(round(c.min_area_um2 / self.chip.pixel_size_um**2)))
         small = np.bincount(labels.ravel()) < min_area  # whole nuclei: exact wherever they are

@@ -72,6 +72,12 @@ class ClassicalNucleiConfig:
     oversize_split: bool = False
     oversize_area: float = 1.25
     oversize_dip: float = 0.1
+    # Pixels where the stain is a valley across (the larger Hessian eigenvalue of the stain at
+    # valley_sigma diameters, scale-normalised, above shape_valley in normalised stain units) are
+    # taken out of the shape term's mask, so touching nuclei whose seam is too faint for the
+    # local-contrast mask still get a neck there; 0: off.
+    shape_valley: float = 0.0
+    valley_sigma: float = 0.12
 
     def validate(self, key: str, root: PipelineConfig) -> None:
         bg = self.background_um
@@ -87,6 +93,7 @@ class ClassicalNucleiConfig:
             "shape_sigma",
             "shape_background",
             "classifier_sigma",
+            "valley_sigma",
         )
         require(
             self.threshold is None or self.threshold >= 0,
@@ -130,6 +137,10 @@ class ClassicalNucleiConfig:
         require(
             0 < self.oversize_dip < 1,
             f"{key}.oversize_dip must be in (0, 1), got {self.oversize_dip}",
+        )
+        require(
+            self.shape_valley >= 0,
+            f"{key}.shape_valley must not be negative, got {self.shape_valley}",
         )
         require(
             self.intensity_weight >= 0,

@@ -163,8 +163,12 @@ _STATES = {
     "legacy": (True, {"threshold": 1000.0}),
     "dense": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
     "dense_local": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
+    "dense_valley": (False, {"threshold": 0.3, "lo": 200.0, "hi": 3000.0, "diameter_px": 24.0}),
 }
-_SWITCHES = {"dense_local": {"shape_mask": "local", "seed_dynamic": 0.025}}
+_SWITCHES = {
+    "dense_local": {"shape_mask": "local", "seed_dynamic": 0.025},
+    "dense_valley": {"shape_mask": "local", "seed_dynamic": 0.025, "shape_valley": 0.06},
+}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -280,7 +284,11 @@ def _sixty_blobs():
     return img.astype(np.uint16), truth
 
 
-@pytest.mark.parametrize("switches", [{}, _SWITCHES["dense_local"]], ids=["dense", "seams"])
+@pytest.mark.parametrize(
+    "switches",
+    [{}, _SWITCHES["dense_local"], _SWITCHES["dense_valley"]],
+    ids=["dense", "seams", "valley"],
+)
 def test_prepare_state_is_the_same_at_every_tiling(switches):
     """Percentiles, threshold and learned diameter are chip-wide: 1 tile or 16 give the same
     (the seam switches change the first pass that the diameter is learned from).
@@ -382,6 +390,8 @@ def test_size_is_learned_from_the_chip(nominal_um, expected_px):
         ("oversize_area", 1.0, "nuclei.classical.oversize_area must be above 1"),
         ("oversize_dip", 0.0, r"nuclei.classical.oversize_dip must be in \(0, 1\)"),
         ("oversize_dip", 1.5, r"nuclei.classical.oversize_dip must be in \(0, 1\)"),
+        ("shape_valley", -0.1, "nuclei.classical.shape_valley must not be negative"),
+        ("valley_sigma", 0.0, "nuclei.classical.valley_sigma must be positive"),
     ],
 )
 def test_bad_classical_settings_rejected(key, value, message):
@@ -453,6 +463,55 @@ def test_local_shape_mask_splits_a_dim_nucleus_from_its_bright_neighbour():
         f1[shape_mask] = _matched_f1(labels, truth)
     assert n == {"foreground": 1, "local": 2}
     assert f1["local"] > 0.95 > 0.7 > f1["foreground"]
+
+
+def _elongated_pair_with_a_faint_seam():
+    """Two touching elongated nuclei, side by side (centres 14 px apart, 9 x 12.6 px radii), the
+    seam between them only 10% darker, on a glow; and their truth.
+    """
+    shape = (70, 90)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = 100.0 + 400.0 * np.exp(-((yy - 35) ** 2 + (xx - 45) ** 2) / (2 * 25**2))
+    truth = np.zeros(shape, np.int64)
+    for k, c in enumerate((38, 52), start=1):
+        disk = ((yy - 35) / 1.4) ** 2 + (xx - c) ** 2 <= 81
+        img[disk & (truth == 0)] += 1500.0
+        truth[disk & (truth == 0)] = k
+    img[(np.abs(xx - 45) <= 0.5) & (truth > 0)] -= 150.0
+    img = ndi.gaussian_filter(img.astype(np.float32), 1.0)
+    return img + np.random.default_rng(0).normal(0, 5, shape).astype(np.float32), truth
+
+
+def test_shape_valley_splits_touching_nuclei_at_a_faint_seam():
+    """The local-contrast mask has no neck at a seam only 10% darker, so the pair stays one
+    nucleus; taking the stain's valleys out of the shape mask cuts it there into the two.
+    """
+    img, truth = _elongated_pair_with_a_faint_seam()
+    state = {"threshold": 0.05, "lo": 100.0, "hi": 1600.0, "diameter_px": 18.0}
+    n, f1 = {}, {}
+    for valley in (0.0, 0.06):
+        cfg = _config(**_SWITCHES["dense_local"], shape_valley=valley, learn_size=False)
+        backend = ClassicalNuclei(cfg, _FakeChipMeta())
+        backend.load(state)
+        labels = backend.segment_array(img).astype(np.int64)
+        n[valley] = len(np.unique(labels[labels > 0]))
+        f1[valley] = _matched_f1(labels, truth)
+    assert n == {0.0: 1, 0.06: 2}
+    assert f1[0.06] == 1.0
+
+
+def test_shape_valley_widens_the_context_only_beyond_its_filter():
+    """The Hessian's reach (4 valley_sigma diameters) is inside the local mask's at the default
+    0.12; at 0.6 diameters it is wider, and the halo covers it.
+    """
+    seams = ClassicalNuclei(_config(**_SWITCHES["dense_local"]), _FakeChipMeta()).context_px()
+    assert ClassicalNuclei(_config(**_SWITCHES["dense_valley"]), _FakeChipMeta()).context_px() == (
+        seams
+    )
+    wide = {**_SWITCHES["dense_valley"], "valley_sigma": 0.6}
+    d_max = 1.5 * 8.0 / _FakeChipMeta.pixel_size_um
+    grown = ClassicalNuclei(_config(**wide), _FakeChipMeta()).context_px() - seams
+    assert grown == int(4 * 0.6 * d_max + 0.5) + 1 - int(4 * 0.5 * d_max + 0.5)
 
 
 def test_local_shape_mask_widens_the_context():
