@@ -96,7 +96,9 @@ class SpilloverConfig:
     significance: float = 0.001
     max_types: int = 12  # diffusion: the most cell types BIC may choose among (1 .. max_types)
     # ratio: none moves wherever the ratio passes; decay moves only on a chip whose passing share
-    # falls with the distance to the neighbour (module doc; docs/accuracy_frontier.md)
+    # falls with the distance to the neighbour (module doc). Measured (docs/accuracy_frontier.md):
+    # decay shuts on CosMx fov2 and MERFISH U2-OS (ARI kept) and opens on xenium_breast_top and
+    # MERSCOPE, but shuts on xenium_lung_preview, leaving UCS's knob above the frontier there
     gate: str = "none"
 
     def active(self, root) -> bool:
