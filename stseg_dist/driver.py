@@ -333,7 +333,7 @@ def _run_passes(run: Run) -> dict:
         with run.timed("seeds"):
             _seeds(run, ctx)
     spill = run.config.cells.spillover
-    if spill.active(run.config) and spill.rule == "diffusion":
+    if spill.active(run.config) and spill.fitted():
         with run.timed("spillover"):
             ctx.spillover_state = _spillover_model(run, ctx)
     rasters = points = None
@@ -469,8 +469,9 @@ def _seeds(run: Run, ctx: stages.RunContext) -> None:
 def _spillover_model(run: Run, ctx: stages.RunContext):
     """``cells.spillover.rule: diffusion``: the chip's cell types (from every nucleus's counts,
     summed over tile cores) and its diffusion prior (fitted to a histogram summed over tile
-    cores), both the same at any tiling and for any cell method. Recomputed on resume
-    (deterministic).
+    cores); ``gate: decay`` with ``rule: ratio``: whether the ratio's passing share decays with
+    distance (a histogram summed over tile cores). Each the same at any tiling and for any cell
+    method. Recomputed on resume (deterministic).
     """
     from functools import partial
 
@@ -485,10 +486,23 @@ def _spillover_model(run: Run, ctx: stages.RunContext):
             run.ex.map(stages.apply_to_tile_data, ctx, jobs, desc=desc, resources=tasks)
         )
 
+    reach = cfg.reach(run.config)
+    if cfg.rule == "ratio":  # gate: decay (the ratio's own statistic against the distance)
+        hists = map_tiles(
+            partial(
+                S.gate_histogram,
+                cfg=cfg,
+                n_genes=n_genes,
+                reach_um=reach,
+                expansion_um=run.config.cells.expansion.distance_um,
+            ),
+            "spillover",
+        )
+        return S.fit_gate(np.sum(hists, axis=0), run.chip.pixel_size_um, reach, cfg.significance)
+
     parts = map_tiles(partial(S.compartment_counts, n_genes=n_genes), "spillover")
     ids, counts = S.merge_counts(parts, n_genes)
     state = S.fit_types(ids, counts, cfg.max_types)
-    reach = cfg.reach(run.config)
     hists = map_tiles(
         partial(
             S.decay_histogram,

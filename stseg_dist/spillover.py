@@ -44,6 +44,15 @@ before the cells pass by :func:`fit_types` and :func:`fit_decay`):
   leakage that expression could undo.
 - A transcript moves to the neighbour whose posterior beats its own cell's:
   ``prior_B * p(g | B) > (1 - sum of priors) * p(g | A)``.
+
+``gate: decay`` lets ``rule: ratio`` run only where the chip shows leakage in the ratio rule's own
+statistic (:class:`RatioGate`, fitted chip-wide before the cells pass by :func:`gate_histogram`
+and :func:`fit_gate`): across the borders of the nuclei expanded by
+``cells.expansion.distance_um``, the share of (transcript, neighbour) pairs whose neighbour
+nucleus explains the gene ``min_ratio`` times better must fall with the distance to the
+neighbour (``c + s * exp(-d / scale)`` beating a flat share at ``significance``). Diffusion
+predicts that fall; misfit of a nucleus profile against a cytoplasm does not. Where the test
+fails nothing moves.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ from scipy import ndimage as ndi
 
 #: how a transcript's move is decided (see the module doc)
 RULES = ("ratio", "diffusion")
+#: whether the chip must show leakage before ``rule: ratio`` moves anything (see the module doc)
+GATES = ("none", "decay")
 
 
 @dataclass
@@ -84,12 +95,21 @@ class SpilloverConfig:
     # against a flat neighbour share); 1 takes whatever decay is fitted
     significance: float = 0.001
     max_types: int = 12  # diffusion: the most cell types BIC may choose among (1 .. max_types)
+    # ratio: none moves wherever the ratio passes; decay moves only on a chip whose passing share
+    # falls with the distance to the neighbour (module doc). Measured (docs/accuracy_frontier.md):
+    # decay shuts on CosMx fov2 and MERFISH U2-OS (ARI kept) and opens on xenium_breast_top and
+    # MERSCOPE, but shuts on xenium_lung_preview, leaving UCS's knob above the frontier there
+    gate: str = "none"
 
     def active(self, root) -> bool:
         """``enabled``, resolved: null follows the UCS coverage knob."""
         if self.enabled is not None:
             return bool(self.enabled)
         return root.cells.method == "ucs" and root.cells.ucs.coverage is not None
+
+    def fitted(self) -> bool:
+        """Whether the pass needs a chip-wide model fitted before the cells pass."""
+        return self.rule == "diffusion" or self.gate == "decay"  # gate: the ratio rule only
 
     def reach(self, root) -> float:
         """``reach_um``, resolved."""
@@ -120,14 +140,17 @@ class SpilloverConfig:
             raise ConfigError(f"{key}.significance must be in (0, 1], got {self.significance}")
         if not self.max_types >= 1:
             raise ConfigError(f"{key}.max_types must be at least 1, got {self.max_types}")
-        if self.rule == "diffusion":
+        if self.gate not in GATES:
+            raise ConfigError(f"{key}.gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if self.fitted():
             from .tiling import halo_um
 
             # the decay's pseudo-cells near a core transcript must be whole in every window
             need = self.reach(root) + root.cells.expansion.distance_um + root.nuclei.diameter_um
             if halo_um(root, 0.0) < need:
                 raise ConfigError(
-                    f"{key}.rule diffusion needs a halo of at least reach_um + "
+                    f"{key}.{'rule diffusion' if self.rule == 'diffusion' else 'gate decay'} "
+                    "needs a halo of at least reach_um + "
                     f"cells.expansion.distance_um + nuclei.diameter_um ({need} µm); "
                     f"tiling.halo_um is {root.tiling.halo_um}"
                 )
@@ -403,6 +426,108 @@ def fit_decay(
     return c, s, scale, lrt
 
 
+# -- gate: decay (the ratio rule's own statistic against the distance) ------------------------
+@dataclass
+class RatioGate:
+    """The chip-wide decision of ``gate: decay``: does the ratio rule's passing share decay?"""
+
+    baseline: float = 0.0  # c: passing share that does not decay with distance
+    amplitude: float = 0.0  # s: the decaying part at distance 0
+    scale_um: float = 1.0
+    lrt: float = 0.0  # likelihood-ratio statistic of the decay against a flat share
+    n_pairs: int = 0
+    open: bool = False  # the decay is significant: the ratio rule runs
+
+    def describe(self) -> dict:
+        return {
+            "rule": "ratio",
+            "gate": "decay",
+            "open": bool(self.open),
+            "amplitude": round(float(self.amplitude), 4),
+            "scale_um": round(float(self.scale_um), 3),
+            "baseline": round(float(self.baseline), 4),
+            "lrt": round(float(self.lrt), 2),
+            "n_pairs": int(self.n_pairs),
+        }
+
+
+def _ratio_log_p(home: np.ndarray, genes: np.ndarray, n_genes: int, prior_counts: float):
+    """The ratio rule's log p(gene | cell) from the transcripts on each cell's compartment."""
+    g_all = max(int(n_genes), 1)
+    keys, counts, cells, totals = _profiles(home, genes, g_all)
+    uniform = prior_counts / g_all
+
+    def log_p(cell, gene):
+        k = _lookup(keys, counts, cell * g_all + gene)
+        total = _lookup(cells, totals, cell)
+        return np.log((k + uniform) / (total + prior_counts))
+
+    return log_p
+
+
+def gate_histogram(
+    data, cfg: SpilloverConfig, n_genes: int, reach_um: float, expansion_um: float
+) -> np.ndarray:
+    """(distance to a neighbour's labels in pixels) x (ratio below / at least ``min_ratio``)
+    counts of the tile's core (transcript, neighbour) pairs, on the nuclei expanded by
+    ``expansion_um``, with the ratio rule's nucleus profiles. Every nucleus whose pseudo-cell
+    lies within reach of a core transcript is whole in the window (the halo is validated), so
+    the sum over tiles is the same at any tiling.
+    """
+    from skimage.segmentation import expand_labels
+
+    tx = data.transcripts
+    nuclei = data.nuclei.astype(np.int64)
+    labels = expand_labels(nuclei, distance=expansion_um / data.pixel_size_um)
+    genes = tx.gene.astype(np.int64)
+    home = nuclei[tx.row, tx.col]
+    cell = labels[tx.row, tx.col].astype(np.int64)
+    cand = tx.in_core & (cell > 0) & (home != cell)
+    t, n, d = neighbour_pairs(labels, tx.row, tx.col, cell, cand, reach_um, data.pixel_size_um)
+    log_p = _ratio_log_p(home, genes, n_genes, cfg.prior_counts)
+    passes = (log_p(n, genes[t]) - log_p(cell[t], genes[t])) > np.log(cfg.min_ratio)
+    n_d = int(np.ceil(reach_um / data.pixel_size_um)) + 1
+    d_bin = np.minimum(np.round(d / data.pixel_size_um).astype(np.int64), n_d - 1)
+    return np.bincount(d_bin * 2 + passes, minlength=n_d * 2).reshape(n_d, 2)
+
+
+def fit_gate(
+    hist: np.ndarray, pixel_size_um: float, reach_um: float, significance: float
+) -> RatioGate:
+    """Maximum likelihood (binomial per distance bin) of the passing share
+    ``c + s exp(-d / scale)`` against a flat share; open where the decay beats the flat share at
+    ``significance`` (chi-squared, 2 d.o.f.).
+    """
+    from scipy.optimize import minimize
+    from scipy.stats import chi2
+
+    hist = np.asarray(hist, float)
+    total = float(hist.sum())
+    if not total or not hist[:, 1].sum() or not hist[:, 0].sum():
+        return RatioGate(n_pairs=int(total))
+    d = np.arange(len(hist)) * pixel_size_um
+    fail, win = hist[:, 0], hist[:, 1]
+
+    def nll(p):
+        c, s, scale = p
+        share = np.clip(c + s * np.exp(-d / scale), 1e-9, 1 - 1e-9)
+        return -(win * np.log(share) + fail * np.log1p(-share)).sum()
+
+    c0 = float(win.sum() / total)
+    flat = nll([c0, 0.0, 1.0])
+    bounds = [(0.0, 1.0), (0.0, 1.0), (pixel_size_um / 2, reach_um)]
+    best = min(
+        (minimize(nll, [c0, 0.1, scale], bounds=bounds) for scale in (0.5, 1.0, 2.0, 4.0)),
+        key=lambda r: r.fun,
+    )
+    c, s, scale = (float(v) for v in best.x)
+    lrt = max(0.0, 2.0 * float(flat - best.fun))
+    is_open = s > 0 and (significance >= 1 or lrt >= chi2.ppf(1.0 - significance, 2))
+    if not is_open:
+        c, s = c0, 0.0
+    return RatioGate(c, s, scale, lrt, int(total), bool(is_open))
+
+
 # -- the pass --------------------------------------------------------------------------------
 def reassign(
     labels: np.ndarray,
@@ -421,11 +546,17 @@ def reassign(
     """Each transcript's cell after spillover, and which ones moved (see the module doc).
 
     ``reach_um``: the resolved reach (``SpilloverConfig.reach``; ``cfg.reach_um`` may be null).
-    ``state``: the chip's model, required by ``rule: diffusion``.
+    ``state``: the chip's model, required by ``rule: diffusion`` (a :class:`DiffusionState`)
+    and by ``gate: decay`` (a :class:`RatioGate`).
     """
     genes = np.asarray(genes, np.int64)
     cell_id = np.asarray(cell_id, np.int64)
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    if cfg.rule == "ratio" and cfg.gate == "decay":
+        if state is None:
+            raise ValueError("cells.spillover.gate 'decay' needs the chip's RatioGate")
+        if not state.open:  # the chip shows no leakage in the ratio's own statistic
+            return cell_id.copy(), np.zeros(len(cell_id), bool)
     home = _compartments(nuclei, seeds)[rows, cols]
     cand = (cell_id > 0) & (home != cell_id)
     t, n, d = neighbour_pairs(labels, rows, cols, cell_id, cand, reach_um, pixel_size_um)
@@ -449,15 +580,7 @@ def reassign(
         best, top = _best(t, n, score, len(cell_id))
         moved = top > 0.0
     else:
-        g_all = max(int(n_genes), 1)
-        keys, counts, cells, totals = _profiles(home, genes, g_all)
-        alpha, uniform = cfg.prior_counts, cfg.prior_counts / g_all
-
-        def log_p(cell, gene):
-            k = _lookup(keys, counts, cell * g_all + gene)
-            total = _lookup(cells, totals, cell)
-            return np.log((k + uniform) / (total + alpha))
-
+        log_p = _ratio_log_p(home, genes, n_genes, cfg.prior_counts)
         own = np.where(cand, log_p(cell_id, genes), 0.0)
         best, top = _best(t, n, log_p(n, genes[t]) - own[t], len(cell_id))
         moved = top > np.log(cfg.min_ratio)

@@ -54,7 +54,7 @@ class RunContext:
         None  # what NucleiBackend.prepare returned (e.g. the chip-wide threshold)
     )
     method_state: object = None  # what CellMethod.prepare returned (e.g. trained weights)
-    spillover_state: object = None  # cells.spillover.rule diffusion: the chip's DiffusionState
+    spillover_state: object = None  # cells.spillover: DiffusionState or RatioGate, chip-wide
     ids_digest: str = ""  # fingerprint of the global IDs; cell-pass checkpoints are keyed by it
 
     def stage(self, name: str) -> str:

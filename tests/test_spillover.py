@@ -118,6 +118,7 @@ def test_the_reach_defaults_to_the_nucleus_diameter():
         ("cells.spillover.significance=0", r"cells.spillover.significance must be in \(0, 1\]"),
         ("cells.spillover.significance=1.5", r"cells.spillover.significance must be in"),
         ("cells.spillover.max_types=0", "cells.spillover.max_types must be at least 1"),
+        ("cells.spillover.gate=always", "cells.spillover.gate must be one of none, decay, got"),
         ("cells.spillover.max_types=2.5", "'cells.spillover.max_types' must be an integer"),
     ],
 )
@@ -128,9 +129,11 @@ def test_bad_spillover_settings(item, fragment):
         ).validate()
 
 
-def test_the_diffusion_rule_refuses_a_halo_too_small_for_its_pseudo_cells():
-    items = ["cells.spillover.enabled=true", "cells.spillover.rule=diffusion", "tiling.halo_um=10"]
-    with pytest.raises(ConfigError, match="cells.spillover.rule diffusion needs a halo"):
+@pytest.mark.parametrize("item", ["rule=diffusion", "gate=decay"])
+def test_the_chip_wide_models_refuse_a_halo_too_small_for_their_pseudo_cells(item):
+    items = ["cells.spillover.enabled=true", f"cells.spillover.{item}", "tiling.halo_um=10"]
+    key = item.replace("=", " ")
+    with pytest.raises(ConfigError, match=f"cells.spillover.{key} needs a halo"):
         load_config(overrides=parse_set(items), use_env=False).validate()
 
 
@@ -140,8 +143,10 @@ def test_the_diffusion_rule_refuses_a_halo_too_small_for_its_pseudo_cells():
         ["cells.spillover.rule=ratio"],
         # significance 1: the fitted decay moves transcripts whatever its test says
         ["cells.spillover.rule=diffusion", "cells.spillover.significance=1"],
+        # the generated chip's borders are imperfect: the ratio's passing share decays
+        ["cells.spillover.gate=decay"],
     ],
-    ids=["ratio", "diffusion"],
+    ids=["ratio", "diffusion", "ratio-gated"],
 )
 def test_spillover_is_tile_exact_and_counted(tmp_path, rule):
     """Expansion + spillover on a generated chip with cell types: the same transcripts move at
@@ -168,9 +173,58 @@ def test_spillover_is_tile_exact_and_counted(tmp_path, rule):
     assert models[0] == models[1] == models[2]
     if "cells.spillover.rule=diffusion" in rule:
         assert models[0]["n_types"] > 1 and models[0]["amplitude"] > 0
+    if "cells.spillover.gate=decay" in rule:
+        assert models[0]["open"] and models[0]["n_pairs"] > 0
     cells = pd.read_parquet(one / "cells.parquet").set_index("cell_id")
     per_cell = tx[tx.cell_id > 0].groupby("cell_id").size()
     assert (cells.n_transcripts.reindex(per_cell.index) == per_cell).all()
+
+
+# -- gate: decay -------------------------------------------------------------------------------
+def test_the_gate_fits_a_decaying_share_and_shuts_on_a_flat_one():
+    from stseg_dist.spillover import fit_gate
+
+    rng = np.random.default_rng(2)
+    px, n_d = 0.25, 33
+    d = np.arange(n_d) * px
+    pairs = rng.multinomial(40000, np.full(n_d, 1.0 / n_d))
+
+    def hist(share):
+        win = rng.binomial(pairs, share)
+        return np.stack([pairs - win, win], 1)
+
+    gate = fit_gate(hist(0.05 + 0.2 * np.exp(-d / 1.5)), px, 8.0, 0.001)
+    assert gate.open and abs(gate.amplitude - 0.2) < 0.04 and abs(gate.scale_um - 1.5) < 0.5
+    flat = fit_gate(hist(np.full(n_d, 0.1)), px, 8.0, 0.001)
+    assert not flat.open and flat.amplitude == 0.0 and abs(flat.baseline - 0.1) < 0.01
+    assert fit_gate(np.zeros((n_d, 2)), px, 8.0, 0.001).open is False
+
+
+def test_the_gate_shuts_the_ratio_rule_on_a_chip_with_no_leakage(tmp_path):
+    """Genes shuffled over the generated chip's transcripts: no cell's expression differs from
+    another's, so whatever the ratio rule moves is noise. Ungated it moves some; the gate finds
+    no decay and moves nothing.
+    """
+    from stseg_dist.driver import run_pipeline
+    from stseg_dist.synth import synth_chip
+
+    chip = str(tmp_path / "chip")
+    synth_chip(chip, 100, 100, seed=5, vendor_nuclei=True)
+    tx = pd.read_parquet(f"{chip}/transcripts.parquet")
+    tx["gene"] = tx["gene"].to_numpy()[np.random.default_rng(0).permutation(len(tx))]
+    tx.to_parquet(f"{chip}/transcripts.parquet", index=False)
+    moved = {}
+    for gate in ("none", "decay"):
+        items = ["runtime.progress=false", "nuclei.backend=vendor", "cells.spillover.enabled=true"]
+        cfg = load_config(
+            overrides=parse_set([*items, f"cells.spillover.gate={gate}"]), use_env=False
+        )
+        run_pipeline(chip, str(tmp_path / gate), cfg, local=True)
+        run = json.loads((tmp_path / gate / "run.json").read_text())
+        moved[gate] = run["counts"]["n_spillover_moved"]
+    assert moved["none"] > 0
+    assert moved["decay"] == 0
+    assert run["spillover"]["open"] is False and run["spillover"]["n_pairs"] > 0
 
 
 # -- rule: diffusion ---------------------------------------------------------------------------

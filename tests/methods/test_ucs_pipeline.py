@@ -88,8 +88,10 @@ def test_missing_cells_are_found(tmp_path):
         ["cells.spillover.rule=ratio"],
         # significance 1: the fitted decay moves transcripts whatever its test says
         ["cells.spillover.rule=diffusion", "cells.spillover.significance=1"],
+        # the ratio rule behind its chip-wide gate (open on this chip's imperfect borders)
+        ["cells.spillover.gate=decay"],
     ],
-    ids=["ratio", "diffusion"],
+    ids=["ratio", "diffusion", "ratio-gated"],
 )
 def test_coverage_knob_and_spillover_are_tile_exact(chip, tmp_path, rule):
     """cells.ucs.coverage (the chip-wide distance histogram, the relaxed gate, the fill of cut-off
