@@ -336,7 +336,7 @@ def _run_passes(run: Run) -> dict:
     if spill.active(run.config) and spill.rule == "diffusion":
         with run.timed("spillover"):
             ctx.spillover_state = _spillover_model(run, ctx)
-    rasters = points = tables = None
+    rasters = points = None
     try:
         with run.timed("cells"):
             _create_labels(run, ctx)
@@ -349,18 +349,15 @@ def _run_passes(run: Run) -> dict:
             with run.timed("outputs.tables"):
                 cells = _cell_table(run, ctx)
         points = _store_points_in_background(run, ctx, cells)
-        tables = _tables_in_background(run, ctx, cells)  # in the driver, beside the outline tiles
         with run.timed("boundaries"):  # GeoParquet outlines, per owning tile: a stage of its own
             _boundaries(run, ctx, cells)
         with run.timed("outputs", add=True):
-            complete = _write_outputs(run, ctx, cells, scan.n_rows, tables)
+            complete = _write_outputs(run, ctx, cells, scan.n_rows)
         if complete and run.spatialdata:
             with run.timed("spatialdata"):
                 _spatialdata(run, ctx, rasters, points)
             rasters = points = None
     finally:  # no store (an incomplete run, or a failure): nothing may be left writing
-        if tables is not None:
-            tables.exception()  # waits; its error is raised by _write_outputs
         if rasters is not None:
             rasters.release(False)
         for future, folder in ((rasters, _rasters_folder), (points, _points_folder)):
@@ -583,45 +580,19 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     concat_boundaries(ctx, ctx.work.url(ctx.stage("staging")))
 
 
-def _tables_in_background(run: Run, ctx: stages.RunContext, cells: CellTable) -> Future:
-    """Start writing ``cells.parquet`` and ``transcripts.parquet`` (the tiles' transcript parts
-    streamed into one file) in a driver thread as soon as the cell table exists: the driver
-    otherwise only waits while the boundary tiles run. A future of the transcripts written.
+def _write_outputs(run: Run, ctx: stages.RunContext, cells: CellTable, n_input: int) -> bool:
+    """The cell table, transcripts and AnnData into staging, published into OUT; True when the run
+    is complete.
     """
-    work, staging = ctx.work, ctx.work.url(ctx.stage("staging"))
-    future: Future = Future()
-
-    def write() -> None:
-        try:
-            write_parquet(cells.df, storage.join(staging, K.CELLS_PARQUET), run.storage_options)
-            future.set_result(
-                concat_transcripts(
-                    [
-                        work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet")
-                        for i in cells.tiles
-                    ],
-                    storage.join(staging, K.TRANSCRIPTS_PARQUET),
-                    run.storage_options,
-                )
-            )
-        except BaseException as exc:  # noqa: BLE001 - raised where the tables are awaited
-            future.set_exception(exc)
-
-    threading.Thread(target=write, name="stseg-tables", daemon=True).start()
-    return future
-
-
-def _write_outputs(
-    run: Run, ctx: stages.RunContext, cells: CellTable, n_input: int, tables: Future
-) -> bool:
-    """The cell table and transcripts (being written by ``tables``, see
-    :func:`_tables_in_background`) and AnnData into staging, published into OUT; True when the
-    run is complete.
-    """
-    storage_options, chip = run.storage_options, run.chip
-    staging = ctx.work.url(ctx.stage("staging"))
-    with run.timed("outputs.tables", add=True):  # what is left of them once the outlines are done
-        run.counts["n_transcripts_written"] = tables.result()
+    storage_options, work, chip = run.storage_options, ctx.work, run.chip
+    staging = work.url(ctx.stage("staging"))
+    with run.timed("outputs.tables", add=True):
+        write_parquet(cells.df, storage.join(staging, K.CELLS_PARQUET), storage_options)
+        run.counts["n_transcripts_written"] = concat_transcripts(
+            [work.tile_url(ctx.stage(stages.TRANSCRIPTS), i, "parquet") for i in cells.tiles],
+            storage.join(staging, K.TRANSCRIPTS_PARQUET),
+            storage_options,
+        )
     if run.config.cells.spillover.active(run.config):
         run.counts["n_spillover_moved"] = _sum_column(
             storage.join(staging, K.TRANSCRIPTS_PARQUET), K.SPILLOVER_MOVED, storage_options
