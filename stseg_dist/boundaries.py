@@ -1,20 +1,24 @@
 """Cell and nucleus boundaries: exact pixel outlines in µm, written as GeoParquet.
 
-Most outlines come out of the cells kernel, which holds its core's labels anyway: it traces every
+The outlines come out of the cells kernel, which holds its core's labels anyway: it traces every
 cell and nucleus with pixels in its core (:func:`core_outlines`), with each one's pixel count
 there. A cell whose core count is its whole area (the cell table's), and whose nucleus likewise
 lies wholly in that core, is taken from there as it is: the same pixels give the same outline
-wherever they are traced. Only the rest (cells cut by a core edge) are vectorised afterwards.
+wherever they are traced. A cell cut by core edges is joined from its pieces in the cores that
+hold them (:func:`joined_outlines`): the union of pixel-aligned pieces whose shared edges have
+the same coordinates, with collinear vertices dropped, is the outline of the whole cell, vertex
+for vertex (the traced outlines are tested equal to the union of pixel runs, and the joined ones
+to the labels re-read). No label raster is read again.
 
-Each cell is vectorised once, by the tile whose core holds its centroid pixel (the cell table's
-exact integer moments, so the owner does not depend on the tiling; a cell wholly in one core has
-its centroid pixel there), from the global label
-arrays over that tile's window; a cell of which the window holds fewer pixels than the cell table
-counts (cut at the window edge, or in far-apart pieces) is re-read from a window grown around it,
-so the owner always sees it whole. The outline is the union of the cell's
-pixel runs (shapely), so a polygon's area is exactly the cell's pixel area and a cell has the
-same polygon whatever the tile size. A cell whose pixels are not 4-connected is one
-MultiPolygon: one geometry per cell, nothing dropped. A nucleus is vectorised by its cell's
+Each cell is outlined once, by the tile whose core holds its centroid pixel (the cell table's
+exact integer moments, so the owner does not depend on the tiling); the driver tells it which
+other tiles hold pieces of its cells. Only where the pieces do not add up to the cell table's
+counts (a checkpoint from before the kernel traced them) is a cell vectorised from the global
+label arrays: over the owner's window, or a window grown around a cell of which it holds fewer
+pixels than the cell table counts, so the owner always sees it whole. The outline is the union
+of the cell's pixel runs (shapely), so a polygon's area is exactly the cell's pixel area and a
+cell has the same polygon whatever the tile size. A cell whose pixels are not 4-connected is one
+MultiPolygon: one geometry per cell, nothing dropped. A nucleus is outlined by its cell's
 owner (a nucleus lies inside its cell and shares its ID).
 """
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
@@ -47,14 +52,16 @@ _PART_META = (
 
 @dataclass(frozen=True)
 class BoundaryJob:
-    """One tile's share: the cells whose centroid pixel lies in its core, their pixel areas and
-    their nuclei's pixel counts over the whole chip (None: not known, every cell re-read).
+    """One tile's share: the cells whose centroid pixel lies in its core, their pixel areas,
+    their nuclei's pixel counts over the whole chip (None: not known, every cell re-read) and the
+    other tiles whose core outlines hold pieces of them.
     """
 
     index: int
     cell_ids: np.ndarray
     areas: np.ndarray
     nucleus_px: np.ndarray | None = None
+    sources: tuple[int, ...] = ()  # other tiles whose cores hold pieces of these cells or nuclei
 
 
 def pixel_runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -141,29 +148,47 @@ def core_outlines(
     )
 
 
-def nucleus_pixels(ctx, tiles: list[int], ids: np.ndarray) -> np.ndarray | None:
-    """Each nucleus ``ids``' pixel count over the whole chip, summed from the cells kernel's core
-    outlines of ``tiles``; None when a tile has none (a checkpoint from before they were written).
+@dataclass(frozen=True)
+class CorePieces:
+    """Where the cells kernel outlined pieces of each cell and nucleus: one row per piece (its
+    tile, ``cell_id``, whether a nucleus), and per cell of the table its nucleus' pixels on the
+    chip (summed over cores).
+    """
+
+    tile: np.ndarray
+    cell_id: np.ndarray
+    nucleus_px: np.ndarray
+
+
+def core_pieces(ctx, tiles: list[int], ids: np.ndarray) -> CorePieces | None:
+    """The pieces the cells kernel outlined in the cores of ``tiles`` (:class:`CorePieces`) and
+    each nucleus ``ids``' pixel count; None when a tile has none (a checkpoint from before they
+    were written).
     """
     stage = ctx.stage(CORE_OUTLINES)
     have = ctx.work.done(stage, "parquet")
     if not set(tiles) <= have:
         return None
-    nid, npx = [], []
+    tile, cid, nid, npx = [], [], [], []
     for i in tiles:
         fs, path = storage.fs_and_path(ctx.work.tile_url(stage, i, "parquet"), ctx.work.so)
         with fs.open(path, "rb") as fh:
             t = pq.read_table(fh, columns=[K.CELL_ID, NUCLEUS, N_PX])
+        c = t.column(K.CELL_ID).to_numpy()
         keep = t.column(NUCLEUS).to_numpy(zero_copy_only=False)
-        nid.append(t.column(K.CELL_ID).to_numpy()[keep])
+        tile.append(np.full(len(c), i, np.int64))
+        cid.append(c)
+        nid.append(c[keep])
         npx.append(t.column(N_PX).to_numpy()[keep])
     ids = np.asarray(ids, np.int64)
-    if not nid:
-        return np.zeros(len(ids), np.int64)
-    nid_all, inv = np.unique(np.concatenate(nid), return_inverse=True)
-    total = np.bincount(inv, weights=np.concatenate(npx), minlength=len(nid_all)).astype(np.int64)
+    empty = np.zeros(0, np.int64)
+    cat = lambda parts: np.concatenate(parts) if parts else empty  # noqa: E731
+    nid_all, inv = np.unique(cat(nid), return_inverse=True)
+    total = np.bincount(inv, weights=cat(npx), minlength=len(nid_all)).astype(np.int64)
     pos, hit = _find_sorted(nid_all, ids)
-    return np.where(hit, total[pos] if len(nid_all) else 0, 0)
+    return CorePieces(
+        cat(tile), cat(cid), np.where(hit, total[pos] if len(nid_all) else 0, 0).astype(np.int64)
+    )
 
 
 def _find_sorted(srt: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,10 +305,11 @@ def owner_jobs(
     area: np.ndarray,
     sum_r: np.ndarray,
     sum_c: np.ndarray,
-    nucleus_px: np.ndarray | None = None,
+    pieces: CorePieces | None = None,
 ) -> list[BoundaryJob]:
     """Split cells among tiles by the core holding their centroid pixel (exact integer moments);
-    ``nucleus_px`` (per cell, its nucleus' pixels on the chip) goes along.
+    with ``pieces``, each job gets its nuclei's pixel counts and the other tiles holding pieces
+    of its cells or nuclei.
     """
     ids = np.asarray(ids, np.int64)
     safe = np.maximum(np.asarray(area, np.int64), 1)
@@ -305,7 +331,16 @@ def owner_jobs(
         )
 
     per_ids, per_area = per_tile(ids), per_tile(area)
-    per_nuc = None if nucleus_px is None else per_tile(nucleus_px)
+    per_nuc = None if pieces is None else per_tile(pieces.nucleus_px)
+    sources: dict[int, tuple[int, ...]] = {}
+    if pieces is not None and len(ids):
+        srt = np.argsort(ids, kind="stable")
+        pos, hit = _find_sorted(ids[srt], pieces.cell_id)
+        owner = np.where(hit, tile[srt][pos], -1)  # -1: a piece of no cell in the table
+        away = hit & (owner != pieces.tile)
+        pairs = np.unique(np.stack([owner[away], pieces.tile[away]], 1), axis=0)
+        for o, t in pairs.tolist():
+            sources[o] = (*sources.get(o, ()), t)
     empty = np.zeros(0, np.int64)
     return [
         BoundaryJob(
@@ -313,6 +348,7 @@ def owner_jobs(
             per_ids.get(t.index, empty),
             per_area.get(t.index, empty),
             None if per_nuc is None else per_nuc.get(t.index, empty),
+            sources.get(t.index, ()),
         )
         for t in grid
     ]
@@ -418,59 +454,92 @@ def outlines_in_window(
     return ids_out[order], geoms_out[order]
 
 
-def from_kernel(ctx, job: BoundaryJob) -> tuple[np.ndarray, dict[str, tuple]]:
-    """The job's cells (and nuclei) the cells kernel outlined whole in this tile's core: (their
-    ids, per output file its (ids, geometries)); none where the kernel wrote no outlines.
+def read_pieces(ctx, job: BoundaryJob) -> pa.Table | None:
+    """The core outlines of ``job``'s cells and nuclei: every row of its own tile's and those
+    of its cells in the tiles of ``job.sources``; None where a tile wrote none.
     """
-    none = np.zeros(0, np.int64), {n: (np.zeros(0, np.int64), np.empty(0, object)) for n in STAGES}
-    if job.nucleus_px is None or not len(job.cell_ids):
-        return none
-    url = ctx.work.tile_url(ctx.stage(CORE_OUTLINES), job.index, "parquet")
-    if not storage.exists(url, ctx.work.so):
-        return none
-    fs, path = storage.fs_and_path(url, ctx.work.so)
-    with fs.open(path, "rb") as fh:
-        t = pq.read_table(fh)
-    cid = t.column(K.CELL_ID).to_numpy()
-    is_nuc = t.column(NUCLEUS).to_numpy(zero_copy_only=False)
-    n_px = t.column(N_PX).to_numpy()
-    geom = t.column("geometry").to_numpy(zero_copy_only=False)
+    stage = ctx.stage(CORE_OUTLINES)
+    parts = []
+    for i in (job.index, *job.sources):
+        url = ctx.work.tile_url(stage, i, "parquet")
+        if not storage.exists(url, ctx.work.so):
+            return None
+        fs, path = storage.fs_and_path(url, ctx.work.so)
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh)
+        if i != job.index:
+            t = t.filter(pc.is_in(t.column(K.CELL_ID), pa.array(job.cell_ids, pa.int64())))
+        parts.append(t.replace_schema_metadata(None))
+    return pa.concat_tables(parts)
 
-    def lookup(rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Position in ``rows`` of each of ``ids`` (-1: absent) and its core pixel count."""
-        order = np.argsort(cid[rows], kind="stable")
-        srt = cid[rows][order]
-        pos, hit = _find_sorted(srt, ids)
-        at = np.where(hit, rows[order][pos] if len(srt) else 0, -1)
-        return at, np.where(hit, n_px[np.maximum(at, 0)], 0)
 
-    cell_at, cell_n = lookup(np.flatnonzero(~is_nuc), job.cell_ids)
-    nuc_at, nuc_n = lookup(np.flatnonzero(is_nuc), job.cell_ids)
-    whole = (cell_at >= 0) & (cell_n == job.areas) & (nuc_n == job.nucleus_px)
-    ids = job.cell_ids[whole]
-    has_nuc = whole & (nuc_at >= 0)
-    return ids, {
-        K.CELL_BOUNDARIES_PARQUET: (ids, shapely.from_wkb(geom[cell_at[whole]])),
-        K.NUCLEUS_BOUNDARIES_PARQUET: (
-            job.cell_ids[has_nuc],
-            shapely.from_wkb(geom[nuc_at[has_nuc]]),
-        ),
-    }
+def join_pieces(geoms: np.ndarray) -> object:
+    """One outline from the pixel-aligned pieces of one object in several cores: their union
+    (shared edges have identical coordinates: the same global pixel corners, transformed alike),
+    collinear vertices dropped and normalised, as :func:`label_polygons` gives the whole object.
+    """
+    return shapely.normalize(shapely.simplify(shapely.union_all(geoms), 0.0))
+
+
+def joined_outlines(pieces: pa.Table, job: BoundaryJob) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The outlines of ``job``'s cells (and nuclei) from their core pieces: (ids outlined, how
+    many of those came whole from one core, per output file its (ids, geometries)). A cell is
+    outlined here only when its pieces add up to its area and its nucleus' pieces to its
+    nucleus' pixels; the rest are left to a re-read of the labels.
+    """
+    cid = pieces.column(K.CELL_ID).to_numpy()
+    is_nuc = pieces.column(NUCLEUS).to_numpy(zero_copy_only=False)
+    n_px = pieces.column(N_PX).to_numpy()
+    wkb = pieces.column("geometry").to_numpy(zero_copy_only=False)
+    ok = np.ones(len(job.cell_ids), bool)
+    groups = {}
+    for name, mask, expected in (
+        (K.CELL_BOUNDARIES_PARQUET, ~is_nuc, job.areas),
+        (K.NUCLEUS_BOUNDARIES_PARQUET, is_nuc, job.nucleus_px),
+    ):
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(cid[rows], kind="stable")]
+        uniq, first, count = np.unique(cid[rows], return_index=True, return_counts=True)
+        total = np.add.reduceat(n_px[rows], first) if len(rows) else np.zeros(0, np.int64)
+        pos, hit = _find_sorted(uniq, job.cell_ids)
+        ok &= np.where(hit, total[pos] if len(uniq) else 0, 0) == expected
+        groups[name] = (rows, uniq, first, count)
+    ids = job.cell_ids[ok]
+    out, n_whole = {}, 0
+    for name, (rows, uniq, first, count) in groups.items():
+        keep = np.flatnonzero(np.isin(uniq, ids))
+        one = np.isin(keep, np.flatnonzero(count == 1))
+        geoms = np.empty(len(keep), object)
+        geoms[one] = shapely.from_wkb(wkb[rows[first[keep[one]]]])
+        for k in np.flatnonzero(~one):
+            f, n = first[keep[k]], count[keep[k]]
+            geoms[k] = join_pieces(shapely.from_wkb(wkb[rows[f : f + n]]))
+        out[name] = (uniq[keep].astype(np.int64), geoms)
+        if name == K.CELL_BOUNDARIES_PARQUET:
+            n_whole = int(one.sum())
+    return ids, n_whole, out
 
 
 def vectorise_owned(ctx, job: BoundaryJob) -> dict:
-    """The outlines of the cells (and their nuclei) that ``job``'s tile owns: those the cells
-    kernel outlined whole in this core as they are, the rest vectorised from the global labels;
-    one part each.
+    """The outlines of the cells (and their nuclei) that ``job``'s tile owns: from the cells
+    kernel's core outlines (whole, or joined from their pieces), any others vectorised from the
+    global labels; one part each.
     """
     tile = ctx.grid[job.index]
     so = ctx.work.so
     cells_url = storage.join(ctx.labels_url, K.LABELS_CELLS)
     nuclei_url = storage.join(ctx.labels_url, K.LABELS_NUCLEI)
     ps, origin = ctx.chip.pixel_size_um, ctx.chip.origin_um
-    kernel_ids, kernel = from_kernel(ctx, job)
-    found = {name: ([kernel[name][0]], [kernel[name][1]]) for name in STAGES}
-    rest = ~np.isin(job.cell_ids, kernel_ids)
+    empty = np.zeros(0, np.int64), np.empty(0, object)
+    pieces = None
+    if job.nucleus_px is not None and len(job.cell_ids):
+        pieces = read_pieces(ctx, job)
+    if pieces is None:
+        done, n_whole, joined = np.zeros(0, np.int64), 0, dict.fromkeys(STAGES, empty)
+    else:
+        done, n_whole, joined = joined_outlines(pieces, job)
+    found = {name: ([joined[name][0]], [joined[name][1]]) for name in STAGES}
+    rest = ~np.isin(job.cell_ids, done)
     job_rest = replace(
         job,
         cell_ids=job.cell_ids[rest],
@@ -503,7 +572,9 @@ def vectorise_owned(ctx, job: BoundaryJob) -> dict:
         "index": job.index,
         "n_cells": counts[K.CELL_BOUNDARIES_PARQUET],
         "n_nuclei": counts[K.NUCLEUS_BOUNDARIES_PARQUET],
-        "n_from_kernel": len(kernel_ids),
+        "n_from_kernel": n_whole,
+        "n_joined": len(done) - n_whole,
+        "n_re_read": int(rest.sum()),
         "n_grown": n_grown,
     }
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import constants as K
 from . import outfolder, redact, runlock, stages
-from .boundaries import boundaries_done, concat_boundaries, nucleus_pixels, owner_jobs
+from .boundaries import boundaries_done, concat_boundaries, core_pieces, owner_jobs
 from .config import PipelineConfig, load_config
 from .errors import InputError, OutputError, RunIncompleteError
 from .executor import (
@@ -566,8 +566,8 @@ def _cell_table(run: Run, ctx: stages.RunContext) -> CellTable:
 
 def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     """Cell and nucleus outlines, each from the tile owning its centroid (as the cells kernel
-    traced it where it lies whole in that core), then both GeoParquet files into the staging
-    folder.
+    traced it in the cores that hold it, joined where it is cut), then both GeoParquet files into
+    the staging folder.
     """
     jobs = owner_jobs(
         run.grid,
@@ -575,7 +575,7 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
         cells.sums["area"],
         cells.sums["sum_r"],
         cells.sums["sum_c"],
-        nucleus_pixels(ctx, cells.tiles, cells.ids),
+        core_pieces(ctx, cells.tiles, cells.ids),
     )
     done = boundaries_done(ctx)
     todo = [j for j in jobs if j.index not in done]
@@ -587,7 +587,8 @@ def _boundaries(run: Run, ctx: stages.RunContext, cells: CellTable) -> None:
     done_now = [o.result for o in outs if o.error is None]
     run.outlines = {  # this attempt's tiles (a resume counts only what it redid)
         "from_cells_kernel": sum(r["n_from_kernel"] for r in done_now),
-        "re_read": sum(r["n_cells"] - r["n_from_kernel"] for r in done_now),
+        "joined_from_cores": sum(r["n_joined"] for r in done_now),
+        "re_read": sum(r["n_re_read"] for r in done_now),
         "grown_windows": sum(r["n_grown"] for r in done_now),
     }
     concat_boundaries(ctx, ctx.work.url(ctx.stage("staging")))

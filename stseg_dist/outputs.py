@@ -139,7 +139,12 @@ def write_h5ad(
 
 
 def concat_transcripts(part_urls: list[str], url: str, so: dict) -> int:
-    """Stream per-tile transcript parts into one parquet file, one part in memory at a time."""
+    """Stream per-tile transcript parts into one parquet file, one part in memory at a time.
+
+    Each part is read on one thread: the parts are small, and pyarrow's thread pool cost 2.3x the
+    CPU time of reading them (2.5M transcripts in 16 parts: 0.96 s vs 0.42 s) while the run's
+    tasks hold the cores.
+    """
     fs, path = storage.fs_and_path(url, so)
     writer = None
     n = 0
@@ -147,7 +152,7 @@ def concat_transcripts(part_urls: list[str], url: str, so: dict) -> int:
         for part in part_urls:
             pfs, ppath = storage.fs_and_path(part, so)
             with pfs.open(ppath, "rb") as ph:
-                table = pq.read_table(ph)
+                table = pq.read_table(ph, use_threads=False)
             if table.num_rows == 0:
                 continue
             if writer is None:

@@ -1,7 +1,8 @@
 """Self-contained QC report (report.html) for one run: images embedded, no network needed.
 
-Large chips stay cheap: the overview reads ``labels.zarr`` with a stride (at most
-``OVERVIEW_PX`` per side), the zoomed crop reads one small window, and transcripts are sampled.
+Large chips stay cheap: the overview reads a level of the SpatialData store's pyramid (at most
+``OVERVIEW_PX`` per side) where the run wrote one, else ``labels.zarr`` with a stride; the
+zoomed crop reads one small window, and transcripts are sampled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from . import constants as K
 from .errors import InputError
 from .io import storage
+from .outputs import SPATIALDATA_ZARR
 
 OVERVIEW_PX = 1200
 CROP_PX = 300
@@ -127,17 +129,54 @@ def _read_stain(ctx: ReportContext, rows: slice, cols: slice) -> np.ndarray | No
         return None
 
 
+def _store_level(ctx: ReportContext, h: int, w: int):
+    """The overview's rasters from the SpatialData store's pyramid, when the run wrote one with
+    a level at most ``OVERVIEW_PX`` per side: (its downsampling, cells, nuclei, stain or None);
+    else None. A strided read of the full-resolution arrays decodes every chunk of them (three
+    arrays of 16,000 x 16,000 px on an 8 x 8 mm chip); the store already holds them small.
+    """
+    import zarr
+
+    from .export.spatialdata import CELL_LABELS, IMAGE, NUCLEUS_LABELS
+
+    if storage.is_remote(ctx.out_url):
+        return None
+    store = storage.join(ctx.out_url, SPATIALDATA_ZARR)
+    k = max(0, int(np.ceil(np.log2(max(h, w) / OVERVIEW_PX))))
+    try:
+        cells = zarr.open_array(f"{store}/labels/{CELL_LABELS}/s{k}", mode="r")
+        nuclei = zarr.open_array(f"{store}/labels/{NUCLEUS_LABELS}/s{k}", mode="r")
+    except Exception:  # noqa: BLE001 - no store, or no such level: read the labels
+        return None
+    if k == 0 or cells.shape != nuclei.shape:
+        return None
+    try:
+        image = zarr.open_array(f"{store}/images/{IMAGE}/s{k}", mode="r")
+        stain = np.asarray(image[0] if image.ndim == 3 else image)
+        stain = stain if stain.shape == cells.shape else None
+    except Exception:  # noqa: BLE001 - a store without the image: no stain shown
+        stain = None
+    return 2**k, np.asarray(cells[:]), np.asarray(nuclei[:]), stain
+
+
 def _overview(ctx: ReportContext) -> str:
     import matplotlib.pyplot as plt
 
     cells_arr = ctx.labels[K.LABELS_CELLS]
     h, w = cells_arr.shape
-    stride = max(1, int(np.ceil(max(h, w) / OVERVIEW_PX)))
-    sl = (slice(0, h, stride), slice(0, w, stride))
-    lab = np.asarray(cells_arr[sl])
-    nuc = np.asarray(ctx.labels[K.LABELS_NUCLEI][sl]) if K.LABELS_NUCLEI in ctx.labels else None
+    level = _store_level(ctx, h, w)
+    if level is not None:  # the store's pyramid: a 2^k level, labels by nearest, stain by mean
+        stride, lab, nuc, stain = level
+        if stain is None:
+            ctx.notes.append("stain not shown: the SpatialData store has no image at that level")
+    else:
+        stride = max(1, int(np.ceil(max(h, w) / OVERVIEW_PX)))
+        sl = (slice(0, h, stride), slice(0, w, stride))
+        lab = np.asarray(cells_arr[sl])
+        nuc = np.asarray(ctx.labels[K.LABELS_NUCLEI][sl]) if K.LABELS_NUCLEI in ctx.labels else None
+        stain = _read_stain(ctx, *sl)
     outlines = stride <= OUTLINE_MAX_STRIDE
-    rgb = _overlay(_read_stain(ctx, *sl), lab, nuc, outlines)
+    rgb = _overlay(stain, lab, nuc, outlines)
     fig, ax = plt.subplots(figsize=(7, 7 * lab.shape[0] / max(lab.shape[1], 1)))
     ax.imshow(rgb, extent=ctx.extent_um(0, h, 0, w), interpolation="nearest")
     what = "cell (yellow) and nucleus (cyan) outlines" if outlines else "cells tinted yellow"

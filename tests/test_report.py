@@ -132,3 +132,47 @@ def test_report_renders_in_chromium_with_the_stain_under_outlines(run_dir, tmp_p
     assert stats["grey-levels"] > 100, stats  # a flat fill or black has a handful
     assert stats["cell-outline-px"] > 500 and stats["nucleus-outline-px"] > 200, stats
     assert "Uncaught" not in res.stderr  # console errors are logged to stderr
+
+
+def test_overview_reads_the_stores_pyramid_level(tmp_path, monkeypatch):
+    """With a SpatialData store, the overview is drawn from its pyramid level of at most
+    ``OVERVIEW_PX`` per side (labels by nearest, the stain by mean), not a strided read of the
+    full-resolution arrays.
+    """
+    pytest.importorskip("spatialdata")
+    import numpy as np
+    import zarr
+
+    from stseg_dist import report
+    from stseg_dist.config import load_config, parse_set
+    from stseg_dist.driver import run_pipeline
+    from stseg_dist.export import spatialdata as sd
+    from stseg_dist.synth import synth_chip
+
+    if not sd.scale_factors((4096, 4096)):
+        pytest.skip("this spatialdata writes no pyramid")
+    monkeypatch.setattr(sd, "PYRAMID_TOP_PX", 64)  # a small chip with levels s0..s2
+    chip, out = str(tmp_path / "chip"), str(tmp_path / "out")
+    synth_chip(chip, 100, 100, seed=3)
+    config = load_config(overrides=parse_set(["tiling.tile_size_um=64"]), use_env=False)
+    run_pipeline(chip, out, config, local=True, spatialdata=True)
+    monkeypatch.setattr(report, "OVERVIEW_PX", 60)
+    cells = zarr.open_array(f"{out}/labels.zarr/cells", mode="r")
+    h, w = cells.shape
+    stride, lab, nuc, stain = report._store_level(
+        report.ReportContext(out, {}, {}, None, None, 0.5, (0.0, 0.0), None), h, w
+    )
+    store = f"{out}/spatialdata.zarr"
+    assert stride == 4 and lab.shape == (-(-h // 4), -(-w // 4))
+    np.testing.assert_array_equal(lab, zarr.open_array(f"{store}/labels/cell_labels/s2")[:])
+    np.testing.assert_array_equal(nuc, zarr.open_array(f"{store}/labels/nucleus_labels/s2")[:])
+    assert stain is not None and stain.shape == lab.shape
+    assert set(np.unique(lab)) <= set(np.unique(cells[:]))
+
+    def no_full_read(*a, **k):
+        raise AssertionError("the overview read the full-resolution stain")
+
+    monkeypatch.setattr(report, "_read_stain", no_full_read)
+    monkeypatch.setattr(report, "_crop", lambda ctx: "")  # the crop reads full resolution
+    text = open(write_report(out), encoding="utf-8").read()
+    assert text.count("data:image/png;base64,") == 3 and "stain not shown" not in text

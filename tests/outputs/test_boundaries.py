@@ -64,10 +64,12 @@ def test_boundaries_one_per_cell_and_tiling_invariant(tmp_path, ray_module):
         chip, tmp_path, ["runtime.progress=false"], tile_um=24, chunk_px=16
     )
     assert many["n_tiles"] > 20 and one["n_tiles"] == 1
-    # one tile: every outline is the cells kernel's; many: cells cut by a core edge are re-read
-    assert one["boundaries"]["re_read"] == 0
+    # one tile: every outline is the cells kernel's; many: cells cut by a core edge are joined
+    # from their pieces in the cores that hold them, and no label raster is read again
+    assert one["boundaries"]["re_read"] == one["boundaries"]["joined_from_cores"] == 0
     assert one["boundaries"]["from_cells_kernel"] == one["counts"]["n_cells"]
-    assert many["boundaries"]["from_cells_kernel"] > 0 and many["boundaries"]["re_read"] > 0
+    assert many["boundaries"]["from_cells_kernel"] > 0
+    assert many["boundaries"]["joined_from_cores"] > 0 and many["boundaries"]["re_read"] == 0
     runs = {}
     for name in ("one", "many"):
         out = tmp_path / name
@@ -178,22 +180,43 @@ def test_traced_outlines_equal_the_union_of_pixel_runs():
     assert found.tolist() == [6] and rest.tolist() == [5]  # two shells: left to the union
 
 
-def test_kernel_outlines_equal_the_labels_read_again(tmp_path, monkeypatch):
-    """The outlines the cells kernel traces in its core are, byte for byte, those the boundaries
-    pass finds re-reading the global labels for every cell (as it does for a checkpoint written
-    before the kernel traced them).
+@pytest.mark.parametrize(
+    "pixel_size_um, origin_um, tile_um, extra",
+    [
+        (0.5, (0.0, 0.0), 40, []),
+        (0.2125, (13.7, -5.3), 16, ["cells.expansion.distance_um=2"]),
+    ],
+)
+def test_kernel_outlines_equal_the_labels_read_again(
+    tmp_path, monkeypatch, pixel_size_um, origin_um, tile_um, extra
+):
+    """The outlines the cells kernel traces in its core, and those it joins from the pieces of a
+    cell cut by core edges, are, byte for byte, those the boundaries pass finds re-reading the
+    global labels for every cell (as it does for a checkpoint written before the kernel traced
+    them); also at a pixel size and origin that are not exact binary fractions (the pieces'
+    shared edges are the same floats), and with cells cut into several pieces.
     """
     from stseg_dist import driver
     from stseg_dist.config import load_config, parse_set
 
-    chip = make_blob_chip(tmp_path / "chip", shape=(200, 260), n_nuclei=45, n_transcripts=6_000)
+    chip = make_blob_chip(
+        tmp_path / "chip",
+        shape=(200, 260) if pixel_size_um == 0.5 else (300, 400),
+        n_nuclei=45 if pixel_size_um == 0.5 else 120,
+        n_transcripts=6_000,
+        pixel_size_um=pixel_size_um,
+        origin_um=origin_um,
+    )
     config = load_config(
-        overrides=parse_set(["tiling.tile_size_um=40", "tiling.chunk_px=16"]), use_env=False
+        overrides=parse_set([f"tiling.tile_size_um={tile_um}", "tiling.chunk_px=16", *extra]),
+        use_env=False,
     )
     kernel = driver.run_pipeline(chip, str(tmp_path / "kernel"), config, local=True)
-    monkeypatch.setattr(driver, "nucleus_pixels", lambda *a: None)  # no core outlines known
+    monkeypatch.setattr(driver, "core_pieces", lambda *a: None)  # no core outlines known
     again = driver.run_pipeline(chip, str(tmp_path / "again"), config, local=True)
-    assert kernel["boundaries"]["from_cells_kernel"] > 0 and kernel["boundaries"]["re_read"] > 0
+    assert kernel["boundaries"]["from_cells_kernel"] > 0
+    assert kernel["boundaries"]["joined_from_cores"] > 0 and kernel["boundaries"]["re_read"] == 0
+    assert again["boundaries"]["re_read"] == again["counts"]["n_cells"]
     assert again["boundaries"]["from_cells_kernel"] == 0
     for name in ("cell_boundaries.parquet", "nucleus_boundaries.parquet"):
         assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
