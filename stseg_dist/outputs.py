@@ -143,7 +143,10 @@ def concat_transcripts(part_urls: list[str], url: str, so: dict) -> int:
 
     Each part is read on one thread: the parts are small, and pyarrow's thread pool cost 2.3x the
     CPU time of reading them (2.5M transcripts in 16 parts: 0.96 s vs 0.42 s) while the run's
-    tasks hold the cores.
+    tasks hold the cores. A dictionary column (the gene, as chips store it) is written as it is,
+    each part its own row group and dictionary page, not decoded and hashed again (1.6M generated
+    transcripts in 64 parts: 0.50 -> 0.43 CPU s; 8.7M with Xenium's vendor columns: 3.98 -> 3.90).
+    Without Arrow's schema in the file it reads back as plain strings, as before.
     """
     fs, path = storage.fs_and_path(url, so)
     writer = None
@@ -156,11 +159,18 @@ def concat_transcripts(part_urls: list[str], url: str, so: dict) -> int:
             if table.num_rows == 0:
                 continue
             if writer is None:
-                schema = _plain_schema(table.schema)
                 # dictionary pages for the gene names only: trying them on unique floats and IDs
                 # cost 2.6x the write time for a larger file (same rows)
-                writer = pq.ParquetWriter(fh, schema, compression="zstd", use_dictionary=[K.GENE])
-            writer.write_table(table.cast(writer.schema))
+                writer = pq.ParquetWriter(
+                    fh,
+                    table.schema.remove_metadata(),
+                    compression="zstd",
+                    use_dictionary=[K.GENE],
+                    store_schema=False,
+                )
+            if not table.schema.equals(writer.schema):
+                table = table.cast(writer.schema)
+            writer.write_table(table)
             n += table.num_rows
         if writer is None:
             schema = pa.schema(

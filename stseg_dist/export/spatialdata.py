@@ -272,8 +272,8 @@ def points_part(
     from ..outputs import _plain_schema
 
     fs, path = storage.fs_and_path(src_url, so)
-    with fs.open(path, "rb") as fh:
-        table = pq.read_table(fh)
+    with fs.open(path, "rb") as fh:  # one thread: the run's other tasks hold the cores
+        table = pq.read_table(fh, use_threads=False)
     table = table.cast(_plain_schema(table.schema))
     codes = pc.index_in(table.column(K.GENE), value_set=pa.array(genes, pa.string()))
     gene = pd.Categorical.from_codes(
