@@ -116,11 +116,22 @@ def submit(url, env, *entry, wait=True, ship=True, timeout=540):
             json.dumps({"excludes": EXCLUDES}),
         ]
     cmd += ([] if wait else ["--no-wait"]) + ["--", *entry]
-    for _ in range(60):  # the job API answers before the head's agent takes jobs: Ray says retry
+    lost_package = 0
+    for _ in range(60):
         r = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
         )
-        if "No available agent to submit job" not in r.stderr:
-            return r
-        time.sleep(1)
+        if "No available agent to submit job" in r.stderr:  # the job API answers before the
+            time.sleep(1)  # head's agent takes jobs: Ray says retry
+            continue
+        # Seen once in CI: the head lost the working dir's package between its upload and the
+        # worker's download, failing the job before its entry point started; Ray's message says to
+        # submit again. Once more, then the failure stands.
+        if (
+            "Failed to download runtime_env file package" in r.stdout + r.stderr
+            and not lost_package
+        ):
+            lost_package += 1
+            continue
+        return r
     return r
