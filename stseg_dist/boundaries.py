@@ -508,7 +508,7 @@ def joined_outlines(pieces: pa.Table, job: BoundaryJob) -> tuple[np.ndarray, np.
     out, n_whole = {}, 0
     for name, (rows, uniq, first, count) in groups.items():
         keep = np.flatnonzero(np.isin(uniq, ids))
-        one = np.isin(keep, np.flatnonzero(count == 1))
+        one = count[keep] == 1  # whole in one core: its outline as traced
         geoms = np.empty(len(keep), object)
         geoms[one] = shapely.from_wkb(wkb[rows[first[keep[one]]]])
         for k in np.flatnonzero(~one):

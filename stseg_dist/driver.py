@@ -1004,10 +1004,10 @@ def _sum_column(url: str, column: str, storage_options: dict) -> int:
 
     fs, path = storage.fs_and_path(url, storage_options)
     with fs.open(path, "rb") as fh:
-        table = pq.ParquetFile(fh)
-        if column not in table.schema_arrow.names:
+        parquet = pq.ParquetFile(fh)
+        if column not in parquet.schema_arrow.names:
             return 0
-        return int(table.read(columns=[column]).column(0).to_numpy().sum())
+        return int(parquet.read(columns=[column]).column(0).to_numpy().sum())
 
 
 def _counts(run: Run) -> dict[str, int]:

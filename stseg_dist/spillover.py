@@ -362,6 +362,26 @@ def fit_types(ids: np.ndarray, counts, max_types: int) -> DiffusionState:
 LR_EDGES = np.linspace(-15.0, 15.0, 301)
 
 
+def border_pairs(data, reach_um: float, expansion_um: float):
+    """The tile's core (transcript, neighbour) pairs across the borders of the nuclei expanded by
+    ``expansion_um``, which the chip-wide models are fitted on: (each transcript's nucleus, its
+    pseudo-cell and gene; the pairs' transcript, neighbour and distance bin in pixels; the number
+    of bins). A core transcript's neighbours are whole in every window (the halo is validated).
+    """
+    from skimage.segmentation import expand_labels
+
+    tx = data.transcripts
+    nuclei = data.nuclei.astype(np.int64)  # nuclei only, as the profiles and the types
+    labels = expand_labels(nuclei, distance=expansion_um / data.pixel_size_um)
+    home = nuclei[tx.row, tx.col]
+    cell = labels[tx.row, tx.col].astype(np.int64)
+    cand = tx.in_core & (cell > 0) & (home != cell)
+    t, n, d = neighbour_pairs(labels, tx.row, tx.col, cell, cand, reach_um, data.pixel_size_um)
+    n_d = int(np.ceil(reach_um / data.pixel_size_um)) + 1
+    d_bin = np.minimum(np.round(d / data.pixel_size_um).astype(np.int64), n_d - 1)
+    return home, cell, tx.gene.astype(np.int64), t, n, d_bin, n_d
+
+
 def decay_histogram(
     data, state: DiffusionState, reach_um: float, expansion_um: float
 ) -> np.ndarray:
@@ -370,22 +390,33 @@ def decay_histogram(
     expanded by ``expansion_um`` (labels a core transcript's neighbours share with every tile:
     the halo holds twice the cell diameter plus a nucleus).
     """
-    from skimage.segmentation import expand_labels
-
-    tx = data.transcripts
-    compartment = data.nuclei.astype(np.int64)  # nuclei only, as the types
-    labels = expand_labels(compartment, distance=expansion_um / data.pixel_size_um)
-    cell = labels[tx.row, tx.col].astype(np.int64)
-    cand = tx.in_core & (cell > 0) & (compartment[tx.row, tx.col] != cell)
-    genes = tx.gene.astype(np.int64)
-    t, n, d = neighbour_pairs(labels, tx.row, tx.col, cell, cand, reach_um, data.pixel_size_um)
+    _, cell, genes, t, n, d_bin, n_d = border_pairs(data, reach_um, expansion_um)
     lr = state.log_p(n, genes[t]) - state.log_p(cell[t], genes[t])
-    n_d = int(np.ceil(reach_um / data.pixel_size_um)) + 1
-    d_bin = np.minimum(np.round(d / data.pixel_size_um).astype(np.int64), n_d - 1)
     lr_bin = np.clip(np.round((lr - LR_EDGES[0]) / 0.1).astype(np.int64), 0, len(LR_EDGES) - 1)
     return np.bincount(d_bin * len(LR_EDGES) + lr_bin, minlength=n_d * len(LR_EDGES)).reshape(
         n_d, len(LR_EDGES)
     )
+
+
+def _decay_share(p, d: np.ndarray) -> np.ndarray:
+    """The share ``c + s exp(-d / scale)`` at distances ``d`` (µm), kept inside (0, 1)."""
+    c, s, scale = p
+    return np.clip(c + s * np.exp(-d / scale), 1e-9, 1 - 1e-9)
+
+
+def _fit_decay_share(nll, c_flat: float, nll_flat: float, pixel_size_um: float, reach_um: float):
+    """Maximum likelihood of (c, s, scale) under ``nll`` from a few starting scales, started at
+    the flat share ``c_flat``: (c, s, scale, likelihood-ratio statistic against the flat fit).
+    """
+    from scipy.optimize import minimize
+
+    bounds = [(0.0, 1.0), (0.0, 1.0), (pixel_size_um / 2, reach_um)]
+    best = min(
+        (minimize(nll, [c_flat, 0.1, scale], bounds=bounds) for scale in (0.5, 1.0, 2.0, 4.0)),
+        key=lambda r: r.fun,
+    )
+    c, s, scale = (float(v) for v in best.x)
+    return c, s, scale, max(0.0, 2.0 * float(nll_flat - best.fun))
 
 
 def fit_decay(
@@ -406,21 +437,11 @@ def fit_decay(
     ratio = np.exp(LR_EDGES[l_j])
 
     def nll(p):
-        c, s, scale = p
-        share = np.clip(c + s * np.exp(-d / scale), 1e-9, 1 - 1e-9)
+        share = _decay_share(p, d)
         return -(w * np.log(share * ratio + 1 - share)).sum()
 
-    bounds = [(0.0, 1.0), (0.0, 1.0), (pixel_size_um / 2, reach_um)]
-    flat = minimize(lambda p: nll([p[0], 0.0, 1.0]), [0.2], bounds=bounds[:1])
-    best = min(
-        (
-            minimize(nll, [float(flat.x[0]), 0.1, scale], bounds=bounds)
-            for scale in (0.5, 1.0, 2.0, 4.0)
-        ),
-        key=lambda r: r.fun,
-    )
-    c, s, scale = (float(v) for v in best.x)
-    lrt = max(0.0, 2.0 * float(flat.fun - best.fun))
+    flat = minimize(lambda p: nll([p[0], 0.0, 1.0]), [0.2], bounds=[(0.0, 1.0)])
+    c, s, scale, lrt = _fit_decay_share(nll, float(flat.x[0]), flat.fun, pixel_size_um, reach_um)
     if significance < 1 and lrt < chi2.ppf(1.0 - significance, 2):
         c, s = float(flat.x[0]), 0.0  # no decay the chip tells from a flat share: no leakage
     return c, s, scale, lrt
@@ -474,20 +495,9 @@ def gate_histogram(
     lies within reach of a core transcript is whole in the window (the halo is validated), so
     the sum over tiles is the same at any tiling.
     """
-    from skimage.segmentation import expand_labels
-
-    tx = data.transcripts
-    nuclei = data.nuclei.astype(np.int64)
-    labels = expand_labels(nuclei, distance=expansion_um / data.pixel_size_um)
-    genes = tx.gene.astype(np.int64)
-    home = nuclei[tx.row, tx.col]
-    cell = labels[tx.row, tx.col].astype(np.int64)
-    cand = tx.in_core & (cell > 0) & (home != cell)
-    t, n, d = neighbour_pairs(labels, tx.row, tx.col, cell, cand, reach_um, data.pixel_size_um)
+    home, cell, genes, t, n, d_bin, n_d = border_pairs(data, reach_um, expansion_um)
     log_p = _ratio_log_p(home, genes, n_genes, cfg.prior_counts)
     passes = (log_p(n, genes[t]) - log_p(cell[t], genes[t])) > np.log(cfg.min_ratio)
-    n_d = int(np.ceil(reach_um / data.pixel_size_um)) + 1
-    d_bin = np.minimum(np.round(d / data.pixel_size_um).astype(np.int64), n_d - 1)
     return np.bincount(d_bin * 2 + passes, minlength=n_d * 2).reshape(n_d, 2)
 
 
@@ -498,7 +508,6 @@ def fit_gate(
     ``c + s exp(-d / scale)`` against a flat share; open where the decay beats the flat share at
     ``significance`` (chi-squared, 2 d.o.f.).
     """
-    from scipy.optimize import minimize
     from scipy.stats import chi2
 
     hist = np.asarray(hist, float)
@@ -509,19 +518,11 @@ def fit_gate(
     fail, win = hist[:, 0], hist[:, 1]
 
     def nll(p):
-        c, s, scale = p
-        share = np.clip(c + s * np.exp(-d / scale), 1e-9, 1 - 1e-9)
+        share = _decay_share(p, d)
         return -(win * np.log(share) + fail * np.log1p(-share)).sum()
 
-    c0 = float(win.sum() / total)
-    flat = nll([c0, 0.0, 1.0])
-    bounds = [(0.0, 1.0), (0.0, 1.0), (pixel_size_um / 2, reach_um)]
-    best = min(
-        (minimize(nll, [c0, 0.1, scale], bounds=bounds) for scale in (0.5, 1.0, 2.0, 4.0)),
-        key=lambda r: r.fun,
-    )
-    c, s, scale = (float(v) for v in best.x)
-    lrt = max(0.0, 2.0 * float(flat - best.fun))
+    c0 = float(win.sum() / total)  # the flat share's maximum likelihood
+    c, s, scale, lrt = _fit_decay_share(nll, c0, nll([c0, 0.0, 1.0]), pixel_size_um, reach_um)
     is_open = s > 0 and (significance >= 1 or lrt >= chi2.ppf(1.0 - significance, 2))
     if not is_open:
         c, s = c0, 0.0
